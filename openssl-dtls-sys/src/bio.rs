@@ -3,6 +3,7 @@
 use libc::{c_int, c_ushort, c_void, size_t};
 
 /// `BIO_ADDR`, OpenSSL's socket-address union (opaque; only handled through pointers).
+#[allow(missing_debug_implementations)]
 pub enum BIO_ADDR {}
 
 /// `BIO_TYPE_SOURCE_SINK`: flag for BIO types that are the end of a chain.
@@ -62,6 +63,12 @@ pub const BIO_CTRL_DGRAM_GET_MTU_OVERHEAD: c_int = 49;
 pub const BIO_CTRL_DGRAM_SET_PEEK_MODE: c_int = 71;
 
 extern "C" {
+    /// [`BIO_get_new_index`](https://www.openssl.org/docs/man3.0/man3/BIO_get_new_index.html):
+    /// a fresh BIO type number for a custom `BIO_METHOD`.
+    pub fn BIO_get_new_index() -> c_int;
+    /// [`BIO_method_type`](https://www.openssl.org/docs/man3.0/man3/BIO_method_type.html): the
+    /// type number of a BIO's method.
+    pub fn BIO_method_type(b: *const openssl_sys::BIO) -> c_int;
     /// [`BIO_ADDR_new`](https://www.openssl.org/docs/man3.0/man3/BIO_ADDR_new.html)
     pub fn BIO_ADDR_new() -> *mut BIO_ADDR;
     /// `BIO_ADDR_free`

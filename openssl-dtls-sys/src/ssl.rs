@@ -68,6 +68,13 @@ extern "C" {
     pub fn SSL_alert_type_string_long(value: c_int) -> *const c_char;
     /// `SSL_in_init`: 1 while a handshake is in progress.
     pub fn SSL_in_init(s: *const SSL) -> c_int;
+    /// [`SSL_set_options`](https://www.openssl.org/docs/man3.0/man3/SSL_set_options.html)
+    /// (a function since OpenSSL 3.0; a macro before).
+    pub fn SSL_set_options(s: *mut SSL, op: u64) -> u64;
+    /// `SSL_get_options`.
+    pub fn SSL_get_options(s: *const SSL) -> u64;
+    /// `SSL_clear_options`.
+    pub fn SSL_clear_options(s: *mut SSL, op: u64) -> u64;
 }
 
 // `SSL_alert_desc_string_long` is in openssl-sys already; re-export so users find both here.

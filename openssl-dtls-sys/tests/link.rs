@@ -32,6 +32,15 @@ fn every_symbol_links_and_behaves() {
         let mut tv = timeval { tv_sec: 7, tv_usec: 7 };
         assert_eq!(DTLSv1_get_timeout(ssl, &mut tv), 0, "no timer before a handshake");
         assert_eq!(DTLSv1_handle_timeout(ssl), 0);
+        let before = SSL_get_options(ssl);
+        let with = SSL_set_options(ssl, 0x1000); // SSL_OP_NO_QUERY_MTU
+        assert_eq!(with & 0x1000, 0x1000);
+        assert_eq!(SSL_clear_options(ssl, 0x1000) & 0x1000, 0);
+        assert_eq!(SSL_get_options(ssl), before & !0x1000);
+        assert!(BIO_get_new_index() > 0);
+        let mem = ffi::BIO_new(ffi::BIO_s_mem());
+        assert_eq!(BIO_method_type(mem), 1 | BIO_TYPE_SOURCE_SINK); // BIO_TYPE_MEM
+        ffi::BIO_free_all(mem);
         ffi::SSL_set_accept_state(ssl);
         assert_eq!(SSL_in_init(ssl), 1);
 

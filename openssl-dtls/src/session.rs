@@ -1,0 +1,765 @@
+//! One peer's DTLS state around one OpenSSL `SSL`, sans-IO: datagrams in, datagrams, application
+//! data and timer deadlines out.
+//!
+//! A [`Session`] never touches a socket or a clock of its own: the caller passes `now` and moves
+//! datagrams. The verbs, in the style of quinn-proto:
+//!
+//! | call | when |
+//! |---|---|
+//! | [`handle_datagram`](Session::handle_datagram) | a datagram from the peer arrived |
+//! | [`poll_transmit`](Session::poll_transmit) | after any call: send what it returns until `None` |
+//! | [`poll_timeout`](Session::poll_timeout) | after any call: when to call `handle_timeout` next |
+//! | [`handle_timeout`](Session::handle_timeout) | that deadline passed |
+//! | [`send`](Session::send) / [`recv`](Session::recv) | application data, once established |
+//! | [`close`](Session::close) | send `close_notify` |
+//!
+//! Retransmission timing is OpenSSL's (`DTLSv1_get_timeout` / `DTLSv1_handle_timeout`, backoff set
+//! through `DTLS_set_timer_cb`); OpenSSL reads the system clock for it, so `now` should be close to
+//! `Instant::now()`. Everything else (the handshake deadline, the retransmission cap) uses `now`.
+//!
+//! Errors are sticky: once a session has failed, no `SSL_*` call is made on it again and every
+//! call returns the same error. The OpenSSL error queue is cleared before every `SSL_*` call and
+//! drained after it.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::raw::c_int;
+use std::time::{Duration, Instant};
+
+use foreign_types::ForeignTypeRef;
+use openssl::error::ErrorStack;
+use openssl::ssl::{Ssl, SslOptions, SslRef, SslVersion};
+use openssl::x509::X509;
+use openssl_dtls_sys as dffi;
+use openssl_sys as ffi;
+
+use crate::bio::{self, BioState, TimerSettings};
+use crate::error::{ConfigError, Error, Result};
+
+/// Largest plaintext of one DTLS record (2^14, RFC 6347 §4.1).
+pub const MAX_PLAINTEXT: usize = 16_384;
+
+/// The smallest link MTU OpenSSL accepts (`DTLS_get_link_min_mtu`).
+pub const MIN_MTU: usize = 256;
+
+/// The largest UDP payload over IPv4.
+pub const MAX_MTU: usize = 65_507;
+
+/// Per-session limits and timers. Every field has a documented default with its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// Largest UDP payload this session emits, in bytes (`DTLS_set_link_mtu`, with
+    /// `SSL_OP_NO_QUERY_MTU`). Default 1200: it fits the IPv6 minimum MTU of 1280 less the IPv6
+    /// and UDP headers with room for a tunnel, as QUIC and pion choose; several DTLS stacks cannot
+    /// receive datagrams over ≈1,400 bytes. Range 256 (OpenSSL's minimum) to 65,507.
+    pub mtu: usize,
+    /// A handshake not complete this long after it started fails with [`Error::Timeout`].
+    /// Default 30 s: several retransmissions at the RFC 6347 backoff on a lossy, slow link.
+    pub handshake_timeout: Duration,
+    /// First retransmission timeout of each flight. Default 1 s (RFC 6347 §4.2.4.1).
+    pub retransmit_initial: Duration,
+    /// Cap on the doubling retransmission timeout. Default 10 s: RFC 6347 allows 60 s, but a
+    /// handshake deadline of 30 s leaves no use for more, and IoT links recover sooner.
+    pub retransmit_max: Duration,
+    /// Retransmission timeouts allowed in one handshake before it fails with
+    /// [`Error::Timeout`]. Default 12, OpenSSL's own cap (`DTLS1_TMO_ALERT_COUNT`).
+    pub max_retransmits: u32,
+    /// Received application datagrams queued for [`Session::recv`]; more are dropped and
+    /// counted. Default 64.
+    pub recv_queue: usize,
+    /// Bytes of received application data queued; more are dropped and counted. Default 64 KiB.
+    pub recv_queue_bytes: usize,
+    /// Outgoing datagrams queued for [`Session::poll_transmit`]; more are dropped and counted (as
+    /// if lost on the network). Default 64: a handshake flight with a long certificate chain at
+    /// the minimum MTU still fits.
+    pub send_queue: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            mtu: 1200,
+            handshake_timeout: Duration::from_secs(30),
+            retransmit_initial: Duration::from_secs(1),
+            retransmit_max: Duration::from_secs(10),
+            max_retransmits: 12,
+            recv_queue: 64,
+            recv_queue_bytes: 64 * 1024,
+            send_queue: 64,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn range(setting: &'static str, value: u64, ok: bool, allowed: &'static str) -> Result<(), ConfigError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange { setting, value, allowed })
+            }
+        }
+        range("mtu", self.mtu as u64, (MIN_MTU..=MAX_MTU).contains(&self.mtu), "256 to 65507 bytes")?;
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        range(
+            "handshake_timeout",
+            ms(self.handshake_timeout),
+            !self.handshake_timeout.is_zero(),
+            "more than 0 ms",
+        )?;
+        range(
+            "retransmit_initial",
+            ms(self.retransmit_initial),
+            self.retransmit_initial >= Duration::from_millis(1) && self.retransmit_initial <= Duration::from_secs(60),
+            "1 ms to 60 s",
+        )?;
+        range(
+            "retransmit_max",
+            ms(self.retransmit_max),
+            self.retransmit_max >= self.retransmit_initial && self.retransmit_max <= Duration::from_secs(3600),
+            "at least retransmit_initial, at most 1 hour",
+        )?;
+        range("recv_queue", self.recv_queue as u64, self.recv_queue > 0, "at least 1")?;
+        range("send_queue", self.send_queue as u64, self.send_queue > 0, "at least 1")?;
+        range(
+            "recv_queue_bytes",
+            self.recv_queue_bytes as u64,
+            self.recv_queue_bytes >= MAX_PLAINTEXT,
+            "at least 16384",
+        )?;
+        Ok(())
+    }
+}
+
+/// Which side of the handshake a session plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Sends the ClientHello (`SSL_set_connect_state`).
+    Client,
+    /// Answers it (`SSL_set_accept_state`).
+    Server,
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    /// The handshake is running.
+    Handshaking,
+    /// The handshake completed; application data flows.
+    Established,
+    /// Closed in an orderly way, by this side ([`Session::close`]) or the peer (`close_notify`).
+    Closed,
+    /// Failed: see [`Session::error`].
+    Failed,
+}
+
+/// Counters of one session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// Datagrams passed to [`Session::handle_datagram`].
+    pub datagrams_in: u64,
+    /// Datagrams returned by [`Session::poll_transmit`].
+    pub datagrams_out: u64,
+    /// Application datagrams delivered to [`Session::recv`].
+    pub app_in: u64,
+    /// Application datagrams accepted by [`Session::send`].
+    pub app_out: u64,
+    /// Received application datagrams dropped because the receive queue was full.
+    pub recv_dropped: u64,
+    /// Outgoing datagrams dropped (send queue full, or larger than the transmit buffer).
+    pub send_dropped: u64,
+    /// Retransmission timeouts that fired.
+    pub retransmits: u32,
+}
+
+/// One peer's DTLS state around one `SSL`: see the [module documentation](self).
+pub struct Session {
+    ssl: Ssl,
+    /// Owned by the BIO inside `ssl`; see [`bio::attach`] for the rules.
+    bio: *mut BioState,
+    role: Role,
+    state: SessionState,
+    error: Option<Error>,
+    closed_by_peer: bool,
+    config: SessionConfig,
+    started: Instant,
+    retransmit_at: Option<Instant>,
+    received: VecDeque<Vec<u8>>,
+    received_bytes: usize,
+    spare: Vec<Vec<u8>>,
+    data_mtu: usize,
+    peer: Option<SocketAddr>,
+    stats: SessionStats,
+}
+
+// SAFETY: `bio` points into a heap block owned by the `SSL` in `ssl` (an `Ssl` is `Send`); the
+// session is its only user, so moving the session moves the sole access path with it.
+unsafe impl Send for Session {}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &self.role)
+            .field("state", &self.state)
+            .field("peer", &self.peer)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Spare plaintext buffers kept per session.
+const MAX_SPARE_PLAINTEXT: usize = 2;
+
+impl Session {
+    /// A client session on `ssl` (made from a DTLS `SslContext`); the ClientHello is ready for
+    /// [`poll_transmit`](Self::poll_transmit) on return.
+    ///
+    /// Whatever `ssl` was configured with, the session enforces DTLS 1.2 as the minimum version,
+    /// no renegotiation, no compression and the MTU of `config`.
+    #[doc(alias = "SSL_connect")]
+    pub fn client(ssl: Ssl, config: &SessionConfig, now: Instant) -> Result<Session> {
+        let mut session = Session::prepare(ssl, Role::Client, config, now, None)?;
+        session.ssl.set_connect_state();
+        session.drive(now);
+        session.check_not_failed()?;
+        Ok(session)
+    }
+
+    /// A server session on `ssl` that waits for a ClientHello (without a cookie exchange; the
+    /// endpoint uses `DTLSv1_listen` first and then [`Session::accepted`]).
+    #[doc(alias = "SSL_accept")]
+    pub fn server(ssl: Ssl, config: &SessionConfig, now: Instant) -> Result<Session> {
+        let mut session = Session::prepare(ssl, Role::Server, config, now, None)?;
+        session.ssl.set_accept_state();
+        Ok(session)
+    }
+
+    /// Configures `ssl` for a session: version floor, options, BIO and MTU.
+    fn prepare(
+        mut ssl: Ssl,
+        role: Role,
+        config: &SessionConfig,
+        now: Instant,
+        existing_bio: Option<*mut BioState>,
+    ) -> Result<Session> {
+        config.validate()?;
+        ssl.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
+        let options = SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION | SslOptions::NO_COMPRESSION;
+        // SAFETY: `ssl` is a valid SSL; SSL_set_options only sets bits.
+        unsafe {
+            dffi::SSL_set_options(ssl.as_ptr(), options.bits() as u64);
+        }
+        let timer = TimerSettings {
+            initial: config.retransmit_initial,
+            max: config.retransmit_max,
+        };
+        let bio = match existing_bio {
+            Some(bio) => bio,
+            None => bio::attach(&mut ssl, config.mtu, config.send_queue, timer)?,
+        };
+        // SAFETY: `ssl` is valid and has our BIO; DTLS_set_link_mtu only stores the value (it
+        // fails for values below OpenSSL's minimum, which validate() excludes).
+        let ok = unsafe { dffi::DTLS_set_link_mtu(ssl.as_ptr(), config.mtu as _) };
+        if ok != 1 {
+            return Err(Error::Config(ConfigError::OutOfRange {
+                setting: "mtu",
+                value: config.mtu as u64,
+                allowed: "at least OpenSSL's DTLS_get_link_min_mtu",
+            }));
+        }
+        let mut session = Session {
+            ssl,
+            bio,
+            role,
+            state: SessionState::Handshaking,
+            error: None,
+            closed_by_peer: false,
+            config: config.clone(),
+            started: now,
+            retransmit_at: None,
+            received: VecDeque::new(),
+            received_bytes: 0,
+            spare: Vec::new(),
+            data_mtu: 0,
+            peer: None,
+            stats: SessionStats::default(),
+        };
+        let st = session.bio_mut();
+        st.mtu = config.mtu;
+        st.timer = timer;
+        st.now = Some(now);
+        Ok(session)
+    }
+
+    /// A server session on an `SSL` whose `DTLSv1_listen` just verified a ClientHello's cookie;
+    /// the handshake continues from that ClientHello on the next call.
+    pub(crate) fn accepted(
+        ssl: Ssl,
+        bio: *mut BioState,
+        peer: SocketAddr,
+        config: &SessionConfig,
+        now: Instant,
+    ) -> Result<Session> {
+        let mut session = Session::prepare(ssl, Role::Server, config, now, Some(bio))?;
+        session.peer = Some(peer);
+        session.drive(now);
+        session.check_not_failed()?;
+        Ok(session)
+    }
+
+    fn check_not_failed(&self) -> Result<()> {
+        match &self.error {
+            Some(e) => Err(e.duplicate()),
+            None => Ok(()),
+        }
+    }
+
+    /// The BIO state. Never hold the reference across a call into OpenSSL on this `SSL`.
+    fn bio_mut(&mut self) -> &mut BioState {
+        // SAFETY: `bio` lives as long as `self.ssl`; `&mut self` guarantees no other reference
+        // from this side, and OpenSSL's callbacks only run inside SSL calls, during which no
+        // reference returned here is alive (every use below is a short statement).
+        unsafe { &mut *self.bio }
+    }
+
+    fn bio_ref(&self) -> &BioState {
+        // SAFETY: as in `bio_mut`; shared access while no OpenSSL call runs.
+        unsafe { &*self.bio }
+    }
+
+    /// Feeds one datagram received from the peer. Malformed, replayed or unauthenticated records
+    /// are dropped silently by OpenSSL (RFC 6347 §4.1.2.7); a fatal alert or protocol violation
+    /// fails the session.
+    #[doc(alias = "SSL_read")]
+    #[doc(alias = "SSL_do_handshake")]
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
+        if datagram.is_empty() || matches!(self.state, SessionState::Failed) {
+            return;
+        }
+        self.stats.datagrams_in += 1;
+        if self.state == SessionState::Closed {
+            return;
+        }
+        let st = self.bio_mut();
+        st.now = Some(now);
+        st.set_inbound(datagram);
+        self.drive(now);
+        self.bio_mut().clear_inbound();
+    }
+
+    /// Moves the next datagram to send to the peer into `buf` and returns its length, or `None`
+    /// when there is nothing to send. `buf` should hold [`mtu`](Self::mtu) bytes: a datagram
+    /// longer than `buf` is dropped and counted, never truncated.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let st = self.bio_mut();
+        let before = st.outbound_dropped;
+        let n = st.pop_outbound(buf);
+        let dropped = st.outbound_dropped - before;
+        self.stats.send_dropped += dropped;
+        if n.is_some() {
+            self.stats.datagrams_out += 1;
+        }
+        n
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) has a datagram.
+    pub fn has_transmit(&self) -> bool {
+        self.bio_ref().outbound_len() > 0
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should be called next: the retransmission
+    /// timer while a flight is unacknowledged, and the handshake deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            SessionState::Handshaking => {
+                let deadline = self.handshake_deadline();
+                Some(self.retransmit_at.map_or(deadline, |at| at.min(deadline)))
+            }
+            SessionState::Established => self.retransmit_at,
+            SessionState::Closed | SessionState::Failed => None,
+        }
+    }
+
+    /// When the handshake must have completed.
+    pub fn handshake_deadline(&self) -> Instant {
+        self.started + self.config.handshake_timeout
+    }
+
+    /// Handles expired timers: retransmits the last flight (`DTLSv1_handle_timeout`), or fails
+    /// the session with [`Error::Timeout`] past the handshake deadline or retransmission cap.
+    #[doc(alias = "DTLSv1_handle_timeout")]
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            SessionState::Failed | SessionState::Closed => return,
+            SessionState::Handshaking if now >= self.handshake_deadline() => {
+                log::debug!("handshake with {:?} timed out after {:?}", self.peer, self.config.handshake_timeout);
+                self.fail(Error::Timeout);
+                return;
+            }
+            _ => {}
+        }
+        let Some(at) = self.retransmit_at else { return };
+        if now < at {
+            return;
+        }
+        if self.state == SessionState::Handshaking && self.bio_ref().timeouts >= self.config.max_retransmits {
+            log::debug!("handshake with {:?}: retransmission cap reached", self.peer);
+            self.fail(Error::Timeout);
+            return;
+        }
+        self.bio_mut().now = Some(now);
+        // SAFETY: `ssl` is valid; the queue is cleared first and drained after.
+        let r = unsafe {
+            ffi::ERR_clear_error();
+            dffi::DTLSv1_handle_timeout(self.ssl.as_ptr())
+        };
+        if r < 0 {
+            let stack = ErrorStack::get();
+            log::debug!("OpenSSL gave up retransmitting: {stack}");
+            self.fail(Error::Timeout);
+            return;
+        }
+        // SAFETY: plain queue reset.
+        unsafe { ffi::ERR_clear_error() };
+        self.stats.retransmits = self.bio_ref().timeouts;
+        self.update_timer(now);
+    }
+
+    /// Sends one application datagram (`SSL_write`). It must fit one record within the MTU
+    /// ([`data_mtu`](Self::data_mtu)); a larger payload is refused with
+    /// [`Error::PayloadTooLarge`], never split or truncated. An empty payload sends nothing.
+    #[doc(alias = "SSL_write")]
+    pub fn send(&mut self, data: &[u8]) -> Result<()> {
+        self.usable()?;
+        if data.len() > self.data_mtu {
+            return Err(Error::PayloadTooLarge {
+                len: data.len(),
+                max: self.data_mtu,
+            });
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut written = 0usize;
+        // SAFETY: `ssl` is valid; `data` is readable for its length.
+        let r = unsafe {
+            ffi::ERR_clear_error();
+            ffi::SSL_write_ex(self.ssl.as_ptr(), data.as_ptr().cast(), data.len(), &mut written)
+        };
+        if r == 1 && written == data.len() {
+            self.stats.app_out += 1;
+            return Ok(());
+        }
+        self.on_ssl_error(r);
+        self.check_not_failed()?;
+        Err(Error::Closed)
+    }
+
+    /// Takes the next received application datagram into `buf`: `Ok(Some(n))` with its length
+    /// (a datagram longer than `buf` is truncated, as UDP's `recv` does), `Ok(None)` if none is
+    /// waiting, `Err(Error::Closed)` once the session is closed and the queue drained, or the
+    /// session's error once it failed and the queue drained.
+    #[doc(alias = "SSL_read")]
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+        if let Some(mut datagram) = self.received.pop_front() {
+            self.received_bytes -= datagram.len();
+            let n = datagram.len().min(buf.len());
+            buf[..n].copy_from_slice(&datagram[..n]);
+            if self.spare.len() < MAX_SPARE_PLAINTEXT {
+                datagram.clear();
+                self.spare.push(datagram);
+            }
+            return Ok(Some(n));
+        }
+        match self.state {
+            SessionState::Failed => Err(self.error.as_ref().map_or(Error::Closed, Error::duplicate)),
+            SessionState::Closed => Err(Error::Closed),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether [`recv`](Self::recv) has a datagram waiting.
+    pub fn has_received(&self) -> bool {
+        !self.received.is_empty()
+    }
+
+    /// Closes the session: sends `close_notify` if established (`SSL_shutdown`). Queued received
+    /// data can still be read. Closing twice, or a failed session, does nothing.
+    #[doc(alias = "SSL_shutdown")]
+    pub fn close(&mut self) {
+        match self.state {
+            SessionState::Established => {
+                self.shutdown();
+                self.state = SessionState::Closed;
+                self.retransmit_at = None;
+            }
+            SessionState::Handshaking => {
+                self.state = SessionState::Closed;
+                self.retransmit_at = None;
+            }
+            SessionState::Closed | SessionState::Failed => {}
+        }
+    }
+
+    fn shutdown(&mut self) {
+        // SAFETY: `ssl` is valid and established; SSL_shutdown writes close_notify to our BIO.
+        unsafe {
+            ffi::ERR_clear_error();
+            ffi::SSL_shutdown(self.ssl.as_ptr());
+            ffi::ERR_clear_error();
+        }
+    }
+
+    fn usable(&self) -> Result<()> {
+        match self.state {
+            SessionState::Established => Ok(()),
+            SessionState::Handshaking => Err(Error::NotConnected),
+            SessionState::Closed => Err(Error::Closed),
+            SessionState::Failed => Err(self.error.as_ref().map_or(Error::Closed, Error::duplicate)),
+        }
+    }
+
+    /// Runs the handshake or reads records until OpenSSL wants another datagram.
+    fn drive(&mut self, now: Instant) {
+        loop {
+            match self.state {
+                SessionState::Handshaking => {
+                    // SAFETY: `ssl` is valid; the error queue is cleared before the call.
+                    let r = unsafe {
+                        ffi::ERR_clear_error();
+                        ffi::SSL_do_handshake(self.ssl.as_ptr())
+                    };
+                    if r == 1 {
+                        self.on_established();
+                        continue;
+                    }
+                    if !self.on_ssl_error(r) {
+                        break;
+                    }
+                }
+                SessionState::Established => {
+                    let mut scratch = [0u8; MAX_PLAINTEXT];
+                    let mut n = 0usize;
+                    // SAFETY: `ssl` is valid; `scratch` is writable for its length.
+                    let r = unsafe {
+                        ffi::ERR_clear_error();
+                        ffi::SSL_read_ex(self.ssl.as_ptr(), scratch.as_mut_ptr().cast(), scratch.len(), &mut n)
+                    };
+                    if r == 1 {
+                        self.push_received(&scratch[..n]);
+                        continue;
+                    }
+                    if !self.on_ssl_error(r) {
+                        break;
+                    }
+                }
+                SessionState::Closed | SessionState::Failed => break,
+            }
+        }
+        // SAFETY: plain queue reset: noise (dropped records) must not linger in the queue.
+        unsafe { ffi::ERR_clear_error() };
+        self.update_timer(now);
+    }
+
+    /// Classifies a failed `SSL_*` return. Returns `true` if the caller may continue the loop
+    /// (never, today: every outcome ends it), `false` when it should stop.
+    fn on_ssl_error(&mut self, r: c_int) -> bool {
+        // SAFETY: `ssl` is valid; SSL_get_error reads the return code and the error queue.
+        let code = unsafe { ffi::SSL_get_error(self.ssl.as_ptr(), r) };
+        match code {
+            ffi::SSL_ERROR_WANT_READ | ffi::SSL_ERROR_WANT_WRITE => false,
+            ffi::SSL_ERROR_ZERO_RETURN => {
+                log::debug!("peer {:?} sent close_notify", self.peer);
+                self.closed_by_peer = true;
+                if self.state == SessionState::Established {
+                    self.shutdown();
+                }
+                self.state = SessionState::Closed;
+                self.retransmit_at = None;
+                false
+            }
+            _ => {
+                let stack = ErrorStack::get();
+                let st = self.bio_ref();
+                let error = if let Some(alert) = st.alert_received.filter(|a| a.is_fatal()) {
+                    Error::PeerAlert(alert)
+                } else if let Some(alert) = st.alert_sent.filter(|a| a.is_fatal()) {
+                    Error::LocalAlert {
+                        alert,
+                        reason: stack.to_string(),
+                    }
+                } else {
+                    Error::Ssl(stack)
+                };
+                log::debug!("session with {:?} failed: {error}", self.peer);
+                self.fail(error);
+                false
+            }
+        }
+    }
+
+    fn on_established(&mut self) {
+        self.state = SessionState::Established;
+        // SAFETY: `ssl` is valid and a cipher is negotiated.
+        self.data_mtu = unsafe { dffi::DTLS_get_data_mtu(self.ssl.as_ptr()) };
+        log::debug!(
+            "handshake with {:?} complete: {} {} (data MTU {})",
+            self.peer,
+            self.ssl.version_str(),
+            self.cipher().unwrap_or("?"),
+            self.data_mtu
+        );
+    }
+
+    fn push_received(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if self.received.len() >= self.config.recv_queue
+            || self.received_bytes + data.len() > self.config.recv_queue_bytes
+        {
+            self.stats.recv_dropped += 1;
+            return;
+        }
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.extend_from_slice(data);
+        self.received_bytes += buf.len();
+        self.received.push_back(buf);
+        self.stats.app_in += 1;
+    }
+
+    fn fail(&mut self, error: Error) {
+        self.state = SessionState::Failed;
+        self.error = Some(error);
+        self.retransmit_at = None;
+    }
+
+    fn update_timer(&mut self, now: Instant) {
+        if matches!(self.state, SessionState::Failed | SessionState::Closed) {
+            self.retransmit_at = None;
+            return;
+        }
+        let mut tv = dffi::timeval { tv_sec: 0, tv_usec: 0 };
+        // SAFETY: `ssl` is valid; `tv` is a writable timeval.
+        let running = unsafe { dffi::DTLSv1_get_timeout(self.ssl.as_ptr(), &mut tv) } == 1;
+        self.retransmit_at = running.then(|| {
+            let left = Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64);
+            now + left
+        });
+    }
+
+    /// Which side of the handshake this session plays.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Where the session is in its life.
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// Whether the handshake completed and the session is not closed or failed.
+    pub fn is_established(&self) -> bool {
+        self.state == SessionState::Established
+    }
+
+    /// Whether the handshake is still running.
+    pub fn is_handshaking(&self) -> bool {
+        self.state == SessionState::Handshaking
+    }
+
+    /// The error that failed the session, if it failed.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// Whether the peer closed the session with `close_notify`.
+    pub fn closed_by_peer(&self) -> bool {
+        self.closed_by_peer
+    }
+
+    /// The negotiated protocol version, e.g. `"DTLSv1.2"`, once established (`SSL_get_version`).
+    #[doc(alias = "SSL_get_version")]
+    pub fn protocol_version(&self) -> Option<&'static str> {
+        (self.state != SessionState::Handshaking).then(|| self.ssl.version_str())
+    }
+
+    /// The negotiated cipher's OpenSSL name, e.g. `"PSK-AES128-CCM8"` (`SSL_get_current_cipher`).
+    #[doc(alias = "SSL_get_current_cipher")]
+    pub fn cipher(&self) -> Option<&'static str> {
+        self.ssl.current_cipher().map(|c| c.name())
+    }
+
+    /// The negotiated cipher's IANA name, e.g. `"TLS_PSK_WITH_AES_128_CCM_8"`.
+    #[doc(alias = "SSL_CIPHER_standard_name")]
+    pub fn cipher_standard_name(&self) -> Option<&'static str> {
+        self.ssl.current_cipher().and_then(|c| c.standard_name())
+    }
+
+    /// The PSK identity used, if the handshake used a PSK suite (`SSL_get_psk_identity`).
+    #[doc(alias = "SSL_get_psk_identity")]
+    pub fn psk_identity(&self) -> Option<&[u8]> {
+        self.ssl.psk_identity()
+    }
+
+    /// The peer's certificate, if it sent one (`SSL_get1_peer_certificate`).
+    #[doc(alias = "SSL_get1_peer_certificate")]
+    pub fn peer_certificate(&self) -> Option<X509> {
+        self.ssl.peer_certificate()
+    }
+
+    /// The ALPN protocol agreed, if any (`SSL_get0_alpn_selected`).
+    #[doc(alias = "SSL_get0_alpn_selected")]
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.ssl.selected_alpn_protocol()
+    }
+
+    /// The server name (SNI) the client asked for (`SSL_get_servername`).
+    #[doc(alias = "SSL_get_servername")]
+    pub fn server_name(&self) -> Option<&str> {
+        self.ssl.servername(openssl::ssl::NameType::HOST_NAME)
+    }
+
+    /// The largest application payload [`send`](Self::send) accepts: what fits one record in
+    /// one datagram at this MTU and cipher (`DTLS_get_data_mtu`); 0 before the handshake.
+    #[doc(alias = "DTLS_get_data_mtu")]
+    pub fn data_mtu(&self) -> usize {
+        self.data_mtu
+    }
+
+    /// The link MTU: the largest datagram this session emits.
+    pub fn mtu(&self) -> usize {
+        self.config.mtu
+    }
+
+    /// The peer's address, if known.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// Records the peer's address (used in logs and by the cookie callbacks).
+    pub fn set_peer_addr(&mut self, peer: SocketAddr) {
+        self.peer = Some(peer);
+        self.bio_mut().peer = Some(peer);
+    }
+
+    /// Counters of this session.
+    pub fn stats(&self) -> SessionStats {
+        let mut stats = self.stats;
+        stats.retransmits = self.bio_ref().timeouts;
+        stats
+    }
+
+    /// The configuration the session runs with.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The underlying OpenSSL object, for queries this API does not cover.
+    pub fn ssl(&self) -> &SslRef {
+        &self.ssl
+    }
+}
