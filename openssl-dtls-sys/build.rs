@@ -3,10 +3,10 @@
 
 fn main() {
     const CFGS: &[(u64, &str)] = &[
-        (0x3_00_00_00_0, "ossl300"),
-        (0x3_01_00_00_0, "ossl310"),
-        (0x3_02_00_00_0, "ossl320"),
-        (0x3_05_00_00_0, "ossl350"),
+        (0x3000_0000, "ossl300"),
+        (0x3010_0000, "ossl310"),
+        (0x3020_0000, "ossl320"),
+        (0x3050_0000, "ossl350"),
     ];
     for (_, name) in CFGS {
         println!("cargo:rustc-check-cfg=cfg({name})");

@@ -34,11 +34,17 @@ fn psk_contexts(cipher: &str) -> (SslContext, SslContext) {
     (c.build(), s.build())
 }
 
-fn cert_contexts(pki: &Pki, leaf: &X509, key: &PKey<Private>, chain: &[X509]) -> (SslContext, SslContext) {
+fn cert_contexts(
+    pki: &Pki,
+    leaf: &X509,
+    key: &PKey<Private>,
+    chain: &[X509],
+) -> (SslContext, SslContext) {
     let mut c = SslContextBuilder::new(SslMethod::dtls_client()).unwrap();
     c.cert_store_mut().add_cert(pki.ca_cert.clone()).unwrap();
     c.set_verify(SslVerifyMode::PEER);
-    c.set_cipher_list("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256").unwrap();
+    c.set_cipher_list("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256")
+        .unwrap();
     let mut s = SslContextBuilder::new(SslMethod::dtls_server()).unwrap();
     s.set_certificate(leaf).unwrap();
     for extra in chain {
@@ -66,8 +72,18 @@ fn pair(client: &SslContext, server: &SslContext, config: &SessionConfig) -> (Se
 }
 
 /// Sends `msg` from one side and runs until the other has it; returns what arrived.
-fn exchange(from_client: bool, msg: &[u8], c: &mut Session, s: &mut Session, link: &mut Link) -> Vec<u8> {
-    if from_client { c.send(msg).unwrap() } else { s.send(msg).unwrap() }
+fn exchange(
+    from_client: bool,
+    msg: &[u8],
+    c: &mut Session,
+    s: &mut Session,
+    link: &mut Link,
+) -> Vec<u8> {
+    if from_client {
+        c.send(msg).unwrap()
+    } else {
+        s.send(msg).unwrap()
+    }
     let mut got = Vec::new();
     let ok = run_until(c, s, link, Duration::from_secs(5), |c, s| {
         let rx = if from_client { s } else { c };
@@ -92,8 +108,14 @@ fn psk_handshake_and_data(cipher: &str) {
     assert_eq!(s.cipher(), Some(cipher));
     assert_eq!(c.protocol_version(), Some("DTLSv1.2"));
     assert_eq!(s.psk_identity(), Some(IDENTITY));
-    assert_eq!(exchange(true, b"hello server", &mut c, &mut s, &mut link), b"hello server");
-    assert_eq!(exchange(false, b"hello client", &mut c, &mut s, &mut link), b"hello client");
+    assert_eq!(
+        exchange(true, b"hello server", &mut c, &mut s, &mut link),
+        b"hello server"
+    );
+    assert_eq!(
+        exchange(false, b"hello client", &mut c, &mut s, &mut link),
+        b"hello client"
+    );
 }
 
 #[test]
@@ -114,7 +136,12 @@ fn ecdsa_p256_certificate_handshake_then_data_both_ways() {
     let (cc, sc) = cert_contexts(&pki, &leaf, &key, &[]);
     let (mut c, mut s) = pair(&cc, &sc, &test_config());
     let mut link = Link::perfect();
-    assert!(handshake(&mut c, &mut s, &mut link, Duration::from_secs(5)), "{:?} {:?}", c.error(), s.error());
+    assert!(
+        handshake(&mut c, &mut s, &mut link, Duration::from_secs(5)),
+        "{:?} {:?}",
+        c.error(),
+        s.error()
+    );
     assert_eq!(c.cipher(), Some("ECDHE-ECDSA-AES128-GCM-SHA256"));
     let peer = c.peer_certificate().expect("server certificate");
     assert_eq!(peer.to_der().unwrap(), leaf.to_der().unwrap());
@@ -134,10 +161,19 @@ fn clean_handshake_datagrams(cc: &SslContext, sc: &SslContext) -> usize {
 fn handshake_completes_when_each_handshake_datagram_is_dropped_in_turn() {
     let (cc, sc) = psk_contexts("PSK-AES128-CCM8");
     let total = clean_handshake_datagrams(&cc, &sc);
-    assert!(total >= 4, "a DTLS 1.2 handshake takes at least 4 flights, saw {total}");
+    assert!(
+        total >= 4,
+        "a DTLS 1.2 handshake takes at least 4 flights, saw {total}"
+    );
     for i in 0..total {
         let (mut c, mut s) = pair(&cc, &sc, &test_config());
-        let mut link = Link::new(1, Faults { drop_indices: vec![i], ..Faults::default() });
+        let mut link = Link::new(
+            1,
+            Faults {
+                drop_indices: vec![i],
+                ..Faults::default()
+            },
+        );
         assert!(
             handshake(&mut c, &mut s, &mut link, Duration::from_secs(8)),
             "dropping datagram {i} of {total}: client {:?} server {:?}",
@@ -146,8 +182,14 @@ fn handshake_completes_when_each_handshake_datagram_is_dropped_in_turn() {
         );
         assert_eq!(link.dropped, 1);
         // Data still flows both ways afterwards (the last flight may have been the one lost).
-        assert_eq!(exchange(true, b"after loss", &mut c, &mut s, &mut link), b"after loss");
-        assert_eq!(exchange(false, b"reply", &mut c, &mut s, &mut link), b"reply");
+        assert_eq!(
+            exchange(true, b"after loss", &mut c, &mut s, &mut link),
+            b"after loss"
+        );
+        assert_eq!(
+            exchange(false, b"reply", &mut c, &mut s, &mut link),
+            b"reply"
+        );
     }
 }
 
@@ -160,8 +202,17 @@ fn handshake_completes_when_each_certificate_handshake_datagram_is_dropped_in_tu
     let total = clean_handshake_datagrams(&cc, &sc);
     for i in 0..total {
         let (mut c, mut s) = pair(&cc, &sc, &test_config());
-        let mut link = Link::new(1, Faults { drop_indices: vec![i], ..Faults::default() });
-        assert!(handshake(&mut c, &mut s, &mut link, Duration::from_secs(8)), "dropping datagram {i} of {total}");
+        let mut link = Link::new(
+            1,
+            Faults {
+                drop_indices: vec![i],
+                ..Faults::default()
+            },
+        );
+        assert!(
+            handshake(&mut c, &mut s, &mut link, Duration::from_secs(8)),
+            "dropping datagram {i} of {total}"
+        );
     }
 }
 
@@ -179,19 +230,36 @@ fn twenty_percent_loss_both_ways_over_200_seeds_all_complete_within_the_deadline
                     let mut failures = Vec::new();
                     for &seed in chunk {
                         let (mut c, mut s) = pair(cc, sc, config);
-                        let mut link = Link::new(seed, Faults { drop: 0.2, ..Faults::default() });
+                        let mut link = Link::new(
+                            seed,
+                            Faults {
+                                drop: 0.2,
+                                ..Faults::default()
+                            },
+                        );
                         let ok = handshake(&mut c, &mut s, &mut link, config.handshake_timeout);
                         if !ok {
-                            failures.push(format!("seed {seed}: client {:?} server {:?}", c.error(), s.error()));
+                            failures.push(format!(
+                                "seed {seed}: client {:?} server {:?}",
+                                c.error(),
+                                s.error()
+                            ));
                         }
                     }
                     failures
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
-    assert!(failures.is_empty(), "{} of 200 failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of 200 failed: {failures:?}",
+        failures.len()
+    );
 }
 
 #[test]
@@ -199,8 +267,18 @@ fn reordered_handshake_datagrams_still_complete() {
     let (cc, sc) = psk_contexts("PSK-AES128-GCM-SHA256");
     for seed in 0..20 {
         let (mut c, mut s) = pair(&cc, &sc, &test_config());
-        let mut link = Link::new(seed, Faults { reorder: 0.5, duplicate: 0.2, ..Faults::default() });
-        assert!(handshake(&mut c, &mut s, &mut link, Duration::from_secs(8)), "seed {seed}");
+        let mut link = Link::new(
+            seed,
+            Faults {
+                reorder: 0.5,
+                duplicate: 0.2,
+                ..Faults::default()
+            },
+        );
+        assert!(
+            handshake(&mut c, &mut s, &mut link, Duration::from_secs(8)),
+            "seed {seed}"
+        );
     }
 }
 
@@ -215,13 +293,19 @@ fn duplicated_application_data_is_delivered_once() {
         c.send(&[i; 100]).unwrap();
     }
     let mut got = Vec::new();
-    run_until(&mut c, &mut s, &mut link, Duration::from_millis(300), |_, s| {
-        let mut buf = [0u8; 256];
-        while let Ok(Some(n)) = s.recv(&mut buf) {
-            got.push(buf[..n].to_vec());
-        }
-        false
-    });
+    run_until(
+        &mut c,
+        &mut s,
+        &mut link,
+        Duration::from_millis(300),
+        |_, s| {
+            let mut buf = [0u8; 256];
+            while let Ok(Some(n)) = s.recv(&mut buf) {
+                got.push(buf[..n].to_vec());
+            }
+            false
+        },
+    );
     assert_eq!(got.len(), 20, "each of 20 datagrams exactly once");
     for (i, d) in got.iter().enumerate() {
         assert_eq!(d, &vec![i as u8; 100]);
@@ -233,17 +317,39 @@ fn a_4kb_certificate_chain_fragments_within_an_mtu_of_500() {
     let pki = Pki::new_rsa();
     let key = support::ec_key(Nid::X9_62_PRIME256V1);
     let (leaf, chain) = pki.long_chain("server.test", &key, 3);
-    let chain_len: usize = chain.iter().map(|c| c.to_der().unwrap().len()).sum::<usize>() + leaf.to_der().unwrap().len();
+    let chain_len: usize = chain
+        .iter()
+        .map(|c| c.to_der().unwrap().len())
+        .sum::<usize>()
+        + leaf.to_der().unwrap().len();
     assert!(chain_len > 4096, "chain is {chain_len} bytes");
     let (cc, sc) = cert_contexts(&pki, &leaf, &key, &chain);
     let mut config = test_config();
     config.mtu = 500;
     let (mut c, mut s) = pair(&cc, &sc, &config);
-    let mut link = Link::new(1, Faults { max_datagram: Some(500), ..Faults::default() });
-    assert!(handshake(&mut c, &mut s, &mut link, Duration::from_secs(5)), "{:?} {:?}", c.error(), s.error());
+    let mut link = Link::new(
+        1,
+        Faults {
+            max_datagram: Some(500),
+            ..Faults::default()
+        },
+    );
+    assert!(
+        handshake(&mut c, &mut s, &mut link, Duration::from_secs(5)),
+        "{:?} {:?}",
+        c.error(),
+        s.error()
+    );
     assert!(link.largest <= 500, "largest datagram {}", link.largest);
-    assert!(link.sent > 10, "a {chain_len}-byte chain needs many 500-byte datagrams, saw {}", link.sent);
-    assert_eq!(exchange(false, b"fragmented fine", &mut c, &mut s, &mut link), b"fragmented fine");
+    assert!(
+        link.sent > 10,
+        "a {chain_len}-byte chain needs many 500-byte datagrams, saw {}",
+        link.sent
+    );
+    assert_eq!(
+        exchange(false, b"fragmented fine", &mut c, &mut s, &mut link),
+        b"fragmented fine"
+    );
 }
 
 #[test]
@@ -291,7 +397,9 @@ fn a_peer_that_disappears_mid_handshake_fails_with_timeout_at_the_deadline() {
         while c.poll_transmit(&mut buf).is_some() {
             sent += 1; // into the void
         }
-        let wake = c.poll_timeout().expect("a handshaking session always has a deadline");
+        let wake = c
+            .poll_timeout()
+            .expect("a handshaking session always has a deadline");
         std::thread::sleep(wake.saturating_duration_since(Instant::now()));
         c.handle_timeout(Instant::now());
         assert!(start.elapsed() < Duration::from_secs(3), "no timeout");
@@ -325,7 +433,10 @@ fn the_retransmission_cap_fails_the_handshake_with_timeout() {
     }
     assert!(matches!(c.error(), Some(Error::Timeout)), "{:?}", c.error());
     assert_eq!(sent, 4, "the first ClientHello and 3 retransmissions");
-    assert!(start.elapsed() < Duration::from_secs(2), "the cap, not the 10 s deadline, ended it");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the cap, not the 10 s deadline, ended it"
+    );
 }
 
 #[test]
@@ -338,10 +449,16 @@ fn close_notify_ends_the_peers_receive_with_closed() {
     c.close();
     assert_eq!(c.state(), SessionState::Closed);
     let mut buf = [0u8; 64];
-    let ok = run_until(&mut c, &mut s, &mut link, Duration::from_secs(2), |_, s| s.state() == SessionState::Closed);
+    let ok = run_until(&mut c, &mut s, &mut link, Duration::from_secs(2), |_, s| {
+        s.state() == SessionState::Closed
+    });
     assert!(ok);
     assert!(s.closed_by_peer());
-    assert_eq!(s.recv(&mut buf).unwrap(), Some(10), "data sent before close is still delivered");
+    assert_eq!(
+        s.recv(&mut buf).unwrap(),
+        Some(10),
+        "data sent before close is still delivered"
+    );
     assert!(matches!(s.recv(&mut buf), Err(Error::Closed)));
     assert!(matches!(s.send(b"x"), Err(Error::Closed)));
 }
@@ -352,10 +469,19 @@ fn every_datagram_respects_the_mtu_at_256_bytes() {
     let mut config = test_config();
     config.mtu = 256;
     let (mut c, mut s) = pair(&cc, &sc, &config);
-    let mut link = Link::new(1, Faults { max_datagram: Some(256), ..Faults::default() });
+    let mut link = Link::new(
+        1,
+        Faults {
+            max_datagram: Some(256),
+            ..Faults::default()
+        },
+    );
     assert!(handshake(&mut c, &mut s, &mut link, Duration::from_secs(5)));
     let max = c.data_mtu();
-    assert_eq!(exchange(true, &vec![1u8; max], &mut c, &mut s, &mut link).len(), max);
+    assert_eq!(
+        exchange(true, &vec![1u8; max], &mut c, &mut s, &mut link).len(),
+        max
+    );
 }
 
 #[test]
@@ -372,8 +498,10 @@ fn an_mtu_below_openssls_minimum_is_a_config_error() {
 fn a_dtls_1_0_only_client_is_refused_with_an_alert() {
     let (_, sc) = psk_contexts("PSK-AES128-CCM8");
     let mut c = SslContextBuilder::new(SslMethod::dtls_client()).unwrap();
-    c.set_cipher_list("PSK-AES128-CCM8:PSK-AES128-CBC-SHA:@SECLEVEL=0").unwrap();
-    c.set_max_proto_version(Some(openssl::ssl::SslVersion::DTLS1)).unwrap();
+    c.set_cipher_list("PSK-AES128-CCM8:PSK-AES128-CBC-SHA:@SECLEVEL=0")
+        .unwrap();
+    c.set_max_proto_version(Some(openssl::ssl::SslVersion::DTLS1))
+        .unwrap();
     c.set_psk_client_callback(|_, _, identity, psk| {
         identity[..IDENTITY.len()].copy_from_slice(IDENTITY);
         identity[IDENTITY.len()] = 0;
@@ -391,11 +519,16 @@ fn a_dtls_1_0_only_client_is_refused_with_an_alert() {
     server.handle_datagram(now, &hello);
     assert_eq!(server.state(), SessionState::Failed);
     match server.error() {
-        Some(Error::LocalAlert { alert, .. }) => assert_eq!(alert.description, 70, "protocol_version"),
+        Some(Error::LocalAlert { alert, .. }) => {
+            assert_eq!(alert.description, 70, "protocol_version")
+        }
         other => panic!("expected a protocol_version alert, got {other:?}"),
     }
     let mut buf = [0u8; 256];
-    assert!(server.poll_transmit(&mut buf).is_some(), "the alert is sent");
+    assert!(
+        server.poll_transmit(&mut buf).is_some(),
+        "the alert is sent"
+    );
     drop(raw);
     let _ = Dir::ToClient;
 }
@@ -427,6 +560,9 @@ fn support_dtls10_client_hello(ctx: &SslContext) -> Vec<u8> {
     let mut stream = SslStream::new(ssl, Capture::default()).unwrap();
     let _ = stream.connect();
     let hello = stream.get_ref().0.clone();
-    assert!(hello.len() > 13 && hello[0] == 22, "captured a handshake record");
+    assert!(
+        hello.len() > 13 && hello[0] == 22,
+        "captured a handshake record"
+    );
     hello
 }

@@ -114,7 +114,10 @@ impl BioState {
                 buf[..len].copy_from_slice(&datagram);
             } else {
                 self.outbound_dropped += 1;
-                log::warn!("dropping a {len}-byte datagram: transmit buffer holds {}", buf.len());
+                log::warn!(
+                    "dropping a {len}-byte datagram: transmit buffer holds {}",
+                    buf.len()
+                );
             }
             self.recycle(datagram);
             if fits {
@@ -124,29 +127,9 @@ impl BioState {
         None
     }
 
-    /// Length of the oldest outgoing datagram.
-    pub fn peek_outbound_len(&self) -> Option<usize> {
-        self.outbound.front().map(Vec::len)
-    }
-
     /// Number of outgoing datagrams waiting.
     pub fn outbound_len(&self) -> usize {
         self.outbound.len()
-    }
-
-    /// Drops all queued outgoing datagrams.
-    pub fn clear_outbound(&mut self) {
-        while let Some(datagram) = self.outbound.pop_front() {
-            self.recycle(datagram);
-        }
-    }
-
-    /// Frees spare buffers (for idle connections).
-    pub fn shrink(&mut self) {
-        self.spare = Vec::new();
-        if !self.inbound_ready {
-            self.inbound = Vec::new();
-        }
     }
 
     fn recycle(&mut self, mut datagram: Vec<u8>) {
@@ -346,7 +329,11 @@ unsafe extern "C" fn bio_write(bio: *mut ffi::BIO, buf: *const c_char, len: c_in
             if state.is_null() || len < 0 || (buf.is_null() && len > 0) {
                 return -1;
             }
-            let data = if len == 0 { &[][..] } else { std::slice::from_raw_parts(buf.cast::<u8>(), len as usize) };
+            let data = if len == 0 {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(buf.cast::<u8>(), len as usize)
+            };
             (*state).write(data);
             len
         }
@@ -363,7 +350,11 @@ unsafe extern "C" fn bio_read(bio: *mut ffi::BIO, buf: *mut c_char, len: c_int) 
             if state.is_null() || len < 0 || (buf.is_null() && len > 0) {
                 return -1;
             }
-            let out = if len == 0 { &mut [][..] } else { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len as usize) };
+            let out = if len == 0 {
+                &mut [][..]
+            } else {
+                std::slice::from_raw_parts_mut(buf.cast::<u8>(), len as usize)
+            };
             match (*state).read(out) {
                 Some(n) => n as c_int,
                 None => {
@@ -379,7 +370,12 @@ unsafe extern "C" fn bio_puts(_bio: *mut ffi::BIO, _s: *const c_char) -> c_int {
     -2 // not supported, as for other datagram BIOs
 }
 
-unsafe extern "C" fn bio_ctrl(bio: *mut ffi::BIO, cmd: c_int, num: c_long, ptr: *mut c_void) -> c_long {
+unsafe extern "C" fn bio_ctrl(
+    bio: *mut ffi::BIO,
+    cmd: c_int,
+    num: c_long,
+    ptr: *mut c_void,
+) -> c_long {
     guard(0, || {
         // SAFETY: OpenSSL passes our BIO; `ptr` is interpreted only for the commands whose
         // documented argument is a BIO_ADDR. No other reference to the state is live.
@@ -390,9 +386,9 @@ unsafe extern "C" fn bio_ctrl(bio: *mut ffi::BIO, cmd: c_int, num: c_long, ptr: 
             }
             let state = &mut *state;
             match cmd {
-                dffi::BIO_CTRL_DGRAM_QUERY_MTU | dffi::BIO_CTRL_DGRAM_GET_MTU | dffi::BIO_CTRL_DGRAM_GET_FALLBACK_MTU => {
-                    state.mtu as c_long
-                }
+                dffi::BIO_CTRL_DGRAM_QUERY_MTU
+                | dffi::BIO_CTRL_DGRAM_GET_MTU
+                | dffi::BIO_CTRL_DGRAM_GET_FALLBACK_MTU => state.mtu as c_long,
                 dffi::BIO_CTRL_DGRAM_SET_MTU => {
                     if num > 0 {
                         state.mtu = num as usize;
@@ -415,13 +411,8 @@ unsafe extern "C" fn bio_ctrl(bio: *mut ffi::BIO, cmd: c_int, num: c_long, ptr: 
                     state.peek = num != 0;
                     1
                 }
-                dffi::BIO_CTRL_PENDING => {
-                    if state.inbound_ready {
-                        state.inbound.len() as c_long
-                    } else {
-                        0
-                    }
-                }
+                dffi::BIO_CTRL_PENDING if state.inbound_ready => state.inbound.len() as c_long,
+                dffi::BIO_CTRL_PENDING => 0,
                 dffi::BIO_CTRL_WPENDING => 0,
                 dffi::BIO_CTRL_FLUSH => 1,
                 dffi::BIO_CTRL_RESET => {
@@ -445,7 +436,9 @@ unsafe fn write_bio_addr(addr: *mut dffi::BIO_ADDR, peer: SocketAddr) -> c_long 
         match peer.ip() {
             IpAddr::V4(ip) => {
                 let raw = ip.octets();
-                if dffi::BIO_ADDR_rawmake(addr, libc::AF_INET, raw.as_ptr().cast(), raw.len(), port) == 1 {
+                if dffi::BIO_ADDR_rawmake(addr, libc::AF_INET, raw.as_ptr().cast(), raw.len(), port)
+                    == 1
+                {
                     std::mem::size_of::<libc::sockaddr_in>() as c_long
                 } else {
                     0
@@ -453,7 +446,14 @@ unsafe fn write_bio_addr(addr: *mut dffi::BIO_ADDR, peer: SocketAddr) -> c_long 
             }
             IpAddr::V6(ip) => {
                 let raw = ip.octets();
-                if dffi::BIO_ADDR_rawmake(addr, libc::AF_INET6, raw.as_ptr().cast(), raw.len(), port) == 1 {
+                if dffi::BIO_ADDR_rawmake(
+                    addr,
+                    libc::AF_INET6,
+                    raw.as_ptr().cast(),
+                    raw.len(),
+                    port,
+                ) == 1
+                {
                     std::mem::size_of::<libc::sockaddr_in6>() as c_long
                 } else {
                     0
@@ -474,7 +474,11 @@ unsafe extern "C" fn timer_cb(ssl: *mut ffi::SSL, timer_us: c_uint) -> c_uint {
         };
         // SAFETY: see above.
         let state = unsafe { &mut *state };
-        let initial = state.timer.initial.as_micros().clamp(1, u128::from(u32::MAX)) as c_uint;
+        let initial = state
+            .timer
+            .initial
+            .as_micros()
+            .clamp(1, u128::from(u32::MAX)) as c_uint;
         let max = state.timer.max.as_micros().clamp(1, u128::from(u32::MAX)) as c_uint;
         if timer_us == 0 {
             initial

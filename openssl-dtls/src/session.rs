@@ -94,14 +94,28 @@ impl Default for SessionConfig {
 impl SessionConfig {
     /// Checks every field's range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn range(setting: &'static str, value: u64, ok: bool, allowed: &'static str) -> Result<(), ConfigError> {
+        fn range(
+            setting: &'static str,
+            value: u64,
+            ok: bool,
+            allowed: &'static str,
+        ) -> Result<(), ConfigError> {
             if ok {
                 Ok(())
             } else {
-                Err(ConfigError::OutOfRange { setting, value, allowed })
+                Err(ConfigError::OutOfRange {
+                    setting,
+                    value,
+                    allowed,
+                })
             }
         }
-        range("mtu", self.mtu as u64, (MIN_MTU..=MAX_MTU).contains(&self.mtu), "256 to 65507 bytes")?;
+        range(
+            "mtu",
+            self.mtu as u64,
+            (MIN_MTU..=MAX_MTU).contains(&self.mtu),
+            "256 to 65507 bytes",
+        )?;
         let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
         range(
             "handshake_timeout",
@@ -112,17 +126,29 @@ impl SessionConfig {
         range(
             "retransmit_initial",
             ms(self.retransmit_initial),
-            self.retransmit_initial >= Duration::from_millis(1) && self.retransmit_initial <= Duration::from_secs(60),
+            self.retransmit_initial >= Duration::from_millis(1)
+                && self.retransmit_initial <= Duration::from_secs(60),
             "1 ms to 60 s",
         )?;
         range(
             "retransmit_max",
             ms(self.retransmit_max),
-            self.retransmit_max >= self.retransmit_initial && self.retransmit_max <= Duration::from_secs(3600),
+            self.retransmit_max >= self.retransmit_initial
+                && self.retransmit_max <= Duration::from_secs(3600),
             "at least retransmit_initial, at most 1 hour",
         )?;
-        range("recv_queue", self.recv_queue as u64, self.recv_queue > 0, "at least 1")?;
-        range("send_queue", self.send_queue as u64, self.send_queue > 0, "at least 1")?;
+        range(
+            "recv_queue",
+            self.recv_queue as u64,
+            self.recv_queue > 0,
+            "at least 1",
+        )?;
+        range(
+            "send_queue",
+            self.send_queue as u64,
+            self.send_queue > 0,
+            "at least 1",
+        )?;
         range(
             "recv_queue_bytes",
             self.recv_queue_bytes as u64,
@@ -247,10 +273,11 @@ impl Session {
     ) -> Result<Session> {
         config.validate()?;
         ssl.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
-        let options = SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION | SslOptions::NO_COMPRESSION;
+        let options =
+            SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION | SslOptions::NO_COMPRESSION;
         // SAFETY: `ssl` is a valid SSL; SSL_set_options only sets bits.
         unsafe {
-            dffi::SSL_set_options(ssl.as_ptr(), options.bits() as u64);
+            dffi::SSL_set_options(ssl.as_ptr(), options.bits());
         }
         let timer = TimerSettings {
             initial: config.retransmit_initial,
@@ -395,7 +422,11 @@ impl Session {
         match self.state {
             SessionState::Failed | SessionState::Closed => return,
             SessionState::Handshaking if now >= self.handshake_deadline() => {
-                log::debug!("handshake with {:?} timed out after {:?}", self.peer, self.config.handshake_timeout);
+                log::debug!(
+                    "handshake with {:?} timed out after {:?}",
+                    self.peer,
+                    self.config.handshake_timeout
+                );
                 self.fail(Error::Timeout);
                 return;
             }
@@ -405,7 +436,9 @@ impl Session {
         if now < at {
             return;
         }
-        if self.state == SessionState::Handshaking && self.bio_ref().timeouts >= self.config.max_retransmits {
+        if self.state == SessionState::Handshaking
+            && self.bio_ref().timeouts >= self.config.max_retransmits
+        {
             log::debug!("handshake with {:?}: retransmission cap reached", self.peer);
             self.fail(Error::Timeout);
             return;
@@ -447,7 +480,12 @@ impl Session {
         // SAFETY: `ssl` is valid; `data` is readable for its length.
         let r = unsafe {
             ffi::ERR_clear_error();
-            ffi::SSL_write_ex(self.ssl.as_ptr(), data.as_ptr().cast(), data.len(), &mut written)
+            ffi::SSL_write_ex(
+                self.ssl.as_ptr(),
+                data.as_ptr().cast(),
+                data.len(),
+                &mut written,
+            )
         };
         if r == 1 && written == data.len() {
             self.stats.app_out += 1;
@@ -475,7 +513,9 @@ impl Session {
             return Ok(Some(n));
         }
         match self.state {
-            SessionState::Failed => Err(self.error.as_ref().map_or(Error::Closed, Error::duplicate)),
+            SessionState::Failed => {
+                Err(self.error.as_ref().map_or(Error::Closed, Error::duplicate))
+            }
             SessionState::Closed => Err(Error::Closed),
             _ => Ok(None),
         }
@@ -518,7 +558,9 @@ impl Session {
             SessionState::Established => Ok(()),
             SessionState::Handshaking => Err(Error::NotConnected),
             SessionState::Closed => Err(Error::Closed),
-            SessionState::Failed => Err(self.error.as_ref().map_or(Error::Closed, Error::duplicate)),
+            SessionState::Failed => {
+                Err(self.error.as_ref().map_or(Error::Closed, Error::duplicate))
+            }
         }
     }
 
@@ -546,7 +588,12 @@ impl Session {
                     // SAFETY: `ssl` is valid; `scratch` is writable for its length.
                     let r = unsafe {
                         ffi::ERR_clear_error();
-                        ffi::SSL_read_ex(self.ssl.as_ptr(), scratch.as_mut_ptr().cast(), scratch.len(), &mut n)
+                        ffi::SSL_read_ex(
+                            self.ssl.as_ptr(),
+                            scratch.as_mut_ptr().cast(),
+                            scratch.len(),
+                            &mut n,
+                        )
                     };
                     if r == 1 {
                         self.push_received(&scratch[..n]);
@@ -642,11 +689,15 @@ impl Session {
             self.retransmit_at = None;
             return;
         }
-        let mut tv = dffi::timeval { tv_sec: 0, tv_usec: 0 };
+        let mut tv = dffi::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
         // SAFETY: `ssl` is valid; `tv` is a writable timeval.
         let running = unsafe { dffi::DTLSv1_get_timeout(self.ssl.as_ptr(), &mut tv) } == 1;
         self.retransmit_at = running.then(|| {
-            let left = Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64);
+            let left = Duration::from_secs(tv.tv_sec.max(0) as u64)
+                + Duration::from_micros(tv.tv_usec.max(0) as u64);
             now + left
         });
     }

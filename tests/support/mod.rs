@@ -98,10 +98,16 @@ impl Link {
         self.sent += 1;
         self.largest = self.largest.max(datagram.len());
         if let Some(max) = self.faults.max_datagram {
-            assert!(datagram.len() <= max, "datagram of {} bytes exceeds the MTU {max}", datagram.len());
+            assert!(
+                datagram.len() <= max,
+                "datagram of {} bytes exceeds the MTU {max}",
+                datagram.len()
+            );
         }
         let faulty = self.faults.limit.is_none_or(|limit| index < limit);
-        if self.faults.drop_indices.contains(&index) || (faulty && self.rng.chance(self.faults.drop)) {
+        if self.faults.drop_indices.contains(&index)
+            || (faulty && self.rng.chance(self.faults.drop))
+        {
             self.dropped += 1;
             return;
         }
@@ -179,17 +185,29 @@ pub fn run_until(
             return false;
         }
         if !moved && !client.has_transmit() && !server.has_transmit() {
-            let next = [client.poll_timeout(), server.poll_timeout()].into_iter().flatten().min();
+            let next = [client.poll_timeout(), server.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
             let wake = next.unwrap_or(now + Duration::from_millis(5)).min(end);
-            let nap = wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(20));
+            let nap = wake
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(20));
             std::thread::sleep(nap.max(Duration::from_micros(200)));
         }
     }
 }
 
 /// Runs until both sessions are established.
-pub fn handshake(client: &mut Session, server: &mut Session, link: &mut Link, deadline: Duration) -> bool {
-    run_until(client, server, link, deadline, |c, s| c.is_established() && s.is_established())
+pub fn handshake(
+    client: &mut Session,
+    server: &mut Session,
+    link: &mut Link,
+    deadline: Duration,
+) -> bool {
+    run_until(client, server, link, deadline, |c, s| {
+        c.is_established() && s.is_established()
+    })
 }
 
 /// A certificate authority and leaf certificates signed by it.
@@ -221,20 +239,36 @@ fn build_cert(
     b.set_version(2).unwrap();
     let mut serial = BigNum::new().unwrap();
     serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
     b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(issuer.map_or(&name, |(c, _)| c.subject_name())).unwrap();
+    b.set_issuer_name(issuer.map_or(&name, |(c, _)| c.subject_name()))
+        .unwrap();
     b.set_pubkey(key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap()).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
     if is_ca {
-        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap()).unwrap();
-        b.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build().unwrap())
+        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
             .unwrap();
+        b.append_extension(
+            KeyUsage::new()
+                .critical()
+                .key_cert_sign()
+                .crl_sign()
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
     } else {
-        b.append_extension(BasicConstraints::new().critical().build().unwrap()).unwrap();
+        b.append_extension(BasicConstraints::new().critical().build().unwrap())
+            .unwrap();
         if let Some(dns) = dns {
-            let san = SubjectAlternativeName::new().dns(dns).build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None)).unwrap();
+            let san = SubjectAlternativeName::new()
+                .dns(dns)
+                .build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None))
+                .unwrap();
             b.append_extension(san).unwrap();
         }
     }
@@ -258,7 +292,13 @@ impl Pki {
 
     /// A leaf for `dns`, signed by the CA.
     pub fn leaf(&self, dns: &str, key: &PKey<Private>) -> X509 {
-        build_cert(dns, key, Some((&self.ca_cert, &self.ca_key)), false, Some(dns))
+        build_cert(
+            dns,
+            key,
+            Some((&self.ca_cert, &self.ca_key)),
+            false,
+            Some(dns),
+        )
     }
 
     /// A leaf signed through `depth` intermediates of RSA-4096 keys (a chain of several KB).
@@ -269,12 +309,24 @@ impl Pki {
         let mut chain = Vec::new();
         for i in 0..depth {
             let k = rsa_key(4096);
-            let c = build_cert(&format!("intermediate {i} with a deliberately long name to grow the chain"), &k, Some((&issuer_cert, &issuer_key)), true, None);
+            let c = build_cert(
+                &format!("intermediate {i} with a deliberately long name to grow the chain"),
+                &k,
+                Some((&issuer_cert, &issuer_key)),
+                true,
+                None,
+            );
             chain.push(c.clone());
             issuer_cert = c;
             issuer_key = k;
         }
-        let leaf = build_cert(dns, key, Some((&issuer_cert, &issuer_key)), false, Some(dns));
+        let leaf = build_cert(
+            dns,
+            key,
+            Some((&issuer_cert, &issuer_key)),
+            false,
+            Some(dns),
+        );
         chain.reverse();
         (leaf, chain)
     }

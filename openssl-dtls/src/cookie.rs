@@ -1,0 +1,688 @@
+//! Stateless DTLS cookies (RFC 6347 §4.2.1) and the rotating keys behind them.
+//!
+//! This module owns the cookie a server puts in its HelloVerifyRequest and checks when the client
+//! echoes it: `HMAC-SHA256(key, "openssl-dtls cookie v1" || family || address || port [|| scope])`,
+//! [`COOKIE_LEN`] bytes. The server keeps no per-peer state: a cookie proves only that the peer
+//! received a datagram at that address and port recently, which is all RFC 6347 §4.2.1 asks.
+//!
+//! Keys rotate every `interval`, and a cookie verifies under the current or the previous key, so
+//! a cookie lives at least one interval and less than two:
+//!
+//! - [`CookieSecrets::random`]: fresh random keys, rotated on the `now: Instant` the caller passes
+//!   in (sans-IO: no clock is read). A gap of two intervals or more replaces both keys.
+//! - [`CookieSecrets::with_secret`]: for several servers behind one load balancer, which must
+//!   accept each other's cookies. The key for interval `n` is derived deterministically as
+//!   `HMAC-SHA256(secret, "openssl-dtls cookie key" || n)` with `n = time since UNIX_EPOCH /
+//!   interval`. This mode reads [`SystemTime`]: an `Instant` is private to one process, and the
+//!   servers can only agree on which interval it is through the wall clock they share.
+//!
+//! Secret handling: every copy of key material in Rust memory (random bytes, derived keys, a
+//! pre-hashed long secret) lives in a buffer that is overwritten with zeros as soon as OpenSSL
+//! has its own copy. The keys themselves are kept as OpenSSL HMAC `EVP_PKEY`s, so no secret byte
+//! is stored in this struct; OpenSSL wipes its copy with `OPENSSL_secure_clear_free` when the last
+//! reference goes, which happens on drop and on rotation.
+//!
+//! Thread safety: [`CookieSecrets`] is `Send + Sync`. A short `Mutex` section clones the two key
+//! handles (a reference-count increment), rotating first when due; the HMACs run outside it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openssl::error::ErrorStack;
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::sign::Signer;
+
+/// Length of a cookie: one HMAC-SHA256 output.
+pub(crate) const COOKIE_LEN: usize = 32;
+
+/// Shortest secret [`CookieSecrets::with_secret`] accepts: 128 bits.
+pub(crate) const MIN_SHARED_SECRET_LEN: usize = 16;
+
+/// Shortest rotation interval; shorter ones are raised to it (a zero interval would rotate on
+/// every call, and no cookie would ever verify).
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Length of each HMAC key: the SHA-256 output size.
+const KEY_LEN: usize = 32;
+
+/// SHA-256 block size: HMAC hashes longer keys first (RFC 2104 §2).
+const HMAC_BLOCK_LEN: usize = 64;
+
+/// Domain separation for the cookie MAC: these keys sign nothing else.
+const COOKIE_LABEL: &[u8] = b"openssl-dtls cookie v1";
+
+/// Domain separation for deriving a shared-mode interval key from the configured secret.
+const KEY_LABEL: &[u8] = b"openssl-dtls cookie key";
+
+/// The keys that make and check cookies, rotated every interval. See the module docs.
+pub(crate) struct CookieSecrets {
+    interval: Duration,
+    keys: Keys,
+}
+
+/// Where the keys come from.
+enum Keys {
+    /// Random keys, rotated on the caller's `Instant`.
+    Random(Mutex<RandomKeys>),
+    /// Keys derived from a configured secret and the wall-clock interval number.
+    Shared {
+        /// The configured secret, as an HMAC key.
+        master: PKey<Private>,
+        /// Keys for the last interval used; `None` until the first call.
+        derived: Mutex<Option<SharedKeys>>,
+    },
+}
+
+/// The keys a cookie may verify under: the one cookies are made with, and the one before it.
+#[derive(Clone)]
+struct KeyPair {
+    current: PKey<Private>,
+    previous: PKey<Private>,
+}
+
+/// State of [`Keys::Random`].
+struct RandomKeys {
+    pair: KeyPair,
+    /// When `pair.current` took over.
+    rotated_at: Instant,
+}
+
+/// State of [`Keys::Shared`].
+struct SharedKeys {
+    pair: KeyPair,
+    /// Interval number `pair.current` was derived for.
+    interval_number: u64,
+}
+
+/// A stack buffer for key bytes that is overwritten with zeros when dropped.
+struct SecretBytes([u8; KEY_LEN]);
+
+impl SecretBytes {
+    fn zeroed() -> Self {
+        SecretBytes([0; KEY_LEN])
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
+/// Overwrites `buf` with zeros in a way the optimizer may not remove as a dead store.
+fn wipe(buf: &mut [u8]) {
+    buf.fill(0);
+    // `black_box` makes the compiler assume the zeros are read, so the writes stay.
+    std::hint::black_box(buf);
+}
+
+impl CookieSecrets {
+    /// Random keys, rotated every `interval` (at least [`MIN_INTERVAL`]), starting at `now`.
+    ///
+    /// Errors if OpenSSL's random generator or HMAC key creation fails.
+    pub(crate) fn random(interval: Duration, now: Instant) -> Result<Self, ErrorStack> {
+        let pair = KeyPair {
+            current: fresh_key()?,
+            previous: fresh_key()?,
+        };
+        Ok(CookieSecrets {
+            interval: interval.max(MIN_INTERVAL),
+            keys: Keys::Random(Mutex::new(RandomKeys {
+                pair,
+                rotated_at: now,
+            })),
+        })
+    }
+
+    /// Keys derived from `secret` (at least [`MIN_SHARED_SECRET_LEN`] bytes), so that every
+    /// server configured with the same secret and `interval` makes and accepts the same cookies.
+    ///
+    /// Random rotation is off in this mode: the key changes when the wall-clock interval number
+    /// changes (see the module docs). Keep the servers' clocks in sync to well under `interval`.
+    pub(crate) fn with_secret(secret: &[u8], interval: Duration) -> Result<Self, &'static str> {
+        if secret.len() < MIN_SHARED_SECRET_LEN {
+            return Err("cookie secret must be at least 16 bytes long");
+        }
+        let master = if secret.len() > HMAC_BLOCK_LEN {
+            // RFC 2104 §2: HMAC uses H(key) for keys longer than a block, so this is the same
+            // HMAC; hashing here keeps arbitrarily long input away from `PKey::hmac`'s int cast.
+            let mut digest = openssl::hash::hash(MessageDigest::sha256(), secret)
+                .map_err(|_| "could not hash the cookie secret")?;
+            let key = PKey::hmac(&digest);
+            wipe(&mut digest);
+            key
+        } else {
+            PKey::hmac(secret)
+        }
+        .map_err(|_| "could not create an HMAC key from the cookie secret")?;
+        Ok(CookieSecrets {
+            interval: interval.max(MIN_INTERVAL),
+            keys: Keys::Shared {
+                master,
+                derived: Mutex::new(None),
+            },
+        })
+    }
+
+    /// Writes the cookie for `peer` into the first [`COOKIE_LEN`] bytes of `out` and returns
+    /// [`COOKIE_LEN`]; returns 0 if `out` is too small or OpenSSL failed.
+    ///
+    /// Rotates the keys first if an interval has passed since the last rotation. `now` is unused
+    /// with a shared secret, which follows the wall clock.
+    #[doc(alias = "SSL_CTX_set_cookie_generate_cb")]
+    pub(crate) fn generate(&self, now: Instant, peer: SocketAddr, out: &mut [u8]) -> usize {
+        let Some(out) = out.get_mut(..COOKIE_LEN) else {
+            return 0;
+        };
+        match self.keys(now) {
+            Some(keys) => generate_with(&keys, peer, out),
+            None => 0,
+        }
+    }
+
+    /// True if `cookie` is what [`generate`](Self::generate) makes for `peer` under the current
+    /// or the previous key. The comparison is constant-time.
+    #[doc(alias = "SSL_CTX_set_cookie_verify_cb")]
+    pub(crate) fn verify(&self, now: Instant, peer: SocketAddr, cookie: &[u8]) -> bool {
+        if cookie.len() != COOKIE_LEN {
+            return false;
+        }
+        match self.keys(now) {
+            Some(keys) => verify_with(&keys, peer, cookie),
+            None => false,
+        }
+    }
+
+    /// How long a key stays current: a cookie verifies for at least this long, and for less than
+    /// twice this long.
+    pub(crate) fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The keys valid at `now`, rotating first if due; `None` if OpenSSL failed.
+    fn keys(&self, now: Instant) -> Option<KeyPair> {
+        match &self.keys {
+            Keys::Random(state) => self.random_keys(state, now),
+            Keys::Shared { master, derived } => {
+                // Before 1970 only on a badly broken clock; every server would agree on 0 anyway.
+                let since_epoch = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or(Duration::ZERO);
+                self.shared_keys(master, derived, since_epoch)
+            }
+        }
+    }
+
+    /// Random mode: rotate when `interval` has passed since the last rotation.
+    fn random_keys(&self, state: &Mutex<RandomKeys>, now: Instant) -> Option<KeyPair> {
+        let mut state = lock(state);
+        let elapsed = now.saturating_duration_since(state.rotated_at);
+        if elapsed >= self.interval {
+            let two_intervals = self.interval.checked_mul(2).unwrap_or(Duration::MAX);
+            if elapsed >= two_intervals {
+                // Two or more rotations at once: the previous key would also have been replaced,
+                // so no cookie made before the gap may verify.
+                state.pair = KeyPair {
+                    current: fresh_key().ok()?,
+                    previous: fresh_key().ok()?,
+                };
+                state.rotated_at = now;
+            } else {
+                let current = fresh_key().ok()?;
+                // The old previous key is dropped here; OpenSSL wipes it once no copy is in use.
+                state.pair.previous = std::mem::replace(&mut state.pair.current, current);
+                // Stay on the interval grid so that cookie lifetimes do not drift.
+                state.rotated_at = state.rotated_at.checked_add(self.interval).unwrap_or(now);
+            }
+        }
+        Some(state.pair.clone())
+    }
+
+    /// Shared mode: the keys of the interval containing `since_epoch` and of the one before it.
+    fn shared_keys(
+        &self,
+        master: &PKey<Private>,
+        derived: &Mutex<Option<SharedKeys>>,
+        since_epoch: Duration,
+    ) -> Option<KeyPair> {
+        let number = interval_number(since_epoch, self.interval);
+        let mut derived = lock(derived);
+        let cached = derived.as_ref().map(|keys| keys.interval_number);
+        if cached == Some(number) {
+            // Nothing to do: the common case.
+        } else if let (Some(keys), true) = (
+            derived.as_mut(),
+            cached.and_then(|n| n.checked_add(1)) == Some(number),
+        ) {
+            let current = derive_interval_key(master, number).ok()?;
+            keys.pair.previous = std::mem::replace(&mut keys.pair.current, current);
+            keys.interval_number = number;
+        } else {
+            // First use, a long pause, or a clock that stepped: derive both.
+            *derived = Some(SharedKeys {
+                pair: KeyPair {
+                    current: derive_interval_key(master, number).ok()?,
+                    previous: derive_interval_key(master, number.wrapping_sub(1)).ok()?,
+                },
+                interval_number: number,
+            });
+        }
+        derived.as_ref().map(|keys| keys.pair.clone())
+    }
+}
+
+impl fmt::Debug for CookieSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.keys {
+            Keys::Random(_) => "random",
+            Keys::Shared { .. } => "shared secret",
+        };
+        f.debug_struct("CookieSecrets")
+            .field("mode", &mode)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks `mutex`, ignoring poisoning: every update assigns whole values, so the state is
+/// consistent even if a thread panicked while holding the lock.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `floor(since_epoch / interval)`; `interval` is at least [`MIN_INTERVAL`].
+fn interval_number(since_epoch: Duration, interval: Duration) -> u64 {
+    let interval_ms = interval.as_millis().max(1);
+    u64::try_from(since_epoch.as_millis() / interval_ms).unwrap_or(u64::MAX)
+}
+
+/// A new HMAC key from OpenSSL's private random generator.
+fn fresh_key() -> Result<PKey<Private>, ErrorStack> {
+    let mut bytes = SecretBytes::zeroed();
+    openssl::rand::rand_priv_bytes(&mut bytes.0)?;
+    PKey::hmac(&bytes.0)
+}
+
+/// The shared-mode key of interval `number`: `HMAC(secret, KEY_LABEL || number)`.
+fn derive_interval_key(master: &PKey<Private>, number: u64) -> Result<PKey<Private>, ErrorStack> {
+    let mut bytes = SecretBytes::zeroed();
+    hmac_sha256(master, &[KEY_LABEL, &number.to_be_bytes()], &mut bytes.0)?;
+    PKey::hmac(&bytes.0)
+}
+
+/// HMAC-SHA256 of the concatenated `parts` into `out` (exactly [`KEY_LEN`] bytes).
+fn hmac_sha256(
+    key: &PKey<Private>,
+    parts: &[&[u8]],
+    out: &mut [u8; KEY_LEN],
+) -> Result<(), ErrorStack> {
+    let mut signer = Signer::new(MessageDigest::sha256(), key)?;
+    for part in parts {
+        signer.update(part)?;
+    }
+    let written = signer.sign(out)?;
+    if written != KEY_LEN {
+        // Never happens with SHA-256; refuse rather than hand out a short MAC.
+        wipe(out);
+        return Err(ErrorStack::get());
+    }
+    Ok(())
+}
+
+/// The cookie for `peer` under `key`. Address family, address, port and (IPv6) scope ID are
+/// all bound: a link-local peer on another interface is another peer.
+fn cookie_mac(
+    key: &PKey<Private>,
+    peer: SocketAddr,
+    out: &mut [u8; COOKIE_LEN],
+) -> Result<(), ErrorStack> {
+    match peer {
+        SocketAddr::V4(addr) => hmac_sha256(
+            key,
+            &[
+                COOKIE_LABEL,
+                &[4],
+                &addr.ip().octets(),
+                &addr.port().to_be_bytes(),
+            ],
+            out,
+        ),
+        SocketAddr::V6(addr) => hmac_sha256(
+            key,
+            &[
+                COOKIE_LABEL,
+                &[6],
+                &addr.ip().octets(),
+                &addr.port().to_be_bytes(),
+                &addr.scope_id().to_be_bytes(),
+            ],
+            out,
+        ),
+    }
+}
+
+/// Writes the cookie for `peer` under the current key into `out` (exactly [`COOKIE_LEN`] bytes).
+fn generate_with(keys: &KeyPair, peer: SocketAddr, out: &mut [u8]) -> usize {
+    let mut mac = [0; COOKIE_LEN];
+    if cookie_mac(&keys.current, peer, &mut mac).is_err() {
+        return 0;
+    }
+    match out.get_mut(..COOKIE_LEN) {
+        Some(out) => {
+            out.copy_from_slice(&mac);
+            COOKIE_LEN
+        }
+        None => 0,
+    }
+}
+
+/// True if `cookie` matches `peer` under the current or the previous key (constant-time).
+fn verify_with(keys: &KeyPair, peer: SocketAddr, cookie: &[u8]) -> bool {
+    if cookie.len() != COOKIE_LEN {
+        return false;
+    }
+    [&keys.current, &keys.previous].into_iter().any(|key| {
+        let mut expected = [0; COOKIE_LEN];
+        cookie_mac(key, peer, &mut expected).is_ok() && openssl::memcmp::eq(&expected, cookie)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
+    use std::sync::Arc;
+
+    const INTERVAL: Duration = Duration::from_secs(60);
+    const SECRET: &[u8] = b"load-balanced cluster SECRET 0123456789";
+
+    fn v4(a: u8, port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(192, 0, 2, a), port))
+    }
+
+    fn cookie(secrets: &CookieSecrets, now: Instant, peer: SocketAddr) -> [u8; COOKIE_LEN] {
+        let mut out = [0; COOKIE_LEN];
+        assert_eq!(secrets.generate(now, peer, &mut out), COOKIE_LEN);
+        out
+    }
+
+    #[test]
+    fn generated_cookie_verifies_for_the_same_peer() {
+        let t0 = Instant::now();
+        let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+        for peer in [v4(1, 5684), SocketAddr::from((Ipv6Addr::LOCALHOST, 5684))] {
+            let c = cookie(&secrets, t0, peer);
+            assert!(secrets.verify(t0, peer, &c));
+            assert!(secrets.verify(t0 + Duration::from_secs(59), peer, &c));
+        }
+    }
+
+    #[test]
+    fn cookie_is_stateless_and_deterministic_within_an_interval() {
+        let t0 = Instant::now();
+        let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+        let peer = v4(1, 5684);
+        assert_eq!(
+            cookie(&secrets, t0, peer),
+            cookie(&secrets, t0 + INTERVAL - Duration::from_nanos(1), peer)
+        );
+        assert_ne!(
+            cookie(&secrets, t0, peer),
+            cookie(&secrets, t0, v4(2, 5684))
+        );
+    }
+
+    #[test]
+    fn cookie_does_not_verify_for_another_ip_port_or_family() {
+        let t0 = Instant::now();
+        let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+        let peer = v4(1, 5684);
+        let c = cookie(&secrets, t0, peer);
+        assert!(!secrets.verify(t0, v4(2, 5684), &c), "other IP");
+        assert!(!secrets.verify(t0, v4(1, 5685), &c), "other port");
+        let mapped = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped(), 5684));
+        assert!(!secrets.verify(t0, mapped, &c), "other family");
+
+        let v6 = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 5684, 0, 1));
+        let c6 = cookie(&secrets, t0, v6);
+        assert!(secrets.verify(t0, v6, &c6));
+        let other_scope = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 5684, 0, 2));
+        assert!(!secrets.verify(t0, other_scope, &c6), "other interface");
+        assert!(!secrets.verify(t0, peer, &c6), "other family");
+    }
+
+    #[test]
+    fn malformed_cookies_never_verify() {
+        let t0 = Instant::now();
+        let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+        let peer = v4(1, 5684);
+        let c = cookie(&secrets, t0, peer);
+        assert!(!secrets.verify(t0, peer, &[]), "empty");
+        assert!(!secrets.verify(t0, peer, &c[..COOKIE_LEN - 1]), "short");
+        let mut long = c.to_vec();
+        long.push(0);
+        assert!(!secrets.verify(t0, peer, &long), "long");
+        assert!(!secrets.verify(t0, peer, &[0; COOKIE_LEN]), "zeros");
+        assert!(!secrets.verify(t0, peer, &vec![0xAB; 300]), "huge");
+        for i in 0..COOKIE_LEN {
+            let mut flipped = c;
+            flipped[i] ^= 0x01;
+            assert!(
+                !secrets.verify(t0, peer, &flipped),
+                "bit flipped in byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn generate_needs_room_for_a_whole_cookie() {
+        let t0 = Instant::now();
+        let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+        let peer = v4(1, 5684);
+        let mut small = [0x77; COOKIE_LEN - 1];
+        assert_eq!(secrets.generate(t0, peer, &mut small), 0);
+        assert_eq!(secrets.generate(t0, peer, &mut []), 0);
+        let mut large = [0x77; 255];
+        assert_eq!(secrets.generate(t0, peer, &mut large), COOKIE_LEN);
+        assert!(large[COOKIE_LEN..].iter().all(|&b| b == 0x77));
+        assert!(secrets.verify(t0, peer, &large[..COOKIE_LEN]));
+    }
+
+    #[test]
+    fn cookie_still_verifies_after_one_rotation() {
+        let t0 = Instant::now();
+        let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+        let peer = v4(1, 5684);
+        let late = t0 + INTERVAL - Duration::from_millis(1);
+        let c = cookie(&secrets, late, peer);
+        let rotated = t0 + INTERVAL;
+        assert!(secrets.verify(rotated, peer, &c));
+        // New cookies use the new key.
+        assert_ne!(cookie(&secrets, rotated, peer), c);
+        assert!(secrets.verify(rotated + INTERVAL - Duration::from_millis(1), peer, &c));
+    }
+
+    #[test]
+    fn cookie_expires_after_two_rotations() {
+        let t0 = Instant::now();
+        let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+        let peer = v4(1, 5684);
+        let c = cookie(&secrets, t0, peer);
+        assert!(secrets.verify(t0 + INTERVAL, peer, &c));
+        assert!(!secrets.verify(t0 + 2 * INTERVAL, peer, &c));
+    }
+
+    #[test]
+    fn a_gap_of_two_intervals_replaces_both_keys() {
+        let t0 = Instant::now();
+        let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+        let peer = v4(1, 5684);
+        let c = cookie(&secrets, t0, peer);
+        // No call during the first rotation: both rotations happen at once.
+        assert!(!secrets.verify(t0 + 2 * INTERVAL, peer, &c));
+        let later = t0 + 5 * INTERVAL + Duration::from_secs(7);
+        let c2 = cookie(&secrets, later, peer);
+        assert!(secrets.verify(later + INTERVAL, peer, &c2));
+        assert!(!secrets.verify(later + 2 * INTERVAL, peer, &c2));
+    }
+
+    #[test]
+    fn an_earlier_instant_neither_rotates_nor_panics() {
+        let t0 = Instant::now() + Duration::from_secs(3600);
+        let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+        let peer = v4(1, 5684);
+        let c = cookie(&secrets, t0, peer);
+        let past = t0 - Duration::from_secs(1800);
+        assert_eq!(cookie(&secrets, past, peer), c);
+        assert!(secrets.verify(past, peer, &c));
+    }
+
+    #[test]
+    fn interval_is_at_least_one_second() {
+        let t0 = Instant::now();
+        assert_eq!(
+            CookieSecrets::random(Duration::ZERO, t0)
+                .unwrap()
+                .interval(),
+            MIN_INTERVAL
+        );
+        assert_eq!(
+            CookieSecrets::random(INTERVAL, t0).unwrap().interval(),
+            INTERVAL
+        );
+        let shared = CookieSecrets::with_secret(SECRET, Duration::ZERO).unwrap();
+        assert_eq!(shared.interval(), MIN_INTERVAL);
+        // A zero interval must not mean "rotate on every call".
+        let secrets = CookieSecrets::random(Duration::ZERO, t0).unwrap();
+        let peer = v4(1, 5684);
+        assert!(secrets.verify(t0, peer, &cookie(&secrets, t0, peer)));
+    }
+
+    #[test]
+    fn servers_sharing_a_secret_accept_each_others_cookies() {
+        let a = CookieSecrets::with_secret(SECRET, INTERVAL).unwrap();
+        let b = CookieSecrets::with_secret(SECRET, INTERVAL).unwrap();
+        let now = Instant::now();
+        let peer = v4(9, 40000);
+        let from_a = cookie(&a, now, peer);
+        assert!(b.verify(now, peer, &from_a));
+        assert!(a.verify(now, peer, &from_a));
+        assert!(!b.verify(now, v4(9, 40001), &from_a));
+
+        let other =
+            CookieSecrets::with_secret(b"another secret, same length....", INTERVAL).unwrap();
+        assert!(!other.verify(now, peer, &from_a));
+    }
+
+    #[test]
+    fn shared_secret_cookie_survives_one_interval_but_not_two() {
+        let secrets = CookieSecrets::with_secret(SECRET, INTERVAL).unwrap();
+        let Keys::Shared { master, derived } = &secrets.keys else {
+            panic!("with_secret must use shared keys");
+        };
+        let keys_at = |secs: u64| {
+            secrets
+                .shared_keys(master, derived, Duration::from_secs(secs))
+                .unwrap()
+        };
+        let peer = v4(3, 5684);
+        let start = 1_700_000_040; // a multiple of 60: the start of an interval
+        let mut c = [0; COOKIE_LEN];
+        assert_eq!(
+            generate_with(&keys_at(start + 59), peer, &mut c),
+            COOKIE_LEN
+        );
+        assert!(verify_with(&keys_at(start), peer, &c));
+        assert!(verify_with(&keys_at(start + 60), peer, &c));
+        assert!(verify_with(&keys_at(start + 119), peer, &c));
+        assert!(!verify_with(&keys_at(start + 120), peer, &c));
+        // Going back (a stepped clock) re-derives and accepts it again.
+        assert!(verify_with(&keys_at(start + 30), peer, &c));
+
+        // A second server computing the same interval from scratch agrees.
+        let other = CookieSecrets::with_secret(SECRET, INTERVAL).unwrap();
+        let Keys::Shared { master, derived } = &other.keys else {
+            panic!("with_secret must use shared keys");
+        };
+        let keys = other
+            .shared_keys(master, derived, Duration::from_secs(start + 61))
+            .unwrap();
+        assert!(verify_with(&keys, peer, &c));
+    }
+
+    #[test]
+    fn shared_secret_shorter_than_16_bytes_is_rejected() {
+        assert!(CookieSecrets::with_secret(&[], INTERVAL).is_err());
+        let err = CookieSecrets::with_secret(&[7; 15], INTERVAL).unwrap_err();
+        assert!(err.contains("16 bytes"), "{err}");
+        assert!(CookieSecrets::with_secret(&[7; 16], INTERVAL).is_ok());
+    }
+
+    #[test]
+    fn long_shared_secret_is_hashed_like_hmac_does() {
+        let long = [0x5C; 200];
+        let prehashed = openssl::hash::hash(MessageDigest::sha256(), &long).unwrap();
+        let mut direct = [0; KEY_LEN];
+        let mut via_hash = [0; KEY_LEN];
+        hmac_sha256(&PKey::hmac(&long).unwrap(), &[b"x"], &mut direct).unwrap();
+        hmac_sha256(&PKey::hmac(&prehashed).unwrap(), &[b"x"], &mut via_hash).unwrap();
+        assert_eq!(direct, via_hash);
+
+        let a = CookieSecrets::with_secret(&long, INTERVAL).unwrap();
+        let b = CookieSecrets::with_secret(&long, INTERVAL).unwrap();
+        let now = Instant::now();
+        let peer = v4(4, 1);
+        assert!(b.verify(now, peer, &cookie(&a, now, peer)));
+    }
+
+    #[test]
+    fn debug_does_not_print_secret_bytes() {
+        let shared = CookieSecrets::with_secret(SECRET, INTERVAL).unwrap();
+        let text = format!("{shared:?} {shared:#?}");
+        assert!(text.contains("CookieSecrets"), "{text}");
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(!text.contains("0123456789"), "{text}");
+        assert!(!text.contains("5345435245"), "hex of the secret: {text}"); // "SECRE"
+        let random = CookieSecrets::random(INTERVAL, Instant::now()).unwrap();
+        let text = format!("{random:?}");
+        assert!(text.contains("random") && !text.contains("PKey"), "{text}");
+    }
+
+    #[test]
+    fn cookie_secrets_are_send_and_sync_and_work_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<CookieSecrets>();
+
+        let t0 = Instant::now();
+        let secrets = Arc::new(CookieSecrets::random(Duration::from_secs(1), t0).unwrap());
+        let threads: Vec<_> = (0..4_u8)
+            .map(|i| {
+                let secrets = Arc::clone(&secrets);
+                std::thread::spawn(move || {
+                    for step in 0..200_u16 {
+                        // Exactly one rotation happens, in whichever thread first passes
+                        // t0 + 1 s; a cookie from before it verifies under the previous key.
+                        let now = t0 + Duration::from_millis(u64::from(step % 2) * 1500);
+                        let peer = v4(i, 1000 + step);
+                        let c = cookie(&secrets, now, peer);
+                        assert!(secrets.verify(now, peer, &c));
+                        assert!(secrets.verify(t0 + Duration::from_millis(1999), peer, &c));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn wipe_zeroes_the_buffer() {
+        let mut bytes = SecretBytes([0xA5; KEY_LEN]);
+        wipe(&mut bytes.0);
+        assert_eq!(bytes.0, [0; KEY_LEN]);
+    }
+}

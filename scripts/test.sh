@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine: installs what is missing, then runs
+# formatting and lint checks, unit, integration and interop tests (real UDP on loopback against
+# OpenSSL's and GnuTLS's tools), short fuzz runs, and the tests against a freshly built OpenSSL
+# (`vendored` feature).
+#
+#   scripts/test.sh            # everything (≈ 15 min on 2 cores, most of it the vendored build)
+#   QUICK=1 scripts/test.sh    # skip the vendored OpenSSL build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+export CARGO_TERM_COLOR=never
+echo "== format"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+echo "== tests (system OpenSSL: $(openssl version))"
+cargo test --workspace
+if [ -z "${QUICK:-}" ]; then
+  echo "== tests against a freshly built OpenSSL (vendored)"
+  cargo test -p openssl-dtls --features vendored --target-dir target/vendored --test session
+fi
+echo "== all tests passed"
