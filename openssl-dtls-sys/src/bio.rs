@@ -90,4 +90,3 @@ extern "C" {
     /// `BIO_ADDR_rawport`: the port, in network byte order.
     pub fn BIO_ADDR_rawport(ap: *const BIO_ADDR) -> c_ushort;
 }
-

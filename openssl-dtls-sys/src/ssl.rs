@@ -44,7 +44,8 @@ pub const SSL_CB_HANDSHAKE_DONE: c_int = 0x20;
 pub type DTLS_timer_cb = Option<unsafe extern "C" fn(s: *mut SSL, timer_us: c_uint) -> c_uint>;
 
 /// The info callback type of `SSL_set_info_callback` / `SSL_CTX_set_info_callback`.
-pub type SSL_info_callback = Option<unsafe extern "C" fn(ssl: *const SSL, type_: c_int, val: c_int)>;
+pub type SSL_info_callback =
+    Option<unsafe extern "C" fn(ssl: *const SSL, type_: c_int, val: c_int)>;
 
 extern "C" {
     /// [`DTLSv1_listen`](https://www.openssl.org/docs/man3.0/man3/DTLSv1_listen.html): answer

@@ -27,10 +27,21 @@ fn every_symbol_links_and_behaves() {
         assert_eq!(DTLS_get_data_mtu(ssl), 0);
         let min = DTLS_get_link_min_mtu(ssl);
         assert!(min >= 200, "link min mtu {min}");
-        assert_eq!(DTLS_set_link_mtu(ssl, min - 1), 0, "below the minimum is refused");
+        assert_eq!(
+            DTLS_set_link_mtu(ssl, min - 1),
+            0,
+            "below the minimum is refused"
+        );
         assert_eq!(DTLS_set_link_mtu(ssl, 1200), 1);
-        let mut tv = timeval { tv_sec: 7, tv_usec: 7 };
-        assert_eq!(DTLSv1_get_timeout(ssl, &mut tv), 0, "no timer before a handshake");
+        let mut tv = timeval {
+            tv_sec: 7,
+            tv_usec: 7,
+        };
+        assert_eq!(
+            DTLSv1_get_timeout(ssl, &mut tv),
+            0,
+            "no timer before a handshake"
+        );
         assert_eq!(DTLSv1_handle_timeout(ssl), 0);
         let before = SSL_get_options(ssl);
         let with = SSL_set_options(ssl, 0x1000); // SSL_OP_NO_QUERY_MTU
@@ -52,12 +63,18 @@ fn every_symbol_links_and_behaves() {
 
         let raw = [127u8, 0, 0, 1];
         let port = 5684u16.to_be();
-        assert_eq!(BIO_ADDR_rawmake(addr, libc::AF_INET, raw.as_ptr().cast(), 4, port), 1);
+        assert_eq!(
+            BIO_ADDR_rawmake(addr, libc::AF_INET, raw.as_ptr().cast(), 4, port),
+            1
+        );
         assert_eq!(BIO_ADDR_family(addr), libc::AF_INET);
         assert_eq!(u16::from_be(BIO_ADDR_rawport(addr)), 5684);
         let mut out = [0u8; 16];
         let mut len = out.len();
-        assert_eq!(BIO_ADDR_rawaddress(addr, out.as_mut_ptr().cast(), &mut len), 1);
+        assert_eq!(
+            BIO_ADDR_rawaddress(addr, out.as_mut_ptr().cast(), &mut len),
+            1
+        );
         assert_eq!(&out[..len], &raw);
         BIO_ADDR_clear(addr);
         assert_eq!(BIO_ADDR_family(addr), libc::AF_UNSPEC);
