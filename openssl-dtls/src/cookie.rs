@@ -198,6 +198,7 @@ impl CookieSecrets {
 
     /// How long a key stays current: a cookie verifies for at least this long, and for less than
     /// twice this long.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub(crate) fn interval(&self) -> Duration {
         self.interval
     }

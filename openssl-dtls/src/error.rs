@@ -57,7 +57,12 @@ impl Alert {
 impl fmt::Display for Alert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let level = if self.is_fatal() { "fatal" } else { "warning" };
-        write!(f, "{level} alert {} ({})", self.description, self.description_str())
+        write!(
+            f,
+            "{level} alert {} ({})",
+            self.description,
+            self.description_str()
+        )
     }
 }
 
@@ -110,7 +115,9 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::Unreadable { what, reason } => write!(f, "cannot read {what}: {reason}"),
-            ConfigError::KeyMismatch => f.write_str("the private key does not match the certificate"),
+            ConfigError::KeyMismatch => {
+                f.write_str("the private key does not match the certificate")
+            }
             ConfigError::NoCredentials => f.write_str(
                 "a server needs a PSK key store callback or a certificate and private key",
             ),
@@ -121,7 +128,11 @@ impl fmt::Display for ConfigError {
             ConfigError::SignatureAlgorithms { sigalgs } => {
                 write!(f, "signature algorithms {sigalgs:?} are not accepted")
             }
-            ConfigError::OutOfRange { setting, value, allowed } => {
+            ConfigError::OutOfRange {
+                setting,
+                value,
+                allowed,
+            } => {
                 write!(f, "{setting} = {value} is out of range ({allowed})")
             }
             ConfigError::Invalid(message) => f.write_str(message),
@@ -172,12 +183,18 @@ impl Error {
     pub(crate) fn duplicate(&self) -> Error {
         match self {
             Error::Config(e) => Error::Config(e.clone()),
-            Error::PayloadTooLarge { len, max } => Error::PayloadTooLarge { len: *len, max: *max },
+            Error::PayloadTooLarge { len, max } => Error::PayloadTooLarge {
+                len: *len,
+                max: *max,
+            },
             Error::NotConnected => Error::NotConnected,
             Error::Closed => Error::Closed,
             Error::Timeout => Error::Timeout,
             Error::PeerAlert(a) => Error::PeerAlert(*a),
-            Error::LocalAlert { alert, reason } => Error::LocalAlert { alert: *alert, reason: reason.clone() },
+            Error::LocalAlert { alert, reason } => Error::LocalAlert {
+                alert: *alert,
+                reason: reason.clone(),
+            },
             Error::Ssl(e) => Error::Ssl(e.clone()),
             Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
         }

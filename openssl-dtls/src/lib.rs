@@ -15,9 +15,27 @@
 #![warn(missing_docs)]
 
 mod bio;
+mod client;
+mod connection;
+pub mod context;
 pub(crate) mod cookie;
+mod driver;
+pub mod endpoint;
 pub mod error;
+mod listener;
+mod server;
 pub mod session;
+pub(crate) mod wire;
 
+pub use crate::client::DtlsClient;
+pub use crate::connection::DtlsConnection;
+pub use crate::context::{
+    CipherPreset, ClientAuth, DtlsClientContext, DtlsClientContextBuilder, DtlsServerContext,
+    DtlsServerContextBuilder, PskCredentials,
+};
+pub use crate::driver::SocketOptions;
+pub use crate::endpoint::{ConnectionId, Endpoint, EndpointConfig, EndpointStats, Event};
 pub use crate::error::{Alert, ConfigError, Error, Result};
+pub use crate::server::{DtlsServer, Incoming};
 pub use crate::session::{Role, Session, SessionConfig, SessionState, SessionStats};
+pub use crate::wire::DropReason;

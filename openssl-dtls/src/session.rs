@@ -159,6 +159,36 @@ impl SessionConfig {
     }
 }
 
+/// Sets up `ssl` the way every session needs it: DTLS 1.2 minimum, no renegotiation, no
+/// compression, `SSL_OP_NO_QUERY_MTU` with the configured link MTU, and our datagram BIO with the
+/// retransmission timer and alert callbacks. Returns the BIO's state.
+pub(crate) fn configure_ssl(ssl: &mut SslRef, config: &SessionConfig) -> Result<*mut BioState> {
+    config.validate()?;
+    ssl.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
+    let options =
+        SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION | SslOptions::NO_COMPRESSION;
+    // SAFETY: `ssl` is a valid SSL; SSL_set_options only sets bits.
+    unsafe {
+        dffi::SSL_set_options(ssl.as_ptr(), options.bits());
+    }
+    let timer = TimerSettings {
+        initial: config.retransmit_initial,
+        max: config.retransmit_max,
+    };
+    let bio = bio::attach(ssl, config.mtu, config.send_queue, timer)?;
+    // SAFETY: `ssl` is valid and has our BIO; DTLS_set_link_mtu only stores the value (it fails
+    // for values below OpenSSL's minimum, which validate() excludes).
+    let ok = unsafe { dffi::DTLS_set_link_mtu(ssl.as_ptr(), config.mtu as _) };
+    if ok != 1 {
+        return Err(Error::Config(ConfigError::OutOfRange {
+            setting: "mtu",
+            value: config.mtu as u64,
+            allowed: "at least OpenSSL's DTLS_get_link_min_mtu",
+        }));
+    }
+    Ok(bio)
+}
+
 /// Which side of the handshake a session plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -263,7 +293,7 @@ impl Session {
         Ok(session)
     }
 
-    /// Configures `ssl` for a session: version floor, options, BIO and MTU.
+    /// Builds the session around an `SSL` already set up by [`configure_ssl`].
     fn prepare(
         mut ssl: Ssl,
         role: Role,
@@ -271,32 +301,10 @@ impl Session {
         now: Instant,
         existing_bio: Option<*mut BioState>,
     ) -> Result<Session> {
-        config.validate()?;
-        ssl.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
-        let options =
-            SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION | SslOptions::NO_COMPRESSION;
-        // SAFETY: `ssl` is a valid SSL; SSL_set_options only sets bits.
-        unsafe {
-            dffi::SSL_set_options(ssl.as_ptr(), options.bits());
-        }
-        let timer = TimerSettings {
-            initial: config.retransmit_initial,
-            max: config.retransmit_max,
-        };
         let bio = match existing_bio {
             Some(bio) => bio,
-            None => bio::attach(&mut ssl, config.mtu, config.send_queue, timer)?,
+            None => configure_ssl(&mut ssl, config)?,
         };
-        // SAFETY: `ssl` is valid and has our BIO; DTLS_set_link_mtu only stores the value (it
-        // fails for values below OpenSSL's minimum, which validate() excludes).
-        let ok = unsafe { dffi::DTLS_set_link_mtu(ssl.as_ptr(), config.mtu as _) };
-        if ok != 1 {
-            return Err(Error::Config(ConfigError::OutOfRange {
-                setting: "mtu",
-                value: config.mtu as u64,
-                allowed: "at least OpenSSL's DTLS_get_link_min_mtu",
-            }));
-        }
         let mut session = Session {
             ssl,
             bio,
@@ -314,10 +322,7 @@ impl Session {
             peer: None,
             stats: SessionStats::default(),
         };
-        let st = session.bio_mut();
-        st.mtu = config.mtu;
-        st.timer = timer;
-        st.now = Some(now);
+        session.bio_mut().now = Some(now);
         Ok(session)
     }
 
@@ -332,8 +337,9 @@ impl Session {
     ) -> Result<Session> {
         let mut session = Session::prepare(ssl, Role::Server, config, now, Some(bio))?;
         session.peer = Some(peer);
+        // A handshake that fails at once (no shared cipher, ...) is returned failed, so that its
+        // alert is still transmitted and the failure counted.
         session.drive(now);
-        session.check_not_failed()?;
         Ok(session)
     }
 
@@ -541,6 +547,14 @@ impl Session {
                 self.retransmit_at = None;
             }
             SessionState::Closed | SessionState::Failed => {}
+        }
+    }
+
+    /// Ends the session with [`Error::Timeout`] without another OpenSSL call (the endpoint's
+    /// idle timeout: the peer is presumed gone, so nothing is sent).
+    pub(crate) fn expire(&mut self) {
+        if !matches!(self.state, SessionState::Closed | SessionState::Failed) {
+            self.fail(Error::Timeout);
         }
     }
 

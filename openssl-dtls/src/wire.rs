@@ -148,6 +148,7 @@ impl ContentType {
     }
 
     /// The wire byte of this content type.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests and the fuzz targets
     pub(crate) const fn to_u8(self) -> u8 {
         self as u8
     }
@@ -236,12 +237,14 @@ impl<'a> RecordHeader<'a> {
     }
 
     /// The record's 48-bit sequence number.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests and the fuzz targets
     pub(crate) fn sequence(&self) -> u64 {
         let h = self.header;
         u64::from_be_bytes([0, 0, h[5], h[6], h[7], h[8], h[9], h[10]])
     }
 
     /// The record's length field: the number of bytes in [`fragment`](Self::fragment).
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests and the fuzz targets
     pub(crate) fn length(&self) -> usize {
         self.fragment.len()
     }
@@ -396,6 +399,7 @@ pub(crate) fn classify(datagram: &[u8]) -> Result<Datagram, DropReason> {
 /// The datagram must be a single epoch-0 handshake record carrying a ClientHello with
 /// `message_seq` 0 or 1; any other well-formed datagram is [`DropReason::NotClientHello`].
 /// A fragmented ClientHello is returned with `fragmented` set, for the caller to drop.
+#[cfg_attr(not(test), allow(dead_code))] // used by tests and the fuzz targets
 pub(crate) fn classify_unknown_peer(datagram: &[u8]) -> Result<ClientHelloInfo, DropReason> {
     match classify(datagram)? {
         Datagram::ClientHello(info) => Ok(info),
@@ -407,6 +411,7 @@ pub(crate) fn classify_unknown_peer(datagram: &[u8]) -> Result<ClientHelloInfo, 
 ///
 /// Used for known peers (a rebooted device starting over, RFC 6347 §4.2.8). Only the first
 /// record and its handshake type are looked at. Never panics.
+#[cfg_attr(not(test), allow(dead_code))] // used by tests and the fuzz targets
 pub(crate) fn is_client_hello(datagram: &[u8]) -> bool {
     RecordHeader::new_checked(datagram).is_ok_and(|record| starts_client_hello(&record))
 }

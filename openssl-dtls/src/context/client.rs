@@ -1,0 +1,255 @@
+//! The client context: PSK credentials, server certificate verification, client certificates.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use openssl::ssl::{Ssl, SslContext, SslContextBuilder, SslMethod, SslVerifyMode};
+use openssl::x509::verify::X509CheckFlags;
+
+use super::ciphers::{Auth, Offered};
+use super::psk::{self, ClientPsk, PskCredentials};
+use super::{
+    apply_roots, apply_verify, certificate_builder_methods, common_builder_methods,
+    trust_builder_methods, CertificateConfig, Common, Source, VerifyCallback,
+};
+use crate::error::{ConfigError, Error, Result};
+use crate::session::{Session, SessionConfig};
+
+/// Longest server name accepted by [`DtlsClientContext::new_session`] (RFC 1035 §2.3.4).
+const MAX_SERVER_NAME_LEN: usize = 253;
+
+/// A frozen, shareable DTLS client configuration (an OpenSSL `SSL_CTX` made with
+/// `DTLS_client_method`). Cloning is cheap; it is `Send + Sync`. Make sessions with
+/// [`new_session`](Self::new_session).
+#[doc(alias = "SSL_CTX")]
+#[doc(alias = "DTLS_client_method")]
+#[derive(Clone)]
+pub struct DtlsClientContext {
+    ctx: SslContext,
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    session: SessionConfig,
+    verify: bool,
+}
+
+impl fmt::Debug for DtlsClientContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DtlsClientContext")
+            .field("verify", &self.inner.verify)
+            .field("session", &self.inner.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DtlsClientContext {
+    /// A builder with the defaults described in the [module documentation](crate::context).
+    #[doc(alias = "SSL_CTX_new")]
+    pub fn builder() -> DtlsClientContextBuilder {
+        DtlsClientContextBuilder::default()
+    }
+
+    /// The per-session limits and timers sessions made from this context run with.
+    pub fn session_config(&self) -> &SessionConfig {
+        &self.inner.session
+    }
+
+    /// A client session whose ClientHello is ready for
+    /// [`poll_transmit`](Session::poll_transmit) (`SSL_new`, `SSL_connect`).
+    ///
+    /// `server_name` is sent as SNI (`SSL_set_tlsext_host_name`) and, when verification is on,
+    /// the server's certificate must match it (`X509_VERIFY_PARAM_set1_host`; partial wildcards
+    /// refused). An IP address is not sent as SNI (RFC 6066 §3) but checked against the
+    /// certificate's IP addresses. With `None` and verification on, only the chain is verified.
+    /// A name with a NUL byte, empty, or longer than 253 bytes fails with [`Error::Config`].
+    #[doc(alias = "SSL_set_tlsext_host_name")]
+    #[doc(alias = "X509_VERIFY_PARAM_set1_host")]
+    pub fn new_session(&self, server_name: Option<&str>, now: Instant) -> Result<Session> {
+        let mut ssl = Ssl::new(&self.ctx)?;
+        if let Some(name) = server_name {
+            if name.is_empty() || name.len() > MAX_SERVER_NAME_LEN || name.contains('\0') {
+                return Err(Error::Config(ConfigError::Invalid(format!(
+                    "server name {name:?} is not a host name (1 to {MAX_SERVER_NAME_LEN} bytes, no NUL)"
+                ))));
+            }
+            match name.parse::<IpAddr>() {
+                Ok(ip) => {
+                    if self.inner.verify {
+                        ssl.param_mut().set_ip(ip)?;
+                    }
+                }
+                Err(_) => {
+                    ssl.set_hostname(name)?;
+                    if self.inner.verify {
+                        let param = ssl.param_mut();
+                        param.set_hostflags(X509CheckFlags::NO_PARTIAL_WILDCARDS);
+                        param.set_host(name)?;
+                    }
+                }
+            }
+        }
+        Session::client(ssl, &self.inner.session, now)
+    }
+}
+
+/// Builds a [`DtlsClientContext`]: setters take `&mut self` and chain; [`build`](Self::build)
+/// checks everything and returns the frozen context.
+#[derive(Default)]
+pub struct DtlsClientContextBuilder {
+    common: Common,
+    psk: Option<ClientPsk>,
+    disable_verification: bool,
+    trusted_roots: bool,
+    roots: Vec<Source>,
+    verify_callback: Option<VerifyCallback>,
+    certificate: CertificateConfig,
+}
+
+impl fmt::Debug for DtlsClientContextBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DtlsClientContextBuilder")
+            .field("common", &self.common)
+            .field("psk", &self.psk)
+            .field("verify", &!self.disable_verification)
+            .field("trusted_roots", &self.trusted_roots)
+            .field("roots", &self.roots)
+            .field("verify_callback", &self.verify_callback.is_some())
+            .field("certificate", &self.certificate)
+            .finish()
+    }
+}
+
+impl DtlsClientContextBuilder {
+    common_builder_methods!();
+    certificate_builder_methods!("the client's (for mutual authentication)");
+    trust_builder_methods!("the server's");
+
+    /// Uses fixed PSK credentials for every handshake (`SSL_CTX_set_psk_client_callback`).
+    /// The identity must be at most [`MAX_IDENTITY_LEN`](crate::context::MAX_IDENTITY_LEN) bytes
+    /// without a NUL byte, the key 1 to [`MAX_KEY_LEN`](crate::context::MAX_KEY_LEN) bytes;
+    /// otherwise `build()` fails.
+    #[doc(alias = "SSL_CTX_set_psk_client_callback")]
+    pub fn psk_credentials(&mut self, credentials: PskCredentials) -> &mut Self {
+        self.psk = Some(ClientPsk::Fixed(Arc::new(credentials)));
+        self
+    }
+
+    /// Chooses PSK credentials per handshake from the server's identity hint (`None` if it sent
+    /// none) (`SSL_CTX_set_psk_client_callback`). Returning `None`, credentials that break the
+    /// limits of [`PskCredentials::new`], or panicking fails that handshake only.
+    #[doc(alias = "SSL_CTX_set_psk_client_callback")]
+    pub fn psk_credentials_callback<F>(&mut self, callback: F) -> &mut Self
+    where
+        F: Fn(Option<&[u8]>) -> Option<PskCredentials> + Send + Sync + 'static,
+    {
+        self.psk = Some(ClientPsk::Callback(Arc::new(callback)));
+        self
+    }
+
+    /// Also trusts the system's root certificates (`SSL_CTX_set_default_verify_paths`).
+    /// Default `false`: a client trusts only the roots it is given.
+    #[doc(alias = "SSL_CTX_set_default_verify_paths")]
+    pub fn with_trusted_roots(&mut self, trusted: bool) -> &mut Self {
+        self.trusted_roots = trusted;
+        self
+    }
+
+    /// **Dangerous**: accepts any server certificate, from anyone, for any name
+    /// (`SSL_CTX_set_verify` with `SSL_VERIFY_NONE`). A man in the middle can then read and
+    /// change all traffic of certificate suites. For tests against throwaway certificates only;
+    /// PSK suites do not need it. A [`verify_callback`](Self::verify_callback) is not called.
+    #[doc(alias = "SSL_VERIFY_NONE")]
+    pub fn danger_disable_verification(&mut self) -> &mut Self {
+        self.disable_verification = true;
+        self
+    }
+
+    /// Offers these ALPN protocols, most preferred first (`SSL_CTX_set_alpn_protos`). Each name
+    /// is 1 to 255 bytes (checked at `build()`). The agreed one is
+    /// [`Session::alpn_protocol`].
+    #[doc(alias = "SSL_CTX_set_alpn_protos")]
+    pub fn alpn_protocols(&mut self, protocols: &[&[u8]]) -> &mut Self {
+        self.common.alpn = protocols.iter().map(|p| p.to_vec()).collect();
+        self
+    }
+
+    /// Checks the configuration and builds the context (`SSL_CTX_new` and the setters above).
+    ///
+    /// Fails with [`Error::Config`] naming the cause: unreadable or malformed certificates or
+    /// keys, a key that does not match its certificate, an unusable cipher string, an unknown
+    /// group, settings out of range, invalid fixed PSK credentials, or a certificate-capable
+    /// client that verifies but trusts no root (add roots, `with_trusted_roots(true)`, a
+    /// `verify_callback`, or PSK credentials).
+    pub fn build(&self) -> Result<DtlsClientContext> {
+        self.build_inner().map_err(Error::Config)
+    }
+
+    fn build_inner(&self) -> Result<DtlsClientContext, ConfigError> {
+        let verify = !self.disable_verification;
+        if let Some(ClientPsk::Fixed(credentials)) = &self.psk {
+            if let Some(problem) = credentials.problem() {
+                return Err(ConfigError::Invalid(problem));
+            }
+        }
+        let certificate = self.certificate.load()?;
+        let psk = self.psk.is_some();
+        let has_trust =
+            !self.roots.is_empty() || self.trusted_roots || self.verify_callback.is_some();
+        // A client that can do certificate suites: no PSK, or something that says certificates.
+        let certificates = !psk || has_trust || !verify || self.certificate.is_set();
+        if certificates && verify && !has_trust {
+            return Err(ConfigError::Invalid(
+                "certificate verification is on but no root is trusted: add root_certificates_*, \
+                 with_trusted_roots(true), a verify_callback, or use PSK credentials"
+                    .to_owned(),
+            ));
+        }
+        let mut b = SslContextBuilder::new(SslMethod::dtls_client())
+            .map_err(|e| ConfigError::Invalid(format!("cannot create an SSL_CTX: {e}")))?;
+        let usable = |c: &Offered| match c.auth {
+            Auth::Psk => psk,
+            Auth::Ecdsa | Auth::Rsa | Auth::Dss => certificates,
+            Auth::Other => false,
+        };
+        let credentials = match (psk, certificates) {
+            (true, true) => "PSK credentials and certificate verification",
+            (true, false) => "PSK credentials only",
+            (false, _) => "certificates only (no PSK credentials)",
+        };
+        self.common
+            .apply(&mut b, psk, certificates, usable, credentials)?;
+        if let Some(certificate) = &certificate {
+            certificate.install(&mut b)?;
+        }
+        if self.trusted_roots {
+            b.set_default_verify_paths().map_err(|e| {
+                ConfigError::Invalid(format!("cannot load the system trust roots: {e}"))
+            })?;
+        }
+        apply_roots(&mut b, &self.roots, false)?;
+        if verify {
+            apply_verify(&mut b, SslVerifyMode::PEER, self.verify_callback.as_ref());
+        } else {
+            b.set_verify(SslVerifyMode::NONE);
+        }
+        if let Some(psk) = &self.psk {
+            psk::install_client(&mut b, psk.clone());
+        }
+        if !self.common.alpn.is_empty() {
+            let wire = self.common.alpn_wire()?;
+            b.set_alpn_protos(&wire)
+                .map_err(|e| ConfigError::Invalid(format!("OpenSSL rejects the ALPN list: {e}")))?;
+        }
+        self.common.apply_key_log(&mut b)?;
+        Ok(DtlsClientContext {
+            ctx: b.build(),
+            inner: Arc::new(ClientInner {
+                session: self.common.session.clone(),
+                verify,
+            }),
+        })
+    }
+}

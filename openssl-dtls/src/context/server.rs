@@ -1,0 +1,418 @@
+//! The server context: PSK key store and hint, certificates, client certificates, cookies,
+//! admission.
+
+use std::ffi::CString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openssl::error::ErrorStack;
+use openssl::ssl::{AlpnError, Ssl, SslContext, SslContextBuilder, SslMethod, SslVerifyMode};
+use openssl_dtls_sys as dffi;
+
+use super::ciphers::{Auth, Offered};
+use super::psk::{self, KeyStore, Secret, MAX_IDENTITY_LEN};
+use super::{
+    apply_roots, apply_verify, certificate_builder_methods, common_builder_methods, guard,
+    positive, trust_builder_methods, CertificateConfig, Common, KeyKind, LoadedCertificate, Source,
+    VerifyCallback,
+};
+use crate::bio;
+use crate::cookie::CookieSecrets;
+use crate::error::{ConfigError, Error, Result};
+use crate::session::{Session, SessionConfig};
+
+/// Default cookie secret rotation: a cookie stays valid for one to two minutes, far longer than
+/// a HelloVerifyRequest round trip, and a leaked cookie key is useless soon.
+const DEFAULT_COOKIE_ROTATION: Duration = Duration::from_secs(60);
+
+/// Whether a server asks clients for a certificate (`SSL_CTX_set_verify` on the server).
+#[doc(alias = "SSL_CTX_set_verify")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ClientAuth {
+    /// No CertificateRequest (`SSL_VERIFY_NONE`). The default.
+    #[default]
+    None,
+    /// Ask for a certificate; a client may send none, but one it sends must verify
+    /// (`SSL_VERIFY_PEER`).
+    Request,
+    /// Require a verified certificate (`SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT`); a
+    /// client without one fails the handshake (`handshake_failure`).
+    Require,
+}
+
+/// A frozen, shareable DTLS server configuration (an OpenSSL `SSL_CTX` made with
+/// `DTLS_server_method`, with cookie callbacks installed). Cloning is cheap; it is
+/// `Send + Sync`.
+#[doc(alias = "SSL_CTX")]
+#[doc(alias = "DTLS_server_method")]
+#[derive(Clone)]
+pub struct DtlsServerContext {
+    ctx: SslContext,
+    inner: Arc<ServerInner>,
+}
+
+struct ServerInner {
+    session: SessionConfig,
+    admission: Option<Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>>,
+}
+
+impl fmt::Debug for DtlsServerContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DtlsServerContext")
+            .field("session", &self.inner.session)
+            .field("admission", &self.inner.admission.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DtlsServerContext {
+    /// A builder with the defaults described in the [module documentation](crate::context).
+    #[doc(alias = "SSL_CTX_new")]
+    pub fn builder() -> DtlsServerContextBuilder {
+        DtlsServerContextBuilder::default()
+    }
+
+    /// The OpenSSL context, with the cookie callbacks installed (for `DTLSv1_listen`).
+    #[allow(dead_code)] // used by the endpoint
+    pub(crate) fn ssl_context(&self) -> &SslContext {
+        &self.ctx
+    }
+
+    /// The per-session limits and timers sessions made from this context run with.
+    pub fn session_config(&self) -> &SessionConfig {
+        &self.inner.session
+    }
+
+    /// Whether the admission hook lets `peer` (whose ClientHello carried a valid cookie) start a
+    /// handshake. `true` without a hook; a panicking hook counts as `false`.
+    #[allow(dead_code)] // used by the endpoint
+    pub(crate) fn admit(&self, peer: SocketAddr) -> bool {
+        match &self.inner.admission {
+            Some(hook) => guard("admission", false, || hook(peer)),
+            None => true,
+        }
+    }
+
+    /// A server session without a cookie exchange (in-process use and tests): it waits for a
+    /// ClientHello (`SSL_new`, `SSL_set_accept_state`). Servers on a socket go through the
+    /// endpoint, which verifies a cookie first.
+    #[doc(alias = "SSL_accept")]
+    pub fn new_session(&self, now: Instant) -> Result<Session> {
+        Session::server(Ssl::new(&self.ctx)?, &self.inner.session, now)
+    }
+}
+
+/// Builds a [`DtlsServerContext`]: setters take `&mut self` and chain; [`build`](Self::build)
+/// checks everything and returns the frozen context.
+pub struct DtlsServerContextBuilder {
+    common: Common,
+    psk_store: Option<KeyStore>,
+    identity_hint: Option<Vec<u8>>,
+    certificate: CertificateConfig,
+    client_auth: ClientAuth,
+    roots: Vec<Source>,
+    verify_callback: Option<VerifyCallback>,
+    cookie_secret: Option<Secret>,
+    cookie_rotation: Duration,
+    admission: Option<Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>>,
+}
+
+impl Default for DtlsServerContextBuilder {
+    fn default() -> Self {
+        DtlsServerContextBuilder {
+            common: Common::default(),
+            psk_store: None,
+            identity_hint: None,
+            certificate: CertificateConfig::default(),
+            client_auth: ClientAuth::None,
+            roots: Vec::new(),
+            verify_callback: None,
+            cookie_secret: None,
+            cookie_rotation: DEFAULT_COOKIE_ROTATION,
+            admission: None,
+        }
+    }
+}
+
+impl fmt::Debug for DtlsServerContextBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DtlsServerContextBuilder")
+            .field("common", &self.common)
+            .field("psk_store", &self.psk_store.is_some())
+            .field(
+                "identity_hint",
+                &self.identity_hint.as_deref().map(String::from_utf8_lossy),
+            )
+            .field("certificate", &self.certificate)
+            .field("client_auth", &self.client_auth)
+            .field("roots", &self.roots)
+            .field("verify_callback", &self.verify_callback.is_some())
+            .field("cookie_secret", &self.cookie_secret)
+            .field("cookie_rotation", &self.cookie_rotation)
+            .field("admission", &self.admission.is_some())
+            .finish()
+    }
+}
+
+impl DtlsServerContextBuilder {
+    common_builder_methods!();
+    certificate_builder_methods!("the server's");
+    trust_builder_methods!("the client's");
+
+    /// Looks up the key for a client's PSK identity (`SSL_CTX_set_psk_server_callback`).
+    /// `None` (an unknown identity) fails that handshake with an `unknown_psk_identity` alert;
+    /// so do a key outside 1 to [`MAX_KEY_LEN`](crate::context::MAX_KEY_LEN) bytes and a panic.
+    /// The returned key is wiped after OpenSSL has copied it.
+    #[doc(alias = "SSL_CTX_set_psk_server_callback")]
+    pub fn psk_key_store<F>(&mut self, store: F) -> &mut Self
+    where
+        F: Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync + 'static,
+    {
+        self.psk_store = Some(Arc::new(store));
+        self
+    }
+
+    /// Sends an identity hint in PSK handshakes (`SSL_CTX_use_psk_identity_hint`); at most
+    /// [`MAX_IDENTITY_LEN`](crate::context::MAX_IDENTITY_LEN) bytes, no NUL byte (a C string
+    /// to OpenSSL); checked at `build()`.
+    #[doc(alias = "SSL_CTX_use_psk_identity_hint")]
+    pub fn identity_hint(&mut self, hint: &[u8]) -> &mut Self {
+        self.identity_hint = Some(hint.to_vec());
+        self
+    }
+
+    /// Asks clients for certificates, or requires them (`SSL_CTX_set_verify`). Default
+    /// [`ClientAuth::None`]. `Request` and `Require` need roots or a verify callback (checked
+    /// at `build()`); the roots' names go into the CertificateRequest
+    /// (`SSL_CTX_add_client_CA`).
+    #[doc(alias = "SSL_CTX_set_verify")]
+    #[doc(alias = "SSL_CTX_add_client_CA")]
+    pub fn client_auth(&mut self, mode: ClientAuth) -> &mut Self {
+        self.client_auth = mode;
+        self
+    }
+
+    /// Selects ALPN: the first of `protocols` (the server's preference order) that the client
+    /// also offers (`SSL_CTX_set_alpn_select_cb`, `SSL_select_next_proto`). A client offering
+    /// none of them fails with `no_application_protocol` (RFC 7301 §3.2); a client offering no
+    /// ALPN at all is accepted without. Each name is 1 to 255 bytes (checked at `build()`).
+    #[doc(alias = "SSL_CTX_set_alpn_select_cb")]
+    #[doc(alias = "SSL_select_next_proto")]
+    pub fn alpn_protocols(&mut self, protocols: &[&[u8]]) -> &mut Self {
+        self.common.alpn = protocols.iter().map(|p| p.to_vec()).collect();
+        self
+    }
+
+    /// Rotates the random cookie secret every `interval`, the previous secret still accepted
+    /// (`SSL_CTX_set_cookie_generate_cb`). Default 60 s. With a
+    /// [`cookie_secret`](Self::cookie_secret), the interval at which the derived key changes.
+    /// Must be at least 1 s (checked at `build()`).
+    #[doc(alias = "SSL_CTX_set_cookie_generate_cb")]
+    pub fn cookie_secret_rotation(&mut self, interval: Duration) -> &mut Self {
+        self.cookie_rotation = interval;
+        self
+    }
+
+    /// Derives cookie keys from `secret` (at least 16 bytes) instead of random ones, so that
+    /// several servers behind one load balancer accept each other's cookies
+    /// (`SSL_CTX_set_cookie_verify_cb`). The key changes with the wall-clock interval, so keep
+    /// the servers' clocks in sync. The builder's copy is wiped when it is dropped.
+    #[doc(alias = "SSL_CTX_set_cookie_verify_cb")]
+    pub fn cookie_secret(&mut self, secret: &[u8]) -> &mut Self {
+        self.cookie_secret = Some(Secret(secret.to_vec()));
+        self
+    }
+
+    /// Decides whether a peer whose ClientHello carried a valid cookie may start a handshake:
+    /// `false` ignores it (nothing is allocated for it). A panic counts as `false`.
+    pub fn admission<F>(&mut self, hook: F) -> &mut Self
+    where
+        F: Fn(SocketAddr) -> bool + Send + Sync + 'static,
+    {
+        self.admission = Some(Arc::new(hook));
+        self
+    }
+
+    /// Checks the configuration and builds the context (`SSL_CTX_new` and the setters above).
+    ///
+    /// Fails with [`Error::Config`] naming the cause: neither a PSK key store nor a certificate
+    /// ([`ConfigError::NoCredentials`]), unreadable or malformed certificates or keys, a key
+    /// that does not match its certificate ([`ConfigError::KeyMismatch`]), an unusable cipher
+    /// string, an unknown group, settings out of range, an invalid identity hint or cookie
+    /// secret, or client authentication without roots or a verify callback.
+    pub fn build(&self) -> Result<DtlsServerContext> {
+        self.build_inner().map_err(Error::Config)
+    }
+
+    fn build_inner(&self) -> Result<DtlsServerContext, ConfigError> {
+        let psk = self.psk_store.is_some();
+        if !psk && !self.certificate.is_set() {
+            return Err(ConfigError::NoCredentials);
+        }
+        if self.client_auth != ClientAuth::None
+            && self.roots.is_empty()
+            && self.verify_callback.is_none()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "client_auth({:?}) needs root certificates for client certificates or a verify_callback",
+                self.client_auth
+            )));
+        }
+        positive("cookie_secret_rotation", self.cookie_rotation)?;
+        if self.cookie_rotation < Duration::from_secs(1) {
+            return Err(ConfigError::OutOfRange {
+                setting: "cookie_secret_rotation",
+                value: self.cookie_rotation.as_millis().min(u128::from(u64::MAX)) as u64,
+                allowed: "at least 1 s",
+            });
+        }
+        let hint = self.checked_identity_hint()?;
+        let mut b = SslContextBuilder::new(SslMethod::dtls_server())
+            .map_err(|e| ConfigError::Invalid(format!("cannot create an SSL_CTX: {e}")))?;
+        // The certificate first: its key type decides which suites are usable.
+        let certificate = self.certificate.load()?;
+        let kind = certificate.as_ref().map(LoadedCertificate::kind);
+        let usable = |c: &Offered| match c.auth {
+            Auth::Psk => psk,
+            Auth::Ecdsa => kind == Some(KeyKind::Ec),
+            Auth::Rsa => kind == Some(KeyKind::Rsa),
+            Auth::Dss => kind == Some(KeyKind::Dsa),
+            Auth::Other => false,
+        };
+        let credentials = match (psk, kind) {
+            (true, Some(_)) => "a PSK key store and the configured certificate",
+            (true, None) => "a PSK key store only (no certificate)",
+            (false, _) => "the configured certificate only (no PSK key store)",
+        };
+        self.common
+            .apply(&mut b, psk, kind.is_some(), usable, credentials)?;
+        if let Some(certificate) = &certificate {
+            certificate.install(&mut b)?;
+        }
+        apply_roots(&mut b, &self.roots, true)?;
+        let mode = match self.client_auth {
+            ClientAuth::None => SslVerifyMode::NONE,
+            ClientAuth::Request => SslVerifyMode::PEER,
+            ClientAuth::Require => SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+        };
+        if self.client_auth == ClientAuth::None {
+            b.set_verify(mode);
+        } else {
+            apply_verify(&mut b, mode, self.verify_callback.as_ref());
+        }
+        if let Some(store) = &self.psk_store {
+            psk::install_server(&mut b, Arc::clone(store));
+        }
+        if let Some(hint) = hint {
+            // SAFETY: `b` owns a valid SSL_CTX; `hint` is a NUL-terminated string that outlives
+            // the call, and OpenSSL copies it.
+            let ok = unsafe { dffi::SSL_CTX_use_psk_identity_hint(b.as_ptr(), hint.as_ptr()) };
+            if ok != 1 {
+                return Err(ConfigError::Invalid(format!(
+                    "OpenSSL rejects the identity hint: {}",
+                    ErrorStack::get()
+                )));
+            }
+        }
+        if !self.common.alpn.is_empty() {
+            self.common.alpn_wire()?; // checks the names
+            let ours = self.common.alpn.clone();
+            b.set_alpn_select_callback(move |_ssl, client| {
+                guard("ALPN", Err(AlpnError::ALERT_FATAL), || {
+                    select_alpn(&ours, client).ok_or(AlpnError::ALERT_FATAL)
+                })
+            });
+        }
+        self.common.apply_key_log(&mut b)?;
+        self.install_cookies(&mut b)?;
+        Ok(DtlsServerContext {
+            ctx: b.build(),
+            inner: Arc::new(ServerInner {
+                session: self.common.session.clone(),
+                admission: self.admission.clone(),
+            }),
+        })
+    }
+
+    /// The identity hint as a C string, checked.
+    fn checked_identity_hint(&self) -> Result<Option<CString>, ConfigError> {
+        let Some(hint) = &self.identity_hint else {
+            return Ok(None);
+        };
+        if hint.len() > MAX_IDENTITY_LEN {
+            return Err(ConfigError::Invalid(format!(
+                "a PSK identity hint is at most {MAX_IDENTITY_LEN} bytes, this one has {}",
+                hint.len()
+            )));
+        }
+        CString::new(hint.clone()).map(Some).map_err(|_| {
+            ConfigError::Invalid(
+                "a PSK identity hint must not contain a NUL byte (OpenSSL treats it as a C string)"
+                    .to_owned(),
+            )
+        })
+    }
+
+    /// Installs the cookie callbacks (`SSL_CTX_set_cookie_generate_cb`,
+    /// `SSL_CTX_set_cookie_verify_cb`) over one shared [`CookieSecrets`]. They read the peer and
+    /// the caller's clock from the `SSL`'s datagram BIO; without a known peer, generation fails
+    /// and verification says no.
+    fn install_cookies(&self, b: &mut SslContextBuilder) -> Result<(), ConfigError> {
+        let secrets = match &self.cookie_secret {
+            Some(secret) => CookieSecrets::with_secret(&secret.0, self.cookie_rotation)
+                .map_err(|reason| ConfigError::Invalid(format!("cookie secret: {reason}")))?,
+            None => CookieSecrets::random(self.cookie_rotation, Instant::now()).map_err(|e| {
+                ConfigError::Invalid(format!("cannot make a random cookie secret: {e}"))
+            })?,
+        };
+        let secrets = Arc::new(secrets);
+        let generate = Arc::clone(&secrets);
+        b.set_cookie_generate_cb(move |ssl, out| {
+            let n = guard("cookie generate", 0, || match bio::peer_and_now(ssl) {
+                Some((peer, now)) => generate.generate(now.unwrap_or_else(Instant::now), peer, out),
+                None => {
+                    log::debug!("cookie requested for an SSL without a known peer");
+                    0
+                }
+            });
+            if n == 0 {
+                Err(ErrorStack::get())
+            } else {
+                Ok(n)
+            }
+        });
+        let verify = secrets;
+        b.set_cookie_verify_cb(move |ssl, cookie| {
+            guard("cookie verify", false, || match bio::peer_and_now(ssl) {
+                Some((peer, now)) => verify.verify(now.unwrap_or_else(Instant::now), peer, cookie),
+                None => false,
+            })
+        });
+        Ok(())
+    }
+}
+
+/// The first of `ours` (server preference order) that the client's wire-format list `client`
+/// also has, as a slice of `client` (what `SSL_select_next_proto` does, without its
+/// fall-back to the client's first protocol). A malformed client list matches nothing.
+fn select_alpn<'a>(ours: &[Vec<u8>], client: &'a [u8]) -> Option<&'a [u8]> {
+    let mut offered = Vec::new();
+    let mut rest = client;
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len);
+        if len == 0 || len > tail.len() {
+            return None;
+        }
+        let (name, tail) = tail.split_at(len);
+        offered.push(name);
+        rest = tail;
+    }
+    ours.iter().find_map(|want| {
+        offered
+            .iter()
+            .copied()
+            .find(|name| *name == want.as_slice())
+    })
+}

@@ -1,0 +1,179 @@
+//! The pre-cookie path: one reusable listening `SSL` runs `DTLSv1_listen` on ClientHellos from
+//! peers the endpoint does not know (RFC 6347 §4.2.1).
+//!
+//! A ClientHello without a valid cookie is answered with a HelloVerifyRequest carrying a stateless
+//! HMAC cookie over the peer's address and port ([`crate::cookie`]); nothing is allocated for the
+//! peer and nothing is retransmitted. The reply is never larger than the datagram that caused it:
+//! a larger one is dropped and counted (anti-amplification). A ClientHello whose cookie verifies
+//! turns the listening `SSL` into that peer's [`Session`], and a fresh listening `SSL` takes its
+//! place.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use foreign_types::ForeignTypeRef;
+use openssl::ssl::Ssl;
+use openssl_dtls_sys as dffi;
+use openssl_sys as ffi;
+
+use crate::bio::BioState;
+use crate::context::DtlsServerContext;
+use crate::error::Result;
+use crate::session::{configure_ssl, Session};
+
+/// What one ClientHello did to the listener.
+#[derive(Debug)]
+pub(crate) enum ListenOutcome {
+    /// A HelloVerifyRequest of this many bytes is in `out`.
+    HelloVerifyRequest(usize),
+    /// The reply would have been larger than the ClientHello; nothing is sent.
+    ReplyTooLarge,
+    /// The cookie verified: the handshake continues in this session.
+    Accepted(Box<Session>),
+    /// OpenSSL dropped the datagram (not a usable ClientHello, or a bad cookie it ignores).
+    Ignored,
+    /// The listening `SSL` failed and was replaced.
+    Failed,
+}
+
+/// The listening `SSL` and its BIO.
+pub(crate) struct Listener {
+    ctx: DtlsServerContext,
+    ssl: Ssl,
+    bio: *mut BioState,
+    addr: BioAddr,
+}
+
+// SAFETY: `bio` points into the heap block owned by `ssl`'s BIO, and `addr` is an owned BIO_ADDR;
+// the listener is their only user, so moving it between threads moves the only access path.
+unsafe impl Send for Listener {}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").finish_non_exhaustive()
+    }
+}
+
+/// An owned `BIO_ADDR` for `DTLSv1_listen` to fill.
+struct BioAddr(*mut dffi::BIO_ADDR);
+
+impl BioAddr {
+    fn new() -> Result<BioAddr> {
+        // SAFETY: BIO_ADDR_new allocates a zeroed address or returns null.
+        let p = unsafe { dffi::BIO_ADDR_new() };
+        if p.is_null() {
+            return Err(openssl::error::ErrorStack::get().into());
+        }
+        Ok(BioAddr(p))
+    }
+}
+
+impl Drop for BioAddr {
+    fn drop(&mut self) {
+        // SAFETY: allocated by BIO_ADDR_new and freed exactly once, here.
+        unsafe { dffi::BIO_ADDR_free(self.0) }
+    }
+}
+
+impl Listener {
+    pub(crate) fn new(ctx: &DtlsServerContext) -> Result<Listener> {
+        let (ssl, bio) = Listener::listening_ssl(ctx)?;
+        Ok(Listener {
+            ctx: ctx.clone(),
+            ssl,
+            bio,
+            addr: BioAddr::new()?,
+        })
+    }
+
+    fn listening_ssl(ctx: &DtlsServerContext) -> Result<(Ssl, *mut BioState)> {
+        let mut ssl = Ssl::new(ctx.ssl_context())?;
+        let bio = configure_ssl(&mut ssl, ctx.session_config())?;
+        ssl.set_accept_state();
+        Ok((ssl, bio))
+    }
+
+    fn bio_mut(&mut self) -> &mut BioState {
+        // SAFETY: `bio` lives as long as `self.ssl`; `&mut self` excludes other references and
+        // no OpenSSL call on this SSL runs while the returned reference is alive.
+        unsafe { &mut *self.bio }
+    }
+
+    /// Runs `DTLSv1_listen` on one ClientHello from `peer`. A HelloVerifyRequest goes into `out`.
+    pub(crate) fn handle(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> ListenOutcome {
+        let st = self.bio_mut();
+        st.peer = Some(peer);
+        st.now = Some(now);
+        st.alert_sent = None;
+        st.alert_received = None;
+        st.set_inbound(datagram);
+        // SAFETY: `ssl` is a valid listening SSL with our BIO and the context's cookie callbacks;
+        // `addr` is a valid BIO_ADDR. The error queue is cleared before and after.
+        let r = unsafe {
+            ffi::ERR_clear_error();
+            let r = dffi::DTLSv1_listen(self.ssl.as_ptr(), self.addr.0);
+            ffi::ERR_clear_error();
+            r
+        };
+        let st = self.bio_mut();
+        st.clear_inbound();
+        if r == 1 {
+            return self.accept(peer, now);
+        }
+        if r < 0 {
+            log::debug!("DTLSv1_listen failed for {peer}; replacing the listening SSL");
+            return match Listener::listening_ssl(&self.ctx) {
+                Ok((ssl, bio)) => {
+                    self.ssl = ssl;
+                    self.bio = bio;
+                    ListenOutcome::Failed
+                }
+                Err(e) => {
+                    log::error!("cannot create a listening SSL: {e}");
+                    ListenOutcome::Failed
+                }
+            };
+        }
+        let mut reply = None;
+        let mut too_large = false;
+        while let Some(n) = st.pop_outbound(out) {
+            // RFC 6347 §4.2.1: the HelloVerifyRequest must be small; we make sure it is never
+            // larger than what the (unauthenticated) sender sent us.
+            if n <= datagram.len() && reply.is_none() {
+                reply = Some(n);
+            } else {
+                too_large = true;
+            }
+        }
+        match (reply, too_large) {
+            (Some(n), _) => ListenOutcome::HelloVerifyRequest(n),
+            (None, true) => ListenOutcome::ReplyTooLarge,
+            (None, false) => ListenOutcome::Ignored,
+        }
+    }
+
+    fn accept(&mut self, peer: SocketAddr, now: Instant) -> ListenOutcome {
+        let (fresh, fresh_bio) = match Listener::listening_ssl(&self.ctx) {
+            Ok(x) => x,
+            Err(e) => {
+                log::error!("cannot create a listening SSL: {e}");
+                return ListenOutcome::Failed;
+            }
+        };
+        let ssl = std::mem::replace(&mut self.ssl, fresh);
+        let bio = std::mem::replace(&mut self.bio, fresh_bio);
+        match Session::accepted(ssl, bio, peer, self.ctx.session_config(), now) {
+            Ok(session) => ListenOutcome::Accepted(Box::new(session)),
+            Err(e) => {
+                log::debug!("handshake with {peer} failed at its first step: {e}");
+                ListenOutcome::Failed
+            }
+        }
+    }
+}
