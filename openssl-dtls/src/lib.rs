@@ -39,3 +39,8 @@ pub use crate::error::{Alert, ConfigError, Error, Result};
 pub use crate::server::{DtlsServer, Incoming};
 pub use crate::session::{Role, Session, SessionConfig, SessionState, SessionStats};
 pub use crate::wire::DropReason;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
