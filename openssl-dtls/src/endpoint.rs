@@ -589,6 +589,9 @@ impl Endpoint {
             }
         }
         if let Some(at) = next {
+            // A deadline at or before `now` that survived the handling above is retried no
+            // sooner than a millisecond later, so a timer that does not advance cannot spin.
+            let at = at.max(now + Duration::from_millis(1));
             if p.scheduled.is_none_or(|s| at < s) {
                 p.scheduled = Some(at);
                 self.timers.push(Reverse((at, p.id, addr)));
