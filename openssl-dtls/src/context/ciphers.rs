@@ -204,7 +204,7 @@ pub(crate) fn apply(
                 .to_owned(),
         ));
     }
-    if !offered.iter().any(|c| usable(c)) {
+    if !offered.iter().any(usable) {
         let names: Vec<&str> = offered.iter().map(|c| c.name).collect();
         return Err(fail(format!(
             "none of its ciphers ({}) can be used with {credentials}",

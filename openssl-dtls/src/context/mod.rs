@@ -6,8 +6,29 @@
 //! ciphers, security level, groups, signature algorithms, ALPN, PSK and certificate credentials,
 //! verification, key log and (server) cookie callbacks — plus the per-session limits and timers
 //! (a [`SessionConfig`]) that sessions made from the context run with. A context is built once,
-//! checked at `build()` (every misconfiguration is an [`Error::Config`] naming its cause), and
-//! then shared cheaply: it is `Clone + Send + Sync` (an `SSL_CTX` reference and an `Arc`).
+//! checked at `build()` (every misconfiguration is an [`Error::Config`](crate::Error::Config)
+//! naming its cause), and then shared cheaply: it is `Clone + Send + Sync` (an `SSL_CTX`
+//! reference and an `Arc`).
+//!
+//! ```
+//! use openssl_dtls::{DtlsClientContext, DtlsServerContext, PskCredentials};
+//!
+//! let server = DtlsServerContext::builder()
+//!     .psk_key_store(|identity| (identity == b"device-1").then(|| b"secret".to_vec()))
+//!     .build()?;
+//! let client = DtlsClientContext::builder()
+//!     .psk_credentials(PskCredentials::new(&b"device-1"[..], &b"secret"[..]))
+//!     .build()?;
+//! let now = std::time::Instant::now();
+//! let (mut c, mut s) = (client.new_session(None, now)?, server.new_session(now)?);
+//! # let mut buf = [0u8; 1500];
+//! # for _ in 0..10 {
+//! #     while let Some(n) = c.poll_transmit(&mut buf) { s.handle_datagram(now, &buf[..n]); }
+//! #     while let Some(n) = s.poll_transmit(&mut buf) { c.handle_datagram(now, &buf[..n]); }
+//! # }
+//! # assert!(c.is_established() && s.is_established());
+//! # Ok::<(), openssl_dtls::Error>(())
+//! ```
 //!
 //! # Defaults, and why
 //!
@@ -22,13 +43,18 @@
 //! - **AEAD-only ciphers**: [`CipherPreset::Auto`] picks [`PSK_CIPHERS`] and/or
 //!   [`CERTIFICATE_CIPHERS`] from the credentials. A cipher string that selects nothing usable
 //!   fails at `build()`, naming the string.
-//! - **Security level**: OpenSSL's default (1 unless the system configuration changes it),
+//! - **Security level**: OpenSSL's build default (1 upstream, 2 in Debian 12's build),
 //!   except that the CCM8 suites need level 0 on OpenSSL 3.1+ (which rates their 64-bit tag as 64
 //!   bits of security): when the ciphers include CCM8, OpenSSL is 3.1 or newer and no level was
 //!   set, the context uses level 0 and logs it at `info`. OpenSSL 3.0 needs no change.
 //! - **Groups** [`DEFAULT_GROUPS`] (`X25519:P-256:P-384`): `X25519` alone breaks ECDHE-ECDSA on
 //!   OpenSSL 3.0 ("no shared cipher"), and P-384 is there for peers that insist on it.
 //! - **Signature algorithms**: OpenSSL's defaults (settable).
+//! - **Server certificates**: ECDSA (P-256, P-384) and RSA (2048 bits and up at the default
+//!   security level). Ed25519 and Ed448 are refused at `build()`: OpenSSL (3.0) enables EdDSA
+//!   certificates for the ECDHE-ECDSA suites only when the version is TLS 1.2
+//!   (`ssl_set_masks`: `TLS1_get_version(s) == TLS1_2_VERSION`, never true for DTLS), so every
+//!   DTLS handshake would fail with "no shared cipher".
 //! - **Verification on** for clients, with no trust roots until some are added: a client trusts
 //!   nothing by accident. Turning it off is `danger_disable_verification`.
 //! - **Cookies** (servers): a random secret rotated every 60 s, the previous one still accepted.
@@ -51,7 +77,6 @@ use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use openssl::pkey::{Id, PKey, Private};
 use openssl::ssl::{SslContextBuilder, SslOptions, SslVersion};
@@ -176,8 +201,10 @@ pub(crate) struct CertificateConfig {
 /// What kind of key a context's certificate has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeyKind {
-    /// ECDSA, Ed25519 or Ed448: used with the `ECDHE-ECDSA` suites.
+    /// ECDSA: used with the `ECDHE-ECDSA` suites.
     Ec,
+    /// Ed25519 or Ed448: the `ECDHE-ECDSA` suites in TLS 1.2, but never in OpenSSL's DTLS.
+    Eddsa,
     /// RSA or RSA-PSS: used with the `ECDHE-RSA` suites.
     Rsa,
     Dsa,
@@ -240,7 +267,8 @@ impl LoadedCertificate {
     /// Which suites the key can authenticate.
     fn kind(&self) -> KeyKind {
         match self.key.id() {
-            Id::EC | Id::ED25519 | Id::ED448 => KeyKind::Ec,
+            Id::EC => KeyKind::Ec,
+            Id::ED25519 | Id::ED448 => KeyKind::Eddsa,
             Id::RSA | Id::RSA_PSS => KeyKind::Rsa,
             Id::DSA => KeyKind::Dsa,
             _ => KeyKind::Other,
@@ -464,7 +492,7 @@ macro_rules! common_builder_methods {
         }
 
         /// Sets OpenSSL's security level, 0 to 5 (`SSL_CTX_set_security_level`). Default:
-        /// OpenSSL's (1 unless the system configuration says otherwise), lowered to 0 only when
+        /// OpenSSL's build default (1 upstream, 2 in Debian 12's build), lowered to 0 only when
         /// the ciphers include CCM8 on OpenSSL 3.1+ and no level was set here. The DTLS 1.2
         /// minimum is set again after the level, whatever it is.
         #[doc(alias = "SSL_CTX_set_security_level")]
@@ -687,16 +715,4 @@ fn apply_verify(
         }
         None => b.set_verify(mode),
     }
-}
-
-/// Rejects durations that would make a setting meaningless.
-fn positive(setting: &'static str, d: Duration) -> Result<(), ConfigError> {
-    if d.is_zero() {
-        return Err(ConfigError::OutOfRange {
-            setting,
-            value: 0,
-            allowed: "more than 0",
-        });
-    }
-    Ok(())
 }

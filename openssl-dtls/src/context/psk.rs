@@ -109,11 +109,15 @@ impl fmt::Debug for PskCredentials {
     }
 }
 
+/// A client's PSK credentials callback: identity hint in, credentials out.
+pub(crate) type CredentialsCallback =
+    Arc<dyn Fn(Option<&[u8]>) -> Option<PskCredentials> + Send + Sync>;
+
 /// A client's source of PSK credentials.
 #[derive(Clone)]
 pub(crate) enum ClientPsk {
     Fixed(Arc<PskCredentials>),
-    Callback(Arc<dyn Fn(Option<&[u8]>) -> Option<PskCredentials> + Send + Sync>),
+    Callback(CredentialsCallback),
 }
 
 impl fmt::Debug for ClientPsk {

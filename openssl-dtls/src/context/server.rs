@@ -15,7 +15,7 @@ use super::ciphers::{Auth, Offered};
 use super::psk::{self, KeyStore, Secret, MAX_IDENTITY_LEN};
 use super::{
     apply_roots, apply_verify, certificate_builder_methods, common_builder_methods, guard,
-    positive, trust_builder_methods, CertificateConfig, Common, KeyKind, LoadedCertificate, Source,
+    trust_builder_methods, CertificateConfig, Common, KeyKind, LoadedCertificate, Source,
     VerifyCallback,
 };
 use crate::bio;
@@ -75,7 +75,6 @@ impl DtlsServerContext {
     }
 
     /// The OpenSSL context, with the cookie callbacks installed (for `DTLSv1_listen`).
-    #[allow(dead_code)] // used by the endpoint
     pub(crate) fn ssl_context(&self) -> &SslContext {
         &self.ctx
     }
@@ -87,7 +86,6 @@ impl DtlsServerContext {
 
     /// Whether the admission hook lets `peer` (whose ClientHello carried a valid cookie) start a
     /// handshake. `true` without a hook; a panicking hook counts as `false`.
-    #[allow(dead_code)] // used by the endpoint
     pub(crate) fn admit(&self, peer: SocketAddr) -> bool {
         match &self.inner.admission {
             Some(hook) => guard("admission", false, || hook(peer)),
@@ -260,7 +258,6 @@ impl DtlsServerContextBuilder {
                 self.client_auth
             )));
         }
-        positive("cookie_secret_rotation", self.cookie_rotation)?;
         if self.cookie_rotation < Duration::from_secs(1) {
             return Err(ConfigError::OutOfRange {
                 setting: "cookie_secret_rotation",
@@ -274,6 +271,16 @@ impl DtlsServerContextBuilder {
         // The certificate first: its key type decides which suites are usable.
         let certificate = self.certificate.load()?;
         let kind = certificate.as_ref().map(LoadedCertificate::kind);
+        if kind == Some(KeyKind::Eddsa) {
+            // OpenSSL 3.0's ssl_set_masks() enables an Ed25519/Ed448 certificate for the
+            // ECDHE-ECDSA suites only when TLS1_get_version(s) == TLS1_2_VERSION, which is never
+            // true for DTLS: every handshake would end in "no shared cipher".
+            return Err(ConfigError::Invalid(
+                "OpenSSL cannot authenticate a DTLS 1.2 server with an Ed25519 or Ed448 key \
+                 (it enables EdDSA certificates for TLS 1.2 only): use ECDSA P-256/P-384 or RSA"
+                    .to_owned(),
+            ));
+        }
         let usable = |c: &Offered| match c.auth {
             Auth::Psk => psk,
             Auth::Ecdsa => kind == Some(KeyKind::Ec),
@@ -415,4 +422,43 @@ fn select_alpn<'a>(ours: &[Vec<u8>], client: &'a [u8]) -> Option<&'a [u8]> {
             .copied()
             .find(|name| *name == want.as_slice())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn psk_builder() -> DtlsServerContextBuilder {
+        let mut b = DtlsServerContext::builder();
+        b.psk_key_store(|_| Some(b"key".to_vec()));
+        b
+    }
+
+    #[test]
+    fn admission_hook_decides_and_a_panic_refuses() {
+        let peer: SocketAddr = "192.0.2.7:5684".parse().unwrap();
+        assert!(psk_builder().build().unwrap().admit(peer));
+        let picky = psk_builder()
+            .admission(|p| p.port() != 5684)
+            .build()
+            .unwrap();
+        assert!(!picky.admit(peer));
+        let panicking = psk_builder()
+            .admission(|_| panic!("admission hook panics (expected in this test)"))
+            .build()
+            .unwrap();
+        assert!(!panicking.admit(peer));
+        assert!(panicking.admit(peer) == panicking.clone().admit(peer));
+    }
+
+    #[test]
+    fn alpn_selection_follows_server_preference_and_tolerates_garbage() {
+        let ours = vec![b"coap".to_vec(), b"h2".to_vec()];
+        assert_eq!(select_alpn(&ours, b"\x02h2\x04coap"), Some(&b"coap"[..]));
+        assert_eq!(select_alpn(&ours, b"\x02h2"), Some(&b"h2"[..]));
+        assert_eq!(select_alpn(&ours, b"\x03foo"), None);
+        assert_eq!(select_alpn(&ours, b"\x09h2"), None);
+        assert_eq!(select_alpn(&ours, b"\x00"), None);
+        assert_eq!(select_alpn(&ours, b""), None);
+    }
 }
