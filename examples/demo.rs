@@ -46,7 +46,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let stats = server.stats();
         println!(
             "server: {} datagrams in, {} out, {} HelloVerifyRequest(s), {} handshake(s) completed",
-            stats.datagrams_in, stats.datagrams_out, stats.hello_verify_requests, stats.handshakes_completed
+            stats.datagrams_in,
+            stats.datagrams_out,
+            stats.hello_verify_requests,
+            stats.handshakes_completed
         );
         Ok(())
     });
@@ -64,13 +67,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         conn.data_mtu()
     );
     let mut buf = [0u8; 1500];
-    for message in ["Hello World", "Datagrams keep their boundaries", "Bye World"] {
+    for message in [
+        "Hello World",
+        "Datagrams keep their boundaries",
+        "Bye World",
+    ] {
         conn.send(message.as_bytes())?;
         let n = conn.recv(&mut buf)?;
         println!("client: got {:?}", String::from_utf8_lossy(&buf[..n]));
     }
     conn.close();
-    server_thread.join().map_err(|_| "server thread panicked")??;
+    server_thread
+        .join()
+        .map_err(|_| "server thread panicked")??;
     println!("demo: done");
     Ok(())
 }

@@ -25,7 +25,10 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = common::Args::parse(USAGE, &[]);
     let message = args.required(USAGE, "message").to_owned();
-    let count: usize = args.get_or("count", "1").parse().unwrap_or_else(|_| common::fail(USAGE, "--count is not a number"));
+    let count: usize = args
+        .get_or("count", "1")
+        .parse()
+        .unwrap_or_else(|_| common::fail(USAGE, "--count is not a number"));
     let peer = args
         .get_or("connect", "127.0.0.1:5684")
         .to_socket_addrs()
@@ -44,9 +47,16 @@ fn main() {
     if let Some(cipher) = args.get("cipher") {
         builder.ciphers(cipher);
     }
-    let ctx = builder.build().unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
-    let bind = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-    let client = DtlsClient::bind(bind).unwrap_or_else(|e| common::fail(USAGE, &format!("bind: {e}")));
+    let ctx = builder
+        .build()
+        .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
+    let bind = if peer.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let client =
+        DtlsClient::bind(bind).unwrap_or_else(|e| common::fail(USAGE, &format!("bind: {e}")));
     let result = match args.get("server-name") {
         Some(name) => client.connect_named(peer, name, &ctx, Duration::from_secs(10)),
         None => client.connect(peer, &ctx, Duration::from_secs(10)),

@@ -26,14 +26,20 @@ fn main() {
         .private_key_file(args.required(USAGE, "key"));
     if let Some(ca) = args.get("ca") {
         builder.root_certificates_file(ca);
-        builder.client_auth(if args.switch("require-client-cert") { ClientAuth::Require } else { ClientAuth::Request });
+        builder.client_auth(if args.switch("require-client-cert") {
+            ClientAuth::Require
+        } else {
+            ClientAuth::Request
+        });
     } else if args.switch("require-client-cert") {
         common::fail(USAGE, "--require-client-cert needs --ca");
     }
     if let Some(cipher) = args.get("cipher") {
         builder.ciphers(cipher);
     }
-    let ctx = builder.build().unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
+    let ctx = builder
+        .build()
+        .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
     let server = DtlsServer::bind(args.get_or("listen", "127.0.0.1:5684"), ctx)
         .unwrap_or_else(|e| common::fail(USAGE, &format!("bind: {e}")));
     common::echo_forever(server)

@@ -23,10 +23,16 @@ const USAGE: &str = "psk_client --message TEXT [--connect ADDR] [--identity ID] 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = common::Args::parse(USAGE, &[]);
-    let identity = args.get_or("identity", "Client_identity").as_bytes().to_vec();
+    let identity = args
+        .get_or("identity", "Client_identity")
+        .as_bytes()
+        .to_vec();
     let key = common::hex(USAGE, args.get_or("key-hex", common::DEFAULT_KEY_HEX));
     let message = args.required(USAGE, "message").to_owned();
-    let count: usize = args.get_or("count", "1").parse().unwrap_or_else(|_| common::fail(USAGE, "--count is not a number"));
+    let count: usize = args
+        .get_or("count", "1")
+        .parse()
+        .unwrap_or_else(|_| common::fail(USAGE, "--count is not a number"));
     let peer = args
         .get_or("connect", "127.0.0.1:5684")
         .to_socket_addrs()
@@ -38,13 +44,26 @@ fn main() {
     if let Some(cipher) = args.get("cipher") {
         builder.ciphers(cipher);
     }
-    let ctx = builder.build().unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
-    let bind = if peer.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-    let client = DtlsClient::bind(bind).unwrap_or_else(|e| common::fail(USAGE, &format!("bind: {e}")));
-    let conn = client.connect(peer, &ctx, Duration::from_secs(10)).unwrap_or_else(|e| {
-        eprintln!("error: handshake with {peer} failed: {e}");
-        std::process::exit(1)
-    });
-    log::info!("connected: {} {}", conn.protocol_version().unwrap_or("?"), conn.cipher().unwrap_or("?"));
+    let ctx = builder
+        .build()
+        .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
+    let bind = if peer.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let client =
+        DtlsClient::bind(bind).unwrap_or_else(|e| common::fail(USAGE, &format!("bind: {e}")));
+    let conn = client
+        .connect(peer, &ctx, Duration::from_secs(10))
+        .unwrap_or_else(|e| {
+            eprintln!("error: handshake with {peer} failed: {e}");
+            std::process::exit(1)
+        });
+    log::info!(
+        "connected: {} {}",
+        conn.protocol_version().unwrap_or("?"),
+        conn.cipher().unwrap_or("?")
+    );
     common::send_and_print(&conn, &message, count);
 }

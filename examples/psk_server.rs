@@ -10,7 +10,8 @@ mod common;
 
 use openssl_dtls::{DtlsServer, DtlsServerContext};
 
-const USAGE: &str = "psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--cipher STR]
+const USAGE: &str =
+    "psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--cipher STR]
   --listen    address to bind (default 127.0.0.1:5684)
   --identity  the PSK identity accepted (default Client_identity)
   --key-hex   the key, in hex (default 73656372657450534b = \"secretPSK\")
@@ -20,7 +21,10 @@ const USAGE: &str = "psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = common::Args::parse(USAGE, &[]);
-    let identity = args.get_or("identity", "Client_identity").as_bytes().to_vec();
+    let identity = args
+        .get_or("identity", "Client_identity")
+        .as_bytes()
+        .to_vec();
     let key = common::hex(USAGE, args.get_or("key-hex", common::DEFAULT_KEY_HEX));
     let mut builder = DtlsServerContext::builder();
     builder.psk_key_store(move |id| (id == identity.as_slice()).then(|| key.clone()));
@@ -30,7 +34,9 @@ fn main() {
     if let Some(cipher) = args.get("cipher") {
         builder.ciphers(cipher);
     }
-    let ctx = builder.build().unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
+    let ctx = builder
+        .build()
+        .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
     let server = DtlsServer::bind(args.get_or("listen", "127.0.0.1:5684"), ctx)
         .unwrap_or_else(|e| common::fail(USAGE, &format!("bind: {e}")));
     common::echo_forever(server)

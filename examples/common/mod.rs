@@ -37,7 +37,10 @@ impl Args {
                 None => fail(usage, &format!("--{name} needs a value")),
             }
         }
-        Args { values, switches: found }
+        Args {
+            values,
+            switches: found,
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -49,7 +52,8 @@ impl Args {
     }
 
     pub fn required(&self, usage: &str, name: &str) -> &str {
-        self.get(name).unwrap_or_else(|| fail(usage, &format!("--{name} is required")))
+        self.get(name)
+            .unwrap_or_else(|| fail(usage, &format!("--{name} is required")))
     }
 
     pub fn switch(&self, name: &str) -> bool {
@@ -69,7 +73,10 @@ pub fn hex(usage: &str, s: &str) -> Vec<u8> {
     }
     (0..s.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or_else(|_| fail(usage, "--key-hex is not hex")))
+        .map(|i| {
+            u8::from_str_radix(&s[i..i + 2], 16)
+                .unwrap_or_else(|_| fail(usage, "--key-hex is not hex"))
+        })
         .collect()
 }
 

@@ -39,6 +39,13 @@ pub const SSL_CB_HANDSHAKE_START: c_int = 0x10;
 /// `SSL_CB_HANDSHAKE_DONE`.
 pub const SSL_CB_HANDSHAKE_DONE: c_int = 0x20;
 
+/// `TLS_ST_CR_CHANGE`: the client has read the server's ChangeCipherSpec.
+pub const TLS_ST_CR_CHANGE: c_int = 10;
+/// `TLS_ST_SR_CHANGE`: the server has read the client's ChangeCipherSpec.
+pub const TLS_ST_SR_CHANGE: c_int = 31;
+/// `TLS_ST_SR_FINISHED`: the server has read the client's Finished.
+pub const TLS_ST_SR_FINISHED: c_int = 32;
+
 /// `DTLS_timer_cb`: returns the next retransmission timeout in microseconds given the current one
 /// (0 on the first call of a flight).
 pub type DTLS_timer_cb = Option<unsafe extern "C" fn(s: *mut SSL, timer_us: c_uint) -> c_uint>;
@@ -67,6 +74,13 @@ extern "C" {
     pub fn SSL_set_info_callback(ssl: *mut SSL, cb: SSL_info_callback);
     /// [`SSL_alert_type_string_long`](https://www.openssl.org/docs/man3.0/man3/SSL_alert_type_string_long.html).
     pub fn SSL_alert_type_string_long(value: c_int) -> *const c_char;
+    /// [`SSL_get_state`](https://www.openssl.org/docs/man3.0/man3/SSL_get_state.html): the
+    /// handshake state machine's current state (`OSSL_HANDSHAKE_STATE`).
+    pub fn SSL_get_state(ssl: *const SSL) -> c_int;
+    /// [`SSL_get1_supported_ciphers`](https://www.openssl.org/docs/man3.0/man3/SSL_get1_supported_ciphers.html):
+    /// the ciphers this `SSL` would really offer (version, security level and credentials
+    /// applied); a new stack owned by the caller, or null when none is enabled.
+    pub fn SSL_get1_supported_ciphers(s: *mut SSL) -> *mut openssl_sys::stack_st_SSL_CIPHER;
     /// `SSL_in_init`: 1 while a handshake is in progress.
     pub fn SSL_in_init(s: *const SSL) -> c_int;
     /// [`SSL_set_options`](https://www.openssl.org/docs/man3.0/man3/SSL_set_options.html)

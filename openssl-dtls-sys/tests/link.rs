@@ -54,6 +54,11 @@ fn every_symbol_links_and_behaves() {
         ffi::BIO_free_all(mem);
         ffi::SSL_set_accept_state(ssl);
         assert_eq!(SSL_in_init(ssl), 1);
+        assert_eq!(SSL_get_state(ssl), 0, "TLS_ST_BEFORE");
+        let ciphers = SSL_get1_supported_ciphers(ssl);
+        assert!(!ciphers.is_null(), "DTLS_method offers ciphers by default");
+        assert!(ffi::OPENSSL_sk_num(ciphers.cast()) > 0);
+        ffi::OPENSSL_sk_free(ciphers.cast());
 
         // DTLSv1_listen without a BIO or cookie callbacks fails cleanly.
         let addr = BIO_ADDR_new();

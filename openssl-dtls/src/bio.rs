@@ -69,6 +69,9 @@ pub(crate) struct BioState {
     pub alert_sent: Option<Alert>,
     /// `DTLSv1_listen`'s peek mode: reads leave the datagram in place.
     peek: bool,
+    /// The next sequence number of an epoch-0 record we would send (from the headers of the
+    /// epoch-0 records OpenSSL wrote), for an alert we write ourselves.
+    pub epoch0_next_seq: u64,
 }
 
 impl BioState {
@@ -88,6 +91,7 @@ impl BioState {
             alert_received: None,
             alert_sent: None,
             peek: false,
+            epoch0_next_seq: 0,
         }
     }
 
@@ -139,7 +143,20 @@ impl BioState {
         }
     }
 
+    /// Queues a datagram we made ourselves (not OpenSSL).
+    pub fn push_outbound(&mut self, data: &[u8]) {
+        self.write(data);
+    }
+
     fn write(&mut self, data: &[u8]) {
+        // Epoch-0 records only occur during the handshake: established traffic skips this.
+        if data.get(3..5) == Some(&[0, 0]) {
+            for record in crate::wire::records(data).flatten() {
+                if record.epoch() == 0 {
+                    self.epoch0_next_seq = self.epoch0_next_seq.max(record.sequence() + 1);
+                }
+            }
+        }
         if self.outbound.len() >= self.max_outbound {
             self.outbound_dropped += 1;
             return;

@@ -34,7 +34,7 @@ use openssl_dtls_sys as dffi;
 use openssl_sys as ffi;
 
 use crate::bio::{self, BioState, TimerSettings};
-use crate::error::{ConfigError, Error, Result};
+use crate::error::{Alert, ConfigError, Error, Result};
 
 /// Largest plaintext of one DTLS record (2^14, RFC 6347 §4.1).
 pub const MAX_PLAINTEXT: usize = 16_384;
@@ -381,6 +381,53 @@ impl Session {
         st.set_inbound(datagram);
         self.drive(now);
         self.bio_mut().clear_inbound();
+        if self.role == Role::Server && self.state == SessionState::Handshaking {
+            self.check_finished_authenticated(datagram);
+        }
+    }
+
+    /// A server that has read the client's ChangeCipherSpec (`TLS_ST_SR_CHANGE`) can receive
+    /// only one epoch-1 record before it sends its own Finished: the client's Finished. If one
+    /// arrived and the state did not advance, OpenSSL dropped it as unauthenticated (RFC 6347
+    /// §4.1.2.7): the two sides derived different keys, which with PSK means a wrong key. Rather
+    /// than wait out every retransmission, fail now with `decrypt_error` and tell the client in
+    /// the clear (our write epoch is still 0), as TLS would (RFC 5246 §7.4.9).
+    fn check_finished_authenticated(&mut self, datagram: &[u8]) {
+        // SAFETY: `ssl` is valid; SSL_get_state only reads the state machine.
+        let state = unsafe { dffi::SSL_get_state(self.ssl.as_ptr()) };
+        if state != dffi::TLS_ST_SR_CHANGE {
+            return;
+        }
+        let epoch1 = crate::wire::records(datagram)
+            .flatten()
+            .any(|r| r.epoch() == 1 && r.content_type() == crate::wire::ContentType::Handshake);
+        if !epoch1 {
+            return;
+        }
+        let alert = Alert {
+            level: 2,
+            description: Alert::DECRYPT_ERROR,
+        };
+        let st = self.bio_mut();
+        let seq = st.epoch0_next_seq.to_be_bytes();
+        let mut record = [0u8; 15];
+        record[0] = 21; // alert
+        record[1..3].copy_from_slice(&[0xfe, 0xfd]);
+        // epoch 0 (bytes 3..5), 48-bit sequence number
+        record[5..11].copy_from_slice(&seq[2..8]);
+        record[11..13].copy_from_slice(&2u16.to_be_bytes());
+        record[13] = alert.level;
+        record[14] = alert.description;
+        st.push_outbound(&record);
+        st.alert_sent = Some(alert);
+        log::debug!(
+            "the client's Finished from {:?} did not authenticate: wrong key?",
+            self.peer
+        );
+        self.fail(Error::LocalAlert {
+            alert,
+            reason: "the peer's Finished message did not authenticate (different keys: a wrong pre-shared key?)".to_owned(),
+        });
     }
 
     /// Moves the next datagram to send to the peer into `buf` and returns its length, or `None`

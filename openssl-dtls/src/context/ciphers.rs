@@ -20,7 +20,6 @@ use foreign_types::ForeignType;
 use openssl::error::ErrorStack;
 use openssl::ssl::{Ssl, SslCipher, SslCipherRef, SslContextBuilder, SslMethod, SslVersion};
 use openssl::stack::Stack;
-use openssl_sys as ffi;
 
 use crate::error::ConfigError;
 
@@ -100,13 +99,6 @@ impl Offered {
     }
 }
 
-extern "C" {
-    // `SSL_get1_supported_ciphers` (ssl.h, OpenSSL 1.1.0+). Not in openssl-sys; declared here
-    // until openssl-dtls-sys carries it. Returns a new stack (owned by the caller) of static
-    // SSL_CIPHER pointers, or NULL when none is enabled.
-    fn SSL_get1_supported_ciphers(s: *mut ffi::SSL) -> *mut ffi::stack_st_SSL_CIPHER;
-}
-
 fn auth_of(cipher: &SslCipherRef) -> Auth {
     let description = cipher.description();
     let au = description
@@ -128,7 +120,7 @@ fn supported(ssl: &mut Ssl) -> Vec<Offered> {
     // SSL_CIPHERs, and `SslCipher` has no destructor, so dropping the `Stack` frees only the
     // stack itself.
     let stack = unsafe {
-        let p = SSL_get1_supported_ciphers(ssl.as_ptr());
+        let p = openssl_dtls_sys::SSL_get1_supported_ciphers(ssl.as_ptr());
         if p.is_null() {
             return Vec::new();
         }
