@@ -542,3 +542,37 @@ fn the_server_reports_handshake_facts_on_its_connections() {
     assert_eq!(accepted.protocol_version(), Some("DTLSv1.2"));
     assert!(accepted.data_mtu() > 1100);
 }
+
+#[test]
+fn a_dual_stack_server_on_the_ipv6_wildcard_serves_ipv4_clients() {
+    let server = DtlsServer::bind("[::]:0", server_ctx(Duration::from_secs(5))).unwrap();
+    let port = server.local_addr().port();
+    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let conn = client
+        .connect(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &client_ctx(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let accepted = server
+        .accept_timeout(Duration::from_secs(2))
+        .unwrap()
+        .unwrap();
+    // The kernel reports the IPv4 client as an IPv4-mapped IPv6 address.
+    match accepted.peer_addr() {
+        SocketAddr::V6(v6) => assert_eq!(
+            v6.ip().to_ipv4_mapped(),
+            Some(std::net::Ipv4Addr::LOCALHOST)
+        ),
+        other => panic!("expected a mapped address, got {other}"),
+    }
+    conn.send(b"v4 to v6").unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        accepted
+            .recv_timeout(&mut buf, Duration::from_secs(2))
+            .unwrap(),
+        Some(8)
+    );
+}
