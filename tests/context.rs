@@ -1161,3 +1161,18 @@ fn openssl_version_decides_whether_ccm8_needs_security_level_0() {
         assert!(explicit.is_ok());
     }
 }
+
+#[test]
+fn the_server_cipher_order_wins_over_the_clients() {
+    // The client prefers AES-256-GCM; the server's preset puts CCM8 first and decides.
+    let client = DtlsClientContext::builder()
+        .psk_credentials(PskCredentials::new(IDENTITY, KEY))
+        .ciphers("PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256:PSK-AES128-CCM8")
+        .build()
+        .unwrap();
+    let server = psk_server().build().unwrap();
+    let (c, s, ok) = connect(&client, &server, None);
+    assert!(ok, "client {:?}, server {:?}", c.error(), s.error());
+    assert_eq!(s.cipher(), Some("PSK-AES128-CCM8"));
+    assert_eq!(c.cipher(), Some("PSK-AES128-CCM8"));
+}

@@ -298,6 +298,9 @@ impl DtlsServerContextBuilder {
         if let Some(certificate) = &certificate {
             certificate.install(&mut b)?;
         }
+        // The server's preset order decides (PSK-AES128-CCM8 first for PSK, AES-128-GCM first
+        // for certificates), not the client's (`SSL_OP_CIPHER_SERVER_PREFERENCE`).
+        b.set_options(openssl::ssl::SslOptions::CIPHER_SERVER_PREFERENCE);
         apply_roots(&mut b, &self.roots, true)?;
         let mode = match self.client_auth {
             ClientAuth::None => SslVerifyMode::NONE,
