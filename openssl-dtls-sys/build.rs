@@ -23,6 +23,5 @@ fn main() {
             println!("cargo:rustc-cfg={name}");
         }
     }
-    // Re-export for crates that depend on us.
-    println!("cargo:version_number={version:x}");
+    println!("cargo:rustc-env=OPENSSL_DTLS_SYS_VERSION_NUMBER={version:x}");
 }

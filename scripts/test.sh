@@ -20,7 +20,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== tests (system OpenSSL: $(openssl version))"
 cargo test --workspace
 if [ -z "${QUICK:-}" ]; then
-  echo "== tests against a freshly built OpenSSL (vendored)"
-  cargo test -p openssl-dtls --features vendored --target-dir target/vendored --test session
+  echo "== tests against a freshly built OpenSSL 3.x (vendored feature)"
+  cargo test -p openssl-dtls-sys -p openssl-dtls --features openssl-dtls/vendored --target-dir target/vendored \
+    --test link --test session --test context --test udp
 fi
 echo "== all tests passed"

@@ -15,5 +15,29 @@ mod ssl;
 pub use crate::bio::*;
 pub use crate::ssl::*;
 
+/// The OpenSSL version this crate was built against (`OPENSSL_VERSION_NUMBER`, from
+/// `openssl-sys`'s build script), or 0 if unknown. Version-dependent declarations follow it.
+pub const OPENSSL_VERSION_NUMBER: u64 = match option_env!("OPENSSL_DTLS_SYS_VERSION_NUMBER") {
+    Some(v) => parse_hex(v),
+    None => 0,
+};
+
+const fn parse_hex(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut v = 0u64;
+    while i < b.len() {
+        let d = match b[i] {
+            c @ b'0'..=b'9' => c - b'0',
+            c @ b'a'..=b'f' => c - b'a' + 10,
+            c @ b'A'..=b'F' => c - b'A' + 10,
+            _ => return 0,
+        };
+        v = v * 16 + d as u64;
+        i += 1;
+    }
+    v
+}
+
 /// `struct timeval` as OpenSSL's DTLS timer functions fill it.
 pub use libc::timeval;

@@ -39,12 +39,28 @@ pub const SSL_CB_HANDSHAKE_START: c_int = 0x10;
 /// `SSL_CB_HANDSHAKE_DONE`.
 pub const SSL_CB_HANDSHAKE_DONE: c_int = 0x20;
 
+// `OSSL_HANDSHAKE_STATE` values. OpenSSL 3.2 inserted the certificate-compression states
+// (`TLS_ST_CR_COMP_CERT`, `TLS_ST_CW_COMP_CERT`, `TLS_ST_SW_COMP_CERT`, `TLS_ST_SR_COMP_CERT`),
+// shifting the values after them.
+
 /// `TLS_ST_CR_CHANGE`: the client has read the server's ChangeCipherSpec.
+#[cfg(not(ossl320))]
 pub const TLS_ST_CR_CHANGE: c_int = 10;
+/// `TLS_ST_CR_CHANGE`: the client has read the server's ChangeCipherSpec.
+#[cfg(ossl320)]
+pub const TLS_ST_CR_CHANGE: c_int = 11;
 /// `TLS_ST_SR_CHANGE`: the server has read the client's ChangeCipherSpec.
+#[cfg(not(ossl320))]
 pub const TLS_ST_SR_CHANGE: c_int = 31;
+/// `TLS_ST_SR_CHANGE`: the server has read the client's ChangeCipherSpec.
+#[cfg(ossl320)]
+pub const TLS_ST_SR_CHANGE: c_int = 35;
 /// `TLS_ST_SR_FINISHED`: the server has read the client's Finished.
+#[cfg(not(ossl320))]
 pub const TLS_ST_SR_FINISHED: c_int = 32;
+/// `TLS_ST_SR_FINISHED`: the server has read the client's Finished.
+#[cfg(ossl320)]
+pub const TLS_ST_SR_FINISHED: c_int = 36;
 
 /// `DTLS_timer_cb`: returns the next retransmission timeout in microseconds given the current one
 /// (0 on the first call of a flight).

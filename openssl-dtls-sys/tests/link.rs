@@ -6,6 +6,24 @@ use openssl_dtls_sys::*;
 use openssl_sys as ffi;
 
 #[test]
+fn version_cfgs_match_the_linked_openssl() {
+    // SAFETY: OpenSSL_version_num takes no arguments and reads a constant.
+    let linked = unsafe { ffi::OpenSSL_version_num() } as u64;
+    assert_ne!(
+        OPENSSL_VERSION_NUMBER, 0,
+        "the build script saw DEP_OPENSSL_VERSION_NUMBER"
+    );
+    // Same major.minor as the headers we were built against.
+    assert_eq!(
+        linked >> 20,
+        OPENSSL_VERSION_NUMBER >> 20,
+        "linked {linked:x}, built {OPENSSL_VERSION_NUMBER:x}"
+    );
+    let expected_change = if linked >= 0x3020_0000 { 35 } else { 31 };
+    assert_eq!(TLS_ST_SR_CHANGE, expected_change);
+}
+
+#[test]
 fn every_symbol_links_and_behaves() {
     ffi::init();
     // SAFETY: every pointer below comes from OpenSSL's own constructors, is checked for null,
