@@ -285,7 +285,7 @@ impl Session {
     }
 
     /// A server session on `ssl` that waits for a ClientHello (without a cookie exchange; the
-    /// endpoint uses `DTLSv1_listen` first and then [`Session::accepted`]).
+    /// endpoint uses `DTLSv1_listen` first and then continues the handshake from the verified ClientHello).
     #[doc(alias = "SSL_accept")]
     pub fn server(ssl: Ssl, config: &SessionConfig, now: Instant) -> Result<Session> {
         let mut session = Session::prepare(ssl, Role::Server, config, now, None)?;
