@@ -26,6 +26,9 @@ mod listener;
 mod server;
 pub mod session;
 pub(crate) mod wire;
+/// The same server, client and connection on tokio (feature `tokio`).
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 pub use crate::client::DtlsClient;
 pub use crate::connection::DtlsConnection;
