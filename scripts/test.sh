@@ -14,14 +14,14 @@ export CARGO_TERM_COLOR=never
 echo "== format"
 cargo fmt --all -- --check
 echo "== clippy"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features openssl-dtls/tokio -- -D warnings
 echo "== docs"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet --features openssl-dtls/tokio
 echo "== tests (system OpenSSL: $(openssl version))"
-cargo test --workspace
+cargo test --workspace --features openssl-dtls/tokio
 if [ -z "${QUICK:-}" ]; then
-  echo "== tests against a freshly built OpenSSL 3.x (vendored feature)"
-  cargo test -p openssl-dtls-sys -p openssl-dtls --features openssl-dtls/vendored --target-dir target/vendored \
-    --test link --test session --test context --test udp
+  echo "== tests against a freshly built OpenSSL 3.x (all features: vendored, tokio)"
+  cargo test --workspace --all-features --target-dir target/vendored \
+    --test link --test session --test context --test udp --test async_tokio
 fi
 echo "== all tests passed"
