@@ -576,3 +576,37 @@ fn a_dual_stack_server_on_the_ipv6_wildcard_serves_ipv4_clients() {
         Some(8)
     );
 }
+
+#[test]
+fn a_client_that_restarts_its_handshake_from_the_same_port_is_served_before_the_old_deadline() {
+    // The old handshake would linger for 5 s; the new one must not wait for it.
+    let server = server_with(EndpointConfig::default(), Duration::from_secs(5));
+    let addr = server.local_addr();
+    let sock = stalled_client(addr);
+    assert_eq!(server.stats().handshakes, 1);
+    let mut fresh = client_ctx().new_session(None, Instant::now()).unwrap();
+    let started = Instant::now();
+    assert!(
+        drive_raw(
+            &mut fresh,
+            &sock,
+            addr,
+            Duration::from_secs(3),
+            Session::is_established
+        ),
+        "{:?}",
+        fresh.error()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let accepted = server
+        .accept_timeout(Duration::from_secs(2))
+        .unwrap()
+        .expect("the new handshake's connection");
+    assert_eq!(accepted.peer_addr(), sock.local_addr().unwrap());
+    let stats = server.stats();
+    assert_eq!((stats.connections, stats.handshakes), (1, 0), "{stats:?}");
+}

@@ -367,9 +367,11 @@ impl Endpoint {
         };
         if let Some(p) = self.peers.get_mut(&peer) {
             let hello = matches!(classified, Datagram::ClientHello(_));
-            // A new ClientHello from the address of a live connection: a rebooted peer, or a
-            // spoofer. Either way it must prove the address first (RFC 6347 §4.2.8).
-            if hello && !p.session.is_handshaking() {
+            // A new ClientHello from the address of a live connection or pending handshake: a
+            // rebooted peer, a client that gave up and started over, or a spoofer. Either way it
+            // must prove the address first (RFC 6347 §4.2.8). Only a retransmission of the
+            // ClientHello the pending handshake started from goes to that handshake.
+            if hello && !is_retransmitted_hello(&p.session, classified, datagram) {
                 self.listen(now, peer, datagram, classified);
                 return;
             }
@@ -833,6 +835,27 @@ impl Endpoint {
             .sum::<u64>();
         stats
     }
+}
+
+/// Whether `datagram` (a ClientHello) repeats the one `session`'s handshake started from: a
+/// server session still handshaking, a cookie (the verified ClientHello always has one), and the
+/// same client random.
+fn is_retransmitted_hello(session: &Session, classified: Datagram, datagram: &[u8]) -> bool {
+    let Datagram::ClientHello(info) = classified else {
+        return false;
+    };
+    if !session.is_handshaking()
+        || session.role() != crate::session::Role::Server
+        || info.cookie_len == 0
+    {
+        return false;
+    }
+    // record header (13) + handshake header (12) + client_version (2), then 32 random bytes
+    let Some(random) = datagram.get(27..59) else {
+        return false;
+    };
+    let mut ours = [0u8; 32];
+    session.ssl().client_random(&mut ours) == 32 && ours == random
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
