@@ -1176,3 +1176,103 @@ fn the_server_cipher_order_wins_over_the_clients() {
     assert_eq!(s.cipher(), Some("PSK-AES128-CCM8"));
     assert_eq!(c.cipher(), Some("PSK-AES128-CCM8"));
 }
+
+/// A raw rust-openssl PSK client context (our client contexts never offer a saved session).
+fn raw_psk_client() -> openssl::ssl::SslContext {
+    let mut c =
+        openssl::ssl::SslContextBuilder::new(openssl::ssl::SslMethod::dtls_client()).unwrap();
+    c.set_cipher_list("PSK-AES128-GCM-SHA256").unwrap();
+    c.set_psk_client_callback(|_, _, identity, psk| {
+        identity[..IDENTITY.len()].copy_from_slice(IDENTITY);
+        identity[IDENTITY.len()] = 0;
+        psk[..KEY.len()].copy_from_slice(KEY);
+        Ok(KEY.len())
+    });
+    c.build()
+}
+
+#[test]
+fn servers_do_not_resume_sessions_so_every_handshake_rechecks_credentials() {
+    let server = psk_server().build().unwrap();
+    let raw = raw_psk_client();
+    let config = server.session_config().clone();
+    let now = Instant::now();
+    let mut c = Session::client(openssl::ssl::Ssl::new(&raw).unwrap(), &config, now).unwrap();
+    let mut s = server.new_session(now).unwrap();
+    assert!(handshake(
+        &mut c,
+        &mut s,
+        &mut Link::perfect(),
+        Duration::from_secs(5)
+    ));
+    let saved = c
+        .ssl()
+        .session()
+        .expect("a session to offer again")
+        .to_owned();
+    let mut ssl = openssl::ssl::Ssl::new(&raw).unwrap();
+    // SAFETY: the session comes from a handshake on a context of the same method.
+    unsafe { ssl.set_session(&saved).unwrap() };
+    let mut c = Session::client(ssl, &config, Instant::now()).unwrap();
+    let mut s = server.new_session(Instant::now()).unwrap();
+    assert!(handshake(
+        &mut c,
+        &mut s,
+        &mut Link::perfect(),
+        Duration::from_secs(5)
+    ));
+    assert!(
+        !s.ssl().session_reused(),
+        "the server resumed a session instead of a full handshake"
+    );
+    assert!(!c.ssl().session_reused());
+}
+
+#[test]
+fn a_certificate_chain_beyond_max_cert_list_is_refused_by_the_client() {
+    use openssl::x509::extension::SubjectAlternativeName;
+    // One leaf certificate of > 32 KiB (thousands of SAN names), self-signed and trusted, so
+    // that only its size can fail the handshake.
+    let key = ec_key(Nid::X9_62_PRIME256V1);
+    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "big.test").unwrap();
+    let name = name.build();
+    let mut b = openssl::x509::X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+        .unwrap();
+    let mut san = SubjectAlternativeName::new();
+    for i in 0..2000 {
+        san.dns(&format!("host-{i:05}.a-rather-long-domain-name.test"));
+    }
+    let san = san.build(&b.x509v3_context(None, None)).unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    let cert = b.build();
+    assert!(cert.to_der().unwrap().len() > openssl_dtls::context::MAX_CERT_LIST);
+    let server = DtlsServerContext::builder()
+        .certificate_der(&cert.to_der().unwrap())
+        .private_key_der(&key.private_key_to_der().unwrap())
+        .build()
+        .unwrap();
+    let client = DtlsClientContext::builder()
+        .root_certificate_der(&cert.to_der().unwrap())
+        .build()
+        .unwrap();
+    let (c, _s, ok) = connect(&client, &server, None);
+    assert!(
+        !ok,
+        "a {}-byte certificate was accepted",
+        cert.to_der().unwrap().len()
+    );
+    assert!(
+        c.error().is_some(),
+        "the client fails rather than waiting out its deadline"
+    );
+}

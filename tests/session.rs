@@ -574,3 +574,23 @@ fn support_dtls10_client_hello(ctx: &SslContext) -> Vec<u8> {
     );
     hello
 }
+
+#[test]
+fn a_protected_record_shorter_than_nonce_and_tag_is_dropped_and_the_session_survives() {
+    let (cc, sc) = psk_contexts("PSK-AES128-GCM-SHA256");
+    let (mut c, mut s) = pair(&cc, &sc, &test_config());
+    let mut link = Link::perfect();
+    assert!(handshake(&mut c, &mut s, &mut link, Duration::from_secs(5)));
+    // Epoch 1, sequence 1000, 10 bytes: shorter than GCM's 8-byte nonce + 16-byte tag.
+    let mut short = vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0x03, 0xe8, 0, 10];
+    short.extend_from_slice(&[0x55; 10]);
+    for _ in 0..5 {
+        s.handle_datagram(Instant::now(), &short);
+    }
+    assert_eq!(s.stats().dropped_short_records, 5);
+    assert!(s.is_established());
+    assert_eq!(
+        exchange(true, b"still fine", &mut c, &mut s, &mut link),
+        b"still fine"
+    );
+}

@@ -17,6 +17,8 @@ pub const DTLS_CTRL_HANDLE_TIMEOUT: c_int = 74;
 pub const DTLS_CTRL_SET_LINK_MTU: c_int = 120;
 /// `DTLS_CTRL_GET_LINK_MIN_MTU`.
 pub const DTLS_CTRL_GET_LINK_MIN_MTU: c_int = 121;
+/// `SSL_CTRL_SET_MAX_CERT_LIST`.
+pub const SSL_CTRL_SET_MAX_CERT_LIST: c_int = 51;
 /// `SSL_CTRL_SET_MAX_SEND_FRAGMENT`.
 pub const SSL_CTRL_SET_MAX_SEND_FRAGMENT: c_int = 52;
 
@@ -164,4 +166,14 @@ pub unsafe fn SSL_set_max_send_fragment(s: *mut SSL, m: c_long) -> c_long {
 pub unsafe fn SSL_CTX_set_max_send_fragment(ctx: *mut SSL_CTX, m: c_long) -> c_long {
     // SAFETY: forwarded caller contract; this is the macro's expansion.
     unsafe { openssl_sys::SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MAX_SEND_FRAGMENT, m, ptr::null_mut()) }
+}
+
+/// `SSL_CTX_set_max_cert_list(ctx, m)`: the largest certificate chain (and, in DTLS, handshake
+/// message) a peer may send; returns the previous value.
+///
+/// # Safety
+/// `ctx` must be a valid `SSL_CTX`.
+pub unsafe fn SSL_CTX_set_max_cert_list(ctx: *mut SSL_CTX, m: c_long) -> c_long {
+    // SAFETY: forwarded caller contract; this is the macro's expansion.
+    unsafe { openssl_sys::SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MAX_CERT_LIST, m, ptr::null_mut()) }
 }

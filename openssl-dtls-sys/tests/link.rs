@@ -34,6 +34,11 @@ fn every_symbol_links_and_behaves() {
         assert_eq!(SSL_CTX_use_psk_identity_hint(ctx, c"hint".as_ptr()), 1);
         SSL_CTX_set_info_callback(ctx, None);
         assert_eq!(SSL_CTX_set_max_send_fragment(ctx, 1200), 1);
+        assert_eq!(
+            SSL_CTX_set_max_cert_list(ctx, 32 * 1024),
+            100 * 1024,
+            "returns OpenSSL's default"
+        );
 
         let ssl = ffi::SSL_new(ctx);
         assert!(!ssl.is_null());

@@ -72,6 +72,9 @@ pub(crate) struct BioState {
     /// The next sequence number of an epoch-0 record we would send (from the headers of the
     /// epoch-0 records OpenSSL wrote), for an alert we write ourselves.
     pub epoch0_next_seq: u64,
+    /// Append writes to the last queued datagram while it stays within the MTU (set while
+    /// OpenSSL may retransmit a flight, which it does one message per write).
+    pub coalesce: bool,
 }
 
 impl BioState {
@@ -92,6 +95,7 @@ impl BioState {
             alert_sent: None,
             peek: false,
             epoch0_next_seq: 0,
+            coalesce: false,
         }
     }
 
@@ -157,6 +161,39 @@ impl BioState {
                 }
             }
         }
+        // OpenSSL 3.0 packs a flight into one write, and its MTU arithmetic leaves out the AEAD
+        // nonce and tag of encrypted handshake records: a flight ending in Finished can exceed
+        // the MTU by up to 24 bytes. A record never spans datagrams but a datagram may carry
+        // several (RFC 6347 §4.1.1), so such a write goes out split at record boundaries.
+        if data.len() > self.mtu && is_record_sequence(data) {
+            let (mut start, mut end) = (0, 0);
+            for record in crate::wire::records(data).flatten() {
+                if end > start && end - start + record.total_len() > self.mtu {
+                    self.queue(&data[start..end]);
+                    start = end;
+                }
+                end += record.total_len();
+            }
+            self.queue(&data[start..end]);
+            return;
+        }
+        self.queue(data);
+    }
+
+    /// Queues one outgoing datagram, or (while `coalesce` is set) appends it to the last queued
+    /// one if both fit the MTU together.
+    fn queue(&mut self, data: &[u8]) {
+        // OpenSSL retransmits a flight one message per write: each extra datagram is one more
+        // chance to lose the flight, and the retransmissions per flight are capped (12). Whole
+        // records may share a datagram (RFC 6347 §4.1.1), so pack them up to the MTU.
+        if self.coalesce {
+            if let Some(last) = self.outbound.back_mut() {
+                if !last.is_empty() && last.len() + data.len() <= self.mtu {
+                    last.extend_from_slice(data);
+                    return;
+                }
+            }
+        }
         if self.outbound.len() >= self.max_outbound {
             self.outbound_dropped += 1;
             return;
@@ -180,6 +217,18 @@ impl BioState {
         }
         Some(n)
     }
+}
+
+/// True if `data` is one or more whole, well-formed DTLS records back to back.
+fn is_record_sequence(data: &[u8]) -> bool {
+    let mut total = 0;
+    for record in crate::wire::records(data) {
+        match record {
+            Ok(record) => total += record.total_len(),
+            Err(_) => return false,
+        }
+    }
+    total == data.len()
 }
 
 /// The process-wide `BIO_METHOD`, created once.

@@ -229,6 +229,8 @@ pub struct SessionStats {
     pub send_dropped: u64,
     /// Retransmission timeouts that fired.
     pub retransmits: u32,
+    /// Protected records dropped because they were shorter than the cipher's nonce plus tag.
+    pub dropped_short_records: u64,
 }
 
 /// One peer's DTLS state around one `SSL`: see the [module documentation](self).
@@ -247,6 +249,8 @@ pub struct Session {
     received_bytes: usize,
     spare: Vec<Vec<u8>>,
     data_mtu: usize,
+    /// The shortest protected (epoch ≥ 1) record the negotiated AEAD can produce; 0 = no check.
+    min_protected_len: usize,
     peer: Option<SocketAddr>,
     stats: SessionStats,
 }
@@ -319,6 +323,7 @@ impl Session {
             received_bytes: 0,
             spare: Vec::new(),
             data_mtu: 0,
+            min_protected_len: 0,
             peer: None,
             stats: SessionStats::default(),
         };
@@ -373,14 +378,26 @@ impl Session {
             return;
         }
         self.stats.datagrams_in += 1;
+        if self.min_protected_len > 0
+            && has_short_protected_record(datagram, self.min_protected_len)
+        {
+            // Shorter than the suite's explicit nonce plus tag: cannot authenticate. Dropped
+            // before OpenSSL, which some versions answer with a fatal internal_error that would
+            // end an established connection (CVE-2026-75806).
+            self.stats.dropped_short_records += 1;
+            return;
+        }
         if self.state == SessionState::Closed {
             return;
         }
         let st = self.bio_mut();
         st.now = Some(now);
         st.set_inbound(datagram);
+        st.coalesce = true; // a retransmitted Finished makes OpenSSL retransmit its flight
         self.drive(now);
-        self.bio_mut().clear_inbound();
+        let st = self.bio_mut();
+        st.coalesce = false;
+        st.clear_inbound();
         if self.role == Role::Server && self.state == SessionState::Handshaking {
             self.check_finished_authenticated(datagram);
         }
@@ -496,12 +513,15 @@ impl Session {
             self.fail(Error::Timeout);
             return;
         }
-        self.bio_mut().now = Some(now);
-        // SAFETY: `ssl` is valid; the queue is cleared first and drained after.
+        let st = self.bio_mut();
+        st.now = Some(now);
+        st.coalesce = true; // OpenSSL retransmits one message per write: pack them
+                            // SAFETY: `ssl` is valid; the queue is cleared first and drained after.
         let r = unsafe {
             ffi::ERR_clear_error();
             dffi::DTLSv1_handle_timeout(self.ssl.as_ptr())
         };
+        self.bio_mut().coalesce = false;
         if r < 0 {
             let stack = ErrorStack::get();
             log::debug!("OpenSSL gave up retransmitting: {stack}");
@@ -711,6 +731,7 @@ impl Session {
 
     fn on_established(&mut self) {
         self.state = SessionState::Established;
+        self.min_protected_len = self.cipher().map_or(0, min_protected_len);
         // SAFETY: `ssl` is valid and a cipher is negotiated.
         self.data_mtu = unsafe { dffi::DTLS_get_data_mtu(self.ssl.as_ptr()) };
         log::debug!(
@@ -873,5 +894,49 @@ impl Session {
     /// The underlying OpenSSL object, for queries this API does not cover.
     pub fn ssl(&self) -> &SslRef {
         &self.ssl
+    }
+}
+
+/// The shortest protected record an AEAD suite produces: explicit nonce plus tag (RFC 5288,
+/// RFC 6655, RFC 7905). 0 for anything else (no check).
+fn min_protected_len(cipher: &str) -> usize {
+    if cipher.contains("CHACHA20") || cipher.ends_with("CCM8") {
+        16 // ChaCha20: no explicit nonce, 16-byte tag; CCM8: 8-byte nonce, 8-byte tag
+    } else if cipher.contains("GCM") || cipher.ends_with("CCM") {
+        24 // 8-byte explicit nonce, 16-byte tag
+    } else {
+        0
+    }
+}
+
+/// Whether `datagram` holds an epoch ≥ 1 record shorter than `min`.
+fn has_short_protected_record(datagram: &[u8], min: usize) -> bool {
+    crate::wire::records(datagram)
+        .flatten()
+        .any(|r| r.epoch() >= 1 && r.fragment().len() < min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aead_minimum_record_lengths_follow_the_suites() {
+        assert_eq!(min_protected_len("PSK-AES128-CCM8"), 16);
+        assert_eq!(min_protected_len("ECDHE-PSK-CHACHA20-POLY1305"), 16);
+        assert_eq!(min_protected_len("PSK-AES128-GCM-SHA256"), 24);
+        assert_eq!(min_protected_len("PSK-AES256-CCM"), 24);
+        assert_eq!(min_protected_len("ECDHE-ECDSA-AES128-GCM-SHA256"), 24);
+        assert_eq!(min_protected_len("PSK-AES128-CBC-SHA256"), 0);
+    }
+
+    #[test]
+    fn short_protected_records_are_recognised_by_epoch_and_length() {
+        let mut record = vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 7, 0, 20];
+        record.extend_from_slice(&[0u8; 20]);
+        assert!(has_short_protected_record(&record, 24));
+        assert!(!has_short_protected_record(&record, 16));
+        record[4] = 0; // epoch 0: plaintext, not checked
+        assert!(!has_short_protected_record(&record, 24));
     }
 }

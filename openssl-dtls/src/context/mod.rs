@@ -80,6 +80,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use openssl::pkey::{Id, PKey, Private};
 use openssl::ssl::{SslContextBuilder, SslOptions, SslVersion};
+
+/// The largest certificate chain a peer may send, and so the largest handshake message OpenSSL
+/// reassembles for it (`SSL_CTX_set_max_cert_list`): 32 KiB, eight times a typical public-PKI
+/// chain, instead of OpenSSL's 100 KB, to bound what a hostile peer past the cookie can make a
+/// handshake hold.
+pub const MAX_CERT_LIST: usize = 32 * 1024;
 use openssl::x509::{X509StoreContextRef, X509};
 
 use crate::error::ConfigError;
@@ -384,6 +390,12 @@ impl Common {
         b.set_options(
             SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION | SslOptions::NO_COMPRESSION,
         );
+        // A peer's certificate chain, and in DTLS any handshake message it makes us reassemble,
+        // is bounded by max_cert_list (OpenSSL's default: 100 KB per message).
+        // SAFETY: `b` owns a valid SSL_CTX; the macro only stores the value.
+        unsafe {
+            openssl_dtls_sys::SSL_CTX_set_max_cert_list(b.as_ptr(), MAX_CERT_LIST as _);
+        }
         b.set_min_proto_version(Some(SslVersion::DTLS1_2))
             .map_err(|e| ConfigError::Invalid(format!("cannot set the DTLS 1.2 minimum: {e}")))?;
         let cipher_string = self.ciphers.cipher_string(psk, certificates);

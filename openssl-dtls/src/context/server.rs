@@ -301,6 +301,11 @@ impl DtlsServerContextBuilder {
         // The server's preset order decides (PSK-AES128-CCM8 first for PSK, AES-128-GCM first
         // for certificates), not the client's (`SSL_OP_CIPHER_SERVER_PREFERENCE`).
         b.set_options(openssl::ssl::SslOptions::CIPHER_SERVER_PREFERENCE);
+        // No session resumption: a resumed session would outlive a PSK identity or a client
+        // certificate that has since been withdrawn (tickets live 2 hours by default), and every
+        // handshake re-checks credentials this way (`SSL_OP_NO_TICKET`, session cache off).
+        b.set_options(openssl::ssl::SslOptions::NO_TICKET);
+        b.set_session_cache_mode(openssl::ssl::SslSessionCacheMode::OFF);
         apply_roots(&mut b, &self.roots, true)?;
         let mode = match self.client_auth {
             ClientAuth::None => SslVerifyMode::NONE,
