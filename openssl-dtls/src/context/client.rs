@@ -184,6 +184,7 @@ impl DtlsClientContextBuilder {
     /// client that verifies but trusts no root (add roots, `with_trusted_roots(true)`, a
     /// `verify_callback`, or PSK credentials).
     pub fn build(&self) -> Result<DtlsClientContext> {
+        super::warn_if_openssl_lacks_dtls_fixes();
         self.build_inner().map_err(Error::Config)
     }
 

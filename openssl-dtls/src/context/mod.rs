@@ -86,6 +86,57 @@ use openssl::ssl::{SslContextBuilder, SslOptions, SslVersion};
 /// chain, instead of OpenSSL's 100 KB, to bound what a hostile peer past the cookie can make a
 /// handshake hold.
 pub const MAX_CERT_LIST: usize = 32 * 1024;
+
+/// Whether OpenSSL version `v` (`OPENSSL_VERSION_NUMBER` layout) carries the DTLS fixes of the
+/// 29 September 2026 advisory (CVE-2026-84782, CVE-2026-75806): 3.0.23, 3.4.8, 3.5.9, 3.6.5,
+/// 4.0.3 and later releases of those branches, or any later minor version.
+pub(crate) fn openssl_has_dtls_fixes(v: u64) -> bool {
+    let (major, minor, patch) = ((v >> 28) & 0xf, (v >> 20) & 0xff, (v >> 4) & 0xff);
+    let fixed_patch = match (major, minor) {
+        (3, 0) => 23,
+        (3, 1..=3) => return false, // out of support: no fix published
+        (3, 4) => 8,
+        (3, 5) => 9,
+        (3, 6) => 5,
+        (4, 0) => 3,
+        (m, _) if m < 3 => return false,
+        _ => 0,
+    };
+    patch >= fixed_patch
+}
+
+/// Logs a warning, once per process, if the OpenSSL in use lacks the DTLS fixes above. The
+/// library works around what it can (see SECURITY-CONSIDERATIONS.md §3.7); update OpenSSL anyway.
+pub(crate) fn warn_if_openssl_lacks_dtls_fixes() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let v = openssl::version::number() as u64;
+        if !openssl_has_dtls_fixes(v) {
+            log::warn!(
+                "{} lacks the DTLS fixes for CVE-2026-84782 and CVE-2026-75806 \
+                 (3.0.23 / 3.4.8 / 3.5.9 / 3.6.5 / 4.0.3); openssl-dtls avoids both triggers, \
+                 but update OpenSSL when you can",
+                openssl::version::version()
+            );
+        }
+    });
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::openssl_has_dtls_fixes;
+
+    #[test]
+    fn dtls_fix_versions_per_branch() {
+        assert!(!openssl_has_dtls_fixes(0x3000_0130)); // 3.0.19
+        assert!(openssl_has_dtls_fixes(0x3000_0170)); // 3.0.23
+        assert!(!openssl_has_dtls_fixes(0x3020_0040)); // 3.2.4
+        assert!(!openssl_has_dtls_fixes(0x3060_0030)); // 3.6.3
+        assert!(openssl_has_dtls_fixes(0x3060_0050)); // 3.6.5
+        assert!(openssl_has_dtls_fixes(0x4000_0030)); // 4.0.3
+        assert!(openssl_has_dtls_fixes(0x4010_0000)); // 4.1.0
+    }
+}
 use openssl::x509::{X509StoreContextRef, X509};
 
 use crate::error::ConfigError;

@@ -241,6 +241,7 @@ impl DtlsServerContextBuilder {
     /// string, an unknown group, settings out of range, an invalid identity hint or cookie
     /// secret, or client authentication without roots or a verify callback.
     pub fn build(&self) -> Result<DtlsServerContext> {
+        super::warn_if_openssl_lacks_dtls_fixes();
         self.build_inner().map_err(Error::Config)
     }
 
