@@ -1,0 +1,1543 @@
+//! openssl-dtls benchmarks, each figure next to a reference measured in the same run.
+//!
+//! ```text
+//! scripts/bench.sh                          # or: cargo bench -p openssl-dtls --bench dtls_bench
+//! ```
+//!
+//! A plain `fn main` harness (no criterion). Sizes come from environment variables (see
+//! `Sizes::from_env`); every figure is printed as `ours | reference | ratio`, because the machine
+//! is shared and absolute numbers are noisy.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::ssl::{
+    HandshakeError, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslStream,
+    SslVerifyMode, SslVersion,
+};
+use openssl::x509::{X509Builder, X509NameBuilder};
+use openssl_dtls::{
+    DtlsClient, DtlsClientContext, DtlsServer, DtlsServerContext, Endpoint, EndpointConfig, Event,
+    PskCredentials, Session, SessionState, SocketOptions,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocators: Rust's (global allocator) and OpenSSL's (CRYPTO_set_mem_functions).
+
+struct Counting;
+
+static RUST_ALLOCS: AtomicU64 = AtomicU64::new(0);
+static RUST_LIVE: AtomicI64 = AtomicI64::new(0);
+static TRACE: AtomicBool = AtomicBool::new(false);
+static TRACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+const MAX_TRACES: usize = 4;
+
+thread_local! {
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn trace_alloc(size: usize) {
+    if !TRACE.load(Relaxed) {
+        return;
+    }
+    let reentered = IN_TRACE.with(|t| t.replace(true));
+    if reentered {
+        return;
+    }
+    let bt = std::backtrace::Backtrace::force_capture().to_string();
+    // Keep the frames of this workspace only (file:line of the allocating call sites).
+    let ours: Vec<&str> = bt
+        .lines()
+        .filter(|l| l.contains("openssl-dtls/src") || l.contains("/benches/"))
+        .collect();
+    let mut t = TRACES.lock().unwrap();
+    if t.len() < MAX_TRACES {
+        t.push(format!(
+            "{size} bytes at\n        {}",
+            ours.join("\n        ")
+        ));
+    } else {
+        TRACE.store(false, Relaxed);
+    }
+    drop(t);
+    IN_TRACE.with(|t| t.set(false));
+}
+
+// SAFETY: forwards to System; the counters are atomics and never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        RUST_ALLOCS.fetch_add(1, Relaxed);
+        RUST_LIVE.fetch_add(layout.size() as i64, Relaxed);
+        trace_alloc(layout.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        RUST_ALLOCS.fetch_add(1, Relaxed);
+        RUST_LIVE.fetch_add(layout.size() as i64, Relaxed);
+        trace_alloc(layout.size());
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        RUST_LIVE.fetch_sub(layout.size() as i64, Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        RUST_ALLOCS.fetch_add(1, Relaxed);
+        RUST_LIVE.fetch_add(new_size as i64 - layout.size() as i64, Relaxed);
+        trace_alloc(new_size);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+static OSSL_ALLOCS: AtomicU64 = AtomicU64::new(0);
+static OSSL_LIVE: AtomicI64 = AtomicI64::new(0);
+static OSSL_HOOKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" {
+    fn CRYPTO_set_mem_functions(
+        m: unsafe extern "C" fn(usize, *const libc::c_char, libc::c_int) -> *mut libc::c_void,
+        r: unsafe extern "C" fn(
+            *mut libc::c_void,
+            usize,
+            *const libc::c_char,
+            libc::c_int,
+        ) -> *mut libc::c_void,
+        f: unsafe extern "C" fn(*mut libc::c_void, *const libc::c_char, libc::c_int),
+    ) -> libc::c_int;
+}
+
+unsafe extern "C" fn ossl_malloc(
+    n: usize,
+    _: *const libc::c_char,
+    _: libc::c_int,
+) -> *mut libc::c_void {
+    // SAFETY: plain libc malloc; usable size of a fresh non-null block.
+    unsafe {
+        let p = libc::malloc(n);
+        if !p.is_null() {
+            OSSL_ALLOCS.fetch_add(1, Relaxed);
+            OSSL_LIVE.fetch_add(libc::malloc_usable_size(p) as i64, Relaxed);
+        }
+        p
+    }
+}
+
+unsafe extern "C" fn ossl_realloc(
+    p: *mut libc::c_void,
+    n: usize,
+    _: *const libc::c_char,
+    _: libc::c_int,
+) -> *mut libc::c_void {
+    // SAFETY: `p` came from ossl_malloc/ossl_realloc (libc) or is null.
+    unsafe {
+        let old = if p.is_null() {
+            0
+        } else {
+            libc::malloc_usable_size(p)
+        };
+        let q = libc::realloc(p, n);
+        if !q.is_null() {
+            OSSL_ALLOCS.fetch_add(1, Relaxed);
+            OSSL_LIVE.fetch_add(libc::malloc_usable_size(q) as i64 - old as i64, Relaxed);
+        } else if n == 0 {
+            OSSL_LIVE.fetch_sub(old as i64, Relaxed);
+        }
+        q
+    }
+}
+
+unsafe extern "C" fn ossl_free(p: *mut libc::c_void, _: *const libc::c_char, _: libc::c_int) {
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: `p` came from ossl_malloc/ossl_realloc.
+    unsafe {
+        OSSL_LIVE.fetch_sub(libc::malloc_usable_size(p) as i64, Relaxed);
+        libc::free(p)
+    }
+}
+
+fn hook_openssl_allocator() {
+    if std::env::var_os("BENCH_NO_OSSL_HOOK").is_some() {
+        return;
+    }
+    // SAFETY: called first thing in main, before any OpenSSL call; the functions match the
+    // CRYPTO_malloc_fn / CRYPTO_realloc_fn / CRYPTO_free_fn signatures of OpenSSL 3.
+    let ok = unsafe { CRYPTO_set_mem_functions(ossl_malloc, ossl_realloc, ossl_free) };
+    OSSL_HOOKED.store(ok == 1, Relaxed);
+}
+
+fn rss_bytes() -> i64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: i64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as i64
+}
+
+fn malloc_trim() {
+    // SAFETY: glibc malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU clocks.
+
+/// OpenSSL allocations made inside measured server-side segments (see `seg`).
+static SEG_ALLOCS: AtomicU64 = AtomicU64::new(0);
+static RAW_ALLOCS_PER_HS: AtomicU64 = AtomicU64::new(0);
+static OUR_ALLOCS_PER_HS: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `f` as a measured server-side segment: returns its thread CPU time and counts the
+/// OpenSSL allocations it made into `SEG_ALLOCS`.
+fn seg<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let (t0, a0) = (thread_cpu(), OSSL_ALLOCS.load(Relaxed));
+    let r = f();
+    let dt = thread_cpu() - t0;
+    SEG_ALLOCS.fetch_add(OSSL_ALLOCS.load(Relaxed) - a0, Relaxed);
+    (r, dt)
+}
+
+fn thread_cpu() -> Duration {
+    clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn process_cpu() -> Duration {
+    clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+fn clock(id: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    let r = unsafe { libc::clock_gettime(id, &mut ts) };
+    if r != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The CPU clock of another thread of this process (Linux: MAKE_THREAD_CPUCLOCK(tid, SCHED)).
+fn tid_cpu(tid: i32) -> Duration {
+    clock(((!tid) << 3) | 6)
+}
+
+/// Voluntary + involuntary context switches of thread `tid` (its wake-ups, roughly).
+fn tid_switches(tid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("ctxt_switches"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn thread_ids(prefix: &str) -> HashSet<i32> {
+    let mut out = HashSet::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            if comm.starts_with(prefix) {
+                if let Some(tid) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
+                    out.insert(tid);
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration.
+
+#[derive(Debug)]
+struct Sizes {
+    hs_psk: usize,
+    hs_ecdsa: usize,
+    hs_window: usize,
+    hs_reps: usize,
+    raw_psk: usize,
+    raw_ecdsa: usize,
+    tp_n: usize,
+    tp_window: usize,
+    oneway_n: usize,
+    lat_n: usize,
+    mem: Vec<usize>,
+    alloc_n: usize,
+    idle: Vec<usize>,
+    idle_secs: u64,
+    idle_settle: u64,
+    only: Option<String>,
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .collect()
+}
+
+impl Sizes {
+    fn from_env() -> Sizes {
+        Sizes {
+            hs_psk: env_usize("BENCH_HS_PSK", 4000),
+            hs_ecdsa: env_usize("BENCH_HS_ECDSA", 1500),
+            hs_window: env_usize("BENCH_HS_WINDOW", 32),
+            hs_reps: env_usize("BENCH_HS_REPS", 3),
+            raw_psk: env_usize("BENCH_RAW_PSK", 4000),
+            raw_ecdsa: env_usize("BENCH_RAW_ECDSA", 1500),
+            tp_n: env_usize("BENCH_TP_N", 100_000),
+            tp_window: env_usize("BENCH_TP_WINDOW", 32),
+            oneway_n: env_usize("BENCH_ONEWAY_N", 200_000),
+            lat_n: env_usize("BENCH_LAT_N", 20_000),
+            mem: env_list("BENCH_MEM", "10000,100000"),
+            alloc_n: env_usize("BENCH_ALLOC_N", 20_000),
+            idle: env_list("BENCH_IDLE", "1000,10000"),
+            idle_secs: env_usize("BENCH_IDLE_SECS", 5) as u64,
+            idle_settle: env_usize("BENCH_IDLE_SETTLE", 3) as u64,
+            only: std::env::var("BENCH_ONLY").ok(),
+        }
+    }
+    fn run(&self, section: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|s| s.trim() == section))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output.
+
+struct Table {
+    rows: Vec<[String; 5]>,
+}
+
+impl Table {
+    fn row(&mut self, what: &str, ours: f64, reference: f64, unit: &str, higher_better: bool) {
+        let ratio = if higher_better {
+            ours / reference
+        } else {
+            reference / ours
+        };
+        let r = [
+            what.to_owned(),
+            fmt(ours, unit),
+            fmt(reference, unit),
+            format!("{ratio:.2}x"),
+            String::new(),
+        ];
+        println!("| {} | {} | {} | {} |", r[0], r[1], r[2], r[3]);
+        self.rows.push(r);
+    }
+    fn note(&mut self, what: &str, ours: String, reference: &str, ratio: &str) {
+        println!("| {what} | {ours} | {reference} | {ratio} |");
+        self.rows.push([
+            what.to_owned(),
+            ours,
+            reference.to_owned(),
+            ratio.to_owned(),
+            String::new(),
+        ]);
+    }
+}
+
+fn fmt(v: f64, unit: &str) -> String {
+    if v >= 100.0 {
+        format!("{:.0} {unit}", v)
+    } else if v >= 10.0 {
+        format!("{:.1} {unit}", v)
+    } else {
+        format!("{:.2} {unit}", v)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials.
+
+const IDENTITY: &[u8] = b"Client_identity";
+const KEY: &[u8] = b"secretPSK-0123456789abcdef";
+const PSK: &str = "PSK-AES128-CCM8";
+const ECDSA: &str = "ECDHE-ECDSA-AES128-GCM-SHA256";
+const GROUPS: &str = "X25519:P-256:P-384";
+const MTU: u32 = 1200;
+
+struct Cert {
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+}
+
+fn ecdsa_cert() -> Cert {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "bench.test").unwrap();
+    let name = name.build();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    Cert {
+        cert_der: b.build().to_der().unwrap(),
+        key_der: key.private_key_to_der().unwrap(),
+    }
+}
+
+fn our_server_ctx(suite: &str, cert: &Cert) -> DtlsServerContext {
+    our_server_ctx_mtu(suite, cert, MTU as usize)
+}
+
+fn our_server_ctx_mtu(suite: &str, cert: &Cert, mtu: usize) -> DtlsServerContext {
+    let mut b = DtlsServerContext::builder();
+    b.mtu(mtu);
+    if suite == PSK {
+        b.psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()));
+    } else {
+        b.certificate_der(&cert.cert_der)
+            .private_key_der(&cert.key_der);
+    }
+    b.ciphers(suite).build().unwrap()
+}
+
+fn our_client_ctx(suite: &str) -> DtlsClientContext {
+    our_client_ctx_mtu(suite, MTU as usize)
+}
+
+/// A 1200-byte payload needs more than the default 1200-byte MTU (record overhead 29 bytes with
+/// CCM8): the throughput pair uses this MTU.
+const TP_MTU: usize = 1280;
+
+fn our_client_ctx_mtu(suite: &str, mtu: usize) -> DtlsClientContext {
+    let mut b = DtlsClientContext::builder();
+    b.mtu(mtu);
+    if suite == PSK {
+        b.psk_credentials(PskCredentials::new(IDENTITY.to_vec(), KEY.to_vec()));
+    } else {
+        b.danger_disable_verification();
+    }
+    b.ciphers(suite).build().unwrap()
+}
+
+fn roomy(n: usize) -> EndpointConfig {
+    let mut c = EndpointConfig::default();
+    c.max_connections = n.max(1) + 1024;
+    c.max_handshakes = 65_536;
+    c.max_handshakes_per_ip = 65_536;
+    c.max_pending_replies = 65_536;
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1a. Raw OpenSSL handshakes in memory: two `Ssl`s over a datagram-preserving in-memory duplex.
+
+type Queue = Rc<RefCell<VecDeque<Vec<u8>>>>;
+
+struct Duplex {
+    rx: Queue,
+    tx: Queue,
+}
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.rx.borrow_mut().pop_front() {
+            Some(d) => {
+                let n = d.len().min(buf.len());
+                buf[..n].copy_from_slice(&d[..n]);
+                Ok(n)
+            }
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Write for Duplex {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx.borrow_mut().push_back(buf.to_vec());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn raw_contexts(suite: &str, cert: &Cert) -> (SslContext, SslContext) {
+    let mut c = SslContextBuilder::new(SslMethod::dtls_client()).unwrap();
+    let mut s = SslContextBuilder::new(SslMethod::dtls_server()).unwrap();
+    for b in [&mut c, &mut s] {
+        b.set_min_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
+        b.set_cipher_list(suite).unwrap();
+        b.set_groups_list(GROUPS).unwrap();
+        b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION);
+    }
+    if suite == PSK {
+        c.set_psk_client_callback(|_, _, identity, psk| {
+            identity[..IDENTITY.len()].copy_from_slice(IDENTITY);
+            identity[IDENTITY.len()] = 0;
+            psk[..KEY.len()].copy_from_slice(KEY);
+            Ok(KEY.len())
+        });
+        s.set_psk_server_callback(|_, identity, psk| {
+            if identity != Some(IDENTITY) {
+                return Ok(0);
+            }
+            psk[..KEY.len()].copy_from_slice(KEY);
+            Ok(KEY.len())
+        });
+    } else {
+        c.set_verify(SslVerifyMode::NONE);
+        s.set_certificate(&openssl::x509::X509::from_der(&cert.cert_der).unwrap())
+            .unwrap();
+        s.set_private_key(&PKey::private_key_from_der(&cert.key_der).unwrap())
+            .unwrap();
+    }
+    // The cookie exchange, stateful as SSL_accept does it (an HMAC-like digest of a fixed peer).
+    s.set_options(SslOptions::COOKIE_EXCHANGE);
+    fn cookie() -> Vec<u8> {
+        openssl::hash::hash(MessageDigest::sha256(), b"secret|127.0.0.1:40000")
+            .unwrap()
+            .to_vec()
+    }
+    s.set_cookie_generate_cb(|_, buf| {
+        let c = cookie();
+        buf[..c.len()].copy_from_slice(&c);
+        Ok(c.len())
+    });
+    s.set_cookie_verify_cb(|_, got| got == &cookie()[..]);
+    (c.build(), s.build())
+}
+
+enum Side {
+    Start(Ssl, Duplex),
+    Mid(openssl::ssl::MidHandshakeSslStream<Duplex>),
+    Done(SslStream<Duplex>),
+}
+
+fn step(side: Side, server: bool) -> Side {
+    let r = match side {
+        Side::Start(ssl, io) => {
+            if server {
+                ssl.accept(io)
+            } else {
+                ssl.connect(io)
+            }
+        }
+        Side::Mid(m) => m.handshake(),
+        done => return done,
+    };
+    match r {
+        Ok(s) => Side::Done(s),
+        Err(HandshakeError::WouldBlock(m)) => Side::Mid(m),
+        Err(HandshakeError::Failure(m)) => {
+            panic!("raw handshake failed: {:?}", m.error())
+        }
+        Err(HandshakeError::SetupFailure(e)) => panic!("raw setup: {e}"),
+    }
+}
+
+/// Returns (server CPU per handshake, handshakes/s of the whole loop on one core).
+fn raw_handshakes(suite: &str, cert: &Cert, n: usize) -> (Duration, f64) {
+    let (cctx, sctx) = raw_contexts(suite, cert);
+    SEG_ALLOCS.store(0, Relaxed);
+    let mut server_cpu = Duration::ZERO;
+    let start = Instant::now();
+    for _ in 0..n {
+        let a: Queue = Rc::default();
+        let b: Queue = Rc::default();
+        let mut cssl = Ssl::new(&cctx).unwrap();
+        cssl.set_mtu(MTU).unwrap();
+        let mut client = Side::Start(
+            cssl,
+            Duplex {
+                rx: a.clone(),
+                tx: b.clone(),
+            },
+        );
+        let (mut server, dt) = seg(|| {
+            let mut sssl = Ssl::new(&sctx).unwrap();
+            sssl.set_mtu(MTU).unwrap();
+            Side::Start(sssl, Duplex { rx: b, tx: a })
+        });
+        server_cpu += dt;
+        let mut rounds = 0;
+        loop {
+            client = step(client, false);
+            let (next, dt) = seg(|| step(server, true));
+            server = next;
+            server_cpu += dt;
+            if matches!((&client, &server), (Side::Done(_), Side::Done(_))) {
+                break;
+            }
+            rounds += 1;
+            assert!(rounds < 50, "raw handshake stuck");
+        }
+        server_cpu += seg(|| drop(server)).1;
+        drop(client);
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    RAW_ALLOCS_PER_HS.store(SEG_ALLOCS.load(Relaxed) / n as u64, Relaxed);
+    (server_cpu / n as u32, rate)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. Our handshakes over UDP: sans-IO client sessions on their own sockets (one client thread,
+// `poll`), many at once, against one `DtlsServer`.
+
+struct ClientSlot {
+    sock: UdpSocket,
+    session: Session,
+}
+
+/// Drives up to `window` concurrent client handshakes until `n` completed. With `keep`, the
+/// established sessions (and their sockets) are returned; else each is closed at once.
+fn client_pool(
+    ctx: &DtlsClientContext,
+    server: SocketAddr,
+    n: usize,
+    window: usize,
+    keep: bool,
+) -> (usize, usize, Vec<ClientSlot>) {
+    let mut slots: Vec<ClientSlot> = Vec::new();
+    let mut kept = Vec::new();
+    let (mut started, mut done, mut failed) = (0usize, 0usize, 0usize);
+    let mut buf = vec![0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let flush = |slot: &mut ClientSlot, buf: &mut [u8]| {
+        while let Some(n) = slot.session.poll_transmit(buf) {
+            let _ = slot.sock.send(&buf[..n]);
+        }
+    };
+    while done + failed < n && Instant::now() < deadline {
+        while slots.len() < window && started < n {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.connect(server).unwrap();
+            sock.set_nonblocking(true).unwrap();
+            let session = ctx.new_session(None, Instant::now()).unwrap();
+            let mut slot = ClientSlot { sock, session };
+            flush(&mut slot, &mut buf);
+            slots.push(slot);
+            started += 1;
+        }
+        let now = Instant::now();
+        let next = slots
+            .iter()
+            .filter_map(|s| s.session.poll_timeout())
+            .min()
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or(Duration::from_millis(100))
+            .min(Duration::from_millis(100));
+        let mut fds: Vec<libc::pollfd> = slots
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array for the call; the sockets stay open.
+        unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                next.as_millis().max(1) as i32,
+            )
+        };
+        let now = Instant::now();
+        let mut i = 0;
+        while i < slots.len() {
+            let slot = &mut slots[i];
+            if fds[i].revents != 0 {
+                // Stop at establishment: the server may already have sent close_notify after it.
+                while slot.session.state() == SessionState::Handshaking {
+                    let Ok(n) = slot.sock.recv(&mut buf) else {
+                        break;
+                    };
+                    slot.session.handle_datagram(now, &buf[..n]);
+                }
+            }
+            slot.session.handle_timeout(now);
+            flush(slot, &mut buf);
+            let state = slot.session.state();
+            if state == SessionState::Failed && failed < 3 {
+                eprintln!("client handshake failed: {:?}", slot.session.error());
+            }
+            if state == SessionState::Handshaking {
+                i += 1;
+                continue;
+            }
+            fds.swap_remove(i);
+            let mut slot = slots.swap_remove(i);
+            if state == SessionState::Established {
+                done += 1;
+                if keep {
+                    kept.push(slot);
+                } else {
+                    slot.session.close();
+                    flush(&mut slot, &mut buf);
+                }
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    (done, failed, kept)
+}
+
+struct UdpServer {
+    server: Arc<DtlsServer>,
+    tid: i32,
+    accepted: Arc<Mutex<Vec<openssl_dtls::DtlsConnection>>>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+/// `accept`: None = no acceptor thread, Some(keep) = accept, keeping the handles or dropping them.
+fn start_server(ctx: DtlsServerContext, config: EndpointConfig, accept: Option<bool>) -> UdpServer {
+    let before = thread_ids("dtls-server");
+    let server = Arc::new(
+        DtlsServer::bind_with("127.0.0.1:0", ctx, config, SocketOptions::default()).unwrap(),
+    );
+    // The driver thread names itself once it runs: wait for it.
+    let mut tid = 0;
+    for _ in 0..500 {
+        if let Some(&t) = thread_ids("dtls-server").difference(&before).next() {
+            tid = t;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(tid != 0, "server driver thread not found");
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!("server driver thread: tid {tid}");
+    }
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let (s, a) = (Arc::clone(&server), Arc::clone(&accepted));
+    let acceptor = accept.map(|keep| {
+        std::thread::spawn(move || {
+            while let Ok(conn) = s.accept() {
+                if keep {
+                    a.lock().unwrap().push(conn);
+                }
+            }
+        })
+    });
+    UdpServer {
+        server,
+        tid,
+        accepted,
+        acceptor,
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.accepted.lock().unwrap().clear();
+        self.server.close();
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Returns (server driver-thread CPU per handshake, wall handshakes/s, failures).
+fn udp_handshakes(suite: &str, cert: &Cert, n: usize, window: usize) -> (Duration, f64, usize) {
+    let server = start_server(our_server_ctx(suite, cert), roomy(window * 4), Some(false));
+    let ctx = our_client_ctx(suite);
+    // Warm-up (page faults, first-use costs), not counted.
+    client_pool(
+        &ctx,
+        server.server.local_addr(),
+        window.min(n),
+        window,
+        false,
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let cpu0 = tid_cpu(server.tid);
+    let t0 = Instant::now();
+    let (done, failed, _) = client_pool(&ctx, server.server.local_addr(), n, window, false);
+    let wall = t0.elapsed();
+    let stats = server.server.stats();
+    std::thread::sleep(Duration::from_millis(50)); // let the server take the last close_notify
+    let cpu = tid_cpu(server.tid) - cpu0;
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!("{suite}: {:?}", server.server.stats());
+    }
+    assert!(
+        stats.hello_verify_requests as usize >= done,
+        "cookie exchange skipped?"
+    );
+    (
+        cpu / done.max(1) as u32,
+        done as f64 / wall.as_secs_f64(),
+        failed,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2, 3. Established-connection throughput and latency, DtlsConnection vs std UdpSocket.
+
+fn plain_socket() -> UdpSocket {
+    // The same buffer sizes as SocketOptions::default() gives ours.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(1 << 20);
+    s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+        .unwrap();
+    s.into()
+}
+
+trait Conn: Send + Sync {
+    fn send(&self, b: &[u8]);
+    fn recv_timeout(&self, b: &mut [u8], t: Duration) -> Option<usize>;
+}
+
+impl Conn for openssl_dtls::DtlsConnection {
+    fn send(&self, b: &[u8]) {
+        let _ = openssl_dtls::DtlsConnection::send(self, b);
+    }
+    fn recv_timeout(&self, b: &mut [u8], t: Duration) -> Option<usize> {
+        openssl_dtls::DtlsConnection::recv_timeout(self, b, t)
+            .ok()
+            .flatten()
+    }
+}
+
+struct PlainConn(UdpSocket);
+
+impl Conn for PlainConn {
+    fn send(&self, b: &[u8]) {
+        let _ = self.0.send(b);
+    }
+    fn recv_timeout(&self, b: &mut [u8], t: Duration) -> Option<usize> {
+        self.0.set_read_timeout(Some(t)).unwrap();
+        self.0.recv(b).ok()
+    }
+}
+
+/// A pair of connected endpoints: (client side, server side), plus what keeps them alive.
+struct Pair {
+    client: Box<dyn Conn>,
+    server: Arc<dyn Conn>,
+    _keep: Box<dyn std::any::Any>,
+}
+
+fn dtls_pair() -> Pair {
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let server = start_server(our_server_ctx_mtu(PSK, &cert, TP_MTU), roomy(16), None);
+    let s = Arc::clone(&server.server);
+    let accepted = std::thread::spawn(move || s.accept().unwrap());
+    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let conn = client
+        .connect(
+            server.server.local_addr(),
+            &our_client_ctx_mtu(PSK, TP_MTU),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let sconn: Arc<dyn Conn> = Arc::new(accepted.join().unwrap());
+    Pair {
+        client: Box::new(conn),
+        server: sconn,
+        _keep: Box::new((client, server)),
+    }
+}
+
+fn plain_pair() -> Pair {
+    let a = plain_socket();
+    let b = plain_socket();
+    a.connect(b.local_addr().unwrap()).unwrap();
+    b.connect(a.local_addr().unwrap()).unwrap();
+    Pair {
+        client: Box::new(PlainConn(a)),
+        server: Arc::new(PlainConn(b)),
+        _keep: Box::new(()),
+    }
+}
+
+/// Pipelined echo: `window` in flight. Returns (echoes/s, lost).
+fn echo_throughput(pair: &Pair, size: usize, n: usize, window: usize) -> (f64, usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (srv, st) = (Arc::clone(&pair.server), Arc::clone(&stop));
+    let echo = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 2048];
+        while !st.load(Relaxed) {
+            if let Some(k) = srv.recv_timeout(&mut buf, Duration::from_millis(50)) {
+                srv.send(&buf[..k]);
+            }
+        }
+    });
+    let msg = vec![0x5au8; size];
+    let mut buf = vec![0u8; 2048];
+    let t0 = Instant::now();
+    let (mut sent, mut got, mut lost) = (0usize, 0usize, 0usize);
+    while sent < window.min(n) {
+        pair.client.send(&msg);
+        sent += 1;
+    }
+    while got + lost < n {
+        match pair
+            .client
+            .recv_timeout(&mut buf, Duration::from_millis(200))
+        {
+            Some(_) => got += 1,
+            None => {
+                // Whatever is still in flight is lost; refill the window. Give up when most is.
+                lost += sent - got - lost;
+                if lost > n / 10 {
+                    lost += n - sent;
+                    break;
+                }
+            }
+        }
+        while sent < n && sent - got - lost < window {
+            pair.client.send(&msg);
+            sent += 1;
+        }
+    }
+    let rate = got as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Relaxed);
+    let _ = echo.join();
+    (rate, lost)
+}
+
+/// One-way: the client sends `n` as fast as it can; the server counts. Returns (received/s at
+/// the receiver, lost).
+fn one_way(pair: &Pair, size: usize, n: usize) -> (f64, usize) {
+    let srv = Arc::clone(&pair.server);
+    let counter = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 2048];
+        let mut got = 0usize;
+        let mut first = None;
+        let mut last = Instant::now();
+        while got < n {
+            match srv.recv_timeout(&mut buf, Duration::from_millis(300)) {
+                Some(_) => {
+                    got += 1;
+                    last = Instant::now();
+                    first.get_or_insert(last);
+                }
+                None if first.is_some() => break,
+                None => {}
+            }
+        }
+        let secs = first
+            .map(|f| (last - f).as_secs_f64())
+            .unwrap_or(1.0)
+            .max(1e-9);
+        (got, secs)
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let msg = vec![0x5au8; size];
+    for _ in 0..n {
+        pair.client.send(&msg);
+    }
+    let (got, secs) = counter.join().unwrap();
+    (got as f64 / secs, n - got)
+}
+
+/// One in flight: returns (p50, p99) round-trip times.
+fn latency(pair: &Pair, size: usize, n: usize) -> (Duration, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (srv, st) = (Arc::clone(&pair.server), Arc::clone(&stop));
+    let echo = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 2048];
+        while !st.load(Relaxed) {
+            if let Some(k) = srv.recv_timeout(&mut buf, Duration::from_millis(50)) {
+                srv.send(&buf[..k]);
+            }
+        }
+    });
+    let msg = vec![0x5au8; size];
+    let mut buf = vec![0u8; 2048];
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let t0 = Instant::now();
+        pair.client.send(&msg);
+        if pair
+            .client
+            .recv_timeout(&mut buf, Duration::from_secs(1))
+            .is_some()
+            && i >= 200
+        {
+            rtts.push(t0.elapsed());
+        }
+    }
+    stop.store(true, Relaxed);
+    let _ = echo.join();
+    rtts.sort();
+    let p = |q: f64| rtts[((rtts.len() as f64 * q) as usize).min(rtts.len() - 1)];
+    (p(0.50), p(0.99))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4, 5. The sans-IO endpoint in memory: idle-connection memory, allocations per datagram.
+
+fn spoof_free_addr(i: usize) -> SocketAddr {
+    let ip = Ipv4Addr::new(127, (i >> 16) as u8, (i >> 8) as u8, i as u8);
+    SocketAddr::new(IpAddr::V4(ip), 40_000 + (i % 7) as u16)
+}
+
+/// Runs one client session's handshake against the server endpoint, datagrams in memory.
+fn mem_handshake(
+    server: &mut Endpoint,
+    client: &mut Session,
+    peer: SocketAddr,
+    buf: &mut [u8],
+    cpu: Option<&mut Duration>,
+) -> Option<u64> {
+    let mut id = None;
+    let mut spent = Duration::ZERO;
+    let mut cpu = cpu;
+    let timed = cpu.is_some();
+    for _ in 0..64 {
+        let now = Instant::now();
+        while let Some(n) = client.poll_transmit(buf) {
+            if timed {
+                spent += seg(|| server.handle_datagram(now, peer, &buf[..n])).1;
+            } else {
+                server.handle_datagram(now, peer, &buf[..n]);
+            }
+        }
+        loop {
+            let out = if timed {
+                let (out, dt) = seg(|| server.poll_transmit(buf));
+                spent += dt;
+                out
+            } else {
+                server.poll_transmit(buf)
+            };
+            let Some((to, n)) = out else { break };
+            if to == peer {
+                client.handle_datagram(now, &buf[..n]);
+            }
+        }
+        while let Some(e) = server.poll_event() {
+            if let Event::Connected { id: i, .. } = e {
+                id = Some(i);
+            }
+        }
+        if let Some(c) = cpu.as_deref_mut() {
+            *c += spent;
+            spent = Duration::ZERO;
+        }
+        if client.is_established() && id.is_some() && !client.has_transmit() {
+            return id;
+        }
+    }
+    None
+}
+
+/// Server-side CPU per handshake of the sans-IO `Endpoint` (cookie exchange included), datagrams
+/// in memory: the library's own cost without sockets and threads.
+fn sansio_handshakes(suite: &str, cert: &Cert, n: usize) -> Duration {
+    let mut config = roomy(16);
+    config.idle_timeout = None;
+    let mut server = Endpoint::server(our_server_ctx(suite, cert), config).unwrap();
+    let cctx = our_client_ctx(suite);
+    let mut buf = vec![0u8; 2048];
+    let mut cpu = Duration::ZERO;
+    for i in 0..n + 10 {
+        let peer = spoof_free_addr(i);
+        let mut c = cctx.new_session(None, Instant::now()).unwrap();
+        let mut spent = Duration::ZERO;
+        let id = mem_handshake(&mut server, &mut c, peer, &mut buf, Some(&mut spent))
+            .expect("sans-IO handshake");
+        c.close();
+        while let Some(k) = c.poll_transmit(&mut buf) {
+            spent += seg(|| server.handle_datagram(Instant::now(), peer, &buf[..k])).1;
+        }
+        spent += seg(|| {
+            server.release(peer, id);
+            while server.poll_transmit(&mut buf).is_some() {}
+            while server.poll_event().is_some() {}
+        })
+        .1;
+        if i >= 10 {
+            cpu += spent;
+        } else if i == 9 {
+            SEG_ALLOCS.store(0, Relaxed);
+        }
+    }
+    OUR_ALLOCS_PER_HS.store(SEG_ALLOCS.load(Relaxed) / n as u64, Relaxed);
+    assert!(server.len() <= 1, "sessions left: {}", server.len());
+    cpu / n as u32
+}
+
+struct MemFigures {
+    n: usize,
+    rss_per: f64,
+    rust_heap_per: f64,
+    ossl_heap_per: f64,
+    secs: f64,
+}
+
+fn memory_per_connection(n: usize) -> MemFigures {
+    let t0 = Instant::now();
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let sctx = our_server_ctx(PSK, &cert);
+    let cctx = our_client_ctx(PSK);
+    let mut config = roomy(n);
+    config.idle_timeout = None;
+    let mut server = Endpoint::server(sctx, config).unwrap();
+    let mut buf = vec![0u8; 2048];
+    // One handshake first so that lazily initialised OpenSSL state is not counted.
+    let warm = spoof_free_addr(n + 1);
+    let mut c = cctx.new_session(None, Instant::now()).unwrap();
+    mem_handshake(&mut server, &mut c, warm, &mut buf, None).expect("warm-up handshake");
+    drop(c);
+    malloc_trim();
+    let (rss0, rust0, ossl0) = (
+        rss_bytes(),
+        RUST_LIVE.load(Relaxed),
+        OSSL_LIVE.load(Relaxed),
+    );
+    for i in 0..n {
+        let peer = spoof_free_addr(i);
+        let mut c = cctx.new_session(None, Instant::now()).unwrap();
+        mem_handshake(&mut server, &mut c, peer, &mut buf, None).expect("handshake in memory");
+        // The client's session is dropped: only the server's state remains.
+    }
+    malloc_trim();
+    let (rss1, rust1, ossl1) = (
+        rss_bytes(),
+        RUST_LIVE.load(Relaxed),
+        OSSL_LIVE.load(Relaxed),
+    );
+    assert_eq!(server.stats().connections, n + 1);
+    let f = MemFigures {
+        n,
+        rss_per: (rss1 - rss0) as f64 / n as f64,
+        rust_heap_per: (rust1 - rust0) as f64 / n as f64,
+        ossl_heap_per: (ossl1 - ossl0) as f64 / n as f64,
+        secs: t0.elapsed().as_secs_f64(),
+    };
+    drop(server);
+    malloc_trim();
+    f
+}
+
+/// The same, with raw OpenSSL server `SSL`s kept after their handshakes (the reference).
+fn raw_memory_per_connection(n: usize) -> (f64, f64) {
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let (cctx, sctx) = raw_contexts(PSK, &cert);
+    let mut kept = Vec::with_capacity(n);
+    let one = |kept: &mut Vec<SslStream<Duplex>>| {
+        let a: Queue = Rc::default();
+        let b: Queue = Rc::default();
+        let mut cssl = Ssl::new(&cctx).unwrap();
+        cssl.set_mtu(MTU).unwrap();
+        let mut sssl = Ssl::new(&sctx).unwrap();
+        sssl.set_mtu(MTU).unwrap();
+        let mut client = Side::Start(
+            cssl,
+            Duplex {
+                rx: a.clone(),
+                tx: b.clone(),
+            },
+        );
+        let mut server = Side::Start(sssl, Duplex { rx: b, tx: a });
+        for _ in 0..50 {
+            client = step(client, false);
+            server = step(server, true);
+            if let (Side::Done(_), Side::Done(_)) = (&client, &server) {
+                break;
+            }
+        }
+        match server {
+            Side::Done(s) => kept.push(s),
+            _ => panic!("raw handshake stuck"),
+        }
+    };
+    let mut warm = Vec::new();
+    one(&mut warm);
+    malloc_trim();
+    let (rss0, ossl0) = (rss_bytes(), OSSL_LIVE.load(Relaxed));
+    for _ in 0..n {
+        one(&mut kept);
+    }
+    malloc_trim();
+    let (rss1, ossl1) = (rss_bytes(), OSSL_LIVE.load(Relaxed));
+    drop(kept);
+    malloc_trim();
+    (
+        (rss1 - rss0) as f64 / n as f64,
+        (ossl1 - ossl0) as f64 / n as f64,
+    )
+}
+
+/// Steady-state round trips through the sans-IO endpoint: (Rust allocations per datagram,
+/// OpenSSL allocations per datagram, the first allocation sites).
+fn allocs_per_datagram(n: usize) -> (f64, f64, Vec<String>) {
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let mut config = roomy(4);
+    config.idle_timeout = None;
+    let mut server = Endpoint::server(our_server_ctx(PSK, &cert), config).unwrap();
+    let cctx = our_client_ctx(PSK);
+    let mut client = cctx.new_session(None, Instant::now()).unwrap();
+    let peer = spoof_free_addr(1);
+    let mut buf = vec![0u8; 2048];
+    let mut app = vec![0u8; 2048];
+    let id = mem_handshake(&mut server, &mut client, peer, &mut buf, None).expect("handshake");
+    let msg = [0x5au8; 100];
+    let mut round = |server: &mut Endpoint, client: &mut Session| {
+        let now = Instant::now();
+        client.send(&msg).unwrap();
+        while let Some(k) = client.poll_transmit(&mut buf) {
+            server.handle_datagram(now, peer, &buf[..k]);
+        }
+        while server.poll_event().is_some() {}
+        while let Ok(Some(k)) = server.recv(peer, id, &mut app) {
+            server.send(peer, id, &app[..k]).unwrap();
+        }
+        while let Some((_, k)) = server.poll_transmit(&mut buf) {
+            client.handle_datagram(now, &buf[..k]);
+        }
+        let k = client.recv(&mut app).unwrap().expect("echo");
+        assert_eq!(k, msg.len());
+    };
+    for _ in 0..1000 {
+        round(&mut server, &mut client);
+    }
+    let (r0, o0) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
+    for _ in 0..n {
+        round(&mut server, &mut client);
+    }
+    let (r1, o1) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
+    // Where they come from: a few backtraces of allocations during round trips.
+    let mut sites = Vec::new();
+    if r1 > r0 {
+        TRACE.store(true, Relaxed);
+        for _ in 0..((n as u64 / (r1 - r0).max(1)) + 2).min(1000) {
+            round(&mut server, &mut client);
+            if TRACES.lock().unwrap().len() >= MAX_TRACES {
+                break;
+            }
+        }
+        TRACE.store(false, Relaxed);
+        sites = std::mem::take(&mut *TRACES.lock().unwrap());
+    }
+    let dgrams = 2.0 * n as f64;
+    ((r1 - r0) as f64 / dgrams, (o1 - o0) as f64 / dgrams, sites)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Idle connections on a real DtlsServer.
+
+/// Returns (process CPU % over the idle window, server driver-thread CPU µs, setup seconds,
+/// driver-thread wake-ups).
+fn idle_cpu(n: usize, secs: u64, settle: u64) -> (f64, f64, f64, u64) {
+    let t0 = Instant::now();
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let server = start_server(our_server_ctx(PSK, &cert), roomy(n), Some(true));
+    let (done, failed, kept) = client_pool(
+        &our_client_ctx(PSK),
+        server.server.local_addr(),
+        n,
+        64,
+        true,
+    );
+    assert_eq!((done, failed), (n, 0), "idle setup handshakes");
+    let wait = Instant::now() + Duration::from_secs(30);
+    while server.accepted.lock().unwrap().len() < n && Instant::now() < wait {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.server.stats().connections, n);
+    let setup = t0.elapsed().as_secs_f64();
+    // Let the handshakes' last retransmission deadlines (1 s) pass: they fire once, then never.
+    std::thread::sleep(Duration::from_secs(settle));
+    let (p0, s0, x0) = (process_cpu(), tid_cpu(server.tid), tid_switches(server.tid));
+    let w0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let (p1, s1, x1) = (process_cpu(), tid_cpu(server.tid), tid_switches(server.tid));
+    let wall = w0.elapsed().as_secs_f64();
+    drop(kept);
+    drop(server);
+    (
+        100.0 * (p1 - p0).as_secs_f64() / wall,
+        (s1 - s0).as_secs_f64() * 1e6,
+        setup,
+        x1 - x0,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    hook_openssl_allocator();
+    let sizes = Sizes::from_env();
+    let started = Instant::now();
+    println!(
+        "# openssl-dtls benchmarks ({})",
+        openssl::version::version()
+    );
+    println!(
+        "OpenSSL heap hook (CRYPTO_set_mem_functions): {}",
+        if OSSL_HOOKED.load(Relaxed) {
+            "installed"
+        } else {
+            "refused (OpenSSL heap figures are 0)"
+        }
+    );
+    println!("{sizes:?}\n");
+    println!("| measure | ours | reference | ratio (>1 = ours better) |");
+    println!("|---|---|---|---|");
+    let mut t = Table { rows: Vec::new() };
+    let cert = ecdsa_cert();
+
+    if sizes.run("handshake") {
+        for (suite, n, raw_n) in [
+            (PSK, sizes.hs_psk, sizes.raw_psk),
+            (ECDSA, sizes.hs_ecdsa, sizes.raw_ecdsa),
+        ] {
+            // Interleaved rounds, best of each: the machine is shared, noise only adds time.
+            let reps = sizes.hs_reps.max(1);
+            let (mut raw_cpu, mut raw_rate) = (Duration::MAX, 0f64);
+            let mut sansio = Duration::MAX;
+            let (mut cpu, mut rate, mut failed) = (Duration::MAX, 0f64, 0usize);
+            for _ in 0..reps {
+                let (c, r) = raw_handshakes(suite, &cert, (raw_n / reps).max(1));
+                raw_cpu = raw_cpu.min(c);
+                raw_rate = raw_rate.max(r);
+                sansio = sansio.min(sansio_handshakes(suite, &cert, (raw_n / reps).max(1)));
+                let (c, r, f) = udp_handshakes(suite, &cert, (n / reps).max(1), sizes.hs_window);
+                cpu = cpu.min(c);
+                rate = rate.max(r);
+                failed += f;
+            }
+            let us = cpu.as_secs_f64() * 1e6;
+            let raw_us = raw_cpu.as_secs_f64() * 1e6;
+            t.row(
+                &format!("{suite}: server CPU per handshake, sans-IO Endpoint in memory with cookie (no sockets) vs raw"),
+                sansio.as_secs_f64() * 1e6,
+                raw_us,
+                "µs",
+                false,
+            );
+            t.row(
+                &format!("{suite}: server CPU per handshake (ours: UDP+cookie, driver thread; ref: raw OpenSSL in memory, cookie)"),
+                us,
+                raw_us,
+                "µs",
+                false,
+            );
+            t.row(
+                &format!("{suite}: handshakes/s per server core (1e6 / CPU µs)"),
+                1e6 / us,
+                1e6 / raw_us,
+                "/s",
+                true,
+            );
+            t.note(
+                &format!("{suite}: OpenSSL allocations per handshake, server side (sans-IO Endpoint vs raw)"),
+                format!("{}", OUR_ALLOCS_PER_HS.load(Relaxed)),
+                &format!("{}", RAW_ALLOCS_PER_HS.load(Relaxed)),
+                "",
+            );
+            t.note(
+                &format!("{suite}: wall handshakes/s (ours: {} clients in flight, client and server share 2 cores; ref: both sides on one thread)", sizes.hs_window),
+                format!("{rate:.0} /s ({failed} failed)"),
+                &format!("{raw_rate:.0} /s"),
+                "n/a (different setups)",
+            );
+        }
+    }
+
+    if sizes.run("throughput") {
+        let dtls = dtls_pair();
+        let plain = plain_pair();
+        for size in [100usize, 1200] {
+            let (d, dl) = echo_throughput(&dtls, size, sizes.tp_n, sizes.tp_window);
+            let (p, pl) = echo_throughput(&plain, size, sizes.tp_n, sizes.tp_window);
+            t.row(
+                &format!(
+                    "echo {size} B, {} in flight: echoes/s (lost: ours {dl}, plain {pl})",
+                    sizes.tp_window
+                ),
+                d,
+                p,
+                "/s",
+                true,
+            );
+            t.row(
+                &format!("echo {size} B: MB/s each way"),
+                d * size as f64 / 1e6,
+                p * size as f64 / 1e6,
+                "MB/s",
+                true,
+            );
+            let (d, dl) = one_way(&dtls, size, sizes.oneway_n);
+            let (p, pl) = one_way(&plain, size, sizes.oneway_n);
+            t.row(
+                &format!(
+                    "one-way {size} B: datagrams/s received (lost of {}: ours {dl}, plain {pl})",
+                    sizes.oneway_n
+                ),
+                d,
+                p,
+                "/s",
+                true,
+            );
+            t.row(
+                &format!("one-way {size} B: MB/s"),
+                d * size as f64 / 1e6,
+                p * size as f64 / 1e6,
+                "MB/s",
+                true,
+            );
+        }
+        // Drain anything the one-way runs left queued.
+        let mut buf = [0u8; 2048];
+        while dtls
+            .server
+            .recv_timeout(&mut buf, Duration::from_millis(100))
+            .is_some()
+        {}
+        while plain
+            .server
+            .recv_timeout(&mut buf, Duration::from_millis(100))
+            .is_some()
+        {}
+
+        if sizes.run("latency") || sizes.only.is_some() {
+            for size in [100usize, 1200] {
+                let (d50, d99) = latency(&dtls, size, sizes.lat_n);
+                let (p50, p99) = latency(&plain, size, sizes.lat_n);
+                let us = |d: Duration| d.as_secs_f64() * 1e6;
+                t.row(
+                    &format!(
+                        "echo RTT {size} B p50 (one in flight; diff {:+.1} µs)",
+                        us(d50) - us(p50)
+                    ),
+                    us(d50),
+                    us(p50),
+                    "µs",
+                    false,
+                );
+                t.row(
+                    &format!("echo RTT {size} B p99"),
+                    us(d99),
+                    us(p99),
+                    "µs",
+                    false,
+                );
+            }
+        }
+    }
+
+    if sizes.run("memory") {
+        let (raw_rss, raw_heap) = raw_memory_per_connection(*sizes.mem.first().unwrap_or(&10_000));
+        for &n in &sizes.mem {
+            let f = memory_per_connection(n);
+            let heap = f.rust_heap_per + f.ossl_heap_per;
+            t.row(
+                &format!(
+                    "{} idle connections: RSS per connection (ref: raw OpenSSL server SSLs, same suite; built in {:.0} s)",
+                    f.n, f.secs
+                ),
+                f.rss_per / 1024.0,
+                raw_rss / 1024.0,
+                "KB",
+                false,
+            );
+            t.row(
+                &format!(
+                    "{} idle: heap per connection (ours = OpenSSL {:.1} KB + Rust {:.2} KB)",
+                    f.n,
+                    f.ossl_heap_per / 1024.0,
+                    f.rust_heap_per / 1024.0
+                ),
+                heap / 1024.0,
+                raw_heap / 1024.0,
+                "KB",
+                false,
+            );
+        }
+    }
+
+    if sizes.run("allocs") {
+        let (rust, ossl, sites) = allocs_per_datagram(sizes.alloc_n);
+        t.note(
+            "allocations per datagram, steady state, 100 B echo via sans-IO Endpoint (ours = Rust side)",
+            format!("{rust:.3}"),
+            "0 (target)",
+            &format!("OpenSSL side: {ossl:.3}"),
+        );
+        for s in sites {
+            println!("    allocation site: {s}");
+        }
+    }
+
+    if sizes.run("idle") {
+        for &n in &sizes.idle {
+            let (pct, server_us, setup, wakes) = idle_cpu(n, sizes.idle_secs, sizes.idle_settle);
+            t.note(
+                &format!(
+                    "{n} idle connections on DtlsServer over UDP: process CPU over {} s, after {} s settling (set up in {setup:.1} s)",
+                    sizes.idle_secs, sizes.idle_settle
+                ),
+                format!("{pct:.3} % (driver thread {server_us:.0} µs, {wakes} wake-ups)"),
+                "~0 (target)",
+                "",
+            );
+        }
+    }
+
+    println!(
+        "\nmachine: {} cores; total run {:.0} s",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the benchmark harness (openssl-dtls/benches -> benches/dtls_bench.rs) in release mode and
+# prints one table: each figure next to a reference measured in the same run, with the ratio.
+# Run scripts/setup.sh first on a fresh machine. Sizes are environment variables (defaults):
+#   BENCH_ONLY=handshake,throughput,latency,memory,allocs,idle   (all)
+#   BENCH_HS_PSK=4000 BENCH_HS_ECDSA=1500 BENCH_RAW_PSK=4000 BENCH_RAW_ECDSA=1500
+#   BENCH_HS_WINDOW=32 BENCH_HS_REPS=3          handshakes in flight; interleaved rounds (best kept)
+#   BENCH_TP_N=100000 BENCH_TP_WINDOW=32 BENCH_ONEWAY_N=200000 BENCH_LAT_N=20000
+#   BENCH_MEM=10000,100000                      idle connections held in memory (sans-IO)
+#   BENCH_ALLOC_N=20000                         round trips counted for allocations
+#   BENCH_IDLE=1000,10000 BENCH_IDLE_SECS=5 BENCH_IDLE_SETTLE=3
+# Usage: scripts/bench.sh [output-file]   (the output is also kept in target/bench-latest.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-target/bench-latest.txt}"
+mkdir -p "$(dirname "$out")"
+
+# Many idle connections need many sockets (one per client in the idle test).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+{
+  echo "## machine"
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "nproc: $(nproc)"
+  lscpu | head -15
+  echo "memory: $(free -g | awk '/Mem:/ {print $2 " GB"}')"
+  echo "kernel: $(uname -r)"
+  echo "openssl (command line): $(openssl version 2>/dev/null || echo none)"
+  echo "openssl (pkg-config libssl): $(pkg-config --modversion openssl 2>/dev/null || echo unknown)"
+  echo "rustc: $(rustc --version)"
+  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+} | tee "$out"
+
+cargo bench -p openssl-dtls --bench dtls_bench 2>&1 | tee -a "$out"
