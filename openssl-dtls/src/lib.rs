@@ -25,10 +25,10 @@ pub mod error;
 mod listener;
 mod server;
 pub mod session;
-pub(crate) mod wire;
 /// The same server, client and connection on tokio (feature `tokio`).
 #[cfg(feature = "tokio")]
 pub mod tokio;
+pub(crate) mod wire;
 
 pub use crate::client::DtlsClient;
 pub use crate::connection::DtlsConnection;
