@@ -186,6 +186,12 @@ pub(crate) fn configure_ssl(ssl: &mut SslRef, config: &SessionConfig) -> Result<
             allowed: "at least OpenSSL's DTLS_get_link_min_mtu",
         }));
     }
+    // No record we send carries more plaintext than fits one datagram (handshake fragments and
+    // application data are both capped by the MTU), so size OpenSSL's write buffer to it:
+    // ≈ 1.5 KB instead of ≈ 17 KB per connection. OpenSSL accepts 512 to 16384.
+    let fragment = config.mtu.clamp(512, MAX_PLAINTEXT);
+    // SAFETY: `ssl` is valid; the macro only stores the value before any buffer exists.
+    unsafe { dffi::SSL_set_max_send_fragment(ssl.as_ptr(), fragment as _) };
     Ok(bio)
 }
 
