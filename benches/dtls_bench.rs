@@ -1009,6 +1009,153 @@ fn latency(pair: &Pair, size: usize, n: usize) -> (Duration, Duration) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 2b. The same echo and latency on tokio (`openssl_dtls::tokio`), next to the blocking driver.
+
+/// The tokio pair and its loops mirror `dtls_pair`, `echo_throughput` and `latency`: the same
+/// contexts (PSK-AES128-CCM8, link MTU 1280), one echo task (`recv_timeout` → `send`) on the
+/// server's connection, the client loop in its own task. Everything runs on the runtime given.
+#[cfg(feature = "tokio")]
+mod on_tokio {
+    use super::*;
+    use openssl_dtls::tokio as dt;
+
+    /// `None` = current_thread, `Some(n)` = multi_thread with `n` workers.
+    pub fn runtime(workers: Option<usize>) -> tokio::runtime::Runtime {
+        match workers {
+            None => tokio::runtime::Builder::new_current_thread(),
+            Some(n) => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(n);
+                b
+            }
+        }
+        .enable_all()
+        .build()
+        .unwrap()
+    }
+
+    pub struct TokioPair {
+        client: dt::DtlsConnection,
+        server: dt::DtlsConnection,
+        _keep: (dt::DtlsClient, dt::DtlsServer),
+    }
+
+    pub async fn pair() -> Arc<TokioPair> {
+        let cert = Cert {
+            cert_der: vec![],
+            key_der: vec![],
+        };
+        let server = dt::DtlsServer::bind_with(
+            "127.0.0.1:0",
+            our_server_ctx_mtu(PSK, &cert, TP_MTU),
+            roomy(16),
+            SocketOptions::default(),
+        )
+        .await
+        .unwrap();
+        let client = dt::DtlsClient::bind("127.0.0.1:0").await.unwrap();
+        let ctx = our_client_ctx_mtu(PSK, TP_MTU);
+        let (conn, sconn) = tokio::join!(
+            client.connect(server.local_addr(), &ctx, Duration::from_secs(5)),
+            server.accept()
+        );
+        Arc::new(TokioPair {
+            client: conn.unwrap(),
+            server: sconn.unwrap(),
+            _keep: (client, server),
+        })
+    }
+
+    fn spawn_echo(p: &Arc<TokioPair>) -> (Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, st) = (Arc::clone(p), Arc::clone(&stop));
+        let echo = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while !st.load(Relaxed) {
+                if let Ok(Some(k)) = p
+                    .server
+                    .recv_timeout(&mut buf, Duration::from_millis(50))
+                    .await
+                {
+                    let _ = p.server.send(&buf[..k]).await;
+                }
+            }
+        });
+        (stop, echo)
+    }
+
+    /// Pipelined echo: `window` in flight. Returns (echoes/s, lost).
+    pub async fn echo_throughput(
+        p: Arc<TokioPair>,
+        size: usize,
+        n: usize,
+        window: usize,
+    ) -> (f64, usize) {
+        let (stop, echo) = spawn_echo(&p);
+        let client = tokio::spawn(async move {
+            let c = &p.client;
+            let msg = vec![0x5au8; size];
+            let mut buf = vec![0u8; 2048];
+            let t0 = Instant::now();
+            let (mut sent, mut got, mut lost) = (0usize, 0usize, 0usize);
+            while sent < window.min(n) {
+                let _ = c.send(&msg).await;
+                sent += 1;
+            }
+            while got + lost < n {
+                match c.recv_timeout(&mut buf, Duration::from_millis(200)).await {
+                    Ok(Some(_)) => got += 1,
+                    _ => {
+                        lost += sent - got - lost;
+                        if lost > n / 10 {
+                            lost += n - sent;
+                            break;
+                        }
+                    }
+                }
+                while sent < n && sent - got - lost < window {
+                    let _ = c.send(&msg).await;
+                    sent += 1;
+                }
+            }
+            (got as f64 / t0.elapsed().as_secs_f64(), lost)
+        });
+        let r = client.await.unwrap();
+        stop.store(true, Relaxed);
+        let _ = echo.await;
+        r
+    }
+
+    /// One in flight: returns (p50, p99) round-trip times.
+    pub async fn latency(p: Arc<TokioPair>, size: usize, n: usize) -> (Duration, Duration) {
+        let (stop, echo) = spawn_echo(&p);
+        let client = tokio::spawn(async move {
+            let c = &p.client;
+            let msg = vec![0x5au8; size];
+            let mut buf = vec![0u8; 2048];
+            let mut rtts = Vec::with_capacity(n);
+            for i in 0..n + 200 {
+                let t0 = Instant::now();
+                let _ = c.send(&msg).await;
+                // Counted only when the whole echo came back (a check that data flows).
+                if let Ok(Some(k)) = c.recv_timeout(&mut buf, Duration::from_secs(1)).await {
+                    if i >= 200 && k == size {
+                        rtts.push(t0.elapsed());
+                    }
+                }
+            }
+            rtts
+        });
+        let mut rtts = client.await.unwrap();
+        stop.store(true, Relaxed);
+        let _ = echo.await;
+        rtts.sort();
+        let q = |q: f64| rtts[((rtts.len() as f64 * q) as usize).min(rtts.len() - 1)];
+        (q(0.50), q(0.99))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // 4, 5. The sans-IO endpoint in memory: idle-connection memory, allocations per datagram.
 
 fn spoof_free_addr(i: usize) -> SocketAddr {
@@ -1475,6 +1622,13 @@ fn main() {
         }
     }
 
+    if sizes.run("async") {
+        #[cfg(feature = "tokio")]
+        async_section(&sizes, &mut t);
+        #[cfg(not(feature = "tokio"))]
+        println!("(section async skipped: build with --features tokio)");
+    }
+
     if sizes.run("memory") {
         let (raw_rss, raw_heap) = raw_memory_per_connection(*sizes.mem.first().unwrap_or(&10_000));
         for &n in &sizes.mem {
@@ -1540,4 +1694,71 @@ fn main() {
             .unwrap_or(0),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Echo throughput and latency of the tokio driver (multi_thread, 2 workers; and current_thread)
+/// next to the blocking driver, interleaved in one run: blocking, tokio mt, tokio ct, per size.
+#[cfg(feature = "tokio")]
+fn async_section(sizes: &Sizes, t: &mut Table) {
+    let blocking = dtls_pair();
+    let flavours: [(&str, Option<usize>); 2] = [
+        ("tokio multi_thread 2 workers", Some(2)),
+        ("tokio current_thread", None),
+    ];
+    let rts: Vec<_> = flavours
+        .iter()
+        .map(|&(name, w)| {
+            let rt = on_tokio::runtime(w);
+            let p = rt.block_on(on_tokio::pair());
+            (name, rt, p)
+        })
+        .collect();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    for size in [100usize, 1200] {
+        let (b, bl) = echo_throughput(&blocking, size, sizes.tp_n, sizes.tp_window);
+        for (name, rt, p) in &rts {
+            let (a, al) = rt.block_on(on_tokio::echo_throughput(
+                Arc::clone(p),
+                size,
+                sizes.tp_n,
+                sizes.tp_window,
+            ));
+            t.row(
+                &format!(
+                    "async: echo {size} B, {} in flight, echoes/s (ours: {name}; ref: blocking driver; lost {al} / {bl})",
+                    sizes.tp_window
+                ),
+                a,
+                b,
+                "/s",
+                true,
+            );
+        }
+        let (b50, b99) = latency(&blocking, size, sizes.lat_n);
+        for (name, rt, p) in &rts {
+            let (a50, a99) = rt.block_on(on_tokio::latency(Arc::clone(p), size, sizes.lat_n));
+            t.row(
+                &format!(
+                    "async: echo RTT {size} B p50, one in flight (ours: {name}; ref: blocking; diff {:+.1} µs)",
+                    us(a50) - us(b50)
+                ),
+                us(a50),
+                us(b50),
+                "µs",
+                false,
+            );
+            t.row(
+                &format!("async: echo RTT {size} B p99 (ours: {name}; ref: blocking)"),
+                us(a99),
+                us(b99),
+                "µs",
+                false,
+            );
+        }
+    }
+    // Drop the tokio pairs inside their runtimes (close_notify goes out from there).
+    for (_, rt, p) in rts {
+        rt.block_on(async move { drop(p) });
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
 }

@@ -2,7 +2,8 @@
 # Runs the benchmark harness (openssl-dtls/benches -> benches/dtls_bench.rs) in release mode and
 # prints one table: each figure next to a reference measured in the same run, with the ratio.
 # Run scripts/setup.sh first on a fresh machine. Sizes are environment variables (defaults):
-#   BENCH_ONLY=handshake,throughput,latency,memory,allocs,idle   (all)
+#   BENCH_ONLY=handshake,throughput,latency,async,memory,allocs,idle   (all; async needs the tokio
+#                                      feature, which this script turns on)
 #   BENCH_HS_PSK=4000 BENCH_HS_ECDSA=1500 BENCH_RAW_PSK=4000 BENCH_RAW_ECDSA=1500
 #   BENCH_HS_WINDOW=32 BENCH_HS_REPS=3          handshakes in flight; interleaved rounds (best kept)
 #   BENCH_TP_N=100000 BENCH_TP_WINDOW=32 BENCH_ONEWAY_N=200000 BENCH_LAT_N=20000
@@ -32,4 +33,4 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   echo
 } | tee "$out"
 
-cargo bench -p openssl-dtls --bench dtls_bench 2>&1 | tee -a "$out"
+cargo bench -p openssl-dtls --bench dtls_bench --features tokio 2>&1 | tee -a "$out"
