@@ -185,10 +185,14 @@ impl BioState {
     fn queue(&mut self, data: &[u8]) {
         // OpenSSL retransmits a flight one message per write: each extra datagram is one more
         // chance to lose the flight, and the retransmissions per flight are capped (12). Whole
-        // records may share a datagram (RFC 6347 §4.1.1), so pack them up to the MTU.
-        if self.coalesce {
+        // records may share a datagram (RFC 6347 §4.1.1), so pack them up to the MTU. Never a
+        // ClientHello: the server's DTLSv1_listen (and our pre-parser) take it only alone.
+        if self.coalesce && !crate::wire::is_client_hello(data) {
             if let Some(last) = self.outbound.back_mut() {
-                if !last.is_empty() && last.len() + data.len() <= self.mtu {
+                if !last.is_empty()
+                    && last.len() + data.len() <= self.mtu
+                    && !crate::wire::is_client_hello(last)
+                {
                     last.extend_from_slice(data);
                     return;
                 }
@@ -630,6 +634,58 @@ mod tests {
         // The buffer came from the spare list: no new allocation.
         assert_eq!(s.spare.len(), 1);
         assert!(caps.contains(&s.outbound[0].capacity()));
+    }
+
+    /// A DTLS 1.2 record of `len` payload bytes in `epoch`, starting a ClientHello if `hello`.
+    fn record(epoch: u8, len: usize, hello: bool) -> Vec<u8> {
+        let mut r = vec![22, 0xFE, 0xFD, 0, epoch, 0, 0, 0, 0, 0, 1];
+        r.extend_from_slice(&(len as u16).to_be_bytes());
+        r.resize(13 + len, 0);
+        if hello {
+            r[13] = 1; // msg_type client_hello
+        }
+        r
+    }
+
+    fn queued_lengths(s: &mut BioState) -> Vec<usize> {
+        let mut out = [0u8; 2048];
+        std::iter::from_fn(|| s.pop_outbound(&mut out)).collect()
+    }
+
+    #[test]
+    fn a_write_over_the_mtu_is_split_at_record_boundaries() {
+        let timer = state().timer;
+        let mut s = BioState::new(100, 8, timer);
+        // 63 + 43 + 53 bytes: the first record alone, the other two together.
+        let flight = [
+            record(1, 50, false),
+            record(1, 30, false),
+            record(1, 40, false),
+        ];
+        s.write(&flight.concat());
+        assert_eq!(queued_lengths(&mut s), [63, 96]);
+        // Not a clean run of records: left as it is.
+        s.write(&[7u8; 150]);
+        assert_eq!(queued_lengths(&mut s), [150]);
+    }
+
+    #[test]
+    fn coalescing_packs_writes_up_to_the_mtu_but_never_a_client_hello() {
+        let timer = state().timer;
+        let mut s = BioState::new(100, 8, timer);
+        s.coalesce = true;
+        for _ in 0..3 {
+            s.write(&record(1, 27, false)); // 40 bytes each: two fit, the third starts anew
+        }
+        assert_eq!(queued_lengths(&mut s), [80, 40]);
+        s.write(&record(0, 27, true));
+        s.write(&record(0, 27, false));
+        s.write(&record(0, 27, true));
+        assert_eq!(queued_lengths(&mut s), [40, 40, 40]);
+        s.coalesce = false;
+        s.write(&record(1, 27, false));
+        s.write(&record(1, 27, false));
+        assert_eq!(queued_lengths(&mut s), [40, 40]);
     }
 
     #[test]

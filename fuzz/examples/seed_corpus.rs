@@ -1,0 +1,131 @@
+//! Writes the checked-in seed corpus, `corpus/<target>/seed-*`, in the targets' own input
+//! formats: real datagrams of real handshakes, and programs that run a handshake to its end.
+//!
+//! ```text
+//! cd fuzz && cargo run --example seed_corpus
+//! ```
+
+use std::path::Path;
+use std::time::Instant;
+
+use openssl_dtls::Endpoint;
+use openssl_dtls_fuzz::{client_ctx, endpoint_config, op, peers, server_ctx};
+
+/// Every datagram of a complete handshake with suite `suite` through an endpoint, both ways,
+/// then a datagram of data each way and the client's close_notify.
+fn handshake_datagrams(suite: u8) -> Vec<Vec<u8>> {
+    let now = Instant::now();
+    let addr = peers()[0];
+    let mut ep = Endpoint::server(server_ctx().clone(), endpoint_config()).unwrap();
+    let mut client = client_ctx(suite).new_session(None, now).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let mut all = Vec::new();
+    for round in 0..12 {
+        if round == 8 {
+            client.send(b"seed data from the client").unwrap();
+            let id = ep.connection_id(addr).unwrap();
+            ep.send(addr, id, b"seed data from the server").unwrap();
+        }
+        if round == 10 {
+            client.close();
+        }
+        while let Some(n) = client.poll_transmit(&mut buf) {
+            all.push(buf[..n].to_vec());
+            ep.handle_datagram(now, addr, &buf[..n]);
+        }
+        while let Some((_, n)) = ep.poll_transmit(&mut buf) {
+            all.push(buf[..n].to_vec());
+            client.handle_datagram(now, &buf[..n]);
+        }
+    }
+    all
+}
+
+/// A program that runs the whole handshake, exchanges data and closes.
+fn handshake_program(suite: u8) -> Vec<u8> {
+    let mut p = vec![suite];
+    for _ in 0..4 {
+        p.extend([op::CLIENT_TO_SERVER, op::SERVER_TO_CLIENT]);
+    }
+    p.extend([
+        op::CLIENT_DATA,
+        20,
+        op::CLIENT_TO_SERVER,
+        op::SERVER_ACTION,
+        0,
+    ]);
+    p.extend([
+        op::SERVER_TO_CLIENT,
+        op::SERVER_ACTION,
+        1,
+        op::SERVER_ACTION,
+        2,
+    ]);
+    p.extend([op::SERVER_TO_CLIENT, op::TIME, 0, 250]);
+    p
+}
+
+fn raw(peer: u8, datagram: &[u8]) -> Vec<u8> {
+    let mut p = vec![op::RAW, peer];
+    p.extend_from_slice(&(datagram.len() as u16).to_be_bytes());
+    p.extend_from_slice(datagram);
+    p
+}
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+}
+
+fn main() {
+    let suites = ["ccm8", "gcm", "chacha"];
+    for (suite, name) in suites.iter().enumerate() {
+        let datagrams = handshake_datagrams(suite as u8);
+        for (i, d) in datagrams.iter().enumerate() {
+            write("record_preparser", &format!("{name}-{i:02}"), d);
+        }
+        let program = handshake_program(suite as u8);
+        write("server_endpoint", &format!("{name}-handshake"), &program);
+        write("server_session", &format!("{name}-handshake"), &program);
+        // A spoofed copy of the first ClientHello from another address, then the handshake.
+        let mut p = vec![suite as u8];
+        p.extend(raw(1, &datagrams[0]));
+        p.extend_from_slice(&program[1..]);
+        write("server_endpoint", &format!("{name}-spoofed-hello"), &p);
+        // The handshake, then a mutated replay of each client datagram.
+        let mut p = program.clone();
+        for which in 0..4u8 {
+            p.extend([op::MUTATE, 0, which, 0, 20, 0x40, 0]);
+        }
+        write("server_endpoint", &format!("{name}-mutations"), &p);
+        write("server_session", &format!("{name}-mutations"), &p);
+        // Raw datagrams of the handshake straight at a server session.
+        let mut p = vec![suite as u8];
+        for d in datagrams.iter().take(4) {
+            p.extend(raw(0, d));
+        }
+        write("server_session", &format!("{name}-raw"), &p);
+    }
+    // Cookies: random keys and a shared secret, IPv4 and IPv6 peers, a zero cookie.
+    let v4 = [0u8, 0, 192, 0, 2, 1, 0x16, 0x34, 0, 0, 0x03, 0xE8, 3];
+    write(
+        "cookie_verifier",
+        "random-v4",
+        &[&v4[..], &[0; 32]].concat(),
+    );
+    let mut v6 = vec![4u8, 3];
+    v6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    v6.extend_from_slice(&[0x16, 0x34, 0, 0, 0, 2, 0, 0, 0x27, 0x10, 7]);
+    write(
+        "cookie_verifier",
+        "random-v6",
+        &[&v6[..], &[0xAB; 32]].concat(),
+    );
+    let mut shared = vec![1u8, 0, 10, 0, 0, 1, 0x16, 0x34, 0, 0, 0, 0, 9];
+    shared.extend_from_slice(b"a shared cookie secret, 32 bytes");
+    shared.extend_from_slice(&[0; 32]);
+    write("cookie_verifier", "shared-v4", &shared);
+}
