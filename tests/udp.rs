@@ -269,6 +269,12 @@ fn drive_raw(
 /// A client that completes the cookie exchange, receives the server's flight, and then stalls.
 fn stalled_client(server: SocketAddr) -> UdpSocket {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stall_on(&sock, server);
+    sock
+}
+
+/// Runs a handshake from `sock` through the cookie exchange and the server's flight, then stops.
+fn stall_on(sock: &UdpSocket, server: SocketAddr) {
     let mut session = client_ctx().new_session(None, Instant::now()).unwrap();
     let mut buf = [0u8; 2048];
     // ClientHello -> HelloVerifyRequest -> ClientHello with cookie -> server flight.
@@ -282,7 +288,7 @@ fn stalled_client(server: SocketAddr) -> UdpSocket {
         session.handle_datagram(Instant::now(), &buf[..n]);
         flights += 1;
     }
-    sock // the session is dropped: the client never sends its second flight
+    // The session is dropped: the client never sends its second flight.
 }
 
 #[test]
@@ -609,4 +615,39 @@ fn a_client_that_restarts_its_handshake_from_the_same_port_is_served_before_the_
     assert_eq!(accepted.peer_addr(), sock.local_addr().unwrap());
     let stats = server.stats();
     assert_eq!((stats.connections, stats.handshakes), (1, 0), "{stats:?}");
+}
+
+#[test]
+fn a_replacement_handshake_from_an_established_peer_counts_against_the_handshake_limit() {
+    let mut config = EndpointConfig::default();
+    config.max_handshakes = 1;
+    let server = server_with(config, Duration::from_secs(5));
+    let addr = server.local_addr();
+    // An established connection from `sock` ...
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut first = client_ctx().new_session(None, Instant::now()).unwrap();
+    assert!(drive_raw(
+        &mut first,
+        &sock,
+        addr,
+        Duration::from_secs(5),
+        Session::is_established
+    ));
+    assert_eq!(server.stats().handshakes, 0);
+    // ... whose address then starts a new handshake that stalls after the cookie exchange.
+    stall_on(&sock, addr);
+    assert_eq!(
+        server.stats().handshakes,
+        1,
+        "the replacement handshake is in flight"
+    );
+    // The budget of one handshake is used: another client is refused until it is reaped.
+    let other = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let err = other
+        .connect(addr, &client_ctx(), Duration::from_millis(400))
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    let stats = server.stats();
+    assert!(stats.refused_handshake_limit >= 1, "{stats:?}");
+    assert_eq!(stats.connections, 1, "the old connection is untouched");
 }

@@ -477,6 +477,12 @@ impl Endpoint {
             let id = self.next_id;
             self.next_id += 1;
             log::debug!("{peer} started a new handshake while connected; old connection kept until it completes");
+            // A replacement is a handshake in flight like any other: it counts against the
+            // limits (a replaced replacement hands its count over).
+            if p.replacement.is_none() {
+                self.handshakes += 1;
+                *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+            }
             p.replacement = Some((id, session));
             self.settle(peer, now);
         } else {
@@ -512,22 +518,19 @@ impl Endpoint {
                     p.readable_signaled = false;
                     p.released = false;
                     p.last_activity = now;
-                    // The replacement was never counted as a handshake: count it now so that the
-                    // bookkeeping below (which uncounts at establishment) stays balanced.
-                    if !p.counted_handshake {
-                        p.counted_handshake = true;
-                        self.handshakes += 1;
-                        *self.per_ip.entry(addr.ip()).or_insert(0) += 1;
+                    // The replacement's handshake count becomes the peer's (uncounted below at
+                    // establishment); an old session still handshaking gives its count up.
+                    if p.counted_handshake {
+                        decrement_handshakes(&mut self.handshakes, &mut self.per_ip, addr);
                     }
+                    p.counted_handshake = true;
                 }
                 SessionState::Handshaking => p.replacement = Some((new_id, replacement)),
                 SessionState::Closed | SessionState::Failed => {
-                    let has_output = replacement.has_transmit();
+                    // Dropped at once (its final alert, if any, with it): the old connection
+                    // stays as it was.
                     count_failure(&mut self.stats, &replacement, false);
-                    if has_output {
-                        // Let its final alert go out; it is dropped on the next settle.
-                        p.replacement = Some((new_id, replacement));
-                    }
+                    decrement_handshakes(&mut self.handshakes, &mut self.per_ip, addr);
                 }
             }
         }
@@ -614,6 +617,9 @@ impl Endpoint {
                 self.connections -= 1;
             }
             uncount_handshake(&mut p, &mut self.handshakes, &mut self.per_ip, addr);
+            if p.replacement.is_some() {
+                decrement_handshakes(&mut self.handshakes, &mut self.per_ip, addr);
+            }
         }
     }
 
@@ -863,6 +869,20 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, None) => a,
         (None, b) => b,
+    }
+}
+
+fn decrement_handshakes(
+    handshakes: &mut usize,
+    per_ip: &mut HashMap<IpAddr, usize>,
+    addr: SocketAddr,
+) {
+    *handshakes -= 1;
+    if let Some(n) = per_ip.get_mut(&addr.ip()) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&addr.ip());
+        }
     }
 }
 
