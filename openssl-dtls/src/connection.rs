@@ -28,15 +28,33 @@ pub struct DtlsConnection {
     facts: Facts,
 }
 
+/// What a handshake established, read once from the session when the connection is handed out
+/// (shared by the blocking and the tokio connection).
 #[derive(Debug, Clone, Default)]
-struct Facts {
-    cipher: Option<&'static str>,
-    version: Option<&'static str>,
-    psk_identity: Option<Vec<u8>>,
-    peer_certificate: Option<X509>,
-    alpn: Option<Vec<u8>>,
-    server_name: Option<String>,
-    data_mtu: usize,
+pub(crate) struct Facts {
+    pub(crate) cipher: Option<&'static str>,
+    pub(crate) version: Option<&'static str>,
+    pub(crate) psk_identity: Option<Vec<u8>>,
+    pub(crate) peer_certificate: Option<X509>,
+    pub(crate) alpn: Option<Vec<u8>>,
+    pub(crate) server_name: Option<String>,
+    pub(crate) data_mtu: usize,
+}
+
+impl Facts {
+    pub(crate) fn of(session: Option<&crate::Session>) -> Facts {
+        session
+            .map(|s| Facts {
+                cipher: s.cipher(),
+                version: s.protocol_version(),
+                psk_identity: s.psk_identity().map(<[u8]>::to_vec),
+                peer_certificate: s.peer_certificate(),
+                alpn: s.alpn_protocol().map(<[u8]>::to_vec),
+                server_name: s.server_name().map(str::to_owned),
+                data_mtu: s.data_mtu(),
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl DtlsConnection {
@@ -48,19 +66,7 @@ impl DtlsConnection {
         id: ConnectionId,
     ) -> Option<DtlsConnection> {
         let cond = Arc::clone(&core.slots.get(&id)?.cond);
-        let facts = core
-            .endpoint
-            .session(peer, id)
-            .map(|s| Facts {
-                cipher: s.cipher(),
-                version: s.protocol_version(),
-                psk_identity: s.psk_identity().map(<[u8]>::to_vec),
-                peer_certificate: s.peer_certificate(),
-                alpn: s.alpn_protocol().map(<[u8]>::to_vec),
-                server_name: s.server_name().map(str::to_owned),
-                data_mtu: s.data_mtu(),
-            })
-            .unwrap_or_default();
+        let facts = Facts::of(core.endpoint.session(peer, id));
         Some(DtlsConnection {
             shared,
             peer,

@@ -67,6 +67,7 @@ use ::tokio::task::JoinHandle;
 use ::tokio::time::Instant as TokioInstant;
 use openssl::x509::X509;
 
+use crate::connection::Facts;
 use crate::context::{DtlsClientContext, DtlsServerContext};
 use crate::driver::{open_socket, SocketOptions};
 use crate::endpoint::{ConnectionId, Endpoint, EndpointConfig, EndpointStats, Event};
@@ -794,17 +795,6 @@ struct ConnectionInner {
     facts: Facts,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Facts {
-    cipher: Option<&'static str>,
-    version: Option<&'static str>,
-    psk_identity: Option<Vec<u8>>,
-    peer_certificate: Option<X509>,
-    alpn: Option<Vec<u8>>,
-    server_name: Option<String>,
-    data_mtu: usize,
-}
-
 impl DtlsConnection {
     /// A handle for connection `id`; reads the handshake facts from its session.
     fn new(
@@ -814,19 +804,7 @@ impl DtlsConnection {
         id: ConnectionId,
     ) -> Option<DtlsConnection> {
         let notify = Arc::clone(&core.slots.get(&id)?.notify);
-        let facts = core
-            .endpoint
-            .session(peer, id)
-            .map(|s| Facts {
-                cipher: s.cipher(),
-                version: s.protocol_version(),
-                psk_identity: s.psk_identity().map(<[u8]>::to_vec),
-                peer_certificate: s.peer_certificate(),
-                alpn: s.alpn_protocol().map(<[u8]>::to_vec),
-                server_name: s.server_name().map(str::to_owned),
-                data_mtu: s.data_mtu(),
-            })
-            .unwrap_or_default();
+        let facts = Facts::of(core.endpoint.session(peer, id));
         Some(DtlsConnection {
             inner: Arc::new(ConnectionInner {
                 shared,
