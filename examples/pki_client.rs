@@ -7,10 +7,9 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
-use openssl_dtls::{DtlsClient, DtlsClientContext};
+use openssl_dtls::DtlsClientContext;
 
 const USAGE: &str = "pki_client --ca PEM --message TEXT [--connect ADDR] [--server-name NAME] [--cert PEM --key PEM] [--cipher STR] [--count N]
   --connect      server address (default 127.0.0.1:5684)
@@ -29,12 +28,7 @@ fn main() {
         .get_or("count", "1")
         .parse()
         .unwrap_or_else(|_| common::fail(USAGE, "--count is not a number"));
-    let peer = args
-        .get_or("connect", "127.0.0.1:5684")
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| common::fail(USAGE, "--connect is not an address"));
+    let peer = common::peer(USAGE, &args);
     let mut builder = DtlsClientContext::builder();
     builder.root_certificates_file(args.required(USAGE, "ca"));
     match (args.get("cert"), args.get("key")) {
@@ -50,13 +44,7 @@ fn main() {
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
-    let bind = if peer.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    };
-    let client =
-        DtlsClient::bind(bind).unwrap_or_else(|e| common::fail(USAGE, &format!("bind: {e}")));
+    let client = common::client_for(USAGE, peer);
     let result = match args.get("server-name") {
         Some(name) => client.connect_named(peer, name, &ctx, Duration::from_secs(10)),
         None => client.connect(peer, &ctx, Duration::from_secs(10)),

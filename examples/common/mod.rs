@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::process::exit;
 
-use openssl_dtls::{DtlsConnection, DtlsServer};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use openssl_dtls::{DtlsClient, DtlsConnection, DtlsServer};
 
 /// `--name value` and bare `--switch` arguments.
 pub struct Args {
@@ -150,4 +152,23 @@ pub fn send_and_print(conn: &DtlsConnection, message: &str, count: usize) {
         }
     }
     conn.close();
+}
+
+/// The `--connect` address (default 127.0.0.1:5684).
+pub fn peer(usage: &str, args: &Args) -> SocketAddr {
+    args.get_or("connect", "127.0.0.1:5684")
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| fail(usage, "--connect is not an address"))
+}
+
+/// A client socket on any port of the peer's address family.
+pub fn client_for(usage: &str, peer: SocketAddr) -> DtlsClient {
+    let bind = if peer.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    DtlsClient::bind(bind).unwrap_or_else(|e| fail(usage, &format!("bind: {e}")))
 }
