@@ -10,9 +10,11 @@
 #![no_std]
 
 mod bio;
+mod params;
 mod ssl;
 
 pub use crate::bio::*;
+pub use crate::params::*;
 pub use crate::ssl::*;
 
 /// The OpenSSL version this crate was built against (`OPENSSL_VERSION_NUMBER`, from

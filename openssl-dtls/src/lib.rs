@@ -23,6 +23,7 @@ mod driver;
 pub mod endpoint;
 pub mod error;
 mod listener;
+mod record;
 mod server;
 pub mod session;
 /// The same server, client and connection on tokio (feature `tokio`).

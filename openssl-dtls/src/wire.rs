@@ -221,6 +221,11 @@ impl<'a> RecordHeader<'a> {
         })
     }
 
+    /// The 13 header bytes as they are on the wire (the AEAD additional data is built from them).
+    pub(crate) fn header_bytes(&self) -> &'a [u8; RECORD_HEADER_LEN] {
+        self.header
+    }
+
     /// The record's content type.
     pub(crate) fn content_type(&self) -> ContentType {
         self.content_type
@@ -237,7 +242,6 @@ impl<'a> RecordHeader<'a> {
     }
 
     /// The record's 48-bit sequence number.
-    #[cfg_attr(not(test), allow(dead_code))] // used by tests and the fuzz targets
     pub(crate) fn sequence(&self) -> u64 {
         let h = self.header;
         u64::from_be_bytes([0, 0, h[5], h[6], h[7], h[8], h[9], h[10]])
