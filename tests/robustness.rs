@@ -1649,7 +1649,7 @@ fn a_renegotiation_attempt_is_refused_and_the_connection_keeps_its_data() {
     // The client's OpenSSL asks for a new handshake: a ClientHello in epoch 1 (encrypted), the
     // only form of renegotiation a peer with the keys can attempt. The session refuses to do
     // it itself (SSL_OP_NO_RENEGOTIATION), so lift that on the raw SSL first.
-    let ssl = foreign_types::ForeignTypeRef::as_ptr(net.clients[c].session.ssl());
+    let ssl = foreign_types::ForeignTypeRef::as_ptr(net.clients[c].session.ssl().unwrap());
     // SAFETY: a live SSL owned by the session; these calls only set flags and write a
     // ClientHello to its BIO.
     unsafe {

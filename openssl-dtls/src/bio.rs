@@ -72,6 +72,13 @@ pub(crate) struct BioState {
     /// The next sequence number of an epoch-0 record we would send (from the headers of the
     /// epoch-0 records OpenSSL wrote), for an alert we write ourselves.
     pub epoch0_next_seq: u64,
+    /// Track [`epoch1_next_seq`](Self::epoch1_next_seq) (compact mode only: it costs a header
+    /// parse per outgoing datagram).
+    pub track_epoch1: bool,
+    /// The next sequence number of an epoch-1 record, from the headers of the epoch-1 records
+    /// OpenSSL wrote: where the compact record layer continues after the hand-off, so that no
+    /// sequence number (and so no AEAD nonce) is ever used twice.
+    pub epoch1_next_seq: u64,
     /// Append writes to the last queued datagram while it stays within the MTU (set while
     /// OpenSSL may retransmit a flight, which it does one message per write).
     pub coalesce: bool,
@@ -95,6 +102,8 @@ impl BioState {
             alert_sent: None,
             peek: false,
             epoch0_next_seq: 0,
+            track_epoch1: false,
+            epoch1_next_seq: 0,
             coalesce: false,
         }
     }
@@ -104,6 +113,31 @@ impl BioState {
         self.inbound.clear();
         self.inbound.extend_from_slice(datagram);
         self.inbound_ready = true;
+    }
+
+    /// Queues the records of `datagram` that `keep` accepts, back to back, as the next thing
+    /// OpenSSL reads (records after a malformed one are left out).
+    pub fn set_inbound_filtered(
+        &mut self,
+        datagram: &[u8],
+        keep: impl Fn(&crate::wire::RecordHeader<'_>) -> bool,
+    ) {
+        self.inbound.clear();
+        let mut offset = 0;
+        for record in crate::wire::records(datagram) {
+            let Ok(record) = record else { break };
+            let end = offset + record.total_len();
+            if keep(&record) {
+                self.inbound.extend_from_slice(&datagram[offset..end]);
+            }
+            offset = end;
+        }
+        self.inbound_ready = !self.inbound.is_empty();
+    }
+
+    /// Moves every queued outgoing datagram to the back of `to`, oldest first.
+    pub fn drain_outbound(&mut self, to: &mut VecDeque<Vec<u8>>) {
+        to.extend(self.outbound.drain(..));
     }
 
     /// Discards an unread inbound datagram.
@@ -158,6 +192,13 @@ impl BioState {
             for record in crate::wire::records(data).flatten() {
                 if record.epoch() == 0 {
                     self.epoch0_next_seq = self.epoch0_next_seq.max(record.sequence() + 1);
+                }
+            }
+        }
+        if self.track_epoch1 {
+            for record in crate::wire::records(data).flatten() {
+                if record.epoch() == 1 {
+                    self.epoch1_next_seq = self.epoch1_next_seq.max(record.sequence() + 1);
                 }
             }
         }

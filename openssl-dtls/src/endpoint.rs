@@ -860,8 +860,7 @@ fn is_retransmitted_hello(session: &Session, classified: Datagram, datagram: &[u
     let Some(random) = datagram.get(27..59) else {
         return false;
     };
-    let mut ours = [0u8; 32];
-    session.ssl().client_random(&mut ours) == 32 && ours == random
+    session.client_random().is_some_and(|ours| ours == random)
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

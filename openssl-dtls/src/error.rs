@@ -172,6 +172,9 @@ pub enum Error {
         /// OpenSSL's reason.
         reason: String,
     },
+    /// The connection used up its 2^48 record sequence numbers (compact record layer): it must
+    /// be re-established. At one record per microsecond this takes nine years.
+    SequenceExhausted,
     /// Any other OpenSSL failure, with OpenSSL's error queue.
     Ssl(ErrorStack),
     /// A socket error in a blocking or async driver.
@@ -195,6 +198,7 @@ impl Error {
                 alert: *alert,
                 reason: reason.clone(),
             },
+            Error::SequenceExhausted => Error::SequenceExhausted,
             Error::Ssl(e) => Error::Ssl(e.clone()),
             Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
         }
@@ -214,6 +218,9 @@ impl fmt::Display for Error {
             Error::Timeout => f.write_str("timed out"),
             Error::PeerAlert(a) => write!(f, "peer sent {a}"),
             Error::LocalAlert { alert, reason } => write!(f, "sent {alert}: {reason}"),
+            Error::SequenceExhausted => {
+                f.write_str("the connection's record sequence numbers are used up")
+            }
             Error::Ssl(e) => write!(f, "OpenSSL error: {e}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
         }

@@ -30,7 +30,7 @@ use openssl::ssl::SslRef;
 use openssl_dtls_sys as dffi;
 use openssl_sys as ffi;
 
-use crate::wire::{ContentType, RecordHeader, RECORD_HEADER_LEN};
+use crate::wire::{ContentType, RecordHeader};
 
 /// DTLS 1.2's record version, `{254, 253}`.
 const DTLS1_2: [u8; 2] = [0xfe, 0xfd];
@@ -354,19 +354,14 @@ impl RecordLayer {
         self.aead
     }
 
-    /// The epoch records are sealed and accepted in.
-    pub(crate) fn epoch(&self) -> u16 {
-        self.epoch
-    }
-
     /// The sequence number the next sealed record gets.
     pub(crate) fn next_write_seq(&self) -> u64 {
         self.next_write_seq
     }
 
-    /// The replay window (for tests and statistics).
-    pub(crate) fn window(&self) -> &ReplayWindow {
-        &self.window
+    /// Moves the write sequence number forward (never back) to `next`.
+    pub(crate) fn set_next_write_seq(&mut self, next: u64) {
+        self.next_write_seq = self.next_write_seq.max(next);
     }
 
     /// The nonce of record `epoch_seq` (epoch ‖ 48-bit sequence) under `iv`.
@@ -662,9 +657,44 @@ fn evict(id: u64) {
     });
 }
 
+/// Buffers kept per thread for compact connections' datagrams and plaintexts.
+const POOL_BUFFERS: usize = 64;
+/// A buffer that grew beyond this is freed rather than pooled.
+const POOL_BUFFER_MAX: usize = 2 * MAX_PLAINTEXT;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer from this thread's pool (or a new one). Compact connections hold no buffers
+/// of their own while idle: every datagram and plaintext buffer comes from here and goes back
+/// with [`give_buffer`], so a steady flow allocates nothing.
+pub(crate) fn take_buffer() -> Vec<u8> {
+    POOL.try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Returns a buffer to this thread's pool (freed if the pool is full or the buffer huge).
+pub(crate) fn give_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > POOL_BUFFER_MAX {
+        return;
+    }
+    buf.clear();
+    let _ = POOL.try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            if p.len() < POOL_BUFFERS {
+                p.push(buf);
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::RECORD_HEADER_LEN;
 
     fn pair(aead: Aead) -> (RecordLayer, RecordLayer) {
         let len = 2 * aead.key_len() + 2 * aead.fixed_iv_len();

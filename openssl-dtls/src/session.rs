@@ -35,6 +35,8 @@ use openssl_sys as ffi;
 
 use crate::bio::{self, BioState, TimerSettings};
 use crate::error::{Alert, ConfigError, Error, Result};
+use crate::record::{self, OpenError, RecordLayer, SealError};
+use crate::wire::{ContentType, RecordHeader};
 
 /// Largest plaintext of one DTLS record (2^14, RFC 6347 §4.1).
 pub const MAX_PLAINTEXT: usize = 16_384;
@@ -74,6 +76,18 @@ pub struct SessionConfig {
     /// if lost on the network). Default 64: a handshake flight with a long certificate chain at
     /// the minimum MTU still fits.
     pub send_queue: usize,
+    /// Compact connections (opt-in, default off): once the handshake completes, move the record
+    /// layer from OpenSSL to this library's compact AEAD record layer and free the `SSL`, so an
+    /// idle established connection costs about 1 KB instead of ≈ 36–70 KB. Only AEAD suites
+    /// (AES-GCM, AES-CCM, AES-CCM-8, ChaCha20-Poly1305) are handed off; a session on any other
+    /// suite stays on OpenSSL. See `SECURITY-CONSIDERATIONS.md` ("Compact connections") for
+    /// what the compact layer owns and when to leave it off.
+    pub compact: bool,
+    /// In compact mode, how long the side that sent the handshake's last flight (the server,
+    /// after a full handshake) keeps its `SSL` to answer a retransmitted final flight of the
+    /// peer, unless the peer's first authenticated record proves earlier that it finished.
+    /// Default 240 s: twice the TCP maximum segment lifetime, as RFC 6347 §4.2.4 asks.
+    pub compact_linger: Duration,
 }
 
 impl Default for SessionConfig {
@@ -87,6 +101,8 @@ impl Default for SessionConfig {
             recv_queue: 64,
             recv_queue_bytes: 64 * 1024,
             send_queue: 64,
+            compact: false,
+            compact_linger: Duration::from_secs(240),
         }
     }
 }
@@ -155,6 +171,12 @@ impl SessionConfig {
             self.recv_queue_bytes >= MAX_PLAINTEXT,
             "at least 16384",
         )?;
+        range(
+            "compact_linger",
+            ms(self.compact_linger),
+            self.compact_linger <= Duration::from_secs(3600),
+            "at most 1 hour",
+        )?;
         Ok(())
     }
 }
@@ -176,6 +198,8 @@ pub(crate) fn configure_ssl(ssl: &mut SslRef, config: &SessionConfig) -> Result<
         max: config.retransmit_max,
     };
     let bio = bio::attach(ssl, config.mtu, config.send_queue, timer)?;
+    // SAFETY: `bio` was just created and is owned by `ssl`; no other reference exists yet.
+    unsafe { (*bio).track_epoch1 = config.compact };
     // SAFETY: `ssl` is valid and has our BIO; DTLS_set_link_mtu only stores the value (it fails
     // for values below OpenSSL's minimum, which validate() excludes).
     let ok = unsafe { dffi::DTLS_set_link_mtu(ssl.as_ptr(), config.mtu as _) };
@@ -237,13 +261,28 @@ pub struct SessionStats {
     pub retransmits: u32,
     /// Protected records dropped because they were shorter than the cipher's nonce plus tag.
     pub dropped_short_records: u64,
+    /// Compact mode: records dropped as replays or as older than the 64-record window.
+    pub dropped_replayed_records: u64,
+    /// Compact mode: records dropped because they did not authenticate (forged, corrupted,
+    /// wrong epoch or version).
+    pub dropped_unauthenticated_records: u64,
+    /// Compact mode: handshake-layer records (a retransmitted final flight, a renegotiation
+    /// request) that arrived after the `SSL` was freed, and early records beyond the buffer.
+    pub dropped_handshake_records: u64,
 }
 
 /// One peer's DTLS state around one `SSL`: see the [module documentation](self).
 pub struct Session {
-    ssl: Ssl,
-    /// Owned by the BIO inside `ssl`; see [`bio::attach`] for the rules.
+    /// `None` once a compact session handed its record layer off and freed the `SSL`.
+    ssl: Option<Ssl>,
+    /// Owned by the BIO inside `ssl`; see [`bio::attach`] for the rules. Null once `ssl` is
+    /// `None`.
     bio: *mut BioState,
+    /// The compact record layer, from the end of the handshake on (compact mode only).
+    compact: Option<Box<Compact>>,
+    /// Compact mode, during the handshake: epoch-1 application and alert records withheld from
+    /// OpenSSL until the compact layer has keys (at most [`MAX_EARLY_RECORDS`]).
+    early: Vec<Vec<u8>>,
     role: Role,
     state: SessionState,
     error: Option<Error>,
@@ -279,6 +318,61 @@ impl std::fmt::Debug for Session {
 /// Spare plaintext buffers kept per session.
 const MAX_SPARE_PLAINTEXT: usize = 2;
 
+/// Early epoch-1 records kept per handshaking compact session.
+const MAX_EARLY_RECORDS: usize = 8;
+
+/// A compact session's record layer and what it remembers of the freed `SSL`.
+struct Compact {
+    layer: RecordLayer,
+    /// While `Some`, the `SSL` is kept (it sent the last flight) until this instant or the
+    /// peer's first authenticated record.
+    linger_until: Option<Instant>,
+    /// Datagrams sealed by the compact layer (or left by OpenSSL at the hand-off).
+    outbound: VecDeque<Vec<u8>>,
+    /// The handshake's facts, read from the `SSL` before it was freed.
+    facts: Option<Box<SslFacts>>,
+}
+
+/// What the accessors of a compact session report once its `SSL` is gone.
+struct SslFacts {
+    version: &'static str,
+    cipher: Option<&'static str>,
+    cipher_standard_name: Option<&'static str>,
+    psk_identity: Option<Box<[u8]>>,
+    peer_certificate: Option<X509>,
+    alpn: Option<Box<[u8]>>,
+    server_name: Option<Box<str>>,
+    client_random: [u8; 32],
+}
+
+impl SslFacts {
+    fn of(ssl: &SslRef) -> SslFacts {
+        let mut client_random = [0u8; 32];
+        ssl.client_random(&mut client_random);
+        SslFacts {
+            version: ssl.version_str(),
+            cipher: ssl.current_cipher().map(|c| c.name()),
+            cipher_standard_name: ssl.current_cipher().and_then(|c| c.standard_name()),
+            psk_identity: ssl.psk_identity().map(Into::into),
+            peer_certificate: ssl.peer_certificate(),
+            alpn: ssl.selected_alpn_protocol().map(Into::into),
+            server_name: ssl
+                .servername(openssl::ssl::NameType::HOST_NAME)
+                .map(Into::into),
+            client_random,
+        }
+    }
+}
+
+/// Whether a compact session's record goes to the compact layer (rather than OpenSSL).
+fn is_compact_record(record: &RecordHeader<'_>) -> bool {
+    record.epoch() >= 1
+        && matches!(
+            record.content_type(),
+            ContentType::ApplicationData | ContentType::Alert
+        )
+}
+
 impl Session {
     /// A client session on `ssl` (made from a DTLS `SslContext`); the ClientHello is ready for
     /// [`poll_transmit`](Self::poll_transmit) on return.
@@ -288,7 +382,7 @@ impl Session {
     #[doc(alias = "SSL_connect")]
     pub fn client(ssl: Ssl, config: &SessionConfig, now: Instant) -> Result<Session> {
         let mut session = Session::prepare(ssl, Role::Client, config, now, None)?;
-        session.ssl.set_connect_state();
+        session.ssl_mut().set_connect_state();
         session.drive(now);
         session.check_not_failed()?;
         Ok(session)
@@ -299,7 +393,7 @@ impl Session {
     #[doc(alias = "SSL_accept")]
     pub fn server(ssl: Ssl, config: &SessionConfig, now: Instant) -> Result<Session> {
         let mut session = Session::prepare(ssl, Role::Server, config, now, None)?;
-        session.ssl.set_accept_state();
+        session.ssl_mut().set_accept_state();
         Ok(session)
     }
 
@@ -316,8 +410,10 @@ impl Session {
             None => configure_ssl(&mut ssl, config)?,
         };
         let mut session = Session {
-            ssl,
+            ssl: Some(ssl),
             bio,
+            compact: None,
+            early: Vec::new(),
             role,
             state: SessionState::Handshaking,
             error: None,
@@ -361,8 +457,22 @@ impl Session {
         }
     }
 
-    /// The BIO state. Never hold the reference across a call into OpenSSL on this `SSL`.
+    fn ssl_mut(&mut self) -> &mut SslRef {
+        self.ssl.as_mut().expect("a session has its SSL until the hand-off")
+    }
+
+    /// The `SSL` pointer. Only called on paths that run while the `SSL` exists.
+    fn ssl_ptr(&self) -> *mut ffi::SSL {
+        self.ssl
+            .as_ref()
+            .expect("a session has its SSL until the hand-off")
+            .as_ptr()
+    }
+
+    /// The BIO state. Never hold the reference across a call into OpenSSL on this `SSL`. Only
+    /// called while the `SSL` exists.
     fn bio_mut(&mut self) -> &mut BioState {
+        assert!(!self.bio.is_null(), "BIO used after the hand-off");
         // SAFETY: `bio` lives as long as `self.ssl`; `&mut self` guarantees no other reference
         // from this side, and OpenSSL's callbacks only run inside SSL calls, during which no
         // reference returned here is alive (every use below is a short statement).
@@ -370,6 +480,7 @@ impl Session {
     }
 
     fn bio_ref(&self) -> &BioState {
+        assert!(!self.bio.is_null(), "BIO used after the hand-off");
         // SAFETY: as in `bio_mut`; shared access while no OpenSSL call runs.
         unsafe { &*self.bio }
     }
@@ -384,6 +495,17 @@ impl Session {
             return;
         }
         self.stats.datagrams_in += 1;
+        if self.config.compact
+            && (self.compact.is_some()
+                || crate::wire::records(datagram)
+                    .flatten()
+                    .any(|r| is_compact_record(&r)))
+        {
+            if self.state != SessionState::Closed {
+                self.handle_compact_datagram(now, datagram);
+            }
+            return;
+        }
         if self.min_protected_len > 0
             && has_short_protected_record(datagram, self.min_protected_len)
         {
@@ -401,6 +523,9 @@ impl Session {
         st.set_inbound(datagram);
         st.coalesce = true; // a retransmitted Finished makes OpenSSL retransmit its flight
         self.drive(now);
+        if self.ssl.is_none() {
+            return; // handed off to the compact layer
+        }
         let st = self.bio_mut();
         st.coalesce = false;
         st.clear_inbound();
@@ -417,7 +542,7 @@ impl Session {
     /// the clear (our write epoch is still 0), as TLS would (RFC 5246 §7.4.9).
     fn check_finished_authenticated(&mut self, datagram: &[u8]) {
         // SAFETY: `ssl` is valid; SSL_get_state only reads the state machine.
-        let state = unsafe { dffi::SSL_get_state(self.ssl.as_ptr()) };
+        let state = unsafe { dffi::SSL_get_state(self.ssl_ptr()) };
         if state != dffi::TLS_ST_SR_CHANGE {
             return;
         }
@@ -457,20 +582,42 @@ impl Session {
     /// when there is nothing to send. `buf` should hold [`mtu`](Self::mtu) bytes: a datagram
     /// longer than `buf` is dropped and counted, never truncated.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
-        let st = self.bio_mut();
-        let before = st.outbound_dropped;
-        let n = st.pop_outbound(buf);
-        let dropped = st.outbound_dropped - before;
-        self.stats.send_dropped += dropped;
-        if n.is_some() {
-            self.stats.datagrams_out += 1;
+        if self.ssl.is_some() {
+            let st = self.bio_mut();
+            let before = st.outbound_dropped;
+            let n = st.pop_outbound(buf);
+            let dropped = st.outbound_dropped - before;
+            self.stats.send_dropped += dropped;
+            if n.is_some() {
+                self.stats.datagrams_out += 1;
+                return n;
+            }
         }
-        n
+        let compact = self.compact.as_mut()?;
+        while let Some(datagram) = compact.outbound.pop_front() {
+            let len = datagram.len();
+            let fits = len <= buf.len();
+            if fits {
+                buf[..len].copy_from_slice(&datagram);
+            } else {
+                self.stats.send_dropped += 1;
+            }
+            record::give_buffer(datagram);
+            if fits {
+                self.stats.datagrams_out += 1;
+                return Some(len);
+            }
+        }
+        None
     }
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has a datagram.
     pub fn has_transmit(&self) -> bool {
-        self.bio_ref().outbound_len() > 0
+        (self.ssl.is_some() && self.bio_ref().outbound_len() > 0)
+            || self
+                .compact
+                .as_ref()
+                .is_some_and(|c| !c.outbound.is_empty())
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next: the retransmission
@@ -481,7 +628,10 @@ impl Session {
                 let deadline = self.handshake_deadline();
                 Some(self.retransmit_at.map_or(deadline, |at| at.min(deadline)))
             }
-            SessionState::Established => self.retransmit_at,
+            SessionState::Established => {
+                let linger = self.compact.as_ref().and_then(|c| c.linger_until);
+                earliest(self.retransmit_at, linger)
+            }
             SessionState::Closed | SessionState::Failed => None,
         }
     }
@@ -508,8 +658,15 @@ impl Session {
             }
             _ => {}
         }
+        if let Some(until) = self.compact.as_ref().and_then(|c| c.linger_until) {
+            if now >= until {
+                log::debug!("{:?}: linger over, handing off to the compact layer", self.peer);
+                self.hand_off();
+                return;
+            }
+        }
         let Some(at) = self.retransmit_at else { return };
-        if now < at {
+        if now < at || self.ssl.is_none() {
             return;
         }
         if self.state == SessionState::Handshaking
@@ -525,7 +682,7 @@ impl Session {
                             // SAFETY: `ssl` is valid; the queue is cleared first and drained after.
         let r = unsafe {
             ffi::ERR_clear_error();
-            dffi::DTLSv1_handle_timeout(self.ssl.as_ptr())
+            dffi::DTLSv1_handle_timeout(self.ssl_ptr())
         };
         self.bio_mut().coalesce = false;
         if r < 0 {
@@ -555,12 +712,15 @@ impl Session {
         if data.is_empty() {
             return Ok(());
         }
+        if self.ssl.is_none() {
+            return self.send_compact(ContentType::ApplicationData, data);
+        }
         let mut written = 0usize;
         // SAFETY: `ssl` is valid; `data` is readable for its length.
         let r = unsafe {
             ffi::ERR_clear_error();
             ffi::SSL_write_ex(
-                self.ssl.as_ptr(),
+                self.ssl_ptr(),
                 data.as_ptr().cast(),
                 data.len(),
                 &mut written,
@@ -585,7 +745,9 @@ impl Session {
             self.received_bytes -= datagram.len();
             let n = datagram.len().min(buf.len());
             buf[..n].copy_from_slice(&datagram[..n]);
-            if self.spare.len() < MAX_SPARE_PLAINTEXT {
+            if self.compact.is_some() {
+                record::give_buffer(datagram);
+            } else if self.spare.len() < MAX_SPARE_PLAINTEXT {
                 datagram.clear();
                 self.spare.push(datagram);
             }
@@ -614,6 +776,9 @@ impl Session {
                 self.shutdown();
                 self.state = SessionState::Closed;
                 self.retransmit_at = None;
+                if self.compact.is_some() {
+                    self.hand_off(); // the SSL has nothing left to do
+                }
             }
             SessionState::Handshaking => {
                 self.state = SessionState::Closed;
@@ -632,10 +797,15 @@ impl Session {
     }
 
     fn shutdown(&mut self) {
+        if self.ssl.is_none() {
+            let alert = [1, Alert::CLOSE_NOTIFY]; // warning, close_notify
+            let _ = self.send_compact(ContentType::Alert, &alert);
+            return;
+        }
         // SAFETY: `ssl` is valid and established; SSL_shutdown writes close_notify to our BIO.
         unsafe {
             ffi::ERR_clear_error();
-            ffi::SSL_shutdown(self.ssl.as_ptr());
+            ffi::SSL_shutdown(self.ssl_ptr());
             ffi::ERR_clear_error();
         }
     }
@@ -659,16 +829,17 @@ impl Session {
                     // SAFETY: `ssl` is valid; the error queue is cleared before the call.
                     let r = unsafe {
                         ffi::ERR_clear_error();
-                        ffi::SSL_do_handshake(self.ssl.as_ptr())
+                        ffi::SSL_do_handshake(self.ssl_ptr())
                     };
                     if r == 1 {
-                        self.on_established();
+                        self.on_established(now);
                         continue;
                     }
                     if !self.on_ssl_error(r) {
                         break;
                     }
                 }
+                SessionState::Established if self.ssl.is_none() => break,
                 SessionState::Established => {
                     let mut scratch = [0u8; MAX_PLAINTEXT];
                     let mut n = 0usize;
@@ -676,7 +847,7 @@ impl Session {
                     let r = unsafe {
                         ffi::ERR_clear_error();
                         ffi::SSL_read_ex(
-                            self.ssl.as_ptr(),
+                            self.ssl_ptr(),
                             scratch.as_mut_ptr().cast(),
                             scratch.len(),
                             &mut n,
@@ -702,7 +873,7 @@ impl Session {
     /// (never, today: every outcome ends it), `false` when it should stop.
     fn on_ssl_error(&mut self, r: c_int) -> bool {
         // SAFETY: `ssl` is valid; SSL_get_error reads the return code and the error queue.
-        let code = unsafe { ffi::SSL_get_error(self.ssl.as_ptr(), r) };
+        let code = unsafe { ffi::SSL_get_error(self.ssl_ptr(), r) };
         match code {
             ffi::SSL_ERROR_WANT_READ | ffi::SSL_ERROR_WANT_WRITE => false,
             ffi::SSL_ERROR_ZERO_RETURN => {
@@ -735,18 +906,21 @@ impl Session {
         }
     }
 
-    fn on_established(&mut self) {
+    fn on_established(&mut self, now: Instant) {
         self.state = SessionState::Established;
         self.min_protected_len = self.cipher().map_or(0, min_protected_len);
         // SAFETY: `ssl` is valid and a cipher is negotiated.
-        self.data_mtu = unsafe { dffi::DTLS_get_data_mtu(self.ssl.as_ptr()) };
+        self.data_mtu = unsafe { dffi::DTLS_get_data_mtu(self.ssl_ptr()) };
         log::debug!(
             "handshake with {:?} complete: {} {} (data MTU {})",
             self.peer,
-            self.ssl.version_str(),
+            self.protocol_version().unwrap_or("?"),
             self.cipher().unwrap_or("?"),
             self.data_mtu
         );
+        if self.config.compact {
+            self.start_compact(now);
+        }
     }
 
     fn push_received(&mut self, data: &[u8]) {
@@ -773,7 +947,8 @@ impl Session {
     }
 
     fn update_timer(&mut self, now: Instant) {
-        if matches!(self.state, SessionState::Failed | SessionState::Closed) {
+        if matches!(self.state, SessionState::Failed | SessionState::Closed) || self.ssl.is_none()
+        {
             self.retransmit_at = None;
             return;
         }
@@ -782,12 +957,253 @@ impl Session {
             tv_usec: 0,
         };
         // SAFETY: `ssl` is valid; `tv` is a writable timeval.
-        let running = unsafe { dffi::DTLSv1_get_timeout(self.ssl.as_ptr(), &mut tv) } == 1;
+        let running = unsafe { dffi::DTLSv1_get_timeout(self.ssl_ptr(), &mut tv) } == 1;
         self.retransmit_at = running.then(|| {
             let left = Duration::from_secs(tv.tv_sec.max(0) as u64)
                 + Duration::from_micros(tv.tv_usec.max(0) as u64);
             now + left
         });
+    }
+
+    /// Compact mode: routes a datagram's records. Epoch-1 application data and alerts go to the
+    /// compact layer (or, before it has keys, to the early buffer); everything else (handshake
+    /// records, a retransmitted final flight) goes to OpenSSL while the `SSL` exists, and is
+    /// dropped and counted after the hand-off. OpenSSL therefore never decrypts an application
+    /// record in compact mode, and the compact replay window sees every one.
+    fn handle_compact_datagram(&mut self, now: Instant, datagram: &[u8]) {
+        let mut for_openssl = false;
+        let mut offset = 0;
+        for record in crate::wire::records(datagram) {
+            let Ok(record) = record else { break };
+            let raw = &datagram[offset..offset + record.total_len()];
+            offset += record.total_len();
+            if !is_compact_record(&record) {
+                if self.ssl.is_some() {
+                    for_openssl = true;
+                } else {
+                    self.stats.dropped_handshake_records += 1;
+                }
+            } else if self.compact.is_some() {
+                self.open_record(now, &record);
+            } else if self.state == SessionState::Handshaking
+                && self.early.len() < MAX_EARLY_RECORDS
+            {
+                let mut copy = record::take_buffer();
+                copy.extend_from_slice(raw);
+                self.early.push(copy);
+            } else {
+                self.stats.dropped_handshake_records += 1;
+            }
+            if matches!(self.state, SessionState::Closed | SessionState::Failed) {
+                return;
+            }
+        }
+        if !for_openssl || self.ssl.is_none() {
+            return;
+        }
+        let st = self.bio_mut();
+        st.now = Some(now);
+        st.set_inbound_filtered(datagram, |r| !is_compact_record(r));
+        st.coalesce = true;
+        self.drive(now);
+        if self.ssl.is_some() {
+            let st = self.bio_mut();
+            st.coalesce = false;
+            st.clear_inbound();
+            if self.role == Role::Server && self.state == SessionState::Handshaking {
+                self.check_finished_authenticated(datagram);
+            }
+        }
+    }
+
+    /// Compact mode, at the end of the handshake: derives the record layer's keys, opens the
+    /// early records, and hands off at once if this side received the handshake's last flight
+    /// (nothing of ours can need retransmitting), or lingers if it sent it.
+    fn start_compact(&mut self, now: Instant) {
+        let Some(ssl) = self.ssl.as_ref() else { return };
+        let next_write_seq = self.bio_ref().epoch1_next_seq;
+        let layer = match RecordLayer::from_ssl(ssl, self.role == Role::Client, 1, next_write_seq) {
+            Ok(Some(layer)) => layer,
+            Ok(None) => {
+                log::debug!(
+                    "{:?}: {} is not an AEAD suite the compact layer carries; staying on OpenSSL",
+                    self.peer,
+                    self.cipher().unwrap_or("?")
+                );
+                self.drop_early();
+                return;
+            }
+            Err(e) => {
+                log::warn!("{:?}: compact key derivation failed, staying on OpenSSL: {e}", self.peer);
+                self.drop_early();
+                return;
+            }
+        };
+        // The side that sends the last flight: the server after a full handshake, the client
+        // after an abbreviated (resumed) one.
+        let sent_last = (self.role == Role::Server) != ssl.session_reused();
+        self.compact = Some(Box::new(Compact {
+            layer,
+            linger_until: sent_last.then(|| now + self.config.compact_linger),
+            outbound: VecDeque::new(),
+            facts: None,
+        }));
+        for raw in std::mem::take(&mut self.early) {
+            if let Ok(record) = RecordHeader::new_checked(&raw) {
+                if self.state == SessionState::Established {
+                    self.open_record(now, &record);
+                }
+            }
+            record::give_buffer(raw);
+        }
+        if !sent_last {
+            self.hand_off();
+        }
+    }
+
+    fn drop_early(&mut self) {
+        for raw in self.early.drain(..) {
+            record::give_buffer(raw);
+        }
+    }
+
+    /// Frees the `SSL`: what OpenSSL queued moves to the compact layer's queue, the write
+    /// sequence continues after the last one OpenSSL used, and the handshake's facts are kept.
+    fn hand_off(&mut self) {
+        let Some(compact) = self.compact.as_mut() else { return };
+        let Some(ssl) = self.ssl.take() else { return };
+        // SAFETY: `bio` is owned by `ssl`, which is still alive here; no OpenSSL call runs.
+        let st = unsafe { &mut *self.bio };
+        let mut queued = VecDeque::new();
+        st.drain_outbound(&mut queued);
+        queued.append(&mut compact.outbound);
+        compact.outbound = queued;
+        let next = compact.layer.next_write_seq().max(st.epoch1_next_seq);
+        compact.layer.set_next_write_seq(next);
+        self.stats.retransmits = st.timeouts;
+        self.stats.send_dropped += st.outbound_dropped;
+        compact.facts = Some(Box::new(SslFacts::of(&ssl)));
+        compact.linger_until = None;
+        self.bio = std::ptr::null_mut();
+        self.retransmit_at = None;
+        self.spare = Vec::new();
+        drop(ssl); // SSL_free: the BIO and its state go with it
+        log::debug!("{:?}: handed off to the compact record layer", self.peer);
+    }
+
+    /// Compact mode: authenticates one epoch-1 application or alert record and acts on it.
+    fn open_record(&mut self, _now: Instant, record: &RecordHeader<'_>) {
+        let Some(compact) = self.compact.as_mut() else { return };
+        let mut plain = record::take_buffer();
+        let opened = compact.layer.open(record, &mut plain);
+        let content_type = match opened {
+            Ok(t) => t,
+            Err(e) => {
+                record::give_buffer(plain);
+                match e {
+                    OpenError::Replayed | OpenError::TooOld => {
+                        self.stats.dropped_replayed_records += 1
+                    }
+                    OpenError::Malformed
+                        if record.fragment().len() < compact.layer.aead().overhead() =>
+                    {
+                        self.stats.dropped_short_records += 1
+                    }
+                    OpenError::Malformed | OpenError::Unauthenticated => {
+                        self.stats.dropped_unauthenticated_records += 1
+                    }
+                }
+                return;
+            }
+        };
+        // An authenticated record proves the peer completed its handshake: the lingering `SSL`
+        // is no longer needed to answer its final flight.
+        if compact.linger_until.is_some() {
+            self.hand_off();
+        }
+        match content_type {
+            ContentType::ApplicationData => self.push_received_buffer(plain),
+            ContentType::Alert => {
+                let alert = (plain.len() == 2).then(|| Alert {
+                    level: plain[0],
+                    description: plain[1],
+                });
+                record::give_buffer(plain);
+                match alert {
+                    Some(a) if a.description == Alert::CLOSE_NOTIFY => {
+                        log::debug!("peer {:?} sent close_notify", self.peer);
+                        self.closed_by_peer = true;
+                        if self.state == SessionState::Established {
+                            self.shutdown();
+                        }
+                        self.state = SessionState::Closed;
+                        self.retransmit_at = None;
+                    }
+                    Some(a) if a.is_fatal() => {
+                        log::debug!("peer {:?} sent {a}", self.peer);
+                        self.fail(Error::PeerAlert(a));
+                    }
+                    Some(_) => {} // warnings (user_canceled, no_renegotiation): nothing to do
+                    None => self.stats.dropped_unauthenticated_records += 1,
+                }
+            }
+            _ => record::give_buffer(plain),
+        }
+    }
+
+    /// Compact mode: seals one record and queues it as a datagram.
+    fn send_compact(&mut self, content_type: ContentType, data: &[u8]) -> Result<()> {
+        let Some(compact) = self.compact.as_mut() else {
+            return Err(Error::Closed);
+        };
+        if compact.outbound.len() >= self.config.send_queue {
+            self.stats.send_dropped += 1;
+            return Ok(()); // as if lost on the network, like OpenSSL's path
+        }
+        let mut datagram = record::take_buffer();
+        match compact.layer.seal(content_type, data, &mut datagram) {
+            Ok(()) => {
+                compact.outbound.push_back(datagram);
+                if content_type == ContentType::ApplicationData {
+                    self.stats.app_out += 1;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                record::give_buffer(datagram);
+                let error = match e {
+                    SealError::SequenceExhausted => Error::SequenceExhausted,
+                    SealError::TooLong => Error::PayloadTooLarge {
+                        len: data.len(),
+                        max: self.data_mtu,
+                    },
+                    SealError::Cipher => Error::Ssl(ErrorStack::get()),
+                };
+                if matches!(error, Error::SequenceExhausted) {
+                    log::warn!("{:?}: record sequence numbers used up", self.peer);
+                    self.fail(Error::SequenceExhausted);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Queues a received plaintext buffer (compact mode), within the receive limits.
+    fn push_received_buffer(&mut self, data: Vec<u8>) {
+        if data.is_empty() {
+            record::give_buffer(data);
+            return;
+        }
+        if self.received.len() >= self.config.recv_queue
+            || self.received_bytes + data.len() > self.config.recv_queue_bytes
+        {
+            self.stats.recv_dropped += 1;
+            record::give_buffer(data);
+            return;
+        }
+        self.received_bytes += data.len();
+        self.received.push_back(data);
+        self.stats.app_in += 1;
     }
 
     /// Which side of the handshake this session plays.
@@ -823,43 +1239,71 @@ impl Session {
     /// The negotiated protocol version, e.g. `"DTLSv1.2"`, once established (`SSL_get_version`).
     #[doc(alias = "SSL_get_version")]
     pub fn protocol_version(&self) -> Option<&'static str> {
-        (self.state != SessionState::Handshaking).then(|| self.ssl.version_str())
+        if self.state == SessionState::Handshaking {
+            return None;
+        }
+        match (&self.ssl, self.facts()) {
+            (Some(ssl), _) => Some(ssl.version_str()),
+            (None, facts) => facts.map(|f| f.version),
+        }
+    }
+
+    fn facts(&self) -> Option<&SslFacts> {
+        self.compact.as_ref().and_then(|c| c.facts.as_deref())
     }
 
     /// The negotiated cipher's OpenSSL name, e.g. `"PSK-AES128-CCM8"` (`SSL_get_current_cipher`).
     #[doc(alias = "SSL_get_current_cipher")]
     pub fn cipher(&self) -> Option<&'static str> {
-        self.ssl.current_cipher().map(|c| c.name())
+        match &self.ssl {
+            Some(ssl) => ssl.current_cipher().map(|c| c.name()),
+            None => self.facts().and_then(|f| f.cipher),
+        }
     }
 
     /// The negotiated cipher's IANA name, e.g. `"TLS_PSK_WITH_AES_128_CCM_8"`.
     #[doc(alias = "SSL_CIPHER_standard_name")]
     pub fn cipher_standard_name(&self) -> Option<&'static str> {
-        self.ssl.current_cipher().and_then(|c| c.standard_name())
+        match &self.ssl {
+            Some(ssl) => ssl.current_cipher().and_then(|c| c.standard_name()),
+            None => self.facts().and_then(|f| f.cipher_standard_name),
+        }
     }
 
     /// The PSK identity used, if the handshake used a PSK suite (`SSL_get_psk_identity`).
     #[doc(alias = "SSL_get_psk_identity")]
     pub fn psk_identity(&self) -> Option<&[u8]> {
-        self.ssl.psk_identity()
+        match &self.ssl {
+            Some(ssl) => ssl.psk_identity(),
+            None => self.facts().and_then(|f| f.psk_identity.as_deref()),
+        }
     }
 
     /// The peer's certificate, if it sent one (`SSL_get1_peer_certificate`).
     #[doc(alias = "SSL_get1_peer_certificate")]
     pub fn peer_certificate(&self) -> Option<X509> {
-        self.ssl.peer_certificate()
+        match &self.ssl {
+            Some(ssl) => ssl.peer_certificate(),
+            None => self.facts().and_then(|f| f.peer_certificate.clone()),
+        }
     }
 
     /// The ALPN protocol agreed, if any (`SSL_get0_alpn_selected`).
     #[doc(alias = "SSL_get0_alpn_selected")]
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.ssl.selected_alpn_protocol()
+        match &self.ssl {
+            Some(ssl) => ssl.selected_alpn_protocol(),
+            None => self.facts().and_then(|f| f.alpn.as_deref()),
+        }
     }
 
     /// The server name (SNI) the client asked for (`SSL_get_servername`).
     #[doc(alias = "SSL_get_servername")]
     pub fn server_name(&self) -> Option<&str> {
-        self.ssl.servername(openssl::ssl::NameType::HOST_NAME)
+        match &self.ssl {
+            Some(ssl) => ssl.servername(openssl::ssl::NameType::HOST_NAME),
+            None => self.facts().and_then(|f| f.server_name.as_deref()),
+        }
     }
 
     /// The largest application payload [`send`](Self::send) accepts: what fits one record in
@@ -882,13 +1326,17 @@ impl Session {
     /// Records the peer's address (used in logs and by the cookie callbacks).
     pub fn set_peer_addr(&mut self, peer: SocketAddr) {
         self.peer = Some(peer);
-        self.bio_mut().peer = Some(peer);
+        if self.ssl.is_some() {
+            self.bio_mut().peer = Some(peer);
+        }
     }
 
     /// Counters of this session.
     pub fn stats(&self) -> SessionStats {
         let mut stats = self.stats;
-        stats.retransmits = self.bio_ref().timeouts;
+        if self.ssl.is_some() {
+            stats.retransmits = self.bio_ref().timeouts;
+        }
         stats
     }
 
@@ -897,9 +1345,40 @@ impl Session {
         &self.config
     }
 
-    /// The underlying OpenSSL object, for queries this API does not cover.
-    pub fn ssl(&self) -> &SslRef {
-        &self.ssl
+    /// The underlying OpenSSL object, for queries this API does not cover; `None` once a
+    /// compact session handed off and freed it ([`is_compact`](Self::is_compact)).
+    pub fn ssl(&self) -> Option<&SslRef> {
+        self.ssl.as_deref()
+    }
+
+    /// Whether the connection runs on the compact record layer with its `SSL` freed
+    /// ([`SessionConfig::compact`]).
+    pub fn is_compact(&self) -> bool {
+        self.compact.is_some() && self.ssl.is_none()
+    }
+
+    /// Whether compact mode has taken over the record layer's receiving side but still keeps
+    /// the `SSL` (lingering to answer a retransmitted final flight).
+    pub fn is_lingering(&self) -> bool {
+        self.compact.as_ref().is_some_and(|c| c.linger_until.is_some())
+    }
+
+    /// The ClientHello random of this session's handshake.
+    pub(crate) fn client_random(&self) -> Option<[u8; 32]> {
+        match (&self.ssl, self.facts()) {
+            (Some(ssl), _) => {
+                let mut random = [0u8; 32];
+                (ssl.client_random(&mut random) == 32).then_some(random)
+            }
+            (None, facts) => facts.map(|f| f.client_random),
+        }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

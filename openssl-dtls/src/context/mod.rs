@@ -618,6 +618,25 @@ macro_rules! common_builder_methods {
             self
         }
 
+        /// Compact connections (opt-in, default off): after the handshake, move each
+        /// connection's record layer from OpenSSL to this library's compact AEAD record layer
+        /// and free its `SSL` (`SSL_free`), so an idle established connection costs about 1 KB
+        /// instead of ≈ 36–70 KB. See [`SessionConfig::compact`](crate::SessionConfig::compact)
+        /// and the "Compact connections" section of `SECURITY-CONSIDERATIONS.md`.
+        pub fn compact_connections(&mut self, on: bool) -> &mut Self {
+            self.common.session.compact = on;
+            self
+        }
+
+        /// How long the side that sent the handshake's last flight keeps its `SSL` in compact
+        /// mode, unless the peer's first record proves sooner that it finished
+        /// ([`SessionConfig::compact_linger`](crate::SessionConfig::compact_linger)). Default
+        /// 240 s (RFC 6347 §4.2.4); at most 1 hour.
+        pub fn compact_linger(&mut self, linger: ::std::time::Duration) -> &mut Self {
+            self.common.session.compact_linger = linger;
+            self
+        }
+
         /// Replaces all per-session limits and timers at once (checked at `build()`).
         pub fn session_config(&mut self, config: $crate::SessionConfig) -> &mut Self {
             self.common.session = config;
