@@ -187,6 +187,9 @@ pub struct EndpointStats {
     pub connections_replaced: u64,
     /// Received application datagrams dropped because a connection's receive queue was full.
     pub recv_queue_dropped: u64,
+    /// Connections handed off to the compact record layer, their `SSL` freed
+    /// ([`SessionConfig::compact`](crate::SessionConfig::compact)).
+    pub compact_handoffs: u64,
 }
 
 impl EndpointStats {
@@ -213,6 +216,8 @@ struct Peer {
     /// A new handshake from the same address, replacing `session` once established.
     replacement: Option<(ConnectionId, Box<Session>)>,
     connected_emitted: bool,
+    /// Counted in `compact_handoffs`.
+    compact_counted: bool,
     closed_emitted: bool,
     readable_signaled: bool,
     in_ready: bool,
@@ -340,6 +345,7 @@ impl Endpoint {
                 session,
                 replacement: None,
                 connected_emitted: false,
+                compact_counted: false,
                 closed_emitted: false,
                 readable_signaled: false,
                 in_ready: false,
@@ -514,6 +520,7 @@ impl Endpoint {
                     }
                     drop(old);
                     p.connected_emitted = false;
+                    p.compact_counted = false;
                     p.closed_emitted = false;
                     p.readable_signaled = false;
                     p.released = false;
@@ -544,6 +551,10 @@ impl Endpoint {
                 peer: addr,
                 id: p.id,
             });
+        }
+        if !p.compact_counted && p.session.is_compact() {
+            p.compact_counted = true;
+            self.stats.compact_handoffs += 1;
         }
         if p.session.has_received() && !p.readable_signaled {
             if p.released {
