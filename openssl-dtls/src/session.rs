@@ -318,7 +318,7 @@ impl std::fmt::Debug for Session {
 /// Spare plaintext buffers kept per session.
 const MAX_SPARE_PLAINTEXT: usize = 2;
 
-/// Early epoch-1 records kept per handshaking compact session.
+/// Early epoch-1 records kept per handshaking compact session (each at most one MTU long).
 const MAX_EARLY_RECORDS: usize = 8;
 
 /// A compact session's record layer and what it remembers of the freed `SSL`.
@@ -495,11 +495,15 @@ impl Session {
             return;
         }
         self.stats.datagrams_in += 1;
+        // Compact mode: once the compact layer exists, and during the handshake whenever the
+        // datagram carries epoch-1 application or alert records (withheld from OpenSSL). A
+        // session whose suite the compact layer cannot carry stays on OpenSSL's path.
         if self.config.compact
             && (self.compact.is_some()
-                || crate::wire::records(datagram)
-                    .flatten()
-                    .any(|r| is_compact_record(&r)))
+                || (self.state == SessionState::Handshaking
+                    && crate::wire::records(datagram)
+                        .flatten()
+                        .any(|r| is_compact_record(&r))))
         {
             if self.state != SessionState::Closed {
                 self.handle_compact_datagram(now, datagram);
@@ -987,6 +991,7 @@ impl Session {
                 self.open_record(now, &record);
             } else if self.state == SessionState::Handshaking
                 && self.early.len() < MAX_EARLY_RECORDS
+                && raw.len() <= self.config.mtu
             {
                 let mut copy = record::take_buffer();
                 copy.extend_from_slice(raw);
