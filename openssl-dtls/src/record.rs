@@ -393,7 +393,13 @@ impl RecordLayer {
             return Err(SealError::TooLong);
         }
         let seq = self.next_write_seq;
-        if seq >= MAX_SEQUENCE {
+        // The last usable sequence number is kept for the close_notify that ends the connection.
+        let last = if content_type == ContentType::ApplicationData {
+            MAX_SEQUENCE - 1
+        } else {
+            MAX_SEQUENCE
+        };
+        if seq >= last {
             return Err(SealError::SequenceExhausted);
         }
         let mut epoch_seq = seq.to_be_bytes();
@@ -834,16 +840,28 @@ mod tests {
     }
 
     #[test]
-    fn the_last_sequence_number_is_never_used() {
-        let (mut a, _) = pair(Aead::Aes128Gcm);
-        a.next_write_seq = MAX_SEQUENCE - 1;
+    fn sequence_numbers_end_with_a_reserved_one_for_close_notify() {
+        let (mut a, mut b) = pair(Aead::Aes128Gcm);
+        a.next_write_seq = MAX_SEQUENCE - 2;
         let mut wire = Vec::new();
         a.seal(ContentType::ApplicationData, b"last", &mut wire).unwrap();
+        let mut refused = Vec::new();
         assert_eq!(
-            a.seal(ContentType::ApplicationData, b"one more", &mut wire),
+            a.seal(ContentType::ApplicationData, b"one more", &mut refused),
             Err(SealError::SequenceExhausted)
         );
+        assert!(refused.is_empty(), "nothing written on refusal");
+        let mut alert = Vec::new();
+        a.seal(ContentType::Alert, &[1, 0], &mut alert).unwrap();
         assert_eq!(a.next_write_seq(), MAX_SEQUENCE);
+        assert_eq!(
+            a.seal(ContentType::Alert, &[1, 0], &mut refused),
+            Err(SealError::SequenceExhausted)
+        );
+        // Both records open: sequence numbers 2^48 − 3 and 2^48 − 2, the highest ever used.
+        assert_eq!(open_one(&mut b, &wire).unwrap().1, b"last");
+        assert_eq!(open_one(&mut b, &alert).unwrap().0, ContentType::Alert);
+        assert_eq!(&alert[5..11], &(MAX_SEQUENCE - 1).to_be_bytes()[2..]);
     }
 
     #[test]

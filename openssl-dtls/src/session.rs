@@ -1134,6 +1134,12 @@ impl Session {
                     description: plain[1],
                 });
                 record::give_buffer(plain);
+                if alert.is_none() {
+                    // An authenticated alert that is not two bytes long: RFC 5246 §7.2 makes
+                    // that a decode_error.
+                    self.send_fatal_alert(Alert::DECODE_ERROR, "malformed alert record");
+                    return;
+                }
                 match alert {
                     Some(a) if a.description == Alert::CLOSE_NOTIFY => {
                         log::debug!("peer {:?} sent close_notify", self.peer);
@@ -1148,12 +1154,25 @@ impl Session {
                         log::debug!("peer {:?} sent {a}", self.peer);
                         self.fail(Error::PeerAlert(a));
                     }
-                    Some(_) => {} // warnings (user_canceled, no_renegotiation): nothing to do
-                    None => self.stats.dropped_unauthenticated_records += 1,
+                    Some(_) | None => {} // warnings (user_canceled, ...): nothing to do
                 }
             }
             _ => record::give_buffer(plain),
         }
+    }
+
+    /// Compact mode: sends a fatal alert and fails the session with [`Error::LocalAlert`].
+    fn send_fatal_alert(&mut self, description: u8, reason: &str) {
+        let alert = Alert {
+            level: 2,
+            description,
+        };
+        let _ = self.send_compact(ContentType::Alert, &[alert.level, alert.description]);
+        log::debug!("{:?}: sent {alert}: {reason}", self.peer);
+        self.fail(Error::LocalAlert {
+            alert,
+            reason: reason.to_owned(),
+        });
     }
 
     /// Compact mode: seals one record and queues it as a datagram.
@@ -1184,8 +1203,13 @@ impl Session {
                     },
                     SealError::Cipher => Error::Ssl(ErrorStack::get()),
                 };
-                if matches!(error, Error::SequenceExhausted) {
+                if matches!(error, Error::SequenceExhausted)
+                    && content_type == ContentType::ApplicationData
+                {
+                    // Close with the sequence number kept for it, then fail: the connection
+                    // must be re-established (RFC 6347 §4.1).
                     log::warn!("{:?}: record sequence numbers used up", self.peer);
+                    self.shutdown();
                     self.fail(Error::SequenceExhausted);
                 }
                 Err(error)
