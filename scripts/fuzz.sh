@@ -13,7 +13,8 @@
 # Targets: record_preparser (wire::classify), cookie_verifier (the cookie HMACs), server_endpoint
 # (arbitrary (peer, datagram) sequences mixed with a real client's handshake: no amplification
 # before a cookie, sessions within the limits), server_session (arbitrary datagrams at a server
-# session mid-handshake and established).
+# session mid-handshake and established). Half the suite choices run with compact connections
+# on, so the compact record layer and its hand-off meet the same inputs.
 #
 # Longer runs: new inputs go to a working corpus (FUZZ_CORPUS, default fuzz/target/corpus-work,
 # kept between runs and never checked in), so repeated or long runs pick up where the last left

@@ -9,14 +9,21 @@ use std::path::Path;
 use std::time::Instant;
 
 use openssl_dtls::Endpoint;
-use openssl_dtls_fuzz::{client_ctx, endpoint_config, op, peers, server_ctx};
+use openssl_dtls_fuzz::{
+    client_ctx, compact_server_ctx, endpoint_config, is_compact_choice, op, peers, server_ctx,
+};
 
 /// Every datagram of a complete handshake with suite `suite` through an endpoint, both ways,
 /// then a datagram of data each way and the client's close_notify.
 fn handshake_datagrams(suite: u8) -> Vec<Vec<u8>> {
     let now = Instant::now();
     let addr = peers()[0];
-    let mut ep = Endpoint::server(server_ctx().clone(), endpoint_config()).unwrap();
+    let ctx = if is_compact_choice(suite) {
+        compact_server_ctx()
+    } else {
+        server_ctx()
+    };
+    let mut ep = Endpoint::server(ctx.clone(), endpoint_config()).unwrap();
     let mut client = client_ctx(suite).new_session(None, now).unwrap();
     let mut buf = vec![0u8; 65_536];
     let mut all = Vec::new();
@@ -81,7 +88,15 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
 }
 
 fn main() {
-    let suites = ["ccm8", "gcm", "chacha"];
+    // The order of `client_ctx`: three suites on OpenSSL's record layer, then compact.
+    let suites = [
+        "ccm8",
+        "gcm",
+        "chacha",
+        "compact-ccm8",
+        "compact-gcm",
+        "compact-chacha",
+    ];
     for (suite, name) in suites.iter().enumerate() {
         let datagrams = handshake_datagrams(suite as u8);
         for (i, d) in datagrams.iter().enumerate() {

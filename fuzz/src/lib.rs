@@ -44,40 +44,61 @@ fn base() -> Instant {
 /// The server context (PSK, every PSK suite of the preset).
 pub fn server_ctx() -> &'static DtlsServerContext {
     static CTX: OnceLock<DtlsServerContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        DtlsServerContext::builder()
-            .psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()))
-            .mtu(MTU)
-            .retransmit_timeout(Duration::from_millis(50), Duration::from_millis(400))
-            .handshake_timeout(Duration::from_secs(5))
-            .build()
-            .expect("server context")
-    })
+    CTX.get_or_init(|| build_server_ctx(false))
 }
 
-/// Client contexts, one per suite family (CCM8, GCM, ChaCha20 with ECDHE).
+/// The same server with compact connections on (a short linger, so fuzz runs reach it).
+pub fn compact_server_ctx() -> &'static DtlsServerContext {
+    static CTX: OnceLock<DtlsServerContext> = OnceLock::new();
+    CTX.get_or_init(|| build_server_ctx(true))
+}
+
+fn build_server_ctx(compact: bool) -> DtlsServerContext {
+    DtlsServerContext::builder()
+        .psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()))
+        .mtu(MTU)
+        .retransmit_timeout(Duration::from_millis(50), Duration::from_millis(400))
+        .handshake_timeout(Duration::from_secs(5))
+        .compact_connections(compact)
+        .compact_linger(Duration::from_millis(500))
+        .build()
+        .expect("server context")
+}
+
+/// Client contexts, one per suite family (CCM8, GCM, ChaCha20 with ECDHE), first with OpenSSL's
+/// record layer, then with compact connections ([`is_compact_choice`]).
 pub fn client_ctx(which: u8) -> &'static DtlsClientContext {
     static CTX: OnceLock<Vec<DtlsClientContext>> = OnceLock::new();
     let all = CTX.get_or_init(|| {
-        [
-            "PSK-AES128-CCM8",
-            "PSK-AES128-GCM-SHA256",
-            "ECDHE-PSK-CHACHA20-POLY1305",
-        ]
-        .into_iter()
-        .map(|cipher| {
-            DtlsClientContext::builder()
-                .psk_credentials(PskCredentials::new(IDENTITY, KEY))
-                .ciphers(cipher)
-                .mtu(MTU)
-                .retransmit_timeout(Duration::from_millis(50), Duration::from_millis(400))
-                .handshake_timeout(Duration::from_secs(5))
-                .build()
-                .expect("client context")
-        })
-        .collect()
+        [false, true]
+            .into_iter()
+            .flat_map(|compact| {
+                [
+                    "PSK-AES128-CCM8",
+                    "PSK-AES128-GCM-SHA256",
+                    "ECDHE-PSK-CHACHA20-POLY1305",
+                ]
+                .into_iter()
+                .map(move |cipher| {
+                    DtlsClientContext::builder()
+                        .psk_credentials(PskCredentials::new(IDENTITY, KEY))
+                        .ciphers(cipher)
+                        .mtu(MTU)
+                        .retransmit_timeout(Duration::from_millis(50), Duration::from_millis(400))
+                        .handshake_timeout(Duration::from_secs(5))
+                        .compact_connections(compact)
+                        .build()
+                        .expect("client context")
+                })
+            })
+            .collect()
     });
     &all[usize::from(which) % all.len()]
+}
+
+/// Whether [`client_ctx`]`(which)` has compact connections on.
+pub fn is_compact_choice(which: u8) -> bool {
+    usize::from(which) % 6 >= 3
 }
 
 /// A cursor over the fuzz input; reads past the end give zeros and empty slices.
@@ -324,13 +345,22 @@ impl EndpointRun {
 /// Target `server_endpoint`. Input: the client's suite, then operations (see [`op`]).
 pub fn server_endpoint(data: &[u8]) {
     let mut input = Input::new(data);
-    let ctx = client_ctx(input.u8());
+    let which = input.u8();
+    let ctx = client_ctx(which);
     let now = base();
     let peers = peers();
     let mut client = ctx.new_session(None, now).expect("client session");
     client.set_peer_addr("192.0.2.1:5684".parse().unwrap());
     let mut run = EndpointRun {
-        ep: Endpoint::server(server_ctx().clone(), endpoint_config()).expect("endpoint"),
+        ep: Endpoint::server(
+            if is_compact_choice(which) {
+                compact_server_ctx().clone()
+            } else {
+                server_ctx().clone()
+            },
+            endpoint_config(),
+        )
+        .expect("endpoint"),
         now,
         client,
         client_addr: peers[0],
@@ -443,9 +473,15 @@ pub fn server_endpoint(data: &[u8]) {
 /// peer byte is ignored: everything goes to the one server session).
 pub fn server_session(data: &[u8]) {
     let mut input = Input::new(data);
-    let ctx = client_ctx(input.u8());
+    let which = input.u8();
+    let ctx = client_ctx(which);
     let mut now = base();
-    let mut server = server_ctx().new_session(now).expect("server session");
+    let server_ctx = if is_compact_choice(which) {
+        compact_server_ctx()
+    } else {
+        server_ctx()
+    };
+    let mut server = server_ctx.new_session(now).expect("server session");
     let mut client = ctx.new_session(None, now).expect("client session");
     let mut buf = vec![0u8; 65_536];
     let mut to_client: Vec<Vec<u8>> = Vec::new();

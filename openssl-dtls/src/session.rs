@@ -20,6 +20,16 @@
 //! Errors are sticky: once a session has failed, no `SSL_*` call is made on it again and every
 //! call returns the same error. The OpenSSL error queue is cleared before every `SSL_*` call and
 //! drained after it.
+//!
+//! With [`SessionConfig::compact`] the session moves to the compact record layer once the
+//! handshake completes and frees its `SSL` ([`is_compact`](Session::is_compact)): the side
+//! that received the handshake's last flight at once, the side that sent it after the peer's
+//! first authenticated record or [`SessionConfig::compact_linger`]. From the end of the
+//! handshake on, application and alert records are opened by the compact layer only (OpenSSL
+//! never decrypts application data in this mode), and after the hand-off the compact layer
+//! seals them too, continuing the write sequence after the last record OpenSSL wrote. The
+//! handshake's facts ([`cipher`](Session::cipher), [`psk_identity`](Session::psk_identity),
+//! ...) stay readable; [`ssl`](Session::ssl) returns `None`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
