@@ -1,18 +1,35 @@
 //! Compact connections (`SessionConfig::compact`): the hand-off from OpenSSL's record layer to
 //! the compact one, in process through a seeded link.
+//!
+//! Every test watches the wire: each datagram either session emits is parsed by an independent
+//! record parser here, and no epoch-1 `(direction, epoch, sequence)` — nor, for GCM and CCM, no
+//! explicit nonce — may ever carry two different records (that would be AEAD nonce reuse across
+//! the hand-off from OpenSSL's sequence numbers to the compact layer's).
 
 mod support;
 
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openssl::ssl::{Ssl, SslContext, SslContextBuilder, SslMethod};
-use openssl_dtls::{Session, SessionConfig};
-use support::{handshake, run_until, Link};
+use openssl::ssl::{
+    Ssl, SslContext, SslContextBuilder, SslMethod, SslSession, SslSessionCacheMode,
+};
+use openssl_dtls::{Error, Session, SessionConfig, SessionStats};
+use support::{handshake, run_until, run_until_tapped, Dir, Faults, Link, Rng};
 
 const IDENTITY: &[u8] = b"Client_identity";
 const KEY: &[u8] = b"secretPSK";
 
-fn psk_contexts(cipher: &str) -> (SslContext, SslContext) {
+const CCS: u8 = 20;
+const ALERT: u8 = 21;
+const HANDSHAKE: u8 = 22;
+const APPLICATION_DATA: u8 = 23;
+
+fn psk_builders(cipher: &str) -> (SslContextBuilder, SslContextBuilder) {
     let list = format!("{cipher}:@SECLEVEL=0");
     let mut c = SslContextBuilder::new(SslMethod::dtls_client()).unwrap();
     c.set_cipher_list(&list).unwrap();
@@ -28,6 +45,11 @@ fn psk_contexts(cipher: &str) -> (SslContext, SslContext) {
         psk[..KEY.len()].copy_from_slice(KEY);
         Ok(KEY.len())
     });
+    (c, s)
+}
+
+fn psk_contexts(cipher: &str) -> (SslContext, SslContext) {
+    let (c, s) = psk_builders(cipher);
     (c.build(), s.build())
 }
 
@@ -49,22 +71,296 @@ fn pair(cipher: &str, config: &SessionConfig) -> (Session, Session) {
     (c, s)
 }
 
-fn deliver(from_client: bool, msg: &[u8], c: &mut Session, s: &mut Session, link: &mut Link) -> Vec<u8> {
-    if from_client { c.send(msg).unwrap() } else { s.send(msg).unwrap() }
-    let mut got = Vec::new();
-    let ok = run_until(c, s, link, Duration::from_secs(5), |c, s| {
-        let rx = if from_client { s } else { c };
-        let mut buf = vec![0u8; 20_000];
-        if let Ok(Some(n)) = rx.recv(&mut buf) {
-            got = buf[..n].to_vec();
-            true
-        } else {
-            false
-        }
-    });
-    assert!(ok, "message not delivered");
-    got
+// ---------------------------------------------------------------------------------------------
+// The wire, as an observer sees it
+// ---------------------------------------------------------------------------------------------
+
+/// One DTLS record, parsed here independently of the library.
+#[derive(Debug, Clone, Copy)]
+struct Rec<'a> {
+    ty: u8,
+    epoch: u16,
+    seq: u64,
+    /// Header and fragment.
+    bytes: &'a [u8],
+    fragment: &'a [u8],
 }
+
+/// The records of a datagram, or `None` if its framing is invalid (unknown content type or
+/// version, a length past the end, a partial header): what the endpoint's pre-parser drops.
+fn parse_records(mut d: &[u8]) -> Option<Vec<Rec<'_>>> {
+    let mut out = Vec::new();
+    while !d.is_empty() {
+        if d.len() < 13 || !(CCS..=APPLICATION_DATA).contains(&d[0]) {
+            return None;
+        }
+        if d[1..3] != [0xfe, 0xfd] && d[1..3] != [0xfe, 0xff] {
+            return None;
+        }
+        let epoch = u16::from_be_bytes([d[3], d[4]]);
+        let seq = u64::from_be_bytes([0, 0, d[5], d[6], d[7], d[8], d[9], d[10]]);
+        let len = usize::from(u16::from_be_bytes([d[11], d[12]]));
+        if d.len() < 13 + len {
+            return None;
+        }
+        out.push(Rec {
+            ty: d[0],
+            epoch,
+            seq,
+            bytes: &d[..13 + len],
+            fragment: &d[13..13 + len],
+        });
+        d = &d[13 + len..];
+    }
+    Some(out)
+}
+
+fn records(d: &[u8]) -> Vec<Rec<'_>> {
+    parse_records(d).unwrap_or_else(|| panic!("malformed datagram on the wire: {d:02x?}"))
+}
+
+/// The datagram carries the sender's final flight: a ChangeCipherSpec or an epoch-1 handshake
+/// record (Finished).
+fn is_final_flight(d: &[u8]) -> bool {
+    records(d)
+        .iter()
+        .any(|r| r.ty == CCS || (r.ty == HANDSHAKE && r.epoch == 1))
+}
+
+fn is_application_data(d: &[u8]) -> bool {
+    records(d).iter().any(|r| r.ty == APPLICATION_DATA)
+}
+
+/// Every protected record seen on the wire, per direction, checked for nonce reuse.
+#[derive(Debug, Default)]
+struct Wire {
+    label: String,
+    explicit_nonce: bool,
+    by_seq: HashMap<(usize, u16, u64), Vec<u8>>,
+    by_nonce: HashMap<(usize, [u8; 8]), Vec<u8>>,
+    /// Protected records observed, per direction (`Dir as usize`).
+    protected: [usize; 2],
+    /// Highest epoch-1 sequence number seen per direction.
+    top_seq: [Option<u64>; 2],
+    violations: Vec<String>,
+}
+
+impl Wire {
+    fn new(label: impl Into<String>, cipher: &str) -> Wire {
+        Wire {
+            label: label.into(),
+            explicit_nonce: cipher.contains("GCM") || cipher.contains("CCM"),
+            ..Wire::default()
+        }
+    }
+
+    fn observe(&mut self, dir: Dir, d: &[u8]) {
+        let Some(recs) = parse_records(d) else {
+            self.violations.push(format!(
+                "{}: {dir:?}: malformed datagram {d:02x?}",
+                self.label
+            ));
+            return;
+        };
+        let side = dir as usize;
+        for r in recs.iter().filter(|r| r.epoch >= 1) {
+            self.protected[side] += 1;
+            self.top_seq[side] = Some(self.top_seq[side].map_or(r.seq, |t| t.max(r.seq)));
+            match self.by_seq.get(&(side, r.epoch, r.seq)) {
+                Some(old) if old != r.bytes => self.violations.push(format!(
+                    "{}: {dir:?}: epoch {} sequence {} sent twice with different records \
+                     (type {} then {}): nonce reuse",
+                    self.label, r.epoch, r.seq, old[0], r.ty
+                )),
+                Some(_) => {}
+                None => {
+                    self.by_seq.insert((side, r.epoch, r.seq), r.bytes.to_vec());
+                }
+            }
+            if self.explicit_nonce {
+                let Some(nonce) = r.fragment.get(..8) else {
+                    self.violations.push(format!(
+                        "{}: {dir:?}: protected record shorter than its explicit nonce",
+                        self.label
+                    ));
+                    continue;
+                };
+                let nonce: [u8; 8] = nonce.try_into().unwrap();
+                match self.by_nonce.get(&(side, nonce)) {
+                    Some(old) if old != r.fragment => self.violations.push(format!(
+                        "{}: {dir:?}: explicit nonce {nonce:02x?} reused for a different record \
+                         (epoch {} sequence {})",
+                        self.label, r.epoch, r.seq
+                    )),
+                    Some(_) => {}
+                    None => {
+                        self.by_nonce.insert((side, nonce), r.fragment.to_vec());
+                    }
+                }
+            }
+        }
+    }
+
+    fn assert_clean(&self) {
+        assert!(self.violations.is_empty(), "{:#?}", self.violations);
+    }
+}
+
+/// What the test's tap does with one datagram a session emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Onto the link.
+    Pass,
+    /// Lost.
+    Drop,
+    /// Kept aside in [`Net::withheld`] (delayed indefinitely: the test may deliver it later).
+    Withhold,
+    /// Onto the link twice.
+    Duplicate,
+}
+
+type Filter = Box<dyn FnMut(Dir, &[u8]) -> Verdict>;
+
+/// A link with a watching, optionally meddling tap in front of it.
+struct Net {
+    link: Link,
+    wire: Wire,
+    filter: Option<Filter>,
+    withheld: Vec<(Dir, Vec<u8>)>,
+    /// Every datagram the sessions emitted, in order.
+    log: Vec<(Dir, Vec<u8>)>,
+}
+
+impl Net {
+    fn new(link: Link, wire: Wire) -> Net {
+        Net {
+            link,
+            wire,
+            filter: None,
+            withheld: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn perfect(label: &str, cipher: &str) -> Net {
+        Net::new(Link::perfect(), Wire::new(label, cipher))
+    }
+
+    fn run(
+        &mut self,
+        c: &mut Session,
+        s: &mut Session,
+        deadline: Duration,
+        done: impl FnMut(&mut Session, &mut Session) -> bool,
+    ) -> bool {
+        let Net {
+            link,
+            wire,
+            filter,
+            withheld,
+            log,
+        } = self;
+        run_until_tapped(
+            c,
+            s,
+            link,
+            deadline,
+            |link, dir, d| {
+                wire.observe(dir, d);
+                log.push((dir, d.to_vec()));
+                match filter.as_mut().map_or(Verdict::Pass, |f| f(dir, d)) {
+                    Verdict::Pass => link.send(dir, d),
+                    Verdict::Drop => {}
+                    Verdict::Withhold => withheld.push((dir, d.to_vec())),
+                    Verdict::Duplicate => {
+                        link.send(dir, d);
+                        link.send(dir, d);
+                    }
+                }
+            },
+            done,
+        )
+    }
+
+    /// Everything `session` has to send, observed but not delivered.
+    fn drain(&mut self, session: &mut Session, dir: Dir) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        while let Some(n) = session.poll_transmit(&mut buf) {
+            self.wire.observe(dir, &buf[..n]);
+            self.log.push((dir, buf[..n].to_vec()));
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+
+    /// Sends `msg` one way and runs until it arrives; returns what arrived.
+    fn deliver(
+        &mut self,
+        from_client: bool,
+        msg: &[u8],
+        c: &mut Session,
+        s: &mut Session,
+    ) -> Vec<u8> {
+        let sender = if from_client { &mut *c } else { &mut *s };
+        sender.send(msg).unwrap();
+        let mut got = Vec::new();
+        let ok = self.run(c, s, Duration::from_secs(5), |c, s| {
+            let rx = if from_client { s } else { c };
+            let mut buf = vec![0u8; 20_000];
+            if let Ok(Some(n)) = rx.recv(&mut buf) {
+                got = buf[..n].to_vec();
+                true
+            } else {
+                false
+            }
+        });
+        assert!(ok, "{}: message not delivered", self.wire.label);
+        got
+    }
+}
+
+fn recv_all(session: &mut Session) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 20_000];
+    while let Ok(Some(n)) = session.recv(&mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+/// All drop counters of the compact layer, summed.
+fn drops(stats: &SessionStats) -> u64 {
+    stats.dropped_replayed_records
+        + stats.dropped_unauthenticated_records
+        + stats.dropped_handshake_records
+        + stats.dropped_short_records
+}
+
+/// Application data in both directions, then checks both sides are compact.
+fn assert_flows(net: &mut Net, c: &mut Session, s: &mut Session, tag: &str) {
+    for (from_client, what) in [
+        (true, "c->s"),
+        (false, "s->c"),
+        (true, "c->s 2"),
+        (false, "s->c 2"),
+    ] {
+        let msg = format!("{tag}: {what}");
+        assert_eq!(
+            net.deliver(from_client, msg.as_bytes(), c, s),
+            msg.as_bytes()
+        );
+    }
+    assert!(
+        c.is_compact() && s.is_compact(),
+        "{tag}: both sides handed off"
+    );
+    assert!(c.error().is_none() && s.error().is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Basics
+// ---------------------------------------------------------------------------------------------
 
 #[test]
 fn every_aead_suite_hands_off_and_carries_data_both_ways() {
@@ -79,23 +375,340 @@ fn every_aead_suite_hands_off_and_carries_data_both_ways() {
         "ECDHE-PSK-CHACHA20-POLY1305",
     ] {
         let (mut c, mut s) = pair(cipher, &compact_config());
-        let mut link = Link::perfect();
-        assert!(handshake(&mut c, &mut s, &mut link, Duration::from_secs(5)), "{cipher}");
-        assert!(c.is_compact(), "{cipher}: the client received the last flight");
-        assert!(s.is_lingering() && !s.is_compact(), "{cipher}: the server sent it");
-        assert_eq!(c.cipher(), Some(cipher));
-        assert_eq!(c.psk_identity(), None.or(c.psk_identity()));
+        let mut net = Net::perfect(cipher, cipher);
+        assert!(
+            net.run(&mut c, &mut s, Duration::from_secs(5), |c, s| c
+                .is_established()
+                && s.is_established()),
+            "{cipher}"
+        );
+        assert!(
+            c.is_compact() && c.ssl().is_none(),
+            "{cipher}: the client received the last flight"
+        );
+        assert!(
+            s.is_lingering() && !s.is_compact() && s.ssl().is_some(),
+            "{cipher}: the server sent it"
+        );
+        assert_eq!(
+            c.cipher(),
+            Some(cipher),
+            "the handshake's facts outlive the SSL"
+        );
+        assert_eq!(s.cipher(), Some(cipher));
+        assert_eq!(s.psk_identity(), Some(IDENTITY));
+        assert_eq!(c.protocol_version(), Some("DTLSv1.2"));
         // Server → client while the server still lingers (OpenSSL writes).
-        assert_eq!(deliver(false, b"from the lingering server", &mut c, &mut s, &mut link), b"from the lingering server");
-        assert_eq!(deliver(true, b"hello", &mut c, &mut s, &mut link), b"hello");
-        assert!(s.is_compact(), "{cipher}: the client's first record ends the linger");
+        assert_eq!(
+            net.deliver(false, b"from the lingering server", &mut c, &mut s),
+            b"from the lingering server"
+        );
+        assert!(
+            s.is_lingering(),
+            "{cipher}: its own records do not end the linger"
+        );
+        assert_eq!(net.deliver(true, b"hello", &mut c, &mut s), b"hello");
+        assert!(
+            s.is_compact() && !s.is_lingering(),
+            "{cipher}: the client's first record ends the linger"
+        );
+        assert_eq!(
+            s.psk_identity(),
+            Some(IDENTITY),
+            "facts kept at the hand-off"
+        );
         let max = c.data_mtu();
         for len in [1, max / 2, max] {
             let msg: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            assert_eq!(deliver(true, &msg, &mut c, &mut s, &mut link), msg, "{cipher} {len}");
-            assert_eq!(deliver(false, &msg, &mut c, &mut s, &mut link), msg, "{cipher} {len}");
+            assert_eq!(
+                net.deliver(true, &msg, &mut c, &mut s),
+                msg,
+                "{cipher} {len}"
+            );
+            assert_eq!(
+                net.deliver(false, &msg, &mut c, &mut s),
+                msg,
+                "{cipher} {len}"
+            );
         }
+        assert!(
+            c.send(&vec![0u8; max + 1]).is_err(),
+            "{cipher}: over the data MTU"
+        );
+        assert_eq!(
+            drops(&c.stats()) + drops(&s.stats()),
+            0,
+            "{cipher}: nothing dropped on a perfect link"
+        );
+        assert_eq!((c.stats().app_out, s.stats().app_in), (4, 4));
+        assert_eq!((s.stats().app_out, c.stats().app_in), (4, 4));
         c.close();
-        assert!(run_until(&mut c, &mut s, &mut link, Duration::from_secs(5), |_, s| s.closed_by_peer()));
+        assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |_, s| s
+            .closed_by_peer()));
+        net.wire.assert_clean();
+        assert!(net.wire.protected[0] > 0 && net.wire.protected[1] > 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hand-off hazards
+// ---------------------------------------------------------------------------------------------
+
+/// Which transmission of one side's final flight a datagram belongs to, by the sequence numbers
+/// of its ChangeCipherSpec and epoch-1 Finished records (each retransmission takes new ones).
+#[derive(Debug, Default)]
+struct Flights {
+    ccs: Vec<u64>,
+    finished: Vec<u64>,
+}
+
+impl Flights {
+    /// The transmission (0 = first) of the flight `d` carries, if it carries one.
+    fn rank(&mut self, d: &[u8]) -> Option<usize> {
+        let mut rank = None;
+        for r in records(d) {
+            let list = match (r.ty, r.epoch) {
+                (CCS, _) => &mut self.ccs,
+                (HANDSHAKE, 1) => &mut self.finished,
+                _ => continue,
+            };
+            let i = list.iter().position(|&s| s == r.seq).unwrap_or_else(|| {
+                list.push(r.seq);
+                list.len() - 1
+            });
+            rank = Some(rank.map_or(i, |x: usize| x.min(i)));
+        }
+        rank
+    }
+
+    fn transmissions(&self) -> usize {
+        self.finished.len()
+    }
+}
+
+const HAZARD_SUITES: [&str; 3] = [
+    "PSK-AES128-CCM8",
+    "PSK-AES128-GCM-SHA256",
+    "ECDHE-PSK-CHACHA20-POLY1305",
+];
+
+/// A filter that drops the first `lost` transmissions of `dir`'s final flight and tracks them.
+fn lose_final_flights(dir: Dir, lost: usize) -> (Filter, Rc<RefCell<Flights>>) {
+    let flights = Rc::new(RefCell::new(Flights::default()));
+    let tracker = flights.clone();
+    let filter = Box::new(move |d: Dir, datagram: &[u8]| {
+        if d == dir && tracker.borrow_mut().rank(datagram).is_some_and(|r| r < lost) {
+            Verdict::Drop
+        } else {
+            Verdict::Pass
+        }
+    });
+    (filter, flights)
+}
+
+#[test]
+fn a_lost_final_flight_is_retransmitted_by_the_lingering_server_and_the_client_completes() {
+    for cipher in HAZARD_SUITES {
+        for lost in [1, 2] {
+            let label = format!("{cipher}, {lost} server flight(s) lost");
+            let (mut c, mut s) = pair(cipher, &compact_config());
+            let mut net = Net::perfect(&label, cipher);
+            let (filter, server_flights) = lose_final_flights(Dir::ToClient, lost);
+            net.filter = Some(filter);
+            assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |_, s| s.is_established()), "{label}");
+            assert!(s.is_lingering(), "{label}: the server sent the last flight");
+            assert!(!c.is_established(), "{label}: its flight was lost");
+            assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |c, _| c.is_established()), "{label}");
+            assert!(c.is_compact(), "{label}: the client hands off at once");
+            assert!(s.is_lingering(), "{label}: no record from the client yet");
+            assert!(c.stats().retransmits >= lost as u32, "{label}: the client's timer fired");
+            assert_eq!(
+                server_flights.borrow().transmissions(),
+                lost + 1,
+                "{label}: the lingering server sent its flight again for each retransmission"
+            );
+            assert_flows(&mut net, &mut c, &mut s, &label);
+            net.wire.assert_clean();
+        }
+    }
+}
+
+#[test]
+fn data_from_the_lingering_server_before_the_client_completes_is_delivered_once_and_replays_are_rejected() {
+    for cipher in HAZARD_SUITES {
+        let (mut c, mut s) = pair(cipher, &compact_config());
+        let mut net = Net::perfect(cipher, cipher);
+        let (mut lose, _) = lose_final_flights(Dir::ToClient, 1);
+        // The server's first final flight is lost; its application data arrives twice.
+        net.filter = Some(Box::new(move |dir, d| match lose(dir, d) {
+            Verdict::Pass if dir == Dir::ToClient && is_application_data(d) => Verdict::Duplicate,
+            v => v,
+        }));
+        assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |_, s| s.is_established()));
+        let early: Vec<Vec<u8>> = (0..3).map(|i| format!("{cipher}: early {i}").into_bytes()).collect();
+        for m in &early {
+            s.send(m).unwrap(); // through the lingering SSL
+        }
+        // The early records reach the handshaking client and wait in its early buffer.
+        assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |c, _| c.stats().datagrams_in >= 4 + 6 || c.is_established()));
+        assert!(!c.is_established() || c.is_compact());
+        assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |c, _| c.is_established()), "{cipher}");
+        assert!(c.is_compact() && s.is_lingering());
+        assert_eq!(recv_all(&mut c), early, "{cipher}: each early message exactly once, in order");
+        assert_eq!(c.stats().app_in, 3);
+        assert_eq!(c.stats().dropped_replayed_records, 3, "{cipher}: the duplicates");
+        // Replayed after the hand-off: rejected by the window, never delivered again.
+        let early_datagrams: Vec<Vec<u8>> = net
+            .log
+            .iter()
+            .filter(|(dir, d)| *dir == Dir::ToClient && is_application_data(d))
+            .map(|(_, d)| d.clone())
+            .collect();
+        assert_eq!(early_datagrams.len(), 3);
+        for d in &early_datagrams {
+            c.handle_datagram(Instant::now(), d);
+        }
+        assert!(recv_all(&mut c).is_empty());
+        assert!(!c.has_transmit());
+        assert_eq!(c.stats().dropped_replayed_records, 6);
+        assert_eq!(c.stats().app_in, 3);
+        net.filter = None;
+        assert_flows(&mut net, &mut c, &mut s, cipher);
+        // And once more after the server handed off too.
+        for d in &early_datagrams {
+            c.handle_datagram(Instant::now(), d);
+        }
+        assert!(recv_all(&mut c).is_empty());
+        assert_eq!(c.stats().dropped_replayed_records, 9);
+        assert_eq!(c.stats().app_in, 5);
+        net.wire.assert_clean();
+    }
+}
+
+#[test]
+fn the_early_buffer_keeps_eight_records_and_counts_the_rest() {
+    let cipher = "PSK-AES128-CCM8";
+    let (mut c, mut s) = pair(cipher, &compact_config());
+    let mut net = Net::perfect(cipher, cipher);
+    let (filter, _) = lose_final_flights(Dir::ToClient, 1);
+    net.filter = Some(filter);
+    assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |_, s| s.is_established()));
+    let early: Vec<Vec<u8>> = (0..10).map(|i| format!("early {i}").into_bytes()).collect();
+    for m in &early {
+        s.send(m).unwrap();
+    }
+    assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |c, _| c.is_established()));
+    assert_eq!(recv_all(&mut c), early[..8].to_vec(), "the first eight, once each");
+    assert!(c.stats().dropped_handshake_records >= 2, "{:?}", c.stats());
+    assert_flows(&mut net, &mut c, &mut s, cipher);
+    net.wire.assert_clean();
+}
+
+#[test]
+fn a_retransmitted_client_finished_is_answered_while_lingering_and_dropped_after_the_hand_off() {
+    for cipher in HAZARD_SUITES {
+        let (mut c, mut s) = pair(cipher, &compact_config());
+        let mut net = Net::perfect(cipher, cipher);
+        // The server's first flight is lost; the client's first two retransmissions are delayed
+        // (withheld) and its third gets through.
+        let (mut lose, _) = lose_final_flights(Dir::ToClient, 1);
+        let mut client_flights = Flights::default();
+        net.filter = Some(Box::new(move |dir, d| {
+            if dir == Dir::ToServer && matches!(client_flights.rank(d), Some(1 | 2)) {
+                Verdict::Withhold
+            } else {
+                lose(dir, d)
+            }
+        }));
+        assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |c, s| c.is_established() && s.is_established()), "{cipher}");
+        assert!(c.is_compact() && s.is_lingering());
+        let held: Vec<Vec<u8>> = net.withheld.drain(..).map(|(_, d)| d).collect();
+        assert_eq!(held.len(), 2, "{cipher}: two delayed retransmissions, one datagram each");
+
+        // 1. The original final flight, replayed verbatim while the server lingers: the
+        //    connection is intact whatever OpenSSL's replay check makes of it.
+        let original = net
+            .log
+            .iter()
+            .find(|(dir, d)| *dir == Dir::ToServer && is_final_flight(d))
+            .map(|(_, d)| d.clone())
+            .unwrap();
+        s.handle_datagram(Instant::now(), &original);
+        let answer = net.drain(&mut s, Dir::ToClient);
+        assert!(s.is_lingering() && s.is_established() && s.error().is_none(), "{cipher}");
+        for d in &answer {
+            c.handle_datagram(Instant::now(), d);
+        }
+
+        // 2. A genuine (never seen) retransmission while the server lingers: OpenSSL answers
+        //    with its flight again.
+        let before = s.stats();
+        s.handle_datagram(Instant::now(), &held[0]);
+        let answer = net.drain(&mut s, Dir::ToClient);
+        assert!(answer.iter().any(|d| is_final_flight(d)), "{cipher}: the lingering server answers with its final flight");
+        assert!(s.is_lingering() && s.is_established() && s.error().is_none(), "{cipher}");
+        assert_eq!(drops(&s.stats()), drops(&before), "{cipher}: nothing dropped while lingering");
+        // The compact client drops that flight and counts it; it sends nothing back.
+        let before = c.stats().dropped_handshake_records;
+        for d in &answer {
+            c.handle_datagram(Instant::now(), d);
+        }
+        assert!(c.stats().dropped_handshake_records > before, "{cipher}");
+        assert!(!c.has_transmit() && c.is_established());
+
+        // Data through the lingering SSL (after its retransmitted Finished), then the client's
+        // first record ends the linger.
+        assert_eq!(net.deliver(false, b"lingering", &mut c, &mut s), b"lingering");
+        assert_eq!(net.deliver(true, b"ends the linger", &mut c, &mut s), b"ends the linger");
+        assert!(s.is_compact(), "{cipher}");
+
+        // 3. The other delayed retransmission and the original flight after the hand-off:
+        //    dropped, every record counted, nothing sent, the connection intact.
+        for d in [&held[1], &original] {
+            let before = s.stats();
+            s.handle_datagram(Instant::now(), d);
+            assert_eq!(
+                s.stats().dropped_handshake_records - before.dropped_handshake_records,
+                records(d).len() as u64,
+                "{cipher}"
+            );
+            assert!(!s.has_transmit(), "{cipher}: a compact server never answers a final flight");
+            assert!(recv_all(&mut s).is_empty());
+        }
+        assert_flows(&mut net, &mut c, &mut s, cipher);
+        net.wire.assert_clean();
+    }
+}
+
+#[test]
+fn the_linger_ends_at_its_deadline_when_the_client_never_sends() {
+    for cipher in HAZARD_SUITES {
+        let mut config = compact_config();
+        config.compact_linger = Duration::from_millis(200);
+        let (mut c, mut s) = pair(cipher, &config);
+        let mut net = Net::perfect(cipher, cipher);
+        let t0 = Instant::now();
+        assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |c, s| c.is_established() && s.is_established()));
+        let t1 = Instant::now();
+        assert!(s.is_lingering() && c.is_compact());
+        assert_eq!(c.poll_timeout(), None, "{cipher}: a compact client has no timer");
+        let deadline = s.poll_timeout().expect("the linger deadline");
+        assert!(
+            deadline >= t0 + config.compact_linger && deadline <= t1 + config.compact_linger,
+            "{cipher}: poll_timeout reports the linger deadline"
+        );
+        // Nothing from the client: the deadline alone ends the linger.
+        s.handle_timeout(deadline - Duration::from_millis(1));
+        assert!(s.is_lingering(), "{cipher}: not before the deadline");
+        s.handle_timeout(deadline);
+        assert!(s.is_compact() && !s.is_lingering() && s.ssl().is_none(), "{cipher}");
+        assert_eq!(s.poll_timeout(), None, "{cipher}: no timer left");
+        assert!(!s.has_transmit());
+        assert_eq!(s.stats().datagrams_in, c.stats().datagrams_out);
+        // Data flows both ways, the server now sealing on the compact layer.
+        for (from_client, msg) in [(false, "s->c"), (true, "c->s"), (false, "s->c again")] {
+            assert_eq!(net.deliver(from_client, msg.as_bytes(), &mut c, &mut s), msg.as_bytes());
+        }
+        net.wire.assert_clean();
     }
 }

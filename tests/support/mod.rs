@@ -151,6 +151,27 @@ pub fn run_until(
     server: &mut Session,
     link: &mut Link,
     deadline: Duration,
+    done: impl FnMut(&mut Session, &mut Session) -> bool,
+) -> bool {
+    run_until_tapped(
+        client,
+        server,
+        link,
+        deadline,
+        |link, dir, d| link.send(dir, d),
+        done,
+    )
+}
+
+/// [`run_until`] with a tap between the sessions and the link: every datagram a session emits is
+/// passed to `tap` (instead of straight to `link.send`), which may record it, alter it, drop it
+/// or send it on (`link.send`), once or more.
+pub fn run_until_tapped(
+    client: &mut Session,
+    server: &mut Session,
+    link: &mut Link,
+    deadline: Duration,
+    mut tap: impl FnMut(&mut Link, Dir, &[u8]),
     mut done: impl FnMut(&mut Session, &mut Session) -> bool,
 ) -> bool {
     let end = Instant::now() + deadline;
@@ -159,11 +180,11 @@ pub fn run_until(
         let now = Instant::now();
         let mut moved = false;
         while let Some(n) = client.poll_transmit(&mut buf) {
-            link.send(Dir::ToServer, &buf[..n]);
+            tap(link, Dir::ToServer, &buf[..n]);
             moved = true;
         }
         while let Some(n) = server.poll_transmit(&mut buf) {
-            link.send(Dir::ToClient, &buf[..n]);
+            tap(link, Dir::ToClient, &buf[..n]);
             moved = true;
         }
         if !moved {
