@@ -80,6 +80,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         RUST_ALLOCS.fetch_add(1, Relaxed);
         RUST_LIVE.fetch_add(layout.size() as i64, Relaxed);
+        hist(layout.size(), 1);
         trace_alloc(layout.size());
         // SAFETY: same contract as ours.
         unsafe { System.alloc(layout) }
@@ -87,18 +88,22 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         RUST_ALLOCS.fetch_add(1, Relaxed);
         RUST_LIVE.fetch_add(layout.size() as i64, Relaxed);
+        hist(layout.size(), 1);
         trace_alloc(layout.size());
         // SAFETY: same contract as ours.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         RUST_LIVE.fetch_sub(layout.size() as i64, Relaxed);
+        hist(layout.size(), -1);
         // SAFETY: same contract as ours.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         RUST_ALLOCS.fetch_add(1, Relaxed);
         RUST_LIVE.fetch_add(new_size as i64 - layout.size() as i64, Relaxed);
+        hist(layout.size(), -1);
+        hist(new_size, 1);
         trace_alloc(new_size);
         // SAFETY: same contract as ours.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -107,6 +112,39 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+/// Live Rust heap blocks by requested size (index = bytes; the last bucket = larger), kept only
+/// while `HIST` is on: what one compact connection holds, block by block.
+static HIST: AtomicBool = AtomicBool::new(false);
+const HIST_MAX: usize = 1024;
+static SIZE_HIST: [AtomicI64; HIST_MAX + 1] = [const { AtomicI64::new(0) }; HIST_MAX + 1];
+
+fn hist(size: usize, delta: i64) {
+    if HIST.load(Relaxed) {
+        SIZE_HIST[size.min(HIST_MAX)].fetch_add(delta, Relaxed);
+    }
+}
+
+/// The live-block histogram's sizes held per connection (blocks / `n` ≥ 0.05), largest share
+/// first, as "bytes × blocks per connection".
+fn hist_report(n: usize) -> String {
+    let mut rows: Vec<(usize, f64)> = (0..=HIST_MAX)
+        .map(|i| (i, SIZE_HIST[i].load(Relaxed) as f64 / n as f64))
+        .filter(|&(_, per)| per.abs() >= 0.05)
+        .collect();
+    rows.sort_by(|a, b| (b.0 as f64 * b.1).total_cmp(&(a.0 as f64 * a.1)));
+    rows.iter()
+        .map(|(size, per)| {
+            let size = if *size == HIST_MAX {
+                format!(">{HIST_MAX} B")
+            } else {
+                format!("{size} B")
+            };
+            format!("{size} x {per:.2}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 static OSSL_ALLOCS: AtomicU64 = AtomicU64::new(0);
 static OSSL_LIVE: AtomicI64 = AtomicI64::new(0);
@@ -291,6 +329,10 @@ struct Sizes {
     idle: Vec<usize>,
     idle_secs: u64,
     idle_settle: u64,
+    compact_mem: Vec<usize>,
+    knobs_mem: usize,
+    rec_n: usize,
+    rec_reps: usize,
     only: Option<String>,
 }
 
@@ -328,6 +370,10 @@ impl Sizes {
             idle: env_list("BENCH_IDLE", "1000,10000"),
             idle_secs: env_usize("BENCH_IDLE_SECS", 5) as u64,
             idle_settle: env_usize("BENCH_IDLE_SETTLE", 3) as u64,
+            compact_mem: env_list("BENCH_COMPACT_MEM", "10000"),
+            knobs_mem: env_usize("BENCH_KNOBS_MEM", 10_000),
+            rec_n: env_usize("BENCH_REC_N", 100_000),
+            rec_reps: env_usize("BENCH_REC_REPS", 3),
             only: std::env::var("BENCH_ONLY").ok(),
         }
     }
@@ -426,9 +472,15 @@ fn our_server_ctx(suite: &str, cert: &Cert) -> DtlsServerContext {
 }
 
 fn our_server_ctx_mtu(suite: &str, cert: &Cert, mtu: usize) -> DtlsServerContext {
+    our_server_ctx_with(suite, cert, mtu, false)
+}
+
+/// `compact`: [`SessionConfig::compact`](openssl_dtls::SessionConfig::compact) on (the record
+/// layer moves off OpenSSL and the `SSL` is freed once the handshake completes).
+fn our_server_ctx_with(suite: &str, cert: &Cert, mtu: usize, compact: bool) -> DtlsServerContext {
     let mut b = DtlsServerContext::builder();
-    b.mtu(mtu);
-    if suite == PSK {
+    b.mtu(mtu).compact_connections(compact);
+    if suite.starts_with("PSK-") {
         b.psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()));
     } else {
         b.certificate_der(&cert.cert_der)
@@ -446,9 +498,13 @@ fn our_client_ctx(suite: &str) -> DtlsClientContext {
 const TP_MTU: usize = 1280;
 
 fn our_client_ctx_mtu(suite: &str, mtu: usize) -> DtlsClientContext {
+    our_client_ctx_with(suite, mtu, false)
+}
+
+fn our_client_ctx_with(suite: &str, mtu: usize, compact: bool) -> DtlsClientContext {
     let mut b = DtlsClientContext::builder();
-    b.mtu(mtu);
-    if suite == PSK {
+    b.mtu(mtu).compact_connections(compact);
+    if suite.starts_with("PSK-") {
         b.psk_credentials(PskCredentials::new(IDENTITY.to_vec(), KEY.to_vec()));
     } else {
         b.danger_disable_verification();
@@ -1359,15 +1415,18 @@ fn raw_memory_per_connection(n: usize) -> (f64, f64) {
 
 /// Steady-state round trips through the sans-IO endpoint: (Rust allocations per datagram,
 /// OpenSSL allocations per datagram, the first allocation sites).
-fn allocs_per_datagram(n: usize) -> (f64, f64, Vec<String>) {
+/// With `compact`, both sides run compact connections and the count starts after both handed
+/// off (checked).
+fn allocs_per_datagram(n: usize, compact: bool) -> (f64, f64, Vec<String>) {
     let cert = Cert {
         cert_der: vec![],
         key_der: vec![],
     };
     let mut config = roomy(4);
     config.idle_timeout = None;
-    let mut server = Endpoint::server(our_server_ctx(PSK, &cert), config).unwrap();
-    let cctx = our_client_ctx(PSK);
+    let sctx = our_server_ctx_with(PSK, &cert, MTU as usize, compact);
+    let mut server = Endpoint::server(sctx, config).unwrap();
+    let cctx = our_client_ctx_with(PSK, MTU as usize, compact);
     let mut client = cctx.new_session(None, Instant::now()).unwrap();
     let peer = spoof_free_addr(1);
     let mut buf = vec![0u8; 2048];
@@ -1393,6 +1452,12 @@ fn allocs_per_datagram(n: usize) -> (f64, f64, Vec<String>) {
     for _ in 0..1000 {
         round(&mut server, &mut client);
     }
+    let server_compact = server.session(peer, id).is_some_and(Session::is_compact);
+    assert_eq!(
+        (client.is_compact(), server_compact),
+        (compact, compact),
+        "compact hand-off on both sides"
+    );
     let (r0, o0) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
     for _ in 0..n {
         round(&mut server, &mut client);
@@ -1413,6 +1478,283 @@ fn allocs_per_datagram(n: usize) -> (f64, f64, Vec<String>) {
     }
     let dgrams = 2.0 * n as f64;
     ((r1 - r0) as f64 / dgrams, (o1 - o0) as f64 / dgrams, sites)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Compact connections (`SessionConfig::compact`): memory per idle connection with the `SSL`
+// freed, OpenSSL-held connections with every knob, the record rate of the compact layer next to
+// OpenSSL's record path.
+
+extern "C" {
+    // OpenSSL 1.1.0+, not in openssl-sys.
+    fn SSL_free_buffers(ssl: *mut openssl_sys::SSL) -> libc::c_int;
+    fn SSL_alloc_buffers(ssl: *mut openssl_sys::SSL) -> libc::c_int;
+}
+
+/// `SSL_CTRL_SET_MAX_SEND_FRAGMENT` (a macro over `SSL_ctrl` in C).
+const SSL_CTRL_SET_MAX_SEND_FRAGMENT: libc::c_int = 52;
+
+struct CompactMem {
+    n: usize,
+    rss_per: f64,
+    rust_heap_per: f64,
+    ossl_heap_per: f64,
+    /// Process RSS while the `n` connections are held, and before the first one.
+    rss_total: i64,
+    rss_base: i64,
+    /// Server sessions found compact (`is_compact()`) after their exchange, of `n`.
+    compact: usize,
+    handoffs: u64,
+    /// Live Rust blocks per connection by size (`hist_report`).
+    blocks: String,
+    secs: f64,
+}
+
+/// One client (a compact sans-IO `Session`, dropped on return) against the compact server
+/// endpoint, in memory: the handshake, then one request and its echo. The client's first
+/// record ends the server's linger, so the server's `SSL` is freed. Returns whether both sides
+/// ended compact.
+fn compact_connection(
+    server: &mut Endpoint,
+    cctx: &DtlsClientContext,
+    peer: SocketAddr,
+    buf: &mut [u8],
+    app: &mut [u8],
+) -> bool {
+    let mut c = cctx.new_session(None, Instant::now()).unwrap();
+    let id = mem_handshake(server, &mut c, peer, buf, None).expect("compact handshake");
+    let now = Instant::now();
+    c.send(b"GET /sensor/1 (compact)").unwrap();
+    while let Some(k) = c.poll_transmit(buf) {
+        server.handle_datagram(now, peer, &buf[..k]);
+    }
+    while server.poll_event().is_some() {}
+    while let Ok(Some(k)) = server.recv(peer, id, &mut *app) {
+        server.send(peer, id, &app[..k]).unwrap();
+    }
+    while let Some((to, k)) = server.poll_transmit(buf) {
+        if to == peer {
+            c.handle_datagram(now, &buf[..k]);
+        }
+    }
+    assert!(
+        matches!(c.recv(app), Ok(Some(_))),
+        "echo through the compact layer"
+    );
+    c.is_compact() && server.session(peer, id).is_some_and(Session::is_compact)
+}
+
+/// Server-side memory of `n` idle established compact connections: a compact server `Endpoint`
+/// (PSK-AES128-CCM8, default idle timeout of 5 min, so each connection has its timer entry;
+/// `handle_timeout` is called as a real server would) and, one at a time, a compact client
+/// session from a distinct address that handshakes, sends one datagram and reads its echo, then
+/// is dropped. Accounting as in `memory_per_connection`.
+fn compact_memory_per_connection(n: usize) -> CompactMem {
+    let t0 = Instant::now();
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let sctx = our_server_ctx_with(PSK, &cert, MTU as usize, true);
+    let cctx = our_client_ctx_with(PSK, MTU as usize, true);
+    let mut server = Endpoint::server(sctx, roomy(n)).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut app = vec![0u8; 2048];
+    // Warm-up: lazily initialised OpenSSL state, this thread's cipher cache and buffer pool.
+    for i in 0..32 {
+        let warm = spoof_free_addr(n + 1 + i);
+        assert!(compact_connection(
+            &mut server,
+            &cctx,
+            warm,
+            &mut buf,
+            &mut app
+        ));
+    }
+    malloc_trim();
+    let (rss0, rust0, ossl0) = (
+        rss_bytes(),
+        RUST_LIVE.load(Relaxed),
+        OSSL_LIVE.load(Relaxed),
+    );
+    for b in &SIZE_HIST {
+        b.store(0, Relaxed);
+    }
+    HIST.store(true, Relaxed);
+    let mut compact = 0;
+    for i in 0..n {
+        let peer = spoof_free_addr(i);
+        compact += compact_connection(&mut server, &cctx, peer, &mut buf, &mut app) as usize;
+        if i % 256 == 0 {
+            server.handle_timeout(Instant::now());
+        }
+    }
+    server.handle_timeout(Instant::now());
+    HIST.store(false, Relaxed);
+    malloc_trim();
+    let (rss1, rust1, ossl1) = (
+        rss_bytes(),
+        RUST_LIVE.load(Relaxed),
+        OSSL_LIVE.load(Relaxed),
+    );
+    let stats = server.stats();
+    assert_eq!(stats.connections, n + 32);
+    let f = CompactMem {
+        n,
+        rss_per: (rss1 - rss0) as f64 / n as f64,
+        rust_heap_per: (rust1 - rust0) as f64 / n as f64,
+        ossl_heap_per: (ossl1 - ossl0) as f64 / n as f64,
+        rss_total: rss1,
+        rss_base: rss0,
+        compact,
+        handoffs: stats.compact_handoffs,
+        blocks: hist_report(n),
+        secs: t0.elapsed().as_secs_f64(),
+    };
+    drop(server);
+    malloc_trim();
+    f
+}
+
+/// The reference for compact mode: raw OpenSSL server `SSL`s with every knob that shrinks an
+/// established `SSL` — `max_send_fragment` = MTU (as the library sets), and `SSL_free_buffers`
+/// after each call (`SSL_alloc_buffers` before each write) — each after its handshake and one
+/// 100-byte echo. Returns (RSS per connection, OpenSSL heap per connection, `SSL_free_buffers`
+/// calls that failed).
+fn raw_knobs_memory_per_connection(n: usize) -> (f64, f64, usize) {
+    use foreign_types::{ForeignType, ForeignTypeRef};
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let (cctx, sctx) = raw_contexts(PSK, &cert);
+    let mut kept = Vec::with_capacity(n);
+    let mut failed = 0usize;
+    let mut one = |kept: &mut Vec<SslStream<Duplex>>| {
+        let a: Queue = Rc::default();
+        let b: Queue = Rc::default();
+        let mut cssl = Ssl::new(&cctx).unwrap();
+        cssl.set_mtu(MTU).unwrap();
+        let mut sssl = Ssl::new(&sctx).unwrap();
+        sssl.set_mtu(MTU).unwrap();
+        // SAFETY: a valid SSL; the control only sets a size (512..=16384).
+        unsafe {
+            openssl_sys::SSL_ctrl(
+                sssl.as_ptr(),
+                SSL_CTRL_SET_MAX_SEND_FRAGMENT,
+                MTU as libc::c_long,
+                std::ptr::null_mut(),
+            )
+        };
+        let mut client = Side::Start(
+            cssl,
+            Duplex {
+                rx: a.clone(),
+                tx: b.clone(),
+            },
+        );
+        let mut server = Side::Start(sssl, Duplex { rx: b, tx: a });
+        for _ in 0..50 {
+            client = step(client, false);
+            server = step(server, true);
+            if let (Side::Done(_), Side::Done(_)) = (&client, &server) {
+                break;
+            }
+        }
+        let (Side::Done(mut c), Side::Done(mut s)) = (client, server) else {
+            panic!("raw handshake stuck");
+        };
+        let ptr = s.ssl().as_ptr();
+        // SAFETY: `ptr` is the live server SSL; no record is pending between calls.
+        let free = |failed: &mut usize| unsafe {
+            if SSL_free_buffers(ptr) != 1 {
+                *failed += 1;
+            }
+        };
+        free(&mut failed);
+        let msg = [0x5au8; 100];
+        let mut got = [0u8; 2048];
+        c.ssl_write(&msg).unwrap();
+        let k = s.ssl_read(&mut got).unwrap();
+        free(&mut failed);
+        // SAFETY: as above; OpenSSL 3.0's write path needs its buffers back before a write.
+        assert_eq!(unsafe { SSL_alloc_buffers(ptr) }, 1);
+        s.ssl_write(&got[..k]).unwrap();
+        free(&mut failed);
+        assert_eq!(c.ssl_read(&mut got).unwrap(), k);
+        kept.push(s);
+    };
+    let mut warm = Vec::new();
+    one(&mut warm);
+    malloc_trim();
+    let (rss0, ossl0) = (rss_bytes(), OSSL_LIVE.load(Relaxed));
+    for _ in 0..n {
+        one(&mut kept);
+    }
+    malloc_trim();
+    let (rss1, ossl1) = (rss_bytes(), OSSL_LIVE.load(Relaxed));
+    drop(kept);
+    drop(warm);
+    malloc_trim();
+    (
+        (rss1 - rss0) as f64 / n as f64,
+        (ossl1 - ossl0) as f64 / n as f64,
+        failed,
+    )
+}
+
+/// Records per second of thread CPU through one sans-IO `Session` pair (client → server: the
+/// client seals, the server opens and `recv`s), `size`-byte payloads, after 1,000 warm-up
+/// records; compact or OpenSSL's record path, same suite.
+fn record_rate(suite: &str, size: usize, n: usize, compact: bool) -> f64 {
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let sctx = our_server_ctx_with(suite, &cert, MTU as usize, compact);
+    let cctx = our_client_ctx_with(suite, MTU as usize, compact);
+    let now = Instant::now();
+    let mut c = cctx.new_session(None, now).unwrap();
+    let mut s = sctx.new_session(now).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut app = vec![0u8; 2048];
+    for _ in 0..64 {
+        while let Some(k) = c.poll_transmit(&mut buf) {
+            s.handle_datagram(now, &buf[..k]);
+        }
+        while let Some(k) = s.poll_transmit(&mut buf) {
+            c.handle_datagram(now, &buf[..k]);
+        }
+        if c.is_established() && s.is_established() && !c.has_transmit() && !s.has_transmit() {
+            break;
+        }
+    }
+    assert!(
+        c.is_established() && s.is_established(),
+        "{suite}: handshake"
+    );
+    let msg = vec![0x5au8; size];
+    let mut one = |c: &mut Session, s: &mut Session| {
+        c.send(&msg).unwrap();
+        while let Some(k) = c.poll_transmit(&mut buf) {
+            s.handle_datagram(now, &buf[..k]);
+        }
+        let k = s.recv(&mut app).unwrap().expect("record");
+        debug_assert_eq!(k, size);
+    };
+    for _ in 0..1000 {
+        one(&mut c, &mut s);
+    }
+    assert_eq!(
+        (c.is_compact(), s.is_compact()),
+        (compact, compact),
+        "{suite}: compact hand-off"
+    );
+    let t0 = thread_cpu();
+    for _ in 0..n {
+        one(&mut c, &mut s);
+    }
+    n as f64 / (thread_cpu() - t0).as_secs_f64()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1660,7 +2002,7 @@ fn main() {
     }
 
     if sizes.run("allocs") {
-        let (rust, ossl, sites) = allocs_per_datagram(sizes.alloc_n);
+        let (rust, ossl, sites) = allocs_per_datagram(sizes.alloc_n, false);
         t.note(
             "allocations per datagram, steady state, 100 B echo via sans-IO Endpoint (ours = Rust side)",
             format!("{rust:.3}"),
@@ -1670,6 +2012,10 @@ fn main() {
         for s in sites {
             println!("    allocation site: {s}");
         }
+    }
+
+    if sizes.run("compact") {
+        compact_section(&sizes, &mut t);
     }
 
     if sizes.run("idle") {
@@ -1694,6 +2040,90 @@ fn main() {
             .unwrap_or(0),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Compact connections: heap and RSS per idle connection (next to OpenSSL-held connections with
+/// every knob), process RSS while holding them, record rate next to OpenSSL's record path,
+/// allocations per datagram.
+fn compact_section(sizes: &Sizes, t: &mut Table) {
+    println!(
+        "(compact: size_of::<Session>() = {} bytes)",
+        std::mem::size_of::<Session>()
+    );
+    let (knobs_rss, knobs_heap, knobs_failed) = raw_knobs_memory_per_connection(sizes.knobs_mem);
+    for &n in &sizes.compact_mem {
+        let f = compact_memory_per_connection(n);
+        assert_eq!(f.compact, n, "every server session handed off");
+        println!(
+            "(compact: {n} connections: live Rust blocks per connection, bytes x blocks: {})",
+            f.blocks
+        );
+        let heap = f.rust_heap_per + f.ossl_heap_per;
+        t.row(
+            &format!(
+                "compact: {} idle connections, server heap per connection (ours = Rust {:.0} B + OpenSSL {:.0} B; {} of {} server sessions `is_compact()`, {} hand-offs; built in {:.0} s) vs raw OpenSSL SSLs with every knob at {} (max_send_fragment = MTU, SSL_free_buffers after each call; {} frees refused)",
+                f.n,
+                f.rust_heap_per,
+                f.ossl_heap_per,
+                f.compact,
+                f.n,
+                f.handoffs,
+                f.secs,
+                sizes.knobs_mem,
+                knobs_failed
+            ),
+            heap / 1024.0,
+            knobs_heap / 1024.0,
+            "KB",
+            false,
+        );
+        t.row(
+            &format!(
+                "compact: {} idle connections, RSS per connection (same runs)",
+                f.n
+            ),
+            f.rss_per / 1024.0,
+            knobs_rss / 1024.0,
+            "KB",
+            false,
+        );
+        t.note(
+            &format!(
+                "compact: process RSS holding {} idle connections (server state only: clients dropped; before the first: {:.0} MB)",
+                f.n,
+                f.rss_base as f64 / 1048576.0
+            ),
+            format!("{:.0} MB", f.rss_total as f64 / 1048576.0),
+            "< 1024 MB (target)",
+            "",
+        );
+    }
+    for suite in [PSK, "PSK-AES128-GCM-SHA256"] {
+        for size in [100usize, 1000] {
+            let (mut ours, mut reference) = (0f64, 0f64);
+            for _ in 0..sizes.rec_reps.max(1) {
+                reference = reference.max(record_rate(suite, size, sizes.rec_n, false));
+                ours = ours.max(record_rate(suite, size, sizes.rec_n, true));
+            }
+            t.row(
+                &format!("compact: {suite} {size} B records/s per CPU second, sans-IO Session pair (seal + open; ref: OpenSSL's record path)"),
+                ours,
+                reference,
+                "/s",
+                true,
+            );
+        }
+    }
+    let (rust, ossl, sites) = allocs_per_datagram(sizes.alloc_n, true);
+    t.note(
+        "compact: allocations per datagram, steady state, 100 B echo via sans-IO Endpoint (ours = Rust side)",
+        format!("{rust:.3}"),
+        "0 (target)",
+        &format!("OpenSSL side: {ossl:.3}"),
+    );
+    for s in sites {
+        println!("    allocation site: {s}");
+    }
 }
 
 /// Echo throughput and latency of the tokio driver (multi_thread, 2 workers; and current_thread)
