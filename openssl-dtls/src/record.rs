@@ -304,7 +304,8 @@ impl RecordLayer {
         // SAFETY: the pointer covers exactly the array.
         unsafe { dffi::OPENSSL_cleanse(master.as_mut_ptr().cast(), master.len()) };
         derived?;
-        let layer = RecordLayer::from_key_block(aead, &block[..len], is_client, epoch, next_write_seq);
+        let layer =
+            RecordLayer::from_key_block(aead, &block[..len], is_client, epoch, next_write_seq);
         // SAFETY: as above.
         unsafe { dffi::OPENSSL_cleanse(block.as_mut_ptr().cast(), block.len()) };
         Ok(Some(layer))
@@ -657,7 +658,12 @@ fn evict(id: u64) {
                 slot.owner = 0;
                 // Overwrite the key schedule by keying it with zeros.
                 let zero = [0u8; 32];
-                let _ = init(&mut slot.ctx, true, None, Some(&zero[..slot.aead.key_len()]));
+                let _ = init(
+                    &mut slot.ctx,
+                    true,
+                    None,
+                    Some(&zero[..slot.aead.key_len()]),
+                );
             }
         }
     });
@@ -704,7 +710,9 @@ mod tests {
 
     fn pair(aead: Aead) -> (RecordLayer, RecordLayer) {
         let len = 2 * aead.key_len() + 2 * aead.fixed_iv_len();
-        let block: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(31).wrapping_add(7)).collect();
+        let block: Vec<u8> = (0..len as u8)
+            .map(|b| b.wrapping_mul(31).wrapping_add(7))
+            .collect();
         (
             RecordLayer::from_key_block(aead, &block, true, 1, 0),
             RecordLayer::from_key_block(aead, &block, false, 1, 0),
@@ -729,9 +737,18 @@ mod tests {
 
     #[test]
     fn suite_names_map_to_their_aead() {
-        assert_eq!(Aead::from_suite_name("PSK-AES128-CCM8"), Some(Aead::Aes128Ccm8));
-        assert_eq!(Aead::from_suite_name("PSK-AES256-CCM"), Some(Aead::Aes256Ccm));
-        assert_eq!(Aead::from_suite_name("PSK-AES128-GCM-SHA256"), Some(Aead::Aes128Gcm));
+        assert_eq!(
+            Aead::from_suite_name("PSK-AES128-CCM8"),
+            Some(Aead::Aes128Ccm8)
+        );
+        assert_eq!(
+            Aead::from_suite_name("PSK-AES256-CCM"),
+            Some(Aead::Aes256Ccm)
+        );
+        assert_eq!(
+            Aead::from_suite_name("PSK-AES128-GCM-SHA256"),
+            Some(Aead::Aes128Gcm)
+        );
         assert_eq!(
             Aead::from_suite_name("ECDHE-ECDSA-AES256-GCM-SHA384"),
             Some(Aead::Aes256Gcm)
@@ -740,10 +757,19 @@ mod tests {
             Aead::from_suite_name("ECDHE-PSK-CHACHA20-POLY1305"),
             Some(Aead::ChaCha20Poly1305)
         );
-        assert_eq!(Aead::from_suite_name("ECDHE-ECDSA-AES128-CCM8"), Some(Aead::Aes128Ccm8));
+        assert_eq!(
+            Aead::from_suite_name("ECDHE-ECDSA-AES128-CCM8"),
+            Some(Aead::Aes128Ccm8)
+        );
         assert_eq!(Aead::from_suite_name("PSK-AES128-CBC-SHA256"), None);
-        assert_eq!(Aead::from_suite_name("ECDHE-ECDSA-ARIA128-GCM-SHA256"), None);
-        assert_eq!(Aead::from_suite_name("ECDHE-ECDSA-CAMELLIA128-SHA256"), None);
+        assert_eq!(
+            Aead::from_suite_name("ECDHE-ECDSA-ARIA128-GCM-SHA256"),
+            None
+        );
+        assert_eq!(
+            Aead::from_suite_name("ECDHE-ECDSA-CAMELLIA128-SHA256"),
+            None
+        );
     }
 
     #[test]
@@ -753,15 +779,23 @@ mod tests {
             for len in [0usize, 1, 15, 16, 17, 1000] {
                 let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
                 let mut wire = Vec::new();
-                a.seal(ContentType::ApplicationData, &data, &mut wire).unwrap();
-                assert_eq!(wire.len(), RECORD_HEADER_LEN + len + aead.overhead(), "{aead:?}");
+                a.seal(ContentType::ApplicationData, &data, &mut wire)
+                    .unwrap();
+                assert_eq!(
+                    wire.len(),
+                    RECORD_HEADER_LEN + len + aead.overhead(),
+                    "{aead:?}"
+                );
                 for i in 0..wire.len() {
                     let mut bad = wire.clone();
                     bad[i] ^= 0x40;
                     if i < 3 || (11..13).contains(&i) {
                         continue; // type/version/length: caught by parsing or the AAD below
                     }
-                    assert!(open_one(&mut b, &bad).is_err(), "{aead:?} byte {i} of {len}");
+                    assert!(
+                        open_one(&mut b, &bad).is_err(),
+                        "{aead:?} byte {i} of {len}"
+                    );
                 }
                 let (t, got) = open_one(&mut b, &wire).unwrap();
                 assert_eq!((t, got), (ContentType::ApplicationData, data), "{aead:?}");
@@ -774,10 +808,14 @@ mod tests {
             // And the other way.
             let mut wire = Vec::new();
             b.seal(ContentType::Alert, &[1, 0], &mut wire).unwrap();
-            assert_eq!(open_one(&mut a, &wire).unwrap(), (ContentType::Alert, vec![1, 0]));
+            assert_eq!(
+                open_one(&mut a, &wire).unwrap(),
+                (ContentType::Alert, vec![1, 0])
+            );
             // A record sealed for the other direction does not open on the sender.
             let mut own = Vec::new();
-            a.seal(ContentType::ApplicationData, b"x", &mut own).unwrap();
+            a.seal(ContentType::ApplicationData, b"x", &mut own)
+                .unwrap();
             assert_eq!(open_one(&mut a, &own), Err(OpenError::Unauthenticated));
         }
     }
@@ -787,9 +825,14 @@ mod tests {
         for aead in ALL {
             let (mut a, mut b) = pair(aead);
             let mut wire = Vec::new();
-            a.seal(ContentType::ApplicationData, b"hello", &mut wire).unwrap();
+            a.seal(ContentType::ApplicationData, b"hello", &mut wire)
+                .unwrap();
             wire[0] = ContentType::Alert as u8;
-            assert_eq!(open_one(&mut b, &wire), Err(OpenError::Unauthenticated), "{aead:?}");
+            assert_eq!(
+                open_one(&mut b, &wire),
+                Err(OpenError::Unauthenticated),
+                "{aead:?}"
+            );
             // The failure left the window alone: the genuine record still opens.
             wire[0] = ContentType::ApplicationData as u8;
             assert!(open_one(&mut b, &wire).is_ok());
@@ -823,7 +866,8 @@ mod tests {
         let mut records = Vec::new();
         for i in 0..80u8 {
             let mut wire = Vec::new();
-            a.seal(ContentType::ApplicationData, &[i], &mut wire).unwrap();
+            a.seal(ContentType::ApplicationData, &[i], &mut wire)
+                .unwrap();
             records.push(wire);
         }
         // Newest first: the first 64 open, older ones fall out of the window.
@@ -844,7 +888,8 @@ mod tests {
         let (mut a, mut b) = pair(Aead::Aes128Gcm);
         a.next_write_seq = MAX_SEQUENCE - 2;
         let mut wire = Vec::new();
-        a.seal(ContentType::ApplicationData, b"last", &mut wire).unwrap();
+        a.seal(ContentType::ApplicationData, b"last", &mut wire)
+            .unwrap();
         let mut refused = Vec::new();
         assert_eq!(
             a.seal(ContentType::ApplicationData, b"one more", &mut refused),
@@ -872,7 +917,8 @@ mod tests {
         for round in 0..3u8 {
             for (a, b) in pairs.iter_mut() {
                 let mut wire = Vec::new();
-                a.seal(ContentType::ApplicationData, &[round; 9], &mut wire).unwrap();
+                a.seal(ContentType::ApplicationData, &[round; 9], &mut wire)
+                    .unwrap();
                 assert_eq!(open_one(b, &wire).unwrap().1, vec![round; 9]);
             }
         }
@@ -884,7 +930,8 @@ mod tests {
         // RFC 5288's construction checked against OpenSSL's own AES-128-GCM one-shot.
         let (mut a, _) = pair(Aead::Aes128Gcm);
         let mut wire = Vec::new();
-        a.seal(ContentType::ApplicationData, b"abc", &mut wire).unwrap();
+        a.seal(ContentType::ApplicationData, b"abc", &mut wire)
+            .unwrap();
         let key = &a.keys.write_key[..16];
         let mut nonce = [0u8; 12];
         nonce[..4].copy_from_slice(&a.keys.write_iv[..4]);
@@ -904,7 +951,11 @@ mod tests {
             &mut tag,
         )
         .unwrap();
-        assert_eq!(&wire[13..21], &wire[3..11], "explicit nonce = epoch and sequence");
+        assert_eq!(
+            &wire[13..21],
+            &wire[3..11],
+            "explicit nonce = epoch and sequence"
+        );
         assert_eq!(&wire[21..24], &ct[..]);
         assert_eq!(&wire[24..], &tag[..]);
     }

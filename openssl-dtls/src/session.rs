@@ -468,7 +468,9 @@ impl Session {
     }
 
     fn ssl_mut(&mut self) -> &mut SslRef {
-        self.ssl.as_mut().expect("a session has its SSL until the hand-off")
+        self.ssl
+            .as_mut()
+            .expect("a session has its SSL until the hand-off")
     }
 
     /// The `SSL` pointer. Only called on paths that run while the `SSL` exists.
@@ -674,7 +676,10 @@ impl Session {
         }
         if let Some(until) = self.compact.as_ref().and_then(|c| c.linger_until) {
             if now >= until {
-                log::debug!("{:?}: linger over, handing off to the compact layer", self.peer);
+                log::debug!(
+                    "{:?}: linger over, handing off to the compact layer",
+                    self.peer
+                );
                 self.hand_off();
                 return;
             }
@@ -961,8 +966,7 @@ impl Session {
     }
 
     fn update_timer(&mut self, now: Instant) {
-        if matches!(self.state, SessionState::Failed | SessionState::Closed) || self.ssl.is_none()
-        {
+        if matches!(self.state, SessionState::Failed | SessionState::Closed) || self.ssl.is_none() {
             self.retransmit_at = None;
             return;
         }
@@ -1049,7 +1053,10 @@ impl Session {
                 return;
             }
             Err(e) => {
-                log::warn!("{:?}: compact key derivation failed, staying on OpenSSL: {e}", self.peer);
+                log::warn!(
+                    "{:?}: compact key derivation failed, staying on OpenSSL: {e}",
+                    self.peer
+                );
                 self.drop_early();
                 return;
             }
@@ -1085,7 +1092,9 @@ impl Session {
     /// Frees the `SSL`: what OpenSSL queued moves to the compact layer's queue, the write
     /// sequence continues after the last one OpenSSL used, and the handshake's facts are kept.
     fn hand_off(&mut self) {
-        let Some(compact) = self.compact.as_mut() else { return };
+        let Some(compact) = self.compact.as_mut() else {
+            return;
+        };
         let Some(ssl) = self.ssl.take() else { return };
         // SAFETY: `bio` is owned by `ssl`, which is still alive here; no OpenSSL call runs.
         let st = unsafe { &mut *self.bio };
@@ -1108,7 +1117,9 @@ impl Session {
 
     /// Compact mode: authenticates one epoch-1 application or alert record and acts on it.
     fn open_record(&mut self, _now: Instant, record: &RecordHeader<'_>) {
-        let Some(compact) = self.compact.as_mut() else { return };
+        let Some(compact) = self.compact.as_mut() else {
+            return;
+        };
         let mut plain = record::take_buffer();
         let opened = compact.layer.open(record, &mut plain);
         let content_type = match opened {
@@ -1399,7 +1410,9 @@ impl Session {
     /// Whether compact mode has taken over the record layer's receiving side but still keeps
     /// the `SSL` (lingering to answer a retransmitted final flight).
     pub fn is_lingering(&self) -> bool {
-        self.compact.as_ref().is_some_and(|c| c.linger_until.is_some())
+        self.compact
+            .as_ref()
+            .is_some_and(|c| c.linger_until.is_some())
     }
 
     /// The ClientHello random of this session's handshake.
