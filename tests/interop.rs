@@ -24,6 +24,8 @@
 
 mod support;
 
+#[path = "interop/compact.rs"]
+mod compact;
 #[path = "interop/peer.rs"]
 mod peer;
 
