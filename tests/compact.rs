@@ -1254,8 +1254,6 @@ fn close_notify_from_the_lingering_server_reaches_the_compact_client() {
 }
 
 #[test]
-#[ignore = "library bug: Session::hand_off frees the SSL without SSL_SENT_SHUTDOWN, so OpenSSL's SSL_free \
-            (ssl_clear_bad_session) removes the session from the context cache and marks it not resumable"]
 fn a_session_from_a_compact_connection_can_be_resumed() {
     // Same as the resumption tests above, but the first handshake runs in compact mode too.
     let (mut c, mut s) = resuming_pair("PSK-AES128-CCM8", true);

@@ -1111,6 +1111,10 @@ impl Session {
         self.bio = std::ptr::null_mut();
         self.retransmit_at = None;
         self.spare = Vec::new();
+        // The connection lives on: free the SSL the way a clean shutdown would, so that
+        // SSL_free does not mark its session unresumable and drop it from the session cache.
+        // SAFETY: `ssl` is valid; SSL_set_shutdown only sets the flag.
+        unsafe { ffi::SSL_set_shutdown(ssl.as_ptr(), ffi::SSL_SENT_SHUTDOWN) };
         drop(ssl); // SSL_free: the BIO and its state go with it
         log::debug!("{:?}: handed off to the compact record layer", self.peer);
     }
