@@ -986,6 +986,31 @@ fn short_records_are_counted_while_lingering_and_during_the_handshake() {
     s.handle_datagram(Instant::now(), &bad);
     assert_eq!(s.stats().dropped_unauthenticated_records, 1);
     assert!(s.is_lingering(), "a forged record does not end the linger");
+    // Short epoch-1 handshake and ChangeCipherSpec records (23 bytes) never reach the
+    // lingering OpenSSL, which some versions answer with a fatal internal_error
+    // (CVE-2026-75806).
+    for content_type in [22u8, 20] {
+        let mut short = vec![
+            content_type,
+            0xfe,
+            0xfd,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0x03,
+            0xe8,
+            0,
+            10,
+        ];
+        short.extend_from_slice(&[0u8; 10]);
+        s.handle_datagram(Instant::now(), &short);
+        assert!(s.error().is_none(), "{:?}", s.error());
+        assert!(s.is_lingering());
+    }
+    assert_eq!(s.stats().dropped_short_records, 3);
     s.handle_datagram(Instant::now(), &record);
     assert!(s.is_compact());
     assert_eq!(recv_all(&mut s), vec![b"to the lingering server".to_vec()]);

@@ -79,6 +79,9 @@ pub(crate) struct BioState {
     /// OpenSSL wrote: where the compact record layer continues after the hand-off, so that no
     /// sequence number (and so no AEAD nonce) is ever used twice.
     pub epoch1_next_seq: u64,
+    /// The first 8 bytes of the newest epoch-1 record OpenSSL wrote: its explicit nonce under
+    /// GCM and CCM (OpenSSL's GCM nonces count up from a random start, not from the sequence).
+    pub epoch1_last_explicit: Option<[u8; 8]>,
     /// Append writes to the last queued datagram while it stays within the MTU (set while
     /// OpenSSL may retransmit a flight, which it does one message per write).
     pub coalesce: bool,
@@ -104,6 +107,7 @@ impl BioState {
             epoch0_next_seq: 0,
             track_epoch1: false,
             epoch1_next_seq: 0,
+            epoch1_last_explicit: None,
             coalesce: false,
         }
     }
@@ -197,8 +201,13 @@ impl BioState {
         }
         if self.track_epoch1 {
             for record in crate::wire::records(data).flatten() {
-                if record.epoch() == 1 {
-                    self.epoch1_next_seq = self.epoch1_next_seq.max(record.sequence() + 1);
+                if record.epoch() == 1 && record.sequence() + 1 > self.epoch1_next_seq {
+                    self.epoch1_next_seq = record.sequence() + 1;
+                    self.epoch1_last_explicit = record
+                        .fragment()
+                        .first_chunk::<8>()
+                        .copied()
+                        .or(self.epoch1_last_explicit);
                 }
             }
         }

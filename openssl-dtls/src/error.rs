@@ -27,6 +27,8 @@ impl Alert {
     pub const BAD_CERTIFICATE: u8 = 42;
     /// `unknown_ca` (48).
     pub const UNKNOWN_CA: u8 = 48;
+    /// `illegal_parameter` (47).
+    pub const ILLEGAL_PARAMETER: u8 = 47;
     /// `decode_error` (50).
     pub const DECODE_ERROR: u8 = 50;
     /// `decrypt_error` (51).

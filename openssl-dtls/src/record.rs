@@ -235,6 +235,10 @@ pub(crate) struct RecordLayer {
     epoch: u16,
     keys: Keys,
     next_write_seq: u64,
+    /// GCM/CCM: the next explicit nonce when continuing OpenSSL's counter (see
+    /// [`continue_explicit_nonce_after`](Self::continue_explicit_nonce_after)); `None`: the
+    /// record's epoch and sequence number.
+    explicit_next: Option<u64>,
     window: ReplayWindow,
 }
 
@@ -346,6 +350,7 @@ impl RecordLayer {
             epoch,
             keys,
             next_write_seq,
+            explicit_next: None,
             window: ReplayWindow::default(),
         }
     }
@@ -358,6 +363,16 @@ impl RecordLayer {
     /// The sequence number the next sealed record gets.
     pub(crate) fn next_write_seq(&self) -> u64 {
         self.next_write_seq
+    }
+
+    /// Continues the explicit nonces (GCM and CCM) after `last`, the explicit nonce of the newest
+    /// record OpenSSL sealed under the same key. OpenSSL's GCM counts its explicit nonces up from
+    /// a random start (its CCM uses the sequence number); counting on from its last one keeps
+    /// every (key, nonce) pair unique across the hand-off whichever it did.
+    pub(crate) fn continue_explicit_nonce_after(&mut self, last: [u8; 8]) {
+        if self.aead.explicit_nonce_len() == 8 {
+            self.explicit_next = Some(u64::from_be_bytes(last).wrapping_add(1));
+        }
     }
 
     /// Moves the write sequence number forward (never back) to `next`.
@@ -375,7 +390,7 @@ impl RecordLayer {
                 *n ^= s;
             }
         } else {
-            // RFC 5288 §3, RFC 6655 §3: salt ‖ explicit nonce (the sequence, as OpenSSL sends).
+            // RFC 5288 §3, RFC 6655 §3: salt ‖ the 8-byte explicit nonce carried in the record.
             nonce[..4].copy_from_slice(&iv[..4]);
             nonce[4..].copy_from_slice(&epoch_seq);
         }
@@ -417,12 +432,15 @@ impl RecordLayer {
         out.extend_from_slice(&DTLS1_2);
         out.extend_from_slice(&epoch_seq);
         out.extend_from_slice(&(fragment_len as u16).to_be_bytes());
+        // The explicit nonce (GCM, CCM): the epoch and sequence number, unique per record, or
+        // the continuation of OpenSSL's own counter after a hand-off.
+        let explicit = self.explicit_next.map_or(epoch_seq, u64::to_be_bytes);
         if self.aead.explicit_nonce_len() == 8 {
-            out.extend_from_slice(&epoch_seq);
+            out.extend_from_slice(&explicit);
         }
         let body = out.len();
         out.resize(body + plaintext.len() + self.aead.tag_len(), 0);
-        let nonce = self.nonce(&self.keys.write_iv, epoch_seq);
+        let nonce = self.nonce(&self.keys.write_iv, explicit);
         let aead = self.aead;
         let (ct, tag) = out[body..].split_at_mut(plaintext.len());
         let sealed = with_ctx(self.id, aead, &self.keys.write_key, true, |ctx| {
@@ -441,6 +459,9 @@ impl RecordLayer {
             return Err(SealError::Cipher);
         }
         self.next_write_seq = seq + 1;
+        if let Some(n) = self.explicit_next.as_mut() {
+            *n = n.wrapping_add(1);
+        }
         Ok(())
     }
 
@@ -570,13 +591,16 @@ fn with_ctx<R>(
     encrypt: bool,
     f: impl FnOnce(&mut CipherCtxRef) -> Result<R, ErrorStack>,
 ) -> Result<R, ErrorStack> {
-    let tick = TICK.with(|t| {
-        let v = t.get() + 1;
-        t.set(v);
-        v
-    });
+    let tick = TICK
+        .try_with(|t| {
+            let v = t.get() + 1;
+            t.set(v);
+            v
+        })
+        .unwrap_or(0);
     let key = &key[..aead.key_len()];
-    CACHE.with(|cache| {
+    // `try_with`: during thread-local teardown there is no cache: fail the record, never panic.
+    let Ok(result) = CACHE.try_with(|cache| -> Result<R, ErrorStack> {
         let mut cache = cache.borrow_mut();
         let index = match cache.iter().position(|s| s.owner == owner) {
             Some(i) => i,
@@ -622,7 +646,10 @@ fn with_ctx<R>(
             slot.owner = 0;
         }
         r
-    })
+    }) else {
+        return Err(ErrorStack::get());
+    };
+    result
 }
 
 fn new_ctx(aead: Aead, encrypt: bool) -> Result<CipherCtx, ErrorStack> {
@@ -923,6 +950,31 @@ mod tests {
             }
         }
         assert!(CACHE.with(|c| c.borrow().len()) <= CACHE_SLOTS);
+    }
+
+    #[test]
+    fn explicit_nonces_continue_after_openssls_last_one() {
+        for aead in [Aead::Aes128Gcm, Aead::Aes128Ccm8, Aead::ChaCha20Poly1305] {
+            let (mut a, mut b) = pair(aead);
+            a.next_write_seq = 5;
+            a.continue_explicit_nonce_after(u64::MAX.to_be_bytes()); // wraps to 0
+            let mut explicit = Vec::new();
+            for _ in 0..3 {
+                let mut wire = Vec::new();
+                a.seal(ContentType::ApplicationData, b"n", &mut wire)
+                    .unwrap();
+                explicit.push(wire[13..21].to_vec());
+                assert_eq!(open_one(&mut b, &wire).unwrap().1, b"n", "{aead:?}");
+            }
+            if aead.explicit_nonce_len() == 8 {
+                let want: Vec<Vec<u8>> = (0u64..3).map(|n| n.to_be_bytes().to_vec()).collect();
+                assert_eq!(
+                    explicit, want,
+                    "{aead:?}: counts on from OpenSSL's last nonce"
+                );
+            }
+            assert_eq!(a.next_write_seq(), 8);
+        }
     }
 
     #[test]

@@ -96,7 +96,10 @@ pub struct SessionConfig {
     /// In compact mode, how long the side that sent the handshake's last flight (the server,
     /// after a full handshake) keeps its `SSL` to answer a retransmitted final flight of the
     /// peer, unless the peer's first authenticated record proves earlier that it finished.
-    /// Default 240 s: twice the TCP maximum segment lifetime, as RFC 6347 §4.2.4 asks.
+    /// Default 240 s: twice the TCP maximum segment lifetime, as RFC 6347 §4.2.4 asks. A linger
+    /// shorter than the peer's retransmission span can strand a peer whose copy of our final
+    /// flight was lost (its retransmissions arrive after the `SSL` is gone): keep it at least
+    /// as long as the peer's handshake timeout. Range 1 ms to 1 hour.
     pub compact_linger: Duration,
 }
 
@@ -184,8 +187,9 @@ impl SessionConfig {
         range(
             "compact_linger",
             ms(self.compact_linger),
-            self.compact_linger <= Duration::from_secs(3600),
-            "at most 1 hour",
+            self.compact_linger >= Duration::from_millis(1)
+                && self.compact_linger <= Duration::from_secs(3600),
+            "1 ms to 1 hour",
         )?;
         Ok(())
     }
@@ -548,6 +552,7 @@ impl Session {
         if self.role == Role::Server && self.state == SessionState::Handshaking {
             self.check_finished_authenticated(datagram);
         }
+        self.feed_early_to_openssl(now);
     }
 
     /// A server that has read the client's ChangeCipherSpec (`TLS_ST_SR_CHANGE`) can receive
@@ -761,7 +766,11 @@ impl Session {
     #[doc(alias = "SSL_read")]
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
         if let Some(mut datagram) = self.received.pop_front() {
-            self.received_bytes -= datagram.len();
+            self.received_bytes -= if self.compact.is_some() {
+                datagram.capacity() // see `push_received_buffer`
+            } else {
+                datagram.len()
+            };
             let n = datagram.len().min(buf.len());
             buf[..n].copy_from_slice(&datagram[..n]);
             if self.compact.is_some() {
@@ -991,19 +1000,27 @@ impl Session {
     fn handle_compact_datagram(&mut self, now: Instant, datagram: &[u8]) {
         let mut for_openssl = false;
         let mut offset = 0;
+        // Once established, a protected record too short for the suite's nonce and tag never
+        // reaches OpenSSL, lingering or not (CVE-2026-75806; see `handle_datagram`).
+        let min = self.min_protected_len;
+        let too_short =
+            move |r: &RecordHeader<'_>| min > 0 && r.epoch() >= 1 && r.fragment().len() < min;
         for record in crate::wire::records(datagram) {
             let Ok(record) = record else { break };
             let raw = &datagram[offset..offset + record.total_len()];
             offset += record.total_len();
             if !is_compact_record(&record) {
-                if self.ssl.is_some() {
-                    for_openssl = true;
-                } else {
+                if self.ssl.is_none() {
                     self.stats.dropped_handshake_records += 1;
+                } else if too_short(&record) {
+                    self.stats.dropped_short_records += 1;
+                } else {
+                    for_openssl = true;
                 }
             } else if self.compact.is_some() {
                 self.open_record(now, &record);
             } else if self.state == SessionState::Handshaking
+                && record.epoch() == 1
                 && self.early.len() < MAX_EARLY_RECORDS
                 && raw.len() <= self.config.mtu
             {
@@ -1022,7 +1039,7 @@ impl Session {
         }
         let st = self.bio_mut();
         st.now = Some(now);
-        st.set_inbound_filtered(datagram, |r| !is_compact_record(r));
+        st.set_inbound_filtered(datagram, |r| !is_compact_record(r) && !too_short(r));
         st.coalesce = true;
         self.drive(now);
         if self.ssl.is_some() {
@@ -1032,6 +1049,29 @@ impl Session {
             if self.role == Role::Server && self.state == SessionState::Handshaking {
                 self.check_finished_authenticated(datagram);
             }
+        }
+        self.feed_early_to_openssl(now);
+    }
+
+    /// Compact mode on a suite the compact layer cannot carry: the records withheld during the
+    /// handshake go to OpenSSL after all, once it is established.
+    fn feed_early_to_openssl(&mut self, now: Instant) {
+        if self.early.is_empty()
+            || self.compact.is_some()
+            || self.ssl.is_none()
+            || self.state != SessionState::Established
+        {
+            return;
+        }
+        for raw in std::mem::take(&mut self.early) {
+            if self.state == SessionState::Established {
+                self.bio_mut().set_inbound(&raw);
+                self.drive(now);
+                if self.ssl.is_some() {
+                    self.bio_mut().clear_inbound();
+                }
+            }
+            record::give_buffer(raw);
         }
     }
 
@@ -1049,15 +1089,13 @@ impl Session {
                     self.peer,
                     self.cipher().unwrap_or("?")
                 );
-                self.drop_early();
-                return;
+                return; // early records go to OpenSSL (`feed_early_to_openssl`)
             }
             Err(e) => {
                 log::warn!(
                     "{:?}: compact key derivation failed, staying on OpenSSL: {e}",
                     self.peer
                 );
-                self.drop_early();
                 return;
             }
         };
@@ -1070,21 +1108,17 @@ impl Session {
             outbound: VecDeque::new(),
             facts: None,
         }));
+        // Hand off before opening the early records: whatever they make us send (a close_notify
+        // in reply) is then written by the compact layer alone.
+        if !sent_last {
+            self.hand_off();
+        }
         for raw in std::mem::take(&mut self.early) {
             if let Ok(record) = RecordHeader::new_checked(&raw) {
                 if self.state == SessionState::Established {
                     self.open_record(now, &record);
                 }
             }
-            record::give_buffer(raw);
-        }
-        if !sent_last {
-            self.hand_off();
-        }
-    }
-
-    fn drop_early(&mut self) {
-        for raw in self.early.drain(..) {
             record::give_buffer(raw);
         }
     }
@@ -1104,6 +1138,11 @@ impl Session {
         compact.outbound = queued;
         let next = compact.layer.next_write_seq().max(st.epoch1_next_seq);
         compact.layer.set_next_write_seq(next);
+        if let Some(last) = st.epoch1_last_explicit {
+            // OpenSSL's GCM explicit nonces count up from a random start: continue after its
+            // last one, so no (key, nonce) pair repeats across the hand-off.
+            compact.layer.continue_explicit_nonce_after(last);
+        }
         self.stats.retransmits = st.timeouts;
         self.stats.send_dropped += st.outbound_dropped;
         compact.facts = Some(Box::new(SslFacts::of(&ssl)));
@@ -1146,13 +1185,19 @@ impl Session {
                 return;
             }
         };
-        // An authenticated record proves the peer completed its handshake: the lingering `SSL`
-        // is no longer needed to answer its final flight.
-        if compact.linger_until.is_some() {
-            self.hand_off();
-        }
         match content_type {
-            ContentType::ApplicationData => self.push_received_buffer(plain),
+            ContentType::ApplicationData => {
+                // Authenticated application data proves the peer completed its handshake: the
+                // lingering `SSL` is no longer needed to answer its final flight.
+                if self
+                    .compact
+                    .as_ref()
+                    .is_some_and(|c| c.linger_until.is_some())
+                {
+                    self.hand_off();
+                }
+                self.push_received_buffer(plain)
+            }
             ContentType::Alert => {
                 let alert = (plain.len() == 2).then(|| Alert {
                     level: plain[0],
@@ -1174,10 +1219,15 @@ impl Session {
                         }
                         self.state = SessionState::Closed;
                         self.retransmit_at = None;
+                        self.hand_off(); // a lingering SSL has nothing left to answer
                     }
                     Some(a) if a.is_fatal() => {
                         log::debug!("peer {:?} sent {a}", self.peer);
                         self.fail(Error::PeerAlert(a));
+                    }
+                    Some(a) if a.level != 1 => {
+                        // Neither warning(1) nor fatal(2): OpenSSL answers illegal_parameter.
+                        self.send_fatal_alert(Alert::ILLEGAL_PARAMETER, "unknown alert level");
                     }
                     Some(_) | None => {} // warnings (user_canceled, ...): nothing to do
                 }
@@ -1202,6 +1252,11 @@ impl Session {
 
     /// Compact mode: seals one record and queues it as a datagram.
     fn send_compact(&mut self, content_type: ContentType, data: &[u8]) -> Result<()> {
+        if self.ssl.is_some() {
+            // Never two writers: the compact layer seals only after OpenSSL is gone and the
+            // write sequence continues after its last record.
+            self.hand_off();
+        }
         let Some(compact) = self.compact.as_mut() else {
             return Err(Error::Closed);
         };
@@ -1248,14 +1303,15 @@ impl Session {
             record::give_buffer(data);
             return;
         }
+        // Pooled buffers may be larger than their contents: count what they hold in memory.
         if self.received.len() >= self.config.recv_queue
-            || self.received_bytes + data.len() > self.config.recv_queue_bytes
+            || self.received_bytes + data.capacity() > self.config.recv_queue_bytes
         {
             self.stats.recv_dropped += 1;
             record::give_buffer(data);
             return;
         }
-        self.received_bytes += data.len();
+        self.received_bytes += data.capacity();
         self.received.push_back(data);
         self.stats.app_in += 1;
     }
