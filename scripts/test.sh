@@ -25,6 +25,6 @@ FUZZ_SECONDS=$FUZZ_SECONDS scripts/fuzz.sh
 if [ -z "${QUICK:-}" ]; then
   echo "== tests against a freshly built OpenSSL 3.x (all features: vendored, tokio)"
   cargo test --workspace --all-features --target-dir target/vendored \
-    --test link --test session --test context --test udp --test async_tokio
+    --lib --test link --test session --test context --test udp --test async_tokio --test compact
 fi
 echo "== all tests passed"
