@@ -11,16 +11,17 @@ mod common;
 use openssl_dtls::{DtlsServer, DtlsServerContext};
 
 const USAGE: &str =
-    "psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--cipher STR]
+    "psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--cipher STR] [--compact]
   --listen    address to bind (default 127.0.0.1:5684)
   --identity  the PSK identity accepted (default Client_identity)
   --key-hex   the key, in hex (default 73656372657450534b = \"secretPSK\")
   --hint      PSK identity hint sent to clients
-  --cipher    OpenSSL cipher string (default: the PSK preset, PSK-AES128-CCM8 first)";
+  --cipher    OpenSSL cipher string (default: the PSK preset, PSK-AES128-CCM8 first)
+  --compact   compact connections: free each SSL after the handshake (about 1 KB per idle peer)";
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = common::Args::parse(USAGE, &[]);
+    let args = common::Args::parse(USAGE, &["compact"]);
     let identity = args
         .get_or("identity", "Client_identity")
         .as_bytes()
@@ -34,6 +35,7 @@ fn main() {
     if let Some(cipher) = args.get("cipher") {
         builder.ciphers(cipher);
     }
+    builder.compact_connections(args.switch("compact"));
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
