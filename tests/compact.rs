@@ -1024,6 +1024,45 @@ fn short_records_are_counted_while_lingering_and_during_the_handshake() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+fn early_records_on_a_non_aead_suite_go_to_openssl_once_established() {
+    // Compact mode withholds epoch-1 application records from OpenSSL during the handshake;
+    // when the suite turns out not to be AEAD they must reach OpenSSL after all.
+    let cipher = "PSK-AES128-CBC-SHA256";
+    let (mut c, mut s) = pair(cipher, &compact_config());
+    let mut net = Net::perfect(cipher, cipher);
+    let (mut lose, _) = lose_final_flights(Dir::ToClient, 1);
+    net.filter = Some(Box::new(move |dir, d| match lose(dir, d) {
+        Verdict::Pass if dir == Dir::ToClient && is_application_data(d) => Verdict::Duplicate,
+        v => v,
+    }));
+    assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |_, s| s
+        .is_established()));
+    let early: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("cbc early {i}").into_bytes())
+        .collect();
+    for m in &early {
+        s.send(m).unwrap();
+    }
+    assert!(
+        net.run(&mut c, &mut s, Duration::from_secs(5), |c, _| c
+            .is_established()),
+        "{:?}",
+        c.error()
+    );
+    assert!(!c.is_compact() && c.ssl().is_some(), "CBC stays on OpenSSL");
+    assert_eq!(
+        recv_all(&mut c),
+        early,
+        "each early message once, in order (OpenSSL drops the duplicates)"
+    );
+    net.filter = None;
+    assert_eq!(
+        net.deliver(true, b"after", &mut c, &mut s),
+        b"after".to_vec()
+    );
+}
+
+#[test]
 fn a_non_aead_suite_stays_on_openssl_and_works() {
     let cipher = "PSK-AES128-CBC-SHA256";
     let (mut c, mut s) = pair(cipher, &compact_config());
