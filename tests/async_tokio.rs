@@ -848,3 +848,65 @@ async fn interop_the_async_client_against_openssl_s_server_psk() {
     .await
     .expect("the test finished in time");
 }
+
+/// Compact connections on the tokio driver: the server's linger ends by the driver's own timer
+/// when the client stays silent, and the connection then carries data both ways on a
+/// multi-threaded runtime (sessions and their cipher contexts meet several worker threads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_connections_linger_ends_by_the_drivers_timer_and_data_flows() {
+    timeout(TEST_LIMIT, async {
+        let server_ctx = DtlsServerContext::builder()
+            .psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()))
+            .retransmit_timeout(Duration::from_millis(100), Duration::from_millis(400))
+            .compact_connections(true)
+            .compact_linger(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let client_ctx = DtlsClientContext::builder()
+            .psk_credentials(PskCredentials::new(IDENTITY.to_vec(), KEY.to_vec()))
+            .retransmit_timeout(Duration::from_millis(100), Duration::from_millis(400))
+            .compact_connections(true)
+            .build()
+            .unwrap();
+        let server =
+            DtlsServer::bind_with("127.0.0.1:0", server_ctx, roomy(), SocketOptions::default())
+                .await
+                .unwrap();
+        let client = DtlsClient::bind("127.0.0.1:0").await.unwrap();
+        let (conn, accepted) = tokio::join!(
+            client.connect(server.local_addr(), &client_ctx, Duration::from_secs(10)),
+            server.accept()
+        );
+        let (conn, accepted) = (conn.unwrap(), accepted.unwrap());
+        assert_eq!(client.stats().compact_handoffs, 1);
+        assert_eq!(server.stats().compact_handoffs, 0, "the server lingers");
+        // Nobody sends: only the linger deadline can end it.
+        let start = Instant::now();
+        while server.stats().compact_handoffs == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the linger never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        let echo_task = tokio::spawn(echo(accepted));
+        let mut buf = [0u8; 2048];
+        for i in 0..200u32 {
+            let msg = format!("compact {i}");
+            conn.send(msg.as_bytes()).await.unwrap();
+            let n = timeout(Duration::from_secs(5), conn.recv(&mut buf))
+                .await
+                .expect("echo in time")
+                .unwrap();
+            assert_eq!(&buf[..n], msg.as_bytes());
+        }
+        conn.close().await;
+        timeout(Duration::from_secs(5), echo_task)
+            .await
+            .expect("the echo task ends at close_notify")
+            .unwrap();
+    })
+    .await
+    .expect("test within its limit");
+}

@@ -651,3 +651,118 @@ fn a_replacement_handshake_from_an_established_peer_counts_against_the_handshake
     assert!(stats.refused_handshake_limit >= 1, "{stats:?}");
     assert_eq!(stats.connections, 1, "the old connection is untouched");
 }
+
+#[test]
+fn compact_connections_echo_through_the_blocking_driver_and_a_rebooted_peer_takes_the_cookie_path()
+{
+    let server_ctx = DtlsServerContext::builder()
+        .psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()))
+        .retransmit_timeout(Duration::from_millis(100), Duration::from_millis(400))
+        .compact_connections(true)
+        .build()
+        .unwrap();
+    let client_ctx = DtlsClientContext::builder()
+        .psk_credentials(PskCredentials::new(IDENTITY.to_vec(), KEY.to_vec()))
+        .retransmit_timeout(Duration::from_millis(100), Duration::from_millis(400))
+        .compact_connections(true)
+        .build()
+        .unwrap();
+    let server = Arc::new(
+        DtlsServer::bind_with("127.0.0.1:0", server_ctx, roomy(), SocketOptions::default())
+            .unwrap(),
+    );
+    let s = Arc::clone(&server);
+    std::thread::spawn(move || {
+        for conn in s.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while let Ok(n @ 1..) = conn.recv(&mut buf) {
+                    if conn.send(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let addr = server.local_addr();
+    // 20 clients × 50 echoes, every connection on the compact layer at both ends.
+    std::thread::scope(|scope| {
+        for i in 0..20 {
+            let ctx = &client_ctx;
+            scope.spawn(move || {
+                let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+                let conn = client.connect(addr, ctx, Duration::from_secs(20)).unwrap();
+                assert_eq!(
+                    client.stats().compact_handoffs,
+                    1,
+                    "the client hands off at once"
+                );
+                let mut buf = [0u8; 2048];
+                for j in 0..50u32 {
+                    let msg = format!("compact client {i} message {j}");
+                    conn.send(msg.as_bytes()).unwrap();
+                    let n = conn
+                        .recv_timeout(&mut buf, Duration::from_secs(10))
+                        .unwrap()
+                        .expect("echo");
+                    assert_eq!(&buf[..n], msg.as_bytes());
+                }
+            });
+        }
+    });
+    let stats = server.stats();
+    assert_eq!(stats.handshakes_completed, 20);
+    assert_eq!(
+        stats.compact_handoffs, 20,
+        "each server connection handed off after its client's first record: {stats:?}"
+    );
+    // A rebooted device on the same port: its new ClientHello takes the cookie path and
+    // replaces the compact connection.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut first = client_ctx.new_session(None, Instant::now()).unwrap();
+    assert!(drive_raw(
+        &mut first,
+        &sock,
+        addr,
+        Duration::from_secs(5),
+        Session::is_established
+    ));
+    assert!(first.is_compact());
+    first.send(b"hello").unwrap();
+    assert!(drive_raw(
+        &mut first,
+        &sock,
+        addr,
+        Duration::from_secs(5),
+        |s| s.has_received()
+    ));
+    let hvr_before = server.stats().hello_verify_requests;
+    drop(first);
+    let mut second = client_ctx.new_session(None, Instant::now()).unwrap();
+    assert!(drive_raw(
+        &mut second,
+        &sock,
+        addr,
+        Duration::from_secs(5),
+        Session::is_established
+    ));
+    let stats = server.stats();
+    assert_eq!(stats.connections_replaced, 1, "{stats:?}");
+    assert!(
+        stats.hello_verify_requests > hvr_before,
+        "the cookie exchange ran again"
+    );
+    second.send(b"welcome back").unwrap();
+    assert!(drive_raw(
+        &mut second,
+        &sock,
+        addr,
+        Duration::from_secs(5),
+        |s| s.has_received()
+    ));
+    let mut buf = [0u8; 64];
+    assert_eq!(second.recv(&mut buf).unwrap(), Some(12));
+    assert_eq!(&buf[..12], b"welcome back");
+    assert_eq!(server.stats().compact_handoffs, 22);
+}
