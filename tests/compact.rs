@@ -519,6 +519,16 @@ fn lose_final_flights(dir: Dir, lost: usize) -> (Filter, Rc<RefCell<Flights>>) {
     (filter, flights)
 }
 
+/// Loses the server's first final flight and duplicates its application data: data it sends
+/// while lingering reaches the client (twice) before the client completes.
+fn lose_first_final_flight_and_duplicate_data() -> Filter {
+    let (mut lose, _) = lose_final_flights(Dir::ToClient, 1);
+    Box::new(move |dir, d| match lose(dir, d) {
+        Verdict::Pass if dir == Dir::ToClient && is_application_data(d) => Verdict::Duplicate,
+        v => v,
+    })
+}
+
 #[test]
 fn a_lost_final_flight_is_retransmitted_by_the_lingering_server_and_the_client_completes() {
     for cipher in HAZARD_SUITES {
@@ -563,12 +573,8 @@ fn data_from_the_lingering_server_before_the_client_completes_is_delivered_once_
     for cipher in HAZARD_SUITES {
         let (mut c, mut s) = pair(cipher, &compact_config());
         let mut net = Net::perfect(cipher, cipher);
-        let (mut lose, _) = lose_final_flights(Dir::ToClient, 1);
         // The server's first final flight is lost; its application data arrives twice.
-        net.filter = Some(Box::new(move |dir, d| match lose(dir, d) {
-            Verdict::Pass if dir == Dir::ToClient && is_application_data(d) => Verdict::Duplicate,
-            v => v,
-        }));
+        net.filter = Some(lose_first_final_flight_and_duplicate_data());
         assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |_, s| s
             .is_established()));
         let early: Vec<Vec<u8>> = (0..3)
@@ -1030,11 +1036,7 @@ fn early_records_on_a_non_aead_suite_go_to_openssl_once_established() {
     let cipher = "PSK-AES128-CBC-SHA256";
     let (mut c, mut s) = pair(cipher, &compact_config());
     let mut net = Net::perfect(cipher, cipher);
-    let (mut lose, _) = lose_final_flights(Dir::ToClient, 1);
-    net.filter = Some(Box::new(move |dir, d| match lose(dir, d) {
-        Verdict::Pass if dir == Dir::ToClient && is_application_data(d) => Verdict::Duplicate,
-        v => v,
-    }));
+    net.filter = Some(lose_first_final_flight_and_duplicate_data());
     assert!(net.run(&mut c, &mut s, Duration::from_secs(5), |_, s| s
         .is_established()));
     let early: Vec<Vec<u8>> = (0..3)

@@ -43,7 +43,12 @@ fn server_with(config: EndpointConfig, handshake_timeout: Duration) -> DtlsServe
 }
 
 fn echo_server(config: EndpointConfig) -> Arc<DtlsServer> {
-    let server = Arc::new(server_with(config, Duration::from_secs(10)));
+    serve_echo(server_with(config, Duration::from_secs(10)))
+}
+
+/// Echoes every datagram on every connection `server` accepts, a thread per connection.
+fn serve_echo(server: DtlsServer) -> Arc<DtlsServer> {
+    let server = Arc::new(server);
     let s = Arc::clone(&server);
     std::thread::spawn(move || {
         for conn in s.incoming() {
@@ -667,24 +672,10 @@ fn compact_connections_echo_through_the_blocking_driver_and_a_rebooted_peer_take
         .compact_connections(true)
         .build()
         .unwrap();
-    let server = Arc::new(
+    let server = serve_echo(
         DtlsServer::bind_with("127.0.0.1:0", server_ctx, roomy(), SocketOptions::default())
             .unwrap(),
     );
-    let s = Arc::clone(&server);
-    std::thread::spawn(move || {
-        for conn in s.incoming() {
-            let Ok(conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                while let Ok(n @ 1..) = conn.recv(&mut buf) {
-                    if conn.send(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
     let addr = server.local_addr();
     // 20 clients × 50 echoes, every connection on the compact layer at both ends.
     std::thread::scope(|scope| {

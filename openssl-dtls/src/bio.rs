@@ -153,36 +153,15 @@ impl BioState {
     /// is longer than `buf` it is dropped (counted) and `Some(0)` is never returned for it: the
     /// next datagram is tried instead.
     pub fn pop_outbound(&mut self, buf: &mut [u8]) -> Option<usize> {
-        while let Some(datagram) = self.outbound.pop_front() {
-            let len = datagram.len();
-            let fits = len <= buf.len();
-            if fits {
-                buf[..len].copy_from_slice(&datagram);
-            } else {
-                self.outbound_dropped += 1;
-                log::warn!(
-                    "dropping a {len}-byte datagram: transmit buffer holds {}",
-                    buf.len()
-                );
-            }
-            self.recycle(datagram);
-            if fits {
-                return Some(len);
-            }
-        }
-        None
+        let spare = &mut self.spare;
+        pop_datagram(&mut self.outbound, buf, &mut self.outbound_dropped, |d| {
+            recycle_into(spare, d)
+        })
     }
 
     /// Number of outgoing datagrams waiting.
     pub fn outbound_len(&self) -> usize {
         self.outbound.len()
-    }
-
-    fn recycle(&mut self, mut datagram: Vec<u8>) {
-        if self.spare.len() < MAX_SPARE_BUFFERS {
-            datagram.clear();
-            self.spare.push(datagram);
-        }
     }
 
     /// Queues a datagram we made ourselves (not OpenSSL).
@@ -271,6 +250,43 @@ impl BioState {
         }
         Some(n)
     }
+}
+
+/// Keeps `datagram` as a spare buffer if fewer than [`MAX_SPARE_BUFFERS`] are kept.
+fn recycle_into(spare: &mut Vec<Vec<u8>>, mut datagram: Vec<u8>) {
+    if spare.len() < MAX_SPARE_BUFFERS {
+        datagram.clear();
+        spare.push(datagram);
+    }
+}
+
+/// Moves the oldest datagram of `queue` into `buf` and returns its length. A datagram longer
+/// than `buf` is dropped (counted in `dropped`), never truncated, and the next one is tried.
+/// Every datagram taken off the queue goes to `recycle`.
+pub(crate) fn pop_datagram(
+    queue: &mut VecDeque<Vec<u8>>,
+    buf: &mut [u8],
+    dropped: &mut u64,
+    mut recycle: impl FnMut(Vec<u8>),
+) -> Option<usize> {
+    while let Some(datagram) = queue.pop_front() {
+        let len = datagram.len();
+        let fits = len <= buf.len();
+        if fits {
+            buf[..len].copy_from_slice(&datagram);
+        } else {
+            *dropped += 1;
+            log::warn!(
+                "dropping a {len}-byte datagram: transmit buffer holds {}",
+                buf.len()
+            );
+        }
+        recycle(datagram);
+        if fits {
+            return Some(len);
+        }
+    }
+    None
 }
 
 /// True if `data` is one or more whole, well-formed DTLS records back to back.

@@ -538,19 +538,32 @@ impl Session {
         if self.state == SessionState::Closed {
             return;
         }
+        self.feed_openssl(now, datagram, None);
+    }
+
+    /// Gives `datagram` to OpenSSL (only the records `keep` accepts, if given) and runs the
+    /// handshake or reads records.
+    fn feed_openssl(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        keep: Option<&dyn Fn(&RecordHeader<'_>) -> bool>,
+    ) {
         let st = self.bio_mut();
         st.now = Some(now);
-        st.set_inbound(datagram);
+        match keep {
+            Some(keep) => st.set_inbound_filtered(datagram, keep),
+            None => st.set_inbound(datagram),
+        }
         st.coalesce = true; // a retransmitted Finished makes OpenSSL retransmit its flight
         self.drive(now);
-        if self.ssl.is_none() {
-            return; // handed off to the compact layer
-        }
-        let st = self.bio_mut();
-        st.coalesce = false;
-        st.clear_inbound();
-        if self.role == Role::Server && self.state == SessionState::Handshaking {
-            self.check_finished_authenticated(datagram);
+        if self.ssl.is_some() {
+            let st = self.bio_mut();
+            st.coalesce = false;
+            st.clear_inbound();
+            if self.role == Role::Server && self.state == SessionState::Handshaking {
+                self.check_finished_authenticated(datagram);
+            }
         }
         self.feed_early_to_openssl(now);
     }
@@ -615,21 +628,16 @@ impl Session {
             }
         }
         let compact = self.compact.as_mut()?;
-        while let Some(datagram) = compact.outbound.pop_front() {
-            let len = datagram.len();
-            let fits = len <= buf.len();
-            if fits {
-                buf[..len].copy_from_slice(&datagram);
-            } else {
-                self.stats.send_dropped += 1;
-            }
-            record::give_buffer(datagram);
-            if fits {
-                self.stats.datagrams_out += 1;
-                return Some(len);
-            }
+        let n = bio::pop_datagram(
+            &mut compact.outbound,
+            buf,
+            &mut self.stats.send_dropped,
+            record::give_buffer,
+        );
+        if n.is_some() {
+            self.stats.datagrams_out += 1;
         }
-        None
+        n
     }
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has a datagram.
@@ -1037,20 +1045,8 @@ impl Session {
         if !for_openssl || self.ssl.is_none() {
             return;
         }
-        let st = self.bio_mut();
-        st.now = Some(now);
-        st.set_inbound_filtered(datagram, |r| !is_compact_record(r) && !too_short(r));
-        st.coalesce = true;
-        self.drive(now);
-        if self.ssl.is_some() {
-            let st = self.bio_mut();
-            st.coalesce = false;
-            st.clear_inbound();
-            if self.role == Role::Server && self.state == SessionState::Handshaking {
-                self.check_finished_authenticated(datagram);
-            }
-        }
-        self.feed_early_to_openssl(now);
+        let keep = move |r: &RecordHeader<'_>| !is_compact_record(r) && !too_short(r);
+        self.feed_openssl(now, datagram, Some(&keep));
     }
 
     /// Compact mode on a suite the compact layer cannot carry: the records withheld during the
