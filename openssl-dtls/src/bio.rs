@@ -170,23 +170,22 @@ impl BioState {
     }
 
     fn write(&mut self, data: &[u8]) {
-        // Epoch-0 records only occur during the handshake: established traffic skips this.
-        if data.get(3..5) == Some(&[0, 0]) {
+        // Epoch-0 records only occur during the handshake: established traffic skips this scan
+        // unless compact mode needs the epoch-1 write sequence.
+        if data.get(3..5) == Some(&[0, 0]) || self.track_epoch1 {
             for record in crate::wire::records(data).flatten() {
-                if record.epoch() == 0 {
-                    self.epoch0_next_seq = self.epoch0_next_seq.max(record.sequence() + 1);
-                }
-            }
-        }
-        if self.track_epoch1 {
-            for record in crate::wire::records(data).flatten() {
-                if record.epoch() == 1 && record.sequence() + 1 > self.epoch1_next_seq {
-                    self.epoch1_next_seq = record.sequence() + 1;
-                    self.epoch1_last_explicit = record
-                        .fragment()
-                        .first_chunk::<8>()
-                        .copied()
-                        .or(self.epoch1_last_explicit);
+                let next = record.sequence() + 1;
+                match record.epoch() {
+                    0 => self.epoch0_next_seq = self.epoch0_next_seq.max(next),
+                    1 if self.track_epoch1 && next > self.epoch1_next_seq => {
+                        self.epoch1_next_seq = next;
+                        self.epoch1_last_explicit = record
+                            .fragment()
+                            .first_chunk::<8>()
+                            .copied()
+                            .or(self.epoch1_last_explicit);
+                    }
+                    _ => {}
                 }
             }
         }

@@ -1026,7 +1026,7 @@ impl Session {
                     for_openssl = true;
                 }
             } else if self.compact.is_some() {
-                self.open_record(now, &record);
+                self.open_record(&record);
             } else if self.state == SessionState::Handshaking
                 && record.epoch() == 1
                 && self.early.len() < MAX_EARLY_RECORDS
@@ -1112,7 +1112,7 @@ impl Session {
         for raw in std::mem::take(&mut self.early) {
             if let Ok(record) = RecordHeader::new_checked(&raw) {
                 if self.state == SessionState::Established {
-                    self.open_record(now, &record);
+                    self.open_record(&record);
                 }
             }
             record::give_buffer(raw);
@@ -1155,7 +1155,7 @@ impl Session {
     }
 
     /// Compact mode: authenticates one epoch-1 application or alert record and acts on it.
-    fn open_record(&mut self, _now: Instant, record: &RecordHeader<'_>) {
+    fn open_record(&mut self, record: &RecordHeader<'_>) {
         let Some(compact) = self.compact.as_mut() else {
             return;
         };
