@@ -45,6 +45,7 @@ fn roomy() -> EndpointConfig {
     let mut config = EndpointConfig::default();
     config.max_handshakes_per_ip = 1024;
     config.max_handshakes = 1024;
+    config.handshake_memory = 1 << 30;
     config
 }
 

@@ -165,6 +165,7 @@ fn roomy() -> EndpointConfig {
     let mut config = EndpointConfig::default();
     config.max_handshakes = 4096;
     config.max_handshakes_per_ip = 4096;
+    config.handshake_memory = 4 << 30;
     config
 }
 
@@ -1353,9 +1354,16 @@ fn a_post_cookie_stall_flood_stays_within_the_handshake_limit_is_reaped_and_a_re
     let (server, client) = ccm8_pair();
     let deadline = server.session_config().handshake_timeout;
     let config = EndpointConfig::default();
-    let limit = config.max_handshakes;
     let ssl_before = live_ssl_objects();
-    let mut ep = Endpoint::server(server, config).unwrap();
+    let mut ep = Endpoint::server(server, config.clone()).unwrap();
+    // Whichever binds first: the count, or the memory at each handshake's worst case.
+    let limit = config
+        .max_handshakes
+        .min(config.handshake_memory / ep.handshake_worst_case());
+    assert!(
+        limit >= 64,
+        "the default memory budget admits {limit} handshakes"
+    );
     let t0 = Instant::now();
     let mut sink = vec![0u8; 65_536];
     // Warm up the allocator with a few complete handshakes first.
@@ -1385,9 +1393,16 @@ fn a_post_cookie_stall_flood_stays_within_the_handshake_limit_is_reaped_and_a_re
     let stats = ep.stats();
     assert_eq!(stats.handshakes, limit, "{stats:?}");
     assert_eq!(
-        stats.refused_handshake_limit,
+        stats.refused_handshake_limit + stats.refused_handshake_memory,
         (stalled - limit as u32) as u64
     );
+    assert!(
+        stats.handshake_memory_in_use <= config.handshake_memory,
+        "{stats:?}"
+    );
+    // Refused silently: the stalled clients never retransmitted (their record sequence stays
+    // below the patience), so no alert went out.
+    assert_eq!(stats.refusal_alerts_sent, 0);
     let live = live_ssl_objects() - ssl_before;
     assert_eq!(
         live,
@@ -1486,7 +1501,11 @@ fn attack_then_finish(
 fn hostile_fragments_future_epochs_and_absurd_lengths_stay_bounded_and_never_crash() {
     let _g = exclusive();
     let (server, client) = ccm8_pair();
-    let max_message = openssl_dtls::context::MAX_CERT_LIST as u32;
+    // A PSK-only context sets max_cert_list to PSK_MAX_CERT_LIST, below OpenSSL's floor: the
+    // largest message it reassembles is then `dtls1_max_handshake_message_len`, a header plus
+    // SSL3_RT_MAX_ENCRYPTED_LENGTH (12 + 17,728 bytes).
+    const { assert!(openssl_dtls::context::PSK_MAX_CERT_LIST < 17_740) };
+    let max_message = 17_740u32;
     let ssl_before = live_ssl_objects();
     let mut ep = Endpoint::server(server, roomy()).unwrap();
     let now = Instant::now();

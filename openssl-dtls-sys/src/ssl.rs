@@ -177,3 +177,16 @@ pub unsafe fn SSL_CTX_set_max_cert_list(ctx: *mut SSL_CTX, m: c_long) -> c_long 
     // SAFETY: forwarded caller contract; this is the macro's expansion.
     unsafe { openssl_sys::SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MAX_CERT_LIST, m, ptr::null_mut()) }
 }
+
+/// `SSL_CTRL_GET_MAX_CERT_LIST` (`ssl.h`).
+pub const SSL_CTRL_GET_MAX_CERT_LIST: c_int = 50;
+
+/// `SSL_CTX_get_max_cert_list(ctx)`: the largest certificate chain (and, in DTLS, handshake
+/// message beyond ≈ 18 KB) a peer may send.
+///
+/// # Safety
+/// `ctx` must be a valid `SSL_CTX`.
+pub unsafe fn SSL_CTX_get_max_cert_list(ctx: *mut SSL_CTX) -> c_long {
+    // SAFETY: forwarded caller contract; this is the macro's expansion.
+    unsafe { openssl_sys::SSL_CTX_ctrl(ctx, SSL_CTRL_GET_MAX_CERT_LIST, 0, ptr::null_mut()) }
+}

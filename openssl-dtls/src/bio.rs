@@ -119,6 +119,11 @@ impl BioState {
         self.inbound_ready = true;
     }
 
+    /// The bytes queued for OpenSSL's next read.
+    pub fn inbound(&self) -> &[u8] {
+        &self.inbound
+    }
+
     /// Queues the records of `datagram` that `keep` accepts, back to back, as the next thing
     /// OpenSSL reads (records after a malformed one are left out).
     pub fn set_inbound_filtered(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use openssl::x509::X509;
 
 use crate::driver::{self, Core, Shared, SlotState};
-use crate::endpoint::ConnectionId;
+use crate::endpoint::{ConnectionId, ConnectionStats};
 use crate::error::{Error, Result};
 
 /// One DTLS connection with one peer, over the socket of a [`DtlsServer`](crate::DtlsServer) or
@@ -149,6 +149,16 @@ impl DtlsConnection {
         self.shared.flush(&mut core);
         drop(core);
         self.shared.wake();
+    }
+
+    /// This connection's counters (datagrams, bytes and application records each way, drops
+    /// by cause) and when it last received authenticated input; `None` once the connection is
+    /// gone from the endpoint.
+    pub fn stats(&self) -> Option<ConnectionStats> {
+        self.shared
+            .lock()
+            .endpoint
+            .connection_stats(self.peer, self.id)
     }
 
     /// Whether the connection has ended (closed by either side, failed, or timed out).

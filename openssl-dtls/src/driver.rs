@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::endpoint::{ConnectionId, Endpoint, Event};
+use crate::endpoint::{self, ConnectionId, Endpoint, Event, FailureHook, HandshakeFailure};
 use crate::error::{Error, Result};
 
 /// Socket options for a server or client socket.
@@ -101,6 +101,12 @@ pub(crate) struct Core {
     pub driver_error: Option<io::ErrorKind>,
     /// Datagrams that could not be sent (socket buffer full or an error).
     pub send_errors: u64,
+    /// Called for every failed server handshake ([`DtlsServer::on_handshake_failure`]).
+    ///
+    /// [`DtlsServer::on_handshake_failure`]: crate::DtlsServer::on_handshake_failure
+    pub failure_hook: Option<FailureHook>,
+    /// Failed handshakes the driver thread reports next, outside the lock.
+    pub failures: Vec<HandshakeFailure>,
     tx: Vec<u8>,
 }
 
@@ -167,6 +173,8 @@ pub(crate) fn start(
             shutdown: false,
             driver_error: None,
             send_errors: 0,
+            failure_hook: None,
+            failures: Vec::new(),
             tx: vec![0; RX_BUFFER],
         }),
         accept_cond: Condvar::new(),
@@ -219,6 +227,12 @@ fn run(shared: &Shared) {
         core.endpoint.handle_timeout(Instant::now());
         dispatch(shared, &mut core);
         shared.flush(&mut core);
+        if !core.failures.is_empty() {
+            let mut failures = std::mem::take(&mut core.failures);
+            let hook = core.failure_hook.clone();
+            drop(core);
+            endpoint::report_failures(hook.as_ref(), &mut failures);
+        }
     }
     end_all(shared, None);
 }
@@ -288,6 +302,14 @@ pub(crate) fn dispatch(shared: &Shared, core: &mut Core) {
                 if let Some(slot) = core.slots.get_mut(&id) {
                     slot.state = SlotState::Ended(error);
                     slot.cond.notify_all();
+                }
+            }
+            Event::HandshakeFailed(failure) => {
+                if core.failures.len() < endpoint::MAX_PENDING_FAILURES {
+                    core.failures.push(failure);
+                    shared.wake(); // the driver thread reports it, outside the lock
+                } else {
+                    log::info!("handshake failed: {failure}");
                 }
             }
         }

@@ -35,23 +35,68 @@ use crate::wire::{self, Datagram, DropReason};
 pub type ConnectionId = u64;
 
 /// Limits of an endpoint. Every field has a documented default with its reason.
+///
+/// # Sizing for devices that sleep
+///
+/// By default an established association is kept until the peer or the application closes it,
+/// however long it is silent: an LwM2M device registers for a day and sleeps for hours, and if
+/// the server forgot it, the device's next record would vanish (its `send` succeeds, no reply
+/// ever comes) until its own timers make it handshake again. Memory is bounded instead by
+/// [`max_connections`](Self::max_connections): when it is reached, a new handshake takes the
+/// place of the least recently active connection that has been silent for at least
+/// [`evict_idle_after`](Self::evict_idle_after) (as Californium does), and that peer is sent a
+/// `close_notify`. If none has been silent that long, the new peer is refused with a fatal
+/// `internal_error` alert. Size `max_connections` for the devices you serve (a connection costs
+/// ≈ 36–70 KB with OpenSSL's record layer, ≈ 1.5 KB with
+/// [compact connections](crate::SessionConfig::compact)); set
+/// [`idle_timeout`](Self::idle_timeout) only if silent peers must be dropped regardless of room.
+///
+/// A device whose association is gone (evicted, timed out, or the server restarted) sees its
+/// next records dropped by the server (they match no association) and, if it was awake for the
+/// `close_notify`, an orderly close. It recovers by a new handshake; CoAP/LwM2M clients do this
+/// when a request times out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EndpointConfig {
-    /// Sessions (established and handshaking) held at once; new attempts beyond it are ignored.
-    /// Default 10,000: ≈ 0.7 GB of OpenSSL state at ≈ 70 KB each, sized for a gateway.
+    /// Sessions (established and handshaking) held at once. Default 10,000: ≈ 0.7 GB of OpenSSL
+    /// state at ≈ 70 KB each, sized for a gateway. At the limit, a new handshake evicts the least
+    /// recently active connection idle for [`evict_idle_after`](Self::evict_idle_after), or is
+    /// refused with a fatal `internal_error` alert.
     pub max_connections: usize,
     /// Handshakes in flight at once (after the cookie exchange). Default 256: a handshake costs
-    /// ≈ 70 KB and up to 330 µs of CPU (ECDSA), so 256 bound a post-cookie flood to ≈ 18 MB.
+    /// up to 330 µs of CPU (ECDSA); memory is bounded separately by
+    /// [`handshake_memory`](Self::handshake_memory). Beyond it a verified ClientHello is
+    /// ignored (the client's retransmission retries) and, once the client has retransmitted it
+    /// three times, answered with a fatal `internal_error` alert.
     pub max_handshakes: usize,
-    /// Handshakes in flight from one IP address. Default 16: a NAT may put many devices behind
-    /// one address, but one host cannot take the whole handshake budget.
+    /// Handshakes in flight from one IP address. Default 128, half of
+    /// [`max_handshakes`](Self::max_handshakes): it keeps one host (or one NAT) from taking the
+    /// whole handshake budget, so other addresses can still connect during a flood from one.
+    /// Refused beyond it as at [`max_handshakes`](Self::max_handshakes).
+    /// It is not a defence on its own (the cookie exchange proves addresses, and the global
+    /// limits bound the cost); behind a carrier-grade NAT thousands of devices share one
+    /// address and may all reconnect at once after an outage, which is why it is not small.
     pub max_handshakes_per_ip: usize,
-    /// An established connection that received nothing for this long is dropped. Default
-    /// 5 minutes; `None` keeps idle connections forever (until the peer or the application
-    /// closes them).
+    /// Bytes that all handshakes in flight may hold together, counted at each handshake's worst
+    /// case ([`Endpoint::handshake_worst_case`]). Default 64 MiB, sized for a gateway: with the
+    /// default MTU and queues this admits ≈ 150 hostile handshakes at once (each as large as a
+    /// hostile peer can make it), or [`max_handshakes`](Self::max_handshakes) when they are
+    /// cheaper. Beyond it, refused as at [`max_handshakes`](Self::max_handshakes).
+    pub handshake_memory: usize,
+    /// An established connection that received nothing authenticated for this long is dropped
+    /// (with a `close_notify`, in case the peer is awake). Default `None`: associations are kept
+    /// until memory needs the room (see [`evict_idle_after`](Self::evict_idle_after)). Only
+    /// authenticated input counts as activity: a record that decrypts or handshake progress,
+    /// never a forged or replayed record sent with the peer's address.
     pub idle_timeout: Option<Duration>,
-    /// Stateless replies (HelloVerifyRequests) queued for sending; more are dropped. Default 256.
+    /// At [`max_connections`](Self::max_connections), a connection silent for at least this long
+    /// may be dropped (least recently active first, with a `close_notify`) to make room for a new
+    /// handshake. Default 30 minutes: a device that spoke within that time is never pushed out
+    /// by newcomers, so a flood of new peers cannot churn the active ones. `None` never evicts:
+    /// new peers are refused at the limit.
+    pub evict_idle_after: Option<Duration>,
+    /// Stateless replies (HelloVerifyRequests, refusal alerts) queued for sending; more are
+    /// dropped. Default 256.
     pub max_pending_replies: usize,
 }
 
@@ -60,8 +105,10 @@ impl Default for EndpointConfig {
         EndpointConfig {
             max_connections: 10_000,
             max_handshakes: 256,
-            max_handshakes_per_ip: 16,
-            idle_timeout: Some(Duration::from_secs(300)),
+            max_handshakes_per_ip: 128,
+            handshake_memory: 64 << 20,
+            idle_timeout: None,
+            evict_idle_after: Some(Duration::from_secs(30 * 60)),
             max_pending_replies: 256,
         }
     }
@@ -74,6 +121,7 @@ impl EndpointConfig {
             ("max_connections", self.max_connections),
             ("max_handshakes", self.max_handshakes),
             ("max_handshakes_per_ip", self.max_handshakes_per_ip),
+            ("handshake_memory", self.handshake_memory),
             ("max_pending_replies", self.max_pending_replies),
         ] {
             if value == 0 {
@@ -84,12 +132,17 @@ impl EndpointConfig {
                 });
             }
         }
-        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::OutOfRange {
-                setting: "idle_timeout",
-                value: 0,
-                allowed: "more than 0, or None",
-            });
+        for (setting, value) in [
+            ("idle_timeout", self.idle_timeout),
+            ("evict_idle_after", self.evict_idle_after),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                return Err(ConfigError::OutOfRange {
+                    setting,
+                    value: 0,
+                    allowed: "more than 0, or None",
+                });
+            }
         }
         Ok(())
     }
@@ -125,10 +178,121 @@ pub enum Event {
         /// Why, if not orderly.
         error: Option<Error>,
     },
+    /// A handshake that a peer started with this server failed (timed out, an alert either way,
+    /// a verification failure). Emitted just before its [`Event::Closed`]; client handshakes
+    /// report their failure to the caller of `connect` instead.
+    HandshakeFailed(HandshakeFailure),
+}
+
+/// Who the peer of a failed handshake said it was, as far as the handshake got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerIdentity {
+    /// The PSK identity it sent (`SSL_get_psk_identity`).
+    Psk(Vec<u8>),
+    /// The subject of the certificate it sent, in OpenSSL's one-line form.
+    Certificate(String),
+}
+
+impl std::fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerIdentity::Psk(id) => write!(f, "PSK identity {:?}", String::from_utf8_lossy(id)),
+            PeerIdentity::Certificate(subject) => write!(f, "certificate {subject}"),
+        }
+    }
+}
+
+/// A server-side handshake that failed: who, and why. Its `Display` reads `ADDR: REASON`
+/// (with the identity when known), one line for a log.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct HandshakeFailure {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The PSK identity or certificate subject the peer presented, if the handshake got that far.
+    pub identity: Option<PeerIdentity>,
+    /// Why it failed.
+    pub reason: Error,
+}
+
+impl HandshakeFailure {
+    fn of(peer: SocketAddr, session: &Session) -> Option<HandshakeFailure> {
+        let reason = session.error()?.duplicate();
+        let identity = if let Some(id) = session.psk_identity() {
+            Some(PeerIdentity::Psk(id.to_vec()))
+        } else {
+            session.peer_certificate().map(|c| {
+                let subject = c
+                    .subject_name()
+                    .entries()
+                    .map(|e| {
+                        let key = e.object().nid().short_name().unwrap_or("?");
+                        let value = e.data().to_string().unwrap_or_else(|_| "?".to_owned());
+                        format!("{key}={value}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                PeerIdentity::Certificate(subject)
+            })
+        };
+        Some(HandshakeFailure {
+            peer,
+            identity,
+            reason,
+        })
+    }
+}
+
+/// A callback the drivers call for every [`HandshakeFailure`] (set with
+/// `DtlsServer::on_handshake_failure`). Runs on the driver's thread or task, outside its lock,
+/// inside `catch_unwind`: keep it short.
+#[derive(Clone)]
+pub(crate) struct FailureHook(pub std::sync::Arc<dyn Fn(&HandshakeFailure) + Send + Sync>);
+
+impl std::fmt::Debug for FailureHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FailureHook(..)")
+    }
+}
+
+/// Failures waiting for the driver to report them, at most this many (more are only logged).
+pub(crate) const MAX_PENDING_FAILURES: usize = 1024;
+
+/// Reports `failures` to `hook` (outside any lock), or logs each at `info` without one.
+pub(crate) fn report_failures(hook: Option<&FailureHook>, failures: &mut Vec<HandshakeFailure>) {
+    for failure in failures.drain(..) {
+        match hook {
+            Some(hook) => crate::context::guard("handshake failure", (), || (hook.0)(&failure)),
+            None => log::info!("handshake failed: {failure}"),
+        }
+    }
+}
+
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: ", self.peer)?;
+        if let Some(identity) = &self.identity {
+            write!(f, "({identity}) ")?;
+        }
+        write!(f, "{}", self.reason)
+    }
+}
+
+/// A connection's counters and activity ([`Endpoint::connection_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// The session's counters: datagrams and bytes each way, application records, drops by
+    /// cause.
+    pub session: crate::session::SessionStats,
+    /// When the connection last received authenticated input (a record that decrypted, or
+    /// handshake progress); its idle time is measured from here.
+    pub last_activity: Instant,
 }
 
 /// A snapshot of an endpoint's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EndpointStats {
     /// Established connections now.
@@ -151,12 +315,21 @@ pub struct EndpointStats {
     pub dropped_short_client_hello: u64,
     /// Fragmented ClientHellos from unknown peers (`DTLSv1_listen` cannot reassemble them).
     pub dropped_fragmented_client_hello: u64,
-    /// Attempts ignored because `max_connections` was reached.
+    /// Verified ClientHellos refused because `max_connections` was reached and no connection
+    /// could be evicted (answered with a fatal `internal_error` alert).
     pub refused_connection_limit: u64,
-    /// Attempts ignored because `max_handshakes` was reached.
+    /// Verified ClientHellos refused because `max_handshakes` was reached (the client's
+    /// retransmission retries; after three, a fatal `internal_error` alert answers).
     pub refused_handshake_limit: u64,
-    /// Attempts ignored because `max_handshakes_per_ip` was reached.
+    /// Verified ClientHellos refused because `max_handshakes_per_ip` was reached (as at
+    /// `max_handshakes`).
     pub refused_per_ip_limit: u64,
+    /// Verified ClientHellos refused because `handshake_memory` was reached (as at
+    /// `max_handshakes`).
+    pub refused_handshake_memory: u64,
+    /// Established connections dropped at `max_connections` to make room for a new handshake
+    /// (least recently active first; each sent a `close_notify`).
+    pub evicted: u64,
     /// Verified ClientHellos refused by the admission hook.
     pub refused_by_admission: u64,
     /// HelloVerifyRequests sent.
@@ -190,6 +363,10 @@ pub struct EndpointStats {
     /// Connections handed off to the compact record layer, their `SSL` freed
     /// ([`SessionConfig::compact`](crate::SessionConfig::compact)).
     pub compact_handoffs: u64,
+    /// Bytes charged now against `handshake_memory` (each handshake in flight at its worst case).
+    pub handshake_memory_in_use: usize,
+    /// Fatal `internal_error` alerts sent to refuse verified ClientHellos at a limit.
+    pub refusal_alerts_sent: u64,
 }
 
 impl EndpointStats {
@@ -207,6 +384,100 @@ impl EndpointStats {
             + self.refused_connection_limit
             + self.refused_handshake_limit
             + self.refused_per_ip_limit
+            + self.refused_handshake_memory
+    }
+
+    /// Every counter with its name, in declaration order (the pre-parser's drops as
+    /// `dropped_<reason>`): for logs, metrics exporters and [`Display`](std::fmt::Display).
+    pub fn fields(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = vec![
+            ("connections".into(), self.connections as u64),
+            ("handshakes".into(), self.handshakes as u64),
+            ("datagrams_in".into(), self.datagrams_in),
+            ("datagrams_out".into(), self.datagrams_out),
+            ("bytes_in".into(), self.bytes_in),
+            ("bytes_out".into(), self.bytes_out),
+        ];
+        out.extend(
+            DropReason::ALL
+                .iter()
+                .map(|r| (format!("dropped_{}", r.as_str()), self.dropped(*r))),
+        );
+        let named: [(&str, u64); 27] = [
+            ("dropped_unknown_peer", self.dropped_unknown_peer),
+            (
+                "dropped_short_client_hello",
+                self.dropped_short_client_hello,
+            ),
+            (
+                "dropped_fragmented_client_hello",
+                self.dropped_fragmented_client_hello,
+            ),
+            ("refused_connection_limit", self.refused_connection_limit),
+            ("refused_handshake_limit", self.refused_handshake_limit),
+            ("refused_per_ip_limit", self.refused_per_ip_limit),
+            ("refused_handshake_memory", self.refused_handshake_memory),
+            ("evicted", self.evicted),
+            ("refused_by_admission", self.refused_by_admission),
+            ("hello_verify_requests", self.hello_verify_requests),
+            (
+                "hello_verify_requests_too_large",
+                self.hello_verify_requests_too_large,
+            ),
+            ("replies_dropped", self.replies_dropped),
+            ("cookies_rejected", self.cookies_rejected),
+            ("listener_ignored", self.listener_ignored),
+            ("handshakes_completed", self.handshakes_completed),
+            ("handshakes_timed_out", self.handshakes_timed_out),
+            (
+                "handshakes_failed_peer_alert",
+                self.handshakes_failed_peer_alert,
+            ),
+            ("handshakes_failed_local", self.handshakes_failed_local),
+            ("connections_closed", self.connections_closed),
+            ("connections_failed", self.connections_failed),
+            ("idle_timeouts", self.idle_timeouts),
+            ("connections_replaced", self.connections_replaced),
+            ("recv_queue_dropped", self.recv_queue_dropped),
+            ("compact_handoffs", self.compact_handoffs),
+            (
+                "handshake_memory_in_use",
+                self.handshake_memory_in_use as u64,
+            ),
+            ("refusal_alerts_sent", self.refusal_alerts_sent),
+            ("dropped_total", self.dropped_total()),
+        ];
+        out.extend(named.iter().map(|(k, v)| ((*k).to_owned(), *v)));
+        out
+    }
+}
+
+/// `name=value` pairs separated by spaces, zero counters left out (`connections` and
+/// `handshakes` always shown): one log line.
+impl std::fmt::Display for EndpointStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (name, value) in self.fields() {
+            if value == 0 && name != "connections" && name != "handshakes" {
+                continue;
+            }
+            if !first {
+                f.write_str(" ")?;
+            }
+            first = false;
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for EndpointStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for (name, value) in self.fields() {
+            map.entry(&name, &value);
+        }
+        map.finish()
     }
 }
 
@@ -256,6 +527,45 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     stats: EndpointStats,
     scratch: Vec<u8>,
+    /// Bytes one handshake is charged against `handshake_memory` ([`Self::handshake_worst_case`]).
+    handshake_cost: usize,
+    /// Eviction candidates found by the last scan, oldest last: (last activity, id, address).
+    evictable: Vec<(Instant, ConnectionId, SocketAddr)>,
+    /// No connection can be evicted before this instant (the last scan found none old enough).
+    no_evictable_before: Option<Instant>,
+    /// Per limit (connections, handshakes, per IP, memory): when a refusal was last logged, and
+    /// refusals since.
+    refusal_log: [(Option<Instant>, u64); 4],
+}
+
+/// Eviction candidates remembered per scan of the connection table.
+const EVICTION_BATCH: usize = 32;
+
+/// Retransmissions of a cookie-bearing ClientHello refused at a handshake limit before the
+/// refusal is told with an alert (≈ 7 s at the RFC 6347 backoff of 1, 2, 4 s).
+const REFUSAL_PATIENCE: u64 = 3;
+
+/// Refusals by one limit are logged at `info` at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The limits that refuse a verified ClientHello, for logs and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    Connections,
+    Handshakes,
+    PerIp,
+    Memory,
+}
+
+impl Limit {
+    fn name(self) -> &'static str {
+        match self {
+            Limit::Connections => "max_connections",
+            Limit::Handshakes => "max_handshakes",
+            Limit::PerIp => "max_handshakes_per_ip",
+            Limit::Memory => "handshake_memory",
+        }
+    }
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -274,6 +584,7 @@ impl Endpoint {
         config.validate()?;
         let listener = Listener::new(&ctx)?;
         let mut endpoint = Endpoint::new(config);
+        endpoint.handshake_cost = handshake_worst_case(ctx.session_config(), ctx.max_cert_list());
         endpoint.server = Some((ctx, listener));
         Ok(endpoint)
     }
@@ -301,7 +612,24 @@ impl Endpoint {
             events: VecDeque::new(),
             stats: EndpointStats::default(),
             scratch: vec![0; 2048],
+            handshake_cost: handshake_worst_case(
+                &crate::session::SessionConfig::default(),
+                crate::context::MAX_CERT_LIST,
+            ),
+            evictable: Vec::new(),
+            no_evictable_before: None,
+            refusal_log: [(None, 0); 4],
         }
+    }
+
+    /// The bytes one handshake in flight may hold at worst, as charged against
+    /// [`EndpointConfig::handshake_memory`]: OpenSSL's `SSL` with its read and write buffers and
+    /// handshake state, the largest handshake message it reassembles plus the ten it may queue
+    /// out of order (each up to [`MAX_CERT_LIST`](crate::context::MAX_CERT_LIST) or ≈ 18 KB),
+    /// the epoch-1 records it may buffer ([`MAX_HANDSHAKE_EPOCH1_RECORDS`](crate::session::MAX_HANDSHAKE_EPOCH1_RECORDS),
+    /// ≈ 18 KB each), and this library's send and receive queues at the session's MTU.
+    pub fn handshake_worst_case(&self) -> usize {
+        self.handshake_cost
     }
 
     /// The endpoint's limits.
@@ -381,7 +709,6 @@ impl Endpoint {
                 self.listen(now, peer, datagram, classified);
                 return;
             }
-            p.last_activity = now;
             if let Some((_, replacement)) = p.replacement.as_mut() {
                 replacement.handle_datagram(now, datagram);
                 if hello {
@@ -389,7 +716,13 @@ impl Endpoint {
                     return;
                 }
             }
+            // Only authenticated input is activity: a forged record sent with the peer's
+            // address (off-path, every idle period) must not keep a dead association alive.
+            let before = p.session.authenticated_count();
             p.session.handle_datagram(now, datagram);
+            if p.session.authenticated_count() != before {
+                p.last_activity = now;
+            }
             self.settle(peer, now);
             return;
         }
@@ -418,9 +751,6 @@ impl Endpoint {
             return;
         }
         let has_cookie = info.cookie_len > 0;
-        if has_cookie && !self.admissible(peer) {
-            return;
-        }
         let Some((_, listener)) = self.server.as_mut() else {
             self.stats.dropped_unknown_peer += 1;
             return;
@@ -448,33 +778,199 @@ impl Endpoint {
                 }
             }
             ListenOutcome::Failed => self.stats.handshakes_failed_local += 1,
+            ListenOutcome::Verified => {
+                // The cookie proved the address: the peer may be told when it is refused.
+                if let Err(limit) = self.admissible(now, peer) {
+                    self.refuse(now, peer, datagram, limit);
+                    if let Some((_, listener)) = self.server.as_mut() {
+                        listener.reset();
+                    }
+                    return;
+                }
+                let admitted = self.server.as_ref().is_some_and(|(ctx, _)| ctx.admit(peer));
+                let Some((_, listener)) = self.server.as_mut() else {
+                    return;
+                };
+                if !admitted {
+                    self.stats.refused_by_admission += 1;
+                    listener.reset();
+                    return;
+                }
+                match listener.accept(peer, now) {
+                    ListenOutcome::Accepted(session) => self.accepted(now, peer, session),
+                    _ => self.stats.handshakes_failed_local += 1,
+                }
+            }
             ListenOutcome::Accepted(session) => self.accepted(now, peer, session),
         }
     }
 
-    /// Whether a verified ClientHello from `peer` may start a handshake now; counts refusals.
-    fn admissible(&mut self, peer: SocketAddr) -> bool {
-        if self.handshakes + self.connections >= self.config.max_connections {
-            self.stats.refused_connection_limit += 1;
-            return false;
-        }
+    /// Whether a verified ClientHello from `peer` may start a handshake now, evicting the least
+    /// recently active idle connection if that makes room; the limit that refuses it otherwise.
+    fn admissible(&mut self, now: Instant, peer: SocketAddr) -> Result<(), Limit> {
+        // A rebooted peer's new handshake replaces its old connection: it needs no new room.
+        let replacing = self.peers.contains_key(&peer);
         if self.handshakes >= self.config.max_handshakes {
-            self.stats.refused_handshake_limit += 1;
-            return false;
+            return Err(Limit::Handshakes);
         }
         if self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= self.config.max_handshakes_per_ip {
-            self.stats.refused_per_ip_limit += 1;
+            return Err(Limit::PerIp);
+        }
+        if (self.handshakes + 1).saturating_mul(self.handshake_cost) > self.config.handshake_memory
+        {
+            return Err(Limit::Memory);
+        }
+        if !replacing
+            && self.handshakes + self.connections >= self.config.max_connections
+            && !self.evict_one(now)
+        {
+            return Err(Limit::Connections);
+        }
+        Ok(())
+    }
+
+    /// Drops the least recently active established connection that has been idle for at least
+    /// `evict_idle_after`, with a `close_notify`. Whether one was dropped.
+    fn evict_one(&mut self, now: Instant) -> bool {
+        let Some(min_idle) = self.config.evict_idle_after else {
+            return false;
+        };
+        if self.no_evictable_before.is_some_and(|t| now < t) {
             return false;
         }
+        loop {
+            let Some((at, id, addr)) = self.evictable.pop() else {
+                if !self.scan_evictable(now, min_idle) {
+                    return false;
+                }
+                continue;
+            };
+            let Some(p) = self.peers.get_mut(&addr) else {
+                continue;
+            };
+            // Still the same connection, still as idle as when it was found, and still idle.
+            let evictable = p.id == id
+                && p.last_activity == at
+                && p.session.is_established()
+                && p.replacement.is_none()
+                && now.saturating_duration_since(at) >= min_idle;
+            if !evictable {
+                continue;
+            }
+            let idle = now.saturating_duration_since(at);
+            log::info!(
+                "{addr}: dropping the connection (idle {} s) to make room: max_connections ({}) reached",
+                idle.as_secs(),
+                self.config.max_connections
+            );
+            p.session.end_with_close_notify(Error::Evicted {
+                peer: Some(addr),
+                idle,
+            });
+            self.stats.evicted += 1;
+            self.settle(addr, now);
+            return true;
+        }
+    }
+
+    /// Fills `evictable` with the oldest established connections idle for at least `min_idle`
+    /// (one pass over the table, kept for the next evictions). Whether it found any; if not,
+    /// no scan runs again until the oldest connection could have become old enough.
+    fn scan_evictable(&mut self, now: Instant, min_idle: Duration) -> bool {
+        let mut oldest: Option<Instant> = None;
+        let mut found: BinaryHeap<(Instant, ConnectionId, SocketAddr)> = BinaryHeap::new();
+        for (addr, p) in &self.peers {
+            if !p.session.is_established() || p.replacement.is_some() {
+                continue;
+            }
+            oldest = Some(oldest.map_or(p.last_activity, |o| o.min(p.last_activity)));
+            if now.saturating_duration_since(p.last_activity) < min_idle {
+                continue;
+            }
+            found.push((p.last_activity, p.id, *addr));
+            if found.len() > EVICTION_BATCH {
+                found.pop(); // the most recently active of them
+            }
+        }
+        // Oldest last, for `pop`.
+        self.evictable = found.into_sorted_vec();
+        self.evictable.reverse();
+        if self.evictable.is_empty() {
+            // Nothing is old enough: nothing can be before the oldest connection reaches
+            // `min_idle` (or a new connection is established, which is later still).
+            self.no_evictable_before = Some(oldest.map_or(now + min_idle, |o| o + min_idle));
+            return false;
+        }
+        self.no_evictable_before = None;
         true
     }
 
-    fn accepted(&mut self, now: Instant, peer: SocketAddr, session: Box<Session>) {
-        let admitted = self.server.as_ref().is_some_and(|(ctx, _)| ctx.admit(peer));
-        if !admitted {
-            self.stats.refused_by_admission += 1;
+    /// Refuses a verified ClientHello at `limit`: counts it, logs it (at most every
+    /// [`REFUSAL_LOG_INTERVAL`] per limit), and tells the client with a fatal `internal_error`
+    /// alert (RFC 5246 §7.2.2: a failure unrelated to the peer) when waiting will not help:
+    ///
+    /// - at `max_connections` with nothing to evict, at once: room will not come soon;
+    /// - at the handshake limits (`max_handshakes`, `max_handshakes_per_ip`,
+    ///   `handshake_memory`), which clear within a handshake's time, only once the client has
+    ///   retransmitted its ClientHello [`REFUSAL_PATIENCE`] times (its record sequence number
+    ///   says so, no state is kept): until then its own retransmission is the retry, and a storm
+    ///   of reconnecting devices gets through without failing.
+    ///
+    /// The cookie proved the address, and the alert is smaller than the ClientHello.
+    fn refuse(&mut self, now: Instant, peer: SocketAddr, hello: &[u8], limit: Limit) {
+        let (counter, slot) = match limit {
+            Limit::Connections => (&mut self.stats.refused_connection_limit, 0),
+            Limit::Handshakes => (&mut self.stats.refused_handshake_limit, 1),
+            Limit::PerIp => (&mut self.stats.refused_per_ip_limit, 2),
+            Limit::Memory => (&mut self.stats.refused_handshake_memory, 3),
+        };
+        *counter += 1;
+        let (last, since) = &mut self.refusal_log[slot];
+        *since += 1;
+        if last.is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_INTERVAL) {
+            let value = match limit {
+                Limit::Connections => self.config.max_connections,
+                Limit::Handshakes => self.config.max_handshakes,
+                Limit::PerIp => self.config.max_handshakes_per_ip,
+                Limit::Memory => self.config.handshake_memory,
+            };
+            log::info!(
+                "refused a handshake from {peer} ({since} since the last such line): {} ({value}) reached",
+                limit.name()
+            );
+            *last = Some(now);
+            *since = 0;
+        }
+        let Ok(record) = wire::RecordHeader::new_checked(hello) else {
+            return;
+        };
+        // The cookie-bearing ClientHello is the client's second (record sequence 1, or 0 in
+        // some stacks); each retransmission adds one.
+        if limit != Limit::Connections && record.sequence() < 1 + REFUSAL_PATIENCE {
             return;
         }
+        if self.replies.len() >= self.config.max_pending_replies {
+            self.stats.replies_dropped += 1;
+            return;
+        }
+        // The alert mirrors the ClientHello's record version and sequence number, as a
+        // HelloVerifyRequest does (RFC 6347 §4.2.1).
+        let Some(header) = hello.get(..wire::RECORD_HEADER_LEN) else {
+            return;
+        };
+        let mut buf = self.spare_replies.pop().unwrap_or_default();
+        buf.clear();
+        buf.push(21); // alert
+        buf.extend_from_slice(&header[1..3]); // version
+        buf.extend_from_slice(&[0, 0]); // epoch 0
+        buf.extend_from_slice(&header[5..11]); // sequence number
+        buf.extend_from_slice(&2u16.to_be_bytes());
+        buf.extend_from_slice(&[2, INTERNAL_ERROR]);
+        self.stats.refusal_alerts_sent += 1;
+        self.replies.push_back((peer, buf));
+    }
+
+    fn accepted(&mut self, now: Instant, peer: SocketAddr, session: Box<Session>) {
         let replace_now = self.peers.get(&peer).is_some_and(Peer::terminal);
         if replace_now {
             self.remove(peer);
@@ -537,6 +1033,7 @@ impl Endpoint {
                     // Dropped at once (its final alert, if any, with it): the old connection
                     // stays as it was.
                     count_failure(&mut self.stats, &replacement, false);
+                    report_handshake_failure(&mut self.events, addr, &replacement);
                     decrement_handshakes(&mut self.handshakes, &mut self.per_ip, addr);
                 }
             }
@@ -576,6 +1073,9 @@ impl Endpoint {
             }
             uncount_handshake(p, &mut self.handshakes, &mut self.per_ip, addr);
             count_failure(&mut self.stats, &p.session, was_connected);
+            if !was_connected {
+                report_handshake_failure(&mut self.events, addr, &p.session);
+            }
             let error = p.session.error().map(Error::duplicate);
             self.events.push_back(Event::Closed {
                 peer: addr,
@@ -731,7 +1231,7 @@ impl Endpoint {
                     if now.saturating_duration_since(p.last_activity) >= idle {
                         log::debug!("{addr} idle for {idle:?}: dropping the connection");
                         self.stats.idle_timeouts += 1;
-                        p.session.expire();
+                        p.session.end_with_close_notify(Error::Timeout);
                     }
                 }
             }
@@ -825,6 +1325,15 @@ impl Endpoint {
             .map(|p| &p.session)
     }
 
+    /// Connection `id`'s counters and when it last received authenticated input.
+    pub fn connection_stats(&self, peer: SocketAddr, id: ConnectionId) -> Option<ConnectionStats> {
+        let p = self.peers.get(&peer).filter(|p| p.id == id)?;
+        Some(ConnectionStats {
+            session: p.session.stats(),
+            last_activity: p.last_activity,
+        })
+    }
+
     /// The current connection id with `peer`, if any.
     pub fn connection_id(&self, peer: SocketAddr) -> Option<ConnectionId> {
         self.peers.get(&peer).map(|p| p.id)
@@ -845,6 +1354,7 @@ impl Endpoint {
         let mut stats = self.stats.clone();
         stats.connections = self.connections;
         stats.handshakes = self.handshakes;
+        stats.handshake_memory_in_use = self.handshakes.saturating_mul(self.handshake_cost);
         stats.recv_queue_dropped += self
             .peers
             .values()
@@ -931,4 +1441,40 @@ fn count_failure(stats: &mut EndpointStats, session: &Session, was_connected: bo
         Some(_) => stats.handshakes_failed_local += 1,
         None => {}
     }
+}
+
+/// `internal_error` (80): the alert that refuses a handshake at a limit.
+const INTERNAL_ERROR: u8 = 80;
+
+/// Queues [`Event::HandshakeFailed`] for a server session's failed handshake.
+fn report_handshake_failure(events: &mut VecDeque<Event>, addr: SocketAddr, session: &Session) {
+    if session.role() != crate::session::Role::Server {
+        return;
+    }
+    if let Some(failure) = HandshakeFailure::of(addr, session) {
+        events.push_back(Event::HandshakeFailed(failure));
+    }
+}
+
+/// The worst case of one handshake's memory for sessions with `config` on a context whose
+/// `max_cert_list` is `max_cert_list` (see [`Endpoint::handshake_worst_case`]). The OpenSSL terms
+/// are upper bounds read from OpenSSL 3.x's DTLS code, checked against measurement by the
+/// hostile-handshake benchmark (`BENCH_ONLY=hostile scripts/bench.sh`).
+fn handshake_worst_case(config: &crate::session::SessionConfig, max_cert_list: usize) -> usize {
+    // An SSL mid-handshake: the ≈ 17.7 KB read buffer, the write buffer, the transcript, the
+    // key exchange and the retransmission queue of our last flight.
+    const SSL_BASE: usize = 96 * 1024;
+    // A full read buffer (`SSL3_RT_MAX_PLAIN_LENGTH` plus overhead and alignment) with its
+    // queue entry: what OpenSSL keeps per buffered record.
+    const READ_BUFFER: usize = 18_432 + 256;
+    // OpenSSL's largest reassembled handshake message (`dtls1_max_handshake_message_len`: a
+    // record's worth or `max_cert_list`), with its reassembly bitmap and queue entry.
+    let message = max_cert_list.max(18_432 + 12) * 9 / 8 + 256;
+    // The message being reassembled and the ten it queues ahead of it.
+    let messages = 11 * message;
+    // Epoch-1 records buffered before OpenSSL reads the peer's ChangeCipherSpec.
+    let records = crate::session::MAX_HANDSHAKE_EPOCH1_RECORDS * READ_BUFFER;
+    // Our queues: the send queue at the MTU, the receive queue's byte limit.
+    let queues = config.send_queue * config.mtu + config.recv_queue_bytes;
+    SSL_BASE + messages + records + queues
 }

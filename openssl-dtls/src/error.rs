@@ -183,6 +183,16 @@ pub enum Error {
     Ssl(ErrorStack),
     /// A socket error in a blocking or async driver.
     Io(io::Error),
+    /// The endpoint dropped this established connection to make room for a new one: the
+    /// connection limit was reached and this was the least recently active connection, idle for
+    /// at least [`EndpointConfig::evict_idle_after`](crate::EndpointConfig::evict_idle_after).
+    /// The peer was sent a `close_notify`.
+    Evicted {
+        /// The peer.
+        peer: Option<std::net::SocketAddr>,
+        /// How long the connection had received nothing authenticated.
+        idle: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -205,6 +215,10 @@ impl Error {
             Error::SequenceExhausted => Error::SequenceExhausted,
             Error::Ssl(e) => Error::Ssl(e.clone()),
             Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
+            Error::Evicted { peer, idle } => Error::Evicted {
+                peer: *peer,
+                idle: *idle,
+            },
         }
     }
 }
@@ -227,6 +241,13 @@ impl fmt::Display for Error {
             }
             Error::Ssl(e) => write!(f, "OpenSSL error: {e}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Evicted { peer, idle } => {
+                let idle = idle.as_secs();
+                match peer {
+                    Some(peer) => write!(f, "the connection with {peer} was dropped to make room for a new one (idle for {idle} s)"),
+                    None => write!(f, "the connection was dropped to make room for a new one (idle for {idle} s)"),
+                }
+            }
         }
     }
 }

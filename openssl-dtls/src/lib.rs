@@ -38,7 +38,10 @@ pub use crate::context::{
     DtlsServerContextBuilder, PskCredentials,
 };
 pub use crate::driver::SocketOptions;
-pub use crate::endpoint::{ConnectionId, Endpoint, EndpointConfig, EndpointStats, Event};
+pub use crate::endpoint::{
+    ConnectionId, ConnectionStats, Endpoint, EndpointConfig, EndpointStats, Event,
+    HandshakeFailure, PeerIdentity,
+};
 pub use crate::error::{Alert, ConfigError, Error, Result};
 pub use crate::server::{DtlsServer, Incoming};
 pub use crate::session::{Role, Session, SessionConfig, SessionState, SessionStats};

@@ -28,7 +28,10 @@ pub(crate) enum ListenOutcome {
     HelloVerifyRequest(usize),
     /// The reply would have been larger than the ClientHello; nothing is sent.
     ReplyTooLarge,
-    /// The cookie verified: the handshake continues in this session.
+    /// The cookie verified: the caller decides, then [`Listener::accept`]s or
+    /// [`Listener::reset`]s.
+    Verified,
+    /// The handshake continues in this session (from [`Listener::accept`]).
     Accepted(Box<Session>),
     /// OpenSSL dropped the datagram (not a usable ClientHello, or a bad cookie it ignores).
     Ignored,
@@ -124,7 +127,7 @@ impl Listener {
         let st = self.bio_mut();
         st.clear_inbound();
         if r == 1 {
-            return self.accept(peer, now);
+            return ListenOutcome::Verified;
         }
         if r < 0 {
             log::debug!("DTLSv1_listen failed for {peer}; replacing the listening SSL");
@@ -158,7 +161,21 @@ impl Listener {
         }
     }
 
-    fn accept(&mut self, peer: SocketAddr, now: Instant) -> ListenOutcome {
+    /// Forgets a verified ClientHello the endpoint refused: a fresh listening `SSL` takes the
+    /// place of the one that read it.
+    pub(crate) fn reset(&mut self) {
+        match Listener::listening_ssl(&self.ctx) {
+            Ok((ssl, bio)) => {
+                self.ssl = ssl;
+                self.bio = bio;
+            }
+            Err(e) => log::error!("cannot create a listening SSL: {e}"),
+        }
+    }
+
+    /// Starts the handshake from the ClientHello that [`handle`](Self::handle) verified
+    /// ([`ListenOutcome::Verified`]): the listening `SSL` becomes the session's.
+    pub(crate) fn accept(&mut self, peer: SocketAddr, now: Instant) -> ListenOutcome {
         let (fresh, fresh_bio) = match Listener::listening_ssl(&self.ctx) {
             Ok(x) => x,
             Err(e) => {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::connection::DtlsConnection;
 use crate::context::DtlsServerContext;
 use crate::driver::{self, Shared, SocketOptions};
-use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats};
+use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats, FailureHook, HandshakeFailure};
 use crate::error::{Error, Result};
 
 /// A DTLS server: one UDP socket, a stateless cookie exchange (`DTLSv1_listen`) before any
@@ -112,6 +112,26 @@ impl DtlsServer {
     /// A snapshot of the endpoint's counters.
     pub fn stats(&self) -> EndpointStats {
         self.shared.lock().endpoint.stats()
+    }
+
+    /// Calls `hook` for every handshake a peer started with this server that failed: its
+    /// address, the PSK identity or certificate subject it presented (when the handshake got
+    /// that far), and a typed reason. Without a hook each failure is logged at `info`. The hook
+    /// runs on the driver thread, outside the server's lock (it may call [`stats`](Self::stats)),
+    /// after the failure; a panic in it is caught and logged. Keep it short: the driver waits.
+    ///
+    /// ```no_run
+    /// # use openssl_dtls::{DtlsServer, DtlsServerContext};
+    /// # let ctx = DtlsServerContext::builder().psk_key_store(|_| None).build()?;
+    /// let server = DtlsServer::bind("0.0.0.0:5684", ctx)?;
+    /// server.on_handshake_failure(|failure| eprintln!("handshake failed: {failure}"));
+    /// # Ok::<(), openssl_dtls::Error>(())
+    /// ```
+    pub fn on_handshake_failure<F>(&self, hook: F)
+    where
+        F: Fn(&HandshakeFailure) + Send + Sync + 'static,
+    {
+        self.shared.lock().failure_hook = Some(FailureHook(Arc::new(hook)));
     }
 
     /// Closes the server: `close_notify` to every peer, then the socket. Every connection's

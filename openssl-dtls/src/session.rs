@@ -31,6 +31,7 @@
 //! handshake's facts ([`cipher`](Session::cipher), [`psk_identity`](Session::psk_identity),
 //! ...) stay readable; [`ssl`](Session::ssl) returns `None`.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::raw::c_int;
@@ -283,6 +284,84 @@ pub struct SessionStats {
     /// Compact mode: handshake-layer records (a retransmitted final flight, a renegotiation
     /// request) that arrived after the `SSL` was freed, and early records beyond the buffer.
     pub dropped_handshake_records: u64,
+    /// Records kept from OpenSSL because it would buffer them (a full ≈ 18 KB read buffer each,
+    /// up to 100 per queue): records of epoch 2 or later (DTLS 1.2 without renegotiation never
+    /// uses them), and epoch-1 records during the handshake beyond
+    /// [`MAX_HANDSHAKE_EPOCH1_RECORDS`].
+    pub dropped_excess_records: u64,
+    /// Bytes of the datagrams passed to [`Session::handle_datagram`].
+    pub bytes_in: u64,
+    /// Bytes of the datagrams returned by [`Session::poll_transmit`].
+    pub bytes_out: u64,
+}
+
+/// Epoch-1 records a handshake gives OpenSSL before OpenSSL has read the peer's
+/// ChangeCipherSpec. OpenSSL keeps each epoch-1 record that arrives before it can decrypt it, a
+/// full ≈ 18 KB read buffer apiece, up to 100 (≈ 1.8 MB): what a hostile peer past the cookie
+/// exchange would fill. A genuine peer sends its ChangeCipherSpec just before its Finished, so
+/// only reordering or loss puts one of its epoch-1 records here.
+///
+/// Of these, at most [`MAX_HANDSHAKE_EPOCH1_ALONE`] may arrive in datagrams without a
+/// ChangeCipherSpec before them; the rest are kept for records that follow one in the same
+/// datagram (a flight sent as one datagram). Once OpenSSL has read the ChangeCipherSpec,
+/// epoch-1 records are decrypted (or dropped) at once and pass freely: an off-path attacker who
+/// spends the budget with forged records delays a handshake by one retransmission at most.
+pub const MAX_HANDSHAKE_EPOCH1_RECORDS: usize = 12;
+
+/// Epoch-1 records before OpenSSL has read the peer's ChangeCipherSpec that may arrive without
+/// one before them in their datagram (see [`MAX_HANDSHAKE_EPOCH1_RECORDS`]).
+pub const MAX_HANDSHAKE_EPOCH1_ALONE: usize = 8;
+
+/// Decides, record by record, which records of one datagram OpenSSL may see: never epoch 2 or
+/// later; during the handshake, until OpenSSL has read the peer's ChangeCipherSpec, epoch-1
+/// records within [`MAX_HANDSHAKE_EPOCH1_ALONE`] / [`MAX_HANDSHAKE_EPOCH1_RECORDS`].
+struct EpochFilter {
+    /// Whether epoch-1 records are limited (handshaking, ChangeCipherSpec not read yet).
+    limited: bool,
+    /// Epoch-1 records given to OpenSSL in this handshake before this datagram.
+    used: usize,
+    /// A ChangeCipherSpec came earlier in this datagram.
+    ccs: Cell<bool>,
+    /// Epoch-1 records of this datagram let through while limited.
+    passed: Cell<usize>,
+    /// Records of this datagram kept away from OpenSSL.
+    dropped: Cell<u64>,
+}
+
+impl EpochFilter {
+    /// Whether `epoch1` more epoch-1 records (with no ChangeCipherSpec) would be over the limit.
+    fn limits(&self, epoch1: usize) -> bool {
+        self.limited && self.used + epoch1 > MAX_HANDSHAKE_EPOCH1_ALONE
+    }
+
+    fn keep(&self, r: &RecordHeader<'_>) -> bool {
+        let keep = match r.epoch() {
+            0 => {
+                if r.content_type() == ContentType::ChangeCipherSpec {
+                    self.ccs.set(true);
+                }
+                true
+            }
+            1 if !self.limited => true,
+            1 => {
+                let cap = if self.ccs.get() {
+                    MAX_HANDSHAKE_EPOCH1_RECORDS
+                } else {
+                    MAX_HANDSHAKE_EPOCH1_ALONE
+                };
+                let ok = self.used + self.passed.get() < cap;
+                if ok {
+                    self.passed.set(self.passed.get() + 1);
+                }
+                ok
+            }
+            _ => false,
+        };
+        if !keep {
+            self.dropped.set(self.dropped.get() + 1);
+        }
+        keep
+    }
 }
 
 /// One peer's DTLS state around one `SSL`: see the [module documentation](self).
@@ -312,6 +391,15 @@ pub struct Session {
     min_protected_len: usize,
     peer: Option<SocketAddr>,
     stats: SessionStats,
+    /// Authenticated input seen: records that decrypted (application data, alerts) and
+    /// handshake progress. The endpoint's idle clock moves only when this does.
+    authenticated: u64,
+    /// Epoch-1 records given to OpenSSL during the handshake (at most
+    /// [`MAX_HANDSHAKE_EPOCH1_RECORDS`] until `peer_ccs_read`).
+    handshake_epoch1: usize,
+    /// OpenSSL has read the peer's ChangeCipherSpec in this handshake: it decrypts epoch-1
+    /// records from now on instead of buffering them.
+    peer_ccs_read: bool,
 }
 
 // SAFETY: `bio` points into a heap block owned by the `SSL` in `ssl` (an `Ssl` is `Send`); the
@@ -442,6 +530,9 @@ impl Session {
             min_protected_len: 0,
             peer: None,
             stats: SessionStats::default(),
+            authenticated: 0,
+            handshake_epoch1: 0,
+            peer_ccs_read: false,
         };
         session.bio_mut().now = Some(now);
         Ok(session)
@@ -511,6 +602,7 @@ impl Session {
             return;
         }
         self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
         // Compact mode: once the compact layer exists, and during the handshake whenever the
         // datagram carries epoch-1 application or alert records (withheld from OpenSSL). A
         // session whose suite the compact layer cannot carry stays on OpenSSL's path.
@@ -538,7 +630,42 @@ impl Session {
         if self.state == SessionState::Closed {
             return;
         }
-        self.feed_openssl(now, datagram, None);
+        let filter = self.epoch_filter();
+        let (epoch1, later) = count_protected(datagram);
+        if later == 0 && !filter.limits(epoch1) {
+            self.charge_epoch1(epoch1);
+            self.feed_openssl(now, datagram, None);
+            return;
+        }
+        // Records OpenSSL would buffer: keep them out (see `MAX_HANDSHAKE_EPOCH1_RECORDS`).
+        self.feed_openssl(now, datagram, Some(&|r| filter.keep(r)));
+        self.settle_filter(&filter);
+    }
+
+    /// The filter that keeps records OpenSSL would buffer away from it (see
+    /// [`MAX_HANDSHAKE_EPOCH1_RECORDS`]).
+    fn epoch_filter(&self) -> EpochFilter {
+        EpochFilter {
+            limited: self.state == SessionState::Handshaking && !self.peer_ccs_read,
+            used: self.handshake_epoch1,
+            ccs: Cell::new(false),
+            passed: Cell::new(0),
+            dropped: Cell::new(0),
+        }
+    }
+
+    /// Books what `filter` let through and dropped.
+    fn settle_filter(&mut self, filter: &EpochFilter) {
+        self.stats.dropped_excess_records += filter.dropped.get();
+        if filter.limited {
+            self.handshake_epoch1 += filter.passed.get();
+        }
+    }
+
+    fn charge_epoch1(&mut self, n: usize) {
+        if self.state == SessionState::Handshaking && !self.peer_ccs_read {
+            self.handshake_epoch1 += n;
+        }
     }
 
     /// Gives `datagram` to OpenSSL (only the records `keep` accepts, if given) and runs the
@@ -556,13 +683,35 @@ impl Session {
             None => st.set_inbound(datagram),
         }
         st.coalesce = true; // a retransmitted Finished makes OpenSSL retransmit its flight
+                            // Whether OpenSSL is given an epoch-1 handshake record (the peer's Finished).
+        let fed_finished = crate::wire::records(st.inbound())
+            .flatten()
+            .any(|r| r.epoch() == 1 && r.content_type() == ContentType::Handshake);
+        let before = (self.state, self.handshake_state());
         self.drive(now);
+        let after = (self.state, self.handshake_state());
+        let progressed = match before.0 {
+            SessionState::Handshaking => after != before,
+            _ => false,
+        };
+        if progressed {
+            self.authenticated += 1; // handshake progress
+        }
+        if after.0 == SessionState::Handshaking
+            && matches!(
+                after.1,
+                dffi::TLS_ST_CR_CHANGE | dffi::TLS_ST_SR_CHANGE | dffi::TLS_ST_SR_FINISHED
+            )
+        {
+            self.peer_ccs_read = true;
+        }
         if self.ssl.is_some() {
             let st = self.bio_mut();
             st.coalesce = false;
             st.clear_inbound();
-            if self.role == Role::Server && self.state == SessionState::Handshaking {
-                self.check_finished_authenticated(datagram);
+            if self.role == Role::Server && self.state == SessionState::Handshaking && fed_finished
+            {
+                self.check_finished_authenticated();
             }
         }
         self.feed_early_to_openssl(now);
@@ -574,16 +723,10 @@ impl Session {
     /// §4.1.2.7): the two sides derived different keys, which with PSK means a wrong key. Rather
     /// than wait out every retransmission, fail now with `decrypt_error` and tell the client in
     /// the clear (our write epoch is still 0), as TLS would (RFC 5246 §7.4.9).
-    fn check_finished_authenticated(&mut self, datagram: &[u8]) {
+    fn check_finished_authenticated(&mut self) {
         // SAFETY: `ssl` is valid; SSL_get_state only reads the state machine.
         let state = unsafe { dffi::SSL_get_state(self.ssl_ptr()) };
         if state != dffi::TLS_ST_SR_CHANGE {
-            return;
-        }
-        let epoch1 = crate::wire::records(datagram)
-            .flatten()
-            .any(|r| r.epoch() == 1 && r.content_type() == crate::wire::ContentType::Handshake);
-        if !epoch1 {
             return;
         }
         let alert = Alert {
@@ -622,8 +765,9 @@ impl Session {
             let n = st.pop_outbound(buf);
             let dropped = st.outbound_dropped - before;
             self.stats.send_dropped += dropped;
-            if n.is_some() {
+            if let Some(len) = n {
                 self.stats.datagrams_out += 1;
+                self.stats.bytes_out += len as u64;
                 return n;
             }
         }
@@ -634,8 +778,9 @@ impl Session {
             &mut self.stats.send_dropped,
             record::give_buffer,
         );
-        if n.is_some() {
+        if let Some(len) = n {
             self.stats.datagrams_out += 1;
+            self.stats.bytes_out += len as u64;
         }
         n
     }
@@ -824,11 +969,34 @@ impl Session {
         }
     }
 
-    /// Ends the session with [`Error::Timeout`] without another OpenSSL call (the endpoint's
-    /// idle timeout: the peer is presumed gone, so nothing is sent).
-    pub(crate) fn expire(&mut self) {
+    /// OpenSSL's handshake state (`SSL_get_state`), or -1 without an `SSL`.
+    fn handshake_state(&self) -> c_int {
+        match &self.ssl {
+            // SAFETY: `ssl` is valid; SSL_get_state only reads the state machine.
+            Some(ssl) => unsafe { dffi::SSL_get_state(ssl.as_ptr()) },
+            None => -1,
+        }
+    }
+
+    /// How much authenticated input the session has seen (a count that only grows): records
+    /// that decrypted and handshake progress. Unauthenticated records (forged, replayed,
+    /// plaintext alerts) never move it.
+    pub(crate) fn authenticated_count(&self) -> u64 {
+        self.authenticated
+    }
+
+    /// Ends the session with `error`, telling an established peer with `close_notify` (the
+    /// endpoint's idle timeout and eviction: the peer may still be awake, and then learns at once
+    /// that its association is gone instead of sending into the void).
+    pub(crate) fn end_with_close_notify(&mut self, error: Error) {
+        if self.state == SessionState::Established {
+            self.shutdown();
+            if self.compact.is_some() {
+                self.hand_off(); // the SSL has nothing left to do
+            }
+        }
         if !matches!(self.state, SessionState::Closed | SessionState::Failed) {
-            self.fail(Error::Timeout);
+            self.fail(error);
         }
     }
 
@@ -960,6 +1128,7 @@ impl Session {
     }
 
     fn push_received(&mut self, data: &[u8]) {
+        self.authenticated += 1; // OpenSSL returned it from SSL_read: it decrypted
         if data.is_empty() {
             return;
         }
@@ -1045,8 +1214,10 @@ impl Session {
         if !for_openssl || self.ssl.is_none() {
             return;
         }
-        let keep = move |r: &RecordHeader<'_>| !is_compact_record(r) && !too_short(r);
+        let filter = self.epoch_filter();
+        let keep = |r: &RecordHeader<'_>| !is_compact_record(r) && !too_short(r) && filter.keep(r);
         self.feed_openssl(now, datagram, Some(&keep));
+        self.settle_filter(&filter);
     }
 
     /// Compact mode on a suite the compact layer cannot carry: the records withheld during the
@@ -1162,7 +1333,10 @@ impl Session {
         let mut plain = record::take_buffer();
         let opened = compact.layer.open(record, &mut plain);
         let content_type = match opened {
-            Ok(t) => t,
+            Ok(t) => {
+                self.authenticated += 1;
+                t
+            }
             Err(e) => {
                 record::give_buffer(plain);
                 match e {
@@ -1500,6 +1674,19 @@ fn min_protected_len(cipher: &str) -> usize {
     } else {
         0
     }
+}
+
+/// The numbers of epoch-1 records and of records of epoch 2 or later in `datagram`.
+fn count_protected(datagram: &[u8]) -> (usize, usize) {
+    let mut counts = (0, 0);
+    for r in crate::wire::records(datagram).flatten() {
+        match r.epoch() {
+            0 => {}
+            1 => counts.0 += 1,
+            _ => counts.1 += 1,
+        }
+    }
+    counts
 }
 
 /// Whether `datagram` holds an epoch ≥ 1 record shorter than `min`.

@@ -70,7 +70,10 @@ use openssl::x509::X509;
 use crate::connection::Facts;
 use crate::context::{DtlsClientContext, DtlsServerContext};
 use crate::driver::{open_socket, SocketOptions};
-use crate::endpoint::{ConnectionId, Endpoint, EndpointConfig, EndpointStats, Event};
+use crate::endpoint::{
+    ConnectionId, ConnectionStats, Endpoint, EndpointConfig, EndpointStats, Event, FailureHook,
+    HandshakeFailure,
+};
 use crate::error::{Error, Result};
 
 /// The largest datagram we read: anything larger than a UDP payload can be is impossible.
@@ -110,6 +113,10 @@ struct Core {
     backlog: VecDeque<(SocketAddr, Vec<u8>)>,
     spare: Vec<Vec<u8>>,
     tx: Vec<u8>,
+    /// Called for every failed server handshake ([`DtlsServer::on_handshake_failure`]).
+    failure_hook: Option<FailureHook>,
+    /// Failed handshakes the driver task reports next, outside the lock.
+    failures: Vec<HandshakeFailure>,
 }
 
 impl fmt::Debug for Core {
@@ -243,6 +250,14 @@ fn dispatch(shared: &Shared, core: &mut Core) {
                     slot.notify.notify_waiters();
                 }
             }
+            Event::HandshakeFailed(failure) => {
+                if core.failures.len() < crate::endpoint::MAX_PENDING_FAILURES {
+                    core.failures.push(failure);
+                    shared.wake_driver(); // the driver task reports it, outside the lock
+                } else {
+                    log::info!("handshake failed: {failure}");
+                }
+            }
         }
     }
 }
@@ -285,6 +300,8 @@ async fn start(
             accept_queue: VecDeque::new(),
             shutdown: false,
             send_errors: 0,
+            failure_hook: None,
+            failures: Vec::new(),
             backlog: VecDeque::new(),
             spare: Vec::new(),
             tx: vec![0; RX_BUFFER],
@@ -356,6 +373,12 @@ fn turn(shared: &Shared, rx: &mut [u8]) -> bool {
     core.endpoint.handle_timeout(Instant::now());
     dispatch(shared, &mut core);
     shared.flush(&mut core);
+    if !core.failures.is_empty() {
+        let mut failures = std::mem::take(&mut core.failures);
+        let hook = core.failure_hook.clone();
+        drop(core);
+        crate::endpoint::report_failures(hook.as_ref(), &mut failures);
+    }
     true
 }
 
@@ -517,6 +540,16 @@ impl DtlsServer {
     /// A snapshot of the endpoint's counters.
     pub fn stats(&self) -> EndpointStats {
         self.shared.lock().endpoint.stats()
+    }
+
+    /// Calls `hook` for every handshake a peer started with this server that failed: see
+    /// [`crate::DtlsServer::on_handshake_failure`]. The hook runs on the driver task, outside the
+    /// server's lock; it must not block.
+    pub fn on_handshake_failure<F>(&self, hook: F)
+    where
+        F: Fn(&HandshakeFailure) + Send + Sync + 'static,
+    {
+        self.shared.lock().failure_hook = Some(FailureHook(Arc::new(hook)));
     }
 
     /// Closes the server: `close_notify` to every peer, then the driver task. Every
@@ -912,6 +945,17 @@ impl DtlsConnection {
         inner.shared.flush(&mut core);
         drop(core);
         inner.shared.wake_driver();
+    }
+
+    /// This connection's counters (datagrams, bytes and application records each way, drops
+    /// by cause) and when it last received authenticated input; `None` once the connection is
+    /// gone from the endpoint.
+    pub fn stats(&self) -> Option<ConnectionStats> {
+        self.inner
+            .shared
+            .lock()
+            .endpoint
+            .connection_stats(self.inner.peer, self.inner.id)
     }
 
     /// Whether the connection has ended (closed by either side, failed, or timed out).

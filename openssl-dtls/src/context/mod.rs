@@ -87,6 +87,11 @@ use openssl::ssl::{SslContextBuilder, SslOptions, SslVersion};
 /// handshake hold.
 pub const MAX_CERT_LIST: usize = 32 * 1024;
 
+/// `SSL_CTX_set_max_cert_list` of a context that uses PSK only and so never receives a
+/// certificate: 4 KiB. OpenSSL's DTLS reassembly then bounds any handshake message by a record's
+/// worth (`dtls1_max_handshake_message_len`, ≈ 18 KB) instead of [`MAX_CERT_LIST`].
+pub const PSK_MAX_CERT_LIST: usize = 4 * 1024;
+
 /// Whether OpenSSL version `v` (`OPENSSL_VERSION_NUMBER` layout) carries the DTLS fixes of the
 /// 29 September 2026 advisory (CVE-2026-84782, CVE-2026-75806): 3.0.23, 3.4.8, 3.5.9, 3.6.5,
 /// 4.0.3 and later releases of those branches, or any later minor version.
@@ -442,10 +447,17 @@ impl Common {
             SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION | SslOptions::NO_COMPRESSION,
         );
         // A peer's certificate chain, and in DTLS any handshake message it makes us reassemble,
-        // is bounded by max_cert_list (OpenSSL's default: 100 KB per message).
+        // is bounded by max_cert_list (OpenSSL's default: 100 KB per message). A context that
+        // never receives a certificate takes the smallest: OpenSSL then bounds every message by
+        // a record's worth (≈ 18 KB).
+        let max_cert_list = if certificates {
+            MAX_CERT_LIST
+        } else {
+            PSK_MAX_CERT_LIST
+        };
         // SAFETY: `b` owns a valid SSL_CTX; the macro only stores the value.
         unsafe {
-            openssl_dtls_sys::SSL_CTX_set_max_cert_list(b.as_ptr(), MAX_CERT_LIST as _);
+            openssl_dtls_sys::SSL_CTX_set_max_cert_list(b.as_ptr(), max_cert_list as _);
         }
         b.set_min_proto_version(Some(SslVersion::DTLS1_2))
             .map_err(|e| ConfigError::Invalid(format!("cannot set the DTLS 1.2 minimum: {e}")))?;

@@ -84,6 +84,19 @@ impl DtlsServerContext {
         &self.inner.session
     }
 
+    /// The largest certificate chain a peer may send (`SSL_CTX_get_max_cert_list`):
+    /// [`MAX_CERT_LIST`](crate::context::MAX_CERT_LIST) with a certificate,
+    /// [`PSK_MAX_CERT_LIST`](crate::context::PSK_MAX_CERT_LIST) for PSK only.
+    pub(crate) fn max_cert_list(&self) -> usize {
+        // SAFETY: `ctx` is a valid SSL_CTX; the macro only reads a field.
+        let n = unsafe {
+            openssl_dtls_sys::SSL_CTX_get_max_cert_list(foreign_types::ForeignType::as_ptr(
+                &self.ctx,
+            ))
+        };
+        usize::try_from(n).unwrap_or(0)
+    }
+
     /// Whether the admission hook lets `peer` (whose ClientHello carried a valid cookie) start a
     /// handshake. `true` without a hook; a panicking hook counts as `false`.
     pub(crate) fn admit(&self, peer: SocketAddr) -> bool {
