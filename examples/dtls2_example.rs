@@ -74,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         while let Some(arg) = p.next()? {
             match arg {
                 Long("port") => port = p.value()?.parse()?,
-                Short('h') | Long("help") => common::help(USAGE),
+                Short('h') | Long("help") => return Err(common::help(p, USAGE)),
                 _ => return Err(arg.unexpected()),
             }
         }

@@ -57,7 +57,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("idle-timeout") => {
                 idle_timeout = Some(p.value()?.parse_with(common::idle_timeout)?)
             }
-            Short('h') | Long("help") => common::help(USAGE),
+            Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
         }
     }

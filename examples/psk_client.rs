@@ -52,7 +52,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("cipher") => cipher = Some(p.value()?.string()?),
             Long("message") => message = Some(p.value()?.string()?),
             Long("count") => count = p.value()?.parse_with(common::count)?,
-            Short('h') | Long("help") => common::help(USAGE),
+            Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
         }
     }

@@ -35,8 +35,15 @@ pub fn parse_args<T>(
     parse(&mut parser).unwrap_or_else(|e| fail(usage, &e.to_string()))
 }
 
-/// `--help`: the usage on stdout, exit 0.
-pub fn help(usage: &str) -> ! {
+/// `-h`/`--help`: the usage on stdout, exit 0. Returns the error for `--help=VALUE`, which is
+/// not help: `Short('h') | Long("help") => return Err(common::help(p, USAGE))`.
+pub fn help(p: &mut lexopt::Parser, usage: &str) -> lexopt::Error {
+    if let Some(value) = p.optional_value() {
+        return lexopt::Error::UnexpectedValue {
+            option: "--help".into(),
+            value,
+        };
+    }
     println!("{usage}");
     exit(0)
 }
@@ -216,7 +223,7 @@ pub fn only_help(
         use lexopt::prelude::*;
         while let Some(arg) = p.next()? {
             match arg {
-                Short('h') | Long("help") => help(usage),
+                Short('h') | Long("help") => return Err(help(p, usage)),
                 _ => return Err(arg.unexpected()),
             }
         }
