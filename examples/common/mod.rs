@@ -221,12 +221,10 @@ pub fn only_help(
 ) -> impl FnOnce(&mut lexopt::Parser) -> Result<(), lexopt::Error> {
     move |p| {
         use lexopt::prelude::*;
-        while let Some(arg) = p.next()? {
-            match arg {
-                Short('h') | Long("help") => return Err(help(p, usage)),
-                _ => return Err(arg.unexpected()),
-            }
+        match p.next()? {
+            None => Ok(()),
+            Some(Short('h') | Long("help")) => Err(help(p, usage)),
+            Some(arg) => Err(arg.unexpected()),
         }
-        Ok(())
     }
 }
