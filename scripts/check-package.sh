@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Packages both crates as crates.io would get them (`cargo package`, without verifying: the
-# build of openssl-dtls from its package needs openssl-dtls-sys from crates.io, which cargo
-# replaces by the one packaged alongside) and fails on any warning from cargo (a missing
-# licence, documentation link or README, a target left out of the package) or when a package
-# lacks the files its README names.
+# Packages both crates as crates.io would get them and builds each from its package
+# (`cargo package` of both at once: openssl-dtls's build takes openssl-dtls-sys from the package
+# made alongside, as it is not on crates.io). Fails on any warning from cargo (a missing licence,
+# documentation link or README, a target left out of the package) or when a package lacks the
+# files its README names.
 #
 #   scripts/check-package.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out=$(cargo package -p openssl-dtls-sys -p openssl-dtls --allow-dirty --no-verify 2>&1) || {
+out=$(cargo package -p openssl-dtls-sys -p openssl-dtls --allow-dirty 2>&1) || {
   echo "$out"
   exit 1
 }
