@@ -5,6 +5,9 @@
 //! cargo run --example async_echo --features tokio      # RUST_LOG=debug shows the handshakes
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::Duration;
 
 use openssl_dtls::tokio::{DtlsClient, DtlsServer};
@@ -13,8 +16,15 @@ use openssl_dtls::{DtlsClientContext, DtlsServerContext, PskCredentials};
 const IDENTITY: &[u8] = b"Client_identity";
 const KEY: &[u8] = b"secretPSK";
 
+const USAGE: &str = "\
+usage: async_echo
+An async PSK echo server and three clients in one program, on tokio, over UDP on loopback.
+RUST_LOG=debug shows the handshakes.
+  -h, --help  this text";
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    common::parse_args(USAGE, common::only_help(USAGE));
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     // The server: one socket, one driver task; a task per connection echoes what it receives.

@@ -4,6 +4,9 @@
 //! cargo run --example demo            # RUST_LOG=debug shows the handshake
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::Duration;
 
 use openssl_dtls::{DtlsClient, DtlsClientContext, DtlsServer, DtlsServerContext, PskCredentials};
@@ -11,7 +14,14 @@ use openssl_dtls::{DtlsClient, DtlsClientContext, DtlsServer, DtlsServerContext,
 const IDENTITY: &[u8] = b"Client_identity";
 const KEY: &[u8] = b"secretPSK";
 
+const USAGE: &str = "\
+usage: demo
+A PSK server and client in one process, exchanging three messages over UDP on loopback.
+RUST_LOG=debug shows the handshake.
+  -h, --help  this text";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    common::parse_args(USAGE, common::only_help(USAGE));
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     // The server: PSK key store (identity -> key), default PSK ciphers (PSK-AES128-CCM8 first).

@@ -3,44 +3,99 @@
 //! ```text
 //! cargo run --example pki_server -- --cert server.pem --key server.key [--ca ca.pem --require-client-cert]
 //! ```
+//!
+//! A datagram longer than one of its records carries (a peer with a larger MTU) is echoed
+//! truncated to the connection's data MTU, with a warning; the connection stays up.
 
 #[path = "common/mod.rs"]
 mod common;
 
-use openssl_dtls::{ClientAuth, DtlsServer, DtlsServerContext};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-const USAGE: &str = "pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM --require-client-cert] [--cipher STR]
+use openssl_dtls::{ClientAuth, DtlsServerContext};
+
+const USAGE: &str = "\
+usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-client-cert]]
+                  [--cipher STR] [--idle-timeout SECS]
   --listen               address to bind (default 127.0.0.1:5684)
   --cert                 certificate chain, PEM (leaf first)
   --key                  private key, PEM
   --ca                   trust roots for client certificates, PEM
   --require-client-cert  fail handshakes without a verified client certificate
-  --cipher               OpenSSL cipher string (default: the certificate preset)";
+  --cipher               OpenSSL cipher string (default: the certificate preset)
+  --idle-timeout         drop a connection that received nothing for SECS seconds
+                         (default 300; 0 or none: never)
+  -h, --help             this text";
+
+struct Options {
+    listen: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: Option<PathBuf>,
+    require_client_cert: bool,
+    cipher: Option<String>,
+    idle_timeout: Option<Option<Duration>>,
+}
+
+fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut listen = common::socket_addr(common::DEFAULT_ADDR)?;
+    let (mut cert, mut key, mut ca) = (None, None, None);
+    let mut require_client_cert = false;
+    let mut cipher = None;
+    let mut idle_timeout = None;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("listen") => listen = p.value()?.parse_with(common::socket_addr)?,
+            Long("cert") => cert = Some(PathBuf::from(p.value()?)),
+            Long("key") => key = Some(PathBuf::from(p.value()?)),
+            Long("ca") => ca = Some(PathBuf::from(p.value()?)),
+            Long("require-client-cert") => require_client_cert = true,
+            Long("cipher") => cipher = Some(p.value()?.string()?),
+            Long("idle-timeout") => {
+                idle_timeout = Some(p.value()?.parse_with(common::idle_timeout)?)
+            }
+            Short('h') | Long("help") => return Err(common::help(p, USAGE)),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    if require_client_cert && ca.is_none() {
+        return Err("--require-client-cert needs --ca".into());
+    }
+    Ok(Options {
+        listen,
+        cert: cert.ok_or("--cert is required")?,
+        key: key.ok_or("--key is required")?,
+        ca,
+        require_client_cert,
+        cipher,
+        idle_timeout,
+    })
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = common::Args::parse(USAGE, &["require-client-cert"]);
+    let o = common::parse_args(USAGE, parse);
     let mut builder = DtlsServerContext::builder();
     builder
-        .certificate_chain_file(args.required(USAGE, "cert"))
-        .private_key_file(args.required(USAGE, "key"));
-    if let Some(ca) = args.get("ca") {
+        .certificate_chain_file(&o.cert)
+        .private_key_file(&o.key);
+    if let Some(ca) = &o.ca {
         builder.root_certificates_file(ca);
-        builder.client_auth(if args.switch("require-client-cert") {
+        builder.client_auth(if o.require_client_cert {
             ClientAuth::Require
         } else {
             ClientAuth::Request
         });
-    } else if args.switch("require-client-cert") {
-        common::fail(USAGE, "--require-client-cert needs --ca");
     }
-    if let Some(cipher) = args.get("cipher") {
+    if let Some(cipher) = &o.cipher {
         builder.ciphers(cipher);
     }
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
-    let server = DtlsServer::bind(args.get_or("listen", "127.0.0.1:5684"), ctx)
-        .unwrap_or_else(|e| common::fail(USAGE, &format!("bind: {e}")));
+    let server = common::bind_server(o.listen, ctx, common::server_config(o.idle_timeout));
     common::echo_forever(server)
 }

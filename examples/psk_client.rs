@@ -7,51 +7,86 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use openssl_dtls::{DtlsClientContext, PskCredentials};
 
-const USAGE: &str = "psk_client --message TEXT [--connect ADDR] [--identity ID] [--key-hex HEX] [--cipher STR] [--count N]
+const USAGE: &str = "\
+usage: psk_client --message TEXT [--connect ADDR] [--bind ADDR] [--identity ID] [--key-hex HEX]
+                  [--cipher STR] [--count N]
   --connect   server address (default 127.0.0.1:5684)
+  --bind      local address to send from (default: any port of the server's address family)
   --identity  PSK identity (default Client_identity)
   --key-hex   the key, in hex (default 73656372657450534b = \"secretPSK\")
   --cipher    OpenSSL cipher string (default: the PSK preset)
   --message   the text to send
-  --count     how many times (default 1); exits 0 once every reply arrived";
+  --count     how many times (default 1); exits 0 once every reply arrived
+  -h, --help  this text";
+
+struct Options {
+    connect: SocketAddr,
+    bind: Option<SocketAddr>,
+    identity: Vec<u8>,
+    key: Vec<u8>,
+    cipher: Option<String>,
+    message: String,
+    count: usize,
+}
+
+fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut connect = common::socket_addr(common::DEFAULT_ADDR)?;
+    let mut bind = None;
+    let mut identity = common::DEFAULT_IDENTITY.into();
+    let mut key = common::hex(common::DEFAULT_KEY_HEX)?;
+    let mut cipher = None;
+    let mut message = None;
+    let mut count = 1;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("connect") => connect = p.value()?.parse_with(common::socket_addr)?,
+            Long("bind") => bind = Some(p.value()?.parse_with(common::socket_addr)?),
+            Long("identity") => identity = p.value()?.string()?.into_bytes(),
+            Long("key-hex") => key = p.value()?.parse_with(common::hex)?,
+            Long("cipher") => cipher = Some(p.value()?.string()?),
+            Long("message") => message = Some(p.value()?.string()?),
+            Long("count") => count = p.value()?.parse_with(common::count)?,
+            Short('h') | Long("help") => return Err(common::help(p, USAGE)),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(Options {
+        connect,
+        bind,
+        identity,
+        key,
+        cipher,
+        message: message.ok_or("--message is required")?,
+        count,
+    })
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let args = common::Args::parse(USAGE, &[]);
-    let identity = args
-        .get_or("identity", "Client_identity")
-        .as_bytes()
-        .to_vec();
-    let key = common::hex(USAGE, args.get_or("key-hex", common::DEFAULT_KEY_HEX));
-    let message = args.required(USAGE, "message").to_owned();
-    let count: usize = args
-        .get_or("count", "1")
-        .parse()
-        .unwrap_or_else(|_| common::fail(USAGE, "--count is not a number"));
-    let peer = common::peer(USAGE, &args);
+    let o = common::parse_args(USAGE, parse);
     let mut builder = DtlsClientContext::builder();
-    builder.psk_credentials(PskCredentials::new(identity, key));
-    if let Some(cipher) = args.get("cipher") {
+    builder.psk_credentials(PskCredentials::new(o.identity, o.key));
+    if let Some(cipher) = &o.cipher {
         builder.ciphers(cipher);
     }
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
-    let client = common::client_for(USAGE, peer);
+    let client = common::bind_client(o.bind, o.connect);
     let conn = client
-        .connect(peer, &ctx, Duration::from_secs(10))
-        .unwrap_or_else(|e| {
-            eprintln!("error: handshake with {peer} failed: {e}");
-            std::process::exit(1)
-        });
+        .connect(o.connect, &ctx, Duration::from_secs(10))
+        .unwrap_or_else(|e| common::die(&format!("handshake with {} failed: {e}", o.connect)));
     log::info!(
-        "connected: {} {}",
+        "connected from {}: {} {}",
+        conn.local_addr(),
         conn.protocol_version().unwrap_or("?"),
         conn.cipher().unwrap_or("?")
     );
-    common::send_and_print(&conn, &message, count);
+    common::send_and_print(&conn, &o.message, o.count);
 }

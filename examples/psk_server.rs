@@ -4,42 +4,87 @@
 //! cargo run --example psk_server -- --listen 127.0.0.1:5684 --identity Client_identity --key-hex 73656372657450534b
 //! openssl s_client -dtls1_2 -connect 127.0.0.1:5684 -psk 73656372657450534b -psk_identity Client_identity -cipher PSK-AES128-CCM8
 //! ```
+//!
+//! A datagram longer than one of its records carries (a peer with a larger MTU) is echoed
+//! truncated to the connection's data MTU, with a warning; the connection stays up.
 
 #[path = "common/mod.rs"]
 mod common;
 
-use openssl_dtls::{DtlsServer, DtlsServerContext};
+use std::net::SocketAddr;
+use std::time::Duration;
 
-const USAGE: &str =
-    "psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--cipher STR] [--compact]
-  --listen    address to bind (default 127.0.0.1:5684)
-  --identity  the PSK identity accepted (default Client_identity)
-  --key-hex   the key, in hex (default 73656372657450534b = \"secretPSK\")
-  --hint      PSK identity hint sent to clients
-  --cipher    OpenSSL cipher string (default: the PSK preset, PSK-AES128-CCM8 first)
-  --compact   compact connections: free each SSL after the handshake (about 1 KB per idle peer)";
+use openssl_dtls::DtlsServerContext;
+
+const USAGE: &str = "\
+usage: psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--cipher STR]
+                  [--compact] [--idle-timeout SECS]
+  --listen        address to bind (default 127.0.0.1:5684)
+  --identity      the PSK identity accepted (default Client_identity)
+  --key-hex       the key, in hex (default 73656372657450534b = \"secretPSK\")
+  --hint          PSK identity hint sent to clients
+  --cipher        OpenSSL cipher string (default: the PSK preset, PSK-AES128-CCM8 first)
+  --compact       compact connections: free each SSL after the handshake (about 1 KB per idle peer)
+  --idle-timeout  drop a connection that received nothing for SECS seconds
+                  (default 300; 0 or none: never)
+  -h, --help      this text
+A datagram longer than the connection's data MTU is echoed truncated to it (logged).";
+
+struct Options {
+    listen: SocketAddr,
+    identity: Vec<u8>,
+    key: Vec<u8>,
+    hint: Option<String>,
+    cipher: Option<String>,
+    compact: bool,
+    idle_timeout: Option<Option<Duration>>,
+}
+
+fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut o = Options {
+        listen: common::socket_addr(common::DEFAULT_ADDR)?,
+        identity: common::DEFAULT_IDENTITY.into(),
+        key: common::hex(common::DEFAULT_KEY_HEX)?,
+        hint: None,
+        cipher: None,
+        compact: false,
+        idle_timeout: None,
+    };
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("listen") => o.listen = p.value()?.parse_with(common::socket_addr)?,
+            Long("identity") => o.identity = p.value()?.string()?.into_bytes(),
+            Long("key-hex") => o.key = p.value()?.parse_with(common::hex)?,
+            Long("hint") => o.hint = Some(p.value()?.string()?),
+            Long("cipher") => o.cipher = Some(p.value()?.string()?),
+            Long("compact") => o.compact = true,
+            Long("idle-timeout") => {
+                o.idle_timeout = Some(p.value()?.parse_with(common::idle_timeout)?)
+            }
+            Short('h') | Long("help") => return Err(common::help(p, USAGE)),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(o)
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = common::Args::parse(USAGE, &["compact"]);
-    let identity = args
-        .get_or("identity", "Client_identity")
-        .as_bytes()
-        .to_vec();
-    let key = common::hex(USAGE, args.get_or("key-hex", common::DEFAULT_KEY_HEX));
+    let o = common::parse_args(USAGE, parse);
     let mut builder = DtlsServerContext::builder();
+    let (identity, key) = (o.identity, o.key);
     builder.psk_key_store(move |id| (id == identity.as_slice()).then(|| key.clone()));
-    if let Some(hint) = args.get("hint") {
+    if let Some(hint) = &o.hint {
         builder.identity_hint(hint.as_bytes());
     }
-    if let Some(cipher) = args.get("cipher") {
+    if let Some(cipher) = &o.cipher {
         builder.ciphers(cipher);
     }
-    builder.compact_connections(args.switch("compact"));
+    builder.compact_connections(o.compact);
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
-    let server = DtlsServer::bind(args.get_or("listen", "127.0.0.1:5684"), ctx)
-        .unwrap_or_else(|e| common::fail(USAGE, &format!("bind: {e}")));
+    let server = common::bind_server(o.listen, ctx, common::server_config(o.idle_timeout));
     common::echo_forever(server)
 }

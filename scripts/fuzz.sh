@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Short, bounded runs of the cargo-fuzz targets in fuzz/ (libFuzzer with AddressSanitizer), from a
 # fresh machine: installs what is missing (the build prerequisites via scripts/setup.sh, a C++
-# compiler for libFuzzer, cargo-fuzz from crates.io), builds the targets, then fuzzes each one for
+# compiler for libFuzzer, and cargo-fuzz from crates.io into the project's target/tools/, not
+# into ~/.cargo; CARGO_TOOLS_ROOT picks another folder), builds the targets, then fuzzes each one for
 # FUZZ_SECONDS (default 20) starting from the checked-in seeds in fuzz/corpus/<target>/seed-*.
 # Exits non-zero if any target finds a crash, a panic, a leak or a timeout; the input that did it
 # is in fuzz/artifacts/<target>/.
@@ -49,9 +50,12 @@ if ! command -v c++ >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends g++
 fi
+# cargo-fuzz: one already on PATH, else the project's own copy (installed on first use).
+tools=${CARGO_TOOLS_ROOT:-$root/target/tools}
+export PATH="$PATH:$tools/bin"
 if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "fuzz: installing cargo-fuzz"
-  cargo install cargo-fuzz --locked
+  echo "fuzz: installing cargo-fuzz into $tools (cargo install --root; remove the folder to undo)"
+  cargo install cargo-fuzz --locked --root "$tools"
 fi
 
 # cargo-fuzz passes nightly-only flags (-Zsanitizer=address, ...). The machine has one stable

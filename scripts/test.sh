@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh Debian 12 machine: installs what is missing, then runs
-# formatting and lint checks, unit, integration and interop tests (real UDP on loopback against
-# OpenSSL's and GnuTLS's tools), short fuzz runs, and the tests against a freshly built OpenSSL
-# (`vendored` feature).
+# The whole test suite, from a fresh Debian 12 machine: installs what is missing (Debian packages
+# via scripts/setup.sh, cargo-fuzz into target/tools/ via scripts/fuzz.sh; nothing global from
+# crates.io), then runs formatting and lint checks, the declared minimum Rust version against the
+# locked dependencies, the crates' packages, unit, integration and interop tests (real UDP on
+# loopback against OpenSSL's and GnuTLS's tools), the example tools as processes, short fuzz
+# runs, and the tests against a freshly built OpenSSL (`vendored` feature, built in
+# $CARGO_TARGET_DIR/vendored, default target/vendored).
 #
 #   scripts/test.sh            # everything (≈ 15 min on 2 cores, most of it the vendored build)
 #   QUICK=1 scripts/test.sh    # skip the vendored OpenSSL build
@@ -18,13 +21,18 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --features openssl-dtls/tokio -- -D warnings
 echo "== docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet --features openssl-dtls/tokio
+echo "== minimum Rust version (rust-version) against the locked dependencies"
+scripts/check-msrv.sh
+echo "== packages (cargo package: licences, README, no warnings)"
+scripts/check-package.sh
 echo "== tests (system OpenSSL: $(openssl version))"
+# A plain `cargo test` also builds the examples, which tests/examples.rs runs as processes.
 cargo test --workspace --features openssl-dtls/tokio
 echo "== fuzz smoke runs (FUZZ_SECONDS=${FUZZ_SECONDS:=10} per target; scripts/fuzz.sh documents long runs)"
 FUZZ_SECONDS=$FUZZ_SECONDS scripts/fuzz.sh
 if [ -z "${QUICK:-}" ]; then
   echo "== tests against a freshly built OpenSSL 3.x (all features: vendored, tokio)"
-  cargo test --workspace --all-features --target-dir target/vendored \
+  cargo test --workspace --all-features --target-dir "${CARGO_TARGET_DIR:-target}/vendored" \
     --lib --test link --test session --test context --test udp --test async_tokio --test compact
 fi
 echo "== all tests passed"

@@ -1,89 +1,140 @@
-//! Tiny shared helpers for the examples: `--flag value` parsing, hex keys, an echo loop.
+//! What the example tools share: argument conventions and value parsers (over `lexopt`), the
+//! server's echo loop and the client's send-and-print loop.
+//!
+//! Every tool parses its arguments with one `match` over lexopt's arguments (see
+//! `psk_server.rs`); a new flag is one more arm. The conventions, checked by `tests/examples.rs`:
+//! - `-h`/`--help` prints the usage on stdout and exits 0;
+//! - an unknown flag, a stray argument, a missing or malformed value (`--key-hex 'aé'`) prints
+//!   `error: ...` and the usage on stderr and exits 2, never a panic;
+//! - a failure at run time (bind, handshake, no reply) prints `error: ...` and exits 1.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::process::exit;
-
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::exit;
+use std::time::Duration;
 
-use openssl_dtls::{DtlsClient, DtlsConnection, DtlsServer};
+use openssl_dtls::{
+    DtlsClient, DtlsConnection, DtlsServer, DtlsServerContext, EndpointConfig, Error, SocketOptions,
+};
 
-/// `--name value` and bare `--switch` arguments.
-pub struct Args {
-    values: HashMap<String, String>,
-    switches: Vec<String>,
+/// `secretPSK` in hex: the key dtls2's examples and Californium's interop tests use.
+pub const DEFAULT_KEY_HEX: &str = "73656372657450534b";
+/// The identity dtls2's examples and Californium's interop tests use.
+pub const DEFAULT_IDENTITY: &str = "Client_identity";
+/// Where servers listen and clients connect by default (CoAPS's port on loopback).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:5684";
+
+/// Runs `parse` over the process arguments. Its errors (lexopt's: unknown flag, missing or
+/// malformed value; or a message such as `"--message is required"`) end the process with
+/// [`fail`].
+pub fn parse_args<T>(
+    usage: &str,
+    parse: impl FnOnce(&mut lexopt::Parser) -> Result<T, lexopt::Error>,
+) -> T {
+    let mut parser = lexopt::Parser::from_env();
+    parse(&mut parser).unwrap_or_else(|e| fail(usage, &e.to_string()))
 }
 
-impl Args {
-    /// Parses the process arguments; `switches` names the flags that take no value.
-    pub fn parse(usage: &str, switches: &[&str]) -> Args {
-        let mut values = HashMap::new();
-        let mut found = Vec::new();
-        let mut it = std::env::args().skip(1);
-        while let Some(arg) = it.next() {
-            if arg == "-h" || arg == "--help" {
-                println!("{usage}");
-                exit(0);
-            }
-            let Some(name) = arg.strip_prefix("--") else {
-                fail(usage, &format!("unexpected argument {arg:?}"));
-            };
-            if switches.contains(&name) {
-                found.push(name.to_owned());
-                continue;
-            }
-            match it.next() {
-                Some(v) => {
-                    values.insert(name.to_owned(), v);
-                }
-                None => fail(usage, &format!("--{name} needs a value")),
-            }
-        }
-        Args {
-            values,
-            switches: found,
-        }
+/// `-h`/`--help`: the usage on stdout, exit 0. Returns the error for `--help=VALUE`, which is
+/// not help: `Short('h') | Long("help") => return Err(common::help(p, USAGE))`.
+pub fn help(p: &mut lexopt::Parser, usage: &str) -> lexopt::Error {
+    if let Some(value) = p.optional_value() {
+        return lexopt::Error::UnexpectedValue {
+            option: "--help".into(),
+            value,
+        };
     }
-
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str)
-    }
-
-    pub fn get_or<'a>(&'a self, name: &str, default: &'a str) -> &'a str {
-        self.get(name).unwrap_or(default)
-    }
-
-    pub fn required(&self, usage: &str, name: &str) -> &str {
-        self.get(name)
-            .unwrap_or_else(|| fail(usage, &format!("--{name} is required")))
-    }
-
-    pub fn switch(&self, name: &str) -> bool {
-        self.switches.iter().any(|s| s == name)
-    }
+    println!("{usage}");
+    exit(0)
 }
 
+/// A usage error: the message and the usage on stderr, exit 2.
 pub fn fail(usage: &str, message: &str) -> ! {
     eprintln!("error: {message}\n\n{usage}");
     exit(2)
 }
 
-/// Decodes a hex string ("73656372657450534b").
-pub fn hex(usage: &str, s: &str) -> Vec<u8> {
-    if s.len() % 2 != 0 {
-        fail(usage, "--key-hex needs an even number of hex digits");
+/// A run-time failure: the message on stderr, exit 1.
+pub fn die(message: &str) -> ! {
+    eprintln!("error: {message}");
+    exit(1)
+}
+
+/// Decodes a hex string (`"73656372657450534b"`), upper or lower case.
+pub fn hex(s: &str) -> Result<Vec<u8>, String> {
+    let digits = s.as_bytes();
+    if digits.len() % 2 != 0 {
+        return Err(format!("{s:?} has an odd number of hex digits"));
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&s[i..i + 2], 16)
-                .unwrap_or_else(|_| fail(usage, "--key-hex is not hex"))
-        })
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        b'A'..=b'F' => Ok(c - b'A' + 10),
+        _ => Err(format!("{s:?} is not hex")),
+    };
+    digits
+        .chunks(2)
+        .map(|pair| Ok((digit(pair[0])? << 4) | digit(pair[1])?))
         .collect()
 }
 
-/// `secretPSK` in hex: the key dtls2's examples and Californium's interop tests use.
-pub const DEFAULT_KEY_HEX: &str = "73656372657450534b";
+/// `--count N`: a whole number.
+pub fn count(s: &str) -> Result<usize, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))
+}
+
+/// An address, `IP:PORT` or `HOST:PORT` (the first address the name resolves to).
+pub fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not an address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+/// `--idle-timeout SECS`: whole seconds; `0` or `none` keeps idle connections forever.
+pub fn idle_timeout(s: &str) -> Result<Option<Duration>, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let secs: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (or `none`)"))?;
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
+/// The endpoint limits for a server whose `--idle-timeout` was `idle` (the library's default of
+/// 5 minutes when the flag is absent).
+pub fn server_config(idle: Option<Option<Duration>>) -> EndpointConfig {
+    let mut config = EndpointConfig::default();
+    if let Some(idle) = idle {
+        config.idle_timeout = idle;
+    }
+    config
+}
+
+/// Binds a server on `listen` with `config`; exits 1 if it cannot.
+pub fn bind_server(
+    listen: SocketAddr,
+    ctx: DtlsServerContext,
+    config: EndpointConfig,
+) -> DtlsServer {
+    DtlsServer::bind_with(listen, ctx, config, SocketOptions::default())
+        .unwrap_or_else(|e| die(&format!("bind {listen}: {e}")))
+}
+
+/// A client socket on `bind` (`--bind`: a fixed local address, as a device has), or on any port
+/// of the peer's address family; exits 1 if it cannot bind.
+pub fn bind_client(bind: Option<SocketAddr>, peer: SocketAddr) -> DtlsClient {
+    let addr = bind.unwrap_or_else(|| {
+        if peer.is_ipv6() {
+            "[::]:0".parse().expect("an address")
+        } else {
+            "0.0.0.0:0".parse().expect("an address")
+        }
+    });
+    DtlsClient::bind(addr).unwrap_or_else(|e| die(&format!("bind {addr}: {e}")))
+}
 
 /// Accepts connections forever, echoing every datagram back to its sender on its own thread.
 pub fn echo_forever(server: DtlsServer) -> ! {
@@ -105,70 +156,75 @@ pub fn echo_forever(server: DtlsServer) -> ! {
     exit(0)
 }
 
+/// Echoes every datagram of `conn` back until it ends.
+///
+/// A peer whose MTU is larger than ours can send a datagram longer than one of our records
+/// carries ([`DtlsConnection::data_mtu`]). DTLS never splits a datagram, so such a datagram is
+/// echoed truncated to the first `data_mtu` bytes, as UDP truncates, with a warning in the log;
+/// the connection stays up.
 fn echo(conn: DtlsConnection) {
+    let peer = conn.peer_addr();
     let mut buf = vec![0u8; 65_536];
     loop {
-        match conn.recv(&mut buf) {
+        let n = match conn.recv(&mut buf) {
             Ok(0) => {
-                log::info!("{} closed the connection", conn.peer_addr());
+                log::info!("{peer} closed the connection");
                 return;
             }
-            Ok(n) => {
-                if let Err(e) = conn.send(&buf[..n]) {
-                    log::warn!("echo to {}: {e}", conn.peer_addr());
-                    return;
-                }
-            }
+            Ok(n) => n,
             Err(e) => {
-                log::info!("{}: {e}", conn.peer_addr());
+                log::info!("{peer}: {e}");
+                return;
+            }
+        };
+        let mut reply = &buf[..n];
+        if n > conn.data_mtu() {
+            log::warn!(
+                "{peer}: a {n}-byte datagram does not fit one of our records \
+                 (data MTU {}): echoing its first {} bytes",
+                conn.data_mtu(),
+                conn.data_mtu()
+            );
+            reply = &reply[..conn.data_mtu()];
+        }
+        match conn.send(reply) {
+            Ok(()) => {}
+            Err(e @ Error::PayloadTooLarge { .. }) => log::warn!("{peer}: not echoed: {e}"),
+            Err(e) => {
+                log::warn!("echo to {peer}: {e}");
                 return;
             }
         }
     }
 }
 
-/// Sends `message` `count` times, printing each reply on its own line; exits non-zero on failure.
+/// Sends `message` `count` times, printing each reply on its own line; exits 1 on failure.
 pub fn send_and_print(conn: &DtlsConnection, message: &str, count: usize) {
     let mut buf = vec![0u8; 65_536];
     for _ in 0..count {
         if let Err(e) = conn.send(message.as_bytes()) {
-            eprintln!("error: send failed: {e}");
-            exit(1);
+            die(&format!("send failed: {e}"));
         }
-        match conn.recv_timeout(&mut buf, std::time::Duration::from_secs(5)) {
-            Ok(Some(0)) => {
-                eprintln!("error: the server closed the connection");
-                exit(1);
-            }
+        match conn.recv_timeout(&mut buf, Duration::from_secs(5)) {
+            Ok(Some(0)) => die("the server closed the connection"),
             Ok(Some(n)) => println!("{}", String::from_utf8_lossy(&buf[..n])),
-            Ok(None) => {
-                eprintln!("error: no reply within 5 s");
-                exit(1);
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit(1);
-            }
+            Ok(None) => die("no reply within 5 s"),
+            Err(e) => die(&e.to_string()),
         }
     }
     conn.close();
 }
 
-/// The `--connect` address (default 127.0.0.1:5684).
-pub fn peer(usage: &str, args: &Args) -> SocketAddr {
-    args.get_or("connect", "127.0.0.1:5684")
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| fail(usage, "--connect is not an address"))
-}
-
-/// A client socket on any port of the peer's address family.
-pub fn client_for(usage: &str, peer: SocketAddr) -> DtlsClient {
-    let bind = if peer.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    };
-    DtlsClient::bind(bind).unwrap_or_else(|e| fail(usage, &format!("bind: {e}")))
+/// The parser of a tool that takes no arguments but `--help`.
+pub fn only_help(
+    usage: &'static str,
+) -> impl FnOnce(&mut lexopt::Parser) -> Result<(), lexopt::Error> {
+    move |p| {
+        use lexopt::prelude::*;
+        match p.next()? {
+            None => Ok(()),
+            Some(Short('h') | Long("help")) => Err(help(p, usage)),
+            Some(arg) => Err(arg.unexpected()),
+        }
+    }
 }

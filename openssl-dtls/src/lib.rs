@@ -1,17 +1,5 @@
-//! # openssl-dtls
-//!
-//! DTLS 1.2 for Rust over the OpenSSL you already trust: one UDP socket serving many peers, a
-//! stateless `DTLSv1_listen` cookie exchange before any per-peer state, PSK (RFC 7925's
-//! `PSK-AES128-CCM8` among them) and X.509 certificates, and a sans-IO core.
-//!
-//! The layers, bottom up:
-//! - [`Session`]: one peer's DTLS state around one OpenSSL `SSL`, sans-IO: datagrams in,
-//!   datagrams, application data and timer deadlines out.
-//! - Contexts (`DtlsClientContext`, `DtlsServerContext`): validated, shareable configuration.
-//! - The endpoint and drivers: one socket, demultiplexing by peer address.
-//!
-//! Design rationale and the security choices are in `SECURITY-CONSIDERATIONS.md` at the
-//! repository root.
+// The crate's front page on docs.rs and crates.io: its README, whose code blocks run as doctests.
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 mod bio;

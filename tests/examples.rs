@@ -1,0 +1,386 @@
+//! The example tools as a user runs them: the built binaries in `target/<profile>/examples/`,
+//! started as processes, over UDP on loopback. Each run is bounded in time and every server is
+//! killed at the end.
+//!
+//! Cargo builds the examples for a plain `cargo test` (as `scripts/test.sh` runs it), next to
+//! this test's binary. `cargo test --test examples` alone does not build them: run
+//! `cargo build --examples` first, or a missing or stale binary is what gets tested.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use openssl_dtls::{DtlsClient, DtlsClientContext, PskCredentials};
+
+/// Every blocking example tool (`async_echo` needs the `tokio` feature).
+const TOOLS: &[&str] = &[
+    "demo",
+    "dtls2_example",
+    "psk_server",
+    "psk_client",
+    "pki_server",
+    "pki_client",
+];
+
+/// How long a tool that should finish may take.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The path of example `name`: `target/<profile>/examples/<name>`, beside this test's
+/// `target/<profile>/deps/`.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let path = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples, `cargo test --test examples` alone \
+         does not (run `cargo build --examples` first)",
+        path.display()
+    );
+    path
+}
+
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn read_all(mut from: impl Read + Send + 'static) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = from.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Runs example `name` with `args` to its end, killing it after [`LIMIT`].
+fn run(name: &str, args: &[&str]) -> Output {
+    let mut child = Command::new(example(name))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let stdout = read_all(child.stdout.take().expect("piped"));
+    let stderr = read_all(child.stderr.take().expect("piped"));
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{name} {args:?} did not finish within {LIMIT:?}; stderr:\n{}",
+                stderr.join().unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// A server example running in the background; killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Server {
+    /// Starts example `name` listening on a free loopback port and waits for its
+    /// `listening on ADDR` line.
+    fn start(name: &str, args: &[&str]) -> Server {
+        let mut child = Command::new(example(name))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let stderr = Some(read_all(child.stderr.take().expect("piped")));
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut server = Server {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            stderr,
+        };
+        let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+        server.addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name} did not say where it listens (first line {line:?}); stderr:\n{}",
+                    server.stop()
+                )
+            });
+        server
+    }
+
+    /// Kills the server; returns what it wrote on stderr (its log).
+    fn stop(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback address whose port was free a moment ago.
+fn free_loopback_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+}
+
+/// A PSK client context with the examples' default credentials.
+fn client_context(mtu: usize) -> DtlsClientContext {
+    DtlsClientContext::builder()
+        .psk_credentials(PskCredentials::new("Client_identity", "secretPSK"))
+        .mtu(mtu)
+        .build()
+        .expect("a client context")
+}
+
+#[test]
+fn every_tool_prints_its_usage_and_exits_0_on_help() {
+    for tool in TOOLS {
+        for flag in ["--help", "-h"] {
+            let out = run(tool, &[flag]);
+            assert_eq!(out.status.code(), Some(0), "{tool} {flag}: {}", out.stderr);
+            assert!(
+                out.stdout.starts_with(&format!("usage: {tool}")),
+                "{tool} {flag} printed {:?}",
+                out.stdout
+            );
+        }
+    }
+}
+
+#[test]
+fn an_unknown_flag_or_stray_argument_exits_2_with_the_usage_on_stderr() {
+    for tool in TOOLS {
+        for args in [&["--no-such-flag"][..], &["stray"], &["--help=no"]] {
+            let out = run(tool, args);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{tool} {args:?}: {}",
+                out.stderr
+            );
+            assert!(
+                out.stderr.starts_with("error: ") && out.stderr.contains(&format!("usage: {tool}")),
+                "{tool} {args:?} wrote {:?}",
+                out.stderr
+            );
+            assert!(out.stdout.is_empty(), "{tool} {args:?}: {:?}", out.stdout);
+        }
+    }
+}
+
+#[test]
+fn malformed_values_exit_2_with_a_message_not_a_panic() {
+    let cases: &[(&str, &[&str])] = &[
+        ("psk_server", &["--key-hex", "aé"]),
+        ("psk_server", &["--key-hex", "aéb"]), // four bytes, the second not a hex digit
+        ("psk_server", &["--key-hex", "7g"]),
+        ("psk_server", &["--key-hex", "abc"]),
+        ("psk_server", &["--idle-timeout", "-1"]),
+        ("psk_server", &["--listen", "nowhere"]),
+        ("psk_server", &["--key-hex"]),
+        ("psk_client", &["--message", "hi", "--key-hex", "aé"]),
+        ("psk_client", &["--message", "hi", "--count", "many"]),
+        ("psk_client", &["--message", "hi", "--bind", "127.0.0.1"]),
+        ("psk_client", &["--count", "1"]), // --message is required
+        ("pki_server", &["--cert", "c.pem"]), // --key is required
+        (
+            "pki_server",
+            &["--cert", "c", "--key", "k", "--require-client-cert"],
+        ),
+        (
+            "pki_client",
+            &["--ca", "ca.pem", "--message", "hi", "--cert", "c.pem"],
+        ),
+        ("dtls2_example", &["--port", "65536"]),
+    ];
+    for (tool, args) in cases {
+        let out = run(tool, args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{tool} {args:?}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.starts_with("error: ") && !out.stderr.contains("panicked"),
+            "{tool} {args:?} wrote {:?}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn psk_client_from_a_fixed_bind_address_gets_the_echo_of_psk_server() {
+    let mut server = Server::start("psk_server", &[]);
+    let bind = free_loopback_addr();
+    let out = run(
+        "psk_client",
+        &[
+            "--connect",
+            &server.addr.to_string(),
+            "--bind",
+            &bind.to_string(),
+            "--message",
+            "hello from a device",
+            "--count",
+            "2",
+        ],
+    );
+    let log = server.stop();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "client: {}\nserver: {log}",
+        out.stderr
+    );
+    assert_eq!(out.stdout, "hello from a device\nhello from a device\n");
+    assert!(
+        log.contains(&format!("connection from {bind} ")),
+        "the server did not see the client come from {bind}:\n{log}"
+    );
+}
+
+#[test]
+fn psk_server_echoes_a_datagram_beyond_its_data_mtu_truncated_and_keeps_the_connection() {
+    let mut server = Server::start("psk_server", &[]);
+    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    // A peer with a larger MTU than the server's 1200 bytes.
+    let conn = client
+        .connect(server.addr, &client_context(1400), Duration::from_secs(10))
+        .expect("handshake with psk_server");
+    let big: Vec<u8> = (0..conn.data_mtu()).map(|i| (i % 251) as u8).collect();
+    conn.send(&big).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let n = conn
+        .recv_timeout(&mut buf, Duration::from_secs(5))
+        .unwrap()
+        .expect("an echo of the large datagram");
+    assert!(
+        0 < n && n < big.len(),
+        "echo of {n} bytes for {}",
+        big.len()
+    );
+    assert_eq!(
+        &buf[..n],
+        &big[..n],
+        "the echo is not a prefix of the datagram"
+    );
+    conn.send(b"still there?").unwrap();
+    let n = conn
+        .recv_timeout(&mut buf, Duration::from_secs(5))
+        .unwrap()
+        .expect("the connection survived");
+    assert_eq!(&buf[..n], b"still there?");
+    conn.close();
+    let log = server.stop();
+    assert!(
+        log.contains(&format!("a {}-byte datagram does not fit", big.len())),
+        "no warning in the server's log:\n{log}"
+    );
+}
+
+/// Connects to `server`, checks an echo, stays silent for `silence`, and says whether the
+/// connection still echoes.
+fn echoes_after_silence(server: SocketAddr, silence: Duration) -> bool {
+    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let conn = client
+        .connect(server, &client_context(1200), Duration::from_secs(10))
+        .expect("handshake");
+    let mut buf = [0u8; 1500];
+    conn.send(b"one").unwrap();
+    assert_eq!(
+        conn.recv_timeout(&mut buf, Duration::from_secs(5)).unwrap(),
+        Some(3)
+    );
+    thread::sleep(silence);
+    conn.send(b"two").unwrap();
+    conn.recv_timeout(&mut buf, Duration::from_secs(1))
+        .unwrap()
+        .is_some_and(|n| &buf[..n] == b"two")
+}
+
+#[test]
+fn psk_server_idle_timeout_drops_a_silent_connection_and_the_default_keeps_it() {
+    let mut short = Server::start("psk_server", &["--idle-timeout", "1"]);
+    let mut default = Server::start("psk_server", &[]);
+    let never = Server::start("psk_server", &["--idle-timeout", "none"]);
+    assert!(!echoes_after_silence(
+        short.addr,
+        Duration::from_millis(2500)
+    ));
+    assert!(echoes_after_silence(
+        default.addr,
+        Duration::from_millis(2500)
+    ));
+    assert!(echoes_after_silence(never.addr, Duration::from_millis(100)));
+    drop(never);
+    let _ = default.stop();
+    let log = short.stop();
+    assert!(log.contains("connection from"), "{log}");
+}
+
+#[test]
+fn dtls2_example_runs_to_completion() {
+    let out = run("dtls2_example", &["--port", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    for line in [
+        "Some(\"This is the identity hint!\")",
+        "Hello World",
+        "Bye World",
+        "Server connection closed.",
+        "Server closed.",
+        "Client connection closed.",
+        "Client closed.",
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l == line),
+            "no line {line:?} in:\n{}",
+            out.stdout
+        );
+    }
+}
