@@ -2096,7 +2096,7 @@ fn panicking_psk_verify_and_admission_callbacks_fail_only_their_own_handshake() 
     // The admission hook's panic refuses the peer: it never gets a session and times out.
     assert!(matches!(
         net.clients[admission].session.error(),
-        Some(Error::Timeout)
+        Some(Error::Timeout { .. })
     ));
     let stats = net.server.stats();
     assert!(stats.refused_by_admission >= 1, "{stats:?}");

@@ -782,7 +782,9 @@ macro_rules! trust_builder_methods {
 
 pub(crate) use {certificate_builder_methods, common_builder_methods, trust_builder_methods};
 
-/// Installs `callback` (if any) with `mode` (`SSL_CTX_set_verify`), panics caught.
+/// Installs `callback` (if any) with `mode` (`SSL_CTX_set_verify`), panics caught. The
+/// callback always installed records the first rejected certificate (depth, subject, reason) so
+/// that a failed handshake reports it as [`Error::Verification`](crate::Error::Verification).
 fn apply_verify(
     b: &mut SslContextBuilder,
     mode: openssl::ssl::SslVerifyMode,
@@ -792,9 +794,14 @@ fn apply_verify(
         Some(cb) => {
             let cb = Arc::clone(cb);
             b.set_verify_callback(mode, move |preverified, store| {
-                guard("verify", false, || cb(preverified, store))
+                let verdict = guard("verify", false, || cb(preverified, store));
+                guard("verify", false, || crate::verify::checked(verdict, store))
             });
         }
-        None => b.set_verify(mode),
+        None => b.set_verify_callback(mode, |preverified, store| {
+            guard("verify", false, || {
+                crate::verify::checked(preverified, store)
+            })
+        }),
     }
 }
