@@ -40,16 +40,6 @@ impl Alert {
     /// `unknown_psk_identity` (115).
     pub const UNKNOWN_PSK_IDENTITY: u8 = 115;
 
-    /// A hint for the person reading the error, if this alert usually has one cause: a
-    /// `decrypt_error` in a handshake almost always means the two sides derived different keys,
-    /// which with PSK means a wrong pre-shared key.
-    fn hint(&self) -> &'static str {
-        match self.description {
-            Alert::DECRYPT_ERROR => " (wrong pre-shared key?)",
-            _ => "",
-        }
-    }
-
     pub(crate) fn from_info_value(val: i32) -> Alert {
         Alert {
             level: ((val >> 8) & 0xff) as u8,
@@ -75,10 +65,32 @@ impl fmt::Display for Alert {
         let level = if self.is_fatal() { "fatal" } else { "warning" };
         write!(
             f,
-            "{level} alert {} ({}{})",
+            "{level} alert {} ({})",
             self.description,
-            self.description_str(),
-            self.hint()
+            self.description_str()
+        )
+    }
+}
+
+/// An alert with a hint for the person reading the error, when the alert usually has one cause:
+/// a `decrypt_error` that is not a certificate failure ([`Error::Verification`] has its own
+/// words) almost always means the two sides derived different keys, which with PSK means a wrong
+/// pre-shared key.
+struct Hinted<'a>(&'a Alert);
+
+impl fmt::Display for Hinted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let a = self.0;
+        let level = if a.is_fatal() { "fatal" } else { "warning" };
+        let hint = match a.description {
+            Alert::DECRYPT_ERROR => " (wrong pre-shared key?)",
+            _ => "",
+        };
+        write!(
+            f,
+            "{level} alert {} ({}{hint})",
+            a.description,
+            a.description_str()
         )
     }
 }
@@ -449,8 +461,8 @@ impl fmt::Display for Error {
                 write!(f, " dropped: nothing received for {idle:?}")
             }
             Error::Verification(v) => write!(f, "{v}"),
-            Error::PeerAlert(a) => write!(f, "peer sent {a}"),
-            Error::LocalAlert { alert, reason } => write!(f, "sent {alert}: {reason}"),
+            Error::PeerAlert(a) => write!(f, "peer sent {}", Hinted(a)),
+            Error::LocalAlert { alert, reason } => write!(f, "sent {}: {reason}", Hinted(alert)),
             Error::SequenceExhausted => {
                 f.write_str("the connection's record sequence numbers are used up")
             }
