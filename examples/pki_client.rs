@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use openssl_dtls::DtlsClientContext;
 
-const USAGE: &str = "pki_client --ca PEM --message TEXT [--connect ADDR] [--server-name NAME] [--cert PEM --key PEM] [--cipher STR] [--count N]
+const USAGE: &str = "pki_client --ca PEM --message TEXT [--connect ADDR] [--server-name NAME | --no-verify-name] [--cert PEM --key PEM] [--cipher STR] [--count N]
   --connect      server address (default 127.0.0.1:5684)
   --ca           trust roots for the server certificate, PEM
-  --server-name  name sent (SNI) and checked against the certificate
+  --server-name  name sent (SNI) and checked against the certificate; without it the
+                 certificate must name the server's IP address
+  --no-verify-name  DANGEROUS: accept any certificate the CA issued, for any name or address
   --cert/--key   client certificate and key, PEM (mutual authentication)
   --cipher       OpenSSL cipher string (default: the certificate preset)
   --message      the text to send
@@ -22,7 +24,7 @@ const USAGE: &str = "pki_client --ca PEM --message TEXT [--connect ADDR] [--serv
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let args = common::Args::parse(USAGE, &[]);
+    let args = common::Args::parse(USAGE, &["no-verify-name"]);
     let message = args.required(USAGE, "message").to_owned();
     let count: usize = args
         .get_or("count", "1")
@@ -40,6 +42,10 @@ fn main() {
     }
     if let Some(cipher) = args.get("cipher") {
         builder.ciphers(cipher);
+    }
+    if args.switch("no-verify-name") {
+        eprintln!("warning: --no-verify-name: the server's name and address are not checked");
+        builder.danger_skip_server_name_check();
     }
     let ctx = builder
         .build()

@@ -57,6 +57,10 @@
 //!   DTLS handshake would fail with "no shared cipher".
 //! - **Verification on** for clients, with no trust roots until some are added: a client trusts
 //!   nothing by accident. Turning it off is `danger_disable_verification`.
+//! - **Whose certificate** is checked too: the server name given, or else the peer's IP address
+//!   (an IP subject alternative name). A session with neither fails rather than skip the check
+//!   ([`DtlsClientContext::new_session`]); the opt-out is
+//!   [`danger_skip_server_name_check`](DtlsClientContextBuilder::danger_skip_server_name_check).
 //! - **Cookies** (servers): a random secret rotated every 60 s, the previous one still accepted.
 //! - **Key log off**: it is a debugging aid that lets anyone with the file decrypt the traffic.
 //!
