@@ -28,7 +28,7 @@ use crate::error::ConfigError;
 /// (`TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8`, RFC 7925 §4.4's mandatory certificate suite for
 /// constrained devices, which often offer nothing else). Forward secret and AEAD only. CCM8 is
 /// last, so peers that offer GCM get GCM; on OpenSSL 3.1+ its presence lowers the security level
-/// to 0 as described in the [module documentation](self) unless a level is set.
+/// to 0 as described in the [context documentation](crate::context) unless a level is set.
 pub const CERTIFICATE_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
 ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
 ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-CCM8";
