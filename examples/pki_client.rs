@@ -14,12 +14,15 @@ use std::time::Duration;
 use openssl_dtls::DtlsClientContext;
 
 const USAGE: &str = "\
-usage: pki_client --ca PEM --message TEXT [--connect ADDR] [--bind ADDR] [--server-name NAME]
-                  [--cert PEM --key PEM] [--cipher STR] [--count N]
+usage: pki_client --ca PEM --message TEXT [--connect ADDR] [--bind ADDR]
+                  [--server-name NAME | --no-verify-name] [--cert PEM --key PEM] [--cipher STR]
+                  [--count N]
   --connect      server address (default 127.0.0.1:5684)
   --bind         local address to send from (default: any port of the server's address family)
   --ca           trust roots for the server certificate, PEM
-  --server-name  name sent (SNI) and checked against the certificate
+  --server-name  name sent (SNI) and checked against the certificate; without it the
+                 certificate must name the server's IP address
+  --no-verify-name  DANGEROUS: accept any certificate the CA issued, for any name or address
   --cert/--key   client certificate and key, PEM (mutual authentication)
   --cipher       OpenSSL cipher string (default: the certificate preset)
   --message      the text to send
@@ -31,6 +34,7 @@ struct Options {
     bind: Option<SocketAddr>,
     ca: PathBuf,
     server_name: Option<String>,
+    no_verify_name: bool,
     client_cert: Option<(PathBuf, PathBuf)>,
     cipher: Option<String>,
     message: String,
@@ -43,6 +47,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut bind = None;
     let (mut ca, mut cert, mut key) = (None, None, None);
     let mut server_name = None;
+    let mut no_verify_name = false;
     let mut cipher = None;
     let mut message = None;
     let mut count = 1;
@@ -52,6 +57,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("bind") => bind = Some(p.value()?.parse_with(common::socket_addr)?),
             Long("ca") => ca = Some(PathBuf::from(p.value()?)),
             Long("server-name") => server_name = Some(p.value()?.string()?),
+            Long("no-verify-name") => no_verify_name = true,
             Long("cert") => cert = Some(PathBuf::from(p.value()?)),
             Long("key") => key = Some(PathBuf::from(p.value()?)),
             Long("cipher") => cipher = Some(p.value()?.string()?),
@@ -71,6 +77,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         bind,
         ca: ca.ok_or("--ca is required")?,
         server_name,
+        no_verify_name,
         client_cert,
         cipher,
         message: message.ok_or("--message is required")?,
@@ -88,6 +95,10 @@ fn main() {
     }
     if let Some(cipher) = &o.cipher {
         builder.ciphers(cipher);
+    }
+    if o.no_verify_name {
+        eprintln!("warning: --no-verify-name: the server's name and address are not checked");
+        builder.danger_skip_server_name_check();
     }
     let ctx = builder
         .build()

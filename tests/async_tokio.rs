@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use openssl_dtls::tokio::{DtlsClient, DtlsConnection, DtlsServer};
 use openssl_dtls::{
     DtlsClientContext, DtlsServerContext, EndpointConfig, Error, PskCredentials, SocketOptions,
+    TimeoutPhase,
 };
 use tokio::time::timeout;
 
@@ -296,7 +297,16 @@ async fn a_handshake_with_a_silent_peer_times_out() {
             .await
             .unwrap_err();
         let elapsed = started.elapsed();
-        assert!(matches!(err, Error::Timeout), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    phase: TimeoutPhase::Connect,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
         // The ClientHello was retransmitted on the endpoint's timer (no periodic ticks needed).
@@ -530,9 +540,12 @@ async fn an_idle_connection_ends_with_timeout_at_the_idle_deadline() {
         let mut buf = [0u8; 64];
         // Only the endpoint's deadline can wake the driver here: no traffic, no ticks.
         let err = accepted.recv(&mut buf).await.unwrap_err();
-        assert!(matches!(err, Error::Timeout), "{err:?}");
+        assert!(matches!(err, Error::IdleTimeout { .. }), "{err:?}");
         assert!(started.elapsed() >= Duration::from_millis(250));
-        assert!(matches!(accepted.send(b"x").await, Err(Error::Timeout)));
+        assert!(matches!(
+            accepted.send(b"x").await,
+            Err(Error::IdleTimeout { .. })
+        ));
         let stats = server.stats();
         assert_eq!(
             (stats.idle_timeouts, stats.connections),

@@ -1425,7 +1425,7 @@ fn chaos(cipher: &str, seed: u64) -> Result<ChaosOutcome, String> {
         // The one acceptable failure: a linger far shorter than the client's retransmission
         // schedule ended (by its deadline) while the server's final flight was still being lost,
         // so the compact server dropped the client's retransmissions and the client gave up.
-        let stranded = matches!(c.error(), Some(Error::Timeout))
+        let stranded = matches!(c.error(), Some(Error::Timeout { .. }))
             && s.is_compact()
             && s.error().is_none()
             && config.compact_linger < Duration::from_secs(1);

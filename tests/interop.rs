@@ -1236,6 +1236,19 @@ fn our_client_refuses_s_server_certificate(
             assert!(sent.is_fatal(), "{err}");
             assert!(reason.contains("certificate verify failed"), "{err}");
         }
+        Error::Verification(failure) => {
+            assert_eq!(failure.alert.description, alert, "{err}");
+            assert!(failure.alert.is_fatal(), "{err}");
+            assert_eq!(failure.depth, 0, "{err}");
+            assert_eq!(failure.subject.as_deref(), Some("CN=localhost"), "{err}");
+            assert!(
+                failure
+                    .errors
+                    .to_string()
+                    .contains("certificate verify failed"),
+                "{err}"
+            );
+        }
         other => panic!(
             "expected a local alert, got {other:?}\n{}",
             peer.transcript()

@@ -41,7 +41,7 @@ fn addr(i: u32) -> SocketAddr {
 }
 
 fn is_idle_timeout(e: &Error) -> bool {
-    matches!(e, Error::Timeout)
+    matches!(e, Error::IdleTimeout { .. })
 }
 
 /// Moves datagrams between the endpoint and the clients until both sides are quiet.

@@ -9,7 +9,7 @@ use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{Ssl, SslContext, SslContextBuilder, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
-use openssl_dtls::{Error, Session, SessionConfig, SessionState};
+use openssl_dtls::{Error, Session, SessionConfig, SessionState, TimeoutPhase};
 use support::{handshake, run_until, Dir, Faults, Link, Pki};
 
 const IDENTITY: &[u8] = b"Client_identity";
@@ -412,12 +412,22 @@ fn a_peer_that_disappears_mid_handshake_fails_with_timeout_at_the_deadline() {
         c.handle_timeout(Instant::now());
         assert!(start.elapsed() < Duration::from_secs(3), "no timeout");
     }
-    assert!(matches!(c.error(), Some(Error::Timeout)), "{:?}", c.error());
+    assert!(
+        matches!(
+            c.error(),
+            Some(Error::Timeout {
+                peer: None,
+                phase: TimeoutPhase::Handshake
+            })
+        ),
+        "{:?}",
+        c.error()
+    );
     assert!(start.elapsed() >= Duration::from_millis(400));
     assert!(sent >= 2, "the ClientHello was retransmitted ({sent} sent)");
     // Sticky: the same error from every call afterwards.
-    assert!(matches!(c.send(b"x"), Err(Error::Timeout)));
-    assert!(matches!(c.recv(&mut buf), Err(Error::Timeout)));
+    assert!(matches!(c.send(b"x"), Err(Error::Timeout { .. })));
+    assert!(matches!(c.recv(&mut buf), Err(Error::Timeout { .. })));
 }
 
 #[test]
@@ -439,7 +449,17 @@ fn the_retransmission_cap_fails_the_handshake_with_timeout() {
         std::thread::sleep(wake.saturating_duration_since(Instant::now()));
         c.handle_timeout(Instant::now());
     }
-    assert!(matches!(c.error(), Some(Error::Timeout)), "{:?}", c.error());
+    assert!(
+        matches!(
+            c.error(),
+            Some(Error::Timeout {
+                phase: TimeoutPhase::Retransmissions,
+                ..
+            })
+        ),
+        "{:?}",
+        c.error()
+    );
     assert_eq!(sent, 4, "the first ClientHello and 3 retransmissions");
     assert!(
         start.elapsed() < Duration::from_secs(2),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use openssl_dtls::{
     DtlsClient, DtlsClientContext, DtlsServer, DtlsServerContext, EndpointConfig, Error,
-    PskCredentials, Session, SocketOptions,
+    PskCredentials, Session, SocketOptions, TimeoutPhase,
 };
 
 const IDENTITY: &[u8] = b"Client_identity";
@@ -326,7 +326,10 @@ fn at_the_handshake_limit_new_clients_are_refused_and_established_ones_keep_echo
     let err = blocked
         .connect(addr, &client_ctx(), Duration::from_millis(300))
         .unwrap_err();
-    assert!(matches!(err, Error::Timeout), "{err:?}");
+    assert!(
+        matches!(err, Error::Timeout { peer: Some(p), phase: TimeoutPhase::Connect } if p == addr),
+        "{err:?}"
+    );
     assert!(server.stats().refused_handshake_limit >= 1);
     let mut buf = [0u8; 64];
     live.send(b"still here").unwrap();
@@ -373,7 +376,10 @@ fn an_idle_connection_is_dropped_at_the_idle_timeout() {
     let mut buf = [0u8; 64];
     let started = Instant::now();
     let err = accepted.recv(&mut buf).unwrap_err();
-    assert!(matches!(err, Error::Timeout), "{err:?}");
+    assert!(
+        matches!(err, Error::IdleTimeout { peer: Some(_), idle } if idle == Duration::from_millis(300)),
+        "{err:?}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(250));
     assert_eq!(server.stats().idle_timeouts, 1);
     assert_eq!(server.stats().connections, 0);
@@ -652,7 +658,10 @@ fn a_replacement_handshake_from_an_established_peer_counts_against_the_handshake
     let err = other
         .connect(addr, &client_ctx(), Duration::from_millis(400))
         .unwrap_err();
-    assert!(matches!(err, Error::Timeout), "{err:?}");
+    assert!(
+        matches!(err, Error::Timeout { peer: Some(p), phase: TimeoutPhase::Connect } if p == addr),
+        "{err:?}"
+    );
     let stats = server.stats();
     assert!(stats.refused_handshake_limit >= 1, "{stats:?}");
     assert_eq!(stats.connections, 1, "the old connection is untouched");

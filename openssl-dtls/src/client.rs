@@ -1,15 +1,16 @@
 //! [`DtlsClient`]: blocking DTLS client connections over one UDP socket.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::connection::DtlsConnection;
+use crate::connection::{self, DtlsConnection};
 use crate::context::DtlsClientContext;
 use crate::driver::{self, Shared, Slot, SlotState, SocketOptions};
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutPhase};
 use crate::server::first_addr;
 
 /// A DTLS client socket: connect to one or several servers over one UDP socket.
@@ -33,6 +34,24 @@ use crate::server::first_addr;
 pub struct DtlsClient {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    known: Mutex<HashMap<SocketAddr, Known>>,
+}
+
+/// A connection this client made, for `connect` to hand out again.
+#[derive(Debug)]
+struct Known {
+    connection: Weak<connection::Inner>,
+    server_name: Option<String>,
+    ctx: DtlsClientContext,
+}
+
+/// Whether a connection made with `known` answers a `connect` with `server_name` and `ctx`.
+pub(crate) fn same_request(
+    known: (&Option<String>, &DtlsClientContext),
+    server_name: Option<&str>,
+    ctx: &DtlsClientContext,
+) -> bool {
+    known.0.as_deref() == server_name && known.1.same_as(ctx)
 }
 
 impl DtlsClient {
@@ -49,18 +68,33 @@ impl DtlsClient {
     ) -> Result<DtlsClient> {
         let addr = first_addr(addr)?;
         let endpoint = Endpoint::client(config)?;
-        let udp = driver::open_socket(addr, &socket)?;
+        let udp =
+            driver::open_socket(addr, &socket).map_err(|source| Error::Bind { addr, source })?;
         let (shared, thread) = driver::start(endpoint, udp, socket.batch, "client")?;
         Ok(DtlsClient {
             shared,
             thread: Mutex::new(Some(thread)),
+            known: Mutex::new(HashMap::new()),
         })
     }
 
     /// Connects to `peer` and completes the handshake within `timeout`, or fails with
-    /// [`Error::Timeout`] or the handshake's error. No server name is sent; to send one (SNI)
-    /// and verify the certificate against it, use [`connect_named`](Self::connect_named).
+    /// [`Error::Timeout`] or the handshake's error. No server name is sent: when the context
+    /// verifies certificates, the server's certificate must be issued for `peer`'s IP address
+    /// (an IP subject alternative name), unless the context opted out with
+    /// [`danger_skip_server_name_check`](crate::DtlsClientContextBuilder::danger_skip_server_name_check).
+    /// To send a name (SNI) and check the certificate against it instead, use
+    /// [`connect_named`](Self::connect_named).
+    ///
+    /// As Dart's `dtls2` does, connecting to a peer this client already has an established
+    /// connection with, made with the same context and server name, returns another handle to
+    /// that connection (no new handshake), as long as some handle to it is still held. A
+    /// handshake with `peer` still in progress, or a connection made with another context or
+    /// server name, fails with an [`Error::Io`] of kind
+    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists). On a closed client this fails with
+    /// [`Error::ClientClosed`].
     #[doc(alias = "SSL_connect")]
+    #[doc(alias = "X509_VERIFY_PARAM_set1_ip")]
     pub fn connect(
         &self,
         peer: SocketAddr,
@@ -71,7 +105,9 @@ impl DtlsClient {
     }
 
     /// As [`connect`](Self::connect), sending `server_name` (SNI) and, when the context
-    /// verifies certificates, checking the server's certificate against it.
+    /// verifies certificates, checking the server's certificate against it
+    /// (`X509_VERIFY_PARAM_set1_host`; an IP address given as the name is checked as one).
+    #[doc(alias = "X509_VERIFY_PARAM_set1_host")]
     pub fn connect_named(
         &self,
         peer: SocketAddr,
@@ -82,6 +118,26 @@ impl DtlsClient {
         self.connect_inner(peer, Some(server_name), ctx, timeout)
     }
 
+    /// Another handle to an established connection with `peer` made with `server_name` and
+    /// `ctx`, if some handle still holds it.
+    fn existing(
+        &self,
+        peer: SocketAddr,
+        server_name: Option<&str>,
+        ctx: &DtlsClientContext,
+    ) -> Option<DtlsConnection> {
+        let weak = {
+            let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+            known.retain(|_, k| k.connection.strong_count() > 0);
+            let k = known.get(&peer)?;
+            if !same_request((&k.server_name, &k.ctx), server_name, ctx) {
+                return None;
+            }
+            k.connection.clone()
+        };
+        DtlsConnection::upgrade(&weak)
+    }
+
     fn connect_inner(
         &self,
         peer: SocketAddr,
@@ -89,10 +145,13 @@ impl DtlsClient {
         ctx: &DtlsClientContext,
         timeout: Duration,
     ) -> Result<DtlsConnection> {
+        if let Some(existing) = self.existing(peer, server_name, ctx) {
+            return Ok(existing);
+        }
         let deadline = Instant::now() + timeout;
         let mut core = self.shared.lock();
         if core.shutdown {
-            return Err(Error::Closed);
+            return Err(Error::ClientClosed);
         }
         let id = core
             .endpoint
@@ -113,13 +172,27 @@ impl DtlsClient {
                 match core.slots.get_mut(&id).map(|s| &mut s.state) {
                     Some(SlotState::Established) => Some(Ok(())),
                     Some(SlotState::Ended(e)) => Some(Err(e.take().unwrap_or(Error::Closed))),
-                    Some(SlotState::Handshaking) => core.shutdown.then_some(Err(Error::Closed)),
+                    Some(SlotState::Handshaking) => {
+                        core.shutdown.then_some(Err(Error::ClientClosed))
+                    }
                     None => Some(Err(Error::Closed)),
                 }
             });
         match outcome {
             Some(Ok(())) => {
-                DtlsConnection::new(Arc::clone(&self.shared), &core, peer, id).ok_or(Error::Closed)
+                let connection = DtlsConnection::new(Arc::clone(&self.shared), &core, peer, id)
+                    .ok_or(Error::Closed)?;
+                drop(core);
+                let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+                known.insert(
+                    peer,
+                    Known {
+                        connection: connection.downgrade(),
+                        server_name: server_name.map(str::to_owned),
+                        ctx: ctx.clone(),
+                    },
+                );
+                Ok(connection)
             }
             other => {
                 core.endpoint.release(peer, id);
@@ -127,7 +200,10 @@ impl DtlsClient {
                 self.shared.flush(&mut core);
                 Err(match other {
                     Some(Err(e)) => e,
-                    _ => Error::Timeout,
+                    _ => Error::Timeout {
+                        peer: Some(peer),
+                        phase: TimeoutPhase::Connect,
+                    },
                 })
             }
         }

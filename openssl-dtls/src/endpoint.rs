@@ -655,7 +655,7 @@ impl Endpoint {
             }
             self.remove(peer);
         }
-        let mut session = ctx.new_session(server_name, now)?;
+        let mut session = ctx.new_session_to(peer, server_name, now)?;
         session.set_peer_addr(peer);
         let id = self.insert(now, peer, session);
         Ok(id)
@@ -1231,7 +1231,10 @@ impl Endpoint {
                     if now.saturating_duration_since(p.last_activity) >= idle {
                         log::debug!("{addr} idle for {idle:?}: dropping the connection");
                         self.stats.idle_timeouts += 1;
-                        p.session.end_with_close_notify(Error::Timeout);
+                        p.session.end_with_close_notify(Error::IdleTimeout {
+                            peer: Some(addr),
+                            idle,
+                        });
                     }
                 }
             }
@@ -1430,13 +1433,13 @@ fn count_failure(stats: &mut EndpointStats, session: &Session, was_connected: bo
     if was_connected {
         match error {
             None => stats.connections_closed += 1,
-            Some(Error::Timeout) => {} // counted as idle timeout where it happened
+            Some(Error::IdleTimeout { .. }) => {} // counted as idle timeout where it happened
             Some(_) => stats.connections_failed += 1,
         }
         return;
     }
     match error {
-        Some(Error::Timeout) => stats.handshakes_timed_out += 1,
+        Some(Error::Timeout { .. }) => stats.handshakes_timed_out += 1,
         Some(Error::PeerAlert(_)) => stats.handshakes_failed_peer_alert += 1,
         Some(_) => stats.handshakes_failed_local += 1,
         None => {}

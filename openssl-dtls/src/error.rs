@@ -6,6 +6,8 @@
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use openssl::error::ErrorStack;
 
@@ -70,6 +72,29 @@ impl fmt::Display for Alert {
     }
 }
 
+/// An alert with a hint for the person reading the error, when the alert usually has one cause:
+/// a `decrypt_error` that is not a certificate failure ([`Error::Verification`] has its own
+/// words) almost always means the two sides derived different keys, which with PSK means a wrong
+/// pre-shared key.
+struct Hinted<'a>(&'a Alert);
+
+impl fmt::Display for Hinted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let a = self.0;
+        let level = if a.is_fatal() { "fatal" } else { "warning" };
+        let hint = match a.description {
+            Alert::DECRYPT_ERROR => " (wrong pre-shared key?)",
+            _ => "",
+        };
+        write!(
+            f,
+            "{level} alert {} ({}{hint})",
+            a.description,
+            a.description_str()
+        )
+    }
+}
+
 /// A configuration mistake found when a context or endpoint is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -111,9 +136,15 @@ pub enum ConfigError {
         /// The allowed range, in words.
         allowed: &'static str,
     },
+    /// A client session was asked for with certificate verification on but neither a server
+    /// name nor a peer address to check the server's certificate against
+    /// ([`DtlsClientContext::new_session`](crate::DtlsClientContext::new_session) with `None`).
+    NoServerIdentity,
     /// Anything else, with a message naming the cause.
     Invalid(String),
 }
+
+impl std::error::Error for ConfigError {}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -139,6 +170,11 @@ impl fmt::Display for ConfigError {
             } => {
                 write!(f, "{setting} = {value} is out of range ({allowed})")
             }
+            ConfigError::NoServerIdentity => f.write_str(
+                "certificate verification is on but there is no server name or IP address to \
+                 check the certificate against: pass a server name, use new_session_to(peer, ..), \
+                 or opt out with danger_skip_server_name_check()",
+            ),
             ConfigError::Invalid(message) => f.write_str(message),
         }
     }
@@ -163,9 +199,26 @@ pub enum Error {
     NotConnected,
     /// The connection was closed in an orderly way (by either side) and can carry no more data.
     Closed,
-    /// The handshake did not complete within its deadline or retransmission budget, or a
-    /// connection was idle past its idle timeout.
-    Timeout,
+    /// `connect` was called on a client that is closed (or was closed while connecting).
+    ClientClosed,
+    /// The handshake with `peer` did not complete in time.
+    Timeout {
+        /// The peer, when known.
+        peer: Option<SocketAddr>,
+        /// Which deadline passed.
+        phase: TimeoutPhase,
+    },
+    /// An established connection heard nothing from `peer` for `idle` and was dropped
+    /// ([`EndpointConfig::idle_timeout`](crate::EndpointConfig::idle_timeout)).
+    IdleTimeout {
+        /// The peer, when known.
+        peer: Option<SocketAddr>,
+        /// The idle timeout that passed.
+        idle: Duration,
+    },
+    /// The peer's certificate (or, on a server, the client's) did not verify: why, where in the
+    /// chain, and OpenSSL's error queue as [`source`](std::error::Error::source).
+    Verification(VerifyFailure),
     /// The peer sent a fatal alert.
     PeerAlert(Alert),
     /// This side failed the handshake or connection and sent `alert` to the peer; `reason` is
@@ -193,6 +246,166 @@ pub enum Error {
         /// How long the connection had received nothing authenticated.
         idle: std::time::Duration,
     },
+    /// The UDP socket could not be bound to `addr`.
+    Bind {
+        /// The address given to `bind`.
+        addr: SocketAddr,
+        /// The operating system's error (its kind is kept, e.g. `AddrInUse`).
+        source: io::Error,
+    },
+}
+
+/// Which deadline a handshake missed ([`Error::Timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutPhase {
+    /// The handshake passed its deadline
+    /// ([`SessionConfig::handshake_timeout`](crate::SessionConfig::handshake_timeout)).
+    Handshake,
+    /// The handshake used up its retransmissions
+    /// ([`SessionConfig::max_retransmits`](crate::SessionConfig::max_retransmits)), or OpenSSL
+    /// gave up retransmitting: the peer stopped answering.
+    Retransmissions,
+    /// The `timeout` given to `connect` passed before the handshake completed.
+    Connect,
+}
+
+impl fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::Handshake => "the handshake deadline passed",
+            TimeoutPhase::Retransmissions => "no answer after the last retransmission",
+            TimeoutPhase::Connect => "the connect timeout passed",
+        })
+    }
+}
+
+/// Why a certificate did not verify, from OpenSSL's verify result (`SSL_get_verify_result`,
+/// `X509_V_ERR_*`).
+#[doc(alias = "SSL_get_verify_result")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum VerifyReason {
+    /// The certificate is not for the server name asked for (`X509_V_ERR_HOSTNAME_MISMATCH`).
+    HostnameMismatch,
+    /// The certificate is not for the peer's IP address (`X509_V_ERR_IP_ADDRESS_MISMATCH`).
+    IpMismatch,
+    /// The certificate has expired (`X509_V_ERR_CERT_HAS_EXPIRED`).
+    Expired,
+    /// The certificate is not valid yet (`X509_V_ERR_CERT_NOT_YET_VALID`).
+    NotYetValid,
+    /// No trusted root issued the chain (`X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY` and
+    /// relatives).
+    UnknownIssuer,
+    /// A self-signed certificate that is not a trusted root
+    /// (`X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT`, `X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN`).
+    SelfSigned,
+    /// A signature in the chain does not verify (`X509_V_ERR_CERT_SIGNATURE_FAILURE`).
+    BadSignature,
+    /// The certificate may not be used for this purpose, e.g. a client certificate offered by a
+    /// server (`X509_V_ERR_INVALID_PURPOSE`).
+    InvalidPurpose,
+    /// An issuer in the chain is not a CA (`X509_V_ERR_INVALID_CA`).
+    InvalidCa,
+    /// The certificate is revoked (`X509_V_ERR_CERT_REVOKED`).
+    Revoked,
+    /// The root is not trusted for this use, or was rejected (`X509_V_ERR_CERT_UNTRUSTED`,
+    /// `X509_V_ERR_CERT_REJECTED`).
+    Untrusted,
+    /// The verification callback rejected the certificate.
+    Rejected,
+    /// Any other `X509_V_ERR_*` code.
+    Other(i32),
+}
+
+impl VerifyReason {
+    /// The reason for an `X509_V_ERR_*` code.
+    pub fn from_code(code: i32) -> VerifyReason {
+        use openssl_sys as x;
+        match code {
+            x::X509_V_ERR_HOSTNAME_MISMATCH => VerifyReason::HostnameMismatch,
+            x::X509_V_ERR_IP_ADDRESS_MISMATCH => VerifyReason::IpMismatch,
+            x::X509_V_ERR_CERT_HAS_EXPIRED => VerifyReason::Expired,
+            x::X509_V_ERR_CERT_NOT_YET_VALID => VerifyReason::NotYetValid,
+            x::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+            | x::X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+            | x::X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE => VerifyReason::UnknownIssuer,
+            x::X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT | x::X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN => {
+                VerifyReason::SelfSigned
+            }
+            x::X509_V_ERR_CERT_SIGNATURE_FAILURE
+            | x::X509_V_ERR_UNABLE_TO_DECRYPT_CERT_SIGNATURE
+            | x::X509_V_ERR_UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY => VerifyReason::BadSignature,
+            x::X509_V_ERR_INVALID_PURPOSE => VerifyReason::InvalidPurpose,
+            x::X509_V_ERR_INVALID_CA => VerifyReason::InvalidCa,
+            x::X509_V_ERR_CERT_REVOKED => VerifyReason::Revoked,
+            x::X509_V_ERR_CERT_UNTRUSTED | x::X509_V_ERR_CERT_REJECTED => VerifyReason::Untrusted,
+            x::X509_V_OK | x::X509_V_ERR_APPLICATION_VERIFICATION => VerifyReason::Rejected,
+            other => VerifyReason::Other(other),
+        }
+    }
+}
+
+impl fmt::Display for VerifyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VerifyReason::HostnameMismatch => {
+                f.write_str("the certificate is not for this host name")
+            }
+            VerifyReason::IpMismatch => f.write_str("the certificate is not for this IP address"),
+            VerifyReason::Expired => f.write_str("the certificate has expired"),
+            VerifyReason::NotYetValid => f.write_str("the certificate is not valid yet"),
+            VerifyReason::UnknownIssuer => f.write_str("no trusted root issued the certificate"),
+            VerifyReason::SelfSigned => {
+                f.write_str("the certificate is self-signed and not trusted")
+            }
+            VerifyReason::BadSignature => f.write_str("a certificate signature does not verify"),
+            VerifyReason::InvalidPurpose => {
+                f.write_str("the certificate may not be used for this purpose")
+            }
+            VerifyReason::InvalidCa => f.write_str("an issuer in the chain is not a CA"),
+            VerifyReason::Revoked => f.write_str("the certificate is revoked"),
+            VerifyReason::Untrusted => f.write_str("the root is not trusted for this use"),
+            VerifyReason::Rejected => {
+                f.write_str("the verification callback rejected the certificate")
+            }
+            VerifyReason::Other(code) => write!(f, "X509 verification error {code}"),
+        }
+    }
+}
+
+/// A certificate verification failure ([`Error::Verification`]): OpenSSL's verify result
+/// (`SSL_get_verify_result`) and the certificate it failed on (`X509_STORE_CTX_get_error_depth`,
+/// `X509_STORE_CTX_get_current_cert`, captured in the verification callback).
+#[doc(alias = "SSL_get_verify_result")]
+#[doc(alias = "X509_STORE_CTX_get_error_depth")]
+#[derive(Debug, Clone)]
+pub struct VerifyFailure {
+    /// Why, in words a program can match on.
+    pub reason: VerifyReason,
+    /// The raw `X509_V_ERR_*` code (0 when a callback rejected a certificate OpenSSL accepted).
+    pub code: i32,
+    /// Where in the verified chain: 0 is the peer's own certificate, 1 its issuer, ...
+    pub depth: u32,
+    /// The subject of the failing certificate (OpenSSL's one-line form, e.g. `CN=example`), when
+    /// known.
+    pub subject: Option<String>,
+    /// The alert this side sent to the peer.
+    pub alert: Alert,
+    /// OpenSSL's error queue at the failure (also the error's
+    /// [`source`](std::error::Error::source)).
+    pub errors: ErrorStack,
+}
+
+impl fmt::Display for VerifyFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "certificate verification failed: {}", self.reason)?;
+        match &self.subject {
+            Some(subject) => write!(f, " (depth {}, {subject})", self.depth)?,
+            None => write!(f, " (depth {})", self.depth)?,
+        }
+        write!(f, "; sent {}", self.alert)
+    }
 }
 
 impl Error {
@@ -206,7 +419,16 @@ impl Error {
             },
             Error::NotConnected => Error::NotConnected,
             Error::Closed => Error::Closed,
-            Error::Timeout => Error::Timeout,
+            Error::ClientClosed => Error::ClientClosed,
+            Error::Timeout { peer, phase } => Error::Timeout {
+                peer: *peer,
+                phase: *phase,
+            },
+            Error::IdleTimeout { peer, idle } => Error::IdleTimeout {
+                peer: *peer,
+                idle: *idle,
+            },
+            Error::Verification(v) => Error::Verification(v.clone()),
             Error::PeerAlert(a) => Error::PeerAlert(*a),
             Error::LocalAlert { alert, reason } => Error::LocalAlert {
                 alert: *alert,
@@ -218,6 +440,10 @@ impl Error {
             Error::Evicted { peer, idle } => Error::Evicted {
                 peer: *peer,
                 idle: *idle,
+            },
+            Error::Bind { addr, source } => Error::Bind {
+                addr: *addr,
+                source: io::Error::new(source.kind(), source.to_string()),
             },
         }
     }
@@ -233,9 +459,24 @@ impl fmt::Display for Error {
             ),
             Error::NotConnected => f.write_str("the DTLS handshake has not completed"),
             Error::Closed => f.write_str("the DTLS connection is closed"),
-            Error::Timeout => f.write_str("timed out"),
-            Error::PeerAlert(a) => write!(f, "peer sent {a}"),
-            Error::LocalAlert { alert, reason } => write!(f, "sent {alert}: {reason}"),
+            Error::ClientClosed => f.write_str("the DTLS client is closed: it cannot connect"),
+            Error::Timeout { peer, phase } => {
+                f.write_str("DTLS handshake")?;
+                if let Some(peer) = peer {
+                    write!(f, " with {peer}")?;
+                }
+                write!(f, " timed out: {phase}")
+            }
+            Error::IdleTimeout { peer, idle } => {
+                f.write_str("DTLS connection")?;
+                if let Some(peer) = peer {
+                    write!(f, " with {peer}")?;
+                }
+                write!(f, " dropped: nothing received for {idle:?}")
+            }
+            Error::Verification(v) => write!(f, "{v}"),
+            Error::PeerAlert(a) => write!(f, "peer sent {}", Hinted(a)),
+            Error::LocalAlert { alert, reason } => write!(f, "sent {}: {reason}", Hinted(alert)),
             Error::SequenceExhausted => {
                 f.write_str("the connection's record sequence numbers are used up")
             }
@@ -248,6 +489,7 @@ impl fmt::Display for Error {
                     None => write!(f, "the connection was dropped to make room for a new one (idle for {idle} s)"),
                 }
             }
+            Error::Bind { addr, source } => write!(f, "bind {addr}: {source}"),
         }
     }
 }
@@ -257,6 +499,8 @@ impl std::error::Error for Error {
         match self {
             Error::Ssl(e) => Some(e),
             Error::Io(e) => Some(e),
+            Error::Bind { source, .. } => Some(source),
+            Error::Verification(v) => Some(&v.errors),
             _ => None,
         }
     }
@@ -284,8 +528,9 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         let kind = match &e {
             Error::Io(inner) => inner.kind(),
-            Error::Timeout => io::ErrorKind::TimedOut,
-            Error::Closed => io::ErrorKind::BrokenPipe,
+            Error::Bind { source, .. } => source.kind(),
+            Error::Timeout { .. } | Error::IdleTimeout { .. } => io::ErrorKind::TimedOut,
+            Error::Closed | Error::ClientClosed => io::ErrorKind::BrokenPipe,
             Error::NotConnected => io::ErrorKind::NotConnected,
             Error::PayloadTooLarge { .. } | Error::Config(_) => io::ErrorKind::InvalidInput,
             _ => io::ErrorKind::ConnectionAborted,

@@ -17,6 +17,7 @@ pub mod session;
 /// The same server, client and connection on tokio (feature `tokio`).
 #[cfg(feature = "tokio")]
 pub mod tokio;
+mod verify;
 pub(crate) mod wire;
 
 pub use crate::client::DtlsClient;
@@ -30,7 +31,9 @@ pub use crate::endpoint::{
     ConnectionId, ConnectionStats, Endpoint, EndpointConfig, EndpointStats, Event,
     HandshakeFailure, PeerIdentity,
 };
-pub use crate::error::{Alert, ConfigError, Error, Result};
+pub use crate::error::{
+    Alert, ConfigError, Error, Result, TimeoutPhase, VerifyFailure, VerifyReason,
+};
 pub use crate::server::{DtlsServer, Incoming};
 pub use crate::session::{Role, Session, SessionConfig, SessionState, SessionStats};
 pub use crate::wire::DropReason;

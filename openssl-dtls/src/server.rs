@@ -58,7 +58,8 @@ impl DtlsServer {
     ) -> Result<DtlsServer> {
         let addr = first_addr(addr)?;
         let endpoint = Endpoint::server(ctx, config)?;
-        let udp = driver::open_socket(addr, &socket)?;
+        let udp =
+            driver::open_socket(addr, &socket).map_err(|source| Error::Bind { addr, source })?;
         let (shared, thread) = driver::start(endpoint, udp, socket.batch, "server")?;
         log::debug!("DTLS server listening on {}", shared.local_addr);
         Ok(DtlsServer {

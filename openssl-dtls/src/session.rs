@@ -45,7 +45,7 @@ use openssl_dtls_sys as dffi;
 use openssl_sys as ffi;
 
 use crate::bio::{self, BioState, TimerSettings};
-use crate::error::{Alert, ConfigError, Error, Result};
+use crate::error::{Alert, ConfigError, Error, Result, TimeoutPhase};
 use crate::record::{self, OpenError, RecordLayer, SealError};
 use crate::wire::{ContentType, RecordHeader};
 
@@ -751,7 +751,7 @@ impl Session {
         );
         self.fail(Error::LocalAlert {
             alert,
-            reason: "the peer's Finished message did not authenticate (different keys: a wrong pre-shared key?)".to_owned(),
+            reason: "the peer's Finished message did not authenticate: the two sides derived different keys".to_owned(),
         });
     }
 
@@ -827,7 +827,10 @@ impl Session {
                     self.peer,
                     self.config.handshake_timeout
                 );
-                self.fail(Error::Timeout);
+                self.fail(Error::Timeout {
+                    peer: self.peer,
+                    phase: TimeoutPhase::Handshake,
+                });
                 return;
             }
             _ => {}
@@ -850,7 +853,10 @@ impl Session {
             && self.bio_ref().timeouts >= self.config.max_retransmits
         {
             log::debug!("handshake with {:?}: retransmission cap reached", self.peer);
-            self.fail(Error::Timeout);
+            self.fail(Error::Timeout {
+                peer: self.peer,
+                phase: TimeoutPhase::Retransmissions,
+            });
             return;
         }
         let st = self.bio_mut();
@@ -865,7 +871,10 @@ impl Session {
         if r < 0 {
             let stack = ErrorStack::get();
             log::debug!("OpenSSL gave up retransmitting: {stack}");
-            self.fail(Error::Timeout);
+            self.fail(Error::Timeout {
+                peer: self.peer,
+                phase: TimeoutPhase::Retransmissions,
+            });
             return;
         }
         // SAFETY: plain queue reset.
@@ -1096,9 +1105,16 @@ impl Session {
                 let error = if let Some(alert) = st.alert_received.filter(|a| a.is_fatal()) {
                     Error::PeerAlert(alert)
                 } else if let Some(alert) = st.alert_sent.filter(|a| a.is_fatal()) {
-                    Error::LocalAlert {
-                        alert,
-                        reason: stack.to_string(),
+                    let verified = match self.ssl.as_deref() {
+                        Some(ssl) => crate::verify::failure(ssl, alert, stack),
+                        None => Err(stack),
+                    };
+                    match verified {
+                        Ok(failure) => Error::Verification(failure),
+                        Err(stack) => Error::LocalAlert {
+                            alert,
+                            reason: stack.to_string(),
+                        },
                     }
                 } else {
                     Error::Ssl(stack)

@@ -57,7 +57,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,7 @@ use crate::endpoint::{
     ConnectionId, ConnectionStats, Endpoint, EndpointConfig, EndpointStats, Event, FailureHook,
     HandshakeFailure,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutPhase};
 
 /// The largest datagram we read: anything larger than a UDP payload can be is impossible.
 const RX_BUFFER: usize = 65_536;
@@ -277,12 +277,12 @@ async fn start(
                 socket = Some(s);
                 break;
             }
-            Err(e) => last_error = Some(e),
+            Err(source) => last_error = Some(Error::Bind { addr, source }),
         }
     }
     let socket = match (socket, last_error) {
         (Some(s), _) => s,
-        (None, Some(e)) => return Err(Error::Io(e)),
+        (None, Some(e)) => return Err(e),
         (None, None) => {
             return Err(Error::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -650,6 +650,15 @@ impl futures_core::Stream for Incoming {
 pub struct DtlsClient {
     shared: Arc<Shared>,
     task: Mutex<Option<JoinHandle<()>>>,
+    known: Mutex<HashMap<SocketAddr, Known>>,
+}
+
+/// A connection this client made, for `connect` to hand out again.
+#[derive(Debug)]
+struct Known {
+    connection: Weak<ConnectionInner>,
+    server_name: Option<String>,
+    ctx: DtlsClientContext,
 }
 
 impl DtlsClient {
@@ -670,14 +679,30 @@ impl DtlsClient {
         Ok(DtlsClient {
             shared,
             task: Mutex::new(Some(task)),
+            known: Mutex::new(HashMap::new()),
         })
     }
 
     /// Connects to `peer` and completes the handshake within `timeout`, or fails with
-    /// [`Error::Timeout`] or the handshake's error. No server name is sent; see
-    /// [`connect_named`](Self::connect_named). Dropping the future before it completes releases
-    /// the handshake.
+    /// [`Error::Timeout`] or the handshake's error. Dropping the future before it completes
+    /// releases the handshake.
+    ///
+    /// No server name is sent: when the context verifies certificates, the server's
+    /// certificate must be issued for `peer`'s IP address (an IP subject alternative name),
+    /// unless the context opted out with
+    /// [`danger_skip_server_name_check`](crate::DtlsClientContextBuilder::danger_skip_server_name_check).
+    /// To send a name (SNI) and check the certificate against it, use
+    /// [`connect_named`](Self::connect_named).
+    ///
+    /// As Dart's `dtls2` does, connecting to a peer this client already has an established
+    /// connection with, made with the same context and server name, returns another handle to
+    /// that connection (no new handshake), as long as some handle to it is still held. A
+    /// handshake with `peer` still in progress, or a connection made with another context or
+    /// server name, fails with an [`Error::Io`] of kind
+    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists). On a closed client this fails with
+    /// [`Error::ClientClosed`].
     #[doc(alias = "SSL_connect")]
+    #[doc(alias = "X509_VERIFY_PARAM_set1_ip")]
     pub async fn connect(
         &self,
         peer: SocketAddr,
@@ -688,7 +713,9 @@ impl DtlsClient {
     }
 
     /// As [`connect`](Self::connect), sending `server_name` (SNI) and, when the context
-    /// verifies certificates, checking the server's certificate against it.
+    /// verifies certificates, checking the server's certificate against it
+    /// (`X509_VERIFY_PARAM_set1_host`; an IP address given as the name is checked as one).
+    #[doc(alias = "X509_VERIFY_PARAM_set1_host")]
     pub async fn connect_named(
         &self,
         peer: SocketAddr,
@@ -700,6 +727,29 @@ impl DtlsClient {
             .await
     }
 
+    /// Another handle to an established connection with `peer` made with `server_name` and
+    /// `ctx`, if some handle still holds it. Takes no lock while a handle may be dropped.
+    fn existing(
+        &self,
+        peer: SocketAddr,
+        server_name: Option<&str>,
+        ctx: &DtlsClientContext,
+    ) -> Option<DtlsConnection> {
+        let weak = {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            known.retain(|_, k| k.connection.strong_count() > 0);
+            let k = known.get(&peer)?;
+            if !crate::client::same_request((&k.server_name, &k.ctx), server_name, ctx) {
+                return None;
+            }
+            k.connection.clone()
+        };
+        let connection = DtlsConnection {
+            inner: weak.upgrade()?,
+        };
+        (!connection.is_closed()).then_some(connection)
+    }
+
     async fn connect_inner(
         &self,
         peer: SocketAddr,
@@ -707,12 +757,15 @@ impl DtlsClient {
         ctx: &DtlsClientContext,
         timeout: Duration,
     ) -> Result<DtlsConnection> {
+        if let Some(existing) = self.existing(peer, server_name, ctx) {
+            return Ok(existing);
+        }
         let deadline = TokioInstant::now() + timeout;
         let notify = Arc::new(Notify::new());
         let id = {
             let mut core = self.shared.lock();
             if core.shutdown {
-                return Err(Error::Closed);
+                return Err(Error::ClientClosed);
             }
             let id = core
                 .endpoint
@@ -742,7 +795,7 @@ impl DtlsClient {
             match core.slots.get_mut(&id).map(|s| &mut s.state) {
                 Some(SlotState::Established) => Some(Ok(())),
                 Some(SlotState::Ended(e)) => Some(Err(e.take().unwrap_or(Error::Closed))),
-                Some(SlotState::Handshaking) => shutdown.then_some(Err(Error::Closed)),
+                Some(SlotState::Handshaking) => shutdown.then_some(Err(Error::ClientClosed)),
                 None => Some(Err(Error::Closed)),
             }
         })
@@ -753,13 +806,24 @@ impl DtlsClient {
                     let core = self.shared.lock();
                     DtlsConnection::new(Arc::clone(&self.shared), &core, peer, id)
                 };
-                if connection.is_some() {
-                    pending.armed = false;
-                }
-                connection.ok_or(Error::Closed)
+                let connection = connection.ok_or(Error::Closed)?;
+                pending.armed = false;
+                let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+                known.insert(
+                    peer,
+                    Known {
+                        connection: Arc::downgrade(&connection.inner),
+                        server_name: server_name.map(str::to_owned),
+                        ctx: ctx.clone(),
+                    },
+                );
+                Ok(connection)
             }
             Some(Err(e)) => Err(e),
-            None => Err(Error::Timeout),
+            None => Err(Error::Timeout {
+                peer: Some(peer),
+                phase: TimeoutPhase::Connect,
+            }),
         }
     }
 

@@ -119,7 +119,7 @@ const PSK_SUITES: [Suite; 6] = [
 ];
 
 /// The certificate preset (`CERTIFICATE_CIPHERS`), in its order.
-const CERTIFICATE_SUITES: [Suite; 6] = [
+const CERTIFICATE_SUITES: [Suite; 7] = [
     suite(
         "ECDHE-ECDSA-AES128-GCM-SHA256",
         "ECDHE-ECDSA",
@@ -155,6 +155,12 @@ const CERTIFICATE_SUITES: [Suite; 6] = [
         "ECDHE-RSA",
         "CHACHA20-POLY1305",
         Auth::Rsa,
+    ),
+    suite(
+        "ECDHE-ECDSA-AES128-CCM8",
+        "ECDHE-ECDSA",
+        "AES-128-CCM-8",
+        Auth::Ecdsa,
     ),
 ];
 

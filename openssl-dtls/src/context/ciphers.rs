@@ -24,10 +24,14 @@ use openssl::stack::Stack;
 use crate::error::ConfigError;
 
 /// The certificate preset: ECDHE-ECDSA and ECDHE-RSA with AES-128-GCM, AES-256-GCM and
-/// ChaCha20-Poly1305, in that order of preference. Forward secret and AEAD only.
+/// ChaCha20-Poly1305, in that order of preference, then `ECDHE-ECDSA-AES128-CCM8`
+/// (`TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8`, RFC 7925 §4.4's mandatory certificate suite for
+/// constrained devices, which often offer nothing else). Forward secret and AEAD only. CCM8 is
+/// last, so peers that offer GCM get GCM; on OpenSSL 3.1+ its presence lowers the security level
+/// to 0 as described in the [context documentation](crate::context) unless a level is set.
 pub const CERTIFICATE_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
 ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
-ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-CCM8";
 
 /// The PSK preset: `PSK-AES128-CCM8` (RFC 7925's and CoAP's mandatory suite) first, then
 /// AES-128-GCM, ECDHE-PSK with ChaCha20-Poly1305 (OpenSSL 3.0 has ECDHE-PSK only with ChaCha20 or

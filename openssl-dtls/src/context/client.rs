@@ -1,7 +1,7 @@
 //! The client context: PSK credentials, server certificate verification, client certificates.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,12 +34,16 @@ pub struct DtlsClientContext {
 struct ClientInner {
     session: SessionConfig,
     verify: bool,
+    /// Verification is on, certificate suites can be negotiated, and the server-identity check
+    /// was not skipped: every session must check a name or an IP address.
+    check_identity: bool,
 }
 
 impl fmt::Debug for DtlsClientContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DtlsClientContext")
             .field("verify", &self.inner.verify)
+            .field("check_identity", &self.inner.check_identity)
             .field("session", &self.inner.session)
             .finish_non_exhaustive()
     }
@@ -50,6 +54,11 @@ impl DtlsClientContext {
     #[doc(alias = "SSL_CTX_new")]
     pub fn builder() -> DtlsClientContextBuilder {
         DtlsClientContextBuilder::default()
+    }
+
+    /// Whether `other` is a clone of this context.
+    pub(crate) fn same_as(&self, other: &DtlsClientContext) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The per-session limits and timers sessions made from this context run with.
@@ -63,11 +72,59 @@ impl DtlsClientContext {
     /// `server_name` is sent as SNI (`SSL_set_tlsext_host_name`) and, when verification is on,
     /// the server's certificate must match it (`X509_VERIFY_PARAM_set1_host`; partial wildcards
     /// refused). An IP address is not sent as SNI (RFC 6066 §3) but checked against the
-    /// certificate's IP addresses. With `None` and verification on, only the chain is verified.
-    /// A name with a NUL byte, empty, or longer than 253 bytes fails with [`Error::Config`].
+    /// certificate's IP addresses (`X509_VERIFY_PARAM_set1_ip`). A name with a NUL byte, empty,
+    /// or longer than 253 bytes fails with [`Error::Config`].
+    ///
+    /// With `None`, a context that verifies certificates has nothing to check the server's
+    /// identity against, and a chain any trusted root issued, for anyone, would be accepted:
+    /// this fails with [`ConfigError::NoServerIdentity`] rather than skip the check silently.
+    /// Use [`new_session_to`](Self::new_session_to) to check the peer's IP address instead, or
+    /// opt out with
+    /// [`danger_skip_server_name_check`](DtlsClientContextBuilder::danger_skip_server_name_check).
+    /// PSK-only contexts and contexts with verification disabled accept `None`.
     #[doc(alias = "SSL_set_tlsext_host_name")]
     #[doc(alias = "X509_VERIFY_PARAM_set1_host")]
     pub fn new_session(&self, server_name: Option<&str>, now: Instant) -> Result<Session> {
+        if server_name.is_none() && self.inner.check_identity {
+            return Err(Error::Config(ConfigError::NoServerIdentity));
+        }
+        self.session(server_name, None, now)
+    }
+
+    /// A client session for `peer`: as [`new_session`](Self::new_session), and without a
+    /// `server_name` the server's certificate must be issued for `peer`'s IP address (an IP
+    /// subject alternative name, `X509_VERIFY_PARAM_set1_ip`; an IPv4-mapped IPv6 address is
+    /// checked as IPv4). The session's [`peer_addr`](Session::peer_addr) is set to `peer`. This is
+    /// what [`DtlsClient::connect`](crate::DtlsClient::connect) uses.
+    #[doc(alias = "X509_VERIFY_PARAM_set1_ip")]
+    pub fn new_session_to(
+        &self,
+        peer: SocketAddr,
+        server_name: Option<&str>,
+        now: Instant,
+    ) -> Result<Session> {
+        let ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let mut session = self.session(server_name, Some(ip), now)?;
+        session.set_peer_addr(peer);
+        Ok(session)
+    }
+
+    /// Whether sessions without a server name check the peer's IP address, or fail: `false` for
+    /// PSK-only contexts, with verification disabled, or after
+    /// [`danger_skip_server_name_check`](DtlsClientContextBuilder::danger_skip_server_name_check).
+    pub fn checks_server_identity(&self) -> bool {
+        self.inner.check_identity
+    }
+
+    fn session(
+        &self,
+        server_name: Option<&str>,
+        peer_ip: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<Session> {
         let mut ssl = Ssl::new(&self.ctx)?;
         if let Some(name) = server_name {
             if name.is_empty() || name.len() > MAX_SERVER_NAME_LEN || name.contains('\0') {
@@ -90,6 +147,10 @@ impl DtlsClientContext {
                     }
                 }
             }
+        } else if self.inner.check_identity {
+            // Without a name, the certificate must be for the address we are talking to.
+            let ip = peer_ip.ok_or(Error::Config(ConfigError::NoServerIdentity))?;
+            ssl.param_mut().set_ip(ip)?;
         }
         Session::client(ssl, &self.inner.session, now)
     }
@@ -102,6 +163,7 @@ pub struct DtlsClientContextBuilder {
     common: Common,
     psk: Option<ClientPsk>,
     disable_verification: bool,
+    skip_server_name_check: bool,
     trusted_roots: bool,
     roots: Vec<Source>,
     verify_callback: Option<VerifyCallback>,
@@ -114,6 +176,7 @@ impl fmt::Debug for DtlsClientContextBuilder {
             .field("common", &self.common)
             .field("psk", &self.psk)
             .field("verify", &!self.disable_verification)
+            .field("skip_server_name_check", &self.skip_server_name_check)
             .field("trusted_roots", &self.trusted_roots)
             .field("roots", &self.roots)
             .field("verify_callback", &self.verify_callback.is_some())
@@ -164,6 +227,21 @@ impl DtlsClientContextBuilder {
     #[doc(alias = "SSL_VERIFY_NONE")]
     pub fn danger_disable_verification(&mut self) -> &mut Self {
         self.disable_verification = true;
+        self
+    }
+
+    /// **Dangerous**: verifies the server's chain but not whose it is, when no server name is
+    /// given. By default a session without a server name checks the certificate against the
+    /// peer's IP address ([`new_session_to`](DtlsClientContext::new_session_to),
+    /// [`DtlsClient::connect`](crate::DtlsClient::connect)), and
+    /// [`new_session(None, ..)`](DtlsClientContext::new_session) without a peer fails. With this
+    /// opt-out, any certificate any trusted root issued — for any host, to anyone — is accepted
+    /// from any server: safe only when the trusted root issues certificates to nothing but the
+    /// servers this client may talk to (a private CA for one device fleet). A server name, when
+    /// given, is still checked.
+    #[doc(alias = "X509_VERIFY_PARAM_set1_ip")]
+    pub fn danger_skip_server_name_check(&mut self) -> &mut Self {
+        self.skip_server_name_check = true;
         self
     }
 
@@ -250,6 +328,7 @@ impl DtlsClientContextBuilder {
             inner: Arc::new(ClientInner {
                 session: self.common.session.clone(),
                 verify,
+                check_identity: verify && certificates && !self.skip_server_name_check,
             }),
         })
     }

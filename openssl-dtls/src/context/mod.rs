@@ -57,6 +57,10 @@
 //!   DTLS handshake would fail with "no shared cipher".
 //! - **Verification on** for clients, with no trust roots until some are added: a client trusts
 //!   nothing by accident. Turning it off is `danger_disable_verification`.
+//! - **Whose certificate** is checked too: the server name given, or else the peer's IP address
+//!   (an IP subject alternative name). A session with neither fails rather than skip the check
+//!   ([`DtlsClientContext::new_session`]); the opt-out is
+//!   [`danger_skip_server_name_check`](DtlsClientContextBuilder::danger_skip_server_name_check).
 //! - **Cookies** (servers): a random secret rotated every 60 s, the previous one still accepted.
 //! - **Key log off**: it is a debugging aid that lets anyone with the file decrypt the traffic.
 //!
@@ -794,7 +798,9 @@ macro_rules! trust_builder_methods {
 
 pub(crate) use {certificate_builder_methods, common_builder_methods, trust_builder_methods};
 
-/// Installs `callback` (if any) with `mode` (`SSL_CTX_set_verify`), panics caught.
+/// Installs `callback` (if any) with `mode` (`SSL_CTX_set_verify`), panics caught. The
+/// callback always installed records the first rejected certificate (depth, subject, reason) so
+/// that a failed handshake reports it as [`Error::Verification`](crate::Error::Verification).
 fn apply_verify(
     b: &mut SslContextBuilder,
     mode: openssl::ssl::SslVerifyMode,
@@ -804,9 +810,14 @@ fn apply_verify(
         Some(cb) => {
             let cb = Arc::clone(cb);
             b.set_verify_callback(mode, move |preverified, store| {
-                guard("verify", false, || cb(preverified, store))
+                let verdict = guard("verify", false, || cb(preverified, store));
+                guard("verify", false, || crate::verify::checked(verdict, store))
             });
         }
-        None => b.set_verify(mode),
+        None => b.set_verify_callback(mode, |preverified, store| {
+            guard("verify", false, || {
+                crate::verify::checked(preverified, store)
+            })
+        }),
     }
 }
