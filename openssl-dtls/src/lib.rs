@@ -23,6 +23,7 @@ mod driver;
 pub mod endpoint;
 pub mod error;
 mod listener;
+mod plaintext;
 mod record;
 mod server;
 pub mod session;

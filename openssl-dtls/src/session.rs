@@ -45,6 +45,7 @@ use openssl_sys as ffi;
 
 use crate::bio::{self, BioState, TimerSettings};
 use crate::error::{Alert, ConfigError, Error, Result};
+use crate::plaintext::{self, Screen};
 use crate::record::{self, OpenError, RecordLayer, SealError};
 use crate::wire::{ContentType, RecordHeader};
 
@@ -283,6 +284,14 @@ pub struct SessionStats {
     /// Compact mode: handshake-layer records (a retransmitted final flight, a renegotiation
     /// request) that arrived after the `SSL` was freed, and early records beyond the buffer.
     pub dropped_handshake_records: u64,
+    /// Unauthenticated (epoch-0) alerts received during the handshake and kept from OpenSSL: a
+    /// fatal one is reported only if the handshake then stalls (see
+    /// [`Session::handle_timeout`]), so a spoofed alert cannot end it.
+    pub held_alerts: u64,
+    /// Records carrying a HelloVerifyRequest that was out of place (to a server, after the
+    /// client read a ServerHello or already answered one) or malformed: dropped before OpenSSL,
+    /// which would end the handshake with `unexpected_message`.
+    pub dropped_hello_verify_requests: u64,
 }
 
 /// One peer's DTLS state around one `SSL`: see the [module documentation](self).
@@ -312,6 +321,20 @@ pub struct Session {
     min_protected_len: usize,
     peer: Option<SocketAddr>,
     stats: SessionStats,
+    /// The latest unauthenticated fatal alert received during the handshake, kept from OpenSSL.
+    held_alert: Option<HeldAlert>,
+    /// A client's OpenSSL has been given a HelloVerifyRequest (only one is accepted).
+    hello_verify_accepted: bool,
+}
+
+/// An unauthenticated fatal alert held back during the handshake (see [`crate::plaintext`]).
+#[derive(Debug, Clone, Copy)]
+struct HeldAlert {
+    alert: Alert,
+    /// OpenSSL's handshake state (`SSL_get_state`) when it arrived: any change is progress.
+    ssl_state: c_int,
+    /// Without progress by then, the handshake fails with this alert.
+    fail_at: Instant,
 }
 
 // SAFETY: `bio` points into a heap block owned by the `SSL` in `ssl` (an `Ssl` is `Send`); the
@@ -442,6 +465,8 @@ impl Session {
             min_protected_len: 0,
             peer: None,
             stats: SessionStats::default(),
+            held_alert: None,
+            hello_verify_accepted: false,
         };
         session.bio_mut().now = Some(now);
         Ok(session)
@@ -503,7 +528,10 @@ impl Session {
 
     /// Feeds one datagram received from the peer. Malformed, replayed or unauthenticated records
     /// are dropped silently by OpenSSL (RFC 6347 §4.1.2.7); a fatal alert or protocol violation
-    /// fails the session.
+    /// fails the session. During the handshake, unauthenticated (epoch-0) alerts and
+    /// out-of-place HelloVerifyRequests never reach OpenSSL: they are counted, and a fatal alert
+    /// is held and reported only if the handshake then stalls (see
+    /// [`handle_timeout`](Self::handle_timeout) and `SECURITY-CONSIDERATIONS.md` §3.12).
     #[doc(alias = "SSL_read")]
     #[doc(alias = "SSL_do_handshake")]
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
@@ -549,14 +577,40 @@ impl Session {
         datagram: &[u8],
         keep: Option<&dyn Fn(&RecordHeader<'_>) -> bool>,
     ) {
+        let handshaking = self.state == SessionState::Handshaking;
+        // SAFETY: `ssl` is valid; SSL_get_state only reads the state machine.
+        let ssl_state = unsafe { dffi::SSL_get_state(self.ssl_ptr()) };
+        let screened = if handshaking {
+            self.screen_plaintext(now, datagram, keep, ssl_state)
+        } else {
+            None
+        };
         let st = self.bio_mut();
         st.now = Some(now);
-        match keep {
-            Some(keep) => st.set_inbound_filtered(datagram, keep),
-            None => st.set_inbound(datagram),
+        match (screened, keep) {
+            (Some(hello_verify_ok), keep) => st.set_inbound_filtered(datagram, |r| {
+                keep.is_none_or(|keep| keep(r)) && passes_screen(r, hello_verify_ok)
+            }),
+            (None, Some(keep)) => st.set_inbound_filtered(datagram, keep),
+            (None, None) => st.set_inbound(datagram),
+        }
+        if !st.has_inbound() {
+            st.clear_inbound();
+            return; // everything was screened out: OpenSSL has nothing to read
         }
         st.coalesce = true; // a retransmitted Finished makes OpenSSL retransmit its flight
         self.drive(now);
+        if handshaking && self.ssl.is_some() && self.held_alert.is_some() {
+            // SAFETY: as above.
+            let after = unsafe { dffi::SSL_get_state(self.ssl_ptr()) };
+            if self.held_alert.is_some_and(|h| h.ssl_state != after) {
+                log::debug!(
+                    "{:?}: the handshake moved on; the held alert was not the peer's last word",
+                    self.peer
+                );
+                self.held_alert = None;
+            }
+        }
         if self.ssl.is_some() {
             let st = self.bio_mut();
             st.coalesce = false;
@@ -566,6 +620,71 @@ impl Session {
             }
         }
         self.feed_early_to_openssl(now);
+    }
+
+    /// During the handshake: counts and holds epoch-0 alerts and drops out-of-place
+    /// HelloVerifyRequests (see [`crate::plaintext`]). Returns `None` if every record may go to
+    /// OpenSSL, else `Some(hello_verify_ok)` for [`passes_screen`]: the filter to feed with.
+    fn screen_plaintext(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        keep: Option<&dyn Fn(&RecordHeader<'_>) -> bool>,
+        ssl_state: c_int,
+    ) -> Option<bool> {
+        // RFC 6347 §4.2.1: a HelloVerifyRequest answers the client's first ClientHello only.
+        let hello_verify_ok = self.role == Role::Client
+            && ssl_state == dffi::TLS_ST_CW_CLNT_HELLO
+            && !self.hello_verify_accepted;
+        let mut screened = false;
+        for record in crate::wire::records(datagram).flatten() {
+            if keep.is_some_and(|keep| !keep(&record)) {
+                continue;
+            }
+            match plaintext::screen(&record) {
+                Screen::Feed => {}
+                Screen::Alert(alert) => {
+                    screened = true;
+                    self.stats.held_alerts += 1;
+                    let Some(alert) = alert.filter(Alert::is_fatal) else {
+                        log::debug!(
+                            "{:?}: dropped an unauthenticated warning alert during the handshake",
+                            self.peer
+                        );
+                        continue;
+                    };
+                    // At least one initial retransmission interval for the handshake to show
+                    // progress, and no less than until our next retransmission.
+                    let fail_at = self
+                        .retransmit_at
+                        .unwrap_or(now)
+                        .max(now + self.config.retransmit_initial);
+                    log::debug!(
+                        "{:?}: holding unauthenticated {alert} until {:?} from now",
+                        self.peer,
+                        fail_at - now
+                    );
+                    self.held_alert = Some(HeldAlert {
+                        alert,
+                        ssl_state,
+                        fail_at,
+                    });
+                }
+                Screen::HelloVerifyRequest { well_formed } => {
+                    if hello_verify_ok && well_formed {
+                        self.hello_verify_accepted = true;
+                    } else {
+                        screened = true;
+                        self.stats.dropped_hello_verify_requests += 1;
+                        log::debug!(
+                            "{:?}: dropped an out-of-place or malformed HelloVerifyRequest",
+                            self.peer
+                        );
+                    }
+                }
+            }
+        }
+        screened.then_some(hello_verify_ok)
     }
 
     /// A server that has read the client's ChangeCipherSpec (`TLS_ST_SR_CHANGE`) can receive
@@ -655,6 +774,9 @@ impl Session {
         match self.state {
             SessionState::Handshaking => {
                 let deadline = self.handshake_deadline();
+                let deadline = self
+                    .held_alert
+                    .map_or(deadline, |h| h.fail_at.min(deadline));
                 Some(self.retransmit_at.map_or(deadline, |at| at.min(deadline)))
             }
             SessionState::Established => {
@@ -672,6 +794,12 @@ impl Session {
 
     /// Handles expired timers: retransmits the last flight (`DTLSv1_handle_timeout`), or fails
     /// the session with [`Error::Timeout`] past the handshake deadline or retransmission cap.
+    ///
+    /// A handshake that received an unauthenticated fatal alert (epoch 0, which anyone who knows
+    /// the two addresses can forge) and made no progress since fails with that alert as
+    /// [`Error::PeerAlert`] at the next retransmission timeout (at least
+    /// [`SessionConfig::retransmit_initial`] after the alert); the same alert is the error if
+    /// the deadline or the retransmission cap ends the handshake first.
     #[doc(alias = "DTLSv1_handle_timeout")]
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
@@ -682,7 +810,15 @@ impl Session {
                     self.peer,
                     self.config.handshake_timeout
                 );
-                self.fail(Error::Timeout);
+                self.fail_handshake_timeout();
+                return;
+            }
+            SessionState::Handshaking if self.held_alert.is_some_and(|h| now >= h.fail_at) => {
+                log::debug!(
+                    "handshake with {:?}: no progress since the peer's alert",
+                    self.peer
+                );
+                self.fail_handshake_timeout();
                 return;
             }
             _ => {}
@@ -705,7 +841,7 @@ impl Session {
             && self.bio_ref().timeouts >= self.config.max_retransmits
         {
             log::debug!("handshake with {:?}: retransmission cap reached", self.peer);
-            self.fail(Error::Timeout);
+            self.fail_handshake_timeout();
             return;
         }
         let st = self.bio_mut();
@@ -720,13 +856,25 @@ impl Session {
         if r < 0 {
             let stack = ErrorStack::get();
             log::debug!("OpenSSL gave up retransmitting: {stack}");
-            self.fail(Error::Timeout);
+            self.fail_handshake_timeout();
             return;
         }
         // SAFETY: plain queue reset.
         unsafe { ffi::ERR_clear_error() };
         self.stats.retransmits = self.bio_ref().timeouts;
         self.update_timer(now);
+    }
+
+    /// Fails a handshake that ran out of time: with the held unauthenticated alert if there is
+    /// one (the likeliest reason the peer went quiet), else [`Error::Timeout`].
+    fn fail_handshake_timeout(&mut self) {
+        match self.held_alert.take() {
+            Some(held) => {
+                log::debug!("{:?}: failing with the held {}", self.peer, held.alert);
+                self.fail(Error::PeerAlert(held.alert));
+            }
+            None => self.fail(Error::Timeout),
+        }
     }
 
     /// Sends one application datagram (`SSL_write`). It must fit one record within the MTU
@@ -1499,6 +1647,17 @@ fn min_protected_len(cipher: &str) -> usize {
         24 // 8-byte explicit nonce, 16-byte tag
     } else {
         0
+    }
+}
+
+/// Whether a handshaking session gives `record` to OpenSSL (see
+/// [`Session::screen_plaintext`]); `hello_verify_ok`: a well-formed HelloVerifyRequest is in
+/// place.
+fn passes_screen(record: &RecordHeader<'_>, hello_verify_ok: bool) -> bool {
+    match plaintext::screen(record) {
+        Screen::Feed => true,
+        Screen::Alert(_) => false,
+        Screen::HelloVerifyRequest { well_formed } => hello_verify_ok && well_formed,
     }
 }
 
