@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foreign_types::ForeignTypeRef;
 use openssl_dtls::{
     Alert, DtlsClient, DtlsClientContext, DtlsServer, DtlsServerContext, EndpointConfig, Error,
     PskCredentials, Session, SocketOptions,
@@ -368,4 +369,125 @@ fn over_udp_forged_records_injected_by_a_relay_do_not_stop_the_handshake() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(server.stats().handshakes_failed_peer_alert, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// renegotiation requests on compact connections
+
+/// What a server's side of a connection answers when the client asks to renegotiate after the
+/// handshake (the client's OpenSSL is told to allow it; ours never does).
+struct RenegotiationOutcome {
+    /// The datagrams the server sent in reply: (content type, epoch) of each record.
+    replies: Vec<Vec<(u8, u16)>>,
+    server: Session,
+    client: Session,
+}
+
+/// (content type, epoch) of each record of a datagram.
+fn record_kinds(datagram: &[u8]) -> Vec<(u8, u16)> {
+    let mut kinds = Vec::new();
+    let mut rest = datagram;
+    while rest.len() >= 13 {
+        let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+        kinds.push((rest[0], u16::from_be_bytes([rest[3], rest[4]])));
+        rest = rest.get(13 + len..).unwrap_or_default();
+    }
+    kinds
+}
+
+/// Handshakes, moves one message so that a compact server hands off, then (before `request`)
+/// replays `replay` (datagrams the client sent during the handshake) and makes the client's
+/// OpenSSL send a renegotiating ClientHello.
+fn renegotiate_against(compact: bool, replay: bool) -> RenegotiationOutcome {
+    let (mut c, mut s) = pair(IDENTITY, compact);
+    let mut link = Link::perfect();
+    let mut client_flights = Vec::new();
+    let ok = run_until_tapped(
+        &mut c,
+        &mut s,
+        &mut link,
+        Duration::from_secs(5),
+        |link, dir, d| {
+            if dir == Dir::ToServer {
+                client_flights.push(d.to_vec());
+            }
+            link.send(dir, d)
+        },
+        both_established,
+    );
+    assert!(ok, "client {:?}, server {:?}", c.error(), s.error());
+    c.send(b"hand off").unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let ok = support::run_until(&mut c, &mut s, &mut link, Duration::from_secs(5), |_, s| {
+        matches!(s.recv(&mut buf), Ok(Some(_)))
+    });
+    assert!(ok);
+    assert_eq!(s.is_compact(), compact, "a compact server hands off");
+    let now = Instant::now();
+    if replay {
+        // The client's final flight again (its Finished, an authenticated epoch-1 handshake
+        // record) and its first ClientHello (epoch 0): neither is a renegotiation request.
+        for d in &client_flights {
+            s.handle_datagram(now, d);
+        }
+    }
+    let ssl = c
+        .ssl()
+        .expect("a non-compact client keeps its SSL")
+        .as_ptr();
+    // SAFETY: `ssl` is the client session's live SSL; no other call into it runs meanwhile. The
+    // ClientHello OpenSSL writes goes to the session's BIO queue.
+    unsafe {
+        openssl_dtls_sys::SSL_clear_options(ssl, openssl::ssl::SslOptions::NO_RENEGOTIATION.bits());
+        assert_eq!(openssl_dtls_sys::SSL_renegotiate(ssl), 1);
+        openssl_sys::SSL_do_handshake(ssl);
+    }
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        while let Some(n) = c.poll_transmit(&mut buf) {
+            s.handle_datagram(now, &buf[..n]);
+        }
+        while let Some(n) = s.poll_transmit(&mut buf) {
+            replies.push(record_kinds(&buf[..n]));
+            c.handle_datagram(now, &buf[..n]);
+        }
+    }
+    RenegotiationOutcome {
+        replies,
+        server: s,
+        client: c,
+    }
+}
+
+#[test]
+fn a_compact_server_refuses_a_renegotiation_with_a_warning_as_openssl_does() {
+    let openssl = renegotiate_against(false, false);
+    let compact = renegotiate_against(true, false);
+    // Both answer with one epoch-1 alert record (the no_renegotiation warning; its contents are
+    // encrypted), and the client's OpenSSL takes it the same way.
+    assert_eq!(openssl.replies, vec![vec![(21, 1)]]);
+    assert_eq!(compact.replies, openssl.replies);
+    assert_eq!(compact.server.stats().renegotiations_refused, 1);
+    // OpenSSL's client ends a renegotiation the server refused with a fatal handshake_failure:
+    // both servers see the same, and so do both clients.
+    assert_eq!(compact.server.state(), openssl.server.state());
+    assert_eq!(
+        compact.server.error().map(ToString::to_string),
+        openssl.server.error().map(ToString::to_string)
+    );
+    assert_eq!(compact.client.state(), openssl.client.state());
+    assert_eq!(
+        compact.client.error().map(ToString::to_string),
+        openssl.client.error().map(ToString::to_string)
+    );
+}
+
+#[test]
+fn a_retransmitted_finished_or_a_plaintext_client_hello_is_not_a_renegotiation_request() {
+    let compact = renegotiate_against(true, true);
+    let stats = compact.server.stats();
+    // Only the real request is answered; the replayed flights are counted and dropped.
+    assert_eq!(stats.renegotiations_refused, 1);
+    assert_eq!(compact.replies, vec![vec![(21, 1)]]);
+    assert!(stats.dropped_handshake_records >= 2, "{stats:?}");
 }

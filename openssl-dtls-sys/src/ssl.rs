@@ -116,6 +116,10 @@ extern "C" {
     pub fn SSL_set_options(s: *mut SSL, op: u64) -> u64;
     /// `SSL_get_options`.
     pub fn SSL_get_options(s: *const SSL) -> u64;
+    /// [`SSL_renegotiate`](https://www.openssl.org/docs/man3.0/man3/SSL_renegotiate.html):
+    /// schedules a renegotiation (a client's ClientHello, a server's HelloRequest) for the next
+    /// `SSL_do_handshake`. Tests use it to play a peer that renegotiates.
+    pub fn SSL_renegotiate(s: *mut SSL) -> c_int;
     /// `SSL_clear_options`.
     pub fn SSL_clear_options(s: *mut SSL, op: u64) -> u64;
 }

@@ -288,6 +288,12 @@ pub struct SessionStats {
     /// fatal one is reported only if the handshake then stalls (see
     /// [`Session::handle_timeout`]), so a spoofed alert cannot end it.
     pub held_alerts: u64,
+    /// Compact mode, after the hand-off: authenticated renegotiation requests (a ClientHello to
+    /// a server, a HelloRequest to a client) answered with a `no_renegotiation` warning, as
+    /// OpenSSL does with `SSL_OP_NO_RENEGOTIATION`. Requests beyond
+    /// [`MAX_RENEGOTIATION_REFUSALS`] per connection are dropped and counted in
+    /// [`dropped_handshake_records`](Self::dropped_handshake_records).
+    pub renegotiations_refused: u64,
     /// Records carrying a HelloVerifyRequest that was out of place (to a server, after the
     /// client read a ServerHello or already answered one) or malformed: dropped before OpenSSL,
     /// which would end the handshake with `unexpected_message`.
@@ -358,6 +364,18 @@ const MAX_SPARE_PLAINTEXT: usize = 2;
 /// Early epoch-1 records kept per handshaking compact session (each at most one MTU long).
 const MAX_EARLY_RECORDS: usize = 8;
 
+/// Renegotiation requests a compact connection answers with `no_renegotiation`; later ones are
+/// dropped. A peer that asks this often is not going to stop; each answer costs a sealed record,
+/// so the bound keeps a misbehaving (authenticated) peer from making us send without limit.
+pub const MAX_RENEGOTIATION_REFUSALS: u8 = 8;
+
+/// The `no_renegotiation` alert description (RFC 5246 §7.2.2), always a warning.
+const NO_RENEGOTIATION: u8 = 100;
+
+/// Handshake message types (RFC 5246 §7.4) that ask for a renegotiation.
+const HELLO_REQUEST: u8 = 0;
+const CLIENT_HELLO: u8 = 1;
+
 /// A compact session's record layer and what it remembers of the freed `SSL`.
 struct Compact {
     layer: RecordLayer,
@@ -368,6 +386,8 @@ struct Compact {
     outbound: VecDeque<Vec<u8>>,
     /// The handshake's facts, read from the `SSL` before it was freed.
     facts: Option<Box<SslFacts>>,
+    /// Renegotiation requests answered so far (see [`MAX_RENEGOTIATION_REFUSALS`]).
+    renegotiation_refusals: u8,
 }
 
 /// What the accessors of a compact session report once its `SSL` is gone.
@@ -1167,7 +1187,7 @@ impl Session {
             offset += record.total_len();
             if !is_compact_record(&record) {
                 if self.ssl.is_none() {
-                    self.stats.dropped_handshake_records += 1;
+                    self.open_handshake_record(&record);
                 } else if too_short(&record) {
                     self.stats.dropped_short_records += 1;
                 } else {
@@ -1251,6 +1271,7 @@ impl Session {
             linger_until: sent_last.then(|| now + self.config.compact_linger),
             outbound: VecDeque::new(),
             facts: None,
+            renegotiation_refusals: 0,
         }));
         // Hand off before opening the early records: whatever they make us send (a close_notify
         // in reply) is then written by the compact layer alone.
@@ -1302,6 +1323,61 @@ impl Session {
         log::debug!("{:?}: handed off to the compact record layer", self.peer);
     }
 
+    /// Compact mode, after the hand-off: a handshake-layer record. Only an epoch-1 record that
+    /// authenticates (same keys and replay window as application data) and holds a ClientHello
+    /// to a server or a HelloRequest to a client is a renegotiation request; it is answered with
+    /// a `no_renegotiation` warning, as OpenSSL answers with `SSL_OP_NO_RENEGOTIATION` (an
+    /// OpenSSL peer would otherwise retransmit it until it gives up). Anything else (epoch 0,
+    /// which is unauthenticated; a retransmitted Finished; a request past the bound) is dropped
+    /// and counted.
+    fn open_handshake_record(&mut self, record: &RecordHeader<'_>) {
+        let Some(compact) = self.compact.as_mut() else {
+            return;
+        };
+        if record.epoch() == 0 || record.content_type() != ContentType::Handshake {
+            self.stats.dropped_handshake_records += 1;
+            return;
+        }
+        let mut plain = record::take_buffer();
+        let opened = compact.layer.open(record, &mut plain);
+        // The DTLS handshake header is 12 bytes: a shorter record holds no whole message header.
+        let msg_type = (plain.len() >= crate::wire::HANDSHAKE_HEADER_LEN).then(|| plain[0]);
+        record::give_buffer(plain);
+        if let Err(e) = opened {
+            self.count_open_error(e, record);
+            return;
+        }
+        let request = match self.role {
+            Role::Server => msg_type == Some(CLIENT_HELLO),
+            Role::Client => msg_type == Some(HELLO_REQUEST),
+        };
+        if !request || compact.renegotiation_refusals >= MAX_RENEGOTIATION_REFUSALS {
+            self.stats.dropped_handshake_records += 1;
+            return;
+        }
+        compact.renegotiation_refusals += 1;
+        self.stats.renegotiations_refused += 1;
+        log::debug!("{:?}: refused a renegotiation", self.peer);
+        let _ = self.send_compact(ContentType::Alert, &[1, NO_RENEGOTIATION]);
+    }
+
+    /// Counts a record the compact layer did not open.
+    fn count_open_error(&mut self, e: OpenError, record: &RecordHeader<'_>) {
+        let overhead = self
+            .compact
+            .as_ref()
+            .map_or(0, |c| c.layer.aead().overhead());
+        match e {
+            OpenError::Replayed | OpenError::TooOld => self.stats.dropped_replayed_records += 1,
+            OpenError::Malformed if record.fragment().len() < overhead => {
+                self.stats.dropped_short_records += 1
+            }
+            OpenError::Malformed | OpenError::Unauthenticated => {
+                self.stats.dropped_unauthenticated_records += 1
+            }
+        }
+    }
+
     /// Compact mode: authenticates one epoch-1 application or alert record and acts on it.
     fn open_record(&mut self, record: &RecordHeader<'_>) {
         let Some(compact) = self.compact.as_mut() else {
@@ -1313,19 +1389,7 @@ impl Session {
             Ok(t) => t,
             Err(e) => {
                 record::give_buffer(plain);
-                match e {
-                    OpenError::Replayed | OpenError::TooOld => {
-                        self.stats.dropped_replayed_records += 1
-                    }
-                    OpenError::Malformed
-                        if record.fragment().len() < compact.layer.aead().overhead() =>
-                    {
-                        self.stats.dropped_short_records += 1
-                    }
-                    OpenError::Malformed | OpenError::Unauthenticated => {
-                        self.stats.dropped_unauthenticated_records += 1
-                    }
-                }
+                self.count_open_error(e, record);
                 return;
             }
         };
