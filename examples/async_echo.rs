@@ -34,6 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = DtlsServer::bind("127.0.0.1:0", server_ctx).await?;
     let addr = server.local_addr();
     println!("server: listening on {addr}");
+    server.on_handshake_failure(|failure| eprintln!("handshake failed: {failure}"));
     let mut incoming = server.incoming();
     let acceptor = tokio::spawn(async move {
         while let Some(conn) = incoming.next().await {

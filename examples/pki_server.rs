@@ -26,7 +26,7 @@ usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-clie
   --require-client-cert  fail handshakes without a verified client certificate
   --cipher               OpenSSL cipher string (default: the certificate preset)
   --idle-timeout         drop a connection that received nothing for SECS seconds
-                         (default 300; 0 or none: never)
+                         (default and 0 or none: never)
   -h, --help             this text";
 
 struct Options {

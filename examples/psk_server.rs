@@ -26,7 +26,7 @@ usage: psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--
   --cipher        OpenSSL cipher string (default: the PSK preset, PSK-AES128-CCM8 first)
   --compact       compact connections: free each SSL after the handshake (about 1 KB per idle peer)
   --idle-timeout  drop a connection that received nothing for SECS seconds
-                  (default 300; 0 or none: never)
+                  (default and 0 or none: never)
   -h, --help      this text
 A datagram longer than the connection's data MTU is echoed truncated to it (logged).";
 

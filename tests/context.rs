@@ -385,6 +385,11 @@ fn deliver_alerts(mut c: Session, mut s: Session) -> (Session, Session) {
             c.handle_datagram(now, &buf[..n]);
         }
     }
+    // An epoch-0 alert is held, not acted on at once (a spoofer could have sent it): the side
+    // that received it fails at its next retransmission timeout without progress.
+    for side in [&mut c, &mut s] {
+        support::run_timers_until_failed(side, Duration::from_secs(5));
+    }
     (c, s)
 }
 
@@ -506,6 +511,8 @@ fn wrong_psk_key_fails_both_sides_without_a_retransmission_loop() {
     while let Some(n) = s.poll_transmit(&mut buf) {
         c.handle_datagram(Instant::now(), &buf[..n]);
     }
+    // The client holds the unauthenticated alert until its next retransmission timeout.
+    support::run_timers_until_failed(&mut c, Duration::from_secs(5));
     let elapsed = started.elapsed();
     match s.error() {
         Some(Error::LocalAlert { alert, .. }) => {

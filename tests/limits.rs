@@ -208,6 +208,10 @@ fn a_full_endpoint_evicts_the_least_recently_active_idle_connection_with_close_n
     ep.handle_datagram(t1, n, &hello);
     pump(&mut ep, t1, &mut [(n, &mut cn)]);
     assert!(ep.connection_id(n).is_none());
+    // The alert is unauthenticated: our client holds it for one retransmission interval (a
+    // spoofed one must not end a handshake), then reports it as the reason.
+    assert_eq!(cn.stats().held_alerts, 1);
+    cn.handle_timeout(t1 + Duration::from_secs(2));
     assert_eq!(cn.state(), SessionState::Failed);
     assert!(
         matches!(cn.error(), Some(Error::PeerAlert(al)) if al.description == 80),
@@ -261,6 +265,7 @@ fn without_eviction_a_full_endpoint_refuses_and_keeps_everyone() {
     let hello = hello_with_cookie(&mut ep, later, n, &mut cn);
     ep.handle_datagram(later, n, &hello);
     pump(&mut ep, later, &mut [(n, &mut cn), (addr(20), &mut ca)]);
+    cn.handle_timeout(later + Duration::from_secs(2));
     assert!(matches!(cn.error(), Some(Error::PeerAlert(al)) if al.description == 80));
     assert!(ca.is_established() && ep.connection_id(addr(20)).is_some());
     assert_eq!(ep.stats().evicted, 0);

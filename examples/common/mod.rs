@@ -103,8 +103,8 @@ pub fn idle_timeout(s: &str) -> Result<Option<Duration>, String> {
     Ok((secs > 0).then(|| Duration::from_secs(secs)))
 }
 
-/// The endpoint limits for a server whose `--idle-timeout` was `idle` (the library's default of
-/// 5 minutes when the flag is absent).
+/// The endpoint limits for a server whose `--idle-timeout` was `idle` (the library's default,
+/// no idle timeout, when the flag is absent).
 pub fn server_config(idle: Option<Option<Duration>>) -> EndpointConfig {
     let mut config = EndpointConfig::default();
     if let Some(idle) = idle {
@@ -139,6 +139,9 @@ pub fn bind_client(bind: Option<SocketAddr>, peer: SocketAddr) -> DtlsClient {
 /// Accepts connections forever, echoing every datagram back to its sender on its own thread.
 pub fn echo_forever(server: DtlsServer) -> ! {
     println!("listening on {}", server.local_addr());
+    // One line per failed handshake: who, and why (a wrong key, an unknown identity, a
+    // certificate that did not verify, a timeout).
+    server.on_handshake_failure(|failure| eprintln!("handshake failed: {failure}"));
     for conn in server.incoming() {
         match conn {
             Ok(conn) => {
@@ -172,6 +175,10 @@ fn echo(conn: DtlsConnection) {
                 return;
             }
             Ok(n) => n,
+            Err(Error::IdleTimeout { .. }) => {
+                eprintln!("idle timeout: {peer}");
+                return;
+            }
             Err(e) => {
                 log::info!("{peer}: {e}");
                 return;

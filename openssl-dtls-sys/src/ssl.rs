@@ -45,6 +45,16 @@ pub const SSL_CB_HANDSHAKE_DONE: c_int = 0x20;
 // (`TLS_ST_CR_COMP_CERT`, `TLS_ST_CW_COMP_CERT`, `TLS_ST_SW_COMP_CERT`, `TLS_ST_SR_COMP_CERT`),
 // shifting the values after them.
 
+/// `DTLS_ST_CR_HELLO_VERIFY_REQUEST`: the client has read a HelloVerifyRequest.
+pub const DTLS_ST_CR_HELLO_VERIFY_REQUEST: c_int = 2;
+/// `TLS_ST_CW_CLNT_HELLO`: the client has written a ClientHello (and, until the server's
+/// answer arrives, waits for a ServerHello or a HelloVerifyRequest).
+#[cfg(not(ossl320))]
+pub const TLS_ST_CW_CLNT_HELLO: c_int = 12;
+/// `TLS_ST_CW_CLNT_HELLO`: the client has written a ClientHello (and, until the server's
+/// answer arrives, waits for a ServerHello or a HelloVerifyRequest).
+#[cfg(ossl320)]
+pub const TLS_ST_CW_CLNT_HELLO: c_int = 13;
 /// `TLS_ST_CR_CHANGE`: the client has read the server's ChangeCipherSpec.
 #[cfg(not(ossl320))]
 pub const TLS_ST_CR_CHANGE: c_int = 10;
@@ -106,6 +116,10 @@ extern "C" {
     pub fn SSL_set_options(s: *mut SSL, op: u64) -> u64;
     /// `SSL_get_options`.
     pub fn SSL_get_options(s: *const SSL) -> u64;
+    /// [`SSL_renegotiate`](https://www.openssl.org/docs/man3.0/man3/SSL_renegotiate.html):
+    /// schedules a renegotiation (a client's ClientHello, a server's HelloRequest) for the next
+    /// `SSL_do_handshake`. Tests use it to play a peer that renegotiates.
+    pub fn SSL_renegotiate(s: *mut SSL) -> c_int;
     /// `SSL_clear_options`.
     pub fn SSL_clear_options(s: *mut SSL, op: u64) -> u64;
 }

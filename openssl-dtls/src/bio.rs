@@ -144,6 +144,11 @@ impl BioState {
         self.inbound_ready = !self.inbound.is_empty();
     }
 
+    /// Whether a datagram waits for OpenSSL to read it.
+    pub fn has_inbound(&self) -> bool {
+        self.inbound_ready
+    }
+
     /// Moves every queued outgoing datagram to the back of `to`, oldest first.
     pub fn drain_outbound(&mut self, to: &mut VecDeque<Vec<u8>>) {
         to.extend(self.outbound.drain(..));

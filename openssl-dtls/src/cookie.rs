@@ -17,7 +17,7 @@
 //!   servers can only agree on which interval it is through the wall clock they share.
 //!
 //! Secret handling: every copy of key material in Rust memory (random bytes, derived keys, a
-//! pre-hashed long secret) lives in a buffer that is overwritten with zeros as soon as OpenSSL
+//! pre-hashed long secret) lives in a buffer that is wiped (`crate::wipe`: `OPENSSL_cleanse`) as soon as OpenSSL
 //! has its own copy. The keys themselves are kept as OpenSSL HMAC `EVP_PKEY`s, so no secret byte
 //! is stored in this struct; OpenSSL wipes its copy with `OPENSSL_secure_clear_free` when the last
 //! reference goes, which happens on drop and on rotation.
@@ -34,6 +34,8 @@ use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::sign::Signer;
+
+use crate::wipe;
 
 /// Length of a cookie: one HMAC-SHA256 output.
 pub(crate) const COOKIE_LEN: usize = 32;
@@ -110,13 +112,6 @@ impl Drop for SecretBytes {
     fn drop(&mut self) {
         wipe(&mut self.0);
     }
-}
-
-/// Overwrites `buf` with zeros in a way the optimizer may not remove as a dead store.
-fn wipe(buf: &mut [u8]) {
-    buf.fill(0);
-    // `black_box` makes the compiler assume the zeros are read, so the writes stay.
-    std::hint::black_box(buf);
 }
 
 impl CookieSecrets {

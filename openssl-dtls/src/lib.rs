@@ -11,6 +11,7 @@ mod driver;
 pub mod endpoint;
 pub mod error;
 mod listener;
+mod plaintext;
 mod record;
 mod server;
 pub mod session;
@@ -19,6 +20,31 @@ pub mod session;
 pub mod tokio;
 mod verify;
 pub(crate) mod wire;
+
+/// Overwrites `buf` with zeros through `OPENSSL_cleanse`, which the optimizer cannot remove as a
+/// dead store: the one way this crate wipes key material (record keys, PSKs, cookie secrets).
+pub(crate) fn wipe(buf: &mut [u8]) {
+    if buf.is_empty() {
+        return;
+    }
+    // SAFETY: `buf` is a live, writable slice of exactly `buf.len()` bytes; OPENSSL_cleanse
+    // writes zeros to that range and nothing else.
+    unsafe { openssl_dtls_sys::OPENSSL_cleanse(buf.as_mut_ptr().cast(), buf.len()) }
+}
+
+/// Like [`wipe`], over the whole allocation of `buf` (its spare capacity too, where earlier
+/// contents may linger after a truncation), then empties it.
+pub(crate) fn wipe_vec(buf: &mut Vec<u8>) {
+    let capacity = buf.capacity();
+    if capacity == 0 {
+        return;
+    }
+    // SAFETY: `as_mut_ptr` points to an allocation of `capacity` bytes owned by `buf` (u8 has
+    // no drop glue, and writing zeros into spare capacity is allowed); the length is reset to 0
+    // afterwards, so no byte is read as initialised that was not before.
+    unsafe { openssl_dtls_sys::OPENSSL_cleanse(buf.as_mut_ptr().cast(), capacity) };
+    buf.clear();
+}
 
 pub use crate::client::DtlsClient;
 pub use crate::connection::DtlsConnection;
@@ -115,5 +141,37 @@ pub mod __fuzz {
         pub fn verify(&self, now: Instant, peer: SocketAddr, cookie: &[u8]) -> bool {
             self.0.verify(now, peer, cookie)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wipe_zeroes_every_byte_of_the_slice() {
+        let mut key = [0xA5u8; 48];
+        super::wipe(&mut key[..]);
+        assert_eq!(key, [0; 48]);
+        super::wipe(&mut []); // empty: nothing to do, no call with a dangling pointer
+    }
+
+    #[test]
+    fn wipe_vec_zeroes_the_spare_capacity_and_empties() {
+        let mut secret = vec![0x5Au8; 64];
+        secret.truncate(16); // 48 secret bytes now sit in spare capacity
+        let ptr = secret.as_ptr();
+        let capacity = secret.capacity();
+        super::wipe_vec(&mut secret);
+        assert!(secret.is_empty());
+        assert_eq!(
+            secret.capacity(),
+            capacity,
+            "wiped in place, not reallocated"
+        );
+        assert_eq!(secret.as_ptr(), ptr);
+        // SAFETY: the allocation is still owned by `secret` and `wipe_vec` initialised all
+        // `capacity` bytes (to zero); reading them through the raw pointer is in bounds.
+        let all = unsafe { std::slice::from_raw_parts(secret.as_ptr(), capacity) };
+        assert!(all.iter().all(|&b| b == 0));
+        super::wipe_vec(&mut Vec::new());
     }
 }

@@ -213,13 +213,10 @@ struct Keys {
 
 impl Drop for Keys {
     fn drop(&mut self) {
-        // SAFETY: each pointer covers exactly its array; OPENSSL_cleanse only writes zeros.
-        unsafe {
-            dffi::OPENSSL_cleanse(self.write_key.as_mut_ptr().cast(), 32);
-            dffi::OPENSSL_cleanse(self.read_key.as_mut_ptr().cast(), 32);
-            dffi::OPENSSL_cleanse(self.write_iv.as_mut_ptr().cast(), 12);
-            dffi::OPENSSL_cleanse(self.read_iv.as_mut_ptr().cast(), 12);
-        }
+        crate::wipe(&mut self.write_key);
+        crate::wipe(&mut self.read_key);
+        crate::wipe(&mut self.write_iv);
+        crate::wipe(&mut self.read_iv);
     }
 }
 
@@ -305,13 +302,11 @@ impl RecordLayer {
         seed[13..45].copy_from_slice(&server_random);
         seed[45..].copy_from_slice(&client_random);
         let derived = tls12_prf(md_name, &master, &seed, &mut block[..len]);
-        // SAFETY: the pointer covers exactly the array.
-        unsafe { dffi::OPENSSL_cleanse(master.as_mut_ptr().cast(), master.len()) };
+        crate::wipe(&mut master);
         derived?;
         let layer =
             RecordLayer::from_key_block(aead, &block[..len], is_client, epoch, next_write_seq);
-        // SAFETY: as above.
-        unsafe { dffi::OPENSSL_cleanse(block.as_mut_ptr().cast(), block.len()) };
+        crate::wipe(&mut block);
         Ok(Some(layer))
     }
 

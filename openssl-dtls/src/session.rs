@@ -46,6 +46,7 @@ use openssl_sys as ffi;
 
 use crate::bio::{self, BioState, TimerSettings};
 use crate::error::{Alert, ConfigError, Error, Result, TimeoutPhase};
+use crate::plaintext::{self, Screen};
 use crate::record::{self, OpenError, RecordLayer, SealError};
 use crate::wire::{ContentType, RecordHeader};
 
@@ -293,6 +294,20 @@ pub struct SessionStats {
     pub bytes_in: u64,
     /// Bytes of the datagrams returned by [`Session::poll_transmit`].
     pub bytes_out: u64,
+    /// Unauthenticated (epoch-0) alerts received during the handshake and kept from OpenSSL: a
+    /// fatal one is reported only if the handshake then stalls (see
+    /// [`Session::handle_timeout`]), so a spoofed alert cannot end it.
+    pub held_alerts: u64,
+    /// Compact mode, after the hand-off: authenticated renegotiation requests (a ClientHello to
+    /// a server, a HelloRequest to a client) answered with a `no_renegotiation` warning, as
+    /// OpenSSL does with `SSL_OP_NO_RENEGOTIATION`. Requests beyond
+    /// [`MAX_RENEGOTIATION_REFUSALS`] per connection are dropped and counted in
+    /// [`dropped_handshake_records`](Self::dropped_handshake_records).
+    pub renegotiations_refused: u64,
+    /// Records carrying a HelloVerifyRequest that was out of place (to a server, after the
+    /// client read a ServerHello or already answered one) or malformed: dropped before OpenSSL,
+    /// which would end the handshake with `unexpected_message`.
+    pub dropped_hello_verify_requests: u64,
 }
 
 /// Epoch-1 records a handshake gives OpenSSL before OpenSSL has read the peer's
@@ -400,6 +415,20 @@ pub struct Session {
     /// OpenSSL has read the peer's ChangeCipherSpec in this handshake: it decrypts epoch-1
     /// records from now on instead of buffering them.
     peer_ccs_read: bool,
+    /// The latest unauthenticated fatal alert received during the handshake, kept from OpenSSL.
+    held_alert: Option<HeldAlert>,
+    /// A client's OpenSSL has been given a HelloVerifyRequest (only one is accepted).
+    hello_verify_accepted: bool,
+}
+
+/// An unauthenticated fatal alert held back during the handshake (see [`crate::plaintext`]).
+#[derive(Debug, Clone, Copy)]
+struct HeldAlert {
+    alert: Alert,
+    /// OpenSSL's handshake state (`SSL_get_state`) when it arrived: any change is progress.
+    ssl_state: c_int,
+    /// Without progress by then, the handshake fails with this alert.
+    fail_at: Instant,
 }
 
 // SAFETY: `bio` points into a heap block owned by the `SSL` in `ssl` (an `Ssl` is `Send`); the
@@ -423,6 +452,18 @@ const MAX_SPARE_PLAINTEXT: usize = 2;
 /// Early epoch-1 records kept per handshaking compact session (each at most one MTU long).
 const MAX_EARLY_RECORDS: usize = 8;
 
+/// Renegotiation requests a compact connection answers with `no_renegotiation`; later ones are
+/// dropped. A peer that asks this often is not going to stop; each answer costs a sealed record,
+/// so the bound keeps a misbehaving (authenticated) peer from making us send without limit.
+pub const MAX_RENEGOTIATION_REFUSALS: u8 = 8;
+
+/// The `no_renegotiation` alert description (RFC 5246 §7.2.2), always a warning.
+const NO_RENEGOTIATION: u8 = 100;
+
+/// Handshake message types (RFC 5246 §7.4) that ask for a renegotiation.
+const HELLO_REQUEST: u8 = 0;
+const CLIENT_HELLO: u8 = 1;
+
 /// A compact session's record layer and what it remembers of the freed `SSL`.
 struct Compact {
     layer: RecordLayer,
@@ -433,6 +474,8 @@ struct Compact {
     outbound: VecDeque<Vec<u8>>,
     /// The handshake's facts, read from the `SSL` before it was freed.
     facts: Option<Box<SslFacts>>,
+    /// Renegotiation requests answered so far (see [`MAX_RENEGOTIATION_REFUSALS`]).
+    renegotiation_refusals: u8,
 }
 
 /// What the accessors of a compact session report once its `SSL` is gone.
@@ -533,6 +576,8 @@ impl Session {
             authenticated: 0,
             handshake_epoch1: 0,
             peer_ccs_read: false,
+            held_alert: None,
+            hello_verify_accepted: false,
         };
         session.bio_mut().now = Some(now);
         Ok(session)
@@ -594,7 +639,10 @@ impl Session {
 
     /// Feeds one datagram received from the peer. Malformed, replayed or unauthenticated records
     /// are dropped silently by OpenSSL (RFC 6347 §4.1.2.7); a fatal alert or protocol violation
-    /// fails the session.
+    /// fails the session. During the handshake, unauthenticated (epoch-0) alerts and
+    /// out-of-place HelloVerifyRequests never reach OpenSSL: they are counted, and a fatal alert
+    /// is held and reported only if the handshake then stalls (see
+    /// [`handle_timeout`](Self::handle_timeout) and `SECURITY-CONSIDERATIONS.md` §3.13).
     #[doc(alias = "SSL_read")]
     #[doc(alias = "SSL_do_handshake")]
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
@@ -676,11 +724,26 @@ impl Session {
         datagram: &[u8],
         keep: Option<&dyn Fn(&RecordHeader<'_>) -> bool>,
     ) {
+        let handshaking = self.state == SessionState::Handshaking;
+        // SAFETY: `ssl` is valid; SSL_get_state only reads the state machine.
+        let ssl_state = unsafe { dffi::SSL_get_state(self.ssl_ptr()) };
+        let screened = if handshaking {
+            self.screen_plaintext(now, datagram, keep, ssl_state)
+        } else {
+            None
+        };
         let st = self.bio_mut();
         st.now = Some(now);
-        match keep {
-            Some(keep) => st.set_inbound_filtered(datagram, keep),
-            None => st.set_inbound(datagram),
+        match (screened, keep) {
+            (Some(hello_verify_ok), keep) => st.set_inbound_filtered(datagram, |r| {
+                keep.is_none_or(|keep| keep(r)) && passes_screen(r, hello_verify_ok)
+            }),
+            (None, Some(keep)) => st.set_inbound_filtered(datagram, keep),
+            (None, None) => st.set_inbound(datagram),
+        }
+        if !st.has_inbound() {
+            st.clear_inbound();
+            return; // everything was screened out: OpenSSL has nothing to read
         }
         st.coalesce = true; // a retransmitted Finished makes OpenSSL retransmit its flight
                             // Whether OpenSSL is given an epoch-1 handshake record (the peer's Finished).
@@ -705,6 +768,17 @@ impl Session {
         {
             self.peer_ccs_read = true;
         }
+        if handshaking && self.ssl.is_some() && self.held_alert.is_some() {
+            // SAFETY: as above.
+            let after = unsafe { dffi::SSL_get_state(self.ssl_ptr()) };
+            if self.held_alert.is_some_and(|h| h.ssl_state != after) {
+                log::debug!(
+                    "{:?}: the handshake moved on; the held alert was not the peer's last word",
+                    self.peer
+                );
+                self.held_alert = None;
+            }
+        }
         if self.ssl.is_some() {
             let st = self.bio_mut();
             st.coalesce = false;
@@ -715,6 +789,73 @@ impl Session {
             }
         }
         self.feed_early_to_openssl(now);
+    }
+
+    /// During the handshake: counts and holds epoch-0 alerts and drops out-of-place
+    /// HelloVerifyRequests (see [`crate::plaintext`]). Returns `None` if every record may go to
+    /// OpenSSL, else `Some(hello_verify_ok)` for [`passes_screen`]: the filter to feed with.
+    fn screen_plaintext(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        keep: Option<&dyn Fn(&RecordHeader<'_>) -> bool>,
+        ssl_state: c_int,
+    ) -> Option<bool> {
+        // RFC 6347 §4.2.1: a HelloVerifyRequest answers the client's first ClientHello only.
+        let hello_verify_ok = self.role == Role::Client
+            && ssl_state == dffi::TLS_ST_CW_CLNT_HELLO
+            && !self.hello_verify_accepted;
+        let mut screened = false;
+        for record in crate::wire::records(datagram).flatten() {
+            // Only plaintext records are screened; `keep` sees each protected record once, when
+            // the datagram is queued for OpenSSL (it counts them).
+            if record.epoch() != 0 || keep.is_some_and(|keep| !keep(&record)) {
+                continue;
+            }
+            match plaintext::screen(&record) {
+                Screen::Feed => {}
+                Screen::Alert(alert) => {
+                    screened = true;
+                    self.stats.held_alerts += 1;
+                    let Some(alert) = alert.filter(Alert::is_fatal) else {
+                        log::debug!(
+                            "{:?}: dropped an unauthenticated warning alert during the handshake",
+                            self.peer
+                        );
+                        continue;
+                    };
+                    // At least one initial retransmission interval for the handshake to show
+                    // progress, and no less than until our next retransmission.
+                    let fail_at = self
+                        .retransmit_at
+                        .unwrap_or(now)
+                        .max(now + self.config.retransmit_initial);
+                    log::debug!(
+                        "{:?}: holding unauthenticated {alert} until {:?} from now",
+                        self.peer,
+                        fail_at - now
+                    );
+                    self.held_alert = Some(HeldAlert {
+                        alert,
+                        ssl_state,
+                        fail_at,
+                    });
+                }
+                Screen::HelloVerifyRequest { well_formed } => {
+                    if hello_verify_ok && well_formed {
+                        self.hello_verify_accepted = true;
+                    } else {
+                        screened = true;
+                        self.stats.dropped_hello_verify_requests += 1;
+                        log::debug!(
+                            "{:?}: dropped an out-of-place or malformed HelloVerifyRequest",
+                            self.peer
+                        );
+                    }
+                }
+            }
+        }
+        screened.then_some(hello_verify_ok)
     }
 
     /// A server that has read the client's ChangeCipherSpec (`TLS_ST_SR_CHANGE`) can receive
@@ -800,6 +941,9 @@ impl Session {
         match self.state {
             SessionState::Handshaking => {
                 let deadline = self.handshake_deadline();
+                let deadline = self
+                    .held_alert
+                    .map_or(deadline, |h| h.fail_at.min(deadline));
                 Some(self.retransmit_at.map_or(deadline, |at| at.min(deadline)))
             }
             SessionState::Established => {
@@ -817,6 +961,12 @@ impl Session {
 
     /// Handles expired timers: retransmits the last flight (`DTLSv1_handle_timeout`), or fails
     /// the session with [`Error::Timeout`] past the handshake deadline or retransmission cap.
+    ///
+    /// A handshake that received an unauthenticated fatal alert (epoch 0, which anyone who knows
+    /// the two addresses can forge) and made no progress since fails with that alert as
+    /// [`Error::PeerAlert`] at the next retransmission timeout (at least
+    /// [`SessionConfig::retransmit_initial`] after the alert); the same alert is the error if
+    /// the deadline or the retransmission cap ends the handshake first.
     #[doc(alias = "DTLSv1_handle_timeout")]
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
@@ -827,10 +977,15 @@ impl Session {
                     self.peer,
                     self.config.handshake_timeout
                 );
-                self.fail(Error::Timeout {
-                    peer: self.peer,
-                    phase: TimeoutPhase::Handshake,
-                });
+                self.fail_handshake_timeout(TimeoutPhase::Handshake);
+                return;
+            }
+            SessionState::Handshaking if self.held_alert.is_some_and(|h| now >= h.fail_at) => {
+                log::debug!(
+                    "handshake with {:?}: no progress since the peer's alert",
+                    self.peer
+                );
+                self.fail_handshake_timeout(TimeoutPhase::Retransmissions);
                 return;
             }
             _ => {}
@@ -853,10 +1008,7 @@ impl Session {
             && self.bio_ref().timeouts >= self.config.max_retransmits
         {
             log::debug!("handshake with {:?}: retransmission cap reached", self.peer);
-            self.fail(Error::Timeout {
-                peer: self.peer,
-                phase: TimeoutPhase::Retransmissions,
-            });
+            self.fail_handshake_timeout(TimeoutPhase::Retransmissions);
             return;
         }
         let st = self.bio_mut();
@@ -871,16 +1023,28 @@ impl Session {
         if r < 0 {
             let stack = ErrorStack::get();
             log::debug!("OpenSSL gave up retransmitting: {stack}");
-            self.fail(Error::Timeout {
-                peer: self.peer,
-                phase: TimeoutPhase::Retransmissions,
-            });
+            self.fail_handshake_timeout(TimeoutPhase::Retransmissions);
             return;
         }
         // SAFETY: plain queue reset.
         unsafe { ffi::ERR_clear_error() };
         self.stats.retransmits = self.bio_ref().timeouts;
         self.update_timer(now);
+    }
+
+    /// Fails a handshake that ran out of time: with the held unauthenticated alert if there is
+    /// one (the likeliest reason the peer went quiet), else [`Error::Timeout`].
+    fn fail_handshake_timeout(&mut self, phase: TimeoutPhase) {
+        match self.held_alert.take() {
+            Some(held) => {
+                log::debug!("{:?}: failing with the held {}", self.peer, held.alert);
+                self.fail(Error::PeerAlert(held.alert));
+            }
+            None => self.fail(Error::Timeout {
+                peer: self.peer,
+                phase,
+            }),
+        }
     }
 
     /// Sends one application datagram (`SSL_write`). It must fit one record within the MTU
@@ -1204,7 +1368,7 @@ impl Session {
             offset += record.total_len();
             if !is_compact_record(&record) {
                 if self.ssl.is_none() {
-                    self.stats.dropped_handshake_records += 1;
+                    self.open_handshake_record(&record);
                 } else if too_short(&record) {
                     self.stats.dropped_short_records += 1;
                 } else {
@@ -1290,6 +1454,7 @@ impl Session {
             linger_until: sent_last.then(|| now + self.config.compact_linger),
             outbound: VecDeque::new(),
             facts: None,
+            renegotiation_refusals: 0,
         }));
         // Hand off before opening the early records: whatever they make us send (a close_notify
         // in reply) is then written by the compact layer alone.
@@ -1341,6 +1506,61 @@ impl Session {
         log::debug!("{:?}: handed off to the compact record layer", self.peer);
     }
 
+    /// Compact mode, after the hand-off: a handshake-layer record. Only an epoch-1 record that
+    /// authenticates (same keys and replay window as application data) and holds a ClientHello
+    /// to a server or a HelloRequest to a client is a renegotiation request; it is answered with
+    /// a `no_renegotiation` warning, as OpenSSL answers with `SSL_OP_NO_RENEGOTIATION` (an
+    /// OpenSSL peer would otherwise retransmit it until it gives up). Anything else (epoch 0,
+    /// which is unauthenticated; a retransmitted Finished; a request past the bound) is dropped
+    /// and counted.
+    fn open_handshake_record(&mut self, record: &RecordHeader<'_>) {
+        let Some(compact) = self.compact.as_mut() else {
+            return;
+        };
+        if record.epoch() == 0 || record.content_type() != ContentType::Handshake {
+            self.stats.dropped_handshake_records += 1;
+            return;
+        }
+        let mut plain = record::take_buffer();
+        let opened = compact.layer.open(record, &mut plain);
+        // The DTLS handshake header is 12 bytes: a shorter record holds no whole message header.
+        let msg_type = (plain.len() >= crate::wire::HANDSHAKE_HEADER_LEN).then(|| plain[0]);
+        record::give_buffer(plain);
+        if let Err(e) = opened {
+            self.count_open_error(e, record);
+            return;
+        }
+        let request = match self.role {
+            Role::Server => msg_type == Some(CLIENT_HELLO),
+            Role::Client => msg_type == Some(HELLO_REQUEST),
+        };
+        if !request || compact.renegotiation_refusals >= MAX_RENEGOTIATION_REFUSALS {
+            self.stats.dropped_handshake_records += 1;
+            return;
+        }
+        compact.renegotiation_refusals += 1;
+        self.stats.renegotiations_refused += 1;
+        log::debug!("{:?}: refused a renegotiation", self.peer);
+        let _ = self.send_compact(ContentType::Alert, &[1, NO_RENEGOTIATION]);
+    }
+
+    /// Counts a record the compact layer did not open.
+    fn count_open_error(&mut self, e: OpenError, record: &RecordHeader<'_>) {
+        let overhead = self
+            .compact
+            .as_ref()
+            .map_or(0, |c| c.layer.aead().overhead());
+        match e {
+            OpenError::Replayed | OpenError::TooOld => self.stats.dropped_replayed_records += 1,
+            OpenError::Malformed if record.fragment().len() < overhead => {
+                self.stats.dropped_short_records += 1
+            }
+            OpenError::Malformed | OpenError::Unauthenticated => {
+                self.stats.dropped_unauthenticated_records += 1
+            }
+        }
+    }
+
     /// Compact mode: authenticates one epoch-1 application or alert record and acts on it.
     fn open_record(&mut self, record: &RecordHeader<'_>) {
         let Some(compact) = self.compact.as_mut() else {
@@ -1355,19 +1575,7 @@ impl Session {
             }
             Err(e) => {
                 record::give_buffer(plain);
-                match e {
-                    OpenError::Replayed | OpenError::TooOld => {
-                        self.stats.dropped_replayed_records += 1
-                    }
-                    OpenError::Malformed
-                        if record.fragment().len() < compact.layer.aead().overhead() =>
-                    {
-                        self.stats.dropped_short_records += 1
-                    }
-                    OpenError::Malformed | OpenError::Unauthenticated => {
-                        self.stats.dropped_unauthenticated_records += 1
-                    }
-                }
+                self.count_open_error(e, record);
                 return;
             }
         };
@@ -1703,6 +1911,17 @@ fn count_protected(datagram: &[u8]) -> (usize, usize) {
         }
     }
     counts
+}
+
+/// Whether a handshaking session gives `record` to OpenSSL (see
+/// [`Session::screen_plaintext`]); `hello_verify_ok`: a well-formed HelloVerifyRequest is in
+/// place.
+fn passes_screen(record: &RecordHeader<'_>, hello_verify_ok: bool) -> bool {
+    match plaintext::screen(record) {
+        Screen::Feed => true,
+        Screen::Alert(_) => false,
+        Screen::HelloVerifyRequest { well_formed } => hello_verify_ok && well_formed,
+    }
 }
 
 /// Whether `datagram` holds an epoch ≥ 1 record shorter than `min`.

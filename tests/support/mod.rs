@@ -352,3 +352,25 @@ impl Pki {
         (leaf, chain)
     }
 }
+
+/// Runs `session`'s timers alone (what it sends is lost) until it has failed or `limit` passed:
+/// for a side that holds an unauthenticated alert from a failed peer, which it reports once its
+/// handshake makes no progress by the next retransmission timeout. Returns whether it failed.
+pub fn run_timers_until_failed(session: &mut Session, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    let mut sink = vec![0u8; 65_536];
+    while session.error().is_none() {
+        let now = Instant::now();
+        if now >= end {
+            return false;
+        }
+        session.handle_timeout(now);
+        while session.poll_transmit(&mut sink).is_some() {}
+        if let Some(at) = session.poll_timeout() {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()).min(end - now));
+        } else if session.error().is_none() {
+            return false; // no timer: nothing will change
+        }
+    }
+    true
+}

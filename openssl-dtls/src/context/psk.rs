@@ -22,19 +22,14 @@ pub const MAX_IDENTITY_LEN: usize = 128;
 /// Longest pre-shared key accepted, in bytes (OpenSSL 3's `PSK_MAX_PSK_LEN`).
 pub const MAX_KEY_LEN: usize = 512;
 
-/// Overwrites `buf` with zeros in a way the optimizer may not remove as a dead store.
-pub(crate) fn wipe(buf: &mut [u8]) {
-    buf.fill(0);
-    std::hint::black_box(buf);
-}
-
-/// Bytes that are overwritten with zeros on drop (keys, key files, cookie secrets).
+/// Bytes that are overwritten with zeros on drop (keys, key files, cookie secrets), with
+/// [`crate::wipe_vec`]: `OPENSSL_cleanse` over the whole allocation.
 #[derive(Clone, Default)]
 pub(crate) struct Secret(pub Vec<u8>);
 
 impl Drop for Secret {
     fn drop(&mut self) {
-        wipe(&mut self.0);
+        crate::wipe_vec(&mut self.0);
     }
 }
 
