@@ -333,6 +333,7 @@ struct Sizes {
     knobs_mem: usize,
     rec_n: usize,
     rec_reps: usize,
+    hostile_n: usize,
     only: Option<String>,
 }
 
@@ -374,6 +375,7 @@ impl Sizes {
             knobs_mem: env_usize("BENCH_KNOBS_MEM", 10_000),
             rec_n: env_usize("BENCH_REC_N", 100_000),
             rec_reps: env_usize("BENCH_REC_REPS", 3),
+            hostile_n: env_usize("BENCH_HOSTILE_N", 50),
             only: std::env::var("BENCH_ONLY").ok(),
         }
     }
@@ -518,6 +520,7 @@ fn roomy(n: usize) -> EndpointConfig {
     c.max_handshakes = 65_536;
     c.max_handshakes_per_ip = 65_536;
     c.max_pending_replies = 65_536;
+    c.handshake_memory = 1 << 40;
     c
 }
 
@@ -1802,6 +1805,125 @@ fn idle_cpu(n: usize, secs: u64, settle: u64) -> (f64, f64, f64, u64) {
 
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// Hostile handshakes past the cookie: what one can make the server hold.
+
+/// The datagrams a hostile peer past the cookie exchange sends to make the server buffer: 100
+/// epoch-1 handshake records with distinct sequence numbers (OpenSSL keeps each, with a full read
+/// buffer, until it can decrypt them), then a fragment of the expected message and of each of
+/// the ten after it, every one claiming `max_message` bytes (OpenSSL allocates each whole).
+fn hostile_datagrams(max_message: u32) -> Vec<Vec<u8>> {
+    fn record(content_type: u8, epoch: u16, seq: u64, fragment: &[u8]) -> Vec<u8> {
+        let mut r = vec![content_type, 0xfe, 0xfd];
+        r.extend_from_slice(&epoch.to_be_bytes());
+        r.extend_from_slice(&seq.to_be_bytes()[2..]);
+        r.extend_from_slice(&(fragment.len() as u16).to_be_bytes());
+        r.extend_from_slice(fragment);
+        r
+    }
+    let mut out: Vec<Vec<u8>> = (0..100u64)
+        .map(|i| record(22, 1, 1_000 + i, &[i as u8; 64]))
+        .collect();
+    // The client's second flight starts at message_seq 2 (after two ClientHellos).
+    for (k, msg_seq) in (2u16..13).enumerate() {
+        let mut hs = vec![16];
+        hs.extend_from_slice(&max_message.to_be_bytes()[1..]);
+        hs.extend_from_slice(&msg_seq.to_be_bytes());
+        hs.extend_from_slice(&[0, 0, 0]); // fragment offset
+        hs.extend_from_slice(&100u32.to_be_bytes()[1..]);
+        hs.extend_from_slice(&[0x5a; 100]);
+        out.push(record(22, 0, 10 + k as u64, &hs));
+    }
+    out
+}
+
+/// Heap held per hostile handshake, after [`hostile_datagrams`]: (ours: OpenSSL + Rust heap of
+/// the sans-IO `Endpoint`, whose sessions keep epoch >= 2 and excess epoch-1 records from
+/// OpenSSL; reference: a raw OpenSSL server `SSL` with the same `max_cert_list`, fed the same
+/// datagrams; the worst case the endpoint charges per handshake against `handshake_memory`).
+fn hostile_handshakes(suite: &str, cert: &Cert, n: usize) -> (f64, f64, usize) {
+    let ours_ctx = our_server_ctx(suite, cert);
+    let client_ctx = our_client_ctx(suite);
+    // The largest handshake message OpenSSL reassembles for this context: max_cert_list, at
+    // least a record's worth (dtls1_max_handshake_message_len, 12 + 17,728 bytes).
+    let max_cert_list = if suite == PSK {
+        openssl_dtls::context::PSK_MAX_CERT_LIST
+    } else {
+        openssl_dtls::context::MAX_CERT_LIST
+    };
+    let max_message = max_cert_list.max(17_740) as u32;
+    let attack = hostile_datagrams(max_message);
+
+    let mut ep = Endpoint::server(ours_ctx, roomy(n)).unwrap();
+    let charged = ep.handshake_worst_case();
+    let mut buf = vec![0u8; 65_536];
+    malloc_trim();
+    let (ossl0, rust0) = (OSSL_LIVE.load(Relaxed), RUST_LIVE.load(Relaxed));
+    for i in 0..n {
+        let addr = spoof_free_addr(i);
+        let now = Instant::now();
+        {
+            let mut client = client_ctx.new_session(None, now).unwrap();
+            for _ in 0..2 {
+                let k = client.poll_transmit(&mut buf).unwrap();
+                ep.handle_datagram(now, addr, &buf[..k]);
+                while let Some((_, k)) = ep.poll_transmit(&mut buf) {
+                    client.handle_datagram(now, &buf[..k]);
+                }
+            }
+        }
+        for d in &attack {
+            ep.handle_datagram(now, addr, d);
+        }
+        while ep.poll_transmit(&mut buf).is_some() {}
+    }
+    assert_eq!(ep.stats().handshakes, n, "every hostile handshake is held");
+    let ours = (OSSL_LIVE.load(Relaxed) - ossl0 + RUST_LIVE.load(Relaxed) - rust0) as f64 / n as f64;
+    drop(ep);
+
+    let (cctx, sctx) = {
+        let (c, _) = raw_contexts(suite, cert);
+        let (_, s) = raw_contexts(suite, cert);
+        // SAFETY: `s` is a valid SSL_CTX not yet shared with another thread.
+        unsafe {
+            openssl_sys::SSL_CTX_ctrl(
+                foreign_types::ForeignType::as_ptr(&s),
+                51, // SSL_CTRL_SET_MAX_CERT_LIST
+                max_cert_list as libc::c_long,
+                std::ptr::null_mut(),
+            );
+        }
+        (c, s)
+    };
+    malloc_trim();
+    let ossl0 = OSSL_LIVE.load(Relaxed);
+    let mut servers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let a: Queue = Rc::default();
+        let b: Queue = Rc::default();
+        let mut cssl = Ssl::new(&cctx).unwrap();
+        cssl.set_mtu(MTU).unwrap();
+        let mut client = Side::Start(cssl, Duplex { rx: a.clone(), tx: b.clone() });
+        let mut sssl = Ssl::new(&sctx).unwrap();
+        sssl.set_mtu(MTU).unwrap();
+        let mut server = Side::Start(sssl, Duplex { rx: b.clone(), tx: a.clone() });
+        // ClientHello, HelloVerifyRequest, ClientHello with the cookie, the server's flight.
+        for _ in 0..2 {
+            client = step(client, false);
+            server = step(server, true);
+        }
+        drop(client);
+        a.borrow_mut().clear();
+        b.borrow_mut().extend(attack.iter().cloned());
+        server = step(server, true);
+        assert!(b.borrow().is_empty() && matches!(server, Side::Mid(_)));
+        servers.push(server);
+    }
+    let raw = (OSSL_LIVE.load(Relaxed) - ossl0) as f64 / n as f64;
+    drop(servers);
+    (ours, raw, charged)
+}
+
 fn main() {
     hook_openssl_allocator();
     let sizes = Sizes::from_env();
@@ -2016,6 +2138,28 @@ fn main() {
 
     if sizes.run("compact") {
         compact_section(&sizes, &mut t);
+    }
+
+    if sizes.run("hostile") {
+        for suite in [PSK, ECDSA] {
+            let (ours, raw, charged) = hostile_handshakes(suite, &cert, sizes.hostile_n);
+            t.row(
+                &format!(
+                    "{suite}: heap per hostile post-cookie handshake ({} held; 100 epoch-1 records, 11 maximal fragments; ours: Endpoint, OpenSSL + Rust heap; ref: raw OpenSSL SSL, same max_cert_list)",
+                    sizes.hostile_n
+                ),
+                ours / 1024.0,
+                raw / 1024.0,
+                "KB",
+                false,
+            );
+            t.note(
+                &format!("{suite}: worst case charged per handshake against handshake_memory (64 MiB default admits {})", (64usize << 20) / charged),
+                format!("{:.0} KB", charged as f64 / 1024.0),
+                &format!("measured {:.0} KB", ours / 1024.0),
+                if ours <= charged as f64 { "bound holds" } else { "BOUND EXCEEDED" },
+            );
+        }
     }
 
     if sizes.run("idle") {

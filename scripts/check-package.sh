@@ -9,6 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Cargo verifies openssl-dtls against the openssl-dtls-sys package it just made as if it came
+# from a registry, and a registry crate is never rebuilt once built: an earlier build of the same
+# version would be reused. The check builds in a target directory of its own, from which every
+# earlier build of openssl-dtls-sys (and its unpacked copy in the registry cache) is removed.
+check_target="${CARGO_TARGET_DIR:-target}/package-check"
+rm -rf "$check_target/package" "$check_target"/debug/.fingerprint/openssl-dtls-sys-* \
+  "$check_target"/debug/deps/*openssl_dtls_sys* "$check_target"/debug/build/openssl-dtls-sys-* \
+  "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/openssl-dtls-sys-*
+export CARGO_TARGET_DIR="$check_target"
 out=$(cargo package -p openssl-dtls-sys -p openssl-dtls --allow-dirty 2>&1) || {
   echo "$out"
   exit 1
