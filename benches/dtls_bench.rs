@@ -1878,7 +1878,8 @@ fn hostile_handshakes(suite: &str, cert: &Cert, n: usize) -> (f64, f64, usize) {
         while ep.poll_transmit(&mut buf).is_some() {}
     }
     assert_eq!(ep.stats().handshakes, n, "every hostile handshake is held");
-    let ours = (OSSL_LIVE.load(Relaxed) - ossl0 + RUST_LIVE.load(Relaxed) - rust0) as f64 / n as f64;
+    let ours =
+        (OSSL_LIVE.load(Relaxed) - ossl0 + RUST_LIVE.load(Relaxed) - rust0) as f64 / n as f64;
     drop(ep);
 
     let (cctx, sctx) = {
@@ -1903,10 +1904,22 @@ fn hostile_handshakes(suite: &str, cert: &Cert, n: usize) -> (f64, f64, usize) {
         let b: Queue = Rc::default();
         let mut cssl = Ssl::new(&cctx).unwrap();
         cssl.set_mtu(MTU).unwrap();
-        let mut client = Side::Start(cssl, Duplex { rx: a.clone(), tx: b.clone() });
+        let mut client = Side::Start(
+            cssl,
+            Duplex {
+                rx: a.clone(),
+                tx: b.clone(),
+            },
+        );
         let mut sssl = Ssl::new(&sctx).unwrap();
         sssl.set_mtu(MTU).unwrap();
-        let mut server = Side::Start(sssl, Duplex { rx: b.clone(), tx: a.clone() });
+        let mut server = Side::Start(
+            sssl,
+            Duplex {
+                rx: b.clone(),
+                tx: a.clone(),
+            },
+        );
         // ClientHello, HelloVerifyRequest, ClientHello with the cookie, the server's flight.
         for _ in 0..2 {
             client = step(client, false);

@@ -5,15 +5,18 @@
 //! ```text
 //! handle_datagram ─> wire::classify ─┬─ garbage ──────────────> stats.dropped[reason]
 //!                                    ├─ ClientHello, unknown ─> Listener (DTLSv1_listen) ─┬─ HelloVerifyRequest
-//!                                    │                                                   └─ verified ─> new Session
+//!                                    │                                                   └─ verified ─> limits / eviction ─> new Session, or refusal alert
 //!                                    └─ known peer ───────────> Session::handle_datagram
 //! poll_transmit: round robin over sessions, alternating with stateless replies
 //! poll_timeout / handle_timeout: a deadline heap (retransmissions, handshake deadlines, idle)
-//! poll_event: Connected, Readable, Closed
+//! poll_event: Connected, Readable, Closed, HandshakeFailed
 //! ```
 //!
-//! Under load the endpoint ignores new connection attempts (counted) instead of degrading the
-//! connections it has: established connections are never evicted to make room.
+//! Under load the endpoint refuses new connection attempts (counted by limit, logged, and told
+//! with an alert once the refusal will last) instead of degrading the connections it has. At
+//! `max_connections` an established connection makes room only if it has been silent for
+//! [`EndpointConfig::evict_idle_after`], least recently active first, and it is told with a
+//! `close_notify`. Only authenticated input counts as activity.
 //!
 //! A ClientHello from the address of an established connection (a device that rebooted and kept
 //! its port, RFC 6347 §4.2.8) goes through the cookie exchange like any other; the old
