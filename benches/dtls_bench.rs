@@ -1376,6 +1376,522 @@ fn raw_memory_per_connection(n: usize) -> (f64, f64) {
         let (a, b) = (Queue::default(), Queue::default());
         let mut client = raw_side(&cctx, &a, &b);
         let mut server = raw_side(&sctx, &b, &a);
+        for _ in 0..50 {
+            client = step(client, false);
+            server = step(server, true);
+            if let (Side::Done(_), Side::Done(_)) = (&client, &server) {
+                break;
+            }
+        }
+        match server {
+            Side::Done(s) => kept.push(s),
+            _ => panic!("raw handshake stuck"),
+        }
+    };
+    let mut warm = Vec::new();
+    one(&mut warm);
+    malloc_trim();
+    let (rss0, ossl0) = (rss_bytes(), OSSL_LIVE.load(Relaxed));
+    for _ in 0..n {
+        one(&mut kept);
+    }
+    malloc_trim();
+    let (rss1, ossl1) = (rss_bytes(), OSSL_LIVE.load(Relaxed));
+    drop(kept);
+    malloc_trim();
+    (
+        (rss1 - rss0) as f64 / n as f64,
+        (ossl1 - ossl0) as f64 / n as f64,
+    )
+}
+
+/// Steady-state round trips through the sans-IO endpoint: (Rust allocations per datagram,
+/// OpenSSL allocations per datagram, the first allocation sites).
+/// With `compact`, both sides run compact connections and the count starts after both handed
+/// off (checked).
+fn allocs_per_datagram(n: usize, compact: bool) -> (f64, f64, Vec<String>) {
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let mut config = roomy(4);
+    config.idle_timeout = None;
+    let sctx = our_server_ctx_with(PSK, &cert, MTU as usize, compact);
+    let mut server = Endpoint::server(sctx, config).unwrap();
+    let cctx = our_client_ctx_with(PSK, MTU as usize, compact);
+    let mut client = cctx.new_session(None, Instant::now()).unwrap();
+    let peer = spoof_free_addr(1);
+    let mut buf = vec![0u8; 2048];
+    let mut app = vec![0u8; 2048];
+    let id = mem_handshake(&mut server, &mut client, peer, &mut buf, None).expect("handshake");
+    let msg = [0x5au8; 100];
+    let mut round = |server: &mut Endpoint, client: &mut Session| {
+        let now = Instant::now();
+        client.send(&msg).unwrap();
+        while let Some(k) = client.poll_transmit(&mut buf) {
+            server.handle_datagram(now, peer, &buf[..k]);
+        }
+        while server.poll_event().is_some() {}
+        while let Ok(Some(k)) = server.recv(peer, id, &mut app) {
+            server.send(peer, id, &app[..k]).unwrap();
+        }
+        while let Some((_, k)) = server.poll_transmit(&mut buf) {
+            client.handle_datagram(now, &buf[..k]);
+        }
+        let k = client.recv(&mut app).unwrap().expect("echo");
+        assert_eq!(k, msg.len());
+    };
+    for _ in 0..1000 {
+        round(&mut server, &mut client);
+    }
+    let server_compact = server.session(peer, id).is_some_and(Session::is_compact);
+    assert_eq!(
+        (client.is_compact(), server_compact),
+        (compact, compact),
+        "compact hand-off on both sides"
+    );
+    let (r0, o0) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
+    for _ in 0..n {
+        round(&mut server, &mut client);
+    }
+    let (r1, o1) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
+    // Where they come from: a few backtraces of allocations during round trips.
+    let mut sites = Vec::new();
+    if r1 > r0 {
+        TRACE.store(true, Relaxed);
+        for _ in 0..((n as u64 / (r1 - r0).max(1)) + 2).min(1000) {
+            round(&mut server, &mut client);
+            if TRACES.lock().unwrap().len() >= MAX_TRACES {
+                break;
+            }
+        }
+        TRACE.store(false, Relaxed);
+        sites = std::mem::take(&mut *TRACES.lock().unwrap());
+    }
+    let dgrams = 2.0 * n as f64;
+    ((r1 - r0) as f64 / dgrams, (o1 - o0) as f64 / dgrams, sites)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Compact connections (`SessionConfig::compact`): memory per idle connection with the `SSL`
+// freed, OpenSSL-held connections with every knob, the record rate of the compact layer next to
+// OpenSSL's record path.
+
+extern "C" {
+    // OpenSSL 1.1.0+, not in openssl-sys.
+    fn SSL_free_buffers(ssl: *mut openssl_sys::SSL) -> libc::c_int;
+    fn SSL_alloc_buffers(ssl: *mut openssl_sys::SSL) -> libc::c_int;
+}
+
+/// `SSL_CTRL_SET_MAX_SEND_FRAGMENT` (a macro over `SSL_ctrl` in C).
+const SSL_CTRL_SET_MAX_SEND_FRAGMENT: libc::c_int = 52;
+
+struct CompactMem {
+    n: usize,
+    rss_per: f64,
+    rust_heap_per: f64,
+    ossl_heap_per: f64,
+    /// Process RSS while the `n` connections are held, and before the first one.
+    rss_total: i64,
+    rss_base: i64,
+    /// Server sessions found compact (`is_compact()`) after their exchange, of `n`.
+    compact: usize,
+    handoffs: u64,
+    /// Live Rust blocks per connection by size (`hist_report`).
+    blocks: String,
+    secs: f64,
+}
+
+/// One client (a compact sans-IO `Session`, dropped on return) against the compact server
+/// endpoint, in memory: the handshake, then one request and its echo. The client's first
+/// record ends the server's linger, so the server's `SSL` is freed. Returns whether both sides
+/// ended compact.
+fn compact_connection(
+    server: &mut Endpoint,
+    cctx: &DtlsClientContext,
+    peer: SocketAddr,
+    buf: &mut [u8],
+    app: &mut [u8],
+) -> bool {
+    let mut c = cctx.new_session(None, Instant::now()).unwrap();
+    let id = mem_handshake(server, &mut c, peer, buf, None).expect("compact handshake");
+    let now = Instant::now();
+    c.send(b"GET /sensor/1 (compact)").unwrap();
+    while let Some(k) = c.poll_transmit(buf) {
+        server.handle_datagram(now, peer, &buf[..k]);
+    }
+    while server.poll_event().is_some() {}
+    while let Ok(Some(k)) = server.recv(peer, id, &mut *app) {
+        server.send(peer, id, &app[..k]).unwrap();
+    }
+    while let Some((to, k)) = server.poll_transmit(buf) {
+        if to == peer {
+            c.handle_datagram(now, &buf[..k]);
+        }
+    }
+    assert!(
+        matches!(c.recv(app), Ok(Some(_))),
+        "echo through the compact layer"
+    );
+    c.is_compact() && server.session(peer, id).is_some_and(Session::is_compact)
+}
+
+/// Server-side memory of `n` idle established compact connections: a compact server `Endpoint`
+/// (PSK-AES128-CCM8, default idle timeout of 5 min, so each connection has its timer entry;
+/// `handle_timeout` is called as a real server would) and, one at a time, a compact client
+/// session from a distinct address that handshakes, sends one datagram and reads its echo, then
+/// is dropped. Accounting as in `memory_per_connection`.
+fn compact_memory_per_connection(n: usize) -> CompactMem {
+    let t0 = Instant::now();
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let sctx = our_server_ctx_with(PSK, &cert, MTU as usize, true);
+    let cctx = our_client_ctx_with(PSK, MTU as usize, true);
+    let mut server = Endpoint::server(sctx, roomy(n)).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut app = vec![0u8; 2048];
+    // Warm-up: lazily initialised OpenSSL state, this thread's cipher cache and buffer pool.
+    for i in 0..32 {
+        let warm = spoof_free_addr(n + 1 + i);
+        assert!(compact_connection(
+            &mut server,
+            &cctx,
+            warm,
+            &mut buf,
+            &mut app
+        ));
+    }
+    malloc_trim();
+    let (rss0, rust0, ossl0) = (
+        rss_bytes(),
+        RUST_LIVE.load(Relaxed),
+        OSSL_LIVE.load(Relaxed),
+    );
+    for b in &SIZE_HIST {
+        b.store(0, Relaxed);
+    }
+    HIST.store(true, Relaxed);
+    let mut compact = 0;
+    for i in 0..n {
+        let peer = spoof_free_addr(i);
+        compact += compact_connection(&mut server, &cctx, peer, &mut buf, &mut app) as usize;
+        if i % 256 == 0 {
+            server.handle_timeout(Instant::now());
+        }
+    }
+    server.handle_timeout(Instant::now());
+    HIST.store(false, Relaxed);
+    malloc_trim();
+    let (rss1, rust1, ossl1) = (
+        rss_bytes(),
+        RUST_LIVE.load(Relaxed),
+        OSSL_LIVE.load(Relaxed),
+    );
+    let stats = server.stats();
+    assert_eq!(stats.connections, n + 32);
+    let f = CompactMem {
+        n,
+        rss_per: (rss1 - rss0) as f64 / n as f64,
+        rust_heap_per: (rust1 - rust0) as f64 / n as f64,
+        ossl_heap_per: (ossl1 - ossl0) as f64 / n as f64,
+        rss_total: rss1,
+        rss_base: rss0,
+        compact,
+        handoffs: stats.compact_handoffs,
+        blocks: hist_report(n),
+        secs: t0.elapsed().as_secs_f64(),
+    };
+    drop(server);
+    malloc_trim();
+    f
+}
+
+/// The reference for compact mode: raw OpenSSL server `SSL`s with every knob that shrinks an
+/// established `SSL` — `max_send_fragment` = MTU (as the library sets), and `SSL_free_buffers`
+/// after each call (`SSL_alloc_buffers` before each write) — each after its handshake and one
+/// 100-byte echo. Returns (RSS per connection, OpenSSL heap per connection, `SSL_free_buffers`
+/// calls that failed).
+fn raw_knobs_memory_per_connection(n: usize) -> (f64, f64, usize) {
+    use foreign_types::{ForeignType, ForeignTypeRef};
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let (cctx, sctx) = raw_contexts(PSK, &cert);
+    let mut kept = Vec::with_capacity(n);
+    let mut failed = 0usize;
+    let mut one = |kept: &mut Vec<SslStream<Duplex>>| {
+        let a: Queue = Rc::default();
+        let b: Queue = Rc::default();
+        let mut cssl = Ssl::new(&cctx).unwrap();
+        cssl.set_mtu(MTU).unwrap();
+        let mut sssl = Ssl::new(&sctx).unwrap();
+        sssl.set_mtu(MTU).unwrap();
+        // SAFETY: a valid SSL; the control only sets a size (512..=16384).
+        unsafe {
+            openssl_sys::SSL_ctrl(
+                sssl.as_ptr(),
+                SSL_CTRL_SET_MAX_SEND_FRAGMENT,
+                MTU as libc::c_long,
+                std::ptr::null_mut(),
+            )
+        };
+        let mut client = Side::Start(
+            cssl,
+            Duplex {
+                rx: a.clone(),
+                tx: b.clone(),
+            },
+        );
+        let mut server = Side::Start(sssl, Duplex { rx: b, tx: a });
+        for _ in 0..50 {
+            client = step(client, false);
+            server = step(server, true);
+            if let (Side::Done(_), Side::Done(_)) = (&client, &server) {
+                break;
+            }
+        }
+        let (Side::Done(mut c), Side::Done(mut s)) = (client, server) else {
+            panic!("raw handshake stuck");
+        };
+        let ptr = s.ssl().as_ptr();
+        // SAFETY: `ptr` is the live server SSL; no record is pending between calls.
+        let free = |failed: &mut usize| unsafe {
+            if SSL_free_buffers(ptr) != 1 {
+                *failed += 1;
+            }
+        };
+        free(&mut failed);
+        let msg = [0x5au8; 100];
+        let mut got = [0u8; 2048];
+        c.ssl_write(&msg).unwrap();
+        let k = s.ssl_read(&mut got).unwrap();
+        free(&mut failed);
+        // SAFETY: as above; OpenSSL 3.0's write path needs its buffers back before a write.
+        assert_eq!(unsafe { SSL_alloc_buffers(ptr) }, 1);
+        s.ssl_write(&got[..k]).unwrap();
+        free(&mut failed);
+        assert_eq!(c.ssl_read(&mut got).unwrap(), k);
+        kept.push(s);
+    };
+    let mut warm = Vec::new();
+    one(&mut warm);
+    malloc_trim();
+    let (rss0, ossl0) = (rss_bytes(), OSSL_LIVE.load(Relaxed));
+    for _ in 0..n {
+        one(&mut kept);
+    }
+    malloc_trim();
+    let (rss1, ossl1) = (rss_bytes(), OSSL_LIVE.load(Relaxed));
+    drop(kept);
+    drop(warm);
+    malloc_trim();
+    (
+        (rss1 - rss0) as f64 / n as f64,
+        (ossl1 - ossl0) as f64 / n as f64,
+        failed,
+    )
+}
+
+/// Records per second of thread CPU through one sans-IO `Session` pair (client → server: the
+/// client seals, the server opens and `recv`s), `size`-byte payloads, after 1,000 warm-up
+/// records; compact or OpenSSL's record path, same suite.
+fn record_rate(suite: &str, size: usize, n: usize, compact: bool) -> f64 {
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let sctx = our_server_ctx_with(suite, &cert, MTU as usize, compact);
+    let cctx = our_client_ctx_with(suite, MTU as usize, compact);
+    let now = Instant::now();
+    let mut c = cctx.new_session(None, now).unwrap();
+    let mut s = sctx.new_session(now).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut app = vec![0u8; 2048];
+    for _ in 0..64 {
+        while let Some(k) = c.poll_transmit(&mut buf) {
+            s.handle_datagram(now, &buf[..k]);
+        }
+        while let Some(k) = s.poll_transmit(&mut buf) {
+            c.handle_datagram(now, &buf[..k]);
+        }
+        if c.is_established() && s.is_established() && !c.has_transmit() && !s.has_transmit() {
+            break;
+        }
+    }
+    assert!(
+        c.is_established() && s.is_established(),
+        "{suite}: handshake"
+    );
+    let msg = vec![0x5au8; size];
+    let mut one = |c: &mut Session, s: &mut Session| {
+        c.send(&msg).unwrap();
+        while let Some(k) = c.poll_transmit(&mut buf) {
+            s.handle_datagram(now, &buf[..k]);
+        }
+        let k = s.recv(&mut app).unwrap().expect("record");
+        debug_assert_eq!(k, size);
+    };
+    for _ in 0..1000 {
+        one(&mut c, &mut s);
+    }
+    assert_eq!(
+        (c.is_compact(), s.is_compact()),
+        (compact, compact),
+        "{suite}: compact hand-off"
+    );
+    let t0 = thread_cpu();
+    for _ in 0..n {
+        one(&mut c, &mut s);
+    }
+    n as f64 / (thread_cpu() - t0).as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Idle connections on a real DtlsServer.
+
+/// Returns (process CPU % over the idle window, server driver-thread CPU µs, setup seconds,
+/// driver-thread wake-ups).
+fn idle_cpu(n: usize, secs: u64, settle: u64) -> (f64, f64, f64, u64) {
+    let t0 = Instant::now();
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let server = start_server(our_server_ctx(PSK, &cert), roomy(n), Some(true));
+    let (done, failed, kept) = client_pool(
+        &our_client_ctx(PSK),
+        server.server.local_addr(),
+        n,
+        64,
+        true,
+    );
+    assert_eq!((done, failed), (n, 0), "idle setup handshakes");
+    let wait = Instant::now() + Duration::from_secs(30);
+    while server.accepted.lock().unwrap().len() < n && Instant::now() < wait {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.server.stats().connections, n);
+    let setup = t0.elapsed().as_secs_f64();
+    // Let the handshakes' last retransmission deadlines (1 s) pass: they fire once, then never.
+    std::thread::sleep(Duration::from_secs(settle));
+    let (p0, s0, x0) = (process_cpu(), tid_cpu(server.tid), tid_switches(server.tid));
+    let w0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let (p1, s1, x1) = (process_cpu(), tid_cpu(server.tid), tid_switches(server.tid));
+    let wall = w0.elapsed().as_secs_f64();
+    drop(kept);
+    drop(server);
+    (
+        100.0 * (p1 - p0).as_secs_f64() / wall,
+        (s1 - s0).as_secs_f64() * 1e6,
+        setup,
+        x1 - x0,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// Hostile handshakes past the cookie: what one can make the server hold.
+
+/// The datagrams a hostile peer past the cookie exchange sends to make the server buffer: 100
+/// epoch-1 handshake records with distinct sequence numbers (OpenSSL keeps each, with a full read
+/// buffer, until it can decrypt them), then a fragment of the expected message and of each of
+/// the ten after it, every one claiming `max_message` bytes (OpenSSL allocates each whole).
+fn hostile_datagrams(max_message: u32) -> Vec<Vec<u8>> {
+    fn record(content_type: u8, epoch: u16, seq: u64, fragment: &[u8]) -> Vec<u8> {
+        let mut r = vec![content_type, 0xfe, 0xfd];
+        r.extend_from_slice(&epoch.to_be_bytes());
+        r.extend_from_slice(&seq.to_be_bytes()[2..]);
+        r.extend_from_slice(&(fragment.len() as u16).to_be_bytes());
+        r.extend_from_slice(fragment);
+        r
+    }
+    let mut out: Vec<Vec<u8>> = (0..100u64)
+        .map(|i| record(22, 1, 1_000 + i, &[i as u8; 64]))
+        .collect();
+    // The client's second flight starts at message_seq 2 (after two ClientHellos).
+    for (k, msg_seq) in (2u16..13).enumerate() {
+        let mut hs = vec![16];
+        hs.extend_from_slice(&max_message.to_be_bytes()[1..]);
+        hs.extend_from_slice(&msg_seq.to_be_bytes());
+        hs.extend_from_slice(&[0, 0, 0]); // fragment offset
+        hs.extend_from_slice(&100u32.to_be_bytes()[1..]);
+        hs.extend_from_slice(&[0x5a; 100]);
+        out.push(record(22, 0, 10 + k as u64, &hs));
+    }
+    out
+}
+
+/// Heap held per hostile handshake, after [`hostile_datagrams`]: (ours: OpenSSL + Rust heap of
+/// the sans-IO `Endpoint`, whose sessions keep epoch >= 2 and excess epoch-1 records from
+/// OpenSSL; reference: a raw OpenSSL server `SSL` with the same `max_cert_list`, fed the same
+/// datagrams; the worst case the endpoint charges per handshake against `handshake_memory`).
+fn hostile_handshakes(suite: &str, cert: &Cert, n: usize) -> (f64, f64, usize) {
+    let ours_ctx = our_server_ctx(suite, cert);
+    let client_ctx = our_client_ctx(suite);
+    // The largest handshake message OpenSSL reassembles for this context: max_cert_list, at
+    // least a record's worth (dtls1_max_handshake_message_len, 12 + 17,728 bytes).
+    let max_cert_list = if suite == PSK {
+        openssl_dtls::context::PSK_MAX_CERT_LIST
+    } else {
+        openssl_dtls::context::MAX_CERT_LIST
+    };
+    let max_message = max_cert_list.max(17_740) as u32;
+    let attack = hostile_datagrams(max_message);
+
+    let mut ep = Endpoint::server(ours_ctx, roomy(n)).unwrap();
+    let charged = ep.handshake_worst_case();
+    let mut buf = vec![0u8; 65_536];
+    malloc_trim();
+    let (ossl0, rust0) = (OSSL_LIVE.load(Relaxed), RUST_LIVE.load(Relaxed));
+    for i in 0..n {
+        let addr = spoof_free_addr(i);
+        let now = Instant::now();
+        {
+            let mut client = client_ctx.new_session(None, now).unwrap();
+            for _ in 0..2 {
+                let k = client.poll_transmit(&mut buf).unwrap();
+                ep.handle_datagram(now, addr, &buf[..k]);
+                while let Some((_, k)) = ep.poll_transmit(&mut buf) {
+                    client.handle_datagram(now, &buf[..k]);
+                }
+            }
+        }
+        for d in &attack {
+            ep.handle_datagram(now, addr, d);
+        }
+        while ep.poll_transmit(&mut buf).is_some() {}
+    }
+    assert_eq!(ep.stats().handshakes, n, "every hostile handshake is held");
+    let ours =
+        (OSSL_LIVE.load(Relaxed) - ossl0 + RUST_LIVE.load(Relaxed) - rust0) as f64 / n as f64;
+    drop(ep);
+
+    let (cctx, sctx) = {
+        let (c, _) = raw_contexts(suite, cert);
+        let (_, s) = raw_contexts(suite, cert);
+        // SAFETY: `s` is a valid SSL_CTX not yet shared with another thread.
+        unsafe {
+            openssl_sys::SSL_CTX_ctrl(
+                foreign_types::ForeignType::as_ptr(&s),
+                51, // SSL_CTRL_SET_MAX_CERT_LIST
+                max_cert_list as libc::c_long,
+                std::ptr::null_mut(),
+            );
+        }
+        (c, s)
+    };
+    malloc_trim();
+    let ossl0 = OSSL_LIVE.load(Relaxed);
+    let mut servers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (a, b) = (Queue::default(), Queue::default());
+        let mut client = raw_side(&cctx, &a, &b);
+        let mut server = raw_side(&sctx, &b, &a);
         // ClientHello, HelloVerifyRequest, ClientHello with the cookie, the server's flight.
         for _ in 0..2 {
             client = step(client, false);
