@@ -2,7 +2,7 @@
 # Runs the benchmark harness (openssl-dtls/benches -> benches/dtls_bench.rs) in release mode and
 # prints one table: each figure next to a reference measured in the same run, with the ratio.
 # Run scripts/setup.sh first on a fresh machine. Sizes are environment variables (defaults):
-#   BENCH_ONLY=handshake,throughput,latency,async,memory,allocs,compact,idle   (all; async needs
+#   BENCH_ONLY=handshake,throughput,latency,async,memory,allocs,compact,hostile,idle   (all; async needs
 #                                      the tokio feature, which this script turns on)
 #   BENCH_HS_PSK=4000 BENCH_HS_ECDSA=1500 BENCH_RAW_PSK=4000 BENCH_RAW_ECDSA=1500
 #   BENCH_HS_WINDOW=32 BENCH_HS_REPS=3          handshakes in flight; interleaved rounds (best kept)
@@ -16,6 +16,7 @@
 #                                               (≈ 25 s more, ≈ 150 MB RSS)
 #   BENCH_KNOBS_MEM=10000                       raw OpenSSL SSLs with every knob (the reference)
 #   BENCH_REC_N=100000 BENCH_REC_REPS=3         records per rate measurement; rounds (best kept)
+#   BENCH_HOSTILE_N=50                          hostile post-cookie handshakes held (worst-case memory)
 # Cargo's own CARGO_TARGET_DIR applies (e.g. CARGO_TARGET_DIR=target/bench scripts/bench.sh).
 # Usage: scripts/bench.sh [output-file]   (the output is also kept in target/bench-latest.txt)
 set -euo pipefail
