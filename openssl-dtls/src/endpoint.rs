@@ -539,6 +539,10 @@ pub struct Endpoint {
     /// Per limit (connections, handshakes, per IP, memory): when a refusal was last logged, and
     /// refusals since.
     refusal_log: [(Option<Instant>, u64); 4],
+    /// The latest `now` an entry point was given: the calls that take no `now` (output, the
+    /// application's reads and closes) act at the time of the last input, so the endpoint never
+    /// reads the clock.
+    now: Option<Instant>,
 }
 
 /// Eviction candidates remembered per scan of the connection table.
@@ -616,13 +620,27 @@ impl Endpoint {
             stats: EndpointStats::default(),
             scratch: vec![0; 2048],
             handshake_cost: handshake_worst_case(
-                &crate::session::SessionConfig::default(),
+                &crate::config::SessionConfig::default(),
                 crate::context::MAX_CERT_LIST,
             ),
             evictable: Vec::new(),
             no_evictable_before: None,
             refusal_log: [(None, 0); 4],
+            now: None,
         }
+    }
+
+    /// Records `now` as the endpoint's time (it never goes back).
+    fn tick(&mut self, now: Instant) -> Instant {
+        let now = self.now.map_or(now, |t| t.max(now));
+        self.now = Some(now);
+        now
+    }
+
+    /// The time of the latest input, for the calls that take no `now`. Before any input,
+    /// `fallback` (a deadline already reached, so never early).
+    fn last_now(&self, fallback: Instant) -> Instant {
+        self.now.unwrap_or(fallback)
     }
 
     /// The bytes one handshake in flight may hold at worst, as charged against
@@ -649,6 +667,7 @@ impl Endpoint {
         ctx: &DtlsClientContext,
         server_name: Option<&str>,
     ) -> Result<ConnectionId> {
+        let now = self.tick(now);
         if let Some(existing) = self.peers.get(&peer) {
             if !existing.terminal() {
                 return Err(Error::Io(std::io::Error::new(
@@ -692,6 +711,7 @@ impl Endpoint {
 
     /// Handles one datagram received from `peer`.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
+        let now = self.tick(now);
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
         let classified = match wire::classify(datagram) {
@@ -1198,7 +1218,9 @@ impl Endpoint {
                         .as_ref()
                         .is_some_and(|(_, r)| !r.is_handshaking())
                 {
-                    self.settle(addr, Instant::now());
+                    let now = p.last_activity;
+                    let now = self.last_now(now);
+                    self.settle(addr, now);
                 }
             }
             if let Some(n) = n {
@@ -1217,6 +1239,7 @@ impl Endpoint {
     /// Handles every deadline up to `now`: retransmissions, handshake deadlines (reaped),
     /// idle timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.tick(now);
         while let Some(&Reverse((at, id, addr))) = self.timers.peek() {
             if at > now {
                 break;
@@ -1282,7 +1305,9 @@ impl Endpoint {
         if !p.session.has_received() {
             p.readable_signaled = false;
             if p.terminal() {
-                self.settle(peer, Instant::now());
+                let now = p.last_activity;
+                let now = self.last_now(now);
+                self.settle(peer, now);
             }
         }
         r
@@ -1292,7 +1317,9 @@ impl Endpoint {
     pub fn close(&mut self, peer: SocketAddr, id: ConnectionId) {
         if let Some(p) = self.live(peer, id) {
             p.session.close();
-            self.settle(peer, Instant::now());
+            let now = p.last_activity;
+            let now = self.last_now(now);
+            self.settle(peer, now);
         }
     }
 
@@ -1304,20 +1331,23 @@ impl Endpoint {
             p.session.close();
             let mut sink = [0u8; 0];
             while let Ok(Some(_)) = p.session.recv(&mut sink) {}
-            self.settle(peer, Instant::now());
+            let now = p.last_activity;
+            let now = self.last_now(now);
+            self.settle(peer, now);
         }
     }
 
     /// Closes every connection (`close_notify` to each established peer).
     pub fn close_all(&mut self) {
         let addrs: Vec<SocketAddr> = self.peers.keys().copied().collect();
-        let now = Instant::now();
         for addr in addrs {
+            let own_now = self.now;
             if let Some(p) = self.peers.get_mut(&addr) {
                 p.session.close();
                 if let Some((_, r)) = p.replacement.as_mut() {
                     r.close();
                 }
+                let now = own_now.unwrap_or(p.last_activity);
                 self.settle(addr, now);
             }
         }
@@ -1466,7 +1496,7 @@ fn report_handshake_failure(events: &mut VecDeque<Event>, addr: SocketAddr, sess
 /// `max_cert_list` is `max_cert_list` (see [`Endpoint::handshake_worst_case`]). The OpenSSL terms
 /// are upper bounds read from OpenSSL 3.x's DTLS code, checked against measurement by the
 /// hostile-handshake benchmark (`BENCH_ONLY=hostile scripts/bench.sh`).
-fn handshake_worst_case(config: &crate::session::SessionConfig, max_cert_list: usize) -> usize {
+fn handshake_worst_case(config: &crate::config::SessionConfig, max_cert_list: usize) -> usize {
     // An SSL mid-handshake: the ≈ 17.7 KB read buffer, the write buffer, the transcript, the
     // key exchange and the retransmission queue of our last flight.
     const SSL_BASE: usize = 96 * 1024;

@@ -4,6 +4,7 @@
 
 mod bio;
 mod client;
+pub(crate) mod config;
 mod connection;
 pub mod context;
 pub(crate) mod cookie;

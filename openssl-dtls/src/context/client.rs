@@ -14,8 +14,9 @@ use super::{
     apply_roots, apply_verify, certificate_builder_methods, common_builder_methods,
     trust_builder_methods, CertificateConfig, Common, Source, VerifyCallback,
 };
+use crate::config::SessionConfig;
 use crate::error::{ConfigError, Error, Result};
-use crate::session::{Session, SessionConfig};
+use crate::session::Session;
 
 /// Longest server name accepted by [`DtlsClientContext::new_session`] (RFC 1035 §2.3.4).
 const MAX_SERVER_NAME_LEN: usize = 253;

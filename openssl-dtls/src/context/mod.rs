@@ -148,8 +148,8 @@ mod version_tests {
 }
 use openssl::x509::{X509StoreContextRef, X509};
 
+use crate::config::SessionConfig;
 use crate::error::ConfigError;
-use crate::session::SessionConfig;
 
 pub use self::ciphers::{CipherPreset, CERTIFICATE_CIPHERS, PSK_CIPHERS};
 pub use self::client::{DtlsClientContext, DtlsClientContextBuilder};

@@ -19,9 +19,10 @@ use super::{
     VerifyCallback,
 };
 use crate::bio;
+use crate::config::SessionConfig;
 use crate::cookie::CookieSecrets;
 use crate::error::{ConfigError, Error, Result};
-use crate::session::{Session, SessionConfig};
+use crate::session::Session;
 
 /// Default cookie secret rotation: a cookie stays valid for one to two minutes, far longer than
 /// a HelloVerifyRequest round trip, and a leaked cookie key is useless soon.
