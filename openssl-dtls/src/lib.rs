@@ -9,6 +9,7 @@ mod connection;
 pub mod context;
 pub(crate) mod cookie;
 mod driver;
+mod ffi;
 pub mod endpoint;
 pub mod error;
 mod listener;
