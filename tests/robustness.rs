@@ -1399,7 +1399,8 @@ fn a_post_cookie_stall_flood_stays_within_the_handshake_limit_is_reaped_and_a_re
     assert_eq!(stats.handshakes, limit, "{stats:?}");
     assert_eq!(
         stats.refused_handshake_limit + stats.refused_handshake_memory,
-        (stalled - limit as u32) as u64
+        (stalled - limit as u32) as u64,
+        "{stats:?}"
     );
     assert!(
         stats.handshake_memory_in_use <= config.handshake_memory,

@@ -16,7 +16,7 @@ use openssl::ssl::Ssl;
 use openssl_dtls_sys as dffi;
 use openssl_sys as ffi;
 
-use crate::bio::BioState;
+use crate::bio::{BioHandle, BioState};
 use crate::context::DtlsServerContext;
 use crate::error::Result;
 use crate::session::{configure_ssl, Session};
@@ -43,7 +43,7 @@ pub(crate) enum ListenOutcome {
 pub(crate) struct Listener {
     ctx: DtlsServerContext,
     ssl: Ssl,
-    bio: *mut BioState,
+    bio: BioHandle,
     addr: BioAddr,
 }
 
@@ -89,7 +89,7 @@ impl Listener {
         })
     }
 
-    fn listening_ssl(ctx: &DtlsServerContext) -> Result<(Ssl, *mut BioState)> {
+    fn listening_ssl(ctx: &DtlsServerContext) -> Result<(Ssl, BioHandle)> {
         let mut ssl = Ssl::new(ctx.ssl_context())?;
         let bio = configure_ssl(&mut ssl, ctx.session_config())?;
         ssl.set_accept_state();
@@ -97,9 +97,7 @@ impl Listener {
     }
 
     fn bio_mut(&mut self) -> &mut BioState {
-        // SAFETY: `bio` lives as long as `self.ssl`; `&mut self` excludes other references and
-        // no OpenSSL call on this SSL runs while the returned reference is alive.
-        unsafe { &mut *self.bio }
+        self.bio.get_mut()
     }
 
     /// Runs `DTLSv1_listen` on one ClientHello from `peer`. A HelloVerifyRequest goes into `out`.

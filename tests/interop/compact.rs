@@ -368,6 +368,7 @@ impl Ours {
                         std::io::ErrorKind::WouldBlock
                             | std::io::ErrorKind::TimedOut
                             | std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => panic!("recv_from: {e}"),
             }

@@ -44,18 +44,21 @@ use openssl::x509::X509;
 use openssl_dtls_sys as dffi;
 use openssl_sys as ffi;
 
-use crate::bio::{self, BioState, TimerSettings};
+use crate::bio::{self, BioHandle, BioState, TimerSettings};
 use crate::error::{Alert, ConfigError, Error, Result, TimeoutPhase};
 use crate::plaintext::{self, Screen};
 use crate::record::{self, OpenError, RecordLayer, SealError};
+use crate::session::engine::{Compact, Engine, OpenSsl, SslFacts};
 use crate::wire::{ContentType, RecordHeader};
+
+mod engine;
 
 pub use crate::config::{SessionConfig, MAX_MTU, MAX_PLAINTEXT, MIN_MTU};
 
 /// Sets up `ssl` the way every session needs it: DTLS 1.2 minimum, no renegotiation, no
 /// compression, `SSL_OP_NO_QUERY_MTU` with the configured link MTU, and our datagram BIO with the
 /// retransmission timer and alert callbacks. Returns the BIO's state.
-pub(crate) fn configure_ssl(ssl: &mut SslRef, config: &SessionConfig) -> Result<*mut BioState> {
+pub(crate) fn configure_ssl(ssl: &mut SslRef, config: &SessionConfig) -> Result<BioHandle> {
     config.validate()?;
     ssl.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
     let options =
@@ -68,9 +71,8 @@ pub(crate) fn configure_ssl(ssl: &mut SslRef, config: &SessionConfig) -> Result<
         initial: config.retransmit_initial,
         max: config.retransmit_max,
     };
-    let bio = bio::attach(ssl, config.mtu, config.send_queue, timer)?;
-    // SAFETY: `bio` was just created and is owned by `ssl`; no other reference exists yet.
-    unsafe { (*bio).track_epoch1 = config.compact };
+    let mut bio = bio::attach(ssl, config.mtu, config.send_queue, timer)?;
+    bio.get_mut().track_epoch1 = config.compact;
     // SAFETY: `ssl` is valid and has our BIO; DTLS_set_link_mtu only stores the value (it fails
     // for values below OpenSSL's minimum, which validate() excludes).
     let ok = unsafe { dffi::DTLS_set_link_mtu(ssl.as_ptr(), config.mtu as _) };
@@ -236,13 +238,8 @@ impl EpochFilter {
 
 /// One peer's DTLS state around one `SSL`: see the [module documentation](self).
 pub struct Session {
-    /// `None` once a compact session handed its record layer off and freed the `SSL`.
-    ssl: Option<Ssl>,
-    /// Owned by the BIO inside `ssl`; see [`bio::attach`] for the rules. Null once `ssl` is
-    /// `None`.
-    bio: *mut BioState,
-    /// The compact record layer, from the end of the handshake on (compact mode only).
-    compact: Option<Box<Compact>>,
+    /// The record layer in use and the `SSL` while it exists: see [`engine`].
+    engine: Engine,
     /// Compact mode, during the handshake: epoch-1 application and alert records withheld from
     /// OpenSSL until the compact layer has keys (at most [`MAX_EARLY_RECORDS`]).
     early: Vec<Vec<u8>>,
@@ -286,10 +283,6 @@ struct HeldAlert {
     fail_at: Instant,
 }
 
-// SAFETY: `bio` points into a heap block owned by the `SSL` in `ssl` (an `Ssl` is `Send`); the
-// session is its only user, so moving the session moves the sole access path with it.
-unsafe impl Send for Session {}
-
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
@@ -318,51 +311,6 @@ const NO_RENEGOTIATION: u8 = 100;
 /// Handshake message types (RFC 5246 §7.4) that ask for a renegotiation.
 const HELLO_REQUEST: u8 = 0;
 const CLIENT_HELLO: u8 = 1;
-
-/// A compact session's record layer and what it remembers of the freed `SSL`.
-struct Compact {
-    layer: RecordLayer,
-    /// While `Some`, the `SSL` is kept (it sent the last flight) until this instant or the
-    /// peer's first authenticated record.
-    linger_until: Option<Instant>,
-    /// Datagrams sealed by the compact layer (or left by OpenSSL at the hand-off).
-    outbound: VecDeque<Vec<u8>>,
-    /// The handshake's facts, read from the `SSL` before it was freed.
-    facts: Option<Box<SslFacts>>,
-    /// Renegotiation requests answered so far (see [`MAX_RENEGOTIATION_REFUSALS`]).
-    renegotiation_refusals: u8,
-}
-
-/// What the accessors of a compact session report once its `SSL` is gone.
-struct SslFacts {
-    version: &'static str,
-    cipher: Option<&'static str>,
-    cipher_standard_name: Option<&'static str>,
-    psk_identity: Option<Box<[u8]>>,
-    peer_certificate: Option<X509>,
-    alpn: Option<Box<[u8]>>,
-    server_name: Option<Box<str>>,
-    client_random: [u8; 32],
-}
-
-impl SslFacts {
-    fn of(ssl: &SslRef) -> SslFacts {
-        let mut client_random = [0u8; 32];
-        ssl.client_random(&mut client_random);
-        SslFacts {
-            version: ssl.version_str(),
-            cipher: ssl.current_cipher().map(|c| c.name()),
-            cipher_standard_name: ssl.current_cipher().and_then(|c| c.standard_name()),
-            psk_identity: ssl.psk_identity().map(Into::into),
-            peer_certificate: ssl.peer_certificate(),
-            alpn: ssl.selected_alpn_protocol().map(Into::into),
-            server_name: ssl
-                .servername(openssl::ssl::NameType::HOST_NAME)
-                .map(Into::into),
-            client_random,
-        }
-    }
-}
 
 /// Whether a compact session's record goes to the compact layer (rather than OpenSSL).
 fn is_compact_record(record: &RecordHeader<'_>) -> bool {
@@ -403,16 +351,14 @@ impl Session {
         role: Role,
         config: &SessionConfig,
         now: Instant,
-        existing_bio: Option<*mut BioState>,
+        existing_bio: Option<BioHandle>,
     ) -> Result<Session> {
         let bio = match existing_bio {
             Some(bio) => bio,
             None => configure_ssl(&mut ssl, config)?,
         };
         let mut session = Session {
-            ssl: Some(ssl),
-            bio,
-            compact: None,
+            engine: Engine::OpenSsl(OpenSsl { ssl, bio }),
             early: Vec::new(),
             role,
             state: SessionState::Handshaking,
@@ -442,7 +388,7 @@ impl Session {
     /// the handshake continues from that ClientHello on the next call.
     pub(crate) fn accepted(
         ssl: Ssl,
-        bio: *mut BioState,
+        bio: BioHandle,
         peer: SocketAddr,
         config: &SessionConfig,
         now: Instant,
@@ -462,34 +408,36 @@ impl Session {
         }
     }
 
+    /// The OpenSSL side. Only called on paths that run while the `SSL` exists (handshaking,
+    /// or established on OpenSSL's record layer, or lingering).
+    fn openssl(&self) -> &OpenSsl {
+        self.engine
+            .openssl()
+            .expect("a session has its SSL until the hand-off")
+    }
+
+    fn openssl_mut(&mut self) -> &mut OpenSsl {
+        self.engine
+            .openssl_mut()
+            .expect("a session has its SSL until the hand-off")
+    }
+
     fn ssl_mut(&mut self) -> &mut SslRef {
-        self.ssl
-            .as_mut()
-            .expect("a session has its SSL until the hand-off")
+        &mut self.openssl_mut().ssl
     }
 
-    /// The `SSL` pointer. Only called on paths that run while the `SSL` exists.
+    /// The `SSL` pointer, for the calls rust-openssl lacks.
     fn ssl_ptr(&self) -> *mut ffi::SSL {
-        self.ssl
-            .as_ref()
-            .expect("a session has its SSL until the hand-off")
-            .as_ptr()
+        self.openssl().ssl.as_ptr()
     }
 
-    /// The BIO state. Never hold the reference across a call into OpenSSL on this `SSL`. Only
-    /// called while the `SSL` exists.
+    /// The BIO state. Never hold the reference across a call into OpenSSL on this `SSL`.
     fn bio_mut(&mut self) -> &mut BioState {
-        assert!(!self.bio.is_null(), "BIO used after the hand-off");
-        // SAFETY: `bio` lives as long as `self.ssl`; `&mut self` guarantees no other reference
-        // from this side, and OpenSSL's callbacks only run inside SSL calls, during which no
-        // reference returned here is alive (every use below is a short statement).
-        unsafe { &mut *self.bio }
+        self.openssl_mut().bio.get_mut()
     }
 
     fn bio_ref(&self) -> &BioState {
-        assert!(!self.bio.is_null(), "BIO used after the hand-off");
-        // SAFETY: as in `bio_mut`; shared access while no OpenSSL call runs.
-        unsafe { &*self.bio }
+        self.openssl().bio.get()
     }
 
     /// Feeds one datagram received from the peer. Malformed, replayed or unauthenticated records
@@ -510,7 +458,7 @@ impl Session {
         // datagram carries epoch-1 application or alert records (withheld from OpenSSL). A
         // session whose suite the compact layer cannot carry stays on OpenSSL's path.
         if self.config.compact
-            && (self.compact.is_some()
+            && (self.engine.compact().is_some()
                 || (self.state == SessionState::Handshaking
                     && crate::wire::records(datagram)
                         .flatten()
@@ -623,7 +571,7 @@ impl Session {
         {
             self.peer_ccs_read = true;
         }
-        if handshaking && self.ssl.is_some() && self.held_alert.is_some() {
+        if handshaking && self.engine.openssl().is_some() && self.held_alert.is_some() {
             // SAFETY: as above.
             let after = unsafe { dffi::SSL_get_state(self.ssl_ptr()) };
             if self.held_alert.is_some_and(|h| h.ssl_state != after) {
@@ -634,7 +582,7 @@ impl Session {
                 self.held_alert = None;
             }
         }
-        if self.ssl.is_some() {
+        if self.engine.openssl().is_some() {
             let st = self.bio_mut();
             st.coalesce = false;
             st.clear_inbound();
@@ -755,7 +703,7 @@ impl Session {
     /// when there is nothing to send. `buf` should hold [`mtu`](Self::mtu) bytes: a datagram
     /// longer than `buf` is dropped and counted, never truncated.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
-        if self.ssl.is_some() {
+        if self.engine.openssl().is_some() {
             let st = self.bio_mut();
             let before = st.outbound_dropped;
             let n = st.pop_outbound(buf);
@@ -767,7 +715,7 @@ impl Session {
                 return n;
             }
         }
-        let compact = self.compact.as_mut()?;
+        let compact = self.engine.compact_mut()?;
         let n = bio::pop_datagram(
             &mut compact.outbound,
             buf,
@@ -783,10 +731,10 @@ impl Session {
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has a datagram.
     pub fn has_transmit(&self) -> bool {
-        (self.ssl.is_some() && self.bio_ref().outbound_len() > 0)
+        (self.engine.openssl().is_some() && self.bio_ref().outbound_len() > 0)
             || self
-                .compact
-                .as_ref()
+                .engine
+                .compact()
                 .is_some_and(|c| !c.outbound.is_empty())
     }
 
@@ -802,7 +750,7 @@ impl Session {
                 Some(self.retransmit_at.map_or(deadline, |at| at.min(deadline)))
             }
             SessionState::Established => {
-                let linger = self.compact.as_ref().and_then(|c| c.linger_until);
+                let linger = self.engine.linger_until();
                 earliest(self.retransmit_at, linger)
             }
             SessionState::Closed | SessionState::Failed => None,
@@ -845,7 +793,7 @@ impl Session {
             }
             _ => {}
         }
-        if let Some(until) = self.compact.as_ref().and_then(|c| c.linger_until) {
+        if let Some(until) = self.engine.linger_until() {
             if now >= until {
                 log::debug!(
                     "{:?}: linger over, handing off to the compact layer",
@@ -856,7 +804,7 @@ impl Session {
             }
         }
         let Some(at) = self.retransmit_at else { return };
-        if now < at || self.ssl.is_none() {
+        if now < at || self.engine.openssl().is_none() {
             return;
         }
         if self.state == SessionState::Handshaking
@@ -917,7 +865,7 @@ impl Session {
         if data.is_empty() {
             return Ok(());
         }
-        if self.ssl.is_none() {
+        if self.engine.openssl().is_none() {
             return self.send_compact(ContentType::ApplicationData, data);
         }
         let mut written = 0usize;
@@ -947,14 +895,14 @@ impl Session {
     #[doc(alias = "SSL_read")]
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
         if let Some(mut datagram) = self.received.pop_front() {
-            self.received_bytes -= if self.compact.is_some() {
+            self.received_bytes -= if self.engine.compact().is_some() {
                 datagram.capacity() // see `push_received_buffer`
             } else {
                 datagram.len()
             };
             let n = datagram.len().min(buf.len());
             buf[..n].copy_from_slice(&datagram[..n]);
-            if self.compact.is_some() {
+            if self.engine.compact().is_some() {
                 record::give_buffer(datagram);
             } else if self.spare.len() < MAX_SPARE_PLAINTEXT {
                 datagram.clear();
@@ -985,7 +933,7 @@ impl Session {
                 self.shutdown();
                 self.state = SessionState::Closed;
                 self.retransmit_at = None;
-                if self.compact.is_some() {
+                if self.engine.compact().is_some() {
                     self.hand_off(); // the SSL has nothing left to do
                 }
             }
@@ -999,7 +947,7 @@ impl Session {
 
     /// OpenSSL's handshake state (`SSL_get_state`), or -1 without an `SSL`.
     fn handshake_state(&self) -> c_int {
-        match &self.ssl {
+        match self.engine.ssl() {
             // SAFETY: `ssl` is valid; SSL_get_state only reads the state machine.
             Some(ssl) => unsafe { dffi::SSL_get_state(ssl.as_ptr()) },
             None => -1,
@@ -1019,7 +967,7 @@ impl Session {
     pub(crate) fn end_with_close_notify(&mut self, error: Error) {
         if self.state == SessionState::Established {
             self.shutdown();
-            if self.compact.is_some() {
+            if self.engine.compact().is_some() {
                 self.hand_off(); // the SSL has nothing left to do
             }
         }
@@ -1029,7 +977,7 @@ impl Session {
     }
 
     fn shutdown(&mut self) {
-        if self.ssl.is_none() {
+        if self.engine.openssl().is_none() {
             let alert = [1, Alert::CLOSE_NOTIFY]; // warning, close_notify
             let _ = self.send_compact(ContentType::Alert, &alert);
             return;
@@ -1071,7 +1019,7 @@ impl Session {
                         break;
                     }
                 }
-                SessionState::Established if self.ssl.is_none() => break,
+                SessionState::Established if self.engine.openssl().is_none() => break,
                 SessionState::Established => {
                     let mut scratch = [0u8; MAX_PLAINTEXT];
                     let mut n = 0usize;
@@ -1124,7 +1072,7 @@ impl Session {
                 let error = if let Some(alert) = st.alert_received.filter(|a| a.is_fatal()) {
                     Error::PeerAlert(alert)
                 } else if let Some(alert) = st.alert_sent.filter(|a| a.is_fatal()) {
-                    let verified = match self.ssl.as_deref() {
+                    let verified = match self.engine.ssl() {
                         Some(ssl) => crate::verify::failure(ssl, alert, stack),
                         None => Err(stack),
                     };
@@ -1187,7 +1135,9 @@ impl Session {
     }
 
     fn update_timer(&mut self, now: Instant) {
-        if matches!(self.state, SessionState::Failed | SessionState::Closed) || self.ssl.is_none() {
+        if matches!(self.state, SessionState::Failed | SessionState::Closed)
+            || self.engine.openssl().is_none()
+        {
             self.retransmit_at = None;
             return;
         }
@@ -1222,14 +1172,14 @@ impl Session {
             let raw = &datagram[offset..offset + record.total_len()];
             offset += record.total_len();
             if !is_compact_record(&record) {
-                if self.ssl.is_none() {
+                if self.engine.openssl().is_none() {
                     self.open_handshake_record(&record);
                 } else if too_short(&record) {
                     self.stats.dropped_short_records += 1;
                 } else {
                     for_openssl = true;
                 }
-            } else if self.compact.is_some() {
+            } else if self.engine.compact().is_some() {
                 self.open_record(&record);
             } else if self.state == SessionState::Handshaking
                 && record.epoch() == 1
@@ -1246,7 +1196,7 @@ impl Session {
                 return;
             }
         }
-        if !for_openssl || self.ssl.is_none() {
+        if !for_openssl || self.engine.openssl().is_none() {
             return;
         }
         let filter = self.epoch_filter();
@@ -1259,8 +1209,8 @@ impl Session {
     /// handshake go to OpenSSL after all, once it is established.
     fn feed_early_to_openssl(&mut self, now: Instant) {
         if self.early.is_empty()
-            || self.compact.is_some()
-            || self.ssl.is_none()
+            || self.engine.compact().is_some()
+            || self.engine.openssl().is_none()
             || self.state != SessionState::Established
         {
             return;
@@ -1269,7 +1219,7 @@ impl Session {
             if self.state == SessionState::Established {
                 self.bio_mut().set_inbound(&raw);
                 self.drive(now);
-                if self.ssl.is_some() {
+                if self.engine.openssl().is_some() {
                     self.bio_mut().clear_inbound();
                 }
             }
@@ -1281,7 +1231,7 @@ impl Session {
     /// early records, and hands off at once if this side received the handshake's last flight
     /// (nothing of ours can need retransmitting), or lingers if it sent it.
     fn start_compact(&mut self, now: Instant) {
-        let Some(ssl) = self.ssl.as_ref() else { return };
+        let Some(ssl) = self.engine.ssl() else { return };
         let next_write_seq = self.bio_ref().epoch1_next_seq;
         let layer = match RecordLayer::from_ssl(ssl, self.role == Role::Client, 1, next_write_seq) {
             Ok(Some(layer)) => layer,
@@ -1304,15 +1254,24 @@ impl Session {
         // The side that sends the last flight: the server after a full handshake, the client
         // after an abbreviated (resumed) one.
         let sent_last = (self.role == Role::Server) != ssl.session_reused();
-        self.compact = Some(Box::new(Compact {
+        let compact = Box::new(Compact {
             layer,
-            linger_until: sent_last.then(|| now + self.config.compact_linger),
             outbound: VecDeque::new(),
             facts: None,
             renegotiation_refusals: 0,
-        }));
-        // Hand off before opening the early records: whatever they make us send (a close_notify
-        // in reply) is then written by the compact layer alone.
+        });
+        // Transition: OpenSsl -> Lingering (we sent the last flight) or straight to Compact
+        // (nothing of ours can need retransmitting). Hand off before opening the early records:
+        // whatever they make us send (a close_notify in reply) is then written by the compact
+        // layer alone.
+        self.engine = match std::mem::replace(&mut self.engine, Engine::Switching) {
+            Engine::OpenSsl(openssl) => Engine::Lingering {
+                openssl,
+                compact,
+                until: now + self.config.compact_linger,
+            },
+            other => other,
+        };
         if !sent_last {
             self.hand_off();
         }
@@ -1326,15 +1285,22 @@ impl Session {
         }
     }
 
-    /// Frees the `SSL`: what OpenSSL queued moves to the compact layer's queue, the write
-    /// sequence continues after the last one OpenSSL used, and the handshake's facts are kept.
+    /// Transition Lingering -> Compact: frees the `SSL`. What OpenSSL queued moves to the
+    /// compact layer's queue, the write sequence continues after the last one OpenSSL used, and
+    /// the handshake's facts are kept. Does nothing in any other state.
     fn hand_off(&mut self) {
-        let Some(compact) = self.compact.as_mut() else {
+        if !self.engine.is_lingering() {
             return;
+        }
+        let Engine::Lingering {
+            mut openssl,
+            mut compact,
+            ..
+        } = std::mem::replace(&mut self.engine, Engine::Switching)
+        else {
+            unreachable!("checked above");
         };
-        let Some(ssl) = self.ssl.take() else { return };
-        // SAFETY: `bio` is owned by `ssl`, which is still alive here; no OpenSSL call runs.
-        let st = unsafe { &mut *self.bio };
+        let st = openssl.bio.get_mut();
         let mut queued = VecDeque::new();
         st.drain_outbound(&mut queued);
         queued.append(&mut compact.outbound);
@@ -1348,16 +1314,15 @@ impl Session {
         }
         self.stats.retransmits = st.timeouts;
         self.stats.send_dropped += st.outbound_dropped;
-        compact.facts = Some(Box::new(SslFacts::of(&ssl)));
-        compact.linger_until = None;
-        self.bio = std::ptr::null_mut();
+        compact.facts = Some(Box::new(SslFacts::of(&openssl.ssl)));
         self.retransmit_at = None;
         self.spare = Vec::new();
         // The connection lives on: free the SSL the way a clean shutdown would, so that
         // SSL_free does not mark its session unresumable and drop it from the session cache.
         // SAFETY: `ssl` is valid; SSL_set_shutdown only sets the flag.
-        unsafe { ffi::SSL_set_shutdown(ssl.as_ptr(), ffi::SSL_SENT_SHUTDOWN) };
-        drop(ssl); // SSL_free: the BIO and its state go with it
+        unsafe { ffi::SSL_set_shutdown(openssl.ssl.as_ptr(), ffi::SSL_SENT_SHUTDOWN) };
+        drop(openssl); // SSL_free: the BIO and its state go with it
+        self.engine = Engine::Compact(compact);
         log::debug!("{:?}: handed off to the compact record layer", self.peer);
     }
 
@@ -1369,7 +1334,7 @@ impl Session {
     /// which is unauthenticated; a retransmitted Finished; a request past the bound) is dropped
     /// and counted.
     fn open_handshake_record(&mut self, record: &RecordHeader<'_>) {
-        let Some(compact) = self.compact.as_mut() else {
+        let Some(compact) = self.engine.compact_mut() else {
             return;
         };
         if record.epoch() == 0 || record.content_type() != ContentType::Handshake {
@@ -1402,8 +1367,8 @@ impl Session {
     /// Counts a record the compact layer did not open.
     fn count_open_error(&mut self, e: OpenError, record: &RecordHeader<'_>) {
         let overhead = self
-            .compact
-            .as_ref()
+            .engine
+            .compact()
             .map_or(0, |c| c.layer.aead().overhead());
         match e {
             OpenError::Replayed | OpenError::TooOld => self.stats.dropped_replayed_records += 1,
@@ -1418,7 +1383,7 @@ impl Session {
 
     /// Compact mode: authenticates one epoch-1 application or alert record and acts on it.
     fn open_record(&mut self, record: &RecordHeader<'_>) {
-        let Some(compact) = self.compact.as_mut() else {
+        let Some(compact) = self.engine.compact_mut() else {
             return;
         };
         let mut plain = record::take_buffer();
@@ -1438,11 +1403,7 @@ impl Session {
             ContentType::ApplicationData => {
                 // Authenticated application data proves the peer completed its handshake: the
                 // lingering `SSL` is no longer needed to answer its final flight.
-                if self
-                    .compact
-                    .as_ref()
-                    .is_some_and(|c| c.linger_until.is_some())
-                {
+                if self.engine.is_lingering() {
                     self.hand_off();
                 }
                 self.push_received_buffer(plain)
@@ -1501,12 +1462,12 @@ impl Session {
 
     /// Compact mode: seals one record and queues it as a datagram.
     fn send_compact(&mut self, content_type: ContentType, data: &[u8]) -> Result<()> {
-        if self.ssl.is_some() {
+        if self.engine.openssl().is_some() {
             // Never two writers: the compact layer seals only after OpenSSL is gone and the
             // write sequence continues after its last record.
             self.hand_off();
         }
-        let Some(compact) = self.compact.as_mut() else {
+        let Some(compact) = self.engine.compact_mut() else {
             return Err(Error::Closed);
         };
         if compact.outbound.len() >= self.config.send_queue {
@@ -1601,20 +1562,20 @@ impl Session {
         if self.state == SessionState::Handshaking {
             return None;
         }
-        match (&self.ssl, self.facts()) {
+        match (self.engine.ssl(), self.facts()) {
             (Some(ssl), _) => Some(ssl.version_str()),
             (None, facts) => facts.map(|f| f.version),
         }
     }
 
     fn facts(&self) -> Option<&SslFacts> {
-        self.compact.as_ref().and_then(|c| c.facts.as_deref())
+        self.engine.compact().and_then(|c| c.facts.as_deref())
     }
 
     /// The negotiated cipher's OpenSSL name, e.g. `"PSK-AES128-CCM8"` (`SSL_get_current_cipher`).
     #[doc(alias = "SSL_get_current_cipher")]
     pub fn cipher(&self) -> Option<&'static str> {
-        match &self.ssl {
+        match self.engine.ssl() {
             Some(ssl) => ssl.current_cipher().map(|c| c.name()),
             None => self.facts().and_then(|f| f.cipher),
         }
@@ -1623,7 +1584,7 @@ impl Session {
     /// The negotiated cipher's IANA name, e.g. `"TLS_PSK_WITH_AES_128_CCM_8"`.
     #[doc(alias = "SSL_CIPHER_standard_name")]
     pub fn cipher_standard_name(&self) -> Option<&'static str> {
-        match &self.ssl {
+        match self.engine.ssl() {
             Some(ssl) => ssl.current_cipher().and_then(|c| c.standard_name()),
             None => self.facts().and_then(|f| f.cipher_standard_name),
         }
@@ -1632,7 +1593,7 @@ impl Session {
     /// The PSK identity used, if the handshake used a PSK suite (`SSL_get_psk_identity`).
     #[doc(alias = "SSL_get_psk_identity")]
     pub fn psk_identity(&self) -> Option<&[u8]> {
-        match &self.ssl {
+        match self.engine.ssl() {
             Some(ssl) => ssl.psk_identity(),
             None => self.facts().and_then(|f| f.psk_identity.as_deref()),
         }
@@ -1641,7 +1602,7 @@ impl Session {
     /// The peer's certificate, if it sent one (`SSL_get1_peer_certificate`).
     #[doc(alias = "SSL_get1_peer_certificate")]
     pub fn peer_certificate(&self) -> Option<X509> {
-        match &self.ssl {
+        match self.engine.ssl() {
             Some(ssl) => ssl.peer_certificate(),
             None => self.facts().and_then(|f| f.peer_certificate.clone()),
         }
@@ -1650,7 +1611,7 @@ impl Session {
     /// The ALPN protocol agreed, if any (`SSL_get0_alpn_selected`).
     #[doc(alias = "SSL_get0_alpn_selected")]
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        match &self.ssl {
+        match self.engine.ssl() {
             Some(ssl) => ssl.selected_alpn_protocol(),
             None => self.facts().and_then(|f| f.alpn.as_deref()),
         }
@@ -1659,7 +1620,7 @@ impl Session {
     /// The server name (SNI) the client asked for (`SSL_get_servername`).
     #[doc(alias = "SSL_get_servername")]
     pub fn server_name(&self) -> Option<&str> {
-        match &self.ssl {
+        match self.engine.ssl() {
             Some(ssl) => ssl.servername(openssl::ssl::NameType::HOST_NAME),
             None => self.facts().and_then(|f| f.server_name.as_deref()),
         }
@@ -1685,7 +1646,7 @@ impl Session {
     /// Records the peer's address (used in logs and by the cookie callbacks).
     pub fn set_peer_addr(&mut self, peer: SocketAddr) {
         self.peer = Some(peer);
-        if self.ssl.is_some() {
+        if self.engine.openssl().is_some() {
             self.bio_mut().peer = Some(peer);
         }
     }
@@ -1693,7 +1654,7 @@ impl Session {
     /// Counters of this session.
     pub fn stats(&self) -> SessionStats {
         let mut stats = self.stats;
-        if self.ssl.is_some() {
+        if self.engine.openssl().is_some() {
             stats.retransmits = self.bio_ref().timeouts;
         }
         stats
@@ -1707,26 +1668,24 @@ impl Session {
     /// The underlying OpenSSL object, for queries this API does not cover; `None` once a
     /// compact session handed off and freed it ([`is_compact`](Self::is_compact)).
     pub fn ssl(&self) -> Option<&SslRef> {
-        self.ssl.as_deref()
+        self.engine.ssl()
     }
 
     /// Whether the connection runs on the compact record layer with its `SSL` freed
     /// ([`SessionConfig::compact`]).
     pub fn is_compact(&self) -> bool {
-        self.compact.is_some() && self.ssl.is_none()
+        matches!(self.engine, Engine::Compact(_))
     }
 
     /// Whether compact mode has taken over the record layer's receiving side but still keeps
     /// the `SSL` (lingering to answer a retransmitted final flight).
     pub fn is_lingering(&self) -> bool {
-        self.compact
-            .as_ref()
-            .is_some_and(|c| c.linger_until.is_some())
+        self.engine.is_lingering()
     }
 
     /// The ClientHello random of this session's handshake.
     pub(crate) fn client_random(&self) -> Option<[u8; 32]> {
-        match (&self.ssl, self.facts()) {
+        match (self.engine.ssl(), self.facts()) {
             (Some(ssl), _) => {
                 let mut random = [0u8; 32];
                 (ssl.client_random(&mut random) == 32).then_some(random)
