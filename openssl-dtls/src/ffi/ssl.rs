@@ -6,6 +6,139 @@ use std::os::raw::c_int;
 
 use openssl_dtls_sys as dffi;
 
+use std::time::Duration;
+
+use foreign_types::ForeignTypeRef;
+use openssl::ssl::SslRef;
+use openssl_sys as ffi;
+
+/// `SSL_set_options`: sets option bits (never clears any).
+#[doc(alias = "SSL_set_options")]
+pub(crate) fn set_options(ssl: &SslRef, bits: u64) {
+    // SAFETY: `ssl` is a valid SSL; SSL_set_options only ORs bits into its options.
+    unsafe {
+        dffi::SSL_set_options(ssl.as_ptr(), bits as _);
+    }
+}
+
+/// `DTLS_set_link_mtu`: whether OpenSSL accepted `mtu` (it refuses values below its minimum).
+#[doc(alias = "DTLS_set_link_mtu")]
+pub(crate) fn set_link_mtu(ssl: &SslRef, mtu: usize) -> bool {
+    // SAFETY: `ssl` is a valid SSL; the call only stores the value.
+    unsafe { dffi::DTLS_set_link_mtu(ssl.as_ptr(), mtu as _) == 1 }
+}
+
+/// `SSL_set_max_send_fragment`: the largest plaintext OpenSSL puts in one record it writes.
+#[doc(alias = "SSL_set_max_send_fragment")]
+pub(crate) fn set_max_send_fragment(ssl: &SslRef, fragment: usize) {
+    // SAFETY: `ssl` is a valid SSL; the macro only stores the value before any buffer exists.
+    unsafe {
+        dffi::SSL_set_max_send_fragment(ssl.as_ptr(), fragment as _);
+    }
+}
+
+/// `SSL_get_state`: OpenSSL's handshake state machine position (`TLS_ST_*`).
+#[doc(alias = "SSL_get_state")]
+pub(crate) fn state(ssl: &SslRef) -> c_int {
+    // SAFETY: `ssl` is a valid SSL; SSL_get_state only reads the state machine.
+    unsafe { dffi::SSL_get_state(ssl.as_ptr()) }
+}
+
+/// Empties this thread's OpenSSL error queue (`ERR_clear_error`): before every `SSL_*` call,
+/// so what follows it is that call's, and after it, so noise does not linger.
+#[doc(alias = "ERR_clear_error")]
+pub(crate) fn clear_errors() {
+    // SAFETY: plain queue reset, no arguments.
+    unsafe { ffi::ERR_clear_error() }
+}
+
+/// `SSL_do_handshake` on a cleared error queue; the return code as OpenSSL gives it.
+#[doc(alias = "SSL_do_handshake")]
+pub(crate) fn do_handshake(ssl: &SslRef) -> c_int {
+    clear_errors();
+    // SAFETY: `ssl` is a valid SSL with our BIO attached; the call reads and writes only
+    // through that BIO and its own state.
+    unsafe { ffi::SSL_do_handshake(ssl.as_ptr()) }
+}
+
+/// `SSL_read_ex` into `buf` on a cleared error queue: (return code, bytes read).
+#[doc(alias = "SSL_read_ex")]
+pub(crate) fn read(ssl: &SslRef, buf: &mut [u8]) -> (c_int, usize) {
+    clear_errors();
+    let mut n = 0usize;
+    // SAFETY: `ssl` is valid; `buf` is writable for its length; `n` is a valid out-pointer.
+    let r = unsafe { ffi::SSL_read_ex(ssl.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), &mut n) };
+    (r, n)
+}
+
+/// `SSL_write_ex` of `data` on a cleared error queue: (return code, bytes written).
+#[doc(alias = "SSL_write_ex")]
+pub(crate) fn write(ssl: &SslRef, data: &[u8]) -> (c_int, usize) {
+    clear_errors();
+    let mut n = 0usize;
+    // SAFETY: `ssl` is valid; `data` is readable for its length; `n` is a valid out-pointer.
+    let r = unsafe { ffi::SSL_write_ex(ssl.as_ptr(), data.as_ptr().cast(), data.len(), &mut n) };
+    (r, n)
+}
+
+/// `SSL_shutdown`: writes our `close_notify` to the BIO. The error queue is cleared before and
+/// after (a failure here has nothing to report: the connection is ending).
+#[doc(alias = "SSL_shutdown")]
+pub(crate) fn shutdown(ssl: &SslRef) {
+    clear_errors();
+    // SAFETY: `ssl` is valid; SSL_shutdown writes close_notify through our BIO.
+    unsafe {
+        ffi::SSL_shutdown(ssl.as_ptr());
+    }
+    clear_errors();
+}
+
+/// `SSL_get_error` for the return code `r` of the last call on `ssl`.
+#[doc(alias = "SSL_get_error")]
+pub(crate) fn get_error(ssl: &SslRef, r: c_int) -> c_int {
+    // SAFETY: `ssl` is valid; SSL_get_error reads the return code and the error queue.
+    unsafe { ffi::SSL_get_error(ssl.as_ptr(), r) }
+}
+
+/// `DTLSv1_get_timeout`: how long until the retransmission timer fires, if it runs.
+#[doc(alias = "DTLSv1_get_timeout")]
+pub(crate) fn timeout(ssl: &SslRef) -> Option<Duration> {
+    let mut tv = dffi::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    // SAFETY: `ssl` is valid; `tv` is a writable timeval.
+    let running = unsafe { dffi::DTLSv1_get_timeout(ssl.as_ptr(), &mut tv) } == 1;
+    running.then(|| {
+        Duration::from_secs(tv.tv_sec.max(0) as u64)
+            + Duration::from_micros(tv.tv_usec.max(0) as u64)
+    })
+}
+
+/// `DTLSv1_handle_timeout` on a cleared error queue: retransmits the last flight. Negative when
+/// OpenSSL gives up.
+#[doc(alias = "DTLSv1_handle_timeout")]
+pub(crate) fn handle_timeout(ssl: &SslRef) -> std::os::raw::c_long {
+    clear_errors();
+    // SAFETY: `ssl` is valid with our BIO attached; the call writes through that BIO.
+    unsafe { dffi::DTLSv1_handle_timeout(ssl.as_ptr()) }
+}
+
+/// `DTLS_get_data_mtu`: the largest application payload of one record at this MTU and cipher.
+#[doc(alias = "DTLS_get_data_mtu")]
+pub(crate) fn data_mtu(ssl: &SslRef) -> usize {
+    // SAFETY: `ssl` is valid; the call only reads the MTU and the negotiated cipher.
+    unsafe { dffi::DTLS_get_data_mtu(ssl.as_ptr()) }
+}
+
+/// Marks our `close_notify` as sent (`SSL_set_shutdown(SSL_SENT_SHUTDOWN)`), so that freeing the
+/// `SSL` keeps its session resumable, as after a clean shutdown.
+#[doc(alias = "SSL_set_shutdown")]
+pub(crate) fn mark_shutdown_sent(ssl: &SslRef) {
+    // SAFETY: `ssl` is valid; SSL_set_shutdown only sets the flag.
+    unsafe { ffi::SSL_set_shutdown(ssl.as_ptr(), ffi::SSL_SENT_SHUTDOWN) }
+}
+
 /// OpenSSL's long name of an alert description.
 pub(crate) fn alert_desc_str(description: u8) -> &'static str {
     // SAFETY: SSL_alert_desc_string_long returns a pointer to a static NUL-terminated string for

@@ -1,0 +1,355 @@
+//! The compact engine of a session: routing records to the compact record layer, the transitions
+//! into it (`start_compact`, `hand_off`), opening and sealing records, refusing renegotiation.
+
+use super::*;
+
+impl Session {
+    /// Compact mode: routes a datagram's records. Epoch-1 application data and alerts go to the
+    /// compact layer (or, before it has keys, to the early buffer); everything else (handshake
+    /// records, a retransmitted final flight) goes to OpenSSL while the `SSL` exists, and is
+    /// dropped and counted after the hand-off. OpenSSL therefore never decrypts an application
+    /// record in compact mode, and the compact replay window sees every one.
+    pub(super) fn handle_compact_datagram(&mut self, now: Instant, datagram: &[u8]) {
+        let mut for_openssl = false;
+        let mut offset = 0;
+        // Once established, a protected record too short for the suite's nonce and tag never
+        // reaches OpenSSL, lingering or not (CVE-2026-75806; see `handle_datagram`).
+        let min = self.min_protected_len;
+        let too_short =
+            move |r: &RecordHeader<'_>| min > 0 && r.epoch() >= 1 && r.fragment().len() < min;
+        for record in crate::wire::records(datagram) {
+            let Ok(record) = record else { break };
+            let raw = &datagram[offset..offset + record.total_len()];
+            offset += record.total_len();
+            if !is_compact_record(&record) {
+                if self.engine.openssl().is_none() {
+                    self.open_handshake_record(&record);
+                } else if too_short(&record) {
+                    self.stats.dropped_short_records += 1;
+                } else {
+                    for_openssl = true;
+                }
+            } else if self.engine.compact().is_some() {
+                self.open_record(&record);
+            } else if self.state == SessionState::Handshaking
+                && record.epoch() == 1
+                && self.early.len() < MAX_EARLY_RECORDS
+                && raw.len() <= self.config.mtu
+            {
+                let mut copy = record::take_buffer();
+                copy.extend_from_slice(raw);
+                self.early.push(copy);
+            } else {
+                self.stats.dropped_handshake_records += 1;
+            }
+            if matches!(self.state, SessionState::Closed | SessionState::Failed) {
+                return;
+            }
+        }
+        if !for_openssl || self.engine.openssl().is_none() {
+            return;
+        }
+        let filter = self.epoch_filter();
+        let keep = |r: &RecordHeader<'_>| !is_compact_record(r) && !too_short(r) && filter.keep(r);
+        self.feed_openssl(now, datagram, Some(&keep));
+        self.settle_filter(&filter);
+    }
+
+    /// Compact mode, at the end of the handshake: derives the record layer's keys, opens the
+    /// early records, and hands off at once if this side received the handshake's last flight
+    /// (nothing of ours can need retransmitting), or lingers if it sent it.
+    pub(super) fn start_compact(&mut self, now: Instant) {
+        let Some(ssl) = self.engine.ssl() else { return };
+        let next_write_seq = self.bio_ref().epoch1_next_seq;
+        let layer = match RecordLayer::from_ssl(ssl, self.role == Role::Client, 1, next_write_seq) {
+            Ok(Some(layer)) => layer,
+            Ok(None) => {
+                log::debug!(
+                    "{:?}: {} is not an AEAD suite the compact layer carries; staying on OpenSSL",
+                    self.peer,
+                    self.cipher().unwrap_or("?")
+                );
+                return; // early records go to OpenSSL (`feed_early_to_openssl`)
+            }
+            Err(e) => {
+                log::warn!(
+                    "{:?}: compact key derivation failed, staying on OpenSSL: {e}",
+                    self.peer
+                );
+                return;
+            }
+        };
+        // The side that sends the last flight: the server after a full handshake, the client
+        // after an abbreviated (resumed) one.
+        let sent_last = (self.role == Role::Server) != ssl.session_reused();
+        let compact = Box::new(Compact {
+            layer,
+            outbound: VecDeque::new(),
+            facts: None,
+            renegotiation_refusals: 0,
+        });
+        // Transition: OpenSsl -> Lingering (we sent the last flight) or straight to Compact
+        // (nothing of ours can need retransmitting). Hand off before opening the early records:
+        // whatever they make us send (a close_notify in reply) is then written by the compact
+        // layer alone.
+        self.engine = match std::mem::replace(&mut self.engine, Engine::Switching) {
+            Engine::OpenSsl(openssl) => Engine::Lingering {
+                openssl,
+                compact,
+                until: now + self.config.compact_linger,
+            },
+            other => other,
+        };
+        if !sent_last {
+            self.hand_off();
+        }
+        for raw in std::mem::take(&mut self.early) {
+            if let Ok(record) = RecordHeader::new_checked(&raw) {
+                if self.state == SessionState::Established {
+                    self.open_record(&record);
+                }
+            }
+            record::give_buffer(raw);
+        }
+    }
+
+    /// Transition Lingering -> Compact: frees the `SSL`. What OpenSSL queued moves to the
+    /// compact layer's queue, the write sequence continues after the last one OpenSSL used, and
+    /// the handshake's facts are kept. Does nothing in any other state.
+    pub(super) fn hand_off(&mut self) {
+        if !self.engine.is_lingering() {
+            return;
+        }
+        let Engine::Lingering {
+            mut openssl,
+            mut compact,
+            ..
+        } = std::mem::replace(&mut self.engine, Engine::Switching)
+        else {
+            unreachable!("checked above");
+        };
+        let st = openssl.bio.get_mut();
+        let mut queued = VecDeque::new();
+        st.drain_outbound(&mut queued);
+        queued.append(&mut compact.outbound);
+        compact.outbound = queued;
+        let next = compact.layer.next_write_seq().max(st.epoch1_next_seq);
+        compact.layer.set_next_write_seq(next);
+        if let Some(last) = st.epoch1_last_explicit {
+            // OpenSSL's GCM explicit nonces count up from a random start: continue after its
+            // last one, so no (key, nonce) pair repeats across the hand-off.
+            compact.layer.continue_explicit_nonce_after(last);
+        }
+        self.stats.retransmits = st.timeouts;
+        self.stats.send_dropped += st.outbound_dropped;
+        compact.facts = Some(Box::new(SslFacts::of(&openssl.ssl)));
+        self.retransmit_at = None;
+        self.spare = Vec::new();
+        // The connection lives on: free the SSL the way a clean shutdown would, so that
+        // SSL_free does not mark its session unresumable and drop it from the session cache.
+        ssl::mark_shutdown_sent(&openssl.ssl);
+        drop(openssl); // SSL_free: the BIO and its state go with it
+        self.engine = Engine::Compact(compact);
+        log::debug!("{:?}: handed off to the compact record layer", self.peer);
+    }
+
+    /// Compact mode, after the hand-off: a handshake-layer record. Only an epoch-1 record that
+    /// authenticates (same keys and replay window as application data) and holds a ClientHello
+    /// to a server or a HelloRequest to a client is a renegotiation request; it is answered with
+    /// a `no_renegotiation` warning, as OpenSSL answers with `SSL_OP_NO_RENEGOTIATION` (an
+    /// OpenSSL peer would otherwise retransmit it until it gives up). Anything else (epoch 0,
+    /// which is unauthenticated; a retransmitted Finished; a request past the bound) is dropped
+    /// and counted.
+    pub(super) fn open_handshake_record(&mut self, record: &RecordHeader<'_>) {
+        let Some(compact) = self.engine.compact_mut() else {
+            return;
+        };
+        if record.epoch() == 0 || record.content_type() != ContentType::Handshake {
+            self.stats.dropped_handshake_records += 1;
+            return;
+        }
+        let mut plain = record::take_buffer();
+        let opened = compact.layer.open(record, &mut plain);
+        // The DTLS handshake header is 12 bytes: a shorter record holds no whole message header.
+        let msg_type = (plain.len() >= crate::wire::HANDSHAKE_HEADER_LEN).then(|| plain[0]);
+        record::give_buffer(plain);
+        if let Err(e) = opened {
+            self.count_open_error(e, record);
+            return;
+        }
+        let request = match self.role {
+            Role::Server => msg_type == Some(CLIENT_HELLO),
+            Role::Client => msg_type == Some(HELLO_REQUEST),
+        };
+        if !request || compact.renegotiation_refusals >= MAX_RENEGOTIATION_REFUSALS {
+            self.stats.dropped_handshake_records += 1;
+            return;
+        }
+        compact.renegotiation_refusals += 1;
+        self.stats.renegotiations_refused += 1;
+        log::debug!("{:?}: refused a renegotiation", self.peer);
+        let _ = self.send_compact(ContentType::Alert, &[1, NO_RENEGOTIATION]);
+    }
+
+    /// Counts a record the compact layer did not open.
+    pub(super) fn count_open_error(&mut self, e: OpenError, record: &RecordHeader<'_>) {
+        let overhead = self
+            .engine
+            .compact()
+            .map_or(0, |c| c.layer.aead().overhead());
+        match e {
+            OpenError::Replayed | OpenError::TooOld => self.stats.dropped_replayed_records += 1,
+            OpenError::Malformed if record.fragment().len() < overhead => {
+                self.stats.dropped_short_records += 1
+            }
+            OpenError::Malformed | OpenError::Unauthenticated => {
+                self.stats.dropped_unauthenticated_records += 1
+            }
+        }
+    }
+
+    /// Compact mode: authenticates one epoch-1 application or alert record and acts on it.
+    pub(super) fn open_record(&mut self, record: &RecordHeader<'_>) {
+        let Some(compact) = self.engine.compact_mut() else {
+            return;
+        };
+        let mut plain = record::take_buffer();
+        let opened = compact.layer.open(record, &mut plain);
+        let content_type = match opened {
+            Ok(t) => {
+                self.authenticated += 1;
+                t
+            }
+            Err(e) => {
+                record::give_buffer(plain);
+                self.count_open_error(e, record);
+                return;
+            }
+        };
+        match content_type {
+            ContentType::ApplicationData => {
+                // Authenticated application data proves the peer completed its handshake: the
+                // lingering `SSL` is no longer needed to answer its final flight.
+                if self.engine.is_lingering() {
+                    self.hand_off();
+                }
+                self.push_received_buffer(plain)
+            }
+            ContentType::Alert => {
+                let alert = (plain.len() == 2).then(|| Alert {
+                    level: plain[0],
+                    description: plain[1],
+                });
+                record::give_buffer(plain);
+                if alert.is_none() {
+                    // An authenticated alert that is not two bytes long: RFC 5246 §7.2 makes
+                    // that a decode_error.
+                    self.send_fatal_alert(Alert::DECODE_ERROR, "malformed alert record");
+                    return;
+                }
+                match alert {
+                    Some(a) if a.description == Alert::CLOSE_NOTIFY => {
+                        log::debug!("peer {:?} sent close_notify", self.peer);
+                        self.closed_by_peer = true;
+                        if self.state == SessionState::Established {
+                            self.shutdown();
+                        }
+                        self.state = SessionState::Closed;
+                        self.retransmit_at = None;
+                        self.hand_off(); // a lingering SSL has nothing left to answer
+                    }
+                    Some(a) if a.is_fatal() => {
+                        log::debug!("peer {:?} sent {a}", self.peer);
+                        self.fail(Error::PeerAlert(a));
+                    }
+                    Some(a) if a.level != 1 => {
+                        // Neither warning(1) nor fatal(2): OpenSSL answers illegal_parameter.
+                        self.send_fatal_alert(Alert::ILLEGAL_PARAMETER, "unknown alert level");
+                    }
+                    Some(_) | None => {} // warnings (user_canceled, ...): nothing to do
+                }
+            }
+            _ => record::give_buffer(plain),
+        }
+    }
+
+    /// Compact mode: sends a fatal alert and fails the session with [`Error::LocalAlert`].
+    pub(super) fn send_fatal_alert(&mut self, description: u8, reason: &str) {
+        let alert = Alert {
+            level: 2,
+            description,
+        };
+        let _ = self.send_compact(ContentType::Alert, &[alert.level, alert.description]);
+        log::debug!("{:?}: sent {alert}: {reason}", self.peer);
+        self.fail(Error::LocalAlert {
+            alert,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Compact mode: seals one record and queues it as a datagram.
+    pub(super) fn send_compact(&mut self, content_type: ContentType, data: &[u8]) -> Result<()> {
+        if self.engine.openssl().is_some() {
+            // Never two writers: the compact layer seals only after OpenSSL is gone and the
+            // write sequence continues after its last record.
+            self.hand_off();
+        }
+        let Some(compact) = self.engine.compact_mut() else {
+            return Err(Error::Closed);
+        };
+        if compact.outbound.len() >= self.config.send_queue {
+            self.stats.send_dropped += 1;
+            return Ok(()); // as if lost on the network, like OpenSSL's path
+        }
+        let mut datagram = record::take_buffer();
+        match compact.layer.seal(content_type, data, &mut datagram) {
+            Ok(()) => {
+                compact.outbound.push_back(datagram);
+                if content_type == ContentType::ApplicationData {
+                    self.stats.app_out += 1;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                record::give_buffer(datagram);
+                let error = match e {
+                    SealError::SequenceExhausted => Error::SequenceExhausted,
+                    SealError::TooLong => Error::PayloadTooLarge {
+                        len: data.len(),
+                        max: self.data_mtu,
+                    },
+                    SealError::Cipher => Error::Ssl(ErrorStack::get()),
+                };
+                if matches!(error, Error::SequenceExhausted)
+                    && content_type == ContentType::ApplicationData
+                {
+                    // Close with the sequence number kept for it, then fail: the connection
+                    // must be re-established (RFC 6347 §4.1).
+                    log::warn!("{:?}: record sequence numbers used up", self.peer);
+                    self.shutdown();
+                    self.fail(Error::SequenceExhausted);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Queues a received plaintext buffer (compact mode), within the receive limits.
+    pub(super) fn push_received_buffer(&mut self, data: Vec<u8>) {
+        if data.is_empty() {
+            record::give_buffer(data);
+            return;
+        }
+        // Pooled buffers may be larger than their contents: count what they hold in memory.
+        if self.received.len() >= self.config.recv_queue
+            || self.received_bytes + data.capacity() > self.config.recv_queue_bytes
+        {
+            self.stats.recv_dropped += 1;
+            record::give_buffer(data);
+            return;
+        }
+        self.received_bytes += data.capacity();
+        self.received.push_back(data);
+        self.stats.app_in += 1;
+    }
+}

@@ -1,0 +1,174 @@
+//! What a session reports about itself: its state, the handshake's facts (from the `SSL`, or
+//! from [`SslFacts`] once it is freed), its configuration and counters.
+
+use super::*;
+
+impl Session {
+    /// Which side of the handshake this session plays.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Where the session is in its life.
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// Whether the handshake completed and the session is not closed or failed.
+    pub fn is_established(&self) -> bool {
+        self.state == SessionState::Established
+    }
+
+    /// Whether the handshake is still running.
+    pub fn is_handshaking(&self) -> bool {
+        self.state == SessionState::Handshaking
+    }
+
+    /// The error that failed the session, if it failed.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// Whether the peer closed the session with `close_notify`.
+    pub fn closed_by_peer(&self) -> bool {
+        self.closed_by_peer
+    }
+
+    /// The negotiated protocol version, e.g. `"DTLSv1.2"`, once established (`SSL_get_version`).
+    #[doc(alias = "SSL_get_version")]
+    pub fn protocol_version(&self) -> Option<&'static str> {
+        if self.state == SessionState::Handshaking {
+            return None;
+        }
+        match (self.engine.ssl(), self.facts()) {
+            (Some(ssl), _) => Some(ssl.version_str()),
+            (None, facts) => facts.map(|f| f.version),
+        }
+    }
+
+    pub(super) fn facts(&self) -> Option<&SslFacts> {
+        self.engine.compact().and_then(|c| c.facts.as_deref())
+    }
+
+    /// The negotiated cipher's OpenSSL name, e.g. `"PSK-AES128-CCM8"` (`SSL_get_current_cipher`).
+    #[doc(alias = "SSL_get_current_cipher")]
+    pub fn cipher(&self) -> Option<&'static str> {
+        match self.engine.ssl() {
+            Some(ssl) => ssl.current_cipher().map(|c| c.name()),
+            None => self.facts().and_then(|f| f.cipher),
+        }
+    }
+
+    /// The negotiated cipher's IANA name, e.g. `"TLS_PSK_WITH_AES_128_CCM_8"`.
+    #[doc(alias = "SSL_CIPHER_standard_name")]
+    pub fn cipher_standard_name(&self) -> Option<&'static str> {
+        match self.engine.ssl() {
+            Some(ssl) => ssl.current_cipher().and_then(|c| c.standard_name()),
+            None => self.facts().and_then(|f| f.cipher_standard_name),
+        }
+    }
+
+    /// The PSK identity used, if the handshake used a PSK suite (`SSL_get_psk_identity`).
+    #[doc(alias = "SSL_get_psk_identity")]
+    pub fn psk_identity(&self) -> Option<&[u8]> {
+        match self.engine.ssl() {
+            Some(ssl) => ssl.psk_identity(),
+            None => self.facts().and_then(|f| f.psk_identity.as_deref()),
+        }
+    }
+
+    /// The peer's certificate, if it sent one (`SSL_get1_peer_certificate`).
+    #[doc(alias = "SSL_get1_peer_certificate")]
+    pub fn peer_certificate(&self) -> Option<X509> {
+        match self.engine.ssl() {
+            Some(ssl) => ssl.peer_certificate(),
+            None => self.facts().and_then(|f| f.peer_certificate.clone()),
+        }
+    }
+
+    /// The ALPN protocol agreed, if any (`SSL_get0_alpn_selected`).
+    #[doc(alias = "SSL_get0_alpn_selected")]
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match self.engine.ssl() {
+            Some(ssl) => ssl.selected_alpn_protocol(),
+            None => self.facts().and_then(|f| f.alpn.as_deref()),
+        }
+    }
+
+    /// The server name (SNI) the client asked for (`SSL_get_servername`).
+    #[doc(alias = "SSL_get_servername")]
+    pub fn server_name(&self) -> Option<&str> {
+        match self.engine.ssl() {
+            Some(ssl) => ssl.servername(openssl::ssl::NameType::HOST_NAME),
+            None => self.facts().and_then(|f| f.server_name.as_deref()),
+        }
+    }
+
+    /// The largest application payload [`send`](Self::send) accepts: what fits one record in
+    /// one datagram at this MTU and cipher (`DTLS_get_data_mtu`); 0 before the handshake.
+    #[doc(alias = "DTLS_get_data_mtu")]
+    pub fn data_mtu(&self) -> usize {
+        self.data_mtu
+    }
+
+    /// The link MTU: the largest datagram this session emits.
+    pub fn mtu(&self) -> usize {
+        self.config.mtu
+    }
+
+    /// The peer's address, if known.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// Records the peer's address (used in logs and by the cookie callbacks).
+    pub fn set_peer_addr(&mut self, peer: SocketAddr) {
+        self.peer = Some(peer);
+        if self.engine.openssl().is_some() {
+            self.bio_mut().peer = Some(peer);
+        }
+    }
+
+    /// Counters of this session.
+    pub fn stats(&self) -> SessionStats {
+        let mut stats = self.stats;
+        if self.engine.openssl().is_some() {
+            stats.retransmits = self.bio_ref().timeouts;
+        }
+        stats
+    }
+
+    /// The configuration the session runs with.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The underlying OpenSSL object, for queries this API does not cover; `None` once a
+    /// compact session handed off and freed it ([`is_compact`](Self::is_compact)).
+    pub fn ssl(&self) -> Option<&SslRef> {
+        self.engine.ssl()
+    }
+
+    /// Whether the connection runs on the compact record layer with its `SSL` freed
+    /// ([`SessionConfig::compact`]).
+    pub fn is_compact(&self) -> bool {
+        matches!(self.engine, Engine::Compact(_))
+    }
+
+    /// Whether compact mode has taken over the record layer's receiving side but still keeps
+    /// the `SSL` (lingering to answer a retransmitted final flight).
+    pub fn is_lingering(&self) -> bool {
+        self.engine.is_lingering()
+    }
+
+    /// The ClientHello random of this session's handshake.
+    pub(crate) fn client_random(&self) -> Option<[u8; 32]> {
+        match (self.engine.ssl(), self.facts()) {
+            (Some(ssl), _) => {
+                let mut random = [0u8; 32];
+                (ssl.client_random(&mut random) == 32).then_some(random)
+            }
+            (None, facts) => facts.map(|f| f.client_random),
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! What a session keeps away from OpenSSL, record by record: records of later epochs, epoch-1
+//! records beyond the handshake's budget, records too short for the suite's nonce and tag, and
+//! (with [`crate::plaintext`]) unauthenticated plaintext during the handshake.
+
+use super::*;
+
+/// Epoch-1 records a handshake gives OpenSSL before OpenSSL has read the peer's
+/// ChangeCipherSpec. OpenSSL keeps each epoch-1 record that arrives before it can decrypt it, a
+/// full ≈ 18 KB read buffer apiece, up to 100 (≈ 1.8 MB): what a hostile peer past the cookie
+/// exchange would fill. A genuine peer sends its ChangeCipherSpec just before its Finished, so
+/// only reordering or loss puts one of its epoch-1 records here.
+///
+/// Of these, at most [`MAX_HANDSHAKE_EPOCH1_ALONE`] may arrive in datagrams without a
+/// ChangeCipherSpec before them; the rest are kept for records that follow one in the same
+/// datagram (a flight sent as one datagram). Once OpenSSL has read the ChangeCipherSpec,
+/// epoch-1 records are decrypted (or dropped) at once and pass freely: an off-path attacker who
+/// spends the budget with forged records delays a handshake by one retransmission at most.
+pub const MAX_HANDSHAKE_EPOCH1_RECORDS: usize = 12;
+
+/// Epoch-1 records before OpenSSL has read the peer's ChangeCipherSpec that may arrive without
+/// one before them in their datagram (see [`MAX_HANDSHAKE_EPOCH1_RECORDS`]).
+pub const MAX_HANDSHAKE_EPOCH1_ALONE: usize = 8;
+
+/// Decides, record by record, which records of one datagram OpenSSL may see: never epoch 2 or
+/// later; during the handshake, until OpenSSL has read the peer's ChangeCipherSpec, epoch-1
+/// records within [`MAX_HANDSHAKE_EPOCH1_ALONE`] / [`MAX_HANDSHAKE_EPOCH1_RECORDS`].
+pub(super) struct EpochFilter {
+    /// Whether epoch-1 records are limited (handshaking, ChangeCipherSpec not read yet).
+    pub(super) limited: bool,
+    /// Epoch-1 records given to OpenSSL in this handshake before this datagram.
+    pub(super) used: usize,
+    /// A ChangeCipherSpec came earlier in this datagram.
+    pub(super) ccs: Cell<bool>,
+    /// Epoch-1 records of this datagram let through while limited.
+    pub(super) passed: Cell<usize>,
+    /// Records of this datagram kept away from OpenSSL.
+    pub(super) dropped: Cell<u64>,
+}
+
+impl EpochFilter {
+    /// Whether `epoch1` more epoch-1 records (with no ChangeCipherSpec) would be over the limit.
+    pub(super) fn limits(&self, epoch1: usize) -> bool {
+        self.limited && self.used + epoch1 > MAX_HANDSHAKE_EPOCH1_ALONE
+    }
+
+    pub(super) fn keep(&self, r: &RecordHeader<'_>) -> bool {
+        let keep = match r.epoch() {
+            0 => {
+                if r.content_type() == ContentType::ChangeCipherSpec {
+                    self.ccs.set(true);
+                }
+                true
+            }
+            1 if !self.limited => true,
+            1 => {
+                let cap = if self.ccs.get() {
+                    MAX_HANDSHAKE_EPOCH1_RECORDS
+                } else {
+                    MAX_HANDSHAKE_EPOCH1_ALONE
+                };
+                let ok = self.used + self.passed.get() < cap;
+                if ok {
+                    self.passed.set(self.passed.get() + 1);
+                }
+                ok
+            }
+            _ => false,
+        };
+        if !keep {
+            self.dropped.set(self.dropped.get() + 1);
+        }
+        keep
+    }
+}
+
+/// The shortest protected record an AEAD suite produces: explicit nonce plus tag (RFC 5288,
+/// RFC 6655, RFC 7905). 0 for anything else (no check).
+pub(super) fn min_protected_len(cipher: &str) -> usize {
+    if cipher.contains("CHACHA20") || cipher.ends_with("CCM8") {
+        16 // ChaCha20: no explicit nonce, 16-byte tag; CCM8: 8-byte nonce, 8-byte tag
+    } else if cipher.contains("GCM") || cipher.ends_with("CCM") {
+        24 // 8-byte explicit nonce, 16-byte tag
+    } else {
+        0
+    }
+}
+
+/// The numbers of epoch-1 records and of records of epoch 2 or later in `datagram`.
+pub(super) fn count_protected(datagram: &[u8]) -> (usize, usize) {
+    let mut counts = (0, 0);
+    for r in crate::wire::records(datagram).flatten() {
+        match r.epoch() {
+            0 => {}
+            1 => counts.0 += 1,
+            _ => counts.1 += 1,
+        }
+    }
+    counts
+}
+
+/// Whether a handshaking session gives `record` to OpenSSL (see
+/// [`Session::screen_plaintext`]); `hello_verify_ok`: a well-formed HelloVerifyRequest is in
+/// place.
+pub(super) fn passes_screen(record: &RecordHeader<'_>, hello_verify_ok: bool) -> bool {
+    match plaintext::screen(record) {
+        Screen::Feed => true,
+        Screen::Alert(_) => false,
+        Screen::HelloVerifyRequest { well_formed } => hello_verify_ok && well_formed,
+    }
+}
+
+/// Whether `datagram` holds an epoch ≥ 1 record shorter than `min`.
+pub(super) fn has_short_protected_record(datagram: &[u8], min: usize) -> bool {
+    crate::wire::records(datagram)
+        .flatten()
+        .any(|r| r.epoch() >= 1 && r.fragment().len() < min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aead_minimum_record_lengths_follow_the_suites() {
+        assert_eq!(min_protected_len("PSK-AES128-CCM8"), 16);
+        assert_eq!(min_protected_len("ECDHE-PSK-CHACHA20-POLY1305"), 16);
+        assert_eq!(min_protected_len("PSK-AES128-GCM-SHA256"), 24);
+        assert_eq!(min_protected_len("PSK-AES256-CCM"), 24);
+        assert_eq!(min_protected_len("ECDHE-ECDSA-AES128-GCM-SHA256"), 24);
+        assert_eq!(min_protected_len("PSK-AES128-CBC-SHA256"), 0);
+    }
+
+    #[test]
+    fn short_protected_records_are_recognised_by_epoch_and_length() {
+        let mut record = vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 7, 0, 20];
+        record.extend_from_slice(&[0u8; 20]);
+        assert!(has_short_protected_record(&record, 24));
+        assert!(!has_short_protected_record(&record, 16));
+        record[4] = 0; // epoch 0: plaintext, not checked
+        assert!(!has_short_protected_record(&record, 24));
+    }
+}

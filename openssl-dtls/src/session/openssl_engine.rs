@@ -1,0 +1,441 @@
+//! The OpenSSL engine of a session: setting up the `SSL`, feeding it datagrams (through the
+//! filters), running the handshake and reading records, classifying its errors, its
+//! retransmission timer.
+
+use super::*;
+
+/// Sets up `ssl` the way every session needs it: DTLS 1.2 minimum, no renegotiation, no
+/// compression, `SSL_OP_NO_QUERY_MTU` with the configured link MTU, and our datagram BIO with the
+/// retransmission timer and alert callbacks. Returns the BIO's state.
+pub(crate) fn configure_ssl(ssl: &mut SslRef, config: &SessionConfig) -> Result<BioHandle> {
+    config.validate()?;
+    ssl.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
+    let options =
+        SslOptions::NO_QUERY_MTU | SslOptions::NO_RENEGOTIATION | SslOptions::NO_COMPRESSION;
+    ssl::set_options(ssl, options.bits());
+    let timer = TimerSettings {
+        initial: config.retransmit_initial,
+        max: config.retransmit_max,
+    };
+    let mut bio = bio::attach(ssl, config.mtu, config.send_queue, timer)?;
+    bio.get_mut().track_epoch1 = config.compact;
+    // It fails for values below OpenSSL's minimum, which validate() excludes.
+    if !ssl::set_link_mtu(ssl, config.mtu) {
+        return Err(Error::Config(ConfigError::OutOfRange {
+            setting: "mtu",
+            value: config.mtu as u64,
+            allowed: "at least OpenSSL's DTLS_get_link_min_mtu",
+        }));
+    }
+    // No record we send carries more plaintext than fits one datagram (handshake fragments and
+    // application data are both capped by the MTU), so size OpenSSL's write buffer to it:
+    // ≈ 1.5 KB instead of ≈ 17 KB per connection. OpenSSL accepts 512 to 16384.
+    let fragment = config.mtu.clamp(512, MAX_PLAINTEXT);
+    ssl::set_max_send_fragment(ssl, fragment);
+    Ok(bio)
+}
+
+impl Session {
+    /// The OpenSSL side. Only called on paths that run while the `SSL` exists (handshaking,
+    /// or established on OpenSSL's record layer, or lingering).
+    pub(super) fn openssl(&self) -> &OpenSsl {
+        self.engine
+            .openssl()
+            .expect("a session has its SSL until the hand-off")
+    }
+
+    pub(super) fn openssl_mut(&mut self) -> &mut OpenSsl {
+        self.engine
+            .openssl_mut()
+            .expect("a session has its SSL until the hand-off")
+    }
+
+    pub(super) fn ssl_mut(&mut self) -> &mut SslRef {
+        &mut self.openssl_mut().ssl
+    }
+
+    /// The BIO state. Never hold the reference across a call into OpenSSL on this `SSL`.
+    pub(super) fn bio_mut(&mut self) -> &mut BioState {
+        self.openssl_mut().bio.get_mut()
+    }
+
+    pub(super) fn bio_ref(&self) -> &BioState {
+        self.openssl().bio.get()
+    }
+
+    /// The filter that keeps records OpenSSL would buffer away from it (see
+    /// [`MAX_HANDSHAKE_EPOCH1_RECORDS`]).
+    pub(super) fn epoch_filter(&self) -> EpochFilter {
+        EpochFilter {
+            limited: self.state == SessionState::Handshaking && !self.peer_ccs_read,
+            used: self.handshake_epoch1,
+            ccs: Cell::new(false),
+            passed: Cell::new(0),
+            dropped: Cell::new(0),
+        }
+    }
+
+    /// Books what `filter` let through and dropped.
+    pub(super) fn settle_filter(&mut self, filter: &EpochFilter) {
+        self.stats.dropped_excess_records += filter.dropped.get();
+        if filter.limited {
+            self.handshake_epoch1 += filter.passed.get();
+        }
+    }
+
+    pub(super) fn charge_epoch1(&mut self, n: usize) {
+        if self.state == SessionState::Handshaking && !self.peer_ccs_read {
+            self.handshake_epoch1 += n;
+        }
+    }
+
+    /// Gives `datagram` to OpenSSL (only the records `keep` accepts, if given) and runs the
+    /// handshake or reads records.
+    pub(super) fn feed_openssl(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        keep: Option<&dyn Fn(&RecordHeader<'_>) -> bool>,
+    ) {
+        let handshaking = self.state == SessionState::Handshaking;
+        let ssl_state = ssl::state(&self.openssl().ssl);
+        let screened = if handshaking {
+            self.screen_plaintext(now, datagram, keep, ssl_state)
+        } else {
+            None
+        };
+        let st = self.bio_mut();
+        st.now = Some(now);
+        match (screened, keep) {
+            (Some(hello_verify_ok), keep) => st.set_inbound_filtered(datagram, |r| {
+                keep.is_none_or(|keep| keep(r)) && passes_screen(r, hello_verify_ok)
+            }),
+            (None, Some(keep)) => st.set_inbound_filtered(datagram, keep),
+            (None, None) => st.set_inbound(datagram),
+        }
+        if !st.has_inbound() {
+            st.clear_inbound();
+            return; // everything was screened out: OpenSSL has nothing to read
+        }
+        st.coalesce = true; // a retransmitted Finished makes OpenSSL retransmit its flight
+                            // Whether OpenSSL is given an epoch-1 handshake record (the peer's Finished).
+        let fed_finished = crate::wire::records(st.inbound())
+            .flatten()
+            .any(|r| r.epoch() == 1 && r.content_type() == ContentType::Handshake);
+        let before = (self.state, self.handshake_state());
+        self.drive(now);
+        let after = (self.state, self.handshake_state());
+        let progressed = match before.0 {
+            SessionState::Handshaking => after != before,
+            _ => false,
+        };
+        if progressed {
+            self.authenticated += 1; // handshake progress
+        }
+        if after.0 == SessionState::Handshaking
+            && matches!(
+                after.1,
+                dffi::TLS_ST_CR_CHANGE | dffi::TLS_ST_SR_CHANGE | dffi::TLS_ST_SR_FINISHED
+            )
+        {
+            self.peer_ccs_read = true;
+        }
+        if handshaking && self.engine.openssl().is_some() && self.held_alert.is_some() {
+            let after = ssl::state(&self.openssl().ssl);
+            if self.held_alert.is_some_and(|h| h.ssl_state != after) {
+                log::debug!(
+                    "{:?}: the handshake moved on; the held alert was not the peer's last word",
+                    self.peer
+                );
+                self.held_alert = None;
+            }
+        }
+        if self.engine.openssl().is_some() {
+            let st = self.bio_mut();
+            st.coalesce = false;
+            st.clear_inbound();
+            if self.role == Role::Server && self.state == SessionState::Handshaking && fed_finished
+            {
+                self.check_finished_authenticated();
+            }
+        }
+        self.feed_early_to_openssl(now);
+    }
+
+    /// During the handshake: counts and holds epoch-0 alerts and drops out-of-place
+    /// HelloVerifyRequests (see [`crate::plaintext`]). Returns `None` if every record may go to
+    /// OpenSSL, else `Some(hello_verify_ok)` for [`passes_screen`]: the filter to feed with.
+    pub(super) fn screen_plaintext(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        keep: Option<&dyn Fn(&RecordHeader<'_>) -> bool>,
+        ssl_state: c_int,
+    ) -> Option<bool> {
+        // RFC 6347 §4.2.1: a HelloVerifyRequest answers the client's first ClientHello only.
+        let hello_verify_ok = self.role == Role::Client
+            && ssl_state == dffi::TLS_ST_CW_CLNT_HELLO
+            && !self.hello_verify_accepted;
+        let mut screened = false;
+        for record in crate::wire::records(datagram).flatten() {
+            // Only plaintext records are screened; `keep` sees each protected record once, when
+            // the datagram is queued for OpenSSL (it counts them).
+            if record.epoch() != 0 || keep.is_some_and(|keep| !keep(&record)) {
+                continue;
+            }
+            match plaintext::screen(&record) {
+                Screen::Feed => {}
+                Screen::Alert(alert) => {
+                    screened = true;
+                    self.stats.held_alerts += 1;
+                    let Some(alert) = alert.filter(Alert::is_fatal) else {
+                        log::debug!(
+                            "{:?}: dropped an unauthenticated warning alert during the handshake",
+                            self.peer
+                        );
+                        continue;
+                    };
+                    // At least one initial retransmission interval for the handshake to show
+                    // progress, and no less than until our next retransmission.
+                    let fail_at = self
+                        .retransmit_at
+                        .unwrap_or(now)
+                        .max(now + self.config.retransmit_initial);
+                    log::debug!(
+                        "{:?}: holding unauthenticated {alert} until {:?} from now",
+                        self.peer,
+                        fail_at - now
+                    );
+                    self.held_alert = Some(HeldAlert {
+                        alert,
+                        ssl_state,
+                        fail_at,
+                    });
+                }
+                Screen::HelloVerifyRequest { well_formed } => {
+                    if hello_verify_ok && well_formed {
+                        self.hello_verify_accepted = true;
+                    } else {
+                        screened = true;
+                        self.stats.dropped_hello_verify_requests += 1;
+                        log::debug!(
+                            "{:?}: dropped an out-of-place or malformed HelloVerifyRequest",
+                            self.peer
+                        );
+                    }
+                }
+            }
+        }
+        screened.then_some(hello_verify_ok)
+    }
+
+    /// A server that has read the client's ChangeCipherSpec (`TLS_ST_SR_CHANGE`) can receive
+    /// only one epoch-1 record before it sends its own Finished: the client's Finished. If one
+    /// arrived and the state did not advance, OpenSSL dropped it as unauthenticated (RFC 6347
+    /// §4.1.2.7): the two sides derived different keys, which with PSK means a wrong key. Rather
+    /// than wait out every retransmission, fail now with `decrypt_error` and tell the client in
+    /// the clear (our write epoch is still 0), as TLS would (RFC 5246 §7.4.9).
+    pub(super) fn check_finished_authenticated(&mut self) {
+        if ssl::state(&self.openssl().ssl) != dffi::TLS_ST_SR_CHANGE {
+            return;
+        }
+        let alert = Alert {
+            level: 2,
+            description: Alert::DECRYPT_ERROR,
+        };
+        let st = self.bio_mut();
+        let seq = st.epoch0_next_seq.to_be_bytes();
+        let mut record = [0u8; 15];
+        record[0] = 21; // alert
+        record[1..3].copy_from_slice(&[0xfe, 0xfd]);
+        // epoch 0 (bytes 3..5), 48-bit sequence number
+        record[5..11].copy_from_slice(&seq[2..8]);
+        record[11..13].copy_from_slice(&2u16.to_be_bytes());
+        record[13] = alert.level;
+        record[14] = alert.description;
+        st.push_outbound(&record);
+        st.alert_sent = Some(alert);
+        log::debug!(
+            "the client's Finished from {:?} did not authenticate: wrong key?",
+            self.peer
+        );
+        self.fail(Error::LocalAlert {
+            alert,
+            reason: "the peer's Finished message did not authenticate: the two sides derived different keys".to_owned(),
+        });
+    }
+
+    /// OpenSSL's handshake state (`SSL_get_state`), or -1 without an `SSL`.
+    pub(super) fn handshake_state(&self) -> c_int {
+        match self.engine.ssl() {
+            Some(ssl) => ssl::state(ssl),
+            None => -1,
+        }
+    }
+
+    pub(super) fn shutdown(&mut self) {
+        if self.engine.openssl().is_none() {
+            let alert = [1, Alert::CLOSE_NOTIFY]; // warning, close_notify
+            let _ = self.send_compact(ContentType::Alert, &alert);
+            return;
+        }
+        ssl::shutdown(&self.openssl().ssl);
+    }
+
+    /// Runs the handshake or reads records until OpenSSL wants another datagram.
+    pub(super) fn drive(&mut self, now: Instant) {
+        loop {
+            match self.state {
+                SessionState::Handshaking => {
+                    let r = ssl::do_handshake(&self.openssl().ssl);
+                    if r == 1 {
+                        self.on_established(now);
+                        continue;
+                    }
+                    if !self.on_ssl_error(r) {
+                        break;
+                    }
+                }
+                SessionState::Established if self.engine.openssl().is_none() => break,
+                SessionState::Established => {
+                    let mut scratch = [0u8; MAX_PLAINTEXT];
+                    let (r, n) = ssl::read(&self.openssl().ssl, &mut scratch);
+                    if r == 1 {
+                        self.push_received(&scratch[..n]);
+                        continue;
+                    }
+                    if !self.on_ssl_error(r) {
+                        break;
+                    }
+                }
+                SessionState::Closed | SessionState::Failed => break,
+            }
+        }
+        ssl::clear_errors(); // noise (dropped records) must not linger in the queue
+        self.update_timer(now);
+    }
+
+    /// Classifies a failed `SSL_*` return. Returns `true` if the caller may continue the loop
+    /// (never, today: every outcome ends it), `false` when it should stop.
+    pub(super) fn on_ssl_error(&mut self, r: c_int) -> bool {
+        let code = ssl::get_error(&self.openssl().ssl, r);
+        match code {
+            ffi::SSL_ERROR_WANT_READ | ffi::SSL_ERROR_WANT_WRITE => false,
+            ffi::SSL_ERROR_ZERO_RETURN => {
+                log::debug!("peer {:?} sent close_notify", self.peer);
+                self.closed_by_peer = true;
+                if self.state == SessionState::Established {
+                    self.shutdown();
+                }
+                self.state = SessionState::Closed;
+                self.retransmit_at = None;
+                false
+            }
+            _ => {
+                let stack = ErrorStack::get();
+                let st = self.bio_ref();
+                let error = if let Some(alert) = st.alert_received.filter(|a| a.is_fatal()) {
+                    Error::PeerAlert(alert)
+                } else if let Some(alert) = st.alert_sent.filter(|a| a.is_fatal()) {
+                    let verified = match self.engine.ssl() {
+                        Some(ssl) => crate::verify::failure(ssl, alert, stack),
+                        None => Err(stack),
+                    };
+                    match verified {
+                        Ok(failure) => Error::Verification(failure),
+                        Err(stack) => Error::LocalAlert {
+                            alert,
+                            reason: stack.to_string(),
+                        },
+                    }
+                } else {
+                    Error::Ssl(stack)
+                };
+                log::debug!("session with {:?} failed: {error}", self.peer);
+                self.fail(error);
+                false
+            }
+        }
+    }
+
+    pub(super) fn on_established(&mut self, now: Instant) {
+        self.state = SessionState::Established;
+        self.min_protected_len = self.cipher().map_or(0, min_protected_len);
+        self.data_mtu = ssl::data_mtu(&self.openssl().ssl);
+        log::debug!(
+            "handshake with {:?} complete: {} {} (data MTU {})",
+            self.peer,
+            self.protocol_version().unwrap_or("?"),
+            self.cipher().unwrap_or("?"),
+            self.data_mtu
+        );
+        if self.config.compact {
+            self.start_compact(now);
+        }
+    }
+
+    pub(super) fn push_received(&mut self, data: &[u8]) {
+        self.authenticated += 1; // OpenSSL returned it from SSL_read: it decrypted
+        if data.is_empty() {
+            return;
+        }
+        if self.received.len() >= self.config.recv_queue
+            || self.received_bytes + data.len() > self.config.recv_queue_bytes
+        {
+            self.stats.recv_dropped += 1;
+            return;
+        }
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.extend_from_slice(data);
+        self.received_bytes += buf.len();
+        self.received.push_back(buf);
+        self.stats.app_in += 1;
+    }
+
+    pub(super) fn update_timer(&mut self, now: Instant) {
+        if matches!(self.state, SessionState::Failed | SessionState::Closed)
+            || self.engine.openssl().is_none()
+        {
+            self.retransmit_at = None;
+            return;
+        }
+        self.retransmit_at = ssl::timeout(&self.openssl().ssl).map(|left| now + left);
+    }
+
+    /// Compact mode on a suite the compact layer cannot carry: the records withheld during the
+    /// handshake go to OpenSSL after all, once it is established.
+    pub(super) fn feed_early_to_openssl(&mut self, now: Instant) {
+        if self.early.is_empty()
+            || self.engine.compact().is_some()
+            || self.engine.openssl().is_none()
+            || self.state != SessionState::Established
+        {
+            return;
+        }
+        for raw in std::mem::take(&mut self.early) {
+            if self.state == SessionState::Established {
+                self.bio_mut().set_inbound(&raw);
+                self.drive(now);
+                if self.engine.openssl().is_some() {
+                    self.bio_mut().clear_inbound();
+                }
+            }
+            record::give_buffer(raw);
+        }
+    }
+
+    /// Fails a handshake that ran out of time: with the held unauthenticated alert if there is
+    /// one (the likeliest reason the peer went quiet), else [`Error::Timeout`].
+    pub(super) fn fail_handshake_timeout(&mut self, phase: TimeoutPhase) {
+        match self.held_alert.take() {
+            Some(held) => {
+                log::debug!("{:?}: failing with the held {}", self.peer, held.alert);
+                self.fail(Error::PeerAlert(held.alert));
+            }
+            None => self.fail(Error::Timeout {
+                peer: self.peer,
+                phase,
+            }),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! A session's counters ([`SessionStats`]).
+
+#[cfg(doc)]
+use super::{Session, MAX_HANDSHAKE_EPOCH1_RECORDS, MAX_RENEGOTIATION_REFUSALS};
+
+/// Counters of one session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// Datagrams passed to [`Session::handle_datagram`].
+    pub datagrams_in: u64,
+    /// Datagrams returned by [`Session::poll_transmit`].
+    pub datagrams_out: u64,
+    /// Application datagrams delivered to [`Session::recv`].
+    pub app_in: u64,
+    /// Application datagrams accepted by [`Session::send`].
+    pub app_out: u64,
+    /// Received application datagrams dropped because the receive queue was full.
+    pub recv_dropped: u64,
+    /// Outgoing datagrams dropped (send queue full, or larger than the transmit buffer).
+    pub send_dropped: u64,
+    /// Retransmission timeouts that fired.
+    pub retransmits: u32,
+    /// Protected records dropped because they were shorter than the cipher's nonce plus tag.
+    pub dropped_short_records: u64,
+    /// Compact mode: records dropped as replays or as older than the 64-record window.
+    pub dropped_replayed_records: u64,
+    /// Compact mode: records dropped because they did not authenticate (forged, corrupted,
+    /// wrong epoch or version).
+    pub dropped_unauthenticated_records: u64,
+    /// Compact mode: handshake-layer records (a retransmitted final flight, a renegotiation
+    /// request) that arrived after the `SSL` was freed, and early records beyond the buffer.
+    pub dropped_handshake_records: u64,
+    /// Records kept from OpenSSL because it would buffer them (a full ≈ 18 KB read buffer each,
+    /// up to 100 per queue): records of epoch 2 or later (DTLS 1.2 without renegotiation never
+    /// uses them), and epoch-1 records during the handshake beyond
+    /// [`MAX_HANDSHAKE_EPOCH1_RECORDS`].
+    pub dropped_excess_records: u64,
+    /// Bytes of the datagrams passed to [`Session::handle_datagram`].
+    pub bytes_in: u64,
+    /// Bytes of the datagrams returned by [`Session::poll_transmit`].
+    pub bytes_out: u64,
+    /// Unauthenticated (epoch-0) alerts received during the handshake and kept from OpenSSL: a
+    /// fatal one is reported only if the handshake then stalls (see
+    /// [`Session::handle_timeout`]), so a spoofed alert cannot end it.
+    pub held_alerts: u64,
+    /// Compact mode, after the hand-off: authenticated renegotiation requests (a ClientHello to
+    /// a server, a HelloRequest to a client) answered with a `no_renegotiation` warning, as
+    /// OpenSSL does with `SSL_OP_NO_RENEGOTIATION`. Requests beyond
+    /// [`MAX_RENEGOTIATION_REFUSALS`] per connection are dropped and counted in
+    /// [`dropped_handshake_records`](Self::dropped_handshake_records).
+    pub renegotiations_refused: u64,
+    /// Records carrying a HelloVerifyRequest that was out of place (to a server, after the
+    /// client read a ServerHello or already answered one) or malformed: dropped before OpenSSL,
+    /// which would end the handshake with `unexpected_message`.
+    pub dropped_hello_verify_requests: u64,
+}
