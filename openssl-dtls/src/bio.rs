@@ -46,6 +46,9 @@ pub(crate) struct BioState {
     /// The datagram OpenSSL reads next (valid when `inbound_ready`).
     pub(crate) inbound: Vec<u8>,
     pub(crate) inbound_ready: bool,
+    /// A datagram lent for the duration of one feed instead of copied into `inbound`
+    /// ([`crate::ffi::bio::with_lent_inbound`]); read in place by the BIO's read callback.
+    pub(crate) lent: Option<(*const u8, usize)>,
     /// Datagrams OpenSSL wrote, oldest first.
     outbound: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
@@ -87,6 +90,7 @@ impl BioState {
     pub(crate) fn new(mtu: usize, max_outbound: usize, timer: TimerSettings) -> BioState {
         BioState {
             inbound: Vec::new(),
+            lent: None,
             inbound_ready: false,
             outbound: VecDeque::new(),
             spare: Vec::new(),
@@ -110,6 +114,7 @@ impl BioState {
 
     /// Queues `datagram` as the next thing OpenSSL reads, replacing any unread one.
     pub fn set_inbound(&mut self, datagram: &[u8]) {
+        self.lent = None;
         self.inbound.clear();
         self.inbound.extend_from_slice(datagram);
         self.inbound_ready = true;
@@ -127,6 +132,7 @@ impl BioState {
         datagram: &[u8],
         keep: impl Fn(&crate::wire::RecordHeader<'_>) -> bool,
     ) {
+        self.lent = None;
         self.inbound.clear();
         let mut offset = 0;
         for record in crate::wire::records(datagram) {
@@ -152,6 +158,7 @@ impl BioState {
 
     /// Discards an unread inbound datagram.
     pub fn clear_inbound(&mut self) {
+        self.lent = None;
         self.inbound_ready = false;
     }
 

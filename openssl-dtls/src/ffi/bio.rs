@@ -31,6 +31,27 @@ pub(crate) struct BioHandle(*mut BioState);
 // and moves with it.
 unsafe impl Send for BioHandle {}
 
+/// Runs `f` with `datagram` as OpenSSL's next read on the BIO of `bio`, lent in place instead
+/// of copied (the established path's input goes from the caller's buffer straight into
+/// OpenSSL's).
+///
+/// `f` may free the `SSL` (a compact hand-off), and with it the state: so the loan is not
+/// withdrawn here. The caller withdraws it after `f` with `BioState::clear_inbound` if the `SSL`
+/// still exists; every `set_inbound*` and `clear_inbound` also drops any loan. The lent pointer
+/// is read only by our read callback, inside an OpenSSL call that `f` makes, while `datagram`
+/// is borrowed by this function.
+pub(crate) fn with_lent_inbound<R>(
+    mut bio: BioHandle,
+    datagram: &[u8],
+    f: impl FnOnce() -> R,
+) -> R {
+    let st = bio.get_mut();
+    st.inbound.clear();
+    st.lent = Some((datagram.as_ptr(), datagram.len()));
+    st.inbound_ready = true;
+    f()
+}
+
 impl BioHandle {
     /// Shared access to the state. Never keep the reference across a call into OpenSSL on the
     /// same `SSL`.
@@ -230,7 +251,21 @@ unsafe extern "C" fn bio_read(bio: *mut ffi::BIO, buf: *mut c_char, len: c_int) 
             } else {
                 std::slice::from_raw_parts_mut(buf.cast::<u8>(), len as usize)
             };
-            match (*state).read(out) {
+            let read = match (*state).lent {
+                // SAFETY: a lent datagram is alive for the whole `with_lent_inbound` call, and
+                // OpenSSL reads only inside it (the loan is withdrawn before it returns).
+                Some((ptr, n)) if (*state).inbound_ready => {
+                    let n = n.min(out.len());
+                    out[..n].copy_from_slice(std::slice::from_raw_parts(ptr, n));
+                    if !(*state).peek {
+                        (*state).inbound_ready = false;
+                    }
+                    Some(n)
+                }
+                Some(_) => None,
+                None => (*state).read(out),
+            };
+            match read {
                 Some(n) => n as c_int,
                 None => {
                     ffi::BIO_set_retry_read(bio);
@@ -286,7 +321,9 @@ unsafe extern "C" fn bio_ctrl(
                     state.peek = num != 0;
                     1
                 }
-                dffi::BIO_CTRL_PENDING if state.inbound_ready => state.inbound.len() as c_long,
+                dffi::BIO_CTRL_PENDING if state.inbound_ready => {
+                    state.lent.map_or(state.inbound.len(), |(_, n)| n) as c_long
+                }
                 dffi::BIO_CTRL_PENDING => 0,
                 dffi::BIO_CTRL_WPENDING => 0,
                 dffi::BIO_CTRL_FLUSH => 1,

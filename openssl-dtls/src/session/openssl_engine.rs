@@ -106,24 +106,43 @@ impl Session {
         };
         let st = self.bio_mut();
         st.now = Some(now);
-        match (screened, keep) {
-            (Some(hello_verify_ok), keep) => st.set_inbound_filtered(datagram, |r| {
-                keep.is_none_or(|keep| keep(r)) && passes_screen(r, hello_verify_ok)
-            }),
-            (None, Some(keep)) => st.set_inbound_filtered(datagram, keep),
-            (None, None) => st.set_inbound(datagram),
-        }
-        if !st.has_inbound() {
+        // The whole datagram is lent to OpenSSL in place; a filtered one is copied, records kept.
+        let lend = match (screened, keep) {
+            (Some(hello_verify_ok), keep) => {
+                st.set_inbound_filtered(datagram, |r| {
+                    keep.is_none_or(|keep| keep(r)) && passes_screen(r, hello_verify_ok)
+                });
+                false
+            }
+            (None, Some(keep)) => {
+                st.set_inbound_filtered(datagram, keep);
+                false
+            }
+            (None, None) => true,
+        };
+        if !lend && !st.has_inbound() {
             st.clear_inbound();
             return; // everything was screened out: OpenSSL has nothing to read
         }
         st.coalesce = true; // a retransmitted Finished makes OpenSSL retransmit its flight
-                            // Whether OpenSSL is given an epoch-1 handshake record (the peer's Finished).
-        let fed_finished = crate::wire::records(st.inbound())
+                            // A server mid-handshake: whether OpenSSL is given an epoch-1 handshake record (the
+                            // peer's Finished).
+        let fed_finished = self.role == Role::Server
+            && handshaking
+            && crate::wire::records(if lend {
+                datagram
+            } else {
+                self.bio_ref().inbound()
+            })
             .flatten()
             .any(|r| r.epoch() == 1 && r.content_type() == ContentType::Handshake);
         let before = (self.state, self.handshake_state());
-        self.drive(now);
+        if lend {
+            let bio = self.openssl().bio;
+            crate::ffi::bio::with_lent_inbound(bio, datagram, || self.drive(now));
+        } else {
+            self.drive(now);
+        }
         let after = (self.state, self.handshake_state());
         let progressed = match before.0 {
             SessionState::Handshaking => after != before,
