@@ -26,26 +26,13 @@ pub(crate) mod wire;
 /// Overwrites `buf` with zeros through `OPENSSL_cleanse`, which the optimizer cannot remove as a
 /// dead store: the one way this crate wipes key material (record keys, PSKs, cookie secrets).
 pub(crate) fn wipe(buf: &mut [u8]) {
-    if buf.is_empty() {
-        return;
-    }
-    // SAFETY: `buf` is a live, writable slice of exactly `buf.len()` bytes; OPENSSL_cleanse
-    // writes zeros to that range and nothing else.
-    unsafe { openssl_dtls_sys::OPENSSL_cleanse(buf.as_mut_ptr().cast(), buf.len()) }
+    ffi::evp::cleanse(buf);
 }
 
 /// Like [`wipe`], over the whole allocation of `buf` (its spare capacity too, where earlier
 /// contents may linger after a truncation), then empties it.
 pub(crate) fn wipe_vec(buf: &mut Vec<u8>) {
-    let capacity = buf.capacity();
-    if capacity == 0 {
-        return;
-    }
-    // SAFETY: `as_mut_ptr` points to an allocation of `capacity` bytes owned by `buf` (u8 has
-    // no drop glue, and writing zeros into spare capacity is allowed); the length is reset to 0
-    // afterwards, so no byte is read as initialised that was not before.
-    unsafe { openssl_dtls_sys::OPENSSL_cleanse(buf.as_mut_ptr().cast(), capacity) };
-    buf.clear();
+    ffi::evp::cleanse_vec(buf);
 }
 
 pub use crate::client::DtlsClient;

@@ -1,0 +1,247 @@
+//! The AEAD suites the compact layer carries and the cipher operations of one record: which
+//! OpenSSL cipher each suite uses, its key, IV, nonce and tag sizes, its per-record nonce, and
+//! sealing or opening one fragment on a keyed `EVP_CIPHER_CTX`.
+//!
+//! AES-GCM (RFC 5288) and AES-CCM / CCM-8 (RFC 6655) carry a 64-bit explicit nonce in each
+//! record after a 4-byte salt from the key block; ChaCha20-Poly1305 (RFC 7905) XORs the epoch
+//! and sequence number into its 12-byte IV.
+
+use openssl::cipher::{Cipher, CipherRef};
+use openssl::cipher_ctx::{CipherCtx, CipherCtxRef};
+use openssl::error::ErrorStack;
+
+/// The AEAD suites the compact layer can carry. Anything else (CBC suites) stays on OpenSSL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Aead {
+    /// AES-128-GCM (RFC 5288).
+    Aes128Gcm,
+    /// AES-256-GCM (RFC 5288).
+    Aes256Gcm,
+    /// AES-128-CCM with a 16-byte tag (RFC 6655).
+    Aes128Ccm,
+    /// AES-256-CCM with a 16-byte tag (RFC 6655).
+    Aes256Ccm,
+    /// AES-128-CCM with an 8-byte tag (RFC 6655).
+    Aes128Ccm8,
+    /// AES-256-CCM with an 8-byte tag (RFC 6655).
+    Aes256Ccm8,
+    /// ChaCha20-Poly1305 (RFC 7905).
+    ChaCha20Poly1305,
+}
+
+impl Aead {
+    /// The AEAD of an OpenSSL cipher-suite name, e.g. `"PSK-AES128-CCM8"`.
+    pub(crate) fn from_suite_name(name: &str) -> Option<Aead> {
+        // OpenSSL names end in the bulk cipher, optionally followed by the PRF digest.
+        let name = name
+            .strip_suffix("-SHA256")
+            .or_else(|| name.strip_suffix("-SHA384"))
+            .unwrap_or(name);
+        let aead = if name.ends_with("CHACHA20-POLY1305") {
+            Aead::ChaCha20Poly1305
+        } else if name.ends_with("AES128-GCM") {
+            Aead::Aes128Gcm
+        } else if name.ends_with("AES256-GCM") {
+            Aead::Aes256Gcm
+        } else if name.ends_with("AES128-CCM8") {
+            Aead::Aes128Ccm8
+        } else if name.ends_with("AES256-CCM8") {
+            Aead::Aes256Ccm8
+        } else if name.ends_with("AES128-CCM") {
+            Aead::Aes128Ccm
+        } else if name.ends_with("AES256-CCM") {
+            Aead::Aes256Ccm
+        } else {
+            return None;
+        };
+        // ARIA-GCM and CAMELLIA-GCM suites end in "-GCM" too but not in "AES128-GCM".
+        Some(aead)
+    }
+
+    /// OpenSSL's cipher for this AEAD.
+    fn cipher(self) -> &'static CipherRef {
+        match self {
+            Aead::Aes128Gcm => Cipher::aes_128_gcm(),
+            Aead::Aes256Gcm => Cipher::aes_256_gcm(),
+            Aead::Aes128Ccm | Aead::Aes128Ccm8 => Cipher::aes_128_ccm(),
+            Aead::Aes256Ccm | Aead::Aes256Ccm8 => Cipher::aes_256_ccm(),
+            Aead::ChaCha20Poly1305 => Cipher::chacha20_poly1305(),
+        }
+    }
+
+    /// Whether this is one of the CCM modes, which need the data length before the data.
+    fn is_ccm(self) -> bool {
+        matches!(
+            self,
+            Aead::Aes128Ccm | Aead::Aes256Ccm | Aead::Aes128Ccm8 | Aead::Aes256Ccm8
+        )
+    }
+
+    /// Bytes of key.
+    pub(crate) fn key_len(self) -> usize {
+        match self {
+            Aead::Aes128Gcm | Aead::Aes128Ccm | Aead::Aes128Ccm8 => 16,
+            _ => 32,
+        }
+    }
+
+    /// Bytes of the IV taken from the key block: the 4-byte salt of GCM and CCM, ChaCha20's
+    /// whole 12-byte IV.
+    pub(crate) fn fixed_iv_len(self) -> usize {
+        match self {
+            Aead::ChaCha20Poly1305 => 12,
+            _ => 4,
+        }
+    }
+
+    /// Bytes of explicit nonce at the start of each record's fragment.
+    pub(crate) fn explicit_nonce_len(self) -> usize {
+        match self {
+            Aead::ChaCha20Poly1305 => 0,
+            _ => 8,
+        }
+    }
+
+    /// Bytes of authentication tag.
+    pub(crate) fn tag_len(self) -> usize {
+        match self {
+            Aead::Aes128Ccm8 | Aead::Aes256Ccm8 => 8,
+            _ => 16,
+        }
+    }
+
+    /// Bytes a record's fragment adds to its plaintext.
+    pub(crate) fn overhead(self) -> usize {
+        self.explicit_nonce_len() + self.tag_len()
+    }
+
+    /// The nonce of record `epoch_seq` (epoch ‖ 48-bit sequence, or for GCM and CCM the 8-byte
+    /// explicit nonce the record carries) under `iv`.
+    pub(super) fn nonce(self, iv: &[u8; 12], epoch_seq: [u8; 8]) -> [u8; 12] {
+        let mut nonce = [0u8; 12];
+        if self == Aead::ChaCha20Poly1305 {
+            // RFC 7905 §2: the IV XOR the 64-bit sequence, left-padded to 96 bits.
+            nonce.copy_from_slice(iv);
+            for (n, s) in nonce[4..].iter_mut().zip(epoch_seq) {
+                *n ^= s;
+            }
+        } else {
+            // RFC 5288 §3, RFC 6655 §3: salt ‖ the 8-byte explicit nonce carried in the record.
+            nonce[..4].copy_from_slice(&iv[..4]);
+            nonce[4..].copy_from_slice(&epoch_seq);
+        }
+        nonce
+    }
+
+    /// A new context of this AEAD for `encrypt`ing (or decrypting), not yet keyed.
+    pub(super) fn new_ctx(self, encrypt: bool) -> Result<CipherCtx, ErrorStack> {
+        let mut ctx = CipherCtx::new()?;
+        init(&mut ctx, encrypt, Some(self.cipher()), None)?;
+        // 12-byte nonces everywhere (CCM's default is 7); CCM's tag length is fixed per context.
+        ctx.set_iv_length(12)?;
+        if self.is_ccm() {
+            ctx.set_tag_length(self.tag_len())?;
+        }
+        Ok(ctx)
+    }
+
+    /// Encrypts `plaintext` into `ct` (as long) and writes the tag into `tag` (`tag_len` bytes)
+    /// on `ctx`, a context of this AEAD keyed for encryption.
+    pub(super) fn seal(
+        self,
+        ctx: &mut CipherCtxRef,
+        nonce: &[u8; 12],
+        aad: &[u8; 13],
+        plaintext: &[u8],
+        ct: &mut [u8],
+        tag: &mut [u8],
+    ) -> Result<(), ErrorStack> {
+        ctx.encrypt_init(None, None, Some(nonce))?;
+        if self.is_ccm() {
+            ctx.set_data_len(plaintext.len())?;
+        }
+        ctx.cipher_update(aad, None)?;
+        let n = ctx.cipher_update(plaintext, Some(ct))?;
+        debug_assert_eq!(n, plaintext.len());
+        ctx.cipher_final(&mut [])?;
+        ctx.tag(tag)
+    }
+
+    /// Decrypts `ct` into `out` (as long) on `ctx`, a context of this AEAD keyed for
+    /// decryption; fails unless `tag` verifies.
+    pub(super) fn open(
+        self,
+        ctx: &mut CipherCtxRef,
+        nonce: &[u8; 12],
+        aad: &[u8; 13],
+        ct: &[u8],
+        tag: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), ErrorStack> {
+        ctx.decrypt_init(None, None, Some(nonce))?;
+        ctx.set_tag(tag)?;
+        if self.is_ccm() {
+            ctx.set_data_len(ct.len())?;
+        }
+        ctx.cipher_update(aad, None)?;
+        ctx.cipher_update(ct, Some(out))?;
+        ctx.cipher_final(&mut [])?;
+        Ok(())
+    }
+}
+
+/// (Re-)initialises `ctx` for encryption or decryption, with a new cipher and/or key.
+pub(super) fn init(
+    ctx: &mut CipherCtxRef,
+    encrypt: bool,
+    cipher: Option<&CipherRef>,
+    key: Option<&[u8]>,
+) -> Result<(), ErrorStack> {
+    if encrypt {
+        ctx.encrypt_init(cipher, key, None)
+    } else {
+        ctx.decrypt_init(cipher, key, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suite_names_map_to_their_aead() {
+        assert_eq!(
+            Aead::from_suite_name("PSK-AES128-CCM8"),
+            Some(Aead::Aes128Ccm8)
+        );
+        assert_eq!(
+            Aead::from_suite_name("PSK-AES256-CCM"),
+            Some(Aead::Aes256Ccm)
+        );
+        assert_eq!(
+            Aead::from_suite_name("PSK-AES128-GCM-SHA256"),
+            Some(Aead::Aes128Gcm)
+        );
+        assert_eq!(
+            Aead::from_suite_name("ECDHE-ECDSA-AES256-GCM-SHA384"),
+            Some(Aead::Aes256Gcm)
+        );
+        assert_eq!(
+            Aead::from_suite_name("ECDHE-PSK-CHACHA20-POLY1305"),
+            Some(Aead::ChaCha20Poly1305)
+        );
+        assert_eq!(
+            Aead::from_suite_name("ECDHE-ECDSA-AES128-CCM8"),
+            Some(Aead::Aes128Ccm8)
+        );
+        assert_eq!(Aead::from_suite_name("PSK-AES128-CBC-SHA256"), None);
+        assert_eq!(
+            Aead::from_suite_name("ECDHE-ECDSA-ARIA128-GCM-SHA256"),
+            None
+        );
+        assert_eq!(
+            Aead::from_suite_name("ECDHE-ECDSA-CAMELLIA128-SHA256"),
+            None
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! Per-thread resources of the compact record layer, so that idle connections hold neither:
+//!
+//! * a small cache of keyed `EVP_CIPHER_CTX`s. A connection direction hits its own context
+//!   without allocating; a miss re-keys the least recently used context of the same cipher
+//!   (no allocation either once the cache is full). Each direction of each connection has an
+//!   identity that is never reused, so a stale entry can never serve another connection.
+//! * a pool of datagram and plaintext buffers ([`take_buffer`], [`give_buffer`]), so a steady
+//!   flow allocates nothing.
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openssl::cipher_ctx::{CipherCtx, CipherCtxRef};
+use openssl::error::ErrorStack;
+
+use super::aead::{self, Aead};
+use super::MAX_PLAINTEXT;
+
+/// The next identity for the cipher-context cache (never reused, so a stale cache entry can
+/// never serve another connection).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh cache identity for a connection: even, used as is for its write direction and with
+/// the low bit set (`id | 1`) for its read direction.
+pub(super) fn new_identity() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed) << 1
+}
+
+/// Keyed cipher contexts kept per thread.
+pub(super) const CACHE_SLOTS: usize = 16;
+
+/// One cached context.
+struct Slot {
+    /// The direction identity whose key the context holds; 0: none (must be re-keyed).
+    owner: u64,
+    /// The context's cipher.
+    aead: Aead,
+    ctx: CipherCtx,
+    /// The tick of its latest use, for least-recently-used replacement.
+    used: u64,
+}
+
+thread_local! {
+    static CACHE: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+    static TICK: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` on a context keyed with `key` for `owner` (a direction of one connection), from this
+/// thread's cache.
+pub(super) fn with_ctx<R>(
+    owner: u64,
+    aead: Aead,
+    key: &[u8; 32],
+    encrypt: bool,
+    f: impl FnOnce(&mut CipherCtxRef) -> Result<R, ErrorStack>,
+) -> Result<R, ErrorStack> {
+    let tick = TICK
+        .try_with(|t| {
+            let v = t.get() + 1;
+            t.set(v);
+            v
+        })
+        .unwrap_or(0);
+    let key = &key[..aead.key_len()];
+    // `try_with`: during thread-local teardown there is no cache: fail the record, never panic.
+    let Ok(result) = CACHE.try_with(|cache| -> Result<R, ErrorStack> {
+        let mut cache = cache.borrow_mut();
+        let index = match cache.iter().position(|s| s.owner == owner) {
+            Some(i) => i,
+            None => {
+                let i = if cache.len() < CACHE_SLOTS {
+                    cache.push(Slot {
+                        owner: 0,
+                        aead,
+                        ctx: aead.new_ctx(encrypt)?,
+                        used: 0,
+                    });
+                    cache.len() - 1
+                } else {
+                    // The least recently used slot, preferring one of the same cipher (re-keying
+                    // it allocates nothing).
+                    let lru = |same: bool| {
+                        cache
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, s)| !same || s.aead == aead)
+                            .min_by_key(|(_, s)| s.used)
+                            .map(|(i, _)| i)
+                    };
+                    let i = lru(true).or_else(|| lru(false)).expect("cache is full");
+                    if cache[i].aead != aead {
+                        cache[i].ctx = aead.new_ctx(encrypt)?;
+                        cache[i].aead = aead;
+                    }
+                    i
+                };
+                let slot = &mut cache[i];
+                slot.owner = 0; // unusable until keyed
+                aead::init(&mut slot.ctx, encrypt, None, Some(key))?;
+                slot.owner = owner;
+                i
+            }
+        };
+        let slot = &mut cache[index];
+        slot.used = tick;
+        let r = f(&mut slot.ctx);
+        if r.is_err() {
+            // A failed call may leave the context mid-operation; it is re-keyed before reuse.
+            slot.owner = 0;
+        }
+        r
+    }) else {
+        return Err(ErrorStack::get());
+    };
+    result
+}
+
+/// Drops this thread's cached contexts of connection `id` (both directions).
+pub(super) fn evict(id: u64) {
+    // `try_with`: the thread may be exiting; `try_borrow_mut`: never while a cipher call runs.
+    let _ = CACHE.try_with(|cache| {
+        if let Ok(mut cache) = cache.try_borrow_mut() {
+            for slot in cache.iter_mut().filter(|s| s.owner | 1 == id | 1) {
+                slot.owner = 0;
+                // Overwrite the key schedule by keying it with zeros.
+                let zero = [0u8; 32];
+                let _ = aead::init(
+                    &mut slot.ctx,
+                    true,
+                    None,
+                    Some(&zero[..slot.aead.key_len()]),
+                );
+            }
+        }
+    });
+}
+
+/// How many contexts this thread's cache holds.
+#[cfg(test)]
+pub(super) fn cached_contexts() -> usize {
+    CACHE.with(|c| c.borrow().len())
+}
+
+/// Buffers kept per thread for compact connections' datagrams and plaintexts.
+const POOL_BUFFERS: usize = 64;
+/// A buffer that grew beyond this is freed rather than pooled.
+const POOL_BUFFER_MAX: usize = 2 * MAX_PLAINTEXT;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer from this thread's pool (or a new one). Compact connections hold no buffers
+/// of their own while idle: every datagram and plaintext buffer comes from here and goes back
+/// with [`give_buffer`], so a steady flow allocates nothing.
+pub(crate) fn take_buffer() -> Vec<u8> {
+    POOL.try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Returns a buffer to this thread's pool (freed if the pool is full or the buffer huge).
+pub(crate) fn give_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > POOL_BUFFER_MAX {
+        return;
+    }
+    buf.clear();
+    let _ = POOL.try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            if p.len() < POOL_BUFFERS {
+                p.push(buf);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_returned_buffer_comes_back_empty_with_its_allocation() {
+        let mut buf = take_buffer();
+        buf.extend_from_slice(b"datagram");
+        let ptr = buf.as_ptr();
+        give_buffer(buf);
+        let again = take_buffer();
+        assert!(again.is_empty());
+        assert_eq!(again.as_ptr(), ptr, "reused, not reallocated");
+        // One that grew past the limit is freed instead of pooled.
+        give_buffer(Vec::with_capacity(POOL_BUFFER_MAX + 1));
+        assert_eq!(take_buffer().capacity(), 0);
+    }
+}
