@@ -131,18 +131,19 @@ impl Endpoint {
     fn admissible(&mut self, now: Instant, peer: SocketAddr) -> Result<(), Limit> {
         // A rebooted peer's new handshake replaces its old connection: it needs no new room.
         let replacing = self.peers.contains_key(&peer);
-        if self.handshakes >= self.config.max_handshakes {
+        if self.handshakes.total() >= self.config.max_handshakes {
             return Err(Limit::Handshakes);
         }
-        if self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= self.config.max_handshakes_per_ip {
+        if self.handshakes.from_ip(peer.ip()) >= self.config.max_handshakes_per_ip {
             return Err(Limit::PerIp);
         }
-        if (self.handshakes + 1).saturating_mul(self.handshake_cost) > self.config.handshake_memory
+        if (self.handshakes.total() + 1).saturating_mul(self.handshake_cost)
+            > self.config.handshake_memory
         {
             return Err(Limit::Memory);
         }
         if !replacing
-            && self.handshakes + self.connections >= self.config.max_connections
+            && self.handshakes.total() + self.connections >= self.config.max_connections
             && !self.evict_one(now)
         {
             return Err(Limit::Connections);
@@ -305,8 +306,7 @@ impl Endpoint {
             // A replacement is a handshake in flight like any other: it counts against the
             // limits (a replaced replacement hands its count over).
             if p.replacement.is_none() {
-                self.handshakes += 1;
-                *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+                self.handshakes.add(peer.ip());
             }
             p.replacement = Some((id, session));
             self.settle(peer, now);

@@ -35,7 +35,7 @@ mod stats;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 pub use self::config::EndpointConfig;
@@ -44,7 +44,7 @@ pub use self::events::{Event, HandshakeFailure, PeerIdentity};
 pub use self::stats::{ConnectionStats, EndpointStats};
 
 use self::admission::handshake_worst_case;
-use self::peer::Peer;
+use self::peer::{HandshakeCount, Peer};
 use crate::context::{DtlsClientContext, DtlsServerContext};
 use crate::error::{Error, Result};
 use crate::listener::Listener;
@@ -62,10 +62,9 @@ pub struct Endpoint {
     config: EndpointConfig,
     /// One entry per peer address with a session (any state).
     peers: HashMap<SocketAddr, Peer>,
-    /// Handshakes in flight per IP address (for `max_handshakes_per_ip`).
-    per_ip: HashMap<IpAddr, usize>,
-    /// Handshakes in flight (after the cookie exchange), replacements included.
-    handshakes: usize,
+    /// Handshakes in flight (after the cookie exchange), replacements included: in all and per
+    /// IP address.
+    handshakes: HandshakeCount,
     /// Established connections whose `Closed` event has not been queued.
     connections: usize,
     /// The id the next session gets.
@@ -133,8 +132,7 @@ impl Endpoint {
             server: None,
             config,
             peers: HashMap::new(),
-            per_ip: HashMap::new(),
-            handshakes: 0,
+            handshakes: HandshakeCount::default(),
             connections: 0,
             next_id: 1,
             timers: BinaryHeap::new(),
@@ -492,8 +490,8 @@ impl Endpoint {
     pub fn stats(&self) -> EndpointStats {
         let mut stats = self.stats.clone();
         stats.connections = self.connections;
-        stats.handshakes = self.handshakes;
-        stats.handshake_memory_in_use = self.handshakes.saturating_mul(self.handshake_cost);
+        stats.handshakes = self.handshakes.total();
+        stats.handshake_memory_in_use = self.handshakes.total().saturating_mul(self.handshake_cost);
         stats.recv_queue_dropped += self
             .peers
             .values()

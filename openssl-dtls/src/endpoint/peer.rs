@@ -1,7 +1,8 @@
 //! One peer address's entry in the endpoint's table: [`Peer`] (its session, a replacement
 //! handshake from the same address, what the application has been told, its timer), how an
 //! entry is added and removed, and [`Endpoint::settle`], which brings an entry's events,
-//! counters, transmit readiness and timer up to date after anything touched its sessions.
+//! counters, transmit readiness and timer up to date after anything touched its sessions; and
+//! [`HandshakeCount`], the handshakes in flight in all and per IP address.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -43,6 +44,14 @@ pub(super) struct Peer {
 }
 
 impl Peer {
+    /// Gives up this entry's count in `handshakes` (its handshake completed or ended), if it
+    /// still holds one.
+    pub(super) fn uncount_handshake(&mut self, handshakes: &mut HandshakeCount, ip: IpAddr) {
+        if std::mem::take(&mut self.counted_handshake) {
+            handshakes.remove(ip);
+        }
+    }
+
     /// Whether the session has ended (closed or failed).
     pub(super) fn terminal(&self) -> bool {
         matches!(
@@ -62,8 +71,7 @@ impl Endpoint {
     ) -> ConnectionId {
         let id = self.next_id;
         self.next_id += 1;
-        self.handshakes += 1;
-        *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+        self.handshakes.add(peer.ip());
         self.peers.insert(
             peer,
             Peer {
@@ -116,9 +124,7 @@ impl Endpoint {
                     p.last_activity = now;
                     // The replacement's handshake count becomes the peer's (uncounted below at
                     // establishment); an old session still handshaking gives its count up.
-                    if p.counted_handshake {
-                        decrement_handshakes(&mut self.handshakes, &mut self.per_ip, addr);
-                    }
+                    p.uncount_handshake(&mut self.handshakes, addr.ip());
                     p.counted_handshake = true;
                 }
                 SessionState::Handshaking => p.replacement = Some((new_id, replacement)),
@@ -127,7 +133,7 @@ impl Endpoint {
                     // stays as it was.
                     count_failure(&mut self.stats, &replacement, false);
                     report_handshake_failure(&mut self.events, addr, &replacement);
-                    decrement_handshakes(&mut self.handshakes, &mut self.per_ip, addr);
+                    self.handshakes.remove(addr.ip());
                 }
             }
         }
@@ -136,7 +142,7 @@ impl Endpoint {
             p.connected_emitted = true;
             self.connections += 1;
             self.stats.handshakes_completed += 1;
-            uncount_handshake(p, &mut self.handshakes, &mut self.per_ip, addr);
+            p.uncount_handshake(&mut self.handshakes, addr.ip());
             self.events.push_back(Event::Connected {
                 peer: addr,
                 id: p.id,
@@ -164,7 +170,7 @@ impl Endpoint {
             if was_connected {
                 self.connections -= 1;
             }
-            uncount_handshake(p, &mut self.handshakes, &mut self.per_ip, addr);
+            p.uncount_handshake(&mut self.handshakes, addr.ip());
             count_failure(&mut self.stats, &p.session, was_connected);
             if !was_connected {
                 report_handshake_failure(&mut self.events, addr, &p.session);
@@ -221,9 +227,9 @@ impl Endpoint {
             if !p.closed_emitted && p.connected_emitted {
                 self.connections -= 1;
             }
-            uncount_handshake(&mut p, &mut self.handshakes, &mut self.per_ip, addr);
+            p.uncount_handshake(&mut self.handshakes, addr.ip());
             if p.replacement.is_some() {
-                decrement_handshakes(&mut self.handshakes, &mut self.per_ip, addr);
+                self.handshakes.remove(addr.ip());
             }
         }
     }
@@ -238,35 +244,41 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-fn decrement_handshakes(
-    handshakes: &mut usize,
-    per_ip: &mut HashMap<IpAddr, usize>,
-    addr: SocketAddr,
-) {
-    *handshakes -= 1;
-    if let Some(n) = per_ip.get_mut(&addr.ip()) {
-        *n -= 1;
-        if *n == 0 {
-            per_ip.remove(&addr.ip());
-        }
-    }
+/// Handshakes in flight (after the cookie exchange), in all and per IP address: what
+/// `max_handshakes`, `max_handshakes_per_ip` and `handshake_memory` are checked against.
+#[derive(Debug, Default)]
+pub(super) struct HandshakeCount {
+    /// All handshakes in flight.
+    total: usize,
+    /// Handshakes in flight per IP address; an address with none has no entry.
+    per_ip: HashMap<IpAddr, usize>,
 }
 
-fn uncount_handshake(
-    p: &mut Peer,
-    handshakes: &mut usize,
-    per_ip: &mut HashMap<IpAddr, usize>,
-    addr: SocketAddr,
-) {
-    if !p.counted_handshake {
-        return;
+impl HandshakeCount {
+    /// All handshakes in flight.
+    pub(super) fn total(&self) -> usize {
+        self.total
     }
-    p.counted_handshake = false;
-    *handshakes -= 1;
-    if let Some(n) = per_ip.get_mut(&addr.ip()) {
-        *n -= 1;
-        if *n == 0 {
-            per_ip.remove(&addr.ip());
+
+    /// Handshakes in flight from `ip`.
+    pub(super) fn from_ip(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Counts a new handshake from `ip`.
+    pub(super) fn add(&mut self, ip: IpAddr) {
+        self.total += 1;
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+    }
+
+    /// Gives up the count of a handshake from `ip` that completed or ended.
+    pub(super) fn remove(&mut self, ip: IpAddr) {
+        self.total -= 1;
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
         }
     }
 }
