@@ -134,7 +134,7 @@ impl Endpoint {
         if self.handshakes.total() >= self.config.max_handshakes {
             return Err(Limit::Handshakes);
         }
-        if self.handshakes.from_ip(peer.ip()) >= self.config.max_handshakes_per_ip {
+        if self.handshakes.of_ip(peer.ip()) >= self.config.max_handshakes_per_ip {
             return Err(Limit::PerIp);
         }
         if (self.handshakes.total() + 1).saturating_mul(self.handshake_cost)

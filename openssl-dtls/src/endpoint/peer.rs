@@ -261,7 +261,7 @@ impl HandshakeCount {
     }
 
     /// Handshakes in flight from `ip`.
-    pub(super) fn from_ip(&self, ip: IpAddr) -> usize {
+    pub(super) fn of_ip(&self, ip: IpAddr) -> usize {
         self.per_ip.get(&ip).copied().unwrap_or(0)
     }
 
