@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use super::ConnectionId;
 use crate::error::Error;
 use crate::session::Session;
+use crate::verify::one_line;
 
 /// Something that happened on an endpoint, for the driver above it.
 #[derive(Debug)]
@@ -83,19 +84,9 @@ impl HandshakeFailure {
         let identity = if let Some(id) = session.psk_identity() {
             Some(PeerIdentity::Psk(id.to_vec()))
         } else {
-            session.peer_certificate().map(|c| {
-                let subject = c
-                    .subject_name()
-                    .entries()
-                    .map(|e| {
-                        let key = e.object().nid().short_name().unwrap_or("?");
-                        let value = e.data().to_string().unwrap_or_else(|_| "?".to_owned());
-                        format!("{key}={value}")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                PeerIdentity::Certificate(subject)
-            })
+            session
+                .peer_certificate()
+                .map(|c| PeerIdentity::Certificate(one_line(c.subject_name())))
         };
         Some(HandshakeFailure {
             peer,
