@@ -161,10 +161,15 @@ impl Endpoint {
         now
     }
 
-    /// The time of the latest input, for the calls that take no `now`. Before any input,
-    /// `fallback` (a deadline already reached, so never early).
-    fn last_now(&self, fallback: Instant) -> Instant {
-        self.now.unwrap_or(fallback)
+    /// [`settle`](Self::settle)s `addr` at the time of the latest input, for the calls that take
+    /// no `now`. Before any input, at the peer's last activity (a time already reached, so never
+    /// early).
+    fn settle_at_last_input(&mut self, addr: SocketAddr) {
+        let Some(p) = self.peers.get(&addr) else {
+            return;
+        };
+        let now = self.now.unwrap_or(p.last_activity);
+        self.settle(addr, now);
     }
 
     /// The bytes one handshake in flight may hold at worst, as charged against
@@ -306,11 +311,7 @@ impl Endpoint {
                     n = r.poll_transmit(buf);
                 }
             }
-            let more = p.session.has_transmit()
-                || p.replacement
-                    .as_ref()
-                    .is_some_and(|(_, r)| r.has_transmit());
-            if more {
+            if p.has_transmit() {
                 self.ready.push_back(addr);
             } else {
                 p.in_ready = false;
@@ -319,9 +320,7 @@ impl Endpoint {
                         .as_ref()
                         .is_some_and(|(_, r)| !r.is_handshaking())
                 {
-                    let now = p.last_activity;
-                    let now = self.last_now(now);
-                    self.settle(addr, now);
+                    self.settle_at_last_input(addr);
                 }
             }
             if let Some(n) = n {
@@ -406,9 +405,7 @@ impl Endpoint {
         if !p.session.has_received() {
             p.readable_signaled = false;
             if p.terminal() {
-                let now = p.last_activity;
-                let now = self.last_now(now);
-                self.settle(peer, now);
+                self.settle_at_last_input(peer);
             }
         }
         r
@@ -418,9 +415,7 @@ impl Endpoint {
     pub fn close(&mut self, peer: SocketAddr, id: ConnectionId) {
         if let Some(p) = self.live(peer, id) {
             p.session.close();
-            let now = p.last_activity;
-            let now = self.last_now(now);
-            self.settle(peer, now);
+            self.settle_at_last_input(peer);
         }
     }
 
@@ -430,11 +425,8 @@ impl Endpoint {
         if let Some(p) = self.live(peer, id) {
             p.released = true;
             p.session.close();
-            let mut sink = [0u8; 0];
-            while let Ok(Some(_)) = p.session.recv(&mut sink) {}
-            let now = p.last_activity;
-            let now = self.last_now(now);
-            self.settle(peer, now);
+            p.discard_received();
+            self.settle_at_last_input(peer);
         }
     }
 
@@ -442,14 +434,12 @@ impl Endpoint {
     pub fn close_all(&mut self) {
         let addrs: Vec<SocketAddr> = self.peers.keys().copied().collect();
         for addr in addrs {
-            let own_now = self.now;
             if let Some(p) = self.peers.get_mut(&addr) {
                 p.session.close();
                 if let Some((_, r)) = p.replacement.as_mut() {
                     r.close();
                 }
-                let now = own_now.unwrap_or(p.last_activity);
-                self.settle(addr, now);
+                self.settle_at_last_input(addr);
             }
         }
     }

@@ -52,6 +52,22 @@ impl Peer {
         }
     }
 
+    /// Whether the session or its replacement has a datagram to send.
+    pub(super) fn has_transmit(&self) -> bool {
+        self.session.has_transmit()
+            || self
+                .replacement
+                .as_ref()
+                .is_some_and(|(_, r)| r.has_transmit())
+    }
+
+    /// Drops the datagrams waiting in the session's receive queue (the application released
+    /// the connection and will not read them).
+    pub(super) fn discard_received(&mut self) {
+        let mut sink = [0u8; 0];
+        while let Ok(Some(_)) = self.session.recv(&mut sink) {}
+    }
+
     /// Whether the session has ended (closed or failed).
     pub(super) fn terminal(&self) -> bool {
         matches!(
@@ -154,8 +170,7 @@ impl Endpoint {
         }
         if p.session.has_received() && !p.readable_signaled {
             if p.released {
-                let mut sink = [0u8; 0];
-                while let Ok(Some(_)) = p.session.recv(&mut sink) {}
+                p.discard_received();
             } else {
                 p.readable_signaled = true;
                 self.events.push_back(Event::Readable {
@@ -183,10 +198,7 @@ impl Endpoint {
                 error,
             });
         }
-        let transmit = p.session.has_transmit()
-            || p.replacement
-                .as_ref()
-                .is_some_and(|(_, r)| r.has_transmit());
+        let transmit = p.has_transmit();
         if transmit && !p.in_ready {
             p.in_ready = true;
             self.ready.push_back(addr);
