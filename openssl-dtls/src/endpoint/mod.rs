@@ -1,0 +1,512 @@
+//! One UDP socket's worth of DTLS, sans-IO: demultiplexes datagrams by peer address to
+//! [`Session`]s, runs the stateless cookie exchange for unknown peers, enforces limits, and
+//! emits events.
+//!
+//! ```text
+//! handle_datagram ─> wire::classify ─┬─ garbage ──────────────> stats.dropped[reason]
+//!                                    ├─ ClientHello, unknown ─> Listener (DTLSv1_listen) ─┬─ HelloVerifyRequest
+//!                                    │                                                   └─ verified ─> limits / eviction ─> new Session, or refusal alert
+//!                                    └─ known peer ───────────> Session::handle_datagram
+//! poll_transmit: round robin over sessions, alternating with stateless replies
+//! poll_timeout / handle_timeout: a deadline heap (retransmissions, handshake deadlines, idle)
+//! poll_event: Connected, Readable, Closed, HandshakeFailed
+//! ```
+//!
+//! Under load the endpoint refuses new connection attempts (counted by limit, logged, and told
+//! with an alert once the refusal will last) instead of degrading the connections it has. At
+//! `max_connections` an established connection makes room only if it has been silent for
+//! [`EndpointConfig::evict_idle_after`], least recently active first, and it is told with a
+//! `close_notify`. Only authenticated input counts as activity.
+//!
+//! A ClientHello from the address of an established connection (a device that rebooted and kept
+//! its port, RFC 6347 §4.2.8) goes through the cookie exchange like any other; the old
+//! connection keeps working until the new handshake completes, and only then is replaced.
+//!
+//! The module is split by concern: [`EndpointConfig`] in `config.rs`, [`EndpointStats`] and
+//! [`ConnectionStats`] in `stats.rs`, [`Event`] and [`HandshakeFailure`] in `events.rs`, the
+//! cookie path, limits and eviction in `admission.rs`, and the peer table's entries and their
+//! bookkeeping in `peer.rs`. This file holds [`Endpoint`] and its entry points.
+
+mod admission;
+mod config;
+mod events;
+mod peer;
+mod stats;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+pub use self::config::EndpointConfig;
+pub(crate) use self::events::{report_failures, FailureHook, MAX_PENDING_FAILURES};
+pub use self::events::{Event, HandshakeFailure, PeerIdentity};
+pub use self::stats::{ConnectionStats, EndpointStats};
+
+use self::admission::handshake_worst_case;
+use self::peer::{HandshakeCount, Peer};
+use crate::context::{DtlsClientContext, DtlsServerContext};
+use crate::error::{Error, Result};
+use crate::listener::Listener;
+use crate::session::Session;
+use crate::wire::{self, Datagram, DropReason};
+
+/// Identifies one connection over its life (addresses are reused; ids are not).
+pub type ConnectionId = u64;
+
+/// A DTLS endpoint over one socket: see the [module documentation](self).
+pub struct Endpoint {
+    /// The server context and its stateless cookie listener; `None` on a client-only endpoint.
+    server: Option<(DtlsServerContext, Listener)>,
+    /// The limits.
+    config: EndpointConfig,
+    /// One entry per peer address with a session (any state).
+    peers: HashMap<SocketAddr, Peer>,
+    /// Handshakes in flight (after the cookie exchange), replacements included: in all and per
+    /// IP address.
+    handshakes: HandshakeCount,
+    /// Established connections whose `Closed` event has not been queued.
+    connections: usize,
+    /// The id the next session gets.
+    next_id: ConnectionId,
+    /// Deadlines, earliest first: (when, connection id, address); stale entries are skipped.
+    timers: BinaryHeap<Reverse<(Instant, ConnectionId, SocketAddr)>>,
+    /// Peers with datagrams to send, in turn order.
+    ready: VecDeque<SocketAddr>,
+    /// Stateless replies (HelloVerifyRequests, refusal alerts) waiting to be sent.
+    replies: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Buffers of sent replies, reused for the next ones.
+    spare_replies: Vec<Vec<u8>>,
+    /// Whether the next `poll_transmit` turn goes to a stateless reply first.
+    reply_turn: bool,
+    /// Events waiting for `poll_event`.
+    events: VecDeque<Event>,
+    /// The counters (the gauges are filled in by `stats()`).
+    stats: EndpointStats,
+    /// Where the listener writes a HelloVerifyRequest.
+    scratch: Vec<u8>,
+    /// Bytes one handshake is charged against `handshake_memory` ([`Self::handshake_worst_case`]).
+    handshake_cost: usize,
+    /// Eviction candidates found by the last scan, oldest last: (last activity, id, address).
+    evictable: Vec<(Instant, ConnectionId, SocketAddr)>,
+    /// No connection can be evicted before this instant (the last scan found none old enough).
+    no_evictable_before: Option<Instant>,
+    /// Per limit (connections, handshakes, per IP, memory): when a refusal was last logged, and
+    /// refusals since.
+    refusal_log: [(Option<Instant>, u64); 4],
+    /// The latest `now` an entry point was given: the calls that take no `now` (output, the
+    /// application's reads and closes) act at the time of the last input, so the endpoint never
+    /// reads the clock.
+    now: Option<Instant>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("server", &self.server.is_some())
+            .field("peers", &self.peers.len())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint that accepts connections with `ctx` (and can also connect out).
+    pub fn server(ctx: DtlsServerContext, config: EndpointConfig) -> Result<Endpoint> {
+        config.validate()?;
+        let listener = Listener::new(&ctx)?;
+        let mut endpoint = Endpoint::new(config);
+        endpoint.handshake_cost = handshake_worst_case(ctx.session_config(), ctx.max_cert_list());
+        endpoint.server = Some((ctx, listener));
+        Ok(endpoint)
+    }
+
+    /// An endpoint that only connects out.
+    pub fn client(config: EndpointConfig) -> Result<Endpoint> {
+        config.validate()?;
+        Ok(Endpoint::new(config))
+    }
+
+    fn new(config: EndpointConfig) -> Endpoint {
+        Endpoint {
+            server: None,
+            config,
+            peers: HashMap::new(),
+            handshakes: HandshakeCount::default(),
+            connections: 0,
+            next_id: 1,
+            timers: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            replies: VecDeque::new(),
+            spare_replies: Vec::new(),
+            reply_turn: false,
+            events: VecDeque::new(),
+            stats: EndpointStats::default(),
+            scratch: vec![0; 2048],
+            handshake_cost: handshake_worst_case(
+                &crate::config::SessionConfig::default(),
+                crate::context::MAX_CERT_LIST,
+            ),
+            evictable: Vec::new(),
+            no_evictable_before: None,
+            refusal_log: [(None, 0); 4],
+            now: None,
+        }
+    }
+
+    /// Records `now` as the endpoint's time (it never goes back).
+    fn tick(&mut self, now: Instant) -> Instant {
+        let now = self.now.map_or(now, |t| t.max(now));
+        self.now = Some(now);
+        now
+    }
+
+    /// [`settle`](Self::settle)s `addr` at the time of the latest input, for the calls that take
+    /// no `now`. Before any input, at the peer's last activity (a time already reached, so never
+    /// early).
+    fn settle_at_last_input(&mut self, addr: SocketAddr) {
+        let Some(p) = self.peers.get(&addr) else {
+            return;
+        };
+        let now = self.now.unwrap_or(p.last_activity);
+        self.settle(addr, now);
+    }
+
+    /// The bytes one handshake in flight may hold at worst, as charged against
+    /// [`EndpointConfig::handshake_memory`]: OpenSSL's `SSL` with its read and write buffers and
+    /// handshake state, the largest handshake message it reassembles plus the ten it may queue
+    /// out of order (each up to [`MAX_CERT_LIST`](crate::context::MAX_CERT_LIST) or ≈ 18 KB),
+    /// the epoch-1 records it may buffer ([`MAX_HANDSHAKE_EPOCH1_RECORDS`](crate::session::MAX_HANDSHAKE_EPOCH1_RECORDS),
+    /// ≈ 18 KB each), and this library's send and receive queues at the session's MTU.
+    pub fn handshake_worst_case(&self) -> usize {
+        self.handshake_cost
+    }
+
+    /// The endpoint's limits.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    /// Starts a handshake with `peer` as a client. Fails if a connection or handshake with
+    /// `peer` exists already.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        ctx: &DtlsClientContext,
+        server_name: Option<&str>,
+    ) -> Result<ConnectionId> {
+        let now = self.tick(now);
+        if let Some(existing) = self.peers.get(&peer) {
+            if !existing.terminal() {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("a DTLS connection with {peer} exists already"),
+                )));
+            }
+            self.remove(peer);
+        }
+        let mut session = ctx.new_session_to(peer, server_name, now)?;
+        session.set_peer_addr(peer);
+        let id = self.insert(now, peer, session);
+        Ok(id)
+    }
+
+    /// Handles one datagram received from `peer`.
+    pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
+        let now = self.tick(now);
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        let classified = match wire::classify(datagram) {
+            Ok(c) => c,
+            Err(reason) => {
+                log::trace!("dropping datagram from {peer}: {reason}");
+                self.stats.dropped[reason.index()] += 1;
+                return;
+            }
+        };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            let hello = matches!(classified, Datagram::ClientHello(_));
+            // A new ClientHello from the address of a live connection or pending handshake: a
+            // rebooted peer, a client that gave up and started over, or a spoofer. Either way it
+            // must prove the address first (RFC 6347 §4.2.8). Only a retransmission of the
+            // ClientHello the pending handshake started from goes to that handshake.
+            if hello && !is_retransmitted_hello(&p.session, classified, datagram) {
+                self.listen(now, peer, datagram, classified);
+                return;
+            }
+            if let Some((_, replacement)) = p.replacement.as_mut() {
+                replacement.handle_datagram(now, datagram);
+                if hello {
+                    self.settle(peer, now);
+                    return;
+                }
+            }
+            // Only authenticated input is activity: a forged record sent with the peer's
+            // address (off-path, every idle period) must not keep a dead association alive.
+            let before = p.session.authenticated_count();
+            p.session.handle_datagram(now, datagram);
+            if p.session.authenticated_count() != before {
+                p.last_activity = now;
+            }
+            self.settle(peer, now);
+            return;
+        }
+        if self.server.is_none() {
+            self.stats.dropped_unknown_peer += 1;
+            return;
+        }
+        if !matches!(classified, Datagram::ClientHello(_)) {
+            self.stats.dropped[DropReason::NotClientHello.index()] += 1;
+            return;
+        }
+        self.listen(now, peer, datagram, classified);
+    }
+
+    /// The next datagram to send: its destination and length in `buf` (which should hold the
+    /// largest MTU in use). Sessions take turns one datagram at a time, alternating with stateless
+    /// replies, so no peer can starve another.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        for _ in 0..2 {
+            self.reply_turn = !self.reply_turn;
+            let out = if self.reply_turn {
+                self.poll_reply(buf)
+            } else {
+                self.poll_session_transmit(buf)
+            };
+            if let Some((addr, n)) = out {
+                self.stats.datagrams_out += 1;
+                self.stats.bytes_out += n as u64;
+                return Some((addr, n));
+            }
+        }
+        None
+    }
+
+    fn poll_reply(&mut self, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        while let Some((addr, reply)) = self.replies.pop_front() {
+            let n = reply.len();
+            let fits = n <= buf.len();
+            if fits {
+                buf[..n].copy_from_slice(&reply);
+            }
+            if self.spare_replies.len() < 16 {
+                self.spare_replies.push(reply);
+            }
+            if fits {
+                return Some((addr, n));
+            }
+        }
+        None
+    }
+
+    fn poll_session_transmit(&mut self, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        while let Some(addr) = self.ready.pop_front() {
+            let Some(p) = self.peers.get_mut(&addr) else {
+                continue;
+            };
+            let mut n = p.session.poll_transmit(buf);
+            if n.is_none() {
+                if let Some((_, r)) = p.replacement.as_mut() {
+                    n = r.poll_transmit(buf);
+                }
+            }
+            if p.has_transmit() {
+                self.ready.push_back(addr);
+            } else {
+                p.in_ready = false;
+                if p.terminal()
+                    || p.replacement
+                        .as_ref()
+                        .is_some_and(|(_, r)| !r.is_handshaking())
+                {
+                    self.settle_at_last_input(addr);
+                }
+            }
+            if let Some(n) = n {
+                return Some((addr, n));
+            }
+        }
+        None
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should be called next. May be early (a
+    /// deadline that moved later); never late.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Handles every deadline up to `now`: retransmissions, handshake deadlines (reaped),
+    /// idle timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.tick(now);
+        while let Some(&Reverse((at, id, addr))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(p) = self.peers.get_mut(&addr) else {
+                continue;
+            };
+            if p.id != id || p.scheduled != Some(at) {
+                continue;
+            }
+            p.scheduled = None;
+            if p.session.is_established() {
+                if let Some(idle) = self.config.idle_timeout {
+                    if now.saturating_duration_since(p.last_activity) >= idle {
+                        log::debug!("{addr} idle for {idle:?}: dropping the connection");
+                        self.stats.idle_timeouts += 1;
+                        p.session.end_with_close_notify(Error::IdleTimeout {
+                            peer: Some(addr),
+                            idle,
+                        });
+                    }
+                }
+            }
+            p.session.handle_timeout(now);
+            if let Some((_, r)) = p.replacement.as_mut() {
+                r.handle_timeout(now);
+            }
+            self.settle(addr, now);
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn live(&mut self, peer: SocketAddr, id: ConnectionId) -> Option<&mut Peer> {
+        self.peers.get_mut(&peer).filter(|p| p.id == id)
+    }
+
+    /// Sends one application datagram on connection `id` with `peer` ([`Session::send`]).
+    pub fn send(&mut self, peer: SocketAddr, id: ConnectionId, data: &[u8]) -> Result<()> {
+        let p = self.live(peer, id).ok_or(Error::Closed)?;
+        p.session.send(data)?;
+        if !p.in_ready {
+            p.in_ready = true;
+            self.ready.push_back(peer);
+        }
+        Ok(())
+    }
+
+    /// Takes the next received datagram of connection `id` ([`Session::recv`]). A connection
+    /// that is gone reads as [`Error::Closed`].
+    pub fn recv(
+        &mut self,
+        peer: SocketAddr,
+        id: ConnectionId,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>> {
+        let p = self.live(peer, id).ok_or(Error::Closed)?;
+        let r = p.session.recv(buf);
+        if !p.session.has_received() {
+            p.readable_signaled = false;
+            if p.terminal() {
+                self.settle_at_last_input(peer);
+            }
+        }
+        r
+    }
+
+    /// Closes connection `id` (`close_notify`); its `Closed` event follows.
+    pub fn close(&mut self, peer: SocketAddr, id: ConnectionId) {
+        if let Some(p) = self.live(peer, id) {
+            p.session.close();
+            self.settle_at_last_input(peer);
+        }
+    }
+
+    /// Closes connection `id` and forgets its queued data: the application holds no handle to it
+    /// any more. It is removed once its last datagrams are sent.
+    pub fn release(&mut self, peer: SocketAddr, id: ConnectionId) {
+        if let Some(p) = self.live(peer, id) {
+            p.released = true;
+            p.session.close();
+            p.discard_received();
+            self.settle_at_last_input(peer);
+        }
+    }
+
+    /// Closes every connection (`close_notify` to each established peer).
+    pub fn close_all(&mut self) {
+        let addrs: Vec<SocketAddr> = self.peers.keys().copied().collect();
+        for addr in addrs {
+            if let Some(p) = self.peers.get_mut(&addr) {
+                p.session.close();
+                if let Some((_, r)) = p.replacement.as_mut() {
+                    r.close();
+                }
+                self.settle_at_last_input(addr);
+            }
+        }
+    }
+
+    /// The session of connection `id`, for its handshake facts.
+    pub fn session(&self, peer: SocketAddr, id: ConnectionId) -> Option<&Session> {
+        self.peers
+            .get(&peer)
+            .filter(|p| p.id == id)
+            .map(|p| &p.session)
+    }
+
+    /// Connection `id`'s counters and when it last received authenticated input.
+    pub fn connection_stats(&self, peer: SocketAddr, id: ConnectionId) -> Option<ConnectionStats> {
+        let p = self.peers.get(&peer).filter(|p| p.id == id)?;
+        Some(ConnectionStats {
+            session: p.session.stats(),
+            last_activity: p.last_activity,
+        })
+    }
+
+    /// The current connection id with `peer`, if any.
+    pub fn connection_id(&self, peer: SocketAddr) -> Option<ConnectionId> {
+        self.peers.get(&peer).map(|p| p.id)
+    }
+
+    /// Number of peers with a session (any state).
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no peer has a session.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> EndpointStats {
+        let mut stats = self.stats.clone();
+        stats.connections = self.connections;
+        stats.handshakes = self.handshakes.total();
+        stats.handshake_memory_in_use = self.handshakes.total().saturating_mul(self.handshake_cost);
+        stats.recv_queue_dropped += self
+            .peers
+            .values()
+            .map(|p| p.session.stats().recv_dropped)
+            .sum::<u64>();
+        stats
+    }
+}
+
+/// Whether `datagram` (a ClientHello) repeats the one `session`'s handshake started from: a
+/// server session still handshaking, a cookie (the verified ClientHello always has one), and the
+/// same client random.
+fn is_retransmitted_hello(session: &Session, classified: Datagram, datagram: &[u8]) -> bool {
+    let Datagram::ClientHello(info) = classified else {
+        return false;
+    };
+    if !session.is_handshaking()
+        || session.role() != crate::session::Role::Server
+        || info.cookie_len == 0
+    {
+        return false;
+    }
+    // record header (13) + handshake header (12) + client_version (2), then 32 random bytes
+    let Some(random) = datagram.get(27..59) else {
+        return false;
+    };
+    session.client_random().is_some_and(|ours| ours == random)
+}

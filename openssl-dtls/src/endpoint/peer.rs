@@ -1,0 +1,296 @@
+//! One peer address's entry in the endpoint's table: [`Peer`] (its session, a replacement
+//! handshake from the same address, what the application has been told, its timer), how an
+//! entry is added and removed, and [`Endpoint::settle`], which brings an entry's events,
+//! counters, transmit readiness and timer up to date after anything touched its sessions; and
+//! [`HandshakeCount`], the handshakes in flight in all and per IP address.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::events::report_handshake_failure;
+use super::stats::count_failure;
+use super::{ConnectionId, Endpoint, Event};
+use crate::error::Error;
+use crate::session::{Session, SessionState};
+
+/// One peer address's entry: its session, and what the endpoint has done and told about it.
+pub(super) struct Peer {
+    /// The connection id of `session`.
+    pub(super) id: ConnectionId,
+    /// The connection (or handshake) with this address.
+    pub(super) session: Session,
+    /// A new handshake from the same address, replacing `session` once established.
+    pub(super) replacement: Option<(ConnectionId, Box<Session>)>,
+    /// [`Event::Connected`] was queued: the connection counts in `connections`.
+    pub(super) connected_emitted: bool,
+    /// Counted in `compact_handoffs`.
+    pub(super) compact_counted: bool,
+    /// [`Event::Closed`] was queued.
+    pub(super) closed_emitted: bool,
+    /// [`Event::Readable`] was queued and the receive queue has not been emptied since.
+    pub(super) readable_signaled: bool,
+    /// In the endpoint's `ready` queue (has datagrams to send).
+    pub(super) in_ready: bool,
+    /// Counted in the handshake totals (until established or gone).
+    pub(super) counted_handshake: bool,
+    /// When the session last received authenticated input.
+    pub(super) last_activity: Instant,
+    /// The deadline of this peer's live entry in the timer heap.
+    pub(super) scheduled: Option<Instant>,
+    /// The application no longer holds a handle: drop queued data, remove when done.
+    pub(super) released: bool,
+}
+
+impl Peer {
+    /// Gives up this entry's count in `handshakes` (its handshake completed or ended), if it
+    /// still holds one.
+    pub(super) fn uncount_handshake(&mut self, handshakes: &mut HandshakeCount, ip: IpAddr) {
+        if std::mem::take(&mut self.counted_handshake) {
+            handshakes.remove(ip);
+        }
+    }
+
+    /// Whether the session or its replacement has a datagram to send.
+    pub(super) fn has_transmit(&self) -> bool {
+        self.session.has_transmit()
+            || self
+                .replacement
+                .as_ref()
+                .is_some_and(|(_, r)| r.has_transmit())
+    }
+
+    /// Drops the datagrams waiting in the session's receive queue (the application released
+    /// the connection and will not read them).
+    pub(super) fn discard_received(&mut self) {
+        let mut sink = [0u8; 0];
+        while let Ok(Some(_)) = self.session.recv(&mut sink) {}
+    }
+
+    /// Whether the session has ended (closed or failed).
+    pub(super) fn terminal(&self) -> bool {
+        matches!(
+            self.session.state(),
+            SessionState::Closed | SessionState::Failed
+        )
+    }
+}
+
+impl Endpoint {
+    /// Adds `peer` with a new `session` (a handshake in flight) under a new connection id.
+    pub(super) fn insert(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        session: Session,
+    ) -> ConnectionId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.handshakes.add(peer.ip());
+        self.peers.insert(
+            peer,
+            Peer {
+                id,
+                session,
+                replacement: None,
+                connected_emitted: false,
+                compact_counted: false,
+                closed_emitted: false,
+                readable_signaled: false,
+                in_ready: false,
+                counted_handshake: true,
+                last_activity: now,
+                scheduled: None,
+                released: false,
+            },
+        );
+        self.settle(peer, now);
+        id
+    }
+
+    /// Brings a peer's bookkeeping up to date after anything touched its session(s): events,
+    /// counters, transmit readiness, timers, removal.
+    pub(super) fn settle(&mut self, addr: SocketAddr, now: Instant) {
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        // A replacement handshake that completed takes over the address.
+        if let Some((new_id, replacement)) = p.replacement.take() {
+            match replacement.state() {
+                SessionState::Established => {
+                    let old = std::mem::replace(&mut p.session, *replacement);
+                    let old_id = std::mem::replace(&mut p.id, new_id);
+                    self.stats.connections_replaced += 1;
+                    if p.connected_emitted && !p.closed_emitted {
+                        self.connections -= 1;
+                        self.events.push_back(Event::Closed {
+                            peer: addr,
+                            id: old_id,
+                            established: true,
+                            error: None,
+                        });
+                    }
+                    drop(old);
+                    p.connected_emitted = false;
+                    p.compact_counted = false;
+                    p.closed_emitted = false;
+                    p.readable_signaled = false;
+                    p.released = false;
+                    p.last_activity = now;
+                    // The replacement's handshake count becomes the peer's (uncounted below at
+                    // establishment); an old session still handshaking gives its count up.
+                    p.uncount_handshake(&mut self.handshakes, addr.ip());
+                    p.counted_handshake = true;
+                }
+                SessionState::Handshaking => p.replacement = Some((new_id, replacement)),
+                SessionState::Closed | SessionState::Failed => {
+                    // Dropped at once (its final alert, if any, with it): the old connection
+                    // stays as it was.
+                    count_failure(&mut self.stats, &replacement, false);
+                    report_handshake_failure(&mut self.events, addr, &replacement);
+                    self.handshakes.remove(addr.ip());
+                }
+            }
+        }
+        let established = p.session.is_established();
+        if established && !p.connected_emitted {
+            p.connected_emitted = true;
+            self.connections += 1;
+            self.stats.handshakes_completed += 1;
+            p.uncount_handshake(&mut self.handshakes, addr.ip());
+            self.events.push_back(Event::Connected {
+                peer: addr,
+                id: p.id,
+            });
+        }
+        if !p.compact_counted && p.session.is_compact() {
+            p.compact_counted = true;
+            self.stats.compact_handoffs += 1;
+        }
+        if p.session.has_received() && !p.readable_signaled {
+            if p.released {
+                p.discard_received();
+            } else {
+                p.readable_signaled = true;
+                self.events.push_back(Event::Readable {
+                    peer: addr,
+                    id: p.id,
+                });
+            }
+        }
+        if p.terminal() && !p.closed_emitted {
+            p.closed_emitted = true;
+            let was_connected = p.connected_emitted;
+            if was_connected {
+                self.connections -= 1;
+            }
+            p.uncount_handshake(&mut self.handshakes, addr.ip());
+            count_failure(&mut self.stats, &p.session, was_connected);
+            if !was_connected {
+                report_handshake_failure(&mut self.events, addr, &p.session);
+            }
+            let error = p.session.error().map(Error::duplicate);
+            self.events.push_back(Event::Closed {
+                peer: addr,
+                id: p.id,
+                established: was_connected,
+                error,
+            });
+        }
+        let transmit = p.has_transmit();
+        if transmit && !p.in_ready {
+            p.in_ready = true;
+            self.ready.push_back(addr);
+        }
+        // Timers: the earliest of the sessions' deadlines and the idle deadline. The heap entry
+        // is replaced only when the deadline moves earlier; a later one is picked up lazily when
+        // the earlier entry fires, so steady traffic pushes nothing.
+        let mut next = p.session.poll_timeout();
+        if let Some((_, r)) = &p.replacement {
+            next = earliest(next, r.poll_timeout());
+        }
+        if established {
+            if let Some(idle) = self.config.idle_timeout {
+                next = earliest(next, Some(p.last_activity + idle));
+            }
+        }
+        if let Some(at) = next {
+            // A deadline at or before `now` that survived the handling above is retried no
+            // sooner than a millisecond later, so a timer that does not advance cannot spin.
+            let at = at.max(now + Duration::from_millis(1));
+            if p.scheduled.is_none_or(|s| at < s) {
+                p.scheduled = Some(at);
+                self.timers.push(Reverse((at, p.id, addr)));
+            }
+        }
+        let removable = p.terminal()
+            && p.closed_emitted
+            && !transmit
+            && (p.released || !p.session.has_received());
+        if removable {
+            self.remove(addr);
+        }
+    }
+
+    /// Forgets `addr`'s entry, giving up what it counted against the limits.
+    pub(super) fn remove(&mut self, addr: SocketAddr) {
+        if let Some(mut p) = self.peers.remove(&addr) {
+            if !p.closed_emitted && p.connected_emitted {
+                self.connections -= 1;
+            }
+            p.uncount_handshake(&mut self.handshakes, addr.ip());
+            if p.replacement.is_some() {
+                self.handshakes.remove(addr.ip());
+            }
+        }
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// Handshakes in flight (after the cookie exchange), in all and per IP address: what
+/// `max_handshakes`, `max_handshakes_per_ip` and `handshake_memory` are checked against.
+#[derive(Debug, Default)]
+pub(super) struct HandshakeCount {
+    /// All handshakes in flight.
+    total: usize,
+    /// Handshakes in flight per IP address; an address with none has no entry.
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl HandshakeCount {
+    /// All handshakes in flight.
+    pub(super) fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Handshakes in flight from `ip`.
+    pub(super) fn of_ip(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Counts a new handshake from `ip`.
+    pub(super) fn add(&mut self, ip: IpAddr) {
+        self.total += 1;
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+    }
+
+    /// Gives up the count of a handshake from `ip` that completed or ended.
+    pub(super) fn remove(&mut self, ip: IpAddr) {
+        self.total -= 1;
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The counters: [`EndpointStats`] for a whole endpoint (with the stable names its
+//! [`fields`](EndpointStats::fields), `Display` and `Debug` give them for logs and metrics),
+//! [`ConnectionStats`] for one connection, and how the end of a session is counted.
+
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::session::Session;
+use crate::wire::DropReason;
+
+/// A connection's counters and activity
+/// ([`Endpoint::connection_stats`](super::Endpoint::connection_stats)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// The session's counters: datagrams and bytes each way, application records, drops by
+    /// cause.
+    pub session: crate::session::SessionStats,
+    /// When the connection last received authenticated input (a record that decrypted, or
+    /// handshake progress); its idle time is measured from here.
+    pub last_activity: Instant,
+}
+
+/// A snapshot of an endpoint's counters.
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Established connections now.
+    pub connections: usize,
+    /// Handshakes in flight now (after the cookie exchange).
+    pub handshakes: usize,
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Datagrams dropped by the pre-parser, by [`DropReason::index`].
+    pub dropped: [u64; DropReason::ALL.len()],
+    /// Datagrams from unknown peers on an endpoint that does not accept connections.
+    pub dropped_unknown_peer: u64,
+    /// ClientHellos too short to answer without amplification.
+    pub dropped_short_client_hello: u64,
+    /// Fragmented ClientHellos from unknown peers (`DTLSv1_listen` cannot reassemble them).
+    pub dropped_fragmented_client_hello: u64,
+    /// Verified ClientHellos refused because `max_connections` was reached and no connection
+    /// could be evicted (answered with a fatal `internal_error` alert).
+    pub refused_connection_limit: u64,
+    /// Verified ClientHellos refused because `max_handshakes` was reached (the client's
+    /// retransmission retries; after three, a fatal `internal_error` alert answers).
+    pub refused_handshake_limit: u64,
+    /// Verified ClientHellos refused because `max_handshakes_per_ip` was reached (as at
+    /// `max_handshakes`).
+    pub refused_per_ip_limit: u64,
+    /// Verified ClientHellos refused because `handshake_memory` was reached (as at
+    /// `max_handshakes`).
+    pub refused_handshake_memory: u64,
+    /// Established connections dropped at `max_connections` to make room for a new handshake
+    /// (least recently active first; each sent a `close_notify`).
+    pub evicted: u64,
+    /// Verified ClientHellos refused by the admission hook.
+    pub refused_by_admission: u64,
+    /// HelloVerifyRequests sent.
+    pub hello_verify_requests: u64,
+    /// HelloVerifyRequests not sent because they would have been larger than the ClientHello.
+    pub hello_verify_requests_too_large: u64,
+    /// Stateless replies dropped because the reply queue was full.
+    pub replies_dropped: u64,
+    /// ClientHellos that carried a cookie that did not verify.
+    pub cookies_rejected: u64,
+    /// ClientHellos the listener ignored (not usable by `DTLSv1_listen`).
+    pub listener_ignored: u64,
+    /// Handshakes completed.
+    pub handshakes_completed: u64,
+    /// Handshakes that failed by timeout.
+    pub handshakes_timed_out: u64,
+    /// Handshakes the peer aborted with a fatal alert.
+    pub handshakes_failed_peer_alert: u64,
+    /// Handshakes this side aborted (with an alert: bad certificate, unknown PSK, ...).
+    pub handshakes_failed_local: u64,
+    /// Connections closed in an orderly way.
+    pub connections_closed: u64,
+    /// Connections that failed after their handshake (alerts, errors).
+    pub connections_failed: u64,
+    /// Connections dropped at the idle timeout.
+    pub idle_timeouts: u64,
+    /// Connections replaced by a new handshake from the same address (a rebooted peer).
+    pub connections_replaced: u64,
+    /// Received application datagrams dropped because a connection's receive queue was full.
+    pub recv_queue_dropped: u64,
+    /// Connections handed off to the compact record layer, their `SSL` freed
+    /// ([`SessionConfig::compact`](crate::SessionConfig::compact)).
+    pub compact_handoffs: u64,
+    /// Bytes charged now against `handshake_memory` (each handshake in flight at its worst case).
+    pub handshake_memory_in_use: usize,
+    /// Fatal `internal_error` alerts sent to refuse verified ClientHellos at a limit.
+    pub refusal_alerts_sent: u64,
+}
+
+impl EndpointStats {
+    /// Datagrams dropped by the pre-parser for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()]
+    }
+
+    /// All datagrams dropped before reaching OpenSSL, for any reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum::<u64>()
+            + self.dropped_unknown_peer
+            + self.dropped_short_client_hello
+            + self.dropped_fragmented_client_hello
+            + self.refused_connection_limit
+            + self.refused_handshake_limit
+            + self.refused_per_ip_limit
+            + self.refused_handshake_memory
+    }
+
+    /// Every counter with its name, in declaration order (the pre-parser's drops as
+    /// `dropped_<reason>`): for logs, metrics exporters and [`Display`](std::fmt::Display).
+    pub fn fields(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = vec![
+            ("connections".into(), self.connections as u64),
+            ("handshakes".into(), self.handshakes as u64),
+            ("datagrams_in".into(), self.datagrams_in),
+            ("datagrams_out".into(), self.datagrams_out),
+            ("bytes_in".into(), self.bytes_in),
+            ("bytes_out".into(), self.bytes_out),
+        ];
+        out.extend(
+            DropReason::ALL
+                .iter()
+                .map(|r| (format!("dropped_{}", r.as_str()), self.dropped(*r))),
+        );
+        let named: [(&str, u64); 27] = [
+            ("dropped_unknown_peer", self.dropped_unknown_peer),
+            (
+                "dropped_short_client_hello",
+                self.dropped_short_client_hello,
+            ),
+            (
+                "dropped_fragmented_client_hello",
+                self.dropped_fragmented_client_hello,
+            ),
+            ("refused_connection_limit", self.refused_connection_limit),
+            ("refused_handshake_limit", self.refused_handshake_limit),
+            ("refused_per_ip_limit", self.refused_per_ip_limit),
+            ("refused_handshake_memory", self.refused_handshake_memory),
+            ("evicted", self.evicted),
+            ("refused_by_admission", self.refused_by_admission),
+            ("hello_verify_requests", self.hello_verify_requests),
+            (
+                "hello_verify_requests_too_large",
+                self.hello_verify_requests_too_large,
+            ),
+            ("replies_dropped", self.replies_dropped),
+            ("cookies_rejected", self.cookies_rejected),
+            ("listener_ignored", self.listener_ignored),
+            ("handshakes_completed", self.handshakes_completed),
+            ("handshakes_timed_out", self.handshakes_timed_out),
+            (
+                "handshakes_failed_peer_alert",
+                self.handshakes_failed_peer_alert,
+            ),
+            ("handshakes_failed_local", self.handshakes_failed_local),
+            ("connections_closed", self.connections_closed),
+            ("connections_failed", self.connections_failed),
+            ("idle_timeouts", self.idle_timeouts),
+            ("connections_replaced", self.connections_replaced),
+            ("recv_queue_dropped", self.recv_queue_dropped),
+            ("compact_handoffs", self.compact_handoffs),
+            (
+                "handshake_memory_in_use",
+                self.handshake_memory_in_use as u64,
+            ),
+            ("refusal_alerts_sent", self.refusal_alerts_sent),
+            ("dropped_total", self.dropped_total()),
+        ];
+        out.extend(named.iter().map(|(k, v)| ((*k).to_owned(), *v)));
+        out
+    }
+}
+
+/// `name=value` pairs separated by spaces, zero counters left out (`connections` and
+/// `handshakes` always shown): one log line.
+impl std::fmt::Display for EndpointStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (name, value) in self.fields() {
+            if value == 0 && name != "connections" && name != "handshakes" {
+                continue;
+            }
+            if !first {
+                f.write_str(" ")?;
+            }
+            first = false;
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for EndpointStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for (name, value) in self.fields() {
+            map.entry(&name, &value);
+        }
+        map.finish()
+    }
+}
+
+/// Counts how `session` ended: as a connection (`was_connected`: closed in order, failed, or
+/// idle, which is counted where the timeout fired) or as a handshake (timed out, refused by the
+/// peer, or failed here).
+pub(super) fn count_failure(stats: &mut EndpointStats, session: &Session, was_connected: bool) {
+    let error = session.error();
+    if was_connected {
+        match error {
+            None => stats.connections_closed += 1,
+            Some(Error::IdleTimeout { .. }) => {} // counted as idle timeout where it happened
+            Some(_) => stats.connections_failed += 1,
+        }
+        return;
+    }
+    match error {
+        Some(Error::Timeout { .. }) => stats.handshakes_timed_out += 1,
+        Some(Error::PeerAlert(_)) => stats.handshakes_failed_peer_alert += 1,
+        Some(_) => stats.handshakes_failed_local += 1,
+        None => {}
+    }
+}
