@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -20,6 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::endpoint::{self, ConnectionId, Endpoint, Event, FailureHook, HandshakeFailure};
 use crate::error::{Error, Result};
+use crate::ffi::os;
 
 /// Socket options for a server or client socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,37 +240,8 @@ fn run(shared: &Shared) {
 
 /// Sleeps until the socket is readable, the waker fires, or `deadline` passes.
 fn wait(shared: &Shared, deadline: Option<Instant>) -> io::Result<()> {
-    let timeout_ms: libc::c_int = match deadline {
-        None => -1,
-        Some(at) => {
-            let left = at.saturating_duration_since(Instant::now());
-            // Round up so we never wake before the deadline and spin.
-            let ms = left.as_micros().div_ceil(1000);
-            ms.min(i32::MAX as u128) as libc::c_int
-        }
-    };
-    let mut fds = [
-        libc::pollfd {
-            fd: shared.socket.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: shared.waker_rx.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: `fds` is a valid array of two pollfd structs for the duration of the call, and
-    // both descriptors stay open (owned by `shared`).
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    Ok(())
+    let timeout = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+    os::wait_readable([shared.socket.as_fd(), shared.waker_rx.as_fd()], timeout)
 }
 
 /// Routes endpoint events to the handles waiting on them.
