@@ -1,17 +1,18 @@
-//! [`DtlsClient`]: blocking DTLS client connections over one UDP socket.
+//! [`DtlsClient`]: blocking DTLS client connections over one UDP socket. What it shares with
+//! the tokio client (starting a handshake, the table of connections to hand out again) is in
+//! the driver core; here is only waiting on a `Condvar`.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::connection::{self, DtlsConnection};
+use crate::connection::DtlsConnection;
 use crate::context::DtlsClientContext;
-use crate::driver::{self, Shared, Slot, SlotState, SocketOptions};
+use crate::driver::blocking::{self, Blocking, Driver};
+use crate::driver::handle::Known;
+use crate::driver::SocketOptions;
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats};
 use crate::error::{Error, Result, TimeoutPhase};
-use crate::server::first_addr;
 
 /// A DTLS client socket: connect to one or several servers over one UDP socket.
 ///
@@ -32,26 +33,8 @@ use crate::server::first_addr;
 /// ```
 #[derive(Debug)]
 pub struct DtlsClient {
-    shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    known: Mutex<HashMap<SocketAddr, Known>>,
-}
-
-/// A connection this client made, for `connect` to hand out again.
-#[derive(Debug)]
-struct Known {
-    connection: Weak<connection::Inner>,
-    server_name: Option<String>,
-    ctx: DtlsClientContext,
-}
-
-/// Whether a connection made with `known` answers a `connect` with `server_name` and `ctx`.
-pub(crate) fn same_request(
-    known: (&Option<String>, &DtlsClientContext),
-    server_name: Option<&str>,
-    ctx: &DtlsClientContext,
-) -> bool {
-    known.0.as_deref() == server_name && known.1.same_as(ctx)
+    driver: Driver,
+    known: Known<Blocking>,
 }
 
 impl DtlsClient {
@@ -66,15 +49,11 @@ impl DtlsClient {
         config: EndpointConfig,
         socket: SocketOptions,
     ) -> Result<DtlsClient> {
-        let addr = first_addr(addr)?;
         let endpoint = Endpoint::client(config)?;
-        let udp =
-            driver::open_socket(addr, &socket).map_err(|source| Error::Bind { addr, source })?;
-        let (shared, thread) = driver::start(endpoint, udp, socket.batch, "client")?;
+        let driver = Driver::start(addr, endpoint, false, &socket, "client")?;
         Ok(DtlsClient {
-            shared,
-            thread: Mutex::new(Some(thread)),
-            known: Mutex::new(HashMap::new()),
+            driver,
+            known: Known::default(),
         })
     }
 
@@ -118,26 +97,6 @@ impl DtlsClient {
         self.connect_inner(peer, Some(server_name), ctx, timeout)
     }
 
-    /// Another handle to an established connection with `peer` made with `server_name` and
-    /// `ctx`, if some handle still holds it.
-    fn existing(
-        &self,
-        peer: SocketAddr,
-        server_name: Option<&str>,
-        ctx: &DtlsClientContext,
-    ) -> Option<DtlsConnection> {
-        let weak = {
-            let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-            known.retain(|_, k| k.connection.strong_count() > 0);
-            let k = known.get(&peer)?;
-            if !same_request((&k.server_name, &k.ctx), server_name, ctx) {
-                return None;
-            }
-            k.connection.clone()
-        };
-        DtlsConnection::upgrade(&weak)
-    }
-
     fn connect_inner(
         &self,
         peer: SocketAddr,
@@ -145,62 +104,32 @@ impl DtlsClient {
         ctx: &DtlsClientContext,
         timeout: Duration,
     ) -> Result<DtlsConnection> {
-        if let Some(existing) = self.existing(peer, server_name, ctx) {
-            return Ok(existing);
+        if let Some(existing) = self.known.existing(peer, server_name, ctx) {
+            return Ok(DtlsConnection::from_handle(existing));
         }
         let deadline = Instant::now() + timeout;
-        let mut core = self.shared.lock();
-        if core.shutdown {
-            return Err(Error::ClientClosed);
-        }
-        let id = core
-            .endpoint
-            .connect(Instant::now(), peer, ctx, server_name)?;
-        let cond = Arc::new(Condvar::new());
-        core.slots.insert(
-            id,
-            Slot {
-                state: SlotState::Handshaking,
-                cond: Arc::clone(&cond),
-            },
-        );
-        driver::dispatch(&self.shared, &mut core);
-        self.shared.flush(&mut core);
-        self.shared.wake();
-        let (mut core, outcome) =
-            driver::wait_until(core, &cond, Some(deadline), |core| {
-                match core.slots.get_mut(&id).map(|s| &mut s.state) {
-                    Some(SlotState::Established) => Some(Ok(())),
-                    Some(SlotState::Ended(e)) => Some(Err(e.take().unwrap_or(Error::Closed))),
-                    Some(SlotState::Handshaking) => {
-                        core.shutdown.then_some(Err(Error::ClientClosed))
-                    }
-                    None => Some(Err(Error::Closed)),
-                }
-            });
-        match outcome {
-            Some(Ok(())) => {
-                let connection = DtlsConnection::new(Arc::clone(&self.shared), &core, peer, id)
-                    .ok_or(Error::Closed)?;
-                drop(core);
-                let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-                known.insert(
-                    peer,
-                    Known {
-                        connection: connection.downgrade(),
-                        server_name: server_name.map(str::to_owned),
-                        ctx: ctx.clone(),
-                    },
-                );
+        let shared = &self.driver.shared;
+        let (id, signal) = shared.begin_connect(peer, ctx, server_name)?;
+        let core = shared.lock();
+        let (core, outcome) = blocking::wait_until(core, &signal, Some(deadline), |core| {
+            core.connect_outcome(id)
+        });
+        let connection = match outcome {
+            Some(Ok(())) => DtlsConnection::new(Arc::clone(shared), &core, peer, id),
+            _ => None,
+        };
+        drop(core);
+        match (connection, outcome) {
+            (Some(connection), _) => {
+                self.known.remember(connection.handle(), server_name, ctx);
                 Ok(connection)
             }
-            other => {
-                core.endpoint.release(peer, id);
-                core.slots.remove(&id);
-                self.shared.flush(&mut core);
-                Err(match other {
+            (None, outcome) => {
+                shared.release(peer, id);
+                Err(match outcome {
                     Some(Err(e)) => e,
-                    _ => Error::Timeout {
+                    Some(Ok(())) => Error::Closed,
+                    None => Error::Timeout {
                         peer: Some(peer),
                         phase: TimeoutPhase::Connect,
                     },
@@ -211,18 +140,17 @@ impl DtlsClient {
 
     /// The socket's local address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
+        self.driver.shared.local_addr
     }
 
     /// A snapshot of the endpoint's counters.
     pub fn stats(&self) -> EndpointStats {
-        self.shared.lock().endpoint.stats()
+        self.driver.shared.lock().endpoint.stats()
     }
 
     /// Closes every connection (`close_notify`) and the socket.
     pub fn close(&self) {
-        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
-        driver::shutdown(&self.shared, &mut thread);
+        self.driver.shutdown();
     }
 }
 
