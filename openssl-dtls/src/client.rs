@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::connection::DtlsConnection;
 use crate::context::DtlsClientContext;
 use crate::driver::blocking::{self, Blocking, Driver};
-use crate::driver::handle::Known;
+use crate::driver::handle::{Handle, Known};
 use crate::driver::SocketOptions;
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats};
 use crate::error::{Error, Result, TimeoutPhase};
@@ -115,14 +115,14 @@ impl DtlsClient {
             core.connect_outcome(id)
         });
         let connection = match outcome {
-            Some(Ok(())) => DtlsConnection::new(Arc::clone(shared), &core, peer, id),
+            Some(Ok(())) => Handle::new(Arc::clone(shared), &core, peer, id),
             _ => None,
         };
         drop(core);
         match (connection, outcome) {
-            (Some(connection), _) => {
-                self.known.remember(connection.handle(), server_name, ctx);
-                Ok(connection)
+            (Some(handle), _) => {
+                self.known.remember(&handle, server_name, ctx);
+                Ok(DtlsConnection::from_handle(handle))
             }
             (None, outcome) => {
                 shared.release(peer, id);

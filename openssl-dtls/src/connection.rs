@@ -2,14 +2,11 @@
 //! with the tokio connection (its state, the accessors) is `driver::handle`; here is only
 //! waiting on a `Condvar`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::driver::blocking::{self, Blocking, BlockingShared};
+use crate::driver::blocking::{self, Blocking};
 use crate::driver::handle::{connection_accessors, Handle};
-use crate::driver::shared::Core;
-use crate::endpoint::ConnectionId;
 use crate::error::Result;
 
 /// One DTLS connection with one peer, over the socket of a [`DtlsServer`](crate::DtlsServer) or
@@ -27,21 +24,6 @@ pub struct DtlsConnection {
 }
 
 impl DtlsConnection {
-    /// A handle for connection `id`; reads the handshake facts from its session.
-    pub(crate) fn new(
-        shared: Arc<BlockingShared>,
-        core: &Core<Blocking>,
-        peer: SocketAddr,
-        id: ConnectionId,
-    ) -> Option<DtlsConnection> {
-        Handle::new(shared, core, peer, id).map(|inner| DtlsConnection { inner })
-    }
-
-    /// The handle behind this connection, for a client to find it again.
-    pub(crate) fn handle(&self) -> &Arc<Handle<Blocking>> {
-        &self.inner
-    }
-
     /// A connection over `inner`, a handle a client found again.
     pub(crate) fn from_handle(inner: Arc<Handle<Blocking>>) -> DtlsConnection {
         DtlsConnection { inner }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::connection::DtlsConnection;
 use crate::context::DtlsServerContext;
 use crate::driver::blocking::{self, Driver};
+use crate::driver::handle::Handle;
 use crate::driver::SocketOptions;
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats, HandshakeFailure};
 use crate::error::{Error, Result};
@@ -82,7 +83,10 @@ impl DtlsServer {
         match got {
             None => Ok(None),
             Some(Err(e)) => Err(e),
-            Some(Ok((peer, id))) => Ok(DtlsConnection::new(Arc::clone(shared), &core, peer, id)),
+            Some(Ok((peer, id))) => {
+                let handle = Handle::new(Arc::clone(shared), &core, peer, id);
+                Ok(handle.map(DtlsConnection::from_handle))
+            }
         }
     }
 

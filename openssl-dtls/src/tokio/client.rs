@@ -10,7 +10,7 @@ use ::tokio::time::Instant as TokioInstant;
 use super::connection::DtlsConnection;
 use super::driver::{wait_for, Driver, TokioIo, TokioShared};
 use crate::context::DtlsClientContext;
-use crate::driver::handle::Known;
+use crate::driver::handle::{Handle, Known};
 use crate::driver::SocketOptions;
 use crate::endpoint::{ConnectionId, Endpoint, EndpointConfig, EndpointStats};
 use crate::error::{Error, Result, TimeoutPhase};
@@ -114,14 +114,14 @@ impl DtlsClient {
         .await;
         match outcome {
             Some(Ok(())) => {
-                let connection = {
+                let handle = {
                     let core = shared.lock();
-                    DtlsConnection::new(Arc::clone(shared), &core, peer, id)
+                    Handle::new(Arc::clone(shared), &core, peer, id)
                 };
-                let connection = connection.ok_or(Error::Closed)?;
+                let handle = handle.ok_or(Error::Closed)?;
                 pending.armed = false;
-                self.known.remember(connection.handle(), server_name, ctx);
-                Ok(connection)
+                self.known.remember(&handle, server_name, ctx);
+                Ok(DtlsConnection::from_handle(handle))
             }
             Some(Err(e)) => Err(e),
             None => Err(Error::Timeout {

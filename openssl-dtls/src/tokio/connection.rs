@@ -3,20 +3,17 @@
 //! is only waiting on a `Notify`.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use ::tokio::time::Instant as TokioInstant;
 
-use super::driver::{wait_for, TokioIo, TokioShared, BACKLOG_HIGH};
-use super::BoxFuture;
+use super::driver::{wait_for, TokioIo, BACKLOG_HIGH};
+use super::{poll_kept, BoxFuture};
 use crate::config::MAX_PLAINTEXT;
 use crate::driver::handle::{connection_accessors, Handle};
-use crate::driver::shared::Core;
-use crate::endpoint::ConnectionId;
 use crate::error::{Error, Result};
 
 /// One DTLS connection with one peer, over the socket of a [`DtlsServer`](super::DtlsServer) or
@@ -32,21 +29,6 @@ pub struct DtlsConnection {
 }
 
 impl DtlsConnection {
-    /// A handle for connection `id`; reads the handshake facts from its session.
-    pub(super) fn new(
-        shared: Arc<TokioShared>,
-        core: &Core<TokioIo>,
-        peer: SocketAddr,
-        id: ConnectionId,
-    ) -> Option<DtlsConnection> {
-        Handle::new(shared, core, peer, id).map(|inner| DtlsConnection { inner })
-    }
-
-    /// The handle behind this connection, for a client to find it again.
-    pub(super) fn handle(&self) -> &Arc<Handle<TokioIo>> {
-        &self.inner
-    }
-
     /// A connection over `inner`, a handle a client found again.
     pub(super) fn from_handle(inner: Arc<Handle<TokioIo>>) -> DtlsConnection {
         DtlsConnection { inner }
@@ -152,7 +134,7 @@ impl Datagrams {
             return Poll::Ready(None);
         }
         let connection = &self.connection;
-        let pending = self.pending.get_or_insert_with(|| {
+        let r = ready!(poll_kept(&mut self.pending, cx, || {
             let connection = connection.clone();
             Box::pin(async move {
                 let mut buf = vec![0u8; MAX_PLAINTEXT];
@@ -165,12 +147,7 @@ impl Datagrams {
                     }
                 })
             })
-        });
-        let r = match pending.as_mut().poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(r) => r,
-        };
-        self.pending = None;
+        }));
         Poll::Ready(match r {
             Ok(Some(datagram)) => Some(Ok(datagram)),
             Ok(None) => {

@@ -72,6 +72,7 @@ mod server;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 pub use self::client::DtlsClient;
 pub use self::connection::{Datagrams, DtlsConnection};
@@ -79,3 +80,16 @@ pub use self::server::{DtlsServer, Incoming};
 
 /// The boxed future a stream ([`Incoming`], [`Datagrams`]) keeps between polls.
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Polls the future a stream keeps between polls, made by `make` when there is none; drops it
+/// once it completes, so the next poll starts the next one.
+fn poll_kept<T>(
+    kept: &mut Option<BoxFuture<T>>,
+    cx: &mut Context<'_>,
+    make: impl FnOnce() -> BoxFuture<T>,
+) -> Poll<T> {
+    let future = kept.get_or_insert_with(make);
+    let output = ready!(future.as_mut().poll(cx));
+    *kept = None;
+    Poll::Ready(output)
+}

@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use ::tokio::net::ToSocketAddrs;
@@ -12,8 +12,9 @@ use ::tokio::time::Instant as TokioInstant;
 
 use super::connection::DtlsConnection;
 use super::driver::{wait_for, Driver, TokioShared};
-use super::BoxFuture;
+use super::{poll_kept, BoxFuture};
 use crate::context::DtlsServerContext;
+use crate::driver::handle::Handle;
 use crate::driver::SocketOptions;
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats, HandshakeFailure};
 use crate::error::{Error, Result};
@@ -125,7 +126,8 @@ async fn accept_until(
             Ok(next) => next,
             Err(e) => return Some(Err(e)),
         };
-        Some(Ok(DtlsConnection::new(Arc::clone(shared), &core, peer, id)))
+        let handle = Handle::new(Arc::clone(shared), &core, peer, id);
+        Some(Ok(handle.map(DtlsConnection::from_handle)))
     })
     .await;
     got.unwrap_or(Ok(None))
@@ -162,15 +164,10 @@ impl Incoming {
             return Poll::Ready(None);
         }
         let shared = &self.shared;
-        let pending = self.pending.get_or_insert_with(|| {
+        let r = ready!(poll_kept(&mut self.pending, cx, || {
             let shared = Arc::clone(shared);
             Box::pin(async move { accept_until(&shared, None).await })
-        });
-        let r = match pending.as_mut().poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(r) => r,
-        };
-        self.pending = None;
+        }));
         Poll::Ready(match r {
             Ok(Some(c)) => Some(Ok(c)),
             Ok(None) | Err(Error::Closed) => {
