@@ -3,7 +3,6 @@
 //! the driver core; here is only waiting on a `Condvar`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::connection::DtlsConnection;
@@ -12,7 +11,7 @@ use crate::driver::blocking::{self, Blocking, Driver};
 use crate::driver::handle::{Handle, Known};
 use crate::driver::SocketOptions;
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats};
-use crate::error::{Error, Result, TimeoutPhase};
+use crate::error::Result;
 
 /// A DTLS client socket: connect to one or several servers over one UDP socket.
 ///
@@ -58,9 +57,10 @@ impl DtlsClient {
     }
 
     /// Connects to `peer` and completes the handshake within `timeout`, or fails with
-    /// [`Error::Timeout`] or the handshake's error. No server name is sent: when the context
-    /// verifies certificates, the server's certificate must be issued for `peer`'s IP address
-    /// (an IP subject alternative name), unless the context opted out with
+    /// [`Error::Timeout`](crate::error::Error::Timeout) or the handshake's error. No server
+    /// name is sent: when the context verifies certificates, the server's certificate must be
+    /// issued for `peer`'s IP address (an IP subject alternative name), unless the context
+    /// opted out with
     /// [`danger_skip_server_name_check`](crate::DtlsClientContextBuilder::danger_skip_server_name_check).
     /// To send a name (SNI) and check the certificate against it instead, use
     /// [`connect_named`](Self::connect_named).
@@ -69,9 +69,9 @@ impl DtlsClient {
     /// connection with, made with the same context and server name, returns another handle to
     /// that connection (no new handshake), as long as some handle to it is still held. A
     /// handshake with `peer` still in progress, or a connection made with another context or
-    /// server name, fails with an [`Error::Io`] of kind
+    /// server name, fails with an [`Error::Io`](crate::error::Error::Io) of kind
     /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists). On a closed client this fails with
-    /// [`Error::ClientClosed`].
+    /// [`Error::ClientClosed`](crate::error::Error::ClientClosed).
     #[doc(alias = "SSL_connect")]
     #[doc(alias = "X509_VERIFY_PARAM_set1_ip")]
     pub fn connect(
@@ -114,26 +114,16 @@ impl DtlsClient {
         let (core, outcome) = blocking::wait_until(core, &signal, Some(deadline), |core| {
             core.connect_outcome(id)
         });
-        let connection = match outcome {
-            Some(Ok(())) => Handle::new(Arc::clone(shared), &core, peer, id),
-            _ => None,
-        };
+        let connected = Handle::connected(shared, &core, peer, id, outcome);
         drop(core);
-        match (connection, outcome) {
-            (Some(handle), _) => {
+        match connected {
+            Ok(handle) => {
                 self.known.remember(&handle, server_name, ctx);
                 Ok(DtlsConnection::from_handle(handle))
             }
-            (None, outcome) => {
+            Err(e) => {
                 shared.release(peer, id);
-                Err(match outcome {
-                    Some(Err(e)) => e,
-                    Some(Ok(())) => Error::Closed,
-                    None => Error::Timeout {
-                        peer: Some(peer),
-                        phase: TimeoutPhase::Connect,
-                    },
-                })
+                Err(e)
             }
         }
     }

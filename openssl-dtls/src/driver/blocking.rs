@@ -11,11 +11,11 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::shared::{Core, Shared};
+use super::shared::{Core, Running, Shared};
 use super::socket::{self, SocketOptions};
 use super::{Io, Output, RX_BUFFER};
 use crate::endpoint::Endpoint;
@@ -56,13 +56,8 @@ impl Io for Blocking {
 pub(crate) type BlockingShared = Shared<Blocking>;
 
 /// A running blocking driver: its shared state and its thread, joined by
-/// [`shutdown`](Self::shutdown).
-#[derive(Debug)]
-pub(crate) struct Driver {
-    /// Shared with the driver thread and every handle.
-    pub shared: Arc<BlockingShared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
+/// [`shutdown`](Running::shutdown).
+pub(crate) type Driver = Running<Blocking, JoinHandle<()>>;
 
 impl Driver {
     /// Opens a socket on the first address `addr` resolves to and starts the driver thread for
@@ -95,16 +90,13 @@ impl Driver {
         let thread = std::thread::Builder::new()
             .name(format!("dtls-{name}-{local_addr}"))
             .spawn(move || run(&thread_shared))?;
-        Ok(Driver {
-            shared,
-            thread: Mutex::new(Some(thread)),
-        })
+        Ok(Running::new(shared, thread))
     }
 
     /// Stops the driver: closes every connection first (`close_notify`), then joins the thread
     /// and wakes every waiter.
     pub fn shutdown(&self) {
-        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        let mut thread = self.runner();
         self.shared.stop();
         self.shared.wake();
         if let Some(t) = thread.take() {

@@ -14,7 +14,7 @@ use super::shared::{Core, Shared, SlotState};
 use super::Io;
 use crate::context::DtlsClientContext;
 use crate::endpoint::{ConnectionId, ConnectionStats};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TimeoutPhase};
 use crate::session::Session;
 
 /// What a handshake established, read once from the session when the connection is handed out.
@@ -80,6 +80,25 @@ impl<D: Io> Handle<D> {
             signal,
             facts,
         }))
+    }
+
+    /// The handle `connect` hands out once its wait for the handshake ended with `outcome`
+    /// ([`Core::connect_outcome`]; `None`: the deadline passed first).
+    pub fn connected(
+        shared: &Arc<Shared<D>>,
+        core: &Core<D>,
+        peer: SocketAddr,
+        id: ConnectionId,
+        outcome: Option<Result<()>>,
+    ) -> Result<Arc<Handle<D>>> {
+        match outcome {
+            Some(Ok(())) => Handle::new(Arc::clone(shared), core, peer, id).ok_or(Error::Closed),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Timeout {
+                peer: Some(peer),
+                phase: TimeoutPhase::Connect,
+            }),
+        }
     }
 
     /// Sends one datagram of application data now, under the lock the caller holds.

@@ -1,7 +1,7 @@
 //! The driver core shared by the blocking driver ([`blocking`], behind
 //! [`DtlsServer`](crate::DtlsServer), [`DtlsClient`](crate::DtlsClient) and
 //! [`DtlsConnection`](crate::DtlsConnection)) and the tokio driver (`crate::tokio`): everything
-//! about running an [`Endpoint`](crate::endpoint::Endpoint) on one UDP socket that does not
+//! about running an [`Endpoint`] on one UDP socket that does not
 //! depend on how the driver waits.
 //!
 //! | module | owns |

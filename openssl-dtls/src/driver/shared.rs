@@ -91,6 +91,31 @@ impl<D: Io> Core<D> {
     }
 }
 
+/// A running driver: its shared state and what runs it (`R`: the join handle of its thread or
+/// task), kept for shutdown to join or await once.
+#[derive(Debug)]
+pub(crate) struct Running<D: Io, R> {
+    /// Shared with the driver and every handle.
+    pub shared: Arc<Shared<D>>,
+    /// The driver's thread or task, until shutdown takes it.
+    runner: Mutex<Option<R>>,
+}
+
+impl<D: Io, R> Running<D, R> {
+    /// A driver over `shared`, run by `runner`.
+    pub fn new(shared: Arc<Shared<D>>, runner: R) -> Self {
+        Running {
+            shared,
+            runner: Mutex::new(Some(runner)),
+        }
+    }
+
+    /// Locks the runner slot (shutdown takes the runner out of it).
+    pub fn runner(&self) -> MutexGuard<'_, Option<R>> {
+        self.runner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Shared by the driver (thread or task) and every handle.
 #[derive(Debug)]
 pub(crate) struct Shared<D: Io> {

@@ -1,7 +1,6 @@
 //! [`DtlsClient`] on tokio: connections to one or several servers over one UDP socket.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ::tokio::net::ToSocketAddrs;
@@ -13,7 +12,7 @@ use crate::context::DtlsClientContext;
 use crate::driver::handle::{Handle, Known};
 use crate::driver::SocketOptions;
 use crate::endpoint::{ConnectionId, Endpoint, EndpointConfig, EndpointStats};
-use crate::error::{Error, Result, TimeoutPhase};
+use crate::error::Result;
 
 /// A DTLS client socket on tokio: connect to one or several servers over one UDP socket. The
 /// async twin of [`crate::DtlsClient`].
@@ -45,8 +44,8 @@ impl DtlsClient {
     }
 
     /// Connects to `peer` and completes the handshake within `timeout`, or fails with
-    /// [`Error::Timeout`] or the handshake's error. Dropping the future before it completes
-    /// releases the handshake.
+    /// [`Error::Timeout`](crate::error::Error::Timeout) or the handshake's error. Dropping the
+    /// future before it completes releases the handshake.
     ///
     /// No server name is sent: when the context verifies certificates, the server's
     /// certificate must be issued for `peer`'s IP address (an IP subject alternative name),
@@ -59,9 +58,9 @@ impl DtlsClient {
     /// connection with, made with the same context and server name, returns another handle to
     /// that connection (no new handshake), as long as some handle to it is still held. A
     /// handshake with `peer` still in progress, or a connection made with another context or
-    /// server name, fails with an [`Error::Io`] of kind
+    /// server name, fails with an [`Error::Io`](crate::error::Error::Io) of kind
     /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists). On a closed client this fails with
-    /// [`Error::ClientClosed`].
+    /// [`Error::ClientClosed`](crate::error::Error::ClientClosed).
     #[doc(alias = "SSL_connect")]
     #[doc(alias = "X509_VERIFY_PARAM_set1_ip")]
     pub async fn connect(
@@ -112,23 +111,13 @@ impl DtlsClient {
             shared.lock().connect_outcome(id)
         })
         .await;
-        match outcome {
-            Some(Ok(())) => {
-                let handle = {
-                    let core = shared.lock();
-                    Handle::new(Arc::clone(shared), &core, peer, id)
-                };
-                let handle = handle.ok_or(Error::Closed)?;
-                pending.armed = false;
-                self.known.remember(&handle, server_name, ctx);
-                Ok(DtlsConnection::from_handle(handle))
-            }
-            Some(Err(e)) => Err(e),
-            None => Err(Error::Timeout {
-                peer: Some(peer),
-                phase: TimeoutPhase::Connect,
-            }),
-        }
+        let handle = {
+            let core = shared.lock();
+            Handle::connected(shared, &core, peer, id, outcome)?
+        };
+        pending.armed = false;
+        self.known.remember(&handle, server_name, ctx);
+        Ok(DtlsConnection::from_handle(handle))
     }
 
     /// The socket's local address.

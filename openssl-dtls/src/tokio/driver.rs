@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::tokio::net::{ToSocketAddrs, UdpSocket};
@@ -13,7 +13,7 @@ use ::tokio::sync::Notify;
 use ::tokio::task::JoinHandle;
 use ::tokio::time::Instant as TokioInstant;
 
-use crate::driver::shared::Shared;
+use crate::driver::shared::{Running, Shared};
 use crate::driver::{socket, Io, Output, Signal, SocketOptions, RX_BUFFER};
 use crate::endpoint::Endpoint;
 use crate::error::Result;
@@ -137,13 +137,8 @@ impl Io for TokioIo {
 pub(super) type TokioShared = Shared<TokioIo>;
 
 /// A running tokio driver: its shared state and its task, awaited by
-/// [`shutdown`](Self::shutdown).
-#[derive(Debug)]
-pub(super) struct Driver {
-    /// Shared with the driver task and every handle.
-    pub shared: Arc<TokioShared>,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
+/// [`shutdown`](Running::shutdown).
+pub(super) type Driver = Running<TokioIo, JoinHandle<()>>;
 
 impl Driver {
     /// Opens a socket on the first address `addr` resolves to that binds and starts the driver
@@ -170,10 +165,7 @@ impl Driver {
             options.batch,
         ));
         let task = ::tokio::spawn(run(Arc::clone(&shared)));
-        Ok(Driver {
-            shared,
-            task: Mutex::new(Some(task)),
-        })
+        Ok(Running::new(shared, task))
     }
 
     /// Closes every connection (`close_notify`), sends what can be sent now, and stops the
@@ -202,7 +194,7 @@ impl Driver {
         )
         .await;
         self.shutdown_now();
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let task = self.runner().take();
         if let Some(task) = task {
             let _ = task.await;
         }
