@@ -1,14 +1,17 @@
-//! [`DtlsServer`]: a blocking DTLS server on one UDP socket serving many peers.
+//! [`DtlsServer`]: a blocking DTLS server on one UDP socket serving many peers, and
+//! [`Incoming`], its connections as an iterator. The driver behind it is
+//! `driver::blocking`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::connection::DtlsConnection;
 use crate::context::DtlsServerContext;
-use crate::driver::{self, Shared, SocketOptions};
-use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats, FailureHook, HandshakeFailure};
+use crate::driver::blocking::{self, Driver};
+use crate::driver::handle::Handle;
+use crate::driver::SocketOptions;
+use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats, HandshakeFailure};
 use crate::error::{Error, Result};
 
 /// A DTLS server: one UDP socket, a stateless cookie exchange (`DTLSv1_listen`) before any
@@ -34,8 +37,7 @@ use crate::error::{Error, Result};
 /// ```
 #[derive(Debug)]
 pub struct DtlsServer {
-    shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    driver: Driver,
 }
 
 impl DtlsServer {
@@ -56,16 +58,10 @@ impl DtlsServer {
         config: EndpointConfig,
         socket: SocketOptions,
     ) -> Result<DtlsServer> {
-        let addr = first_addr(addr)?;
         let endpoint = Endpoint::server(ctx, config)?;
-        let udp =
-            driver::open_socket(addr, &socket).map_err(|source| Error::Bind { addr, source })?;
-        let (shared, thread) = driver::start(endpoint, udp, socket.batch, "server")?;
-        log::debug!("DTLS server listening on {}", shared.local_addr);
-        Ok(DtlsServer {
-            shared,
-            thread: Mutex::new(Some(thread)),
-        })
+        let driver = Driver::start(addr, endpoint, true, &socket, "server")?;
+        log::debug!("DTLS server listening on {}", driver.shared.local_addr);
+        Ok(DtlsServer { driver })
     }
 
     /// Waits for the next connection whose handshake completed. After [`close`](Self::close):
@@ -80,22 +76,17 @@ impl DtlsServer {
     }
 
     fn accept_until(&self, deadline: Option<Instant>) -> Result<Option<DtlsConnection>> {
-        let core = self.shared.lock();
-        let (core, got) = driver::wait_until(core, &self.shared.accept_cond, deadline, |core| {
-            if let Some((peer, id)) = core.accept_queue.pop_front() {
-                return Some(Ok((peer, id)));
-            }
-            core.shutdown.then_some(Err(Error::Closed))
-        });
+        let shared = &self.driver.shared;
+        let core = shared.lock();
+        let (core, got) =
+            blocking::wait_until(core, &shared.accept, deadline, |core| core.pop_accept());
         match got {
             None => Ok(None),
             Some(Err(e)) => Err(e),
-            Some(Ok((peer, id))) => Ok(DtlsConnection::new(
-                Arc::clone(&self.shared),
-                &core,
-                peer,
-                id,
-            )),
+            Some(Ok((peer, id))) => {
+                let handle = Handle::new(Arc::clone(shared), &core, peer, id);
+                Ok(handle.map(DtlsConnection::from_handle))
+            }
         }
     }
 
@@ -107,12 +98,12 @@ impl DtlsServer {
 
     /// The socket's local address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
+        self.driver.shared.local_addr
     }
 
     /// A snapshot of the endpoint's counters.
     pub fn stats(&self) -> EndpointStats {
-        self.shared.lock().endpoint.stats()
+        self.driver.shared.lock().endpoint.stats()
     }
 
     /// Calls `hook` for every handshake a peer started with this server that failed: its
@@ -132,14 +123,13 @@ impl DtlsServer {
     where
         F: Fn(&HandshakeFailure) + Send + Sync + 'static,
     {
-        self.shared.lock().failure_hook = Some(FailureHook(Arc::new(hook)));
+        self.driver.shared.lock().failures.set_hook(hook);
     }
 
     /// Closes the server: `close_notify` to every peer, then the socket. Every connection's
     /// `recv` ends; `accept` returns [`Error::Closed`].
     pub fn close(&self) {
-        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
-        driver::shutdown(&self.shared, &mut thread);
+        self.driver.shutdown();
     }
 }
 
@@ -164,13 +154,4 @@ impl Iterator for Incoming<'_> {
             other => Some(other),
         }
     }
-}
-
-pub(crate) fn first_addr(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
-    addr.to_socket_addrs()?.next().ok_or_else(|| {
-        Error::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the address resolved to nothing",
-        ))
-    })
 }

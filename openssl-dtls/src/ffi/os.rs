@@ -1,1 +1,64 @@
-//! See the [module table](super).
+//! `poll(2)`, for the blocking driver's wait: the one call into the OS that needs `unsafe`
+//! (sockets themselves go through `std` and `socket2`).
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+/// Sleeps until one of `fds` is readable or `timeout` passes (`None`: no limit), as
+/// `poll(2)` with `POLLIN`. A signal interrupting the wait (`EINTR`) counts as a wake-up, not an
+/// error. The timeout is rounded up to the next millisecond, so the caller never wakes before
+/// its deadline and spins.
+#[doc(alias = "poll")]
+pub(crate) fn wait_readable<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let timeout_ms: libc::c_int = match timeout {
+        None => -1,
+        Some(left) => {
+            let ms = left.as_micros().div_ceil(1000);
+            ms.min(libc::c_int::MAX as u128) as libc::c_int
+        }
+    };
+    let mut pollfds = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: `pollfds` is a valid, writable array of exactly `N` pollfd structs for the
+    // duration of the call, and every descriptor in it is open: each comes from a `BorrowedFd`
+    // whose lifetime outlives this call.
+    let r = unsafe { libc::poll(pollfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn wait_readable_returns_once_a_descriptor_is_readable() {
+        let (tx, rx) = UnixDatagram::pair().unwrap();
+        tx.send(&[1]).unwrap();
+        let start = Instant::now();
+        super::wait_readable([rx.as_fd()], Some(Duration::from_secs(10))).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn wait_readable_waits_out_the_timeout_when_nothing_arrives() {
+        let (_tx, rx) = UnixDatagram::pair().unwrap();
+        let start = Instant::now();
+        super::wait_readable([rx.as_fd()], Some(Duration::from_millis(20))).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+}

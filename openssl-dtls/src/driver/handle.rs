@@ -1,0 +1,305 @@
+//! A connection handle's state and the operations that do not wait ([`Handle`]), shared by
+//! the blocking and the tokio `DtlsConnection`; the handshake facts read once when a handle is
+//! made ([`Facts`]); and a client's table of the connections it made, to hand out again
+//! ([`Known`]). The public accessors both connection types share are written once, in
+//! [`connection_accessors!`](crate::driver::handle::connection_accessors).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use openssl::x509::X509;
+
+use super::shared::{Core, Shared, SlotState};
+use super::Io;
+use crate::context::DtlsClientContext;
+use crate::endpoint::{ConnectionId, ConnectionStats};
+use crate::error::{Error, Result, TimeoutPhase};
+use crate::session::Session;
+
+/// What a handshake established, read once from the session when the connection is handed out.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Facts {
+    pub cipher: Option<&'static str>,
+    pub version: Option<&'static str>,
+    pub psk_identity: Option<Vec<u8>>,
+    pub peer_certificate: Option<X509>,
+    pub alpn: Option<Vec<u8>>,
+    pub server_name: Option<String>,
+    pub data_mtu: usize,
+}
+
+impl Facts {
+    /// The facts of `session`; all empty without one.
+    fn of(session: Option<&Session>) -> Facts {
+        session
+            .map(|s| Facts {
+                cipher: s.cipher(),
+                version: s.protocol_version(),
+                psk_identity: s.psk_identity().map(<[u8]>::to_vec),
+                peer_certificate: s.peer_certificate(),
+                alpn: s.alpn_protocol().map(<[u8]>::to_vec),
+                server_name: s.server_name().map(str::to_owned),
+                data_mtu: s.data_mtu(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The connection behind every clone of a `DtlsConnection`. Dropping it releases the
+/// connection (`close_notify`).
+#[derive(Debug)]
+pub(crate) struct Handle<D: Io> {
+    /// The driver's shared state.
+    pub shared: Arc<Shared<D>>,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The connection's id in the endpoint.
+    pub id: ConnectionId,
+    /// The slot's signal: woken when data arrives or the connection ends.
+    pub signal: Arc<D::Signal>,
+    /// What the handshake established.
+    pub facts: Facts,
+}
+
+impl<D: Io> Handle<D> {
+    /// A handle for connection `id`, which must have a slot; reads the handshake facts from
+    /// its session.
+    pub fn new(
+        shared: Arc<Shared<D>>,
+        core: &Core<D>,
+        peer: SocketAddr,
+        id: ConnectionId,
+    ) -> Option<Arc<Handle<D>>> {
+        let signal = Arc::clone(&core.slots.get(&id)?.signal);
+        let facts = Facts::of(core.endpoint.session(peer, id));
+        Some(Arc::new(Handle {
+            shared,
+            peer,
+            id,
+            signal,
+            facts,
+        }))
+    }
+
+    /// The handle `connect` hands out once its wait for the handshake ended with `outcome`
+    /// ([`Core::connect_outcome`]; `None`: the deadline passed first).
+    pub fn connected(
+        shared: &Arc<Shared<D>>,
+        core: &Core<D>,
+        peer: SocketAddr,
+        id: ConnectionId,
+        outcome: Option<Result<()>>,
+    ) -> Result<Arc<Handle<D>>> {
+        match outcome {
+            Some(Ok(())) => Handle::new(Arc::clone(shared), core, peer, id).ok_or(Error::Closed),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Timeout {
+                peer: Some(peer),
+                phase: TimeoutPhase::Connect,
+            }),
+        }
+    }
+
+    /// Sends one datagram of application data now, under the lock the caller holds.
+    pub fn send_locked(&self, core: &mut Core<D>, data: &[u8]) -> Result<()> {
+        match core.endpoint.send(self.peer, self.id, data) {
+            Ok(()) => {
+                self.shared.flush(core);
+                Ok(())
+            }
+            Err(Error::Closed) => Err(self.ended_error(core).unwrap_or(Error::Closed)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes one received datagram into `buf`, under the lock the caller holds:
+    /// `Some(Ok(Some(n)))` a datagram, `Some(Ok(Some(0)))` end of stream, `Some(Err)` the
+    /// error that ended the connection, or `None`: nothing yet, wait.
+    pub fn recv_locked(&self, core: &mut Core<D>, buf: &mut [u8]) -> Option<Result<Option<usize>>> {
+        match core.endpoint.recv(self.peer, self.id, buf) {
+            Ok(Some(n)) => Some(Ok(Some(n))),
+            Ok(None) => core.shutdown.then_some(Ok(Some(0))),
+            Err(Error::Closed) => match self.ended_error(core) {
+                Some(e) => Some(Err(e)),
+                None => Some(Ok(Some(0))),
+            },
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The error that ended this connection, if it ended with one.
+    fn ended_error(&self, core: &Core<D>) -> Option<Error> {
+        match core.slots.get(&self.id).map(|s| &s.state) {
+            Some(SlotState::Ended(Some(e))) => Some(e.duplicate()),
+            _ => None,
+        }
+    }
+
+    /// Sends `close_notify` and wakes the driver (its deadlines changed).
+    pub fn close(&self) {
+        let mut core = self.shared.lock();
+        core.endpoint.close(self.peer, self.id);
+        self.shared.settle(&mut core);
+        drop(core);
+        self.shared.wake();
+    }
+
+    /// The connection's counters; `None` once it is gone from the endpoint.
+    pub fn stats(&self) -> Option<ConnectionStats> {
+        self.shared
+            .lock()
+            .endpoint
+            .connection_stats(self.peer, self.id)
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        let core = self.shared.lock();
+        !matches!(
+            core.slots.get(&self.id).map(|s| &s.state),
+            Some(SlotState::Established)
+        )
+    }
+}
+
+impl<D: Io> Drop for Handle<D> {
+    fn drop(&mut self) {
+        self.shared.release(self.peer, self.id);
+    }
+}
+
+/// The accessors every `DtlsConnection` has, over its `inner: Arc<Handle<_>>`: written once
+/// for the blocking and the tokio connection.
+macro_rules! connection_accessors {
+    () => {
+        /// This connection's counters (datagrams, bytes and application records each way, drops
+        /// by cause) and when it last received authenticated input; `None` once the connection
+        /// is gone from the endpoint.
+        pub fn stats(&self) -> Option<$crate::endpoint::ConnectionStats> {
+            self.inner.stats()
+        }
+
+        /// Whether the connection has ended (closed by either side, failed, or timed out).
+        pub fn is_closed(&self) -> bool {
+            self.inner.is_closed()
+        }
+
+        /// The peer's address.
+        pub fn peer_addr(&self) -> std::net::SocketAddr {
+            self.inner.peer
+        }
+
+        /// The local socket's address.
+        pub fn local_addr(&self) -> std::net::SocketAddr {
+            self.inner.shared.local_addr
+        }
+
+        /// The negotiated cipher's OpenSSL name, e.g. `"PSK-AES128-CCM8"` (`SSL_get_current_cipher`).
+        #[doc(alias = "SSL_get_current_cipher")]
+        pub fn cipher(&self) -> Option<&'static str> {
+            self.inner.facts.cipher
+        }
+
+        /// The negotiated protocol version, `"DTLSv1.2"` (`SSL_get_version`).
+        #[doc(alias = "SSL_get_version")]
+        pub fn protocol_version(&self) -> Option<&'static str> {
+            self.inner.facts.version
+        }
+
+        /// The PSK identity of a PSK handshake (`SSL_get_psk_identity`).
+        #[doc(alias = "SSL_get_psk_identity")]
+        pub fn psk_identity(&self) -> Option<&[u8]> {
+            self.inner.facts.psk_identity.as_deref()
+        }
+
+        /// The peer's certificate, if it sent one (`SSL_get1_peer_certificate`).
+        #[doc(alias = "SSL_get1_peer_certificate")]
+        pub fn peer_certificate(&self) -> Option<&openssl::x509::X509> {
+            self.inner.facts.peer_certificate.as_ref()
+        }
+
+        /// The ALPN protocol agreed, if any (`SSL_get0_alpn_selected`).
+        #[doc(alias = "SSL_get0_alpn_selected")]
+        pub fn alpn_protocol(&self) -> Option<&[u8]> {
+            self.inner.facts.alpn.as_deref()
+        }
+
+        /// The server name (SNI) the client sent (`SSL_get_servername`).
+        #[doc(alias = "SSL_get_servername")]
+        pub fn server_name(&self) -> Option<&str> {
+            self.inner.facts.server_name.as_deref()
+        }
+
+        /// The largest payload [`send`](Self::send) accepts (`DTLS_get_data_mtu`).
+        #[doc(alias = "DTLS_get_data_mtu")]
+        pub fn data_mtu(&self) -> usize {
+            self.inner.facts.data_mtu
+        }
+    };
+}
+pub(crate) use connection_accessors;
+
+/// A client's connections, by peer, for `connect` to hand out again: as Dart's `dtls2` does,
+/// connecting again to a peer with the same context and server name returns another handle
+/// to the established connection while some handle still holds it.
+#[derive(Debug)]
+pub(crate) struct Known<D: Io> {
+    map: Mutex<HashMap<SocketAddr, Entry<D>>>,
+}
+
+/// A connection a client made, and the request that made it.
+#[derive(Debug)]
+struct Entry<D: Io> {
+    handle: Weak<Handle<D>>,
+    server_name: Option<String>,
+    ctx: DtlsClientContext,
+}
+
+impl<D: Io> Default for Known<D> {
+    fn default() -> Self {
+        Known {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<D: Io> Known<D> {
+    /// Another handle to an established connection with `peer` made with `server_name` and
+    /// `ctx`, if some handle still holds it. Call without the core's lock: the handle made here
+    /// may be the last one, and dropping it takes the lock.
+    pub fn existing(
+        &self,
+        peer: SocketAddr,
+        server_name: Option<&str>,
+        ctx: &DtlsClientContext,
+    ) -> Option<Arc<Handle<D>>> {
+        let weak = {
+            let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, entry| entry.handle.strong_count() > 0);
+            let entry = map.get(&peer)?;
+            if entry.server_name.as_deref() != server_name || !entry.ctx.same_as(ctx) {
+                return None;
+            }
+            entry.handle.clone()
+        };
+        let handle = weak.upgrade()?;
+        (!handle.is_closed()).then_some(handle)
+    }
+
+    /// Records `handle`, made for `peer` with `server_name` and `ctx`.
+    pub fn remember(
+        &self,
+        handle: &Arc<Handle<D>>,
+        server_name: Option<&str>,
+        ctx: &DtlsClientContext,
+    ) {
+        let entry = Entry {
+            handle: Arc::downgrade(handle),
+            server_name: server_name.map(str::to_owned),
+            ctx: ctx.clone(),
+        };
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.insert(handle.peer, entry);
+    }
+}

@@ -1,0 +1,111 @@
+//! The driver core shared by the blocking driver ([`blocking`], behind
+//! [`DtlsServer`](crate::DtlsServer), [`DtlsClient`](crate::DtlsClient) and
+//! [`DtlsConnection`](crate::DtlsConnection)) and the tokio driver (`crate::tokio`): everything
+//! about running an [`Endpoint`] on one UDP socket that does not
+//! depend on how the driver waits.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`shared`] | the state behind the lock: the endpoint, the slot table, the accept queue; event dispatch, the driver turn, shutdown |
+//! | [`handle`] | a connection handle's state and operations, the handshake facts, the client's table of connections to hand out again |
+//! | [`failures`] | failed handshakes waiting to be reported to the hook outside the lock |
+//! | [`socket`] | socket options and opening the socket |
+//! | [`blocking`] | the blocking driver: a thread sleeping in `poll(2)`, a waker, `Condvar` waits |
+//!
+//! A driver plugs in through [`Io`]: how it is woken, how it receives and sends, and the
+//! [`Signal`] its waiters sleep on (`Condvar` for threads, `tokio::sync::Notify` for tasks).
+
+pub(crate) mod blocking;
+pub(crate) mod failures;
+pub(crate) mod handle;
+pub(crate) mod shared;
+pub(crate) mod socket;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Condvar;
+
+use crate::endpoint::Endpoint;
+
+pub use self::socket::SocketOptions;
+
+/// The largest datagram a driver reads or writes: no UDP payload is larger.
+pub(crate) const RX_BUFFER: usize = 65_536;
+
+/// What a handle or the accept queue waits on, woken when the state it waits for may have
+/// changed: `Condvar` for the blocking driver, `tokio::sync::Notify` for the tokio driver.
+pub(crate) trait Signal: Default + fmt::Debug + Send + Sync + 'static {
+    /// Wakes every thread or task waiting on this signal.
+    fn wake_all(&self);
+
+    /// Wakes one waiter, for one new item (a connection to accept). By default every waiter:
+    /// the others find nothing and wait again.
+    fn wake_one(&self) {
+        self.wake_all();
+    }
+}
+
+impl Signal for Condvar {
+    fn wake_all(&self) {
+        self.notify_all();
+    }
+
+    fn wake_one(&self) {
+        self.notify_one();
+    }
+}
+
+/// A driver's I/O model, as the shared core sees it: the socket's non-blocking receive and
+/// send, and how to interrupt the driver's wait.
+pub(crate) trait Io: fmt::Debug + Send + Sync + Sized + 'static {
+    /// What handles and `accept` wait on.
+    type Signal: Signal;
+    /// The driver's own output state, kept under the lock beside the endpoint (the tokio
+    /// driver's backlog of datagrams the socket refused).
+    type Queue: fmt::Debug + Default + Send;
+
+    /// Interrupts the driver's wait so it takes a turn: its deadlines changed, or failed
+    /// handshakes wait to be reported.
+    fn wake(&self);
+
+    /// Receives one datagram without blocking (`WouldBlock` when none is queued).
+    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+
+    /// Sends every datagram `endpoint` has queued, or keeps it in `out.queue` for later.
+    fn flush(&self, endpoint: &mut Endpoint, out: &mut Output<Self::Queue>);
+
+    /// Called once the driver stopped and every connection ended, to wake what else waits on
+    /// the driver.
+    fn stopped(&self) {}
+}
+
+/// Output state under the lock: the transmit buffer, the send-error count and the driver's
+/// own [`Io::Queue`].
+pub(crate) struct Output<Q> {
+    /// Where [`Endpoint::poll_transmit`] writes each datagram.
+    pub tx: Vec<u8>,
+    /// Datagrams that could not be sent (an error, or a full queue).
+    pub send_errors: u64,
+    /// The driver's own output state.
+    pub queue: Q,
+}
+
+impl<Q: Default> Default for Output<Q> {
+    fn default() -> Self {
+        Output {
+            tx: vec![0; RX_BUFFER],
+            send_errors: 0,
+            queue: Q::default(),
+        }
+    }
+}
+
+impl<Q: fmt::Debug> fmt::Debug for Output<Q> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Output")
+            .field("send_errors", &self.send_errors)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}

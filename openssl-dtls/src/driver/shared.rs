@@ -1,0 +1,320 @@
+//! The state a driver shares with its handles ([`Shared`]) and what sits behind its lock
+//! ([`Core`]): the endpoint, the slot table through which handles wait on their connections,
+//! the accept queue. Owns event dispatch, the driver turn (a receive batch, the timers, output,
+//! then failure reports outside the lock) and the steps of shutting down — the same for every
+//! driver; only waiting differs.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::failures::PendingFailures;
+use super::{Io, Output, Signal};
+use crate::context::DtlsClientContext;
+use crate::endpoint::{ConnectionId, Endpoint, Event};
+use crate::error::{Error, Result};
+
+/// How a connection handle sees its connection.
+#[derive(Debug)]
+pub(crate) enum SlotState {
+    /// `connect` waits for the handshake.
+    Handshaking,
+    /// Handed out (or about to be): `send` and `recv` work.
+    Established,
+    /// Closed by either side, failed, or the driver stopped; with the error, if any.
+    Ended(Option<Error>),
+}
+
+/// Per-connection wait state, under the core's lock.
+#[derive(Debug)]
+pub(crate) struct Slot<S> {
+    /// What the handle last learned of its connection.
+    pub state: SlotState,
+    /// Woken when the connection's state changes or data arrives.
+    pub signal: Arc<S>,
+}
+
+/// Everything behind the lock.
+pub(crate) struct Core<D: Io> {
+    /// The sans-IO endpoint.
+    pub endpoint: Endpoint,
+    /// The connections some handle (or `connect`) waits on.
+    pub slots: HashMap<ConnectionId, Slot<D::Signal>>,
+    /// Established server connections not accepted yet.
+    accept_queue: VecDeque<(SocketAddr, ConnectionId)>,
+    /// Whether a connection nobody waits for goes to the accept queue (a server) or is
+    /// released (a client whose `connect` gave up).
+    accepts: bool,
+    /// The driver stopped or is stopping: no new work.
+    pub shutdown: bool,
+    /// Output waiting to be sent, and the driver's own output state.
+    pub out: Output<D::Queue>,
+    /// Failed handshakes for the failure hook.
+    pub failures: PendingFailures,
+}
+
+impl<D: Io> fmt::Debug for Core<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("endpoint", &self.endpoint)
+            .field("slots", &self.slots.len())
+            .field("accept_queue", &self.accept_queue.len())
+            .field("shutdown", &self.shutdown)
+            .field("out", &self.out)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Io> Core<D> {
+    /// The next connection to accept (`Some(Ok)`), [`Error::Closed`] after shutdown, or `None`:
+    /// wait.
+    pub fn pop_accept(&mut self) -> Option<Result<(SocketAddr, ConnectionId)>> {
+        if let Some(next) = self.accept_queue.pop_front() {
+            return Some(Ok(next));
+        }
+        self.shutdown.then_some(Err(Error::Closed))
+    }
+
+    /// How the handshake `connect` waits on ended: `Some(Ok)` established, `Some(Err)` failed,
+    /// or `None`: still in progress.
+    pub fn connect_outcome(&mut self, id: ConnectionId) -> Option<Result<()>> {
+        let shutdown = self.shutdown;
+        match self.slots.get_mut(&id).map(|s| &mut s.state) {
+            Some(SlotState::Established) => Some(Ok(())),
+            Some(SlotState::Ended(e)) => Some(Err(e.take().unwrap_or(Error::Closed))),
+            Some(SlotState::Handshaking) => shutdown.then_some(Err(Error::ClientClosed)),
+            None => Some(Err(Error::Closed)),
+        }
+    }
+}
+
+/// A running driver: its shared state and what runs it (`R`: the join handle of its thread or
+/// task), kept for shutdown to join or await once.
+#[derive(Debug)]
+pub(crate) struct Running<D: Io, R> {
+    /// Shared with the driver and every handle.
+    pub shared: Arc<Shared<D>>,
+    /// The driver's thread or task, until shutdown takes it.
+    runner: Mutex<Option<R>>,
+}
+
+impl<D: Io, R> Running<D, R> {
+    /// A driver over `shared`, run by `runner`.
+    pub fn new(shared: Arc<Shared<D>>, runner: R) -> Self {
+        Running {
+            shared,
+            runner: Mutex::new(Some(runner)),
+        }
+    }
+
+    /// Locks the runner slot (shutdown takes the runner out of it).
+    pub fn runner(&self) -> MutexGuard<'_, Option<R>> {
+        self.runner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Shared by the driver (thread or task) and every handle.
+#[derive(Debug)]
+pub(crate) struct Shared<D: Io> {
+    core: Mutex<Core<D>>,
+    /// Wakes `accept` waiters (a connection was queued, or the driver stopped).
+    pub accept: D::Signal,
+    /// The driver's socket and wake-up machinery.
+    pub io: D,
+    /// The socket's local address.
+    pub local_addr: SocketAddr,
+    /// Datagrams read per turn.
+    batch: usize,
+}
+
+impl<D: Io> Shared<D> {
+    /// The shared state of a driver for `endpoint` on `io`, a server's if `accepts`.
+    pub fn new(
+        endpoint: Endpoint,
+        accepts: bool,
+        io: D,
+        local_addr: SocketAddr,
+        batch: usize,
+    ) -> Shared<D> {
+        Shared {
+            core: Mutex::new(Core {
+                endpoint,
+                slots: HashMap::new(),
+                accept_queue: VecDeque::new(),
+                accepts,
+                shutdown: false,
+                out: Output::default(),
+                failures: PendingFailures::default(),
+            }),
+            accept: D::Signal::default(),
+            io,
+            local_addr,
+            batch: batch.max(1),
+        }
+    }
+
+    /// Locks the core. A poisoned lock (a panic while it was held) is taken over: the data it
+    /// protects stays consistent between statements.
+    pub fn lock(&self) -> MutexGuard<'_, Core<D>> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Interrupts the driver's wait so it recomputes its deadline.
+    pub fn wake(&self) {
+        self.io.wake();
+    }
+
+    /// Sends everything the endpoint has queued.
+    pub fn flush(&self, core: &mut Core<D>) {
+        self.io.flush(&mut core.endpoint, &mut core.out);
+    }
+
+    /// Dispatches the endpoint's events, then sends its output: after every call that may
+    /// produce either.
+    pub fn settle(&self, core: &mut Core<D>) {
+        self.dispatch(core);
+        self.flush(core);
+    }
+
+    /// Routes endpoint events to the handles waiting on them.
+    pub fn dispatch(&self, core: &mut Core<D>) {
+        while let Some(event) = core.endpoint.poll_event() {
+            match event {
+                Event::Connected { peer, id } => match core.slots.get_mut(&id) {
+                    Some(slot) => {
+                        slot.state = SlotState::Established;
+                        slot.signal.wake_all();
+                    }
+                    None if core.accepts => {
+                        let slot = Slot {
+                            state: SlotState::Established,
+                            signal: Arc::default(),
+                        };
+                        core.slots.insert(id, slot);
+                        core.accept_queue.push_back((peer, id));
+                        self.accept.wake_one();
+                    }
+                    // A client handshake whose `connect` gave up: nobody to hand it to.
+                    None => core.endpoint.release(peer, id),
+                },
+                Event::Readable { id, .. } => {
+                    if let Some(slot) = core.slots.get(&id) {
+                        slot.signal.wake_all();
+                    }
+                }
+                Event::Closed { id, error, .. } => {
+                    if let Some(slot) = core.slots.get_mut(&id) {
+                        slot.state = SlotState::Ended(error);
+                        slot.signal.wake_all();
+                    }
+                }
+                Event::HandshakeFailed(failure) => {
+                    if core.failures.push(failure) {
+                        self.wake(); // the driver reports it, outside the lock
+                    }
+                }
+            }
+        }
+    }
+
+    /// One driver turn, once its wait ended: a batch of datagrams, the timers, events, output,
+    /// then the failed handshakes to the hook (outside the lock). False after shutdown.
+    pub fn turn(&self, rx: &mut [u8]) -> bool {
+        let mut core = self.lock();
+        if core.shutdown {
+            return false;
+        }
+        for _ in 0..self.batch {
+            match self.io.try_recv_from(rx) {
+                Ok((n, peer)) => core
+                    .endpoint
+                    .handle_datagram(Instant::now(), peer, &rx[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ICMP errors surface as ECONNREFUSED etc. on Linux: not fatal.
+                Err(e) => log::debug!("recv_from: {e}"),
+            }
+        }
+        core.endpoint.handle_timeout(Instant::now());
+        self.settle(&mut core);
+        let report = core.failures.take();
+        drop(core);
+        if let Some(report) = report {
+            report.report();
+        }
+        true
+    }
+
+    /// Starts a client handshake with `peer` and a slot for `connect` to wait on.
+    pub fn begin_connect(
+        &self,
+        peer: SocketAddr,
+        ctx: &DtlsClientContext,
+        server_name: Option<&str>,
+    ) -> Result<(ConnectionId, Arc<D::Signal>)> {
+        let mut core = self.lock();
+        if core.shutdown {
+            return Err(Error::ClientClosed);
+        }
+        let id = core
+            .endpoint
+            .connect(Instant::now(), peer, ctx, server_name)?;
+        let signal = Arc::<D::Signal>::default();
+        let slot = Slot {
+            state: SlotState::Handshaking,
+            signal: Arc::clone(&signal),
+        };
+        core.slots.insert(id, slot);
+        self.settle(&mut core);
+        drop(core);
+        self.wake();
+        Ok((id, signal))
+    }
+
+    /// Releases connection `id` (its handle is gone, or `connect` gave up) and its slot.
+    pub fn release(&self, peer: SocketAddr, id: ConnectionId) {
+        let mut core = self.lock();
+        core.endpoint.release(peer, id);
+        core.slots.remove(&id);
+        self.settle(&mut core);
+        drop(core);
+        self.wake();
+    }
+
+    /// Closes every connection (`close_notify`) and sends what it can, unless the driver
+    /// already stopped: the first step of every shutdown.
+    pub fn close_all(&self, core: &mut Core<D>) {
+        if !core.shutdown {
+            core.endpoint.close_all();
+            self.settle(core);
+        }
+    }
+
+    /// [`close_all`](Self::close_all), then marks the driver stopped: it ends at its next turn.
+    pub fn stop(&self) {
+        let mut core = self.lock();
+        self.close_all(&mut core);
+        core.shutdown = true;
+    }
+
+    /// Marks every connection ended and wakes every waiter: the driver stopped, with `error`
+    /// if its socket failed.
+    pub fn end_all(&self, error: Option<io::ErrorKind>) {
+        let mut core = self.lock();
+        core.shutdown = true;
+        for slot in core.slots.values_mut() {
+            if !matches!(slot.state, SlotState::Ended(_)) {
+                slot.state = SlotState::Ended(
+                    error.map(|k| Error::Io(io::Error::new(k, "the DTLS driver stopped"))),
+                );
+            }
+            slot.signal.wake_all();
+        }
+        drop(core);
+        self.accept.wake_all();
+        self.io.stopped();
+    }
+}
