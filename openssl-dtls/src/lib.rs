@@ -2,6 +2,13 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod alert;
+// Transitional: `bio::alert_desc_str` moved to `alert.rs`, and the bio rework deletes the old copy;
+// once it is gone this expectation is unfulfilled and the lint run fails: remove it then.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "bio::alert_desc_str moved to alert.rs")
+)]
 mod bio;
 mod client;
 pub(crate) mod config;
@@ -9,9 +16,9 @@ mod connection;
 pub mod context;
 pub(crate) mod cookie;
 mod driver;
-mod ffi;
 pub mod endpoint;
 pub mod error;
+mod ffi;
 mod listener;
 mod plaintext;
 mod record;
