@@ -11,13 +11,14 @@ use openssl::error::ErrorStack;
 use openssl::ssl::{AlpnError, Ssl, SslContext, SslContextBuilder, SslMethod, SslVerifyMode};
 use openssl_dtls_sys as dffi;
 
-use super::ciphers::{Auth, Offered};
-use super::psk::{self, KeyStore, Secret, MAX_IDENTITY_LEN};
-use super::{
-    apply_roots, apply_verify, certificate_builder_methods, common_builder_methods, guard,
-    trust_builder_methods, CertificateConfig, Common, KeyKind, LoadedCertificate, Source,
-    VerifyCallback,
+use super::certificate::{
+    certificate_builder_methods, CertificateConfig, KeyKind, LoadedCertificate, Source,
 };
+use super::ciphers::{Auth, Offered};
+use super::common::{common_builder_methods, Common};
+use super::guard;
+use super::psk::{self, KeyStore, Secret, MAX_IDENTITY_LEN};
+use super::trust::{apply_roots, apply_verify, trust_builder_methods, VerifyCallback};
 use crate::bio;
 use crate::config::SessionConfig;
 use crate::cookie::CookieSecrets;
