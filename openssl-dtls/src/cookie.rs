@@ -22,6 +22,10 @@
 //! is stored in this struct; OpenSSL wipes its copy with `OPENSSL_secure_clear_free` when the last
 //! reference goes, which happens on drop and on rotation.
 //!
+//! [`install`] puts the cookie callbacks on a server's `SSL_CTX`, over one shared
+//! [`CookieSecrets`]; `DTLSv1_listen` calls them with the peer and the time the endpoint recorded
+//! on the listening `SSL`'s datagram BIO.
+//!
 //! Thread safety: [`CookieSecrets`] is `Send + Sync`. A short `Mutex` section clones the two key
 //! handles (a reference-count increment), rotating first when due; the HMACs run outside it.
 
@@ -34,7 +38,10 @@ use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::sign::Signer;
+use openssl::ssl::SslContextBuilder;
 
+use crate::bio;
+use crate::ffi::ctx::guard;
 use crate::wipe;
 
 /// Length of a cookie: one HMAC-SHA256 output.
@@ -384,6 +391,49 @@ fn verify_with(keys: &KeyPair, peer: SocketAddr, cookie: &[u8]) -> bool {
         let mut expected = [0; COOKIE_LEN];
         cookie_mac(key, peer, &mut expected).is_ok() && openssl::memcmp::eq(&expected, cookie)
     })
+}
+
+/// Installs the cookie callbacks on a server context (`SSL_CTX_set_cookie_generate_cb`,
+/// `SSL_CTX_set_cookie_verify_cb`) over `secrets`, shared by both.
+///
+/// They read the peer and the time from the `SSL`'s datagram BIO, where the listener records
+/// them before every `DTLSv1_listen`; no clock is read here. Without a peer or a time, generation
+/// fails (no HelloVerifyRequest) and verification says no, with a debug log: a cookie is never
+/// made or accepted on a guess. A panic counts as failure.
+#[doc(alias = "SSL_CTX_set_cookie_generate_cb")]
+#[doc(alias = "SSL_CTX_set_cookie_verify_cb")]
+pub(crate) fn install(b: &mut SslContextBuilder, secrets: CookieSecrets) {
+    let secrets = std::sync::Arc::new(secrets);
+    let generate = std::sync::Arc::clone(&secrets);
+    b.set_cookie_generate_cb(move |ssl, out| {
+        let n = guard("cookie generate", 0, || match bio::peer_and_now(ssl) {
+            Some((peer, Some(now))) => generate.generate(now, peer, out),
+            Some((_, None)) => {
+                log::debug!("cookie requested without the time on the SSL's BIO: none made");
+                0
+            }
+            None => {
+                log::debug!("cookie requested for an SSL without a known peer");
+                0
+            }
+        });
+        if n == 0 {
+            Err(ErrorStack::get())
+        } else {
+            Ok(n)
+        }
+    });
+    let verify = secrets;
+    b.set_cookie_verify_cb(move |ssl, cookie| {
+        guard("cookie verify", false, || match bio::peer_and_now(ssl) {
+            Some((peer, Some(now))) => verify.verify(now, peer, cookie),
+            Some((_, None)) => {
+                log::debug!("cookie to verify without the time on the SSL's BIO: refused");
+                false
+            }
+            None => false,
+        })
+    });
 }
 
 #[cfg(test)]

@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use openssl::ssl::{SslContextBuilder, SslOptions, SslVersion};
 
 use super::ciphers::{self, CipherPreset};
-use super::{guard, DEFAULT_GROUPS, MAX_CERT_LIST, PSK_MAX_CERT_LIST};
+use super::{DEFAULT_GROUPS, MAX_CERT_LIST, PSK_MAX_CERT_LIST};
 use crate::config::SessionConfig;
 use crate::error::ConfigError;
+use crate::ffi::ctx::guard;
 
 /// Where key log lines go.
 #[derive(Clone)]

@@ -74,7 +74,7 @@
 //
 // | file | owns |
 // |---|---|
-// | `mod.rs` | this overview, the limits and defaults below, the OpenSSL advisory check, `guard` |
+// | `mod.rs` | this overview, the limits and defaults below, the OpenSSL advisory check, `guard` (from `ffi::ctx`) |
 // | `common.rs` | the settings both sides share (`Common`), their builder methods, the key log |
 // | `certificate.rs` | where certificates and keys come from, loading them, installing them |
 // | `trust.rs` | trust roots and the verification callback |
@@ -92,12 +92,12 @@ mod psk;
 mod server;
 mod trust;
 
-use std::panic::{self, AssertUnwindSafe};
-
 pub use self::ciphers::{CipherPreset, CERTIFICATE_CIPHERS, PSK_CIPHERS};
 pub use self::client::{DtlsClientContext, DtlsClientContextBuilder};
 pub use self::psk::{PskCredentials, MAX_IDENTITY_LEN, MAX_KEY_LEN};
 pub use self::server::{ClientAuth, DtlsServerContext, DtlsServerContextBuilder};
+/// Runs a user callback without letting a panic unwind (kept here for the endpoint's hooks).
+pub(crate) use crate::ffi::ctx::guard;
 
 /// The largest certificate chain a peer may send, and so the largest handshake message OpenSSL
 /// reassembles for it (`SSL_CTX_set_max_cert_list`): 32 KiB, eight times a typical public-PKI
@@ -149,15 +149,6 @@ pub(crate) fn warn_if_openssl_lacks_dtls_fixes() {
 /// Not X25519 alone: that breaks ECDHE-ECDSA on OpenSSL 3.0.
 #[doc(alias = "SSL_CTX_set1_groups_list")]
 pub const DEFAULT_GROUPS: &str = "X25519:P-256:P-384";
-
-/// Runs a user callback for OpenSSL, turning a panic into `on_panic` (and an error log) so that no
-/// panic unwinds into C.
-pub(crate) fn guard<T>(what: &str, on_panic: T, f: impl FnOnce() -> T) -> T {
-    panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        log::error!("the {what} callback panicked: failing this handshake");
-        on_panic
-    })
-}
 
 #[cfg(test)]
 mod version_tests {

@@ -16,13 +16,12 @@ use super::certificate::{
 };
 use super::ciphers::{Auth, Offered};
 use super::common::{common_builder_methods, Common};
-use super::guard;
 use super::psk::{self, KeyStore, Secret, MAX_IDENTITY_LEN};
 use super::trust::{apply_roots, apply_verify, trust_builder_methods, VerifyCallback};
-use crate::bio;
 use crate::config::SessionConfig;
-use crate::cookie::CookieSecrets;
+use crate::cookie::{self, CookieSecrets};
 use crate::error::{ConfigError, Error, Result};
+use crate::ffi::ctx::guard;
 use crate::session::Session;
 
 /// Default cookie secret rotation: a cookie stays valid for one to two minutes, far longer than
@@ -357,7 +356,7 @@ impl DtlsServerContextBuilder {
             });
         }
         self.common.apply_key_log(&mut b)?;
-        self.install_cookies(&mut b)?;
+        cookie::install(&mut b, self.cookie_secrets()?);
         Ok(DtlsServerContext {
             ctx: b.build(),
             inner: Arc::new(ServerInner {
@@ -386,42 +385,15 @@ impl DtlsServerContextBuilder {
         })
     }
 
-    /// Installs the cookie callbacks (`SSL_CTX_set_cookie_generate_cb`,
-    /// `SSL_CTX_set_cookie_verify_cb`) over one shared [`CookieSecrets`]. They read the peer and
-    /// the caller's clock from the `SSL`'s datagram BIO; without a known peer, generation fails
-    /// and verification says no.
-    fn install_cookies(&self, b: &mut SslContextBuilder) -> Result<(), ConfigError> {
-        let secrets = match &self.cookie_secret {
+    /// The cookie keys: derived from the configured secret, or random.
+    fn cookie_secrets(&self) -> Result<CookieSecrets, ConfigError> {
+        match &self.cookie_secret {
             Some(secret) => CookieSecrets::with_secret(&secret.0, self.cookie_rotation)
-                .map_err(|reason| ConfigError::Invalid(format!("cookie secret: {reason}")))?,
+                .map_err(|reason| ConfigError::Invalid(format!("cookie secret: {reason}"))),
             None => CookieSecrets::random(self.cookie_rotation, Instant::now()).map_err(|e| {
                 ConfigError::Invalid(format!("cannot make a random cookie secret: {e}"))
-            })?,
-        };
-        let secrets = Arc::new(secrets);
-        let generate = Arc::clone(&secrets);
-        b.set_cookie_generate_cb(move |ssl, out| {
-            let n = guard("cookie generate", 0, || match bio::peer_and_now(ssl) {
-                Some((peer, now)) => generate.generate(now.unwrap_or_else(Instant::now), peer, out),
-                None => {
-                    log::debug!("cookie requested for an SSL without a known peer");
-                    0
-                }
-            });
-            if n == 0 {
-                Err(ErrorStack::get())
-            } else {
-                Ok(n)
-            }
-        });
-        let verify = secrets;
-        b.set_cookie_verify_cb(move |ssl, cookie| {
-            guard("cookie verify", false, || match bio::peer_and_now(ssl) {
-                Some((peer, now)) => verify.verify(now.unwrap_or_else(Instant::now), peer, cookie),
-                None => false,
-            })
-        });
-        Ok(())
+            }),
+        }
     }
 }
 

@@ -8,8 +8,8 @@ use openssl::ssl::SslContextBuilder;
 use openssl::x509::X509StoreContextRef;
 
 use super::certificate::{load_certificates, Source};
-use super::guard;
 use crate::error::ConfigError;
+use crate::ffi::ctx::guard;
 
 /// A verification callback: OpenSSL's verdict in, the final verdict out.
 pub(crate) type VerifyCallback = Arc<dyn Fn(bool, &mut X509StoreContextRef) -> bool + Send + Sync>;
