@@ -80,7 +80,10 @@ pub struct ReadmeDoctests;
 
 /// Crate internals for the cargo-fuzz targets in `fuzz/` (run by `scripts/fuzz.sh`): the record
 /// pre-parser and the cookie keys, with the invariants the targets check. Not a stable API:
-/// hidden from the documentation and outside semver.
+/// hidden from the documentation and outside semver, and compiled only under `--cfg fuzzing`
+/// (which cargo-fuzz passes, and `fuzz/.cargo/config.toml` sets for the seed generator), so
+/// ordinary builds carry no fuzzing oracles.
+#[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod __fuzz {
     use std::net::SocketAddr;
