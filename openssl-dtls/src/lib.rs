@@ -134,7 +134,7 @@ pub mod __fuzz {
     impl Cookies {
         /// Random keys rotated every `interval` from `now`.
         pub fn random(interval: Duration, now: Instant) -> Cookies {
-            Cookies(crate::cookie::CookieSecrets::random(interval, now).expect("random keys"))
+            Cookies(crate::cookie::CookieSecrets::random_from(interval, now).expect("random keys"))
         }
 
         /// Keys derived from a shared secret; `None` if it is too short.

@@ -390,7 +390,7 @@ impl DtlsServerContextBuilder {
         match &self.cookie_secret {
             Some(secret) => CookieSecrets::with_secret(&secret.0, self.cookie_rotation)
                 .map_err(|reason| ConfigError::Invalid(format!("cookie secret: {reason}"))),
-            None => CookieSecrets::random(self.cookie_rotation, Instant::now()).map_err(|e| {
+            None => CookieSecrets::random(self.cookie_rotation).map_err(|e| {
                 ConfigError::Invalid(format!("cannot make a random cookie secret: {e}"))
             }),
         }

@@ -9,7 +9,9 @@
 //! a cookie lives at least one interval and less than two:
 //!
 //! - [`CookieSecrets::random`]: fresh random keys, rotated on the `now: Instant` the caller passes
-//!   in (sans-IO: no clock is read). A gap of two intervals or more replaces both keys.
+//!   in (sans-IO: no clock is read). The first interval starts at the first `now` the keys see
+//!   (the first cookie made or checked), not when they were created: the context that makes them
+//!   has no business reading the clock. A gap of two intervals or more replaces both keys.
 //! - [`CookieSecrets::with_secret`]: for several servers behind one load balancer, which must
 //!   accept each other's cookies. The key for interval `n` is derived deterministically as
 //!   `HMAC-SHA256(secret, "openssl-dtls cookie key" || n)` with `n = time since UNIX_EPOCH /
@@ -95,8 +97,9 @@ struct KeyPair {
 /// State of [`Keys::Random`].
 struct RandomKeys {
     pair: KeyPair,
-    /// When `pair.current` took over.
-    rotated_at: Instant,
+    /// When `pair.current` took over; `None` until the first call, whose `now` starts the
+    /// first interval.
+    rotated_at: Option<Instant>,
 }
 
 /// State of [`Keys::Shared`].
@@ -122,10 +125,22 @@ impl Drop for SecretBytes {
 }
 
 impl CookieSecrets {
-    /// Random keys, rotated every `interval` (at least [`MIN_INTERVAL`]), starting at `now`.
+    /// Random keys, rotated every `interval` (at least [`MIN_INTERVAL`]), starting at the first
+    /// `now` they are used with.
     ///
     /// Errors if OpenSSL's random generator or HMAC key creation fails.
-    pub(crate) fn random(interval: Duration, now: Instant) -> Result<Self, ErrorStack> {
+    pub(crate) fn random(interval: Duration) -> Result<Self, ErrorStack> {
+        CookieSecrets::random_starting(interval, None)
+    }
+
+    /// [`random`](Self::random) with the first interval starting at `now` (tests and the fuzz
+    /// targets, which drive their own clock from a fixed origin).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn random_from(interval: Duration, now: Instant) -> Result<Self, ErrorStack> {
+        CookieSecrets::random_starting(interval, Some(now))
+    }
+
+    fn random_starting(interval: Duration, start: Option<Instant>) -> Result<Self, ErrorStack> {
         let pair = KeyPair {
             current: fresh_key()?,
             previous: fresh_key()?,
@@ -134,7 +149,7 @@ impl CookieSecrets {
             interval: interval.max(MIN_INTERVAL),
             keys: Keys::Random(Mutex::new(RandomKeys {
                 pair,
-                rotated_at: now,
+                rotated_at: start,
             })),
         })
     }
@@ -222,7 +237,8 @@ impl CookieSecrets {
     /// Random mode: rotate when `interval` has passed since the last rotation.
     fn random_keys(&self, state: &Mutex<RandomKeys>, now: Instant) -> Option<KeyPair> {
         let mut state = lock(state);
-        let elapsed = now.saturating_duration_since(state.rotated_at);
+        let rotated_at = *state.rotated_at.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(rotated_at);
         if elapsed >= self.interval {
             let two_intervals = self.interval.checked_mul(2).unwrap_or(Duration::MAX);
             if elapsed >= two_intervals {
@@ -232,13 +248,13 @@ impl CookieSecrets {
                     current: fresh_key().ok()?,
                     previous: fresh_key().ok()?,
                 };
-                state.rotated_at = now;
+                state.rotated_at = Some(now);
             } else {
                 let current = fresh_key().ok()?;
                 // The old previous key is dropped here; OpenSSL wipes it once no copy is in use.
                 state.pair.previous = std::mem::replace(&mut state.pair.current, current);
                 // Stay on the interval grid so that cookie lifetimes do not drift.
-                state.rotated_at = state.rotated_at.checked_add(self.interval).unwrap_or(now);
+                state.rotated_at = Some(rotated_at.checked_add(self.interval).unwrap_or(now));
             }
         }
         Some(state.pair.clone())

@@ -20,7 +20,7 @@ fn cookie(secrets: &CookieSecrets, now: Instant, peer: SocketAddr) -> [u8; COOKI
 #[test]
 fn generated_cookie_verifies_for_the_same_peer() {
     let t0 = Instant::now();
-    let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+    let secrets = CookieSecrets::random_from(INTERVAL, t0).unwrap();
     for peer in [v4(1, 5684), SocketAddr::from((Ipv6Addr::LOCALHOST, 5684))] {
         let c = cookie(&secrets, t0, peer);
         assert!(secrets.verify(t0, peer, &c));
@@ -31,7 +31,7 @@ fn generated_cookie_verifies_for_the_same_peer() {
 #[test]
 fn cookie_is_stateless_and_deterministic_within_an_interval() {
     let t0 = Instant::now();
-    let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+    let secrets = CookieSecrets::random_from(INTERVAL, t0).unwrap();
     let peer = v4(1, 5684);
     assert_eq!(
         cookie(&secrets, t0, peer),
@@ -46,7 +46,7 @@ fn cookie_is_stateless_and_deterministic_within_an_interval() {
 #[test]
 fn cookie_does_not_verify_for_another_ip_port_or_family() {
     let t0 = Instant::now();
-    let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+    let secrets = CookieSecrets::random_from(INTERVAL, t0).unwrap();
     let peer = v4(1, 5684);
     let c = cookie(&secrets, t0, peer);
     assert!(!secrets.verify(t0, v4(2, 5684), &c), "other IP");
@@ -65,7 +65,7 @@ fn cookie_does_not_verify_for_another_ip_port_or_family() {
 #[test]
 fn malformed_cookies_never_verify() {
     let t0 = Instant::now();
-    let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+    let secrets = CookieSecrets::random_from(INTERVAL, t0).unwrap();
     let peer = v4(1, 5684);
     let c = cookie(&secrets, t0, peer);
     assert!(!secrets.verify(t0, peer, &[]), "empty");
@@ -88,7 +88,7 @@ fn malformed_cookies_never_verify() {
 #[test]
 fn generate_needs_room_for_a_whole_cookie() {
     let t0 = Instant::now();
-    let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+    let secrets = CookieSecrets::random_from(INTERVAL, t0).unwrap();
     let peer = v4(1, 5684);
     let mut small = [0x77; COOKIE_LEN - 1];
     assert_eq!(secrets.generate(t0, peer, &mut small), 0);
@@ -102,7 +102,7 @@ fn generate_needs_room_for_a_whole_cookie() {
 #[test]
 fn cookie_still_verifies_after_one_rotation() {
     let t0 = Instant::now();
-    let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+    let secrets = CookieSecrets::random_from(INTERVAL, t0).unwrap();
     let peer = v4(1, 5684);
     let late = t0 + INTERVAL - Duration::from_millis(1);
     let c = cookie(&secrets, late, peer);
@@ -116,7 +116,7 @@ fn cookie_still_verifies_after_one_rotation() {
 #[test]
 fn cookie_expires_after_two_rotations() {
     let t0 = Instant::now();
-    let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+    let secrets = CookieSecrets::random_from(INTERVAL, t0).unwrap();
     let peer = v4(1, 5684);
     let c = cookie(&secrets, t0, peer);
     assert!(secrets.verify(t0 + INTERVAL, peer, &c));
@@ -126,7 +126,7 @@ fn cookie_expires_after_two_rotations() {
 #[test]
 fn a_gap_of_two_intervals_replaces_both_keys() {
     let t0 = Instant::now();
-    let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+    let secrets = CookieSecrets::random_from(INTERVAL, t0).unwrap();
     let peer = v4(1, 5684);
     let c = cookie(&secrets, t0, peer);
     // No call during the first rotation: both rotations happen at once.
@@ -140,7 +140,7 @@ fn a_gap_of_two_intervals_replaces_both_keys() {
 #[test]
 fn an_earlier_instant_neither_rotates_nor_panics() {
     let t0 = Instant::now() + Duration::from_secs(3600);
-    let secrets = CookieSecrets::random(INTERVAL, t0).unwrap();
+    let secrets = CookieSecrets::random_from(INTERVAL, t0).unwrap();
     let peer = v4(1, 5684);
     let c = cookie(&secrets, t0, peer);
     let past = t0 - Duration::from_secs(1800);
@@ -152,19 +152,19 @@ fn an_earlier_instant_neither_rotates_nor_panics() {
 fn interval_is_at_least_one_second() {
     let t0 = Instant::now();
     assert_eq!(
-        CookieSecrets::random(Duration::ZERO, t0)
+        CookieSecrets::random_from(Duration::ZERO, t0)
             .unwrap()
             .interval(),
         MIN_INTERVAL
     );
     assert_eq!(
-        CookieSecrets::random(INTERVAL, t0).unwrap().interval(),
+        CookieSecrets::random_from(INTERVAL, t0).unwrap().interval(),
         INTERVAL
     );
     let shared = CookieSecrets::with_secret(SECRET, Duration::ZERO).unwrap();
     assert_eq!(shared.interval(), MIN_INTERVAL);
     // A zero interval must not mean "rotate on every call".
-    let secrets = CookieSecrets::random(Duration::ZERO, t0).unwrap();
+    let secrets = CookieSecrets::random_from(Duration::ZERO, t0).unwrap();
     let peer = v4(1, 5684);
     assert!(secrets.verify(t0, peer, &cookie(&secrets, t0, peer)));
 }
@@ -253,7 +253,7 @@ fn debug_does_not_print_secret_bytes() {
     assert!(!text.contains("SECRET"), "{text}");
     assert!(!text.contains("0123456789"), "{text}");
     assert!(!text.contains("5345435245"), "hex of the secret: {text}"); // "SECRE"
-    let random = CookieSecrets::random(INTERVAL, Instant::now()).unwrap();
+    let random = CookieSecrets::random_from(INTERVAL, Instant::now()).unwrap();
     let text = format!("{random:?}");
     assert!(text.contains("random") && !text.contains("PKey"), "{text}");
 }
@@ -264,7 +264,7 @@ fn cookie_secrets_are_send_and_sync_and_work_across_threads() {
     assert_send_sync::<CookieSecrets>();
 
     let t0 = Instant::now();
-    let secrets = Arc::new(CookieSecrets::random(Duration::from_secs(1), t0).unwrap());
+    let secrets = Arc::new(CookieSecrets::random_from(Duration::from_secs(1), t0).unwrap());
     let threads: Vec<_> = (0..4_u8)
         .map(|i| {
             let secrets = Arc::clone(&secrets);
@@ -291,4 +291,17 @@ fn wipe_zeroes_the_buffer() {
     let mut bytes = SecretBytes([0xA5; KEY_LEN]);
     wipe(&mut bytes.0);
     assert_eq!(bytes.0, [0; KEY_LEN]);
+}
+
+#[test]
+fn random_keys_start_their_first_interval_at_the_first_use() {
+    let secrets = CookieSecrets::random(INTERVAL).unwrap();
+    let peer = v4(1, 5684);
+    // Made long after the keys were: still the first interval, which starts now.
+    let t0 = Instant::now() + Duration::from_secs(3600);
+    let c = cookie(&secrets, t0, peer);
+    assert!(secrets.verify(t0 + INTERVAL - Duration::from_millis(1), peer, &c));
+    assert_eq!(cookie(&secrets, t0 + INTERVAL - Duration::from_millis(1), peer), c);
+    assert!(secrets.verify(t0 + INTERVAL, peer, &c), "one rotation later");
+    assert!(!secrets.verify(t0 + 2 * INTERVAL, peer, &c), "two rotations later");
 }
