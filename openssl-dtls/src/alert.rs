@@ -4,9 +4,7 @@
 //!
 //! Re-exported as `openssl_dtls::Alert` and `openssl_dtls::error::Alert`.
 
-use std::ffi::CStr;
 use std::fmt;
-use std::os::raw::c_int;
 
 /// A DTLS alert: a level (warning or fatal) and a description code (RFC 5246 §7.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,14 +94,7 @@ impl fmt::Display for Hinted<'_> {
 /// (`SSL_alert_desc_string_long`; `"unknown"` for codes OpenSSL does not know).
 #[doc(alias = "SSL_alert_desc_string_long")]
 pub(crate) fn alert_desc_str(description: u8) -> &'static str {
-    // SAFETY: SSL_alert_desc_string_long returns a pointer to a static NUL-terminated string for
-    // any input ("unknown" for codes it does not know).
-    let s = unsafe {
-        CStr::from_ptr(openssl_dtls_sys::SSL_alert_desc_string_long(c_int::from(
-            description,
-        )))
-    };
-    s.to_str().unwrap_or("unknown")
+    crate::ffi::ctx::alert_desc_string_long(description)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::ciphers::{self, CipherPreset};
 use super::{DEFAULT_GROUPS, MAX_CERT_LIST, PSK_MAX_CERT_LIST};
 use crate::config::SessionConfig;
 use crate::error::ConfigError;
-use crate::ffi::ctx::guard;
+use crate::ffi::{self, ctx::guard};
 
 /// Where key log lines go.
 #[derive(Clone)]
@@ -91,10 +91,7 @@ impl Common {
         } else {
             PSK_MAX_CERT_LIST
         };
-        // SAFETY: `b` owns a valid SSL_CTX; the macro only stores the value.
-        unsafe {
-            openssl_dtls_sys::SSL_CTX_set_max_cert_list(b.as_ptr(), max_cert_list as _);
-        }
+        ffi::ctx::set_max_cert_list(b, max_cert_list);
         b.set_min_proto_version(Some(SslVersion::DTLS1_2))
             .map_err(|e| ConfigError::Invalid(format!("cannot set the DTLS 1.2 minimum: {e}")))?;
         let cipher_string = self.ciphers.cipher_string(psk, certificates);

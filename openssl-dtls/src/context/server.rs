@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openssl::error::ErrorStack;
 use openssl::ssl::{AlpnError, Ssl, SslContext, SslContextBuilder, SslMethod, SslVerifyMode};
-use openssl_dtls_sys as dffi;
 
 use super::certificate::{
     certificate_builder_methods, CertificateConfig, KeyKind, LoadedCertificate, Source,
@@ -21,7 +19,7 @@ use super::trust::{apply_roots, apply_verify, trust_builder_methods, VerifyCallb
 use crate::config::SessionConfig;
 use crate::cookie::{self, CookieSecrets};
 use crate::error::{ConfigError, Error, Result};
-use crate::ffi::ctx::guard;
+use crate::ffi::{self, ctx::guard};
 use crate::session::Session;
 
 /// Default cookie secret rotation: a cookie stays valid for one to two minutes, far longer than
@@ -89,13 +87,7 @@ impl DtlsServerContext {
     /// [`MAX_CERT_LIST`](crate::context::MAX_CERT_LIST) with a certificate,
     /// [`PSK_MAX_CERT_LIST`](crate::context::PSK_MAX_CERT_LIST) for PSK only.
     pub(crate) fn max_cert_list(&self) -> usize {
-        // SAFETY: `ctx` is a valid SSL_CTX; the macro only reads a field.
-        let n = unsafe {
-            openssl_dtls_sys::SSL_CTX_get_max_cert_list(foreign_types::ForeignType::as_ptr(
-                &self.ctx,
-            ))
-        };
-        usize::try_from(n).unwrap_or(0)
+        ffi::ctx::max_cert_list(&self.ctx)
     }
 
     /// Whether the admission hook lets `peer` (whose ClientHello carried a valid cookie) start a
@@ -336,15 +328,9 @@ impl DtlsServerContextBuilder {
             psk::install_server(&mut b, Arc::clone(store));
         }
         if let Some(hint) = hint {
-            // SAFETY: `b` owns a valid SSL_CTX; `hint` is a NUL-terminated string that outlives
-            // the call, and OpenSSL copies it.
-            let ok = unsafe { dffi::SSL_CTX_use_psk_identity_hint(b.as_ptr(), hint.as_ptr()) };
-            if ok != 1 {
-                return Err(ConfigError::Invalid(format!(
-                    "OpenSSL rejects the identity hint: {}",
-                    ErrorStack::get()
-                )));
-            }
+            ffi::ctx::use_psk_identity_hint(&mut b, &hint).map_err(|e| {
+                ConfigError::Invalid(format!("OpenSSL rejects the identity hint: {e}"))
+            })?;
         }
         if !self.common.alpn.is_empty() {
             self.common.alpn_wire()?; // checks the names

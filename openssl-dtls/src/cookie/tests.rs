@@ -301,7 +301,16 @@ fn random_keys_start_their_first_interval_at_the_first_use() {
     let t0 = Instant::now() + Duration::from_secs(3600);
     let c = cookie(&secrets, t0, peer);
     assert!(secrets.verify(t0 + INTERVAL - Duration::from_millis(1), peer, &c));
-    assert_eq!(cookie(&secrets, t0 + INTERVAL - Duration::from_millis(1), peer), c);
-    assert!(secrets.verify(t0 + INTERVAL, peer, &c), "one rotation later");
-    assert!(!secrets.verify(t0 + 2 * INTERVAL, peer, &c), "two rotations later");
+    assert_eq!(
+        cookie(&secrets, t0 + INTERVAL - Duration::from_millis(1), peer),
+        c
+    );
+    assert!(
+        secrets.verify(t0 + INTERVAL, peer, &c),
+        "one rotation later"
+    );
+    assert!(
+        !secrets.verify(t0 + 2 * INTERVAL, peer, &c),
+        "two rotations later"
+    );
 }
