@@ -5,10 +5,10 @@
 //! This module owns everything that goes into the OpenSSL `SSL_CTX` — protocol floor, options,
 //! ciphers, security level, groups, signature algorithms, ALPN, PSK and certificate credentials,
 //! verification, key log and (server) cookie callbacks — plus the per-session limits and timers
-//! (a [`SessionConfig`]) that sessions made from the context run with. A context is built once,
-//! checked at `build()` (every misconfiguration is an [`Error::Config`](crate::Error::Config)
-//! naming its cause), and then shared cheaply: it is `Clone + Send + Sync` (an `SSL_CTX`
-//! reference and an `Arc`).
+//! (a [`SessionConfig`](crate::SessionConfig)) that sessions made from the context run with. A
+//! context is built once, checked at `build()` (every misconfiguration is an
+//! [`Error::Config`](crate::Error::Config) naming its cause), and then shared cheaply: it is
+//! `Clone + Send + Sync` (an `SSL_CTX` reference and an `Arc`).
 //!
 //! ```
 //! use openssl_dtls::{DtlsClientContext, DtlsServerContext, PskCredentials};
