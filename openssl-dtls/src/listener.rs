@@ -11,14 +11,12 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use foreign_types::ForeignTypeRef;
 use openssl::ssl::Ssl;
-use openssl_dtls_sys as dffi;
-use openssl_sys as ffi;
 
 use crate::bio::{BioHandle, BioState};
 use crate::context::DtlsServerContext;
 use crate::error::Result;
+use crate::ffi::listen::{dtls_listen, BioAddr};
 use crate::session::{configure_ssl, Session};
 
 /// What one ClientHello did to the listener.
@@ -47,34 +45,13 @@ pub(crate) struct Listener {
     addr: BioAddr,
 }
 
-// SAFETY: `bio` points into the heap block owned by `ssl`'s BIO, and `addr` is an owned BIO_ADDR;
-// the listener is their only user, so moving it between threads moves the only access path.
+// SAFETY: `bio` points into the heap block owned by `ssl`'s BIO; the listener is its only user,
+// so moving it between threads moves the only access path. (`BioAddr` is `Send` by itself.)
 unsafe impl Send for Listener {}
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listener").finish_non_exhaustive()
-    }
-}
-
-/// An owned `BIO_ADDR` for `DTLSv1_listen` to fill.
-struct BioAddr(*mut dffi::BIO_ADDR);
-
-impl BioAddr {
-    fn new() -> Result<BioAddr> {
-        // SAFETY: BIO_ADDR_new allocates a zeroed address or returns null.
-        let p = unsafe { dffi::BIO_ADDR_new() };
-        if p.is_null() {
-            return Err(openssl::error::ErrorStack::get().into());
-        }
-        Ok(BioAddr(p))
-    }
-}
-
-impl Drop for BioAddr {
-    fn drop(&mut self) {
-        // SAFETY: allocated by BIO_ADDR_new and freed exactly once, here.
-        unsafe { dffi::BIO_ADDR_free(self.0) }
     }
 }
 
@@ -114,14 +91,7 @@ impl Listener {
         st.alert_sent = None;
         st.alert_received = None;
         st.set_inbound(datagram);
-        // SAFETY: `ssl` is a valid listening SSL with our BIO and the context's cookie callbacks;
-        // `addr` is a valid BIO_ADDR. The error queue is cleared before and after.
-        let r = unsafe {
-            ffi::ERR_clear_error();
-            let r = dffi::DTLSv1_listen(self.ssl.as_ptr(), self.addr.0);
-            ffi::ERR_clear_error();
-            r
-        };
+        let r = dtls_listen(&mut self.ssl, &mut self.addr);
         let st = self.bio_mut();
         st.clear_inbound();
         if r == 1 {

@@ -8,13 +8,13 @@
 
 use std::sync::OnceLock;
 
-use foreign_types::ForeignTypeRef;
 use openssl::error::ErrorStack;
 use openssl::ex_data::Index;
 use openssl::ssl::{Ssl, SslRef};
-use openssl::x509::{X509NameRef, X509StoreContext, X509StoreContextRef, X509VerifyResult};
+use openssl::x509::{X509NameRef, X509StoreContextRef, X509VerifyResult};
 
 use crate::error::{Alert, VerifyFailure, VerifyReason};
+use crate::ffi;
 
 /// OpenSSL's `ERR_LIB_SSL`.
 const ERR_LIB_SSL: i32 = 20;
@@ -50,35 +50,19 @@ pub(crate) fn one_line(name: &X509NameRef) -> String {
 
 /// Called with the final verdict on the certificate `store` is at: records the first rejection
 /// on the `SSL` being verified. Returns `verdict`.
-pub(crate) fn checked(verdict: bool, store: &X509StoreContextRef) -> bool {
+pub(crate) fn checked(verdict: bool, store: &mut X509StoreContextRef) -> bool {
     if verdict {
         return true;
     }
-    let (Some(index), Ok(ssl_index)) = (index(), X509StoreContext::ssl_idx()) else {
+    let Some(index) = index() else {
         return false;
     };
-    let Some(ssl) = store.ex_data(ssl_index) else {
-        return false;
-    };
-    if ssl.ex_data(index).is_some() {
-        return false; // the first rejection is the one that ends the handshake
-    }
-    let rejection = Box::new(Rejection {
+    // Only the first rejection is stored: it is the one that ends the handshake.
+    ffi::ctx::set_verifying_ssl_ex_data(store, index, |store| Rejection {
         code: store.error().as_raw(),
         depth: store.error_depth(),
         subject: store.current_cert().map(|c| one_line(c.subject_name())),
     });
-    let data = Box::into_raw(rejection);
-    // SAFETY: `ssl` is the live `SSL` whose handshake is verifying (OpenSSL stores it in the
-    // store context for exactly this callback). The slot is empty (checked above), so nothing is
-    // overwritten or leaked. The index was made by `Ssl::new_ex_index::<Rejection>`, whose free
-    // callback drops a `Box<Rejection>` when the `SSL` is freed: ownership of `data` passes to
-    // the `SSL` on success; on failure it is taken back and dropped here.
-    unsafe {
-        if openssl_sys::SSL_set_ex_data(ssl.as_ptr(), index.as_raw(), data.cast()) != 1 {
-            drop(Box::from_raw(data));
-        }
-    }
     false
 }
 

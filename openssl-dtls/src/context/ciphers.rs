@@ -16,10 +16,8 @@
 //! DTLS 1.2 floor, which is set again after the level, keep the rest of the handshake modern.
 //! On OpenSSL 3.0 (Debian 12) CCM8 needs no change.
 
-use foreign_types::ForeignType;
 use openssl::error::ErrorStack;
-use openssl::ssl::{Ssl, SslCipher, SslCipherRef, SslContextBuilder, SslMethod, SslVersion};
-use openssl::stack::Stack;
+use openssl::ssl::{Ssl, SslCipherRef, SslContextBuilder, SslMethod, SslVersion};
 
 use crate::error::ConfigError;
 
@@ -120,15 +118,8 @@ fn auth_of(cipher: &SslCipherRef) -> Auth {
 
 /// The DTLS 1.2 ciphers OpenSSL enables for `ssl` (version range and security level applied).
 fn supported(ssl: &mut Ssl) -> Vec<Offered> {
-    // SAFETY: `ssl` is a live SSL. The returned stack is ours (or NULL); its elements are static
-    // SSL_CIPHERs, and `SslCipher` has no destructor, so dropping the `Stack` frees only the
-    // stack itself.
-    let stack = unsafe {
-        let p = openssl_dtls_sys::SSL_get1_supported_ciphers(ssl.as_ptr());
-        if p.is_null() {
-            return Vec::new();
-        }
-        Stack::<SslCipher>::from_ptr(p)
+    let Some(stack) = crate::ffi::ctx::supported_ciphers(ssl) else {
+        return Vec::new();
     };
     stack
         .iter()

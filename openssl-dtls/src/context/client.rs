@@ -8,12 +8,11 @@ use std::time::Instant;
 use openssl::ssl::{Ssl, SslContext, SslContextBuilder, SslMethod, SslVerifyMode};
 use openssl::x509::verify::X509CheckFlags;
 
+use super::certificate::{certificate_builder_methods, CertificateConfig, Source};
 use super::ciphers::{Auth, Offered};
+use super::common::{common_builder_methods, Common};
 use super::psk::{self, ClientPsk, PskCredentials};
-use super::{
-    apply_roots, apply_verify, certificate_builder_methods, common_builder_methods,
-    trust_builder_methods, CertificateConfig, Common, Source, VerifyCallback,
-};
+use super::trust::{apply_roots, apply_verify, trust_builder_methods, VerifyCallback};
 use crate::config::SessionConfig;
 use crate::error::{ConfigError, Error, Result};
 use crate::session::Session;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use openssl::ssl::SslContextBuilder;
 
-use super::guard;
+use crate::ffi::ctx::guard;
 
 /// Longest PSK identity accepted, in bytes (RFC 4279 §5.3's required minimum, and OpenSSL 1.1.1's
 /// `PSK_MAX_IDENTITY_LEN`).

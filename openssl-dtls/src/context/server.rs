@@ -7,21 +7,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openssl::error::ErrorStack;
 use openssl::ssl::{AlpnError, Ssl, SslContext, SslContextBuilder, SslMethod, SslVerifyMode};
-use openssl_dtls_sys as dffi;
 
-use super::ciphers::{Auth, Offered};
-use super::psk::{self, KeyStore, Secret, MAX_IDENTITY_LEN};
-use super::{
-    apply_roots, apply_verify, certificate_builder_methods, common_builder_methods, guard,
-    trust_builder_methods, CertificateConfig, Common, KeyKind, LoadedCertificate, Source,
-    VerifyCallback,
+use super::certificate::{
+    certificate_builder_methods, CertificateConfig, KeyKind, LoadedCertificate, Source,
 };
-use crate::bio;
+use super::ciphers::{Auth, Offered};
+use super::common::{common_builder_methods, Common};
+use super::psk::{self, KeyStore, Secret, MAX_IDENTITY_LEN};
+use super::trust::{apply_roots, apply_verify, trust_builder_methods, VerifyCallback};
 use crate::config::SessionConfig;
-use crate::cookie::CookieSecrets;
+use crate::cookie::{self, CookieSecrets};
 use crate::error::{ConfigError, Error, Result};
+use crate::ffi::{self, ctx::guard};
 use crate::session::Session;
 
 /// Default cookie secret rotation: a cookie stays valid for one to two minutes, far longer than
@@ -89,13 +87,7 @@ impl DtlsServerContext {
     /// [`MAX_CERT_LIST`](crate::context::MAX_CERT_LIST) with a certificate,
     /// [`PSK_MAX_CERT_LIST`](crate::context::PSK_MAX_CERT_LIST) for PSK only.
     pub(crate) fn max_cert_list(&self) -> usize {
-        // SAFETY: `ctx` is a valid SSL_CTX; the macro only reads a field.
-        let n = unsafe {
-            openssl_dtls_sys::SSL_CTX_get_max_cert_list(foreign_types::ForeignType::as_ptr(
-                &self.ctx,
-            ))
-        };
-        usize::try_from(n).unwrap_or(0)
+        ffi::ctx::max_cert_list(&self.ctx)
     }
 
     /// Whether the admission hook lets `peer` (whose ClientHello carried a valid cookie) start a
@@ -336,15 +328,9 @@ impl DtlsServerContextBuilder {
             psk::install_server(&mut b, Arc::clone(store));
         }
         if let Some(hint) = hint {
-            // SAFETY: `b` owns a valid SSL_CTX; `hint` is a NUL-terminated string that outlives
-            // the call, and OpenSSL copies it.
-            let ok = unsafe { dffi::SSL_CTX_use_psk_identity_hint(b.as_ptr(), hint.as_ptr()) };
-            if ok != 1 {
-                return Err(ConfigError::Invalid(format!(
-                    "OpenSSL rejects the identity hint: {}",
-                    ErrorStack::get()
-                )));
-            }
+            ffi::ctx::use_psk_identity_hint(&mut b, &hint).map_err(|e| {
+                ConfigError::Invalid(format!("OpenSSL rejects the identity hint: {e}"))
+            })?;
         }
         if !self.common.alpn.is_empty() {
             self.common.alpn_wire()?; // checks the names
@@ -356,7 +342,7 @@ impl DtlsServerContextBuilder {
             });
         }
         self.common.apply_key_log(&mut b)?;
-        self.install_cookies(&mut b)?;
+        cookie::install(&mut b, self.cookie_secrets()?);
         Ok(DtlsServerContext {
             ctx: b.build(),
             inner: Arc::new(ServerInner {
@@ -385,42 +371,15 @@ impl DtlsServerContextBuilder {
         })
     }
 
-    /// Installs the cookie callbacks (`SSL_CTX_set_cookie_generate_cb`,
-    /// `SSL_CTX_set_cookie_verify_cb`) over one shared [`CookieSecrets`]. They read the peer and
-    /// the caller's clock from the `SSL`'s datagram BIO; without a known peer, generation fails
-    /// and verification says no.
-    fn install_cookies(&self, b: &mut SslContextBuilder) -> Result<(), ConfigError> {
-        let secrets = match &self.cookie_secret {
+    /// The cookie keys: derived from the configured secret, or random.
+    fn cookie_secrets(&self) -> Result<CookieSecrets, ConfigError> {
+        match &self.cookie_secret {
             Some(secret) => CookieSecrets::with_secret(&secret.0, self.cookie_rotation)
-                .map_err(|reason| ConfigError::Invalid(format!("cookie secret: {reason}")))?,
-            None => CookieSecrets::random(self.cookie_rotation, Instant::now()).map_err(|e| {
+                .map_err(|reason| ConfigError::Invalid(format!("cookie secret: {reason}"))),
+            None => CookieSecrets::random(self.cookie_rotation).map_err(|e| {
                 ConfigError::Invalid(format!("cannot make a random cookie secret: {e}"))
-            })?,
-        };
-        let secrets = Arc::new(secrets);
-        let generate = Arc::clone(&secrets);
-        b.set_cookie_generate_cb(move |ssl, out| {
-            let n = guard("cookie generate", 0, || match bio::peer_and_now(ssl) {
-                Some((peer, now)) => generate.generate(now.unwrap_or_else(Instant::now), peer, out),
-                None => {
-                    log::debug!("cookie requested for an SSL without a known peer");
-                    0
-                }
-            });
-            if n == 0 {
-                Err(ErrorStack::get())
-            } else {
-                Ok(n)
-            }
-        });
-        let verify = secrets;
-        b.set_cookie_verify_cb(move |ssl, cookie| {
-            guard("cookie verify", false, || match bio::peer_and_now(ssl) {
-                Some((peer, now)) => verify.verify(now.unwrap_or_else(Instant::now), peer, cookie),
-                None => false,
-            })
-        });
-        Ok(())
+            }),
+        }
     }
 }
 
