@@ -314,7 +314,6 @@ fn is_record_sequence(data: &[u8]) -> bool {
 }
 
 pub(crate) use crate::ffi::bio::{attach, peer_and_now, BioHandle};
-pub(crate) use crate::ffi::ssl::alert_desc_str;
 
 #[cfg(test)]
 mod tests {

@@ -45,10 +45,6 @@ pub(crate) struct Listener {
     addr: BioAddr,
 }
 
-// SAFETY: `bio` points into the heap block owned by `ssl`'s BIO; the listener is its only user,
-// so moving it between threads moves the only access path. (`BioAddr` is `Send` by itself.)
-unsafe impl Send for Listener {}
-
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listener").finish_non_exhaustive()

@@ -13,6 +13,7 @@ use super::events::report_handshake_failure;
 use super::stats::count_failure;
 use super::{ConnectionId, Endpoint, Event};
 use crate::error::Error;
+use crate::session::earliest;
 use crate::session::{Session, SessionState};
 
 /// One peer address's entry: its session, and what the endpoint has done and told about it.
@@ -244,15 +245,6 @@ impl Endpoint {
                 self.handshakes.remove(addr.ip());
             }
         }
-    }
-}
-
-/// The earlier of two optional deadlines.
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, None) => a,
-        (None, b) => b,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::raw::{c_char, c_int, c_long, c_uint, c_void};
-use std::panic::{self, AssertUnwindSafe};
+
 use std::ptr;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -16,6 +16,7 @@ use openssl_sys as ffi;
 
 use crate::bio::{BioState, TimerSettings};
 use crate::error::Alert;
+use crate::ffi::ctx::guard;
 
 /// The [`BioState`] of the datagram BIO attached to one `SSL` (see [`attach`]).
 ///
@@ -182,14 +183,6 @@ pub(crate) fn peer_and_now(ssl: &SslRef) -> Option<(SocketAddr, Option<Instant>)
     }
 }
 
-/// Runs `f`, turning a panic into `on_panic` so no Rust panic unwinds into OpenSSL.
-fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
-    panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        log::error!("panic inside an OpenSSL callback; treated as failure");
-        on_panic
-    })
-}
-
 unsafe extern "C" fn bio_create(bio: *mut ffi::BIO) -> c_int {
     // SAFETY: OpenSSL passes the BIO being created.
     unsafe {
@@ -216,7 +209,7 @@ unsafe extern "C" fn bio_destroy(bio: *mut ffi::BIO) -> c_int {
 }
 
 unsafe extern "C" fn bio_write(bio: *mut ffi::BIO, buf: *const c_char, len: c_int) -> c_int {
-    guard(-1, || {
+    guard("BIO", -1, || {
         // SAFETY: OpenSSL passes our BIO and a readable buffer of `len` bytes; no other reference
         // to the state is live during this OpenSSL call.
         unsafe {
@@ -237,7 +230,7 @@ unsafe extern "C" fn bio_write(bio: *mut ffi::BIO, buf: *const c_char, len: c_in
 }
 
 unsafe extern "C" fn bio_read(bio: *mut ffi::BIO, buf: *mut c_char, len: c_int) -> c_int {
-    guard(-1, || {
+    guard("BIO", -1, || {
         // SAFETY: OpenSSL passes our BIO and a writable buffer of `len` bytes; no other reference
         // to the state is live during this OpenSSL call.
         unsafe {
@@ -286,7 +279,7 @@ unsafe extern "C" fn bio_ctrl(
     num: c_long,
     ptr: *mut c_void,
 ) -> c_long {
-    guard(0, || {
+    guard("BIO", 0, || {
         // SAFETY: OpenSSL passes our BIO; `ptr` is interpreted only for the commands whose
         // documented argument is a BIO_ADDR. No other reference to the state is live.
         unsafe {
@@ -378,7 +371,7 @@ unsafe fn write_bio_addr(addr: *mut dffi::BIO_ADDR, peer: SocketAddr) -> c_long 
 /// `DTLS_set_timer_cb` callback: the initial timeout on a new flight (`timer_us == 0`), else
 /// doubles up to the maximum and counts the timeout.
 unsafe extern "C" fn timer_cb(ssl: *mut ffi::SSL, timer_us: c_uint) -> c_uint {
-    guard(1_000_000, || {
+    guard("DTLS timer", 1_000_000, || {
         // SAFETY: OpenSSL passes the SSL whose timer fires; its BIO state is ours and no other
         // reference to it is live during this OpenSSL call.
         let Some(state) = (unsafe { state_of(ssl) }) else {
@@ -403,7 +396,7 @@ unsafe extern "C" fn timer_cb(ssl: *mut ffi::SSL, timer_us: c_uint) -> c_uint {
 
 /// Info callback: records alerts sent and received.
 unsafe extern "C" fn info_cb(ssl: *const ffi::SSL, where_: c_int, val: c_int) {
-    guard((), || {
+    guard("BIO", (), || {
         if where_ & dffi::SSL_CB_ALERT == 0 {
             return;
         }

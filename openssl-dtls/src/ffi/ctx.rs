@@ -22,7 +22,9 @@ use openssl::x509::{X509StoreContext, X509StoreContextRef};
 /// panic unwinds into C.
 pub(crate) fn guard<T>(what: &str, on_panic: T, f: impl FnOnce() -> T) -> T {
     panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-        log::error!("the {what} callback panicked: failing this handshake");
+        log::error!(
+            "the {what} callback panicked: treated as its failure (this handshake or datagram)"
+        );
         on_panic
     })
 }

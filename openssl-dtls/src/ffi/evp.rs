@@ -170,6 +170,27 @@ pub(crate) fn cleanse_vec(buf: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wipe_vec_zeroes_the_spare_capacity_and_empties() {
+        let mut secret = vec![0x5Au8; 64];
+        secret.truncate(16); // 48 secret bytes now sit in spare capacity
+        let ptr = secret.as_ptr();
+        let capacity = secret.capacity();
+        crate::wipe_vec(&mut secret);
+        assert!(secret.is_empty());
+        assert_eq!(
+            secret.capacity(),
+            capacity,
+            "wiped in place, not reallocated"
+        );
+        assert_eq!(secret.as_ptr(), ptr);
+        // SAFETY: the allocation is still owned by `secret` and `wipe_vec` initialised all
+        // `capacity` bytes (to zero); reading them through the raw pointer is in bounds.
+        let all = unsafe { std::slice::from_raw_parts(secret.as_ptr(), capacity) };
+        assert!(all.iter().all(|&b| b == 0));
+        crate::wipe_vec(&mut Vec::new());
+    }
+
     use super::*;
 
     #[test]
