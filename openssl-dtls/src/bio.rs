@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::error::Alert;
+use crate::alert::Alert;
 
 /// Spare outgoing buffers kept for reuse; a flight rarely needs more.
 const MAX_SPARE_BUFFERS: usize = 8;
@@ -312,8 +312,6 @@ fn is_record_sequence(data: &[u8]) -> bool {
     }
     total == data.len()
 }
-
-pub(crate) use crate::ffi::bio::{attach, peer_and_now, BioHandle};
 
 #[cfg(test)]
 mod tests {

@@ -24,18 +24,6 @@ pub mod tokio;
 mod verify;
 pub(crate) mod wire;
 
-/// Overwrites `buf` with zeros through `OPENSSL_cleanse`, which the optimizer cannot remove as a
-/// dead store: the one way this crate wipes key material (record keys, PSKs, cookie secrets).
-pub(crate) fn wipe(buf: &mut [u8]) {
-    ffi::evp::cleanse(buf);
-}
-
-/// Like [`wipe`], over the whole allocation of `buf` (its spare capacity too, where earlier
-/// contents may linger after a truncation), then empties it.
-pub(crate) fn wipe_vec(buf: &mut Vec<u8>) {
-    ffi::evp::cleanse_vec(buf);
-}
-
 pub use crate::client::DtlsClient;
 pub use crate::connection::DtlsConnection;
 pub use crate::context::{
@@ -134,16 +122,5 @@ pub mod __fuzz {
         pub fn verify(&self, now: Instant, peer: SocketAddr, cookie: &[u8]) -> bool {
             self.0.verify(now, peer, cookie)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn wipe_zeroes_every_byte_of_the_slice() {
-        let mut key = [0xA5u8; 48];
-        super::wipe(&mut key[..]);
-        assert_eq!(key, [0; 48]);
-        super::wipe(&mut []); // empty: nothing to do, no call with a dangling pointer
     }
 }

@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use openssl::ssl::Ssl;
 
-use crate::bio::{BioHandle, BioState};
+use crate::bio::BioState;
 use crate::context::DtlsServerContext;
 use crate::error::Result;
+use crate::ffi::bio::BioHandle;
 use crate::ffi::listen::{dtls_listen, BioAddr};
 use crate::session::{configure_ssl, Session};
 

@@ -29,7 +29,7 @@ pub(crate) struct Secret(pub Vec<u8>);
 
 impl Drop for Secret {
     fn drop(&mut self) {
-        crate::wipe_vec(&mut self.0);
+        crate::ffi::evp::cleanse_vec(&mut self.0);
     }
 }
 

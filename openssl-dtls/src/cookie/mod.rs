@@ -42,9 +42,8 @@ use openssl::pkey::{PKey, Private};
 use openssl::sign::Signer;
 use openssl::ssl::SslContextBuilder;
 
-use crate::bio;
 use crate::ffi::ctx::guard;
-use crate::wipe;
+use crate::ffi::evp::cleanse as wipe;
 
 /// Length of a cookie: one HMAC-SHA256 output.
 pub(crate) const COOKIE_LEN: usize = 32;
@@ -422,17 +421,21 @@ pub(crate) fn install(b: &mut SslContextBuilder, secrets: CookieSecrets) {
     let secrets = std::sync::Arc::new(secrets);
     let generate = std::sync::Arc::clone(&secrets);
     b.set_cookie_generate_cb(move |ssl, out| {
-        let n = guard("cookie generate", 0, || match bio::peer_and_now(ssl) {
-            Some((peer, Some(now))) => generate.generate(now, peer, out),
-            Some((_, None)) => {
-                log::debug!("cookie requested without the time on the SSL's BIO: none made");
-                0
-            }
-            None => {
-                log::debug!("cookie requested for an SSL without a known peer");
-                0
-            }
-        });
+        let n = guard(
+            "cookie generate",
+            0,
+            || match crate::ffi::bio::peer_and_now(ssl) {
+                Some((peer, Some(now))) => generate.generate(now, peer, out),
+                Some((_, None)) => {
+                    log::debug!("cookie requested without the time on the SSL's BIO: none made");
+                    0
+                }
+                None => {
+                    log::debug!("cookie requested for an SSL without a known peer");
+                    0
+                }
+            },
+        );
         if n == 0 {
             Err(ErrorStack::get())
         } else {
@@ -441,14 +444,18 @@ pub(crate) fn install(b: &mut SslContextBuilder, secrets: CookieSecrets) {
     });
     let verify = secrets;
     b.set_cookie_verify_cb(move |ssl, cookie| {
-        guard("cookie verify", false, || match bio::peer_and_now(ssl) {
-            Some((peer, Some(now))) => verify.verify(now, peer, cookie),
-            Some((_, None)) => {
-                log::debug!("cookie to verify without the time on the SSL's BIO: refused");
-                false
-            }
-            None => false,
-        })
+        guard(
+            "cookie verify",
+            false,
+            || match crate::ffi::bio::peer_and_now(ssl) {
+                Some((peer, Some(now))) => verify.verify(now, peer, cookie),
+                Some((_, None)) => {
+                    log::debug!("cookie to verify without the time on the SSL's BIO: refused");
+                    false
+                }
+                None => false,
+            },
+        )
     });
 }
 

@@ -14,8 +14,8 @@ use openssl::ssl::SslRef;
 use openssl_dtls_sys as dffi;
 use openssl_sys as ffi;
 
+use crate::alert::Alert;
 use crate::bio::{BioState, TimerSettings};
-use crate::error::Alert;
 use crate::ffi::ctx::guard;
 
 /// The [`BioState`] of the datagram BIO attached to one `SSL` (see [`attach`]).

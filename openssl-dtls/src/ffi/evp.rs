@@ -171,12 +171,20 @@ pub(crate) fn cleanse_vec(buf: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn cleanse_zeroes_every_byte_of_the_slice() {
+        let mut key = [0xA5u8; 48];
+        cleanse(&mut key[..]);
+        assert_eq!(key, [0; 48]);
+        cleanse(&mut []); // empty: nothing to do, no call with a dangling pointer
+    }
+
+    #[test]
     fn wipe_vec_zeroes_the_spare_capacity_and_empties() {
         let mut secret = vec![0x5Au8; 64];
         secret.truncate(16); // 48 secret bytes now sit in spare capacity
         let ptr = secret.as_ptr();
         let capacity = secret.capacity();
-        crate::wipe_vec(&mut secret);
+        crate::ffi::evp::cleanse_vec(&mut secret);
         assert!(secret.is_empty());
         assert_eq!(
             secret.capacity(),
@@ -188,7 +196,7 @@ mod tests {
         // `capacity` bytes (to zero); reading them through the raw pointer is in bounds.
         let all = unsafe { std::slice::from_raw_parts(secret.as_ptr(), capacity) };
         assert!(all.iter().all(|&b| b == 0));
-        crate::wipe_vec(&mut Vec::new());
+        crate::ffi::evp::cleanse_vec(&mut Vec::new());
     }
 
     use super::*;

@@ -28,10 +28,10 @@ pub(super) struct Keys {
 
 impl Drop for Keys {
     fn drop(&mut self) {
-        crate::wipe(&mut self.write_key);
-        crate::wipe(&mut self.read_key);
-        crate::wipe(&mut self.write_iv);
-        crate::wipe(&mut self.read_iv);
+        crate::ffi::evp::cleanse(&mut self.write_key);
+        crate::ffi::evp::cleanse(&mut self.read_key);
+        crate::ffi::evp::cleanse(&mut self.write_iv);
+        crate::ffi::evp::cleanse(&mut self.read_iv);
     }
 }
 
@@ -104,10 +104,10 @@ impl Keys {
         seed[13..45].copy_from_slice(&server_random);
         seed[45..].copy_from_slice(&client_random);
         let derived = evp::tls12_prf(md_name, &master, &seed, &mut block[..len]);
-        crate::wipe(&mut master);
+        crate::ffi::evp::cleanse(&mut master);
         derived?;
         let keys = Keys::from_key_block(aead, &block[..len], is_client);
-        crate::wipe(&mut block);
+        crate::ffi::evp::cleanse(&mut block);
         Ok(Some((aead, keys)))
     }
 }

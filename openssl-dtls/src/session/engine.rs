@@ -15,7 +15,7 @@ use std::time::Instant;
 use openssl::ssl::{Ssl, SslRef};
 use openssl::x509::X509;
 
-use crate::bio::BioHandle;
+use crate::ffi::bio::BioHandle;
 use crate::record::RecordLayer;
 
 /// The OpenSSL side of a session: the `SSL` and the state of its datagram BIO (which the `SSL`

@@ -43,8 +43,9 @@ use openssl::x509::X509;
 use openssl_dtls_sys as dffi;
 use openssl_sys as ffi;
 
-use crate::bio::{self, BioHandle, BioState, TimerSettings};
+use crate::bio::{self, BioState, TimerSettings};
 use crate::error::{Alert, ConfigError, Error, Result, TimeoutPhase};
+use crate::ffi::bio::BioHandle;
 use crate::ffi::ssl;
 use crate::plaintext::{self, Screen};
 use crate::record::{self, OpenError, RecordLayer, SealError};

@@ -17,7 +17,7 @@ pub(crate) fn configure_ssl(ssl: &mut SslRef, config: &SessionConfig) -> Result<
         initial: config.retransmit_initial,
         max: config.retransmit_max,
     };
-    let mut bio = bio::attach(ssl, config.mtu, config.send_queue, timer)?;
+    let mut bio = crate::ffi::bio::attach(ssl, config.mtu, config.send_queue, timer)?;
     bio.get_mut().track_epoch1 = config.compact;
     // It fails for values below OpenSSL's minimum, which validate() excludes.
     if !ssl::set_link_mtu(ssl, config.mtu) {
