@@ -49,6 +49,9 @@ pub(crate) struct BioState {
     /// A datagram lent for the duration of one feed instead of copied into `inbound`
     /// ([`crate::ffi::bio::with_lent_inbound`]); read in place by the BIO's read callback.
     pub(crate) lent: Option<(*const u8, usize)>,
+    /// The records queued by [`set_inbound_records`](Self::set_inbound_records) include an
+    /// epoch-1 handshake record (a peer's Finished).
+    pub(crate) inbound_has_epoch1_handshake: bool,
     /// Datagrams OpenSSL wrote, oldest first.
     outbound: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
@@ -91,6 +94,7 @@ impl BioState {
         BioState {
             inbound: Vec::new(),
             lent: None,
+            inbound_has_epoch1_handshake: false,
             inbound_ready: false,
             outbound: VecDeque::new(),
             spare: Vec::new(),
@@ -125,23 +129,19 @@ impl BioState {
         &self.inbound
     }
 
-    /// Queues the records of `datagram` that `keep` accepts, back to back, as the next thing
-    /// OpenSSL reads (records after a malformed one are left out).
-    pub fn set_inbound_filtered(
+    /// Queues `records` (views into one datagram), back to back, as the next thing OpenSSL reads:
+    /// the records a filter kept. Notes whether an epoch-1 handshake record is among them.
+    pub fn set_inbound_records<'a>(
         &mut self,
-        datagram: &[u8],
-        keep: impl Fn(&crate::wire::RecordHeader<'_>) -> bool,
+        records: impl Iterator<Item = &'a crate::wire::RecordHeader<'a>>,
     ) {
         self.lent = None;
         self.inbound.clear();
-        let mut offset = 0;
-        for record in crate::wire::records(datagram) {
-            let Ok(record) = record else { break };
-            let end = offset + record.total_len();
-            if keep(&record) {
-                self.inbound.extend_from_slice(&datagram[offset..end]);
-            }
-            offset = end;
+        self.inbound_has_epoch1_handshake = false;
+        for record in records {
+            self.inbound_has_epoch1_handshake |=
+                record.epoch() == 1 && record.content_type() == crate::wire::ContentType::Handshake;
+            self.inbound.extend_from_slice(record.bytes());
         }
         self.inbound_ready = !self.inbound.is_empty();
     }

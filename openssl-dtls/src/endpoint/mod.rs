@@ -51,6 +51,27 @@ use crate::listener::Listener;
 use crate::session::Session;
 use crate::wire::{self, Datagram, DropReason};
 
+/// How a datagram finds its connection, decided once per datagram from its parse.
+///
+/// DTLS 1.2 without a Connection ID knows its peer by address alone, so today every datagram
+/// routes by the address it came from. With RFC 9146, a record of content type `tls12_cid` (25)
+/// carries the receiver's Connection ID after its sequence number, and such a datagram routes by
+/// that ID whatever address it came from (a device behind a NAT that rebound its port). That
+/// variant comes with Connection ID support; the route is computed here, from the record views
+/// of the one parse, and nowhere else, so routing by it needs no second pass over the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Route {
+    /// By the peer's address (every datagram of DTLS 1.2 without Connection ID).
+    Address(SocketAddr),
+}
+
+impl Route {
+    /// The route of a datagram from `peer`.
+    pub(crate) fn of(peer: SocketAddr, _parsed: &wire::Parsed<'_>) -> Route {
+        Route::Address(peer)
+    }
+}
+
 /// Identifies one connection over its life (addresses are reused; ids are not).
 pub type ConnectionId = u64;
 
@@ -217,15 +238,18 @@ impl Endpoint {
         let now = self.tick(now);
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
-        let classified = match wire::classify(datagram) {
-            Ok(c) => c,
+        // The one parse of this datagram: every step below reads its record views.
+        let parsed = match wire::parse(datagram) {
+            Ok(parsed) => parsed,
             Err(reason) => {
                 log::trace!("dropping datagram from {peer}: {reason}");
                 self.stats.dropped[reason.index()] += 1;
                 return;
             }
         };
-        if let Some(p) = self.peers.get_mut(&peer) {
+        let classified = parsed.kind();
+        let Route::Address(addr) = Route::of(peer, &parsed);
+        if let Some(p) = self.peers.get_mut(&addr) {
             let hello = matches!(classified, Datagram::ClientHello(_));
             // A new ClientHello from the address of a live connection or pending handshake: a
             // rebooted peer, a client that gave up and started over, or a spoofer. Either way it
@@ -236,7 +260,7 @@ impl Endpoint {
                 return;
             }
             if let Some((_, replacement)) = p.replacement.as_mut() {
-                replacement.handle_datagram(now, datagram);
+                replacement.handle_parsed(now, &parsed);
                 if hello {
                     self.settle(peer, now);
                     return;
@@ -245,7 +269,7 @@ impl Endpoint {
             // Only authenticated input is activity: a forged record sent with the peer's
             // address (off-path, every idle period) must not keep a dead association alive.
             let before = p.session.authenticated_count();
-            p.session.handle_datagram(now, datagram);
+            p.session.handle_parsed(now, &parsed);
             if p.session.authenticated_count() != before {
                 p.last_activity = now;
             }

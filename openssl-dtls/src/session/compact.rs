@@ -9,28 +9,25 @@ impl Session {
     /// records, a retransmitted final flight) goes to OpenSSL while the `SSL` exists, and is
     /// dropped and counted after the hand-off. OpenSSL therefore never decrypts an application
     /// record in compact mode, and the compact replay window sees every one.
-    pub(super) fn handle_compact_datagram(&mut self, now: Instant, datagram: &[u8]) {
+    pub(super) fn handle_compact_datagram(&mut self, now: Instant, parsed: &Parsed<'_>) {
         let mut for_openssl = false;
-        let mut offset = 0;
         // Once established, a protected record too short for the suite's nonce and tag never
         // reaches OpenSSL, lingering or not (CVE-2026-75806; see `handle_datagram`).
         let min = self.min_protected_len;
         let too_short =
             move |r: &RecordHeader<'_>| min > 0 && r.epoch() >= 1 && r.fragment().len() < min;
-        for record in crate::wire::records(datagram) {
-            let Ok(record) = record else { break };
-            let raw = &datagram[offset..offset + record.total_len()];
-            offset += record.total_len();
-            if !is_compact_record(&record) {
+        for record in parsed.records() {
+            let raw = record.bytes();
+            if !is_compact_record(record) {
                 if self.engine.openssl().is_none() {
-                    self.open_handshake_record(&record);
-                } else if too_short(&record) {
+                    self.open_handshake_record(record);
+                } else if too_short(record) {
                     self.stats.dropped_short_records += 1;
                 } else {
                     for_openssl = true;
                 }
             } else if self.engine.compact().is_some() {
-                self.open_record(&record);
+                self.open_record(record);
             } else if self.state == SessionState::Handshaking
                 && record.epoch() == 1
                 && self.early.len() < MAX_EARLY_RECORDS
@@ -51,7 +48,7 @@ impl Session {
         }
         let filter = self.epoch_filter();
         let keep = |r: &RecordHeader<'_>| !is_compact_record(r) && !too_short(r) && filter.keep(r);
-        self.feed_openssl(now, datagram, Some(&keep));
+        self.feed_openssl(now, parsed, Some(&keep));
         self.settle_filter(&filter);
     }
 

@@ -85,17 +85,35 @@ pub(super) fn min_protected_len(cipher: &str) -> usize {
     }
 }
 
-/// The numbers of epoch-1 records and of records of epoch 2 or later in `datagram`.
-pub(super) fn count_protected(datagram: &[u8]) -> (usize, usize) {
-    let mut counts = (0, 0);
-    for r in crate::wire::records(datagram).flatten() {
-        match r.epoch() {
-            0 => {}
-            1 => counts.0 += 1,
-            _ => counts.1 += 1,
+/// What one pass over a datagram's records tells the session before anything reaches OpenSSL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Shape {
+    /// Epoch-1 records.
+    pub(super) epoch1: usize,
+    /// Records of epoch 2 or later.
+    pub(super) later: usize,
+    /// An epoch-1 application or alert record (what the compact layer opens).
+    pub(super) compact_records: bool,
+    /// A protected record shorter than `min` (the suite's nonce plus tag).
+    pub(super) short: bool,
+}
+
+impl Shape {
+    /// One pass over `parsed`; `min` is the shortest protected record the suite produces (0: no
+    /// check).
+    pub(super) fn of(parsed: &Parsed<'_>, min: usize) -> Shape {
+        let mut shape = Shape::default();
+        for r in parsed.records() {
+            match r.epoch() {
+                0 => continue,
+                1 => shape.epoch1 += 1,
+                _ => shape.later += 1,
+            }
+            shape.compact_records |= is_compact_record(r);
+            shape.short |= r.fragment().len() < min;
         }
+        shape
     }
-    counts
 }
 
 /// Whether a handshaking session gives `record` to OpenSSL (see
@@ -107,13 +125,6 @@ pub(super) fn passes_screen(record: &RecordHeader<'_>, hello_verify_ok: bool) ->
         Screen::Alert(_) => false,
         Screen::HelloVerifyRequest { well_formed } => hello_verify_ok && well_formed,
     }
-}
-
-/// Whether `datagram` holds an epoch ≥ 1 record shorter than `min`.
-pub(super) fn has_short_protected_record(datagram: &[u8], min: usize) -> bool {
-    crate::wire::records(datagram)
-        .flatten()
-        .any(|r| r.epoch() >= 1 && r.fragment().len() < min)
 }
 
 #[cfg(test)]
@@ -131,12 +142,23 @@ mod tests {
     }
 
     #[test]
-    fn short_protected_records_are_recognised_by_epoch_and_length() {
+    fn one_pass_sees_epochs_short_and_compact_records() {
         let mut record = vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 7, 0, 20];
         record.extend_from_slice(&[0u8; 20]);
-        assert!(has_short_protected_record(&record, 24));
-        assert!(!has_short_protected_record(&record, 16));
+        let shape = |d: &[u8], min| Shape::of(&crate::wire::parse(d).unwrap(), min);
+        assert!(shape(&record, 24).short);
+        assert!(!shape(&record, 16).short);
+        assert_eq!(
+            (shape(&record, 16).epoch1, shape(&record, 16).later),
+            (1, 0)
+        );
+        assert!(shape(&record, 16).compact_records);
+        let mut two = record.clone();
+        two.extend_from_slice(&record);
+        two[record.len() + 4] = 2; // the second record in epoch 2
+        let s = shape(&two, 16);
+        assert_eq!((s.epoch1, s.later), (1, 1));
         record[4] = 0; // epoch 0: plaintext, not checked
-        assert!(!has_short_protected_record(&record, 24));
+        assert_eq!(shape(&record, 24), Shape::default());
     }
 }

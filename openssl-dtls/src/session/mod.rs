@@ -50,7 +50,7 @@ use crate::ffi::ssl;
 use crate::plaintext::{self, Screen};
 use crate::record::{self, OpenError, RecordLayer, SealError};
 use crate::session::engine::{Compact, Engine, OpenSsl, SslFacts};
-use crate::wire::{ContentType, RecordHeader};
+use crate::wire::{ContentType, Parsed, RecordHeader};
 
 mod compact;
 mod engine;
@@ -272,26 +272,39 @@ impl Session {
         if datagram.is_empty() || matches!(self.state, SessionState::Failed) {
             return;
         }
+        match crate::wire::parse(datagram) {
+            Ok(parsed) => self.handle_parsed(now, &parsed),
+            Err(reason) => {
+                self.stats.datagrams_in += 1;
+                self.stats.bytes_in += datagram.len() as u64;
+                self.stats.dropped_malformed += 1;
+                log::trace!("{:?}: dropped a malformed datagram: {reason}", self.peer);
+            }
+        }
+    }
+
+    /// [`handle_datagram`](Self::handle_datagram) for a datagram the endpoint has parsed already:
+    /// every decision below reads its record views, none parses the bytes again.
+    pub(crate) fn handle_parsed(&mut self, now: Instant, parsed: &Parsed<'_>) {
+        if matches!(self.state, SessionState::Failed) {
+            return;
+        }
         self.stats.datagrams_in += 1;
-        self.stats.bytes_in += datagram.len() as u64;
+        self.stats.bytes_in += parsed.bytes().len() as u64;
+        let shape = Shape::of(parsed, self.min_protected_len);
         // Compact mode: once the compact layer exists, and during the handshake whenever the
         // datagram carries epoch-1 application or alert records (withheld from OpenSSL). A
         // session whose suite the compact layer cannot carry stays on OpenSSL's path.
         if self.config.compact
             && (self.engine.compact().is_some()
-                || (self.state == SessionState::Handshaking
-                    && crate::wire::records(datagram)
-                        .flatten()
-                        .any(|r| is_compact_record(&r))))
+                || (self.state == SessionState::Handshaking && shape.compact_records))
         {
             if self.state != SessionState::Closed {
-                self.handle_compact_datagram(now, datagram);
+                self.handle_compact_datagram(now, parsed);
             }
             return;
         }
-        if self.min_protected_len > 0
-            && has_short_protected_record(datagram, self.min_protected_len)
-        {
+        if shape.short {
             // Shorter than the suite's explicit nonce plus tag: cannot authenticate. Dropped
             // before OpenSSL, which some versions answer with a fatal internal_error that would
             // end an established connection (CVE-2026-75806).
@@ -302,14 +315,13 @@ impl Session {
             return;
         }
         let filter = self.epoch_filter();
-        let (epoch1, later) = count_protected(datagram);
-        if later == 0 && !filter.limits(epoch1) {
-            self.charge_epoch1(epoch1);
-            self.feed_openssl(now, datagram, None);
+        if shape.later == 0 && !filter.limits(shape.epoch1) {
+            self.charge_epoch1(shape.epoch1);
+            self.feed_openssl(now, parsed, None);
             return;
         }
         // Records OpenSSL would buffer: keep them out (see `MAX_HANDSHAKE_EPOCH1_RECORDS`).
-        self.feed_openssl(now, datagram, Some(&|r| filter.keep(r)));
+        self.feed_openssl(now, parsed, Some(&|r| filter.keep(r)));
         self.settle_filter(&filter);
     }
 

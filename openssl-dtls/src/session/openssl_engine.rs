@@ -94,13 +94,14 @@ impl Session {
     pub(super) fn feed_openssl(
         &mut self,
         now: Instant,
-        datagram: &[u8],
+        parsed: &Parsed<'_>,
         keep: Option<&dyn Fn(&RecordHeader<'_>) -> bool>,
     ) {
+        let datagram = parsed.bytes();
         let handshaking = self.state == SessionState::Handshaking;
         let ssl_state = ssl::state(&self.openssl().ssl);
         let screened = if handshaking {
-            self.screen_plaintext(now, datagram, keep, ssl_state)
+            self.screen_plaintext(now, parsed, keep, ssl_state)
         } else {
             None
         };
@@ -109,13 +110,13 @@ impl Session {
         // The whole datagram is lent to OpenSSL in place; a filtered one is copied, records kept.
         let lend = match (screened, keep) {
             (Some(hello_verify_ok), keep) => {
-                st.set_inbound_filtered(datagram, |r| {
+                st.set_inbound_records(parsed.records().filter(|r| {
                     keep.is_none_or(|keep| keep(r)) && passes_screen(r, hello_verify_ok)
-                });
+                }));
                 false
             }
             (None, Some(keep)) => {
-                st.set_inbound_filtered(datagram, keep);
+                st.set_inbound_records(parsed.records().filter(|r| keep(r)));
                 false
             }
             (None, None) => true,
@@ -187,7 +188,7 @@ impl Session {
     pub(super) fn screen_plaintext(
         &mut self,
         now: Instant,
-        datagram: &[u8],
+        parsed: &Parsed<'_>,
         keep: Option<&dyn Fn(&RecordHeader<'_>) -> bool>,
         ssl_state: c_int,
     ) -> Option<bool> {
@@ -196,13 +197,13 @@ impl Session {
             && ssl_state == dffi::TLS_ST_CW_CLNT_HELLO
             && !self.hello_verify_accepted;
         let mut screened = false;
-        for record in crate::wire::records(datagram).flatten() {
+        for record in parsed.records() {
             // Only plaintext records are screened; `keep` sees each protected record once, when
             // the datagram is queued for OpenSSL (it counts them).
-            if record.epoch() != 0 || keep.is_some_and(|keep| !keep(&record)) {
+            if record.epoch() != 0 || keep.is_some_and(|keep| !keep(record)) {
                 continue;
             }
-            match plaintext::screen(&record) {
+            match plaintext::screen(record) {
                 Screen::Feed => {}
                 Screen::Alert(alert) => {
                     screened = true;

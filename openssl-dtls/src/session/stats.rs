@@ -36,6 +36,9 @@ pub struct SessionStats {
     /// uses them), and epoch-1 records during the handshake beyond
     /// [`MAX_HANDSHAKE_EPOCH1_RECORDS`].
     pub dropped_excess_records: u64,
+    /// Datagrams dropped because their records did not parse (a record cut short, an unknown
+    /// content type or version, too many records): nothing of them reached OpenSSL.
+    pub dropped_malformed: u64,
     /// Bytes of the datagrams passed to [`Session::handle_datagram`].
     pub bytes_in: u64,
     /// Bytes of the datagrams returned by [`Session::poll_transmit`].

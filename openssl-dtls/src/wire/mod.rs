@@ -21,6 +21,7 @@
 //! cookie path needs; `tests.rs` the tests of all three.
 
 mod handshake;
+mod parsed;
 mod record;
 #[cfg(test)]
 mod tests;
@@ -31,9 +32,8 @@ pub(crate) use self::handshake::{
     hello_verify_request_len, is_client_hello, ClientHelloInfo, HandshakeHeader,
     HANDSHAKE_HEADER_LEN,
 };
+pub(crate) use self::parsed::{parse, Parsed};
 pub(crate) use self::record::{records, RecordHeader, RECORD_HEADER_LEN};
-
-use self::handshake::{client_hello_info, starts_client_hello};
 
 /// Record version of DTLS 1.2 (`{254, 253}`).
 pub(crate) const DTLS1_2_VERSION: u16 = 0xFEFD;
@@ -67,11 +67,14 @@ pub enum DropReason {
     NotClientHello,
     /// A record's length exceeded 2^14 + 2048 bytes.
     Oversized,
+    /// More than 32 records in one datagram: a genuine flight packs a handful up to
+    /// the MTU; hundreds of empty records are only work for the receiver.
+    TooManyRecords,
 }
 
 impl DropReason {
     /// Every reason, in [`index`](Self::index) order: size a counter array with `ALL.len()`.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Empty,
         DropReason::TooShort,
         DropReason::BadContentType,
@@ -79,6 +82,7 @@ impl DropReason {
         DropReason::BadLength,
         DropReason::NotClientHello,
         DropReason::Oversized,
+        DropReason::TooManyRecords,
     ];
 
     /// A short, stable, `snake_case` name for logs and metrics.
@@ -91,6 +95,7 @@ impl DropReason {
             DropReason::BadLength => "bad_length",
             DropReason::NotClientHello => "not_client_hello",
             DropReason::Oversized => "oversized",
+            DropReason::TooManyRecords => "too_many_records",
         }
     }
 
@@ -104,6 +109,7 @@ impl DropReason {
             DropReason::BadLength => 4,
             DropReason::NotClientHello => 5,
             DropReason::Oversized => 6,
+            DropReason::TooManyRecords => 7,
         }
     }
 }
@@ -168,25 +174,7 @@ pub(crate) enum Datagram {
 /// handshake header (and, when unfragmented, its body up to the cookie) checks out; everything
 /// else that is well formed is [`Datagram::Records`].
 pub(crate) fn classify(datagram: &[u8]) -> Result<Datagram, DropReason> {
-    if datagram.is_empty() {
-        return Err(DropReason::Empty);
-    }
-    let mut first = None;
-    let mut count = 0_usize;
-    for record in records(datagram) {
-        let record = record?;
-        first.get_or_insert(record);
-        count += 1;
-    }
-    // A non-empty datagram yields at least one record or an error; this is only defensive.
-    let first = first.ok_or(DropReason::TooShort)?;
-    if count == 1 && starts_client_hello(&first) {
-        return client_hello_info(&first).map(Datagram::ClientHello);
-    }
-    Ok(Datagram::Records {
-        first_epoch: first.epoch(),
-        records: count,
-    })
+    parse(datagram).map(|parsed| parsed.kind())
 }
 
 /// Classifies a datagram from an unknown peer: only a lone ClientHello qualifies.

@@ -21,6 +21,8 @@ pub(crate) struct RecordHeader<'a> {
     header: &'a [u8; RECORD_HEADER_LEN],
     content_type: ContentType,
     fragment: &'a [u8],
+    /// The whole record as it is on the wire: header and fragment.
+    bytes: &'a [u8],
 }
 
 impl<'a> RecordHeader<'a> {
@@ -49,6 +51,7 @@ impl<'a> RecordHeader<'a> {
             header,
             content_type,
             fragment,
+            bytes: &buf[..RECORD_HEADER_LEN + length],
         })
     }
 
@@ -87,6 +90,11 @@ impl<'a> RecordHeader<'a> {
     /// The record's payload, exactly [`length`](Self::length) bytes (ciphertext after epoch 0).
     pub(crate) fn fragment(&self) -> &'a [u8] {
         self.fragment
+    }
+
+    /// The whole record as it is on the wire: header plus fragment.
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        self.bytes
     }
 
     /// Bytes the record occupies in the datagram: header plus fragment.
