@@ -58,7 +58,7 @@ pub mod __fuzz {
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
-    use crate::wire::{self, Datagram};
+    use crate::wire::{self, Datagram, DropReason};
 
     /// Length of a cookie.
     pub const COOKIE_LEN: usize = crate::cookie::COOKIE_LEN;
@@ -86,6 +86,15 @@ pub mod __fuzz {
                 assert!(all_ok && n == records.len() && n >= 1 && total == datagram.len());
                 assert_eq!(records[0].as_ref().map(|r| r.epoch()), Ok(first_epoch));
                 assert!(wire::classify_unknown_peer(datagram).is_err());
+            }
+            Err(DropReason::TooManyRecords) => {
+                // Well-formed so far, but more records than a datagram may carry.
+                assert!(records.iter().take(wire::parsed::MAX_RECORDS + 1).all(Result::is_ok));
+                assert!(records.len() > wire::parsed::MAX_RECORDS);
+                assert_eq!(
+                    wire::classify_unknown_peer(datagram),
+                    Err(DropReason::TooManyRecords)
+                );
             }
             Err(reason) => {
                 // Malformed records, or a lone ClientHello whose handshake header or body failed.

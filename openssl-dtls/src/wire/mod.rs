@@ -21,7 +21,7 @@
 //! cookie path needs; `tests.rs` the tests of all three.
 
 mod handshake;
-mod parsed;
+pub(crate) mod parsed;
 mod record;
 #[cfg(test)]
 mod tests;
