@@ -597,3 +597,40 @@ fn a_connection_reports_its_own_statistics() {
     let client_stats = conn.stats().expect("live");
     assert_eq!(client_stats.session.app_out, 5);
 }
+
+#[test]
+fn one_handshake_facts_value_outlives_the_compact_hand_off() {
+    let mut ep = Endpoint::server(psk_server(true), EndpointConfig::default()).unwrap();
+    let t0 = Instant::now();
+    let a = addr(70);
+    let mut c = connect(&mut ep, t0, a, &psk_client(IDENTITY, true));
+    let id = ep.connection_id(a).unwrap();
+    let before = ep
+        .session(a, id)
+        .and_then(|s| s.handshake_facts().cloned())
+        .expect("facts at establishment");
+    assert!(
+        !ep.session(a, id).unwrap().is_compact(),
+        "the server lingers"
+    );
+    assert_eq!(before.cipher, Some("PSK-AES128-CCM8"));
+    assert_eq!(before.psk_identity.as_deref(), Some(IDENTITY));
+    assert!(!before.resumed);
+    assert_eq!(before.started, t0);
+    // The client's first record ends the server's linger: the SSL is freed, the facts stay.
+    c.send(b"hello").unwrap();
+    pump(&mut ep, t0, &mut [(a, &mut c)]);
+    let s = ep.session(a, id).unwrap();
+    assert!(s.is_compact() && s.ssl().is_none());
+    assert!(std::sync::Arc::ptr_eq(
+        s.handshake_facts().unwrap(),
+        &before
+    ));
+    assert_eq!(s.cipher(), Some("PSK-AES128-CCM8"));
+    assert_eq!(s.psk_identity(), Some(IDENTITY));
+    let stats = ep.connection_stats(a, id).unwrap();
+    assert_eq!(stats.handshake_duration, Some(before.duration()));
+    // The client side holds its own, with the same suite.
+    let mine = c.handshake_facts().unwrap();
+    assert_eq!((mine.cipher, mine.version), (before.cipher, before.version));
+}

@@ -39,7 +39,9 @@ pub use crate::error::{
     Alert, ConfigError, Error, Result, TimeoutPhase, VerifyFailure, VerifyReason,
 };
 pub use crate::server::{DtlsServer, Incoming};
-pub use crate::session::{Role, Session, SessionConfig, SessionState, SessionStats};
+pub use crate::session::{
+    HandshakeFacts, Role, Session, SessionConfig, SessionState, SessionStats,
+};
 pub use crate::wire::DropReason;
 
 /// The README's examples, compiled as doctests so they stay true.
@@ -89,7 +91,10 @@ pub mod __fuzz {
             }
             Err(DropReason::TooManyRecords) => {
                 // Well-formed so far, but more records than a datagram may carry.
-                assert!(records.iter().take(wire::parsed::MAX_RECORDS + 1).all(Result::is_ok));
+                assert!(records
+                    .iter()
+                    .take(wire::parsed::MAX_RECORDS + 1)
+                    .all(Result::is_ok));
                 assert!(records.len() > wire::parsed::MAX_RECORDS);
                 assert_eq!(
                     wire::classify_unknown_peer(datagram),

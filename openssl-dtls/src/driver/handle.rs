@@ -8,24 +8,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use openssl::x509::X509;
-
 use super::shared::{Core, Shared, SlotState};
 use super::Io;
 use crate::context::DtlsClientContext;
 use crate::endpoint::{ConnectionId, ConnectionStats};
 use crate::error::{Error, Result, TimeoutPhase};
-use crate::session::Session;
+use crate::session::{HandshakeFacts, Session};
 
-/// What a handshake established, read once from the session when the connection is handed out.
+/// What a connection handle knows of its handshake: the session's one [`HandshakeFacts`]
+/// (shared, not copied) and the data MTU, taken when the handle is made.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Facts {
-    pub cipher: Option<&'static str>,
-    pub version: Option<&'static str>,
-    pub psk_identity: Option<Vec<u8>>,
-    pub peer_certificate: Option<X509>,
-    pub alpn: Option<Vec<u8>>,
-    pub server_name: Option<String>,
+    pub handshake: Option<Arc<HandshakeFacts>>,
     pub data_mtu: usize,
 }
 
@@ -34,12 +28,7 @@ impl Facts {
     fn of(session: Option<&Session>) -> Facts {
         session
             .map(|s| Facts {
-                cipher: s.cipher(),
-                version: s.protocol_version(),
-                psk_identity: s.psk_identity().map(<[u8]>::to_vec),
-                peer_certificate: s.peer_certificate(),
-                alpn: s.alpn_protocol().map(<[u8]>::to_vec),
-                server_name: s.server_name().map(str::to_owned),
+                handshake: s.handshake_facts().cloned(),
                 data_mtu: s.data_mtu(),
             })
             .unwrap_or_default()
@@ -198,37 +187,59 @@ macro_rules! connection_accessors {
         /// The negotiated cipher's OpenSSL name, e.g. `"PSK-AES128-CCM8"` (`SSL_get_current_cipher`).
         #[doc(alias = "SSL_get_current_cipher")]
         pub fn cipher(&self) -> Option<&'static str> {
-            self.inner.facts.cipher
+            self.inner.facts.handshake.as_ref().and_then(|f| f.cipher)
         }
 
         /// The negotiated protocol version, `"DTLSv1.2"` (`SSL_get_version`).
         #[doc(alias = "SSL_get_version")]
         pub fn protocol_version(&self) -> Option<&'static str> {
-            self.inner.facts.version
+            self.inner.facts.handshake.as_ref().map(|f| f.version)
         }
 
         /// The PSK identity of a PSK handshake (`SSL_get_psk_identity`).
         #[doc(alias = "SSL_get_psk_identity")]
         pub fn psk_identity(&self) -> Option<&[u8]> {
-            self.inner.facts.psk_identity.as_deref()
+            self.inner
+                .facts
+                .handshake
+                .as_ref()
+                .and_then(|f| f.psk_identity.as_deref())
         }
 
         /// The peer's certificate, if it sent one (`SSL_get1_peer_certificate`).
         #[doc(alias = "SSL_get1_peer_certificate")]
         pub fn peer_certificate(&self) -> Option<&openssl::x509::X509> {
-            self.inner.facts.peer_certificate.as_ref()
+            self.inner
+                .facts
+                .handshake
+                .as_ref()
+                .and_then(|f| f.peer_certificate.as_ref())
         }
 
         /// The ALPN protocol agreed, if any (`SSL_get0_alpn_selected`).
         #[doc(alias = "SSL_get0_alpn_selected")]
         pub fn alpn_protocol(&self) -> Option<&[u8]> {
-            self.inner.facts.alpn.as_deref()
+            self.inner
+                .facts
+                .handshake
+                .as_ref()
+                .and_then(|f| f.alpn.as_deref())
         }
 
         /// The server name (SNI) the client sent (`SSL_get_servername`).
         #[doc(alias = "SSL_get_servername")]
         pub fn server_name(&self) -> Option<&str> {
-            self.inner.facts.server_name.as_deref()
+            self.inner
+                .facts
+                .handshake
+                .as_ref()
+                .and_then(|f| f.server_name.as_deref())
+        }
+
+        /// What the handshake established, the same value the session holds
+        /// ([`Session::handshake_facts`](crate::Session::handshake_facts)).
+        pub fn handshake_facts(&self) -> Option<&std::sync::Arc<crate::session::HandshakeFacts>> {
+            self.inner.facts.handshake.as_ref()
         }
 
         /// The largest payload [`send`](Self::send) accepts (`DTLS_get_data_mtu`).

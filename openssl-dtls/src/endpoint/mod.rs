@@ -482,6 +482,7 @@ impl Endpoint {
         Some(ConnectionStats {
             session: p.session.stats(),
             last_activity: p.last_activity,
+            handshake_duration: p.session.handshake_facts().map(|f| f.duration()),
         })
     }
 

@@ -19,6 +19,8 @@ pub struct ConnectionStats {
     /// When the connection last received authenticated input (a record that decrypted, or
     /// handshake progress); its idle time is measured from here.
     pub last_activity: Instant,
+    /// How long its handshake took, once it completed.
+    pub handshake_duration: Option<std::time::Duration>,
 }
 
 /// A snapshot of an endpoint's counters.

@@ -82,7 +82,6 @@ impl Session {
         let compact = Box::new(Compact {
             layer,
             outbound: VecDeque::new(),
-            facts: None,
             renegotiation_refusals: 0,
         });
         // Transition: OpenSsl -> Lingering (we sent the last flight) or straight to Compact
@@ -139,7 +138,6 @@ impl Session {
         }
         self.stats.retransmits = st.timeouts;
         self.stats.send_dropped += st.outbound_dropped;
-        compact.facts = Some(Box::new(SslFacts::of(&openssl.ssl)));
         self.retransmit_at = None;
         self.spare = Vec::new();
         // The connection lives on: free the SSL the way a clean shutdown would, so that

@@ -98,31 +98,46 @@ pub(super) struct Compact {
     pub(super) layer: RecordLayer,
     /// Datagrams sealed by the compact layer (or left by OpenSSL at the hand-off).
     pub(super) outbound: VecDeque<Vec<u8>>,
-    /// The handshake's facts, read from the `SSL` before it was freed.
-    pub(super) facts: Option<Box<SslFacts>>,
     /// Renegotiation requests answered with `no_renegotiation` so far (at most
     /// [`MAX_RENEGOTIATION_REFUSALS`](super::MAX_RENEGOTIATION_REFUSALS)).
     pub(super) renegotiation_refusals: u8,
 }
 
-/// What a handshake established, read once from the `SSL` when it is freed: what the accessors
-/// of a compact session report.
-pub(super) struct SslFacts {
-    pub(super) version: &'static str,
-    pub(super) cipher: Option<&'static str>,
-    pub(super) cipher_standard_name: Option<&'static str>,
-    pub(super) psk_identity: Option<Box<[u8]>>,
-    pub(super) peer_certificate: Option<X509>,
-    pub(super) alpn: Option<Box<[u8]>>,
-    pub(super) server_name: Option<Box<str>>,
-    pub(super) client_random: [u8; 32],
+/// What a handshake established, read once from the `SSL` when the handshake completes: the
+/// one value the session's accessors, the connection handles of the drivers, the compact hand-off
+/// (which frees the `SSL` and keeps these) and the statistics all read.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct HandshakeFacts {
+    /// The protocol version, e.g. `"DTLSv1.2"` (`SSL_get_version`).
+    pub version: &'static str,
+    /// The cipher's OpenSSL name, e.g. `"PSK-AES128-CCM8"`.
+    pub cipher: Option<&'static str>,
+    /// The cipher's IANA name, e.g. `"TLS_PSK_WITH_AES_128_CCM_8"`.
+    pub cipher_standard_name: Option<&'static str>,
+    /// The PSK identity, if a PSK suite was used.
+    pub psk_identity: Option<Box<[u8]>>,
+    /// The peer's certificate, if it sent one.
+    pub peer_certificate: Option<X509>,
+    /// The ALPN protocol agreed, if any.
+    pub alpn: Option<Box<[u8]>>,
+    /// The server name (SNI) the client asked for.
+    pub server_name: Option<Box<str>>,
+    /// Whether the handshake resumed an earlier session (`SSL_session_reused`).
+    pub resumed: bool,
+    /// When the handshake started (the session was made).
+    pub started: Instant,
+    /// When it completed.
+    pub completed: Instant,
+    /// The ClientHello random.
+    pub(crate) client_random: [u8; 32],
 }
 
-impl SslFacts {
-    pub(super) fn of(ssl: &SslRef) -> SslFacts {
+impl HandshakeFacts {
+    pub(super) fn of(ssl: &SslRef, started: Instant, completed: Instant) -> HandshakeFacts {
         let mut client_random = [0u8; 32];
         ssl.client_random(&mut client_random);
-        SslFacts {
+        HandshakeFacts {
             version: ssl.version_str(),
             cipher: ssl.current_cipher().map(|c| c.name()),
             cipher_standard_name: ssl.current_cipher().and_then(|c| c.standard_name()),
@@ -132,7 +147,15 @@ impl SslFacts {
             server_name: ssl
                 .servername(openssl::ssl::NameType::HOST_NAME)
                 .map(Into::into),
+            resumed: ssl.session_reused(),
+            started,
+            completed,
             client_random,
         }
+    }
+
+    /// How long the handshake took.
+    pub fn duration(&self) -> std::time::Duration {
+        self.completed.saturating_duration_since(self.started)
     }
 }

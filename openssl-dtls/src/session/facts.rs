@@ -40,67 +40,80 @@ impl Session {
         if self.state == SessionState::Handshaking {
             return None;
         }
-        match (self.engine.ssl(), self.facts()) {
-            (Some(ssl), _) => Some(ssl.version_str()),
-            (None, facts) => facts.map(|f| f.version),
+        match (self.facts(), self.engine.ssl()) {
+            (Some(facts), _) => Some(facts.version),
+            (None, ssl) => ssl.map(|ssl| ssl.version_str()),
         }
     }
 
-    pub(super) fn facts(&self) -> Option<&SslFacts> {
-        self.engine.compact().and_then(|c| c.facts.as_deref())
+    pub(super) fn facts(&self) -> Option<&HandshakeFacts> {
+        self.facts.as_deref()
+    }
+
+    /// What the handshake established (suite, peer identity, ALPN, server name, whether it
+    /// resumed, when it started and ended), from its completion on: the same value for the life
+    /// of the connection, before and after a compact hand-off.
+    pub fn handshake_facts(&self) -> Option<&std::sync::Arc<HandshakeFacts>> {
+        self.facts.as_ref()
     }
 
     /// The negotiated cipher's OpenSSL name, e.g. `"PSK-AES128-CCM8"` (`SSL_get_current_cipher`).
     #[doc(alias = "SSL_get_current_cipher")]
     pub fn cipher(&self) -> Option<&'static str> {
-        match self.engine.ssl() {
-            Some(ssl) => ssl.current_cipher().map(|c| c.name()),
-            None => self.facts().and_then(|f| f.cipher),
+        match (self.facts(), self.engine.ssl()) {
+            (Some(f), _) => f.cipher,
+            (None, Some(ssl)) => ssl.current_cipher().map(|c| c.name()),
+            (None, None) => None,
         }
     }
 
     /// The negotiated cipher's IANA name, e.g. `"TLS_PSK_WITH_AES_128_CCM_8"`.
     #[doc(alias = "SSL_CIPHER_standard_name")]
     pub fn cipher_standard_name(&self) -> Option<&'static str> {
-        match self.engine.ssl() {
-            Some(ssl) => ssl.current_cipher().and_then(|c| c.standard_name()),
-            None => self.facts().and_then(|f| f.cipher_standard_name),
+        match (self.facts(), self.engine.ssl()) {
+            (Some(f), _) => f.cipher_standard_name,
+            (None, Some(ssl)) => ssl.current_cipher().and_then(|c| c.standard_name()),
+            (None, None) => None,
         }
     }
 
     /// The PSK identity used, if the handshake used a PSK suite (`SSL_get_psk_identity`).
     #[doc(alias = "SSL_get_psk_identity")]
     pub fn psk_identity(&self) -> Option<&[u8]> {
-        match self.engine.ssl() {
-            Some(ssl) => ssl.psk_identity(),
-            None => self.facts().and_then(|f| f.psk_identity.as_deref()),
+        match (self.facts(), self.engine.ssl()) {
+            (Some(f), _) => f.psk_identity.as_deref(),
+            (None, Some(ssl)) => ssl.psk_identity(),
+            (None, None) => None,
         }
     }
 
     /// The peer's certificate, if it sent one (`SSL_get1_peer_certificate`).
     #[doc(alias = "SSL_get1_peer_certificate")]
     pub fn peer_certificate(&self) -> Option<X509> {
-        match self.engine.ssl() {
-            Some(ssl) => ssl.peer_certificate(),
-            None => self.facts().and_then(|f| f.peer_certificate.clone()),
+        match (self.facts(), self.engine.ssl()) {
+            (Some(f), _) => f.peer_certificate.clone(),
+            (None, Some(ssl)) => ssl.peer_certificate(),
+            (None, None) => None,
         }
     }
 
     /// The ALPN protocol agreed, if any (`SSL_get0_alpn_selected`).
     #[doc(alias = "SSL_get0_alpn_selected")]
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        match self.engine.ssl() {
-            Some(ssl) => ssl.selected_alpn_protocol(),
-            None => self.facts().and_then(|f| f.alpn.as_deref()),
+        match (self.facts(), self.engine.ssl()) {
+            (Some(f), _) => f.alpn.as_deref(),
+            (None, Some(ssl)) => ssl.selected_alpn_protocol(),
+            (None, None) => None,
         }
     }
 
     /// The server name (SNI) the client asked for (`SSL_get_servername`).
     #[doc(alias = "SSL_get_servername")]
     pub fn server_name(&self) -> Option<&str> {
-        match self.engine.ssl() {
-            Some(ssl) => ssl.servername(openssl::ssl::NameType::HOST_NAME),
-            None => self.facts().and_then(|f| f.server_name.as_deref()),
+        match (self.facts(), self.engine.ssl()) {
+            (Some(f), _) => f.server_name.as_deref(),
+            (None, Some(ssl)) => ssl.servername(openssl::ssl::NameType::HOST_NAME),
+            (None, None) => None,
         }
     }
 

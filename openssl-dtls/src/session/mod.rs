@@ -49,7 +49,8 @@ use crate::ffi::bio::BioHandle;
 use crate::ffi::ssl;
 use crate::plaintext::{self, Screen};
 use crate::record::{self, OpenError, RecordLayer, SealError};
-use crate::session::engine::{Compact, Engine, OpenSsl, SslFacts};
+pub use crate::session::engine::HandshakeFacts;
+use crate::session::engine::{Compact, Engine, OpenSsl};
 use crate::wire::{ContentType, Parsed, RecordHeader};
 
 mod compact;
@@ -92,6 +93,8 @@ pub enum SessionState {
 pub struct Session {
     /// The record layer in use and the `SSL` while it exists: see [`engine`].
     engine: Engine,
+    /// What the handshake established, from its completion on.
+    facts: Option<std::sync::Arc<HandshakeFacts>>,
     /// Compact mode, during the handshake: epoch-1 application and alert records withheld from
     /// OpenSSL until the compact layer has keys (at most [`MAX_EARLY_RECORDS`]).
     early: Vec<Vec<u8>>,
@@ -211,6 +214,7 @@ impl Session {
         };
         let mut session = Session {
             engine: Engine::OpenSsl(OpenSsl { ssl, bio }),
+            facts: None,
             early: Vec::new(),
             role,
             state: SessionState::Handshaking,

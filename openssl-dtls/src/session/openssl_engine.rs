@@ -380,6 +380,11 @@ impl Session {
 
     pub(super) fn on_established(&mut self, now: Instant) {
         self.state = SessionState::Established;
+        self.facts = Some(std::sync::Arc::new(HandshakeFacts::of(
+            &self.openssl().ssl,
+            self.started,
+            now,
+        )));
         self.min_protected_len = self.cipher().map_or(0, min_protected_len);
         self.data_mtu = ssl::data_mtu(&self.openssl().ssl);
         log::debug!(
