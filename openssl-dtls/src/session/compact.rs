@@ -244,13 +244,7 @@ impl Session {
                 }
                 match alert {
                     Some(a) if a.description == Alert::CLOSE_NOTIFY => {
-                        log::debug!("peer {:?} sent close_notify", self.peer);
-                        self.closed_by_peer = true;
-                        if self.state == SessionState::Established {
-                            self.shutdown();
-                        }
-                        self.state = SessionState::Closed;
-                        self.retransmit_at = None;
+                        self.peer_closed();
                         self.hand_off(); // a lingering SSL has nothing left to answer
                     }
                     Some(a) if a.is_fatal() => {

@@ -552,6 +552,18 @@ impl Session {
         self.authenticated
     }
 
+    /// The peer's `close_notify` arrived (on either record layer): answer it if established,
+    /// and close.
+    fn peer_closed(&mut self) {
+        log::debug!("peer {:?} sent close_notify", self.peer);
+        self.closed_by_peer = true;
+        if self.state == SessionState::Established {
+            self.shutdown();
+        }
+        self.state = SessionState::Closed;
+        self.retransmit_at = None;
+    }
+
     /// Ends the session with `error`, telling an established peer with `close_notify` (the
     /// endpoint's idle timeout and eviction: the peer may still be awake, and then learns at once
     /// that its association is gone instead of sending into the void).

@@ -342,13 +342,7 @@ impl Session {
         match code {
             ffi::SSL_ERROR_WANT_READ | ffi::SSL_ERROR_WANT_WRITE => false,
             ffi::SSL_ERROR_ZERO_RETURN => {
-                log::debug!("peer {:?} sent close_notify", self.peer);
-                self.closed_by_peer = true;
-                if self.state == SessionState::Established {
-                    self.shutdown();
-                }
-                self.state = SessionState::Closed;
-                self.retransmit_at = None;
+                self.peer_closed();
                 false
             }
             _ => {
