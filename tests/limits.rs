@@ -634,3 +634,97 @@ fn one_handshake_facts_value_outlives_the_compact_hand_off() {
     let mine = c.handshake_facts().unwrap();
     assert_eq!((mine.cipher, mine.version), (before.cipher, before.version));
 }
+
+#[test]
+fn a_rebooted_peers_new_connection_keeps_its_timers() {
+    let mut config = EndpointConfig::default();
+    config.idle_timeout = Some(Duration::from_secs(60));
+    let mut ep = Endpoint::server(psk_server(false), config).unwrap();
+    let ctx = psk_client(IDENTITY, false);
+    let t0 = Instant::now();
+    let a = addr(80);
+    let _old = connect(&mut ep, t0, a, &ctx);
+    // The device reboots and keeps its port: its new handshake replaces the connection.
+    let t1 = t0 + Duration::from_secs(5);
+    let mut new = ctx.new_session(None, t1).unwrap();
+    let hello = hello_with_cookie(&mut ep, t1, a, &mut new);
+    ep.handle_datagram(t1, a, &hello);
+    pump(&mut ep, t1, &mut [(a, &mut new)]);
+    assert!(new.is_established(), "{:?}", new.error());
+    assert_eq!(ep.stats().connections_replaced, 1);
+    drain_events(&mut ep);
+    // The new connection idles out like any other (its timer was scheduled anew).
+    let mut idled = false;
+    for s in 1..=120 {
+        ep.handle_timeout(t1 + Duration::from_secs(s));
+        idled |= drain_events(&mut ep)
+            .iter()
+            .any(|e| matches!(e, Event::Closed { error: Some(err), .. } if is_idle_timeout(err)));
+    }
+    assert!(idled, "the replacing connection never idled out");
+    assert_eq!(ep.stats().idle_timeouts, 1);
+}
+
+/// The records of a datagram, as (epoch, content type, whole record bytes).
+fn split_records(d: &[u8]) -> Vec<(u16, u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = d;
+    while rest.len() >= 13 {
+        let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+        let (record, tail) = rest.split_at(13 + len);
+        out.push((
+            u16::from_be_bytes([record[3], record[4]]),
+            record[0],
+            record.to_vec(),
+        ));
+        rest = tail;
+    }
+    out
+}
+
+#[test]
+fn application_records_after_the_ccs_cannot_pile_up_in_a_handshake() {
+    let mut ep = Endpoint::server(psk_server(false), EndpointConfig::default()).unwrap();
+    let t0 = Instant::now();
+    let a = addr(90);
+    let mut c = psk_client(IDENTITY, false).new_session(None, t0).unwrap();
+    let hello = hello_with_cookie(&mut ep, t0, a, &mut c);
+    ep.handle_datagram(t0, a, &hello);
+    let mut buf = vec![0u8; 65_536];
+    let mut server_flight = Vec::new();
+    while let Some((_, n)) = ep.poll_transmit(&mut buf) {
+        server_flight.push(buf[..n].to_vec());
+    }
+    for d in &server_flight {
+        c.handle_datagram(t0, d);
+    }
+    // The client's last flight: everything but its Finished reaches the server, which has then
+    // read the ChangeCipherSpec and waits for the Finished.
+    let mut finished = Vec::new();
+    while let Some(n) = c.poll_transmit(&mut buf) {
+        for (epoch, kind, record) in split_records(&buf[..n]) {
+            if epoch == 1 && kind == 22 {
+                finished.push(record);
+            } else {
+                ep.handle_datagram(t0, a, &record);
+            }
+        }
+    }
+    assert_eq!(finished.len(), 1);
+    // Twelve epoch-1 application records now (a hostile peer knows the keys and could make
+    // them genuine; OpenSSL would keep every one that decrypts until the handshake ends): only
+    // two reach OpenSSL.
+    let id = ep.connection_id(a).unwrap();
+    for k in 0..12u64 {
+        ep.handle_datagram(t0, a, &forged_epoch1(10 + k));
+    }
+    let stats = ep.connection_stats(a, id).unwrap().session;
+    assert_eq!(stats.dropped_excess_records, 10);
+    // The genuine Finished still completes the handshake.
+    ep.handle_datagram(t0, a, &finished[0]);
+    while let Some((_, n)) = ep.poll_transmit(&mut buf) {
+        c.handle_datagram(t0, &buf[..n]);
+    }
+    assert!(c.is_established(), "{:?}", c.error());
+    assert!(ep.session(a, id).is_some_and(Session::is_established));
+}

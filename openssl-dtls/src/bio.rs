@@ -124,11 +124,6 @@ impl BioState {
         self.inbound_ready = true;
     }
 
-    /// The bytes queued for OpenSSL's next read.
-    pub fn inbound(&self) -> &[u8] {
-        &self.inbound
-    }
-
     /// Queues `records` (views into one datagram), back to back, as the next thing OpenSSL reads:
     /// the records a filter kept. Notes whether an epoch-1 handshake record is among them.
     pub fn set_inbound_records<'a>(

@@ -100,6 +100,16 @@ impl Endpoint {
             }
             ListenOutcome::Failed => self.stats.handshakes_failed_local += 1,
             ListenOutcome::Verified => {
+                // The application's admission hook first: a peer it refuses must not make room
+                // by evicting anyone.
+                let admitted = self.server.as_ref().is_some_and(|(ctx, _)| ctx.admit(peer));
+                if !admitted {
+                    self.stats.refused_by_admission += 1;
+                    if let Some((_, listener)) = self.server.as_mut() {
+                        listener.reset();
+                    }
+                    return;
+                }
                 // The cookie proved the address: the peer may be told when it is refused.
                 if let Err(limit) = self.admissible(now, peer) {
                     self.refuse(now, peer, datagram, limit);
@@ -108,15 +118,9 @@ impl Endpoint {
                     }
                     return;
                 }
-                let admitted = self.server.as_ref().is_some_and(|(ctx, _)| ctx.admit(peer));
                 let Some((_, listener)) = self.server.as_mut() else {
                     return;
                 };
-                if !admitted {
-                    self.stats.refused_by_admission += 1;
-                    listener.reset();
-                    return;
-                }
                 match listener.accept(peer, now) {
                     ListenOutcome::Accepted(session) => self.accepted(now, peer, session),
                     _ => self.stats.handshakes_failed_local += 1,
@@ -338,8 +342,11 @@ pub(super) fn handshake_worst_case(
     let message = max_cert_list.max(18_432 + 12) * 9 / 8 + 256;
     // The message being reassembled and the ten it queues ahead of it.
     let messages = 11 * message;
-    // Epoch-1 records buffered before OpenSSL reads the peer's ChangeCipherSpec.
-    let records = crate::session::MAX_HANDSHAKE_EPOCH1_RECORDS * READ_BUFFER;
+    // Epoch-1 records buffered before OpenSSL reads the peer's ChangeCipherSpec, and the
+    // application or alert records it keeps after it until the handshake ends.
+    let records = (crate::session::MAX_HANDSHAKE_EPOCH1_RECORDS
+        + crate::session::MAX_HANDSHAKE_EPOCH1_APP_RECORDS)
+        * READ_BUFFER;
     // Our queues: the send queue at the MTU, the receive queue's byte limit.
     let queues = config.send_queue * config.mtu + config.recv_queue_bytes;
     SSL_BASE + messages + records + queues

@@ -139,6 +139,8 @@ impl Endpoint {
                     p.readable_signaled = false;
                     p.released = false;
                     p.last_activity = now;
+                    // Heap entries carry the old id and will be skipped: schedule anew.
+                    p.scheduled = None;
                     // The replacement's handshake count becomes the peer's (uncounted below at
                     // establishment); an old session still handshaking gives its count up.
                     p.uncount_handshake(&mut self.handshakes, addr.ip());
@@ -151,6 +153,8 @@ impl Endpoint {
                     count_failure(&mut self.stats, &replacement, false);
                     report_handshake_failure(&mut self.events, addr, &replacement);
                     self.handshakes.remove(addr.ip());
+                    // The old connection is evictable again: the eviction scan must see it.
+                    self.no_evictable_before = None;
                 }
             }
         }

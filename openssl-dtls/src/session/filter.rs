@@ -21,10 +21,24 @@ pub const MAX_HANDSHAKE_EPOCH1_RECORDS: usize = 12;
 /// one before them in their datagram (see [`MAX_HANDSHAKE_EPOCH1_RECORDS`]).
 pub const MAX_HANDSHAKE_EPOCH1_ALONE: usize = 8;
 
+/// Epoch-1 application-data and alert records a handshake gives OpenSSL after it has read the
+/// peer's ChangeCipherSpec and before the handshake ends. OpenSSL decrypts them and keeps each
+/// (application data that overtook the peer's Finished) in a queue of up to 100 full read
+/// buffers (≈ 1.8 MB). A genuine peer sends none, or one that a lost Finished left early.
+pub const MAX_HANDSHAKE_EPOCH1_APP_RECORDS: usize = 2;
+
 /// Decides, record by record, which records of one datagram OpenSSL may see: never epoch 2 or
 /// later; during the handshake, until OpenSSL has read the peer's ChangeCipherSpec, epoch-1
-/// records within [`MAX_HANDSHAKE_EPOCH1_ALONE`] / [`MAX_HANDSHAKE_EPOCH1_RECORDS`].
+/// records within [`MAX_HANDSHAKE_EPOCH1_ALONE`] / [`MAX_HANDSHAKE_EPOCH1_RECORDS`]; after it,
+/// epoch-1 application and alert records within [`MAX_HANDSHAKE_EPOCH1_APP_RECORDS`].
 pub(super) struct EpochFilter {
+    /// Whether the handshake is running (application and alert records are limited).
+    pub(super) handshaking: bool,
+    /// Epoch-1 application and alert records given to OpenSSL in this handshake before this
+    /// datagram.
+    pub(super) app_used: usize,
+    /// Of them, let through in this datagram.
+    pub(super) app_passed: Cell<usize>,
     /// Whether epoch-1 records are limited (handshaking, ChangeCipherSpec not read yet).
     pub(super) limited: bool,
     /// Epoch-1 records given to OpenSSL in this handshake before this datagram.
@@ -38,9 +52,12 @@ pub(super) struct EpochFilter {
 }
 
 impl EpochFilter {
-    /// Whether `epoch1` more epoch-1 records (with no ChangeCipherSpec) would be over the limit.
-    pub(super) fn limits(&self, epoch1: usize) -> bool {
-        self.limited && self.used + epoch1 > MAX_HANDSHAKE_EPOCH1_ALONE
+    /// Whether a datagram of this `shape` needs the record-by-record filter: more epoch-1
+    /// records (with no ChangeCipherSpec) than the budget allows, or application and alert
+    /// records during the handshake.
+    pub(super) fn limits(&self, shape: &Shape) -> bool {
+        (self.limited && self.used + shape.epoch1 > MAX_HANDSHAKE_EPOCH1_ALONE)
+            || (self.handshaking && shape.compact_records)
     }
 
     pub(super) fn keep(&self, r: &RecordHeader<'_>) -> bool {
@@ -50,6 +67,13 @@ impl EpochFilter {
                     self.ccs.set(true);
                 }
                 true
+            }
+            1 if self.handshaking && r.content_type() != ContentType::Handshake => {
+                let ok = self.app_used + self.app_passed.get() < MAX_HANDSHAKE_EPOCH1_APP_RECORDS;
+                if ok {
+                    self.app_passed.set(self.app_passed.get() + 1);
+                }
+                ok
             }
             1 if !self.limited => true,
             1 => {

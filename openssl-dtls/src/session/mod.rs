@@ -61,7 +61,9 @@ mod openssl_engine;
 mod stats;
 
 use self::filter::*;
-pub use self::filter::{MAX_HANDSHAKE_EPOCH1_ALONE, MAX_HANDSHAKE_EPOCH1_RECORDS};
+pub use self::filter::{
+    MAX_HANDSHAKE_EPOCH1_ALONE, MAX_HANDSHAKE_EPOCH1_APP_RECORDS, MAX_HANDSHAKE_EPOCH1_RECORDS,
+};
 pub(crate) use self::openssl_engine::configure_ssl;
 pub use self::stats::SessionStats;
 
@@ -119,6 +121,9 @@ pub struct Session {
     /// Epoch-1 records given to OpenSSL during the handshake (at most
     /// [`MAX_HANDSHAKE_EPOCH1_RECORDS`] until `peer_ccs_read`).
     handshake_epoch1: usize,
+    /// Epoch-1 application and alert records given to OpenSSL during the handshake (at most
+    /// [`MAX_HANDSHAKE_EPOCH1_APP_RECORDS`]).
+    handshake_epoch1_app: usize,
     /// OpenSSL has read the peer's ChangeCipherSpec in this handshake: it decrypts epoch-1
     /// records from now on instead of buffering them.
     peer_ccs_read: bool,
@@ -232,6 +237,7 @@ impl Session {
             stats: SessionStats::default(),
             authenticated: 0,
             handshake_epoch1: 0,
+            handshake_epoch1_app: 0,
             peer_ccs_read: false,
             held_alert: None,
             hello_verify_accepted: false,
@@ -319,7 +325,7 @@ impl Session {
             return;
         }
         let filter = self.epoch_filter();
-        if shape.later == 0 && !filter.limits(shape.epoch1) {
+        if shape.later == 0 && !filter.limits(&shape) {
             self.charge_epoch1(shape.epoch1);
             self.feed_openssl(now, parsed, None);
             return;

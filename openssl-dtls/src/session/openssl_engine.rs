@@ -67,6 +67,9 @@ impl Session {
     /// [`MAX_HANDSHAKE_EPOCH1_RECORDS`]).
     pub(super) fn epoch_filter(&self) -> EpochFilter {
         EpochFilter {
+            handshaking: self.state == SessionState::Handshaking,
+            app_used: self.handshake_epoch1_app,
+            app_passed: Cell::new(0),
             limited: self.state == SessionState::Handshaking && !self.peer_ccs_read,
             used: self.handshake_epoch1,
             ccs: Cell::new(false),
@@ -80,6 +83,9 @@ impl Session {
         self.stats.dropped_excess_records += filter.dropped.get();
         if filter.limited {
             self.handshake_epoch1 += filter.passed.get();
+        }
+        if filter.handshaking {
+            self.handshake_epoch1_app += filter.app_passed.get();
         }
     }
 
@@ -101,7 +107,7 @@ impl Session {
         let handshaking = self.state == SessionState::Handshaking;
         let ssl_state = ssl::state(&self.openssl().ssl);
         let screened = if handshaking {
-            self.screen_plaintext(now, parsed, keep, ssl_state)
+            self.screen_plaintext(now, parsed, ssl_state)
         } else {
             None
         };
@@ -127,16 +133,16 @@ impl Session {
         }
         st.coalesce = true; // a retransmitted Finished makes OpenSSL retransmit its flight
                             // A server mid-handshake: whether OpenSSL is given an epoch-1 handshake record (the
-                            // peer's Finished).
+                            // peer's Finished), from the parse's views or the filter's note of what it kept.
         let fed_finished = self.role == Role::Server
             && handshaking
-            && crate::wire::records(if lend {
-                datagram
+            && if lend {
+                parsed
+                    .records()
+                    .any(|r| r.epoch() == 1 && r.content_type() == ContentType::Handshake)
             } else {
-                self.bio_ref().inbound()
-            })
-            .flatten()
-            .any(|r| r.epoch() == 1 && r.content_type() == ContentType::Handshake);
+                self.bio_ref().inbound_has_epoch1_handshake
+            };
         let before = (self.state, self.handshake_state());
         if lend {
             let bio = self.openssl().bio;
@@ -189,7 +195,6 @@ impl Session {
         &mut self,
         now: Instant,
         parsed: &Parsed<'_>,
-        keep: Option<&dyn Fn(&RecordHeader<'_>) -> bool>,
         ssl_state: c_int,
     ) -> Option<bool> {
         // RFC 6347 §4.2.1: a HelloVerifyRequest answers the client's first ClientHello only.
@@ -198,9 +203,10 @@ impl Session {
             && !self.hello_verify_accepted;
         let mut screened = false;
         for record in parsed.records() {
-            // Only plaintext records are screened; `keep` sees each protected record once, when
-            // the datagram is queued for OpenSSL (it counts them).
-            if record.epoch() != 0 || keep.is_some_and(|keep| !keep(record)) {
+            // Only plaintext records are screened. The caller's `keep` is not consulted: it passes
+            // every epoch-0 record, and it counts what it sees (the epoch filter), so it must see
+            // each record once, when the datagram is queued for OpenSSL.
+            if record.epoch() != 0 {
                 continue;
             }
             match plaintext::screen(record) {
