@@ -128,7 +128,7 @@ impl BioState {
     /// the records a filter kept. Notes whether an epoch-1 handshake record is among them.
     pub fn set_inbound_records<'a>(
         &mut self,
-        records: impl Iterator<Item = &'a crate::wire::RecordHeader<'a>>,
+        records: impl Iterator<Item = crate::wire::RecordHeader<'a>>,
     ) {
         self.lent = None;
         self.inbound.clear();

@@ -17,6 +17,7 @@ impl Session {
         let too_short =
             move |r: &RecordHeader<'_>| min > 0 && r.epoch() >= 1 && r.fragment().len() < min;
         for record in parsed.records() {
+            let record = &record;
             let raw = record.bytes();
             if !is_compact_record(record) {
                 if self.engine.openssl().is_none() {

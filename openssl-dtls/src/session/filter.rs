@@ -128,6 +128,7 @@ impl Shape {
     pub(super) fn of(parsed: &Parsed<'_>, min: usize) -> Shape {
         let mut shape = Shape::default();
         for r in parsed.records() {
+            let r = &r;
             match r.epoch() {
                 0 => continue,
                 1 => shape.epoch1 += 1,

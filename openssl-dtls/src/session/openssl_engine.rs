@@ -203,6 +203,7 @@ impl Session {
             && !self.hello_verify_accepted;
         let mut screened = false;
         for record in parsed.records() {
+            let record = &record;
             // Only plaintext records are screened. The caller's `keep` is not consulted: it passes
             // every epoch-0 record, and it counts what it sees (the epoch filter), so it must see
             // each record once, when the datagram is queued for OpenSSL.

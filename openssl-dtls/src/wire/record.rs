@@ -55,6 +55,19 @@ impl<'a> RecordHeader<'a> {
         })
     }
 
+    /// The view of one record that [`parse`](super::parse) has checked already: `bytes` is
+    /// exactly that record (header and fragment), so only the slicing is repeated. `None` only if
+    /// `bytes` is not such a record.
+    pub(crate) fn from_parsed(bytes: &'a [u8]) -> Option<Self> {
+        let (header, fragment) = bytes.split_first_chunk::<RECORD_HEADER_LEN>()?;
+        Some(RecordHeader {
+            header,
+            content_type: ContentType::from_u8(header[0])?,
+            fragment,
+            bytes,
+        })
+    }
+
     /// The 13 header bytes as they are on the wire (the AEAD additional data is built from them).
     pub(crate) fn header_bytes(&self) -> &'a [u8; RECORD_HEADER_LEN] {
         self.header
