@@ -728,3 +728,51 @@ fn application_records_after_the_ccs_cannot_pile_up_in_a_handshake() {
     assert!(c.is_established(), "{:?}", c.error());
     assert!(ep.session(a, id).is_some_and(Session::is_established));
 }
+
+/// Every log line of this test binary at `info` and above, for the tests that read them.
+fn captured_logs() -> &'static std::sync::Mutex<Vec<String>> {
+    struct Capture;
+    static LINES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::Level::Info
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                if let Ok(mut lines) = LINES.lock() {
+                    lines.push(format!("{} {}", r.level(), r.args()));
+                }
+            }
+        }
+        fn flush(&self) {}
+    }
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let _ = log::set_logger(&Capture);
+        log::set_max_level(log::LevelFilter::Info);
+    });
+    &LINES
+}
+
+#[test]
+fn refusals_are_logged_at_info_with_the_limit_and_its_value() {
+    let logs = captured_logs();
+    let mut config = EndpointConfig::default();
+    config.max_connections = 1;
+    config.evict_idle_after = None;
+    let mut ep = Endpoint::server(psk_server(false), config).unwrap();
+    let ctx = psk_client(IDENTITY, false);
+    let t0 = Instant::now();
+    let _held = connect(&mut ep, t0, addr(100), &ctx);
+    let n = addr(101);
+    let mut cn = ctx.new_session(None, t0).unwrap();
+    let hello = hello_with_cookie(&mut ep, t0, n, &mut cn);
+    ep.handle_datagram(t0, n, &hello);
+    assert_eq!(ep.stats().refused_connection_limit, 1);
+    let lines = logs.lock().unwrap().clone();
+    let line = lines
+        .iter()
+        .find(|l| l.contains(&n.to_string()) && l.contains("max_connections (1) reached"))
+        .unwrap_or_else(|| panic!("no refusal line for {n} in {lines:#?}"));
+    assert!(line.starts_with("INFO "), "{line}");
+}
