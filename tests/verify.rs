@@ -10,109 +10,21 @@ use std::error::Error as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
-use openssl::x509::{X509Builder, X509NameBuilder, X509};
+use openssl::x509::X509;
 use openssl_dtls::{
     Alert, ClientAuth, ConfigError, DtlsClient, DtlsClientContext, DtlsClientContextBuilder,
     DtlsServer, DtlsServerContext, Error, PskCredentials, TimeoutPhase, VerifyReason,
 };
-use support::{ec_key, handshake, Link};
+use support::{ec_key, handshake, issue, Link, Spec};
 
 const CONNECT: Duration = Duration::from_secs(5);
-const DAY: i64 = 24 * 60 * 60;
 
 // ---------------------------------------------------------------------------------------------
 // certificates
-
-/// What goes into a test certificate.
-struct Spec<'a> {
-    cn: &'a str,
-    dns: &'a [&'a str],
-    ips: &'a [&'a str],
-    /// Validity, in days from now.
-    from: i64,
-    until: i64,
-    ca: bool,
-}
-
-impl Spec<'_> {
-    fn leaf(cn: &str) -> Spec<'_> {
-        Spec {
-            cn,
-            dns: &[],
-            ips: &[],
-            from: -1,
-            until: 30,
-            ca: false,
-        }
-    }
-}
-
-fn days_from_now(days: i64) -> Asn1Time {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    Asn1Time::from_unix(now + days * DAY).unwrap()
-}
-
-/// A certificate for `spec` with `key`, signed by `issuer` (or self-signed).
-fn issue(spec: &Spec<'_>, key: &PKey<Private>, issuer: Option<(&X509, &PKey<Private>)>) -> X509 {
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", spec.cn).unwrap();
-    let name = name.build();
-    let mut b = X509Builder::new().unwrap();
-    b.set_version(2).unwrap();
-    let mut serial = BigNum::new().unwrap();
-    serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(issuer.map_or(&name, |(c, _)| c.subject_name()))
-        .unwrap();
-    b.set_pubkey(key).unwrap();
-    b.set_not_before(&days_from_now(spec.from)).unwrap();
-    b.set_not_after(&days_from_now(spec.until)).unwrap();
-    if spec.ca {
-        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-            .unwrap();
-        b.append_extension(
-            KeyUsage::new()
-                .critical()
-                .key_cert_sign()
-                .crl_sign()
-                .build()
-                .unwrap(),
-        )
-        .unwrap();
-    } else {
-        b.append_extension(BasicConstraints::new().critical().build().unwrap())
-            .unwrap();
-    }
-    if !spec.dns.is_empty() || !spec.ips.is_empty() {
-        let mut san = SubjectAlternativeName::new();
-        for dns in spec.dns {
-            san.dns(dns);
-        }
-        for ip in spec.ips {
-            san.ip(ip);
-        }
-        let san = san
-            .build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None))
-            .unwrap();
-        b.append_extension(san).unwrap();
-    }
-    b.sign(issuer.map_or(key, |(_, k)| k), MessageDigest::sha256())
-        .unwrap();
-    b.build()
-}
 
 /// A test CA.
 struct Ca {

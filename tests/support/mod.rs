@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -246,15 +246,46 @@ pub fn rsa_key(bits: u32) -> PKey<Private> {
     PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap()
 }
 
-fn build_cert(
-    subject_cn: &str,
+/// What goes into a test certificate.
+pub struct Spec<'a> {
+    pub cn: &'a str,
+    pub dns: &'a [&'a str],
+    pub ips: &'a [&'a str],
+    /// Validity, in days from now.
+    pub from: i64,
+    pub until: i64,
+    pub ca: bool,
+}
+
+impl Spec<'_> {
+    pub fn leaf(cn: &str) -> Spec<'_> {
+        Spec {
+            cn,
+            dns: &[],
+            ips: &[],
+            from: -1,
+            until: 30,
+            ca: false,
+        }
+    }
+}
+
+fn days_from_now(days: i64) -> Asn1Time {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    Asn1Time::from_unix(now + days * 24 * 60 * 60).unwrap()
+}
+
+/// A certificate for `spec` with `key`, signed by `issuer` (or self-signed).
+pub fn issue(
+    spec: &Spec<'_>,
     key: &PKey<Private>,
     issuer: Option<(&X509, &PKey<Private>)>,
-    is_ca: bool,
-    dns: Option<&str>,
 ) -> X509 {
     let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", subject_cn).unwrap();
+    name.append_entry_by_text("CN", spec.cn).unwrap();
     let name = name.build();
     let mut b = X509Builder::new().unwrap();
     b.set_version(2).unwrap();
@@ -266,11 +297,9 @@ fn build_cert(
     b.set_issuer_name(issuer.map_or(&name, |(c, _)| c.subject_name()))
         .unwrap();
     b.set_pubkey(key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-        .unwrap();
-    if is_ca {
+    b.set_not_before(&days_from_now(spec.from)).unwrap();
+    b.set_not_after(&days_from_now(spec.until)).unwrap();
+    if spec.ca {
         b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
             .unwrap();
         b.append_extension(
@@ -285,17 +314,39 @@ fn build_cert(
     } else {
         b.append_extension(BasicConstraints::new().critical().build().unwrap())
             .unwrap();
-        if let Some(dns) = dns {
-            let san = SubjectAlternativeName::new()
-                .dns(dns)
-                .build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None))
-                .unwrap();
-            b.append_extension(san).unwrap();
-        }
     }
-    let signer = issuer.map_or(key, |(_, k)| k);
-    b.sign(signer, MessageDigest::sha256()).unwrap();
+    if !spec.dns.is_empty() || !spec.ips.is_empty() {
+        let mut san = SubjectAlternativeName::new();
+        for dns in spec.dns {
+            san.dns(dns);
+        }
+        for ip in spec.ips {
+            san.ip(ip);
+        }
+        let san = san
+            .build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None))
+            .unwrap();
+        b.append_extension(san).unwrap();
+    }
+    b.sign(issuer.map_or(key, |(_, k)| k), MessageDigest::sha256())
+        .unwrap();
     b.build()
+}
+
+/// A certificate valid from now for 30 days: a CA, or a leaf for `dns` when given.
+fn build_cert(
+    subject_cn: &str,
+    key: &PKey<Private>,
+    issuer: Option<(&X509, &PKey<Private>)>,
+    is_ca: bool,
+    dns: Option<&str>,
+) -> X509 {
+    let dns = dns.map(|d| [d]);
+    let mut spec = Spec::leaf(subject_cn);
+    spec.from = 0;
+    spec.ca = is_ca;
+    spec.dns = dns.as_ref().map_or(&[][..], |d| &d[..]);
+    issue(&spec, key, issuer)
 }
 
 impl Pki {
