@@ -114,17 +114,17 @@ impl Session {
     /// compact layer's queue, the write sequence continues after the last one OpenSSL used, and
     /// the handshake's facts are kept. Does nothing in any other state.
     pub(super) fn hand_off(&mut self) {
-        if !self.engine.is_lingering() {
-            return;
-        }
-        let Engine::Lingering {
-            mut openssl,
-            mut compact,
-            ..
-        } = std::mem::replace(&mut self.engine, Engine::Switching)
-        else {
-            unreachable!("checked above");
+        self.engine = match std::mem::replace(&mut self.engine, Engine::Switching) {
+            Engine::Lingering {
+                openssl, compact, ..
+            } => Engine::Compact(self.free_ssl(openssl, compact)),
+            other => other,
         };
+    }
+
+    /// The work of [`hand_off`](Self::hand_off): moves what OpenSSL queued and its write
+    /// sequence and nonces to `compact`, then frees the `SSL`.
+    fn free_ssl(&mut self, mut openssl: OpenSsl, mut compact: Box<Compact>) -> Box<Compact> {
         let st = openssl.bio.get_mut();
         let mut queued = VecDeque::new();
         st.drain_outbound(&mut queued);
@@ -145,8 +145,8 @@ impl Session {
         // SSL_free does not mark its session unresumable and drop it from the session cache.
         ssl::mark_shutdown_sent(&openssl.ssl);
         drop(openssl); // SSL_free: the BIO and its state go with it
-        self.engine = Engine::Compact(compact);
         log::debug!("{:?}: handed off to the compact record layer", self.peer);
+        compact
     }
 
     /// Compact mode, after the hand-off: a handshake-layer record. Only an epoch-1 record that
