@@ -281,17 +281,10 @@ impl Endpoint {
         }
         // The alert mirrors the ClientHello's record version and sequence number, as a
         // HelloVerifyRequest does (RFC 6347 §4.2.1).
-        let Some(header) = hello.get(..wire::RECORD_HEADER_LEN) else {
-            return;
-        };
+        let alert = wire::plaintext_alert(record.version(), record.sequence(), 2, INTERNAL_ERROR);
         let mut buf = self.spare_replies.pop().unwrap_or_default();
         buf.clear();
-        buf.push(21); // alert
-        buf.extend_from_slice(&header[1..3]); // version
-        buf.extend_from_slice(&[0, 0]); // epoch 0
-        buf.extend_from_slice(&header[5..11]); // sequence number
-        buf.extend_from_slice(&2u16.to_be_bytes());
-        buf.extend_from_slice(&[2, INTERNAL_ERROR]);
+        buf.extend_from_slice(&alert);
         self.stats.refusal_alerts_sent += 1;
         self.replies.push_back((peer, buf));
     }

@@ -271,15 +271,12 @@ impl Session {
             description: Alert::DECRYPT_ERROR,
         };
         let st = self.bio_mut();
-        let seq = st.epoch0_next_seq.to_be_bytes();
-        let mut record = [0u8; 15];
-        record[0] = 21; // alert
-        record[1..3].copy_from_slice(&[0xfe, 0xfd]);
-        // epoch 0 (bytes 3..5), 48-bit sequence number
-        record[5..11].copy_from_slice(&seq[2..8]);
-        record[11..13].copy_from_slice(&2u16.to_be_bytes());
-        record[13] = alert.level;
-        record[14] = alert.description;
+        let record = crate::wire::plaintext_alert(
+            crate::wire::DTLS1_2_VERSION,
+            st.epoch0_next_seq,
+            alert.level,
+            alert.description,
+        );
         st.push_outbound(&record);
         st.alert_sent = Some(alert);
         log::debug!(

@@ -33,7 +33,7 @@ pub(crate) use self::handshake::{
     HANDSHAKE_HEADER_LEN,
 };
 pub(crate) use self::parsed::{parse, Parsed};
-pub(crate) use self::record::{records, RecordHeader, RECORD_HEADER_LEN};
+pub(crate) use self::record::{plaintext_alert, records, RecordHeader, RECORD_HEADER_LEN};
 
 /// Record version of DTLS 1.2 (`{254, 253}`).
 pub(crate) const DTLS1_2_VERSION: u16 = 0xFEFD;

@@ -116,6 +116,21 @@ impl<'a> RecordHeader<'a> {
     }
 }
 
+/// A plaintext (epoch-0) alert record: `version` on the wire, the 48-bit sequence number `seq`,
+/// and the alert's level and description. For the alerts this library sends outside OpenSSL
+/// (a refusal at a limit, a wrong key's `decrypt_error`).
+pub(crate) fn plaintext_alert(version: u16, seq: u64, level: u8, description: u8) -> [u8; 15] {
+    let mut record = [0u8; 15];
+    record[0] = ContentType::Alert as u8;
+    record[1..3].copy_from_slice(&version.to_be_bytes());
+    // epoch 0 (bytes 3..5), then the sequence number's low 48 bits
+    record[5..11].copy_from_slice(&seq.to_be_bytes()[2..8]);
+    record[11..13].copy_from_slice(&2u16.to_be_bytes());
+    record[13] = level;
+    record[14] = description;
+    record
+}
+
 /// Iterator over the records of a datagram; see [`records`].
 #[derive(Debug, Clone)]
 pub(crate) struct Records<'a> {
