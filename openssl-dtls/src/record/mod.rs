@@ -94,6 +94,11 @@ pub(crate) struct RecordLayer {
     /// record's epoch and sequence number.
     explicit_next: Option<u64>,
     window: ReplayWindow,
+    /// The peer's Connection ID, carried by every record this side seals (RFC 9146); `None`:
+    /// standard records.
+    write_cid: Option<Box<[u8]>>,
+    /// The peer sends `tls12_cid` records (this side asked for a non-empty CID).
+    read_cid: bool,
 }
 
 impl std::fmt::Debug for RecordLayer {
@@ -153,6 +158,8 @@ impl RecordLayer {
             next_write_seq,
             explicit_next: None,
             window: ReplayWindow::default(),
+            write_cid: None,
+            read_cid: false,
         }
     }
 
@@ -182,7 +189,8 @@ impl RecordLayer {
     }
 
     /// Appends one protected record of `content_type` carrying `plaintext` to `out` and uses up
-    /// one sequence number.
+    /// one sequence number. With a peer Connection ID set ([`set_cids`](Self::set_cids)) the
+    /// record is a `tls12_cid` record (RFC 9146 §4).
     pub(crate) fn seal(
         &mut self,
         content_type: ContentType,
@@ -204,34 +212,25 @@ impl RecordLayer {
         }
         let mut epoch_seq = seq.to_be_bytes();
         epoch_seq[..2].copy_from_slice(&self.epoch.to_be_bytes());
-        let fragment_len = plaintext.len() + self.aead.overhead();
-        let mut aad = [0u8; 13];
-        aad[..8].copy_from_slice(&epoch_seq);
-        aad[8] = content_type as u8;
-        aad[9..11].copy_from_slice(&DTLS1_2);
-        aad[11..13].copy_from_slice(&(plaintext.len() as u16).to_be_bytes());
-
-        let start = out.len();
-        out.push(content_type as u8);
-        out.extend_from_slice(&DTLS1_2);
-        out.extend_from_slice(&epoch_seq);
-        out.extend_from_slice(&(fragment_len as u16).to_be_bytes());
         // The explicit nonce (GCM, CCM): the epoch and sequence number, unique per record, or
         // the continuation of OpenSSL's own counter after a hand-off.
         let explicit = self.explicit_next.map_or(epoch_seq, u64::to_be_bytes);
-        if self.aead.explicit_nonce_len() == 8 {
-            out.extend_from_slice(&explicit);
-        }
-        let body = out.len();
-        out.resize(body + plaintext.len() + self.aead.tag_len(), 0);
+        let record = Protect {
+            epoch_seq,
+            explicit,
+            content_type,
+            cid: self.write_cid.as_deref(),
+            #[cfg(test)]
+            padding: 0,
+            #[cfg(test)]
+            no_type: false,
+        };
+        let keys = (&self.keys.write_key, &self.keys.write_iv);
         let aead = self.aead;
-        let nonce = aead.nonce(&self.keys.write_iv, explicit);
-        let (ct, tag) = out[body..].split_at_mut(plaintext.len());
-        let sealed = cache::with_ctx(self.id, aead, &self.keys.write_key, true, |ctx| {
-            aead.seal(ctx, &nonce, &aad, plaintext, ct, tag)
+        let sealed = cache::with_ctx(self.id, aead, keys.0, true, |ctx| {
+            record.seal(aead, ctx, keys.1, plaintext, out)
         });
         if sealed.is_err() {
-            out.truncate(start);
             return Err(SealError::Cipher);
         }
         self.next_write_seq = seq + 1;
@@ -243,53 +242,352 @@ impl RecordLayer {
 
     /// Authenticates and decrypts one record (`record` is its header and fragment) into `out`
     /// (cleared first), enters its sequence number in the replay window and returns its content
-    /// type. Nothing changes unless the record authenticates.
+    /// type (for a `tls12_cid` record, the real one from its `DTLSInnerPlaintext`, padding
+    /// stripped). Nothing changes unless the record authenticates.
+    ///
+    /// With Connection IDs in this direction, only `tls12_cid` records are accepted (whose CID
+    /// the caller has matched); without, only standard ones.
     pub(crate) fn open(
         &mut self,
         record: &RecordHeader<'_>,
         out: &mut Vec<u8>,
     ) -> Result<ContentType, OpenError> {
+        if record.is_cid() != self.read_cid {
+            return Err(OpenError::Malformed);
+        }
+        let seq = record.sequence();
+        self.check(record)?;
+        self.window.check(seq)?;
+        let aead = self.aead;
+        let keys = (&self.keys.read_key, &self.keys.read_iv);
+        let opened = cache::with_ctx(self.id | 1, aead, keys.0, false, |ctx| {
+            Ok(unprotect(aead, ctx, keys.1, record, out))
+        });
+        let content_type = match opened {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                out.clear();
+                evp::clear_error();
+                return Err(OpenError::Unauthenticated);
+            }
+        };
+        self.window.mark(seq);
+        Ok(content_type)
+    }
+
+    /// The framing checks every received record passes before its tag is checked.
+    fn check(&self, record: &RecordHeader<'_>) -> Result<(), OpenError> {
         let header = record.header_bytes();
         if header[1..3] != DTLS1_2 || record.epoch() != self.epoch {
             return Err(OpenError::Malformed);
         }
         let fragment = record.fragment();
         let overhead = self.aead.overhead();
-        if fragment.len() < overhead || fragment.len() - overhead > MAX_PLAINTEXT {
+        // A CID record's plaintext also holds its content type: at least one byte more.
+        let min = overhead + usize::from(record.is_cid());
+        // A CID record's inner plaintext may add its type byte and padding (RFC 9146 §4).
+        let max = MAX_PLAINTEXT + if record.is_cid() { 256 } else { 0 };
+        if fragment.len() < min || fragment.len() - overhead > max {
             return Err(OpenError::Malformed);
         }
-        let seq = record.sequence();
-        self.window.check(seq)?;
-        let epoch_seq: [u8; 8] = header[3..11].try_into().expect("8 bytes");
-        let explicit = self.aead.explicit_nonce_len();
-        let (ct, tag) = fragment[explicit..].split_at(fragment.len() - overhead);
-        let mut aad = [0u8; 13];
-        aad[..8].copy_from_slice(&epoch_seq);
-        aad[8] = header[0];
-        aad[9..11].copy_from_slice(&DTLS1_2);
-        aad[11..13].copy_from_slice(&(ct.len() as u16).to_be_bytes());
-        let nonce = if explicit == 8 {
-            // GCM and CCM take the explicit nonce from the record, whatever the sender chose.
-            let mut n = [0u8; 12];
-            n[..4].copy_from_slice(&self.keys.read_iv[..4]);
-            n[4..].copy_from_slice(&fragment[..8]);
-            n
-        } else {
-            self.aead.nonce(&self.keys.read_iv, epoch_seq)
-        };
-        out.clear();
-        out.resize(ct.len(), 0);
-        let aead = self.aead;
-        let opened = cache::with_ctx(self.id | 1, aead, &self.keys.read_key, false, |ctx| {
-            aead.open(ctx, &nonce, &aad, ct, tag, &mut out[..])
-        });
-        if opened.is_err() {
-            out.clear();
-            // A failed tag check is expected input, not an error to report.
-            evp::clear_error();
-            return Err(OpenError::Unauthenticated);
-        }
-        self.window.mark(seq);
-        Ok(record.content_type())
+        Ok(())
     }
+
+    /// The Connection IDs of this connection (RFC 9146): `write` is the peer's CID, which every
+    /// record this side seals carries (`None`: the peer asked for none, records stay in the
+    /// standard format); `read` says whether the peer sends `tls12_cid` records to us (this side
+    /// asked for a non-empty CID), which are then the only ones [`open`](Self::open) accepts.
+    pub(crate) fn set_cids(&mut self, write: Option<Box<[u8]>>, read: bool) {
+        self.write_cid = write.filter(|c| !c.is_empty());
+        self.read_cid = read;
+    }
+
+    /// Whether records this side seals carry the peer's Connection ID.
+    pub(crate) fn writes_cid(&self) -> bool {
+        self.write_cid.is_some()
+    }
+
+    /// The newest sequence number that authenticated (replay window), if any.
+    pub(crate) fn newest_read(&self) -> Option<u64> {
+        self.window.newest()
+    }
+
+    /// Transcoding during the handshake (RFC 9146 over OpenSSL, which writes only standard
+    /// records): rewrites `record`, a standard epoch record this side's OpenSSL sealed, as the
+    /// `tls12_cid` record carrying the peer's CID, appended to `out`: same epoch, sequence
+    /// number, explicit nonce and key. The standard record never leaves the process, so each
+    /// (key, nonce) pair still protects one record on the wire.
+    pub(crate) fn transcode_outbound(
+        &self,
+        record: &RecordHeader<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
+        let Some(cid) = self.write_cid.as_deref() else {
+            out.extend_from_slice(record.bytes());
+            return Ok(());
+        };
+        if record.is_cid() {
+            return Err(OpenError::Malformed);
+        }
+        self.check(record)?;
+        let aead = self.aead;
+        let (key, iv) = (&self.keys.write_key, &self.keys.write_iv);
+        let mut plain = take_buffer();
+        let result = one_shot(aead, key, false, |ctx| {
+            Ok(unprotect(aead, ctx, iv, record, &mut plain))
+        })
+        .map_err(|_| OpenError::Unauthenticated)
+        .and_then(|r| r)
+        .and_then(|content_type| {
+            let p = Protect {
+                epoch_seq: epoch_seq_of(record),
+                explicit: explicit_of(aead, record),
+                content_type,
+                cid: Some(cid),
+                #[cfg(test)]
+                padding: 0,
+                #[cfg(test)]
+                no_type: false,
+            };
+            one_shot(aead, key, true, |ctx| p.seal(aead, ctx, iv, &plain, out))
+                .map_err(|_| OpenError::Unauthenticated)
+        });
+        evp::clear_error();
+        give_buffer(plain);
+        result
+    }
+
+    /// Transcoding during the handshake, the other way: opens `record`, a `tls12_cid` record
+    /// from the peer (entering it in the replay window), and appends the standard record
+    /// OpenSSL can read, sealed under the same key with the same epoch, sequence number and
+    /// explicit nonce, to `out`. Returns the real content type. Only handshake records are
+    /// given to OpenSSL this way; the caller acts on others itself.
+    pub(crate) fn transcode_inbound(
+        &mut self,
+        record: &RecordHeader<'_>,
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<ContentType, OpenError> {
+        let content_type = self.open(record, plain)?;
+        if content_type != ContentType::Handshake {
+            return Ok(content_type);
+        }
+        let aead = self.aead;
+        let p = Protect {
+            epoch_seq: epoch_seq_of(record),
+            explicit: explicit_of(aead, record),
+            content_type,
+            cid: None,
+            #[cfg(test)]
+            padding: 0,
+            #[cfg(test)]
+            no_type: false,
+        };
+        let (key, iv) = (&self.keys.read_key, &self.keys.read_iv);
+        let sealed = one_shot(aead, key, true, |ctx| p.seal(aead, ctx, iv, plain, out));
+        evp::clear_error();
+        sealed.map_err(|_| OpenError::Unauthenticated)?;
+        Ok(content_type)
+    }
+}
+
+/// Largest additional data: RFC 9146 §5's with a 255-byte CID.
+const MAX_AAD: usize = 23 + 255;
+
+/// What a record is sealed as: its epoch and sequence number, explicit nonce, content type and
+/// (for a `tls12_cid` record) the receiver's Connection ID.
+struct Protect<'c> {
+    epoch_seq: [u8; 8],
+    explicit: [u8; 8],
+    content_type: ContentType,
+    cid: Option<&'c [u8]>,
+    /// Zero bytes after a CID record's inner content type (tests: this side never pads).
+    #[cfg(test)]
+    padding: usize,
+    /// Tests: a CID record whose inner plaintext is the content alone, with no type byte.
+    #[cfg(test)]
+    no_type: bool,
+}
+
+impl Protect<'_> {
+    /// Appends the record protecting `plaintext` to `out` with `ctx` (keyed for encryption);
+    /// on error `out` is as it was.
+    fn seal(
+        &self,
+        aead: Aead,
+        ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+        iv: &[u8; 12],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ErrorStack> {
+        // A CID record's DTLSInnerPlaintext: the content, its real type, no padding.
+        #[cfg(not(test))]
+        let (type_len, padding) = (usize::from(self.cid.is_some()), 0);
+        #[cfg(test)]
+        let (type_len, padding) = (usize::from(self.cid.is_some() && !self.no_type), self.padding);
+        let inner_len = plaintext.len() + type_len + padding;
+        let fragment_len = inner_len + aead.overhead();
+        let start = out.len();
+        match self.cid {
+            None => out.push(self.content_type as u8),
+            Some(_) => out.push(ContentType::Tls12Cid as u8),
+        }
+        out.extend_from_slice(&DTLS1_2);
+        out.extend_from_slice(&self.epoch_seq);
+        if let Some(cid) = self.cid {
+            out.extend_from_slice(cid);
+        }
+        out.extend_from_slice(&(fragment_len as u16).to_be_bytes());
+        if aead.explicit_nonce_len() == 8 {
+            out.extend_from_slice(&self.explicit);
+        }
+        let body = out.len();
+        out.resize(body + inner_len + aead.tag_len(), 0);
+        let mut aad = [0u8; MAX_AAD];
+        let aad_len = additional_data(
+            &mut aad,
+            self.epoch_seq,
+            self.content_type,
+            self.cid,
+            inner_len,
+        );
+        let aad = &aad[..aad_len];
+        let nonce = aead.nonce(iv, self.explicit);
+        let (ct, tag) = out[body..].split_at_mut(inner_len);
+        let r = if self.cid.is_some() {
+            // The inner plaintext must be one contiguous input (CCM takes its data in one call):
+            // a pooled buffer, so no allocation on a steady flow.
+            let mut inner = take_buffer();
+            inner.extend_from_slice(plaintext);
+            if type_len == 1 {
+                inner.push(self.content_type as u8);
+            }
+            inner.resize(inner_len, 0);
+            let r = aead.seal(ctx, &nonce, aad, &inner, ct, tag);
+            give_buffer(inner);
+            r
+        } else {
+            aead.seal(ctx, &nonce, aad, plaintext, ct, tag)
+        };
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    }
+}
+
+/// Writes the additional data of a record into `aad` and returns its length: RFC 5246
+/// §6.2.3.3's `seq_num ‖ type ‖ version ‖ length` (with the DTLS epoch in `seq_num`), or for a
+/// `tls12_cid` record RFC 9146 §5's `seq_num_placeholder ‖ tls12_cid ‖ cid_length ‖ tls12_cid ‖
+/// version ‖ epoch ‖ sequence_number ‖ cid ‖ length_of_DTLSInnerPlaintext`.
+fn additional_data(
+    aad: &mut [u8; MAX_AAD],
+    epoch_seq: [u8; 8],
+    content_type: ContentType,
+    cid: Option<&[u8]>,
+    len: usize,
+) -> usize {
+    let len = (len as u16).to_be_bytes();
+    match cid {
+        None => {
+            aad[..8].copy_from_slice(&epoch_seq);
+            aad[8] = content_type as u8;
+            aad[9..11].copy_from_slice(&DTLS1_2);
+            aad[11..13].copy_from_slice(&len);
+            13
+        }
+        Some(cid) => {
+            let n = cid.len();
+            aad[..8].fill(0xff);
+            aad[8] = ContentType::Tls12Cid as u8;
+            aad[9] = n as u8;
+            aad[10] = ContentType::Tls12Cid as u8;
+            aad[11..13].copy_from_slice(&DTLS1_2);
+            aad[13..21].copy_from_slice(&epoch_seq);
+            aad[21..21 + n].copy_from_slice(cid);
+            aad[21 + n..23 + n].copy_from_slice(&len);
+            23 + n
+        }
+    }
+}
+
+/// A record's epoch and sequence number as on the wire (8 bytes).
+fn epoch_seq_of(record: &RecordHeader<'_>) -> [u8; 8] {
+    let mut epoch_seq = record.sequence().to_be_bytes();
+    epoch_seq[..2].copy_from_slice(&record.epoch().to_be_bytes());
+    epoch_seq
+}
+
+/// The nonce input a record carries: its explicit nonce (GCM, CCM) or its epoch and sequence
+/// number (ChaCha20-Poly1305). `check` has made sure the fragment holds it.
+fn explicit_of(aead: Aead, record: &RecordHeader<'_>) -> [u8; 8] {
+    match record.fragment().first_chunk::<8>() {
+        Some(explicit) if aead.explicit_nonce_len() == 8 => *explicit,
+        _ => epoch_seq_of(record),
+    }
+}
+
+/// Authenticates and decrypts `record` (checked by [`RecordLayer::check`]) with `ctx` (keyed for
+/// decryption) into `out`; returns its content type, for a `tls12_cid` record the inner one
+/// after stripping the zero padding (RFC 9146 §4: a record with no non-zero byte is an error).
+fn unprotect(
+    aead: Aead,
+    ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+    iv: &[u8; 12],
+    record: &RecordHeader<'_>,
+    out: &mut Vec<u8>,
+) -> Result<ContentType, OpenError> {
+    let fragment = record.fragment();
+    let explicit_len = aead.explicit_nonce_len();
+    let (ct, tag) = fragment[explicit_len..].split_at(fragment.len() - aead.overhead());
+    let cid = record.is_cid().then(|| record.cid());
+    let mut aad = [0u8; MAX_AAD];
+    let aad_len = additional_data(
+        &mut aad,
+        epoch_seq_of(record),
+        record.content_type(),
+        cid,
+        ct.len(),
+    );
+    let nonce = aead.nonce(iv, explicit_of(aead, record));
+    out.clear();
+    out.resize(ct.len(), 0);
+    if aead
+        .open(ctx, &nonce, &aad[..aad_len], ct, tag, &mut out[..])
+        .is_err()
+    {
+        out.clear();
+        // A failed tag check is expected input, not an error to report.
+        evp::clear_error();
+        return Err(OpenError::Unauthenticated);
+    }
+    if cid.is_none() {
+        return Ok(record.content_type());
+    }
+    // DTLSInnerPlaintext: content ‖ real type ‖ zeros.
+    let Some(last) = out.iter().rposition(|&b| b != 0) else {
+        out.clear();
+        return Err(OpenError::Malformed);
+    };
+    let inner = ContentType::from_u8(out[last]).filter(|&t| t != ContentType::Tls12Cid);
+    out.truncate(last);
+    if out.len() > MAX_PLAINTEXT {
+        out.clear();
+        return Err(OpenError::Malformed);
+    }
+    inner.ok_or(OpenError::Malformed)
+}
+
+/// Runs `f` on a fresh context of `aead` keyed with `key` (the handshake's transcoding only:
+/// rare, so it does not disturb the per-thread cache).
+fn one_shot<R>(
+    aead: Aead,
+    key: &[u8; 32],
+    encrypt: bool,
+    f: impl FnOnce(&mut openssl::cipher_ctx::CipherCtxRef) -> Result<R, ErrorStack>,
+) -> Result<R, ErrorStack> {
+    let mut ctx = aead.new_ctx(encrypt)?;
+    aead::init(&mut ctx, encrypt, None, Some(&key[..aead.key_len()]))?;
+    f(&mut ctx)
 }

@@ -28,6 +28,11 @@ impl ReplayWindow {
         }
     }
 
+    /// The highest authenticated sequence number, if any.
+    pub(crate) fn newest(&self) -> Option<u64> {
+        self.top.checked_sub(1)
+    }
+
     /// Records `seq` as accepted. Only called after the record authenticated.
     pub(crate) fn mark(&mut self, seq: u64) {
         if seq >= self.top {

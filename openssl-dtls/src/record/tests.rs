@@ -224,3 +224,176 @@ fn gcm_matches_a_known_answer() {
     assert_eq!(&wire[21..24], &ct[..]);
     assert_eq!(&wire[24..], &tag[..]);
 }
+
+/// A pair whose records carry Connection IDs: the client sends the server's 6-byte CID, the
+/// server sends none (a device that asked for an empty CID), or `both` ways.
+fn cid_pair(aead: Aead, both: bool) -> (RecordLayer, RecordLayer) {
+    let (mut client, mut server) = pair(aead);
+    let server_cid: Box<[u8]> = Box::new([0x01, 0xa2, 0xb3, 0xc4, 0xd5, 0xe6]);
+    let client_cid: Box<[u8]> = Box::new([0x77, 0x88]);
+    client.set_cids(Some(server_cid), both);
+    server.set_cids(both.then_some(client_cid), true);
+    (client, server)
+}
+
+fn open_cid(rx: &mut RecordLayer, wire: &[u8], cid_len: usize) -> Result<(ContentType, Vec<u8>), OpenError> {
+    let record = RecordHeader::new_checked_cid(wire, cid_len).map_err(|_| OpenError::Malformed)?;
+    let mut out = Vec::new();
+    rx.open(&record, &mut out).map(|t| (t, out))
+}
+
+#[test]
+fn cid_records_round_trip_with_the_inner_type_and_detect_tampering() {
+    for aead in ALL {
+        for both in [false, true] {
+            let (mut client, mut server) = cid_pair(aead, both);
+            for (t, len) in [(ContentType::ApplicationData, 0usize), (ContentType::Alert, 2), (ContentType::ApplicationData, 300)] {
+                let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+                let mut wire = Vec::new();
+                client.seal(t, &data, &mut wire).unwrap();
+                assert_eq!(wire[0], 25, "{aead:?}: a tls12_cid record");
+                assert_eq!(&wire[11..17], &[0x01, 0xa2, 0xb3, 0xc4, 0xd5, 0xe6]);
+                assert_eq!(wire.len(), RECORD_HEADER_LEN + 6 + len + 1 + aead.overhead());
+                for i in 0..wire.len() {
+                    if i == 0 || (17..19).contains(&i) {
+                        continue; // type and length: caught by parsing
+                    }
+                    let mut bad = wire.clone();
+                    bad[i] ^= 0x20;
+                    assert!(open_cid(&mut server, &bad, 6).is_err(), "{aead:?} byte {i}");
+                }
+                let (got, plain) = open_cid(&mut server, &wire, 6).unwrap();
+                assert_eq!((got, plain), (t, data.clone()));
+                assert_eq!(open_cid(&mut server, &wire, 6), Err(OpenError::Replayed));
+                // The other way: CID records only if the client asked for a non-empty CID.
+                let mut back = Vec::new();
+                server.seal(t, &data, &mut back).unwrap();
+                if both {
+                    assert_eq!(back[0], 25);
+                    assert_eq!(open_cid(&mut client, &back, 2).unwrap(), (t, data));
+                } else {
+                    assert_eq!(back[0], t as u8, "a standard record");
+                    assert_eq!(open_one(&mut client, &back).unwrap(), (t, data));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_receiver_of_cids_refuses_standard_records_and_the_reverse() {
+    let (mut client, mut server) = cid_pair(Aead::Aes128Ccm8, false);
+    let (mut plain_client, _) = pair(Aead::Aes128Ccm8);
+    let mut standard = Vec::new();
+    plain_client.seal(ContentType::ApplicationData, b"x", &mut standard).unwrap();
+    assert_eq!(open_one(&mut server, &standard), Err(OpenError::Malformed));
+    let mut cid = Vec::new();
+    client.seal(ContentType::ApplicationData, b"x", &mut cid).unwrap();
+    let (_, mut plain_server) = pair(Aead::Aes128Ccm8);
+    assert_eq!(open_cid(&mut plain_server, &cid, 6), Err(OpenError::Malformed));
+}
+
+#[test]
+fn cid_padding_is_stripped_and_an_all_zero_inner_plaintext_is_refused() {
+    for aead in ALL {
+        let len = 2 * aead.key_len() + 2 * aead.fixed_iv_len();
+        let block: Vec<u8> = (0..len as u8)
+            .map(|b| b.wrapping_mul(31).wrapping_add(7))
+            .collect();
+        let writer = keys::Keys::from_key_block(aead, &block, true);
+        let cid = [0x01, 0xa2, 0xb3, 0xc4, 0xd5, 0xe6];
+        // A record as Mbed TLS pads them: content ‖ type ‖ zeros (to 16 bytes here).
+        let seal_padded = |content: &[u8], content_type: Option<ContentType>, padding, seq: u64| {
+            let mut epoch_seq = seq.to_be_bytes();
+            epoch_seq[..2].copy_from_slice(&1u16.to_be_bytes());
+            let p = Protect {
+                epoch_seq,
+                explicit: epoch_seq,
+                content_type: content_type.unwrap_or(ContentType::ApplicationData),
+                cid: Some(&cid),
+                padding,
+                no_type: content_type.is_none(),
+            };
+            let mut out = Vec::new();
+            one_shot(aead, &writer.write_key, true, |ctx| {
+                p.seal(aead, ctx, &writer.write_iv, content, &mut out)
+            })
+            .unwrap();
+            out
+        };
+        let (_, mut server) = cid_pair(aead, false);
+        // Content that itself ends in zero bytes keeps them: only what follows the type goes.
+        let wire = seal_padded(b"hi\0\0", Some(ContentType::ApplicationData), 11, 1);
+        assert_eq!(
+            open_cid(&mut server, &wire, 6).unwrap(),
+            (ContentType::ApplicationData, b"hi\0\0".to_vec())
+        );
+        let wire = seal_padded(&[1, 0], Some(ContentType::Alert), 200, 2);
+        assert_eq!(
+            open_cid(&mut server, &wire, 6).unwrap(),
+            (ContentType::Alert, vec![1, 0])
+        );
+        // No non-zero byte at all: no content type, refused (RFC 9146 §4).
+        let wire = seal_padded(&[0; 5], None, 0, 3);
+        assert_eq!(open_cid(&mut server, &wire, 6), Err(OpenError::Malformed));
+        // An inner type that is no content type (or is tls12_cid itself) is refused too.
+        let wire = seal_padded(&[b'x', 24], None, 3, 4);
+        assert_eq!(open_cid(&mut server, &wire, 6), Err(OpenError::Malformed));
+        let wire = seal_padded(&[b'x', 25], None, 3, 5);
+        assert_eq!(open_cid(&mut server, &wire, 6), Err(OpenError::Malformed));
+    }
+}
+
+#[test]
+fn transcoding_rewrites_handshake_records_between_the_two_formats() {
+    for aead in ALL {
+        // OpenSSL's side of the client writes a standard epoch-1 Finished; the wire carries it
+        // as a CID record the server opens; the server's reply goes the other way.
+        let (mut client, mut server) = cid_pair(aead, true);
+        let (mut openssl_client, mut openssl_server) = pair(aead);
+        let finished = [20u8, 0, 0, 12, 0, 1, 0, 0, 0, 0, 0, 12, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9];
+        openssl_client.set_next_write_seq(0);
+        let mut standard = Vec::new();
+        openssl_client.seal(ContentType::Handshake, &finished, &mut standard).unwrap();
+        let record = RecordHeader::new_checked(&standard).unwrap();
+        let mut on_wire = Vec::new();
+        client.transcode_outbound(&record, &mut on_wire).unwrap();
+        assert_eq!(on_wire[0], 25);
+        assert_eq!(&on_wire[3..11], &standard[3..11], "same epoch and sequence number");
+        // The server's record layer opens it and hands OpenSSL a standard record it can read.
+        let record = RecordHeader::new_checked_cid(&on_wire, 6).unwrap();
+        let (mut plain, mut for_openssl) = (Vec::new(), Vec::new());
+        let t = server.transcode_inbound(&record, &mut plain, &mut for_openssl).unwrap();
+        assert_eq!((t, &plain[..]), (ContentType::Handshake, &finished[..]));
+        assert_eq!(for_openssl, standard, "byte for byte what OpenSSL sealed");
+        assert_eq!(
+            open_one(&mut openssl_server, &for_openssl).unwrap(),
+            (ContentType::Handshake, finished.to_vec())
+        );
+        // A replay of the CID record is refused by the window; a broken one does not open.
+        let record = RecordHeader::new_checked_cid(&on_wire, 6).unwrap();
+        assert_eq!(
+            server.transcode_inbound(&record, &mut plain, &mut for_openssl),
+            Err(OpenError::Replayed)
+        );
+        let mut bad = on_wire.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        bad[10] = 9; // a fresh sequence number
+        let record = RecordHeader::new_checked_cid(&bad, 6).unwrap();
+        assert_eq!(
+            server.transcode_inbound(&record, &mut plain, &mut for_openssl),
+            Err(OpenError::Unauthenticated)
+        );
+        // Standard records under the wrong key are not transcoded either.
+        let (mut stranger, _) = pair(aead);
+        stranger.set_next_write_seq(100);
+        let mut forged = Vec::new();
+        let mut junk = finished;
+        junk[12] = 1;
+        let _ = &mut junk;
+        stranger.seal(ContentType::Handshake, &junk, &mut forged).unwrap();
+        forged[20] ^= 0xff;
+        let record = RecordHeader::new_checked(&forged).unwrap();
+        assert!(client.transcode_outbound(&record, &mut Vec::new()).is_err());
+    }
+}

@@ -32,8 +32,10 @@ pub(crate) use self::handshake::{
     hello_verify_request_len, is_client_hello, ClientHelloInfo, HandshakeHeader,
     HANDSHAKE_HEADER_LEN,
 };
-pub(crate) use self::parsed::{parse, Parsed};
-pub(crate) use self::record::{plaintext_alert, records, RecordHeader, RECORD_HEADER_LEN};
+pub(crate) use self::parsed::{parse, parse_cid, Parsed};
+pub(crate) use self::record::{
+    plaintext_alert, records, records_cid, RecordHeader, RECORD_HEADER_LEN,
+};
 
 /// Record version of DTLS 1.2 (`{254, 253}`).
 pub(crate) const DTLS1_2_VERSION: u16 = 0xFEFD;
@@ -54,8 +56,8 @@ pub enum DropReason {
     /// 13-byte record header.
     TooShort,
     /// A record's content type was not ChangeCipherSpec (20), Alert (21), Handshake (22) or
-    /// ApplicationData (23). Heartbeat (24) and `tls12_cid` (25) are refused too: this library
-    /// negotiates neither.
+    /// ApplicationData (23), nor `tls12_cid` (25) to a receiver that asked for a non-empty
+    /// Connection ID. Heartbeat (24) is refused: this library never negotiates it.
     BadContentType,
     /// A record's version was neither DTLS 1.2 (`0xFEFD`) nor DTLS 1.0 (`0xFEFF`).
     BadVersion,
@@ -132,6 +134,9 @@ pub(crate) enum ContentType {
     Handshake = 22,
     /// `application_data(23)`.
     ApplicationData = 23,
+    /// `tls12_cid(25)`: a record carrying a Connection ID (RFC 9146 §4); its real content type
+    /// is inside the encrypted `DTLSInnerPlaintext`.
+    Tls12Cid = 25,
 }
 
 impl ContentType {
@@ -142,6 +147,7 @@ impl ContentType {
             21 => Some(ContentType::Alert),
             22 => Some(ContentType::Handshake),
             23 => Some(ContentType::ApplicationData),
+            25 => Some(ContentType::Tls12Cid),
             _ => None,
         }
     }

@@ -12,13 +12,21 @@ pub(crate) const RECORD_HEADER_LEN: usize = 13;
 /// `DTLSCiphertext` fragment at 2^14 + 2048 bytes; anything longer is an error.
 pub(crate) const MAX_RECORD_LEN: usize = (1 << 14) + 2048;
 
-/// A checked view of one DTLS record (RFC 6347 §4.1) at the start of a buffer.
+/// Bytes of a `tls12_cid` record header before its Connection ID: type(1) version(2) epoch(2)
+/// sequence_number(6) (RFC 9146 §4); the CID and the 2-byte length follow.
+const CID_HEADER_PREFIX: usize = 11;
+
+/// A checked view of one DTLS record (RFC 6347 §4.1, or RFC 9146 §4's `tls12_cid` record,
+/// content type 25, whose header carries the receiver's Connection ID between the sequence
+/// number and the length) at the start of a buffer.
 ///
-/// Built only by [`new_checked`](Self::new_checked), which validates the content type, the
-/// version and the length; the accessors then read the header without any further check.
+/// Built only by [`new_checked`](Self::new_checked) (or [`new_checked_cid`](Self::new_checked_cid)
+/// when this side receives Connection IDs of a known length), which validates the content type,
+/// the version and the length; the accessors then read the header without any further check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecordHeader<'a> {
-    header: &'a [u8; RECORD_HEADER_LEN],
+    /// 13 bytes, or 13 + the CID's length for a `tls12_cid` record.
+    header: &'a [u8],
     content_type: ContentType,
     fragment: &'a [u8],
     /// The whole record as it is on the wire: header and fragment.
@@ -33,44 +41,73 @@ impl<'a> RecordHeader<'a> {
     /// length exceeds [`MAX_RECORD_LEN`], and [`DropReason::BadLength`] if the record runs past
     /// the end of `buf`.
     pub(crate) fn new_checked(buf: &'a [u8]) -> Result<Self, DropReason> {
-        let (header, rest) = buf
-            .split_first_chunk::<RECORD_HEADER_LEN>()
-            .ok_or(DropReason::TooShort)?;
-        let content_type = ContentType::from_u8(header[0]).ok_or(DropReason::BadContentType)?;
+        RecordHeader::new_checked_cid(buf, 0)
+    }
+
+    /// [`new_checked`](Self::new_checked) for a receiver whose Connection IDs are `cid_len`
+    /// bytes long: a `tls12_cid` record (type 25) is then accepted, its header `13 + cid_len`
+    /// bytes. With `cid_len` 0 (this side asked for no CID, or none was negotiated) type 25 is
+    /// [`DropReason::BadContentType`], as RFC 9146 §4 sends CID records only to a receiver that
+    /// asked for a non-empty CID.
+    pub(crate) fn new_checked_cid(buf: &'a [u8], cid_len: usize) -> Result<Self, DropReason> {
+        let first = *buf.first().ok_or(DropReason::TooShort)?;
+        let content_type = ContentType::from_u8(first)
+            .filter(|&t| t != ContentType::Tls12Cid || cid_len > 0)
+            .ok_or(DropReason::BadContentType)?;
+        let header_len = header_len(content_type, cid_len);
+        let header = buf.get(..header_len).ok_or(DropReason::TooShort)?;
         // RFC 6347 §4.2.1: a DTLS 1.2 client may send its ClientHello in a DTLS 1.0 record.
         match u16::from_be_bytes([header[1], header[2]]) {
-            DTLS1_2_VERSION | DTLS1_0_VERSION => {}
+            DTLS1_2_VERSION => {}
+            DTLS1_0_VERSION if content_type != ContentType::Tls12Cid => {}
             _ => return Err(DropReason::BadVersion),
         }
-        let length = usize::from(u16::from_be_bytes([header[11], header[12]]));
+        let length = usize::from(u16::from_be_bytes([
+            header[header_len - 2],
+            header[header_len - 1],
+        ]));
         if length > MAX_RECORD_LEN {
             return Err(DropReason::Oversized);
         }
-        let fragment = rest.get(..length).ok_or(DropReason::BadLength)?;
+        let fragment = buf[header_len..]
+            .get(..length)
+            .ok_or(DropReason::BadLength)?;
         Ok(RecordHeader {
             header,
             content_type,
             fragment,
-            bytes: &buf[..RECORD_HEADER_LEN + length],
+            bytes: &buf[..header_len + length],
         })
     }
 
-    /// The view of one record that [`parse`](super::parse) has checked already: `bytes` is
-    /// exactly that record (header and fragment), so only the slicing is repeated. `None` only if
-    /// `bytes` is not such a record.
-    pub(crate) fn from_parsed(bytes: &'a [u8]) -> Option<Self> {
-        let (header, fragment) = bytes.split_first_chunk::<RECORD_HEADER_LEN>()?;
+    /// The view of one record that [`parse`](super::parse) has checked already (with the same
+    /// `cid_len`): `bytes` is exactly that record (header and fragment), so only the slicing is
+    /// repeated. `None` only if `bytes` is not such a record.
+    pub(crate) fn from_parsed(bytes: &'a [u8], cid_len: usize) -> Option<Self> {
+        let content_type = ContentType::from_u8(*bytes.first()?)?;
+        let (header, fragment) = bytes.split_at_checked(header_len(content_type, cid_len))?;
         Some(RecordHeader {
             header,
-            content_type: ContentType::from_u8(header[0])?,
+            content_type,
             fragment,
             bytes,
         })
     }
 
-    /// The 13 header bytes as they are on the wire (the AEAD additional data is built from them).
-    pub(crate) fn header_bytes(&self) -> &'a [u8; RECORD_HEADER_LEN] {
+    /// The header bytes as they are on the wire: 13, or 13 + the CID's length for a
+    /// `tls12_cid` record (the AEAD additional data is built from them).
+    pub(crate) fn header_bytes(&self) -> &'a [u8] {
         self.header
+    }
+
+    /// The Connection ID of a `tls12_cid` record; empty for every other record.
+    pub(crate) fn cid(&self) -> &'a [u8] {
+        &self.header[CID_HEADER_PREFIX..self.header.len() - 2]
+    }
+
+    /// Whether this is a `tls12_cid` record (RFC 9146 §4).
+    pub(crate) fn is_cid(&self) -> bool {
+        self.content_type == ContentType::Tls12Cid
     }
 
     /// The record's content type.
@@ -112,7 +149,16 @@ impl<'a> RecordHeader<'a> {
 
     /// Bytes the record occupies in the datagram: header plus fragment.
     pub(crate) fn total_len(&self) -> usize {
-        RECORD_HEADER_LEN + self.fragment.len()
+        self.bytes.len()
+    }
+}
+
+/// The header length of a record of `content_type` for a receiver of `cid_len`-byte CIDs.
+fn header_len(content_type: ContentType, cid_len: usize) -> usize {
+    if content_type == ContentType::Tls12Cid {
+        CID_HEADER_PREFIX + cid_len + 2
+    } else {
+        RECORD_HEADER_LEN
     }
 }
 
@@ -135,6 +181,7 @@ pub(crate) fn plaintext_alert(version: u16, seq: u64, level: u8, description: u8
 #[derive(Debug, Clone)]
 pub(crate) struct Records<'a> {
     rest: &'a [u8],
+    cid_len: usize,
     failed: bool,
 }
 
@@ -143,8 +190,15 @@ pub(crate) struct Records<'a> {
 /// Yields `Ok` for each well-formed record; on the first malformed one (including a trailing
 /// partial record) it yields that `Err` once and then ends. An empty datagram yields nothing.
 pub(crate) fn records(datagram: &[u8]) -> Records<'_> {
+    records_cid(datagram, 0)
+}
+
+/// [`records`] for a receiver of `cid_len`-byte Connection IDs (see
+/// [`RecordHeader::new_checked_cid`]).
+pub(crate) fn records_cid(datagram: &[u8], cid_len: usize) -> Records<'_> {
     Records {
         rest: datagram,
+        cid_len,
         failed: false,
     }
 }
@@ -156,7 +210,7 @@ impl<'a> Iterator for Records<'a> {
         if self.failed || self.rest.is_empty() {
             return None;
         }
-        match RecordHeader::new_checked(self.rest) {
+        match RecordHeader::new_checked_cid(self.rest, self.cid_len) {
             Ok(record) => {
                 self.rest = self.rest.get(record.total_len()..).unwrap_or_default();
                 Some(Ok(record))
