@@ -105,6 +105,10 @@ extern "C" {
     /// [`SSL_get_state`](https://www.openssl.org/docs/man3.0/man3/SSL_get_state.html): the
     /// handshake state machine's current state (`OSSL_HANDSHAKE_STATE`).
     pub fn SSL_get_state(ssl: *const SSL) -> c_int;
+    /// [`SSL_get_pending_cipher`](https://www.openssl.org/docs/man3.0/man3/SSL_get_pending_cipher.html):
+    /// the cipher suite being negotiated, once chosen (the server after reading the
+    /// ClientHello, the client after reading the ServerHello), before it is in use.
+    pub fn SSL_get_pending_cipher(ssl: *const SSL) -> *const openssl_sys::SSL_CIPHER;
     /// [`SSL_get1_supported_ciphers`](https://www.openssl.org/docs/man3.0/man3/SSL_get1_supported_ciphers.html):
     /// the ciphers this `SSL` would really offer (version, security level and credentials
     /// applied); a new stack owned by the caller, or null when none is enabled.

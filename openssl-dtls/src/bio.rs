@@ -151,6 +151,14 @@ impl BioState {
         to.extend(self.outbound.drain(..));
     }
 
+    /// Puts datagrams taken with [`drain_outbound`](Self::drain_outbound) back, in order, as
+    /// they are (a session rewrote some of their records).
+    pub fn requeue_outbound(&mut self, datagrams: VecDeque<Vec<u8>>) {
+        let mut datagrams = datagrams;
+        datagrams.append(&mut self.outbound);
+        self.outbound = datagrams;
+    }
+
     /// Discards an unread inbound datagram.
     pub fn clear_inbound(&mut self) {
         self.lent = None;

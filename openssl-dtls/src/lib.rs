@@ -22,6 +22,7 @@ pub mod session;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 mod verify;
+pub mod cid;
 pub(crate) mod wire;
 
 pub use crate::client::DtlsClient;

@@ -168,6 +168,8 @@ pub struct DtlsClientContextBuilder {
     roots: Vec<Source>,
     verify_callback: Option<VerifyCallback>,
     certificate: CertificateConfig,
+    /// Our Connection ID's length, when offering CIDs.
+    cid_len: Option<u8>,
 }
 
 impl fmt::Debug for DtlsClientContextBuilder {
@@ -189,6 +191,28 @@ impl DtlsClientContextBuilder {
     common_builder_methods!();
     certificate_builder_methods!("the client's (for mutual authentication)");
     trust_builder_methods!("the server's");
+
+    /// Offers Connection IDs (RFC 9146, the `connection_id` extension), asking the server to put
+    /// a CID of `len` bytes in the records it sends (0, the usual choice of devices: none; at
+    /// most [`MAX_CID_LEN`](crate::cid::MAX_CID_LEN), checked at `build()`). Default: not
+    /// offered. With a server that agrees, this client puts the server's CID in every record
+    /// it sends, so the server keeps the connection when this side's address changes (a NAT
+    /// rebinding, a new socket) without a new handshake; the connection runs on the compact
+    /// record layer after the handshake. A server that does not know the extension ignores it.
+    ///
+    /// ```
+    /// # use openssl_dtls::{DtlsClientContext, PskCredentials};
+    /// let ctx = DtlsClientContext::builder()
+    ///     .psk_credentials(PskCredentials::new(b"device-1", b"0123456789abcdef"))
+    ///     .connection_id(0)
+    ///     .build()?;
+    /// # Ok::<(), openssl_dtls::Error>(())
+    /// ```
+    #[doc(alias = "SSL_CTX_add_custom_ext")]
+    pub fn connection_id(&mut self, len: u8) -> &mut Self {
+        self.cid_len = Some(len);
+        self
+    }
 
     /// Uses fixed PSK credentials for every handshake (`SSL_CTX_set_psk_client_callback`).
     /// The identity must be at most [`MAX_IDENTITY_LEN`](crate::context::MAX_IDENTITY_LEN) bytes
@@ -323,6 +347,14 @@ impl DtlsClientContextBuilder {
                 .map_err(|e| ConfigError::Invalid(format!("OpenSSL rejects the ALPN list: {e}")))?;
         }
         self.common.apply_key_log(&mut b)?;
+        if let Some(len) = self.cid_len {
+            let cid = crate::cid::CidSettings {
+                len,
+                prefix: Vec::new(),
+            };
+            cid.validate(false)?;
+            crate::cid::install_client(&mut b, cid)?;
+        }
         Ok(DtlsClientContext {
             ctx: b.build(),
             inner: Arc::new(ClientInner {

@@ -54,6 +54,7 @@ pub struct DtlsServerContext {
 
 struct ServerInner {
     session: SessionConfig,
+    cid: Option<crate::cid::CidSettings>,
     admission: Option<Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>>,
 }
 
@@ -81,6 +82,17 @@ impl DtlsServerContext {
     /// The per-session limits and timers sessions made from this context run with.
     pub fn session_config(&self) -> &SessionConfig {
         &self.inner.session
+    }
+
+    /// The length of the Connection IDs this server issues (RFC 9146), or `None` if it does not
+    /// negotiate them ([`DtlsServerContextBuilder::connection_id`]).
+    pub fn connection_id_len(&self) -> Option<u8> {
+        self.inner.cid.as_ref().map(|c| c.len)
+    }
+
+    /// The Connection ID settings, for the endpoint that issues the CIDs.
+    pub(crate) fn cid_settings(&self) -> Option<&crate::cid::CidSettings> {
+        self.inner.cid.as_ref()
     }
 
     /// The largest certificate chain a peer may send (`SSL_CTX_get_max_cert_list`):
@@ -121,6 +133,9 @@ pub struct DtlsServerContextBuilder {
     cookie_secret: Option<Secret>,
     cookie_rotation: Duration,
     admission: Option<Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>>,
+    /// Our Connection IDs' length (0: off) and prefix.
+    cid_len: u8,
+    cid_prefix: Vec<u8>,
 }
 
 impl Default for DtlsServerContextBuilder {
@@ -136,6 +151,8 @@ impl Default for DtlsServerContextBuilder {
             cookie_secret: None,
             cookie_rotation: DEFAULT_COOKIE_ROTATION,
             admission: None,
+            cid_len: 0,
+            cid_prefix: vec![0],
         }
     }
 }
@@ -184,6 +201,44 @@ impl DtlsServerContextBuilder {
     #[doc(alias = "SSL_CTX_use_psk_identity_hint")]
     pub fn identity_hint(&mut self, hint: &[u8]) -> &mut Self {
         self.identity_hint = Some(hint.to_vec());
+        self
+    }
+
+    /// Negotiates Connection IDs (RFC 9146, the `connection_id` extension) with clients that
+    /// offer them, issuing each connection a CID of `len` bytes (1 to
+    /// [`MAX_CID_LEN`](crate::cid::MAX_CID_LEN); 6 to 8 is usual; 0 turns it off, the default;
+    /// checked at `build()`). Records to this server then carry its CID, and an
+    /// [`Endpoint`](crate::Endpoint) finds the connection by it when the client's address
+    /// changes (a NAT rebinding), without a new handshake. A client that does not offer the
+    /// extension gets exactly the behaviour without it. CID connections always run on the
+    /// compact record layer after the handshake (AEAD suites only: with another suite the server
+    /// does not agree to CIDs).
+    ///
+    /// CIDs start with [`connection_id_prefix`](Self::connection_id_prefix) (one byte, `0x00`,
+    /// by default), then random bytes; see [`crate::cid`] for the layout and
+    /// `SECURITY-CONSIDERATIONS.md` for what a constant, visible CID means for privacy.
+    ///
+    /// ```
+    /// # use openssl_dtls::DtlsServerContext;
+    /// let ctx = DtlsServerContext::builder()
+    ///     .psk_key_store(|_identity: &[u8]| Some(b"0123456789abcdef".to_vec()))
+    ///     .connection_id(8)
+    ///     .build()?;
+    /// assert_eq!(ctx.connection_id_len(), Some(8));
+    /// # Ok::<(), openssl_dtls::Error>(())
+    /// ```
+    #[doc(alias = "SSL_CTX_add_custom_ext")]
+    pub fn connection_id(&mut self, len: u8) -> &mut Self {
+        self.cid_len = len;
+        self
+    }
+
+    /// The first bytes of every Connection ID this server issues: a node or shard number, so
+    /// that a load balancer (or `SO_REUSEPORT` shards) can send a `tls12_cid` record to the node
+    /// that issued its CID whatever address it came from. Default one byte, `0x00`; at most the
+    /// CID's length (checked at `build()`).
+    pub fn connection_id_prefix(&mut self, prefix: &[u8]) -> &mut Self {
+        self.cid_prefix = prefix.to_vec();
         self
     }
 
@@ -343,10 +398,19 @@ impl DtlsServerContextBuilder {
         }
         self.common.apply_key_log(&mut b)?;
         cookie::install(&mut b, self.cookie_secrets()?);
+        let cid = (self.cid_len > 0).then(|| crate::cid::CidSettings {
+            len: self.cid_len,
+            prefix: self.cid_prefix.clone(),
+        });
+        if let Some(cid) = &cid {
+            cid.validate(true)?;
+            crate::cid::install_server(&mut b, cid.clone())?;
+        }
         Ok(DtlsServerContext {
             ctx: b.build(),
             inner: Arc::new(ServerInner {
                 session: self.common.session.clone(),
+                cid,
                 admission: self.admission.clone(),
             }),
         })

@@ -137,3 +137,19 @@ pub(crate) fn mark_shutdown_sent(ssl: &SslRef) {
     // SAFETY: `ssl` is valid; SSL_set_shutdown only sets the flag.
     unsafe { ffi::SSL_set_shutdown(ssl.as_ptr(), ffi::SSL_SENT_SHUTDOWN) }
 }
+
+/// `SSL_get_pending_cipher`: the OpenSSL name of the suite being negotiated, once chosen (a
+/// server after the ClientHello, a client after the ServerHello's suite), e.g. in an extension
+/// callback.
+#[doc(alias = "SSL_get_pending_cipher")]
+pub(crate) fn pending_cipher_name(ssl: &SslRef) -> Option<&'static str> {
+    // SAFETY: `ssl` is valid; the call returns a pointer to one of OpenSSL's static cipher
+    // tables (or NULL), which outlive every SSL.
+    let cipher = unsafe { dffi::SSL_get_pending_cipher(ssl.as_ptr()) };
+    if cipher.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, and a static SSL_CIPHER (see above): valid for 'static.
+    let cipher = unsafe { openssl::ssl::SslCipherRef::from_ptr(cipher as *mut ffi::SSL_CIPHER) };
+    Some(cipher.name())
+}

@@ -370,14 +370,26 @@ impl RecordLayer {
         out: &mut Vec<u8>,
     ) -> Result<ContentType, OpenError> {
         let content_type = self.open(record, plain)?;
-        if content_type != ContentType::Handshake {
-            return Ok(content_type);
+        if content_type == ContentType::Handshake {
+            self.reseal_inbound(record, plain, out)?;
         }
+        Ok(content_type)
+    }
+
+    /// The second half of [`transcode_inbound`](Self::transcode_inbound): `plain`, the
+    /// handshake message `record` (a `tls12_cid` record from the peer, already opened) carried,
+    /// sealed again as the standard record OpenSSL reads, appended to `out`.
+    pub(crate) fn reseal_inbound(
+        &self,
+        record: &RecordHeader<'_>,
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), OpenError> {
         let aead = self.aead;
         let p = Protect {
             epoch_seq: epoch_seq_of(record),
             explicit: explicit_of(aead, record),
-            content_type,
+            content_type: ContentType::Handshake,
             cid: None,
             #[cfg(test)]
             padding: 0,
@@ -387,8 +399,7 @@ impl RecordLayer {
         let (key, iv) = (&self.keys.read_key, &self.keys.read_iv);
         let sealed = one_shot(aead, key, true, |ctx| p.seal(aead, ctx, iv, plain, out));
         evp::clear_error();
-        sealed.map_err(|_| OpenError::Unauthenticated)?;
-        Ok(content_type)
+        sealed.map_err(|_| OpenError::Unauthenticated)
     }
 }
 

@@ -27,6 +27,8 @@ impl Session {
                 } else {
                     for_openssl = true;
                 }
+            } else if record.is_cid() && self.engine.is_lingering() {
+                self.open_lingering_cid(now, record);
             } else if self.engine.compact().is_some() {
                 self.open_record(record);
             } else if self.state == SessionState::Handshaking
@@ -59,8 +61,17 @@ impl Session {
     pub(super) fn start_compact(&mut self, now: Instant) {
         let Some(ssl) = self.engine.ssl() else { return };
         let next_write_seq = self.bio_ref().epoch1_next_seq;
-        let layer = match RecordLayer::from_ssl(ssl, self.role == Role::Client, 1, next_write_seq) {
-            Ok(Some(layer)) => layer,
+        let derived = RecordLayer::from_ssl(ssl, self.role == Role::Client, 1, next_write_seq);
+        let derived = match derived {
+            Ok(layer) => Ok(self.cid_layer(layer)),
+            Err(e) => Err(e),
+        };
+        let Some(ssl) = self.engine.ssl() else { return };
+        let layer = match derived {
+            Ok(Some(mut layer)) => {
+                layer.set_next_write_seq(next_write_seq);
+                layer
+            }
             Ok(None) => {
                 log::debug!(
                     "{:?}: {} is not an AEAD suite the compact layer carries; staying on OpenSSL",
@@ -166,13 +177,24 @@ impl Session {
         }
         let mut plain = record::take_buffer();
         let opened = compact.layer.open(record, &mut plain);
-        // The DTLS handshake header is 12 bytes: a shorter record holds no whole message header.
-        let msg_type = (plain.len() >= crate::wire::HANDSHAKE_HEADER_LEN).then(|| plain[0]);
-        record::give_buffer(plain);
         if let Err(e) = opened {
+            record::give_buffer(plain);
             self.count_open_error(e, record);
             return;
         }
+        self.on_handshake_plaintext(plain);
+    }
+
+    /// An authenticated handshake message after the hand-off (see
+    /// [`open_handshake_record`](Self::open_handshake_record)): a renegotiation request is refused,
+    /// anything else dropped and counted.
+    fn on_handshake_plaintext(&mut self, plain: Vec<u8>) {
+        // The DTLS handshake header is 12 bytes: a shorter record holds no whole message header.
+        let msg_type = (plain.len() >= crate::wire::HANDSHAKE_HEADER_LEN).then(|| plain[0]);
+        record::give_buffer(plain);
+        let Some(compact) = self.engine.compact_mut() else {
+            return;
+        };
         let request = match self.role {
             Role::Server => msg_type == Some(CLIENT_HELLO),
             Role::Client => msg_type == Some(HELLO_REQUEST),
@@ -185,6 +207,39 @@ impl Session {
         self.stats.renegotiations_refused += 1;
         log::debug!("{:?}: refused a renegotiation", self.peer);
         let _ = self.send_compact(ContentType::Alert, &[1, NO_RENEGOTIATION]);
+    }
+
+    /// A lingering CID connection: a `tls12_cid` record holding a handshake message (the peer's
+    /// retransmitted final flight) goes to the lingering `SSL` in the standard format, so that
+    /// OpenSSL retransmits our last flight; anything else is opened as usual.
+    fn open_lingering_cid(&mut self, now: Instant, record: &RecordHeader<'_>) {
+        let Some(compact) = self.engine.compact_mut() else {
+            return;
+        };
+        let (mut plain, mut standard) = (record::take_buffer(), record::take_buffer());
+        match compact.layer.open(record, &mut plain) {
+            Ok(ContentType::Handshake) => {
+                if compact
+                    .layer
+                    .reseal_inbound(record, &plain, &mut standard)
+                    .is_ok()
+                {
+                    if let Ok(sub) = crate::wire::parse(&standard) {
+                        self.feed_openssl(now, &sub, None);
+                    }
+                }
+                record::give_buffer(plain);
+            }
+            Ok(t) => {
+                self.authenticated += 1;
+                self.on_plaintext(t, plain);
+            }
+            Err(e) => {
+                record::give_buffer(plain);
+                self.count_open_error(e, record);
+            }
+        }
+        record::give_buffer(standard);
     }
 
     /// Counts a record the compact layer did not open.
@@ -222,6 +277,12 @@ impl Session {
                 return;
             }
         };
+        self.on_plaintext(content_type, plain);
+    }
+
+    /// Acts on an authenticated record's plaintext (`plain` goes back to the pool or to the
+    /// receive queue).
+    fn on_plaintext(&mut self, content_type: ContentType, plain: Vec<u8>) {
         match content_type {
             ContentType::ApplicationData => {
                 // Authenticated application data proves the peer completed its handshake: the
@@ -259,6 +320,8 @@ impl Session {
                     Some(_) | None => {} // warnings (user_canceled, ...): nothing to do
                 }
             }
+            // A handshake message inside a `tls12_cid` record, after the hand-off.
+            ContentType::Handshake => self.on_handshake_plaintext(plain),
             _ => record::give_buffer(plain),
         }
     }

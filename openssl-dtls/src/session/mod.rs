@@ -53,6 +53,7 @@ pub use crate::session::engine::HandshakeFacts;
 use crate::session::engine::{Compact, Engine, OpenSsl};
 use crate::wire::{ContentType, Parsed, RecordHeader};
 
+mod cid;
 mod compact;
 mod engine;
 mod facts;
@@ -131,6 +132,8 @@ pub struct Session {
     held_alert: Option<HeldAlert>,
     /// A client's OpenSSL has been given a HelloVerifyRequest (only one is accepted).
     hello_verify_accepted: bool,
+    /// The negotiated Connection IDs (RFC 9146), if any: see [`cid`].
+    cid: Option<Box<self::cid::CidSession>>,
 }
 
 /// An unauthenticated fatal alert held back during the handshake (see [`crate::plaintext`]).
@@ -172,12 +175,13 @@ const NO_RENEGOTIATION: u8 = 100;
 const HELLO_REQUEST: u8 = 0;
 const CLIENT_HELLO: u8 = 1;
 
-/// Whether a compact session's record goes to the compact layer (rather than OpenSSL).
+/// Whether a compact session's record goes to the compact layer (rather than OpenSSL): epoch-1
+/// application data and alerts, and every `tls12_cid` record (whose real type is encrypted).
 fn is_compact_record(record: &RecordHeader<'_>) -> bool {
     record.epoch() >= 1
         && matches!(
             record.content_type(),
-            ContentType::ApplicationData | ContentType::Alert
+            ContentType::ApplicationData | ContentType::Alert | ContentType::Tls12Cid
         )
 }
 
@@ -241,6 +245,7 @@ impl Session {
             peer_ccs_read: false,
             held_alert: None,
             hello_verify_accepted: false,
+            cid: None,
         };
         session.bio_mut().now = Some(now);
         Ok(session)
@@ -282,7 +287,7 @@ impl Session {
         if datagram.is_empty() || matches!(self.state, SessionState::Failed) {
             return;
         }
-        match crate::wire::parse(datagram) {
+        match crate::wire::parse_cid(datagram, self.own_cid_len()) {
             Ok(parsed) => self.handle_parsed(now, &parsed),
             Err(reason) => {
                 self.stats.datagrams_in += 1;
@@ -301,11 +306,30 @@ impl Session {
         }
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += parsed.bytes().len() as u64;
+        if self.state == SessionState::Handshaking
+            && self.engine.compact().is_none()
+            && parsed.cid().is_some()
+        {
+            self.handle_handshake_cid(now, parsed);
+            return;
+        }
+        self.handle_standard(now, parsed);
+    }
+
+    /// Whether this session moves to the compact record layer: compact mode, or a connection
+    /// with Connection IDs.
+    fn compact_mode(&self) -> bool {
+        self.config.compact || self.cid.is_some()
+    }
+
+    /// A datagram on the path of standard records (and, once the compact layer exists, its
+    /// `tls12_cid` records too).
+    fn handle_standard(&mut self, now: Instant, parsed: &Parsed<'_>) {
         let shape = Shape::of(parsed, self.min_protected_len);
         // Compact mode: once the compact layer exists, and during the handshake whenever the
         // datagram carries epoch-1 application or alert records (withheld from OpenSSL). A
         // session whose suite the compact layer cannot carry stays on OpenSSL's path.
-        if self.config.compact
+        if self.compact_mode()
             && (self.engine.compact().is_some()
                 || (self.state == SessionState::Handshaking && shape.compact_records))
         {
@@ -462,6 +486,7 @@ impl Session {
             return;
         }
         ssl::clear_errors();
+        self.transcode_outbound_queue();
         self.stats.retransmits = self.bio_ref().timeouts;
         self.update_timer(now);
     }
@@ -485,6 +510,8 @@ impl Session {
             return self.send_compact(ContentType::ApplicationData, data);
         }
         let (r, written) = ssl::write(&self.openssl().ssl, data);
+        // A lingering CID connection: OpenSSL's record gets the peer's CID.
+        self.transcode_outbound_queue();
         if r == 1 && written == data.len() {
             self.stats.app_out += 1;
             return Ok(());

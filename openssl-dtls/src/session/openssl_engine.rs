@@ -304,6 +304,7 @@ impl Session {
             return;
         }
         ssl::shutdown(&self.openssl().ssl);
+        self.transcode_outbound_queue();
     }
 
     /// Runs the handshake or reads records until OpenSSL wants another datagram.
@@ -336,6 +337,7 @@ impl Session {
             }
         }
         ssl::clear_errors(); // noise (dropped records) must not linger in the queue
+        self.transcode_outbound_queue();
         self.update_timer(now);
     }
 
@@ -392,7 +394,8 @@ impl Session {
             self.cipher().unwrap_or("?"),
             self.data_mtu
         );
-        if self.config.compact {
+        self.cid_check();
+        if self.compact_mode() {
             self.start_compact(now);
         }
     }
