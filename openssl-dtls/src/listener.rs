@@ -140,7 +140,13 @@ impl Listener {
 
     /// Starts the handshake from the ClientHello that [`handle`](Self::handle) verified
     /// ([`ListenOutcome::Verified`]): the listening `SSL` becomes the session's.
-    pub(crate) fn accept(&mut self, peer: SocketAddr, now: Instant) -> ListenOutcome {
+    /// `cid`: the Connection ID the handshake issues if the client asks for CIDs.
+    pub(crate) fn accept(
+        &mut self,
+        peer: SocketAddr,
+        now: Instant,
+        cid: Option<Box<[u8]>>,
+    ) -> ListenOutcome {
         let (fresh, fresh_bio) = match Listener::listening_ssl(&self.ctx) {
             Ok(x) => x,
             Err(e) => {
@@ -148,7 +154,10 @@ impl Listener {
                 return ListenOutcome::Failed;
             }
         };
-        let ssl = std::mem::replace(&mut self.ssl, fresh);
+        let mut ssl = std::mem::replace(&mut self.ssl, fresh);
+        if let Some(cid) = cid {
+            crate::cid::assign(&mut ssl, cid);
+        }
         let bio = std::mem::replace(&mut self.bio, fresh_bio);
         match Session::accepted(ssl, bio, peer, self.ctx.session_config(), now) {
             Ok(session) => ListenOutcome::Accepted(Box::new(session)),

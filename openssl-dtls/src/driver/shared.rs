@@ -211,6 +211,8 @@ impl<D: Io> Shared<D> {
                         slot.signal.wake_all();
                     }
                 }
+                // Handles keep the address they were made with; the endpoint resolves it.
+                Event::AddressChanged { .. } => {}
                 Event::HandshakeFailed(failure) => {
                     if core.failures.push(failure) {
                         self.wake(); // the driver reports it, outside the lock

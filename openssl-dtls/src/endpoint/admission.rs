@@ -118,10 +118,12 @@ impl Endpoint {
                     }
                     return;
                 }
+                // The Connection ID it is issued if it asks for CIDs: none of ours already.
+                let cid = self.fresh_cid();
                 let Some((_, listener)) = self.server.as_mut() else {
                     return;
                 };
-                match listener.accept(peer, now) {
+                match listener.accept(peer, now, cid) {
                     ListenOutcome::Accepted(session) => self.accepted(now, peer, session),
                     _ => self.stats.handshakes_failed_local += 1,
                 }

@@ -44,6 +44,19 @@ pub enum Event {
     /// a verification failure). Emitted just before its [`Event::Closed`]; client handshakes
     /// report their failure to the caller of `connect` instead.
     HandshakeFailed(HandshakeFailure),
+    /// A connection followed its peer to a new address: an authenticated `tls12_cid` record
+    /// newer than any before came from `to` (RFC 9146 §6; a NAT rebinding, a device's new
+    /// socket). Everything is sent to `to` from now on; the calls that take `(peer, id)` keep
+    /// accepting `from` ([`Endpoint::peer_addr`](super::Endpoint::peer_addr) tells the current
+    /// one).
+    AddressChanged {
+        /// The connection.
+        id: ConnectionId,
+        /// Its address until now.
+        from: SocketAddr,
+        /// Its address from now on.
+        to: SocketAddr,
+    },
 }
 
 /// Who the peer of a failed handshake said it was, as far as the handshake got.

@@ -28,6 +28,7 @@
 //! bookkeeping in `peer.rs`. This file holds [`Endpoint`] and its entry points.
 
 mod admission;
+mod cid;
 mod config;
 mod events;
 mod peer;
@@ -53,22 +54,26 @@ use crate::wire::{self, Datagram, DropReason};
 
 /// How a datagram finds its connection, decided once per datagram from its parse.
 ///
-/// DTLS 1.2 without a Connection ID knows its peer by address alone, so today every datagram
-/// routes by the address it came from. With RFC 9146, a record of content type `tls12_cid` (25)
-/// carries the receiver's Connection ID after its sequence number, and such a datagram routes by
-/// that ID whatever address it came from (a device behind a NAT that rebound its port). That
-/// variant comes with Connection ID support; the route is computed here, from the record views
-/// of the one parse, and nowhere else, so routing by it needs no second pass over the datagram.
+/// DTLS 1.2 without a Connection ID knows its peer by address alone. With RFC 9146, a record of
+/// content type `tls12_cid` (25) carries the receiver's Connection ID after its sequence number,
+/// and such a datagram routes by that ID whatever address it came from (a device behind a NAT
+/// that rebound its port). The route is computed here, from the record views of the one parse,
+/// and nowhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Route {
-    /// By the peer's address (every datagram of DTLS 1.2 without Connection ID).
+pub(crate) enum Route<'a> {
+    /// By the peer's address (every datagram without a `tls12_cid` record).
     Address(SocketAddr),
+    /// By the Connection ID of its first `tls12_cid` record.
+    Cid(&'a [u8]),
 }
 
-impl Route {
+impl<'a> Route<'a> {
     /// The route of a datagram from `peer`.
-    pub(crate) fn of(peer: SocketAddr, _parsed: &wire::Parsed<'_>) -> Route {
-        Route::Address(peer)
+    pub(crate) fn of(peer: SocketAddr, parsed: &wire::Parsed<'a>) -> Route<'a> {
+        match parsed.cid() {
+            Some(cid) => Route::Cid(cid),
+            None => Route::Address(peer),
+        }
     }
 }
 
@@ -115,6 +120,13 @@ pub struct Endpoint {
     /// Per limit (connections, handshakes, per IP, memory): when a refusal was last logged, and
     /// refusals since.
     refusal_log: [(Option<Instant>, u64); 4],
+    /// Connection IDs (RFC 9146): each CID to the address of the connection that holds it.
+    cids: cid::CidTable,
+    /// Connections that moved to a new address, by id: so that calls with the address they
+    /// had when the application learnt of them still find them.
+    moved: HashMap<ConnectionId, SocketAddr>,
+    /// The length of the CIDs this endpoint issues (0: none): how `tls12_cid` records parse.
+    cid_len: u8,
     /// The latest `now` an entry point was given: the calls that take no `now` (output, the
     /// application's reads and closes) act at the time of the last input, so the endpoint never
     /// reads the clock.
@@ -138,6 +150,7 @@ impl Endpoint {
         let listener = Listener::new(&ctx)?;
         let mut endpoint = Endpoint::new(config);
         endpoint.handshake_cost = handshake_worst_case(ctx.session_config(), ctx.max_cert_list());
+        endpoint.cid_len = ctx.connection_id_len().unwrap_or(0);
         endpoint.server = Some((ctx, listener));
         Ok(endpoint)
     }
@@ -169,6 +182,9 @@ impl Endpoint {
                 crate::context::MAX_CERT_LIST,
             ),
             evictable: Vec::new(),
+            cids: cid::CidTable::default(),
+            moved: HashMap::new(),
+            cid_len: 0,
             no_evictable_before: None,
             refusal_log: [(None, 0); 4],
             now: None,
@@ -239,16 +255,42 @@ impl Endpoint {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
         // The one parse of this datagram: every step below reads its record views.
-        let parsed = match wire::parse(datagram) {
+        let parsed = match wire::parse_cid(datagram, self.cid_len) {
             Ok(parsed) => parsed,
             Err(reason) => {
+                // A connection whose own CID length differs from the endpoint's (a client that
+                // asked the server for a CID) parses its `tls12_cid` records itself.
+                if datagram.first() == Some(&25) {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        if p.session.own_cid_len() > 0 {
+                            p.session.handle_datagram(now, datagram);
+                            self.settle(peer, now);
+                            return;
+                        }
+                    }
+                }
                 log::trace!("dropping datagram from {peer}: {reason}");
                 self.stats.dropped[reason.index()] += 1;
                 return;
             }
         };
         let classified = parsed.kind();
-        let Route::Address(addr) = Route::of(peer, &parsed);
+        let addr = match Route::of(peer, &parsed) {
+            Route::Address(addr) => addr,
+            Route::Cid(cid) => match cid::CidKey::of(cid).and_then(|k| self.cids.map.get(&k)) {
+                Some(&at) if at == peer => at,
+                Some(&at) => {
+                    self.handle_cid_from_new_address(now, at, peer, &parsed);
+                    return;
+                }
+                // A CID no connection holds: forged, stale (the connection ended) or another
+                // node's. Dropped as cheaply as garbage.
+                None => {
+                    self.stats.dropped_unknown_cid += 1;
+                    return;
+                }
+            },
+        };
         if let Some(p) = self.peers.get_mut(&addr) {
             let hello = matches!(classified, Datagram::ClientHello(_));
             // A new ClientHello from the address of a live connection or pending handshake: a
@@ -272,6 +314,9 @@ impl Endpoint {
             p.session.handle_parsed(now, &parsed);
             if p.session.authenticated_count() != before {
                 p.last_activity = now;
+                if p.unconfirmed.is_some() {
+                    self.credit_unconfirmed(peer, datagram.len());
+                }
             }
             self.settle(peer, now);
             return;
@@ -348,6 +393,9 @@ impl Endpoint {
                 }
             }
             if let Some(n) = n {
+                if !self.may_send(addr, n) {
+                    continue; // an unconfirmed new address: no more than it sent us
+                }
                 return Some((addr, n));
             }
         }
@@ -402,11 +450,20 @@ impl Endpoint {
     }
 
     fn live(&mut self, peer: SocketAddr, id: ConnectionId) -> Option<&mut Peer> {
+        let peer = self.resolve(peer, id);
         self.peers.get_mut(&peer).filter(|p| p.id == id)
+    }
+
+    /// The address connection `id` (made with or accepted from `peer`) has now: different from
+    /// `peer` after the connection followed its peer to a new address by its Connection ID
+    /// ([`Event::AddressChanged`]). Every call that takes `(peer, id)` accepts the old address.
+    pub fn peer_addr(&self, peer: SocketAddr, id: ConnectionId) -> SocketAddr {
+        self.resolve(peer, id)
     }
 
     /// Sends one application datagram on connection `id` with `peer` ([`Session::send`]).
     pub fn send(&mut self, peer: SocketAddr, id: ConnectionId, data: &[u8]) -> Result<()> {
+        let peer = self.resolve(peer, id);
         let p = self.live(peer, id).ok_or(Error::Closed)?;
         p.session.send(data)?;
         if !p.in_ready {
@@ -424,6 +481,7 @@ impl Endpoint {
         id: ConnectionId,
         buf: &mut [u8],
     ) -> Result<Option<usize>> {
+        let peer = self.resolve(peer, id);
         let p = self.live(peer, id).ok_or(Error::Closed)?;
         let r = p.session.recv(buf);
         if !p.session.has_received() {
@@ -437,6 +495,7 @@ impl Endpoint {
 
     /// Closes connection `id` (`close_notify`); its `Closed` event follows.
     pub fn close(&mut self, peer: SocketAddr, id: ConnectionId) {
+        let peer = self.resolve(peer, id);
         if let Some(p) = self.live(peer, id) {
             p.session.close();
             self.settle_at_last_input(peer);
@@ -446,6 +505,7 @@ impl Endpoint {
     /// Closes connection `id` and forgets its queued data: the application holds no handle to it
     /// any more. It is removed once its last datagrams are sent.
     pub fn release(&mut self, peer: SocketAddr, id: ConnectionId) {
+        let peer = self.resolve(peer, id);
         if let Some(p) = self.live(peer, id) {
             p.released = true;
             p.session.close();
@@ -470,6 +530,7 @@ impl Endpoint {
 
     /// The session of connection `id`, for its handshake facts.
     pub fn session(&self, peer: SocketAddr, id: ConnectionId) -> Option<&Session> {
+        let peer = self.resolve(peer, id);
         self.peers
             .get(&peer)
             .filter(|p| p.id == id)
@@ -478,6 +539,7 @@ impl Endpoint {
 
     /// Connection `id`'s counters and when it last received authenticated input.
     pub fn connection_stats(&self, peer: SocketAddr, id: ConnectionId) -> Option<ConnectionStats> {
+        let peer = self.resolve(peer, id);
         let p = self.peers.get(&peer).filter(|p| p.id == id)?;
         Some(ConnectionStats {
             session: p.session.stats(),
@@ -507,6 +569,7 @@ impl Endpoint {
         stats.connections = self.connections;
         stats.handshakes = self.handshakes.total();
         stats.handshake_memory_in_use = self.handshakes.total().saturating_mul(self.handshake_cost);
+        stats.cid_connections = self.cids.connections;
         stats.recv_queue_dropped += self
             .peers
             .values()

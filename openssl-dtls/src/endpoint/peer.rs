@@ -42,6 +42,9 @@ pub(super) struct Peer {
     pub(super) scheduled: Option<Instant>,
     /// The application no longer holds a handle: drop queued data, remove when done.
     pub(super) released: bool,
+    /// Moved by its Connection ID to an address that has not answered yet: what may be sent
+    /// there (see `endpoint::cid`).
+    pub(super) unconfirmed: Option<super::cid::Unconfirmed>,
 }
 
 impl Peer {
@@ -104,6 +107,7 @@ impl Endpoint {
                 last_activity: now,
                 scheduled: None,
                 released: false,
+                unconfirmed: None,
             },
         );
         self.settle(peer, now);
@@ -132,8 +136,10 @@ impl Endpoint {
                             error: None,
                         });
                     }
-                    drop(old);
                     p.connected_emitted = false;
+                    p.unconfirmed = None;
+                    self.cids.forget(&old, addr);
+                    drop(old);
                     p.compact_counted = false;
                     p.closed_emitted = false;
                     p.readable_signaled = false;
@@ -160,6 +166,10 @@ impl Endpoint {
         }
         let established = p.session.is_established();
         if established && !p.connected_emitted {
+            if !self.cids.register(&p.session, addr) {
+                log::warn!("{addr}: its Connection ID is held by another connection; closing");
+                p.session.end_with_close_notify(Error::Closed);
+            }
             p.connected_emitted = true;
             self.connections += 1;
             self.stats.handshakes_completed += 1;
@@ -241,6 +251,10 @@ impl Endpoint {
     /// Forgets `addr`'s entry, giving up what it counted against the limits.
     pub(super) fn remove(&mut self, addr: SocketAddr) {
         if let Some(mut p) = self.peers.remove(&addr) {
+            self.cids.forget(&p.session, addr);
+            if self.moved.get(&p.id) == Some(&addr) {
+                self.moved.remove(&p.id);
+            }
             if !p.closed_emitted && p.connected_emitted {
                 self.connections -= 1;
             }

@@ -99,6 +99,25 @@ pub struct EndpointStats {
     pub handshake_memory_in_use: usize,
     /// Fatal `internal_error` alerts sent to refuse verified ClientHellos at a limit.
     pub refusal_alerts_sent: u64,
+    /// Established connections with a Connection ID of ours (RFC 9146), now.
+    pub cid_connections: usize,
+    /// Datagrams whose `tls12_cid` record carried a CID no connection holds (forged, stale,
+    /// another node's): dropped before any cryptography.
+    pub dropped_unknown_cid: u64,
+    /// Connections that followed their peer to a new address by their CID.
+    pub cid_moves: u64,
+    /// CID records from a new address that did not move their connection because nothing in
+    /// the datagram authenticated (forged, a broken tag).
+    pub cid_moves_refused_unauthenticated: u64,
+    /// ... because it was a replay, or not newer than the newest record seen (reordered or
+    /// delayed): RFC 9146 §6.
+    pub cid_moves_refused_not_newest: u64,
+    /// ... because the connection was still handshaking or being replaced, or another
+    /// connection holds the new address.
+    pub cid_moves_refused_busy: u64,
+    /// Datagrams not sent to a moved connection's new address because they would exceed what
+    /// that address sent us before answering from there (anti-amplification).
+    pub cid_amplification_dropped: u64,
 }
 
 impl EndpointStats {
@@ -117,6 +136,7 @@ impl EndpointStats {
             + self.refused_handshake_limit
             + self.refused_per_ip_limit
             + self.refused_handshake_memory
+            + self.dropped_unknown_cid
     }
 
     /// Every counter with its name, in declaration order (the pre-parser's drops as
@@ -135,7 +155,7 @@ impl EndpointStats {
                 .iter()
                 .map(|r| (format!("dropped_{}", r.as_str()), self.dropped(*r))),
         );
-        let named: [(&str, u64); 27] = [
+        let named: [(&str, u64); 34] = [
             ("dropped_unknown_peer", self.dropped_unknown_peer),
             (
                 "dropped_short_client_hello",
@@ -177,6 +197,19 @@ impl EndpointStats {
                 self.handshake_memory_in_use as u64,
             ),
             ("refusal_alerts_sent", self.refusal_alerts_sent),
+            ("cid_connections", self.cid_connections as u64),
+            ("dropped_unknown_cid", self.dropped_unknown_cid),
+            ("cid_moves", self.cid_moves),
+            (
+                "cid_moves_refused_unauthenticated",
+                self.cid_moves_refused_unauthenticated,
+            ),
+            (
+                "cid_moves_refused_not_newest",
+                self.cid_moves_refused_not_newest,
+            ),
+            ("cid_moves_refused_busy", self.cid_moves_refused_busy),
+            ("cid_amplification_dropped", self.cid_amplification_dropped),
             ("dropped_total", self.dropped_total()),
         ];
         out.extend(named.iter().map(|(k, v)| ((*k).to_owned(), *v)));

@@ -303,11 +303,6 @@ impl RecordLayer {
         self.read_cid = read;
     }
 
-    /// Whether records this side seals carry the peer's Connection ID.
-    pub(crate) fn writes_cid(&self) -> bool {
-        self.write_cid.is_some()
-    }
-
     /// The newest sequence number that authenticated (replay window), if any.
     pub(crate) fn newest_read(&self) -> Option<u64> {
         self.window.newest()

@@ -62,6 +62,12 @@ impl Session {
         self.cid.as_ref().map(|c| (&*c.own, &*c.peer))
     }
 
+    /// The newest sequence number of the peer's records that authenticated on the compact
+    /// layer, if any (what an endpoint compares to let a CID record move a connection).
+    pub(crate) fn newest_read(&self) -> Option<u64> {
+        self.engine.compact().and_then(|c| c.layer.newest_read())
+    }
+
     /// The length of the CIDs in records the peer sends us: what received datagrams are
     /// parsed with (0 without CIDs).
     pub(crate) fn own_cid_len(&self) -> u8 {

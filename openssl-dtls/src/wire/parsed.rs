@@ -98,10 +98,6 @@ impl<'a> Parsed<'a> {
         self.records().find(RecordHeader::is_cid).map(|r| r.cid())
     }
 
-    /// The Connection ID length the records were parsed with.
-    pub(crate) fn cid_len(&self) -> u8 {
-        self.cid_len
-    }
 
     /// What the datagram is.
     pub(crate) fn kind(&self) -> Datagram {

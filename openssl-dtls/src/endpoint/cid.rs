@@ -1,0 +1,251 @@
+//! Connection IDs at the endpoint (RFC 9146 §6): the table from each connection's CID to its
+//! current address, the CIDs the endpoint issues (never one a connection holds), and the rules
+//! by which a connection follows its peer to a new address.
+//!
+//! A `tls12_cid` record is routed by its CID, whatever address it came from (one hash lookup on
+//! a fixed-size key, no allocation). From an address other than the connection's, it moves the
+//! connection there only if it authenticates and is the newest record the connection has seen
+//! (a higher sequence number than any before): a replayed or reordered record, a forged one or
+//! one with a broken tag never moves it. Until the peer answers from the new address (an
+//! authenticated record arriving there after we sent something there), the endpoint sends
+//! there no more bytes than it received from there (no amplification towards an address that
+//! may be a victim's). A move to an address that another connection holds is refused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::{Endpoint, Event};
+use crate::cid::MAX_CID_LEN;
+use crate::session::Session;
+use crate::wire;
+
+/// The CID table: each CID to the address of the connection that holds it, and how many
+/// established connections hold one.
+#[derive(Debug, Default)]
+pub(super) struct CidTable {
+    pub(super) map: HashMap<CidKey, SocketAddr>,
+    pub(super) connections: usize,
+}
+
+/// Our non-empty CID of `session`, as a key.
+fn key_of(session: &Session) -> Option<CidKey> {
+    session
+        .connection_ids()
+        .filter(|(own, _)| !own.is_empty())
+        .and_then(|(own, _)| CidKey::of(own))
+}
+
+impl CidTable {
+    /// `session`, at `addr`, completed its handshake: enters its CID if it negotiated a
+    /// non-empty one. A CID some other connection holds (two handshakes in flight drew the same
+    /// random bytes: about one in 2^40 per pair with 6-byte CIDs) is refused (`false`): the new
+    /// connection ends, the older one keeps its CID.
+    pub(super) fn register(&mut self, session: &Session, addr: SocketAddr) -> bool {
+        let Some(key) = key_of(session) else {
+            return true;
+        };
+        match self.map.get(&key) {
+            Some(&other) if other != addr => false,
+            _ => {
+                self.map.insert(key, addr);
+                self.connections += 1;
+                true
+            }
+        }
+    }
+
+    /// Forgets the CID `session` holds, if it is the one mapped to `addr`.
+    pub(super) fn forget(&mut self, session: &Session, addr: SocketAddr) {
+        let Some(key) = key_of(session) else {
+            return;
+        };
+        if self.map.get(&key) == Some(&addr) {
+            self.map.remove(&key);
+            self.connections = self.connections.saturating_sub(1);
+        }
+    }
+}
+
+/// A CID as a fixed-size key: no allocation per lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct CidKey {
+    len: u8,
+    bytes: [u8; MAX_CID_LEN],
+}
+
+impl CidKey {
+    /// The key of `cid`, or `None` if it is longer than any CID this endpoint issues.
+    pub(super) fn of(cid: &[u8]) -> Option<CidKey> {
+        let mut bytes = [0u8; MAX_CID_LEN];
+        bytes.get_mut(..cid.len())?.copy_from_slice(cid);
+        Some(CidKey {
+            len: cid.len() as u8,
+            bytes,
+        })
+    }
+}
+
+/// The address budget of a connection that moved and whose peer has not answered from there
+/// yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Unconfirmed {
+    /// Bytes that may still be sent there: what came from there, less what went there.
+    pub(super) budget: u64,
+    /// Something was sent there since the move: the next authenticated record from there is
+    /// the peer's answer, and confirms the address.
+    pub(super) sent: bool,
+}
+
+/// Why a CID record from a new address did not move its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// No record of the datagram authenticated (forged, a broken tag, wrong keys).
+    Unauthenticated,
+    /// A replay, or a record that authenticated but was not newer than the newest one seen (a
+    /// reordered or delayed one): RFC 9146 §6.
+    NotNewest,
+    /// The connection is still handshaking, is being replaced, or another connection holds
+    /// the new address.
+    Busy,
+}
+
+impl Endpoint {
+    /// The CID a new server handshake is issued: the context's prefix and random bytes, never
+    /// one a connection of this endpoint holds. `None` without CIDs.
+    pub(super) fn fresh_cid(&mut self) -> Option<Box<[u8]>> {
+        let settings = self.server.as_ref()?.0.cid_settings()?.clone();
+        for _ in 0..16 {
+            let cid = settings.generate();
+            let key = CidKey::of(&cid)?;
+            if !self.cids.map.contains_key(&key) {
+                return Some(cid);
+            }
+        }
+        log::error!("no unused Connection ID in 16 draws: is the random part too short?");
+        None
+    }
+
+    /// A `tls12_cid` datagram from `from` for the connection now at `at`: handled by that
+    /// connection, which then moves to `from` if the rules allow (see the module docs).
+    pub(super) fn handle_cid_from_new_address(
+        &mut self,
+        now: Instant,
+        at: SocketAddr,
+        from: SocketAddr,
+        parsed: &wire::Parsed<'_>,
+    ) {
+        let taken = self.peers.contains_key(&from);
+        let Some(p) = self.peers.get_mut(&at) else {
+            return;
+        };
+        let authenticated = p.session.authenticated_count();
+        let newest = p.session.newest_read();
+        let replayed = p.session.stats().dropped_replayed_records;
+        p.session.handle_parsed(now, parsed);
+        let refusal = if p.session.authenticated_count() == authenticated {
+            if p.session.stats().dropped_replayed_records != replayed {
+                Some(Refusal::NotNewest) // a replay: already seen
+            } else {
+                Some(Refusal::Unauthenticated)
+            }
+        } else if p.session.newest_read() <= newest {
+            Some(Refusal::NotNewest)
+        } else if !p.session.is_established() || p.replacement.is_some() || taken {
+            Some(Refusal::Busy)
+        } else {
+            None
+        };
+        if p.session.authenticated_count() != authenticated {
+            p.last_activity = now;
+        }
+        match refusal {
+            Some(reason) => {
+                match reason {
+                    Refusal::Unauthenticated => self.stats.cid_moves_refused_unauthenticated += 1,
+                    Refusal::NotNewest => self.stats.cid_moves_refused_not_newest += 1,
+                    Refusal::Busy => self.stats.cid_moves_refused_busy += 1,
+                }
+                log::debug!("{at}: no move to {from} ({reason:?})");
+                self.settle(at, now);
+            }
+            None => self.move_peer(now, at, from, parsed.bytes().len()),
+        }
+    }
+
+    /// Moves the connection at `from` to `to`, whose peer sent `received` bytes from there.
+    fn move_peer(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, received: usize) {
+        let Some(mut p) = self.peers.remove(&from) else {
+            return;
+        };
+        // Entries of the old address in the timer heap and the ready queue are skipped from
+        // now on; schedule and queue anew under the new one.
+        p.scheduled = None;
+        p.in_ready = false;
+        p.unconfirmed = Some(Unconfirmed {
+            budget: received as u64,
+            sent: false,
+        });
+        p.session.set_peer_addr(to);
+        if let Some((own, _)) = p.session.connection_ids() {
+            if let Some(key) = CidKey::of(own) {
+                self.cids.map.insert(key, to);
+            }
+            log::info!(
+                "address changed: {from} -> {to} cid={}",
+                crate::cid::to_hex(own)
+            );
+        }
+        self.moved.insert(p.id, to);
+        self.stats.cid_moves += 1;
+        self.events.push_back(Event::AddressChanged {
+            id: p.id,
+            from,
+            to,
+        });
+        self.peers.insert(to, p);
+        self.settle(to, now);
+    }
+
+    /// Authenticated input arrived at `addr` from the connection's own (moved) address:
+    /// confirms the address if we sent something there since the move, else adds to the
+    /// budget.
+    pub(super) fn credit_unconfirmed(&mut self, addr: SocketAddr, received: usize) {
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        if let Some(u) = p.unconfirmed.as_mut() {
+            if u.sent {
+                p.unconfirmed = None;
+            } else {
+                u.budget += received as u64;
+            }
+        }
+    }
+
+    /// Whether a datagram of `len` bytes may go to `addr` now (the anti-amplification budget of
+    /// an unconfirmed address); charges it if so.
+    pub(super) fn may_send(&mut self, addr: SocketAddr, len: usize) -> bool {
+        let Some(p) = self.peers.get_mut(&addr) else {
+            return true;
+        };
+        let Some(u) = p.unconfirmed.as_mut() else {
+            return true;
+        };
+        if len as u64 > u.budget {
+            self.stats.cid_amplification_dropped += 1;
+            return false;
+        }
+        u.budget -= len as u64;
+        u.sent = true;
+        true
+    }
+
+    /// The address connection `id` has now: `peer` unless it moved.
+    pub(super) fn resolve(&self, peer: SocketAddr, id: super::ConnectionId) -> SocketAddr {
+        if self.peers.get(&peer).is_some_and(|p| p.id == id) {
+            return peer;
+        }
+        self.moved.get(&id).copied().unwrap_or(peer)
+    }
+}
