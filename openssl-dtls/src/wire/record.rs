@@ -50,7 +50,10 @@ impl<'a> RecordHeader<'a> {
     /// [`DropReason::BadContentType`], as RFC 9146 §4 sends CID records only to a receiver that
     /// asked for a non-empty CID.
     pub(crate) fn new_checked_cid(buf: &'a [u8], cid_len: usize) -> Result<Self, DropReason> {
-        let first = *buf.first().ok_or(DropReason::TooShort)?;
+        if buf.len() < RECORD_HEADER_LEN {
+            return Err(DropReason::TooShort);
+        }
+        let first = buf[0];
         let content_type = ContentType::from_u8(first)
             .filter(|&t| t != ContentType::Tls12Cid || cid_len > 0)
             .ok_or(DropReason::BadContentType)?;
