@@ -79,7 +79,12 @@ fn run(client_cid: Option<u8>, server_cid: u8, cipher: &str, faults: Option<Faul
         },
         |c, s| c.is_established() && s.is_established(),
     );
-    assert!(ok, "handshake: client {:?} server {:?}", client.error(), server.error());
+    assert!(
+        ok,
+        "handshake: client {:?} server {:?}",
+        client.error(),
+        server.error()
+    );
     // Application data both ways, several records.
     for i in 0..5u8 {
         client.send(&[b'c', i]).unwrap();
@@ -109,7 +114,16 @@ fn run(client_cid: Option<u8>, server_cid: u8, cipher: &str, faults: Option<Faul
             got.0.len() == 5 && got.1.len() == 5
         },
     );
-    assert!(ok, "data: {got:?} client {:?} server {:?} to_server {:?}", client.stats(), server.stats(), to_server.iter().map(|d| record_types(d, 6)).collect::<Vec<_>>());
+    assert!(
+        ok,
+        "data: {got:?} client {:?} server {:?} to_server {:?}",
+        client.stats(),
+        server.stats(),
+        to_server
+            .iter()
+            .map(|d| record_types(d, 6))
+            .collect::<Vec<_>>()
+    );
     for i in 0..5u8 {
         assert_eq!(got.0[i as usize], vec![b'c', i]);
         assert_eq!(got.1[i as usize], vec![b's', i, 0, 0]);
@@ -124,14 +138,22 @@ fn run(client_cid: Option<u8>, server_cid: u8, cipher: &str, faults: Option<Faul
 
 #[test]
 fn a_device_with_an_empty_cid_sends_the_servers_cid_and_gets_standard_records() {
-    for cipher in ["PSK-AES128-CCM8", "PSK-AES128-GCM-SHA256", "PSK-CHACHA20-POLY1305", "PSK-AES256-CCM"] {
+    for cipher in [
+        "PSK-AES128-CCM8",
+        "PSK-AES128-GCM-SHA256",
+        "PSK-CHACHA20-POLY1305",
+        "PSK-AES256-CCM",
+    ] {
         let r = run(Some(0), 8, cipher, None);
         let (own, peer) = r.server.connection_ids().expect("negotiated");
         assert_eq!((own.len(), peer.len()), (8, 0), "{cipher}");
         assert_eq!(own[0], 0, "the default one-byte prefix");
         let (c_own, c_peer) = r.client.connection_ids().unwrap();
         assert_eq!((c_own, c_peer), (&[][..], own), "{cipher}");
-        assert!(r.client.is_compact() && r.server.is_compact(), "CID connections are compact");
+        assert!(
+            r.client.is_compact() && r.server.is_compact(),
+            "CID connections are compact"
+        );
         // Client to server: every epoch-1 record is a tls12_cid record with the server's CID
         // (the Finished too, rewritten from OpenSSL's format); server to client: none.
         let cid_records: usize = r
@@ -140,16 +162,27 @@ fn a_device_with_an_empty_cid_sends_the_servers_cid_and_gets_standard_records() 
             .flat_map(|d| record_types(d, 8))
             .filter(|&t| t == 25)
             .count();
-        assert!(cid_records >= 6, "{cipher}: Finished and 5 records, saw {cid_records}");
+        assert!(
+            cid_records >= 6,
+            "{cipher}: Finished and 5 records, saw {cid_records}"
+        );
         for d in &r.to_server {
             if d[0] == 25 {
                 assert_eq!(&d[11..19], own, "{cipher}: the server's CID in the header");
             }
             for t in record_types(d, 8) {
-                assert!(t == 25 || t == 22 || t == 20, "{cipher}: a standard epoch-1 record {t}");
+                assert!(
+                    t == 25 || t == 22 || t == 20,
+                    "{cipher}: a standard epoch-1 record {t}"
+                );
             }
         }
-        assert!(r.to_client.iter().all(|d| !record_types(d, 0).contains(&25)), "{cipher}");
+        assert!(
+            r.to_client
+                .iter()
+                .all(|d| !record_types(d, 0).contains(&25)),
+            "{cipher}"
+        );
         assert!(r.to_client.iter().any(|d| record_types(d, 0).contains(&23)));
     }
 }
@@ -159,7 +192,11 @@ fn cids_both_ways_and_a_lossy_handshake() {
     let r = run(Some(4), 6, "PSK-AES128-CCM8", None);
     let (own, peer) = r.server.connection_ids().unwrap();
     assert_eq!((own.len(), peer.len()), (6, 4));
-    assert!(r.to_client.iter().flat_map(|d| record_types(d, 4)).any(|t| t == 25));
+    assert!(r
+        .to_client
+        .iter()
+        .flat_map(|d| record_types(d, 4))
+        .any(|t| t == 25));
     // Drop each of the four handshake datagrams in turn (ClientHello, the server's flight, the
     // client's flight with its Finished, the server's Finished): retransmitted Finished records
     // are rewritten too, and the handshake completes.
@@ -178,7 +215,10 @@ fn with_cids_off_on_either_side_nothing_changes() {
     for (client, server) in [(None, 8), (Some(0), 0), (None, 0)] {
         let r = run(client, server, "PSK-AES128-CCM8", None);
         assert!(r.client.connection_ids().is_none() && r.server.connection_ids().is_none());
-        assert!(!r.server.is_compact(), "compact mode stays opt-in without CIDs");
+        assert!(
+            !r.server.is_compact(),
+            "compact mode stays opt-in without CIDs"
+        );
         for d in r.to_server.iter().chain(&r.to_client) {
             assert!(!record_types(d, 0).contains(&25));
         }

@@ -89,11 +89,21 @@ fn established(now: Instant) -> (Endpoint, Session, Nat, u64) {
 }
 
 /// Sends `msg` from the device and returns what the server's application received.
-fn send_from_device(ep: &mut Endpoint, c: &mut Session, nat: &mut Nat, now: Instant, msg: &[u8], id: u64) -> Option<Vec<u8>> {
+fn send_from_device(
+    ep: &mut Endpoint,
+    c: &mut Session,
+    nat: &mut Nat,
+    now: Instant,
+    msg: &[u8],
+    id: u64,
+) -> Option<Vec<u8>> {
     c.send(msg).unwrap();
     nat.pump(ep, c, now);
     let mut buf = [0u8; 2048];
-    ep.recv(addr(40_000), id, &mut buf).ok().flatten().map(|n| buf[..n].to_vec())
+    ep.recv(addr(40_000), id, &mut buf)
+        .ok()
+        .flatten()
+        .map(|n| buf[..n].to_vec())
 }
 
 fn drain(ep: &mut Endpoint) -> Vec<Event> {
@@ -105,12 +115,22 @@ fn a_rebound_device_keeps_its_connection_and_the_old_address_gets_nothing() {
     let now = Instant::now();
     let (mut ep, mut c, mut nat, id) = established(now);
     assert_eq!(ep.stats().cid_connections, 1);
-    let (own, peer) = ep.session(addr(40_000), id).unwrap().connection_ids().unwrap();
+    let (own, peer) = ep
+        .session(addr(40_000), id)
+        .unwrap()
+        .connection_ids()
+        .unwrap();
     assert_eq!((own.len(), peer.len()), (8, 0));
-    assert_eq!(send_from_device(&mut ep, &mut c, &mut nat, now, b"one", id).unwrap(), b"one");
+    assert_eq!(
+        send_from_device(&mut ep, &mut c, &mut nat, now, b"one", id).unwrap(),
+        b"one"
+    );
     // The NAT mapping expired while the device slept: a new port.
     nat.from = addr(40_001);
-    assert_eq!(send_from_device(&mut ep, &mut c, &mut nat, now, b"two", id).unwrap(), b"two");
+    assert_eq!(
+        send_from_device(&mut ep, &mut c, &mut nat, now, b"two", id).unwrap(),
+        b"two"
+    );
     let events = drain(&mut ep);
     assert!(
         events.iter().any(|e| matches!(e, Event::AddressChanged { id: i, from, to } if *i == id && *from == addr(40_000) && *to == addr(40_001))),
@@ -125,7 +145,10 @@ fn a_rebound_device_keeps_its_connection_and_the_old_address_gets_nothing() {
     assert_eq!(c.recv(&mut buf).unwrap(), Some(5));
     assert!(nat.elsewhere.is_empty(), "{:?}", nat.elsewhere);
     let s = ep.stats();
-    assert_eq!((s.cid_moves, s.handshakes_completed, s.connections), (1, 1, 1));
+    assert_eq!(
+        (s.cid_moves, s.handshakes_completed, s.connections),
+        (1, 1, 1)
+    );
     assert_eq!(ep.connection_id(addr(40_000)), None);
     assert_eq!(ep.connection_id(addr(40_001)), Some(id));
 }
@@ -152,7 +175,11 @@ fn replayed_and_reordered_records_from_a_new_address_do_not_move_the_connection(
     let s = ep.stats();
     assert_eq!(s.cid_moves, 0);
     assert_eq!(s.cid_moves_refused_not_newest, 2, "{s}");
-    assert_eq!(ep.connection_id(addr(40_000)), Some(id), "still at the device's address");
+    assert_eq!(
+        ep.connection_id(addr(40_000)),
+        Some(id),
+        "still at the device's address"
+    );
     // The reordered record still carried genuine data: delivered once, no move.
     let mut got = Vec::new();
     let mut b = [0u8; 100];
@@ -160,7 +187,9 @@ fn replayed_and_reordered_records_from_a_new_address_do_not_move_the_connection(
         got.push(b[..n].to_vec());
     }
     assert_eq!(got, vec![b"newer".to_vec(), b"older".to_vec()]);
-    assert!(drain(&mut ep).iter().all(|e| !matches!(e, Event::AddressChanged { .. })));
+    assert!(drain(&mut ep)
+        .iter()
+        .all(|e| !matches!(e, Event::AddressChanged { .. })));
 }
 
 #[test]
@@ -220,7 +249,10 @@ fn an_unconfirmed_new_address_gets_no_more_than_it_sent_until_the_device_answers
         assert_eq!(to, victim);
         to_victim += len;
     }
-    assert!(to_victim <= n, "sent {to_victim} bytes to an address that sent {n}");
+    assert!(
+        to_victim <= n,
+        "sent {to_victim} bytes to an address that sent {n}"
+    );
     assert_eq!(ep.stats().cid_amplification_dropped, 5);
     // The genuine device, from its own (new) address, is newer again: the connection follows,
     // and once it has answered there the budget ends.
@@ -237,7 +269,10 @@ fn an_unconfirmed_new_address_gets_no_more_than_it_sent_until_the_device_answers
     while let Ok(Some(n)) = c.recv(&mut b) {
         got.push(n);
     }
-    assert!(got.contains(&1000), "{got:?}: the confirmed address gets full-size data");
+    assert!(
+        got.contains(&1000),
+        "{got:?}: the confirmed address gets full-size data"
+    );
 }
 
 #[test]
@@ -254,7 +289,19 @@ fn a_server_without_cids_routes_as_before_and_drops_type_25() {
     assert!(c.is_established());
     assert!(c.connection_ids().is_none());
     let id = ep.connection_id(addr(40_000)).unwrap();
-    assert_eq!(send_from_device(&mut ep, &mut c, &mut nat, now, b"plain", id).unwrap(), b"plain");
-    ep.handle_datagram(now, addr(40_009), &[25, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 0, 0]);
-    assert_eq!(ep.stats().dropped(openssl_dtls::DropReason::BadContentType), 1);
+    assert_eq!(
+        send_from_device(&mut ep, &mut c, &mut nat, now, b"plain", id).unwrap(),
+        b"plain"
+    );
+    ep.handle_datagram(
+        now,
+        addr(40_009),
+        &[
+            25, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 0, 0,
+        ],
+    );
+    assert_eq!(
+        ep.stats().dropped(openssl_dtls::DropReason::BadContentType),
+        1
+    );
 }

@@ -278,8 +278,18 @@ mod tests {
             prefix: vec![1, 2],
         };
         assert!(prefix_too_long.validate(true).is_err());
-        assert!(CidSettings { len: 0, prefix: vec![] }.validate(true).is_err());
-        assert!(CidSettings { len: 0, prefix: vec![] }.validate(false).is_ok());
+        assert!(CidSettings {
+            len: 0,
+            prefix: vec![]
+        }
+        .validate(true)
+        .is_err());
+        assert!(CidSettings {
+            len: 0,
+            prefix: vec![]
+        }
+        .validate(false)
+        .is_ok());
         assert_eq!(to_hex(&[]), "-");
         assert_eq!(to_hex(&[0, 0xab]), "00ab");
     }

@@ -4,6 +4,7 @@
 
 mod alert;
 mod bio;
+pub mod cid;
 mod client;
 pub(crate) mod config;
 mod connection;
@@ -22,7 +23,6 @@ pub mod session;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 mod verify;
-pub mod cid;
 pub(crate) mod wire;
 
 pub use crate::client::DtlsClient;

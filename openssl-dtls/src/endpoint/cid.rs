@@ -91,7 +91,7 @@ impl CidKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Unconfirmed {
     /// Bytes that may still be sent there: what came from there, less what went there.
-    pub(super) budget: u64,
+    pub(super) budget: u32,
     /// Something was sent there since the move: the next authenticated record from there is
     /// the peer's answer, and confirms the address.
     pub(super) sent: bool,
@@ -183,7 +183,7 @@ impl Endpoint {
         p.scheduled = None;
         p.in_ready = false;
         p.unconfirmed = Some(Unconfirmed {
-            budget: received as u64,
+            budget: u32::try_from(received).unwrap_or(u32::MAX),
             sent: false,
         });
         p.session.set_peer_addr(to);
@@ -198,11 +198,8 @@ impl Endpoint {
         }
         self.moved.insert(p.id, to);
         self.stats.cid_moves += 1;
-        self.events.push_back(Event::AddressChanged {
-            id: p.id,
-            from,
-            to,
-        });
+        self.events
+            .push_back(Event::AddressChanged { id: p.id, from, to });
         self.peers.insert(to, p);
         self.settle(to, now);
     }
@@ -218,7 +215,9 @@ impl Endpoint {
             if u.sent {
                 p.unconfirmed = None;
             } else {
-                u.budget += received as u64;
+                u.budget = u
+                    .budget
+                    .saturating_add(u32::try_from(received).unwrap_or(u32::MAX));
             }
         }
     }
@@ -232,11 +231,14 @@ impl Endpoint {
         let Some(u) = p.unconfirmed.as_mut() else {
             return true;
         };
-        if len as u64 > u.budget {
+        let Some(left) = u32::try_from(len)
+            .ok()
+            .and_then(|l| u.budget.checked_sub(l))
+        else {
             self.stats.cid_amplification_dropped += 1;
             return false;
-        }
-        u.budget -= len as u64;
+        };
+        u.budget = left;
         u.sent = true;
         true
     }

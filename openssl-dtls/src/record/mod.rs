@@ -94,10 +94,9 @@ pub(crate) struct RecordLayer {
     /// record's epoch and sequence number.
     explicit_next: Option<u64>,
     window: ReplayWindow,
-    /// The peer's Connection ID, carried by every record this side seals (RFC 9146); `None`:
-    /// standard records.
-    write_cid: Option<Box<[u8]>>,
-    /// The peer sends `tls12_cid` records (this side asked for a non-empty CID).
+    /// The peer sends `tls12_cid` records (this side asked for a non-empty CID). The peer's
+    /// CID, which the records this side seals carry, is the caller's (an argument of
+    /// [`seal`](Self::seal)): an idle connection without CIDs pays nothing for it.
     read_cid: bool,
 }
 
@@ -158,7 +157,6 @@ impl RecordLayer {
             next_write_seq,
             explicit_next: None,
             window: ReplayWindow::default(),
-            write_cid: None,
             read_cid: false,
         }
     }
@@ -189,10 +187,11 @@ impl RecordLayer {
     }
 
     /// Appends one protected record of `content_type` carrying `plaintext` to `out` and uses up
-    /// one sequence number. With a peer Connection ID set ([`set_cids`](Self::set_cids)) the
-    /// record is a `tls12_cid` record (RFC 9146 §4).
+    /// one sequence number. With the peer's Connection ID `cid` (non-empty) the record is a
+    /// `tls12_cid` record carrying it (RFC 9146 §4).
     pub(crate) fn seal(
         &mut self,
+        cid: Option<&[u8]>,
         content_type: ContentType,
         plaintext: &[u8],
         out: &mut Vec<u8>,
@@ -219,7 +218,7 @@ impl RecordLayer {
             epoch_seq,
             explicit,
             content_type,
-            cid: self.write_cid.as_deref(),
+            cid: cid.filter(|c| !c.is_empty()),
             #[cfg(test)]
             padding: 0,
             #[cfg(test)]
@@ -294,12 +293,9 @@ impl RecordLayer {
         Ok(())
     }
 
-    /// The Connection IDs of this connection (RFC 9146): `write` is the peer's CID, which every
-    /// record this side seals carries (`None`: the peer asked for none, records stay in the
-    /// standard format); `read` says whether the peer sends `tls12_cid` records to us (this side
-    /// asked for a non-empty CID), which are then the only ones [`open`](Self::open) accepts.
-    pub(crate) fn set_cids(&mut self, write: Option<Box<[u8]>>, read: bool) {
-        self.write_cid = write.filter(|c| !c.is_empty());
+    /// Whether the peer sends `tls12_cid` records to us (this side asked for a non-empty
+    /// Connection ID, RFC 9146): they are then the only ones [`open`](Self::open) accepts.
+    pub(crate) fn set_read_cid(&mut self, read: bool) {
         self.read_cid = read;
     }
 
@@ -311,17 +307,18 @@ impl RecordLayer {
     /// Transcoding during the handshake (RFC 9146 over OpenSSL, which writes only standard
     /// records): rewrites `record`, a standard epoch record this side's OpenSSL sealed, as the
     /// `tls12_cid` record carrying the peer's CID, appended to `out`: same epoch, sequence
-    /// number, explicit nonce and key. The standard record never leaves the process, so each
+    /// number, explicit nonce and key (`cid`: the peer's). The standard record never leaves the process, so each
     /// (key, nonce) pair still protects one record on the wire.
     pub(crate) fn transcode_outbound(
         &self,
+        cid: &[u8],
         record: &RecordHeader<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), OpenError> {
-        let Some(cid) = self.write_cid.as_deref() else {
+        if cid.is_empty() {
             out.extend_from_slice(record.bytes());
             return Ok(());
-        };
+        }
         if record.is_cid() {
             return Err(OpenError::Malformed);
         }
@@ -431,7 +428,10 @@ impl Protect<'_> {
         #[cfg(not(test))]
         let (type_len, padding) = (usize::from(self.cid.is_some()), 0);
         #[cfg(test)]
-        let (type_len, padding) = (usize::from(self.cid.is_some() && !self.no_type), self.padding);
+        let (type_len, padding) = (
+            usize::from(self.cid.is_some() && !self.no_type),
+            self.padding,
+        );
         let inner_len = plaintext.len() + type_len + padding;
         let fragment_len = inner_len + aead.overhead();
         let start = out.len();

@@ -40,7 +40,7 @@ fn every_aead_round_trips_and_detects_tampering() {
         for len in [0usize, 1, 15, 16, 17, 1000] {
             let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut wire = Vec::new();
-            a.seal(ContentType::ApplicationData, &data, &mut wire)
+            a.seal(None, ContentType::ApplicationData, &data, &mut wire)
                 .unwrap();
             assert_eq!(
                 wire.len(),
@@ -68,14 +68,15 @@ fn every_aead_round_trips_and_detects_tampering() {
         }
         // And the other way.
         let mut wire = Vec::new();
-        b.seal(ContentType::Alert, &[1, 0], &mut wire).unwrap();
+        b.seal(None, ContentType::Alert, &[1, 0], &mut wire)
+            .unwrap();
         assert_eq!(
             open_one(&mut a, &wire).unwrap(),
             (ContentType::Alert, vec![1, 0])
         );
         // A record sealed for the other direction does not open on the sender.
         let mut own = Vec::new();
-        a.seal(ContentType::ApplicationData, b"x", &mut own)
+        a.seal(None, ContentType::ApplicationData, b"x", &mut own)
             .unwrap();
         assert_eq!(open_one(&mut a, &own), Err(OpenError::Unauthenticated));
     }
@@ -86,7 +87,7 @@ fn retyping_a_record_breaks_its_tag() {
     for aead in ALL {
         let (mut a, mut b) = pair(aead);
         let mut wire = Vec::new();
-        a.seal(ContentType::ApplicationData, b"hello", &mut wire)
+        a.seal(None, ContentType::ApplicationData, b"hello", &mut wire)
             .unwrap();
         wire[0] = ContentType::Alert as u8;
         assert_eq!(
@@ -106,7 +107,7 @@ fn reordered_records_open_once_each() {
     let mut records = Vec::new();
     for i in 0..80u8 {
         let mut wire = Vec::new();
-        a.seal(ContentType::ApplicationData, &[i], &mut wire)
+        a.seal(None, ContentType::ApplicationData, &[i], &mut wire)
             .unwrap();
         records.push(wire);
     }
@@ -128,19 +129,25 @@ fn sequence_numbers_end_with_a_reserved_one_for_close_notify() {
     let (mut a, mut b) = pair(Aead::Aes128Gcm);
     a.next_write_seq = MAX_SEQUENCE - 2;
     let mut wire = Vec::new();
-    a.seal(ContentType::ApplicationData, b"last", &mut wire)
+    a.seal(None, ContentType::ApplicationData, b"last", &mut wire)
         .unwrap();
     let mut refused = Vec::new();
     assert_eq!(
-        a.seal(ContentType::ApplicationData, b"one more", &mut refused),
+        a.seal(
+            None,
+            ContentType::ApplicationData,
+            b"one more",
+            &mut refused
+        ),
         Err(SealError::SequenceExhausted)
     );
     assert!(refused.is_empty(), "nothing written on refusal");
     let mut alert = Vec::new();
-    a.seal(ContentType::Alert, &[1, 0], &mut alert).unwrap();
+    a.seal(None, ContentType::Alert, &[1, 0], &mut alert)
+        .unwrap();
     assert_eq!(a.next_write_seq(), MAX_SEQUENCE);
     assert_eq!(
-        a.seal(ContentType::Alert, &[1, 0], &mut refused),
+        a.seal(None, ContentType::Alert, &[1, 0], &mut refused),
         Err(SealError::SequenceExhausted)
     );
     // Both records open: sequence numbers 2^48 − 3 and 2^48 − 2, the highest ever used.
@@ -157,7 +164,7 @@ fn more_connections_than_cache_slots_still_work() {
     for round in 0..3u8 {
         for (a, b) in pairs.iter_mut() {
             let mut wire = Vec::new();
-            a.seal(ContentType::ApplicationData, &[round; 9], &mut wire)
+            a.seal(None, ContentType::ApplicationData, &[round; 9], &mut wire)
                 .unwrap();
             assert_eq!(open_one(b, &wire).unwrap().1, vec![round; 9]);
         }
@@ -174,7 +181,7 @@ fn explicit_nonces_continue_after_openssls_last_one() {
         let mut explicit = Vec::new();
         for _ in 0..3 {
             let mut wire = Vec::new();
-            a.seal(ContentType::ApplicationData, b"n", &mut wire)
+            a.seal(None, ContentType::ApplicationData, b"n", &mut wire)
                 .unwrap();
             explicit.push(wire[13..21].to_vec());
             assert_eq!(open_one(&mut b, &wire).unwrap().1, b"n", "{aead:?}");
@@ -195,7 +202,7 @@ fn gcm_matches_a_known_answer() {
     // RFC 5288's construction checked against OpenSSL's own AES-128-GCM one-shot.
     let (mut a, _) = pair(Aead::Aes128Gcm);
     let mut wire = Vec::new();
-    a.seal(ContentType::ApplicationData, b"abc", &mut wire)
+    a.seal(None, ContentType::ApplicationData, b"abc", &mut wire)
         .unwrap();
     let key = &a.keys.write_key[..16];
     let mut nonce = [0u8; 12];
@@ -227,16 +234,60 @@ fn gcm_matches_a_known_answer() {
 
 /// A pair whose records carry Connection IDs: the client sends the server's 6-byte CID, the
 /// server sends none (a device that asked for an empty CID), or `both` ways.
-fn cid_pair(aead: Aead, both: bool) -> (RecordLayer, RecordLayer) {
+fn cid_pair(aead: Aead, both: bool) -> (CidLayer, CidLayer) {
     let (mut client, mut server) = pair(aead);
-    let server_cid: Box<[u8]> = Box::new([0x01, 0xa2, 0xb3, 0xc4, 0xd5, 0xe6]);
-    let client_cid: Box<[u8]> = Box::new([0x77, 0x88]);
-    client.set_cids(Some(server_cid), both);
-    server.set_cids(both.then_some(client_cid), true);
-    (client, server)
+    client.set_read_cid(both);
+    server.set_read_cid(true);
+    (
+        CidLayer {
+            layer: client,
+            peer: SERVER_CID.to_vec(),
+        },
+        CidLayer {
+            layer: server,
+            peer: if both {
+                CLIENT_CID.to_vec()
+            } else {
+                Vec::new()
+            },
+        },
+    )
 }
 
-fn open_cid(rx: &mut RecordLayer, wire: &[u8], cid_len: usize) -> Result<(ContentType, Vec<u8>), OpenError> {
+const SERVER_CID: [u8; 6] = [0x01, 0xa2, 0xb3, 0xc4, 0xd5, 0xe6];
+const CLIENT_CID: [u8; 2] = [0x77, 0x88];
+
+/// A record layer and the peer's CID its records carry.
+struct CidLayer {
+    layer: RecordLayer,
+    peer: Vec<u8>,
+}
+
+impl CidLayer {
+    fn seal(&mut self, t: ContentType, data: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
+        self.layer.seal(Some(&self.peer), t, data, out)
+    }
+    fn open(&mut self, r: &RecordHeader<'_>, out: &mut Vec<u8>) -> Result<ContentType, OpenError> {
+        self.layer.open(r, out)
+    }
+    fn transcode_outbound(&self, r: &RecordHeader<'_>, out: &mut Vec<u8>) -> Result<(), OpenError> {
+        self.layer.transcode_outbound(&self.peer, r, out)
+    }
+    fn transcode_inbound(
+        &mut self,
+        r: &RecordHeader<'_>,
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<ContentType, OpenError> {
+        self.layer.transcode_inbound(r, plain, out)
+    }
+}
+
+fn open_cid(
+    rx: &mut CidLayer,
+    wire: &[u8],
+    cid_len: usize,
+) -> Result<(ContentType, Vec<u8>), OpenError> {
     let record = RecordHeader::new_checked_cid(wire, cid_len).map_err(|_| OpenError::Malformed)?;
     let mut out = Vec::new();
     rx.open(&record, &mut out).map(|t| (t, out))
@@ -247,13 +298,20 @@ fn cid_records_round_trip_with_the_inner_type_and_detect_tampering() {
     for aead in ALL {
         for both in [false, true] {
             let (mut client, mut server) = cid_pair(aead, both);
-            for (t, len) in [(ContentType::ApplicationData, 0usize), (ContentType::Alert, 2), (ContentType::ApplicationData, 300)] {
+            for (t, len) in [
+                (ContentType::ApplicationData, 0usize),
+                (ContentType::Alert, 2),
+                (ContentType::ApplicationData, 300),
+            ] {
                 let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
                 let mut wire = Vec::new();
                 client.seal(t, &data, &mut wire).unwrap();
                 assert_eq!(wire[0], 25, "{aead:?}: a tls12_cid record");
                 assert_eq!(&wire[11..17], &[0x01, 0xa2, 0xb3, 0xc4, 0xd5, 0xe6]);
-                assert_eq!(wire.len(), RECORD_HEADER_LEN + 6 + len + 1 + aead.overhead());
+                assert_eq!(
+                    wire.len(),
+                    RECORD_HEADER_LEN + 6 + len + 1 + aead.overhead()
+                );
                 for i in 0..wire.len() {
                     if i == 0 || (17..19).contains(&i) {
                         continue; // type and length: caught by parsing
@@ -273,7 +331,7 @@ fn cid_records_round_trip_with_the_inner_type_and_detect_tampering() {
                     assert_eq!(open_cid(&mut client, &back, 2).unwrap(), (t, data));
                 } else {
                     assert_eq!(back[0], t as u8, "a standard record");
-                    assert_eq!(open_one(&mut client, &back).unwrap(), (t, data));
+                    assert_eq!(open_one(&mut client.layer, &back).unwrap(), (t, data));
                 }
             }
         }
@@ -285,12 +343,26 @@ fn a_receiver_of_cids_refuses_standard_records_and_the_reverse() {
     let (mut client, mut server) = cid_pair(Aead::Aes128Ccm8, false);
     let (mut plain_client, _) = pair(Aead::Aes128Ccm8);
     let mut standard = Vec::new();
-    plain_client.seal(ContentType::ApplicationData, b"x", &mut standard).unwrap();
-    assert_eq!(open_one(&mut server, &standard), Err(OpenError::Malformed));
+    plain_client
+        .seal(None, ContentType::ApplicationData, b"x", &mut standard)
+        .unwrap();
+    assert_eq!(
+        open_one(&mut server.layer, &standard),
+        Err(OpenError::Malformed)
+    );
     let mut cid = Vec::new();
-    client.seal(ContentType::ApplicationData, b"x", &mut cid).unwrap();
-    let (_, mut plain_server) = pair(Aead::Aes128Ccm8);
-    assert_eq!(open_cid(&mut plain_server, &cid, 6), Err(OpenError::Malformed));
+    client
+        .seal(ContentType::ApplicationData, b"x", &mut cid)
+        .unwrap();
+    let (_, plain_server) = pair(Aead::Aes128Ccm8);
+    let mut plain_server = CidLayer {
+        layer: plain_server,
+        peer: Vec::new(),
+    };
+    assert_eq!(
+        open_cid(&mut plain_server, &cid, 6),
+        Err(OpenError::Malformed)
+    );
 }
 
 #[test]
@@ -349,21 +421,31 @@ fn transcoding_rewrites_handshake_records_between_the_two_formats() {
     for aead in ALL {
         // OpenSSL's side of the client writes a standard epoch-1 Finished; the wire carries it
         // as a CID record the server opens; the server's reply goes the other way.
-        let (mut client, mut server) = cid_pair(aead, true);
+        let (client, mut server) = cid_pair(aead, true);
         let (mut openssl_client, mut openssl_server) = pair(aead);
-        let finished = [20u8, 0, 0, 12, 0, 1, 0, 0, 0, 0, 0, 12, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9];
+        let finished = [
+            20u8, 0, 0, 12, 0, 1, 0, 0, 0, 0, 0, 12, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
+        ];
         openssl_client.set_next_write_seq(0);
         let mut standard = Vec::new();
-        openssl_client.seal(ContentType::Handshake, &finished, &mut standard).unwrap();
+        openssl_client
+            .seal(None, ContentType::Handshake, &finished, &mut standard)
+            .unwrap();
         let record = RecordHeader::new_checked(&standard).unwrap();
         let mut on_wire = Vec::new();
         client.transcode_outbound(&record, &mut on_wire).unwrap();
         assert_eq!(on_wire[0], 25);
-        assert_eq!(&on_wire[3..11], &standard[3..11], "same epoch and sequence number");
+        assert_eq!(
+            &on_wire[3..11],
+            &standard[3..11],
+            "same epoch and sequence number"
+        );
         // The server's record layer opens it and hands OpenSSL a standard record it can read.
         let record = RecordHeader::new_checked_cid(&on_wire, 6).unwrap();
         let (mut plain, mut for_openssl) = (Vec::new(), Vec::new());
-        let t = server.transcode_inbound(&record, &mut plain, &mut for_openssl).unwrap();
+        let t = server
+            .transcode_inbound(&record, &mut plain, &mut for_openssl)
+            .unwrap();
         assert_eq!((t, &plain[..]), (ContentType::Handshake, &finished[..]));
         assert_eq!(for_openssl, standard, "byte for byte what OpenSSL sealed");
         assert_eq!(
@@ -391,7 +473,9 @@ fn transcoding_rewrites_handshake_records_between_the_two_formats() {
         let mut junk = finished;
         junk[12] = 1;
         let _ = &mut junk;
-        stranger.seal(ContentType::Handshake, &junk, &mut forged).unwrap();
+        stranger
+            .seal(None, ContentType::Handshake, &junk, &mut forged)
+            .unwrap();
         forged[20] ^= 0xff;
         let record = RecordHeader::new_checked(&forged).unwrap();
         assert!(client.transcode_outbound(&record, &mut Vec::new()).is_err());

@@ -90,7 +90,7 @@ impl Session {
             // Before OpenSSL has the master secret (the key exchange not processed yet) there
             // are no keys: `None`, and the record waits for a retransmission.
             let mut layer = RecordLayer::from_ssl(ssl, is_client, 1, 0).ok()??;
-            layer.set_cids(Some(cid.peer.clone()), !cid.own.is_empty());
+            layer.set_read_cid(!cid.own.is_empty());
             cid.transcoder = Some(layer);
         }
         cid.transcoder.as_mut()
@@ -205,7 +205,11 @@ impl Session {
             return;
         }
         let mtu = self.config.mtu;
-        let Some(layer) = self.cid.as_ref().and_then(|c| c.transcoder.as_ref()) else {
+        let Some((layer, cid)) = self
+            .cid
+            .as_ref()
+            .and_then(|c| Some((c.transcoder.as_ref()?, &c.peer)))
+        else {
             return;
         };
         let mut out = VecDeque::with_capacity(queue.len() + 1);
@@ -218,7 +222,7 @@ impl Session {
             for r in crate::wire::records_cid(&datagram, peer_len).flatten() {
                 let mut piece = Vec::new();
                 let piece = if !r.is_cid() && r.epoch() >= 1 {
-                    if layer.transcode_outbound(&r, &mut piece).is_err() {
+                    if layer.transcode_outbound(cid, &r, &mut piece).is_err() {
                         log::warn!("{:?}: could not rewrite an epoch-1 record", self.peer);
                         continue;
                     }
@@ -246,7 +250,7 @@ impl Session {
             return derived;
         };
         let mut layer = cid.transcoder.take().or(derived)?;
-        layer.set_cids(Some(cid.peer.clone()), !cid.own.is_empty());
+        layer.set_read_cid(!cid.own.is_empty());
         if !cid.peer.is_empty() {
             self.data_mtu = self.data_mtu.saturating_sub(cid.peer.len() + 1);
         }

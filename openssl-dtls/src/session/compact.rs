@@ -355,7 +355,8 @@ impl Session {
             return Ok(()); // as if lost on the network, like OpenSSL's path
         }
         let mut datagram = record::take_buffer();
-        match compact.layer.seal(content_type, data, &mut datagram) {
+        let cid = self.cid.as_ref().map(|c| &*c.peer);
+        match compact.layer.seal(cid, content_type, data, &mut datagram) {
             Ok(()) => {
                 compact.outbound.push_back(datagram);
                 if content_type == ContentType::ApplicationData {

@@ -98,7 +98,6 @@ impl<'a> Parsed<'a> {
         self.records().find(RecordHeader::is_cid).map(|r| r.cid())
     }
 
-
     /// What the datagram is.
     pub(crate) fn kind(&self) -> Datagram {
         self.kind

@@ -483,19 +483,36 @@ fn random_and_mutated_datagrams_never_panic() {
 #[test]
 fn tls12_cid_records_parse_only_with_the_receivers_cid_length() {
     // type 25, DTLS 1.2, epoch 1, seq 7, a 4-byte CID, length 3, fragment.
-    let mut cid_record = vec![25, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, 7, 0xA, 0xB, 0xC, 0xD, 0, 3, 1, 2, 3];
+    let mut cid_record = vec![
+        25, 0xFE, 0xFD, 0, 1, 0, 0, 0, 0, 0, 7, 0xA, 0xB, 0xC, 0xD, 0, 3, 1, 2, 3,
+    ];
     let parsed = super::parse_cid(&cid_record, 4).unwrap();
     let r = parsed.records().next().unwrap();
     assert!(r.is_cid());
-    assert_eq!((r.cid(), r.fragment(), r.epoch(), r.sequence()), (&[0xA, 0xB, 0xC, 0xD][..], &[1, 2, 3][..], 1, 7));
+    assert_eq!(
+        (r.cid(), r.fragment(), r.epoch(), r.sequence()),
+        (&[0xA, 0xB, 0xC, 0xD][..], &[1, 2, 3][..], 1, 7)
+    );
     assert_eq!(parsed.cid(), Some(&[0xA, 0xB, 0xC, 0xD][..]));
     // Without CIDs type 25 is refused; with another length the lengths do not add up.
-    assert_eq!(super::parse(&cid_record).unwrap_err(), DropReason::BadContentType);
-    assert_eq!(super::parse_cid(&cid_record, 6).unwrap_err(), DropReason::BadLength);
-    assert_eq!(super::parse_cid(&cid_record[..15], 4).unwrap_err(), DropReason::TooShort);
+    assert_eq!(
+        super::parse(&cid_record).unwrap_err(),
+        DropReason::BadContentType
+    );
+    assert_eq!(
+        super::parse_cid(&cid_record, 6).unwrap_err(),
+        DropReason::BadLength
+    );
+    assert_eq!(
+        super::parse_cid(&cid_record[..15], 4).unwrap_err(),
+        DropReason::TooShort
+    );
     // A CID record never carries the DTLS 1.0 version.
     cid_record[2] = 0xFF;
-    assert_eq!(super::parse_cid(&cid_record, 4).unwrap_err(), DropReason::BadVersion);
+    assert_eq!(
+        super::parse_cid(&cid_record, 4).unwrap_err(),
+        DropReason::BadVersion
+    );
     // Standard records after a CID record in one datagram parse too, and routing takes the
     // first CID.
     let mut mixed = record(22, DTLS1_2_VERSION, 0, 3, &[0; 4]);
