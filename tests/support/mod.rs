@@ -1,6 +1,8 @@
 //! Shared test support: a seeded lossy link between two sessions, and certificates made on the fly.
 #![allow(dead_code)]
 
+pub mod nat;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

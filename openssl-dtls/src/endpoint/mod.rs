@@ -260,13 +260,15 @@ impl Endpoint {
             Err(reason) => {
                 // A connection whose own CID length differs from the endpoint's (a client that
                 // asked the server for a CID) parses its `tls12_cid` records itself.
-                if datagram.first() == Some(&25) {
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        if p.session.own_cid_len() > 0 {
-                            p.session.handle_datagram(now, datagram);
-                            self.settle(peer, now);
-                            return;
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    if p.session.own_cid_len() != self.cid_len {
+                        let before = p.session.authenticated_count();
+                        p.session.handle_datagram(now, datagram);
+                        if p.session.authenticated_count() != before {
+                            p.last_activity = now;
                         }
+                        self.settle(peer, now);
+                        return;
                     }
                 }
                 log::trace!("dropping datagram from {peer}: {reason}");
