@@ -29,8 +29,13 @@ impl Session {
     /// Reads what the `connection_id` extension decided, once (the `SSL` keeps it in ex data).
     /// Also makes OpenSSL's BIO track the epoch-1 write sequence as soon as the extension is in
     /// play, so the compact layer a CID connection moves to continues after OpenSSL's records.
+    ///
+    /// The extension is settled when the handshake completes ([`on_established`] checks one
+    /// last time): established sessions skip the lookup.
+    ///
+    /// [`on_established`]: Session::on_established
     pub(super) fn cid_check(&mut self) {
-        if self.cid.is_some() {
+        if self.cid.is_some() || self.state != SessionState::Handshaking {
             return;
         }
         let Some(ssl) = self.engine.ssl() else { return };

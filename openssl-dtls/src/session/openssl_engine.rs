@@ -379,6 +379,7 @@ impl Session {
     }
 
     pub(super) fn on_established(&mut self, now: Instant) {
+        self.cid_check(); // the last look at the connection_id extension
         self.state = SessionState::Established;
         self.facts = Some(std::sync::Arc::new(HandshakeFacts::of(
             &self.openssl().ssl,
@@ -394,7 +395,6 @@ impl Session {
             self.cipher().unwrap_or("?"),
             self.data_mtu
         );
-        self.cid_check();
         if self.compact_mode() {
             self.start_compact(now);
         }
