@@ -231,3 +231,48 @@ fn a_cbc_suite_gets_no_cid() {
     assert!(r.server.connection_ids().is_none());
     assert!(r.client.connection_ids().is_none());
 }
+
+#[test]
+fn an_ecdsa_certificate_handshake_negotiates_cids_too() {
+    use openssl::nid::Nid;
+    let pki = support::Pki::new_ec();
+    let key = support::ec_key(Nid::X9_62_PRIME256V1);
+    let leaf = pki.leaf("device-server", &key);
+    let now = Instant::now();
+    let sc = DtlsServerContext::builder()
+        .certificate_chain_pem(&leaf.to_pem().unwrap())
+        .private_key_pem(&key.private_key_to_pem_pkcs8().unwrap())
+        .ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+        .connection_id(6)
+        .build()
+        .unwrap();
+    let cc = DtlsClientContext::builder()
+        .root_certificates_pem(&pki.ca_cert.to_pem().unwrap())
+        .ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+        .connection_id(0)
+        .build()
+        .unwrap();
+    let mut client = cc.new_session(Some("device-server"), now).unwrap();
+    let mut server = sc.new_session(now).unwrap();
+    let mut link = Link::perfect();
+    assert!(support::handshake(
+        &mut client,
+        &mut server,
+        &mut link,
+        Duration::from_secs(20)
+    ));
+    let (own, peer) = server.connection_ids().unwrap();
+    assert_eq!((own.len(), peer.len()), (6, 0));
+    assert_eq!(client.connection_ids().unwrap().1, own);
+    client.send(b"over ECDSA").unwrap();
+    let ok = support::run_until(
+        &mut client,
+        &mut server,
+        &mut link,
+        Duration::from_secs(5),
+        |_, s| s.has_received(),
+    );
+    assert!(ok);
+    let mut buf = [0u8; 64];
+    assert_eq!(server.recv(&mut buf).unwrap(), Some(10));
+}
