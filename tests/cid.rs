@@ -276,3 +276,27 @@ fn an_ecdsa_certificate_handshake_negotiates_cids_too() {
     let mut buf = [0u8; 64];
     assert_eq!(server.recv(&mut buf).unwrap(), Some(10));
 }
+
+#[test]
+fn a_malformed_connection_id_extension_is_refused_with_decode_error() {
+    let now = Instant::now();
+    let cc = client_ctx(Some(0), "PSK-AES128-CCM8");
+    let sc = server_ctx(8, "PSK-AES128-CCM8");
+    let mut client = cc.new_session(None, now).unwrap();
+    let mut server = sc.new_session(now).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = client.poll_transmit(&mut buf).unwrap();
+    let mut hello = buf[..n].to_vec();
+    // The extension as our client sends it: type 54, length 1, an empty CID (one 0 byte).
+    let at = hello
+        .windows(5)
+        .position(|w| w == [0, 54, 0, 1, 0])
+        .expect("the connection_id extension in the ClientHello");
+    hello[at + 4] = 5; // claims a 5-byte CID in a 1-byte extension
+    server.handle_datagram(now, &hello);
+    let error = server.error().expect("refused").to_string();
+    assert!(error.contains("decode"), "{error}");
+    let n = server.poll_transmit(&mut buf).expect("an alert");
+    // A plaintext fatal alert: level 2, decode_error (50).
+    assert_eq!((buf[0], buf[n - 2], buf[n - 1]), (21, 2, 50));
+}
