@@ -174,12 +174,13 @@ pub fn bind_client(bind: Option<SocketAddr>, peer: SocketAddr) -> DtlsClient {
 /// Prints `handshake completed: ADDR cid=HEX` per connection and `address changed: OLD -> NEW
 /// cid=HEX` per connection that followed its peer to a new address by its Connection ID.
 pub fn echo_forever(server: DtlsServer) -> ! {
-    say(&format!("listening on {}", server.local_addr()));
+    // The hooks first: a client that starts once it reads `listening on` finds them set.
     // One line per failed handshake: who, and why (a wrong key, an unknown identity, a
     // certificate that did not verify, a timeout).
     server.on_handshake_failure(|failure| eprintln!("handshake failed: {failure}"));
     // One line per move (a NAT rebinding): the connection goes on at the new address.
     server.on_address_change(|change| say(&format!("address changed: {change}")));
+    say(&format!("listening on {}", server.local_addr()));
     for conn in server.incoming() {
         match conn {
             Ok(conn) => {
