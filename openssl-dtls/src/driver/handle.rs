@@ -15,6 +15,9 @@ use crate::endpoint::{ConnectionId, ConnectionStats};
 use crate::error::{Error, Result, TimeoutPhase};
 use crate::session::{HandshakeFacts, Session};
 
+/// A connection's Connection IDs, `(ours, the peer's)`, as a handle keeps them.
+type ConnectionIds = (Box<[u8]>, Box<[u8]>);
+
 /// What a connection handle knows of its handshake: the session's one [`HandshakeFacts`]
 /// (shared, not copied), the data MTU and the Connection IDs, taken when the handle is made.
 #[derive(Debug, Clone, Default)]
@@ -22,7 +25,7 @@ pub(crate) struct Facts {
     pub handshake: Option<Arc<HandshakeFacts>>,
     pub data_mtu: usize,
     /// The negotiated Connection IDs, `(ours, the peer's)` ([`Session::connection_ids`]).
-    pub connection_ids: Option<(Box<[u8]>, Box<[u8]>)>,
+    pub connection_ids: Option<ConnectionIds>,
 }
 
 impl Facts {
