@@ -1,8 +1,14 @@
-//! A certificate DTLS client: verifies the server, sends a message N times, prints each reply.
+//! A certificate DTLS client: verifies the server, sends a message N times (each a pause after
+//! the previous reply), prints each reply.
 //!
 //! ```text
 //! cargo run --example pki_client -- --connect 127.0.0.1:5684 --ca ca.pem --server-name server.test --message hello
 //! ```
+//!
+//! With `--cid` it offers Connection IDs (RFC 9146) and asks for none in the records it
+//! receives (`--cid-len N` asks for an N-byte one); a server that agrees (`pki_server
+//! --cid-len 8`) gives it a CID to put in every record it sends, printed as `cid: HEX` (`cid: -`
+//! if the server did not agree), and keeps the connection when this client's address changes.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -16,7 +22,7 @@ use openssl_dtls::DtlsClientContext;
 const USAGE: &str = "\
 usage: pki_client --ca PEM --message TEXT [--connect ADDR] [--bind ADDR]
                   [--server-name NAME | --no-verify-name] [--cert PEM --key PEM] [--cipher STR]
-                  [--count N]
+                  [--count N] [--interval-ms MS] [--cid] [--cid-len N]
   --connect      server address (default 127.0.0.1:5684)
   --bind         local address to send from (default: any port of the server's address family)
   --ca           trust roots for the server certificate, PEM
@@ -27,6 +33,10 @@ usage: pki_client --ca PEM --message TEXT [--connect ADDR] [--bind ADDR]
   --cipher       OpenSSL cipher string (default: the certificate preset)
   --message      the text to send
   --count        how many times (default 1)
+  --interval-ms  pause between a reply and the next message (default 0)
+  --cid          offer Connection IDs (RFC 9146), asking for none in records we receive;
+                 prints `cid: HEX`, the server's CID we send (`cid: -` if it did not agree)
+  --cid-len      with --cid (implied), ask for an N-byte CID (0 to 16) in records we receive
   -h, --help     this text";
 
 struct Options {
@@ -39,6 +49,8 @@ struct Options {
     cipher: Option<String>,
     message: String,
     count: usize,
+    interval: Duration,
+    cid_len: Option<u8>,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -51,6 +63,8 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut cipher = None;
     let mut message = None;
     let mut count = 1;
+    let mut interval = Duration::ZERO;
+    let mut cid_len = None;
     while let Some(arg) = p.next()? {
         match arg {
             Long("connect") => connect = p.value()?.parse_with(common::socket_addr)?,
@@ -63,6 +77,9 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("cipher") => cipher = Some(p.value()?.string()?),
             Long("message") => message = Some(p.value()?.string()?),
             Long("count") => count = p.value()?.parse_with(common::count)?,
+            Long("interval-ms") => interval = p.value()?.parse_with(common::millis)?,
+            Long("cid") => cid_len = Some(cid_len.unwrap_or(0)),
+            Long("cid-len") => cid_len = Some(p.value()?.parse_with(common::cid_len)?),
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
         }
@@ -82,6 +99,8 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         cipher,
         message: message.ok_or("--message is required")?,
         count,
+        interval,
+        cid_len,
     })
 }
 
@@ -95,6 +114,9 @@ fn main() {
     }
     if let Some(cipher) = &o.cipher {
         builder.ciphers(cipher);
+    }
+    if let Some(len) = o.cid_len {
+        builder.connection_id(len);
     }
     if o.no_verify_name {
         eprintln!("warning: --no-verify-name: the server's name and address are not checked");
@@ -111,5 +133,8 @@ fn main() {
     };
     let conn = result
         .unwrap_or_else(|e| common::die(&format!("handshake with {} failed: {e}", o.connect)));
-    common::send_and_print(&conn, &o.message, o.count);
+    if o.cid_len.is_some() {
+        common::print_cid(&conn);
+    }
+    common::send_and_print(&conn, &o.message, o.count, o.interval);
 }

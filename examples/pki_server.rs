@@ -6,6 +6,12 @@
 //!
 //! A datagram longer than one of its records carries (a peer with a larger MTU) is echoed
 //! truncated to the connection's data MTU, with a warning; the connection stays up.
+//!
+//! With `--cid-len N` the server asks every client that offers Connection IDs (RFC 9146) for an
+//! N-byte CID in its records, and a connection follows its client to a new address (a NAT
+//! rebinding) without a new handshake. Besides `listening on ADDR`, it prints one line per
+//! handshake, `handshake completed: ADDR cid=HEX` (the CID it asked for; `cid=-` without), and
+//! one per move, `address changed: OLD -> NEW cid=HEX`.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -18,7 +24,7 @@ use openssl_dtls::{ClientAuth, DtlsServerContext};
 
 const USAGE: &str = "\
 usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-client-cert]]
-                  [--cipher STR] [--idle-timeout SECS]
+                  [--cipher STR] [--idle-timeout SECS] [--cid-len N]
   --listen               address to bind (default 127.0.0.1:5684)
   --cert                 certificate chain, PEM (leaf first)
   --key                  private key, PEM
@@ -27,7 +33,11 @@ usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-clie
   --cipher               OpenSSL cipher string (default: the certificate preset)
   --idle-timeout         drop a connection that received nothing for SECS seconds
                          (default and 0 or none: never)
-  -h, --help             this text";
+  --cid-len              Connection IDs (RFC 9146): ask clients for an N-byte CID (1 to 16),
+                         so a connection follows its client to a new address (default 0: off)
+  -h, --help             this text
+Prints `handshake completed: ADDR cid=HEX` per connection (cid=- without a CID) and
+`address changed: OLD -> NEW cid=HEX` per connection that moved.";
 
 struct Options {
     listen: SocketAddr,
@@ -37,6 +47,7 @@ struct Options {
     require_client_cert: bool,
     cipher: Option<String>,
     idle_timeout: Option<Option<Duration>>,
+    cid_len: u8,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -46,6 +57,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut require_client_cert = false;
     let mut cipher = None;
     let mut idle_timeout = None;
+    let mut cid_len = 0;
     while let Some(arg) = p.next()? {
         match arg {
             Long("listen") => listen = p.value()?.parse_with(common::socket_addr)?,
@@ -57,6 +69,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("idle-timeout") => {
                 idle_timeout = Some(p.value()?.parse_with(common::idle_timeout)?)
             }
+            Long("cid-len") => cid_len = p.value()?.parse_with(common::cid_len)?,
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
         }
@@ -72,6 +85,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         require_client_cert,
         cipher,
         idle_timeout,
+        cid_len,
     })
 }
 
@@ -92,6 +106,9 @@ fn main() {
     }
     if let Some(cipher) = &o.cipher {
         builder.ciphers(cipher);
+    }
+    if o.cid_len > 0 {
+        builder.connection_id(o.cid_len);
     }
     let ctx = builder
         .build()

@@ -1,7 +1,19 @@
-//! A PSK DTLS client: sends a message N times and prints each reply.
+//! A PSK DTLS client: sends a message N times, each a pause after the previous reply, and
+//! prints each reply.
 //!
 //! ```text
 //! cargo run --example psk_client -- --connect 127.0.0.1:5684 --message hello --count 3
+//! ```
+//!
+//! With `--cid` it offers Connection IDs (RFC 9146) and asks for none in the records it
+//! receives (`--cid-len N` asks for an N-byte one); a server that agrees gives it a CID to put
+//! in every record it sends, printed as `cid: HEX` (`cid: -` if the server did not agree), and
+//! keeps the connection when this client's address changes. Against `psk_server --cid-len 8`,
+//! a long `--interval-ms` leaves time to change networks (or for a NAT to rebind) between
+//! messages:
+//!
+//! ```text
+//! cargo run --example psk_client -- --cid --message hello --count 10 --interval-ms 30000
 //! ```
 
 #[path = "common/mod.rs"]
@@ -14,15 +26,19 @@ use openssl_dtls::{DtlsClientContext, PskCredentials};
 
 const USAGE: &str = "\
 usage: psk_client --message TEXT [--connect ADDR] [--bind ADDR] [--identity ID] [--key-hex HEX]
-                  [--cipher STR] [--count N]
-  --connect   server address (default 127.0.0.1:5684)
-  --bind      local address to send from (default: any port of the server's address family)
-  --identity  PSK identity (default Client_identity)
-  --key-hex   the key, in hex (default 73656372657450534b = \"secretPSK\")
-  --cipher    OpenSSL cipher string (default: the PSK preset)
-  --message   the text to send
-  --count     how many times (default 1); exits 0 once every reply arrived
-  -h, --help  this text";
+                  [--cipher STR] [--count N] [--interval-ms MS] [--cid] [--cid-len N]
+  --connect      server address (default 127.0.0.1:5684)
+  --bind         local address to send from (default: any port of the server's address family)
+  --identity     PSK identity (default Client_identity)
+  --key-hex      the key, in hex (default 73656372657450534b = \"secretPSK\")
+  --cipher       OpenSSL cipher string (default: the PSK preset)
+  --message      the text to send
+  --count        how many times (default 1); exits 0 once every reply arrived
+  --interval-ms  pause between a reply and the next message (default 0)
+  --cid          offer Connection IDs (RFC 9146), asking for none in records we receive;
+                 prints `cid: HEX`, the server's CID we send (`cid: -` if it did not agree)
+  --cid-len      with --cid (implied), ask for an N-byte CID (0 to 16) in records we receive
+  -h, --help     this text";
 
 struct Options {
     connect: SocketAddr,
@@ -32,6 +48,8 @@ struct Options {
     cipher: Option<String>,
     message: String,
     count: usize,
+    interval: Duration,
+    cid_len: Option<u8>,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -43,6 +61,8 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut cipher = None;
     let mut message = None;
     let mut count = 1;
+    let mut interval = Duration::ZERO;
+    let mut cid_len = None;
     while let Some(arg) = p.next()? {
         match arg {
             Long("connect") => connect = p.value()?.parse_with(common::socket_addr)?,
@@ -52,6 +72,9 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("cipher") => cipher = Some(p.value()?.string()?),
             Long("message") => message = Some(p.value()?.string()?),
             Long("count") => count = p.value()?.parse_with(common::count)?,
+            Long("interval-ms") => interval = p.value()?.parse_with(common::millis)?,
+            Long("cid") => cid_len = Some(cid_len.unwrap_or(0)),
+            Long("cid-len") => cid_len = Some(p.value()?.parse_with(common::cid_len)?),
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
         }
@@ -64,6 +87,8 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         cipher,
         message: message.ok_or("--message is required")?,
         count,
+        interval,
+        cid_len,
     })
 }
 
@@ -74,6 +99,9 @@ fn main() {
     builder.psk_credentials(PskCredentials::new(o.identity, o.key));
     if let Some(cipher) = &o.cipher {
         builder.ciphers(cipher);
+    }
+    if let Some(len) = o.cid_len {
+        builder.connection_id(len);
     }
     let ctx = builder
         .build()
@@ -88,5 +116,8 @@ fn main() {
         conn.protocol_version().unwrap_or("?"),
         conn.cipher().unwrap_or("?")
     );
-    common::send_and_print(&conn, &o.message, o.count);
+    if o.cid_len.is_some() {
+        common::print_cid(&conn);
+    }
+    common::send_and_print(&conn, &o.message, o.count, o.interval);
 }

@@ -7,6 +7,19 @@
 //!
 //! A datagram longer than one of its records carries (a peer with a larger MTU) is echoed
 //! truncated to the connection's data MTU, with a warning; the connection stays up.
+//!
+//! With `--cid-len N` the server asks every client that offers Connection IDs (RFC 9146) for an
+//! N-byte CID in its records, and a connection follows its client to a new address (a NAT
+//! rebinding) without a new handshake:
+//!
+//! ```text
+//! cargo run --example psk_server -- --cid-len 8
+//! cargo run --example psk_client -- --cid --message hello --count 3 --interval-ms 1000
+//! ```
+//!
+//! Besides `listening on ADDR`, it prints one line per handshake, `handshake completed: ADDR
+//! cid=HEX` (the CID it asked for; `cid=-` without), and one per move, `address changed: OLD ->
+//! NEW cid=HEX`.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -18,7 +31,7 @@ use openssl_dtls::DtlsServerContext;
 
 const USAGE: &str = "\
 usage: psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--cipher STR]
-                  [--compact] [--idle-timeout SECS]
+                  [--compact] [--idle-timeout SECS] [--cid-len N]
   --listen        address to bind (default 127.0.0.1:5684)
   --identity      the PSK identity accepted (default Client_identity)
   --key-hex       the key, in hex (default 73656372657450534b = \"secretPSK\")
@@ -27,8 +40,12 @@ usage: psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--
   --compact       compact connections: free each SSL after the handshake (about 1 KB per idle peer)
   --idle-timeout  drop a connection that received nothing for SECS seconds
                   (default and 0 or none: never)
+  --cid-len       Connection IDs (RFC 9146): ask clients for an N-byte CID (1 to 16), so a
+                  connection follows its client to a new address (default 0: off)
   -h, --help      this text
-A datagram longer than the connection's data MTU is echoed truncated to it (logged).";
+A datagram longer than the connection's data MTU is echoed truncated to it (logged).
+Prints `handshake completed: ADDR cid=HEX` per connection (cid=- without a CID) and
+`address changed: OLD -> NEW cid=HEX` per connection that moved.";
 
 struct Options {
     listen: SocketAddr,
@@ -38,6 +55,7 @@ struct Options {
     cipher: Option<String>,
     compact: bool,
     idle_timeout: Option<Option<Duration>>,
+    cid_len: u8,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -50,6 +68,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         cipher: None,
         compact: false,
         idle_timeout: None,
+        cid_len: 0,
     };
     while let Some(arg) = p.next()? {
         match arg {
@@ -62,6 +81,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("idle-timeout") => {
                 o.idle_timeout = Some(p.value()?.parse_with(common::idle_timeout)?)
             }
+            Long("cid-len") => o.cid_len = p.value()?.parse_with(common::cid_len)?,
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
         }
@@ -82,6 +102,9 @@ fn main() {
         builder.ciphers(cipher);
     }
     builder.compact_connections(o.compact);
+    if o.cid_len > 0 {
+        builder.connection_id(o.cid_len);
+    }
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,9 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     stderr: Option<JoinHandle<String>>,
+    /// Its stdout lines after `listening on ADDR`, as they come (read to the end, so that the
+    /// server never writes to a closed pipe).
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -120,15 +123,23 @@ impl Server {
         let stderr = Some(read_all(child.stderr.take().expect("piped")));
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let more = Arc::clone(&lines);
         thread::spawn(move || {
+            let mut stdout = BufReader::new(stdout);
             let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = stdout.read_line(&mut line);
             let _ = tx.send(line);
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                more.lock().unwrap().push(line);
+            }
         });
         let mut server = Server {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
             stderr,
+            stdout: lines,
         };
         let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
         server.addr = line
@@ -142,6 +153,30 @@ impl Server {
                 )
             });
         server
+    }
+
+    /// Waits up to 10 s for a stdout line that starts with `prefix` (after the `listening on`
+    /// line) and returns it.
+    fn wait_for_line(&self, prefix: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.starts_with(prefix))
+                .cloned();
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Its stdout lines so far, after the `listening on` line.
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
     }
 
     /// Kills the server; returns what it wrote on stderr (its log).
@@ -227,6 +262,18 @@ fn malformed_values_exit_2_with_a_message_not_a_panic() {
         ("psk_client", &["--message", "hi", "--count", "many"]),
         ("psk_client", &["--message", "hi", "--bind", "127.0.0.1"]),
         ("psk_client", &["--count", "1"]), // --message is required
+        ("psk_server", &["--cid-len", "17"]), // longer than any CID this library issues
+        ("psk_server", &["--cid-len", "eight"]),
+        ("psk_client", &["--message", "hi", "--interval-ms", "soon"]),
+        ("psk_client", &["--message", "hi", "--cid-len", "-1"]),
+        (
+            "pki_server",
+            &["--cert", "c", "--key", "k", "--cid-len", "99"],
+        ),
+        (
+            "pki_client",
+            &["--ca", "ca.pem", "--message", "hi", "--interval-ms", "1.5"],
+        ),
         ("pki_server", &["--cert", "c.pem"]), // --key is required
         (
             "pki_server",
@@ -410,4 +457,105 @@ fn dtls2_example_runs_to_completion() {
             out.stdout
         );
     }
+}
+
+/// Runs `psk_client` from a fixed loopback address against `server` with `args`; returns its
+/// output and the address it sent from.
+fn psk_client_run(server: &Server, args: &[&str]) -> (Output, SocketAddr) {
+    let bind = free_loopback_addr();
+    let (connect, bind_arg) = (server.addr.to_string(), bind.to_string());
+    let mut all = vec!["--connect", &connect, "--bind", &bind_arg];
+    all.extend_from_slice(args);
+    (run("psk_client", &all), bind)
+}
+
+#[test]
+fn psk_client_with_cid_sends_the_cid_psk_server_asked_for_and_gets_three_echoes() {
+    let mut server = Server::start("psk_server", &["--cid-len", "8"]);
+    let started = Instant::now();
+    let (out, bind) = psk_client_run(
+        &server,
+        &[
+            "--cid",
+            "--message",
+            "hello with a cid",
+            "--count",
+            "3",
+            "--interval-ms",
+            "50",
+        ],
+    );
+    let elapsed = started.elapsed();
+    let completed = server.wait_for_line("handshake completed: ");
+    let (stdout, log) = (server.stdout(), server.stop());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "client: {}\nserver: {log}",
+        out.stderr
+    );
+    let mut lines = out.stdout.lines();
+    let cid = lines
+        .next()
+        .and_then(|l| l.strip_prefix("cid: "))
+        .unwrap_or_else(|| panic!("no `cid: ` line first in {:?}", out.stdout));
+    assert!(
+        cid.len() == 16 && cid.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the client's CID {cid:?} is not 8 bytes in hex"
+    );
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        ["hello with a cid"; 3],
+        "three echoes after the cid line"
+    );
+    // Three messages, each 50 ms after the previous echo.
+    assert!(elapsed >= Duration::from_millis(100), "{elapsed:?}");
+    assert_eq!(
+        completed.as_deref(),
+        Some(format!("handshake completed: {bind} cid={cid}").as_str()),
+        "server stdout:\n{stdout}\nlog:\n{log}"
+    );
+}
+
+#[test]
+fn psk_client_without_cid_gets_no_cid_from_a_cid_server_and_the_server_prints_cid_dash() {
+    let mut server = Server::start("psk_server", &["--cid-len", "8"]);
+    let (out, bind) = psk_client_run(&server, &["--message", "no cid", "--count", "2"]);
+    let completed = server.wait_for_line("handshake completed: ");
+    let (stdout, log) = (server.stdout(), server.stop());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "client: {}\nserver: {log}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stdout, "no cid\nno cid\n",
+        "no `cid:` line without --cid"
+    );
+    assert_eq!(
+        completed.as_deref(),
+        Some(format!("handshake completed: {bind} cid=-").as_str()),
+        "server stdout:\n{stdout}\nlog:\n{log}"
+    );
+}
+
+#[test]
+fn psk_client_with_cid_against_a_server_without_cids_prints_cid_dash() {
+    let mut server = Server::start("psk_server", &[]);
+    let (out, bind) = psk_client_run(&server, &["--cid", "--message", "hi"]);
+    let completed = server.wait_for_line("handshake completed: ");
+    let (stdout, log) = (server.stdout(), server.stop());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "client: {}\nserver: {log}",
+        out.stderr
+    );
+    assert_eq!(out.stdout, "cid: -\nhi\n");
+    assert_eq!(
+        completed.as_deref(),
+        Some(format!("handshake completed: {bind} cid=-").as_str()),
+        "server stdout:\n{stdout}\nlog:\n{log}"
+    );
 }

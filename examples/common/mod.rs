@@ -1,5 +1,6 @@
 //! What the example tools share: argument conventions and value parsers (over `lexopt`), the
-//! server's echo loop and the client's send-and-print loop.
+//! server's echo loop and the client's send-and-print loop, and the lines they print about
+//! Connection IDs (RFC 9146).
 //!
 //! Every tool parses its arguments with one `match` over lexopt's arguments (see
 //! `psk_server.rs`); a new flag is one more arm. The conventions, checked by `tests/examples.rs`:
@@ -7,14 +8,24 @@
 //! - an unknown flag, a stray argument, a missing or malformed value (`--key-hex 'aé'`) prints
 //!   `error: ...` and the usage on stderr and exits 2, never a panic;
 //! - a failure at run time (bind, handshake, no reply) prints `error: ...` and exits 1.
+//!
+//! What the tools print on stdout, one flushed line each, for scripts and tests to read:
+//! - servers: `listening on ADDR` first; then `handshake completed: ADDR cid=HEX` per
+//!   connection (HEX: the CID the server asked for, its own; `cid=-` without CIDs) and
+//!   `address changed: OLD -> NEW cid=HEX` per connection that followed its peer to a new
+//!   address by its CID;
+//! - clients: `cid: HEX` after the handshake when asked for CIDs (`--cid`; HEX: the server's
+//!   CID this client sends), then each reply.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::exit;
 use std::time::Duration;
 
 use openssl_dtls::{
-    DtlsClient, DtlsConnection, DtlsServer, DtlsServerContext, EndpointConfig, Error, SocketOptions,
+    cid, DtlsClient, DtlsConnection, DtlsServer, DtlsServerContext, EndpointConfig, Error,
+    SocketOptions,
 };
 
 /// `secretPSK` in hex: the key dtls2's examples and Californium's interop tests use.
@@ -60,6 +71,14 @@ pub fn die(message: &str) -> ! {
     exit(1)
 }
 
+/// Prints `line` on stdout and flushes it: a reader (a script, a test) sees it at once. A
+/// closed stdout is ignored; the tool keeps running.
+pub fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// Decodes a hex string (`"73656372657450534b"`), upper or lower case.
 pub fn hex(s: &str) -> Result<Vec<u8>, String> {
     let digits = s.as_bytes();
@@ -82,6 +101,21 @@ pub fn hex(s: &str) -> Result<Vec<u8>, String> {
 pub fn count(s: &str) -> Result<usize, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not a whole number"))
+}
+
+/// `--cid-len N`: a Connection ID length in bytes, 0 to 16 (0: none).
+pub fn cid_len(s: &str) -> Result<u8, String> {
+    s.parse::<u8>()
+        .ok()
+        .filter(|&n| usize::from(n) <= cid::MAX_CID_LEN)
+        .ok_or_else(|| format!("{s:?} is not a length from 0 to {}", cid::MAX_CID_LEN))
+}
+
+/// `--interval-ms MS`: whole milliseconds.
+pub fn millis(s: &str) -> Result<Duration, String> {
+    s.parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{s:?} is not a whole number of milliseconds"))
 }
 
 /// An address, `IP:PORT` or `HOST:PORT` (the first address the name resolves to).
@@ -137,14 +171,26 @@ pub fn bind_client(bind: Option<SocketAddr>, peer: SocketAddr) -> DtlsClient {
 }
 
 /// Accepts connections forever, echoing every datagram back to its sender on its own thread.
+/// Prints `handshake completed: ADDR cid=HEX` per connection and `address changed: OLD -> NEW
+/// cid=HEX` per connection that followed its peer to a new address by its Connection ID.
 pub fn echo_forever(server: DtlsServer) -> ! {
-    println!("listening on {}", server.local_addr());
+    // The hooks first: a client that starts once it reads `listening on` finds them set.
     // One line per failed handshake: who, and why (a wrong key, an unknown identity, a
     // certificate that did not verify, a timeout).
     server.on_handshake_failure(|failure| eprintln!("handshake failed: {failure}"));
+    // One line per move (a NAT rebinding): the connection goes on at the new address.
+    server.on_address_change(|change| say(&format!("address changed: {change}")));
+    say(&format!("listening on {}", server.local_addr()));
     for conn in server.incoming() {
         match conn {
             Ok(conn) => {
+                // The CID the server asked for: the one the client puts in its records.
+                let own = conn.connection_ids().map(|(own, _)| own).unwrap_or(&[]);
+                say(&format!(
+                    "handshake completed: {} cid={}",
+                    conn.peer_addr(),
+                    cid::to_hex(own)
+                ));
                 log::info!(
                     "connection from {} ({} {})",
                     conn.peer_addr(),
@@ -166,29 +212,31 @@ pub fn echo_forever(server: DtlsServer) -> ! {
 /// echoed truncated to the first `data_mtu` bytes, as UDP truncates, with a warning in the log;
 /// the connection stays up.
 fn echo(conn: DtlsConnection) {
-    let peer = conn.peer_addr();
+    // Where the peer is now: its address changes when it moves by its Connection ID.
+    let peer = || conn.peer_addr();
     let mut buf = vec![0u8; 65_536];
     loop {
         let n = match conn.recv(&mut buf) {
             Ok(0) => {
-                log::info!("{peer} closed the connection");
+                log::info!("{} closed the connection", peer());
                 return;
             }
             Ok(n) => n,
             Err(Error::IdleTimeout { .. }) => {
-                eprintln!("idle timeout: {peer}");
+                eprintln!("idle timeout: {}", peer());
                 return;
             }
             Err(e) => {
-                log::info!("{peer}: {e}");
+                log::info!("{}: {e}", peer());
                 return;
             }
         };
         let mut reply = &buf[..n];
         if n > conn.data_mtu() {
             log::warn!(
-                "{peer}: a {n}-byte datagram does not fit one of our records \
+                "{}: a {n}-byte datagram does not fit one of our records \
                  (data MTU {}): echoing its first {} bytes",
+                peer(),
                 conn.data_mtu(),
                 conn.data_mtu()
             );
@@ -196,25 +244,36 @@ fn echo(conn: DtlsConnection) {
         }
         match conn.send(reply) {
             Ok(()) => {}
-            Err(e @ Error::PayloadTooLarge { .. }) => log::warn!("{peer}: not echoed: {e}"),
+            Err(e @ Error::PayloadTooLarge { .. }) => log::warn!("{}: not echoed: {e}", peer()),
             Err(e) => {
-                log::warn!("echo to {peer}: {e}");
+                log::warn!("echo to {}: {e}", peer());
                 return;
             }
         }
     }
 }
 
-/// Sends `message` `count` times, printing each reply on its own line; exits 1 on failure.
-pub fn send_and_print(conn: &DtlsConnection, message: &str, count: usize) {
+/// Prints `cid: HEX`, the server's Connection ID this client puts in its records (`cid: -` if
+/// the server did not agree to CIDs).
+pub fn print_cid(conn: &DtlsConnection) {
+    let peer = conn.connection_ids().map(|(_, peer)| peer).unwrap_or(&[]);
+    say(&format!("cid: {}", cid::to_hex(peer)));
+}
+
+/// Sends `message` `count` times, each `interval` after the previous reply, printing each reply
+/// on its own line; exits 1 on failure.
+pub fn send_and_print(conn: &DtlsConnection, message: &str, count: usize, interval: Duration) {
     let mut buf = vec![0u8; 65_536];
-    for _ in 0..count {
+    for i in 0..count {
+        if i > 0 {
+            std::thread::sleep(interval);
+        }
         if let Err(e) = conn.send(message.as_bytes()) {
             die(&format!("send failed: {e}"));
         }
         match conn.recv_timeout(&mut buf, Duration::from_secs(5)) {
             Ok(Some(0)) => die("the server closed the connection"),
-            Ok(Some(n)) => println!("{}", String::from_utf8_lossy(&buf[..n])),
+            Ok(Some(n)) => say(&String::from_utf8_lossy(&buf[..n])),
             Ok(None) => die("no reply within 5 s"),
             Err(e) => die(&e.to_string()),
         }

@@ -31,6 +31,7 @@ pub use crate::context::{
     CipherPreset, ClientAuth, DtlsClientContext, DtlsClientContextBuilder, DtlsServerContext,
     DtlsServerContextBuilder, PskCredentials,
 };
+pub use crate::driver::moves::AddressChange;
 pub use crate::driver::SocketOptions;
 pub use crate::endpoint::{
     ConnectionId, ConnectionStats, Endpoint, EndpointConfig, EndpointStats, Event,

@@ -10,6 +10,7 @@ use crate::connection::DtlsConnection;
 use crate::context::DtlsServerContext;
 use crate::driver::blocking::{self, Driver};
 use crate::driver::handle::Handle;
+use crate::driver::moves::AddressChange;
 use crate::driver::SocketOptions;
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats, HandshakeFailure};
 use crate::error::{Error, Result};
@@ -124,6 +125,30 @@ impl DtlsServer {
         F: Fn(&HandshakeFailure) + Send + Sync + 'static,
     {
         self.driver.shared.lock().failures.set_hook(hook);
+    }
+
+    /// Calls `hook` for every connection that followed its peer to a new address by the
+    /// Connection ID this server issued (RFC 9146; a NAT rebinding, a device that changed
+    /// networks): its old and new address and the CID (see [`AddressChange`]). The connection's
+    /// [`peer_addr`](DtlsConnection::peer_addr) reports the new address from then on. Without a
+    /// hook each move is logged at `info`. Needs Connection IDs in the context
+    /// ([`connection_id`](crate::DtlsServerContextBuilder::connection_id)); without them no
+    /// connection moves. The hook runs on the driver thread, outside the server's lock, after
+    /// the move; a panic in it is caught and logged. Keep it short: the driver waits.
+    ///
+    /// ```no_run
+    /// # use openssl_dtls::{DtlsServer, DtlsServerContext};
+    /// # let ctx = DtlsServerContext::builder().psk_key_store(|_| None).connection_id(8).build()?;
+    /// let server = DtlsServer::bind("0.0.0.0:5684", ctx)?;
+    /// // "address changed: 192.0.2.7:40001 -> 192.0.2.7:51234 cid=00f1c2d3e4a5b6c7"
+    /// server.on_address_change(|change| println!("address changed: {change}"));
+    /// # Ok::<(), openssl_dtls::Error>(())
+    /// ```
+    pub fn on_address_change<F>(&self, hook: F)
+    where
+        F: Fn(AddressChange) + Send + Sync + 'static,
+    {
+        self.driver.shared.lock().moves.set_hook(hook);
     }
 
     /// Closes the server: `close_notify` to every peer, then the socket. Every connection's

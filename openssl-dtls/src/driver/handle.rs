@@ -15,12 +15,17 @@ use crate::endpoint::{ConnectionId, ConnectionStats};
 use crate::error::{Error, Result, TimeoutPhase};
 use crate::session::{HandshakeFacts, Session};
 
+/// A connection's Connection IDs, `(ours, the peer's)`, as a handle keeps them.
+type ConnectionIds = (Box<[u8]>, Box<[u8]>);
+
 /// What a connection handle knows of its handshake: the session's one [`HandshakeFacts`]
-/// (shared, not copied) and the data MTU, taken when the handle is made.
+/// (shared, not copied), the data MTU and the Connection IDs, taken when the handle is made.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Facts {
     pub handshake: Option<Arc<HandshakeFacts>>,
     pub data_mtu: usize,
+    /// The negotiated Connection IDs, `(ours, the peer's)` ([`Session::connection_ids`]).
+    pub connection_ids: Option<ConnectionIds>,
 }
 
 impl Facts {
@@ -30,6 +35,9 @@ impl Facts {
             .map(|s| Facts {
                 handshake: s.handshake_facts().cloned(),
                 data_mtu: s.data_mtu(),
+                connection_ids: s
+                    .connection_ids()
+                    .map(|(own, peer)| (own.into(), peer.into())),
             })
             .unwrap_or_default()
     }
@@ -142,6 +150,14 @@ impl<D: Io> Handle<D> {
             .connection_stats(self.peer, self.id)
     }
 
+    /// The peer's current address: where the connection was made or accepted, or where it
+    /// followed its peer by its Connection ID since ([`Endpoint::peer_addr`]).
+    ///
+    /// [`Endpoint::peer_addr`]: crate::endpoint::Endpoint::peer_addr
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.lock().endpoint.peer_addr(self.peer, self.id)
+    }
+
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
         let core = self.shared.lock();
@@ -174,9 +190,25 @@ macro_rules! connection_accessors {
             self.inner.is_closed()
         }
 
-        /// The peer's address.
+        /// The peer's address: the one the handshake came from or went to, or, after the
+        /// peer's records carrying our Connection ID (RFC 9146) authenticated from a
+        /// new address (a NAT rebinding), that new address, where everything is sent from then
+        /// on. Takes the driver's lock.
         pub fn peer_addr(&self) -> std::net::SocketAddr {
-            self.inner.peer
+            self.inner.peer_addr()
+        }
+
+        /// The Connection IDs the handshake negotiated (RFC 9146), `(ours, the peer's)`: ours
+        /// is what the peer puts in the records it sends us, the peer's what we put in the
+        /// records we send (a client's view: `(empty, the server's CID)` with
+        /// `connection_id(0)`). `None` if the handshake did not negotiate them. Print one with
+        /// [`cid::to_hex`](crate::cid::to_hex).
+        pub fn connection_ids(&self) -> Option<(&[u8], &[u8])> {
+            self.inner
+                .facts
+                .connection_ids
+                .as_ref()
+                .map(|(own, peer)| (&**own, &**peer))
         }
 
         /// The local socket's address.

@@ -9,6 +9,7 @@
 //! | [`shared`] | the state behind the lock: the endpoint, the slot table, the accept queue; event dispatch, the driver turn, shutdown |
 //! | [`handle`] | a connection handle's state and operations, the handshake facts, the client's table of connections to hand out again |
 //! | [`failures`] | failed handshakes waiting to be reported to the hook outside the lock |
+//! | [`moves`] | connections that followed their peer to a new address ([`AddressChange`]), waiting for the address-change hook outside the lock |
 //! | [`socket`] | socket options and opening the socket |
 //! | [`blocking`] | the blocking driver: a thread sleeping in `poll(2)`, a waker, `Condvar` waits |
 //!
@@ -18,6 +19,7 @@
 pub(crate) mod blocking;
 pub(crate) mod failures;
 pub(crate) mod handle;
+pub(crate) mod moves;
 pub(crate) mod shared;
 pub(crate) mod socket;
 

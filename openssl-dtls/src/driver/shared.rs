@@ -1,8 +1,8 @@
 //! The state a driver shares with its handles ([`Shared`]) and what sits behind its lock
 //! ([`Core`]): the endpoint, the slot table through which handles wait on their connections,
 //! the accept queue. Owns event dispatch, the driver turn (a receive batch, the timers, output,
-//! then failure reports outside the lock) and the steps of shutting down — the same for every
-//! driver; only waiting differs.
+//! then failure and address-change reports outside the lock) and the steps of shutting down —
+//! the same for every driver; only waiting differs.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::failures::PendingFailures;
+use super::moves::{AddressChange, PendingMoves};
 use super::{Io, Output, Signal};
 use crate::context::DtlsClientContext;
 use crate::endpoint::{ConnectionId, Endpoint, Event};
@@ -54,6 +55,8 @@ pub(crate) struct Core<D: Io> {
     pub out: Output<D::Queue>,
     /// Failed handshakes for the failure hook.
     pub failures: PendingFailures,
+    /// Connections that moved to a new peer address, for the address-change hook.
+    pub moves: PendingMoves,
 }
 
 impl<D: Io> fmt::Debug for Core<D> {
@@ -148,6 +151,7 @@ impl<D: Io> Shared<D> {
                 shutdown: false,
                 out: Output::default(),
                 failures: PendingFailures::default(),
+                moves: PendingMoves::default(),
             }),
             accept: D::Signal::default(),
             io,
@@ -211,7 +215,21 @@ impl<D: Io> Shared<D> {
                         slot.signal.wake_all();
                     }
                 }
-                // Handles keep the address they were made with; the endpoint resolves it.
+                // Handles keep the address they were made with (every endpoint call accepts
+                // it); `peer_addr` asks the endpoint for the current one.
+                Event::AddressChanged { id, from, to } if core.moves.wanted() => {
+                    let cid = core
+                        .endpoint
+                        .session(to, id)
+                        .and_then(|s| s.connection_ids())
+                        .map(|(own, _)| own.to_vec())
+                        .unwrap_or_default();
+                    let change = AddressChange { id, from, to, cid };
+                    if core.moves.push(change) {
+                        self.wake(); // the driver reports it, outside the lock
+                    }
+                }
+                // No hook: the endpoint logged the move.
                 Event::AddressChanged { .. } => {}
                 Event::HandshakeFailed(failure) => {
                     if core.failures.push(failure) {
@@ -223,7 +241,8 @@ impl<D: Io> Shared<D> {
     }
 
     /// One driver turn, once its wait ended: a batch of datagrams, the timers, events, output,
-    /// then the failed handshakes to the hook (outside the lock). False after shutdown.
+    /// then the failed handshakes and the address changes to their hooks (outside the lock).
+    /// False after shutdown.
     pub fn turn(&self, rx: &mut [u8]) -> bool {
         let mut core = self.lock();
         if core.shutdown {
@@ -242,9 +261,13 @@ impl<D: Io> Shared<D> {
         }
         core.endpoint.handle_timeout(Instant::now());
         self.settle(&mut core);
-        let report = core.failures.take();
+        let failures = core.failures.take();
+        let moves = core.moves.take();
         drop(core);
-        if let Some(report) = report {
+        if let Some(report) = failures {
+            report.report();
+        }
+        if let Some(report) = moves {
             report.report();
         }
         true

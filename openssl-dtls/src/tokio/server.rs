@@ -15,6 +15,7 @@ use super::driver::{wait_for, Driver, TokioShared};
 use super::{poll_kept, BoxFuture};
 use crate::context::DtlsServerContext;
 use crate::driver::handle::Handle;
+use crate::driver::moves::AddressChange;
 use crate::driver::SocketOptions;
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats, HandshakeFailure};
 use crate::error::{Error, Result};
@@ -100,6 +101,16 @@ impl DtlsServer {
         F: Fn(&HandshakeFailure) + Send + Sync + 'static,
     {
         self.driver.shared.lock().failures.set_hook(hook);
+    }
+
+    /// Calls `hook` for every connection that followed its peer to a new address by the
+    /// Connection ID this server issued: see [`crate::DtlsServer::on_address_change`]. The hook
+    /// runs on the driver task, outside the server's lock; it must not block.
+    pub fn on_address_change<F>(&self, hook: F)
+    where
+        F: Fn(AddressChange) + Send + Sync + 'static,
+    {
+        self.driver.shared.lock().moves.set_hook(hook);
     }
 
     /// Closes the server: `close_notify` to every peer, then the driver task. Every
