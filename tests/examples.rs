@@ -559,3 +559,56 @@ fn psk_client_with_cid_against_a_server_without_cids_prints_cid_dash() {
         "server stdout:\n{stdout}\nlog:\n{log}"
     );
 }
+
+#[path = "support/nat.rs"]
+#[allow(dead_code)]
+mod nat;
+
+#[test]
+fn psk_server_prints_the_move_when_a_cid_clients_nat_rebinds() {
+    let mut server = Server::start("psk_server", &["--cid-len", "8"]);
+    let mut nat = nat::Nat::start(server.addr);
+    let connect = nat.inside().to_string();
+    let mut child = Command::new(example("psk_client"))
+        .args(["--connect", &connect, "--cid", "--message", "ping"])
+        .args(["--count", "4", "--interval-ms", "300"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psk_client");
+    let stderr = read_all(child.stderr.take().expect("piped"));
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    // `cid: HEX`, then the echoes: after the second, the device's NAT mapping expires.
+    while lines.len() < 3 && stdout.read_line(&mut line).unwrap_or(0) > 0 {
+        lines.push(std::mem::take(&mut line).trim().to_owned());
+    }
+    let old = *nat.stats().outside.last().unwrap();
+    let new = nat.rebind();
+    let rest = read_all(stdout);
+    let status = child.wait().expect("psk_client ends");
+    let rest = rest.join().unwrap_or_default();
+    let moved = server.wait_for_line("address changed: ");
+    let (out, log) = (server.stdout(), server.stop());
+    assert!(
+        status.success(),
+        "client: {}\nserver: {log}",
+        stderr.join().unwrap_or_default()
+    );
+    let cid = lines[0].strip_prefix("cid: ").expect("a cid line");
+    assert_eq!(lines[1..], ["ping", "ping"]);
+    assert_eq!(
+        rest.lines().collect::<Vec<_>>(),
+        ["ping", "ping"],
+        "the echoes after the move"
+    );
+    assert_eq!(
+        moved.as_deref(),
+        Some(format!("address changed: {old} -> {new} cid={cid}").as_str()),
+        "server stdout:\n{out}\nlog:\n{log}"
+    );
+    assert_eq!(out.matches("handshake completed: ").count(), 1, "{out}");
+    assert_eq!(nat.stats().to_old_address, 0);
+}
