@@ -15,6 +15,8 @@ root=$PWD
 crate=mbedtls-rs-sys
 version=0.3.1
 mbedtls_version=3.6.5
+# The .crate's SHA-256, as the crates.io index lists it ("cksum").
+sha256=ed3d6fe75492994df511a63da8de669a0c59938ada3345e3d4756aec095d2ffb
 target=${CARGO_TARGET_DIR:-target}
 case "$target" in /*) ;; *) target="$root/$target" ;; esac
 peers="$target/peers"
@@ -28,15 +30,27 @@ die() {
   exit 1
 }
 
-if [ -x "$bin" ] && [ "$bin" -nt "$peer_c" ] && [ "$bin" -nt "$0" ]; then
+mkdir -p "$peers" || die "cannot create $peers"
+# One build at a time (test processes may call this concurrently).
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$peers/.setup-mbedtls.lock"
+  flock 9
+fi
+if [ -x "$bin" ] && [ "$bin" -nt "$peer_c" ] && [ "$bin" -nt "$root/scripts/setup-mbedtls.sh" ]; then
   echo "setup-mbedtls: $bin is up to date"
   exit 0
 fi
 
 command -v cc >/dev/null 2>&1 || die "no C compiler (cc); run scripts/setup.sh"
-command -v make >/dev/null 2>&1 || die "no make; run scripts/setup.sh"
-command -v perl >/dev/null 2>&1 || die "no perl (the Mbed TLS Makefile wants it); run scripts/setup.sh"
-mkdir -p "$peers"
+if ! command -v make >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "setup-mbedtls: installing make" >&2
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends make >&2 ||
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+      --no-install-recommends make >&2; } || die "could not install make"
+fi
+command -v make >/dev/null 2>&1 || die "no make (the Mbed TLS libraries are built with it)"
 start=$(date +%s)
 : >"$log"
 did=()
@@ -57,11 +71,15 @@ if [ ! -f "$src/.complete" ]; then
   if [ -z "$file" ]; then
     command -v curl >/dev/null 2>&1 || die "could not get $crate $version via cargo, and no curl"
     file="$peers/$crate-$version.crate"
-    curl -fsSL --retry 3 -o "$file.tmp" \
-      "https://crates.io/api/v1/crates/$crate/$version/download" ||
+    curl -fsSL --retry 2 -o "$file.tmp" \
+      "https://static.crates.io/crates/$crate/$crate-$version.crate" ||
+      curl -fsSL --retry 2 -o "$file.tmp" \
+        "https://crates.io/api/v1/crates/$crate/$version/download" ||
       die "could not download $crate $version from crates.io"
     mv "$file.tmp" "$file"
   fi
+  echo "$sha256  $file" | sha256sum -c --quiet - >/dev/null 2>&1 ||
+    die "$file does not have the SHA-256 the crates.io index lists for $crate $version"
   rm -rf "$src" "$src.tmp"
   mkdir -p "$src.tmp"
   tar -xzf "$file" -C "$src.tmp" --strip-components=2 "$crate-$version/mbedtls/include" \

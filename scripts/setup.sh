@@ -25,3 +25,4 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust (rustup) first" >&2
   exit 1
 fi
+"$(dirname "$0")/setup-mbedtls.sh"   # the Mbed TLS peer for the RFC 9146 (connection ID) interop tests

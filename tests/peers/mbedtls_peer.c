@@ -623,10 +623,9 @@ static int run_server(const struct options *o)
     memset(&io, 0, sizeof io);
     struct sockaddr_in bound;
     io.fd = udp_socket(o->port, &bound);
-    out("listening on %u\n", (unsigned) ntohs(bound.sin_port));
-
     static struct tls t;
     tls_init(&t, o, &io);
+    out("listening on %u\n", (unsigned) ntohs(bound.sin_port));
     int ret;
     int handshakes = 0;
     long echoed = 0;
