@@ -21,8 +21,9 @@ pub(super) struct CidSession {
     /// The peer's: what we put in the records we send (may be empty).
     pub(super) peer: Box<[u8]>,
     /// During the handshake: the epoch-1 record layer that transcodes, once its keys exist.
-    /// It becomes the compact layer when the handshake completes.
-    pub(super) transcoder: Option<RecordLayer>,
+    /// It becomes the compact layer when the handshake completes (boxed: an established
+    /// connection keeps only the empty pointer).
+    pub(super) transcoder: Option<Box<RecordLayer>>,
 }
 
 impl Session {
@@ -96,9 +97,9 @@ impl Session {
             // are no keys: `None`, and the record waits for a retransmission.
             let mut layer = RecordLayer::from_ssl(ssl, is_client, 1, 0).ok()??;
             layer.set_read_cid(!cid.own.is_empty());
-            cid.transcoder = Some(layer);
+            cid.transcoder = Some(Box::new(layer));
         }
-        cid.transcoder.as_mut()
+        cid.transcoder.as_deref_mut()
     }
 
     /// A handshaking session received a datagram with `tls12_cid` records: the standard records
@@ -213,7 +214,7 @@ impl Session {
         let Some((layer, cid)) = self
             .cid
             .as_ref()
-            .and_then(|c| Some((c.transcoder.as_ref()?, &c.peer)))
+            .and_then(|c| Some((c.transcoder.as_deref()?, &c.peer)))
         else {
             return;
         };
@@ -254,7 +255,7 @@ impl Session {
         let Some(cid) = self.cid.as_mut() else {
             return derived;
         };
-        let mut layer = cid.transcoder.take().or(derived)?;
+        let mut layer = cid.transcoder.take().map(|b| *b).or(derived)?;
         layer.set_read_cid(!cid.own.is_empty());
         if !cid.peer.is_empty() {
             self.data_mtu = self.data_mtu.saturating_sub(cid.peer.len() + 1);
