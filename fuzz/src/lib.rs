@@ -565,3 +565,156 @@ pub fn server_session(data: &[u8]) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// cid_record_parser
+
+/// The CID length of the `cid_record_parser` endpoint's server.
+pub const ENDPOINT_CID_LEN: u8 = 6;
+
+/// The server context of the `cid_record_parser` endpoint: Connection IDs of
+/// [`ENDPOINT_CID_LEN`] bytes (CID connections run on the compact layer).
+pub fn cid_server_ctx() -> &'static DtlsServerContext {
+    static CTX: OnceLock<DtlsServerContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        DtlsServerContext::builder()
+            .psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()))
+            .mtu(MTU)
+            .connection_id(ENDPOINT_CID_LEN)
+            .build()
+            .expect("CID server context")
+    })
+}
+
+/// Target `cid_record_parser`. Input: the CID length (first byte, mod 17: 0..=16), then one
+/// datagram. The `tls12_cid` parser (`wire::parse_cid`) with its record views checked against
+/// the bytes; then the same bytes at a fresh server `Endpoint` with 6-byte CIDs from a fixed
+/// address: never a panic, never a connection, never more bytes out than in, and the datagram
+/// counted where it belongs (a parse error under its reason, an unknown CID as one).
+pub fn cid_record_parser(data: &[u8]) {
+    let mut input = Input::new(data);
+    let cid_len = input.u8() % 17;
+    let datagram = input.rest();
+    let _ = __fuzz::parse_cid(datagram, cid_len);
+    let parsed = __fuzz::parse_cid(datagram, ENDPOINT_CID_LEN);
+    let now = base();
+    let mut ep = Endpoint::server(cid_server_ctx().clone(), endpoint_config()).expect("endpoint");
+    let peer = peers()[0];
+    ep.handle_datagram(now, peer, datagram);
+    let mut buf = vec![0u8; 2048];
+    while ep.poll_transmit(&mut buf).is_some() {}
+    while ep.poll_event().is_some() {}
+    let stats = ep.stats();
+    assert_eq!(stats.datagrams_in, 1);
+    assert_eq!(stats.bytes_in, datagram.len() as u64);
+    assert!(
+        stats.bytes_out <= stats.bytes_in,
+        "amplification before a cookie: {} bytes out for {} in",
+        stats.bytes_out,
+        stats.bytes_in
+    );
+    assert_eq!(stats.connections, 0);
+    assert_eq!(stats.cid_connections, 0);
+    assert_eq!(stats.handshakes, 0, "no state before a cookie");
+    let dropped: u64 = stats.dropped.iter().sum();
+    match parsed {
+        Err(reason) => {
+            assert_eq!(stats.dropped[reason.index()], 1, "{reason} not counted");
+            assert_eq!(dropped, 1);
+        }
+        Ok(true) => {
+            assert_eq!(stats.dropped_unknown_cid, 1, "an unknown CID not counted");
+            assert_eq!(dropped, 0);
+        }
+        Ok(false) => assert_eq!(stats.dropped_unknown_cid, 0),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cid_transcode
+
+/// The operations of a `cid_transcode` program, as their first byte (mod [`cid_op::COUNT`]).
+pub mod cid_op {
+    /// `CLIENT_SEAL, type, len, bytes..`: the client's compact layer seals a record; the
+    /// server's compact layer and handshake transcoder open it.
+    pub const CLIENT_SEAL: u8 = 0;
+    /// `CLIENT_TRANSCODE, type, len, bytes..`: the client's OpenSSL (stand-in) seals a standard
+    /// record, `transcode_outbound` rewrites it with the server's CID; the server opens it.
+    pub const CLIENT_TRANSCODE: u8 = 1;
+    /// `SERVER_SEAL, type, len, bytes..`: the server seals, the client opens.
+    pub const SERVER_SEAL: u8 = 2;
+    /// `TO_SERVER, len_hi, len_lo, bytes..`: an arbitrary datagram at the server's layers.
+    pub const TO_SERVER: u8 = 3;
+    /// `TO_CLIENT, len_hi, len_lo, bytes..`: an arbitrary datagram at the client.
+    pub const TO_CLIENT: u8 = 4;
+    /// `MUTATE, which, pos_hi, pos_lo, xor`: a record sealed so far, one byte XORed (0: an
+    /// exact replay), back at its receiver.
+    pub const MUTATE: u8 = 5;
+    /// Number of operations.
+    pub const COUNT: u8 = 6;
+}
+
+/// Target `cid_transcode`. Input: suite, the server CID's length (mod 17), the client CID's
+/// length (mod 17), the CIDs' bytes, then operations (see [`cid_op`]). Fixed keys (see
+/// `__fuzz::CidLink`): sealed records round-trip through the compact layers and both
+/// transcoding directions, and any record that authenticates is exactly one the sealer makes.
+pub fn cid_transcode(data: &[u8]) {
+    let mut input = Input::new(data);
+    let suite = input.u8();
+    let server_len = usize::from(input.u8() % 17);
+    let client_len = usize::from(input.u8() % 17);
+    let mut server_cid = input.bytes(server_len).to_vec();
+    server_cid.resize(server_len, 0);
+    let mut client_cid = input.bytes(client_len).to_vec();
+    client_cid.resize(client_len, 0);
+    let mut link = __fuzz::CidLink::new(suite, &server_cid, &client_cid);
+    // Records sealed so far, with whether the server receives them.
+    let mut sealed: Vec<(bool, Vec<u8>)> = Vec::new();
+    let mut steps = 0;
+    while !input.is_empty() && steps < 64 {
+        steps += 1;
+        match input.u8() % cid_op::COUNT {
+            op @ (cid_op::CLIENT_SEAL | cid_op::CLIENT_TRANSCODE | cid_op::SERVER_SEAL) => {
+                let content_type = input.u8();
+                let len = usize::from(input.u8()) * 8 % 1500;
+                let plain = input.bytes(len);
+                let record = match op {
+                    cid_op::CLIENT_SEAL => link.client_seal(content_type, plain),
+                    cid_op::CLIENT_TRANSCODE => link.client_transcode(content_type, plain),
+                    _ => link.server_seal(content_type, plain),
+                };
+                if let Some(r) = record {
+                    if sealed.len() < 32 {
+                        sealed.push((op != cid_op::SERVER_SEAL, r));
+                    }
+                }
+            }
+            cid_op::TO_SERVER => {
+                let len = usize::from(input.u16()) % 4096;
+                link.to_server(input.bytes(len));
+            }
+            cid_op::TO_CLIENT => {
+                let len = usize::from(input.u16()) % 4096;
+                link.to_client(input.bytes(len));
+            }
+            _ => {
+                let which = usize::from(input.u8());
+                let pos = usize::from(input.u16());
+                let xor = input.u8();
+                if sealed.is_empty() {
+                    continue;
+                }
+                let (to_server, mut record) = sealed[which % sealed.len()].clone();
+                let at = pos % record.len();
+                record[at] ^= xor;
+                let authentic = if to_server {
+                    link.to_server(&record)
+                } else {
+                    link.to_client(&record)
+                };
+                // A changed record never authenticates; an exact replay is refused too.
+                assert_eq!(authentic, 0, "a mutated or replayed record was accepted");
+            }
+        }
+    }
+}
