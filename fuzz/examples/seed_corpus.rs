@@ -2,15 +2,21 @@
 //! formats: real datagrams of real handshakes, and programs that run a handshake to its end.
 //!
 //! ```text
-//! cd fuzz && cargo run --example seed_corpus
+//! cd fuzz && cargo run --example seed_corpus          # every target
+//! cd fuzz && cargo run --example seed_corpus -- cid   # only cid_record_parser, cid_transcode
 //! ```
+//!
+//! The handshakes' datagrams differ from run to run (randoms, cookies); the CID seeds are
+//! sealed under `__fuzz::CidLink`'s fixed keys and do not.
 
 use std::path::Path;
 use std::time::Instant;
 
+use openssl_dtls::__fuzz::{CidLink, CID_SUITES};
 use openssl_dtls::Endpoint;
 use openssl_dtls_fuzz::{
-    client_ctx, compact_server_ctx, endpoint_config, is_compact_choice, op, peers, server_ctx,
+    cid_op, client_ctx, compact_server_ctx, endpoint_config, is_compact_choice, op, peers,
+    server_ctx, ENDPOINT_CID_LEN,
 };
 
 /// Every datagram of a complete handshake with suite `suite` through an endpoint, both ways,
@@ -87,7 +93,103 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
 }
 
+/// A `cid_transcode` seal operation carrying `plain` (its length a multiple of 8, < 1500).
+fn seal_op(op: u8, content_type: u8, plain: &[u8]) -> Vec<u8> {
+    assert!(plain.len() % 8 == 0 && plain.len() < 1500);
+    let mut p = vec![op, content_type, (plain.len() / 8) as u8];
+    p.extend_from_slice(plain);
+    p
+}
+
+/// A `cid_transcode` operation delivering `datagram` (TO_SERVER or TO_CLIENT).
+fn deliver_op(op: u8, datagram: &[u8]) -> Vec<u8> {
+    let mut p = vec![op];
+    p.extend_from_slice(&(datagram.len() as u16).to_be_bytes());
+    p.extend_from_slice(datagram);
+    p
+}
+
+/// Seeds of the CID targets: records sealed under `CidLink`'s fixed keys.
+fn cid_seeds() {
+    let server_cid: Vec<u8> = (0..ENDPOINT_CID_LEN).map(|i| 0xA0 + i).collect();
+    let data = [0x5au8; 64];
+    // cid_record_parser: CID records of each suite with the endpoint's CID length, two
+    // back to back, one with an 8-byte CID, standard records, a ClientHello.
+    for (suite, (name, _)) in CID_SUITES.iter().enumerate() {
+        let mut link = CidLink::new(suite as u8, &server_cid, &[]);
+        let a = link.client_seal(3, &data[..40]).unwrap();
+        let h = link.client_seal(2, &data[..16]).unwrap();
+        let name = name.to_ascii_lowercase();
+        write(
+            "cid_record_parser",
+            &format!("{name}-app"),
+            &[&[ENDPOINT_CID_LEN][..], &a].concat(),
+        );
+        write(
+            "cid_record_parser",
+            &format!("{name}-two"),
+            &[&[ENDPOINT_CID_LEN][..], &h, &a].concat(),
+        );
+    }
+    let mut link = CidLink::new(0, &[7; 8], &[]);
+    let r = link.client_seal(3, &data[..8]).unwrap();
+    write("cid_record_parser", "cid8", &[&[8u8][..], &r].concat());
+    let mut plain_link = CidLink::new(1, &[], &[]);
+    let std = plain_link.server_seal(3, &data[..24]).unwrap();
+    write(
+        "cid_record_parser",
+        "standard",
+        &[&[0u8][..], &std].concat(),
+    );
+    let hello = &handshake_datagrams(0)[0];
+    write(
+        "cid_record_parser",
+        "client-hello",
+        &[&[ENDPOINT_CID_LEN][..], hello].concat(),
+    );
+
+    // cid_transcode: per suite, the server's 6-byte CID (and none of the client's), every
+    // operation once: seals both ways, a transcoded record, records delivered raw, mutations
+    // and a replay.
+    for (suite, (name, _)) in CID_SUITES.iter().enumerate() {
+        for client_cid in [&[][..], &[0x11, 0x22, 0x33, 0x44][..]] {
+            let mut p = vec![suite as u8, ENDPOINT_CID_LEN, client_cid.len() as u8];
+            p.extend_from_slice(&server_cid);
+            p.extend_from_slice(client_cid);
+            // Records of a twin link (same keys), delivered raw: they authenticate.
+            let mut twin = CidLink::new(suite as u8, &server_cid, client_cid);
+            let r0 = twin.client_seal(3, &data[..32]).unwrap();
+            let r1 = twin.client_seal(2, &data[..16]).unwrap();
+            let s0 = twin.server_seal(3, &data[..8]).unwrap();
+            p.extend(deliver_op(cid_op::TO_SERVER, &[r0, r1].concat()));
+            p.extend(deliver_op(cid_op::TO_CLIENT, &s0));
+            p.extend(seal_op(cid_op::CLIENT_SEAL, 3, &data[..48]));
+            p.extend(seal_op(cid_op::CLIENT_SEAL, 2, &data[..24]));
+            p.extend(seal_op(cid_op::CLIENT_TRANSCODE, 2, &data[..32]));
+            p.extend(seal_op(cid_op::CLIENT_TRANSCODE, 1, &data[..8]));
+            p.extend(seal_op(cid_op::SERVER_SEAL, 3, &data[..16]));
+            p.extend([cid_op::MUTATE, 0, 0, 11, 0x01]); // a CID byte
+            p.extend([cid_op::MUTATE, 1, 0, 40, 0x80]); // ciphertext
+            p.extend([cid_op::MUTATE, 2, 0, 0, 0x00]); // an exact replay
+            p.extend([cid_op::MUTATE, 4, 0, 3, 0x01]); // the server's record, epoch
+            let tag = if client_cid.is_empty() { "" } else { "-both" };
+            let name = name.to_ascii_lowercase();
+            write("cid_transcode", &format!("{name}{tag}"), &p);
+        }
+    }
+    // No CIDs at all: the layers stay standard, transcoding is a copy.
+    let mut p = vec![0u8, 0, 0];
+    p.extend(seal_op(cid_op::CLIENT_SEAL, 3, &data[..16]));
+    p.extend(seal_op(cid_op::CLIENT_TRANSCODE, 2, &data[..16]));
+    p.extend(seal_op(cid_op::SERVER_SEAL, 3, &data[..16]));
+    write("cid_transcode", "no-cids", &p);
+}
+
 fn main() {
+    cid_seeds();
+    if std::env::args().nth(1).as_deref() == Some("cid") {
+        return;
+    }
     // The order of `client_ctx`: three suites on OpenSSL's record layer, then compact.
     let suites = [
         "ccm8",
