@@ -14,7 +14,12 @@
 # Targets: record_preparser (wire::classify), cookie_verifier (the cookie HMACs), server_endpoint
 # (arbitrary (peer, datagram) sequences mixed with a real client's handshake: no amplification
 # before a cookie, sessions within the limits), server_session (arbitrary datagrams at a server
-# session mid-handshake and established). Half the suite choices run with compact connections
+# session mid-handshake and established), cid_record_parser (wire::parse_cid with a CID length
+# from the first byte, every record view checked; the same datagram at a server Endpoint with
+# 6-byte CIDs: nothing held, nothing amplified, every drop counted), cid_transcode (the record
+# layer's RFC 9146 paths under fixed keys: tls12_cid seal/open, transcode_outbound and
+# transcode_inbound on sealed and arbitrary records; round trips hold and whatever authenticates
+# is exactly what the sealer makes). Half the suite choices run with compact connections
 # on, so the compact record layer and its hand-off meet the same inputs.
 #
 # Longer runs: new inputs go to a working corpus (FUZZ_CORPUS, default fuzz/target/corpus-work,
@@ -38,7 +43,8 @@ root=$(pwd)
 seconds=${FUZZ_SECONDS:-20}
 work=${FUZZ_CORPUS:-$root/fuzz/target/corpus-work}
 extra=${FUZZ_ARGS:-}
-all_targets=(record_preparser cookie_verifier server_endpoint server_session)
+all_targets=(record_preparser cookie_verifier server_endpoint server_session cid_record_parser
+  cid_transcode)
 if (($#)); then targets=("$@"); else targets=("${all_targets[@]}"); fi
 
 scripts/setup.sh
@@ -72,7 +78,7 @@ done
 failed=()
 for target in "${targets[@]}"; do
   case "$target" in
-    server_endpoint | server_session) max_len=8192 ;;
+    server_endpoint | server_session | cid_transcode) max_len=8192 ;;
     *) max_len=2048 ;;
   esac
   mkdir -p "$work/$target" "artifacts/$target"
