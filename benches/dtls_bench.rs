@@ -330,6 +330,7 @@ struct Sizes {
     idle_secs: u64,
     idle_settle: u64,
     compact_mem: Vec<usize>,
+    cid_mem: Vec<usize>,
     knobs_mem: usize,
     rec_n: usize,
     rec_reps: usize,
@@ -372,6 +373,7 @@ impl Sizes {
             idle_secs: env_usize("BENCH_IDLE_SECS", 5) as u64,
             idle_settle: env_usize("BENCH_IDLE_SETTLE", 3) as u64,
             compact_mem: env_list("BENCH_COMPACT_MEM", "10000"),
+            cid_mem: env_list("BENCH_CID_MEM", "10000"),
             knobs_mem: env_usize("BENCH_KNOBS_MEM", 10_000),
             rec_n: env_usize("BENCH_REC_N", 100_000),
             rec_reps: env_usize("BENCH_REC_REPS", 3),
@@ -1499,22 +1501,24 @@ struct CompactMem {
     handoffs: u64,
     /// Live Rust blocks per connection by size (`hist_report`).
     blocks: String,
+    /// Connections holding a Connection ID of the server's (`EndpointStats::cid_connections`).
+    cid_connections: usize,
     secs: f64,
 }
 
 /// One client (a compact sans-IO `Session`, dropped on return) against the compact server
 /// endpoint, in memory: the handshake, then one request and its echo. The client's first
 /// record ends the server's linger, so the server's `SSL` is freed. Returns whether both sides
-/// ended compact.
+/// ended compact; `None` if the handshake did not complete.
 fn compact_connection(
     server: &mut Endpoint,
     cctx: &DtlsClientContext,
     peer: SocketAddr,
     buf: &mut [u8],
     app: &mut [u8],
-) -> bool {
+) -> Option<bool> {
     let mut c = cctx.new_session(None, Instant::now()).unwrap();
-    let id = mem_handshake(server, &mut c, peer, buf, None).expect("compact handshake");
+    let id = mem_handshake(server, &mut c, peer, buf, None)?;
     let now = Instant::now();
     c.send(b"GET /sensor/1 (compact)").unwrap();
     while let Some(k) = c.poll_transmit(buf) {
@@ -1533,7 +1537,7 @@ fn compact_connection(
         matches!(c.recv(app), Ok(Some(_))),
         "echo through the compact layer"
     );
-    c.is_compact() && server.session(peer, id).is_some_and(Session::is_compact)
+    Some(c.is_compact() && server.session(peer, id).is_some_and(Session::is_compact))
 }
 
 /// Server-side memory of `n` idle established compact connections: a compact server `Endpoint`
@@ -1542,26 +1546,42 @@ fn compact_connection(
 /// session from a distinct address that handshakes, sends one datagram and reads its echo, then
 /// is dropped. Accounting as in `memory_per_connection`.
 fn compact_memory_per_connection(n: usize) -> CompactMem {
-    let t0 = Instant::now();
     let cert = Cert {
         cert_der: vec![],
         key_der: vec![],
     };
     let sctx = our_server_ctx_with(PSK, &cert, MTU as usize, true);
     let cctx = our_client_ctx_with(PSK, MTU as usize, true);
+    idle_memory_per_connection(n, sctx, cctx).expect("compact handshake")
+}
+
+/// `compact_memory_per_connection` with the given contexts (both compact): the accounting
+/// shared by the `compact` and `cid` sections. `Err`: a handshake did not complete (with the
+/// server's statistics then).
+fn idle_memory_per_connection(
+    n: usize,
+    sctx: DtlsServerContext,
+    cctx: DtlsClientContext,
+) -> Result<CompactMem, String> {
+    let t0 = Instant::now();
     let mut server = Endpoint::server(sctx, roomy(n)).unwrap();
     let mut buf = vec![0u8; 2048];
     let mut app = vec![0u8; 2048];
     // Warm-up: lazily initialised OpenSSL state, this thread's cipher cache and buffer pool.
     for i in 0..32 {
         let warm = spoof_free_addr(n + 1 + i);
-        assert!(compact_connection(
-            &mut server,
-            &cctx,
-            warm,
-            &mut buf,
-            &mut app
-        ));
+        let ok = compact_connection(&mut server, &cctx, warm, &mut buf, &mut app);
+        if ok != Some(true) {
+            return Err(format!(
+                "warm-up connection {i}: {} (server stats: {:?})",
+                if ok.is_none() {
+                    "handshake did not complete"
+                } else {
+                    "not compact"
+                },
+                server.stats()
+            ));
+        }
     }
     malloc_trim();
     let (rss0, rust0, ossl0) = (
@@ -1576,7 +1596,11 @@ fn compact_memory_per_connection(n: usize) -> CompactMem {
     let mut compact = 0;
     for i in 0..n {
         let peer = spoof_free_addr(i);
-        compact += compact_connection(&mut server, &cctx, peer, &mut buf, &mut app) as usize;
+        let Some(ok) = compact_connection(&mut server, &cctx, peer, &mut buf, &mut app) else {
+            HIST.store(false, Relaxed);
+            return Err(format!("connection {i}: handshake did not complete"));
+        };
+        compact += ok as usize;
         if i % 256 == 0 {
             server.handle_timeout(Instant::now());
         }
@@ -1592,6 +1616,7 @@ fn compact_memory_per_connection(n: usize) -> CompactMem {
     let stats = server.stats();
     assert_eq!(stats.connections, n + 32);
     let f = CompactMem {
+        cid_connections: stats.cid_connections,
         n,
         rss_per: (rss1 - rss0) as f64 / n as f64,
         rust_heap_per: (rust1 - rust0) as f64 / n as f64,
@@ -1605,7 +1630,7 @@ fn compact_memory_per_connection(n: usize) -> CompactMem {
     };
     drop(server);
     malloc_trim();
-    f
+    Ok(f)
 }
 
 /// The reference for compact mode: raw OpenSSL server `SSL`s with every knob that shrinks an
@@ -1705,6 +1730,20 @@ fn record_rate(suite: &str, size: usize, n: usize, compact: bool) -> f64 {
     };
     let sctx = our_server_ctx_with(suite, &cert, MTU as usize, compact);
     let cctx = our_client_ctx_with(suite, MTU as usize, compact);
+    record_rate_with(suite, size, n, compact, sctx, cctx, None)
+}
+
+/// `record_rate` with the given contexts; `cids`: the Connection IDs the session pair must have
+/// negotiated, `(server's CID length, client's)`.
+fn record_rate_with(
+    suite: &str,
+    size: usize,
+    n: usize,
+    compact: bool,
+    sctx: DtlsServerContext,
+    cctx: DtlsClientContext,
+    cids: Option<(usize, usize)>,
+) -> f64 {
     let now = Instant::now();
     let mut c = cctx.new_session(None, now).unwrap();
     let mut s = sctx.new_session(now).unwrap();
@@ -1724,6 +1763,16 @@ fn record_rate(suite: &str, size: usize, n: usize, compact: bool) -> f64 {
     assert!(
         c.is_established() && s.is_established(),
         "{suite}: handshake"
+    );
+    let lens = |x: &Session| {
+        x.connection_ids()
+            .map(|(own, peer)| (own.len(), peer.len()))
+    };
+    assert_eq!(lens(&s), cids, "{suite}: server's Connection IDs");
+    assert_eq!(
+        lens(&c),
+        cids.map(|(s, c)| (c, s)),
+        "{suite}: client's Connection IDs"
     );
     let msg = vec![0x5au8; size];
     let mut one = |c: &mut Session, s: &mut Session| {
@@ -2125,6 +2174,10 @@ fn main() {
         compact_section(&sizes, &mut t);
     }
 
+    if sizes.run("cid") {
+        cid_section(&sizes, &mut t);
+    }
+
     if sizes.run("hostile") {
         for suite in [PSK, ECDSA] {
             let (ours, raw, charged) = hostile_handshakes(suite, &cert, sizes.hostile_n);
@@ -2162,6 +2215,7 @@ fn main() {
         }
     }
 
+    write_summary(&t);
     println!(
         "\nmachine: {} cores; total run {:.0} s",
         std::thread::available_parallelism()
@@ -2252,6 +2306,142 @@ fn compact_section(sizes: &Sizes, t: &mut Table) {
     );
     for s in sites {
         println!("    allocation site: {s}");
+    }
+}
+
+/// The server's Connection ID length in the `cid` section (RFC 9146: 6 to 8 is usual).
+const CID_LEN: u8 = 8;
+
+/// Contexts for the `cid` section: compact connections, the server issuing `CID_LEN`-byte
+/// CIDs and the client asking for none (a device's usual choice), or without CIDs.
+fn cid_contexts(suite: &str, cid: bool) -> (DtlsServerContext, DtlsClientContext) {
+    let mut sb = DtlsServerContext::builder();
+    sb.mtu(MTU as usize)
+        .compact_connections(true)
+        .psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()));
+    let mut cb = DtlsClientContext::builder();
+    cb.mtu(MTU as usize)
+        .compact_connections(true)
+        .psk_credentials(PskCredentials::new(IDENTITY.to_vec(), KEY.to_vec()));
+    if cid {
+        sb.connection_id(CID_LEN);
+        cb.connection_id(0);
+    }
+    (
+        sb.ciphers(suite).build().unwrap(),
+        cb.ciphers(suite).build().unwrap(),
+    )
+}
+
+/// Connection IDs (RFC 9146): records per second on the compact layer with `tls12_cid` records
+/// (client → server, the server's 8-byte CID) next to the same without CIDs, interleaved rounds,
+/// best kept; server heap per idle CID connection on a sans-IO `Endpoint` next to the same
+/// without CIDs (both compact, same accounting as the `compact` section), same run.
+fn cid_section(sizes: &Sizes, t: &mut Table) {
+    for suite in [PSK, "PSK-AES128-GCM-SHA256"] {
+        for size in [100usize, 1000] {
+            let (mut ours, mut reference) = (0f64, 0f64);
+            for _ in 0..sizes.rec_reps.max(1) {
+                let (s, c) = cid_contexts(suite, false);
+                reference =
+                    reference.max(record_rate_with(suite, size, sizes.rec_n, true, s, c, None));
+                let (s, c) = cid_contexts(suite, true);
+                let cids = Some((usize::from(CID_LEN), 0));
+                ours = ours.max(record_rate_with(suite, size, sizes.rec_n, true, s, c, cids));
+            }
+            t.row(
+                &format!("cid: {suite} {size} B records/s per CPU second, sans-IO Session pair, compact (seal + open; ours: tls12_cid records with the server's {CID_LEN}-byte CID; ref: compact records without CID)"),
+                ours,
+                reference,
+                "/s",
+                true,
+            );
+        }
+    }
+    for &n in &sizes.cid_mem {
+        let (s, c) = cid_contexts(PSK, false);
+        let plain = idle_memory_per_connection(n, s, c).expect("compact handshake");
+        let (s, c) = cid_contexts(PSK, true);
+        let cid = match idle_memory_per_connection(n, s, c) {
+            Ok(f) => f,
+            Err(e) => {
+                println!("(cid: {n} idle connections not measured: {e})");
+                t.note(
+                    &format!("cid: {n} idle connections, server heap per connection (ours: {CID_LEN}-byte CIDs; ref: compact without CID, Rust {:.0} B + OpenSSL {:.0} B)", plain.rust_heap_per, plain.ossl_heap_per),
+                    "not measured: a CID handshake through the sans-IO Endpoint did not complete".to_owned(),
+                    &fmt((plain.rust_heap_per + plain.ossl_heap_per) / 1.0, "B"),
+                    "n/a",
+                );
+                continue;
+            }
+        };
+        assert_eq!(
+            (plain.compact, cid.compact),
+            (n, n),
+            "every server session handed off"
+        );
+        assert_eq!(plain.cid_connections, 0);
+        assert_eq!(cid.cid_connections, n + 32, "every connection holds a CID");
+        println!(
+            "(cid: {n} connections: live Rust blocks per connection, bytes x blocks: {})",
+            cid.blocks
+        );
+        let heap = |f: &CompactMem| f.rust_heap_per + f.ossl_heap_per;
+        t.row(
+            &format!(
+                "cid: {n} idle connections, server heap per connection (ours: {CID_LEN}-byte CIDs, Rust {:.0} B + OpenSSL {:.0} B, {} CID connections, built in {:.0} s; ref: compact without CID, Rust {:.0} B + OpenSSL {:.0} B, built in {:.0} s; sans-IO Endpoint, PSK-AES128-CCM8)",
+                cid.rust_heap_per,
+                cid.ossl_heap_per,
+                cid.cid_connections,
+                cid.secs,
+                plain.rust_heap_per,
+                plain.ossl_heap_per,
+                plain.secs
+            ),
+            heap(&cid),
+            heap(&plain),
+            "B",
+            false,
+        );
+        t.note(
+            &format!("cid: {n} idle connections, bytes a CID adds per connection (same runs)"),
+            format!("{:+.0} B", heap(&cid) - heap(&plain)),
+            "",
+            "",
+        );
+        t.row(
+            &format!("cid: {n} idle connections, RSS per connection (same runs)"),
+            cid.rss_per / 1024.0,
+            plain.rss_per / 1024.0,
+            "KB",
+            false,
+        );
+    }
+}
+
+/// Writes every row of the table to `target/bench-summary.tsv` (measure, ours, reference,
+/// ratio; tab-separated, with a header line), for scripts that compare runs.
+fn write_summary(t: &Table) {
+    // The workspace's target/, next to target/bench-latest.txt (scripts/bench.sh).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(std::path::Path::new("."));
+    let path = root.join("target").join("bench-summary.tsv");
+    let mut out = String::from("measure\tours\treference\tratio\n");
+    for r in &t.rows {
+        let clean = |s: &str| s.replace(['\t', '\n'], " ");
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\n",
+            clean(&r[0]),
+            clean(&r[1]),
+            clean(&r[2]),
+            clean(&r[3])
+        ));
+    }
+    let _ = std::fs::create_dir_all(path.parent().unwrap());
+    match std::fs::write(&path, out) {
+        Ok(()) => println!("(summary: {})", path.display()),
+        Err(e) => println!("(summary not written to {}: {e})", path.display()),
     }
 }
 
