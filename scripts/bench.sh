@@ -2,8 +2,8 @@
 # Runs the benchmark harness (openssl-dtls/benches -> benches/dtls_bench.rs) in release mode and
 # prints one table: each figure next to a reference measured in the same run, with the ratio.
 # Run scripts/setup.sh first on a fresh machine. Sizes are environment variables (defaults):
-#   BENCH_ONLY=handshake,throughput,latency,async,memory,allocs,compact,hostile,idle   (all; async needs
-#                                      the tokio feature, which this script turns on)
+#   BENCH_ONLY=handshake,throughput,latency,async,memory,allocs,compact,cid,hostile,idle   (all; async
+#                                      needs the tokio feature, which this script turns on)
 #   BENCH_HS_PSK=4000 BENCH_HS_ECDSA=1500 BENCH_RAW_PSK=4000 BENCH_RAW_ECDSA=1500
 #   BENCH_HS_WINDOW=32 BENCH_HS_REPS=3          handshakes in flight; interleaved rounds (best kept)
 #   BENCH_TP_N=100000 BENCH_TP_WINDOW=32 BENCH_ONEWAY_N=200000 BENCH_LAT_N=20000
@@ -14,11 +14,15 @@
 #                                               Endpoint); the 100,000 figure of BENCHMARKS.md:
 #                                               BENCH_ONLY=compact BENCH_COMPACT_MEM=10000,100000
 #                                               (≈ 25 s more, ≈ 150 MB RSS)
+#   BENCH_CID_MEM=10000                         idle compact connections with (and without) 8-byte
+#                                               Connection IDs held (sans-IO server Endpoint)
 #   BENCH_KNOBS_MEM=10000                       raw OpenSSL SSLs with every knob (the reference)
 #   BENCH_REC_N=100000 BENCH_REC_REPS=3         records per rate measurement; rounds (best kept)
+#                                               (compact and cid sections)
 #   BENCH_HOSTILE_N=50                          hostile post-cookie handshakes held (worst-case memory)
 # Cargo's own CARGO_TARGET_DIR applies (e.g. CARGO_TARGET_DIR=target/bench scripts/bench.sh).
-# Usage: scripts/bench.sh [output-file]   (the output is also kept in target/bench-latest.txt)
+# Usage: scripts/bench.sh [output-file]   (the output is also kept in target/bench-latest.txt; the
+# table's rows, tab-separated, in target/bench-summary.tsv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-target/bench-latest.txt}"
