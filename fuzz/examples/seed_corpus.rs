@@ -95,7 +95,7 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
 
 /// A `cid_transcode` seal operation carrying `plain` (its length a multiple of 8, < 1500).
 fn seal_op(op: u8, content_type: u8, plain: &[u8]) -> Vec<u8> {
-    assert!(plain.len() % 8 == 0 && plain.len() < 1500);
+    assert!(plain.len().is_multiple_of(8) && plain.len() < 1500);
     let mut p = vec![op, content_type, (plain.len() / 8) as u8];
     p.extend_from_slice(plain);
     p
