@@ -240,50 +240,17 @@ pub mod __fuzz {
         ("ECDHE-PSK-CHACHA20-POLY1305", [0xCC, 0xAC]),
     ];
 
-    /// A fixed master secret: every [`CidLink`] of a suite has the same keys, so records sealed
-    /// by one run (the seed corpus) authenticate in the next.
-    const MASTER: [u8; 48] = *b"openssl-dtls fuzz master secret, 48 bytes long!!";
-
-    /// An `SSL` whose session holds `MASTER` and the suite: what `RecordLayer::from_ssl`
-    /// derives keys from (the randoms are zero). `RecordLayer::from_key_block` would do, but it
-    /// is `cfg(test)`.
-    fn keyed_ssl(suite: usize) -> &'static openssl::ssl::Ssl {
-        use openssl::ssl::{Ssl, SslContext, SslMethod, SslSession};
-        use std::sync::OnceLock;
-        static SSLS: OnceLock<Vec<Ssl>> = OnceLock::new();
-        let all = SSLS.get_or_init(|| {
-            let ctx = SslContext::builder(SslMethod::dtls())
-                .expect("context")
-                .build();
-            CID_SUITES
-                .iter()
-                .map(|(_, code)| {
-                    // SSL_SESSION_ASN1 (ssl/ssl_asn1.c): version 1, ssl_version DTLS 1.2, the
-                    // cipher, an empty session id, the master secret.
-                    let mut body = vec![0x02, 0x01, 0x01, 0x02, 0x03, 0x00, 0xFE, 0xFD];
-                    body.extend([0x04, 0x02, code[0], code[1], 0x04, 0x00, 0x04, 48]);
-                    body.extend_from_slice(&MASTER);
-                    let mut der = vec![0x30, body.len() as u8];
-                    der.extend(body);
-                    let session = SslSession::from_der(&der).expect("session DER");
-                    let mut ssl = Ssl::new(&ctx).expect("ssl");
-                    // SAFETY: the session is a fresh one of its own, never resumed: it only
-                    // carries the suite and master secret `from_ssl` reads.
-                    unsafe { ssl.set_session(&session) }.expect("set_session");
-                    ssl
-                })
-                .collect()
-        });
-        &all[suite % all.len()]
-    }
-
     /// An epoch-1 record layer of `suite` (see [`CID_SUITES`]) for the client or the server side,
     /// writing from sequence number `next_write_seq`; `read`: whether `tls12_cid` records are
     /// expected (the CID the records it seals carry is an argument of `seal`).
     fn layer(suite: usize, is_client: bool, next_write_seq: u64, read: bool) -> RecordLayer {
-        let mut layer = RecordLayer::from_ssl(keyed_ssl(suite), is_client, 1, next_write_seq)
-            .expect("derivation")
-            .expect("an AEAD suite");
+        let (name, _) = CID_SUITES[suite % CID_SUITES.len()];
+        let aead = crate::record::Aead::from_suite_name(name).expect("an AEAD suite");
+        // A fixed key block: every link of a suite has the same keys, so records sealed by one
+        // run (the seed corpus) authenticate in the next.
+        let len = 2 * aead.key_len() + 2 * aead.fixed_iv_len();
+        let block: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(29) ^ 0x5a).collect();
+        let mut layer = RecordLayer::from_key_block(aead, &block, is_client, 1, next_write_seq);
         layer.set_read_cid(read);
         layer
     }

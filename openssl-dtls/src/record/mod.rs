@@ -133,9 +133,9 @@ impl RecordLayer {
     }
 
     /// A record layer from an RFC 5246 §6.3 key block (no MAC keys: AEAD suites only):
-    /// `client_write_key ‖ server_write_key ‖ client_write_IV ‖ server_write_IV`. For tests:
-    /// connections get theirs from [`from_ssl`](Self::from_ssl).
-    #[cfg(test)]
+    /// `client_write_key ‖ server_write_key ‖ client_write_IV ‖ server_write_IV`. For tests and
+    /// the fuzz targets: connections get theirs from [`from_ssl`](Self::from_ssl).
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn from_key_block(
         aead: Aead,
         block: &[u8],
