@@ -182,10 +182,7 @@ impl Endpoint {
         // now on; schedule and queue anew under the new one.
         p.scheduled = None;
         p.in_ready = false;
-        p.unconfirmed = Some(Unconfirmed {
-            budget: u32::try_from(received).unwrap_or(u32::MAX),
-            sent: false,
-        });
+        p.unconfirmed = true;
         p.session.set_peer_addr(to);
         if let Some((own, _)) = p.session.connection_ids() {
             if let Some(key) = CidKey::of(own) {
@@ -196,7 +193,16 @@ impl Endpoint {
                 crate::cid::to_hex(own)
             );
         }
-        self.moved.insert(p.id, to);
+        self.moved.insert(
+            p.id,
+            (
+                to,
+                Some(Unconfirmed {
+                    budget: u32::try_from(received).unwrap_or(u32::MAX),
+                    sent: false,
+                }),
+            ),
+        );
         self.stats.cid_moves += 1;
         self.events
             .push_back(Event::AddressChanged { id: p.id, from, to });
@@ -211,24 +217,31 @@ impl Endpoint {
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
         };
-        if let Some(u) = p.unconfirmed.as_mut() {
-            if u.sent {
-                p.unconfirmed = None;
-            } else {
+        let Some((_, unconfirmed)) = self.moved.get_mut(&p.id) else {
+            p.unconfirmed = false;
+            return;
+        };
+        match unconfirmed {
+            Some(u) if u.sent => {
+                *unconfirmed = None;
+                p.unconfirmed = false;
+            }
+            Some(u) => {
                 u.budget = u
                     .budget
-                    .saturating_add(u32::try_from(received).unwrap_or(u32::MAX));
+                    .saturating_add(u32::try_from(received).unwrap_or(u32::MAX))
             }
+            None => p.unconfirmed = false,
         }
     }
 
     /// Whether a datagram of `len` bytes may go to `addr` now (the anti-amplification budget of
     /// an unconfirmed address); charges it if so.
     pub(super) fn may_send(&mut self, addr: SocketAddr, len: usize) -> bool {
-        let Some(p) = self.peers.get_mut(&addr) else {
+        let Some(p) = self.peers.get(&addr).filter(|p| p.unconfirmed) else {
             return true;
         };
-        let Some(u) = p.unconfirmed.as_mut() else {
+        let Some((_, Some(u))) = self.moved.get_mut(&p.id) else {
             return true;
         };
         let Some(left) = u32::try_from(len)
@@ -248,6 +261,6 @@ impl Endpoint {
         if self.peers.get(&peer).is_some_and(|p| p.id == id) {
             return peer;
         }
-        self.moved.get(&id).copied().unwrap_or(peer)
+        self.moved.get(&id).map_or(peer, |(to, _)| *to)
     }
 }

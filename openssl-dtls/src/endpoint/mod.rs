@@ -124,7 +124,8 @@ pub struct Endpoint {
     cids: cid::CidTable,
     /// Connections that moved to a new address, by id: so that calls with the address they
     /// had when the application learnt of them still find them.
-    moved: HashMap<ConnectionId, SocketAddr>,
+    /// The address budget of a move not yet confirmed (`None` once the peer answered there).
+    moved: HashMap<ConnectionId, (SocketAddr, Option<cid::Unconfirmed>)>,
     /// The length of the CIDs this endpoint issues (0: none): how `tls12_cid` records parse.
     cid_len: u8,
     /// The latest `now` an entry point was given: the calls that take no `now` (output, the
@@ -326,7 +327,7 @@ impl Endpoint {
             p.session.handle_parsed(now, &parsed);
             if p.session.authenticated_count() != before {
                 p.last_activity = now;
-                if p.unconfirmed.is_some() {
+                if p.unconfirmed {
                     self.credit_unconfirmed(peer, datagram.len());
                 }
             }

@@ -43,8 +43,8 @@ pub(super) struct Peer {
     /// The application no longer holds a handle: drop queued data, remove when done.
     pub(super) released: bool,
     /// Moved by its Connection ID to an address that has not answered yet: what may be sent
-    /// there (see `endpoint::cid`).
-    pub(super) unconfirmed: Option<super::cid::Unconfirmed>,
+    /// there is in the endpoint's `moved` table (see `endpoint::cid`).
+    pub(super) unconfirmed: bool,
 }
 
 impl Peer {
@@ -107,7 +107,7 @@ impl Endpoint {
                 last_activity: now,
                 scheduled: None,
                 released: false,
-                unconfirmed: None,
+                unconfirmed: false,
             },
         );
         self.settle(peer, now);
@@ -126,6 +126,7 @@ impl Endpoint {
                 SessionState::Established => {
                     let old = std::mem::replace(&mut p.session, *replacement);
                     let old_id = std::mem::replace(&mut p.id, new_id);
+                    self.moved.remove(&old_id);
                     self.stats.connections_replaced += 1;
                     if p.connected_emitted && !p.closed_emitted {
                         self.connections -= 1;
@@ -137,7 +138,7 @@ impl Endpoint {
                         });
                     }
                     p.connected_emitted = false;
-                    p.unconfirmed = None;
+                    p.unconfirmed = false;
                     self.cids.forget(&old, addr);
                     drop(old);
                     p.compact_counted = false;
@@ -252,7 +253,7 @@ impl Endpoint {
     pub(super) fn remove(&mut self, addr: SocketAddr) {
         if let Some(mut p) = self.peers.remove(&addr) {
             self.cids.forget(&p.session, addr);
-            if self.moved.get(&p.id) == Some(&addr) {
+            if self.moved.get(&p.id).is_some_and(|(at, _)| *at == addr) {
                 self.moved.remove(&p.id);
             }
             if !p.closed_emitted && p.connected_emitted {

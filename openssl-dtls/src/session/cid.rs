@@ -16,14 +16,40 @@ use super::*;
 
 /// A session's Connection IDs, once negotiated.
 pub(super) struct CidSession {
-    /// Ours: what the peer puts in the records it sends (may be empty).
-    pub(super) own: Box<[u8]>,
+    /// Ours: what the peer puts in the records it sends (may be empty; inline, at most
+    /// [`MAX_CID_LEN`](crate::cid::MAX_CID_LEN) bytes).
+    pub(super) own: OwnCid,
     /// The peer's: what we put in the records we send (may be empty).
     pub(super) peer: Box<[u8]>,
     /// During the handshake: the epoch-1 record layer that transcodes, once its keys exist.
     /// It becomes the compact layer when the handshake completes (boxed: an established
     /// connection keeps only the empty pointer).
     pub(super) transcoder: Option<Box<RecordLayer>>,
+}
+
+/// Our CID, inline (no allocation of its own).
+pub(super) struct OwnCid {
+    len: u8,
+    bytes: [u8; crate::cid::MAX_CID_LEN],
+}
+
+impl OwnCid {
+    /// `None` if longer than any CID this library issues.
+    fn new(cid: &[u8]) -> Option<OwnCid> {
+        let mut bytes = [0u8; crate::cid::MAX_CID_LEN];
+        bytes.get_mut(..cid.len())?.copy_from_slice(cid);
+        Some(OwnCid {
+            len: cid.len() as u8,
+            bytes,
+        })
+    }
+}
+
+impl std::ops::Deref for OwnCid {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 impl Session {
@@ -43,10 +69,12 @@ impl Session {
         if crate::cid::state(ssl).is_none() {
             return;
         }
-        let negotiated = crate::cid::negotiated(ssl).map(|(own, peer)| CidSession {
-            own: own.into(),
-            peer: peer.into(),
-            transcoder: None,
+        let negotiated = crate::cid::negotiated(ssl).and_then(|(own, peer)| {
+            Some(CidSession {
+                own: OwnCid::new(own)?,
+                peer: peer.into(),
+                transcoder: None,
+            })
         });
         self.bio_mut().track_epoch1 = true;
         if let Some(cid) = negotiated {

@@ -121,10 +121,10 @@ pub struct Session {
     authenticated: u64,
     /// Epoch-1 records given to OpenSSL during the handshake (at most
     /// [`MAX_HANDSHAKE_EPOCH1_RECORDS`] until `peer_ccs_read`).
-    handshake_epoch1: usize,
+    handshake_epoch1: u8,
     /// Epoch-1 application and alert records given to OpenSSL during the handshake (at most
     /// [`MAX_HANDSHAKE_EPOCH1_APP_RECORDS`]).
-    handshake_epoch1_app: usize,
+    handshake_epoch1_app: u8,
     /// OpenSSL has read the peer's ChangeCipherSpec in this handshake: it decrypts epoch-1
     /// records from now on instead of buffering them.
     peer_ccs_read: bool,

@@ -68,10 +68,10 @@ impl Session {
     pub(super) fn epoch_filter(&self) -> EpochFilter {
         EpochFilter {
             handshaking: self.state == SessionState::Handshaking,
-            app_used: self.handshake_epoch1_app,
+            app_used: usize::from(self.handshake_epoch1_app),
             app_passed: Cell::new(0),
             limited: self.state == SessionState::Handshaking && !self.peer_ccs_read,
-            used: self.handshake_epoch1,
+            used: usize::from(self.handshake_epoch1),
             ccs: Cell::new(false),
             passed: Cell::new(0),
             dropped: Cell::new(0),
@@ -82,16 +82,18 @@ impl Session {
     pub(super) fn settle_filter(&mut self, filter: &EpochFilter) {
         self.stats.dropped_excess_records += filter.dropped.get();
         if filter.limited {
-            self.handshake_epoch1 += filter.passed.get();
+            self.handshake_epoch1 =
+                saturating_u8(usize::from(self.handshake_epoch1) + filter.passed.get());
         }
         if filter.handshaking {
-            self.handshake_epoch1_app += filter.app_passed.get();
+            self.handshake_epoch1_app =
+                saturating_u8(usize::from(self.handshake_epoch1_app) + filter.app_passed.get());
         }
     }
 
     pub(super) fn charge_epoch1(&mut self, n: usize) {
         if self.state == SessionState::Handshaking && !self.peer_ccs_read {
-            self.handshake_epoch1 += n;
+            self.handshake_epoch1 = saturating_u8(usize::from(self.handshake_epoch1) + n);
         }
     }
 
@@ -464,4 +466,9 @@ impl Session {
             }),
         }
     }
+}
+
+/// `n` as a `u8`, 255 if larger (the epoch-1 budgets are far below it).
+fn saturating_u8(n: usize) -> u8 {
+    u8::try_from(n).unwrap_or(u8::MAX)
 }
