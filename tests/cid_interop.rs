@@ -347,3 +347,57 @@ fn cids_off_on_the_mbedtls_side_work_as_before() {
     let t = mserver.transcript();
     assert_eq!(count(&t, "sent_cid") + count(&t, "recv_cid"), 0, "{t}");
 }
+
+#[test]
+fn our_client_on_a_new_socket_keeps_its_connection_with_an_mbedtls_server() {
+    let creds = Creds::new(false);
+    let (ours, theirs) = SUITES[0];
+    let mut args = vec![
+        "--role".into(),
+        "server".into(),
+        "--port".into(),
+        "0".into(),
+        "--ciphersuite".into(),
+        theirs.into(),
+        "--cid".into(),
+        "6".into(),
+    ];
+    args.extend(creds.peer_args());
+    let server = mbed(&args);
+    assert!(
+        server.wait_for("listening on ", STEP),
+        "{}",
+        server.transcript()
+    );
+    let port: u16 = server
+        .transcript()
+        .lines()
+        .find_map(|l| l.split("listening on ").nth(1))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap();
+    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let conn = client
+        .connect(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            &creds.client(ours, Some(0)),
+            STEP,
+        )
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for round in 0..4u8 {
+        if round == 2 {
+            client.rebind("127.0.0.1:0").unwrap();
+        }
+        conn.send(&[b'r', b'0' + round]).unwrap();
+        let n = conn.recv_timeout(&mut buf, STEP).unwrap().expect("an echo");
+        assert_eq!(&buf[..n], &[b'r', b'0' + round]);
+    }
+    conn.close();
+    assert!(server.wait_for("bye", STEP), "{}", server.transcript());
+    let t = server.transcript();
+    assert!(
+        t.contains("address changed: ") && t.contains("handshakes: 1"),
+        "{t}"
+    );
+    assert!(!t.contains("handshakes: 2"), "{t}");
+}

@@ -193,3 +193,49 @@ fn openssl_s_client_and_s_server_work_against_cid_enabled_contexts() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[test]
+fn our_client_moving_to_a_new_socket_keeps_its_cid_connection() {
+    let (server, _t) = echo_server(server_ctx(8, "PSK-AES128-CCM8"));
+    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let conn = client
+        .connect(
+            server.local_addr(),
+            &client_ctx(Some(0), "PSK-AES128-CCM8"),
+            STEP,
+        )
+        .unwrap();
+    let mut buf = [0u8; 100];
+    conn.send(b"before").unwrap();
+    assert_eq!(conn.recv_timeout(&mut buf, STEP).unwrap(), Some(6));
+    let old = client.local_addr();
+    let new = client.rebind("127.0.0.1:0").unwrap();
+    assert_ne!(old, new);
+    assert_eq!((client.local_addr(), conn.local_addr()), (new, new));
+    for msg in [&b"after one"[..], b"after two"] {
+        conn.send(msg).unwrap();
+        let n = conn.recv_timeout(&mut buf, STEP).unwrap().expect("an echo");
+        assert_eq!(&buf[..n], msg);
+    }
+    let s = server.stats();
+    assert_eq!((s.handshakes_completed, s.cid_moves), (1, 1), "{s}");
+    // The same without CIDs: the server does not know the new address.
+    let (server, _t) = echo_server(server_ctx(0, "PSK-AES128-CCM8"));
+    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let conn = client
+        .connect(
+            server.local_addr(),
+            &client_ctx(Some(0), "PSK-AES128-CCM8"),
+            STEP,
+        )
+        .unwrap();
+    conn.send(b"before").unwrap();
+    assert_eq!(conn.recv_timeout(&mut buf, STEP).unwrap(), Some(6));
+    client.rebind("127.0.0.1:0").unwrap();
+    conn.send(b"after").unwrap();
+    assert_eq!(
+        conn.recv_timeout(&mut buf, Duration::from_millis(500))
+            .unwrap(),
+        None
+    );
+}

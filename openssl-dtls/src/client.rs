@@ -34,6 +34,8 @@ use crate::error::Result;
 pub struct DtlsClient {
     driver: Driver,
     known: Known<Blocking>,
+    /// The socket options, for [`rebind`](Self::rebind).
+    options: SocketOptions,
 }
 
 impl DtlsClient {
@@ -53,6 +55,7 @@ impl DtlsClient {
         Ok(DtlsClient {
             driver,
             known: Known::default(),
+            options: socket,
         })
     }
 
@@ -130,7 +133,34 @@ impl DtlsClient {
 
     /// The socket's local address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.driver.shared.local_addr
+        use crate::driver::Io as _;
+        self.driver
+            .shared
+            .io
+            .local_addr()
+            .unwrap_or(self.driver.shared.local_addr)
+    }
+
+    /// Moves this client to a new socket on `addr` (e.g. `"0.0.0.0:0"`: a new port), keeping its
+    /// connections: what a device does after waking on a new network, or to shed a stale NAT
+    /// mapping. Connections that negotiated a Connection ID with the server
+    /// ([`DtlsClientContextBuilder::connection_id`](crate::DtlsClientContextBuilder::connection_id))
+    /// go on without a new handshake: their records carry the server's CID, which the server
+    /// finds them by. Without one, the server knows the connection only by its old address and
+    /// drops what comes from the new one. Returns the new local address; on error the old
+    /// socket stays.
+    ///
+    /// The new socket takes the old one's place under the same descriptor (`dup2`), so the
+    /// driver and every handle use it from their next call; datagrams in flight to the old
+    /// address are lost, as after a NAT rebinding.
+    #[doc(alias = "dup2")]
+    pub fn rebind(&self, addr: impl ToSocketAddrs) -> Result<SocketAddr> {
+        let addr = crate::driver::socket::first_addr(addr)?;
+        let new = self.driver.shared.io.rebind(addr, &self.options)?;
+        // The driver may be asleep in poll(2) on the old socket: wake it onto the new one.
+        self.driver.shared.wake();
+        log::debug!("DTLS client moved to {new}");
+        Ok(new)
     }
 
     /// A snapshot of the endpoint's counters.

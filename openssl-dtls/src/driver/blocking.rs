@@ -42,6 +42,10 @@ impl Io for Blocking {
         self.socket.recv_from(buf)
     }
 
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
     fn flush(&self, endpoint: &mut Endpoint, out: &mut Output<()>) {
         while let Some((addr, n)) = endpoint.poll_transmit(&mut out.tx) {
             if let Err(e) = self.socket.send_to(&out.tx[..n], addr) {
@@ -49,6 +53,17 @@ impl Io for Blocking {
                 log::debug!("send to {addr} failed: {e}");
             }
         }
+    }
+}
+
+impl Blocking {
+    /// Moves the driver to a new socket on `addr` (opened with `options`), in place: the
+    /// descriptor the driver and the senders use is pointed at the new socket (`dup2`), the
+    /// old one closed. Returns the new local address.
+    pub(crate) fn rebind(&self, addr: SocketAddr, options: &SocketOptions) -> Result<SocketAddr> {
+        let fresh = socket::bind([addr], options)?;
+        os::replace_descriptor(self.socket.as_fd(), fresh.into())?;
+        Ok(self.socket.local_addr()?)
     }
 }
 

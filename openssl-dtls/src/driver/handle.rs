@@ -211,9 +211,14 @@ macro_rules! connection_accessors {
                 .map(|(own, peer)| (&**own, &**peer))
         }
 
-        /// The local socket's address.
+        /// The local socket's address (the new one after a client's `rebind`).
         pub fn local_addr(&self) -> std::net::SocketAddr {
-            self.inner.shared.local_addr
+            use $crate::driver::Io as _;
+            self.inner
+                .shared
+                .io
+                .local_addr()
+                .unwrap_or(self.inner.shared.local_addr)
         }
 
         /// The negotiated cipher's OpenSSL name, e.g. `"PSK-AES128-CCM8"` (`SSL_get_current_cipher`).

@@ -72,6 +72,12 @@ pub(crate) trait Io: fmt::Debug + Send + Sync + Sized + 'static {
     fn wake(&self);
 
     /// Receives one datagram without blocking (`WouldBlock` when none is queued).
+    /// The socket's address now, if the driver can tell (it changes after a client's
+    /// `rebind`); `None`: the address it was opened on still holds.
+    fn local_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
     fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
 
     /// Sends every datagram `endpoint` has queued, or keeps it in `out.queue` for later.

@@ -2,7 +2,7 @@
 //! (sockets themselves go through `std` and `socket2`).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 /// Sleeps until one of `fds` is readable or `timeout` passes (`None`: no limit), as
@@ -35,6 +35,22 @@ pub(crate) fn wait_readable<const N: usize>(
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+    Ok(())
+}
+
+/// Makes descriptor `target` refer to `with`'s socket (`dup2(2)`), atomically: every user of
+/// `target`'s number (a driver thread's `recv_from`, an application thread's `send_to`) uses the
+/// new socket from the next call on; the old socket is closed. `with`'s own descriptor is
+/// closed on return.
+#[doc(alias = "dup2")]
+pub(crate) fn replace_descriptor(target: BorrowedFd<'_>, with: OwnedFd) -> io::Result<()> {
+    // SAFETY: both descriptors are open for the duration of the call (`target` is borrowed,
+    // `with` owned); dup2 only rebinds the number `target` to `with`'s open file description,
+    // and `target`'s owner keeps owning that number.
+    let r = unsafe { libc::dup2(with.as_raw_fd(), target.as_raw_fd()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
