@@ -235,19 +235,13 @@ impl Endpoint {
         }
     }
 
-    /// Whether a datagram of `len` bytes may go to `addr` now (the anti-amplification budget of
-    /// an unconfirmed address); charges it if so.
-    pub(super) fn may_send(&mut self, addr: SocketAddr, len: usize) -> bool {
-        let Some(p) = self.peers.get(&addr).filter(|p| p.unconfirmed) else {
+    /// Whether a datagram of `len` bytes may go to connection `id`'s unconfirmed new address now
+    /// (its anti-amplification budget); charges it if so.
+    pub(super) fn may_send(&mut self, id: super::ConnectionId, len: usize) -> bool {
+        let Some((_, Some(u))) = self.moved.get_mut(&id) else {
             return true;
         };
-        let Some((_, Some(u))) = self.moved.get_mut(&p.id) else {
-            return true;
-        };
-        let Some(left) = u32::try_from(len)
-            .ok()
-            .and_then(|l| u.budget.checked_sub(l))
-        else {
+        let Some(left) = u32::try_from(len).ok().and_then(|l| u.budget.checked_sub(l)) else {
             self.stats.cid_amplification_dropped += 1;
             return false;
         };

@@ -387,6 +387,8 @@ impl Endpoint {
             let Some(p) = self.peers.get_mut(&addr) else {
                 continue;
             };
+            // A connection moved to an address that has not answered yet (rare): budgeted.
+            let budgeted = p.unconfirmed.then_some(p.id);
             let mut n = p.session.poll_transmit(buf);
             if n.is_none() {
                 if let Some((_, r)) = p.replacement.as_mut() {
@@ -406,7 +408,7 @@ impl Endpoint {
                 }
             }
             if let Some(n) = n {
-                if !self.may_send(addr, n) {
+                if budgeted.is_some_and(|id| !self.may_send(id, n)) {
                     continue; // an unconfirmed new address: no more than it sent us
                 }
                 return Some((addr, n));
