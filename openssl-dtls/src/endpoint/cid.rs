@@ -241,7 +241,10 @@ impl Endpoint {
         let Some((_, Some(u))) = self.moved.get_mut(&id) else {
             return true;
         };
-        let Some(left) = u32::try_from(len).ok().and_then(|l| u.budget.checked_sub(l)) else {
+        let Some(left) = u32::try_from(len)
+            .ok()
+            .and_then(|l| u.budget.checked_sub(l))
+        else {
             self.stats.cid_amplification_dropped += 1;
             return false;
         };
