@@ -33,6 +33,7 @@ FUZZ_SECONDS=$FUZZ_SECONDS scripts/fuzz.sh
 if [ -z "${QUICK:-}" ]; then
   echo "== tests against a freshly built OpenSSL 3.x (all features: vendored, tokio)"
   cargo test --workspace --all-features --target-dir "${CARGO_TARGET_DIR:-target}/vendored" \
-    --lib --test link --test session --test context --test udp --test async_tokio --test compact
+    --lib --test link --test session --test context --test udp --test async_tokio --test compact \
+    --test cid --test cid_endpoint --test cid_udp --test cid_interop
 fi
 echo "== all tests passed"
