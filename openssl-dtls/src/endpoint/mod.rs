@@ -464,8 +464,9 @@ impl Endpoint {
         self.events.pop_front()
     }
 
+    /// Connection `id`'s entry, found at `peer` (already resolved with
+    /// [`resolve`](Self::resolve) by the callers that need the address afterwards).
     fn live(&mut self, peer: SocketAddr, id: ConnectionId) -> Option<&mut Peer> {
-        let peer = self.resolve(peer, id);
         self.peers.get_mut(&peer).filter(|p| p.id == id)
     }
 
