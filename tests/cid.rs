@@ -7,30 +7,12 @@
 
 mod support;
 
+use support::cid::{client_ctx, server_ctx};
+
 use std::time::{Duration, Instant};
 
-use openssl_dtls::{DtlsClientContext, DtlsServerContext, PskCredentials, Session};
+use openssl_dtls::{DtlsClientContext, DtlsServerContext, Session};
 use support::{Dir, Faults, Link};
-
-const KEY: &[u8] = b"0123456789abcdef";
-
-fn server_ctx(cid_len: u8, cipher: &str) -> DtlsServerContext {
-    let mut b = DtlsServerContext::builder();
-    b.psk_key_store(|_: &[u8]| Some(KEY.to_vec()))
-        .ciphers(cipher)
-        .connection_id(cid_len);
-    b.build().unwrap()
-}
-
-fn client_ctx(cid: Option<u8>, cipher: &str) -> DtlsClientContext {
-    let mut b = DtlsClientContext::builder();
-    b.psk_credentials(PskCredentials::new(b"device".to_vec(), KEY.to_vec()))
-        .ciphers(cipher);
-    if let Some(len) = cid {
-        b.connection_id(len);
-    }
-    b.build().unwrap()
-}
 
 /// Content types of the records of one datagram (standard headers, or `tls12_cid` with a CID
 /// of `cid_len` bytes).

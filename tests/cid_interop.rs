@@ -154,6 +154,23 @@ fn mbed(args: &[String]) -> Peer {
     )
 }
 
+/// The peer as a server on an ephemeral port: the process and its port.
+fn mbed_server(args: &[String]) -> (Peer, u16) {
+    let server = mbed(args);
+    assert!(
+        server.wait_for("listening on ", STEP),
+        "{}",
+        server.transcript()
+    );
+    let port = server
+        .transcript()
+        .lines()
+        .find_map(|l| l.split("listening on ").nth(1))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port in {}", server.transcript()));
+    (server, port)
+}
+
 #[test]
 fn mbedtls_clients_with_cids_against_our_server() {
     for (ours, theirs) in SUITES {
@@ -232,18 +249,7 @@ fn our_client_with_cids_against_mbedtls_servers_through_a_rebinding_nat() {
                 server_cid.into(),
             ];
             args.extend(creds.peer_args());
-            let server = mbed(&args);
-            assert!(
-                server.wait_for("listening on ", STEP),
-                "{}",
-                server.transcript()
-            );
-            let port: u16 = server
-                .transcript()
-                .lines()
-                .find_map(|l| l.split("listening on ").nth(1))
-                .and_then(|p| p.trim().parse().ok())
-                .unwrap();
+            let (server, port) = mbed_server(&args);
             let mut nat = Nat::start(format!("127.0.0.1:{port}").parse().unwrap());
             let client = DtlsClient::bind("127.0.0.1:0").unwrap();
             let ctx = creds.client(ours, Some(our_cid));
@@ -323,14 +329,7 @@ fn cids_off_on_the_mbedtls_side_work_as_before() {
         "off".into(),
     ];
     args.extend(creds.peer_args());
-    let mserver = mbed(&args);
-    assert!(mserver.wait_for("listening on ", STEP));
-    let port: u16 = mserver
-        .transcript()
-        .lines()
-        .find_map(|l| l.split("listening on ").nth(1))
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap();
+    let (mserver, port) = mbed_server(&args);
     let client = DtlsClient::bind("127.0.0.1:0").unwrap();
     let conn = client
         .connect(
@@ -363,18 +362,7 @@ fn our_client_on_a_new_socket_keeps_its_connection_with_an_mbedtls_server() {
         "6".into(),
     ];
     args.extend(creds.peer_args());
-    let server = mbed(&args);
-    assert!(
-        server.wait_for("listening on ", STEP),
-        "{}",
-        server.transcript()
-    );
-    let port: u16 = server
-        .transcript()
-        .lines()
-        .find_map(|l| l.split("listening on ").nth(1))
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap();
+    let (server, port) = mbed_server(&args);
     let client = DtlsClient::bind("127.0.0.1:0").unwrap();
     let conn = client
         .connect(

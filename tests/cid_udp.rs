@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::cid::{client_ctx, server_ctx, KEY};
+
 #[path = "interop/peer.rs"]
 #[allow(dead_code)]
 mod peer;
@@ -12,29 +14,10 @@ mod peer;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssl_dtls::{DtlsClient, DtlsClientContext, DtlsServer, DtlsServerContext, PskCredentials};
+use openssl_dtls::{DtlsClient, DtlsServer, DtlsServerContext};
 use support::nat::Nat;
 
-const KEY: &[u8] = b"0123456789abcdef";
 const STEP: Duration = Duration::from_secs(10);
-
-fn server_ctx(cid_len: u8, cipher: &str) -> DtlsServerContext {
-    let mut b = DtlsServerContext::builder();
-    b.psk_key_store(|_: &[u8]| Some(KEY.to_vec()))
-        .ciphers(cipher)
-        .connection_id(cid_len);
-    b.build().unwrap()
-}
-
-fn client_ctx(cid: Option<u8>, cipher: &str) -> DtlsClientContext {
-    let mut b = DtlsClientContext::builder();
-    b.psk_credentials(PskCredentials::new(b"device".to_vec(), KEY.to_vec()))
-        .ciphers(cipher);
-    if let Some(len) = cid {
-        b.connection_id(len);
-    }
-    b.build().unwrap()
-}
 
 /// An echo server on 127.0.0.1 for one connection at a time.
 fn echo_server(ctx: DtlsServerContext) -> (Arc<DtlsServer>, std::thread::JoinHandle<()>) {

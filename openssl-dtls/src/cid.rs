@@ -155,42 +155,32 @@ pub(crate) fn install_server(
     b: &mut SslContextBuilder,
     settings: CidSettings,
 ) -> Result<(), ConfigError> {
-    let context = ExtensionContext::CLIENT_HELLO
-        | ExtensionContext::TLS1_2_SERVER_HELLO
-        | ExtensionContext::DTLS_ONLY
-        | ExtensionContext::TLS1_2_AND_BELOW_ONLY;
-    b.add_custom_ext(
-        CONNECTION_ID_EXTENSION,
-        context,
-        move |ssl: &mut SslRef, _ctx, _cert| -> Result<Option<Vec<u8>>, SslAlert> {
-            guard("connection_id", Err(SslAlert::HANDSHAKE_FAILURE), || {
-                if !pending_suite_is_aead(ssl) {
-                    log::debug!("no Connection ID: the suite is not an AEAD suite");
-                    return Ok(None);
-                }
-                let Some(st) = state_mut(ssl) else {
-                    return Ok(None);
-                };
-                if st.peer.is_none() {
-                    return Ok(None);
-                }
-                let own = st.own.get_or_insert_with(|| settings.generate());
-                let body = body(own);
-                st.negotiated = true;
-                Ok(Some(body))
-            })
+    add_extension(
+        b,
+        move |ssl| {
+            if !pending_suite_is_aead(ssl) {
+                log::debug!("no Connection ID: the suite is not an AEAD suite");
+                return Ok(None);
+            }
+            let Some(st) = state_mut(ssl) else {
+                return Ok(None);
+            };
+            if st.peer.is_none() {
+                return Ok(None);
+            }
+            let own = st.own.get_or_insert_with(|| settings.generate());
+            let body = body(own);
+            st.negotiated = true;
+            Ok(Some(body))
         },
-        |ssl: &mut SslRef, _ctx, data: &[u8], _cert| -> Result<(), SslAlert> {
-            guard("connection_id", Err(SslAlert::HANDSHAKE_FAILURE), || {
-                let cid = parse_body(data)?;
-                if let Some(st) = state_mut(ssl) {
-                    st.peer = Some(cid.into());
-                }
-                Ok(())
-            })
+        |ssl, data| {
+            let cid = parse_body(data)?;
+            if let Some(st) = state_mut(ssl) {
+                st.peer = Some(cid.into());
+            }
+            Ok(())
         },
     )
-    .map_err(|e| ConfigError::Invalid(format!("cannot add the connection_id extension: {e}")))
 }
 
 /// A client context: offer our CID (`settings.len` random bytes, usually none), and take the
@@ -200,6 +190,40 @@ pub(crate) fn install_client(
     b: &mut SslContextBuilder,
     settings: CidSettings,
 ) -> Result<(), ConfigError> {
+    add_extension(
+        b,
+        move |ssl| {
+            let Some(st) = state_mut(ssl) else {
+                return Ok(None);
+            };
+            // The same CID in a second ClientHello (after a HelloVerifyRequest).
+            let own = st.own.get_or_insert_with(|| settings.generate());
+            Ok(Some(body(own)))
+        },
+        |ssl, data| {
+            let cid = parse_body(data)?;
+            if !pending_suite_is_aead(ssl) {
+                log::debug!("the server agreed to Connection IDs on a non-AEAD suite");
+                return Err(SslAlert::ILLEGAL_PARAMETER);
+            }
+            let Some(st) = state_mut(ssl) else {
+                return Err(SslAlert::HANDSHAKE_FAILURE);
+            };
+            st.peer = Some(cid.into());
+            st.negotiated = st.own.is_some();
+            Ok(())
+        },
+    )
+}
+
+/// Registers the `connection_id` extension for the ClientHello and the (D)TLS 1.2 ServerHello
+/// (`SSL_CTX_add_custom_ext`): `add` writes our body, `parse` reads the peer's. A panic in
+/// either is a `handshake_failure`, never an unwind into OpenSSL.
+fn add_extension(
+    b: &mut SslContextBuilder,
+    add: impl Fn(&mut SslRef) -> Result<Option<Vec<u8>>, SslAlert> + Send + Sync + 'static,
+    parse: impl Fn(&mut SslRef, &[u8]) -> Result<(), SslAlert> + Send + Sync + 'static,
+) -> Result<(), ConfigError> {
     let context = ExtensionContext::CLIENT_HELLO
         | ExtensionContext::TLS1_2_SERVER_HELLO
         | ExtensionContext::DTLS_ONLY
@@ -207,29 +231,14 @@ pub(crate) fn install_client(
     b.add_custom_ext(
         CONNECTION_ID_EXTENSION,
         context,
-        move |ssl: &mut SslRef, _ctx, _cert| -> Result<Option<Vec<u8>>, SslAlert> {
+        move |ssl: &mut SslRef, _ctx, _cert| {
             guard("connection_id", Err(SslAlert::HANDSHAKE_FAILURE), || {
-                let Some(st) = state_mut(ssl) else {
-                    return Ok(None);
-                };
-                // The same CID in a second ClientHello (after a HelloVerifyRequest).
-                let own = st.own.get_or_insert_with(|| settings.generate());
-                Ok(Some(body(own)))
+                add(ssl)
             })
         },
-        |ssl: &mut SslRef, _ctx, data: &[u8], _cert| -> Result<(), SslAlert> {
+        move |ssl: &mut SslRef, _ctx, data: &[u8], _cert| {
             guard("connection_id", Err(SslAlert::HANDSHAKE_FAILURE), || {
-                let cid = parse_body(data)?;
-                if !pending_suite_is_aead(ssl) {
-                    log::debug!("the server agreed to Connection IDs on a non-AEAD suite");
-                    return Err(SslAlert::ILLEGAL_PARAMETER);
-                }
-                let Some(st) = state_mut(ssl) else {
-                    return Err(SslAlert::HANDSHAKE_FAILURE);
-                };
-                st.peer = Some(cid.into());
-                st.negotiated = st.own.is_some();
-                Ok(())
+                parse(ssl, data)
             })
         },
     )

@@ -1,6 +1,7 @@
 //! Shared test support: a seeded lossy link between two sessions, and certificates made on the fly.
 #![allow(dead_code)]
 
+pub mod cid;
 pub mod mbedtls;
 pub mod nat;
 
