@@ -305,3 +305,43 @@ fn a_server_without_cids_routes_as_before_and_drops_type_25() {
         1
     );
 }
+
+#[test]
+fn a_rebooted_cid_device_reconnects_from_its_old_address_and_its_old_cid_is_forgotten() {
+    let now = Instant::now();
+    let (mut ep, mut c, mut nat, id) = established(now);
+    c.send(b"old").unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = c.poll_transmit(&mut buf).unwrap();
+    let old_record = buf[..n].to_vec();
+    // The device reboots and keeps its address (RFC 6347 §4.2.8): a new handshake, whose
+    // Finished is a tls12_cid record with the new CID, reaches the replacement session.
+    let mut rebooted = client(now);
+    nat.pump(&mut ep, &mut rebooted, now);
+    assert!(
+        rebooted.is_established(),
+        "{:?} {}",
+        rebooted.error(),
+        ep.stats()
+    );
+    let s = ep.stats();
+    assert_eq!(
+        (s.connections_replaced, s.connections, s.cid_connections),
+        (1, 1, 1),
+        "{s}"
+    );
+    let new_id = ep.connection_id(addr(40_000)).unwrap();
+    assert_ne!(new_id, id);
+    assert_ne!(
+        c.connection_ids().unwrap().1,
+        rebooted.connection_ids().unwrap().1,
+        "a new CID"
+    );
+    // The old connection's CID is gone: its records are dropped before any cryptography.
+    ep.handle_datagram(now, addr(40_000), &old_record);
+    assert_eq!(ep.stats().dropped_unknown_cid, 1);
+    assert_eq!(
+        send_from_device(&mut ep, &mut rebooted, &mut nat, now, b"new", new_id).unwrap(),
+        b"new"
+    );
+}

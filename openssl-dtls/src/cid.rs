@@ -30,6 +30,10 @@ pub const CONNECTION_ID_EXTENSION: u16 = 54;
 /// RFC 9146 allows (up to 255 bytes).
 pub const MAX_CID_LEN: usize = 16;
 
+/// The fewest random bytes an issued CID carries after its prefix: fewer would make CIDs
+/// guessable and their space too small to hand out without collisions.
+pub const MIN_RANDOM_CID_BYTES: usize = 4;
+
 /// How a context uses Connection IDs: the length of its own CID (what the peer puts in records
 /// it sends us) and, for servers, the prefix every issued CID starts with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,11 +61,12 @@ impl CidSettings {
                 allowed: "1 to 16 bytes for a server (0 turns Connection IDs off)",
             });
         }
-        if self.prefix.len() > usize::from(self.len) {
+        if server && self.prefix.len() + MIN_RANDOM_CID_BYTES > usize::from(self.len) {
             return Err(ConfigError::Invalid(format!(
-                "the Connection ID prefix ({} bytes) is longer than the Connection ID ({} bytes)",
-                self.prefix.len(),
-                self.len
+                "a Connection ID of {} bytes leaves fewer than {MIN_RANDOM_CID_BYTES} random bytes \
+                 after the {}-byte prefix: make it longer or the prefix shorter",
+                self.len,
+                self.prefix.len()
             )));
         }
         Ok(())
@@ -287,6 +292,14 @@ mod tests {
             prefix: vec![1, 2],
         };
         assert!(prefix_too_long.validate(true).is_err());
+        // At least four random bytes after the prefix.
+        let short = |len, prefix: &[u8]| CidSettings {
+            len,
+            prefix: prefix.to_vec(),
+        };
+        assert!(short(4, &[0]).validate(true).is_err());
+        assert!(short(5, &[0]).validate(true).is_ok());
+        assert!(short(4, &[]).validate(true).is_ok());
         assert!(CidSettings {
             len: 0,
             prefix: vec![]

@@ -150,10 +150,10 @@ impl DtlsClient {
     /// drops what comes from the new one. Returns the new local address; on error the old
     /// socket stays.
     ///
-    /// The new socket takes the old one's place under the same descriptor (`dup2`), so the
+    /// The new socket takes the old one's place under the same descriptor (`dup3`), so the
     /// driver and every handle use it from their next call; datagrams in flight to the old
     /// address are lost, as after a NAT rebinding.
-    #[doc(alias = "dup2")]
+    #[doc(alias = "dup3")]
     pub fn rebind(&self, addr: impl ToSocketAddrs) -> Result<SocketAddr> {
         let addr = crate::driver::socket::first_addr(addr)?;
         let new = self.driver.shared.io.rebind(addr, &self.options)?;

@@ -205,8 +205,10 @@ impl DtlsServerContextBuilder {
     }
 
     /// Negotiates Connection IDs (RFC 9146, the `connection_id` extension) with clients that
-    /// offer them, issuing each connection a CID of `len` bytes (1 to
-    /// [`MAX_CID_LEN`](crate::cid::MAX_CID_LEN); 6 to 8 is usual; 0 turns it off, the default;
+    /// offer them, issuing each connection a CID of `len` bytes (at most
+    /// [`MAX_CID_LEN`](crate::cid::MAX_CID_LEN), with at least
+    /// [`MIN_RANDOM_CID_BYTES`](crate::cid::MIN_RANDOM_CID_BYTES) random bytes after the prefix:
+    /// 5 to 16 with the default one-byte prefix; 6 to 8 is usual; 0 turns it off, the default;
     /// checked at `build()`). Records to this server then carry its CID, and an
     /// [`Endpoint`](crate::Endpoint) finds the connection by it when the client's address
     /// changes (a NAT rebinding), without a new handshake. A client that does not offer the

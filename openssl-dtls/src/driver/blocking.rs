@@ -58,7 +58,7 @@ impl Io for Blocking {
 
 impl Blocking {
     /// Moves the driver to a new socket on `addr` (opened with `options`), in place: the
-    /// descriptor the driver and the senders use is pointed at the new socket (`dup2`), the
+    /// descriptor the driver and the senders use is pointed at the new socket (`dup3`), the
     /// old one closed. Returns the new local address.
     pub(crate) fn rebind(&self, addr: SocketAddr, options: &SocketOptions) -> Result<SocketAddr> {
         let fresh = socket::bind([addr], options)?;

@@ -123,8 +123,16 @@ impl Endpoint {
                 let Some((_, listener)) = self.server.as_mut() else {
                     return;
                 };
+                let Ok(cid) = cid else {
+                    listener.reset();
+                    self.stats.handshakes_failed_local += 1;
+                    return;
+                };
                 match listener.accept(peer, now, cid) {
-                    ListenOutcome::Accepted(session) => self.accepted(now, peer, session),
+                    ListenOutcome::Accepted(session) => {
+                        self.cids.reserve(&session, peer);
+                        self.accepted(now, peer, session)
+                    }
                     _ => self.stats.handshakes_failed_local += 1,
                 }
             }

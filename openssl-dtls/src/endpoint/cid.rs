@@ -28,42 +28,56 @@ pub(super) struct CidTable {
     pub(super) connections: usize,
 }
 
-/// Our non-empty CID of `session`, as a key.
-fn key_of(session: &Session) -> Option<CidKey> {
-    session
-        .connection_ids()
-        .filter(|(own, _)| !own.is_empty())
-        .and_then(|(own, _)| CidKey::of(own))
+/// The CID this endpoint issued to `session` (negotiated, or assigned to its handshake), as a
+/// key.
+fn issued_key(session: &Session) -> Option<CidKey> {
+    session.issued_cid().and_then(CidKey::of)
 }
 
 impl CidTable {
-    /// `session`, at `addr`, completed its handshake: enters its CID if it negotiated a
-    /// non-empty one. A CID some other connection holds (two handshakes in flight drew the same
-    /// random bytes: about one in 2^40 per pair with 6-byte CIDs) is refused (`false`): the new
-    /// connection ends, the older one keeps its CID.
-    pub(super) fn register(&mut self, session: &Session, addr: SocketAddr) -> bool {
-        let Some(key) = key_of(session) else {
-            return true;
-        };
-        match self.map.get(&key) {
-            Some(&other) if other != addr => false,
-            _ => {
-                self.map.insert(key, addr);
-                self.connections += 1;
-                true
-            }
+    /// A handshake at `addr` was issued `session`'s CID (before its first flight): the CID is
+    /// taken from now on (no other handshake is issued it) and routes the handshake's own
+    /// `tls12_cid` records (its Finished) to it, a replacement handshake's included.
+    pub(super) fn reserve(&mut self, session: &Session, addr: SocketAddr) {
+        if let Some(key) = issued_key(session) {
+            self.map.insert(key, addr);
         }
     }
 
-    /// Forgets the CID `session` holds, if it is the one mapped to `addr`.
-    pub(super) fn forget(&mut self, session: &Session, addr: SocketAddr) {
-        let Some(key) = key_of(session) else {
-            return;
-        };
-        if self.map.get(&key) == Some(&addr) {
-            self.map.remove(&key);
+    /// `session`, at `addr`, completed its handshake: counted if it negotiated a non-empty CID;
+    /// a CID the client did not ask for is given back.
+    pub(super) fn established(&mut self, session: &Session, addr: SocketAddr) {
+        if session
+            .connection_ids()
+            .is_some_and(|(own, _)| !own.is_empty())
+        {
+            self.connections += 1;
+        } else {
+            self.give_back(session, addr);
+        }
+    }
+
+    /// Forgets the CID `session` holds or was issued, if it is the one mapped to `addr`;
+    /// `counted`: the connection was counted by [`established`](Self::established).
+    pub(super) fn forget(&mut self, session: &Session, addr: SocketAddr, counted: bool) {
+        let negotiated = session
+            .connection_ids()
+            .is_some_and(|(own, _)| !own.is_empty());
+        if self.give_back(session, addr) && counted && negotiated {
             self.connections = self.connections.saturating_sub(1);
         }
+    }
+
+    /// Removes `session`'s issued CID if it maps to `addr`; whether it did.
+    fn give_back(&mut self, session: &Session, addr: SocketAddr) -> bool {
+        let Some(key) = issued_key(session) else {
+            return false;
+        };
+        if self.map.get(&key) != Some(&addr) {
+            return false;
+        }
+        self.map.remove(&key);
+        true
     }
 }
 
@@ -112,18 +126,22 @@ pub(super) enum Refusal {
 
 impl Endpoint {
     /// The CID a new server handshake is issued: the context's prefix and random bytes, never
-    /// one a connection of this endpoint holds. `None` without CIDs.
-    pub(super) fn fresh_cid(&mut self) -> Option<Box<[u8]>> {
-        let settings = self.server.as_ref()?.0.cid_settings()?.clone();
+    /// one a connection or handshake of this endpoint holds. `Ok(None)` without CIDs; `Err` if
+    /// 16 draws found none free (the handshake is then refused: with at least 4 random bytes,
+    /// checked when the context is built, that takes billions of connections).
+    pub(super) fn fresh_cid(&mut self) -> Result<Option<Box<[u8]>>, ()> {
+        let Some(settings) = self.server.as_ref().and_then(|(ctx, _)| ctx.cid_settings()) else {
+            return Ok(None);
+        };
         for _ in 0..16 {
             let cid = settings.generate();
-            let key = CidKey::of(&cid)?;
+            let key = CidKey::of(&cid).ok_or(())?;
             if !self.cids.map.contains_key(&key) {
-                return Some(cid);
+                return Ok(Some(cid));
             }
         }
-        log::error!("no unused Connection ID in 16 draws: is the random part too short?");
-        None
+        log::error!("no unused Connection ID in 16 draws: refusing the handshake");
+        Err(())
     }
 
     /// A `tls12_cid` datagram from `from` for the connection now at `at`: handled by that

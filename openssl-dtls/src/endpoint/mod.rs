@@ -286,16 +286,6 @@ impl Endpoint {
                     self.handle_cid_from_new_address(now, at, peer, &parsed);
                     return;
                 }
-                // A handshake's CID enters the table when it completes: the peer's Finished
-                // (and a record that overtook it) arrive before, from the handshake's address,
-                // and that session checks the CID itself.
-                None if self
-                    .peers
-                    .get(&peer)
-                    .is_some_and(|p| p.session.is_handshaking()) =>
-                {
-                    peer
-                }
                 // A CID no connection holds: forged, stale (the connection ended) or another
                 // node's. Dropped as cheaply as garbage.
                 None => {

@@ -137,10 +137,10 @@ impl Endpoint {
                             error: None,
                         });
                     }
+                    self.cids.forget(&old, addr, p.connected_emitted);
+                    drop(old);
                     p.connected_emitted = false;
                     p.unconfirmed = false;
-                    self.cids.forget(&old, addr);
-                    drop(old);
                     p.compact_counted = false;
                     p.closed_emitted = false;
                     p.readable_signaled = false;
@@ -156,7 +156,8 @@ impl Endpoint {
                 SessionState::Handshaking => p.replacement = Some((new_id, replacement)),
                 SessionState::Closed | SessionState::Failed => {
                     // Dropped at once (its final alert, if any, with it): the old connection
-                    // stays as it was.
+                    // stays as it was, and the CID it was issued is free again.
+                    self.cids.forget(&replacement, addr, false);
                     count_failure(&mut self.stats, &replacement, false);
                     report_handshake_failure(&mut self.events, addr, &replacement);
                     self.handshakes.remove(addr.ip());
@@ -167,10 +168,7 @@ impl Endpoint {
         }
         let established = p.session.is_established();
         if established && !p.connected_emitted {
-            if !self.cids.register(&p.session, addr) {
-                log::warn!("{addr}: its Connection ID is held by another connection; closing");
-                p.session.end_with_close_notify(Error::Closed);
-            }
+            self.cids.established(&p.session, addr);
             p.connected_emitted = true;
             self.connections += 1;
             self.stats.handshakes_completed += 1;
@@ -252,7 +250,7 @@ impl Endpoint {
     /// Forgets `addr`'s entry, giving up what it counted against the limits.
     pub(super) fn remove(&mut self, addr: SocketAddr) {
         if let Some(mut p) = self.peers.remove(&addr) {
-            self.cids.forget(&p.session, addr);
+            self.cids.forget(&p.session, addr, p.connected_emitted);
             if self.moved.get(&p.id).is_some_and(|(at, _)| *at == addr) {
                 self.moved.remove(&p.id);
             }

@@ -39,16 +39,17 @@ pub(crate) fn wait_readable<const N: usize>(
     Ok(())
 }
 
-/// Makes descriptor `target` refer to `with`'s socket (`dup2(2)`), atomically: every user of
+/// Makes descriptor `target` refer to `with`'s socket (`dup3(2)` with `O_CLOEXEC`, so the
+/// descriptor stays closed in child processes as std's sockets are), atomically: every user of
 /// `target`'s number (a driver thread's `recv_from`, an application thread's `send_to`) uses the
 /// new socket from the next call on; the old socket is closed. `with`'s own descriptor is
 /// closed on return.
-#[doc(alias = "dup2")]
+#[doc(alias = "dup3")]
 pub(crate) fn replace_descriptor(target: BorrowedFd<'_>, with: OwnedFd) -> io::Result<()> {
     // SAFETY: both descriptors are open for the duration of the call (`target` is borrowed,
-    // `with` owned); dup2 only rebinds the number `target` to `with`'s open file description,
+    // `with` owned); dup3 only rebinds the number `target` to `with`'s open file description,
     // and `target`'s owner keeps owning that number.
-    let r = unsafe { libc::dup2(with.as_raw_fd(), target.as_raw_fd()) };
+    let r = unsafe { libc::dup3(with.as_raw_fd(), target.as_raw_fd(), libc::O_CLOEXEC) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }

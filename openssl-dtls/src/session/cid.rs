@@ -96,6 +96,19 @@ impl Session {
         self.cid.as_ref().map(|c| (&*c.own, &*c.peer))
     }
 
+    /// The CID an endpoint issued this (server) session: the negotiated one, or, before and
+    /// without negotiation, the one assigned to its handshake.
+    pub(crate) fn issued_cid(&self) -> Option<&[u8]> {
+        if let Some(c) = &self.cid {
+            return (!c.own.is_empty()).then_some(&*c.own);
+        }
+        self.engine
+            .ssl()
+            .and_then(crate::cid::state)
+            .and_then(|s| s.own.as_deref())
+            .filter(|own| !own.is_empty())
+    }
+
     /// The newest sequence number of the peer's records that authenticated on the compact
     /// layer, if any (what an endpoint compares to let a CID record move a connection).
     pub(crate) fn newest_read(&self) -> Option<u64> {
@@ -115,7 +128,8 @@ impl Session {
             .map_or(0, |own| own.len() as u8)
     }
 
-    /// The transcoder, derived from the handshake's keys when they first exist.
+    /// The transcoder, derived from the handshake's keys when they first exist (during the
+    /// handshake only: afterwards the compact layer holds the keys).
     fn transcoder(&mut self) -> Option<&mut RecordLayer> {
         let is_client = self.role == Role::Client;
         let ssl = self.engine.ssl()?;
@@ -230,7 +244,8 @@ impl Session {
             self.bio_mut().requeue_outbound(queue);
             return;
         }
-        if self.transcoder().is_none() {
+        // Lingering, the compact layer has the same keys: no second derivation.
+        if self.engine.compact().is_none() && self.transcoder().is_none() {
             log::warn!(
                 "{:?}: no keys yet to rewrite epoch-1 records with the peer's CID",
                 self.peer
@@ -239,11 +254,11 @@ impl Session {
             return;
         }
         let mtu = self.config.mtu;
-        let Some((layer, cid)) = self
-            .cid
-            .as_ref()
-            .and_then(|c| Some((c.transcoder.as_deref()?, &c.peer)))
-        else {
+        let compact = self.engine.compact().map(|c| &c.layer);
+        let Some((layer, cid)) = self.cid.as_ref().and_then(|c| {
+            let layer = compact.or(c.transcoder.as_deref())?;
+            Some((layer, &c.peer))
+        }) else {
             return;
         };
         let mut out = VecDeque::with_capacity(queue.len() + 1);
