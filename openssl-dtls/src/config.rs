@@ -58,6 +58,12 @@ pub struct SessionConfig {
     /// flight was lost (its retransmissions arrive after the `SSL` is gone): keep it at least
     /// as long as the peer's handshake timeout. Range 1 ms to 1 hour.
     pub compact_linger: Duration,
+    /// The context negotiates Connection IDs (set by the context builders, not by users): the
+    /// BIO then tracks OpenSSL's epoch-1 sequence numbers from the first write, so that the
+    /// compact layer a CID connection moves to continues after them (no nonce is used twice,
+    /// even when OpenSSL writes its Finished in the call that also negotiated the CIDs, as a
+    /// server does in an abbreviated handshake).
+    pub(crate) connection_ids: bool,
 }
 
 impl Default for SessionConfig {
@@ -73,6 +79,7 @@ impl Default for SessionConfig {
             send_queue: 64,
             compact: false,
             compact_linger: Duration::from_secs(240),
+            connection_ids: false,
         }
     }
 }

@@ -358,7 +358,10 @@ impl DtlsClientContextBuilder {
         Ok(DtlsClientContext {
             ctx: b.build(),
             inner: Arc::new(ClientInner {
-                session: self.common.session.clone(),
+                session: crate::config::SessionConfig {
+                    connection_ids: self.cid_len.is_some(),
+                    ..self.common.session.clone()
+                },
                 verify,
                 check_identity: verify && certificates && !self.skip_server_name_check,
             }),

@@ -411,7 +411,10 @@ impl DtlsServerContextBuilder {
         Ok(DtlsServerContext {
             ctx: b.build(),
             inner: Arc::new(ServerInner {
-                session: self.common.session.clone(),
+                session: crate::config::SessionConfig {
+                    connection_ids: cid.is_some(),
+                    ..self.common.session.clone()
+                },
                 cid,
                 admission: self.admission.clone(),
             }),

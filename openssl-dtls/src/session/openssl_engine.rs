@@ -18,7 +18,7 @@ pub(crate) fn configure_ssl(ssl: &mut SslRef, config: &SessionConfig) -> Result<
         max: config.retransmit_max,
     };
     let mut bio = crate::ffi::bio::attach(ssl, config.mtu, config.send_queue, timer)?;
-    bio.get_mut().track_epoch1 = config.compact;
+    bio.get_mut().track_epoch1 = config.compact || config.connection_ids;
     // It fails for values below OpenSSL's minimum, which validate() excludes.
     if !ssl::set_link_mtu(ssl, config.mtu) {
         return Err(Error::Config(ConfigError::OutOfRange {
