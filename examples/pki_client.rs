@@ -22,7 +22,7 @@ use openssl_dtls::DtlsClientContext;
 const USAGE: &str = "\
 usage: pki_client --ca PEM --message TEXT [--connect ADDR] [--bind ADDR]
                   [--server-name NAME | --no-verify-name] [--cert PEM --key PEM] [--cipher STR]
-                  [--count N] [--interval-ms MS] [--cid] [--cid-len N]
+                  [--count N] [--interval-ms MS] [--cid] [--cid-len N] [--reconnect N]
   --connect      server address (default 127.0.0.1:5684)
   --bind         local address to send from (default: any port of the server's address family)
   --ca           trust roots for the server certificate, PEM
@@ -37,6 +37,8 @@ usage: pki_client --ca PEM --message TEXT [--connect ADDR] [--bind ADDR]
   --cid          offer Connection IDs (RFC 9146), asking for none in records we receive;
                  prints `cid: HEX`, the server's CID we send (`cid: -` if it did not agree)
   --cid-len      with --cid (implied), ask for an N-byte CID (0 to 16) in records we receive
+  --reconnect    after the first connection, close it and connect N more times from new
+                 sockets, offering the previous session; prints `resumed: yes|no` per connection
   -h, --help     this text";
 
 struct Options {
@@ -51,6 +53,7 @@ struct Options {
     count: usize,
     interval: Duration,
     cid_len: Option<u8>,
+    reconnect: usize,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -65,6 +68,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut count = 1;
     let mut interval = Duration::ZERO;
     let mut cid_len = None;
+    let mut reconnect = 0;
     while let Some(arg) = p.next()? {
         match arg {
             Long("connect") => connect = p.value()?.parse_with(common::socket_addr)?,
@@ -80,6 +84,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("interval-ms") => interval = p.value()?.parse_with(common::millis)?,
             Long("cid") => cid_len = Some(cid_len.unwrap_or(0)),
             Long("cid-len") => cid_len = Some(p.value()?.parse_with(common::cid_len)?),
+            Long("reconnect") => reconnect = p.value()?.parse_with(common::count)?,
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
         }
@@ -101,6 +106,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         count,
         interval,
         cid_len,
+        reconnect,
     })
 }
 
@@ -125,16 +131,28 @@ fn main() {
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
-    let client = common::bind_client(o.bind, o.connect);
-    let timeout = Duration::from_secs(10);
-    let result = match &o.server_name {
-        Some(name) => client.connect_named(o.connect, name, &ctx, timeout),
-        None => client.connect(o.connect, &ctx, timeout),
-    };
-    let conn = result
-        .unwrap_or_else(|e| common::die(&format!("handshake with {} failed: {e}", o.connect)));
-    if o.cid_len.is_some() {
-        common::print_cid(&conn);
+    for _ in 0..=o.reconnect {
+        let client = common::bind_client(o.bind, o.connect);
+        let timeout = Duration::from_secs(10);
+        let result = match &o.server_name {
+            Some(name) => client.connect_named(o.connect, name, &ctx, timeout),
+            None => client.connect(o.connect, &ctx, timeout),
+        };
+        let conn = result
+            .unwrap_or_else(|e| common::die(&format!("handshake with {} failed: {e}", o.connect)));
+        if o.reconnect > 0 {
+            let resumed = conn.handshake_facts().is_some_and(|f| f.resumed);
+            common::say(if resumed {
+                "resumed: yes"
+            } else {
+                "resumed: no"
+            });
+        }
+        if o.cid_len.is_some() {
+            common::print_cid(&conn);
+        }
+        common::send_and_print(&conn, &o.message, o.count, o.interval);
+        conn.close();
+        client.close();
     }
-    common::send_and_print(&conn, &o.message, o.count, o.interval);
 }

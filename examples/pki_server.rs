@@ -20,11 +20,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use openssl_dtls::context::{TicketKeys, DEFAULT_TICKET_ROTATION};
 use openssl_dtls::{ClientAuth, DtlsServerContext};
 
 const USAGE: &str = "\
 usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-client-cert]]
                   [--cipher STR] [--idle-timeout SECS] [--cid-len N]
+                  [--session-cache N [--session-lifetime SECS]] [--tickets]
   --listen               address to bind (default 127.0.0.1:5684)
   --cert                 certificate chain, PEM (leaf first)
   --key                  private key, PEM
@@ -35,9 +37,12 @@ usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-clie
                          (default and 0 or none: never)
   --cid-len              Connection IDs (RFC 9146): ask clients for an N-byte CID (1 to 16),
                          so a connection follows its client to a new address (default 0: off)
+  --session-cache        resume sessions from a cache of N sessions (default: no resumption)
+  --session-lifetime     how long a session may be resumed, seconds (default 300)
+  --tickets              resume sessions with session tickets (random keys rotated hourly)
   -h, --help             this text
-Prints `handshake completed: ADDR cid=HEX` per connection (cid=- without a CID) and
-`address changed: OLD -> NEW cid=HEX` per connection that moved.";
+Prints `handshake completed: ADDR cid=HEX` per connection (cid=- without a CID), `resumed: ADDR`
+after it when the handshake resumed a session, and `address changed: OLD -> NEW cid=HEX` per connection that moved.";
 
 struct Options {
     listen: SocketAddr,
@@ -48,6 +53,9 @@ struct Options {
     cipher: Option<String>,
     idle_timeout: Option<Option<Duration>>,
     cid_len: u8,
+    session_cache: Option<usize>,
+    session_lifetime: Duration,
+    tickets: bool,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -58,6 +66,9 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut cipher = None;
     let mut idle_timeout = None;
     let mut cid_len = 0;
+    let mut session_cache = None;
+    let mut session_lifetime = Duration::from_secs(300);
+    let mut tickets = false;
     while let Some(arg) = p.next()? {
         match arg {
             Long("listen") => listen = p.value()?.parse_with(common::socket_addr)?,
@@ -70,6 +81,11 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
                 idle_timeout = Some(p.value()?.parse_with(common::idle_timeout)?)
             }
             Long("cid-len") => cid_len = p.value()?.parse_with(common::cid_len)?,
+            Long("session-cache") => session_cache = Some(p.value()?.parse_with(common::count)?),
+            Long("session-lifetime") => {
+                session_lifetime = Duration::from_secs(p.value()?.parse_with(common::count)? as u64)
+            }
+            Long("tickets") => tickets = true,
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
         }
@@ -86,6 +102,9 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         cipher,
         idle_timeout,
         cid_len,
+        session_cache,
+        session_lifetime,
+        tickets,
     })
 }
 
@@ -109,6 +128,14 @@ fn main() {
     }
     if o.cid_len > 0 {
         builder.connection_id(o.cid_len);
+    }
+    if let Some(size) = o.session_cache {
+        builder.session_cache(size, o.session_lifetime);
+    }
+    if o.tickets {
+        let keys = TicketKeys::random(DEFAULT_TICKET_ROTATION)
+            .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
+        builder.session_tickets(keys);
     }
     let ctx = builder
         .build()

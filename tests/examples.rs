@@ -612,3 +612,99 @@ fn psk_server_prints_the_move_when_a_cid_clients_nat_rebinds() {
     assert_eq!(out.matches("handshake completed: ").count(), 1, "{out}");
     assert_eq!(nat.stats().to_old_address, 0);
 }
+
+/// A self-signed P-256 certificate for `server.test` (its own CA) and its key, PEM.
+fn self_signed_server_test() -> (Vec<u8>, Vec<u8>) {
+    use openssl::x509::{extension::SubjectAlternativeName, X509NameBuilder, X509};
+    use openssl::{asn1::Asn1Time, bn::BigNum, ec, hash::MessageDigest, nid::Nid, pkey::PKey};
+    let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "server.test").unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns("server.test")
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    (
+        b.build().to_pem().unwrap(),
+        key.private_key_to_pem_pkcs8().unwrap(),
+    )
+}
+
+#[test]
+fn pki_client_reconnect_resumes_with_pki_server_and_both_print_it() {
+    let (cert, key) = self_signed_server_test();
+    let dir = std::env::temp_dir().join(format!("openssl-dtls-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let cert_path = write("server.pem", &cert);
+    let key_path = write("server.key", &key);
+    let ca_path = cert_path.clone();
+    for flags in [&["--session-cache", "16"][..], &["--tickets"][..]] {
+        let mut args = vec!["--cert", &cert_path, "--key", &key_path];
+        args.extend_from_slice(flags);
+        let mut server = Server::start("pki_server", &args);
+        let connect = server.addr.to_string();
+        let out = run(
+            "pki_client",
+            &[
+                "--connect",
+                &connect,
+                "--ca",
+                &ca_path,
+                "--server-name",
+                "server.test",
+                "--message",
+                "again",
+                "--reconnect",
+                "2",
+            ],
+        );
+        let (stdout, log) = (server.stdout(), server.stop());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{flags:?}: {}\n{log}",
+            out.stderr
+        );
+        assert_eq!(
+            out.stdout.lines().collect::<Vec<_>>(),
+            [
+                "resumed: no",
+                "again",
+                "resumed: yes",
+                "again",
+                "resumed: yes",
+                "again"
+            ],
+            "{flags:?}"
+        );
+        assert_eq!(
+            stdout
+                .lines()
+                .filter(|l| l.starts_with("resumed: "))
+                .count(),
+            2,
+            "{flags:?}: server stdout:\n{stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -171,8 +171,9 @@ pub fn bind_client(bind: Option<SocketAddr>, peer: SocketAddr) -> DtlsClient {
 }
 
 /// Accepts connections forever, echoing every datagram back to its sender on its own thread.
-/// Prints `handshake completed: ADDR cid=HEX` per connection and `address changed: OLD -> NEW
-/// cid=HEX` per connection that followed its peer to a new address by its Connection ID.
+/// Prints `handshake completed: ADDR cid=HEX` per connection, then `resumed: ADDR` if its
+/// handshake resumed a session, and `address changed: OLD -> NEW cid=HEX` per connection that
+/// followed its peer to a new address by its Connection ID.
 pub fn echo_forever(server: DtlsServer) -> ! {
     // The hooks first: a client that starts once it reads `listening on` finds them set.
     // One line per failed handshake: who, and why (a wrong key, an unknown identity, a
@@ -191,6 +192,9 @@ pub fn echo_forever(server: DtlsServer) -> ! {
                     conn.peer_addr(),
                     cid::to_hex(own)
                 ));
+                if conn.handshake_facts().is_some_and(|f| f.resumed) {
+                    say(&format!("resumed: {}", conn.peer_addr()));
+                }
                 log::info!(
                     "connection from {} ({} {})",
                     conn.peer_addr(),

@@ -12,6 +12,7 @@ use super::certificate::{certificate_builder_methods, CertificateConfig, Source}
 use super::ciphers::{Auth, Offered};
 use super::common::{common_builder_methods, Common};
 use super::psk::{self, ClientPsk, PskCredentials};
+use super::resumption::{ClientSessions, StoreKey, DEFAULT_CLIENT_SESSIONS};
 use super::trust::{apply_roots, apply_verify, trust_builder_methods, VerifyCallback};
 use crate::config::SessionConfig;
 use crate::error::{ConfigError, Error, Result};
@@ -37,6 +38,9 @@ struct ClientInner {
     /// Verification is on, certificate suites can be negotiated, and the server-identity check
     /// was not skipped: every session must check a name or an IP address.
     check_identity: bool,
+    /// The sessions this context offers again, per server name or address; `None` when
+    /// resumption is off.
+    sessions: Option<Arc<ClientSessions>>,
 }
 
 impl fmt::Debug for DtlsClientContext {
@@ -45,6 +49,7 @@ impl fmt::Debug for DtlsClientContext {
             .field("verify", &self.inner.verify)
             .field("check_identity", &self.inner.check_identity)
             .field("session", &self.inner.session)
+            .field("sessions", &self.inner.sessions)
             .finish_non_exhaustive()
     }
 }
@@ -103,13 +108,23 @@ impl DtlsClientContext {
         server_name: Option<&str>,
         now: Instant,
     ) -> Result<Session> {
-        let ip = match peer.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        let mut session = self.session(server_name, Some(ip), now)?;
+        let mut session = self.session(server_name, Some(peer), now)?;
         session.set_peer_addr(peer);
         Ok(session)
+    }
+
+    /// How many sessions this context keeps for resumption (0 with
+    /// [`session_resumption(false)`](DtlsClientContextBuilder::session_resumption)).
+    pub fn stored_sessions(&self) -> usize {
+        self.inner.sessions.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// Forgets every stored session: the next handshake with each server is a full one.
+    #[doc(alias = "SSL_SESSION_free")]
+    pub fn clear_sessions(&self) {
+        if let Some(sessions) = &self.inner.sessions {
+            sessions.clear();
+        }
     }
 
     /// Whether sessions without a server name check the peer's IP address, or fail: `false` for
@@ -122,9 +137,13 @@ impl DtlsClientContext {
     fn session(
         &self,
         server_name: Option<&str>,
-        peer_ip: Option<IpAddr>,
+        peer: Option<SocketAddr>,
         now: Instant,
     ) -> Result<Session> {
+        let peer_ip = peer.map(|p| match p.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        });
         let mut ssl = Ssl::new(&self.ctx)?;
         if let Some(name) = server_name {
             if name.is_empty() || name.len() > MAX_SERVER_NAME_LEN || name.contains('\0') {
@@ -152,13 +171,24 @@ impl DtlsClientContext {
             let ip = peer_ip.ok_or(Error::Config(ConfigError::NoServerIdentity))?;
             ssl.param_mut().set_ip(ip)?;
         }
+        if let Some(sessions) = &self.inner.sessions {
+            // A session is offered only to the name, or else the address, it was made with,
+            // and only by this context (same verification settings).
+            let key = match (server_name, peer) {
+                (Some(name), _) => Some(StoreKey::Name(name.to_owned())),
+                (None, Some(peer)) => Some(StoreKey::Addr(peer)),
+                (None, None) => None,
+            };
+            if let Some(key) = key {
+                sessions.prepare(&mut ssl, key)?;
+            }
+        }
         Session::client(ssl, &self.inner.session, now)
     }
 }
 
 /// Builds a [`DtlsClientContext`]: setters take `&mut self` and chain; [`build`](Self::build)
 /// checks everything and returns the frozen context.
-#[derive(Default)]
 pub struct DtlsClientContextBuilder {
     common: Common,
     psk: Option<ClientPsk>,
@@ -170,6 +200,25 @@ pub struct DtlsClientContextBuilder {
     certificate: CertificateConfig,
     /// Our Connection ID's length, when offering CIDs.
     cid_len: Option<u8>,
+    /// `None`: resumption off; else the session store's capacity.
+    sessions: Option<usize>,
+}
+
+impl Default for DtlsClientContextBuilder {
+    fn default() -> Self {
+        DtlsClientContextBuilder {
+            common: Common::default(),
+            psk: None,
+            disable_verification: false,
+            skip_server_name_check: false,
+            trusted_roots: false,
+            roots: Vec::new(),
+            verify_callback: None,
+            certificate: CertificateConfig::default(),
+            cid_len: None,
+            sessions: Some(DEFAULT_CLIENT_SESSIONS),
+        }
+    }
 }
 
 impl fmt::Debug for DtlsClientContextBuilder {
@@ -183,6 +232,7 @@ impl fmt::Debug for DtlsClientContextBuilder {
             .field("roots", &self.roots)
             .field("verify_callback", &self.verify_callback.is_some())
             .field("certificate", &self.certificate)
+            .field("sessions", &self.sessions)
             .finish()
     }
 }
@@ -211,6 +261,34 @@ impl DtlsClientContextBuilder {
     #[doc(alias = "SSL_CTX_add_custom_ext")]
     pub fn connection_id(&mut self, len: u8) -> &mut Self {
         self.cid_len = Some(len);
+        self
+    }
+
+    /// Keeps the session of each handshake and offers it again to the same server (RFC 5246
+    /// §7.4.1.2 session IDs and RFC 5077 tickets: `SSL_CTX_sess_set_new_cb`, `SSL_set_session`).
+    /// On by default; `false` makes every handshake a full one. Sessions are kept per server
+    /// name, or per address when no name is given, and only in this context: a context with
+    /// other verification settings never resumes them. A server that does not resume (this
+    /// crate's servers by default) runs a full handshake. Whether a handshake resumed is
+    /// [`HandshakeFacts::resumed`](crate::HandshakeFacts::resumed).
+    ///
+    /// A resumed handshake does not verify the server's certificate again: it proves the
+    /// server holds the earlier session's secret, whose certificate was verified then.
+    #[doc(alias = "SSL_CTX_set_session_cache_mode")]
+    #[doc(alias = "SSL_set_session")]
+    pub fn session_resumption(&mut self, enabled: bool) -> &mut Self {
+        self.sessions = enabled.then(|| self.sessions.unwrap_or(DEFAULT_CLIENT_SESSIONS));
+        self
+    }
+
+    /// How many sessions (servers) the store keeps, 1 to
+    /// [`MAX_CLIENT_SESSIONS`](crate::context::MAX_CLIENT_SESSIONS) (checked at `build()`);
+    /// default [`DEFAULT_CLIENT_SESSIONS`](crate::context::DEFAULT_CLIENT_SESSIONS). When full,
+    /// the session stored longest ago goes. Each is an `SSL_SESSION` of about 1 KB plus the
+    /// server's certificate chain. Turns resumption on.
+    #[doc(alias = "SSL_CTX_sess_set_cache_size")]
+    pub fn session_store_capacity(&mut self, sessions: usize) -> &mut Self {
+        self.sessions = Some(sessions);
         self
     }
 
@@ -355,6 +433,10 @@ impl DtlsClientContextBuilder {
             cid.validate(false)?;
             crate::cid::install_client(&mut b, cid)?;
         }
+        let sessions = match self.sessions {
+            Some(capacity) => Some(ClientSessions::install(&mut b, capacity)?),
+            None => None,
+        };
         Ok(DtlsClientContext {
             ctx: b.build(),
             inner: Arc::new(ClientInner {
@@ -364,6 +446,7 @@ impl DtlsClientContextBuilder {
                 },
                 verify,
                 check_identity: verify && certificates && !self.skip_server_name_check,
+                sessions,
             }),
         })
     }

@@ -80,6 +80,7 @@
 // | `trust.rs` | trust roots and the verification callback |
 // | `ciphers.rs` | cipher presets and the check that a cipher string is usable |
 // | `psk.rs` | PSK credentials, key stores and their callbacks |
+// | `resumption.rs` | server session cache and tickets (`TicketKeys`), the client's session store |
 // | `client.rs`, `server.rs` | the two contexts and their builders |
 //
 // The cookie callbacks a server context installs live with the cookies, in `crate::cookie`.
@@ -89,12 +90,17 @@ mod ciphers;
 mod client;
 mod common;
 mod psk;
+mod resumption;
 mod server;
 mod trust;
 
 pub use self::ciphers::{CipherPreset, CERTIFICATE_CIPHERS, PSK_CIPHERS};
 pub use self::client::{DtlsClientContext, DtlsClientContextBuilder};
 pub use self::psk::{PskCredentials, MAX_IDENTITY_LEN, MAX_KEY_LEN};
+pub use self::resumption::{
+    TicketKeys, DEFAULT_CLIENT_SESSIONS, DEFAULT_TICKET_ROTATION, MAX_CLIENT_SESSIONS,
+    MAX_SESSION_CACHE_SIZE, MAX_SESSION_LIFETIME,
+};
 pub use self::server::{ClientAuth, DtlsServerContext, DtlsServerContextBuilder};
 /// Runs a user callback without letting a panic unwind (kept here for the endpoint's hooks).
 pub(crate) use crate::ffi::ctx::guard;

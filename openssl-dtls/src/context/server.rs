@@ -15,6 +15,7 @@ use super::certificate::{
 use super::ciphers::{Auth, Offered};
 use super::common::{common_builder_methods, Common};
 use super::psk::{self, KeyStore, Secret, MAX_IDENTITY_LEN};
+use super::resumption::{ServerResumption, TicketKeys};
 use super::trust::{apply_roots, apply_verify, trust_builder_methods, VerifyCallback};
 use crate::config::SessionConfig;
 use crate::cookie::{self, CookieSecrets};
@@ -136,6 +137,7 @@ pub struct DtlsServerContextBuilder {
     /// Our Connection IDs' length (0: off) and prefix.
     cid_len: u8,
     cid_prefix: Vec<u8>,
+    resumption: ServerResumption,
 }
 
 impl Default for DtlsServerContextBuilder {
@@ -153,6 +155,7 @@ impl Default for DtlsServerContextBuilder {
             admission: None,
             cid_len: 0,
             cid_prefix: vec![0],
+            resumption: ServerResumption::default(),
         }
     }
 }
@@ -173,6 +176,7 @@ impl fmt::Debug for DtlsServerContextBuilder {
             .field("cookie_secret", &self.cookie_secret)
             .field("cookie_rotation", &self.cookie_rotation)
             .field("admission", &self.admission.is_some())
+            .field("resumption", &self.resumption)
             .finish()
     }
 }
@@ -286,6 +290,60 @@ impl DtlsServerContextBuilder {
         self
     }
 
+    /// Turns on OpenSSL's server session cache (`SSL_CTX_set_session_cache_mode` with
+    /// `SSL_SESS_CACHE_SERVER`): up to `size` sessions (1 to
+    /// [`MAX_SESSION_CACHE_SIZE`](crate::context::MAX_SESSION_CACHE_SIZE);
+    /// `SSL_CTX_sess_set_cache_size`), each resumable for `lifetime` (1 s to
+    /// [`MAX_SESSION_LIFETIME`](crate::context::MAX_SESSION_LIFETIME); `SSL_CTX_set_timeout`, which
+    /// also bounds [tickets](Self::session_tickets)). Both are checked at `build()`. Off by
+    /// default.
+    ///
+    /// **A resumed handshake skips the PSK key store and the client-certificate verification**:
+    /// an identity removed from the key store, or a client certificate no longer trusted, still
+    /// resumes until its session's lifetime ends. Choose `lifetime` as the longest such delay you
+    /// accept (SECURITY-CONSIDERATIONS.md §3.5). Sessions are resumed only by a context with the
+    /// same client-authentication settings and roots (`SSL_CTX_set_session_id_context`).
+    ///
+    /// Memory: OpenSSL holds about 1 KB per cached session, plus the client's certificate chain
+    /// when it sent one; `size` bounds it. A resumed handshake is reported by
+    /// [`HandshakeFacts::resumed`](crate::HandshakeFacts::resumed).
+    #[doc(alias = "SSL_CTX_set_session_cache_mode")]
+    #[doc(alias = "SSL_CTX_sess_set_cache_size")]
+    #[doc(alias = "SSL_CTX_set_timeout")]
+    pub fn session_cache(&mut self, size: usize, lifetime: Duration) -> &mut Self {
+        self.resumption.cache = Some((size, lifetime));
+        self
+    }
+
+    /// Issues and accepts stateless session tickets (RFC 5077) under `keys`
+    /// (`SSL_CTX_set_tlsext_ticket_key_evp_cb`): the server keeps nothing per session, and
+    /// servers sharing the keys (clones of one [`TicketKeys`], or
+    /// [`TicketKeys::with_secret`] with one secret; SECURITY-CONSIDERATIONS.md §3.5 for fleets) resume each other's sessions. A ticket under
+    /// a key that was rotated away, or that another secret made, gets a full handshake, never an
+    /// error. Without [`session_cache`](Self::session_cache), sessions are resumable for twice
+    /// the key rotation (at most 24 h). Off by default (`SSL_OP_NO_TICKET`).
+    ///
+    /// The same warning as for the session cache applies: a resumed handshake skips the PSK key
+    /// store and the client-certificate verification (SECURITY-CONSIDERATIONS.md §3.5).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use openssl_dtls::{context::TicketKeys, DtlsServerContext};
+    /// let keys = TicketKeys::random(Duration::from_secs(3600))?;
+    /// let ctx = DtlsServerContext::builder()
+    ///     .psk_key_store(|_identity: &[u8]| Some(b"0123456789abcdef".to_vec()))
+    ///     .session_tickets(keys.clone())
+    ///     .session_cache(1024, Duration::from_secs(600))
+    ///     .build()?;
+    /// # Ok::<(), openssl_dtls::Error>(())
+    /// ```
+    #[doc(alias = "SSL_CTX_set_tlsext_ticket_key_evp_cb")]
+    #[doc(alias = "SSL_OP_NO_TICKET")]
+    pub fn session_tickets(&mut self, keys: TicketKeys) -> &mut Self {
+        self.resumption.tickets = Some(keys);
+        self
+    }
+
     /// Decides whether a peer whose ClientHello carried a valid cookie may start a handshake:
     /// `false` ignores it (nothing is allocated for it). A panic counts as `false`.
     pub fn admission<F>(&mut self, hook: F) -> &mut Self
@@ -365,11 +423,11 @@ impl DtlsServerContextBuilder {
         // The server's preset order decides (PSK-AES128-CCM8 first for PSK, AES-128-GCM first
         // for certificates), not the client's (`SSL_OP_CIPHER_SERVER_PREFERENCE`).
         b.set_options(openssl::ssl::SslOptions::CIPHER_SERVER_PREFERENCE);
-        // No session resumption: a resumed session would outlive a PSK identity or a client
-        // certificate that has since been withdrawn (tickets live 2 hours by default), and every
-        // handshake re-checks credentials this way (`SSL_OP_NO_TICKET`, session cache off).
-        b.set_options(openssl::ssl::SslOptions::NO_TICKET);
-        b.set_session_cache_mode(openssl::ssl::SslSessionCacheMode::OFF);
+        // No session resumption unless asked for: a resumed session would outlive a PSK
+        // identity or a client certificate that has since been withdrawn, so by default every
+        // handshake re-checks credentials (`SSL_OP_NO_TICKET`, session cache off; §3.5).
+        self.resumption
+            .apply(&mut b, &self.verification_context())?;
         apply_roots(&mut b, &self.roots, true)?;
         let mode = match self.client_auth {
             ClientAuth::None => SslVerifyMode::NONE,
@@ -419,6 +477,27 @@ impl DtlsServerContextBuilder {
                 admission: self.admission.clone(),
             }),
         })
+    }
+
+    /// What a resumed session skips, as bytes for the session-id context: client
+    /// authentication, the roots (their bytes or file names), whether a verify callback or a
+    /// PSK key store decides.
+    fn verification_context(&self) -> Vec<u8> {
+        let mut out = format!(
+            "openssl-dtls server; client_auth={:?}; verify_callback={}; psk={}; roots=",
+            self.client_auth,
+            self.verify_callback.is_some(),
+            self.psk_store.is_some()
+        )
+        .into_bytes();
+        for root in &self.roots {
+            match root {
+                Source::Pem(bytes) | Source::Der(bytes) => out.extend_from_slice(&bytes.0),
+                Source::File(path) => out.extend_from_slice(path.to_string_lossy().as_bytes()),
+            }
+            out.push(0);
+        }
+        out
     }
 
     /// The identity hint as a C string, checked.
