@@ -282,3 +282,111 @@ fn a_malformed_connection_id_extension_is_refused_with_decode_error() {
     // A plaintext fatal alert: level 2, decode_error (50).
     assert_eq!((buf[0], buf[n - 2], buf[n - 1]), (21, 2, 50));
 }
+
+/// Epoch and sequence number of each record of one datagram (`tls12_cid` headers with a CID of
+/// `cid_len` bytes).
+fn epoch_seqs(datagram: &[u8], cid_len: usize) -> Vec<(u16, u64)> {
+    let mut out = Vec::new();
+    let mut rest = datagram;
+    while rest.len() >= 13 {
+        let header = if rest[0] == 25 { 13 + cid_len } else { 13 };
+        let epoch = u16::from_be_bytes([rest[3], rest[4]]);
+        let mut seq = [0u8; 8];
+        seq[2..].copy_from_slice(&rest[5..11]);
+        out.push((epoch, u64::from_be_bytes(seq)));
+        let len = u16::from_be_bytes([rest[header - 2], rest[header - 1]]) as usize;
+        rest = &rest[(header + len).min(rest.len())..];
+    }
+    out
+}
+
+#[test]
+fn a_resumed_cid_handshake_never_reuses_an_epoch1_sequence_number() {
+    // An abbreviated handshake: the server writes its Finished in the very call that negotiates
+    // the CIDs, then its compact layer must continue after that record.
+    let now = Instant::now();
+    let sc = DtlsServerContext::builder()
+        .psk_key_store(|_: &[u8]| Some(support::cid::KEY.to_vec()))
+        .ciphers("PSK-AES128-CCM8")
+        .connection_id(8)
+        .session_cache(16, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let cc = client_ctx(Some(4), "PSK-AES128-CCM8");
+    let peer: std::net::SocketAddr = "127.0.0.1:5684".parse().unwrap();
+    let mut resumed = false;
+    for round in 0..2 {
+        let mut client = cc.new_session_to(peer, None, now).unwrap();
+        let mut server = sc.new_session(now).unwrap();
+        let mut link = Link::perfect();
+        let mut seen: Vec<(bool, u16, u64)> = Vec::new();
+        let ok = support::run_until_tapped(
+            &mut client,
+            &mut server,
+            &mut link,
+            Duration::from_secs(10),
+            |link, dir, d| {
+                let cid_len = if dir == Dir::ToServer { 8 } else { 4 };
+                seen.extend(
+                    epoch_seqs(d, cid_len)
+                        .into_iter()
+                        .map(|(e, s)| (dir == Dir::ToServer, e, s)),
+                );
+                link.send(dir, d)
+            },
+            |c, s| c.is_established() && s.is_established(),
+        );
+        assert!(
+            ok,
+            "round {round}: {:?} {:?}",
+            client.error(),
+            server.error()
+        );
+        for i in 0..3u8 {
+            server.send(&[b's', i]).unwrap();
+            client.send(&[b'c', i]).unwrap();
+        }
+        let ok = support::run_until_tapped(
+            &mut client,
+            &mut server,
+            &mut link,
+            Duration::from_secs(5),
+            |link, dir, d| {
+                let cid_len = if dir == Dir::ToServer { 8 } else { 4 };
+                seen.extend(
+                    epoch_seqs(d, cid_len)
+                        .into_iter()
+                        .map(|(e, s)| (dir == Dir::ToServer, e, s)),
+                );
+                link.send(dir, d)
+            },
+            |c, s| {
+                let mut b = [0u8; 8];
+                let mut n = 0;
+                while let Ok(Some(_)) = s.recv(&mut b) {
+                    n += 1;
+                }
+                while let Ok(Some(_)) = c.recv(&mut b) {
+                    n += 1;
+                }
+                n > 0 && !c.has_transmit() && !s.has_transmit()
+            },
+        );
+        assert!(ok);
+        resumed = server.handshake_facts().is_some_and(|f| f.resumed);
+        assert_eq!(resumed, round == 1, "the second handshake resumes");
+        assert!(server.connection_ids().is_some());
+        // Every epoch-1 (direction, sequence number) pair appears once: retransmissions get new
+        // numbers, and the compact layers continue after OpenSSL's Finished.
+        let mut epoch1: Vec<_> = seen.iter().filter(|(_, e, _)| *e == 1).collect();
+        let before = epoch1.len();
+        epoch1.sort();
+        epoch1.dedup();
+        assert_eq!(
+            epoch1.len(),
+            before,
+            "round {round}: a sequence number used twice: {seen:?}"
+        );
+    }
+    assert!(resumed);
+}
