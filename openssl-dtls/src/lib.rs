@@ -29,7 +29,7 @@ pub use crate::client::DtlsClient;
 pub use crate::connection::DtlsConnection;
 pub use crate::context::{
     CipherPreset, ClientAuth, DtlsClientContext, DtlsClientContextBuilder, DtlsServerContext,
-    DtlsServerContextBuilder, PskCredentials,
+    DtlsServerContextBuilder, PskCredentials, TicketKeys,
 };
 pub use crate::driver::moves::AddressChange;
 pub use crate::driver::SocketOptions;
