@@ -58,6 +58,15 @@ pub struct SessionConfig {
     /// flight was lost (its retransmissions arrive after the `SSL` is gone): keep it at least
     /// as long as the peer's handshake timeout. Range 1 ms to 1 hour.
     pub compact_linger: Duration,
+    /// In compact mode, keep what RFC 5705's exporter needs after the hand-off frees the `SSL`
+    /// (the master secret and the two randoms: 112 bytes in their own allocation per
+    /// connection, wiped when it ends), so that
+    /// [`Session::export_keying_material`](crate::Session::export_keying_material) keeps
+    /// working (`SSL_export_keying_material`). Default off: an idle compact connection then
+    /// holds no long-term secret beyond its record keys, and cannot export after the hand-off.
+    /// A connection that negotiated an SRTP profile keeps it whatever this says (its SRTP
+    /// keying material is an export). Connections on OpenSSL's record layer always export.
+    pub keep_exporter_secret: bool,
 }
 
 impl Default for SessionConfig {
@@ -73,6 +82,7 @@ impl Default for SessionConfig {
             send_queue: 64,
             compact: false,
             compact_linger: Duration::from_secs(240),
+            keep_exporter_secret: false,
         }
     }
 }
