@@ -22,7 +22,8 @@ use openssl_dtls::DtlsClientContext;
 const USAGE: &str = "\
 usage: pki_client --ca PEM --message TEXT [--connect ADDR] [--bind ADDR]
                   [--server-name NAME | --no-verify-name] [--cert PEM --key PEM] [--cipher STR]
-                  [--count N] [--interval-ms MS] [--cid] [--cid-len N]
+                  [--count N] [--interval-ms MS] [--cid] [--cid-len N] [--export LABEL:LEN]
+                  [--srtp PROFILES]
   --connect      server address (default 127.0.0.1:5684)
   --bind         local address to send from (default: any port of the server's address family)
   --ca           trust roots for the server certificate, PEM
@@ -37,6 +38,10 @@ usage: pki_client --ca PEM --message TEXT [--connect ADDR] [--bind ADDR]
   --cid          offer Connection IDs (RFC 9146), asking for none in records we receive;
                  prints `cid: HEX`, the server's CID we send (`cid: -` if it did not agree)
   --cid-len      with --cid (implied), ask for an N-byte CID (0 to 16) in records we receive
+  --export       LABEL:LEN: print `exporter: HEX`, LEN bytes of RFC 5705 keying material
+                 under LABEL (as openssl -keymatexport)
+  --srtp         DTLS-SRTP profiles offered, e.g. SRTP_AES128_CM_SHA1_80; print
+                 `srtp: PROFILE HEX` (its keying material)
   -h, --help     this text";
 
 struct Options {
@@ -51,6 +56,7 @@ struct Options {
     count: usize,
     interval: Duration,
     cid_len: Option<u8>,
+    keying: common::Keying,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -65,6 +71,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut count = 1;
     let mut interval = Duration::ZERO;
     let mut cid_len = None;
+    let mut keying = common::Keying::default();
     while let Some(arg) = p.next()? {
         match arg {
             Long("connect") => connect = p.value()?.parse_with(common::socket_addr)?,
@@ -79,6 +86,8 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("count") => count = p.value()?.parse_with(common::count)?,
             Long("interval-ms") => interval = p.value()?.parse_with(common::millis)?,
             Long("cid") => cid_len = Some(cid_len.unwrap_or(0)),
+            Long("export") => keying.export = Some(p.value()?.parse_with(common::export)?),
+            Long("srtp") => keying.srtp = Some(p.value()?.string()?),
             Long("cid-len") => cid_len = Some(p.value()?.parse_with(common::cid_len)?),
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
@@ -101,6 +110,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         count,
         interval,
         cid_len,
+        keying,
     })
 }
 
@@ -122,6 +132,9 @@ fn main() {
         eprintln!("warning: --no-verify-name: the server's name and address are not checked");
         builder.danger_skip_server_name_check();
     }
+    if let Some(profiles) = &o.keying.srtp {
+        builder.srtp_profiles(profiles);
+    }
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
@@ -136,5 +149,6 @@ fn main() {
     if o.cid_len.is_some() {
         common::print_cid(&conn);
     }
+    o.keying.print(&conn);
     common::send_and_print(&conn, &o.message, o.count, o.interval);
 }

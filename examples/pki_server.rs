@@ -24,7 +24,8 @@ use openssl_dtls::{ClientAuth, DtlsServerContext};
 
 const USAGE: &str = "\
 usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-client-cert]]
-                  [--cipher STR] [--idle-timeout SECS] [--cid-len N]
+                  [--cipher STR] [--idle-timeout SECS] [--cid-len N] [--export LABEL:LEN]
+                  [--srtp PROFILES]
   --listen               address to bind (default 127.0.0.1:5684)
   --cert                 certificate chain, PEM (leaf first)
   --key                  private key, PEM
@@ -35,6 +36,10 @@ usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-clie
                          (default and 0 or none: never)
   --cid-len              Connection IDs (RFC 9146): ask clients for an N-byte CID (1 to 16),
                          so a connection follows its client to a new address (default 0: off)
+  --export               LABEL:LEN: print `exporter: HEX` per connection, LEN bytes of
+                         RFC 5705 keying material under LABEL (as openssl -keymatexport)
+  --srtp                 DTLS-SRTP profiles accepted, e.g. SRTP_AES128_CM_SHA1_80; print
+                         `srtp: PROFILE HEX` (its keying material) per connection
   -h, --help             this text
 Prints `handshake completed: ADDR cid=HEX` per connection (cid=- without a CID) and
 `address changed: OLD -> NEW cid=HEX` per connection that moved.";
@@ -48,6 +53,7 @@ struct Options {
     cipher: Option<String>,
     idle_timeout: Option<Option<Duration>>,
     cid_len: u8,
+    keying: common::Keying,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -58,6 +64,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut cipher = None;
     let mut idle_timeout = None;
     let mut cid_len = 0;
+    let mut keying = common::Keying::default();
     while let Some(arg) = p.next()? {
         match arg {
             Long("listen") => listen = p.value()?.parse_with(common::socket_addr)?,
@@ -69,6 +76,8 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("idle-timeout") => {
                 idle_timeout = Some(p.value()?.parse_with(common::idle_timeout)?)
             }
+            Long("export") => keying.export = Some(p.value()?.parse_with(common::export)?),
+            Long("srtp") => keying.srtp = Some(p.value()?.string()?),
             Long("cid-len") => cid_len = p.value()?.parse_with(common::cid_len)?,
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
@@ -86,6 +95,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         cipher,
         idle_timeout,
         cid_len,
+        keying,
     })
 }
 
@@ -110,9 +120,14 @@ fn main() {
     if o.cid_len > 0 {
         builder.connection_id(o.cid_len);
     }
+    if let Some(profiles) = &o.keying.srtp {
+        builder.srtp_profiles(profiles);
+    }
+    builder.keep_exporter_secret(o.keying.export.is_some());
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
     let server = common::bind_server(o.listen, ctx, common::server_config(o.idle_timeout));
-    common::echo_forever(server)
+    let keying = o.keying;
+    common::echo_forever_with(server, move |conn| keying.print(conn))
 }
