@@ -23,6 +23,7 @@ const USAGE: &str = "\
 usage: pki_client --ca PEM --message TEXT [--connect ADDR] [--bind ADDR]
                   [--server-name NAME | --no-verify-name] [--cert PEM --key PEM] [--cipher STR]
                   [--count N] [--interval-ms MS] [--cid] [--cid-len N] [--reconnect N]
+                  [--export LABEL:LEN] [--srtp PROFILES]
   --connect      server address (default 127.0.0.1:5684)
   --bind         local address to send from (default: any port of the server's address family)
   --ca           trust roots for the server certificate, PEM
@@ -39,6 +40,10 @@ usage: pki_client --ca PEM --message TEXT [--connect ADDR] [--bind ADDR]
   --cid-len      with --cid (implied), ask for an N-byte CID (0 to 16) in records we receive
   --reconnect    after the first connection, close it and connect N more times from new
                  sockets, offering the previous session; prints `resumed: yes|no` per connection
+  --export       LABEL:LEN: print `exporter: HEX`, LEN bytes of RFC 5705 keying material
+                 under LABEL (as openssl -keymatexport)
+  --srtp         DTLS-SRTP profiles offered, e.g. SRTP_AES128_CM_SHA1_80; print
+                 `srtp: PROFILE HEX` (its keying material)
   -h, --help     this text";
 
 struct Options {
@@ -54,6 +59,7 @@ struct Options {
     interval: Duration,
     cid_len: Option<u8>,
     reconnect: usize,
+    keying: common::Keying,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -69,6 +75,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut interval = Duration::ZERO;
     let mut cid_len = None;
     let mut reconnect = 0;
+    let mut keying = common::Keying::default();
     while let Some(arg) = p.next()? {
         match arg {
             Long("connect") => connect = p.value()?.parse_with(common::socket_addr)?,
@@ -83,6 +90,8 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("count") => count = p.value()?.parse_with(common::count)?,
             Long("interval-ms") => interval = p.value()?.parse_with(common::millis)?,
             Long("cid") => cid_len = Some(cid_len.unwrap_or(0)),
+            Long("export") => keying.export = Some(p.value()?.parse_with(common::export)?),
+            Long("srtp") => keying.srtp = Some(p.value()?.string()?),
             Long("cid-len") => cid_len = Some(p.value()?.parse_with(common::cid_len)?),
             Long("reconnect") => reconnect = p.value()?.parse_with(common::count)?,
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
@@ -107,6 +116,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         interval,
         cid_len,
         reconnect,
+        keying,
     })
 }
 
@@ -127,6 +137,9 @@ fn main() {
     if o.no_verify_name {
         eprintln!("warning: --no-verify-name: the server's name and address are not checked");
         builder.danger_skip_server_name_check();
+    }
+    if let Some(profiles) = &o.keying.srtp {
+        builder.srtp_profiles(profiles);
     }
     let ctx = builder
         .build()
@@ -151,6 +164,7 @@ fn main() {
         if o.cid_len.is_some() {
             common::print_cid(&conn);
         }
+        o.keying.print(&conn);
         common::send_and_print(&conn, &o.message, o.count, o.interval);
         conn.close();
         client.close();

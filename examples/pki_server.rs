@@ -27,6 +27,7 @@ const USAGE: &str = "\
 usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-client-cert]]
                   [--cipher STR] [--idle-timeout SECS] [--cid-len N]
                   [--session-cache N [--session-lifetime SECS]] [--tickets]
+                  [--export LABEL:LEN] [--srtp PROFILES]
   --listen               address to bind (default 127.0.0.1:5684)
   --cert                 certificate chain, PEM (leaf first)
   --key                  private key, PEM
@@ -40,6 +41,10 @@ usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-clie
   --session-cache        resume sessions from a cache of N sessions (default: no resumption)
   --session-lifetime     how long a session may be resumed, seconds (default 300)
   --tickets              resume sessions with session tickets (random keys rotated hourly)
+  --export               LABEL:LEN: print `exporter: HEX` per connection, LEN bytes of
+                         RFC 5705 keying material under LABEL (as openssl -keymatexport)
+  --srtp                 DTLS-SRTP profiles accepted, e.g. SRTP_AES128_CM_SHA1_80; print
+                         `srtp: PROFILE HEX` (its keying material) per connection
   -h, --help             this text
 Prints `handshake completed: ADDR cid=HEX` per connection (cid=- without a CID), `resumed: ADDR`
 after it when the handshake resumed a session, and `address changed: OLD -> NEW cid=HEX` per connection that moved.";
@@ -56,6 +61,7 @@ struct Options {
     session_cache: Option<usize>,
     session_lifetime: Duration,
     tickets: bool,
+    keying: common::Keying,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -69,6 +75,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut session_cache = None;
     let mut session_lifetime = Duration::from_secs(300);
     let mut tickets = false;
+    let mut keying = common::Keying::default();
     while let Some(arg) = p.next()? {
         match arg {
             Long("listen") => listen = p.value()?.parse_with(common::socket_addr)?,
@@ -80,6 +87,8 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("idle-timeout") => {
                 idle_timeout = Some(p.value()?.parse_with(common::idle_timeout)?)
             }
+            Long("export") => keying.export = Some(p.value()?.parse_with(common::export)?),
+            Long("srtp") => keying.srtp = Some(p.value()?.string()?),
             Long("cid-len") => cid_len = p.value()?.parse_with(common::cid_len)?,
             Long("session-cache") => session_cache = Some(p.value()?.parse_with(common::count)?),
             Long("session-lifetime") => {
@@ -105,6 +114,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         session_cache,
         session_lifetime,
         tickets,
+        keying,
     })
 }
 
@@ -137,9 +147,14 @@ fn main() {
             .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
         builder.session_tickets(keys);
     }
+    if let Some(profiles) = &o.keying.srtp {
+        builder.srtp_profiles(profiles);
+    }
+    builder.keep_exporter_secret(o.keying.export.is_some());
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
     let server = common::bind_server(o.listen, ctx, common::server_config(o.idle_timeout));
-    common::echo_forever(server)
+    let keying = o.keying;
+    common::echo_forever_with(server, move |conn| keying.print(conn))
 }

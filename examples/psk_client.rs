@@ -38,6 +38,10 @@ usage: psk_client --message TEXT [--connect ADDR] [--bind ADDR] [--identity ID] 
   --cid          offer Connection IDs (RFC 9146), asking for none in records we receive;
                  prints `cid: HEX`, the server's CID we send (`cid: -` if it did not agree)
   --cid-len      with --cid (implied), ask for an N-byte CID (0 to 16) in records we receive
+  --export       LABEL:LEN: print `exporter: HEX`, LEN bytes of RFC 5705 keying material
+                 under LABEL (as openssl -keymatexport)
+  --srtp         DTLS-SRTP profiles offered, e.g. SRTP_AES128_CM_SHA1_80; print
+                 `srtp: PROFILE HEX` (its keying material)
   -h, --help     this text";
 
 struct Options {
@@ -50,6 +54,7 @@ struct Options {
     count: usize,
     interval: Duration,
     cid_len: Option<u8>,
+    keying: common::Keying,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -63,6 +68,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut count = 1;
     let mut interval = Duration::ZERO;
     let mut cid_len = None;
+    let mut keying = common::Keying::default();
     while let Some(arg) = p.next()? {
         match arg {
             Long("connect") => connect = p.value()?.parse_with(common::socket_addr)?,
@@ -74,6 +80,8 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("count") => count = p.value()?.parse_with(common::count)?,
             Long("interval-ms") => interval = p.value()?.parse_with(common::millis)?,
             Long("cid") => cid_len = Some(cid_len.unwrap_or(0)),
+            Long("export") => keying.export = Some(p.value()?.parse_with(common::export)?),
+            Long("srtp") => keying.srtp = Some(p.value()?.string()?),
             Long("cid-len") => cid_len = Some(p.value()?.parse_with(common::cid_len)?),
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
@@ -89,6 +97,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         count,
         interval,
         cid_len,
+        keying,
     })
 }
 
@@ -102,6 +111,9 @@ fn main() {
     }
     if let Some(len) = o.cid_len {
         builder.connection_id(len);
+    }
+    if let Some(profiles) = &o.keying.srtp {
+        builder.srtp_profiles(profiles);
     }
     let ctx = builder
         .build()
@@ -119,5 +131,6 @@ fn main() {
     if o.cid_len.is_some() {
         common::print_cid(&conn);
     }
+    o.keying.print(&conn);
     common::send_and_print(&conn, &o.message, o.count, o.interval);
 }

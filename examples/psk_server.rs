@@ -31,7 +31,8 @@ use openssl_dtls::DtlsServerContext;
 
 const USAGE: &str = "\
 usage: psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--cipher STR]
-                  [--compact] [--idle-timeout SECS] [--cid-len N]
+                  [--compact] [--idle-timeout SECS] [--cid-len N] [--export LABEL:LEN]
+                  [--srtp PROFILES]
   --listen        address to bind (default 127.0.0.1:5684)
   --identity      the PSK identity accepted (default Client_identity)
   --key-hex       the key, in hex (default 73656372657450534b = \"secretPSK\")
@@ -42,6 +43,10 @@ usage: psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--
                   (default and 0 or none: never)
   --cid-len       Connection IDs (RFC 9146): ask clients for an N-byte CID (1 to 16), so a
                   connection follows its client to a new address (default 0: off)
+  --export        LABEL:LEN: print `exporter: HEX` per connection, LEN bytes of RFC 5705
+                  keying material under LABEL (as openssl -keymatexport)
+  --srtp          DTLS-SRTP profiles, e.g. SRTP_AES128_CM_SHA1_80:SRTP_AEAD_AES_128_GCM;
+                  print `srtp: PROFILE HEX` (its keying material) per connection
   -h, --help      this text
 A datagram longer than the connection's data MTU is echoed truncated to it (logged).
 Prints `handshake completed: ADDR cid=HEX` per connection (cid=- without a CID) and
@@ -56,6 +61,7 @@ struct Options {
     compact: bool,
     idle_timeout: Option<Option<Duration>>,
     cid_len: u8,
+    keying: common::Keying,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -69,7 +75,9 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         compact: false,
         idle_timeout: None,
         cid_len: 0,
+        keying: common::Keying::default(),
     };
+    let keying = &mut o.keying;
     while let Some(arg) = p.next()? {
         match arg {
             Long("listen") => o.listen = p.value()?.parse_with(common::socket_addr)?,
@@ -81,6 +89,8 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             Long("idle-timeout") => {
                 o.idle_timeout = Some(p.value()?.parse_with(common::idle_timeout)?)
             }
+            Long("export") => keying.export = Some(p.value()?.parse_with(common::export)?),
+            Long("srtp") => keying.srtp = Some(p.value()?.string()?),
             Long("cid-len") => o.cid_len = p.value()?.parse_with(common::cid_len)?,
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
             _ => return Err(arg.unexpected()),
@@ -105,9 +115,14 @@ fn main() {
     if o.cid_len > 0 {
         builder.connection_id(o.cid_len);
     }
+    if let Some(profiles) = &o.keying.srtp {
+        builder.srtp_profiles(profiles);
+    }
+    builder.keep_exporter_secret(o.keying.export.is_some());
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
     let server = common::bind_server(o.listen, ctx, common::server_config(o.idle_timeout));
-    common::echo_forever(server)
+    let keying = o.keying;
+    common::echo_forever_with(server, move |conn| keying.print(conn))
 }

@@ -15,7 +15,10 @@
 //!   `address changed: OLD -> NEW cid=HEX` per connection that followed its peer to a new
 //!   address by its CID;
 //! - clients: `cid: HEX` after the handshake when asked for CIDs (`--cid`; HEX: the server's
-//!   CID this client sends), then each reply.
+//!   CID this client sends), then each reply;
+//! - both, once per connection after its handshake: `exporter: HEX` with `--export LABEL:LEN`
+//!   (RFC 5705 keying material, as `openssl s_client -keymatexport LABEL -keymatexportlen LEN`
+//!   prints it) and `srtp: PROFILE HEX` with `--srtp PROFILES` (`srtp: -` if none was agreed).
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -137,6 +140,52 @@ pub fn idle_timeout(s: &str) -> Result<Option<Duration>, String> {
     Ok((secs > 0).then(|| Duration::from_secs(secs)))
 }
 
+/// `--export LABEL:LEN` and `--srtp PROFILES`: what a tool exports and prints per connection.
+#[derive(Debug, Clone, Default)]
+pub struct Keying {
+    /// RFC 5705 label and length.
+    pub export: Option<(String, usize)>,
+    /// SRTP profiles (OpenSSL's syntax), offered or accepted.
+    pub srtp: Option<String>,
+}
+
+impl Keying {
+    /// Prints `exporter: HEX` and `srtp: PROFILE HEX` for `conn`, as asked.
+    pub fn print(&self, conn: &DtlsConnection) {
+        if let Some((label, len)) = &self.export {
+            let mut out = vec![0u8; *len];
+            match conn.export_keying_material(label, None, &mut out) {
+                Ok(()) => say(&format!("exporter: {}", cid::to_hex(&out))),
+                Err(e) => eprintln!("export failed: {e}"),
+            }
+        }
+        if self.srtp.is_some() {
+            match conn.srtp_keying_material() {
+                Ok(Some(m)) => say(&format!(
+                    "srtp: {} {}",
+                    m.profile(),
+                    cid::to_hex(m.as_bytes())
+                )),
+                Ok(None) => say("srtp: -"),
+                Err(e) => eprintln!("SRTP keying material: {e}"),
+            }
+        }
+    }
+}
+
+/// Parses `--export`'s `LABEL:LEN` (LEN 1 to 16384).
+pub fn export(s: &str) -> Result<(String, usize), String> {
+    let (label, len) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not LABEL:LEN"))?;
+    let len: usize = len
+        .parse()
+        .ok()
+        .filter(|n| (1..=16_384).contains(n))
+        .ok_or_else(|| format!("{len:?} is not a length from 1 to 16384"))?;
+    Ok((label.to_owned(), len))
+}
+
 /// The endpoint limits for a server whose `--idle-timeout` was `idle` (the library's default,
 /// no idle timeout, when the flag is absent).
 pub fn server_config(idle: Option<Option<Duration>>) -> EndpointConfig {
@@ -175,6 +224,12 @@ pub fn bind_client(bind: Option<SocketAddr>, peer: SocketAddr) -> DtlsClient {
 /// handshake resumed a session, and `address changed: OLD -> NEW cid=HEX` per connection that
 /// followed its peer to a new address by its Connection ID.
 pub fn echo_forever(server: DtlsServer) -> ! {
+    echo_forever_with(server, |_| {})
+}
+
+/// [`echo_forever`], calling `on_connection` for each connection after its
+/// `handshake completed` line (the `--export` / `--srtp` lines).
+pub fn echo_forever_with(server: DtlsServer, on_connection: impl Fn(&DtlsConnection)) -> ! {
     // The hooks first: a client that starts once it reads `listening on` finds them set.
     // One line per failed handshake: who, and why (a wrong key, an unknown identity, a
     // certificate that did not verify, a timeout).
@@ -195,6 +250,7 @@ pub fn echo_forever(server: DtlsServer) -> ! {
                 if conn.handshake_facts().is_some_and(|f| f.resumed) {
                     say(&format!("resumed: {}", conn.peer_addr()));
                 }
+                on_connection(&conn);
                 log::info!(
                     "connection from {} ({} {})",
                     conn.peer_addr(),

@@ -64,6 +64,15 @@ pub struct SessionConfig {
     /// even when OpenSSL writes its Finished in the call that also negotiated the CIDs, as a
     /// server does in an abbreviated handshake).
     pub(crate) connection_ids: bool,
+    /// In compact mode, keep what RFC 5705's exporter needs after the hand-off frees the `SSL`
+    /// (the master secret and the two randoms: 112 bytes in their own allocation per
+    /// connection, wiped when it ends), so that
+    /// [`Session::export_keying_material`](crate::Session::export_keying_material) keeps
+    /// working (`SSL_export_keying_material`). Default off: an idle compact connection then
+    /// holds no long-term secret beyond its record keys, and cannot export after the hand-off.
+    /// A connection that negotiated an SRTP profile keeps it whatever this says (its SRTP
+    /// keying material is an export). Connections on OpenSSL's record layer always export.
+    pub keep_exporter_secret: bool,
 }
 
 impl Default for SessionConfig {
@@ -80,6 +89,7 @@ impl Default for SessionConfig {
             compact: false,
             compact_linger: Duration::from_secs(240),
             connection_ids: false,
+            keep_exporter_secret: false,
         }
     }
 }

@@ -42,7 +42,8 @@ pub use crate::error::{
 };
 pub use crate::server::{DtlsServer, Incoming};
 pub use crate::session::{
-    HandshakeFacts, Role, Session, SessionConfig, SessionState, SessionStats,
+    HandshakeFacts, Role, Session, SessionConfig, SessionState, SessionStats, SrtpKeyingMaterial,
+    SrtpProfile,
 };
 pub use crate::wire::DropReason;
 

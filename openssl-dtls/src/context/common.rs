@@ -42,6 +42,8 @@ pub(crate) struct Common {
     pub alpn: Vec<Vec<u8>>,
     pub session: SessionConfig,
     pub key_log: Option<KeyLog>,
+    /// DTLS-SRTP profiles offered (client) or accepted (server), OpenSSL's syntax.
+    pub srtp: Option<String>,
 }
 
 impl Default for Common {
@@ -54,6 +56,7 @@ impl Default for Common {
             alpn: Vec::new(),
             session: SessionConfig::default(),
             key_log: None,
+            srtp: None,
         }
     }
 }
@@ -112,6 +115,11 @@ impl Common {
                 return Err(sigalgs_error());
             }
             b.set_sigalgs_list(sigalgs).map_err(|_| sigalgs_error())?;
+        }
+        if let Some(profiles) = &self.srtp {
+            crate::session::check_srtp_profiles(profiles)?;
+            b.set_tlsext_use_srtp(profiles)
+                .map_err(|e| ConfigError::Invalid(format!("SRTP profiles {profiles:?}: {e}")))?;
         }
         Ok(())
     }
@@ -279,6 +287,30 @@ macro_rules! common_builder_methods {
         /// 240 s (RFC 6347 §4.2.4); at most 1 hour.
         pub fn compact_linger(&mut self, linger: ::std::time::Duration) -> &mut Self {
             self.common.session.compact_linger = linger;
+            self
+        }
+
+        /// In compact mode, keep the exporter's secret (master secret and randoms, 112 bytes per
+        /// connection) after the hand-off, so that `export_keying_material` keeps working
+        /// ([`SessionConfig::keep_exporter_secret`](crate::SessionConfig::keep_exporter_secret),
+        /// `SSL_export_keying_material`). Default off.
+        #[doc(alias = "SSL_export_keying_material")]
+        pub fn keep_exporter_secret(&mut self, on: bool) -> &mut Self {
+            self.common.session.keep_exporter_secret = on;
+            self
+        }
+
+        /// DTLS-SRTP (RFC 5764): the SRTP protection profiles a client offers, or a server
+        /// accepts, most preferred first, in OpenSSL's syntax:
+        /// `"SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80"` (`SSL_CTX_set_tlsext_use_srtp`).
+        /// Every name must be a [`SrtpProfile`](crate::SrtpProfile), checked at `build()`. The
+        /// negotiated profile and its keying material are on the connection
+        /// ([`Session::srtp_keying_material`](crate::Session::srtp_keying_material)); a compact
+        /// connection that negotiated one keeps the exporter's secret for it.
+        #[doc(alias = "SSL_CTX_set_tlsext_use_srtp")]
+        #[doc(alias = "use_srtp")]
+        pub fn srtp_profiles(&mut self, profiles: &str) -> &mut Self {
+            self.common.srtp = Some(profiles.to_owned());
             self
         }
 

@@ -158,6 +158,33 @@ impl<D: Io> Handle<D> {
         self.shared.lock().endpoint.peer_addr(self.peer, self.id)
     }
 
+    /// RFC 5705 keying material of this connection ([`Session::export_keying_material`]);
+    /// [`Error::Closed`] once it is gone from the endpoint.
+    pub fn export_keying_material(
+        &self,
+        label: &str,
+        context: Option<&[u8]>,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let core = self.shared.lock();
+        let session = core
+            .endpoint
+            .session(self.peer, self.id)
+            .ok_or(Error::Closed)?;
+        session.export_keying_material(label, context, out)
+    }
+
+    /// The SRTP keying material ([`Session::srtp_keying_material`]); [`Error::Closed`] once the
+    /// connection is gone from the endpoint.
+    pub fn srtp_keying_material(&self) -> Result<Option<crate::session::SrtpKeyingMaterial>> {
+        let core = self.shared.lock();
+        let session = core
+            .endpoint
+            .session(self.peer, self.id)
+            .ok_or(Error::Closed)?;
+        session.srtp_keying_material()
+    }
+
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
         let core = self.shared.lock();
@@ -277,6 +304,42 @@ macro_rules! connection_accessors {
         /// ([`Session::handshake_facts`](crate::Session::handshake_facts)).
         pub fn handshake_facts(&self) -> Option<&std::sync::Arc<crate::session::HandshakeFacts>> {
             self.inner.facts.handshake.as_ref()
+        }
+
+        /// Exports `out.len()` bytes of keying material (RFC 5705) under `label` and, if given,
+        /// `context`: the bytes the peer's `SSL_export_keying_material` gives. A compact
+        /// connection exports after its hand-off only if its context kept the secret for it
+        /// (`keep_exporter_secret`, or a negotiated SRTP profile); see
+        /// [`Session::export_keying_material`](crate::Session::export_keying_material) for the
+        /// errors. Takes the driver's lock.
+        #[doc(alias = "SSL_export_keying_material")]
+        pub fn export_keying_material(
+            &self,
+            label: &str,
+            context: Option<&[u8]>,
+            out: &mut [u8],
+        ) -> $crate::Result<()> {
+            self.inner.export_keying_material(label, context, out)
+        }
+
+        /// The SRTP protection profile the handshake negotiated (RFC 5764), if any
+        /// (`SSL_get_selected_srtp_profile`).
+        #[doc(alias = "SSL_get_selected_srtp_profile")]
+        pub fn selected_srtp_profile(&self) -> Option<$crate::SrtpProfile> {
+            self.inner
+                .facts
+                .handshake
+                .as_ref()
+                .and_then(|f| f.srtp_profile)
+        }
+
+        /// The SRTP keying material of the negotiated profile (RFC 5764 §4.2), `Ok(None)`
+        /// without one
+        /// ([`Session::srtp_keying_material`](crate::Session::srtp_keying_material)). Takes
+        /// the driver's lock.
+        #[doc(alias = "SSL_export_keying_material")]
+        pub fn srtp_keying_material(&self) -> $crate::Result<Option<$crate::SrtpKeyingMaterial>> {
+            self.inner.srtp_keying_material()
         }
 
         /// The largest payload [`send`](Self::send) accepts (`DTLS_get_data_mtu`).

@@ -231,6 +231,10 @@ impl<D: Io> Shared<D> {
                 }
                 // No hook: the endpoint logged the move.
                 Event::AddressChanged { .. } => {}
+                // The blocking and async drivers do not read non-DTLS datagrams (yet): with
+                // `demux_rtp` on they wait in the endpoint's bounded queue, then are counted
+                // as dropped.
+                Event::NonDtlsReadable => {}
                 Event::HandshakeFailed(failure) => {
                     if core.failures.push(failure) {
                         self.wake(); // the driver reports it, outside the lock

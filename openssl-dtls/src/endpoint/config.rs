@@ -71,6 +71,16 @@ pub struct EndpointConfig {
     /// Stateless replies (HelloVerifyRequests, refusal alerts) queued for sending; more are
     /// dropped. Default 256.
     pub max_pending_replies: usize,
+    /// Demultiplex RTP and RTCP (RFC 7983, for DTLS-SRTP): a datagram whose first byte is
+    /// 128–191 from the address of an established connection is queued for
+    /// [`Endpoint::recv_non_dtls`](crate::endpoint::Endpoint::recv_non_dtls) (announced by
+    /// [`Event::NonDtlsReadable`](crate::endpoint::Event::NonDtlsReadable)) instead of being
+    /// dropped. Off (the default), such datagrams are dropped and counted as
+    /// `dropped_non_dtls`. Either way they never reach a session.
+    pub demux_rtp: bool,
+    /// Non-DTLS datagrams queued for the application with [`demux_rtp`](Self::demux_rtp),
+    /// all connections together; more are dropped and counted. Default 256.
+    pub non_dtls_queue: usize,
 }
 
 impl Default for EndpointConfig {
@@ -83,6 +93,8 @@ impl Default for EndpointConfig {
             idle_timeout: None,
             evict_idle_after: Some(Duration::from_secs(30 * 60)),
             max_pending_replies: 256,
+            demux_rtp: false,
+            non_dtls_queue: 256,
         }
     }
 }
@@ -96,6 +108,7 @@ impl EndpointConfig {
             ("max_handshakes_per_ip", self.max_handshakes_per_ip),
             ("handshake_memory", self.handshake_memory),
             ("max_pending_replies", self.max_pending_replies),
+            ("non_dtls_queue", self.non_dtls_queue),
         ] {
             if value == 0 {
                 return Err(ConfigError::OutOfRange {

@@ -57,6 +57,11 @@ pub enum Event {
         /// Its address from now on.
         to: SocketAddr,
     },
+    /// Non-DTLS datagrams (RTP/RTCP, RFC 7983) wait for
+    /// [`Endpoint::recv_non_dtls`](super::Endpoint::recv_non_dtls): emitted when its queue
+    /// goes from empty to non-empty, so read until it returns `None`
+    /// ([`EndpointConfig::demux_rtp`](crate::EndpointConfig::demux_rtp)).
+    NonDtlsReadable,
 }
 
 /// Who the peer of a failed handshake said it was, as far as the handshake got.

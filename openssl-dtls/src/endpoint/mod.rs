@@ -128,6 +128,9 @@ pub struct Endpoint {
     moved: HashMap<ConnectionId, (SocketAddr, Option<cid::Unconfirmed>)>,
     /// The length of the CIDs this endpoint issues (0: none): how `tls12_cid` records parse.
     cid_len: u8,
+    /// Non-DTLS datagrams for the application ([`EndpointConfig::demux_rtp`]): the address, the
+    /// connection at it, the bytes (pooled buffers).
+    non_dtls: VecDeque<(SocketAddr, ConnectionId, Vec<u8>)>,
     /// The latest `now` an entry point was given: the calls that take no `now` (output, the
     /// application's reads and closes) act at the time of the last input, so the endpoint never
     /// reads the clock.
@@ -188,6 +191,7 @@ impl Endpoint {
             cid_len: 0,
             no_evictable_before: None,
             refusal_log: [(None, 0); 4],
+            non_dtls: VecDeque::new(),
             now: None,
         }
     }
@@ -258,6 +262,10 @@ impl Endpoint {
         // The one parse of this datagram: every step below reads its record views.
         let parsed = match wire::parse_cid(datagram, self.cid_len) {
             Ok(parsed) => parsed,
+            Err(_) if datagram.first().is_some_and(|b| (128..=191).contains(b)) => {
+                self.non_dtls(peer, datagram);
+                return;
+            }
             Err(reason) => {
                 // A connection whose own CID length differs from the endpoint's (a client that
                 // asked the server for a CID) parses its `tls12_cid` records itself.
@@ -447,6 +455,45 @@ impl Endpoint {
             }
             self.settle(addr, now);
         }
+    }
+
+    /// A datagram whose first byte is 128–191 (RTP or RTCP; RFC 7983 §7): queued for the
+    /// application if [`EndpointConfig::demux_rtp`] is on and it came from the address of an
+    /// established connection, else dropped; counted either way. Never given to a session.
+    fn non_dtls(&mut self, peer: SocketAddr, datagram: &[u8]) {
+        let id = self
+            .peers
+            .get(&peer)
+            .filter(|p| p.session.is_established())
+            .map(|p| p.id);
+        let Some(id) = id.filter(|_| self.config.demux_rtp) else {
+            self.stats.dropped_non_dtls += 1;
+            return;
+        };
+        if self.non_dtls.len() >= self.config.non_dtls_queue {
+            self.stats.dropped_non_dtls += 1;
+            return;
+        }
+        if self.non_dtls.is_empty() {
+            self.events.push_back(Event::NonDtlsReadable);
+        }
+        let mut copy = crate::record::take_buffer();
+        copy.extend_from_slice(datagram);
+        self.non_dtls.push_back((peer, id, copy));
+        self.stats.non_dtls_received += 1;
+    }
+
+    /// Takes the next non-DTLS datagram (RTP/RTCP, RFC 7983) queued with
+    /// [`EndpointConfig::demux_rtp`]: the address it came from, the connection at that address
+    /// when it arrived, and its length in `buf` (truncated to `buf`, as UDP's `recv` does);
+    /// `None` when none waits. The demultiplexing RFC 7983 asks of a DTLS-SRTP endpoint:
+    /// SRTP itself is the application's.
+    pub fn recv_non_dtls(&mut self, buf: &mut [u8]) -> Option<(SocketAddr, ConnectionId, usize)> {
+        let (peer, id, datagram) = self.non_dtls.pop_front()?;
+        let n = datagram.len().min(buf.len());
+        buf[..n].copy_from_slice(&datagram[..n]);
+        crate::record::give_buffer(datagram);
+        Some((peer, id, n))
     }
 
     /// The next event, if any.

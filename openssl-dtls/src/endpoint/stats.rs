@@ -118,6 +118,13 @@ pub struct EndpointStats {
     /// Datagrams not sent to a moved connection's new address because they would exceed what
     /// that address sent us before answering from there (anti-amplification).
     pub cid_amplification_dropped: u64,
+    /// Non-DTLS datagrams (first byte 128–191: RTP/RTCP, RFC 7983) queued for
+    /// [`Endpoint::recv_non_dtls`](super::Endpoint::recv_non_dtls)
+    /// ([`EndpointConfig::demux_rtp`](crate::EndpointConfig::demux_rtp) on).
+    pub non_dtls_received: u64,
+    /// Non-DTLS datagrams (first byte 128–191) dropped: demultiplexing off, not from the
+    /// address of an established connection, or the queue full.
+    pub dropped_non_dtls: u64,
 }
 
 impl EndpointStats {
@@ -137,6 +144,7 @@ impl EndpointStats {
             + self.refused_per_ip_limit
             + self.refused_handshake_memory
             + self.dropped_unknown_cid
+            + self.dropped_non_dtls
     }
 
     /// Every counter with its name, in declaration order (the pre-parser's drops as
@@ -155,7 +163,7 @@ impl EndpointStats {
                 .iter()
                 .map(|r| (format!("dropped_{}", r.as_str()), self.dropped(*r))),
         );
-        let named: [(&str, u64); 34] = [
+        let named: [(&str, u64); 36] = [
             ("dropped_unknown_peer", self.dropped_unknown_peer),
             (
                 "dropped_short_client_hello",
@@ -210,6 +218,8 @@ impl EndpointStats {
             ),
             ("cid_moves_refused_busy", self.cid_moves_refused_busy),
             ("cid_amplification_dropped", self.cid_amplification_dropped),
+            ("non_dtls_received", self.non_dtls_received),
+            ("dropped_non_dtls", self.dropped_non_dtls),
             ("dropped_total", self.dropped_total()),
         ];
         out.extend(named.iter().map(|(k, v)| ((*k).to_owned(), *v)));

@@ -1,6 +1,7 @@
 //! The compact engine of a session: routing records to the compact record layer, the transitions
 //! into it (`start_compact`, `hand_off`), opening and sealing records, refusing renegotiation.
 
+use super::exporter::ExporterSecret;
 use super::*;
 
 impl Session {
@@ -128,7 +129,15 @@ impl Session {
         self.engine = match std::mem::replace(&mut self.engine, Engine::Switching) {
             Engine::Lingering {
                 openssl, compact, ..
-            } => Engine::Compact(self.free_ssl(openssl, compact)),
+            } => {
+                // Exports after the hand-off need the master secret and randoms: kept only
+                // when asked for (see `exporter`).
+                let secret = self
+                    .keeps_exporter_secret()
+                    .then(|| ExporterSecret::of(&openssl.ssl))
+                    .flatten();
+                Engine::Compact(self.free_ssl(openssl, compact), secret)
+            }
             other => other,
         };
     }

@@ -15,6 +15,7 @@ use std::time::Instant;
 use openssl::ssl::{Ssl, SslRef};
 use openssl::x509::X509;
 
+use super::exporter::{self, ExporterSecret, SrtpProfile};
 use crate::ffi::bio::BioHandle;
 use crate::record::RecordLayer;
 
@@ -39,7 +40,10 @@ pub(super) enum Engine {
         until: Instant,
     },
     /// Compact mode after the hand-off: the compact layer carries everything; the `SSL` is freed.
-    Compact(Box<Compact>),
+    /// The second field is the exporter's secret, kept only when asked for (see
+    /// [`exporter`](super::exporter)); the variant stays smaller than `Lingering`, so it costs
+    /// no room when absent.
+    Compact(Box<Compact>, Option<Box<ExporterSecret>>),
     /// Only inside a transition (`std::mem::replace`); never observed between calls.
     Switching,
 }
@@ -49,14 +53,14 @@ impl Engine {
     pub(super) fn openssl(&self) -> Option<&OpenSsl> {
         match self {
             Engine::OpenSsl(o) | Engine::Lingering { openssl: o, .. } => Some(o),
-            Engine::Compact(_) | Engine::Switching => None,
+            Engine::Compact(..) | Engine::Switching => None,
         }
     }
 
     pub(super) fn openssl_mut(&mut self) -> Option<&mut OpenSsl> {
         match self {
             Engine::OpenSsl(o) | Engine::Lingering { openssl: o, .. } => Some(o),
-            Engine::Compact(_) | Engine::Switching => None,
+            Engine::Compact(..) | Engine::Switching => None,
         }
     }
 
@@ -68,14 +72,14 @@ impl Engine {
     /// The compact layer, once it has keys (lingering or handed off).
     pub(super) fn compact(&self) -> Option<&Compact> {
         match self {
-            Engine::Lingering { compact, .. } | Engine::Compact(compact) => Some(compact),
+            Engine::Lingering { compact, .. } | Engine::Compact(compact, _) => Some(compact),
             Engine::OpenSsl(_) | Engine::Switching => None,
         }
     }
 
     pub(super) fn compact_mut(&mut self) -> Option<&mut Compact> {
         match self {
-            Engine::Lingering { compact, .. } | Engine::Compact(compact) => Some(compact),
+            Engine::Lingering { compact, .. } | Engine::Compact(compact, _) => Some(compact),
             Engine::OpenSsl(_) | Engine::Switching => None,
         }
     }
@@ -125,6 +129,9 @@ pub struct HandshakeFacts {
     pub server_name: Option<Box<str>>,
     /// Whether the handshake resumed an earlier session (`SSL_session_reused`).
     pub resumed: bool,
+    /// The SRTP protection profile negotiated (RFC 5764 `use_srtp`), if any
+    /// (`SSL_get_selected_srtp_profile`).
+    pub srtp_profile: Option<SrtpProfile>,
     /// When the handshake started (the session was made).
     pub started: Instant,
     /// When it completed.
@@ -148,6 +155,7 @@ impl HandshakeFacts {
                 .servername(openssl::ssl::NameType::HOST_NAME)
                 .map(Into::into),
             resumed: ssl.session_reused(),
+            srtp_profile: exporter::selected_profile(ssl),
             started,
             completed,
             client_random,
@@ -157,5 +165,41 @@ impl HandshakeFacts {
     /// How long the handshake took.
     pub fn duration(&self) -> std::time::Duration {
         self.completed.saturating_duration_since(self.started)
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// `Engine` as it was before the exporter's secret: the secret must find room in it.
+    #[allow(dead_code)]
+    enum EngineWithoutExporter {
+        OpenSsl(OpenSsl),
+        Lingering {
+            openssl: OpenSsl,
+            compact: Box<Compact>,
+            until: Instant,
+        },
+        Compact(Box<Compact>),
+        Switching,
+    }
+
+    #[test]
+    fn the_exporter_secret_costs_an_idle_compact_connection_no_room() {
+        assert_eq!(size_of::<Engine>(), size_of::<EngineWithoutExporter>());
+        // The SRTP profile sits in the facts' padding.
+        #[allow(dead_code)]
+        struct FactsWithoutSrtp {
+            a: &'static str,
+            b: [Option<&'static str>; 2],
+            c: [Option<Box<[u8]>>; 2],
+            d: Option<X509>,
+            e: Option<Box<str>>,
+            f: bool,
+            g: [Instant; 2],
+            h: [u8; 32],
+        }
+        assert_eq!(size_of::<HandshakeFacts>(), size_of::<FactsWithoutSrtp>());
     }
 }

@@ -165,7 +165,7 @@ impl Session {
     /// Whether the connection runs on the compact record layer with its `SSL` freed
     /// ([`SessionConfig::compact`]).
     pub fn is_compact(&self) -> bool {
-        matches!(self.engine, Engine::Compact(_))
+        matches!(self.engine, Engine::Compact(..))
     }
 
     /// Whether compact mode has taken over the record layer's receiving side but still keeps

@@ -56,11 +56,14 @@ use crate::wire::{ContentType, Parsed, RecordHeader};
 mod cid;
 mod compact;
 mod engine;
+mod exporter;
 mod facts;
 mod filter;
 mod openssl_engine;
 mod stats;
 
+pub(crate) use self::exporter::check_srtp_profiles;
+pub use self::exporter::{SrtpKeyingMaterial, SrtpProfile, MAX_EXPORT_LEN, SRTP_EXPORTER_LABEL};
 use self::filter::*;
 pub use self::filter::{
     MAX_HANDSHAKE_EPOCH1_ALONE, MAX_HANDSHAKE_EPOCH1_APP_RECORDS, MAX_HANDSHAKE_EPOCH1_RECORDS,
