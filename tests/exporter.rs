@@ -398,7 +398,7 @@ fn rtp_datagrams_reach_the_application_with_demux_and_are_counted_without() {
             &client_sock,
             |s, _| {
                 while let Some(e) = s.poll_event() {
-                    readable |= matches!(e, Event::NonDtlsReadable);
+                    readable |= matches!(e, Event::NonDtlsReadable { .. });
                 }
                 seen = s.stats().non_dtls_received + s.stats().dropped_non_dtls;
                 seen == 2
@@ -438,4 +438,86 @@ fn rtp_datagrams_reach_the_application_with_demux_and_are_counted_without() {
         );
         assert_eq!(&buf[..got], b"after rtp");
     }
+}
+
+#[test]
+fn srtp_media_shares_the_dtls_connections_socket_through_the_drivers() {
+    use openssl_dtls::{
+        DtlsClient, DtlsClientContext, DtlsServer, DtlsServerContext, EndpointConfig,
+        PskCredentials, SocketOptions,
+    };
+    use std::time::Duration;
+    let key = b"0123456789abcdef".to_vec();
+    let server_ctx = DtlsServerContext::builder()
+        .psk_key_store(move |_: &[u8]| Some(key.clone()))
+        .srtp_profiles("SRTP_AES128_CM_SHA1_80")
+        .build()
+        .unwrap();
+    let mut config = EndpointConfig::default();
+    config.demux_rtp = true;
+    let server = DtlsServer::bind_with(
+        "127.0.0.1:0",
+        server_ctx,
+        config.clone(),
+        SocketOptions::default(),
+    )
+    .unwrap();
+    let client_ctx = DtlsClientContext::builder()
+        .psk_credentials(PskCredentials::new(
+            b"media".to_vec(),
+            b"0123456789abcdef".to_vec(),
+        ))
+        .srtp_profiles("SRTP_AES128_CM_SHA1_80")
+        .build()
+        .unwrap();
+    let client = DtlsClient::bind_with("127.0.0.1:0", config, SocketOptions::default()).unwrap();
+    let step = Duration::from_secs(10);
+    let conn = client
+        .connect(server.local_addr(), &client_ctx, step)
+        .unwrap();
+    let accepted = server.accept().unwrap();
+    let (ours, theirs) = (
+        conn.srtp_keying_material().unwrap().unwrap(),
+        accepted.srtp_keying_material().unwrap().unwrap(),
+    );
+    assert_eq!(
+        ours.as_bytes(),
+        theirs.as_bytes(),
+        "both sides derive the same SRTP keys"
+    );
+    // An RTP packet (version 2: first byte 0x80) each way on the DTLS connection's 5-tuple.
+    let rtp = [
+        0x80, 0x60, 0, 1, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3,
+    ];
+    conn.send_non_dtls(&rtp).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        accepted.recv_non_dtls_timeout(&mut buf, step).unwrap(),
+        Some(rtp.len())
+    );
+    assert_eq!(&buf[..rtp.len()], &rtp);
+    let rtcp = [0x81, 0xc8, 0, 6, 9, 9, 9, 9];
+    accepted.send_non_dtls(&rtcp).unwrap();
+    assert_eq!(
+        conn.recv_non_dtls_timeout(&mut buf, step).unwrap(),
+        Some(rtcp.len())
+    );
+    assert_eq!(&buf[..rtcp.len()], &rtcp);
+    // DTLS records still flow, and nothing else is sent as media.
+    conn.send(b"dtls").unwrap();
+    assert_eq!(accepted.recv_timeout(&mut buf, step).unwrap(), Some(4));
+    assert!(
+        conn.send_non_dtls(&[0x16, 0xfe, 0xfd]).is_err(),
+        "a DTLS-looking datagram is refused"
+    );
+    assert_eq!(
+        conn.recv_non_dtls_timeout(&mut buf, Duration::from_millis(50))
+            .unwrap(),
+        None
+    );
+    assert_eq!(server.stats().non_dtls_received, 1);
+    // After the connection ends, waiting for media ends too.
+    conn.close();
+    assert!(accepted.recv_timeout(&mut buf, step).is_ok());
+    assert!(accepted.recv_non_dtls_timeout(&mut buf, step).is_err());
 }

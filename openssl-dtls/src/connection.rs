@@ -62,6 +62,34 @@ impl DtlsConnection {
         outcome.unwrap_or(Ok(None))
     }
 
+    /// Sends one SRTP or SRTCP packet (RFC 7983: first byte 128–191) to the peer as it is, from
+    /// the connection's socket: the media of DTLS-SRTP shares the DTLS connection's 5-tuple.
+    /// See [`Endpoint::send_non_dtls`](crate::Endpoint::send_non_dtls) for the checks.
+    pub fn send_non_dtls(&self, datagram: &[u8]) -> Result<()> {
+        let mut core = self.inner.shared.lock();
+        self.inner.send_non_dtls_locked(&mut core, datagram)
+    }
+
+    /// Waits up to `timeout` for the next RTP/RTCP datagram (RFC 7983: first byte 128–191)
+    /// from this connection's peer, which the endpoint keeps aside when
+    /// [`EndpointConfig::demux_rtp`](crate::EndpointConfig::demux_rtp) is on: `Ok(Some(n))`
+    /// with its length in `buf` (truncated to `buf`), `Ok(None)` if none came, or the error
+    /// that ended the connection. SRTP itself (decryption, replay protection) is the
+    /// application's, with the keys of [`srtp_keying_material`](Self::srtp_keying_material).
+    pub fn recv_non_dtls_timeout(
+        &self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<Option<usize>> {
+        let inner = &*self.inner;
+        let deadline = Some(Instant::now() + timeout);
+        let core = inner.shared.lock();
+        let (_core, outcome) = blocking::wait_until(core, &inner.signal, deadline, |core| {
+            inner.recv_non_dtls_locked(core, buf)
+        });
+        outcome.transpose()
+    }
+
     /// Closes the connection: sends `close_notify` (`SSL_shutdown`). The peer's `recv` then
     /// reads end of stream; ours does too once queued data is read.
     #[doc(alias = "SSL_shutdown")]

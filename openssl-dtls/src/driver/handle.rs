@@ -125,6 +125,38 @@ impl<D: Io> Handle<D> {
         }
     }
 
+    /// Sends one non-DTLS datagram (SRTP/SRTCP) to the peer now, under the lock the caller
+    /// holds ([`Endpoint::send_non_dtls`](crate::endpoint::Endpoint::send_non_dtls)).
+    pub fn send_non_dtls_locked(&self, core: &mut Core<D>, datagram: &[u8]) -> Result<()> {
+        match core.endpoint.send_non_dtls(self.peer, self.id, datagram) {
+            Ok(()) => {
+                self.shared.flush(core);
+                Ok(())
+            }
+            Err(Error::Closed) => Err(self.ended_error(core).unwrap_or(Error::Closed)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes one non-DTLS datagram (RTP/RTCP) of this connection into `buf`, under the lock:
+    /// `Some(Ok(n))` a datagram, `Some(Err)` the connection ended (with its error, or
+    /// [`Error::Closed`]), `None`: nothing yet, wait.
+    pub fn recv_non_dtls_locked(
+        &self,
+        core: &mut Core<D>,
+        buf: &mut [u8],
+    ) -> Option<Result<usize>> {
+        if let Some(n) = core.endpoint.recv_non_dtls_from(self.id, buf) {
+            return Some(Ok(n));
+        }
+        let ended = core.shutdown
+            || matches!(
+                core.slots.get(&self.id).map(|s| &s.state),
+                Some(SlotState::Ended(_)) | None
+            );
+        ended.then(|| Err(self.ended_error(core).unwrap_or(Error::Closed)))
+    }
+
     /// The error that ended this connection, if it ended with one.
     fn ended_error(&self, core: &Core<D>) -> Option<Error> {
         match core.slots.get(&self.id).map(|s| &s.state) {

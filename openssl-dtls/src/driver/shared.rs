@@ -234,7 +234,11 @@ impl<D: Io> Shared<D> {
                 // The blocking and async drivers do not read non-DTLS datagrams (yet): with
                 // `demux_rtp` on they wait in the endpoint's bounded queue, then are counted
                 // as dropped.
-                Event::NonDtlsReadable => {}
+                Event::NonDtlsReadable { id, .. } => {
+                    if let Some(slot) = core.slots.get(&id) {
+                        slot.signal.wake_all();
+                    }
+                }
                 Event::HandshakeFailed(failure) => {
                     if core.failures.push(failure) {
                         self.wake(); // the driver reports it, outside the lock

@@ -57,11 +57,16 @@ pub enum Event {
         /// Its address from now on.
         to: SocketAddr,
     },
-    /// Non-DTLS datagrams (RTP/RTCP, RFC 7983) wait for
-    /// [`Endpoint::recv_non_dtls`](super::Endpoint::recv_non_dtls): emitted when its queue
-    /// goes from empty to non-empty, so read until it returns `None`
-    /// ([`EndpointConfig::demux_rtp`](crate::EndpointConfig::demux_rtp)).
-    NonDtlsReadable,
+    /// A non-DTLS datagram (RTP/RTCP, RFC 7983) from connection `id`'s peer waits for
+    /// [`Endpoint::recv_non_dtls`](super::Endpoint::recv_non_dtls) or
+    /// [`Endpoint::recv_non_dtls_from`](super::Endpoint::recv_non_dtls_from): one event per
+    /// datagram queued ([`EndpointConfig::demux_rtp`](crate::EndpointConfig::demux_rtp)).
+    NonDtlsReadable {
+        /// The address it came from.
+        peer: SocketAddr,
+        /// The connection at that address.
+        id: ConnectionId,
+    },
 }
 
 /// Who the peer of a failed handshake said it was, as far as the handshake got.

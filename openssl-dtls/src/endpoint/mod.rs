@@ -474,9 +474,7 @@ impl Endpoint {
             self.stats.dropped_non_dtls += 1;
             return;
         }
-        if self.non_dtls.is_empty() {
-            self.events.push_back(Event::NonDtlsReadable);
-        }
+        self.events.push_back(Event::NonDtlsReadable { peer, id });
         let mut copy = crate::record::take_buffer();
         copy.extend_from_slice(datagram);
         self.non_dtls.push_back((peer, id, copy));
@@ -494,6 +492,65 @@ impl Endpoint {
         buf[..n].copy_from_slice(&datagram[..n]);
         crate::record::give_buffer(datagram);
         Some((peer, id, n))
+    }
+
+    /// Takes the next non-DTLS datagram queued for connection `id` ([`recv_non_dtls`]
+    /// for one connection): its length in `buf` (truncated to `buf`), or `None` when none waits.
+    ///
+    /// [`recv_non_dtls`]: Self::recv_non_dtls
+    pub fn recv_non_dtls_from(&mut self, id: ConnectionId, buf: &mut [u8]) -> Option<usize> {
+        let at = self.non_dtls.iter().position(|(_, of, _)| *of == id)?;
+        let (_, _, datagram) = self.non_dtls.remove(at)?;
+        let n = datagram.len().min(buf.len());
+        buf[..n].copy_from_slice(&datagram[..n]);
+        crate::record::give_buffer(datagram);
+        Some(n)
+    }
+
+    /// Sends `datagram` as it is (an SRTP or SRTCP packet, RFC 7983: its first byte 128–191) to
+    /// established connection `id`'s peer, from this endpoint's socket (the 5-tuple DTLS-SRTP
+    /// media shares with the DTLS connection). Refused with an [`Error::Io`] of kind
+    /// `InvalidInput` if the first byte is outside 128–191 (the peer would take it for DTLS or
+    /// STUN) or the datagram is longer than a UDP payload; with [`Error::Closed`] if the
+    /// connection is not established. It waits in the stateless-reply queue for
+    /// [`poll_transmit`](Self::poll_transmit); a full queue drops it (counted in
+    /// `replies_dropped`).
+    pub fn send_non_dtls(
+        &mut self,
+        peer: SocketAddr,
+        id: ConnectionId,
+        datagram: &[u8],
+    ) -> Result<()> {
+        let invalid = |what: &str| {
+            Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                what.to_owned(),
+            )))
+        };
+        if !matches!(datagram.first(), Some(128..=191)) {
+            return invalid(
+                "a non-DTLS datagram must start with a byte from 128 to 191 (RTP/RTCP, RFC 7983)",
+            );
+        }
+        if datagram.len() > crate::config::MAX_MTU {
+            return invalid("longer than a UDP payload");
+        }
+        let peer = self.resolve(peer, id);
+        if !self
+            .live(peer, id)
+            .is_some_and(|p| p.session.is_established())
+        {
+            return Err(Error::Closed);
+        }
+        if self.replies.len() >= self.config.max_pending_replies {
+            self.stats.replies_dropped += 1;
+            return Ok(());
+        }
+        let mut buf = self.spare_replies.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(datagram);
+        self.replies.push_back((peer, buf));
+        Ok(())
     }
 
     /// The next event, if any.

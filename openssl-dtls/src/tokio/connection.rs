@@ -85,6 +85,40 @@ impl DtlsConnection {
         outcome.unwrap_or(Ok(None))
     }
 
+    /// Sends one SRTP or SRTCP packet (RFC 7983: first byte 128–191) to the peer as it is, from
+    /// the connection's socket (as the blocking
+    /// [`DtlsConnection::send_non_dtls`](crate::DtlsConnection::send_non_dtls)).
+    pub async fn send_non_dtls(&self, datagram: &[u8]) -> Result<()> {
+        let inner = &*self.inner;
+        let shared = &*inner.shared;
+        let sent = wait_for(&shared.io.writable_notify, None, || {
+            let mut core = shared.lock();
+            if core.out.queue.len() >= BACKLOG_HIGH && !core.shutdown {
+                return None;
+            }
+            Some(inner.send_non_dtls_locked(&mut core, datagram))
+        })
+        .await;
+        sent.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Waits up to `timeout` for the next RTP/RTCP datagram from this connection's peer (as the
+    /// blocking [`DtlsConnection::recv_non_dtls_timeout`](crate::DtlsConnection::recv_non_dtls_timeout)).
+    pub async fn recv_non_dtls_timeout(
+        &self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<Option<usize>> {
+        let inner = &*self.inner;
+        let deadline = Some(TokioInstant::now() + timeout);
+        let outcome = wait_for(&inner.signal, deadline, || {
+            let mut core = inner.shared.lock();
+            inner.recv_non_dtls_locked(&mut core, buf)
+        })
+        .await;
+        outcome.transpose()
+    }
+
     /// The received datagrams as a stream (each a `Vec<u8>` of up to 16,384 bytes): use
     /// [`Datagrams::next`] or its `futures_core::Stream` impl. It ends at end of stream; an
     /// error is its last item. The stream holds a clone of this handle.
