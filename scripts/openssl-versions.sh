@@ -33,8 +33,8 @@ tests=(--lib --test link --test session --test context --test udp --test verify 
 # "Supported OpenSSL versions" describes them.
 # - Against 3.5, 3.6 (the `vendored` feature's, too) and 4.0:
 #   our_server_refuses_gnutls_cli_offering_only_cbc_psk_suites: gnutls-cli, refused for offering
-#     only CBC suites, never stops on our server's fatal alert. Since 3.2, DTLSv1_listen starts the
-#     server's record sequence numbers at 1 (ssl/d1_lib.c: increment_sequence_ctr) where 3.0
+#     only CBC suites, never stops on our server's fatal alert. In 3.5 and 4.0 (ssl/d1_lib.c: increment_sequence_ctr;
+#     the record layer was rewritten in 3.2), DTLSv1_listen starts the server's record numbers at 1 where 3.0
 #     copied the ClientHello's; each retransmitted ClientHello is refused by a fresh SSL whose
 #     alert is record 1 again, which GnuTLS discards as a duplicate after ignoring the first.
 #   every_datagram_fits_the_mtu_at_256_512_1200_and_1500_and_handshakes_complete: with mutual
