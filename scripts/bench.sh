@@ -20,7 +20,10 @@
 #   BENCH_REC_N=100000 BENCH_REC_REPS=3         records per rate measurement; rounds (best kept)
 #                                               (compact and cid sections)
 #   BENCH_HOSTILE_N=50                          hostile post-cookie handshakes held (worst-case memory)
-# Cargo's own CARGO_TARGET_DIR applies (e.g. CARGO_TARGET_DIR=target/bench scripts/bench.sh).
+# Cargo's own CARGO_TARGET_DIR applies (e.g. CARGO_TARGET_DIR=target/bench scripts/bench.sh), and
+# so do openssl-sys's OPENSSL_DIR and OPENSSL_STATIC (an OpenSSL that scripts/openssl-versions.sh
+# built). BENCH_FEATURES adds features to tokio's, e.g. BENCH_FEATURES=vendored (the OpenSSL of
+# the `vendored` feature; use a target directory of its own).
 # Usage: scripts/bench.sh [output-file]   (the output is also kept in target/bench-latest.txt; the
 # table's rows, tab-separated, in target/bench-summary.tsv)
 set -euo pipefail
@@ -45,4 +48,4 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   echo
 } | tee "$out"
 
-cargo bench -p openssl-dtls --bench dtls_bench --features tokio 2>&1 | tee -a "$out"
+cargo bench -p openssl-dtls --bench dtls_bench --features "tokio${BENCH_FEATURES:+,$BENCH_FEATURES}" 2>&1 | tee -a "$out"

@@ -4,11 +4,15 @@
 # crates.io), then runs formatting and lint checks, the declared minimum Rust version against the
 # locked dependencies, the crates' packages, unit, integration and interop tests (real UDP on
 # loopback against OpenSSL's and GnuTLS's tools), the example tools as processes, short fuzz
-# runs, and the tests against a freshly built OpenSSL (`vendored` feature, built in
-# $CARGO_TARGET_DIR/vendored, default target/vendored).
+# runs, the tests against a freshly built OpenSSL (`vendored` feature, built in
+# $CARGO_TARGET_DIR/vendored, default target/vendored), and against OpenSSL 3.5 (LTS) and 4.0
+# built from their openssl-src crates (scripts/openssl-versions.sh, in
+# $CARGO_TARGET_DIR/openssl-3.5 and openssl-4.0; kept and reused).
 #
-#   scripts/test.sh            # everything (≈ 15 min on 2 cores, most of it the vendored build)
-#   QUICK=1 scripts/test.sh    # skip the vendored OpenSSL build
+#   scripts/test.sh            # everything (≈ 15 min on a fresh 2-core machine, of which ≈ 7 for
+#                              # scripts/openssl-versions.sh: per release ≈ 1.5 min building
+#                              # OpenSSL, 0.5 min compiling, 1.5 min testing)
+#   QUICK=1 scripts/test.sh    # skip the OpenSSL builds: the system OpenSSL only
 #   FUZZ_SECONDS=600 scripts/test.sh   # longer fuzz runs (default 10 s per target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,5 +39,7 @@ if [ -z "${QUICK:-}" ]; then
   cargo test --workspace --all-features --target-dir "${CARGO_TARGET_DIR:-target}/vendored" \
     --lib --test link --test session --test context --test udp --test async_tokio --test compact \
     --test cid --test cid_endpoint --test cid_udp --test cid_interop
+  echo "== tests against OpenSSL 3.5 (LTS) and 4.0 (scripts/openssl-versions.sh)"
+  scripts/openssl-versions.sh
 fi
 echo "== all tests passed"
