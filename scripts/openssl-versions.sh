@@ -27,7 +27,7 @@ releases=(
 # (tests/examples.rs, which the system run covers) and the doc tests.
 tests=(--lib --test link --test session --test context --test udp --test verify --test interop
   --test async_tokio --test robustness --test compact --test limits --test spoof
-  --test cid --test cid_endpoint --test cid_udp --test cid_interop)
+  --test cid --test cid_endpoint --test cid_udp --test cid_interop --test resumption)
 # Known failures, skipped by name (--exact) and listed on every run; each passes against the
 # system's OpenSSL 3.0, where scripts/test.sh runs it. They are open (issue #17); the README's
 # "Supported OpenSSL versions" describes them.

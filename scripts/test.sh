@@ -38,7 +38,7 @@ if [ -z "${QUICK:-}" ]; then
   echo "== tests against a freshly built OpenSSL 3.x (all features: vendored, tokio)"
   cargo test --workspace --all-features --target-dir "${CARGO_TARGET_DIR:-target}/vendored" \
     --lib --test link --test session --test context --test udp --test async_tokio --test compact \
-    --test cid --test cid_endpoint --test cid_udp --test cid_interop
+    --test cid --test cid_endpoint --test cid_udp --test cid_interop --test resumption
   echo "== tests against OpenSSL 3.5 (LTS) and 4.0 (scripts/openssl-versions.sh)"
   scripts/openssl-versions.sh
 fi
