@@ -43,6 +43,16 @@ impl DtlsConnection {
     /// `Poll::Ready` the datagram is sent or queued; before that, nothing was.
     #[doc(alias = "SSL_write")]
     pub async fn send(&self, data: &[u8]) -> Result<()> {
+        self.send_when_writable(|inner, core| inner.send_locked(core, data))
+            .await
+    }
+
+    /// Waits until the driver's send backlog is below its high mark, then runs `send` under the
+    /// lock.
+    async fn send_when_writable(
+        &self,
+        send: impl Fn(&Handle<TokioIo>, &mut crate::driver::shared::Core<TokioIo>) -> Result<()>,
+    ) -> Result<()> {
         let inner = &*self.inner;
         let shared = &*inner.shared;
         let sent = wait_for(&shared.io.writable_notify, None, || {
@@ -50,7 +60,7 @@ impl DtlsConnection {
             if core.out.queue.len() >= BACKLOG_HIGH && !core.shutdown {
                 return None;
             }
-            Some(inner.send_locked(&mut core, data))
+            Some(send(inner, &mut core))
         })
         .await;
         sent.unwrap_or(Err(Error::Closed))
@@ -89,17 +99,8 @@ impl DtlsConnection {
     /// the connection's socket (as the blocking
     /// [`DtlsConnection::send_non_dtls`](crate::DtlsConnection::send_non_dtls)).
     pub async fn send_non_dtls(&self, datagram: &[u8]) -> Result<()> {
-        let inner = &*self.inner;
-        let shared = &*inner.shared;
-        let sent = wait_for(&shared.io.writable_notify, None, || {
-            let mut core = shared.lock();
-            if core.out.queue.len() >= BACKLOG_HIGH && !core.shutdown {
-                return None;
-            }
-            Some(inner.send_non_dtls_locked(&mut core, datagram))
-        })
-        .await;
-        sent.unwrap_or(Err(Error::Closed))
+        self.send_when_writable(|inner, core| inner.send_non_dtls_locked(core, datagram))
+            .await
     }
 
     /// Waits up to `timeout` for the next RTP/RTCP datagram from this connection's peer (as the
