@@ -300,6 +300,19 @@ fn epoch_seqs(datagram: &[u8], cid_len: usize) -> Vec<(u16, u64)> {
     out
 }
 
+/// Notes each record's (direction, epoch, sequence number) of a datagram going `dir` (the
+/// server's CIDs are 8 bytes, the client's 4), then sends it on.
+fn tap(seen: &mut Vec<(bool, u16, u64)>, link: &mut Link, dir: Dir, d: &[u8]) {
+    let to_server = dir == Dir::ToServer;
+    let cid_len = if to_server { 8 } else { 4 };
+    seen.extend(
+        epoch_seqs(d, cid_len)
+            .into_iter()
+            .map(|(e, s)| (to_server, e, s)),
+    );
+    link.send(dir, d)
+}
+
 #[test]
 fn a_resumed_cid_handshake_never_reuses_an_epoch1_sequence_number() {
     // An abbreviated handshake: the server writes its Finished in the very call that negotiates
@@ -325,15 +338,7 @@ fn a_resumed_cid_handshake_never_reuses_an_epoch1_sequence_number() {
             &mut server,
             &mut link,
             Duration::from_secs(10),
-            |link, dir, d| {
-                let cid_len = if dir == Dir::ToServer { 8 } else { 4 };
-                seen.extend(
-                    epoch_seqs(d, cid_len)
-                        .into_iter()
-                        .map(|(e, s)| (dir == Dir::ToServer, e, s)),
-                );
-                link.send(dir, d)
-            },
+            |link, dir, d| tap(&mut seen, link, dir, d),
             |c, s| c.is_established() && s.is_established(),
         );
         assert!(
@@ -351,15 +356,7 @@ fn a_resumed_cid_handshake_never_reuses_an_epoch1_sequence_number() {
             &mut server,
             &mut link,
             Duration::from_secs(5),
-            |link, dir, d| {
-                let cid_len = if dir == Dir::ToServer { 8 } else { 4 };
-                seen.extend(
-                    epoch_seqs(d, cid_len)
-                        .into_iter()
-                        .map(|(e, s)| (dir == Dir::ToServer, e, s)),
-                );
-                link.send(dir, d)
-            },
+            |link, dir, d| tap(&mut seen, link, dir, d),
             |c, s| {
                 let mut b = [0u8; 8];
                 let mut n = 0;
