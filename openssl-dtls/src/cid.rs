@@ -84,6 +84,33 @@ impl CidSettings {
     }
 }
 
+/// One of our CIDs held inline (at most [`MAX_CID_LEN`] bytes, no allocation): the session's
+/// own CID and the endpoint's routing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct InlineCid {
+    len: u8,
+    bytes: [u8; MAX_CID_LEN],
+}
+
+impl InlineCid {
+    /// `cid` inline, or `None` if it is longer than any CID this library issues.
+    pub(crate) fn new(cid: &[u8]) -> Option<InlineCid> {
+        let mut bytes = [0u8; MAX_CID_LEN];
+        bytes.get_mut(..cid.len())?.copy_from_slice(cid);
+        Some(InlineCid {
+            len: cid.len() as u8,
+            bytes,
+        })
+    }
+}
+
+impl std::ops::Deref for InlineCid {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// What the extension decided for one `SSL`, kept in its ex data.
 #[derive(Debug, Default)]
 pub(crate) struct CidState {

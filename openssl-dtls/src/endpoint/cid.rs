@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Endpoint, Event};
-use crate::cid::MAX_CID_LEN;
 use crate::session::Session;
 use crate::wire;
 
@@ -31,7 +30,7 @@ pub(super) struct CidTable {
 /// The CID this endpoint issued to `session` (negotiated, or assigned to its handshake), as a
 /// key.
 fn issued_key(session: &Session) -> Option<CidKey> {
-    session.issued_cid().and_then(CidKey::of)
+    session.issued_cid().and_then(CidKey::new)
 }
 
 impl CidTable {
@@ -82,23 +81,7 @@ impl CidTable {
 }
 
 /// A CID as a fixed-size key: no allocation per lookup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) struct CidKey {
-    len: u8,
-    bytes: [u8; MAX_CID_LEN],
-}
-
-impl CidKey {
-    /// The key of `cid`, or `None` if it is longer than any CID this endpoint issues.
-    pub(super) fn of(cid: &[u8]) -> Option<CidKey> {
-        let mut bytes = [0u8; MAX_CID_LEN];
-        bytes.get_mut(..cid.len())?.copy_from_slice(cid);
-        Some(CidKey {
-            len: cid.len() as u8,
-            bytes,
-        })
-    }
-}
+pub(super) type CidKey = crate::cid::InlineCid;
 
 /// The address budget of a connection that moved and whose peer has not answered from there
 /// yet.
@@ -135,7 +118,7 @@ impl Endpoint {
         };
         for _ in 0..16 {
             let cid = settings.generate();
-            let key = CidKey::of(&cid).ok_or(())?;
+            let key = CidKey::new(&cid).ok_or(())?;
             if !self.cids.map.contains_key(&key) {
                 return Ok(Some(cid));
             }
@@ -203,7 +186,7 @@ impl Endpoint {
         p.unconfirmed = true;
         p.session.set_peer_addr(to);
         if let Some((own, _)) = p.session.connection_ids() {
-            if let Some(key) = CidKey::of(own) {
+            if let Some(key) = CidKey::new(own) {
                 self.cids.map.insert(key, to);
             }
             log::info!(

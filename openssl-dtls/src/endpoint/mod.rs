@@ -288,7 +288,7 @@ impl Endpoint {
         let classified = parsed.kind();
         let addr = match Route::of(peer, &parsed) {
             Route::Address(addr) => addr,
-            Route::Cid(cid) => match cid::CidKey::of(cid).and_then(|k| self.cids.map.get(&k)) {
+            Route::Cid(cid) => match cid::CidKey::new(cid).and_then(|k| self.cids.map.get(&k)) {
                 Some(&at) if at == peer => at,
                 Some(&at) => {
                     self.handle_cid_from_new_address(now, at, peer, &parsed);

@@ -18,38 +18,13 @@ use super::*;
 pub(super) struct CidSession {
     /// Ours: what the peer puts in the records it sends (may be empty; inline, at most
     /// [`MAX_CID_LEN`](crate::cid::MAX_CID_LEN) bytes).
-    pub(super) own: OwnCid,
+    pub(super) own: crate::cid::InlineCid,
     /// The peer's: what we put in the records we send (may be empty).
     pub(super) peer: Box<[u8]>,
     /// During the handshake: the epoch-1 record layer that transcodes, once its keys exist.
     /// It becomes the compact layer when the handshake completes (boxed: an established
     /// connection keeps only the empty pointer).
     pub(super) transcoder: Option<Box<RecordLayer>>,
-}
-
-/// Our CID, inline (no allocation of its own).
-pub(super) struct OwnCid {
-    len: u8,
-    bytes: [u8; crate::cid::MAX_CID_LEN],
-}
-
-impl OwnCid {
-    /// `None` if longer than any CID this library issues.
-    fn new(cid: &[u8]) -> Option<OwnCid> {
-        let mut bytes = [0u8; crate::cid::MAX_CID_LEN];
-        bytes.get_mut(..cid.len())?.copy_from_slice(cid);
-        Some(OwnCid {
-            len: cid.len() as u8,
-            bytes,
-        })
-    }
-}
-
-impl std::ops::Deref for OwnCid {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
 }
 
 impl Session {
@@ -71,7 +46,7 @@ impl Session {
         }
         let negotiated = crate::cid::negotiated(ssl).and_then(|(own, peer)| {
             Some(CidSession {
-                own: OwnCid::new(own)?,
+                own: crate::cid::InlineCid::new(own)?,
                 peer: peer.into(),
                 transcoder: None,
             })
