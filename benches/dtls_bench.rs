@@ -393,15 +393,31 @@ impl Sizes {
 
 struct Table {
     rows: Vec<[String; 5]>,
+    /// Machine-readable lines for `target/bench-summary.tsv`: key, ours, reference, ratio
+    /// (> 1 = ours better), numbers without units; the keys are the ones the issues name.
+    keyed: Vec<(String, f64, f64, f64)>,
 }
 
 impl Table {
+    /// A table row that is also written to the summary under `key` (same figures, same ratio).
+    fn keyed_row(
+        &mut self,
+        key: &str,
+        what: &str,
+        ours: f64,
+        reference: f64,
+        unit: &str,
+        higher_better: bool,
+    ) {
+        self.row(what, ours, reference, unit, higher_better);
+        self.key(key, ours, reference, ratio(ours, reference, higher_better));
+    }
+    /// A summary line only (the table shows the figures in another form).
+    fn key(&mut self, key: &str, ours: f64, reference: f64, ratio: f64) {
+        self.keyed.push((key.to_owned(), ours, reference, ratio));
+    }
     fn row(&mut self, what: &str, ours: f64, reference: f64, unit: &str, higher_better: bool) {
-        let ratio = if higher_better {
-            ours / reference
-        } else {
-            reference / ours
-        };
+        let ratio = ratio(ours, reference, higher_better);
         let r = [
             what.to_owned(),
             fmt(ours, unit),
@@ -421,6 +437,15 @@ impl Table {
             ratio.to_owned(),
             String::new(),
         ]);
+    }
+}
+
+/// ours / reference for rates (`higher_better`), reference / ours for costs: > 1 = ours better.
+fn ratio(ours: f64, reference: f64, higher_better: bool) -> f64 {
+    if higher_better {
+        ours / reference
+    } else {
+        reference / ours
     }
 }
 
@@ -1977,7 +2002,10 @@ fn main() {
     println!("{sizes:?}\n");
     println!("| measure | ours | reference | ratio (>1 = ours better) |");
     println!("|---|---|---|---|");
-    let mut t = Table { rows: Vec::new() };
+    let mut t = Table {
+        rows: Vec::new(),
+        keyed: Vec::new(),
+    };
     let cert = ecdsa_cert();
 
     if sizes.run("handshake") {
@@ -2002,14 +2030,17 @@ fn main() {
             }
             let us = cpu.as_secs_f64() * 1e6;
             let raw_us = raw_cpu.as_secs_f64() * 1e6;
-            t.row(
+            let key = if suite == PSK { "psk" } else { "ecdsa" };
+            t.keyed_row(
+                &format!("hs_{key}_sansio"),
                 &format!("{suite}: server CPU per handshake, sans-IO Endpoint in memory with cookie (no sockets) vs raw"),
                 sansio.as_secs_f64() * 1e6,
                 raw_us,
                 "µs",
                 false,
             );
-            t.row(
+            t.keyed_row(
+                &format!("hs_{key}_udp"),
                 &format!("{suite}: server CPU per handshake (ours: UDP+cookie, driver thread; ref: raw OpenSSL in memory, cookie)"),
                 us,
                 raw_us,
@@ -2044,7 +2075,8 @@ fn main() {
         for size in [100usize, 1200] {
             let (d, dl) = echo_throughput(&dtls, size, sizes.tp_n, sizes.tp_window);
             let (p, pl) = echo_throughput(&plain, size, sizes.tp_n, sizes.tp_window);
-            t.row(
+            t.keyed_row(
+                &format!("echo_{size}"),
                 &format!(
                     "echo {size} B, {} in flight: echoes/s (lost: ours {dl}, plain {pl})",
                     sizes.tp_window
@@ -2063,6 +2095,17 @@ fn main() {
             );
             let (d, dl) = one_way(&dtls, size, sizes.oneway_n);
             let (p, pl) = one_way(&plain, size, sizes.oneway_n);
+            if size == 1200 {
+                // Loss in percent of what was sent; the ratio compares what arrived.
+                let pct = |lost: usize| 100.0 * lost as f64 / sizes.oneway_n.max(1) as f64;
+                let (ours, plain) = (pct(dl), pct(pl));
+                t.key(
+                    "oneway_loss_pct",
+                    ours,
+                    plain,
+                    (100.0 - ours) / (100.0 - plain).max(1e-9),
+                );
+            }
             t.row(
                 &format!(
                     "one-way {size} B: datagrams/s received (lost of {}: ours {dl}, plain {pl})",
@@ -2099,6 +2142,16 @@ fn main() {
                 let (d50, d99) = latency(&dtls, size, sizes.lat_n);
                 let (p50, p99) = latency(&plain, size, sizes.lat_n);
                 let us = |d: Duration| d.as_secs_f64() * 1e6;
+                if size == 100 {
+                    // ours: the blocking driver's RTT minus plain UDP's; reference: plain UDP's
+                    // RTT; ratio: plain RTT / ours (1 = no cost over plain UDP).
+                    for (key, d, p) in [
+                        ("rtt_p50_blocking_diff_us", d50, p50),
+                        ("rtt_p99_blocking_diff_us", d99, p99),
+                    ] {
+                        t.key(key, us(d) - us(p), us(p), us(p) / us(d));
+                    }
+                }
                 t.row(
                     &format!(
                         "echo RTT {size} B p50 (one in flight; diff {:+.1} µs)",
@@ -2419,24 +2472,18 @@ fn cid_section(sizes: &Sizes, t: &mut Table) {
     }
 }
 
-/// Writes every row of the table to `target/bench-summary.tsv` (measure, ours, reference,
-/// ratio; tab-separated, with a header line), for scripts that compare runs.
+/// Writes the keyed lines to `target/bench-summary.tsv` (`key<TAB>ours<TAB>reference<TAB>ratio`,
+/// one line each, numbers without units, ratio > 1 = ours better), for scripts that compare
+/// runs; every row of the table, with its units, stays in `target/bench-latest.txt`.
 fn write_summary(t: &Table) {
     // The workspace's target/, next to target/bench-latest.txt (scripts/bench.sh).
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(std::path::Path::new("."));
     let path = root.join("target").join("bench-summary.tsv");
-    let mut out = String::from("measure\tours\treference\tratio\n");
-    for r in &t.rows {
-        let clean = |s: &str| s.replace(['\t', '\n'], " ");
-        out.push_str(&format!(
-            "{}\t{}\t{}\t{}\n",
-            clean(&r[0]),
-            clean(&r[1]),
-            clean(&r[2]),
-            clean(&r[3])
-        ));
+    let mut out = String::new();
+    for (key, ours, reference, ratio) in &t.keyed {
+        out.push_str(&format!("{key}\t{ours:.4}\t{reference:.4}\t{ratio:.4}\n"));
     }
     let _ = std::fs::create_dir_all(path.parent().unwrap());
     match std::fs::write(&path, out) {
