@@ -9,6 +9,7 @@
 //! | [`evp`] | the AEAD ciphers, key derivation and cleansing of the compact record layer |
 //! | [`listen`] | `DTLSv1_listen` and `BIO_ADDR` |
 //! | [`os`] | `poll(2)` for the blocking driver |
+//! | [`reuseport`] | `SO_ATTACH_REUSEPORT_CBPF`: steering a shard group by Connection ID |
 //! | [`ssl`] | the `SSL` calls of a session (handshake, read, write, shutdown, timers, state) |
 
 pub(crate) mod bio;
@@ -16,4 +17,5 @@ pub(crate) mod ctx;
 pub(crate) mod evp;
 pub(crate) mod listen;
 pub(crate) mod os;
+pub(crate) mod reuseport;
 pub(crate) mod ssl;
