@@ -3,7 +3,7 @@
 //! `driver::blocking`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar};
 use std::time::{Duration, Instant};
 
 use crate::connection::DtlsConnection;
@@ -11,8 +11,9 @@ use crate::context::DtlsServerContext;
 use crate::driver::blocking::{self, Driver};
 use crate::driver::handle::Handle;
 use crate::driver::moves::AddressChange;
-use crate::driver::SocketOptions;
-use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats, HandshakeFailure};
+use crate::driver::shards::{self, AcceptHub};
+use crate::driver::{socket, SocketOptions};
+use crate::endpoint::{EndpointConfig, EndpointStats, HandshakeFailure};
 use crate::error::{Error, Result};
 
 /// A DTLS server: one UDP socket, a stateless cookie exchange (`DTLSv1_listen`) before any
@@ -36,9 +37,36 @@ use crate::error::{Error, Result};
 /// }
 /// # Ok::<(), openssl_dtls::Error>(())
 /// ```
+///
+/// # Shards
+///
+/// With [`SocketOptions::shards`] above 1 (0: one per core) the server runs that many drivers,
+/// each its own endpoint, socket and thread, on `SO_REUSEPORT` sockets bound to one address:
+/// the kernel spreads peers over them by a hash of their address, so every core serves
+/// handshakes and records. To the application it stays one server: [`accept`](Self::accept)
+/// returns connections from every shard, [`stats`](Self::stats) sums them, the hooks and
+/// [`close`](Self::close) apply to all, and the limits of [`EndpointConfig`] hold for the
+/// whole server. Connection IDs keep working across shards: each shard's index is in its CIDs,
+/// and a BPF program on the socket group steers a moved peer's records to its shard. The
+/// details, and how to scale past one machine: `docs/ARCHITECTURE.md` ("Shards").
+///
+/// ```no_run
+/// use openssl_dtls::{DtlsServer, DtlsServerContext, EndpointConfig, SocketOptions};
+///
+/// let ctx = DtlsServerContext::builder()
+///     .psk_key_store(|identity| (identity == b"Client_identity").then(|| b"secretPSK".to_vec()))
+///     .build()?;
+/// let mut socket = SocketOptions::default();
+/// socket.shards = 0; // one per core
+/// let server = DtlsServer::bind_with("0.0.0.0:5684", ctx, EndpointConfig::default(), socket)?;
+/// # Ok::<(), openssl_dtls::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct DtlsServer {
-    driver: Driver,
+    /// One driver per shard, in index order (one without shards).
+    shards: Vec<Driver>,
+    /// The accept queue the shards share; `None` with one shard (it has its own).
+    hub: Option<Arc<AcceptHub<Condvar>>>,
 }
 
 impl DtlsServer {
@@ -52,21 +80,48 @@ impl DtlsServer {
         )
     }
 
-    /// Binds a server on `addr` with the given limits and socket options.
+    /// Binds a server on `addr` with the given limits and socket options (with
+    /// [`SocketOptions::shards`], that many drivers on `SO_REUSEPORT` sockets: see
+    /// [Shards](Self#shards)).
     pub fn bind_with(
         addr: impl ToSocketAddrs,
         ctx: DtlsServerContext,
         config: EndpointConfig,
         socket: SocketOptions,
     ) -> Result<DtlsServer> {
-        let endpoint = Endpoint::server(ctx, config)?;
-        let driver = Driver::start(addr, endpoint, true, &socket, "server")?;
-        log::debug!("DTLS server listening on {}", driver.shared.local_addr);
-        Ok(DtlsServer { driver })
+        let requested = socket::first_addr(addr)?;
+        let plans = shards::plan(&ctx, &config, &socket)?;
+        let hub = (plans.len() > 1).then(|| Arc::new(AcceptHub::<Condvar>::default()));
+        let mut drivers: Vec<Driver> = Vec::with_capacity(plans.len());
+        for (index, plan) in plans.into_iter().enumerate() {
+            let first = drivers.first().map(|d| d.shared.local_addr);
+            let at = shards::shard_addr(index, requested, first);
+            let driver = match Driver::start(at, plan.endpoint, true, &plan.socket, "server") {
+                Ok(driver) => driver,
+                Err(e) => {
+                    drivers.iter().for_each(Driver::shutdown);
+                    return Err(e);
+                }
+            };
+            if let Some(hub) = &hub {
+                let _ = driver.shared.accept_hook.set(hub.hook(index));
+            }
+            drivers.push(driver);
+        }
+        let server = DtlsServer {
+            shards: drivers,
+            hub,
+        };
+        log::debug!(
+            "DTLS server listening on {} ({} shard(s))",
+            server.local_addr(),
+            server.shards.len()
+        );
+        Ok(server)
     }
 
-    /// Waits for the next connection whose handshake completed. After [`close`](Self::close):
-    /// [`Error::Closed`].
+    /// Waits for the next connection whose handshake completed (from any shard). After
+    /// [`close`](Self::close): [`Error::Closed`].
     pub fn accept(&self) -> Result<DtlsConnection> {
         self.accept_until(None).and_then(|c| c.ok_or(Error::Closed))
     }
@@ -77,16 +132,27 @@ impl DtlsServer {
     }
 
     fn accept_until(&self, deadline: Option<Instant>) -> Result<Option<DtlsConnection>> {
-        let shared = &self.driver.shared;
-        let core = shared.lock();
-        let (core, got) =
-            blocking::wait_until(core, &shared.accept, deadline, |core| core.pop_accept());
-        match got {
-            None => Ok(None),
-            Some(Err(e)) => Err(e),
-            Some(Ok((peer, id))) => {
-                let handle = Handle::new(Arc::clone(shared), &core, peer, id);
-                Ok(handle.map(DtlsConnection::from_handle))
+        let Some(hub) = &self.hub else {
+            return accept_from(&self.shards[0].shared, deadline);
+        };
+        loop {
+            let shard = match hub.wait(deadline) {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(shard)) => shard,
+            };
+            // The hub names the shard that queued it: take it there, without waiting.
+            let shared = &self.shards[shard].shared;
+            let mut core = shared.lock();
+            match core.pop_accept() {
+                Some(Ok((peer, id))) => {
+                    let handle = Handle::new(Arc::clone(shared), &core, peer, id);
+                    if let Some(handle) = handle {
+                        return Ok(Some(DtlsConnection::from_handle(handle)));
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
             }
         }
     }
@@ -97,21 +163,37 @@ impl DtlsServer {
         Incoming { server: self }
     }
 
-    /// The socket's local address.
+    /// The socket's local address (the one address every shard's socket is bound to).
     pub fn local_addr(&self) -> SocketAddr {
-        self.driver.shared.local_addr
+        self.shards[0].shared.local_addr
     }
 
-    /// A snapshot of the endpoint's counters.
+    /// How many shards (drivers) the server runs: [`SocketOptions::shards`], resolved.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// A snapshot of the endpoint's counters; with shards, the sum of every shard's (each
+    /// field, the gauges `connections`, `handshakes`, `handshake_memory_in_use` and
+    /// `cid_connections` too: a connection lives on one shard).
     pub fn stats(&self) -> EndpointStats {
-        self.driver.shared.lock().endpoint.stats()
+        shards::sum_stats(self.shard_stats())
+    }
+
+    /// Each shard's counters, in shard order (one entry without shards): how the load spreads.
+    pub fn shard_stats(&self) -> Vec<EndpointStats> {
+        self.shards
+            .iter()
+            .map(|d| d.shared.lock().endpoint.stats())
+            .collect()
     }
 
     /// Calls `hook` for every handshake a peer started with this server that failed: its
     /// address, the PSK identity or certificate subject it presented (when the handshake got
     /// that far), and a typed reason. Without a hook each failure is logged at `info`. The hook
-    /// runs on the driver thread, outside the server's lock (it may call [`stats`](Self::stats)),
-    /// after the failure; a panic in it is caught and logged. Keep it short: the driver waits.
+    /// runs on the driver thread (of the peer's shard), outside the server's lock (it may call
+    /// [`stats`](Self::stats)), after the failure; a panic in it is caught and logged. Keep it
+    /// short: the driver waits.
     ///
     /// ```no_run
     /// # use openssl_dtls::{DtlsServer, DtlsServerContext};
@@ -124,7 +206,15 @@ impl DtlsServer {
     where
         F: Fn(&HandshakeFailure) + Send + Sync + 'static,
     {
-        self.driver.shared.lock().failures.set_hook(hook);
+        let hook = Arc::new(hook);
+        for driver in &self.shards {
+            let hook = Arc::clone(&hook);
+            driver
+                .shared
+                .lock()
+                .failures
+                .set_hook(move |failure: &HandshakeFailure| hook(failure));
+        }
     }
 
     /// Calls `hook` for every connection that followed its peer to a new address by the
@@ -133,8 +223,9 @@ impl DtlsServer {
     /// [`peer_addr`](DtlsConnection::peer_addr) reports the new address from then on. Without a
     /// hook each move is logged at `info`. Needs Connection IDs in the context
     /// ([`connection_id`](crate::DtlsServerContextBuilder::connection_id)); without them no
-    /// connection moves. The hook runs on the driver thread, outside the server's lock, after
-    /// the move; a panic in it is caught and logged. Keep it short: the driver waits.
+    /// connection moves. The hook runs on the driver thread (of the connection's shard),
+    /// outside the server's lock, after the move; a panic in it is caught and logged. Keep it
+    /// short: the driver waits.
     ///
     /// ```no_run
     /// # use openssl_dtls::{DtlsServer, DtlsServerContext};
@@ -148,19 +239,49 @@ impl DtlsServer {
     where
         F: Fn(AddressChange) + Send + Sync + 'static,
     {
-        self.driver.shared.lock().moves.set_hook(hook);
+        let hook = Arc::new(hook);
+        for driver in &self.shards {
+            let hook = Arc::clone(&hook);
+            driver
+                .shared
+                .lock()
+                .moves
+                .set_hook(move |change: AddressChange| hook(change));
+        }
     }
 
-    /// Closes the server: `close_notify` to every peer, then the socket. Every connection's
+    /// Closes the server: `close_notify` to every peer, then the socket(s). Every connection's
     /// `recv` ends; `accept` returns [`Error::Closed`].
     pub fn close(&self) {
-        self.driver.shutdown();
+        for driver in &self.shards {
+            driver.shutdown();
+        }
+        if let Some(hub) = &self.hub {
+            hub.close();
+        }
     }
 }
 
 impl Drop for DtlsServer {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Waits for the next connection of a one-driver server on its own accept queue.
+fn accept_from(
+    shared: &Arc<blocking::BlockingShared>,
+    deadline: Option<Instant>,
+) -> Result<Option<DtlsConnection>> {
+    let core = shared.lock();
+    let (core, got) = blocking::wait_until(core, &shared.accept, deadline, |core| core.pop_accept());
+    match got {
+        None => Ok(None),
+        Some(Err(e)) => Err(e),
+        Some(Ok((peer, id))) => {
+            let handle = Handle::new(Arc::clone(shared), &core, peer, id);
+            Ok(handle.map(DtlsConnection::from_handle))
+        }
     }
 }
 

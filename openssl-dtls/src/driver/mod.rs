@@ -11,6 +11,7 @@
 //! | [`failures`] | failed handshakes waiting to be reported to the hook outside the lock |
 //! | [`moves`] | connections that followed their peer to a new address ([`AddressChange`]), waiting for the address-change hook outside the lock |
 //! | [`socket`] | socket options and opening the socket |
+//! | [`shards`] | a server as N drivers on `SO_REUSEPORT` sockets: the plan, the accept hub, the summed counters |
 //! | [`blocking`] | the blocking driver: a thread sleeping in `poll(2)`, a waker, `Condvar` waits |
 //!
 //! A driver plugs in through [`Io`]: how it is woken, how it receives and sends, and the
@@ -20,6 +21,7 @@ pub(crate) mod blocking;
 pub(crate) mod failures;
 pub(crate) mod handle;
 pub(crate) mod moves;
+pub(crate) mod shards;
 pub(crate) mod shared;
 pub(crate) mod socket;
 

@@ -131,6 +131,8 @@ pub(crate) struct Shared<D: Io> {
     pub local_addr: SocketAddr,
     /// Datagrams read per turn.
     batch: usize,
+    /// A sharded server's hook, called for each connection queued to accept.
+    pub accept_hook: std::sync::OnceLock<super::shards::AcceptHook>,
 }
 
 impl<D: Io> Shared<D> {
@@ -157,6 +159,7 @@ impl<D: Io> Shared<D> {
             io,
             local_addr,
             batch: batch.max(1),
+            accept_hook: std::sync::OnceLock::new(),
         }
     }
 
@@ -200,6 +203,7 @@ impl<D: Io> Shared<D> {
                         core.slots.insert(id, slot);
                         core.accept_queue.push_back((peer, id));
                         self.accept.wake_one();
+                        self.accept_hook.get().inspect(|hook| hook.call());
                     }
                     // A client handshake whose `connect` gave up: nobody to hand it to.
                     None => core.endpoint.release(peer, id),

@@ -3,10 +3,12 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::os::fd::AsFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::{Error, Result};
+use crate::ffi::reuseport;
 
 /// Socket options for a server or client socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +26,27 @@ pub struct SocketOptions {
     pub dual_stack: bool,
     /// Datagrams read per driver turn before timers and output get their turn. Default 64.
     pub batch: usize,
+    /// Endpoint shards of a server: this many full drivers (each its own endpoint, socket and
+    /// driver thread or task) on `SO_REUSEPORT` sockets bound to one address, sharing the
+    /// cookie secret, the limits and one accept queue; 0: one per core
+    /// (`std::thread::available_parallelism`). Default 1, today's one driver: a socket group
+    /// on a fixed port can be joined by any other socket of the same user that sets
+    /// `SO_REUSEPORT`, so more than one is asked for, not assumed. With Connection IDs it needs
+    /// `SO_ATTACH_REUSEPORT_CBPF` (Linux ≥ 4.5) and one more CID byte; see the
+    /// [scaling model](crate::DtlsServer#shards). Ignored by clients.
+    pub shards: usize,
+    /// The CID steering program the group's first socket gets before it is bound (set by the
+    /// sharded server, never by the application).
+    pub(crate) cid_steering: Option<CidSteering>,
+}
+
+/// What a shard group's CID steering program needs ([`crate::ffi::reuseport`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CidSteering {
+    /// Sockets in the group.
+    pub shards: u32,
+    /// The byte of the CID that holds the shard index (the prefix's length).
+    pub shard_byte: usize,
 }
 
 impl Default for SocketOptions {
@@ -34,6 +57,8 @@ impl Default for SocketOptions {
             reuse_port: false,
             dual_stack: true,
             batch: 64,
+            shards: 1,
+            cid_steering: None,
         }
     }
 }
@@ -57,6 +82,19 @@ fn open_socket(addr: SocketAddr, options: &SocketOptions) -> io::Result<UdpSocke
         if let Err(e) = socket.set_send_buffer_size(size) {
             log::warn!("cannot set SO_SNDBUF to {size}: {e}");
         }
+    }
+    if let Some(steering) = options.cid_steering {
+        reuseport::attach_cid_steering(socket.as_fd(), steering.shards, steering.shard_byte)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot attach the Connection ID steering program to the shards' \
+                         sockets (SO_ATTACH_REUSEPORT_CBPF, Linux 4.5 and later): {e}; \
+                         use one shard, or no Connection IDs"
+                    ),
+                )
+            })?;
     }
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;

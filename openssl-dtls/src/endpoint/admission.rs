@@ -2,10 +2,13 @@
 //! limits that may refuse a verified one ([`Limit`]), eviction of idle connections at
 //! `max_connections`, the refusal alert, the hand-over of an accepted handshake (alongside a
 //! live connection from the same address, if any), and the worst-case memory of one handshake
-//! that `handshake_memory` is counted in.
+//! that `handshake_memory` is counted in; and the budget the shards of one server share
+//! ([`SharedLimits`]), so that the limits hold for the whole server.
 
-use std::collections::BinaryHeap;
-use std::net::SocketAddr;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::{AddAssign, SubAssign};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::peer::Peer;
@@ -118,33 +121,78 @@ impl Endpoint {
                     }
                     return;
                 }
-                // The Connection ID it is issued if it asks for CIDs: none of ours already.
-                let cid = self.fresh_cid();
-                let Some((_, listener)) = self.server.as_mut() else {
-                    return;
-                };
-                let Ok(cid) = cid else {
-                    listener.reset();
-                    self.stats.handshakes_failed_local += 1;
-                    return;
-                };
-                match listener.accept(peer, now, cid) {
-                    ListenOutcome::Accepted(session) => {
-                        self.cids.reserve(&session, peer);
-                        self.accepted(now, peer, session)
-                    }
-                    _ => self.stats.handshakes_failed_local += 1,
+                self.start_admitted(now, peer);
+                // A shard's reservation in the server's budget that no handshake took.
+                if let Some(shared) = self.handshakes.shared.as_mut() {
+                    shared.cancel_reservation();
                 }
             }
             ListenOutcome::Accepted(session) => self.accepted(now, peer, session),
         }
     }
 
+    /// Starts the handshake of an admitted ClientHello from `peer`: issues its Connection ID
+    /// (if it asks for CIDs: none of ours already) and takes the listener's session in.
+    fn start_admitted(&mut self, now: Instant, peer: SocketAddr) {
+        let cid = self.fresh_cid();
+        let Some((_, listener)) = self.server.as_mut() else {
+            return;
+        };
+        let Ok(cid) = cid else {
+            listener.reset();
+            self.stats.handshakes_failed_local += 1;
+            return;
+        };
+        match listener.accept(peer, now, cid) {
+            ListenOutcome::Accepted(session) => {
+                self.cids.reserve(&session, peer);
+                self.accepted(now, peer, session)
+            }
+            _ => self.stats.handshakes_failed_local += 1,
+        }
+    }
+
+    /// Makes this endpoint shard `index` of a server whose shards share `limits`: from now on
+    /// its handshakes and connections also count in `limits`, its admission checks the
+    /// server-wide counts there, and the CIDs it issues carry `index` in the byte after the
+    /// context's prefix. Called once, on a fresh endpoint.
+    pub(crate) fn join_shards(&mut self, limits: Arc<SharedLimits>, index: u8) {
+        debug_assert!(self.peers.is_empty() && self.handshakes.total() == 0);
+        self.handshakes.shared = Some(SharedCount {
+            limits: Arc::clone(&limits),
+            reserved: None,
+            held: HashMap::new(),
+        });
+        self.connections.shared = Some(limits);
+        self.shard = Some(index);
+    }
+
+    /// This endpoint's index among its server's shards ([`join_shards`](Self::join_shards)).
+    pub(super) fn shard_index(&self) -> Option<u8> {
+        self.shard
+    }
+
     /// Whether a verified ClientHello from `peer` may start a handshake now, evicting the least
     /// recently active idle connection if that makes room; the limit that refuses it otherwise.
+    /// A shard checks (and reserves its place in) the server-wide budget instead of its own
+    /// counts.
     fn admissible(&mut self, now: Instant, peer: SocketAddr) -> Result<(), Limit> {
         // A rebooted peer's new handshake replaces its old connection: it needs no new room.
         let replacing = self.peers.contains_key(&peer);
+        if let Some(limits) = self.handshakes.shared.as_ref().map(|s| Arc::clone(&s.limits)) {
+            let (config, cost) = (self.config.clone(), self.handshake_cost);
+            let reserve = || limits.try_reserve(peer.ip(), replacing, &config, cost);
+            let reserved = match reserve() {
+                // Room made here by evicting one of this shard's idle connections.
+                Err(Limit::Connections) if self.evict_one(now) => reserve(),
+                other => other,
+            };
+            reserved?;
+            if let Some(shared) = self.handshakes.shared.as_mut() {
+                shared.reserved = Some(peer.ip());
+            }
+            return Ok(());
+        }
         if self.handshakes.total() >= self.config.max_handshakes {
             return Err(Limit::Handshakes);
         }
@@ -157,7 +205,7 @@ impl Endpoint {
             return Err(Limit::Memory);
         }
         if !replacing
-            && self.handshakes.total() + self.connections >= self.config.max_connections
+            && self.handshakes.total() + self.connections.get() >= self.config.max_connections
             && !self.evict_one(now)
         {
             return Err(Limit::Connections);
@@ -319,6 +367,177 @@ impl Endpoint {
             self.settle(peer, now);
         } else {
             self.insert(now, peer, *session);
+        }
+    }
+}
+
+/// The budget the shards of one server share, so that `max_connections`, `max_handshakes`,
+/// `max_handshakes_per_ip` and `handshake_memory` hold for the whole server and not per shard
+/// (the kernel spreads one IP address's ports over the shards). Each shard's endpoint counts its
+/// handshakes and connections here as well as in its own counters; a verified ClientHello
+/// reserves its place here (checking every limit and counting the handshake in one step, so
+/// two shards cannot both take the last place), and gives it back when its handshake ends.
+///
+/// One mutex, taken only when a handshake is admitted, completes or ends and when a
+/// connection ends: never per datagram. The sans-IO endpoints stay clock-free: the budget holds
+/// counts, not times.
+#[derive(Debug, Default)]
+pub(crate) struct SharedLimits {
+    budget: Mutex<Budget>,
+}
+
+/// The server-wide counts behind [`SharedLimits`]'s lock.
+#[derive(Debug, Default)]
+struct Budget {
+    /// Handshakes in flight on every shard (reservations included).
+    handshakes: usize,
+    /// Handshakes in flight per IP address; an address with none has no entry.
+    per_ip: HashMap<IpAddr, usize>,
+    /// Established connections on every shard.
+    connections: usize,
+}
+
+impl SharedLimits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks every limit against the server-wide counts for a new handshake from `ip` (one
+    /// that `replaces` a connection of the same address needs no new room under
+    /// `max_connections`) and, if none refuses it, counts it.
+    fn try_reserve(
+        &self,
+        ip: IpAddr,
+        replaces: bool,
+        config: &super::EndpointConfig,
+        cost: usize,
+    ) -> Result<(), Limit> {
+        let mut b = self.lock();
+        if b.handshakes >= config.max_handshakes {
+            return Err(Limit::Handshakes);
+        }
+        if b.per_ip.get(&ip).copied().unwrap_or(0) >= config.max_handshakes_per_ip {
+            return Err(Limit::PerIp);
+        }
+        if (b.handshakes + 1).saturating_mul(cost) > config.handshake_memory {
+            return Err(Limit::Memory);
+        }
+        if !replaces && b.handshakes + b.connections >= config.max_connections {
+            return Err(Limit::Connections);
+        }
+        b.add_handshake(ip);
+        Ok(())
+    }
+}
+
+impl Budget {
+    fn add_handshake(&mut self, ip: IpAddr) {
+        self.handshakes += 1;
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+    }
+
+    fn remove_handshakes(&mut self, ip: IpAddr, n: usize) {
+        self.handshakes = self.handshakes.saturating_sub(n);
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A shard's side of the server's handshake budget, inside its `HandshakeCount`: what it holds
+/// there (given back if the endpoint is dropped) and the place its current admission reserved.
+#[derive(Debug)]
+pub(crate) struct SharedCount {
+    limits: Arc<SharedLimits>,
+    /// The place [`SharedLimits::try_reserve`] took for the ClientHello being admitted, for the
+    /// handshake that admission starts.
+    reserved: Option<IpAddr>,
+    /// Handshakes this shard counts in the budget, per IP address.
+    held: HashMap<IpAddr, usize>,
+}
+
+impl SharedCount {
+    /// Counts a new handshake from `ip`: the reservation its admission made, or a new place.
+    pub(super) fn add(&mut self, ip: IpAddr) {
+        *self.held.entry(ip).or_insert(0) += 1;
+        if self.reserved == Some(ip) {
+            self.reserved = None;
+        } else {
+            self.limits.lock().add_handshake(ip);
+        }
+    }
+
+    /// Gives up the place of a handshake from `ip` that completed or ended.
+    pub(super) fn remove(&mut self, ip: IpAddr) {
+        if let Some(n) = self.held.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&ip);
+            }
+            self.limits.lock().remove_handshakes(ip, 1);
+        }
+    }
+
+    /// Gives back a reservation no handshake took (the admission failed after it).
+    fn cancel_reservation(&mut self) {
+        if let Some(ip) = self.reserved.take() {
+            self.limits.lock().remove_handshakes(ip, 1);
+        }
+    }
+}
+
+impl Drop for SharedCount {
+    fn drop(&mut self) {
+        self.cancel_reservation();
+        let mut b = self.limits.lock();
+        for (ip, n) in self.held.drain() {
+            b.remove_handshakes(ip, n);
+        }
+    }
+}
+
+/// An endpoint's count of established connections, also counted in its server's
+/// [`SharedLimits`] when the endpoint is a shard (given back if the endpoint is dropped).
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionCount {
+    n: usize,
+    shared: Option<Arc<SharedLimits>>,
+}
+
+impl ConnectionCount {
+    /// Established connections of this endpoint.
+    pub(super) fn get(&self) -> usize {
+        self.n
+    }
+}
+
+impl AddAssign<usize> for ConnectionCount {
+    fn add_assign(&mut self, n: usize) {
+        self.n += n;
+        if let Some(limits) = &self.shared {
+            limits.lock().connections += n;
+        }
+    }
+}
+
+impl SubAssign<usize> for ConnectionCount {
+    fn sub_assign(&mut self, n: usize) {
+        self.n -= n;
+        if let Some(limits) = &self.shared {
+            let mut b = limits.lock();
+            b.connections = b.connections.saturating_sub(n);
+        }
+    }
+}
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        if let Some(limits) = &self.shared {
+            let mut b = limits.lock();
+            b.connections = b.connections.saturating_sub(self.n);
         }
     }
 }

@@ -108,7 +108,8 @@ pub(super) enum Refusal {
 }
 
 impl Endpoint {
-    /// The CID a new server handshake is issued: the context's prefix and random bytes, never
+    /// The CID a new server handshake is issued: the context's prefix and random bytes (a
+    /// shard's index in the first byte after the prefix), never
     /// one a connection or handshake of this endpoint holds. `Ok(None)` without CIDs; `Err` if
     /// 16 draws found none free (the handshake is then refused: with at least 4 random bytes,
     /// checked when the context is built, that takes billions of connections).
@@ -117,7 +118,11 @@ impl Endpoint {
             return Ok(None);
         };
         for _ in 0..16 {
-            let cid = settings.generate();
+            let mut cid = settings.generate();
+            // A shard's index follows the prefix, for the socket group's steering program.
+            if let (Some(index), Some(byte)) = (self.shard_index(), cid.get_mut(settings.prefix.len())) {
+                *byte = index;
+            }
             let key = CidKey::new(&cid).ok_or(())?;
             if !self.cids.map.contains_key(&key) {
                 return Ok(Some(cid));

@@ -44,6 +44,7 @@ pub(crate) use self::events::{report_failures, FailureHook, MAX_PENDING_FAILURES
 pub use self::events::{Event, HandshakeFailure, PeerIdentity};
 pub use self::stats::{ConnectionStats, EndpointStats};
 
+pub(crate) use self::admission::SharedLimits;
 use self::admission::handshake_worst_case;
 use self::peer::{HandshakeCount, Peer};
 use crate::context::{DtlsClientContext, DtlsServerContext};
@@ -91,8 +92,11 @@ pub struct Endpoint {
     /// Handshakes in flight (after the cookie exchange), replacements included: in all and per
     /// IP address.
     handshakes: HandshakeCount,
-    /// Established connections whose `Closed` event has not been queued.
-    connections: usize,
+    /// Established connections whose `Closed` event has not been queued (a shard's also count
+    /// in its server's budget).
+    connections: admission::ConnectionCount,
+    /// This endpoint's index among its server's shards (the byte after the CID prefix).
+    shard: Option<u8>,
     /// The id the next session gets.
     next_id: ConnectionId,
     /// Deadlines, earliest first: (when, connection id, address); stale entries are skipped.
@@ -171,7 +175,8 @@ impl Endpoint {
             config,
             peers: HashMap::new(),
             handshakes: HandshakeCount::default(),
-            connections: 0,
+            connections: admission::ConnectionCount::default(),
+            shard: None,
             next_id: 1,
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
@@ -676,7 +681,7 @@ impl Endpoint {
     /// A snapshot of the counters.
     pub fn stats(&self) -> EndpointStats {
         let mut stats = self.stats.clone();
-        stats.connections = self.connections;
+        stats.connections = self.connections.get();
         stats.handshakes = self.handshakes.total();
         stats.handshake_memory_in_use = self.handshakes.total().saturating_mul(self.handshake_cost);
         stats.cid_connections = self.cids.connections;

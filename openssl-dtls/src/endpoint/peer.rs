@@ -273,6 +273,8 @@ pub(super) struct HandshakeCount {
     total: usize,
     /// Handshakes in flight per IP address; an address with none has no entry.
     per_ip: HashMap<IpAddr, usize>,
+    /// The server-wide budget of a shard, which every count also goes to (`None`: one endpoint).
+    pub(super) shared: Option<super::admission::SharedCount>,
 }
 
 impl HandshakeCount {
@@ -290,10 +292,16 @@ impl HandshakeCount {
     pub(super) fn add(&mut self, ip: IpAddr) {
         self.total += 1;
         *self.per_ip.entry(ip).or_insert(0) += 1;
+        if let Some(s) = self.shared.as_mut() {
+            s.add(ip);
+        }
     }
 
     /// Gives up the count of a handshake from `ip` that completed or ended.
     pub(super) fn remove(&mut self, ip: IpAddr) {
+        if let Some(s) = self.shared.as_mut() {
+            s.remove(ip);
+        }
         self.total -= 1;
         if let Some(n) = self.per_ip.get_mut(&ip) {
             *n -= 1;
