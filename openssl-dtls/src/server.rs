@@ -274,7 +274,8 @@ fn accept_from(
     deadline: Option<Instant>,
 ) -> Result<Option<DtlsConnection>> {
     let core = shared.lock();
-    let (core, got) = blocking::wait_until(core, &shared.accept, deadline, |core| core.pop_accept());
+    let (core, got) =
+        blocking::wait_until(core, &shared.accept, deadline, |core| core.pop_accept());
     match got {
         None => Ok(None),
         Some(Err(e)) => Err(e),

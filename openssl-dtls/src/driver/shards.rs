@@ -125,7 +125,11 @@ pub(crate) fn plan(
 
 /// The address shard `index` binds: the requested one for the first, the first's actual
 /// address (its port chosen by the kernel if 0 was asked) for the others.
-pub(crate) fn shard_addr(index: usize, requested: SocketAddr, first: Option<SocketAddr>) -> SocketAddr {
+pub(crate) fn shard_addr(
+    index: usize,
+    requested: SocketAddr,
+    first: Option<SocketAddr>,
+) -> SocketAddr {
     match (index, first) {
         (0, _) | (_, None) => requested,
         (_, Some(first)) => first,

@@ -179,7 +179,12 @@ impl Endpoint {
     fn admissible(&mut self, now: Instant, peer: SocketAddr) -> Result<(), Limit> {
         // A rebooted peer's new handshake replaces its old connection: it needs no new room.
         let replacing = self.peers.contains_key(&peer);
-        if let Some(limits) = self.handshakes.shared.as_ref().map(|s| Arc::clone(&s.limits)) {
+        if let Some(limits) = self
+            .handshakes
+            .shared
+            .as_ref()
+            .map(|s| Arc::clone(&s.limits))
+        {
             let (config, cost) = (self.config.clone(), self.handshake_cost);
             let reserve = || limits.try_reserve(peer.ip(), replacing, &config, cost);
             let reserved = match reserve() {

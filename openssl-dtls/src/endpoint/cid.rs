@@ -120,7 +120,9 @@ impl Endpoint {
         for _ in 0..16 {
             let mut cid = settings.generate();
             // A shard's index follows the prefix, for the socket group's steering program.
-            if let (Some(index), Some(byte)) = (self.shard_index(), cid.get_mut(settings.prefix.len())) {
+            if let (Some(index), Some(byte)) =
+                (self.shard_index(), cid.get_mut(settings.prefix.len()))
+            {
                 *byte = index;
             }
             let key = CidKey::new(&cid).ok_or(())?;

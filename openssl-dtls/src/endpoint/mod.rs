@@ -44,8 +44,8 @@ pub(crate) use self::events::{report_failures, FailureHook, MAX_PENDING_FAILURES
 pub use self::events::{Event, HandshakeFailure, PeerIdentity};
 pub use self::stats::{ConnectionStats, EndpointStats};
 
-pub(crate) use self::admission::SharedLimits;
 use self::admission::handshake_worst_case;
+pub(crate) use self::admission::SharedLimits;
 use self::peer::{HandshakeCount, Peer};
 use crate::context::{DtlsClientContext, DtlsServerContext};
 use crate::error::{Error, Result};

@@ -8,6 +8,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use ::tokio::net::ToSocketAddrs;
+use ::tokio::sync::Notify;
 use ::tokio::time::Instant as TokioInstant;
 
 use super::connection::DtlsConnection;
@@ -16,8 +17,9 @@ use super::{poll_kept, BoxFuture};
 use crate::context::DtlsServerContext;
 use crate::driver::handle::Handle;
 use crate::driver::moves::AddressChange;
+use crate::driver::shards::{self, AcceptHub};
 use crate::driver::SocketOptions;
-use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats, HandshakeFailure};
+use crate::endpoint::{EndpointConfig, EndpointStats, HandshakeFailure};
 use crate::error::{Error, Result};
 
 /// A DTLS server on tokio: one UDP socket, a stateless cookie exchange (`DTLSv1_listen`) before
@@ -26,9 +28,24 @@ use crate::error::{Error, Result};
 ///
 /// Dropping the server (or [`close`](Self::close)) sends `close_notify` to every peer and stops
 /// its driver task; every connection's `recv` then ends.
+///
+/// With [`SocketOptions::shards`] above 1 (0: one per core) it runs that many driver tasks,
+/// each its own endpoint and socket, on `SO_REUSEPORT` sockets bound to one address, and stays
+/// one server to the application: see [`crate::DtlsServer#shards`].
 #[derive(Debug)]
 pub struct DtlsServer {
-    driver: Driver,
+    /// The shards' drivers, in index order (one without shards).
+    shards: Vec<Driver>,
+    /// Where `accept` and [`Incoming`] take connections from.
+    acceptor: Arc<Acceptor>,
+}
+
+/// What `accept` takes connections from: the shards, and their shared queue (`None` with one
+/// shard, which has its own).
+#[derive(Debug)]
+struct Acceptor {
+    shards: Vec<Arc<TokioShared>>,
+    hub: Option<Arc<AcceptHub<Notify>>>,
 }
 
 impl DtlsServer {
@@ -44,90 +61,192 @@ impl DtlsServer {
         .await
     }
 
-    /// Binds a server on `addr` with the given limits and socket options.
+    /// Binds a server on `addr` with the given limits and socket options (with
+    /// [`SocketOptions::shards`], that many driver tasks on `SO_REUSEPORT` sockets).
     pub async fn bind_with(
         addr: impl ToSocketAddrs,
         ctx: DtlsServerContext,
         config: EndpointConfig,
         socket: SocketOptions,
     ) -> Result<DtlsServer> {
-        let endpoint = Endpoint::server(ctx, config)?;
-        let driver = Driver::start(addr, endpoint, true, &socket).await?;
+        let plans = shards::plan(&ctx, &config, &socket)?;
+        let hub = (plans.len() > 1).then(|| Arc::new(AcceptHub::<Notify>::default()));
+        let mut drivers: Vec<Driver> = Vec::with_capacity(plans.len());
+        let mut plans = plans.into_iter().enumerate();
+        // The first binds what was asked (resolved by tokio); the others its actual address.
+        if let Some((_, first)) = plans.next() {
+            drivers.push(Driver::start(addr, first.endpoint, true, &first.socket).await?);
+        }
+        let at = drivers[0].shared.local_addr;
+        for (_, plan) in plans {
+            match Driver::start(at, plan.endpoint, true, &plan.socket).await {
+                Ok(driver) => drivers.push(driver),
+                Err(e) => {
+                    drivers.iter().for_each(Driver::shutdown_now);
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(hub) = &hub {
+            for (index, driver) in drivers.iter().enumerate() {
+                let _ = driver.shared.accept_hook.set(hub.hook(index));
+            }
+        }
+        let acceptor = Arc::new(Acceptor {
+            shards: drivers.iter().map(|d| Arc::clone(&d.shared)).collect(),
+            hub,
+        });
         log::debug!(
-            "DTLS server (tokio) listening on {}",
-            driver.shared.local_addr
+            "DTLS server (tokio) listening on {} ({} shard(s))",
+            drivers[0].shared.local_addr,
+            drivers.len()
         );
-        Ok(DtlsServer { driver })
+        Ok(DtlsServer {
+            shards: drivers,
+            acceptor,
+        })
     }
 
-    /// Waits for the next connection whose handshake completed. After [`close`](Self::close):
-    /// [`Error::Closed`]. Cancellation-safe: a dropped `accept` takes no connection.
+    /// Waits for the next connection whose handshake completed (from any shard). After
+    /// [`close`](Self::close): [`Error::Closed`]. Cancellation-safe: a dropped `accept` takes
+    /// no connection.
     pub async fn accept(&self) -> Result<DtlsConnection> {
-        accept_until(&self.driver.shared, None)
+        accept_until(&self.acceptor, None)
             .await
             .and_then(|c| c.ok_or(Error::Closed))
     }
 
     /// As [`accept`](Self::accept), but gives up after `timeout` with `Ok(None)`.
     pub async fn accept_timeout(&self, timeout: Duration) -> Result<Option<DtlsConnection>> {
-        accept_until(&self.driver.shared, Some(TokioInstant::now() + timeout)).await
+        accept_until(&self.acceptor, Some(TokioInstant::now() + timeout)).await
     }
 
     /// The incoming connections ([`accept`](Self::accept) in a loop) as a stream: use
     /// [`Incoming::next`] or its `futures_core::Stream` impl. It ends when the server is closed.
     pub fn incoming(&self) -> Incoming {
         Incoming {
-            shared: Arc::clone(&self.driver.shared),
+            acceptor: Arc::clone(&self.acceptor),
             pending: None,
             done: false,
         }
     }
 
-    /// The socket's local address.
+    /// The socket's local address (the one address every shard's socket is bound to).
     pub fn local_addr(&self) -> SocketAddr {
-        self.driver.shared.local_addr
+        self.shards[0].shared.local_addr
     }
 
-    /// A snapshot of the endpoint's counters.
+    /// How many shards (driver tasks) the server runs: [`SocketOptions::shards`], resolved.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// A snapshot of the endpoint's counters; with shards, the sum of every shard's (see
+    /// [`crate::DtlsServer::stats`]).
     pub fn stats(&self) -> EndpointStats {
-        self.driver.shared.lock().endpoint.stats()
+        shards::sum_stats(self.shard_stats())
+    }
+
+    /// Each shard's counters, in shard order (one entry without shards).
+    pub fn shard_stats(&self) -> Vec<EndpointStats> {
+        self.shards
+            .iter()
+            .map(|d| d.shared.lock().endpoint.stats())
+            .collect()
     }
 
     /// Calls `hook` for every handshake a peer started with this server that failed: see
-    /// [`crate::DtlsServer::on_handshake_failure`]. The hook runs on the driver task, outside the
-    /// server's lock; it must not block.
+    /// [`crate::DtlsServer::on_handshake_failure`]. The hook runs on the driver task (of the
+    /// peer's shard), outside the server's lock; it must not block.
     pub fn on_handshake_failure<F>(&self, hook: F)
     where
         F: Fn(&HandshakeFailure) + Send + Sync + 'static,
     {
-        self.driver.shared.lock().failures.set_hook(hook);
+        let hook = Arc::new(hook);
+        for driver in &self.shards {
+            let hook = Arc::clone(&hook);
+            driver
+                .shared
+                .lock()
+                .failures
+                .set_hook(move |failure: &HandshakeFailure| hook(failure));
+        }
     }
 
     /// Calls `hook` for every connection that followed its peer to a new address by the
     /// Connection ID this server issued: see [`crate::DtlsServer::on_address_change`]. The hook
-    /// runs on the driver task, outside the server's lock; it must not block.
+    /// runs on the driver task (of the connection's shard), outside the server's lock; it must
+    /// not block.
     pub fn on_address_change<F>(&self, hook: F)
     where
         F: Fn(AddressChange) + Send + Sync + 'static,
     {
-        self.driver.shared.lock().moves.set_hook(hook);
+        let hook = Arc::new(hook);
+        for driver in &self.shards {
+            let hook = Arc::clone(&hook);
+            driver
+                .shared
+                .lock()
+                .moves
+                .set_hook(move |change: AddressChange| hook(change));
+        }
     }
 
-    /// Closes the server: `close_notify` to every peer, then the driver task. Every
+    /// Closes the server: `close_notify` to every peer, then the driver task(s). Every
     /// connection's `recv` ends; `accept` returns [`Error::Closed`].
     pub async fn close(&self) {
-        self.driver.shutdown().await;
+        for driver in &self.shards {
+            driver.shutdown().await;
+        }
+        if let Some(hub) = &self.acceptor.hub {
+            hub.close();
+        }
     }
 }
 
 impl Drop for DtlsServer {
     fn drop(&mut self) {
-        self.driver.shutdown_now();
+        for driver in &self.shards {
+            driver.shutdown_now();
+        }
+        if let Some(hub) = &self.acceptor.hub {
+            hub.close();
+        }
     }
 }
 
 /// Waits for the next established connection until `deadline`: `Ok(None)` if none came.
 async fn accept_until(
+    acceptor: &Acceptor,
+    deadline: Option<TokioInstant>,
+) -> Result<Option<DtlsConnection>> {
+    let Some(hub) = &acceptor.hub else {
+        return accept_from(&acceptor.shards[0], deadline).await;
+    };
+    let got = wait_for(&hub.signal, deadline, || loop {
+        // The hub names the shard that queued it: take it there, without waiting.
+        let shard = match hub.pop()? {
+            Ok(shard) => shard,
+            Err(e) => return Some(Err(e)),
+        };
+        let shared = &acceptor.shards[shard];
+        let mut core = shared.lock();
+        match core.pop_accept() {
+            Some(Ok((peer, id))) => {
+                if let Some(handle) = Handle::new(Arc::clone(shared), &core, peer, id) {
+                    return Some(Ok(Some(DtlsConnection::from_handle(handle))));
+                }
+            }
+            Some(Err(e)) => return Some(Err(e)),
+            None => {}
+        }
+    })
+    .await;
+    got.unwrap_or(Ok(None))
+}
+
+/// Waits for the next connection of a one-driver server on its own accept queue.
+async fn accept_from(
     shared: &Arc<TokioShared>,
     deadline: Option<TokioInstant>,
 ) -> Result<Option<DtlsConnection>> {
@@ -147,7 +266,7 @@ async fn accept_until(
 /// A server's incoming connections: see [`DtlsServer::incoming`]. Also a
 /// `futures_core::Stream` of `Result<DtlsConnection>`.
 pub struct Incoming {
-    shared: Arc<TokioShared>,
+    acceptor: Arc<Acceptor>,
     pending: Option<BoxFuture<Result<Option<DtlsConnection>>>>,
     done: bool,
 }
@@ -155,7 +274,7 @@ pub struct Incoming {
 impl fmt::Debug for Incoming {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Incoming")
-            .field("local_addr", &self.shared.local_addr)
+            .field("local_addr", &self.acceptor.shards[0].local_addr)
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -174,10 +293,10 @@ impl Incoming {
         if self.done {
             return Poll::Ready(None);
         }
-        let shared = &self.shared;
+        let acceptor = &self.acceptor;
         let r = ready!(poll_kept(&mut self.pending, cx, || {
-            let shared = Arc::clone(shared);
-            Box::pin(async move { accept_until(&shared, None).await })
+            let acceptor = Arc::clone(acceptor);
+            Box::pin(async move { accept_until(&acceptor, None).await })
         }));
         Poll::Ready(match r {
             Ok(Some(c)) => Some(Ok(c)),
