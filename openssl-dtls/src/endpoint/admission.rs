@@ -578,3 +578,126 @@ pub(super) fn handshake_worst_case(
     let queues = config.send_queue * config.mtu + config.recv_queue_bytes;
     SSL_BASE + messages + records + queues
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::SharedLimits;
+    use crate::context::{DtlsClientContext, DtlsServerContext, PskCredentials};
+    use crate::endpoint::{Endpoint, EndpointConfig};
+
+    fn server() -> DtlsServerContext {
+        DtlsServerContext::builder()
+            .psk_key_store(|_| Some(b"0123456789abcdef".to_vec()))
+            .build()
+            .unwrap()
+    }
+
+    fn client_ctx() -> DtlsClientContext {
+        DtlsClientContext::builder()
+            .psk_credentials(PskCredentials::new(
+                b"device".to_vec(),
+                b"0123456789abcdef".to_vec(),
+            ))
+            .build()
+            .unwrap()
+    }
+
+    const SERVER: &str = "10.0.0.1:5684";
+
+    /// Two shards of one server: endpoints on clones of one context sharing one budget.
+    fn shards(config: &EndpointConfig) -> (Endpoint, Endpoint, Arc<SharedLimits>) {
+        let ctx = server();
+        let limits = Arc::new(SharedLimits::default());
+        let mut a = Endpoint::server(ctx.clone(), config.clone()).unwrap();
+        let mut b = Endpoint::server(ctx, config.clone()).unwrap();
+        a.join_shards(Arc::clone(&limits), 0);
+        b.join_shards(Arc::clone(&limits), 1);
+        (a, b, limits)
+    }
+
+    /// Moves every datagram `from` queued to `to` (a client's to the server as from `addr`, a
+    /// server's to the client as from the server). How many.
+    fn deliver(from: &mut Endpoint, to: &mut Endpoint, addr: SocketAddr, now: Instant) -> usize {
+        let mut buf = vec![0u8; 65_536];
+        let mut n = 0;
+        while let Some((_, len)) = from.poll_transmit(&mut buf) {
+            to.handle_datagram(now, addr, &buf[..len]);
+            n += 1;
+        }
+        n
+    }
+
+    /// A client at `addr` through the cookie exchange to the start of its handshake on `s`.
+    fn start(s: &mut Endpoint, addr: SocketAddr, now: Instant) -> Endpoint {
+        let server_addr: SocketAddr = SERVER.parse().unwrap();
+        let mut c = Endpoint::client(EndpointConfig::default()).unwrap();
+        c.connect(now, server_addr, &client_ctx(), None).unwrap();
+        deliver(&mut c, s, addr, now); // ClientHello
+        deliver(s, &mut c, server_addr, now); // HelloVerifyRequest
+        deliver(&mut c, s, addr, now); // ClientHello with the cookie
+        c
+    }
+
+    /// Runs the handshake of `c` at `addr` with `s` to its end.
+    fn finish(s: &mut Endpoint, c: &mut Endpoint, addr: SocketAddr, now: Instant) {
+        let server_addr: SocketAddr = SERVER.parse().unwrap();
+        for _ in 0..20 {
+            let moved = deliver(s, c, server_addr, now) + deliver(c, s, addr, now);
+            if moved == 0 {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn the_handshake_limits_hold_across_shards_and_free_up_when_a_handshake_ends() {
+        let mut config = EndpointConfig::default();
+        config.max_handshakes_per_ip = 1;
+        let (mut a, mut b, limits) = shards(&config);
+        let now = Instant::now();
+        let one: SocketAddr = "192.0.2.7:40001".parse().unwrap();
+        let two: SocketAddr = "192.0.2.7:40002".parse().unwrap();
+        let mut c1 = start(&mut a, one, now);
+        assert_eq!(a.stats().handshakes, 1);
+        assert_eq!(limits.lock().handshakes, 1);
+        // The same IP address, another port, hashed to the other shard: refused there.
+        let _c2 = start(&mut b, two, now);
+        let s = b.stats();
+        assert_eq!((s.handshakes, s.refused_per_ip_limit), (0, 1), "{s}");
+        assert_eq!(limits.lock().handshakes, 1, "a refusal reserves nothing");
+        // The first handshake completes: the place is free, on every shard.
+        finish(&mut a, &mut c1, one, now);
+        assert_eq!(a.stats().connections, 1);
+        let budget = limits.lock().handshakes;
+        let connections = limits.lock().connections;
+        assert_eq!((budget, connections), (0, 1));
+        let _c3 = start(&mut b, two, now);
+        assert_eq!(b.stats().handshakes, 1);
+        // A shard that goes away gives back what it held.
+        drop(b);
+        drop(a);
+        let b = limits.lock();
+        assert_eq!((b.handshakes, b.connections, b.per_ip.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn max_connections_holds_across_shards() {
+        let mut config = EndpointConfig::default();
+        config.max_connections = 1;
+        config.evict_idle_after = None;
+        let (mut a, mut b, _limits) = shards(&config);
+        let now = Instant::now();
+        let one: SocketAddr = "192.0.2.7:40001".parse().unwrap();
+        let two: SocketAddr = "198.51.100.9:40001".parse().unwrap();
+        let mut c1 = start(&mut a, one, now);
+        finish(&mut a, &mut c1, one, now);
+        assert_eq!(a.stats().connections, 1);
+        let _c2 = start(&mut b, two, now);
+        let s = b.stats();
+        assert_eq!((s.handshakes, s.refused_connection_limit), (0, 1), "{s}");
+    }
+}
