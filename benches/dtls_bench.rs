@@ -2253,6 +2253,10 @@ fn main() {
         }
     }
 
+    if sizes.run("shards") {
+        shards::section(&sizes, &mut t, &cert);
+    }
+
     if sizes.run("idle") {
         for &n in &sizes.idle {
             let (pct, server_us, setup, wakes) = idle_cpu(n, sizes.idle_secs, sizes.idle_settle);
@@ -2475,6 +2479,9 @@ fn cid_section(sizes: &Sizes, t: &mut Table) {
 /// Writes the keyed lines to `target/bench-summary.tsv` (`key<TAB>ours<TAB>reference<TAB>ratio`,
 /// one line each, numbers without units, ratio > 1 = ours better), for scripts that compare
 /// runs; every row of the table, with its units, stays in `target/bench-latest.txt`.
+#[path = "dtls_bench/shards.rs"]
+mod shards;
+
 fn write_summary(t: &Table) {
     // The workspace's target/, next to target/bench-latest.txt (scripts/bench.sh).
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
