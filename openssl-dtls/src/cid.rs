@@ -12,7 +12,10 @@
 //! configured prefix (one byte by default, `0x00`; a node or shard number) followed by random
 //! bytes up to the configured length. A balancer can route a `tls12_cid` record (content type
 //! 25; the CID starts at byte 11 of the record) to the node its prefix names, whatever address
-//! it came from. An [`Endpoint`](crate::Endpoint) never issues a CID that one of its
+//! it came from. A server with shards ([`SocketOptions::shards`](crate::SocketOptions::shards))
+//! writes the shard's index in the byte after the prefix, so the CID is: prefix, shard index,
+//! random bytes; its socket group steers each `tls12_cid` record by that byte
+//! (`driver/shards.rs`). An [`Endpoint`](crate::Endpoint) never issues a CID that one of its
 //! connections holds.
 
 use std::sync::OnceLock;
