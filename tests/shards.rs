@@ -231,6 +231,52 @@ fn max_connections_holds_for_the_whole_server() {
     acceptor.join().unwrap();
 }
 
+#[test]
+fn the_failure_hook_hears_of_every_shards_failed_handshakes() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    const CLIENTS: usize = 16;
+    let server = DtlsServer::bind_with(
+        "127.0.0.1:0",
+        server_ctx(),
+        EndpointConfig::default(),
+        sharded(2),
+    )
+    .unwrap();
+    let (failed_tx, failed_rx) = mpsc::channel();
+    let failed_tx = std::sync::Mutex::new(failed_tx);
+    server.on_handshake_failure(move |failure| {
+        let _ = failed_tx.lock().unwrap().send(failure.peer);
+    });
+    let wrong_key = DtlsClientContext::builder()
+        .psk_credentials(PskCredentials::new(
+            IDENTITY.to_vec(),
+            b"not the key".to_vec(),
+        ))
+        .retransmit_timeout(Duration::from_millis(200), Duration::from_millis(800))
+        .build()
+        .unwrap();
+    let to = server.local_addr();
+    let mut peers = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+        peers.push(client.local_addr());
+        assert!(client.connect(to, &wrong_key, STEP).is_err());
+    }
+    let mut heard: Vec<SocketAddr> = (0..CLIENTS)
+        .map(|_| failed_rx.recv_timeout(STEP).expect("the hook fired"))
+        .collect();
+    heard.sort();
+    peers.sort();
+    assert_eq!(heard, peers);
+    let failing_shards = server
+        .shard_stats()
+        .iter()
+        .filter(|s| s.handshakes_failed_peer_alert + s.handshakes_failed_local > 0)
+        .count();
+    // 16 source ports all hashed to one of two shards: one chance in 2^15.
+    assert_eq!(failing_shards, 2, "{:?}", server.shard_stats());
+}
+
 fn cid_server_ctx(cid_len: u8) -> DtlsServerContext {
     let mut b = DtlsServerContext::builder();
     b.psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()))
