@@ -295,10 +295,11 @@ fn cid_client_ctx() -> DtlsClientContext {
 fn a_cid_client_that_rebinds_keeps_its_connection_on_its_shard() {
     let _ = env_logger::builder().is_test(true).try_init();
     const REBINDS: usize = 8;
-    for shards in [2, 4] {
+    // IPv4 with 2 and 4 shards; IPv6 with 2 (the program reads the UDP payload either way).
+    for (shards, ip) in [(2, "127.0.0.1"), (4, "127.0.0.1"), (2, "[::1]")] {
         let server = Arc::new(
             DtlsServer::bind_with(
-                "127.0.0.1:0",
+                format!("{ip}:0"),
                 cid_server_ctx(8),
                 EndpointConfig::default(),
                 sharded(shards),
@@ -314,7 +315,7 @@ fn a_cid_client_that_rebinds_keeps_its_connection_on_its_shard() {
         // Several clients, so that more than one shard holds one.
         let mut homes = Vec::new();
         for c in 0..3u8 {
-            let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+            let client = DtlsClient::bind(format!("{ip}:0")).unwrap();
             let conn = client
                 .connect(server.local_addr(), &cid_client_ctx(), STEP)
                 .unwrap();
@@ -328,7 +329,7 @@ fn a_cid_client_that_rebinds_keeps_its_connection_on_its_shard() {
             round_trip(&conn, &[c, 0]);
             // New source ports: new 4-tuples, hashed anywhere; the CID steers them home.
             for round in 1..=REBINDS {
-                let new = client.rebind("127.0.0.1:0").unwrap();
+                let new = client.rebind(format!("{ip}:0")).unwrap();
                 round_trip(&conn, &[c, round as u8]);
                 assert_eq!(
                     moved_rx

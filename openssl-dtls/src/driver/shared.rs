@@ -203,7 +203,9 @@ impl<D: Io> Shared<D> {
                         core.slots.insert(id, slot);
                         core.accept_queue.push_back((peer, id));
                         self.accept.wake_one();
-                        self.accept_hook.get().inspect(|hook| hook.call());
+                        if let Some(hook) = self.accept_hook.get() {
+                            hook.call(); // a sharded server's one accept queue
+                        }
                     }
                     // A client handshake whose `connect` gave up: nobody to hand it to.
                     None => core.endpoint.release(peer, id),

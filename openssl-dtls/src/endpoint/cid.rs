@@ -109,8 +109,8 @@ pub(super) enum Refusal {
 
 impl Endpoint {
     /// The CID a new server handshake is issued: the context's prefix and random bytes (a
-    /// shard's index in the first byte after the prefix), never
-    /// one a connection or handshake of this endpoint holds. `Ok(None)` without CIDs; `Err` if
+    /// shard's index in the first byte after the prefix), never one a connection or handshake
+    /// of this endpoint holds. `Ok(None)` without CIDs; `Err` if
     /// 16 draws found none free (the handshake is then refused: with at least 4 random bytes,
     /// checked when the context is built, that takes billions of connections).
     pub(super) fn fresh_cid(&mut self) -> Result<Option<Box<[u8]>>, ()> {
