@@ -655,8 +655,10 @@ mod tests {
 
     #[test]
     fn the_handshake_limits_hold_across_shards_and_free_up_when_a_handshake_ends() {
-        let mut config = EndpointConfig::default();
-        config.max_handshakes_per_ip = 1;
+        let config = EndpointConfig {
+            max_handshakes_per_ip: 1,
+            ..EndpointConfig::default()
+        };
         let (mut a, mut b, limits) = shards(&config);
         let now = Instant::now();
         let one: SocketAddr = "192.0.2.7:40001".parse().unwrap();
@@ -686,9 +688,11 @@ mod tests {
 
     #[test]
     fn max_connections_holds_across_shards() {
-        let mut config = EndpointConfig::default();
-        config.max_connections = 1;
-        config.evict_idle_after = None;
+        let config = EndpointConfig {
+            max_connections: 1,
+            evict_idle_after: None,
+            ..EndpointConfig::default()
+        };
         let (mut a, mut b, _limits) = shards(&config);
         let now = Instant::now();
         let one: SocketAddr = "192.0.2.7:40001".parse().unwrap();
