@@ -12,6 +12,7 @@
 //! | [`moves`] | connections that followed their peer to a new address ([`AddressChange`]), waiting for the address-change hook outside the lock |
 //! | [`socket`] | socket options and opening the socket |
 //! | [`blocking`] | the blocking driver: a thread sleeping in `poll(2)`, a waker, `Condvar` waits |
+//! | [`workers`] | the handshake workers: server handshake steps run outside the lock |
 //!
 //! A driver plugs in through [`Io`]: how it is woken, how it receives and sends, and the
 //! [`Signal`] its waiters sleep on (`Condvar` for threads, `tokio::sync::Notify` for tasks).
@@ -22,6 +23,7 @@ pub(crate) mod handle;
 pub(crate) mod moves;
 pub(crate) mod shared;
 pub(crate) mod socket;
+pub(crate) mod workers;
 
 use std::fmt;
 use std::io;

@@ -131,6 +131,8 @@ pub(crate) struct Shared<D: Io> {
     pub local_addr: SocketAddr,
     /// Datagrams read per turn.
     batch: usize,
+    /// The handshake workers, if the driver started any (`workers.rs`).
+    pub workers: super::workers::Workers,
 }
 
 impl<D: Io> Shared<D> {
@@ -157,6 +159,7 @@ impl<D: Io> Shared<D> {
             io,
             local_addr,
             batch: batch.max(1),
+            workers: super::workers::Workers::default(),
         }
     }
 
@@ -268,6 +271,8 @@ impl<D: Io> Shared<D> {
             }
         }
         core.endpoint.handle_timeout(Instant::now());
+        // Server handshakes checked out in this turn: to the handshake workers.
+        self.workers.submit(&mut core.endpoint);
         self.settle(&mut core);
         let failures = core.failures.take();
         let moves = core.moves.take();
@@ -347,6 +352,7 @@ impl<D: Io> Shared<D> {
             slot.signal.wake_all();
         }
         drop(core);
+        self.workers.close();
         self.accept.wake_all();
         self.io.stopped();
     }

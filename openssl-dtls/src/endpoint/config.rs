@@ -81,6 +81,20 @@ pub struct EndpointConfig {
     /// Non-DTLS datagrams queued for the application with [`demux_rtp`](Self::demux_rtp),
     /// all connections together; more are dropped and counted. Default 256.
     pub non_dtls_queue: usize,
+    /// Handshake worker threads of the blocking driver: the expensive steps of server
+    /// handshakes (ECDHE, signatures) run on them, outside the driver's lock, so that a storm of
+    /// new handshakes does not delay the records of established connections
+    /// ([`Endpoint::set_handshake_offload`](super::Endpoint::set_handshake_offload)). Default
+    /// 1 (the target has 2 cores: one for the driver, one for handshakes). 0 runs handshakes
+    /// inline in the driver, as the tokio driver and a bare [`Endpoint`](super::Endpoint) do.
+    pub handshake_workers: usize,
+    /// Server handshakes checked out for the workers at once (queued or running). Default 64
+    /// (≈ 13 ms of ECDSA work on one worker, far below the client's 1 s retransmission timer).
+    /// At the bound a new handshake (a ClientHello with a cookie) is ignored and counted in
+    /// [`EndpointStats::refused_handshake_backlog`](super::EndpointStats::refused_handshake_backlog):
+    /// the client's retransmission retries, and handshakes under way are never refused.
+    /// 0 is taken as 1.
+    pub handshake_backlog: usize,
 }
 
 impl Default for EndpointConfig {
@@ -95,6 +109,8 @@ impl Default for EndpointConfig {
             max_pending_replies: 256,
             demux_rtp: false,
             non_dtls_queue: 256,
+            handshake_workers: 1,
+            handshake_backlog: 64,
         }
     }
 }
