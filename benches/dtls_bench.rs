@@ -1983,6 +1983,9 @@ fn hostile_handshakes(suite: &str, cert: &Cert, n: usize) -> (f64, f64, usize) {
     (ours, raw, charged)
 }
 
+#[path = "dtls_bench/storm.rs"]
+mod storm;
+
 fn main() {
     hook_openssl_allocator();
     let sizes = Sizes::from_env();
@@ -2266,6 +2269,10 @@ fn main() {
                 "",
             );
         }
+    }
+
+    if sizes.run("storm") {
+        storm::storm_section(&cert, &mut t);
     }
 
     write_summary(&t);
