@@ -271,8 +271,9 @@ impl<D: Io> Shared<D> {
             }
         }
         core.endpoint.handle_timeout(Instant::now());
-        // Server handshakes checked out in this turn: to the handshake workers.
-        self.workers.submit(&mut core.endpoint);
+        // After the batch's records: handshakes the workers finished come back, and the ones
+        // checked out in this turn go to them.
+        self.workers.exchange(&mut core.endpoint);
         self.settle(&mut core);
         let failures = core.failures.take();
         let moves = core.moves.take();

@@ -4,11 +4,15 @@
 //! signatures.
 //!
 //! ```text
-//! driver turn (lock held): receive batch ─> endpoint checks out server handshakes ─> Workers::submit
-//! worker (no lock): job.run(now) ─> lock ─> endpoint.finish_handshake_job ─> settle (events, output) ─> unlock
+//! driver turn (lock held): receive batch ─> timers ─> Workers::exchange: finished jobs back in
+//!                          (finish_handshake_job: cheap), newly checked-out jobs to the queue
+//! worker (never takes the driver's lock): job.run(now) ─> done queue ─> wakes the driver
 //! ```
 //!
-//! The queue between them is bounded by the endpoint
+//! The workers never touch the endpoint: a finished job is handed back by the driver in its
+//! next turn, after the records of that turn's batch. So a worker that the scheduler preempts
+//! (it runs at a lower priority, [`WORKER_NICE`]) never holds the lock that established traffic
+//! needs. The queue is bounded by the endpoint
 //! ([`EndpointConfig::handshake_backlog`](crate::EndpointConfig::handshake_backlog): beyond it,
 //! new handshakes are ignored and counted). Workers sleep on a `Condvar` while the queue is
 //! empty: no polling. The number of workers is
@@ -25,10 +29,17 @@ use super::shared::Shared;
 use super::Io;
 use crate::endpoint::{Endpoint, HandshakeJob};
 
-/// The jobs waiting for a worker, and whether the workers must stop.
+/// How much lower than the driver a worker runs (`setpriority(2)` nice steps): when the CPU is
+/// short, the threads that serve established connections win it, and handshakes take what is
+/// left (new ones beyond the backlog are ignored).
+const WORKER_NICE: i32 = 10;
+
+/// The jobs waiting for a worker, the jobs run and waiting for the driver, and whether the
+/// workers must stop.
 #[derive(Debug, Default)]
 struct Queue {
     jobs: VecDeque<HandshakeJob>,
+    done: Vec<HandshakeJob>,
     closed: bool,
 }
 
@@ -89,9 +100,10 @@ impl Workers {
         Ok(())
     }
 
-    /// Hands every job `endpoint` checked out to the workers (called under the driver's lock,
-    /// after a turn). Without workers (offload never turned on) a job is run inline.
-    pub(crate) fn submit(&self, endpoint: &mut Endpoint) {
+    /// Gives the jobs the workers finished back to `endpoint`, then hands every job it checked
+    /// out to the workers (called under the driver's lock, once per turn, after the receive
+    /// batch). Without workers (offload never turned on) a job is run inline.
+    pub(crate) fn exchange(&self, endpoint: &mut Endpoint) {
         let Some(pool) = self.pool.get() else {
             while let Some(mut job) = endpoint.poll_handshake_job() {
                 let now = Instant::now();
@@ -100,6 +112,13 @@ impl Workers {
             }
             return;
         };
+        let done = std::mem::take(&mut pool.queue().done);
+        if !done.is_empty() {
+            let now = Instant::now();
+            for job in done {
+                endpoint.finish_handshake_job(now, job);
+            }
+        }
         let mut queue = pool.queue();
         let mut queued = false;
         while let Some(job) = endpoint.poll_handshake_job() {
@@ -121,7 +140,10 @@ impl Workers {
         let dropped = {
             let mut queue = pool.queue();
             queue.closed = true;
-            std::mem::take(&mut queue.jobs)
+            (
+                std::mem::take(&mut queue.jobs),
+                std::mem::take(&mut queue.done),
+            )
         };
         drop(dropped);
         pool.ready.notify_all();
@@ -135,9 +157,10 @@ impl Workers {
     }
 }
 
-/// A worker: takes a job, runs it without any lock, then gives it back to the endpoint under
-/// the driver's lock, with the output and events it produced.
+/// A worker: takes a job, runs it without any lock of the driver's, and leaves it for the
+/// driver's next turn (waking the driver if it is the first to wait).
 fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>) {
+    crate::ffi::os::lower_thread_priority(WORKER_NICE);
     loop {
         let mut job = {
             let mut queue = pool.queue();
@@ -155,25 +178,15 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>) {
             }
         };
         job.run(Instant::now());
-        let Some(shared) = shared.upgrade() else {
-            return;
+        let first = {
+            let mut queue = pool.queue();
+            queue.done.push(job);
+            queue.done.len() == 1
         };
-        let mut core = shared.lock();
-        if core.shutdown {
-            continue; // the job (and its SSL) is dropped
-        }
-        let deadline = core.endpoint.poll_timeout();
-        core.endpoint.finish_handshake_job(Instant::now(), job);
-        shared.workers.submit(&mut core.endpoint); // its inbox, checked out again
-        shared.settle(&mut core);
-        // The driver sleeps until its deadline: wake it if the handshake brought one earlier
-        // (its retransmission timer), so that it recomputes.
-        let earlier = match (core.endpoint.poll_timeout(), deadline) {
-            (Some(now), Some(before)) => now < before,
-            (now, before) => now.is_some() && before.is_none(),
-        };
-        drop(core);
-        if earlier {
+        if first {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
             shared.wake();
         }
     }
