@@ -1983,6 +1983,8 @@ fn hostile_handshakes(suite: &str, cert: &Cert, n: usize) -> (f64, f64, usize) {
     (ours, raw, charged)
 }
 
+#[path = "dtls_bench/hs_allocs.rs"]
+mod hs_allocs;
 #[path = "dtls_bench/storm.rs"]
 mod storm;
 
@@ -2271,6 +2273,9 @@ fn main() {
         }
     }
 
+    if sizes.run("hsallocs") {
+        hs_allocs::hs_allocs_section(&cert, &mut t);
+    }
     if sizes.run("storm") {
         storm::storm_section(&cert, &mut t);
     }
