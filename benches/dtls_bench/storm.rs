@@ -6,11 +6,15 @@
 //! latency section). Its RTT p99 is measured idle, then while `BENCH_STORM_K` client threads
 //! (each `BENCH_STORM_WINDOW` sans-IO handshakes at once, `client_pool`) complete new ECDSA
 //! handshakes with the same server as fast as it answers. Run with the default handshake worker
-//! (`EndpointConfig::handshake_workers` = 1: handshake steps off the driver thread) and, for
-//! comparison, with 0 workers (every handshake step inline in the driver, as before).
+//! (`EndpointConfig::handshake_workers` = 1: handshake steps off the driver thread; the key
+//! `storm_p99_ratio` is this run), with the worker at nice 10
+//! (`EndpointConfig::handshake_worker_nice`), and with 0 workers (every handshake step inline
+//! in the driver, as before).
 //!
 //! Environment: `BENCH_STORM_N` echoes per measurement (default 20000), `BENCH_STORM_K` flood
-//! threads (default 2), `BENCH_STORM_WINDOW` handshakes in flight per flood thread (default 16).
+//! threads (default 2), `BENCH_STORM_WINDOW` handshakes in flight per flood thread (default 16);
+//! `BENCH_STORM_NICE_CLIENTS=1` runs the flood threads at nice 19, as a stand-in for clients on
+//! other machines (they then take only the CPU the server leaves).
 //! The clients share the machine's cores with the server: the flood's own CPU (ECDHE and
 //! signature verification on the client side) competes with the echo, which is part of what the
 //! ratio shows on a 2-core machine.
@@ -39,9 +43,10 @@ struct Storm {
     stats: openssl_dtls::EndpointStats,
 }
 
-fn storm(cert: &Cert, workers: usize, n: usize, k: usize, window: usize) -> Storm {
+fn storm(cert: &Cert, workers: usize, nice: i32, n: usize, k: usize, window: usize) -> Storm {
     let mut config = roomy(k * window * 4);
     config.handshake_workers = workers;
+    config.handshake_worker_nice = nice;
     let server = start_server(our_server_ctx(ECDSA, cert), config, None);
     let addr = server.server.local_addr();
     // The established connection, then an acceptor that drops the flood's connections.
@@ -65,10 +70,16 @@ fn storm(cert: &Cert, workers: usize, n: usize, k: usize, window: usize) -> Stor
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let nice_clients = std::env::var_os("BENCH_STORM_NICE_CLIENTS").is_some();
     let flooders: Vec<_> = (0..k)
         .map(|_| {
             let (stop, done, failed) = (Arc::clone(&stop), Arc::clone(&done), Arc::clone(&failed));
             std::thread::spawn(move || {
+                if nice_clients {
+                    // SAFETY: setpriority reads only its integer arguments; `who` 0 is this
+                    // thread (Linux: the nice value is per thread).
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                }
                 let ctx = our_client_ctx(ECDSA);
                 while !stop.load(Relaxed) {
                     let (d, f, _) = client_pool(&ctx, addr, window * 2, window, false);
@@ -108,12 +119,12 @@ pub(super) fn storm_section(cert: &Cert, t: &mut Table) {
     let k = env_usize("BENCH_STORM_K", 2).max(1);
     let window = env_usize("BENCH_STORM_WINDOW", 16).max(1);
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    for workers in [1, 0] {
-        let r = storm(cert, workers, n, k, window);
-        let what = if workers == 0 {
-            "inline in the driver (handshake_workers = 0)"
-        } else {
-            "on a handshake worker (default)"
+    for (workers, nice) in [(1, 0), (1, 10), (0, 0)] {
+        let r = storm(cert, workers, nice, n, k, window);
+        let what = match (workers, nice) {
+            (0, _) => "inline in the driver (handshake_workers = 0)".to_owned(),
+            (_, 0) => "on a handshake worker (default)".to_owned(),
+            (_, nice) => format!("on a handshake worker at nice {nice} (handshake_worker_nice)"),
         };
         t.note(
             &format!(
@@ -133,9 +144,9 @@ pub(super) fn storm_section(cert: &Cert, t: &mut Table) {
             &format!("p99 {:.2}x", us(r.flood_p99) / us(r.idle_p99)),
         );
         if std::env::var_os("BENCH_DEBUG").is_some() {
-            eprintln!("storm, {workers} workers: {:?}", r.stats);
+            eprintln!("storm, {workers} workers, nice {nice}: {:?}", r.stats);
         }
-        if workers == 1 {
+        if (workers, nice) == (1, 0) {
             let (flood, idle) = (us(r.flood_p99), us(r.idle_p99));
             t.key("storm_p99_ratio", flood, idle, idle / flood);
         }

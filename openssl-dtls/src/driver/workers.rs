@@ -11,14 +11,16 @@
 //!
 //! The workers never touch the endpoint: a finished job is handed back by the driver in its
 //! next turn, after the records of that turn's batch. So a worker that the scheduler preempts
-//! (it runs at a lower priority, [`WORKER_NICE`]) never holds the lock that established traffic
-//! needs. The queue is bounded by the endpoint
+//! never holds the lock that established traffic needs. Workers may also run at a lower priority
+//! ([`EndpointConfig::handshake_worker_nice`](crate::EndpointConfig::handshake_worker_nice)).
+//! The queue is bounded by the endpoint
 //! ([`EndpointConfig::handshake_backlog`](crate::EndpointConfig::handshake_backlog): beyond it,
 //! new handshakes are ignored and counted). Workers sleep on a `Condvar` while the queue is
 //! empty: no polling. The number of workers is
 //! [`EndpointConfig::handshake_workers`](crate::EndpointConfig::handshake_workers) (default 1;
-//! 0 runs handshakes inline in the driver). Only the blocking server driver starts them; the
-//! tokio driver runs handshakes inline.
+//! 0 runs handshakes inline in the driver). Only the blocking driver of a server whose context
+//! has a certificate starts them (PSK handshakes cost less than the hop); the tokio driver runs
+//! handshakes inline.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
@@ -28,11 +30,6 @@ use std::time::Instant;
 use super::shared::Shared;
 use super::Io;
 use crate::endpoint::{Endpoint, HandshakeJob};
-
-/// How much lower than the driver a worker runs (`setpriority(2)` nice steps): when the CPU is
-/// short, the threads that serve established connections win it, and handshakes take what is
-/// left (new ones beyond the backlog are ignored).
-const WORKER_NICE: i32 = 10;
 
 /// The jobs waiting for a worker, the jobs run and waiting for the driver, and whether the
 /// workers must stop.
@@ -67,14 +64,18 @@ pub(crate) struct Workers {
 
 impl Workers {
     /// Starts `shared`'s endpoint's
-    /// [`handshake_workers`](crate::EndpointConfig::handshake_workers) threads (named after
-    /// `name`) and turns handshake offload on; with 0 workers, nothing (handshakes stay inline).
+    /// [`handshake_workers`](crate::EndpointConfig::handshake_workers) threads (named
+    /// `dtls-hs-<name>-<i>`) and turns handshake offload on; with 0 workers, nothing (handshakes
+    /// stay inline).
     pub(crate) fn start<D: Io>(shared: &Arc<Shared<D>>, name: &str) -> std::io::Result<()> {
         let mut core = shared.lock();
         let count = core.endpoint.config().handshake_workers;
-        if count == 0 {
+        // Only handshakes with certificates cost enough to be worth a thread hop (an ECDSA
+        // signature ≈ 200 µs); a PSK server's handshakes stay inline.
+        if count == 0 || !core.endpoint.costly_handshakes() {
             return Ok(());
         }
+        let nice = core.endpoint.config().handshake_worker_nice.clamp(0, 19);
         let pool = Arc::new(Pool::default());
         if shared.workers.pool.set(Arc::clone(&pool)).is_err() {
             return Ok(()); // started already
@@ -84,8 +85,8 @@ impl Workers {
             let pool = Arc::clone(&pool);
             let shared = Arc::downgrade(shared);
             let spawned = std::thread::Builder::new()
-                .name(format!("dtls-{name}-hs{i}"))
-                .spawn(move || work(&pool, &shared));
+                .name(format!("dtls-hs-{name}-{i}"))
+                .spawn(move || work(&pool, &shared, nice));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) if threads.is_empty() => return Err(e),
@@ -159,8 +160,10 @@ impl Workers {
 
 /// A worker: takes a job, runs it without any lock of the driver's, and leaves it for the
 /// driver's next turn (waking the driver if it is the first to wait).
-fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>) {
-    crate::ffi::os::lower_thread_priority(WORKER_NICE);
+fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, nice: i32) {
+    if nice > 0 {
+        crate::ffi::os::lower_thread_priority(nice);
+    }
     loop {
         let mut job = {
             let mut queue = pool.queue();
