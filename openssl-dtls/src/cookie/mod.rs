@@ -82,7 +82,7 @@ enum Keys {
     /// Keys derived from a configured secret and the wall-clock interval number.
     Shared {
         /// The configured secret, as an HMAC key.
-        master: MacKey,
+        master: Box<MacKey>,
         /// Keys for the last interval used; `None` until the first call.
         derived: Mutex<Option<SharedKeys>>,
     },
@@ -222,7 +222,7 @@ impl CookieSecrets {
             return Err("cookie secret must be at least 16 bytes long");
         }
         // RFC 2104 §2: a key longer than a block is hashed first (`MacKey::new`).
-        let master = MacKey::new(secret);
+        let master = Box::new(MacKey::new(secret));
         Ok(CookieSecrets {
             interval: interval.max(MIN_INTERVAL),
             keys: Keys::Shared {

@@ -351,9 +351,7 @@ impl Endpoint {
                 // handshake worker, not here.
                 let mut copy = crate::record::take_buffer();
                 copy.extend_from_slice(datagram);
-                let mut datagrams = Vec::with_capacity(1);
-                datagrams.push(copy);
-                self.check_out(addr, datagrams);
+                self.check_out(addr, vec![copy]);
                 return;
             }
             // Only authenticated input is activity: a forged record sent with the peer's

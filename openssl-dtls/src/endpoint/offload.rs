@@ -53,10 +53,14 @@ pub const HANDSHAKE_INBOX: usize = 8;
 const HANDSHAKE_INBOX_BYTES: usize = 32 * 1024;
 
 /// One server handshake taken out of the [`Endpoint`] to run its next step without the
-/// endpoint: see the [module documentation](self). It owns the session (and its `SSL`): dropping
-/// a job frees them, and the endpoint then forgets the handshake only when told
-/// ([`Endpoint::finish_handshake_job`]) — a job that is dropped instead stays counted against
-/// the handshake limits until the endpoint is dropped.
+/// endpoint ([`Endpoint::set_handshake_offload`]): the step's crypto (the first flight's ECDHE
+/// key and signature, or the shared secret and Finished of the client's second flight) runs in
+/// [`run`](Self::run), on any thread, while the endpoint keeps serving everyone else; the
+/// datagrams that arrive for this peer meanwhile wait in a bounded inbox
+/// ([`HANDSHAKE_INBOX`]). It owns the session (and its `SSL`): dropping a job frees them, but
+/// the endpoint forgets the handshake only when it is handed back
+/// ([`Endpoint::finish_handshake_job`]); a job dropped instead stays counted against the
+/// handshake limits until the endpoint is dropped.
 pub struct HandshakeJob {
     /// The peer's address (the key of its entry).
     addr: SocketAddr,
@@ -130,12 +134,36 @@ pub(super) struct Offload {
 }
 
 impl Endpoint {
-    /// Turns handshake offload on or off (see the [`offload`](self) module documentation): on,
-    /// server handshakes with work to do are checked out as [`HandshakeJob`]s for
-    /// [`poll_handshake_job`](Self::poll_handshake_job) instead of running inside
-    /// [`handle_datagram`](Self::handle_datagram). Off (the default for a bare endpoint; the
+    /// Turns handshake offload on or off. On, a server handshake with work to do (its first
+    /// flight after the cookie, or a datagram from its client) is checked out as a
+    /// [`HandshakeJob`] for [`poll_handshake_job`](Self::poll_handshake_job) instead of running
+    /// inside [`handle_datagram`](Self::handle_datagram), so that its crypto can run elsewhere
+    /// while established connections are served. Off (the default for a bare endpoint; the
     /// blocking driver turns it on when it runs handshake workers), everything runs inline.
     /// Handshakes already out stay out until finished.
+    ///
+    /// While a handshake is out it keeps its place in the handshake limits, its timers wait
+    /// until it comes back, and datagrams for it wait in its inbox (beyond
+    /// [`HANDSHAKE_INBOX`] they are dropped and counted in `dropped_handshake_busy`). At most
+    /// [`EndpointConfig::handshake_backlog`](super::EndpointConfig::handshake_backlog)
+    /// handshakes are out: beyond, a new handshake's ClientHello (with its cookie) is ignored
+    /// and counted in `refused_handshake_backlog`, and the client's retransmission retries.
+    /// The cookie exchange itself stays inline. Client handshakes and replacement handshakes
+    /// (a rebooted peer at the address of a live connection) always run inline.
+    ///
+    /// ```no_run
+    /// # use std::time::Instant;
+    /// # use openssl_dtls::{DtlsServerContext, Endpoint, EndpointConfig};
+    /// # fn serve(ctx: DtlsServerContext, datagram: &[u8], from: std::net::SocketAddr) -> Result<(), openssl_dtls::Error> {
+    /// let mut endpoint = Endpoint::server(ctx, EndpointConfig::default())?;
+    /// endpoint.set_handshake_offload(true);
+    /// endpoint.handle_datagram(Instant::now(), from, datagram);
+    /// while let Some(mut job) = endpoint.poll_handshake_job() {
+    ///     job.run(Instant::now()); // the expensive part: on a worker thread, without the endpoint
+    ///     endpoint.finish_handshake_job(Instant::now(), job);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn set_handshake_offload(&mut self, enabled: bool) {
         self.offload.enabled = enabled;
     }
