@@ -524,3 +524,93 @@ fn live_ssl_objects() -> i64 {
     });
     LIVE_SSL.load(Ordering::SeqCst)
 }
+
+/// The same flood on the tokio driver: the handshake workers are threads of their own and wake
+/// the driver task; the established connection's echoes all come back.
+#[cfg(feature = "tokio")]
+#[test]
+fn an_ecdsa_handshake_flood_on_tokio_does_not_starve_an_established_connection() {
+    let _serial = serial();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(tokio_flood());
+}
+
+#[cfg(feature = "tokio")]
+async fn tokio_flood() {
+    use openssl_dtls::tokio::{DtlsClient as AsyncClient, DtlsServer as AsyncServer};
+    const FLOODERS: usize = 2;
+    const PER_FLOODER: usize = 15;
+    const ECHOES: usize = 100;
+    let (sctx, cctx) = ecdsa_pair();
+    let server = AsyncServer::bind_with(
+        "127.0.0.1:0",
+        sctx,
+        EndpointConfig::default(),
+        SocketOptions::default(),
+    )
+    .await
+    .unwrap();
+    let server = Arc::new(server);
+    let addr = server.local_addr();
+    let s = Arc::clone(&server);
+    tokio::spawn(async move {
+        while let Ok(conn) = s.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                while let Ok(n @ 1..) = conn.recv(&mut buf).await {
+                    if conn.send(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let live_client = AsyncClient::bind("127.0.0.1:0").await.unwrap();
+    let live = live_client
+        .connect_named(addr, "storm-server", &cctx, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|_| {
+            let cctx = cctx.clone();
+            let (connected, finished) = (Arc::clone(&connected), Arc::clone(&finished));
+            tokio::spawn(async move {
+                let _finished = Finished(finished);
+                for _ in 0..PER_FLOODER {
+                    let client = AsyncClient::bind("127.0.0.1:0").await.unwrap();
+                    let conn = client
+                        .connect_named(addr, "storm-server", &cctx, Duration::from_secs(10))
+                        .await;
+                    if conn.is_ok() {
+                        connected.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut buf = [0u8; 2048];
+    let mut i = 0;
+    while i < ECHOES || finished.load(Ordering::SeqCst) < FLOODERS {
+        i += 1;
+        let msg = [(i % 251) as u8; 100];
+        live.send(&msg).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), live.recv(&mut buf))
+            .await
+            .expect("every echo gets its answer")
+            .unwrap();
+        assert_eq!(&buf[..n], &msg[..]);
+    }
+    for f in flooders {
+        f.await.unwrap();
+    }
+    let stats = server.stats();
+    let connected = connected.load(Ordering::SeqCst);
+    assert!(connected > 0, "{stats:?}");
+    assert!(stats.handshake_jobs as usize >= 2 * connected, "{stats:?}");
+}

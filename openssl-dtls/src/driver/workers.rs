@@ -18,9 +18,12 @@
 //! new handshakes are ignored and counted). Workers sleep on a `Condvar` while the queue is
 //! empty: no polling. The number of workers is
 //! [`EndpointConfig::handshake_workers`](crate::EndpointConfig::handshake_workers) (default 1;
-//! 0 runs handshakes inline in the driver). Only the blocking driver of a server whose context
-//! has a certificate starts them (PSK handshakes cost less than the hop); the tokio driver runs
-//! handshakes inline.
+//! 0 runs handshakes inline in the driver). Only a server whose context has a certificate starts
+//! them (PSK handshakes cost less than the hop), with the blocking and the tokio driver alike:
+//! for tokio they are threads of their own, not the runtime's, and they wake the driver task
+//! through its `Notify`. Stopping the driver joins them; each finishes at most the one job it
+//! runs (well under a millisecond of crypto), which is how long a stopping tokio driver may
+//! block its thread.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};

@@ -81,15 +81,15 @@ pub struct EndpointConfig {
     /// Non-DTLS datagrams queued for the application with [`demux_rtp`](Self::demux_rtp),
     /// all connections together; more are dropped and counted. Default 256.
     pub non_dtls_queue: usize,
-    /// Handshake worker threads of the blocking driver: the expensive steps of server
+    /// Handshake worker threads of a server driver (blocking or tokio): the expensive steps of server
     /// handshakes (ECDHE, signatures) run on them, outside the driver's lock, so that a storm of
     /// new handshakes does not delay the records of established connections
     /// ([`Endpoint::set_handshake_offload`](super::Endpoint::set_handshake_offload)). Default
     /// 1 (the target has 2 cores: one for the driver, one for handshakes). Started only for a
     /// server context with a certificate
     /// ([`Endpoint::costly_handshakes`](super::Endpoint::costly_handshakes)): PSK handshakes
-    /// cost less than the hop. 0 runs handshakes inline in the driver, as the tokio driver and
-    /// a bare [`Endpoint`](super::Endpoint) do.
+    /// cost less than the hop. 0 runs handshakes inline in the driver, as a bare
+    /// [`Endpoint`](super::Endpoint) does.
     pub handshake_workers: usize,
     /// Server handshakes checked out for the workers at once (queued or running). Default 64
     /// (≈ 13 ms of ECDSA work on one worker, far below the client's 1 s retransmission timer).
