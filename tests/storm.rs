@@ -188,6 +188,54 @@ fn an_ecdsa_handshake_completes_through_jobs() {
 }
 
 #[test]
+fn handshakes_with_connection_ids_or_compact_connections_complete_through_jobs() {
+    let _serial = serial();
+    let now = Instant::now();
+    let compact_server = DtlsServerContext::builder()
+        .psk_key_store(|id| (id == IDENTITY).then(|| KEY.to_vec()))
+        .compact_connections(true)
+        .build()
+        .unwrap();
+    let compact_client = DtlsClientContext::builder()
+        .psk_credentials(PskCredentials::new(IDENTITY.to_vec(), KEY.to_vec()))
+        .compact_connections(true)
+        .build()
+        .unwrap();
+    let cases = [
+        (
+            support::cid::server_ctx(6, "PSK-AES128-CCM8"),
+            support::cid::client_ctx(Some(4), "PSK-AES128-CCM8"),
+            true,
+        ),
+        (compact_server, compact_client, false),
+    ];
+    for (i, (sctx, cctx, cids)) in cases.into_iter().enumerate() {
+        let mut ep = Endpoint::server(sctx, EndpointConfig::default()).unwrap();
+        ep.set_handshake_offload(true);
+        let a = addr(30 + i as u16);
+        let mut c = cctx.new_session(None, now).unwrap();
+        let hello = hello_with_cookie(&mut ep, now, a, &mut c);
+        ep.handle_datagram(now, a, &hello);
+        pump(&mut ep, now, true, &mut [(a, &mut c)]);
+        assert!(c.is_established(), "case {i}: {:?}", c.error());
+        let id = ep.connection_id(a).expect("connected");
+        assert!(ep.stats().handshake_jobs >= 2);
+        if cids {
+            let (own, peer) = c.connection_ids().expect("CIDs negotiated");
+            assert_eq!((own.len(), peer.len()), (4, 6));
+        }
+        // Records (with the CID, or on the compact layer) flow both ways.
+        let mut buf = vec![0u8; 2048];
+        c.send(b"through").unwrap();
+        pump(&mut ep, now, true, &mut [(a, &mut c)]);
+        assert_eq!(ep.recv(a, id, &mut buf).unwrap(), Some(7), "case {i}");
+        ep.send(a, id, b"back").unwrap();
+        pump(&mut ep, now, true, &mut [(a, &mut c)]);
+        assert_eq!(c.recv(&mut buf).unwrap(), Some(4), "case {i}");
+    }
+}
+
+#[test]
 fn datagrams_for_a_checked_out_handshake_wait_in_its_inbox_and_the_overflow_is_counted() {
     let _serial = serial();
     let mut ep = offloading(EndpointConfig::default());

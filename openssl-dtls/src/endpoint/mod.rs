@@ -325,10 +325,10 @@ impl Endpoint {
             },
         };
         // A handshake that is out (offload): the datagram waits for it to come back.
-        if self.hold_for_away(addr, datagram) {
+        if !self.offload.away.is_empty() && self.hold_for_away(addr, datagram) {
             return;
         }
-        let offload = self.wants_offload(addr);
+        let offloading = self.offload.enabled;
         if let Some(p) = self.peers.get_mut(&addr) {
             let hello = matches!(classified, Datagram::ClientHello(_));
             // A new ClientHello from the address of a live connection or pending handshake: a
@@ -346,7 +346,7 @@ impl Endpoint {
                     return;
                 }
             }
-            if offload {
+            if offloading && offload::wanted(p) {
                 // A server handshake's step (key exchange, signature): run by the driver's
                 // handshake worker, not here.
                 let mut copy = crate::record::take_buffer();

@@ -111,6 +111,12 @@ impl HandshakeJob {
     }
 }
 
+/// Whether entry `p` is a server handshake that offload checks out (with offload on): not a
+/// client's, and not one with a replacement handshake beside it.
+pub(super) fn wanted(p: &Peer) -> bool {
+    p.replacement.is_none() && p.session.role() == Role::Server && p.session.is_handshaking()
+}
+
 /// A handshake that is checked out: what the endpoint keeps of it.
 #[derive(Debug, Default)]
 pub(super) struct Away {
@@ -235,12 +241,7 @@ impl Endpoint {
 
     /// Whether `addr`'s entry is a server handshake to check out rather than run inline.
     pub(super) fn wants_offload(&self, addr: SocketAddr) -> bool {
-        self.offload.enabled
-            && self.peers.get(&addr).is_some_and(|p| {
-                p.replacement.is_none()
-                    && p.session.role() == Role::Server
-                    && p.session.is_handshaking()
-            })
+        self.offload.enabled && self.peers.get(&addr).is_some_and(wanted)
     }
 
     /// Checks `addr`'s entry out as a job that reads `datagrams` (after its first step, if
