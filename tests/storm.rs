@@ -405,6 +405,52 @@ fn closing_and_dropping_with_jobs_out_frees_every_ssl() {
     assert_eq!(live_ssl_objects(), before, "every SSL freed");
 }
 
+/// A blocking server closed in the middle of an ECDSA flood, with handshakes queued for its
+/// worker or running on it: every `SSL` is freed once the server, its workers and the clients
+/// are gone.
+#[test]
+fn closing_a_server_during_a_flood_frees_every_ssl() {
+    let _serial = serial();
+    let before = live_ssl_objects();
+    let (sctx, cctx) = ecdsa_pair();
+    let server = DtlsServer::bind_with(
+        "127.0.0.1:0",
+        sctx,
+        EndpointConfig::default(),
+        SocketOptions::default(),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    let (tx, started) = std::sync::mpsc::channel::<()>();
+    let flooders: Vec<_> = (0..3)
+        .map(|_| {
+            let cctx = cctx.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+                    let _ = tx.send(());
+                    let conn =
+                        client.connect_named(addr, "storm-server", &cctx, Duration::from_secs(2));
+                    if conn.is_err() {
+                        return; // the server is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    // Close once the flood is under way (not timed: whatever is out at that moment).
+    for _ in 0..6 {
+        started.recv().unwrap();
+    }
+    server.close();
+    drop(server);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    assert_eq!(live_ssl_objects(), before, "every SSL freed");
+}
+
 /// Flood: `FLOODERS` threads each complete `PER_FLOODER` ECDSA handshakes with a blocking
 /// server as fast as it answers, while one established connection echoes 100-byte datagrams
 /// one at a time. Every echo comes back (the flood may slow it, never starve it), and every
