@@ -20,6 +20,10 @@
 #   BENCH_REC_N=100000 BENCH_REC_REPS=3         records per rate measurement; rounds (best kept)
 #                                               (compact and cid sections)
 #   BENCH_HOSTILE_N=50                          hostile post-cookie handshakes held (worst-case memory)
+#   BENCH_HSALLOC_N=200                         handshakes whose OpenSSL allocations are attributed
+#   BENCH_STORM_N=20000 BENCH_STORM_K=2 BENCH_STORM_WINDOW=16   echoes per p99; flood threads;
+#                                               handshakes in flight per thread (storm section;
+#                                               BENCH_STORM_NICE_CLIENTS=1: flood at nice 19)
 # Cargo's own CARGO_TARGET_DIR applies (e.g. CARGO_TARGET_DIR=target/bench scripts/bench.sh), and
 # so do openssl-sys's OPENSSL_DIR and OPENSSL_STATIC (an OpenSSL that scripts/openssl-versions.sh
 # built). BENCH_FEATURES adds features to tokio's, e.g. BENCH_FEATURES=vendored (the OpenSSL of
