@@ -874,13 +874,21 @@ fn udp_handshakes(suite: &str, cert: &Cert, n: usize, window: usize) -> (Duratio
         false,
     );
     std::thread::sleep(Duration::from_millis(50));
-    let cpu0 = tid_cpu(server.tid);
+    // The server's CPU: its driver thread and its handshake workers (`dtls-hs-*`).
+    let server_cpu = || {
+        tid_cpu(server.tid)
+            + thread_ids("dtls-hs-")
+                .into_iter()
+                .map(tid_cpu)
+                .sum::<Duration>()
+    };
+    let cpu0 = server_cpu();
     let t0 = Instant::now();
     let (done, failed, _) = client_pool(&ctx, server.server.local_addr(), n, window, false);
     let wall = t0.elapsed();
     let stats = server.server.stats();
     std::thread::sleep(Duration::from_millis(50)); // let the server take the last close_notify
-    let cpu = tid_cpu(server.tid) - cpu0;
+    let cpu = server_cpu() - cpu0;
     if std::env::var_os("BENCH_DEBUG").is_some() {
         eprintln!("{suite}: {:?}", server.server.stats());
     }
@@ -1983,6 +1991,11 @@ fn hostile_handshakes(suite: &str, cert: &Cert, n: usize) -> (f64, f64, usize) {
     (ours, raw, charged)
 }
 
+#[path = "dtls_bench/hs_allocs.rs"]
+mod hs_allocs;
+#[path = "dtls_bench/storm.rs"]
+mod storm;
+
 fn main() {
     hook_openssl_allocator();
     let sizes = Sizes::from_env();
@@ -2041,7 +2054,7 @@ fn main() {
             );
             t.keyed_row(
                 &format!("hs_{key}_udp"),
-                &format!("{suite}: server CPU per handshake (ours: UDP+cookie, driver thread; ref: raw OpenSSL in memory, cookie)"),
+                &format!("{suite}: server CPU per handshake (ours: UDP+cookie, driver + handshake worker threads; ref: raw OpenSSL in memory, cookie)"),
                 us,
                 raw_us,
                 "µs",
@@ -2270,6 +2283,13 @@ fn main() {
                 "",
             );
         }
+    }
+
+    if sizes.run("hsallocs") {
+        hs_allocs::hs_allocs_section(&cert, &mut t);
+    }
+    if sizes.run("storm") {
+        storm::storm_section(&cert, &mut t);
     }
 
     write_summary(&t);

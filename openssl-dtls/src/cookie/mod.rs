@@ -19,17 +19,21 @@
 //!   servers can only agree on which interval it is through the wall clock they share.
 //!
 //! Secret handling: every copy of key material in Rust memory (random bytes, derived keys, a
-//! pre-hashed long secret) lives in a buffer that is wiped (`crate::wipe`: `OPENSSL_cleanse`) as soon as OpenSSL
-//! has its own copy. The keys themselves are kept as OpenSSL HMAC `EVP_PKEY`s, so no secret byte
-//! is stored in this struct; OpenSSL wipes its copy with `OPENSSL_secure_clear_free` when the last
-//! reference goes, which happens on drop and on rotation.
+//! pre-hashed long secret) lives in a buffer that is wiped (`crate::wipe`: `OPENSSL_cleanse`) as
+//! soon as it has been absorbed. A key is kept as its HMAC inner and outer SHA-256 states
+//! ([`MacKey`], RFC 2104 precomputation), wiped the same way whenever a copy is dropped (on
+//! drop, on rotation, and after each cookie). A cookie is then two SHA-256 continuations on the
+//! stack: no allocation and no `EVP` context per cookie (an `EVP_DigestSign` over an HMAC
+//! `EVP_PKEY`, as before, cost 33 OpenSSL allocations per cookie, two cookies per handshake:
+//! the bench's `hsallocs` section).
 //!
 //! [`install`] puts the cookie callbacks on a server's `SSL_CTX`, over one shared
 //! [`CookieSecrets`]; `DTLSv1_listen` calls them with the peer and the time the endpoint recorded
 //! on the listening `SSL`'s datagram BIO.
 //!
-//! Thread safety: [`CookieSecrets`] is `Send + Sync`. A short `Mutex` section clones the two key
-//! handles (a reference-count increment), rotating first when due; the HMACs run outside it.
+//! Thread safety: [`CookieSecrets`] is `Send + Sync`. A short `Mutex` section copies the two keys'
+//! hash states (a few hundred bytes on the stack), rotating first when due; the HMACs run outside
+//! it.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -37,13 +41,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openssl::error::ErrorStack;
-use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
-use openssl::sign::Signer;
+use openssl::sha::Sha256;
 use openssl::ssl::SslContextBuilder;
 
 use crate::ffi::ctx::guard;
-use crate::ffi::evp::cleanse as wipe;
+use crate::ffi::evp::{cleanse as wipe, cleanse_sha256};
 
 /// Length of a cookie: one HMAC-SHA256 output.
 pub(crate) const COOKIE_LEN: usize = 32;
@@ -80,7 +82,7 @@ enum Keys {
     /// Keys derived from a configured secret and the wall-clock interval number.
     Shared {
         /// The configured secret, as an HMAC key.
-        master: PKey<Private>,
+        master: Box<MacKey>,
         /// Keys for the last interval used; `None` until the first call.
         derived: Mutex<Option<SharedKeys>>,
     },
@@ -89,8 +91,65 @@ enum Keys {
 /// The keys a cookie may verify under: the one cookies are made with, and the one before it.
 #[derive(Clone)]
 struct KeyPair {
-    current: PKey<Private>,
-    previous: PKey<Private>,
+    current: MacKey,
+    previous: MacKey,
+}
+
+/// An HMAC-SHA256 key (RFC 2104) as its two precomputed hash states: SHA-256 after absorbing
+/// `key ^ ipad`, and after `key ^ opad`. Every copy is wiped when dropped.
+#[derive(Clone)]
+struct MacKey {
+    inner: Sha256,
+    outer: Sha256,
+}
+
+impl MacKey {
+    /// The key `key` (hashed first if longer than a block, as HMAC does).
+    fn new(key: &[u8]) -> MacKey {
+        let mut block = [0u8; HMAC_BLOCK_LEN];
+        if key.len() > HMAC_BLOCK_LEN {
+            let mut digest = openssl::sha::sha256(key);
+            block[..KEY_LEN].copy_from_slice(&digest);
+            wipe(&mut digest);
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        let mut pad = [0u8; HMAC_BLOCK_LEN];
+        let mut keyed = |byte: u8| {
+            for (p, k) in pad.iter_mut().zip(&block) {
+                *p = k ^ byte;
+            }
+            let mut state = Sha256::new();
+            state.update(&pad);
+            state
+        };
+        let key = MacKey {
+            inner: keyed(0x36),
+            outer: keyed(0x5c),
+        };
+        wipe(&mut pad);
+        wipe(&mut block);
+        key
+    }
+
+    /// HMAC-SHA256 of the concatenated `parts` into `out`.
+    fn mac(&self, parts: &[&[u8]], out: &mut [u8; KEY_LEN]) {
+        let mut state = self.clone();
+        for part in parts {
+            state.inner.update(part);
+        }
+        let mut inner = std::mem::replace(&mut state.inner, Sha256::new()).finish();
+        state.outer.update(&inner);
+        wipe(&mut inner);
+        *out = std::mem::replace(&mut state.outer, Sha256::new()).finish();
+    }
+}
+
+impl Drop for MacKey {
+    fn drop(&mut self) {
+        cleanse_sha256(&mut self.inner);
+        cleanse_sha256(&mut self.outer);
+    }
 }
 
 /// State of [`Keys::Random`].
@@ -162,18 +221,8 @@ impl CookieSecrets {
         if secret.len() < MIN_SHARED_SECRET_LEN {
             return Err("cookie secret must be at least 16 bytes long");
         }
-        let master = if secret.len() > HMAC_BLOCK_LEN {
-            // RFC 2104 §2: HMAC uses H(key) for keys longer than a block, so this is the same
-            // HMAC; hashing here keeps arbitrarily long input away from `PKey::hmac`'s int cast.
-            let mut digest = openssl::hash::hash(MessageDigest::sha256(), secret)
-                .map_err(|_| "could not hash the cookie secret")?;
-            let key = PKey::hmac(&digest);
-            wipe(&mut digest);
-            key
-        } else {
-            PKey::hmac(secret)
-        }
-        .map_err(|_| "could not create an HMAC key from the cookie secret")?;
+        // RFC 2104 §2: a key longer than a block is hashed first (`MacKey::new`).
+        let master = Box::new(MacKey::new(secret));
         Ok(CookieSecrets {
             interval: interval.max(MIN_INTERVAL),
             keys: Keys::Shared {
@@ -262,7 +311,7 @@ impl CookieSecrets {
     /// Shared mode: the keys of the interval containing `since_epoch` and of the one before it.
     fn shared_keys(
         &self,
-        master: &PKey<Private>,
+        master: &MacKey,
         derived: &Mutex<Option<SharedKeys>>,
         since_epoch: Duration,
     ) -> Option<KeyPair> {
@@ -318,42 +367,30 @@ fn interval_number(since_epoch: Duration, interval: Duration) -> u64 {
 }
 
 /// A new HMAC key from OpenSSL's private random generator.
-fn fresh_key() -> Result<PKey<Private>, ErrorStack> {
+fn fresh_key() -> Result<MacKey, ErrorStack> {
     let mut bytes = SecretBytes::zeroed();
     openssl::rand::rand_priv_bytes(&mut bytes.0)?;
-    PKey::hmac(&bytes.0)
+    Ok(MacKey::new(&bytes.0))
 }
 
 /// The shared-mode key of interval `number`: `HMAC(secret, KEY_LABEL || number)`.
-fn derive_interval_key(master: &PKey<Private>, number: u64) -> Result<PKey<Private>, ErrorStack> {
+fn derive_interval_key(master: &MacKey, number: u64) -> Result<MacKey, ErrorStack> {
     let mut bytes = SecretBytes::zeroed();
     hmac_sha256(master, &[KEY_LABEL, &number.to_be_bytes()], &mut bytes.0)?;
-    PKey::hmac(&bytes.0)
+    Ok(MacKey::new(&bytes.0))
 }
 
-/// HMAC-SHA256 of the concatenated `parts` into `out` (exactly [`KEY_LEN`] bytes).
-fn hmac_sha256(
-    key: &PKey<Private>,
-    parts: &[&[u8]],
-    out: &mut [u8; KEY_LEN],
-) -> Result<(), ErrorStack> {
-    let mut signer = Signer::new(MessageDigest::sha256(), key)?;
-    for part in parts {
-        signer.update(part)?;
-    }
-    let written = signer.sign(out)?;
-    if written != KEY_LEN {
-        // Never happens with SHA-256; refuse rather than hand out a short MAC.
-        wipe(out);
-        return Err(ErrorStack::get());
-    }
+/// HMAC-SHA256 of the concatenated `parts` into `out` (exactly [`KEY_LEN`] bytes). Cannot fail
+/// (kept fallible for the callers' error paths).
+fn hmac_sha256(key: &MacKey, parts: &[&[u8]], out: &mut [u8; KEY_LEN]) -> Result<(), ErrorStack> {
+    key.mac(parts, out);
     Ok(())
 }
 
 /// The cookie for `peer` under `key`. Address family, address, port and (IPv6) scope ID are
 /// all bound: a link-local peer on another interface is another peer.
 fn cookie_mac(
-    key: &PKey<Private>,
+    key: &MacKey,
     peer: SocketAddr,
     out: &mut [u8; COOKIE_LEN],
 ) -> Result<(), ErrorStack> {

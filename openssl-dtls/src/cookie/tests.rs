@@ -1,6 +1,7 @@
 //! Unit tests of the cookie keys: what verifies, for whom, and for how long.
 
 use super::*;
+use openssl::hash::MessageDigest;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 use std::sync::Arc;
 
@@ -234,8 +235,8 @@ fn long_shared_secret_is_hashed_like_hmac_does() {
     let prehashed = openssl::hash::hash(MessageDigest::sha256(), &long).unwrap();
     let mut direct = [0; KEY_LEN];
     let mut via_hash = [0; KEY_LEN];
-    hmac_sha256(&PKey::hmac(&long).unwrap(), &[b"x"], &mut direct).unwrap();
-    hmac_sha256(&PKey::hmac(&prehashed).unwrap(), &[b"x"], &mut via_hash).unwrap();
+    hmac_sha256(&MacKey::new(&long), &[b"x"], &mut direct).unwrap();
+    hmac_sha256(&MacKey::new(&prehashed), &[b"x"], &mut via_hash).unwrap();
     assert_eq!(direct, via_hash);
 
     let a = CookieSecrets::with_secret(&long, INTERVAL).unwrap();
@@ -313,4 +314,32 @@ fn random_keys_start_their_first_interval_at_the_first_use() {
         !secrets.verify(t0 + 2 * INTERVAL, peer, &c),
         "two rotations later"
     );
+}
+
+/// The precomputed HMAC-SHA256 is HMAC-SHA256: RFC 4231 test case 2, and OpenSSL's own HMAC
+/// (`EVP_DigestSign` over an HMAC key) for keys shorter than, equal to and longer than a block,
+/// with the input in one part or several.
+#[test]
+fn mac_key_is_hmac_sha256() {
+    use openssl::pkey::PKey;
+    use openssl::sign::Signer;
+    let mut out = [0; KEY_LEN];
+    hmac_sha256(
+        &MacKey::new(b"Jefe"),
+        &[b"what do ya want ", b"for nothing?"],
+        &mut out,
+    )
+    .unwrap();
+    let expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+    let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, expected);
+    for len in [1usize, 16, 32, 63, 64, 65, 100, 200] {
+        let key: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        let data = b"openssl-dtls cookie v1\x04\x7f\x00\x00\x01\x9c\x40";
+        let mut signer = Signer::new(MessageDigest::sha256(), &PKey::hmac(&key).unwrap()).unwrap();
+        signer.update(data).unwrap();
+        let reference = signer.sign_to_vec().unwrap();
+        hmac_sha256(&MacKey::new(&key), &[&data[..5], &data[5..]], &mut out).unwrap();
+        assert_eq!(&out[..], &reference[..], "key length {len}");
+    }
 }

@@ -105,6 +105,12 @@ impl Driver {
         let thread = std::thread::Builder::new()
             .name(format!("dtls-{name}-{local_addr}"))
             .spawn(move || run(&thread_shared))?;
+        // Handshake workers (a server's): without them, handshakes run inline.
+        if accepts {
+            if let Err(e) = super::workers::Workers::start(&shared, name) {
+                log::warn!("no handshake workers ({e}): handshakes run in the driver");
+            }
+        }
         Ok(Running::new(shared, thread))
     }
 

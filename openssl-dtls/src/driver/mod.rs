@@ -13,6 +13,7 @@
 //! | [`socket`] | socket options and opening the socket |
 //! | [`shards`] | a server as N drivers on `SO_REUSEPORT` sockets: the plan, the accept hub, the summed counters |
 //! | [`blocking`] | the blocking driver: a thread sleeping in `poll(2)`, a waker, `Condvar` waits |
+//! | [`workers`] | the handshake workers: server handshake steps run outside the lock |
 //!
 //! A driver plugs in through [`Io`]: how it is woken, how it receives and sends, and the
 //! [`Signal`] its waiters sleep on (`Condvar` for threads, `tokio::sync::Notify` for tasks).
@@ -24,6 +25,7 @@ pub(crate) mod moves;
 pub(crate) mod shards;
 pub(crate) mod shared;
 pub(crate) mod socket;
+pub(crate) mod workers;
 
 use std::fmt;
 use std::io;

@@ -300,6 +300,9 @@ impl std::ops::AddAssign<&EndpointStats> for EndpointStats {
             cid_amplification_dropped,
             non_dtls_received,
             dropped_non_dtls,
+            handshake_jobs,
+            dropped_handshake_busy,
+            refused_handshake_backlog,
         } = other;
         self.connections += connections;
         self.handshakes += handshakes;
@@ -345,5 +348,8 @@ impl std::ops::AddAssign<&EndpointStats> for EndpointStats {
         self.cid_amplification_dropped += cid_amplification_dropped;
         self.non_dtls_received += non_dtls_received;
         self.dropped_non_dtls += dropped_non_dtls;
+        self.handshake_jobs += handshake_jobs;
+        self.dropped_handshake_busy += dropped_handshake_busy;
+        self.refused_handshake_backlog += refused_handshake_backlog;
     }
 }

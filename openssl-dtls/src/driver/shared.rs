@@ -133,6 +133,8 @@ pub(crate) struct Shared<D: Io> {
     batch: usize,
     /// A sharded server's hook, called for each connection queued to accept.
     pub accept_hook: std::sync::OnceLock<super::shards::AcceptHook>,
+    /// The handshake workers, if the driver started any (`workers.rs`).
+    pub workers: super::workers::Workers,
 }
 
 impl<D: Io> Shared<D> {
@@ -160,6 +162,7 @@ impl<D: Io> Shared<D> {
             local_addr,
             batch: batch.max(1),
             accept_hook: std::sync::OnceLock::new(),
+            workers: super::workers::Workers::default(),
         }
     }
 
@@ -274,6 +277,9 @@ impl<D: Io> Shared<D> {
             }
         }
         core.endpoint.handle_timeout(Instant::now());
+        // After the batch's records: handshakes the workers finished come back, and the ones
+        // checked out in this turn go to them.
+        self.workers.exchange(&mut core.endpoint);
         self.settle(&mut core);
         let failures = core.failures.take();
         let moves = core.moves.take();
@@ -353,6 +359,7 @@ impl<D: Io> Shared<D> {
             slot.signal.wake_all();
         }
         drop(core);
+        self.workers.close();
         self.accept.wake_all();
         self.io.stopped();
     }

@@ -31,6 +31,7 @@ mod admission;
 mod cid;
 mod config;
 mod events;
+mod offload;
 mod peer;
 mod stats;
 
@@ -42,6 +43,7 @@ use std::time::Instant;
 pub use self::config::EndpointConfig;
 pub(crate) use self::events::{report_failures, FailureHook, MAX_PENDING_FAILURES};
 pub use self::events::{Event, HandshakeFailure, PeerIdentity};
+pub use self::offload::{HandshakeJob, HANDSHAKE_INBOX};
 pub use self::stats::{ConnectionStats, EndpointStats};
 
 use self::admission::handshake_worst_case;
@@ -139,6 +141,8 @@ pub struct Endpoint {
     /// application's reads and closes) act at the time of the last input, so the endpoint never
     /// reads the clock.
     now: Option<Instant>,
+    /// Server handshakes checked out to run elsewhere (see `offload.rs`).
+    offload: offload::Offload,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -198,6 +202,7 @@ impl Endpoint {
             refusal_log: [(None, 0); 4],
             non_dtls: VecDeque::new(),
             now: None,
+            offload: offload::Offload::default(),
         }
     }
 
@@ -244,6 +249,12 @@ impl Endpoint {
         server_name: Option<&str>,
     ) -> Result<ConnectionId> {
         let now = self.tick(now);
+        if self.offload.away.contains_key(&peer) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("a DTLS handshake with {peer} is in progress"),
+            )));
+        }
         if let Some(existing) = self.peers.get(&peer) {
             if !existing.terminal() {
                 return Err(Error::Io(std::io::Error::new(
@@ -264,6 +275,12 @@ impl Endpoint {
         let now = self.tick(now);
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
+        self.route_datagram(now, peer, datagram);
+    }
+
+    /// [`handle_datagram`](Self::handle_datagram) after the counters: also for the datagrams a
+    /// checked-out handshake found waiting when it came back.
+    fn route_datagram(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
         // The one parse of this datagram: every step below reads its record views.
         let parsed = match wire::parse_cid(datagram, self.cid_len) {
             Ok(parsed) => parsed,
@@ -295,6 +312,11 @@ impl Endpoint {
             Route::Address(addr) => addr,
             Route::Cid(cid) => match cid::CidKey::new(cid).and_then(|k| self.cids.map.get(&k)) {
                 Some(&at) if at == peer => at,
+                // A handshake that is out cannot move (it would be refused as busy).
+                Some(&at) if self.offload.away.contains_key(&at) => {
+                    self.stats.cid_moves_refused_busy += 1;
+                    return;
+                }
                 Some(&at) => {
                     self.handle_cid_from_new_address(now, at, peer, &parsed);
                     return;
@@ -307,6 +329,11 @@ impl Endpoint {
                 }
             },
         };
+        // A handshake that is out (offload): the datagram waits for it to come back.
+        if !self.offload.away.is_empty() && self.hold_for_away(addr, datagram) {
+            return;
+        }
+        let offloading = self.offload.enabled;
         if let Some(p) = self.peers.get_mut(&addr) {
             let hello = matches!(classified, Datagram::ClientHello(_));
             // A new ClientHello from the address of a live connection or pending handshake: a
@@ -323,6 +350,14 @@ impl Endpoint {
                     self.settle(peer, now);
                     return;
                 }
+            }
+            if offloading && offload::wanted(p) {
+                // A server handshake's step (key exchange, signature): run by the driver's
+                // handshake worker, not here.
+                let mut copy = crate::record::take_buffer();
+                copy.extend_from_slice(datagram);
+                self.check_out(addr, vec![copy]);
+                return;
             }
             // Only authenticated input is activity: a forged record sent with the peer's
             // address (off-path, every idle period) must not keep a dead association alive.
@@ -341,8 +376,14 @@ impl Endpoint {
             self.stats.dropped_unknown_peer += 1;
             return;
         }
-        if !matches!(classified, Datagram::ClientHello(_)) {
+        let Datagram::ClientHello(info) = classified else {
             self.stats.dropped[DropReason::NotClientHello.index()] += 1;
+            return;
+        };
+        // A new handshake (its ClientHello carries a cookie) while the handshake backlog is
+        // full: ignored, the client's retransmission retries. The cookie exchange stays open.
+        if info.cookie_len > 0 && self.backlog_full() {
+            self.stats.refused_handshake_backlog += 1;
             return;
         }
         self.listen(now, peer, datagram, classified);
@@ -631,6 +672,7 @@ impl Endpoint {
 
     /// Closes every connection (`close_notify` to each established peer).
     pub fn close_all(&mut self) {
+        self.close_away();
         let addrs: Vec<SocketAddr> = self.peers.keys().copied().collect();
         for addr in addrs {
             if let Some(p) = self.peers.get_mut(&addr) {
@@ -668,14 +710,14 @@ impl Endpoint {
         self.peers.get(&peer).map(|p| p.id)
     }
 
-    /// Number of peers with a session (any state).
+    /// Number of peers with a session (any state), handshakes checked out included.
     pub fn len(&self) -> usize {
-        self.peers.len()
+        self.peers.len() + self.offload.away.len()
     }
 
     /// Whether no peer has a session.
     pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
+        self.len() == 0
     }
 
     /// A snapshot of the counters.

@@ -110,7 +110,18 @@ impl Endpoint {
                 unconfirmed: false,
             },
         );
-        self.settle(peer, now);
+        // A server handshake's first step (its first flight, with the key exchange and the
+        // signature) runs on the driver's handshake worker when offload is on, else in `settle`.
+        if self.wants_offload(peer)
+            && self
+                .peers
+                .get(&peer)
+                .is_some_and(|p| p.session.first_step_pending())
+        {
+            self.check_out(peer, Vec::new());
+        } else {
+            self.settle(peer, now);
+        }
         id
     }
 
@@ -120,6 +131,11 @@ impl Endpoint {
         let Some(p) = self.peers.get_mut(&addr) else {
             return;
         };
+        // A handshake accepted after the cookie and not checked out: its first step, inline.
+        p.session.run_first_step(now);
+        if let Some((_, r)) = p.replacement.as_mut() {
+            r.run_first_step(now);
+        }
         // A replacement handshake that completed takes over the address.
         if let Some((new_id, replacement)) = p.replacement.take() {
             match replacement.state() {

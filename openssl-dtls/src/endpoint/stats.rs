@@ -125,6 +125,16 @@ pub struct EndpointStats {
     /// Non-DTLS datagrams (first byte 128–191) dropped: demultiplexing off, not from the
     /// address of an established connection, or the queue full.
     pub dropped_non_dtls: u64,
+    /// Server handshake steps checked out to run outside the endpoint (handshake offload:
+    /// [`Endpoint::set_handshake_offload`](super::Endpoint::set_handshake_offload)).
+    pub handshake_jobs: u64,
+    /// Datagrams for a checked-out handshake dropped because its inbox was full
+    /// ([`HANDSHAKE_INBOX`](super::HANDSHAKE_INBOX)); the peer retransmits.
+    pub dropped_handshake_busy: u64,
+    /// New handshakes (ClientHellos with a cookie) ignored because
+    /// [`EndpointConfig::handshake_backlog`](super::EndpointConfig::handshake_backlog)
+    /// handshakes were out; the client's retransmission retries.
+    pub refused_handshake_backlog: u64,
 }
 
 impl EndpointStats {
@@ -145,6 +155,8 @@ impl EndpointStats {
             + self.refused_handshake_memory
             + self.dropped_unknown_cid
             + self.dropped_non_dtls
+            + self.dropped_handshake_busy
+            + self.refused_handshake_backlog
     }
 
     /// Every counter with its name, in declaration order (the pre-parser's drops as
@@ -163,7 +175,7 @@ impl EndpointStats {
                 .iter()
                 .map(|r| (format!("dropped_{}", r.as_str()), self.dropped(*r))),
         );
-        let named: [(&str, u64); 36] = [
+        let named: [(&str, u64); 39] = [
             ("dropped_unknown_peer", self.dropped_unknown_peer),
             (
                 "dropped_short_client_hello",
@@ -220,6 +232,9 @@ impl EndpointStats {
             ("cid_amplification_dropped", self.cid_amplification_dropped),
             ("non_dtls_received", self.non_dtls_received),
             ("dropped_non_dtls", self.dropped_non_dtls),
+            ("handshake_jobs", self.handshake_jobs),
+            ("dropped_handshake_busy", self.dropped_handshake_busy),
+            ("refused_handshake_backlog", self.refused_handshake_backlog),
             ("dropped_total", self.dropped_total()),
         ];
         out.extend(named.iter().map(|(k, v)| ((*k).to_owned(), *v)));

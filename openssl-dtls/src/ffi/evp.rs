@@ -153,6 +153,20 @@ pub(crate) fn cleanse(buf: &mut [u8]) {
     unsafe { dffi::OPENSSL_cleanse(buf.as_mut_ptr().cast(), buf.len()) }
 }
 
+/// Like [`cleanse`], over a SHA-256 state (the inner or outer hash of a keyed HMAC, which is key
+/// material): it is left all zeros, a valid if meaningless `SHA256_CTX`.
+#[doc(alias = "OPENSSL_cleanse")]
+pub(crate) fn cleanse_sha256(state: &mut openssl::sha::Sha256) {
+    // SAFETY: `Sha256` is a `SHA256_CTX` (plain integers: any bit pattern, zeros included, is a
+    // valid value) borrowed mutably for the call; the range is exactly its size.
+    unsafe {
+        dffi::OPENSSL_cleanse(
+            (state as *mut openssl::sha::Sha256).cast(),
+            std::mem::size_of::<openssl::sha::Sha256>(),
+        )
+    }
+}
+
 /// Like [`cleanse`], over the whole allocation of `buf` (its spare capacity too, where earlier
 /// contents may linger after a truncation), then empties it; the allocation is kept.
 #[doc(alias = "OPENSSL_cleanse")]

@@ -56,6 +56,20 @@ pub(crate) fn replace_descriptor(target: BorrowedFd<'_>, with: OwnedFd) -> io::R
     Ok(())
 }
 
+/// Lowers the calling thread's scheduling priority by `nice` steps (`setpriority(2)` on the
+/// thread: on Linux the nice value is per thread), so that it yields the CPU to the threads
+/// serving established connections when both want it. Failure (a sandbox that forbids it) is
+/// harmless and only logged.
+#[doc(alias = "setpriority")]
+pub(crate) fn lower_thread_priority(nice: i32) {
+    // SAFETY: `setpriority` reads only its integer arguments; `who` 0 is the calling thread on
+    // Linux (the nice value is a per-thread attribute).
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if r != 0 {
+        log::debug!("setpriority({nice}) failed: {}", io::Error::last_os_error());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;

@@ -137,6 +137,10 @@ pub struct Session {
     hello_verify_accepted: bool,
     /// The negotiated Connection IDs (RFC 9146), if any: see [`cid`].
     cid: Option<Box<self::cid::CidSession>>,
+    /// A server session from `DTLSv1_listen` whose first step (reading the verified ClientHello
+    /// and writing the server's first flight: the key exchange and, with certificates, the
+    /// signature) has not run yet: see [`run_first_step`](Self::run_first_step).
+    first_step_pending: bool,
 }
 
 /// An unauthenticated fatal alert held back during the handshake (see [`crate::plaintext`]).
@@ -249,13 +253,15 @@ impl Session {
             held_alert: None,
             hello_verify_accepted: false,
             cid: None,
+            first_step_pending: false,
         };
         session.bio_mut().now = Some(now);
         Ok(session)
     }
 
-    /// A server session on an `SSL` whose `DTLSv1_listen` just verified a ClientHello's cookie;
-    /// the handshake continues from that ClientHello on the next call.
+    /// A server session on an `SSL` whose `DTLSv1_listen` just verified a ClientHello's cookie.
+    /// The handshake continues from that ClientHello in [`run_first_step`](Self::run_first_step)
+    /// (the endpoint runs it inline, or on a handshake worker: it is the expensive step).
     pub(crate) fn accepted(
         ssl: Ssl,
         bio: BioHandle,
@@ -265,10 +271,26 @@ impl Session {
     ) -> Result<Session> {
         let mut session = Session::prepare(ssl, Role::Server, config, now, Some(bio))?;
         session.peer = Some(peer);
-        // A handshake that fails at once (no shared cipher, ...) is returned failed, so that its
-        // alert is still transmitted and the failure counted.
-        session.drive(now);
+        session.first_step_pending = true;
         Ok(session)
+    }
+
+    /// Whether the first step of a handshake accepted after `DTLSv1_listen` is still to run
+    /// ([`run_first_step`](Self::run_first_step)).
+    pub(crate) fn first_step_pending(&self) -> bool {
+        self.first_step_pending
+    }
+
+    /// Runs the first step of a handshake accepted after `DTLSv1_listen`, if it has not run:
+    /// `SSL_do_handshake` reads the verified ClientHello and writes the server's first flight
+    /// (ServerHello ... ServerHelloDone: the ECDHE key and, with a certificate, its signature).
+    /// A handshake that fails at once (no shared cipher, ...) fails here, its alert queued for
+    /// [`poll_transmit`](Self::poll_transmit).
+    #[doc(alias = "SSL_do_handshake")]
+    pub(crate) fn run_first_step(&mut self, now: Instant) {
+        if std::mem::take(&mut self.first_step_pending) {
+            self.drive(now);
+        }
     }
 
     fn check_not_failed(&self) -> Result<()> {

@@ -165,6 +165,13 @@ impl Driver {
             options.batch,
         ));
         let task = ::tokio::spawn(run(Arc::clone(&shared)));
+        // Handshake workers (a server's): threads of their own, not the runtime's, so that
+        // handshake crypto never holds up the tasks; without them, handshakes run inline.
+        if accepts {
+            if let Err(e) = crate::driver::workers::Workers::start(&shared, "tokio") {
+                log::warn!("no handshake workers ({e}): handshakes run in the driver task");
+            }
+        }
         Ok(Running::new(shared, task))
     }
 
