@@ -110,6 +110,34 @@ impl<D: Io> Handle<D> {
         }
     }
 
+    /// Sends several datagrams of application data now, under the lock the caller holds: every
+    /// payload is checked against the data MTU first (none is sent if one is too large), then
+    /// each is sealed into its record and the records go out together, in as few
+    /// `sendmmsg(2)` calls as the session's send queue allows (GSO for equal sizes). If the
+    /// connection ends midway, the datagrams before that were sent.
+    pub fn send_many_locked(&self, core: &mut Core<D>, datagrams: &[&[u8]]) -> Result<()> {
+        let (max, queue) = match core.endpoint.session(self.peer, self.id) {
+            Some(s) => (s.data_mtu(), s.config().send_queue.max(1)),
+            None => return Err(self.ended_error(core).unwrap_or(Error::Closed)),
+        };
+        if let Some(d) = datagrams.iter().find(|d| d.len() > max) {
+            return Err(Error::PayloadTooLarge { len: d.len(), max });
+        }
+        for chunk in datagrams.chunks(queue) {
+            for data in chunk {
+                if let Err(e) = core.endpoint.send(self.peer, self.id, data) {
+                    self.shared.flush(core);
+                    return Err(match e {
+                        Error::Closed => self.ended_error(core).unwrap_or(Error::Closed),
+                        e => e,
+                    });
+                }
+            }
+            self.shared.flush(core);
+        }
+        Ok(())
+    }
+
     /// Takes one received datagram into `buf`, under the lock the caller holds:
     /// `Some(Ok(Some(n)))` a datagram, `Some(Ok(Some(0)))` end of stream, `Some(Err)` the
     /// error that ended the connection, or `None`: nothing yet, wait.

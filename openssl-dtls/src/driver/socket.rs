@@ -3,10 +3,12 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::os::fd::AsFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::{Error, Result};
+use crate::ffi::os;
 
 /// Socket options for a server or client socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +25,21 @@ pub struct SocketOptions {
     /// For an IPv6 address: accept IPv4 too (`IPV6_V6ONLY` off). Default true.
     pub dual_stack: bool,
     /// Datagrams read per driver turn before timers and output get their turn. Default 64.
+    /// They are read in batches (`recvmmsg(2)` on Linux, up to 32 per call; one per call on
+    /// other systems).
     pub batch: usize,
+    /// UDP generic segmentation offload on send (`UDP_SEGMENT`, Linux 4.18): a run of
+    /// equal-size datagrams to one peer (the last may be shorter) leaves in one `sendmmsg(2)`
+    /// message, which the kernel (or the network card) cuts into datagrams. Where the kernel
+    /// or the device refuses it (`EINVAL`, `EIO`, `ENOPROTOOPT`), the driver turns it off for
+    /// the socket and sends one datagram per message. Default on; off on systems other than
+    /// Linux. Datagrams on the wire are the same either way.
+    pub gso: bool,
+    /// UDP generic receive offload (`UDP_GRO` socket option, Linux 5.0): the kernel may hand
+    /// several datagrams of one flow over as one buffer, which the driver splits by the
+    /// segment size the kernel gives (`UDP_GRO` control message), each datagram handled on its
+    /// own. Fewer, larger reads at high rates. Default on; ignored where the kernel lacks it.
+    pub gro: bool,
 }
 
 impl Default for SocketOptions {
@@ -34,6 +50,8 @@ impl Default for SocketOptions {
             reuse_port: false,
             dual_stack: true,
             batch: 64,
+            gso: os::GSO_AVAILABLE,
+            gro: true,
         }
     }
 }
@@ -56,6 +74,15 @@ fn open_socket(addr: SocketAddr, options: &SocketOptions) -> io::Result<UdpSocke
     if let Some(size) = options.send_buffer_size {
         if let Err(e) = socket.set_send_buffer_size(size) {
             log::warn!("cannot set SO_SNDBUF to {size}: {e}");
+        }
+    }
+    // The socket's drop counter on received datagrams, for `EndpointStats::socket_rx_dropped`.
+    if let Err(e) = os::enable_rx_drop_counter(socket.as_fd()) {
+        log::debug!("cannot set SO_RXQ_OVFL: {e}");
+    }
+    if options.gro {
+        if let Err(e) = os::enable_gro(socket.as_fd()) {
+            log::debug!("cannot set UDP_GRO: {e}");
         }
     }
     socket.bind(&addr.into())?;

@@ -90,7 +90,7 @@ impl DtlsServer {
 
     /// A snapshot of the endpoint's counters.
     pub fn stats(&self) -> EndpointStats {
-        self.driver.shared.lock().endpoint.stats()
+        self.driver.shared.stats()
     }
 
     /// Calls `hook` for every handshake a peer started with this server that failed: see
