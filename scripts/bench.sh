@@ -2,7 +2,7 @@
 # Runs the benchmark harness (openssl-dtls/benches -> benches/dtls_bench.rs) in release mode and
 # prints one table: each figure next to a reference measured in the same run, with the ratio.
 # Run scripts/setup.sh first on a fresh machine. Sizes are environment variables (defaults):
-#   BENCH_ONLY=handshake,throughput,latency,async,memory,allocs,compact,cid,hostile,idle   (all; async
+#   BENCH_ONLY=handshake,throughput,latency,async,memory,allocs,compact,cid,hostile,idle,batch   (all; async
 #                                      needs the tokio feature, which this script turns on)
 #   BENCH_HS_PSK=4000 BENCH_HS_ECDSA=1500 BENCH_RAW_PSK=4000 BENCH_RAW_ECDSA=1500
 #   BENCH_HS_WINDOW=32 BENCH_HS_REPS=3          handshakes in flight; interleaved rounds (best kept)
@@ -20,6 +20,8 @@
 #   BENCH_REC_N=100000 BENCH_REC_REPS=3         records per rate measurement; rounds (best kept)
 #                                               (compact and cid sections)
 #   BENCH_HOSTILE_N=50                          hostile post-cookie handshakes held (worst-case memory)
+#   BENCH_BATCH_N=200000 BENCH_BATCH_CHUNK=32   one-way 1200 B datagrams with batching (send_many
+#                                               of CHUNK; refs: naive plain UDP, sendmmsg/recvmmsg)
 # Cargo's own CARGO_TARGET_DIR applies (e.g. CARGO_TARGET_DIR=target/bench scripts/bench.sh), and
 # so do openssl-sys's OPENSSL_DIR and OPENSSL_STATIC (an OpenSSL that scripts/openssl-versions.sh
 # built). BENCH_FEATURES adds features to tokio's, e.g. BENCH_FEATURES=vendored (the OpenSSL of

@@ -1,0 +1,270 @@
+//! Section `batch`: one-way 1,200-byte datagrams with batching (`key batched_1200`).
+//!
+//! Ours: our client's [`DtlsConnection::send_many`] (sealed under one lock, `sendmmsg` with UDP
+//! GSO for the equal sizes) to our server, whose driver receives with `recvmmsg` (and GRO);
+//! the server application reads each datagram with `recv`. Reference: the naive plain-UDP loop,
+//! one `send_to` per datagram and one `recv_from` per datagram, the same count. A second
+//! reference row shows what the kernel can do: plain UDP with `sendmmsg`/`recvmmsg` in batches
+//! of the same size. Each figure is datagrams per second at the receiver, from the first
+//! datagram received to the last; what did not arrive is printed beside it.
+//!
+//! The application keeps up: every sender stops while [`WINDOW`] datagrams are in flight
+//! (sent, not yet received by the application), and our server's sessions queue up to
+//! [`RECV_QUEUE`] received datagrams, so the figures are rates without loss, not the limits of
+//! a queue. The same window holds for the references.
+//!
+//! Sizes: `BENCH_BATCH_N` datagrams (default 200,000), sent `BENCH_BATCH_CHUNK` at a time
+//! (default 32).
+
+use std::mem::size_of;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openssl_dtls::{
+    DtlsClient, DtlsConnection, DtlsServerContext, EndpointConfig, SessionConfig, SocketOptions,
+};
+
+use super::{
+    env_usize, our_client_ctx_mtu, plain_socket, roomy, start_server, Table, IDENTITY, KEY, PSK,
+    TP_MTU,
+};
+
+const SIZE: usize = 1200;
+/// Datagrams a sender lets be in flight before it waits for the receiver.
+const WINDOW: usize = 4096;
+/// Our server session's receive queue: more than the window.
+const RECV_QUEUE: usize = 2 * WINDOW;
+/// How long the receiver waits for more once datagrams stopped coming.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Counts what arrives through `recv` (into `received`) until `n` did or nothing came for
+/// [`QUIET`]: (got, seconds from the first to the last).
+fn count(
+    n: usize,
+    received: &AtomicUsize,
+    mut recv: impl FnMut(&mut [u8]) -> usize,
+) -> (usize, f64) {
+    let mut buf = vec![0u8; 64 * 2048];
+    let (mut got, mut first, mut last) = (0usize, None, Instant::now());
+    while got < n {
+        let k = recv(&mut buf);
+        if k == 0 {
+            if first.is_some() {
+                break;
+            }
+            continue;
+        }
+        got += k;
+        received.store(got, Relaxed);
+        last = Instant::now();
+        first.get_or_insert(last);
+    }
+    let secs = first.map_or(1.0, |f| (last - f).as_secs_f64()).max(1e-9);
+    (got, secs)
+}
+
+/// Waits (yielding) while more than [`WINDOW`] of `sent` are in flight.
+fn keep_window(sent: usize, received: &AtomicUsize, give_up: Instant) {
+    while sent > received.load(Relaxed) + WINDOW && Instant::now() < give_up {
+        std::thread::yield_now();
+    }
+}
+
+/// When a sender stops waiting for a receiver that lost too much to ever catch up.
+fn give_up() -> Instant {
+    Instant::now() + Duration::from_secs(60)
+}
+
+/// Ours: `send_many` of `chunk` datagrams at a time → our server's `recv`. (datagrams/s, lost)
+fn dtls_batched(n: usize, chunk: usize) -> (f64, usize) {
+    let mut session = SessionConfig::default();
+    session.recv_queue = RECV_QUEUE;
+    session.recv_queue_bytes = RECV_QUEUE * 2048;
+    let mut b = DtlsServerContext::builder();
+    b.session_config(session)
+        .mtu(TP_MTU)
+        .psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()))
+        .ciphers(PSK);
+    let server = start_server(b.build().unwrap(), roomy(16), None);
+    let s = Arc::clone(&server.server);
+    let accepted = std::thread::spawn(move || s.accept().unwrap());
+    let client = DtlsClient::bind_with(
+        "127.0.0.1:0",
+        EndpointConfig::default(),
+        SocketOptions::default(),
+    )
+    .unwrap();
+    let conn = client
+        .connect(
+            server.server.local_addr(),
+            &our_client_ctx_mtu(PSK, TP_MTU),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let sconn: DtlsConnection = accepted.join().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&received);
+    let counter = std::thread::spawn(move || {
+        count(n, &r, |buf| {
+            match sconn.recv_timeout(&mut buf[..2048], QUIET) {
+                Ok(Some(_)) => 1,
+                _ => 0,
+            }
+        })
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let msgs = vec![vec![0x5au8; SIZE]; chunk];
+    let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+    let mut sent = 0;
+    let give_up = give_up();
+    while sent < n {
+        keep_window(sent, &received, give_up);
+        let k = chunk.min(n - sent);
+        if let Err(e) = conn.send_many(&refs[..k]) {
+            eprintln!("send_many: {e}");
+        }
+        sent += k;
+    }
+    let (got, secs) = counter.join().unwrap();
+    let stats = server.server.stats();
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!("server: {stats}\nclient: {}", client.stats());
+    }
+    println!(
+        "(batch: server socket_rx_dropped {}, recv_queue_dropped {}; client socket_send_full {})",
+        stats.socket_rx_dropped,
+        stats.recv_queue_dropped,
+        client.stats().socket_send_full
+    );
+    (got as f64 / secs, n - got)
+}
+
+/// The naive plain-UDP loop: one `send_to` per datagram → one `recv_from` per datagram.
+fn plain_naive(n: usize) -> (f64, usize) {
+    let (tx, rx) = (plain_socket(), plain_socket());
+    let to = rx.local_addr().unwrap();
+    rx.set_read_timeout(Some(QUIET)).unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&received);
+    let counter = std::thread::spawn(move || {
+        count(n, &r, |buf| match rx.recv_from(&mut buf[..2048]) {
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let msg = [0x5au8; SIZE];
+    let give_up = give_up();
+    for sent in 0..n {
+        keep_window(sent, &received, give_up);
+        let _ = tx.send_to(&msg, to);
+    }
+    let (got, secs) = counter.join().unwrap();
+    (got as f64 / secs, n - got)
+}
+
+/// Plain UDP with `sendmmsg` (batches of `chunk`) → `recvmmsg` (up to 64 per call).
+fn plain_mmsg(n: usize, chunk: usize) -> (f64, usize) {
+    let (tx, rx) = (plain_socket(), plain_socket());
+    tx.connect(rx.local_addr().unwrap()).unwrap();
+    rx.set_read_timeout(Some(QUIET)).unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&received);
+    let counter = std::thread::spawn(move || count(n, &r, |buf| recv_mmsg(&rx, buf)));
+    std::thread::sleep(Duration::from_millis(20));
+    let msg = [0x5au8; SIZE];
+    let mut sent = 0;
+    let give_up = give_up();
+    while sent < n {
+        keep_window(sent, &received, give_up);
+        let k = chunk.min(n - sent).min(64);
+        sent += send_mmsg(&tx, &msg, k).max(1);
+    }
+    let (got, secs) = counter.join().unwrap();
+    (got as f64 / secs, n - got)
+}
+
+/// `sendmmsg(2)` of `k` copies of `msg` on connected `socket`: how many went.
+fn send_mmsg(socket: &UdpSocket, msg: &[u8], k: usize) -> usize {
+    // SAFETY: all-zero bytes are valid for these plain C structs.
+    let mut iov: [libc::iovec; 64] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; 64] = unsafe { std::mem::zeroed() };
+    for i in 0..k {
+        iov[i] = libc::iovec {
+            iov_base: msg.as_ptr().cast_mut().cast(),
+            iov_len: msg.len(),
+        };
+        hdrs[i].msg_hdr.msg_iov = &mut iov[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `hdrs[..k]` point at `iov`, which points at `msg`; all outlive the call, and the
+    // kernel only reads them.
+    let r = unsafe { libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), k as _, 0) };
+    r.max(0) as usize
+}
+
+/// `recvmmsg(2)` of up to 64 datagrams of 2 KiB into `buf` (`MSG_WAITFORONE`: waits, up to the
+/// socket's read timeout, for the first only): how many arrived.
+fn recv_mmsg(socket: &UdpSocket, buf: &mut [u8]) -> usize {
+    let slots = (buf.len() / 2048).min(64);
+    // SAFETY: all-zero bytes are valid for these plain C structs.
+    let mut iov: [libc::iovec; 64] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; 64] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut names: [libc::sockaddr_storage; 64] = unsafe { std::mem::zeroed() };
+    for (i, slot) in buf.chunks_exact_mut(2048).take(slots).enumerate() {
+        iov[i] = libc::iovec {
+            iov_base: slot.as_mut_ptr().cast(),
+            iov_len: slot.len(),
+        };
+        hdrs[i].msg_hdr.msg_iov = &mut iov[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+        hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+        hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as _;
+    }
+    // SAFETY: `hdrs[..slots]` point at `iov`, `names` and `buf`, all alive and exclusively
+    // borrowed for the call, with their lengths beside them.
+    let r = unsafe {
+        libc::recvmmsg(
+            socket.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            slots as _,
+            libc::MSG_WAITFORONE,
+            std::ptr::null_mut(),
+        )
+    };
+    r.max(0) as usize
+}
+
+/// The section: the `batched_1200` row and the kernel's reference row.
+pub(super) fn section(t: &mut Table) {
+    let n = env_usize("BENCH_BATCH_N", 200_000).max(1);
+    let chunk = env_usize("BENCH_BATCH_CHUNK", 32).clamp(1, 64);
+    let (ours, ours_lost) = dtls_batched(n, chunk);
+    let (naive, naive_lost) = plain_naive(n);
+    let (mmsg, mmsg_lost) = plain_mmsg(n, chunk);
+    t.keyed_row(
+        "batched_1200",
+        &format!(
+            "one-way {SIZE} B, batched: datagrams/s received (ours: send_many of {chunk}, sendmmsg+GSO → recvmmsg+GRO → recv; ref: naive plain UDP, one send_to → one recv_from; both at most {WINDOW} in flight; lost of {n}: ours {ours_lost}, plain {naive_lost})"
+        ),
+        ours,
+        naive,
+        "/s",
+        true,
+    );
+    t.row(
+        &format!(
+            "one-way {SIZE} B: ours batched (as above) vs plain UDP sendmmsg of {chunk} → recvmmsg of 64, what the kernel can do (lost of {n}: ours {ours_lost}, plain {mmsg_lost})"
+        ),
+        ours,
+        mmsg,
+        "/s",
+        true,
+    );
+}
