@@ -167,7 +167,7 @@ pub(crate) fn segment_control(segment: u16) -> [u8; SEND_CONTROL_WORDS * 8] {
 }
 
 /// Where [`recv_batch`] put one datagram.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RecvMeta {
     /// Its length in its slot.
     pub len: usize,
@@ -175,16 +175,6 @@ pub(crate) struct RecvMeta {
     pub peer: Option<SocketAddr>,
     /// Its control messages.
     pub control: RecvControl,
-}
-
-impl Default for RecvMeta {
-    fn default() -> Self {
-        RecvMeta {
-            len: 0,
-            peer: None,
-            control: RecvControl::default(),
-        }
-    }
 }
 
 /// One datagram, or a run of equal-size datagrams to one peer sent with GSO, for
