@@ -66,6 +66,10 @@ impl Signal for Condvar {
 pub(crate) trait Io: fmt::Debug + Send + Sync + Sized + 'static {
     /// What handles and `accept` wait on.
     type Signal: Signal;
+    /// Whether the driver learns of readability edge-triggered (tokio: readiness is cleared
+    /// only by a read that would block), so a turn must read until `WouldBlock`; with
+    /// level-triggered `poll(2)` a short batch already shows the socket drained.
+    const EDGE_TRIGGERED: bool = false;
     /// The driver's own output state, kept under the lock beside the endpoint (the tokio
     /// driver's backlog of datagrams the socket refused).
     type Queue: fmt::Debug + Default + Send;

@@ -274,7 +274,8 @@ impl<D: Io> Shared<D> {
 
     /// Receives up to the batch size of datagrams (`recvmmsg(2)`, as many per call as the
     /// receive batch holds) and hands each to the endpoint; a GRO train is split into its
-    /// datagrams, each handled on its own. Stops once the socket has no more.
+    /// datagrams, each handled on its own. Stops once the socket has no more (a short batch,
+    /// or `WouldBlock` for an edge-triggered driver).
     fn receive(&self, core: &mut Core<D>) {
         let Core { endpoint, out, .. } = core;
         let mut left = self.batch;
@@ -297,7 +298,7 @@ impl<D: Io> Shared<D> {
                             endpoint.handle_datagram(now, peer, datagram);
                         }
                     }
-                    if n < left.min(batch::RECV_SLOTS) {
+                    if n < left.min(batch::RECV_SLOTS) && !D::EDGE_TRIGGERED {
                         break; // the socket is drained: no need to ask again
                     }
                     left -= n;

@@ -71,6 +71,7 @@ impl Backlog {
 impl Io for TokioIo {
     type Signal = Notify;
     type Queue = Backlog;
+    const EDGE_TRIGGERED: bool = true;
 
     fn wake(&self) {
         self.driver_notify.notify_one();
