@@ -8,7 +8,7 @@
 //!
 //! | buffer | size | why |
 //! |---|---|---|
-//! | receive slots | [`RECV_SLOTS`] × 64 KiB = 2 MiB | a slot takes any datagram (≤ 65,507 bytes) or a GRO train (≤ 64 KiB) without truncation. The memory is zeroed on allocation (`calloc`): the kernel maps a page only once a datagram reaches it, so traffic of 1,200-byte datagrams keeps one page per slot resident |
+//! | receive slots | [`RECV_SLOTS`] × 64 KiB = 1 MiB | a slot takes any datagram (≤ 65,507 bytes) or a GRO train (≤ 64 KiB, up to 64 datagrams) without truncation, so no slot size guesses what peers send. The memory is zeroed on allocation (`calloc`, fresh zero pages): the kernel maps a page only once a datagram reaches it, so traffic of 1,200-byte datagrams keeps about one page per slot resident. 16 per call already makes the system-call cost per datagram small; more slots would add memory, not speed |
 //! | receive control | 96 bytes per slot | `UDP_GRO` and `SO_RXQ_OVFL`, with room to spare |
 //! | send buffer | 192 KiB | up to 128 KiB of datagrams per `sendmmsg`, plus a 64 KiB window for the next one of any size |
 //! | send messages | [`MAX_DATAGRAMS`] entries | at most this many datagrams per batch |
@@ -24,7 +24,7 @@ use crate::ffi::os::{self, RecvControl, RecvMeta, SendMsg, MAX_BATCH, RECV_CONTR
 
 /// Datagrams (or GRO trains) one `recvmmsg(2)` call can take: the number of 64 KiB receive
 /// slots.
-pub(crate) const RECV_SLOTS: usize = 32;
+pub(crate) const RECV_SLOTS: usize = 16;
 /// The send buffer: two batches' worth of datagrams plus a window for the next.
 const TX_BYTES: usize = 3 * RX_BUFFER;
 /// The most datagrams one send batch gathers.

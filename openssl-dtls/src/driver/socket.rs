@@ -25,8 +25,8 @@ pub struct SocketOptions {
     /// For an IPv6 address: accept IPv4 too (`IPV6_V6ONLY` off). Default true.
     pub dual_stack: bool,
     /// Datagrams read per driver turn before timers and output get their turn. Default 64.
-    /// They are read in batches (`recvmmsg(2)` on Linux, up to 32 per call; one per call on
-    /// other systems).
+    /// They are read in batches (`recvmmsg(2)` on Linux, up to 16 datagrams or GRO trains per
+    /// call; one per call on other systems).
     pub batch: usize,
     /// UDP generic segmentation offload on send (`UDP_SEGMENT`, Linux 4.18): a run of
     /// equal-size datagrams to one peer (the last may be shorter) leaves in one `sendmmsg(2)`
