@@ -188,6 +188,7 @@ impl SendBatch {
     }
 
     /// A buffer for one datagram of any size, outside the batch (which it empties).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub fn scratch(&mut self) -> &mut [u8] {
         self.clear();
         &mut self.buf[..RX_BUFFER]
@@ -288,6 +289,7 @@ impl SendBatch {
     }
 
     /// The datagrams of the messages from index `from` on, one by one, in order.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub fn unsent(&self, from: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
         self.msgs
             .get(from..)

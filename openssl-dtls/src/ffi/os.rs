@@ -115,6 +115,7 @@ pub(crate) struct RecvControl {
     pub rx_dropped: Option<u32>,
 }
 
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 /// Reads the control messages the kernel wrote (`control`, `msg_controllen` bytes of it) for
 /// one datagram. Messages it does not know are skipped; a truncated one ends the walk.
 pub(crate) fn parse_control(control: &[u8]) -> RecvControl {
@@ -155,6 +156,7 @@ fn read_int(bytes: &[u8]) -> libc::c_int {
     libc::c_int::from_ne_bytes(bytes.try_into().expect("four bytes"))
 }
 
+#[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
 /// The `UDP_SEGMENT` control message for a GSO send of `segment`-byte datagrams, as bytes.
 pub(crate) fn segment_control(segment: u16) -> [u8; SEND_CONTROL_WORDS * 8] {
     let mut out = [0u8; SEND_CONTROL_WORDS * 8];
