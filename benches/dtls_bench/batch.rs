@@ -8,7 +8,8 @@
 //! of the same size. Each figure is datagrams per second at the receiver, from the first
 //! datagram received to the last; what did not arrive is printed beside it.
 //!
-//! The application keeps up: every sender stops while [`WINDOW`] datagrams are in flight
+//! The application keeps up: every sender stops while [`WINDOW`] datagrams
+//! (`BENCH_BATCH_WINDOW`) are in flight
 //! (sent, not yet received by the application), and our server's sessions queue up to
 //! [`RECV_QUEUE`] received datagrams, so the figures are rates without loss, not the limits of
 //! a queue. The same window holds for the references.
@@ -28,15 +29,20 @@ use openssl_dtls::{
 };
 
 use super::{
-    env_usize, our_client_ctx_mtu, plain_socket, roomy, start_server, Table, IDENTITY, KEY, PSK,
-    TP_MTU,
+    env_usize, our_client_ctx_mtu, plain_socket, roomy, start_server, Table, IDENTITY, KEY,
+    OSSL_ALLOCS, PSK, RUST_ALLOCS, TP_MTU, TRACE, TRACES,
 };
 
 const SIZE: usize = 1200;
-/// Datagrams a sender lets be in flight before it waits for the receiver.
+/// Datagrams a sender lets be in flight before it waits for the receiver (`BENCH_BATCH_WINDOW`
+/// overrides it, up to 65,536).
 const WINDOW: usize = 4096;
 /// Our server session's receive queue: more than the window.
-const RECV_QUEUE: usize = 2 * WINDOW;
+const RECV_QUEUE: usize = 2 * 65_536;
+
+fn window() -> usize {
+    env_usize("BENCH_BATCH_WINDOW", WINDOW).clamp(1, 65_536)
+}
 /// How long the receiver waits for more once datagrams stopped coming.
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -67,8 +73,8 @@ fn count(
 }
 
 /// Waits (yielding) while more than [`WINDOW`] of `sent` are in flight.
-fn keep_window(sent: usize, received: &AtomicUsize, give_up: Instant) {
-    while sent > received.load(Relaxed) + WINDOW && Instant::now() < give_up {
+fn keep_window(sent: usize, received: &AtomicUsize, window: usize, give_up: Instant) {
+    while sent > received.load(Relaxed) + window && Instant::now() < give_up {
         std::thread::yield_now();
     }
 }
@@ -78,8 +84,18 @@ fn give_up() -> Instant {
     Instant::now() + Duration::from_secs(60)
 }
 
-/// Ours: `send_many` of `chunk` datagrams at a time → our server's `recv`. (datagrams/s, lost)
-fn dtls_batched(n: usize, chunk: usize) -> (f64, usize) {
+/// What [`dtls_batched`] measured.
+struct Batched {
+    rate: f64,
+    lost: usize,
+    /// Rust and OpenSSL allocations per datagram while sending and receiving (every thread:
+    /// the client application, both drivers, the server application).
+    rust_allocs: f64,
+    ossl_allocs: f64,
+}
+
+/// Ours: `send_many` of `chunk` datagrams at a time → our server's `recv`.
+fn dtls_batched(n: usize, chunk: usize) -> Batched {
     let mut session = SessionConfig::default();
     session.recv_queue = RECV_QUEUE;
     session.recv_queue_bytes = RECV_QUEUE * 2048;
@@ -105,6 +121,8 @@ fn dtls_batched(n: usize, chunk: usize) -> (f64, usize) {
         )
         .unwrap();
     let sconn: DtlsConnection = accepted.join().unwrap();
+    let msgs = vec![vec![0x5au8; SIZE]; chunk];
+    let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
     let received = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&received);
     let counter = std::thread::spawn(move || {
@@ -116,12 +134,16 @@ fn dtls_batched(n: usize, chunk: usize) -> (f64, usize) {
         })
     });
     std::thread::sleep(Duration::from_millis(20));
-    let msgs = vec![vec![0x5au8; SIZE]; chunk];
-    let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+    let (r0, o0) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
+    // BENCH_DEBUG: where the allocations come from (a few backtraces, from the middle of the run).
+    let debug = std::env::var_os("BENCH_DEBUG").is_some();
     let mut sent = 0;
-    let give_up = give_up();
+    let (give_up, window) = (give_up(), window());
     while sent < n {
-        keep_window(sent, &received, give_up);
+        keep_window(sent, &received, window, give_up);
+        if debug && sent == n / 2 {
+            TRACE.store(true, Relaxed);
+        }
         let k = chunk.min(n - sent);
         if let Err(e) = conn.send_many(&refs[..k]) {
             eprintln!("send_many: {e}");
@@ -129,9 +151,14 @@ fn dtls_batched(n: usize, chunk: usize) -> (f64, usize) {
         sent += k;
     }
     let (got, secs) = counter.join().unwrap();
+    let (r1, o1) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
+    TRACE.store(false, Relaxed);
     let stats = server.server.stats();
-    if std::env::var_os("BENCH_DEBUG").is_some() {
+    if debug {
         eprintln!("server: {stats}\nclient: {}", client.stats());
+        for site in std::mem::take(&mut *TRACES.lock().unwrap()) {
+            eprintln!("allocation during the run: {site}");
+        }
     }
     println!(
         "(batch: server socket_rx_dropped {}, recv_queue_dropped {}; client socket_send_full {})",
@@ -139,7 +166,12 @@ fn dtls_batched(n: usize, chunk: usize) -> (f64, usize) {
         stats.recv_queue_dropped,
         client.stats().socket_send_full
     );
-    (got as f64 / secs, n - got)
+    Batched {
+        rate: got as f64 / secs,
+        lost: n - got,
+        rust_allocs: (r1 - r0) as f64 / n as f64,
+        ossl_allocs: (o1 - o0) as f64 / n as f64,
+    }
 }
 
 /// The naive plain-UDP loop: one `send_to` per datagram → one `recv_from` per datagram.
@@ -157,9 +189,9 @@ fn plain_naive(n: usize) -> (f64, usize) {
     });
     std::thread::sleep(Duration::from_millis(20));
     let msg = [0x5au8; SIZE];
-    let give_up = give_up();
+    let (give_up, window) = (give_up(), window());
     for sent in 0..n {
-        keep_window(sent, &received, give_up);
+        keep_window(sent, &received, window, give_up);
         let _ = tx.send_to(&msg, to);
     }
     let (got, secs) = counter.join().unwrap();
@@ -177,9 +209,9 @@ fn plain_mmsg(n: usize, chunk: usize) -> (f64, usize) {
     std::thread::sleep(Duration::from_millis(20));
     let msg = [0x5au8; SIZE];
     let mut sent = 0;
-    let give_up = give_up();
+    let (give_up, window) = (give_up(), window());
     while sent < n {
-        keep_window(sent, &received, give_up);
+        keep_window(sent, &received, window, give_up);
         let k = chunk.min(n - sent).min(64);
         sent += send_mmsg(&tx, &msg, k).max(1);
     }
@@ -245,13 +277,19 @@ fn recv_mmsg(socket: &UdpSocket, buf: &mut [u8]) -> usize {
 pub(super) fn section(t: &mut Table) {
     let n = env_usize("BENCH_BATCH_N", 200_000).max(1);
     let chunk = env_usize("BENCH_BATCH_CHUNK", 32).clamp(1, 64);
-    let (ours, ours_lost) = dtls_batched(n, chunk);
+    let Batched {
+        rate: ours,
+        lost: ours_lost,
+        rust_allocs,
+        ossl_allocs,
+    } = dtls_batched(n, chunk);
     let (naive, naive_lost) = plain_naive(n);
     let (mmsg, mmsg_lost) = plain_mmsg(n, chunk);
     t.keyed_row(
         "batched_1200",
         &format!(
-            "one-way {SIZE} B, batched: datagrams/s received (ours: send_many of {chunk}, sendmmsg+GSO → recvmmsg+GRO → recv; ref: naive plain UDP, one send_to → one recv_from; both at most {WINDOW} in flight; lost of {n}: ours {ours_lost}, plain {naive_lost})"
+            "one-way {SIZE} B, batched: datagrams/s received (ours: send_many of {chunk}, sendmmsg+GSO → recvmmsg+GRO → recv; ref: naive plain UDP, one send_to → one recv_from; both at most {} in flight; lost of {n}: ours {ours_lost}, plain {naive_lost})",
+            window()
         ),
         ours,
         naive,
@@ -266,5 +304,11 @@ pub(super) fn section(t: &mut Table) {
         mmsg,
         "/s",
         true,
+    );
+    t.note(
+        "one-way batched (as above): allocations per datagram over UDP, both sides and every thread, Rust + OpenSSL (BENCH_DEBUG=1 samples where: so far all in Session::push_received, whose receive queue recycles only 2 buffers while a turn queues up to a batch; with BENCH_DEBUG the samples' own allocations count too)",
+        format!("{rust_allocs:.3} + {ossl_allocs:.3}"),
+        "0",
+        "",
     );
 }

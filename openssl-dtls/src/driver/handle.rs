@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::shared::{Core, Shared, SlotState};
 use super::Io;
+use crate::bio::MAX_SPARE_BUFFERS;
 use crate::context::DtlsClientContext;
 use crate::endpoint::{ConnectionId, ConnectionStats};
 use crate::error::{Error, Result, TimeoutPhase};
@@ -112,12 +113,16 @@ impl<D: Io> Handle<D> {
 
     /// Sends several datagrams of application data now, under the lock the caller holds: every
     /// payload is checked against the data MTU first (none is sent if one is too large), then
-    /// each is sealed into its record and the records go out together, in as few
-    /// `sendmmsg(2)` calls as the session's send queue allows (GSO for equal sizes). If the
-    /// connection ends midway, the datagrams before that were sent.
+    /// the records are sealed a few at a time and each few go out together, one `sendmmsg(2)`
+    /// (GSO for equal sizes). A few: as many as the session keeps recycled outgoing buffers
+    /// for ([`MAX_SPARE_BUFFERS`]), so sealing allocates nothing, and never more than its send
+    /// queue holds. If the connection ends midway, the datagrams before that were sent.
     pub fn send_many_locked(&self, core: &mut Core<D>, datagrams: &[&[u8]]) -> Result<()> {
         let (max, queue) = match core.endpoint.session(self.peer, self.id) {
-            Some(s) => (s.data_mtu(), s.config().send_queue.max(1)),
+            Some(s) => (
+                s.data_mtu(),
+                s.config().send_queue.clamp(1, MAX_SPARE_BUFFERS),
+            ),
             None => return Err(self.ended_error(core).unwrap_or(Error::Closed)),
         };
         if let Some(d) = datagrams.iter().find(|d| d.len() > max) {
