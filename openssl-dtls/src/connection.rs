@@ -40,11 +40,10 @@ impl DtlsConnection {
     }
 
     /// Sends several datagrams of application data, each in its own record and datagram, in
-    /// one go: all are sealed under one lock and leave eight at a time, one `sendmmsg(2)` per
-    /// eight (equal sizes as one UDP GSO message where the kernel has it, see
-    /// [`SocketOptions::gso`](crate::SocketOptions::gso)), so the session's recycled buffers
-    /// cover them and nothing is allocated. The peer receives the same datagrams as from as
-    /// many [`send`](Self::send) calls, in order.
+    /// one go: all are sealed under one lock and leave together, one `sendmmsg(2)` for up to
+    /// 64 messages (a run of equal sizes as one UDP GSO message where the kernel has it, see
+    /// [`SocketOptions::gso`](crate::SocketOptions::gso)); nothing is allocated. The peer
+    /// receives the same datagrams as from as many [`send`](Self::send) calls, in order.
     ///
     /// Each must fit one record ([`data_mtu`](Self::data_mtu)): if one does not, none is sent
     /// ([`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge)). If the connection ends

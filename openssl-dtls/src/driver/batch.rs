@@ -194,31 +194,41 @@ impl SendBatch {
         &mut self.buf[..RX_BUFFER]
     }
 
-    /// Empties the batch and gathers the endpoint's next datagrams into it
-    /// ([`Endpoint::poll_transmit`]), grouping runs for GSO if `gso`. False if the endpoint had
-    /// none.
-    pub fn fill(&mut self, endpoint: &mut Endpoint, gso: bool) -> bool {
-        self.clear();
-        while self.msgs.len() < MAX_BATCH
-            && self.datagrams < MAX_DATAGRAMS
-            && self.buf.len() - self.used >= RX_BUFFER
-        {
+    /// Gathers the endpoint's next datagrams ([`Endpoint::poll_transmit`]) behind those the
+    /// batch holds, runs of equal-size datagrams to one peer grouped for GSO, until the
+    /// endpoint has no more or the batch is full. Returns whether it is full (send it before
+    /// gathering more).
+    pub fn gather(&mut self, endpoint: &mut Endpoint) -> bool {
+        while !self.is_full() {
             let window = &mut self.buf[self.used..self.used + RX_BUFFER];
             let Some((peer, n)) = endpoint.poll_transmit(window) else {
-                break;
+                return false;
             };
-            self.push(peer, n, gso);
+            self.push(peer, n);
         }
-        !self.msgs.is_empty()
+        true
+    }
+
+    /// Whether the batch can take no more: [`MAX_BATCH`] messages, [`MAX_DATAGRAMS`]
+    /// datagrams, or less room than a datagram of any size needs.
+    fn is_full(&self) -> bool {
+        self.msgs.len() >= MAX_BATCH
+            || self.datagrams >= MAX_DATAGRAMS
+            || self.buf.len() - self.used < RX_BUFFER
+    }
+
+    /// Whether the batch holds no datagram.
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
     }
 
     /// Adds the `n`-byte datagram for `peer` that sits at `used` in the buffer: to the last
     /// message if it continues its run, else as a new message.
-    fn push(&mut self, peer: SocketAddr, n: usize, gso: bool) {
+    fn push(&mut self, peer: SocketAddr, n: usize) {
         let start = self.used;
         self.used += n;
         self.datagrams += 1;
-        if let Some(last) = self.msgs.last_mut().filter(|_| gso && self.open && n > 0) {
+        if let Some(last) = self.msgs.last_mut().filter(|_| self.open && n > 0) {
             let segment = if last.segment == 0 {
                 last.len
             } else {
@@ -252,18 +262,22 @@ impl SendBatch {
     }
 
     /// Sends the batch with `send` (a `sendmmsg(2)` of the messages given, returning how many
-    /// the kernel took). A message the kernel refuses with an error is counted in
-    /// `counters.send_errors` (each of its datagrams) and skipped; a GSO message refused
-    /// because GSO is not available turns `gso` off for good and goes again as single
-    /// datagrams. Returns the index of the first message not sent because the socket would
-    /// block (the number of messages when all went): the caller drops or queues the rest
-    /// ([`unsent`](Self::unsent)).
+    /// the kernel took): runs as GSO messages if `gso`, else one message per datagram. A
+    /// message the kernel refuses with an error is counted in `counters.send_errors` (each of
+    /// its datagrams) and skipped; a GSO message refused because GSO is not available turns
+    /// `gso` off for good and goes again as single datagrams. Returns the index of the first
+    /// message not sent because the socket would block (the number of messages when all
+    /// went): the caller drops or queues the rest ([`unsent`](Self::unsent)), then
+    /// [`clear`](Self::clear)s the batch.
     pub fn send(
         &mut self,
         gso: &AtomicBool,
         counters: &mut SocketCounters,
         mut send: impl FnMut(&[u8], &[SendMsg]) -> io::Result<usize>,
     ) -> usize {
+        if !gso.load(Ordering::Relaxed) {
+            self.ungroup_from(0);
+        }
         let mut i = 0;
         while i < self.msgs.len() {
             match send(&self.buf, &self.msgs[i..]) {
@@ -364,22 +378,19 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    /// A batch holding datagrams of `sizes` for `peers`, as `fill` would make it.
-    fn batch(datagrams: &[(u16, usize)], gso: bool) -> SendBatch {
+    /// A batch holding datagrams of `sizes` for `peers`, as `gather` would make it.
+    fn batch(datagrams: &[(u16, usize)]) -> SendBatch {
         let mut b = SendBatch::default();
         for (i, &(port, n)) in datagrams.iter().enumerate() {
             b.buf[b.used..b.used + n].fill(i as u8);
-            b.push(addr(port), n, gso);
+            b.push(addr(port), n);
         }
         b
     }
 
     #[test]
     fn runs_of_equal_size_to_one_peer_group_and_a_shorter_one_ends_the_run() {
-        let b = batch(
-            &[(1, 100), (1, 100), (1, 60), (1, 100), (2, 100), (2, 120)],
-            true,
-        );
+        let b = batch(&[(1, 100), (1, 100), (1, 60), (1, 100), (2, 100), (2, 120)]);
         let groups: Vec<_> = b
             .msgs
             .iter()
@@ -408,15 +419,23 @@ mod tests {
     }
 
     #[test]
-    fn without_gso_every_datagram_is_its_own_message() {
-        let b = batch(&[(1, 100), (1, 100), (1, 100)], false);
-        assert!(b.msgs.iter().all(|m| m.segment == 0 && m.len == 100));
-        assert_eq!(b.len(), 3);
+    fn without_gso_every_datagram_goes_as_its_own_message() {
+        let mut b = batch(&[(1, 100), (1, 100), (1, 100), (2, 7)]);
+        assert_eq!(b.len(), 2);
+        let gso = AtomicBool::new(false);
+        let mut counters = SocketCounters::default();
+        let mut sent = Vec::new();
+        let all = b.send(&gso, &mut counters, |_, msgs: &[SendMsg]| {
+            sent.extend(msgs.iter().map(|m| (m.peer.port(), m.len, m.segment)));
+            Ok(msgs.len())
+        });
+        assert_eq!(all, 4);
+        assert_eq!(sent, [(1, 100, 0), (1, 100, 0), (1, 100, 0), (2, 7, 0)]);
     }
 
     #[test]
     fn a_run_stops_at_the_segment_limit() {
-        let b = batch(&vec![(1, 10); 70], true);
+        let b = batch(&[(1, 10); 70]);
         assert_eq!(b.len(), 2);
         assert_eq!(b.msgs[0].len, 640);
         assert_eq!(b.datagrams_from(0), 70);
@@ -424,7 +443,7 @@ mod tests {
 
     #[test]
     fn a_gso_refusal_turns_gso_off_and_resends_one_by_one() {
-        let mut b = batch(&[(1, 100), (1, 100), (1, 100), (2, 50)], true);
+        let mut b = batch(&[(1, 100), (1, 100), (1, 100), (2, 50)]);
         assert_eq!(b.len(), 2);
         let gso = AtomicBool::new(true);
         let mut counters = SocketCounters::default();
@@ -444,7 +463,7 @@ mod tests {
 
     #[test]
     fn send_errors_count_each_datagram_and_would_block_stops() {
-        let mut b = batch(&[(1, 100), (1, 100), (2, 50), (3, 10)], true);
+        let mut b = batch(&[(1, 100), (1, 100), (2, 50), (3, 10)]);
         let gso = AtomicBool::new(true);
         let mut counters = SocketCounters::default();
         let stopped = b.send(&gso, &mut counters, |_, msgs: &[SendMsg]| {

@@ -11,7 +11,7 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -55,7 +55,11 @@ impl Io for Blocking {
     /// the peer's retransmission or the application recover.
     fn flush(&self, endpoint: &mut Endpoint, out: &mut Output<()>) {
         let fd = self.socket.as_fd();
-        while out.tx.fill(endpoint, self.gso.load(Ordering::Relaxed)) {
+        loop {
+            out.tx.gather(endpoint);
+            if out.tx.is_empty() {
+                break;
+            }
             let sent = out.tx.send(&self.gso, &mut out.counters, |data, msgs| {
                 os::send_batch(fd, data, msgs)
             });
@@ -64,6 +68,7 @@ impl Io for Blocking {
                 out.counters.send_full += dropped as u64;
                 log::debug!("send buffer full: {dropped} datagrams dropped");
             }
+            out.tx.clear();
         }
     }
 }

@@ -113,12 +113,14 @@ impl<D: Io> Handle<D> {
 
     /// Sends several datagrams of application data now, under the lock the caller holds: every
     /// payload is checked against the data MTU first (none is sent if one is too large), then
-    /// the records are sealed a few at a time and each few go out together, one `sendmmsg(2)`
-    /// (GSO for equal sizes). A few: as many as the session keeps recycled outgoing buffers
-    /// for ([`MAX_SPARE_BUFFERS`]), so sealing allocates nothing, and never more than its send
-    /// queue holds. If the connection ends midway, the datagrams before that were sent.
+    /// the records are sealed a few at a time, each few moved from the session into the
+    /// driver's send batch, and the batch goes out when full and at the end: one
+    /// `sendmmsg(2)` for many datagrams (GSO for equal sizes). A few: as many as the session
+    /// keeps recycled outgoing buffers for ([`MAX_SPARE_BUFFERS`]), so sealing allocates
+    /// nothing, and never more than its send queue holds. If the connection ends midway, the
+    /// datagrams before that were sent.
     pub fn send_many_locked(&self, core: &mut Core<D>, datagrams: &[&[u8]]) -> Result<()> {
-        let (max, queue) = match core.endpoint.session(self.peer, self.id) {
+        let (max, few) = match core.endpoint.session(self.peer, self.id) {
             Some(s) => (
                 s.data_mtu(),
                 s.config().send_queue.clamp(1, MAX_SPARE_BUFFERS),
@@ -128,7 +130,7 @@ impl<D: Io> Handle<D> {
         if let Some(d) = datagrams.iter().find(|d| d.len() > max) {
             return Err(Error::PayloadTooLarge { len: d.len(), max });
         }
-        for chunk in datagrams.chunks(queue) {
+        for chunk in datagrams.chunks(few) {
             for data in chunk {
                 if let Err(e) = core.endpoint.send(self.peer, self.id, data) {
                     self.shared.flush(core);
@@ -138,8 +140,11 @@ impl<D: Io> Handle<D> {
                     });
                 }
             }
-            self.shared.flush(core);
+            if core.out.tx.gather(&mut core.endpoint) {
+                self.shared.flush(core);
+            }
         }
+        self.shared.flush(core);
         Ok(())
     }
 

@@ -49,8 +49,9 @@ impl DtlsConnection {
 
     /// Sends several datagrams of application data, each in its own record and datagram, in
     /// one go (the async twin of
-    /// [`crate::DtlsConnection::send_many`]): all are sealed under one lock and leave eight at a
-    /// time, one `sendmmsg(2)` per eight (UDP GSO for equal sizes where the kernel has it). If one does not fit a record, none is sent
+    /// [`crate::DtlsConnection::send_many`]): all are sealed under one lock and leave together,
+    /// one `sendmmsg(2)` for up to 64 messages (UDP GSO for equal sizes where the kernel has
+    /// it). If one does not fit a record, none is sent
     /// ([`Error::PayloadTooLarge`]). Waits, as [`send`](Self::send), only while the driver's
     /// backlog is full; cancellation-safe in the same way.
     ///

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,7 +109,22 @@ impl Io for TokioIo {
             }
         }
         let fd = self.socket.as_fd();
-        while datagrams.is_empty() && tx.fill(endpoint, self.gso.load(Ordering::Relaxed)) {
+        loop {
+            if !datagrams.is_empty() {
+                // Behind a backlog, in order: what the batch holds, then the rest.
+                for (addr, datagram) in tx.unsent(0) {
+                    backlog(datagrams, spare, counters, addr, datagram);
+                }
+                while let Some((addr, n)) = endpoint.poll_transmit(tx.scratch()) {
+                    let datagram = &tx.scratch()[..n];
+                    backlog(datagrams, spare, counters, addr, datagram);
+                }
+                break;
+            }
+            tx.gather(endpoint);
+            if tx.is_empty() {
+                break;
+            }
             let sent = tx.send(&self.gso, counters, |data, msgs| {
                 self.socket
                     .try_io(Interest::WRITABLE, || os::send_batch(fd, data, msgs))
@@ -117,11 +132,7 @@ impl Io for TokioIo {
             for (addr, datagram) in tx.unsent(sent) {
                 backlog(datagrams, spare, counters, addr, datagram);
             }
-        }
-        // Behind a backlog, in order.
-        while let Some((addr, n)) = endpoint.poll_transmit(tx.scratch()) {
-            let datagram = &tx.scratch()[..n];
-            backlog(datagrams, spare, counters, addr, datagram);
+            tx.clear();
         }
         if datagrams.is_empty() {
             if had_backlog {
