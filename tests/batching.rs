@@ -309,6 +309,33 @@ fn kernel_drops_at_a_flooded_tiny_receive_buffer_appear_in_the_statistics() {
 }
 
 #[test]
+fn receive_queue_drops_stay_counted_after_the_connection_is_gone() {
+    // The default receive queue (64 datagrams) and an application that does not read.
+    let ctx = DtlsServerContext::builder()
+        .psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()))
+        .build()
+        .unwrap();
+    let server = DtlsServer::bind_with(
+        "127.0.0.1:0",
+        ctx,
+        EndpointConfig::default(),
+        SocketOptions::default(),
+    )
+    .unwrap();
+    let (client, conn, accepted) = connect(&server, SocketOptions::default());
+    let stream: Vec<Vec<u8>> = (0..200).map(|seq| datagram(seq, 100)).collect();
+    let refs: Vec<&[u8]> = stream.iter().map(Vec::as_slice).collect();
+    conn.send_many(&refs).unwrap();
+    let stats = stats_until(&server, |s| s.datagrams_in >= 200 + 3);
+    assert!(stats.recv_queue_dropped > 0, "{stats}");
+    let dropped = stats.recv_queue_dropped;
+    drop((conn, accepted, client));
+    let after = stats_until(&server, |s| s.connections == 0 && s.connections_closed == 1);
+    assert_eq!(after.connections, 0, "{after}");
+    assert!(after.recv_queue_dropped >= dropped, "{after}");
+}
+
+#[test]
 fn send_many_refuses_an_oversized_payload_and_sends_none() {
     let server = server(SocketOptions::default());
     let (_client, conn, accepted) = connect(&server, SocketOptions::default());
