@@ -85,8 +85,9 @@ const UDP_SEGMENT: libc::c_int = 103;
 /// `UDP_GRO` (Linux 5.0): the socket option that lets the kernel coalesce received datagrams,
 /// and the control message (an `int`) that gives their segment size.
 const UDP_GRO: libc::c_int = 104;
-/// `SO_RXQ_OVFL` (asm-generic value; the same on x86, Arm, RISC-V, MIPS, PowerPC): the socket
-/// option that adds the socket's drop counter to each received datagram.
+/// `SO_RXQ_OVFL` (asm-generic value; the same on x86, Arm, RISC-V, MIPS, PowerPC; SPARC has
+/// another, so the option is not set there): the socket option that adds the socket's drop
+/// counter to each received datagram.
 const SO_RXQ_OVFL: libc::c_int = 40;
 
 /// `sizeof(size_t)`: the alignment of control messages, and the size of `cmsg_len`.
@@ -220,7 +221,11 @@ fn set_int_option(
 /// Turns on the socket's drop counter on received datagrams (`SO_RXQ_OVFL`).
 #[doc(alias = "SO_RXQ_OVFL")]
 pub(crate) fn enable_rx_drop_counter(fd: BorrowedFd<'_>) -> io::Result<()> {
-    if cfg!(any(target_os = "linux", target_os = "android")) {
+    let known = cfg!(all(
+        any(target_os = "linux", target_os = "android"),
+        not(any(target_arch = "sparc", target_arch = "sparc64"))
+    ));
+    if known {
         set_int_option(fd, libc::SOL_SOCKET, SO_RXQ_OVFL, 1)
     } else {
         Err(io::ErrorKind::Unsupported.into())
