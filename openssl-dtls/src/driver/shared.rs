@@ -274,7 +274,8 @@ impl<D: Io> Shared<D> {
 
     /// Receives up to the batch size of datagrams (`recvmmsg(2)`, as many per call as the
     /// receive batch holds) and hands each to the endpoint; a GRO train is split into its
-    /// datagrams, each handled on its own. Stops once the socket has no more (a short batch,
+    /// datagrams, each handled on its own and counted against the batch size (a turn may
+    /// exceed it by the rest of its last train). Stops once the socket has no more (a short batch,
     /// or `WouldBlock` for an edge-triggered driver).
     fn receive(&self, core: &mut Core<D>) {
         let Core { endpoint, out, .. } = core;
@@ -283,6 +284,7 @@ impl<D: Io> Shared<D> {
             match self.io.try_recv_batch(&mut out.rx, left) {
                 Ok(n) => {
                     let now = Instant::now();
+                    let mut handled = 0;
                     for i in 0..n {
                         let Some((peer, data, control)) = out.rx.get(i) else {
                             break;
@@ -293,15 +295,18 @@ impl<D: Io> Shared<D> {
                         };
                         if data.is_empty() {
                             endpoint.handle_datagram(now, peer, data);
+                            handled += 1;
                         }
                         for datagram in batch::split(data, control.gro_segment) {
                             endpoint.handle_datagram(now, peer, datagram);
+                            handled += 1;
                         }
                     }
                     if n < left.min(batch::RECV_SLOTS) && !D::EDGE_TRIGGERED {
                         break; // the socket is drained: no need to ask again
                     }
-                    left -= n;
+                    // A GRO train counts as the datagrams it carries.
+                    left = left.saturating_sub(handled.max(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
