@@ -33,6 +33,9 @@ use openssl_dtls::{
     PskCredentials, Session, SessionState, SocketOptions,
 };
 
+#[path = "dtls_bench/batch.rs"]
+mod batch;
+
 // ---------------------------------------------------------------------------------------------
 // Counting allocators: Rust's (global allocator) and OpenSSL's (CRYPTO_set_mem_functions).
 
@@ -2290,6 +2293,9 @@ fn main() {
     }
     if sizes.run("storm") {
         storm::storm_section(&cert, &mut t);
+    }
+    if sizes.run("batch") {
+        batch::section(&mut t);
     }
 
     write_summary(&t);

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crate::alert::Alert;
 
 /// Spare outgoing buffers kept for reuse; a flight rarely needs more.
-const MAX_SPARE_BUFFERS: usize = 8;
+pub(crate) const MAX_SPARE_BUFFERS: usize = 8;
 
 /// Retransmission timer settings, read by the `DTLS_set_timer_cb` callback.
 #[derive(Debug, Clone, Copy)]

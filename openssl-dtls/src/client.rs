@@ -165,7 +165,7 @@ impl DtlsClient {
 
     /// A snapshot of the endpoint's counters.
     pub fn stats(&self) -> EndpointStats {
-        self.driver.shared.lock().endpoint.stats()
+        self.driver.shared.stats()
     }
 
     /// Closes every connection (`close_notify`) and the socket.

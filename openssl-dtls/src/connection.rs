@@ -39,6 +39,31 @@ impl DtlsConnection {
         self.inner.send_locked(&mut core, data)
     }
 
+    /// Sends several datagrams of application data, each in its own record and datagram, in
+    /// one go: all are sealed under one lock and leave together, one `sendmmsg(2)` for up to
+    /// 64 messages (a run of equal sizes as one UDP GSO message where the kernel has it, see
+    /// [`SocketOptions::gso`](crate::SocketOptions::gso)); nothing is allocated. The peer
+    /// receives the same datagrams as from as many [`send`](Self::send) calls, in order.
+    ///
+    /// Each must fit one record ([`data_mtu`](Self::data_mtu)): if one does not, none is sent
+    /// ([`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge)). If the connection ends
+    /// midway, the datagrams before that were sent and its error is returned.
+    ///
+    /// ```no_run
+    /// # fn demo(connection: &openssl_dtls::DtlsConnection) -> openssl_dtls::Result<()> {
+    /// let readings = [[1u8; 1000], [2u8; 1000], [3u8; 1000]];
+    /// let batch: Vec<&[u8]> = readings.iter().map(|r| &r[..]).collect();
+    /// connection.send_many(&batch)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[doc(alias = "sendmmsg")]
+    #[doc(alias = "SSL_write")]
+    pub fn send_many(&self, datagrams: &[&[u8]]) -> Result<()> {
+        let mut core = self.inner.shared.lock();
+        self.inner.send_many_locked(&mut core, datagrams)
+    }
+
     /// Receives one datagram into `buf`, blocking until one arrives. Returns its length (a
     /// datagram longer than `buf` is truncated, as with UDP), or `Ok(0)` at end of stream: the
     /// connection was closed by either side with `close_notify`. A fatal alert, timeout or error

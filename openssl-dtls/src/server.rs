@@ -182,10 +182,7 @@ impl DtlsServer {
 
     /// Each shard's counters, in shard order (one entry without shards): how the load spreads.
     pub fn shard_stats(&self) -> Vec<EndpointStats> {
-        self.shards
-            .iter()
-            .map(|d| d.shared.lock().endpoint.stats())
-            .collect()
+        self.shards.iter().map(|d| d.shared.stats()).collect()
     }
 
     /// Calls `hook` for every handshake a peer started with this server that failed: its

@@ -11,13 +11,15 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::batch::RecvBatch;
 use super::shared::{Core, Running, Shared};
 use super::socket::{self, SocketOptions};
-use super::{Io, Output, RX_BUFFER};
+use super::{Io, Output};
 use crate::endpoint::Endpoint;
 use crate::error::Result;
 use crate::ffi::os;
@@ -28,6 +30,8 @@ pub(crate) struct Blocking {
     socket: UdpSocket,
     waker_tx: UnixDatagram,
     waker_rx: UnixDatagram,
+    /// Whether sends may use GSO ([`SocketOptions::gso`]; off for good once refused).
+    gso: AtomicBool,
 }
 
 impl Io for Blocking {
@@ -38,20 +42,33 @@ impl Io for Blocking {
         let _ = self.waker_tx.send(&[1]);
     }
 
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.socket.recv_from(buf)
+    fn try_recv_batch(&self, rx: &mut RecvBatch, max: usize) -> io::Result<usize> {
+        rx.recv(self.socket.as_fd(), max)
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {
         self.socket.local_addr().ok()
     }
 
+    /// Sends in batches (`sendmmsg(2)`, GSO where it can). What the socket refuses because its
+    /// send buffer is full is dropped and counted (`socket_send_full`): DTLS, like UDP, lets
+    /// the peer's retransmission or the application recover.
     fn flush(&self, endpoint: &mut Endpoint, out: &mut Output<()>) {
-        while let Some((addr, n)) = endpoint.poll_transmit(&mut out.tx) {
-            if let Err(e) = self.socket.send_to(&out.tx[..n], addr) {
-                out.send_errors += 1;
-                log::debug!("send to {addr} failed: {e}");
+        let fd = self.socket.as_fd();
+        loop {
+            out.tx.gather(endpoint);
+            if out.tx.is_empty() {
+                break;
             }
+            let sent = out.tx.send(&self.gso, &mut out.counters, |data, msgs| {
+                os::send_batch(fd, data, msgs)
+            });
+            let dropped = out.tx.datagrams_from(sent);
+            if dropped > 0 {
+                out.counters.send_full += dropped as u64;
+                log::debug!("send buffer full: {dropped} datagrams dropped");
+            }
+            out.tx.clear();
         }
     }
 }
@@ -93,6 +110,7 @@ impl Driver {
             socket,
             waker_tx,
             waker_rx,
+            gso: AtomicBool::new(options.gso && os::GSO_AVAILABLE),
         };
         let shared = Arc::new(Shared::new(
             endpoint,
@@ -130,7 +148,6 @@ impl Driver {
 /// The driver thread: sleeps until the socket is readable, the waker fires, or the endpoint's
 /// next deadline passes; then takes one turn.
 fn run(shared: &BlockingShared) {
-    let mut rx = vec![0u8; RX_BUFFER];
     loop {
         let deadline = {
             let core = shared.lock();
@@ -148,7 +165,7 @@ fn run(shared: &BlockingShared) {
         }
         let mut buf = [0u8; 64];
         while io.waker_rx.recv(&mut buf).is_ok() {}
-        if !shared.turn(&mut rx) {
+        if !shared.turn() {
             break;
         }
     }

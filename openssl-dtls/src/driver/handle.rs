@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::shared::{Core, Shared, SlotState};
 use super::Io;
+use crate::bio::MAX_SPARE_BUFFERS;
 use crate::context::DtlsClientContext;
 use crate::endpoint::{ConnectionId, ConnectionStats};
 use crate::error::{Error, Result, TimeoutPhase};
@@ -108,6 +109,43 @@ impl<D: Io> Handle<D> {
             Err(Error::Closed) => Err(self.ended_error(core).unwrap_or(Error::Closed)),
             Err(e) => Err(e),
         }
+    }
+
+    /// Sends several datagrams of application data now, under the lock the caller holds: every
+    /// payload is checked against the data MTU first (none is sent if one is too large), then
+    /// the records are sealed a few at a time, each few moved from the session into the
+    /// driver's send batch, and the batch goes out when full and at the end: one
+    /// `sendmmsg(2)` for many datagrams (GSO for equal sizes). A few: as many as the session
+    /// keeps recycled outgoing buffers for ([`MAX_SPARE_BUFFERS`]), so sealing allocates
+    /// nothing, and never more than its send queue holds. If the connection ends midway, the
+    /// datagrams before that were sent.
+    pub fn send_many_locked(&self, core: &mut Core<D>, datagrams: &[&[u8]]) -> Result<()> {
+        let (max, few) = match core.endpoint.session(self.peer, self.id) {
+            Some(s) => (
+                s.data_mtu(),
+                s.config().send_queue.clamp(1, MAX_SPARE_BUFFERS),
+            ),
+            None => return Err(self.ended_error(core).unwrap_or(Error::Closed)),
+        };
+        if let Some(d) = datagrams.iter().find(|d| d.len() > max) {
+            return Err(Error::PayloadTooLarge { len: d.len(), max });
+        }
+        for chunk in datagrams.chunks(few) {
+            for data in chunk {
+                if let Err(e) = core.endpoint.send(self.peer, self.id, data) {
+                    self.shared.flush(core);
+                    return Err(match e {
+                        Error::Closed => self.ended_error(core).unwrap_or(Error::Closed),
+                        e => e,
+                    });
+                }
+            }
+            if core.out.tx.gather(&mut core.endpoint) {
+                self.shared.flush(core);
+            }
+        }
+        self.shared.flush(core);
+        Ok(())
     }
 
     /// Takes one received datagram into `buf`, under the lock the caller holds:

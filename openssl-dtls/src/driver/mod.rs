@@ -12,12 +12,14 @@
 //! | [`moves`] | connections that followed their peer to a new address ([`AddressChange`]), waiting for the address-change hook outside the lock |
 //! | [`socket`] | socket options and opening the socket |
 //! | [`shards`] | a server as N drivers on `SO_REUSEPORT` sockets: the plan, the accept hub, the summed counters |
+//! | [`batch`] | the receive and send batches (`recvmmsg`/`sendmmsg`, GRO, GSO) and the socket's drop counters |
 //! | [`blocking`] | the blocking driver: a thread sleeping in `poll(2)`, a waker, `Condvar` waits |
 //! | [`workers`] | the handshake workers: server handshake steps run outside the lock |
 //!
 //! A driver plugs in through [`Io`]: how it is woken, how it receives and sends, and the
 //! [`Signal`] its waiters sleep on (`Condvar` for threads, `tokio::sync::Notify` for tasks).
 
+pub(crate) mod batch;
 pub(crate) mod blocking;
 pub(crate) mod failures;
 pub(crate) mod handle;
@@ -32,6 +34,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Condvar;
 
+use self::batch::{RecvBatch, SendBatch, SocketCounters};
 use crate::endpoint::Endpoint;
 
 pub use self::socket::SocketOptions;
@@ -67,6 +70,10 @@ impl Signal for Condvar {
 pub(crate) trait Io: fmt::Debug + Send + Sync + Sized + 'static {
     /// What handles and `accept` wait on.
     type Signal: Signal;
+    /// Whether the driver learns of readability edge-triggered (tokio: readiness is cleared
+    /// only by a read that would block), so a turn must read until `WouldBlock`; with
+    /// level-triggered `poll(2)` a short batch already shows the socket drained.
+    const EDGE_TRIGGERED: bool = false;
     /// The driver's own output state, kept under the lock beside the endpoint (the tokio
     /// driver's backlog of datagrams the socket refused).
     type Queue: fmt::Debug + Default + Send;
@@ -75,16 +82,18 @@ pub(crate) trait Io: fmt::Debug + Send + Sync + Sized + 'static {
     /// handshakes wait to be reported.
     fn wake(&self);
 
-    /// Receives one datagram without blocking (`WouldBlock` when none is queued).
     /// The socket's address now, if the driver can tell (it changes after a client's
     /// `rebind`); `None`: the address it was opened on still holds.
     fn local_addr(&self) -> Option<SocketAddr> {
         None
     }
 
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+    /// Receives up to `max` datagrams into `rx` without blocking (one `recvmmsg(2)`): how many
+    /// arrived, `WouldBlock` when none is queued.
+    fn try_recv_batch(&self, rx: &mut RecvBatch, max: usize) -> io::Result<usize>;
 
-    /// Sends every datagram `endpoint` has queued, or keeps it in `out.queue` for later.
+    /// Sends every datagram `endpoint` has queued, in batches (`sendmmsg(2)`, GSO where it
+    /// can), or keeps it in `out.queue` for later.
     fn flush(&self, endpoint: &mut Endpoint, out: &mut Output<Self::Queue>);
 
     /// Called once the driver stopped and every connection ended, to wake what else waits on
@@ -92,13 +101,15 @@ pub(crate) trait Io: fmt::Debug + Send + Sync + Sized + 'static {
     fn stopped(&self) {}
 }
 
-/// Output state under the lock: the transmit buffer, the send-error count and the driver's
-/// own [`Io::Queue`].
+/// Socket state under the lock: the send batch, the receive batch, the socket's drop counters
+/// and the driver's own [`Io::Queue`].
 pub(crate) struct Output<Q> {
-    /// Where [`Endpoint::poll_transmit`] writes each datagram.
-    pub tx: Vec<u8>,
-    /// Datagrams that could not be sent (an error, or a full queue).
-    pub send_errors: u64,
+    /// Where [`Endpoint::poll_transmit`] writes the datagrams of one send batch.
+    pub tx: SendBatch,
+    /// Where the driver turn receives a batch of datagrams.
+    pub rx: RecvBatch,
+    /// What the socket dropped, each way.
+    pub counters: SocketCounters,
     /// The driver's own output state.
     pub queue: Q,
 }
@@ -106,8 +117,9 @@ pub(crate) struct Output<Q> {
 impl<Q: Default> Default for Output<Q> {
     fn default() -> Self {
         Output {
-            tx: vec![0; RX_BUFFER],
-            send_errors: 0,
+            tx: SendBatch::default(),
+            rx: RecvBatch::default(),
+            counters: SocketCounters::default(),
             queue: Q::default(),
         }
     }
@@ -116,7 +128,7 @@ impl<Q: Default> Default for Output<Q> {
 impl<Q: fmt::Debug> fmt::Debug for Output<Q> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Output")
-            .field("send_errors", &self.send_errors)
+            .field("counters", &self.counters)
             .field("queue", &self.queue)
             .finish_non_exhaustive()
     }

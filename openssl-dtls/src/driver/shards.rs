@@ -303,6 +303,9 @@ impl std::ops::AddAssign<&EndpointStats> for EndpointStats {
             handshake_jobs,
             dropped_handshake_busy,
             refused_handshake_backlog,
+            socket_rx_dropped,
+            socket_send_errors,
+            socket_send_full,
         } = other;
         self.connections += connections;
         self.handshakes += handshakes;
@@ -351,5 +354,8 @@ impl std::ops::AddAssign<&EndpointStats> for EndpointStats {
         self.handshake_jobs += handshake_jobs;
         self.dropped_handshake_busy += dropped_handshake_busy;
         self.refused_handshake_backlog += refused_handshake_backlog;
+        self.socket_rx_dropped += socket_rx_dropped;
+        self.socket_send_errors += socket_send_errors;
+        self.socket_send_full += socket_send_full;
     }
 }

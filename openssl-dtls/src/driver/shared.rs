@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use super::batch;
 use super::failures::PendingFailures;
 use super::moves::{AddressChange, PendingMoves};
 use super::{Io, Output, Signal};
@@ -260,22 +261,12 @@ impl<D: Io> Shared<D> {
     /// One driver turn, once its wait ended: a batch of datagrams, the timers, events, output,
     /// then the failed handshakes and the address changes to their hooks (outside the lock).
     /// False after shutdown.
-    pub fn turn(&self, rx: &mut [u8]) -> bool {
+    pub fn turn(&self) -> bool {
         let mut core = self.lock();
         if core.shutdown {
             return false;
         }
-        for _ in 0..self.batch {
-            match self.io.try_recv_from(rx) {
-                Ok((n, peer)) => core
-                    .endpoint
-                    .handle_datagram(Instant::now(), peer, &rx[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // ICMP errors surface as ECONNREFUSED etc. on Linux: not fatal.
-                Err(e) => log::debug!("recv_from: {e}"),
-            }
-        }
+        self.receive(&mut core);
         core.endpoint.handle_timeout(Instant::now());
         // After the batch's records: handshakes the workers finished come back, and the ones
         // checked out in this turn go to them.
@@ -291,6 +282,62 @@ impl<D: Io> Shared<D> {
             report.report();
         }
         true
+    }
+
+    /// Receives up to the batch size of datagrams (`recvmmsg(2)`, as many per call as the
+    /// receive batch holds) and hands each to the endpoint; a GRO train is split into its
+    /// datagrams, each handled on its own and counted against the batch size (a turn may
+    /// exceed it by the rest of its last train). Stops once the socket has no more (a short batch,
+    /// or `WouldBlock` for an edge-triggered driver).
+    fn receive(&self, core: &mut Core<D>) {
+        let Core { endpoint, out, .. } = core;
+        let mut left = self.batch;
+        while left > 0 {
+            match self.io.try_recv_batch(&mut out.rx, left) {
+                Ok(n) => {
+                    let now = Instant::now();
+                    let mut handled = 0;
+                    for i in 0..n {
+                        let Some((peer, data, control)) = out.rx.get(i) else {
+                            break;
+                        };
+                        out.counters.note_rx_dropped(control.rx_dropped);
+                        let Some(peer) = peer else {
+                            continue; // not an IP address: nothing can come of it
+                        };
+                        if data.is_empty() {
+                            endpoint.handle_datagram(now, peer, data);
+                            handled += 1;
+                        }
+                        for datagram in batch::split(data, control.gro_segment) {
+                            endpoint.handle_datagram(now, peer, datagram);
+                            handled += 1;
+                        }
+                    }
+                    if n < left.min(batch::RECV_SLOTS) && !D::EDGE_TRIGGERED {
+                        break; // the socket is drained: no need to ask again
+                    }
+                    // A GRO train counts as the datagrams it carries.
+                    left = left.saturating_sub(handled.max(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // ICMP errors surface as ECONNREFUSED etc. on Linux: not fatal.
+                Err(e) => {
+                    log::debug!("recvmmsg: {e}");
+                    left -= 1;
+                }
+            }
+        }
+    }
+
+    /// A snapshot of the endpoint's counters with the socket's (`socket_rx_dropped`,
+    /// `socket_send_errors`, `socket_send_full`).
+    pub fn stats(&self) -> crate::endpoint::EndpointStats {
+        let core = self.lock();
+        let mut stats = core.endpoint.stats();
+        core.out.counters.add_to(&mut stats);
+        stats
     }
 
     /// Starts a client handshake with `peer` and a slot for `connect` to wait on.

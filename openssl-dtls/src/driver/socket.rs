@@ -8,6 +8,7 @@ use std::os::fd::AsFd;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::{Error, Result};
+use crate::ffi::os;
 use crate::ffi::reuseport;
 
 /// Socket options for a server or client socket.
@@ -25,6 +26,8 @@ pub struct SocketOptions {
     /// For an IPv6 address: accept IPv4 too (`IPV6_V6ONLY` off). Default true.
     pub dual_stack: bool,
     /// Datagrams read per driver turn before timers and output get their turn. Default 64.
+    /// They are read in batches (`recvmmsg(2)` on Linux, up to 16 datagrams or GRO trains per
+    /// call; one per call on other systems).
     pub batch: usize,
     /// Endpoint shards of a server: this many full drivers (each its own endpoint, socket and
     /// driver thread or task) on `SO_REUSEPORT` sockets bound to one address, sharing the
@@ -38,6 +41,18 @@ pub struct SocketOptions {
     /// The CID steering program the group's first socket gets before it is bound (set by the
     /// sharded server, never by the application).
     pub(crate) cid_steering: Option<CidSteering>,
+    /// UDP generic segmentation offload on send (`UDP_SEGMENT`, Linux 4.18): a run of
+    /// equal-size datagrams to one peer (the last may be shorter) leaves in one `sendmmsg(2)`
+    /// message, which the kernel (or the network card) cuts into datagrams. Where the kernel
+    /// or the device refuses it (`EINVAL`, `EIO`, `ENOPROTOOPT`), the driver turns it off for
+    /// the socket and sends one datagram per message. Default on; off on systems other than
+    /// Linux. Datagrams on the wire are the same either way.
+    pub gso: bool,
+    /// UDP generic receive offload (`UDP_GRO` socket option, Linux 5.0): the kernel may hand
+    /// several datagrams of one flow over as one buffer, which the driver splits by the
+    /// segment size the kernel gives (`UDP_GRO` control message), each datagram handled on its
+    /// own. Fewer, larger reads at high rates. Default on; ignored where the kernel lacks it.
+    pub gro: bool,
 }
 
 /// What a shard group's CID steering program needs ([`crate::ffi::reuseport`]).
@@ -59,6 +74,8 @@ impl Default for SocketOptions {
             batch: 64,
             shards: 1,
             cid_steering: None,
+            gso: os::GSO_AVAILABLE,
+            gro: true,
         }
     }
 }
@@ -95,6 +112,15 @@ fn open_socket(addr: SocketAddr, options: &SocketOptions) -> io::Result<UdpSocke
                     ),
                 )
             })?;
+    }
+    // The socket's drop counter on received datagrams, for `EndpointStats::socket_rx_dropped`.
+    if let Err(e) = os::enable_rx_drop_counter(socket.as_fd()) {
+        log::debug!("cannot set SO_RXQ_OVFL: {e}");
+    }
+    if options.gro {
+        if let Err(e) = os::enable_gro(socket.as_fd()) {
+            log::debug!("cannot set UDP_GRO: {e}");
+        }
     }
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;

@@ -266,6 +266,8 @@ impl Endpoint {
     /// Forgets `addr`'s entry, giving up what it counted against the limits.
     pub(super) fn remove(&mut self, addr: SocketAddr) {
         if let Some(mut p) = self.peers.remove(&addr) {
+            // `stats()` sums the live sessions' receive-queue drops: keep the leaving one's.
+            self.stats.recv_queue_dropped += p.session.stats().recv_dropped;
             self.cids.forget(&p.session, addr, p.connected_emitted);
             if self.moved.get(&p.id).is_some_and(|(at, _)| *at == addr) {
                 self.moved.remove(&p.id);

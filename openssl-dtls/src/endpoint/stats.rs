@@ -135,6 +135,22 @@ pub struct EndpointStats {
     /// [`EndpointConfig::handshake_backlog`](super::EndpointConfig::handshake_backlog)
     /// handshakes were out; the client's retransmission retries.
     pub refused_handshake_backlog: u64,
+    /// Datagrams the kernel dropped because the socket's receive buffer was full: the
+    /// socket's drop counter (`SO_RXQ_OVFL`, Linux), summed over the sockets the driver used.
+    /// The kernel reports it with the next datagram that arrives, so it can lag until one
+    /// does. Kept by the drivers ([`DtlsServer::stats`](crate::DtlsServer::stats) and the
+    /// others); always 0 from [`Endpoint::stats`](super::Endpoint::stats), which has no
+    /// socket. A rising count means the receive buffer
+    /// ([`SocketOptions::recv_buffer_size`](crate::SocketOptions::recv_buffer_size)) is too
+    /// small for the bursts, or the driver too slow.
+    pub socket_rx_dropped: u64,
+    /// Datagrams the socket refused with an error other than "would block" (`sendmmsg(2)`
+    /// failed for them): dropped. Kept by the drivers, as `socket_rx_dropped`.
+    pub socket_send_errors: u64,
+    /// Datagrams dropped because the socket's send buffer was full (`EAGAIN`; the tokio
+    /// driver first queues them, and drops only past its backlog's limit). Kept by the
+    /// drivers, as `socket_rx_dropped`.
+    pub socket_send_full: u64,
 }
 
 impl EndpointStats {
@@ -175,7 +191,7 @@ impl EndpointStats {
                 .iter()
                 .map(|r| (format!("dropped_{}", r.as_str()), self.dropped(*r))),
         );
-        let named: [(&str, u64); 39] = [
+        let named: [(&str, u64); 42] = [
             ("dropped_unknown_peer", self.dropped_unknown_peer),
             (
                 "dropped_short_client_hello",
@@ -235,6 +251,9 @@ impl EndpointStats {
             ("handshake_jobs", self.handshake_jobs),
             ("dropped_handshake_busy", self.dropped_handshake_busy),
             ("refused_handshake_backlog", self.refused_handshake_backlog),
+            ("socket_rx_dropped", self.socket_rx_dropped),
+            ("socket_send_errors", self.socket_send_errors),
+            ("socket_send_full", self.socket_send_full),
             ("dropped_total", self.dropped_total()),
         ];
         out.extend(named.iter().map(|(k, v)| ((*k).to_owned(), *v)));

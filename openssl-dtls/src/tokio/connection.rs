@@ -47,6 +47,27 @@ impl DtlsConnection {
             .await
     }
 
+    /// Sends several datagrams of application data, each in its own record and datagram, in
+    /// one go (the async twin of
+    /// [`crate::DtlsConnection::send_many`]): all are sealed under one lock and leave together,
+    /// one `sendmmsg(2)` for up to 64 messages (UDP GSO for equal sizes where the kernel has
+    /// it). If one does not fit a record, none is sent
+    /// ([`Error::PayloadTooLarge`]). Waits, as [`send`](Self::send), only while the driver's
+    /// backlog is full; cancellation-safe in the same way.
+    ///
+    /// ```no_run
+    /// # async fn demo(connection: &openssl_dtls::tokio::DtlsConnection) -> openssl_dtls::Result<()> {
+    /// let readings = [[1u8; 1000], [2u8; 1000]];
+    /// connection.send_many(&[&readings[0], &readings[1]]).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[doc(alias = "sendmmsg")]
+    pub async fn send_many(&self, datagrams: &[&[u8]]) -> Result<()> {
+        self.send_when_writable(|inner, core| inner.send_many_locked(core, datagrams))
+            .await
+    }
+
     /// Waits until the driver's send backlog is below its high mark, then runs `send` under the
     /// lock.
     async fn send_when_writable(

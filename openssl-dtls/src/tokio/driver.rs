@@ -5,18 +5,23 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::tokio::io::Interest;
 use ::tokio::net::{ToSocketAddrs, UdpSocket};
 use ::tokio::sync::Notify;
 use ::tokio::task::JoinHandle;
 use ::tokio::time::Instant as TokioInstant;
 
+use crate::driver::batch::{RecvBatch, SocketCounters};
 use crate::driver::shared::{Running, Shared};
-use crate::driver::{socket, Io, Output, Signal, SocketOptions, RX_BUFFER};
+use crate::driver::{socket, Io, Output, Signal, SocketOptions};
 use crate::endpoint::Endpoint;
 use crate::error::Result;
+use crate::ffi::os;
 
 /// Datagrams queued for the driver (the socket would block) past which `send` waits.
 pub(super) const BACKLOG_HIGH: usize = 256;
@@ -39,6 +44,8 @@ pub(super) struct TokioIo {
     driver_notify: Notify,
     /// Wakes senders waiting for the backlog to drain.
     pub writable_notify: Notify,
+    /// Whether sends may use GSO ([`SocketOptions::gso`]; off for good once refused).
+    gso: AtomicBool,
 }
 
 /// Datagrams the socket refused with `WouldBlock`, in order, for the driver task to send when
@@ -64,22 +71,26 @@ impl Backlog {
 impl Io for TokioIo {
     type Signal = Notify;
     type Queue = Backlog;
+    const EDGE_TRIGGERED: bool = true;
 
     fn wake(&self) {
         self.driver_notify.notify_one();
     }
 
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.socket.try_recv_from(buf)
+    fn try_recv_batch(&self, rx: &mut RecvBatch, max: usize) -> io::Result<usize> {
+        let fd = self.socket.as_fd();
+        self.socket.try_io(Interest::READABLE, || rx.recv(fd, max))
     }
 
-    /// Sends everything the endpoint has queued, straight to the socket; what would block goes
-    /// to the backlog, in order, and the driver task is woken to send it when it can.
+    /// Sends everything the endpoint has queued, straight to the socket in batches
+    /// (`sendmmsg(2)`, GSO where it can); what would block goes to the backlog, in order, and
+    /// the driver task is woken to send it when it can.
     fn flush(&self, endpoint: &mut Endpoint, out: &mut Output<Backlog>) {
         let Output {
             tx,
-            send_errors,
+            counters,
             queue: Backlog { datagrams, spare },
+            ..
         } = out;
         let had_backlog = !datagrams.is_empty();
         while let Some((addr, datagram)) = datagrams.front() {
@@ -87,7 +98,7 @@ impl Io for TokioIo {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 r => {
                     if let Err(e) = r {
-                        *send_errors += 1;
+                        counters.send_errors += 1;
                         log::debug!("send to {addr} failed: {e}");
                     }
                     let (_, buf) = datagrams.pop_front().expect("front exists");
@@ -97,26 +108,31 @@ impl Io for TokioIo {
                 }
             }
         }
-        while let Some((addr, n)) = endpoint.poll_transmit(tx) {
-            if datagrams.is_empty() {
-                match self.socket.try_send_to(&tx[..n], addr) {
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        *send_errors += 1;
-                        log::debug!("send to {addr} failed: {e}");
-                        continue;
-                    }
+        let fd = self.socket.as_fd();
+        loop {
+            if !datagrams.is_empty() {
+                // Behind a backlog, in order: what the batch holds, then the rest.
+                for (addr, datagram) in tx.unsent(0) {
+                    backlog(datagrams, spare, counters, addr, datagram);
                 }
+                while let Some((addr, n)) = endpoint.poll_transmit(tx.scratch()) {
+                    let datagram = &tx.scratch()[..n];
+                    backlog(datagrams, spare, counters, addr, datagram);
+                }
+                break;
             }
-            if datagrams.len() >= BACKLOG_MAX {
-                *send_errors += 1;
-                continue;
+            tx.gather(endpoint);
+            if tx.is_empty() {
+                break;
             }
-            let mut buf = spare.pop().unwrap_or_default();
-            buf.clear();
-            buf.extend_from_slice(&tx[..n]);
-            datagrams.push_back((addr, buf));
+            let sent = tx.send(&self.gso, counters, |data, msgs| {
+                self.socket
+                    .try_io(Interest::WRITABLE, || os::send_batch(fd, data, msgs))
+            });
+            for (addr, datagram) in tx.unsent(sent) {
+                backlog(datagrams, spare, counters, addr, datagram);
+            }
+            tx.clear();
         }
         if datagrams.is_empty() {
             if had_backlog {
@@ -131,6 +147,25 @@ impl Io for TokioIo {
         self.writable_notify.notify_waiters();
         self.wake();
     }
+}
+
+/// Queues `datagram` for `addr` behind the others for the driver task to send, in a spare
+/// buffer; past [`BACKLOG_MAX`] it is dropped and counted.
+fn backlog(
+    datagrams: &mut VecDeque<(SocketAddr, Vec<u8>)>,
+    spare: &mut Vec<Vec<u8>>,
+    counters: &mut SocketCounters,
+    addr: SocketAddr,
+    datagram: &[u8],
+) {
+    if datagrams.len() >= BACKLOG_MAX {
+        counters.send_full += 1;
+        return;
+    }
+    let mut buf = spare.pop().unwrap_or_default();
+    buf.clear();
+    buf.extend_from_slice(datagram);
+    datagrams.push_back((addr, buf));
 }
 
 /// The tokio driver's shared state.
@@ -156,6 +191,7 @@ impl Driver {
             socket,
             driver_notify: Notify::new(),
             writable_notify: Notify::new(),
+            gso: AtomicBool::new(options.gso && os::GSO_AVAILABLE),
         };
         let shared = Arc::new(Shared::new(
             endpoint,
@@ -211,7 +247,6 @@ impl Driver {
 /// The driver task: sleeps until the socket is readable (or writable, with a backlog), the
 /// endpoint's next deadline passes, or a handle wakes it; then takes one turn.
 async fn run(shared: Arc<TokioShared>) {
-    let mut rx = vec![0u8; RX_BUFFER];
     loop {
         let (deadline, want_write) = {
             let core = shared.lock();
@@ -238,7 +273,7 @@ async fn run(shared: Arc<TokioShared>) {
             shared.end_all(Some(e.kind()));
             return;
         }
-        if !shared.turn(&mut rx) {
+        if !shared.turn() {
             break;
         }
     }
