@@ -47,10 +47,10 @@ pub(crate) fn steering_program(shards: u32, shard_byte: usize) -> Vec<libc::sock
     vec![
         // A = datagram length; too short to hold the shard byte: the kernel's hash.
         insn(BPF_LD | BPF_W | BPF_LEN, 0, 0, 0),
-        insn(BPF_JMP | BPF_JGE | BPF_K, 0, 4, at + 1),
+        insn(BPF_JMP | BPF_JGE | BPF_K, 0, 5, at + 1),
         // A = content type; not tls12_cid: the kernel's hash.
         insn(BPF_LD | BPF_B | BPF_ABS, 0, 0, 0),
-        insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 2, TLS12_CID),
+        insn(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, TLS12_CID),
         // A = shard byte % shards.
         insn(BPF_LD | BPF_B | BPF_ABS, 0, 0, at),
         insn(BPF_ALU | BPF_MOD | BPF_K, 0, 0, shards.max(1)),
@@ -169,5 +169,88 @@ mod tests {
             }
         }
         assert!(got == [3, 0] || got == [0, 3], "{got:?}");
+    }
+
+    /// Runs a classic BPF program as the kernel does (only the opcodes the steering program
+    /// uses): what index it returns for the datagram `pkt`.
+    fn interpret(prog: &[libc::sock_filter], pkt: &[u8]) -> u32 {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            match i.code {
+                0x80 => a = pkt.len() as u32, // LD W LEN
+                0x30 => match pkt.get(i.k as usize) {
+                    Some(&b) => a = b.into(), // LD B ABS
+                    None => return 0,         // the kernel ends the program on a miss
+                },
+                0x35 => pc += usize::from(if a >= i.k { i.jt } else { i.jf }), // JGE K
+                0x15 => pc += usize::from(if a == i.k { i.jt } else { i.jf }), // JEQ K
+                0x94 => a %= i.k,                                              // ALU MOD K
+                0x16 => return a,                                              // RET A
+                0x06 => return i.k,                                            // RET K
+                c => panic!("opcode {c:#x} not interpreted"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_program_returns_the_shard_byte_for_cid_records_and_past_the_group_otherwise() {
+        let prog = super::steering_program(64, 1);
+        let at = super::CID_OFFSET + 1;
+        // Every other content type, any length: an index past the group (the kernel's hash).
+        for content_type in [20u8, 21, 22, 23, 24, 0, 255] {
+            for len in [1, at, at + 1, 60] {
+                let mut d = vec![0u8; len];
+                d[0] = content_type;
+                assert_eq!(
+                    interpret(&prog, &d),
+                    u32::MAX,
+                    "type {content_type} len {len}"
+                );
+            }
+        }
+        // A CID record too short to hold the shard byte: the hash too.
+        for len in [1, 5, at] {
+            assert_eq!(interpret(&prog, &vec![25u8; len]), u32::MAX, "len {len}");
+        }
+        // Long enough: the shard byte, modulo the group's size.
+        let mut cid = [0u8; 40];
+        cid[0] = 25;
+        cid[at] = 7;
+        assert_eq!(interpret(&prog, &cid[..at + 1]), 7);
+        assert_eq!(interpret(&prog, &cid), 7);
+        cid[at] = 200;
+        assert_eq!(interpret(&prog, &cid), 200 % 64);
+    }
+
+    /// More shards than the largest content type: records without a CID must still spread by
+    /// the 4-tuple hash (an off-by-one jump once sent every handshake record to socket 22).
+    #[test]
+    fn other_datagrams_spread_over_a_group_larger_than_any_content_type() {
+        let sockets = group(24, 1);
+        let to = sockets[0].local_addr().unwrap();
+        for s in &sockets {
+            s.set_nonblocking(true).unwrap();
+        }
+        let senders = 64;
+        for _ in 0..senders {
+            let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+            client.send_to(&[22u8; 60], to).unwrap();
+        }
+        let mut got = vec![0usize; sockets.len()];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while got.iter().sum::<usize>() < senders && std::time::Instant::now() < deadline {
+            for (i, s) in sockets.iter().enumerate() {
+                let mut buf = [0u8; 64];
+                while s.recv_from(&mut buf).is_ok() {
+                    got[i] += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(got.iter().sum::<usize>(), senders, "{got:?}");
+        // 64 senders hashed over 24 sockets: many sockets get some (all on one: the bug).
+        assert!(got.iter().filter(|&&n| n > 0).count() > 4, "{got:?}");
     }
 }
