@@ -104,7 +104,7 @@ impl DtlsServer {
                 }
             };
             if let Some(hub) = &hub {
-                let _ = driver.shared.accept_hook.set(hub.hook(index));
+                driver.shared.install_accept_hook(hub.hook(index));
             }
             drivers.push(driver);
         }

@@ -96,7 +96,9 @@ struct KeyPair {
 }
 
 /// An HMAC-SHA256 key (RFC 2104) as its two precomputed hash states: SHA-256 after absorbing
-/// `key ^ ipad`, and after `key ^ opad`. Every copy is wiped when dropped.
+/// `key ^ ipad`, and after `key ^ opad`. Every `MacKey` is wiped when dropped; a MAC's own
+/// states, once the message is absorbed, pass by value through `Sha256::finish` (rust-openssl),
+/// whose stack copy is not wiped.
 #[derive(Clone)]
 struct MacKey {
     inner: Sha256,

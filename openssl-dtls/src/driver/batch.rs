@@ -119,6 +119,18 @@ pub(crate) struct SocketCounters {
 }
 
 impl SocketCounters {
+    /// Takes in what the kernel said of a received datagram: the socket's drop counter
+    /// (`SO_RXQ_OVFL`) and whether it was cut off (`MSG_TRUNC`/`MSG_CTRUNC`, counted as one
+    /// dropped datagram in `socket_rx_dropped`).
+    pub fn note_received(&mut self, control: &RecvControl) {
+        if control.truncated {
+            // Part of a GRO train (or its control messages) did not fit in the slot: at least
+            // one datagram lost on our side of the socket.
+            self.rx_dropped += 1;
+        }
+        self.note_rx_dropped(control.rx_dropped);
+    }
+
     /// Takes in the socket's drop counter from a received datagram's `SO_RXQ_OVFL`. The kernel
     /// counter only grows; a smaller value is a new socket (a client's rebind) or a wrap, and
     /// counts from zero.
@@ -487,6 +499,25 @@ mod tests {
         assert_eq!(split(&data, None).count(), 1);
         assert_eq!(split(&data, Some(0)).count(), 1);
         assert_eq!(split(&[], None).count(), 0);
+    }
+
+    #[test]
+    fn a_cut_off_buffer_counts_as_one_dropped_datagram() {
+        let mut c = SocketCounters::default();
+        use crate::endpoint::EndpointStats;
+        use crate::ffi::os::RecvControl;
+        c.note_received(&RecvControl::default());
+        c.note_received(&RecvControl {
+            truncated: true,
+            ..RecvControl::default()
+        });
+        c.note_received(&RecvControl {
+            rx_dropped: Some(4),
+            ..RecvControl::default()
+        });
+        let mut stats = EndpointStats::default();
+        c.add_to(&mut stats);
+        assert_eq!(stats.socket_rx_dropped, 5);
     }
 
     #[test]

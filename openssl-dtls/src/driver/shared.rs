@@ -167,6 +167,21 @@ impl<D: Io> Shared<D> {
         }
     }
 
+    /// Installs a sharded server's accept hook and calls it once for every connection this
+    /// driver queued to accept before the hook was in place (its driver runs from the moment
+    /// it started). Under the core's lock, as `dispatch` calls it: no connection is announced
+    /// twice or missed.
+    pub fn install_accept_hook(&self, hook: super::shards::AcceptHook) {
+        let core = self.lock();
+        let queued = core.accept_queue.len();
+        if self.accept_hook.set(hook).is_ok() {
+            if let Some(hook) = self.accept_hook.get() {
+                (0..queued).for_each(|_| hook.call());
+            }
+        }
+        drop(core);
+    }
+
     /// Locks the core. A poisoned lock (a panic while it was held) is taken over: the data it
     /// protects stays consistent between statements.
     pub fn lock(&self) -> MutexGuard<'_, Core<D>> {
@@ -301,7 +316,7 @@ impl<D: Io> Shared<D> {
                         let Some((peer, data, control)) = out.rx.get(i) else {
                             break;
                         };
-                        out.counters.note_rx_dropped(control.rx_dropped);
+                        out.counters.note_received(&control);
                         let Some(peer) = peer else {
                             continue; // not an IP address: nothing can come of it
                         };

@@ -142,7 +142,9 @@ pub struct EndpointStats {
     /// others); always 0 from [`Endpoint::stats`](super::Endpoint::stats), which has no
     /// socket. A rising count means the receive buffer
     /// ([`SocketOptions::recv_buffer_size`](crate::SocketOptions::recv_buffer_size)) is too
-    /// small for the bursts, or the driver too slow.
+    /// small for the bursts, or the driver too slow. Also counts, one each, the rare received
+    /// buffers the kernel cut off (`MSG_TRUNC`/`MSG_CTRUNC`: a GRO train longer than the
+    /// driver's 64 KiB slot loses its cut last datagram).
     pub socket_rx_dropped: u64,
     /// Datagrams the socket refused with an error other than "would block" (`sendmmsg(2)`
     /// failed for them): dropped. Kept by the drivers, as `socket_rx_dropped`.

@@ -128,6 +128,9 @@ pub(crate) struct RecvControl {
     /// `SO_RXQ_OVFL`: the socket's count of datagrams dropped because its receive buffer was
     /// full (the kernel's `sk_drops`, a wrapping `u32`), sent only once it is not zero.
     pub rx_dropped: Option<u32>,
+    /// `MSG_TRUNC` or `MSG_CTRUNC`: the datagram (a GRO train longer than its slot) or its
+    /// control messages did not fit; what was cut off is lost.
+    pub truncated: bool,
 }
 
 #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
@@ -340,10 +343,20 @@ pub(crate) fn recv_batch(
             chunk.copy_from_slice(&word.to_ne_bytes());
         }
         let control_len = (hdr.msg_controllen as usize).min(bytes.len());
+        let mut control = parse_control(&bytes[..control_len]);
+        let mut len = (msgs[i].msg_len as usize).min(slot);
+        control.truncated = hdr.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
+        if hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            // A GRO train longer than the slot: keep its whole segments, drop the cut one.
+            len = match control.gro_segment {
+                Some(segment) => len - len % segment,
+                None => 0,
+            };
+        }
         meta[i] = RecvMeta {
-            len: (msgs[i].msg_len as usize).min(slot),
+            len,
             peer: socket_addr(&names[i], hdr.msg_namelen),
-            control: parse_control(&bytes[..control_len]),
+            control,
         };
     }
     Ok(got)

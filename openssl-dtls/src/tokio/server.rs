@@ -89,7 +89,7 @@ impl DtlsServer {
         }
         if let Some(hub) = &hub {
             for (index, driver) in drivers.iter().enumerate() {
-                let _ = driver.shared.accept_hook.set(hub.hook(index));
+                driver.shared.install_accept_hook(hub.hook(index));
             }
         }
         let acceptor = Arc::new(Acceptor {
