@@ -1,45 +1,100 @@
-//! The blocking driver: one thread per socket that owns the receive side of an
-//! [`Endpoint`], for [`DtlsServer`](crate::DtlsServer), [`DtlsClient`](crate::DtlsClient) and
-//! their [`DtlsConnection`](crate::DtlsConnection)s.
+//! The blocking driver, for [`DtlsServer`](crate::DtlsServer), [`DtlsClient`](crate::DtlsClient)
+//! and their [`DtlsConnection`](crate::DtlsConnection)s: run to completion on the thread that
+//! waits, with a driver thread for when nobody waits.
 //!
-//! The driver thread sleeps in `poll(2)` on the socket and a waker until a datagram arrives or
-//! the endpoint's next deadline passes: no polling loops, so idle connections cost no CPU.
-//! Application threads send directly (under the endpoint's lock) and wake the driver only when
-//! they change its deadlines (a new handshake, a close). Handles wait on a `Condvar`.
+//! **Who reads the socket.** One thread at a time is *the poller*: it sleeps in `poll(2)` on the
+//! socket, reads the datagrams, runs the endpoint (records, handshakes, timers) and sends its
+//! output. A thread about to wait for its own condition (a connection's `recv*`, `accept*`,
+//! `connect`'s handshake) becomes the poller when the role is free, and returns as soon as its
+//! own condition holds: a round trip costs what plain UDP costs plus the crypto, with no hand-off
+//! to another thread. Its poll covers the endpoint's next deadline too, so retransmissions and
+//! idle timeouts run while only application threads wait. The datagrams it reads for other
+//! connections wake their waiters (a `Condvar`). A thread waiting for a connection takes the
+//! role from a thread waiting in `accept` (kicking it out of `poll(2)` through its own waker; it
+//! then waits on its `Condvar`); between waiters of the same rank the first keeps it, so threads
+//! do not kick each other on every datagram.
+//!
+//! **The driver thread** stays for when no application thread waits: handshakes of a server
+//! nobody accepts on yet, timers, the failure and address-change hooks (run outside the lock).
+//! It never reads a datagram while an application thread holds the role, and after the last one
+//! leaves it waits [`LINGER`] before it polls the socket again: a thread in a `recv`/`send` loop
+//! is back within a round trip, far less than that, so a ping-pong loop never wakes the driver
+//! thread. The linger is a one-shot `timerfd` the leaving thread re-arms (one syscall, nobody
+//! woken). While an application thread polls, the driver thread sleeps without a timeout: idle
+//! connections cost no CPU, whoever waits.
+//!
+//! **Backpressure instead of loss.** The poller reads one datagram at a time and stops as soon as
+//! one of its own records is queued, so the reading application never overflows its own receive
+//! queue: when it stops reading, the datagrams stay in the socket buffer
+//! ([`SocketOptions::recv_buffer_size`]). Other connections' records it reads go to their queues
+//! ([`EndpointConfig::recv_queue`](crate::EndpointConfig)); one whose application does not keep
+//! up drops them there, counted (`recv_queue_dropped`), rather than stall every other peer.
+//!
+//! Application threads send directly (under the endpoint's lock) and wake the poller and the
+//! driver thread only when they change the deadlines (a new handshake, a close).
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::{Arc, Condvar, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::shared::{Core, Running, Shared};
 use super::socket::{self, SocketOptions};
-use super::{Io, Output, RX_BUFFER};
+use super::{Io, Output, Signal, RX_BUFFER};
 use crate::endpoint::Endpoint;
 use crate::error::Result;
 use crate::ffi::os;
 
-/// The blocking driver's socket and the waker that interrupts its `poll(2)`.
+/// How long the driver thread leaves the socket alone after the last application thread
+/// stopped polling it: 1 ms. A `recv` loop (echo, request/response) comes back within a round
+/// trip plus its own work, tens of µs on a LAN, so it keeps the socket without the driver thread
+/// waking; an application that stops waiting delays other connections' datagrams and the
+/// timers by at most this much.
+pub(crate) const LINGER: Duration = Duration::from_millis(1);
+
+/// The blocking driver's socket, the waker that interrupts the driver thread's `poll(2)`, and
+/// the timer that ends its linger.
 #[derive(Debug)]
 pub(crate) struct Blocking {
     socket: UdpSocket,
     waker_tx: UnixDatagram,
     waker_rx: UnixDatagram,
+    /// Ends the driver thread's linger after the last application poller left.
+    linger: os::OneShotTimer,
+    /// The current application poller's kick, for [`Io::wake`]: a leaf lock, set and cleared
+    /// under the core's lock.
+    poller_kick: Mutex<Option<Arc<UnixDatagram>>>,
+    /// The last receive found the socket empty (`WouldBlock`).
+    drained: AtomicBool,
 }
 
 impl Io for Blocking {
-    type Signal = Condvar;
+    type Signal = Waiters;
     type Queue = ();
 
+    /// Wakes the driver thread and the application thread polling the socket, if any.
     fn wake(&self) {
         let _ = self.waker_tx.send(&[1]);
+        let kick = self
+            .poller_kick
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(kick) = kick.as_ref() {
+            let _ = kick.send(&[1]);
+        }
     }
 
     fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.socket.recv_from(buf)
+        let r = self.socket.recv_from(buf);
+        self.drained.store(
+            matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            Ordering::Relaxed,
+        );
+        r
     }
 
     fn local_addr(&self) -> Option<SocketAddr> {
@@ -59,12 +114,130 @@ impl Io for Blocking {
 impl Blocking {
     /// Moves the driver to a new socket on `addr` (opened with `options`), in place: the
     /// descriptor the driver and the senders use is pointed at the new socket (`dup3`), the
-    /// old one closed. Returns the new local address.
+    /// old one closed. Returns the new local address. The caller wakes the pollers (they may
+    /// sleep in `poll(2)` on the old socket).
     pub(crate) fn rebind(&self, addr: SocketAddr, options: &SocketOptions) -> Result<SocketAddr> {
         let fresh = socket::bind([addr], options)?;
         os::replace_descriptor(self.socket.as_fd(), fresh.into())?;
         Ok(self.socket.local_addr()?)
     }
+
+    fn set_poller_kick(&self, kick: Option<Arc<UnixDatagram>>) {
+        *self
+            .poller_kick
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = kick;
+    }
+}
+
+/// What a blocking handle or `accept` waits on: a `Condvar` and how many threads wait on it, so
+/// that a datagram read by the thread that waits for it wakes nobody (no futex call).
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    cv: Condvar,
+    /// Threads in `wait` on `cv`; changed under the core's lock.
+    count: AtomicUsize,
+}
+
+impl Signal for Waiters {
+    fn wake_all(&self) {
+        if self.count.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_all();
+        }
+    }
+
+    fn wake_one(&self) {
+        if self.count.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_one();
+        }
+    }
+}
+
+/// Which waiter keeps the poller role: a higher rank takes it from a lower one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Rank {
+    /// `accept`: waits long, for anything; any connection waiter takes the socket from it.
+    Accept,
+    /// A connection's `recv*` or `connect`'s handshake.
+    Connection,
+}
+
+/// The application thread polling the socket.
+#[derive(Debug)]
+struct Poller {
+    ticket: u64,
+    rank: Rank,
+    /// Its own waker, to kick it out of `poll(2)`.
+    kick: Arc<UnixDatagram>,
+}
+
+/// Run-to-completion state, under the core's lock: who polls the socket, since when it is free,
+/// and the receive buffer every turn uses (one turn runs at a time, under the lock).
+#[derive(Debug, Default)]
+pub(crate) struct Rtc {
+    poller: Option<Poller>,
+    next_ticket: u64,
+    /// When the last application poller left.
+    vacated_at: Option<Instant>,
+    rx: Vec<u8>,
+}
+
+impl Rtc {
+    /// The receive buffer, taken out (put it back with [`put_rx`](Self::put_rx)); allocated once.
+    fn take_rx(&mut self) -> Vec<u8> {
+        let mut rx = std::mem::take(&mut self.rx);
+        if rx.len() < RX_BUFFER {
+            rx.resize(RX_BUFFER, 0);
+        }
+        rx
+    }
+
+    fn put_rx(&mut self, rx: Vec<u8>) {
+        self.rx = rx;
+    }
+
+    fn holds(&self, ticket: u64) -> bool {
+        self.poller.as_ref().is_some_and(|p| p.ticket == ticket)
+    }
+
+    /// Whether the driver thread leaves the socket to the application: `Some(None)` while an
+    /// application thread polls it, `Some(Some(t))` lingering until `t`, `None`: the driver
+    /// thread polls.
+    fn parked(&self, now: Instant) -> Option<Option<Instant>> {
+        if self.poller.is_some() {
+            return Some(None);
+        }
+        let until = self.vacated_at? + LINGER;
+        (until > now).then_some(Some(until))
+    }
+}
+
+/// A thread's own waker, made once per thread that ever waits (two descriptors), for the
+/// poller role; `None` if it could not be made (the thread then only waits on its `Condvar`).
+struct Kick {
+    tx: Arc<UnixDatagram>,
+    rx: UnixDatagram,
+}
+
+impl Kick {
+    fn new() -> io::Result<Kick> {
+        let (tx, rx) = UnixDatagram::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok(Kick {
+            tx: Arc::new(tx),
+            rx,
+        })
+    }
+
+    fn drain(&self) {
+        let mut buf = [0u8; 16];
+        while self.rx.recv(&mut buf).is_ok() {}
+    }
+}
+
+thread_local! {
+    static KICK: Option<Kick> = Kick::new().ok();
 }
 
 /// The blocking driver's shared state.
@@ -93,6 +266,9 @@ impl Driver {
             socket,
             waker_tx,
             waker_rx,
+            linger: os::OneShotTimer::new()?,
+            poller_kick: Mutex::new(None),
+            drained: AtomicBool::new(false),
         };
         let shared = Arc::new(Shared::new(
             endpoint,
@@ -109,7 +285,8 @@ impl Driver {
     }
 
     /// Stops the driver: closes every connection first (`close_notify`), then joins the thread
-    /// and wakes every waiter.
+    /// and wakes every waiter (the application thread polling the socket first, through
+    /// [`Io::wake`]).
     pub fn shutdown(&self) {
         let mut thread = self.runner();
         self.shared.stop();
@@ -121,57 +298,282 @@ impl Driver {
     }
 }
 
-/// The driver thread: sleeps until the socket is readable, the waker fires, or the endpoint's
-/// next deadline passes; then takes one turn.
+/// The driver thread: while an application thread polls the socket (or lingers), sleeps on its
+/// waker and the linger timer only, reporting failures and address changes when woken; otherwise
+/// sleeps until the socket is readable, the waker fires, or the endpoint's next deadline passes,
+/// then takes one turn.
 fn run(shared: &BlockingShared) {
-    let mut rx = vec![0u8; RX_BUFFER];
+    let io = &shared.io;
     loop {
-        let deadline = {
-            let core = shared.lock();
+        let (parked, deadline, reports) = {
+            let mut core = shared.lock();
             if core.shutdown {
                 break;
             }
-            core.endpoint.poll_timeout()
+            let reports = BlockingShared::take_reports(&mut core);
+            match core.rtc.parked(Instant::now()) {
+                Some(until) => (true, until, reports),
+                None => (false, core.endpoint.poll_timeout(), reports),
+            }
         };
-        let io = &shared.io;
+        BlockingShared::report(reports);
         let timeout = deadline.map(|at| at.saturating_duration_since(Instant::now()));
-        if let Err(e) = os::wait_readable([io.socket.as_fd(), io.waker_rx.as_fd()], timeout) {
+        let waited = if parked {
+            os::wait_readable([io.waker_rx.as_fd(), io.linger.as_fd()], timeout)
+        } else {
+            os::wait_readable([io.socket.as_fd(), io.waker_rx.as_fd()], timeout)
+        };
+        if let Err(e) = waited {
             log::error!("driver poll failed: {e}");
             shared.end_all(Some(e.kind()));
             return;
         }
         let mut buf = [0u8; 64];
         while io.waker_rx.recv(&mut buf).is_ok() {}
-        if !shared.turn(&mut rx) {
+        if parked {
+            io.linger.clear();
+            continue;
+        }
+        if !driver_turn(shared) {
             break;
         }
     }
     shared.end_all(None);
 }
 
-/// Waits on `signal` until `ready` returns `Some`, or `deadline` passes (then `None`).
+/// The driver thread's turn: a batch of datagrams, the timers, events, output, then the hooks
+/// outside the lock; no datagram is read if an application thread took the socket meanwhile.
+/// False after shutdown.
+fn driver_turn(shared: &BlockingShared) -> bool {
+    let mut core = shared.lock();
+    if core.shutdown {
+        return false;
+    }
+    if core.rtc.poller.is_none() {
+        let mut rx = core.rtc.take_rx();
+        shared.receive(&mut core, &mut rx, shared.batch());
+        core.rtc.put_rx(rx);
+        shared.after_receive(&mut core);
+    }
+    let reports = BlockingShared::take_reports(&mut core);
+    drop(core);
+    BlockingShared::report(reports);
+    true
+}
+
+/// Waits until `ready` returns `Some`, or `deadline` passes (then `None`), driving the socket
+/// meanwhile if no other application thread of the same or a higher `rank` does; otherwise
+/// waits on `signal`. `ready` runs under the lock, before every wait.
 pub(crate) fn wait_until<'a, T>(
-    mut core: MutexGuard<'a, Core<Blocking>>,
-    signal: &Condvar,
+    shared: &'a BlockingShared,
+    core: MutexGuard<'a, Core<Blocking>>,
+    signal: &Waiters,
+    rank: Rank,
     deadline: Option<Instant>,
-    mut ready: impl FnMut(&mut Core<Blocking>) -> Option<T>,
+    ready: impl FnMut(&mut Core<Blocking>) -> Option<T>,
+) -> (MutexGuard<'a, Core<Blocking>>, Option<T>) {
+    let mut wait = Wait {
+        shared,
+        core: Some(core),
+        signal,
+        rank,
+        deadline,
+        tenure: None,
+        can_poll: true,
+    };
+    let mut ready = ready;
+    // A thread whose locals are being torn down has no kick: it waits on its `Condvar`.
+    let outcome = match KICK.try_with(|kick| wait.run(kick.as_ref(), &mut ready)) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            let core = wait.core.take().expect("the wait holds the lock");
+            let (core, out) = wait_on_signal(core, signal, deadline, &mut ready);
+            wait.core = Some(core);
+            out
+        }
+    };
+    let core = wait.core.take().expect("the wait holds the lock");
+    (core, outcome)
+}
+
+/// One thread's wait, with the lock it holds between steps.
+struct Wait<'s, 'a> {
+    shared: &'a BlockingShared,
+    /// Held except while in `poll(2)`.
+    core: Option<MutexGuard<'a, Core<Blocking>>>,
+    signal: &'s Waiters,
+    rank: Rank,
+    deadline: Option<Instant>,
+    /// The ticket of this thread's poller role, while it holds it.
+    tenure: Option<u64>,
+    /// False after `poll(2)` failed: only the `Condvar` from then on.
+    can_poll: bool,
+}
+
+impl<'a> Wait<'_, 'a> {
+    fn core(&mut self) -> &mut MutexGuard<'a, Core<Blocking>> {
+        self.core.as_mut().expect("the wait holds the lock")
+    }
+
+    fn run<T>(
+        &mut self,
+        kick: Option<&Kick>,
+        mut ready: impl FnMut(&mut Core<Blocking>) -> Option<T>,
+    ) -> Option<T> {
+        let out = loop {
+            if let Some(v) = ready(self.core()) {
+                break Some(v);
+            }
+            let now = Instant::now();
+            if self.deadline.is_some_and(|at| at <= now) {
+                break None;
+            }
+            if let Some(ticket) = self.tenure {
+                if !self.core().rtc.holds(ticket) {
+                    self.tenure = None; // a higher rank took the socket
+                }
+            }
+            if self.tenure.is_none() && self.can_poll {
+                if let Some(kick) = kick {
+                    self.tenure = self.take_role(kick);
+                }
+            }
+            match (self.tenure, kick) {
+                (Some(_), Some(kick)) => self.poll_step(kick),
+                _ => {
+                    let core = self.core.take().expect("the wait holds the lock");
+                    let core = wait_once(core, self.signal, self.deadline);
+                    self.core = Some(core);
+                }
+            }
+        };
+        self.leave_role();
+        out
+    }
+
+    /// Takes the poller role if it is free or held by a lower rank (kicking that thread out of
+    /// its `poll(2)`); returns the ticket.
+    fn take_role(&mut self, kick: &Kick) -> Option<u64> {
+        let rank = self.rank;
+        let shared = self.shared;
+        let core = self.core();
+        if core.shutdown {
+            return None;
+        }
+        match &core.rtc.poller {
+            Some(p) if p.rank >= rank => return None,
+            Some(p) => {
+                let _ = p.kick.send(&[1]);
+            }
+            None => {}
+        }
+        kick.drain(); // kicks meant for an earlier wait
+        let ticket = core.rtc.next_ticket;
+        core.rtc.next_ticket += 1;
+        core.rtc.poller = Some(Poller {
+            ticket,
+            rank,
+            kick: Arc::clone(&kick.tx),
+        });
+        shared.io.set_poller_kick(Some(Arc::clone(&kick.tx)));
+        Some(ticket)
+    }
+
+    /// Gives the role up, if this thread still holds it: the driver thread takes the socket
+    /// back after [`LINGER`] unless another thread takes the role first.
+    fn leave_role(&mut self) {
+        let Some(ticket) = self.tenure.take() else {
+            return;
+        };
+        let shared = self.shared;
+        let core = self.core();
+        if !core.rtc.holds(ticket) {
+            return;
+        }
+        core.rtc.poller = None;
+        core.rtc.vacated_at = Some(Instant::now());
+        shared.io.set_poller_kick(None);
+        if let Err(e) = shared.io.linger.arm(LINGER) {
+            // Without the timer the driver thread must be woken now, or it would not resume.
+            log::debug!("linger timer: {e}");
+            let _ = shared.io.waker_tx.send(&[1]);
+        }
+    }
+
+    /// One step as the poller: read one datagram (then the timers, events, output); if the
+    /// socket was empty, sleep in `poll(2)` on it and on our kick until something arrives, our
+    /// deadline or the endpoint's next one.
+    fn poll_step(&mut self, kick: &Kick) {
+        let shared = self.shared;
+        let deadline = self.deadline;
+        let core = self.core();
+        let mut rx = core.rtc.take_rx();
+        shared.receive(core, &mut rx, 1);
+        core.rtc.put_rx(rx);
+        shared.after_receive(core);
+        if !shared.io.drained.load(Ordering::Relaxed) {
+            // Read one: check our condition, and let other threads at the lock in between.
+            let core = self.core.take().expect("the wait holds the lock");
+            drop(core);
+            self.core = Some(shared.lock());
+            return;
+        }
+        let wake_at = match (deadline, core.endpoint.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let core = self.core.take().expect("the wait holds the lock");
+        drop(core);
+        let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
+        let io = &shared.io;
+        let waited = os::wait_readable([io.socket.as_fd(), kick.rx.as_fd()], timeout);
+        kick.drain();
+        self.core = Some(shared.lock());
+        if let Err(e) = waited {
+            // Leave the socket to the driver thread and wait on the `Condvar`.
+            log::debug!("poll as the poller failed: {e}");
+            self.can_poll = false;
+            self.leave_role();
+        }
+    }
+}
+
+/// Waits on `signal` once (until woken, or `deadline`), counted as a waiter.
+fn wait_once<'a>(
+    core: MutexGuard<'a, Core<Blocking>>,
+    signal: &Waiters,
+    deadline: Option<Instant>,
+) -> MutexGuard<'a, Core<Blocking>> {
+    signal.count.fetch_add(1, Ordering::SeqCst);
+    let core = match deadline {
+        None => signal.cv.wait(core).unwrap_or_else(PoisonError::into_inner),
+        Some(at) => {
+            let left = at.saturating_duration_since(Instant::now());
+            signal
+                .cv
+                .wait_timeout(core, left.min(Duration::from_secs(3600)))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+        }
+    };
+    signal.count.fetch_sub(1, Ordering::SeqCst);
+    core
+}
+
+/// Waits on `signal` until `ready` returns `Some`, or `deadline` passes (then `None`).
+fn wait_on_signal<'a, T>(
+    mut core: MutexGuard<'a, Core<Blocking>>,
+    signal: &Waiters,
+    deadline: Option<Instant>,
+    ready: &mut impl FnMut(&mut Core<Blocking>) -> Option<T>,
 ) -> (MutexGuard<'a, Core<Blocking>>, Option<T>) {
     loop {
         if let Some(v) = ready(&mut core) {
             return (core, Some(v));
         }
-        match deadline {
-            None => core = signal.wait(core).unwrap_or_else(|e| e.into_inner()),
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return (core, None);
-                }
-                core = signal
-                    .wait_timeout(core, left.min(Duration::from_secs(3600)))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
+        if deadline.is_some_and(|at| at <= Instant::now()) {
+            return (core, None);
         }
+        core = wait_once(core, signal, deadline);
     }
 }

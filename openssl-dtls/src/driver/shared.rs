@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use super::blocking::Rtc;
 use super::failures::PendingFailures;
 use super::moves::{AddressChange, PendingMoves};
 use super::{Io, Output, Signal};
@@ -57,6 +58,9 @@ pub(crate) struct Core<D: Io> {
     pub failures: PendingFailures,
     /// Connections that moved to a new peer address, for the address-change hook.
     pub moves: PendingMoves,
+    /// Which thread drives the socket (the blocking driver's run-to-completion state; unused
+    /// by the tokio driver).
+    pub rtc: Rtc,
 }
 
 impl<D: Io> fmt::Debug for Core<D> {
@@ -119,6 +123,12 @@ impl<D: Io, R> Running<D, R> {
     }
 }
 
+/// Failed handshakes and address changes taken from under the lock, for their hooks.
+pub(crate) type Reports = (
+    Option<super::failures::Report>,
+    Option<super::moves::Report>,
+);
+
 /// Shared by the driver (thread or task) and every handle.
 #[derive(Debug)]
 pub(crate) struct Shared<D: Io> {
@@ -152,6 +162,7 @@ impl<D: Io> Shared<D> {
                 out: Output::default(),
                 failures: PendingFailures::default(),
                 moves: PendingMoves::default(),
+                rtc: Rtc::default(),
             }),
             accept: D::Signal::default(),
             io,
@@ -256,7 +267,23 @@ impl<D: Io> Shared<D> {
         if core.shutdown {
             return false;
         }
-        for _ in 0..self.batch {
+        self.receive(&mut core, rx, self.batch);
+        self.after_receive(&mut core);
+        let reports = Self::take_reports(&mut core);
+        drop(core);
+        Self::report(reports);
+        true
+    }
+
+    /// Datagrams read per driver turn ([`SocketOptions::batch`](super::SocketOptions)).
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Reads up to `max` datagrams from the socket into the endpoint, under the lock the caller
+    /// holds; stops early when none is queued.
+    pub fn receive(&self, core: &mut Core<D>, rx: &mut [u8], max: usize) {
+        for _ in 0..max {
             match self.io.try_recv_from(rx) {
                 Ok((n, peer)) => core
                     .endpoint
@@ -267,18 +294,30 @@ impl<D: Io> Shared<D> {
                 Err(e) => log::debug!("recv_from: {e}"),
             }
         }
+    }
+
+    /// What follows a receive batch, under the lock: the timers that are due, then events and
+    /// output.
+    pub fn after_receive(&self, core: &mut Core<D>) {
         core.endpoint.handle_timeout(Instant::now());
-        self.settle(&mut core);
-        let failures = core.failures.take();
-        let moves = core.moves.take();
-        drop(core);
+        self.settle(core);
+    }
+
+    /// Takes the failed handshakes and address changes waiting for their hooks, to
+    /// [`report`](Self::report) once the lock is released.
+    pub fn take_reports(core: &mut Core<D>) -> Reports {
+        (core.failures.take(), core.moves.take())
+    }
+
+    /// Calls the failure and address-change hooks with what [`take_reports`](Self::take_reports)
+    /// took. Call without the lock.
+    pub fn report((failures, moves): Reports) {
         if let Some(report) = failures {
             report.report();
         }
         if let Some(report) = moves {
             report.report();
         }
-        true
     }
 
     /// Starts a client handshake with `peer` and a slot for `connect` to wait on.

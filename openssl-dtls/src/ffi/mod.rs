@@ -8,7 +8,7 @@
 //! | [`ctx`] | `SSL_CTX` settings and callbacks rust-openssl lacks |
 //! | [`evp`] | the AEAD ciphers, key derivation and cleansing of the compact record layer |
 //! | [`listen`] | `DTLSv1_listen` and `BIO_ADDR` |
-//! | [`os`] | `poll(2)` for the blocking driver |
+//! | [`os`] | `poll(2)`, `dup3(2)` and a one-shot `timerfd` for the blocking driver |
 //! | [`ssl`] | the `SSL` calls of a session (handshake, read, write, shutdown, timers, state) |
 
 pub(crate) mod bio;

@@ -1,8 +1,8 @@
-//! `poll(2)`, for the blocking driver's wait: the one call into the OS that needs `unsafe`
-//! (sockets themselves go through `std` and `socket2`).
+//! `poll(2)` and a one-shot `timerfd`, for the blocking driver's waits: the calls into the OS
+//! that need `unsafe` (sockets themselves go through `std` and `socket2`).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// Sleeps until one of `fds` is readable or `timeout` passes (`None`: no limit), as
@@ -54,6 +54,73 @@ pub(crate) fn replace_descriptor(target: BorrowedFd<'_>, with: OwnedFd) -> io::R
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A one-shot timer as a descriptor (`timerfd_create(CLOCK_MONOTONIC)`, non-blocking): readable
+/// once it expired, until [`clear`](Self::clear). Arming it is one syscall and wakes nobody, which
+/// is why the blocking driver uses it to resume after its linger.
+#[doc(alias = "timerfd_create")]
+#[derive(Debug)]
+pub(crate) struct OneShotTimer {
+    fd: OwnedFd,
+}
+
+impl OneShotTimer {
+    /// A disarmed timer.
+    pub(crate) fn new() -> io::Result<OneShotTimer> {
+        // SAFETY: plain syscall with constant flags; the result is checked before use.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by timerfd_create and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(OneShotTimer { fd })
+    }
+
+    /// (Re)arms the timer to expire once, `after` from now (`timerfd_settime`, relative); a
+    /// zero `after` is rounded up to a nanosecond (zero would disarm it).
+    #[doc(alias = "timerfd_settime")]
+    pub(crate) fn arm(&self, after: Duration) -> io::Result<()> {
+        let after = after.max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `self.fd` is an open timerfd; `spec` is a valid itimerspec read by the call,
+        // and a null old-value pointer is allowed.
+        let r =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Consumes an expiry, so the timer is no longer readable (a no-op if it has not expired).
+    pub(crate) fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: `self.fd` is an open non-blocking timerfd and `count` is 8 writable bytes,
+        // the size a timerfd read needs; an error (EAGAIN: not expired) is ignored.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+    }
+}
+
+impl AsFd for OneShotTimer {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 #[cfg(test)]
