@@ -62,7 +62,15 @@ impl DtlsConnection {
             &inner.signal,
             Rank::Connection,
             deadline,
-            |core| inner.recv_locked(core, buf),
+            |core| {
+                let got = inner.recv_locked(core, buf);
+                if let Some(Ok(Some(_))) = got {
+                    // Backpressure: the driver thread does not read ahead of this reader
+                    // (`driver::blocking::BACKPRESSURE`).
+                    core.rtc.note_read(inner.peer, inner.id);
+                }
+                got
+            },
         );
         outcome.unwrap_or(Ok(None))
     }

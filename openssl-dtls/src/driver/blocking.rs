@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use super::shared::{Core, Running, Shared};
 use super::socket::{self, SocketOptions};
 use super::{Io, Output, Signal, RX_BUFFER};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{ConnectionId, Endpoint};
 use crate::error::Result;
 use crate::ffi::os;
 
@@ -55,6 +55,18 @@ use crate::ffi::os;
 /// waking; an application that stops waiting delays other connections' datagrams and the
 /// timers by at most this much.
 pub(crate) const LINGER: Duration = Duration::from_millis(1);
+
+/// The longest the socket is left unread for one reader that fell behind: 100 ms. When the
+/// connection an application thread last read from ([`Rtc::note_read`]) has its receive queue
+/// (nearly) full, whoever would read the socket for others (the driver thread, another
+/// connection's poller) stops and lets the datagrams wait in the socket buffer
+/// ([`SocketOptions::recv_buffer_size`]) instead of dropping them at that queue: the reader
+/// empties it, then polls the socket itself. The pause ends when the reader's queue is empty, or
+/// after this long; a pause that ran out is not taken again until the reader caught up (its
+/// queue was empty once). So other peers wait at most this long per catch-up of one reader —
+/// a reader that does not keep up has its records dropped at its queue (counted,
+/// `recv_queue_dropped`) rather than stall everyone.
+pub(crate) const BACKPRESSURE: Duration = Duration::from_millis(100);
 
 /// The blocking driver's socket, the waker that interrupts the driver thread's `poll(2)`, and
 /// the timer that ends its linger.
@@ -67,7 +79,7 @@ pub(crate) struct Blocking {
     linger: os::OneShotTimer,
     /// The current application poller's kick, for [`Io::wake`]: a leaf lock, set and cleared
     /// under the core's lock.
-    poller_kick: Mutex<Option<Arc<UnixDatagram>>>,
+    poller_kick: Mutex<Option<Arc<KickTx>>>,
     /// The last receive found the socket empty (`WouldBlock`).
     drained: AtomicBool,
 }
@@ -84,7 +96,7 @@ impl Io for Blocking {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(kick) = kick.as_ref() {
-            let _ = kick.send(&[1]);
+            kick.kick();
         }
     }
 
@@ -122,7 +134,7 @@ impl Blocking {
         Ok(self.socket.local_addr()?)
     }
 
-    fn set_poller_kick(&self, kick: Option<Arc<UnixDatagram>>) {
+    fn set_poller_kick(&self, kick: Option<Arc<KickTx>>) {
         *self
             .poller_kick
             .lock()
@@ -168,7 +180,7 @@ struct Poller {
     ticket: u64,
     rank: Rank,
     /// Its own waker, to kick it out of `poll(2)`.
-    kick: Arc<UnixDatagram>,
+    kick: Arc<KickTx>,
 }
 
 /// Run-to-completion state, under the core's lock: who polls the socket, since when it is free,
@@ -177,8 +189,16 @@ struct Poller {
 pub(crate) struct Rtc {
     poller: Option<Poller>,
     next_ticket: u64,
-    /// When the last application poller left.
+    /// When the last application poller left, or an application thread last read a record.
     vacated_at: Option<Instant>,
+    /// The connection an application thread last took a record of.
+    reader: Option<(SocketAddr, ConnectionId)>,
+    /// When the current pause for that reader began ([`BACKPRESSURE`]).
+    pause_since: Option<Instant>,
+    /// The pause ran out: none again until the reader's queue was empty.
+    pause_spent: bool,
+    /// Until when the driver thread leaves the socket alone (a pause).
+    backlog_until: Option<Instant>,
     rx: Vec<u8>,
 }
 
@@ -207,16 +227,79 @@ impl Rtc {
         if self.poller.is_some() {
             return Some(None);
         }
-        let until = self.vacated_at? + LINGER;
+        let linger = self.vacated_at.map(|at| at + LINGER);
+        let until = match (linger, self.backlog_until) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b)?,
+        };
         (until > now).then_some(Some(until))
+    }
+
+    /// An application thread just took a record of connection `id` at `peer`: the driver thread
+    /// stays off the socket for [`LINGER`], and the connection is the one whose queue a pause
+    /// protects ([`BACKPRESSURE`]).
+    pub(crate) fn note_read(&mut self, peer: SocketAddr, id: ConnectionId) {
+        if self.poller.is_none() {
+            self.vacated_at = Some(Instant::now());
+        }
+        if self.reader != Some((peer, id)) {
+            self.reader = Some((peer, id));
+            self.pause_since = None;
+            self.pause_spent = false;
+        }
+    }
+
+    /// Whether whoever reads the socket must pause ([`BACKPRESSURE`]): `Some(until)` while the
+    /// reader's queue is nearly full and the pause has not run out.
+    fn pause(&mut self, endpoint: &Endpoint, now: Instant) -> Option<Instant> {
+        let (peer, id) = self.reader?;
+        let Some(session) = endpoint.session(peer, id) else {
+            self.reader = None;
+            return None;
+        };
+        if !session.has_received() {
+            // Caught up: the next time it falls behind, it may pause the socket again.
+            self.pause_since = None;
+            self.pause_spent = false;
+            return None;
+        }
+        if self.pause_spent || !session.recv_queue_nearly_full() {
+            return None;
+        }
+        let until = *self.pause_since.get_or_insert(now) + BACKPRESSURE;
+        if until <= now {
+            self.pause_spent = true;
+            log::debug!("{peer}: its reader fell behind for {BACKPRESSURE:?}; reading on");
+            return None;
+        }
+        self.backlog_until = Some(until);
+        Some(until)
     }
 }
 
 /// A thread's own waker, made once per thread that ever waits (two descriptors), for the
 /// poller role; `None` if it could not be made (the thread then only waits on its `Condvar`).
 struct Kick {
-    tx: Arc<UnixDatagram>,
+    tx: Arc<KickTx>,
     rx: UnixDatagram,
+}
+
+/// The sending side of a thread's kick, held by whoever may need to interrupt its `poll(2)`.
+#[derive(Debug)]
+pub(crate) struct KickTx {
+    socket: UnixDatagram,
+    /// A kick is written and not drained yet: at most one byte in flight, and no drain
+    /// syscall when there is none.
+    pending: AtomicBool,
+}
+
+impl KickTx {
+    /// Interrupts the owner's `poll(2)` (or its next one).
+    fn kick(&self) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            let _ = self.socket.send(&[1]);
+        }
+    }
 }
 
 impl Kick {
@@ -224,15 +307,22 @@ impl Kick {
         let (tx, rx) = UnixDatagram::pair()?;
         tx.set_nonblocking(true)?;
         rx.set_nonblocking(true)?;
+        let tx = KickTx {
+            socket: tx,
+            pending: AtomicBool::new(false),
+        };
         Ok(Kick {
             tx: Arc::new(tx),
             rx,
         })
     }
 
+    /// Consumes a kick, if one was sent.
     fn drain(&self) {
-        let mut buf = [0u8; 16];
-        while self.rx.recv(&mut buf).is_ok() {}
+        if self.tx.pending.swap(false, Ordering::SeqCst) {
+            let mut buf = [0u8; 16];
+            while self.rx.recv(&mut buf).is_ok() {}
+        }
     }
 }
 
@@ -342,16 +432,26 @@ fn run(shared: &BlockingShared) {
 }
 
 /// The driver thread's turn: a batch of datagrams, the timers, events, output, then the hooks
-/// outside the lock; no datagram is read if an application thread took the socket meanwhile.
+/// outside the lock; nothing is read if an application thread took the socket meanwhile, or
+/// read from its queue (it is parked then: [`Rtc::parked`]).
 /// False after shutdown.
 fn driver_turn(shared: &BlockingShared) -> bool {
     let mut core = shared.lock();
     if core.shutdown {
         return false;
     }
-    if core.rtc.poller.is_none() {
+    if core.rtc.parked(Instant::now()).is_none() {
         let mut rx = core.rtc.take_rx();
-        shared.receive(&mut core, &mut rx, shared.batch());
+        for _ in 0..shared.batch() {
+            let core = &mut *core;
+            if core.rtc.pause(&core.endpoint, Instant::now()).is_some() {
+                break;
+            }
+            shared.receive(core, &mut rx, 1);
+            if shared.io.drained.load(Ordering::Relaxed) {
+                break;
+            }
+        }
         core.rtc.put_rx(rx);
         shared.after_receive(&mut core);
     }
@@ -380,6 +480,7 @@ pub(crate) fn wait_until<'a, T>(
         deadline,
         tenure: None,
         can_poll: true,
+        streaming: false,
     };
     let mut ready = ready;
     // A thread whose locals are being torn down has no kick: it waits on its `Condvar`.
@@ -408,6 +509,8 @@ struct Wait<'s, 'a> {
     tenure: Option<u64>,
     /// False after `poll(2)` failed: only the `Condvar` from then on.
     can_poll: bool,
+    /// The last read as the poller got a datagram: read again before sleeping in `poll(2)`.
+    streaming: bool,
 }
 
 impl<'a> Wait<'_, 'a> {
@@ -436,6 +539,19 @@ impl<'a> Wait<'_, 'a> {
             if self.tenure.is_none() && self.can_poll {
                 if let Some(kick) = kick {
                     self.tenure = self.take_role(kick);
+                    self.streaming = false;
+                }
+            }
+            if self.tenure.is_some() {
+                let core = &mut **self.core.as_mut().expect("the wait holds the lock");
+                if let Some(until) = core.rtc.pause(&core.endpoint, now) {
+                    // Another connection's reader is behind: leave it the socket, and the
+                    // datagrams in the socket buffer, until it caught up or the pause ends.
+                    self.leave_role();
+                    let wait_until = self.deadline.map_or(until, |at| at.min(until));
+                    let core = self.core.take().expect("the wait holds the lock");
+                    self.core = Some(wait_once(core, self.signal, Some(wait_until)));
+                    continue;
                 }
             }
             match (self.tenure, kick) {
@@ -462,12 +578,10 @@ impl<'a> Wait<'_, 'a> {
         }
         match &core.rtc.poller {
             Some(p) if p.rank >= rank => return None,
-            Some(p) => {
-                let _ = p.kick.send(&[1]);
-            }
+            Some(p) => p.kick.kick(),
             None => {}
         }
-        kick.drain(); // kicks meant for an earlier wait
+        kick.drain(); // a kick meant for an earlier wait
         let ticket = core.rtc.next_ticket;
         core.rtc.next_ticket += 1;
         core.rtc.poller = Some(Poller {
@@ -500,39 +614,55 @@ impl<'a> Wait<'_, 'a> {
         }
     }
 
-    /// One step as the poller: read one datagram (then the timers, events, output); if the
-    /// socket was empty, sleep in `poll(2)` on it and on our kick until something arrives, our
-    /// deadline or the endpoint's next one.
+    /// One step as the poller: unless the last step read a datagram, sleep in `poll(2)` on the
+    /// socket and our kick until something arrives, our deadline or the endpoint's next one;
+    /// then read one datagram (if any), run the timers that are due, events and output.
     fn poll_step(&mut self, kick: &Kick) {
         let shared = self.shared;
-        let deadline = self.deadline;
+        let io = &shared.io;
+        if !self.streaming {
+            let deadline = self.deadline;
+            let core = self.core();
+            let wake_at = match (deadline, core.endpoint.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            drop(self.core.take());
+            let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
+            let waited = os::wait_readable([io.socket.as_fd(), kick.rx.as_fd()], timeout);
+            kick.drain();
+            self.core = Some(shared.lock());
+            if let Err(e) = waited {
+                // Leave the socket to the driver thread and wait on the `Condvar`.
+                log::debug!("poll as the poller failed: {e}");
+                self.can_poll = false;
+                self.leave_role();
+                return;
+            }
+            let ticket = self.tenure.unwrap_or(u64::MAX);
+            if !self.core().rtc.holds(ticket) {
+                return; // kicked out while asleep
+            }
+        }
         let core = self.core();
         let mut rx = core.rtc.take_rx();
         shared.receive(core, &mut rx, 1);
         core.rtc.put_rx(rx);
         shared.after_receive(core);
-        if !shared.io.drained.load(Ordering::Relaxed) {
-            // Read one: check our condition, and let other threads at the lock in between.
-            let core = self.core.take().expect("the wait holds the lock");
-            drop(core);
+        self.streaming = !io.drained.load(Ordering::Relaxed);
+        if self.streaming {
+            // Let other threads at the lock before our condition is checked again.
+            drop(self.core.take());
             self.core = Some(shared.lock());
-            return;
         }
-        let wake_at = match (deadline, core.endpoint.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let core = self.core.take().expect("the wait holds the lock");
-        drop(core);
-        let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
-        let io = &shared.io;
-        let waited = os::wait_readable([io.socket.as_fd(), kick.rx.as_fd()], timeout);
-        kick.drain();
-        self.core = Some(shared.lock());
-        if let Err(e) = waited {
-            // Leave the socket to the driver thread and wait on the `Condvar`.
-            log::debug!("poll as the poller failed: {e}");
-            self.can_poll = false;
+    }
+}
+
+impl Drop for Wait<'_, '_> {
+    /// Gives the poller role up even if the wait unwinds, so the socket is never left to a
+    /// thread that no longer polls it.
+    fn drop(&mut self) {
+        if self.core.is_some() {
             self.leave_role();
         }
     }
