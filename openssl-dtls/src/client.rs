@@ -119,6 +119,7 @@ impl DtlsClient {
             core,
             &signal,
             Rank::Connection,
+            None,
             Some(deadline),
             |core| core.connect_outcome(id),
         );

@@ -61,6 +61,7 @@ impl DtlsConnection {
             core,
             &inner.signal,
             Rank::Connection,
+            Some((inner.peer, inner.id)),
             deadline,
             |core| {
                 let got = inner.recv_locked(core, buf);
@@ -102,6 +103,7 @@ impl DtlsConnection {
             core,
             &inner.signal,
             Rank::Connection,
+            None,
             deadline,
             |core| inner.recv_non_dtls_locked(core, buf),
         );

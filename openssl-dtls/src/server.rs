@@ -84,6 +84,7 @@ impl DtlsServer {
             core,
             &shared.accept,
             Rank::Accept,
+            None,
             deadline,
             |core| core.pop_accept(),
         );

@@ -191,6 +191,8 @@ pub(crate) struct Rtc {
     next_ticket: u64,
     /// When the last application poller left, or an application thread last read a record.
     vacated_at: Option<Instant>,
+    /// When the linger timer fires, as last armed.
+    armed_until: Option<Instant>,
     /// The connection an application thread last took a record of.
     reader: Option<(SocketAddr, ConnectionId)>,
     /// When the current pause for that reader began ([`BACKPRESSURE`]).
@@ -275,6 +277,42 @@ impl Rtc {
         self.backlog_until = Some(until);
         Some(until)
     }
+}
+
+/// Datagrams the poller reads in one step while its records come in a burst: after its own
+/// record arrived, it reads on (up to this many, while its queue has room) so the next `recv`
+/// calls find theirs queued, with no `poll(2)` and no role taken. In a request/response loop the
+/// socket is empty after the reply: reading ahead would cost a `recvfrom` that finds nothing,
+/// so a thread reads ahead only while it has seen bursts (`read_ahead`), probing once every
+/// [`READ_AHEAD_PROBE`] waits otherwise.
+pub(crate) const READ_AHEAD: usize = 16;
+
+/// How often (in waits) a thread not in a burst checks with one more read whether one began.
+const READ_AHEAD_PROBE: u32 = 16;
+
+thread_local! {
+    /// (this thread's `recv`s come in a burst, waits since the last probe)
+    static BURST: std::cell::Cell<(bool, u32)> = const { std::cell::Cell::new((false, 0)) };
+}
+
+/// Whether to read on past our own record: in a burst, or to probe whether one began.
+fn should_read_ahead() -> bool {
+    BURST
+        .try_with(|b| {
+            let (burst, since) = b.get();
+            if burst {
+                return true;
+            }
+            let probe = since + 1 >= READ_AHEAD_PROBE;
+            b.set((false, if probe { 0 } else { since + 1 }));
+            probe
+        })
+        .unwrap_or(false)
+}
+
+/// Records whether a read past our own record found a datagram.
+fn set_burst(on: bool) {
+    let _ = BURST.try_with(|b| b.set((on, 0)));
 }
 
 /// A thread's own waker, made once per thread that ever waits (two descriptors), for the
@@ -463,12 +501,14 @@ fn driver_turn(shared: &BlockingShared) -> bool {
 
 /// Waits until `ready` returns `Some`, or `deadline` passes (then `None`), driving the socket
 /// meanwhile if no other application thread of the same or a higher `rank` does; otherwise
-/// waits on `signal`. `ready` runs under the lock, before every wait.
+/// waits on `signal`. `ready` runs under the lock, before every wait. `own`: the connection a
+/// `recv` waits on, for which the poller reads ahead in a burst ([`READ_AHEAD`]).
 pub(crate) fn wait_until<'a, T>(
     shared: &'a BlockingShared,
     core: MutexGuard<'a, Core<Blocking>>,
     signal: &Waiters,
     rank: Rank,
+    own: Option<(SocketAddr, ConnectionId)>,
     deadline: Option<Instant>,
     ready: impl FnMut(&mut Core<Blocking>) -> Option<T>,
 ) -> (MutexGuard<'a, Core<Blocking>>, Option<T>) {
@@ -481,6 +521,7 @@ pub(crate) fn wait_until<'a, T>(
         tenure: None,
         can_poll: true,
         streaming: false,
+        own,
     };
     let mut ready = ready;
     // A thread whose locals are being torn down has no kick: it waits on its `Condvar`.
@@ -511,6 +552,8 @@ struct Wait<'s, 'a> {
     can_poll: bool,
     /// The last read as the poller got a datagram: read again before sleeping in `poll(2)`.
     streaming: bool,
+    /// The connection whose record this wait is for (a `recv`), to read ahead for it.
+    own: Option<(SocketAddr, ConnectionId)>,
 }
 
 impl<'a> Wait<'_, 'a> {
@@ -604,13 +647,22 @@ impl<'a> Wait<'_, 'a> {
         if !core.rtc.holds(ticket) {
             return;
         }
+        let now = Instant::now();
         core.rtc.poller = None;
-        core.rtc.vacated_at = Some(Instant::now());
+        core.rtc.vacated_at = Some(now);
         shared.io.set_poller_kick(None);
-        if let Err(e) = shared.io.linger.arm(LINGER) {
-            // Without the timer the driver thread must be woken now, or it would not resume.
-            log::debug!("linger timer: {e}");
-            let _ = shared.io.waker_tx.send(&[1]);
+        // The driver thread may sleep with no timeout (it parked while we polled): the timer
+        // wakes it to take the socket back. Re-armed only when less than half a linger is left,
+        // so a `recv` loop costs one `timerfd_settime` per half millisecond, not one per call;
+        // the driver thread, woken early, sees the recent `vacated_at` and sleeps out the rest.
+        if core.rtc.armed_until.is_none_or(|at| at < now + LINGER / 2) {
+            core.rtc.armed_until = Some(now + LINGER);
+            if let Err(e) = shared.io.linger.arm(LINGER) {
+                // Without the timer the driver thread must be woken now, or it would not resume.
+                log::debug!("linger timer: {e}");
+                core.rtc.armed_until = None;
+                let _ = shared.io.waker_tx.send(&[1]);
+            }
         }
     }
 
@@ -644,9 +696,39 @@ impl<'a> Wait<'_, 'a> {
                 return; // kicked out while asleep
             }
         }
-        let core = self.core();
+        let own = self.own;
+        let core = &mut **self.core.as_mut().expect("the wait holds the lock");
         let mut rx = core.rtc.take_rx();
-        shared.receive(core, &mut rx, 1);
+        let mut read = 0;
+        let mut ahead = false; // reading past our own record in this step
+        loop {
+            shared.receive(core, &mut rx, 1);
+            if io.drained.load(Ordering::Relaxed) {
+                if ahead {
+                    set_burst(false);
+                }
+                break;
+            }
+            read += 1;
+            if ahead {
+                set_burst(true);
+            }
+            let Some((peer, id)) = own else {
+                break; // `accept`, `connect`: one datagram, then check
+            };
+            let (ours, full) = core.endpoint.session(peer, id).map_or((true, true), |s| {
+                (s.has_received(), s.recv_queue_nearly_full())
+            });
+            if read >= READ_AHEAD || full {
+                break;
+            }
+            if ours && !ahead {
+                ahead = should_read_ahead();
+                if !ahead {
+                    break;
+                }
+            }
+        }
         core.rtc.put_rx(rx);
         shared.after_receive(core);
         self.streaming = !io.drained.load(Ordering::Relaxed);
