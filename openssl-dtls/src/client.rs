@@ -169,9 +169,12 @@ impl DtlsClient {
         Ok(new)
     }
 
-    /// A snapshot of the endpoint's counters.
+    /// A snapshot of the endpoint's counters, with the socket's: datagrams the kernel dropped
+    /// at its receive buffer (`socket_dropped`, `SO_MEMINFO`) and sends that failed
+    /// (`send_failed`).
     pub fn stats(&self) -> EndpointStats {
-        self.driver.shared.lock().endpoint.stats()
+        let shared = &self.driver.shared;
+        shared.io.stats(&shared.lock())
     }
 
     /// Closes every connection (`close_notify`) and the socket.

@@ -109,9 +109,12 @@ impl DtlsServer {
         self.driver.shared.local_addr
     }
 
-    /// A snapshot of the endpoint's counters.
+    /// A snapshot of the endpoint's counters, with the socket's: datagrams the kernel dropped
+    /// at its receive buffer (`socket_dropped`, `SO_MEMINFO`) and sends that failed
+    /// (`send_failed`).
     pub fn stats(&self) -> EndpointStats {
-        self.driver.shared.lock().endpoint.stats()
+        let shared = &self.driver.shared;
+        shared.io.stats(&shared.lock())
     }
 
     /// Calls `hook` for every handshake a peer started with this server that failed: its

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use super::shared::{Core, Running, Shared};
 use super::socket::{self, SocketOptions};
 use super::{Io, Output, Signal, RX_BUFFER};
-use crate::endpoint::{ConnectionId, Endpoint};
+use crate::endpoint::{ConnectionId, Endpoint, EndpointStats};
 use crate::error::Result;
 use crate::ffi::os;
 
@@ -132,6 +132,15 @@ impl Blocking {
         let fresh = socket::bind([addr], options)?;
         os::replace_descriptor(self.socket.as_fd(), fresh.into())?;
         Ok(self.socket.local_addr()?)
+    }
+
+    /// The endpoint's counters with the driver's own: datagrams the kernel dropped at the
+    /// socket (`SO_MEMINFO`) and sends that failed.
+    pub(crate) fn stats(&self, core: &Core<Blocking>) -> EndpointStats {
+        let mut stats = core.endpoint.stats();
+        stats.socket_dropped = os::socket_drops(self.socket.as_fd()).unwrap_or(0);
+        stats.send_failed = core.out.send_errors;
+        stats
     }
 
     fn set_poller_kick(&self, kick: Option<Arc<KickTx>>) {

@@ -125,6 +125,14 @@ pub struct EndpointStats {
     /// Non-DTLS datagrams (first byte 128–191) dropped: demultiplexing off, not from the
     /// address of an established connection, or the queue full.
     pub dropped_non_dtls: u64,
+    /// Datagrams the kernel dropped at the socket's receive buffer, full because nobody read
+    /// fast enough (`SO_MEMINFO`'s `SK_MEMINFO_DROPS`; since the socket was opened, or since a
+    /// client's `rebind`). Filled in by the blocking `DtlsServer::stats` and `DtlsClient::stats`;
+    /// 0 from a bare `Endpoint` (it has no socket).
+    pub socket_dropped: u64,
+    /// Datagrams the driver could not send (`sendto` failed: a full send buffer, an unreachable
+    /// address). Filled in by the blocking `DtlsServer::stats` and `DtlsClient::stats`.
+    pub send_failed: u64,
 }
 
 impl EndpointStats {
@@ -163,7 +171,7 @@ impl EndpointStats {
                 .iter()
                 .map(|r| (format!("dropped_{}", r.as_str()), self.dropped(*r))),
         );
-        let named: [(&str, u64); 36] = [
+        let named: [(&str, u64); 38] = [
             ("dropped_unknown_peer", self.dropped_unknown_peer),
             (
                 "dropped_short_client_hello",
@@ -220,6 +228,8 @@ impl EndpointStats {
             ("cid_amplification_dropped", self.cid_amplification_dropped),
             ("non_dtls_received", self.non_dtls_received),
             ("dropped_non_dtls", self.dropped_non_dtls),
+            ("socket_dropped", self.socket_dropped),
+            ("send_failed", self.send_failed),
             ("dropped_total", self.dropped_total()),
         ];
         out.extend(named.iter().map(|(k, v)| ((*k).to_owned(), *v)));

@@ -56,6 +56,41 @@ pub(crate) fn replace_descriptor(target: BorrowedFd<'_>, with: OwnedFd) -> io::R
     Ok(())
 }
 
+/// How many datagrams the kernel dropped at socket `fd`'s receive buffer since it was opened
+/// (`getsockopt(SOL_SOCKET, SO_MEMINFO)`, `SK_MEMINFO_DROPS`: the buffer was full, or a
+/// checksum or memory failure). A 32-bit counter in the kernel.
+#[doc(alias = "SO_MEMINFO")]
+pub(crate) fn socket_drops(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    /// `SO_MEMINFO` (Linux ≥ 3.17; 55 on every architecture but MIPS and SPARC).
+    const SO_MEMINFO: libc::c_int = 55;
+    /// `SK_MEMINFO_VARS`: the kernel fills at most this many counters.
+    const VARS: usize = 9;
+    let mut info = [0u32; VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `fd` is open for the duration of the call; `info` is writable for `len` bytes and
+    // the kernel writes at most `len` bytes, updating `len` to what it wrote.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let drops = libc::SK_MEMINFO_DROPS as usize;
+    if (len as usize) < (drops + 1) * 4 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "SO_MEMINFO without the drop counter",
+        ));
+    }
+    Ok(u64::from(info[drops]))
+}
+
 /// A one-shot timer as a descriptor (`timerfd_create(CLOCK_MONOTONIC)`, non-blocking): readable
 /// once it expired, until [`clear`](Self::clear). Arming it is one syscall and wakes nobody, which
 /// is why the blocking driver uses it to resume after its linger.
