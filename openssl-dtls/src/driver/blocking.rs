@@ -19,16 +19,25 @@
 //! It never reads a datagram while an application thread holds the role, and after the last one
 //! leaves it waits [`LINGER`] before it polls the socket again: a thread in a `recv`/`send` loop
 //! is back within a round trip, far less than that, so a ping-pong loop never wakes the driver
-//! thread. The linger is a one-shot `timerfd` the leaving thread re-arms (one syscall, nobody
-//! woken). While an application thread polls, the driver thread sleeps without a timeout: idle
-//! connections cost no CPU, whoever waits.
+//! thread. The linger is a one-shot `timerfd` the leaving thread re-arms when less than half of
+//! it is left (one syscall per half millisecond at most, nobody woken). While an application
+//! thread polls, the driver thread sleeps without a timeout: idle connections cost no CPU,
+//! whoever waits.
 //!
-//! **Backpressure instead of loss.** The poller reads one datagram at a time and stops as soon as
-//! one of its own records is queued, so the reading application never overflows its own receive
-//! queue: when it stops reading, the datagrams stay in the socket buffer
-//! ([`SocketOptions::recv_buffer_size`]). Other connections' records it reads go to their queues
-//! ([`EndpointConfig::recv_queue`](crate::EndpointConfig)); one whose application does not keep
-//! up drops them there, counted (`recv_queue_dropped`), rather than stall every other peer.
+//! **Reading ahead.** A `recv` whose records come in a burst reads on past its own record, up to
+//! [`READ_AHEAD`] datagrams per step while its queue has room, so the next calls find theirs
+//! queued with no `poll(2)`; a request/response loop, whose socket is empty after the reply,
+//! does not (a thread probes for a burst once every 16 waits).
+//!
+//! **Backpressure instead of loss.** The poller stops reading before its own queue is full, so
+//! the reading application never overflows it: when it stops reading, the datagrams stay in the
+//! socket buffer ([`SocketOptions::recv_buffer_size`]). Whoever else reads the socket (the
+//! driver thread, another connection's poller) pauses while the queue of the connection last
+//! read from is nearly full, for at most [`BACKPRESSURE`] per catch-up, so one slow reader
+//! cannot stall the other peers for longer. Past that, records for a connection whose
+//! application does not keep up are dropped at its queue, counted (`recv_queue_dropped`); the
+//! kernel's drops at a full socket buffer are counted too (`socket_dropped`, read with
+//! `SO_MEMINFO` by `stats()`).
 //!
 //! Application threads send directly (under the endpoint's lock) and wake the poller and the
 //! driver thread only when they change the deadlines (a new handshake, a close).

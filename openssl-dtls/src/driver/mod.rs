@@ -11,7 +11,7 @@
 //! | [`failures`] | failed handshakes waiting to be reported to the hook outside the lock |
 //! | [`moves`] | connections that followed their peer to a new address ([`AddressChange`]), waiting for the address-change hook outside the lock |
 //! | [`socket`] | socket options and opening the socket |
-//! | [`blocking`] | the blocking driver: a thread sleeping in `poll(2)`, a waker, `Condvar` waits |
+//! | [`blocking`] | the blocking driver: the waiting thread drives the socket (run to completion), a driver thread for when none waits, `Condvar` waits |
 //!
 //! A driver plugs in through [`Io`]: how it is woken, how it receives and sends, and the
 //! [`Signal`] its waiters sleep on (`Condvar` for threads, `tokio::sync::Notify` for tasks).
