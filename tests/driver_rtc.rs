@@ -1,5 +1,5 @@
 //! The blocking driver's run-to-completion path over real UDP on loopback: the threads that wait
-//! (`recv`, `accept`, `connect`) drive the socket themselves. Many threads on one connection and
+//! (`recv`, `connect`) drive the socket themselves. Many threads on one connection and
 //! across connections while `accept` runs, close and shutdown while a thread polls the socket,
 //! retransmissions while only application threads wait, and a one-way burst that arrives whole.
 //! Every wait is bounded; nothing here asserts on time.
@@ -38,8 +38,8 @@ fn client_ctx() -> DtlsClientContext {
         .unwrap()
 }
 
-/// A server whose accept thread keeps waiting (so it competes for the socket) and hands every
-/// connection to `serve`, on its own thread.
+/// A server whose accept thread keeps waiting and hands every connection to `serve`, on its own
+/// thread.
 fn server_with_accept_loop(
     serve: impl Fn(DtlsConnection) + Send + Sync + 'static,
 ) -> (Arc<DtlsServer>, thread::JoinHandle<()>) {
@@ -204,7 +204,7 @@ fn closing_the_client_while_threads_wait_in_recv_wakes_every_waiter() {
 }
 
 #[test]
-fn closing_the_server_while_accept_and_connection_threads_poll_wakes_every_waiter() {
+fn closing_the_server_while_accept_and_recv_threads_wait_wakes_every_waiter() {
     let server = Arc::new(DtlsServer::bind("127.0.0.1:0", server_ctx()).unwrap());
     let addr = server.local_addr();
     let accepted = Arc::new(Mutex::new(Vec::new()));
@@ -225,8 +225,8 @@ fn closing_the_server_while_accept_and_connection_threads_poll_wakes_every_waite
         })
         .collect();
     acceptor.join().unwrap();
-    // Now: one thread in accept (it may hold the socket), two in recv on each accepted
-    // connection (one of which takes the socket from accept).
+    // Now: one thread in accept (on its condition variable), two in recv on each accepted
+    // connection (one of them polls the socket, the others wait on their condition variable).
     let (tx, rx) = mpsc::channel::<String>();
     {
         let (server, tx) = (Arc::clone(&server), tx.clone());
@@ -341,9 +341,10 @@ impl Drop for Relay {
 
 #[test]
 fn retransmission_timers_fire_while_only_application_threads_wait() {
-    // The server's thread waits in accept, the client's in connect: the threads that poll the
-    // socket are theirs. The server's first two datagrams (its HelloVerifyRequest and the
-    // retransmission it answers with) are lost: only the client's timer recovers.
+    // The client's thread waits in connect: it polls the client's socket, and the client's
+    // driver thread stays parked. The server's first two datagrams (its HelloVerifyRequest and
+    // the one it answers the retransmitted ClientHello with) are lost: only the client's
+    // retransmission timer, run by the connect thread's poll, recovers.
     let server = Arc::new(DtlsServer::bind("127.0.0.1:0", server_ctx()).unwrap());
     let relay = Relay::start(server.local_addr(), 2);
     let acceptor = {

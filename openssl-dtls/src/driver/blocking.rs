@@ -4,15 +4,17 @@
 //!
 //! **Who reads the socket.** One thread at a time is *the poller*: it sleeps in `poll(2)` on the
 //! socket, reads the datagrams, runs the endpoint (records, handshakes, timers) and sends its
-//! output. A thread about to wait for its own condition (a connection's `recv*`, `accept*`,
-//! `connect`'s handshake) becomes the poller when the role is free, and returns as soon as its
-//! own condition holds: a round trip costs what plain UDP costs plus the crypto, with no hand-off
-//! to another thread. Its poll covers the endpoint's next deadline too, so retransmissions and
-//! idle timeouts run while only application threads wait. The datagrams it reads for other
-//! connections wake their waiters (a `Condvar`). A thread waiting for a connection takes the
-//! role from a thread waiting in `accept` (kicking it out of `poll(2)` through its own waker; it
-//! then waits on its `Condvar`); between waiters of the same rank the first keeps it, so threads
-//! do not kick each other on every datagram.
+//! output. A thread about to wait for its own connection (`recv*`, `connect`'s handshake)
+//! becomes the poller when the role is free, and returns as soon as its own condition holds: a
+//! round trip costs what plain UDP costs plus the crypto, with no hand-off to another thread.
+//! Its poll covers the endpoint's next deadline too, so retransmissions and idle timeouts run
+//! while only application threads wait. The datagrams it reads for other connections wake their
+//! waiters (a `Condvar`); between waiters the first keeps the role, so threads do not kick each
+//! other on every datagram. `accept` does not poll: it has no latency to gain, and a thread
+//! parked in `accept` for the server's lifetime would otherwise take the handshakes (and their
+//! CPU) off the driver thread and be kicked out by every `recv`; it waits on its `Condvar` while
+//! the driver thread or a `recv` poller runs the handshakes. ([`Rank`] keeps the rule that a
+//! connection waiter may take the role from a lower rank, should one poll.)
 //!
 //! **The driver thread** stays for when no application thread waits: handshakes of a server
 //! nobody accepts on yet, timers, the failure and address-change hooks (run outside the lock).
@@ -183,10 +185,10 @@ impl Signal for Waiters {
     }
 }
 
-/// Which waiter keeps the poller role: a higher rank takes it from a lower one.
+/// Which waiter may poll, and keeps the poller role: a higher rank takes it from a lower one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Rank {
-    /// `accept`: waits long, for anything; any connection waiter takes the socket from it.
+    /// `accept`: waits long, for anything; it does not poll (see the module docs).
     Accept,
     /// A connection's `recv*` or `connect`'s handshake.
     Connection,
@@ -537,7 +539,7 @@ pub(crate) fn wait_until<'a, T>(
         rank,
         deadline,
         tenure: None,
-        can_poll: true,
+        can_poll: rank != Rank::Accept,
         streaming: false,
         own,
     };
