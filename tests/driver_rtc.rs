@@ -485,3 +485,88 @@ fn when_nobody_reads_every_datagram_is_received_or_counted_as_dropped() {
     );
     assert!(got > 0);
 }
+
+#[test]
+fn a_stalled_reader_with_a_full_queue_delays_other_peers_only_boundedly_and_its_drops_are_counted()
+{
+    // Connection A's server thread reads one record, then stalls while its client sends a burst
+    // far beyond A's queue. Connection B, on the same server socket, keeps echoing meanwhile:
+    // the socket is left unread for A's sake only for a bounded pause, so every one of B's
+    // round trips completes. A's records are all received or counted as dropped.
+    const BURST: usize = 3_000;
+    let server = Arc::new(DtlsServer::bind("127.0.0.1:0", server_ctx()).unwrap());
+    let addr = server.local_addr();
+    let accept_two = {
+        let server = Arc::clone(&server);
+        thread::spawn(move || {
+            let a = server.accept_timeout(LIMIT).unwrap().expect("A");
+            let b = server.accept_timeout(LIMIT).unwrap().expect("B");
+            (a, b)
+        })
+    };
+    let client_a = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let conn_a = client_a.connect(addr, &client_ctx(), LIMIT).unwrap();
+    let client_b = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let conn_b = client_b.connect(addr, &client_ctx(), LIMIT).unwrap();
+    let (sconn_a, sconn_b) = accept_two.join().unwrap();
+    // Tell the two server connections apart by what arrives on them.
+    conn_a.send(b"A").unwrap();
+    conn_b.send(b"B").unwrap();
+    let mut buf = [0u8; 2048];
+    let (sconn_a, sconn_b) = match sconn_a.recv_timeout(&mut buf, LIMIT).unwrap() {
+        Some(1) if buf[0] == b'A' => (sconn_a, sconn_b),
+        _ => (sconn_b, sconn_a),
+    };
+    let _ = sconn_b.recv_timeout(&mut buf, LIMIT).unwrap();
+    // A is the connection read last: the one whose queue the pause protects.
+    conn_a.send(b"A2").unwrap();
+    assert_eq!(sconn_a.recv_timeout(&mut buf, LIMIT).unwrap(), Some(2));
+    let echo_b = thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok(Some(n @ 1..)) = sconn_b.recv_timeout(&mut buf, LIMIT) {
+            if sconn_b.send(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    // A's reader stalls.
+    let stalled = Arc::new(AtomicBool::new(true));
+    let reader_a = {
+        let stalled = Arc::clone(&stalled);
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while stalled.load(Ordering::SeqCst) {
+                thread::park_timeout(Duration::from_millis(10));
+            }
+            let mut got = 0u64;
+            while let Ok(Some(_)) = sconn_a.recv_timeout(&mut buf, Duration::from_millis(500)) {
+                got += 1;
+            }
+            (got, sconn_a)
+        })
+    };
+    let msg = [0x5au8; 1000];
+    for _ in 0..BURST {
+        conn_a.send(&msg).unwrap();
+    }
+    // B's round trips while A stalls with a full queue.
+    let mut back = [0u8; 64];
+    for i in 0..20u8 {
+        conn_b.send(&[i]).unwrap();
+        let n = conn_b
+            .recv_timeout(&mut back, LIMIT)
+            .unwrap()
+            .expect("B's echo arrives while A's reader stalls");
+        assert_eq!(&back[..n], &[i]);
+    }
+    stalled.store(false, Ordering::SeqCst);
+    let (got, _sconn_a) = reader_a.join().unwrap();
+    let (s, c) = (server.stats(), client_a.stats());
+    assert_eq!(
+        got + s.recv_queue_dropped + s.socket_dropped + c.send_failed,
+        BURST as u64,
+        "A received {got}; server {s:?}; client {c:?}"
+    );
+    drop(conn_b);
+    let _ = echo_b.join();
+}
