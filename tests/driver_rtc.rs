@@ -570,3 +570,54 @@ fn a_stalled_reader_with_a_full_queue_delays_other_peers_only_boundedly_and_its_
     drop(conn_b);
     let _ = echo_b.join();
 }
+
+#[test]
+fn a_thread_polling_the_clients_socket_moves_with_rebind() {
+    // A thread waits in recv (polling the client's socket) while the client moves to a new
+    // socket: the rebind kicks it onto the new one, where the echo of what is sent after the
+    // move arrives (the server follows the connection by its Connection ID).
+    let mut sctx = DtlsServerContext::builder();
+    sctx.psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()))
+        .connection_id(8);
+    let (server, _acceptor) = {
+        let server = Arc::new(DtlsServer::bind("127.0.0.1:0", sctx.build().unwrap()).unwrap());
+        let s = Arc::clone(&server);
+        let t = thread::spawn(move || {
+            for conn in s.incoming() {
+                let Ok(conn) = conn else { continue };
+                thread::spawn(move || echo_with_threads(conn, 1));
+            }
+        });
+        (server, t)
+    };
+    let mut cctx = DtlsClientContext::builder();
+    cctx.psk_credentials(PskCredentials::new(IDENTITY.to_vec(), KEY.to_vec()))
+        .connection_id(0);
+    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let conn = client
+        .connect(server.local_addr(), &cctx.build().unwrap(), LIMIT)
+        .unwrap();
+    let mut buf = [0u8; 64];
+    conn.send(b"before").unwrap();
+    assert_eq!(conn.recv_timeout(&mut buf, LIMIT).unwrap(), Some(6));
+    let (tx, rx) = mpsc::channel();
+    let waiter = {
+        let conn = conn.clone();
+        thread::spawn(move || {
+            let _ = tx.send(());
+            let mut buf = [0u8; 64];
+            conn.recv_timeout(&mut buf, LIMIT)
+                .map(|n| n.map(|n| buf[..n].to_vec()))
+        })
+    };
+    rx.recv_timeout(LIMIT).unwrap();
+    thread::sleep(Duration::from_millis(50)); // let it reach its poll (not required)
+    let old = client.local_addr();
+    assert_ne!(client.rebind("127.0.0.1:0").unwrap(), old);
+    conn.send(b"moved").unwrap();
+    assert_eq!(
+        waiter.join().unwrap().unwrap().as_deref(),
+        Some(&b"moved"[..])
+    );
+    assert_eq!(server.stats().cid_moves, 1);
+}
