@@ -277,12 +277,14 @@ impl Rtc {
         let (peer, id) = self.reader?;
         let Some(session) = endpoint.session(peer, id) else {
             self.reader = None;
+            self.backlog_until = None;
             return None;
         };
         if !session.has_received() {
             // Caught up: the next time it falls behind, it may pause the socket again.
             self.pause_since = None;
             self.pause_spent = false;
+            self.backlog_until = None;
             return None;
         }
         if self.pause_spent || !session.recv_queue_nearly_full() {
@@ -291,6 +293,7 @@ impl Rtc {
         let until = *self.pause_since.get_or_insert(now) + BACKPRESSURE;
         if until <= now {
             self.pause_spent = true;
+            self.backlog_until = None;
             log::debug!("{peer}: its reader fell behind for {BACKPRESSURE:?}; reading on");
             return None;
         }
@@ -688,7 +691,9 @@ impl<'a> Wait<'_, 'a> {
 
     /// One step as the poller: unless the last step read a datagram, sleep in `poll(2)` on the
     /// socket and our kick until something arrives, our deadline or the endpoint's next one;
-    /// then read one datagram (if any), run the timers that are due, events and output.
+    /// then read datagrams until our own record is queued (or more in a burst, up to
+    /// [`READ_AHEAD`], while our queue has room and no pause holds), then run the timers that
+    /// are due, events and output.
     fn poll_step(&mut self, kick: &Kick) {
         let shared = self.shared;
         let io = &shared.io;
@@ -722,6 +727,9 @@ impl<'a> Wait<'_, 'a> {
         let mut read = 0;
         let mut ahead = false; // reading past our own record in this step
         loop {
+            if read > 0 && core.rtc.pause(&core.endpoint, Instant::now()).is_some() {
+                break; // the reader the pause protects is behind: leave the rest in the socket
+            }
             shared.receive(core, &mut rx, 1);
             if io.drained.load(Ordering::Relaxed) {
                 if ahead {
