@@ -12,6 +12,7 @@
 //! | [`moves`] | connections that followed their peer to a new address ([`AddressChange`]), waiting for the address-change hook outside the lock |
 //! | [`socket`] | socket options and opening the socket |
 //! | [`blocking`] | the blocking driver: the waiting thread drives the socket (run to completion), a driver thread for when none waits, `Condvar` waits |
+//! | [`rtc`] | the blocking driver's run-to-completion wait: the poller role, reading ahead, the backpressure pause |
 //!
 //! A driver plugs in through [`Io`]: how it is woken, how it receives and sends, and the
 //! [`Signal`] its waiters sleep on (`Condvar` for threads, `tokio::sync::Notify` for tasks).
@@ -20,6 +21,7 @@ pub(crate) mod blocking;
 pub(crate) mod failures;
 pub(crate) mod handle;
 pub(crate) mod moves;
+pub(crate) mod rtc;
 pub(crate) mod shared;
 pub(crate) mod socket;
 
