@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::connection::DtlsConnection;
 use crate::context::DtlsClientContext;
-use crate::driver::blocking::{self, Blocking, Driver};
+use crate::driver::blocking::{self, Blocking, Driver, Rank};
 use crate::driver::handle::{Handle, Known};
 use crate::driver::SocketOptions;
 use crate::endpoint::{Endpoint, EndpointConfig, EndpointStats};
@@ -114,9 +114,15 @@ impl DtlsClient {
         let shared = &self.driver.shared;
         let (id, signal) = shared.begin_connect(peer, ctx, server_name)?;
         let core = shared.lock();
-        let (core, outcome) = blocking::wait_until(core, &signal, Some(deadline), |core| {
-            core.connect_outcome(id)
-        });
+        let (core, outcome) = blocking::wait_until(
+            shared,
+            core,
+            &signal,
+            Rank::Connection,
+            None,
+            Some(deadline),
+            |core| core.connect_outcome(id),
+        );
         let connected = Handle::connected(shared, &core, peer, id, outcome);
         drop(core);
         match connected {
@@ -163,7 +169,9 @@ impl DtlsClient {
         Ok(new)
     }
 
-    /// A snapshot of the endpoint's counters.
+    /// A snapshot of the endpoint's counters, with the socket's: datagrams the kernel dropped
+    /// at its receive buffer (`socket_rx_dropped`) and sends that failed
+    /// (`socket_send_errors`, `socket_send_full`).
     pub fn stats(&self) -> EndpointStats {
         self.driver.shared.stats()
     }

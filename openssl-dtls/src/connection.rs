@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::driver::blocking::{self, Blocking};
+use crate::driver::blocking::{self, Blocking, Rank};
 use crate::driver::handle::{connection_accessors, Handle};
 use crate::error::Result;
 
@@ -81,9 +81,23 @@ impl DtlsConnection {
     fn recv_until(&self, buf: &mut [u8], deadline: Option<Instant>) -> Result<Option<usize>> {
         let inner = &*self.inner;
         let core = inner.shared.lock();
-        let (_core, outcome) = blocking::wait_until(core, &inner.signal, deadline, |core| {
-            inner.recv_locked(core, buf)
-        });
+        let (_core, outcome) = blocking::wait_until(
+            &inner.shared,
+            core,
+            &inner.signal,
+            Rank::Connection,
+            Some((inner.peer, inner.id)),
+            deadline,
+            |core| {
+                let got = inner.recv_locked(core, buf);
+                if let Some(Ok(Some(_))) = got {
+                    // Backpressure: the driver thread does not read ahead of this reader
+                    // (`driver::blocking::BACKPRESSURE`).
+                    core.rtc.note_read(inner.peer, inner.id);
+                }
+                got
+            },
+        );
         outcome.unwrap_or(Ok(None))
     }
 
@@ -109,9 +123,15 @@ impl DtlsConnection {
         let inner = &*self.inner;
         let deadline = Some(Instant::now() + timeout);
         let core = inner.shared.lock();
-        let (_core, outcome) = blocking::wait_until(core, &inner.signal, deadline, |core| {
-            inner.recv_non_dtls_locked(core, buf)
-        });
+        let (_core, outcome) = blocking::wait_until(
+            &inner.shared,
+            core,
+            &inner.signal,
+            Rank::Connection,
+            None,
+            deadline,
+            |core| inner.recv_non_dtls_locked(core, buf),
+        );
         outcome.transpose()
     }
 

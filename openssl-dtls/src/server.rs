@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::connection::DtlsConnection;
 use crate::context::DtlsServerContext;
-use crate::driver::blocking::{self, Driver};
+use crate::driver::blocking::{self, Driver, Rank};
 use crate::driver::handle::Handle;
 use crate::driver::moves::AddressChange;
 use crate::driver::shards::{self, AcceptHub};
@@ -271,8 +271,15 @@ fn accept_from(
     deadline: Option<Instant>,
 ) -> Result<Option<DtlsConnection>> {
     let core = shared.lock();
-    let (core, got) =
-        blocking::wait_until(core, &shared.accept, deadline, |core| core.pop_accept());
+    let (core, got) = blocking::wait_until(
+        shared,
+        core,
+        &shared.accept,
+        Rank::Accept,
+        None,
+        deadline,
+        |core| core.pop_accept(),
+    );
     match got {
         None => Ok(None),
         Some(Err(e)) => Err(e),

@@ -13,7 +13,8 @@
 //! | [`socket`] | socket options and opening the socket |
 //! | [`shards`] | a server as N drivers on `SO_REUSEPORT` sockets: the plan, the accept hub, the summed counters |
 //! | [`batch`] | the receive and send batches (`recvmmsg`/`sendmmsg`, GRO, GSO) and the socket's drop counters |
-//! | [`blocking`] | the blocking driver: a thread sleeping in `poll(2)`, a waker, `Condvar` waits |
+//! | [`blocking`] | the blocking driver: the waiting thread drives the socket (run to completion), a driver thread for when none waits, `Condvar` waits |
+//! | [`rtc`] | the blocking driver's run-to-completion wait: the poller role, reading ahead, the backpressure pause |
 //! | [`workers`] | the handshake workers: server handshake steps run outside the lock |
 //!
 //! A driver plugs in through [`Io`]: how it is woken, how it receives and sends, and the
@@ -24,6 +25,7 @@ pub(crate) mod blocking;
 pub(crate) mod failures;
 pub(crate) mod handle;
 pub(crate) mod moves;
+pub(crate) mod rtc;
 pub(crate) mod shards;
 pub(crate) mod shared;
 pub(crate) mod socket;
@@ -85,6 +87,12 @@ pub(crate) trait Io: fmt::Debug + Send + Sync + Sized + 'static {
     /// The socket's address now, if the driver can tell (it changes after a client's
     /// `rebind`); `None`: the address it was opened on still holds.
     fn local_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    /// The kernel's count of datagrams dropped at the socket's full receive buffer, read now
+    /// (`SO_MEMINFO`), if the driver can tell; `None`: only what `SO_RXQ_OVFL` reported.
+    fn socket_drops(&self) -> Option<u64> {
         None
     }
 

@@ -12,12 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::batch;
+use super::blocking::Rtc;
 use super::failures::PendingFailures;
 use super::moves::{AddressChange, PendingMoves};
 use super::{Io, Output, Signal};
 use crate::context::DtlsClientContext;
 use crate::endpoint::{ConnectionId, Endpoint, Event};
 use crate::error::{Error, Result};
+use crate::ffi::os;
 
 /// How a connection handle sees its connection.
 #[derive(Debug)]
@@ -58,6 +60,9 @@ pub(crate) struct Core<D: Io> {
     pub failures: PendingFailures,
     /// Connections that moved to a new peer address, for the address-change hook.
     pub moves: PendingMoves,
+    /// Which thread drives the socket (the blocking driver's run-to-completion state; unused
+    /// by the tokio driver).
+    pub rtc: Rtc,
 }
 
 impl<D: Io> fmt::Debug for Core<D> {
@@ -120,6 +125,21 @@ impl<D: Io, R> Running<D, R> {
     }
 }
 
+/// What one [`Shared::receive`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Received {
+    /// Datagrams handed to the endpoint (a GRO train counts as the datagrams it carries).
+    pub datagrams: usize,
+    /// The socket had no more: a short batch, or `WouldBlock`.
+    pub drained: bool,
+}
+
+/// Failed handshakes and address changes taken from under the lock, for their hooks.
+pub(crate) type Reports = (
+    Option<super::failures::Report>,
+    Option<super::moves::Report>,
+);
+
 /// Shared by the driver (thread or task) and every handle.
 #[derive(Debug)]
 pub(crate) struct Shared<D: Io> {
@@ -157,6 +177,7 @@ impl<D: Io> Shared<D> {
                 out: Output::default(),
                 failures: PendingFailures::default(),
                 moves: PendingMoves::default(),
+                rtc: Rtc::default(),
             }),
             accept: D::Signal::default(),
             io,
@@ -281,32 +302,55 @@ impl<D: Io> Shared<D> {
         if core.shutdown {
             return false;
         }
-        self.receive(&mut core);
-        core.endpoint.handle_timeout(Instant::now());
-        // After the batch's records: handshakes the workers finished come back, and the ones
-        // checked out in this turn go to them.
-        self.workers.exchange(&mut core.endpoint);
-        self.settle(&mut core);
-        let failures = core.failures.take();
-        let moves = core.moves.take();
+        self.receive(&mut core, self.batch);
+        self.after_receive(&mut core);
+        let reports = Self::take_reports(&mut core);
         drop(core);
+        Self::report(reports);
+        true
+    }
+
+    /// Datagrams read per driver turn ([`SocketOptions::batch`](super::SocketOptions)).
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// What follows a receive batch, under the lock: the timers that are due, the handshake
+    /// workers' exchange (after the batch's records: handshakes the workers finished come
+    /// back, and the ones checked out in this turn go to them), then events and output.
+    pub fn after_receive(&self, core: &mut Core<D>) {
+        core.endpoint.handle_timeout(Instant::now());
+        self.workers.exchange(&mut core.endpoint);
+        self.settle(core);
+    }
+
+    /// Takes the failed handshakes and address changes waiting for their hooks, to
+    /// [`report`](Self::report) once the lock is released.
+    pub fn take_reports(core: &mut Core<D>) -> Reports {
+        (core.failures.take(), core.moves.take())
+    }
+
+    /// Calls the failure and address-change hooks with what [`take_reports`](Self::take_reports)
+    /// took. Call without the lock.
+    pub fn report((failures, moves): Reports) {
         if let Some(report) = failures {
             report.report();
         }
         if let Some(report) = moves {
             report.report();
         }
-        true
     }
 
-    /// Receives up to the batch size of datagrams (`recvmmsg(2)`, as many per call as the
-    /// receive batch holds) and hands each to the endpoint; a GRO train is split into its
-    /// datagrams, each handled on its own and counted against the batch size (a turn may
-    /// exceed it by the rest of its last train). Stops once the socket has no more (a short batch,
-    /// or `WouldBlock` for an edge-triggered driver).
-    fn receive(&self, core: &mut Core<D>) {
+    /// Receives up to `max` datagrams (`recvmmsg(2)`, as many per call as the receive batch
+    /// holds) and hands each to the endpoint, under the lock the caller holds; a GRO train is
+    /// split into its datagrams, each handled on its own and counted against `max` (a call may
+    /// exceed it by the rest of its last train). Returns how many were handled, and whether the
+    /// socket had no more (a short batch, or `WouldBlock`; an edge-triggered driver reads until
+    /// `WouldBlock`).
+    pub fn receive(&self, core: &mut Core<D>, max: usize) -> Received {
         let Core { endpoint, out, .. } = core;
-        let mut left = self.batch;
+        let mut left = max;
+        let mut got = Received::default();
         while left > 0 {
             match self.io.try_recv_batch(&mut out.rx, left) {
                 Ok(n) => {
@@ -329,13 +373,21 @@ impl<D: Io> Shared<D> {
                             handled += 1;
                         }
                     }
-                    if n < left.min(batch::RECV_SLOTS) && !D::EDGE_TRIGGERED {
-                        break; // the socket is drained: no need to ask again
+                    got.datagrams += handled;
+                    // Fewer than one call could return: the socket is drained, no need to ask
+                    // again (1 per call where the system has no `recvmmsg`).
+                    if n < left.min(batch::RECV_SLOTS).min(os::RECV_PER_CALL) && !D::EDGE_TRIGGERED
+                    {
+                        got.drained = true;
+                        break;
                     }
                     // A GRO train counts as the datagrams it carries.
                     left = left.saturating_sub(handled.max(n));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    got.drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // ICMP errors surface as ECONNREFUSED etc. on Linux: not fatal.
                 Err(e) => {
@@ -344,6 +396,7 @@ impl<D: Io> Shared<D> {
                 }
             }
         }
+        got
     }
 
     /// A snapshot of the endpoint's counters with the socket's (`socket_rx_dropped`,
@@ -352,6 +405,11 @@ impl<D: Io> Shared<D> {
         let core = self.lock();
         let mut stats = core.endpoint.stats();
         core.out.counters.add_to(&mut stats);
+        // The kernel's count read now (`SO_MEMINFO`), where the driver can: exact at once,
+        // where `SO_RXQ_OVFL` arrives only with the next datagram.
+        if let Some(now) = self.io.socket_drops() {
+            stats.socket_rx_dropped = stats.socket_rx_dropped.max(now);
+        }
         stats
     }
 

@@ -8,7 +8,7 @@
 //! | [`ctx`] | `SSL_CTX` settings and callbacks rust-openssl lacks |
 //! | [`evp`] | the AEAD ciphers, key derivation and cleansing of the compact record layer |
 //! | [`listen`] | `DTLSv1_listen` and `BIO_ADDR` |
-//! | [`os`] | `poll(2)` for the blocking driver, `dup3(2)`, the datagram batches (`recvmmsg`/`sendmmsg`, GRO, GSO, `SO_RXQ_OVFL`) |
+//! | [`os`] | `poll(2)`, a one-shot `timerfd` and `SO_MEMINFO` for the blocking driver, `dup3(2)`, the datagram batches (`recvmmsg`/`sendmmsg`, GRO, GSO, `SO_RXQ_OVFL`) |
 //! | [`reuseport`] | `SO_ATTACH_REUSEPORT_CBPF`: steering a shard group by Connection ID |
 //! | [`ssl`] | the `SSL` calls of a session (handshake, read, write, shutdown, timers, state) |
 

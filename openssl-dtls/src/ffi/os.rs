@@ -1,5 +1,5 @@
-//! The calls into the OS that need `unsafe`: `poll(2)` for the blocking driver's wait,
-//! `dup3(2)` for a client's rebind, and the datagram batches of both drivers —
+//! The calls into the OS that need `unsafe`: `poll(2)` and a one-shot `timerfd` for the
+//! blocking driver's waits, `SO_MEMINFO`'s drop count, `dup3(2)` for a client's rebind, and the datagram batches of both drivers —
 //! `recvmmsg(2)`/`sendmmsg(2)` with their control messages (`UDP_GRO`, `SO_RXQ_OVFL` on receive,
 //! `UDP_SEGMENT` on send) and the socket options that turn them on. Everything else about
 //! sockets goes through `std` and `socket2`.
@@ -15,7 +15,7 @@
 use std::io;
 use std::mem::size_of;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use socket2::SockAddr;
@@ -88,6 +88,14 @@ pub(crate) fn lower_thread_priority(nice: i32) {
 /// The most datagrams one [`recv_batch`] or [`send_batch`] call moves (the stack arrays of
 /// `mmsghdr`s are this long).
 pub(crate) const MAX_BATCH: usize = 64;
+
+/// The most datagrams one [`recv_batch`] call can return: [`MAX_BATCH`] with `recvmmsg(2)`,
+/// 1 where the system has only `recvfrom(2)`.
+pub(crate) const RECV_PER_CALL: usize = if cfg!(any(target_os = "linux", target_os = "android")) {
+    MAX_BATCH
+} else {
+    1
+};
 
 /// Whether this system has UDP GSO at all (Linux); the kernel may still refuse it.
 pub(crate) const GSO_AVAILABLE: bool = cfg!(any(target_os = "linux", target_os = "android"));
@@ -488,6 +496,108 @@ pub(crate) fn send_batch(fd: BorrowedFd<'_>, data: &[u8], msgs: &[SendMsg]) -> i
         return Err(io::Error::last_os_error());
     }
     Ok(1)
+}
+
+/// How many datagrams the kernel dropped at socket `fd`'s receive buffer since it was opened
+/// (`getsockopt(SOL_SOCKET, SO_MEMINFO)`, `SK_MEMINFO_DROPS`: the buffer was full, or a
+/// checksum or memory failure). A 32-bit counter in the kernel.
+#[doc(alias = "SO_MEMINFO")]
+pub(crate) fn socket_drops(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    /// `SO_MEMINFO` (Linux ≥ 3.17; 55 on every architecture but MIPS and SPARC).
+    const SO_MEMINFO: libc::c_int = 55;
+    /// `SK_MEMINFO_VARS`: the kernel fills at most this many counters.
+    const VARS: usize = 9;
+    let mut info = [0u32; VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `fd` is open for the duration of the call; `info` is writable for `len` bytes and
+    // the kernel writes at most `len` bytes, updating `len` to what it wrote.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let drops = libc::SK_MEMINFO_DROPS as usize;
+    if (len as usize) < (drops + 1) * 4 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "SO_MEMINFO without the drop counter",
+        ));
+    }
+    Ok(u64::from(info[drops]))
+}
+
+/// A one-shot timer as a descriptor (`timerfd_create(CLOCK_MONOTONIC)`, non-blocking): readable
+/// once it expired, until [`clear`](Self::clear). Arming it is one syscall and wakes nobody, which
+/// is why the blocking driver uses it to resume after its linger.
+#[doc(alias = "timerfd_create")]
+#[derive(Debug)]
+pub(crate) struct OneShotTimer {
+    fd: OwnedFd,
+}
+
+impl OneShotTimer {
+    /// A disarmed timer.
+    pub(crate) fn new() -> io::Result<OneShotTimer> {
+        // SAFETY: plain syscall with constant flags; the result is checked before use.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by timerfd_create and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(OneShotTimer { fd })
+    }
+
+    /// (Re)arms the timer to expire once, `after` from now (`timerfd_settime`, relative); a
+    /// zero `after` is rounded up to a nanosecond (zero would disarm it).
+    #[doc(alias = "timerfd_settime")]
+    pub(crate) fn arm(&self, after: Duration) -> io::Result<()> {
+        let after = after.max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `self.fd` is an open timerfd; `spec` is a valid itimerspec read by the call,
+        // and a null old-value pointer is allowed.
+        let r =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Consumes an expiry, so the timer is no longer readable (a no-op if it has not expired).
+    pub(crate) fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: `self.fd` is an open non-blocking timerfd and `count` is 8 writable bytes,
+        // the size a timerfd read needs; an error (EAGAIN: not expired) is ignored.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+    }
+}
+
+impl AsFd for OneShotTimer {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 #[cfg(test)]

@@ -582,6 +582,15 @@ impl Session {
         !self.received.is_empty()
     }
 
+    /// Whether the receive queue is full or nearly ([`SessionConfig::recv_queue`] and
+    /// `recv_queue_bytes`): another datagram's records might not fit (a margin of four records
+    /// and one data MTU). The blocking driver stops reading the socket for this connection's
+    /// reader then, for a bounded time, instead of dropping.
+    pub(crate) fn recv_queue_nearly_full(&self) -> bool {
+        self.received.len() + 4 > self.config.recv_queue
+            || self.received_bytes + self.data_mtu.max(MIN_MTU) > self.config.recv_queue_bytes
+    }
+
     /// Closes the session: sends `close_notify` if established (`SSL_shutdown`). Queued received
     /// data can still be read. Closing twice, or a failed session, does nothing.
     #[doc(alias = "SSL_shutdown")]
