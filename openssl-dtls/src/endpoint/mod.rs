@@ -398,7 +398,12 @@ impl Endpoint {
             let out = if self.reply_turn {
                 self.poll_reply(buf)
             } else {
-                self.poll_session_transmit(buf)
+                // The flights of handshakes checked out go first: they are older than what
+                // their sessions write once back.
+                match self.poll_flight(buf) {
+                    Some(out) => Some(out),
+                    None => self.poll_session_transmit(buf),
+                }
             };
             if let Some((addr, n)) = out {
                 self.stats.datagrams_out += 1;
