@@ -461,9 +461,13 @@ fn a_cid_record_from_the_address_of_a_checked_out_handshake_does_not_move_a_conn
     assert_eq!(ep.handshakes_out(), 0);
 }
 
-/// The HelloVerifyRequests counted for: a client's handshake (out, with offload), then a
-/// restarted client at the same address sending its first ClientHello, then everything run.
-fn hello_verify_requests_after_a_restart_at_the_same_address(offload: bool) -> u64 {
+/// The HelloVerifyRequests counted for: a client's handshake (out, with offload), then (if
+/// `retransmitted`) its ClientHello again, then a restarted client at the same address sending
+/// its first ClientHello, then everything run.
+fn hello_verify_requests_after_a_restart_at_the_same_address(
+    offload: bool,
+    retransmitted: bool,
+) -> u64 {
     let mut ep = Endpoint::server(psk_server(), EndpointConfig::default()).unwrap();
     ep.set_handshake_offload(offload);
     let now = Instant::now();
@@ -473,6 +477,9 @@ fn hello_verify_requests_after_a_restart_at_the_same_address(offload: bool) -> u
     ep.handle_datagram(now, a, &hello);
     let job = ep.poll_handshake_job();
     assert_eq!(job.is_some(), offload);
+    if retransmitted {
+        ep.handle_datagram(now, a, &hello);
+    }
     let mut c2 = psk_client().new_session(None, now).unwrap();
     let mut buf = vec![0u8; 65_536];
     let n = c2.poll_transmit(&mut buf).unwrap();
@@ -489,17 +496,21 @@ fn hello_verify_requests_after_a_restart_at_the_same_address(offload: bool) -> u
             sent += 1;
         }
     }
-    assert_eq!(sent, 1, "offload {offload}");
+    assert_eq!(sent, 1, "offload {offload}, retransmitted {retransmitted}");
     ep.stats().hello_verify_requests
 }
 
 #[test]
 fn a_restarted_clients_hello_waiting_for_a_checked_out_handshake_gets_a_hello_verify_request() {
     let _serial = serial();
-    let inline = hello_verify_requests_after_a_restart_at_the_same_address(false);
-    let offloaded = hello_verify_requests_after_a_restart_at_the_same_address(true);
-    assert_eq!(inline, 2);
-    assert_eq!(offloaded, inline);
+    for retransmitted in [false, true] {
+        let inline =
+            hello_verify_requests_after_a_restart_at_the_same_address(false, retransmitted);
+        let offloaded =
+            hello_verify_requests_after_a_restart_at_the_same_address(true, retransmitted);
+        assert_eq!(inline, 2);
+        assert_eq!(offloaded, inline, "retransmitted {retransmitted}");
+    }
 }
 
 /// A job comes back with a retransmitted ClientHello waiting: it goes out again at once for it,
