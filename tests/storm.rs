@@ -80,7 +80,7 @@ fn run_jobs(ep: &mut Endpoint, now: Instant) -> usize {
     let mut ran = 0;
     while let Some(mut job) = ep.poll_handshake_job() {
         job.run(now);
-        ep.finish_handshake_job(now, job);
+        ep.finish_handshake_job(now, job).unwrap();
         ran += 1;
     }
     ran
@@ -260,7 +260,7 @@ fn datagrams_for_a_checked_out_handshake_wait_in_its_inbox_and_the_overflow_is_c
     assert!(ep.poll_handshake_job().is_none(), "one job per handshake");
     let mut job = job;
     job.run(now);
-    ep.finish_handshake_job(now, job);
+    ep.finish_handshake_job(now, job).unwrap();
     // Back in the table with its first flight to send, and out again at once for the
     // datagrams that waited (the retransmitted ClientHellos: OpenSSL answers them).
     assert_eq!(ep.stats().handshake_jobs, 2);
@@ -307,7 +307,7 @@ fn established_connections_are_served_while_a_handshake_is_out() {
     // Its timers wait while it is out; given back, it completes.
     let mut held = held;
     held.run(now);
-    ep.finish_handshake_job(now, held);
+    ep.finish_handshake_job(now, held).unwrap();
     pump(&mut ep, now, true, &mut [(b, &mut newcomer)]);
     assert!(newcomer.is_established(), "{:?}", newcomer.error());
     assert_eq!(ep.stats().connections, 2);
@@ -391,7 +391,7 @@ fn closing_and_dropping_with_jobs_out_frees_every_ssl() {
         ep.close_all();
         for mut job in jobs.drain(..2) {
             job.run(now);
-            ep.finish_handshake_job(now, job);
+            ep.finish_handshake_job(now, job).unwrap();
         }
         assert_eq!(ep.handshakes_out(), 4);
         assert_eq!(
@@ -403,6 +403,231 @@ fn closing_and_dropping_with_jobs_out_frees_every_ssl() {
         drop(clients);
     }
     assert_eq!(live_ssl_objects(), before, "every SSL freed");
+}
+
+/// A handshake is out; the device of an established connection, its NAT rebound, sends a CID
+/// record from that handshake's address: the connection does not move there (the address is
+/// busy), and the handshake, given back, completes.
+#[test]
+fn a_cid_record_from_the_address_of_a_checked_out_handshake_does_not_move_a_connection_there() {
+    let _serial = serial();
+    let now = Instant::now();
+    let cipher = "PSK-AES128-CCM8";
+    let mut ep = Endpoint::server(
+        support::cid::server_ctx(6, cipher),
+        EndpointConfig::default(),
+    )
+    .unwrap();
+    ep.set_handshake_offload(true);
+    let cctx = support::cid::client_ctx(Some(4), cipher);
+    let (a, b) = (addr(40), addr(41));
+    let mut ca = cctx.new_session(None, now).unwrap();
+    let hello = hello_with_cookie(&mut ep, now, a, &mut ca);
+    ep.handle_datagram(now, a, &hello);
+    pump(&mut ep, now, true, &mut [(a, &mut ca)]);
+    assert!(ca.is_established(), "{:?}", ca.error());
+    let id_a = ep.connection_id(a).unwrap();
+    let mut cb = cctx.new_session(None, now).unwrap();
+    let hello = hello_with_cookie(&mut ep, now, b, &mut cb);
+    ep.handle_datagram(now, b, &hello);
+    let mut job = ep.poll_handshake_job().expect("B's first step, out");
+    // A's record arrives from B's address.
+    let mut buf = vec![0u8; 65_536];
+    ca.send(b"rebound").unwrap();
+    let n = ca.poll_transmit(&mut buf).unwrap();
+    ep.handle_datagram(now, b, &buf[..n]);
+    let stats = ep.stats();
+    assert_eq!(
+        (stats.cid_moves, stats.cid_moves_refused_busy),
+        (0, 1),
+        "{stats:?}"
+    );
+    assert_eq!(ep.connection_id(a), Some(id_a), "A stays where it is");
+    assert_eq!(ep.recv(a, id_a, &mut buf).unwrap(), Some(7));
+    job.run(now);
+    ep.finish_handshake_job(now, job).unwrap();
+    pump(&mut ep, now, true, &mut [(b, &mut cb)]);
+    assert!(cb.is_established(), "{:?}", cb.error());
+    let stats = ep.stats();
+    assert_eq!(
+        (
+            stats.connections,
+            stats.handshakes,
+            stats.handshakes_failed_local
+        ),
+        (2, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(ep.handshakes_out(), 0);
+}
+
+/// The HelloVerifyRequests counted for: a client's handshake (out, with offload), then (if
+/// `retransmitted`) its ClientHello again, then a restarted client at the same address sending
+/// its first ClientHello, then everything run.
+fn hello_verify_requests_after_a_restart_at_the_same_address(
+    offload: bool,
+    retransmitted: bool,
+) -> u64 {
+    let mut ep = Endpoint::server(psk_server(), EndpointConfig::default()).unwrap();
+    ep.set_handshake_offload(offload);
+    let now = Instant::now();
+    let a = addr(42);
+    let mut c1 = psk_client().new_session(None, now).unwrap();
+    let hello = hello_with_cookie(&mut ep, now, a, &mut c1);
+    ep.handle_datagram(now, a, &hello);
+    let job = ep.poll_handshake_job();
+    assert_eq!(job.is_some(), offload);
+    if retransmitted {
+        ep.handle_datagram(now, a, &hello);
+    }
+    let mut c2 = psk_client().new_session(None, now).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let n = c2.poll_transmit(&mut buf).unwrap();
+    ep.handle_datagram(now, a, &buf[..n]);
+    if let Some(mut job) = job {
+        job.run(now);
+        ep.finish_handshake_job(now, job).unwrap();
+    }
+    run_jobs(&mut ep, now);
+    // The restarted client is told to prove its address.
+    let mut sent = 0;
+    while let Some((to, _)) = ep.poll_transmit(&mut buf) {
+        if (to, buf[0], buf[13]) == (a, 22, 3) {
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 1, "offload {offload}, retransmitted {retransmitted}");
+    ep.stats().hello_verify_requests
+}
+
+#[test]
+fn a_restarted_clients_hello_waiting_for_a_checked_out_handshake_gets_a_hello_verify_request() {
+    let _serial = serial();
+    for retransmitted in [false, true] {
+        let inline =
+            hello_verify_requests_after_a_restart_at_the_same_address(false, retransmitted);
+        let offloaded =
+            hello_verify_requests_after_a_restart_at_the_same_address(true, retransmitted);
+        assert_eq!(inline, 2);
+        assert_eq!(offloaded, inline, "retransmitted {retransmitted}");
+    }
+}
+
+/// A job comes back with a retransmitted ClientHello waiting: it goes out again at once for it,
+/// and the first flight it wrote is sent meanwhile.
+#[test]
+fn the_flight_of_a_job_checked_out_again_at_once_is_sent() {
+    let _serial = serial();
+    let mut ep = offloading(EndpointConfig::default());
+    let now = Instant::now();
+    let a = addr(43);
+    let mut c = psk_client().new_session(None, now).unwrap();
+    let hello = hello_with_cookie(&mut ep, now, a, &mut c);
+    ep.handle_datagram(now, a, &hello);
+    let mut job = ep.poll_handshake_job().expect("the first step");
+    ep.handle_datagram(now, a, &hello); // the client's retransmission, waiting
+    job.run(now);
+    ep.finish_handshake_job(now, job).unwrap();
+    assert_eq!(ep.handshakes_out(), 1, "out again for the retransmission");
+    let mut buf = vec![0u8; 65_536];
+    let (to, n) = ep.poll_transmit(&mut buf).expect("the first flight");
+    assert_eq!((to, buf[0], buf[13]), (a, 22, 2), "a ServerHello");
+    c.handle_datagram(now, &buf[..n]);
+    while let Some((to, n)) = ep.poll_transmit(&mut buf) {
+        assert_eq!(to, a);
+        c.handle_datagram(now, &buf[..n]);
+    }
+    pump(&mut ep, now, true, &mut [(a, &mut c)]);
+    assert!(c.is_established(), "{:?}", c.error());
+}
+
+/// A job finished on an endpoint that did not check it out is refused (dropped, its `SSL`
+/// freed), and leaves that endpoint as it was.
+#[test]
+fn a_job_given_to_another_endpoint_is_refused() {
+    let _serial = serial();
+    let before = live_ssl_objects();
+    let now = Instant::now();
+    let mut e1 = offloading(EndpointConfig::default());
+    let mut e2 = offloading(EndpointConfig::default());
+    let a = addr(44);
+    let mut c = psk_client().new_session(None, now).unwrap();
+    let hello = hello_with_cookie(&mut e1, now, a, &mut c);
+    e1.handle_datagram(now, a, &hello);
+    let mut job = e1.poll_handshake_job().unwrap();
+    let id = job.id();
+    job.run(now);
+    let stats = e2.stats();
+    let refused = e2.finish_handshake_job(now, job).unwrap_err();
+    assert!(
+        matches!(&refused, openssl_dtls::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput),
+        "{refused:?}"
+    );
+    assert_eq!(e2.stats(), stats);
+    assert_eq!((e2.len(), e2.handshakes_out()), (0, 0));
+    // The client's datagrams reach e2: nothing there knows them.
+    pump(&mut e2, now, true, &mut [(a, &mut c)]);
+    assert!(!c.is_established());
+    let stats = e2.stats();
+    assert_eq!((stats.handshakes, stats.connections), (0, 0), "{stats:?}");
+    // e1 lost the job: it gives the handshake up.
+    assert!(e1.abandon_handshake_job(a, id));
+    assert_eq!((e1.stats().handshakes, e1.handshakes_out()), (0, 0));
+    drop(c);
+    drop(e1);
+    drop(e2);
+    assert_eq!(live_ssl_objects(), before, "every SSL freed once");
+}
+
+/// A job lost by its runner (it panicked) is given up: the endpoint's counts go back to
+/// nothing, the failure is reported, and the client's next attempt from that address works.
+#[test]
+fn an_abandoned_job_gives_its_handshake_up() {
+    let _serial = serial();
+    let before = live_ssl_objects();
+    let mut ep = offloading(EndpointConfig::default());
+    let now = Instant::now();
+    let a = addr(45);
+    let mut c = psk_client().new_session(None, now).unwrap();
+    let hello = hello_with_cookie(&mut ep, now, a, &mut c);
+    ep.handle_datagram(now, a, &hello);
+    let job = ep.poll_handshake_job().unwrap();
+    ep.handle_datagram(now, a, &hello); // waiting for it
+    let (peer, id) = (job.peer(), job.id());
+    drop(job); // lost with its runner
+    drain_events(&mut ep);
+    assert!(!ep.abandon_handshake_job(peer, id + 1), "not that one");
+    assert!(ep.abandon_handshake_job(peer, id));
+    assert!(!ep.abandon_handshake_job(peer, id), "once");
+    let stats = ep.stats();
+    assert_eq!(
+        (
+            stats.handshakes,
+            stats.handshakes_failed_local,
+            stats.handshake_memory_in_use
+        ),
+        (0, 1, 0),
+        "{stats:?}"
+    );
+    assert_eq!((ep.handshakes_out(), ep.len()), (0, 0));
+    let events = drain_events(&mut ep);
+    assert!(
+        matches!(&events[..], [Event::HandshakeFailed(f), Event::Closed { peer: p, id: i, established: false, error: Some(_) }] if f.peer == a && *p == a && *i == id),
+        "{events:?}"
+    );
+    assert!(ep.poll_handshake_job().is_none());
+    // The client starts over from the same address: it gets in.
+    drop(c);
+    let mut c = psk_client().new_session(None, now).unwrap();
+    let hello = hello_with_cookie(&mut ep, now, a, &mut c);
+    ep.handle_datagram(now, a, &hello);
+    pump(&mut ep, now, true, &mut [(a, &mut c)]);
+    assert!(c.is_established(), "{:?}", c.error());
+    let stats = ep.stats();
+    assert_eq!((stats.handshakes, stats.connections), (0, 1), "{stats:?}");
+    drop(c);
+    drop(ep);
+    assert_eq!(live_ssl_objects(), before, "every SSL freed once");
 }
 
 /// A blocking server closed in the middle of an ECDSA flood, with handshakes queued for its

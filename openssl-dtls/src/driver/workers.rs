@@ -24,23 +24,69 @@
 //! through its `Notify`. Stopping the driver joins them; each finishes at most the one job it
 //! runs (well under a millisecond of crypto), which is how long a stopping tokio driver may
 //! block its thread.
+//!
+//! A job whose run panics does not take its worker down: the panic is caught, the job dropped
+//! (its `SSL` freed), and the driver gives its handshake up
+//! ([`Endpoint::abandon_handshake_job`]: its places in the limits and the backlog back, counted
+//! as a local failure), so the worker goes on with the next job.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::shared::Shared;
 use super::Io;
-use crate::endpoint::{Endpoint, HandshakeJob};
+use crate::endpoint::{ConnectionId, Endpoint, HandshakeJob};
 
 /// The jobs waiting for a worker, the jobs run and waiting for the driver, and whether the
 /// workers must stop.
 #[derive(Debug, Default)]
 struct Queue {
     jobs: VecDeque<HandshakeJob>,
-    done: Vec<HandshakeJob>,
+    done: Vec<Done>,
     closed: bool,
+}
+
+/// A job a worker is through with.
+#[derive(Debug)]
+enum Done {
+    /// Run: to give back to the endpoint.
+    Ran(HandshakeJob),
+    /// Lost: its run panicked (the job, in whatever state the panic left it, was dropped); the
+    /// endpoint gives the handshake up.
+    Lost(SocketAddr, ConnectionId),
+}
+
+/// Runs `job` with `run`, catching a panic: the job run, or the handshake it was if the panic
+/// lost it (dropped, its `SSL` freed). A worker survives a panicking job.
+fn run_guarded(mut job: HandshakeJob, run: impl FnOnce(&mut HandshakeJob)) -> Done {
+    let (peer, id) = (job.peer(), job.id());
+    match catch_unwind(AssertUnwindSafe(|| run(&mut job))) {
+        Ok(()) => Done::Ran(job),
+        Err(_) => {
+            log::error!("{peer}: the handshake worker panicked running handshake {id}; dropped");
+            // Dropping what the panic left could panic again: that must not end the worker.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(job)));
+            Done::Lost(peer, id)
+        }
+    }
+}
+
+/// Gives a worker's `done` job back to `endpoint`.
+fn give_back(endpoint: &mut Endpoint, now: Instant, done: Done) {
+    match done {
+        Done::Ran(job) => {
+            if let Err(e) = endpoint.finish_handshake_job(now, job) {
+                log::error!("handshake job refused: {e}"); // cannot happen: one endpoint's pool
+            }
+        }
+        Done::Lost(peer, id) => {
+            endpoint.abandon_handshake_job(peer, id);
+        }
+    }
 }
 
 /// The worker pool: its queue and its threads.
@@ -109,18 +155,18 @@ impl Workers {
     /// batch). Without workers (offload never turned on) a job is run inline.
     pub(crate) fn exchange(&self, endpoint: &mut Endpoint) {
         let Some(pool) = self.pool.get() else {
-            while let Some(mut job) = endpoint.poll_handshake_job() {
+            while let Some(job) = endpoint.poll_handshake_job() {
                 let now = Instant::now();
-                job.run(now);
-                endpoint.finish_handshake_job(now, job);
+                let done = run_guarded(job, |job| job.run(now));
+                give_back(endpoint, now, done);
             }
             return;
         };
         let done = std::mem::take(&mut pool.queue().done);
         if !done.is_empty() {
             let now = Instant::now();
-            for job in done {
-                endpoint.finish_handshake_job(now, job);
+            for done in done {
+                give_back(endpoint, now, done);
             }
         }
         let mut queue = pool.queue();
@@ -168,7 +214,7 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, nice: i32) {
         crate::ffi::os::lower_thread_priority(nice);
     }
     loop {
-        let mut job = {
+        let job = {
             let mut queue = pool.queue();
             loop {
                 if queue.closed {
@@ -183,10 +229,10 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, nice: i32) {
                 queue = pool.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
             }
         };
-        job.run(Instant::now());
+        let done = run_guarded(job, |job| job.run(Instant::now()));
         let first = {
             let mut queue = pool.queue();
-            queue.done.push(job);
+            queue.done.push(done);
             queue.done.len() == 1
         };
         if first {
@@ -195,5 +241,85 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, nice: i32) {
             };
             shared.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use super::{give_back, run_guarded, Done};
+    use crate::context::{DtlsClientContext, DtlsServerContext, PskCredentials};
+    use crate::endpoint::{Endpoint, EndpointConfig, Event};
+
+    const KEY: &[u8] = b"0123456789abcdef";
+
+    /// An endpoint with offload on and a handshake checked out (its first step), and the client.
+    fn checked_out(now: Instant) -> (Endpoint, Endpoint) {
+        let server = DtlsServerContext::builder()
+            .psk_key_store(|_| Some(KEY.to_vec()))
+            .build()
+            .unwrap();
+        let client = DtlsClientContext::builder()
+            .psk_credentials(PskCredentials::new(b"device".to_vec(), KEY.to_vec()))
+            .build()
+            .unwrap();
+        let mut s = Endpoint::server(server, EndpointConfig::default()).unwrap();
+        s.set_handshake_offload(true);
+        let mut c = Endpoint::client(EndpointConfig::default()).unwrap();
+        let server_addr: SocketAddr = "10.0.0.1:5684".parse().unwrap();
+        let addr: SocketAddr = "192.0.2.7:40001".parse().unwrap();
+        c.connect(now, server_addr, &client, None).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        for (from, to) in [(0, 1), (1, 0), (0, 1)] {
+            let (from, to, at) = match (from, to) {
+                (0, _) => (&mut c, &mut s, addr),
+                _ => (&mut s, &mut c, server_addr),
+            };
+            while let Some((_, n)) = from.poll_transmit(&mut buf) {
+                to.handle_datagram(now, at, &buf[..n]);
+            }
+        }
+        assert_eq!(s.handshakes_out(), 1);
+        (s, c)
+    }
+
+    #[test]
+    fn a_panicking_job_is_caught_and_its_handshake_given_up() {
+        let now = Instant::now();
+        let (mut s, _c) = checked_out(now);
+        let job = s.poll_handshake_job().unwrap();
+        let (peer, id) = (job.peer(), job.id());
+        let done = run_guarded(job, |_| panic!("a bug in a handshake step"));
+        assert!(matches!(done, Done::Lost(p, i) if p == peer && i == id));
+        give_back(&mut s, now, done);
+        let stats = s.stats();
+        assert_eq!(
+            (stats.handshakes, stats.handshakes_failed_local),
+            (0, 1),
+            "{stats:?}"
+        );
+        assert_eq!((s.handshakes_out(), s.len()), (0, 0));
+        let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::HandshakeFailed(_))),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_job_that_runs_is_given_back() {
+        let now = Instant::now();
+        let (mut s, _c) = checked_out(now);
+        let job = s.poll_handshake_job().unwrap();
+        let done = run_guarded(job, |job| job.run(now));
+        assert!(matches!(done, Done::Ran(_)));
+        give_back(&mut s, now, done);
+        assert_eq!((s.handshakes_out(), s.stats().handshakes), (0, 1));
+        let mut buf = vec![0u8; 65_536];
+        assert!(s.poll_transmit(&mut buf).is_some(), "its first flight");
     }
 }

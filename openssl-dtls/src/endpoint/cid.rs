@@ -29,7 +29,7 @@ pub(super) struct CidTable {
 
 /// The CID this endpoint issued to `session` (negotiated, or assigned to its handshake), as a
 /// key.
-fn issued_key(session: &Session) -> Option<CidKey> {
+pub(super) fn issued_key(session: &Session) -> Option<CidKey> {
     session.issued_cid().and_then(CidKey::new)
 }
 
@@ -69,9 +69,12 @@ impl CidTable {
 
     /// Removes `session`'s issued CID if it maps to `addr`; whether it did.
     fn give_back(&mut self, session: &Session, addr: SocketAddr) -> bool {
-        let Some(key) = issued_key(session) else {
-            return false;
-        };
+        issued_key(session).is_some_and(|key| self.forget_key(key, addr))
+    }
+
+    /// Removes CID `key` if it maps to `addr` (a handshake's, whose session is gone); whether
+    /// it did.
+    pub(super) fn forget_key(&mut self, key: CidKey, addr: SocketAddr) -> bool {
         if self.map.get(&key) != Some(&addr) {
             return false;
         }
@@ -143,7 +146,8 @@ impl Endpoint {
         from: SocketAddr,
         parsed: &wire::Parsed<'_>,
     ) {
-        let taken = self.peers.contains_key(&from);
+        // Another connection's address, or a checked-out handshake's (offload).
+        let taken = self.peers.contains_key(&from) || self.offload.away.contains_key(&from);
         let Some(p) = self.peers.get_mut(&at) else {
             return;
         };

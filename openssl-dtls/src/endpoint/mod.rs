@@ -391,14 +391,21 @@ impl Endpoint {
 
     /// The next datagram to send: its destination and length in `buf` (which should hold the
     /// largest MTU in use). Sessions take turns one datagram at a time, alternating with stateless
-    /// replies, so no peer can starve another.
+    /// replies, so no peer can starve another; the flights of handshakes checked out
+    /// ([`set_handshake_offload`](Self::set_handshake_offload)) go in the sessions' turn, before
+    /// the sessions.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
         for _ in 0..2 {
             self.reply_turn = !self.reply_turn;
             let out = if self.reply_turn {
                 self.poll_reply(buf)
             } else {
-                self.poll_session_transmit(buf)
+                // The flights of handshakes checked out go first: they are older than what
+                // their sessions write once back.
+                match self.poll_flight(buf) {
+                    Some(out) => Some(out),
+                    None => self.poll_session_transmit(buf),
+                }
             };
             if let Some((addr, n)) = out {
                 self.stats.datagrams_out += 1;
