@@ -61,10 +61,10 @@ use crate::endpoint::Endpoint;
 use crate::error::Result;
 use crate::ffi::os;
 
+use super::rtc::KickTx;
 pub(crate) use super::rtc::{wait_until, Rank, Rtc};
-use super::rtc::{KickTx, READ_AHEAD};
 #[cfg(doc)]
-use super::rtc::{BACKPRESSURE, LINGER};
+use super::rtc::{BACKPRESSURE, LINGER, READ_AHEAD};
 
 /// The blocking driver's socket, the waker that interrupts the driver thread's `poll(2)`, and
 /// the timer that ends its linger.
@@ -292,15 +292,17 @@ fn driver_turn(shared: &BlockingShared) -> bool {
         return false;
     }
     if core.rtc.parked(Instant::now()).is_none() {
-        // In steps of at most READ_AHEAD datagrams, so that a pause for a reader whose queue
-        // filled up takes effect between them.
+        // In steps of at most READ_AHEAD datagrams, and no more than the protected reader's
+        // queue has room for, so that a pause for a reader whose queue filled up takes effect
+        // between them before anything overflows.
         let mut left = shared.batch();
         while left > 0 {
             let core = &mut *core;
             if core.rtc.pause(&core.endpoint, Instant::now()).is_some() {
                 break;
             }
-            let got = shared.receive(core, left.min(READ_AHEAD));
+            let budget = core.rtc.read_budget(&core.endpoint);
+            let got = shared.receive(core, left.min(budget));
             if got.drained {
                 break;
             }

@@ -140,6 +140,17 @@ impl Rtc {
     }
 }
 
+impl Rtc {
+    /// How many datagrams one receive call may take without overflowing the queue of the reader
+    /// the pause protects: the records its queue still has room for (at least 1), at most
+    /// [`READ_AHEAD`]; [`READ_AHEAD`] when no reader is protected.
+    pub(super) fn read_budget(&self, endpoint: &Endpoint) -> usize {
+        self.reader
+            .and_then(|(peer, id)| endpoint.session(peer, id))
+            .map_or(READ_AHEAD, |s| s.recv_queue_room().clamp(1, READ_AHEAD))
+    }
+}
+
 /// Datagrams the poller reads in one step while its records come in a burst: after its own
 /// record arrived, it reads on (up to this many, while its queue has room) so the next `recv`
 /// calls find theirs queued, with no `poll(2)` and no role taken. In a request/response loop the

@@ -1,6 +1,7 @@
 //! The `SSL` calls a session makes that rust-openssl does not wrap, each a safe function with
 //! the return code as OpenSSL gives it (the session classifies it with [`get_error`]).
 
+use std::mem::MaybeUninit;
 use std::os::raw::c_int;
 
 use openssl_dtls_sys as dffi;
@@ -60,14 +61,20 @@ pub(crate) fn do_handshake(ssl: &SslRef) -> c_int {
     unsafe { ffi::SSL_do_handshake(ssl.as_ptr()) }
 }
 
-/// `SSL_read_ex` into `buf` on a cleared error queue: (return code, bytes read).
+/// `SSL_read_ex` into `buf` on a cleared error queue: the return code and the bytes read, the
+/// start of `buf` that OpenSSL wrote. `buf` need not be initialized (no 16 KB memset per call).
 #[doc(alias = "SSL_read_ex")]
-pub(crate) fn read(ssl: &SslRef, buf: &mut [u8]) -> (c_int, usize) {
+pub(crate) fn read<'b>(ssl: &SslRef, buf: &'b mut [MaybeUninit<u8>]) -> (c_int, &'b [u8]) {
     clear_errors();
     let mut n = 0usize;
-    // SAFETY: `ssl` is valid; `buf` is writable for its length; `n` is a valid out-pointer.
+    // SAFETY: `ssl` is valid; `buf` is writable for its length (OpenSSL only writes to it);
+    // `n` is a valid out-pointer.
     let r = unsafe { ffi::SSL_read_ex(ssl.as_ptr(), buf.as_mut_ptr().cast(), buf.len(), &mut n) };
-    (r, n)
+    let n = if r == 1 { n.min(buf.len()) } else { 0 };
+    // SAFETY: on success SSL_read_ex wrote `n` bytes (at most the buffer's length) at the start
+    // of `buf`; those are initialized `u8`s.
+    let read = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+    (r, read)
 }
 
 /// `SSL_write_ex` of `data` on a cleared error queue: (return code, bytes written).

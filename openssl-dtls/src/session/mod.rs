@@ -591,6 +591,21 @@ impl Session {
             || self.received_bytes + self.data_mtu.max(MIN_MTU) > self.config.recv_queue_bytes
     }
 
+    /// How many more datagrams of records the receive queue takes before it is
+    /// [nearly full](Self::recv_queue_nearly_full) (one record per datagram, one data MTU each).
+    pub(crate) fn recv_queue_room(&self) -> usize {
+        let records = self
+            .config
+            .recv_queue
+            .saturating_sub(self.received.len() + 4);
+        let bytes = self
+            .config
+            .recv_queue_bytes
+            .saturating_sub(self.received_bytes + self.data_mtu.max(MIN_MTU))
+            / self.data_mtu.max(MIN_MTU);
+        records.min(bytes)
+    }
+
     /// Closes the session: sends `close_notify` if established (`SSL_shutdown`). Queued received
     /// data can still be read. Closing twice, or a failed session, does nothing.
     #[doc(alias = "SSL_shutdown")]

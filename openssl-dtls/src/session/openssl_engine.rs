@@ -325,10 +325,10 @@ impl Session {
                 }
                 SessionState::Established if self.engine.openssl().is_none() => break,
                 SessionState::Established => {
-                    let mut scratch = [0u8; MAX_PLAINTEXT];
-                    let (r, n) = ssl::read(&self.openssl().ssl, &mut scratch);
+                    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); MAX_PLAINTEXT];
+                    let (r, read) = ssl::read(&self.openssl().ssl, &mut scratch);
                     if r == 1 {
-                        self.push_received(&scratch[..n]);
+                        self.push_received(read);
                         continue;
                     }
                     if !self.on_ssl_error(r) {
