@@ -35,7 +35,7 @@ pub use crate::driver::moves::AddressChange;
 pub use crate::driver::SocketOptions;
 pub use crate::endpoint::{
     ConnectionId, ConnectionStats, Endpoint, EndpointConfig, EndpointStats, Event,
-    HandshakeFailure, HandshakeJob, PeerIdentity, HANDSHAKE_INBOX,
+    HandshakeFailure, HandshakeJob, PeerIdentity, HANDSHAKE_INBOX, OFFLOAD_WHILE_TRAFFIC,
 };
 pub use crate::error::{
     Alert, ConfigError, Error, Result, TimeoutPhase, VerifyFailure, VerifyReason,

@@ -448,16 +448,31 @@ impl<'a> Wait<'_, 'a> {
             if read > 0 && core.rtc.pause(&core.endpoint, Instant::now()).is_some() {
                 break; // the reader the pause protects is behind: leave the rest in the socket
             }
-            drained = shared.receive(core, 1).drained;
-            if drained {
-                if ahead {
+            // Until our record is in, one datagram at a time (it may be the only one); reading
+            // ahead, as many as our queue has room for in one call (`recvmmsg`).
+            let want = match own {
+                Some((peer, id)) if ahead => core
+                    .endpoint
+                    .session(peer, id)
+                    .map_or(1, |s| s.recv_queue_room())
+                    .min(READ_AHEAD - read)
+                    .max(1),
+                _ => 1,
+            };
+            let got = shared.receive(core, want);
+            drained = got.drained;
+            if got.datagrams == 0 {
+                if ahead && drained {
                     set_burst(false);
                 }
                 break;
             }
-            read += 1;
+            read += got.datagrams;
             if ahead {
                 set_burst(true);
+            }
+            if drained {
+                break;
             }
             let Some((peer, id)) = own else {
                 break; // `accept`, `connect`: one datagram, then check

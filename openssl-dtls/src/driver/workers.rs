@@ -147,6 +147,8 @@ impl Workers {
         }
         *pool.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
         core.endpoint.set_handshake_offload(true);
+        core.endpoint
+            .set_handshake_offload_window(Some(crate::endpoint::OFFLOAD_WHILE_TRAFFIC));
         Ok(())
     }
 

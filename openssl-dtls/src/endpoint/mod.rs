@@ -43,7 +43,7 @@ use std::time::Instant;
 pub use self::config::EndpointConfig;
 pub(crate) use self::events::{report_failures, FailureHook, MAX_PENDING_FAILURES};
 pub use self::events::{Event, HandshakeFailure, PeerIdentity};
-pub use self::offload::{HandshakeJob, HANDSHAKE_INBOX};
+pub use self::offload::{HandshakeJob, HANDSHAKE_INBOX, OFFLOAD_WHILE_TRAFFIC};
 pub use self::stats::{ConnectionStats, EndpointStats};
 
 use self::admission::handshake_worst_case;
@@ -333,7 +333,7 @@ impl Endpoint {
         if !self.offload.away.is_empty() && self.hold_for_away(addr, datagram) {
             return;
         }
-        let offloading = self.offload.enabled;
+        let offloading = self.offloading(now);
         if let Some(p) = self.peers.get_mut(&addr) {
             let hello = matches!(classified, Datagram::ClientHello(_));
             // A new ClientHello from the address of a live connection or pending handshake: a
@@ -365,6 +365,9 @@ impl Endpoint {
             p.session.handle_parsed(now, &parsed);
             if p.session.authenticated_count() != before {
                 p.last_activity = now;
+                if p.session.is_established() {
+                    self.offload.last_traffic = Some(now);
+                }
                 if p.unconfirmed {
                     self.credit_unconfirmed(peer, datagram.len());
                 }

@@ -47,7 +47,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::cid::{self, CidKey};
 use super::events::HandshakeFailure;
@@ -184,6 +184,11 @@ pub(super) struct Offload {
     /// Where a session's datagram is copied out ([`MAX_MTU`](crate::config::MAX_MTU) bytes,
     /// allocated on first use).
     scratch: Vec<u8>,
+    /// Offload only while established connections had traffic within this long
+    /// ([`Endpoint::set_handshake_offload_window`]); `None`: always.
+    window: Option<Duration>,
+    /// When an established connection's authenticated record was last taken in.
+    pub(super) last_traffic: Option<Instant>,
 }
 
 impl Default for Offload {
@@ -195,9 +200,18 @@ impl Default for Offload {
             jobs: VecDeque::new(),
             flights: VecDeque::new(),
             scratch: Vec::new(),
+            window: None,
+            last_traffic: None,
         }
     }
 }
+
+/// How long after an established connection's last record the drivers keep offloading new
+/// handshake steps ([`Endpoint::set_handshake_offload_window`]). The hop to a worker and back
+/// costs CPU (measured here: ≈ 100 µs per ECDHE-ECDSA handshake, `BENCH_HS_WORKERS=0` vs 1 in
+/// `scripts/bench.sh`'s handshake section), worth paying only when there is established
+/// traffic to protect; a server with none runs its handshakes inline, at full speed.
+pub const OFFLOAD_WHILE_TRAFFIC: Duration = Duration::from_secs(1);
 
 impl Endpoint {
     /// Turns handshake offload on or off. On, a server handshake with work to do (its first
@@ -232,6 +246,24 @@ impl Endpoint {
     /// ```
     pub fn set_handshake_offload(&mut self, enabled: bool) {
         self.offload.enabled = enabled;
+    }
+
+    /// With offload on, checks handshakes out only while established connections had traffic
+    /// (an authenticated record) within `window` — the traffic offload protects — and runs
+    /// them inline otherwise, sparing the hop's cost; `None` (the default): always. The drivers
+    /// set [`OFFLOAD_WHILE_TRAFFIC`].
+    pub fn set_handshake_offload_window(&mut self, window: Option<Duration>) {
+        self.offload.window = window;
+    }
+
+    /// Whether a handshake step with work to do is checked out now, rather than run inline.
+    pub(super) fn offloading(&self, now: Instant) -> bool {
+        self.offload.enabled
+            && self.offload.window.is_none_or(|window| {
+                self.offload
+                    .last_traffic
+                    .is_some_and(|at| now.saturating_duration_since(at) < window)
+            })
     }
 
     /// The next handshake checked out for its runner, if any. Run it
@@ -406,8 +438,8 @@ impl Endpoint {
     }
 
     /// Whether `addr`'s entry is a server handshake to check out rather than run inline.
-    pub(super) fn wants_offload(&self, addr: SocketAddr) -> bool {
-        self.offload.enabled && self.peers.get(&addr).is_some_and(wanted)
+    pub(super) fn wants_offload(&self, addr: SocketAddr, now: Instant) -> bool {
+        self.offloading(now) && self.peers.get(&addr).is_some_and(wanted)
     }
 
     /// Checks `addr`'s entry out as a job that reads `datagrams` (after its first step, if
@@ -589,6 +621,44 @@ mod tests {
         deliver(s, &mut c, server_addr, now); // HelloVerifyRequest
         deliver(&mut c, s, addr, now); // ClientHello with the cookie
         c
+    }
+
+    #[test]
+    fn with_a_window_handshakes_go_out_only_while_established_connections_have_traffic() {
+        let mut s = server(0);
+        s.set_handshake_offload_window(Some(super::OFFLOAD_WHILE_TRAFFIC));
+        let t0 = Instant::now();
+        let server_addr: SocketAddr = SERVER.parse().unwrap();
+        // No established traffic yet: the first handshake runs inline, to the end.
+        let a: SocketAddr = "192.0.2.7:40001".parse().unwrap();
+        let mut ca = start(&mut s, a, t0, false);
+        assert!(s.poll_handshake_job().is_none(), "inline without traffic");
+        for _ in 0..4 {
+            deliver(&mut s, &mut ca, server_addr, t0);
+            deliver(&mut ca, &mut s, a, t0);
+        }
+        assert_eq!(s.stats().handshakes_completed, 1);
+        assert_eq!(s.stats().handshake_jobs, 0);
+        // A record of the established connection: traffic to protect.
+        let mut buf = [0u8; 64];
+        let client_id = ca
+            .connection_id(server_addr)
+            .expect("the client's connection");
+        ca.send(server_addr, client_id, b"ping").unwrap();
+        deliver(&mut ca, &mut s, a, t0);
+        let server_id = s.connection_id(a).expect("the server's connection");
+        assert_eq!(s.recv(a, server_id, &mut buf).unwrap(), Some(4));
+        // The next handshake within the window is checked out...
+        let b: SocketAddr = "192.0.2.8:40002".parse().unwrap();
+        let _cb = start(&mut s, b, t0 + super::OFFLOAD_WHILE_TRAFFIC / 2, false);
+        assert!(s.poll_handshake_job().is_some(), "offloaded during traffic");
+        // ...and one after it runs inline again.
+        let c: SocketAddr = "192.0.2.9:40003".parse().unwrap();
+        let _cc = start(&mut s, c, t0 + super::OFFLOAD_WHILE_TRAFFIC * 2, false);
+        assert!(
+            s.poll_handshake_job().is_none(),
+            "inline once the traffic stopped"
+        );
     }
 
     #[test]

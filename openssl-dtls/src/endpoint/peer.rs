@@ -112,7 +112,7 @@ impl Endpoint {
         );
         // A server handshake's first step (its first flight, with the key exchange and the
         // signature) runs on the driver's handshake worker when offload is on, else in `settle`.
-        if self.wants_offload(peer)
+        if self.wants_offload(peer, now)
             && self
                 .peers
                 .get(&peer)
