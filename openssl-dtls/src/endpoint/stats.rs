@@ -136,9 +136,9 @@ pub struct EndpointStats {
     /// handshakes were out; the client's retransmission retries.
     pub refused_handshake_backlog: u64,
     /// Datagrams the kernel dropped because the socket's receive buffer was full: the
-    /// socket's drop counter (`SO_RXQ_OVFL`, Linux), summed over the sockets the driver used.
-    /// The kernel reports it with the next datagram that arrives, so it can lag until one
-    /// does. Kept by the drivers ([`DtlsServer::stats`](crate::DtlsServer::stats) and the
+    /// socket's drop counter, read when the statistics are taken (`SO_MEMINFO`, Linux) and as
+    /// each datagram reports it (`SO_RXQ_OVFL`, summed over the sockets a client's `rebind`
+    /// used), the larger of the two. Kept by the drivers ([`DtlsServer::stats`](crate::DtlsServer::stats) and the
     /// others); always 0 from [`Endpoint::stats`](super::Endpoint::stats), which has no
     /// socket. A rising count means the receive buffer
     /// ([`SocketOptions::recv_buffer_size`](crate::SocketOptions::recv_buffer_size)) is too

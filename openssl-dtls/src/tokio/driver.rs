@@ -82,6 +82,10 @@ impl Io for TokioIo {
         self.socket.try_io(Interest::READABLE, || rx.recv(fd, max))
     }
 
+    fn socket_drops(&self) -> Option<u64> {
+        crate::ffi::os::socket_drops(self.socket.as_fd()).ok()
+    }
+
     /// Sends everything the endpoint has queued, straight to the socket in batches
     /// (`sendmmsg(2)`, GSO where it can); what would block goes to the backlog, in order, and
     /// the driver task is woken to send it when it can.
