@@ -201,6 +201,7 @@ impl<S: Signal> AcceptHub<S> {
     }
 
     /// See [`HubState::pop`].
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the tokio server's
     pub(crate) fn pop(&self) -> Option<Result<usize>> {
         self.lock().pop()
     }

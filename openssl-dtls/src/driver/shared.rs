@@ -297,6 +297,8 @@ impl<D: Io> Shared<D> {
     /// One driver turn, once its wait ended: a batch of datagrams, the timers, events, output,
     /// then the failed handshakes and the address changes to their hooks (outside the lock).
     /// False after shutdown.
+    // The tokio driver's turn (the blocking driver runs its own, `driver_turn`).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub fn turn(&self) -> bool {
         let mut core = self.lock();
         if core.shutdown {
