@@ -229,7 +229,11 @@ pub fn echo_forever(server: DtlsServer) -> ! {
 
 /// [`echo_forever`], calling `on_connection` for each connection after its
 /// `handshake completed` line (the `--export` / `--srtp` lines).
-pub fn echo_forever_with(server: DtlsServer, on_connection: impl Fn(&DtlsConnection)) -> ! {
+pub fn echo_forever_with(
+    server: impl std::borrow::Borrow<DtlsServer>,
+    on_connection: impl Fn(&DtlsConnection),
+) -> ! {
+    let server = server.borrow();
     // The hooks first: a client that starts once it reads `listening on` finds them set.
     // One line per failed handshake: who, and why (a wrong key, an unknown identity, a
     // certificate that did not verify, a timeout).
