@@ -228,6 +228,8 @@ fn save_on_signal(server: Arc<DtlsServer>, path: PathBuf, key: StateKey) {
         use std::io::{Read, Write};
         let mut byte = [0u8; 1];
         let _ = wakeup.read(&mut byte); // blocks until a signal arrives
+                                        // The accept loop ends with the server: this thread exits the process.
+        common::EXITING.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut tmp = path.clone().into_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
@@ -235,8 +237,10 @@ fn save_on_signal(server: Arc<DtlsServer>, path: PathBuf, key: StateKey) {
             .map_err(openssl_dtls::Error::Io)
             .and_then(|f| {
                 let mut out = std::io::BufWriter::new(f);
-                let report = server.save_state(&mut out, &key)?;
-                let f = out.into_inner().map_err(|e| openssl_dtls::Error::Io(e.into_error()))?;
+                let report = server.save_state_and_stop(&mut out, &key)?;
+                let f = out
+                    .into_inner()
+                    .map_err(|e| openssl_dtls::Error::Io(e.into_error()))?;
                 f.sync_all().map_err(openssl_dtls::Error::Io)?;
                 std::fs::rename(&tmp, &path).map_err(openssl_dtls::Error::Io)?;
                 Ok(report)

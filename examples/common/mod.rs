@@ -266,8 +266,16 @@ pub fn echo_forever_with(
             Err(e) => log::warn!("accept: {e}"),
         }
     }
+    // A tool finishing its own exit (psk_server saving its state) exits from its thread.
+    while EXITING.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::park();
+    }
     exit(0)
 }
+
+/// Set by a tool whose own thread ends the process (psk_server saving its state on SIGTERM):
+/// the accept loop of [`echo_forever_with`] then waits for it instead of exiting first.
+pub static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Echoes every datagram of `conn` back until it ends.
 ///

@@ -373,10 +373,38 @@ pub(crate) fn save_shards<D: super::Io>(
     let mut report = crate::endpoint::SaveReport::default();
     for shared in shards {
         let core = shared.lock();
-        let section =
-            core.endpoint
-                .save_section(out, key, std::time::SystemTime::now(), count)?;
+        let section = core
+            .endpoint
+            .save_section(out, key, std::time::SystemTime::now(), count)?;
         report.add(&section);
+    }
+    Ok(report)
+}
+
+/// As [`save_shards`], but under every shard's lock at once, and on success each shard is
+/// marked stopped before its lock is released: no datagram is handled after the save, and the
+/// shutdown that follows sends no `close_notify` (the connections live on in the next
+/// process). On failure nothing is stopped.
+pub(crate) fn save_shards_and_stop<D: super::Io>(
+    shards: &[&super::shared::Shared<D>],
+    out: &mut impl std::io::Write,
+    key: &crate::endpoint::StateKey,
+) -> Result<crate::endpoint::SaveReport> {
+    let count = u16::try_from(shards.len()).unwrap_or(u16::MAX);
+    let mut cores: Vec<_> = shards.iter().map(|s| s.lock()).collect();
+    let mut report = crate::endpoint::SaveReport::default();
+    let saved_at = std::time::SystemTime::now();
+    for core in &cores {
+        report.add(&core.endpoint.save_section(out, key, saved_at, count)?);
+    }
+    for core in &mut cores {
+        core.shutdown = true;
+        // Handles released from now on find nothing to close_notify.
+        core.endpoint.forget_all_silently();
+    }
+    drop(cores);
+    for shared in shards {
+        shared.wake();
     }
     Ok(report)
 }

@@ -34,9 +34,9 @@
 //! and the plaintext buffer is wiped (`OPENSSL_cleanse`) before `save_state` returns.
 //!
 //! The **configuration fingerprint** is SHA-256 over what must not change for a saved
-//! connection to stay valid: the suites the server context enables (their OpenSSL names, in
-//! order), its certificate (DER) if it has one, its Connection ID length and prefix, and its
-//! compact setting. A file from another configuration is refused
+//! connection to stay valid: the server context's cipher string and security level, its
+//! certificate (DER) if it has one, its Connection ID length and prefix, and its compact
+//! setting. A file from another configuration is refused
 //! ([`StateError::OtherConfiguration`]). A PSK key store is a callback and cannot be hashed:
 //! changing the PSKs does not invalidate saved connections (their keys were derived from the
 //! old PSK at the handshake, as a TLS session outlives a key rotation).
@@ -420,6 +420,8 @@ impl Endpoint {
         count: usize,
         suites: &Suites,
     ) -> Option<Vec<(SocketAddr, Session, bool)>> {
+        // The fingerprint has checked the cipher configuration; a suite the context no longer
+        // enables cannot appear.
         let config = self.server.as_ref()?.0.session_config();
         let names = |name: &[u8]| suites.iter().find(|(n, _)| n.as_bytes() == name).copied();
         let now = self.now.unwrap_or_else(Instant::now);
@@ -495,27 +497,29 @@ impl Endpoint {
         report
     }
 
-    /// The configuration fingerprint (see the [module documentation](self)) and the suites the
-    /// server context enables.
-    fn fingerprint(&self) -> Result<([u8; 32], Suites)> {
+    /// Forgets every connection and handshake without a word to the peers (no `close_notify`):
+    /// after a save that hands the connections over to the next process, so that nothing this
+    /// endpoint still does (a handle released, a timer) can end them.
+    pub(crate) fn forget_all_silently(&mut self) {
+        let addrs: Vec<SocketAddr> = self.peers.keys().copied().collect();
+        for addr in addrs {
+            self.remove(addr);
+        }
+        self.ready.clear();
+        self.timers.clear();
+    }
+
+    /// The configuration fingerprint (see the [module documentation](self)) and the DTLS 1.2
+    /// suites OpenSSL knows (to find a saved suite's static name).
+    fn fingerprint(&self) -> Result<([u8; 32], &'static Suites)> {
         let Some((ctx, _)) = &self.server else {
             return Err(StateError::NoServerContext.into());
         };
-        let mut ssl = openssl::ssl::Ssl::new(ctx.ssl_context()).map_err(Error::Ssl)?;
-        let suites: Suites = crate::ffi::ctx::supported_ciphers(&mut ssl)
-            .map(|stack| {
-                stack
-                    .iter()
-                    .map(|c| (c.name(), c.standard_name()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let suites = known_suites()?;
         let mut h = openssl::sha::Sha256::new();
         h.update(b"openssl-dtls state configuration v1\0");
-        for (name, _) in &suites {
-            h.update(name.as_bytes());
-            h.update(b"\0");
-        }
+        h.update(ctx.cipher_config().as_bytes());
+        h.update(b"\0");
         match ctx.ssl_context().certificate() {
             Some(cert) => {
                 h.update(b"certificate\0");
@@ -533,6 +537,33 @@ impl Endpoint {
         h.update(&[u8::from(ctx.session_config().compact)]);
         Ok((h.finish(), suites))
     }
+}
+
+/// Every DTLS 1.2 suite this OpenSSL knows, with its static names (probed once: a client
+/// context with every cipher at security level 0 and a PSK callback, so that PSK suites show).
+fn known_suites() -> Result<&'static Suites> {
+    static SUITES: std::sync::OnceLock<Suites> = std::sync::OnceLock::new();
+    if let Some(s) = SUITES.get() {
+        return Ok(s);
+    }
+    use openssl::ssl::{SslContextBuilder, SslMethod, SslVersion};
+    let mut b = SslContextBuilder::new(SslMethod::dtls_client()).map_err(Error::Ssl)?;
+    b.set_cipher_list("ALL:@SECLEVEL=0").map_err(Error::Ssl)?;
+    b.set_security_level(0);
+    b.set_min_proto_version(Some(SslVersion::DTLS1_2))
+        .map_err(Error::Ssl)?;
+    b.set_psk_client_callback(|_, _, _, _| Ok(0));
+    let ctx = b.build();
+    let mut ssl = openssl::ssl::Ssl::new(&ctx).map_err(Error::Ssl)?;
+    let suites: Suites = crate::ffi::ctx::supported_ciphers(&mut ssl)
+        .map(|stack| {
+            stack
+                .iter()
+                .map(|c| (c.name(), c.standard_name()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(SUITES.get_or_init(|| suites))
 }
 
 /// A section's header (see the [module documentation](self)).

@@ -194,13 +194,19 @@ mod tests {
         let mut restored = RecordLayer::read_state(&mut Cursor::new(&saved)).unwrap();
         assert_eq!(restored.next_write_seq(), 1000);
         // The replay window came along: the same record is a replay.
-        assert_eq!(restored.open(&rec, &mut plain), Err(super::super::OpenError::Replayed));
+        assert_eq!(
+            restored.open(&rec, &mut plain),
+            Err(super::super::OpenError::Replayed)
+        );
         // Keys too: a new record from `a` opens.
         out.clear();
         a.seal(None, ContentType::ApplicationData, b"again", &mut out)
             .unwrap();
         let rec = RecordHeader::new_checked(&out).unwrap();
-        assert_eq!(restored.open(&rec, &mut plain), Ok(ContentType::ApplicationData));
+        assert_eq!(
+            restored.open(&rec, &mut plain),
+            Ok(ContentType::ApplicationData)
+        );
         assert_eq!(plain, b"again");
         // Every truncation fails cleanly.
         for cut in 0..saved.len() {

@@ -196,8 +196,10 @@ impl DtlsServer {
     /// shard's save are not covered (a restored connection still refuses any record its saved
     /// replay window refuses), and records sent after it use sequence numbers below the saved
     /// ones as long as they are fewer than
-    /// [`STATE_SEQUENCE_RESERVE`](crate::endpoint::STATE_SEQUENCE_RESERVE) per connection. Save
-    /// last thing before exit (on SIGTERM), then close or drop the server. It blocks on `out`
+    /// [`STATE_SEQUENCE_RESERVE`](crate::endpoint::STATE_SEQUENCE_RESERVE) per connection. Do
+    /// not [`close`](Self::close) the server afterwards (its `close_notify` would end the
+    /// connections the next process restores): exit, or stop with
+    /// [`save_state_and_stop`](Self::save_state_and_stop), which is the usual last step. It blocks on `out`
     /// (and briefly on each shard's lock): write to a buffer, or call it from `spawn_blocking`.
     ///
     /// [`Endpoint::save_state`]: crate::Endpoint::save_state
@@ -208,6 +210,22 @@ impl DtlsServer {
     ) -> Result<crate::endpoint::SaveReport> {
         let shards: Vec<_> = self.shards.iter().map(|d| &*d.shared).collect();
         shards::save_shards(&shards, out, key)
+    }
+
+    /// Graceful restart, the old process's last step: as [`save_state`](Self::save_state), but
+    /// every shard is saved under its lock at once and then stopped without a `close_notify`
+    /// to anyone (a `close_notify` would end the connections the next process restores): no
+    /// datagram is handled and nothing is sent after the save. Then exit the process; closing
+    /// or dropping the server sends nothing either (`accept` waits until then). If the save
+    /// fails, nothing is stopped. It blocks on `out`: write to a buffer, or call it from
+    /// `spawn_blocking`.
+    pub fn save_state_and_stop(
+        &self,
+        out: &mut impl std::io::Write,
+        key: &crate::endpoint::StateKey,
+    ) -> Result<crate::endpoint::SaveReport> {
+        let shards: Vec<_> = self.shards.iter().map(|d| &*d.shared).collect();
+        shards::save_shards_and_stop(&shards, out, key)
     }
 
     /// Graceful restart: loads the connections a server of the same configuration and shard
