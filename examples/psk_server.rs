@@ -228,7 +228,7 @@ fn save_on_signal(server: Arc<DtlsServer>, path: PathBuf, key: StateKey) {
         use std::io::{Read, Write};
         let mut byte = [0u8; 1];
         let _ = wakeup.read(&mut byte); // blocks until a signal arrives
-                                        // The accept loop ends with the server: this thread exits the process.
+                                        // The accept loop ends with the server: this thread exits.
         common::EXITING.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut tmp = path.clone().into_os_string();
         tmp.push(".tmp");

@@ -259,7 +259,8 @@ impl fmt::Display for StateError {
             StateError::Truncated => f.write_str("the state file is truncated"),
             StateError::TrailingData => f.write_str("bytes follow the end of the state"),
             StateError::OtherConfiguration => f.write_str(
-                "the state was saved under another configuration (ciphers, certificate, Connection ID or compact setting)",
+                "the state was saved under another configuration \
+                 (ciphers, certificate, Connection ID or compact setting)",
             ),
             StateError::ShardCount { saved, ours } => write!(
                 f,
@@ -269,7 +270,10 @@ impl fmt::Display for StateError {
                 write!(f, "a section of shard {saved} given to shard {ours}")
             }
             StateError::TooLarge { announced, limit } => {
-                write!(f, "the state announces {announced} (at most {limit} accepted)")
+                write!(
+                    f,
+                    "the state announces {announced} (at most {limit} accepted)"
+                )
             }
             StateError::Expired { age, max_age } => write!(
                 f,
@@ -277,11 +281,9 @@ impl fmt::Display for StateError {
                 age.as_secs(),
                 max_age.as_secs()
             ),
-            StateError::FutureDated { ahead } => write!(
-                f,
-                "the state is dated {} s in the future",
-                ahead.as_secs()
-            ),
+            StateError::FutureDated { ahead } => {
+                write!(f, "the state is dated {} s in the future", ahead.as_secs())
+            }
             StateError::Unauthenticated => f.write_str(
                 "the state's seal does not verify: altered, or sealed under another key",
             ),

@@ -3,71 +3,8 @@
 //! ([`Endpoint::restore_state`]), so that the peers' next records are accepted with no new
 //! handshake.
 //!
-//! # What is saved
-//!
-//! Every established connection on the compact record layer (see
-//! [`SessionConfig::compact`](crate::SessionConfig::compact)), lingering ones included: its
-//! peer address, AEAD, epoch, keys and IVs, write sequence number (moved ahead by
-//! [`STATE_SEQUENCE_RESERVE`]), explicit-nonce counter, replay window, Connection IDs (ours and
-//! the peer's), data MTU, and the handshake facts that are cheap (cipher, PSK identity, ALPN,
-//! server name, whether it resumed). Not saved: handshakes in flight (counted in
-//! [`SaveReport::skipped_handshaking`]: their peers retransmit, and a new handshake follows),
-//! connections on OpenSSL's record layer (compact mode off, or a CBC suite: their state is
-//! inside the `SSL`; counted in [`SaveReport::skipped_not_compact`]), queued data, the peer's
-//! certificate, the SRTP profile and the exporter's secret (a restored connection exports
-//! nothing).
-//!
-//! # The format
-//!
-//! A section per endpoint (a server with shards writes one per shard, in shard order):
-//!
-//! ```text
-//! header (82 bytes, authenticated as the AEAD's additional data):
-//!   magic "ODTLSST\n" ‖ format version (u16) ‖ shard index (u16) ‖ shard count (u16)
-//!   ‖ configuration fingerprint (32) ‖ saved_at: seconds (u64) and nanoseconds (u32) since
-//!   the Unix epoch ‖ connections (u32) ‖ body length (u64) ‖ nonce (12)
-//! body: the connections, AES-256-GCM under the operator's StateKey, with a fresh random nonce
-//! tag (16)
-//! ```
-//!
-//! Integers are big-endian. The body is never written in clear: it is sealed as it is written,
-//! and the plaintext buffer is wiped (`OPENSSL_cleanse`) before `save_state` returns.
-//!
-//! The **configuration fingerprint** is SHA-256 over what must not change for a saved
-//! connection to stay valid: the server context's cipher string and security level, its
-//! certificate (DER) if it has one, its Connection ID length and prefix, and its compact
-//! setting. A file from another configuration is refused
-//! ([`StateError::OtherConfiguration`]). A PSK key store is a callback and cannot be hashed:
-//! changing the PSKs does not invalidate saved connections (their keys were derived from the
-//! old PSK at the handshake, as a TLS session outlives a key rotation).
-//!
-//! # Restore
-//!
-//! [`Endpoint::restore_state`] checks, in order: magic ([`StateError::NotAStateFile`]),
-//! version ([`StateError::Version`]), shard count and index, fingerprint, date (older than
-//! `max_age`: [`StateError::Expired`]; more than [`MAX_STATE_CLOCK_SKEW`] in the future:
-//! [`StateError::FutureDated`]), the announced size against the bounds before allocating
-//! ([`StateError::TooLarge`]: at most [`MAX_STATE_CONNECTIONS`], and no more than
-//! `max_connections` leaves room for), then reads and opens the body (cut off:
-//! [`StateError::Truncated`]; altered or another key: [`StateError::Unauthenticated`]) and
-//! parses every connection into a temporary list. Only when all of that succeeded is anything
-//! inserted: a refused file leaves the endpoint as it was.
-//!
-//! An address (or a Connection ID) the endpoint already has a connection for keeps its
-//! connection: that saved entry is skipped and counted in [`RestoreReport::skipped_existing`]
-//! (restore right after bind, before any datagram is read, and there are none).
-//!
-//! Restored connections are announced as [`Event::Connected`] (a driver puts them in its accept
-//! queue) but do not count as completed handshakes; their idle clock starts at the restore.
-//!
-//! # Sequence numbers
-//!
-//! The old process usually keeps running for a moment after the save (until its signal
-//! handling finishes) and may seal more records. The write sequence number saved is
-//! therefore [`STATE_SEQUENCE_RESERVE`] past the live one (and the GCM/CCM explicit-nonce
-//! counter, where it continues OpenSSL's, as much): as long as the old process seals fewer
-//! records than that per connection after the save, the restored one never repeats a sequence
-//! number or a (key, nonce) pair. Each restart spends the reserve out of 2^48 sequence numbers.
+//! The details (what is saved, the format, the checks of a restore, the sequence-number
+//! reserve) are in [`Endpoint::save_state`]'s documentation.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -85,8 +22,8 @@ use crate::session::{SaveOutcome, Session, MAX_SAVED_SESSION_LEN};
 pub const STATE_FORMAT_VERSION: u16 = 1;
 
 /// How far ahead of the live write sequence number a connection's saved one is (2^20 records):
-/// the records the old process may still seal after the save (see the
-/// [module documentation](self)).
+/// the records the old process may still seal after the save (see
+/// [`Endpoint::save_state`]).
 pub const STATE_SEQUENCE_RESERVE: u64 = 1 << 20;
 
 /// The most connections one section of a state file may hold (2^24).
@@ -210,32 +147,100 @@ impl Loaded {
 type Suites = Vec<(&'static str, Option<&'static str>)>;
 
 impl Endpoint {
-    /// Writes every established compact connection of this (server) endpoint to `out`, sealed
-    /// under `key`, dated `saved_at` (the caller's wall clock: the endpoint reads no clock). See
-    /// the [module documentation](self::persist) for what is saved and the format. The
-    /// connections keep running: records this endpoint seals afterwards stay below the saved
-    /// sequence numbers as long as they are fewer than [`STATE_SEQUENCE_RESERVE`] per
-    /// connection; data received afterwards is not covered.
+    /// Graceful restart: writes every established compact connection of this (server)
+    /// endpoint to `out`, sealed under `key`, dated `saved_at` (the caller's wall clock: the
+    /// endpoint reads no clock). The connections keep running: records this endpoint seals
+    /// afterwards stay below the saved sequence numbers as long as they are fewer than
+    /// [`STATE_SEQUENCE_RESERVE`] per connection; data received afterwards is not covered.
+    /// [`restore_state`](Self::restore_state) loads the state into a new endpoint.
+    ///
+    /// # What is saved
+    ///
+    /// Every established connection on the compact record layer (see
+    /// [`SessionConfig::compact`](crate::SessionConfig::compact)), lingering ones included: its
+    /// peer address, AEAD, epoch, keys and IVs, write sequence number (moved ahead by
+    /// [`STATE_SEQUENCE_RESERVE`]), explicit-nonce counter, replay window, Connection IDs (ours and
+    /// the peer's), data MTU, and the handshake facts that are cheap (cipher, PSK identity, ALPN,
+    /// server name, whether it resumed). Not saved: handshakes in flight (counted in
+    /// [`SaveReport::skipped_handshaking`]: their peers retransmit, and a new handshake follows),
+    /// connections on OpenSSL's record layer (compact mode off, or a CBC suite: their state is
+    /// inside the `SSL`; counted in [`SaveReport::skipped_not_compact`]), queued data, the peer's
+    /// certificate, the SRTP profile and the exporter's secret (a restored connection exports
+    /// nothing).
+    ///
+    /// # The format
+    ///
+    /// A section per endpoint (a server with shards writes one per shard, in shard order):
+    ///
+    /// ```text
+    /// header (82 bytes, authenticated as the AEAD's additional data):
+    ///   magic "ODTLSST\n" ‖ format version (u16) ‖ shard index (u16) ‖ shard count (u16)
+    ///   ‖ configuration fingerprint (32) ‖ saved_at: seconds (u64) and nanoseconds (u32) since
+    ///   the Unix epoch ‖ connections (u32) ‖ body length (u64) ‖ nonce (12)
+    /// body: the connections, AES-256-GCM under the operator's StateKey, with a fresh random nonce
+    /// tag (16)
+    /// ```
+    ///
+    /// Integers are big-endian. The body is never written in clear: it is sealed as it is written,
+    /// and the plaintext buffer is wiped (`OPENSSL_cleanse`) before `save_state` returns.
+    ///
+    /// The **configuration fingerprint** is SHA-256 over what must not change for a saved
+    /// connection to stay valid: the server context's cipher string and security level, its
+    /// certificate (DER) if it has one, its Connection ID length and prefix, and its compact
+    /// setting. A file from another configuration is refused
+    /// ([`StateError::OtherConfiguration`]). A PSK key store is a callback and cannot be hashed:
+    /// changing the PSKs does not invalidate saved connections (their keys were derived from the
+    /// old PSK at the handshake, as a TLS session outlives a key rotation).
+    ///
+    /// # Restore
+    ///
+    /// [`Endpoint::restore_state`] checks, in order: magic ([`StateError::NotAStateFile`]),
+    /// version ([`StateError::Version`]), shard count and index, fingerprint, date (older than
+    /// `max_age`: [`StateError::Expired`]; more than [`MAX_STATE_CLOCK_SKEW`] in the future:
+    /// [`StateError::FutureDated`]), the announced size against the bounds before allocating
+    /// ([`StateError::TooLarge`]: at most [`MAX_STATE_CONNECTIONS`], and no more than
+    /// `max_connections` leaves room for), then reads and opens the body (cut off:
+    /// [`StateError::Truncated`]; altered or another key: [`StateError::Unauthenticated`]) and
+    /// parses every connection into a temporary list. Only when all of that succeeded is anything
+    /// inserted: a refused file leaves the endpoint as it was.
+    ///
+    /// An address (or a Connection ID) the endpoint already has a connection for keeps its
+    /// connection: that saved entry is skipped and counted in [`RestoreReport::skipped_existing`]
+    /// (restore right after bind, before any datagram is read, and there are none).
+    ///
+    /// Restored connections are announced as [`Event::Connected`] (a driver puts them in its accept
+    /// queue) but do not count as completed handshakes; their idle clock starts at the restore.
+    ///
+    /// # Sequence numbers
+    ///
+    /// The old process usually keeps running for a moment after the save (until its signal
+    /// handling finishes) and may seal more records. The write sequence number saved is
+    /// therefore [`STATE_SEQUENCE_RESERVE`] past the live one (and the GCM/CCM explicit-nonce
+    /// counter, where it continues OpenSSL's, as much): as long as the old process seals fewer
+    /// records than that per connection after the save, the restored one never repeats a sequence
+    /// number or a (key, nonce) pair. Each restart spends the reserve out of 2^48 sequence numbers.
+    ///
+    /// # Example
     ///
     /// ```
     /// use std::time::{Duration, Instant, SystemTime};
     /// use openssl_dtls::{DtlsServerContext, Endpoint, EndpointConfig, StateKey};
     ///
     /// let ctx = DtlsServerContext::builder()
-    ///     .psk_key_store(|_| Some(b"secretPSK".to_vec()))
-    ///     .compact_connections(true)
-    ///     .build()?;
+    ///    .psk_key_store(|_| Some(b"secretPSK".to_vec()))
+    ///    .compact_connections(true)
+    ///    .build()?;
     /// let old = Endpoint::server(ctx.clone(), EndpointConfig::default())?;
     /// let key = StateKey::generate()?;
     /// let mut file = Vec::new();
     /// let saved = old.save_state(&mut file, &key, SystemTime::now())?;
     /// let mut new = Endpoint::server(ctx, EndpointConfig::default())?;
     /// let restored = new.restore_state(
-    ///     &mut &file[..],
-    ///     &key,
-    ///     Instant::now(),
-    ///     SystemTime::now(),
-    ///     Duration::from_secs(600),
+    ///    &mut &file[..],
+    ///    &key,
+    ///    Instant::now(),
+    ///    SystemTime::now(),
+    ///    Duration::from_secs(600),
     /// )?;
     /// assert_eq!(restored.restored, saved.saved);
     /// # Ok::<(), openssl_dtls::Error>(())
@@ -255,7 +260,7 @@ impl Endpoint {
     /// `wall_now`. `now` is the endpoint's time (the restored connections' idle clocks start
     /// there). Each reason for refusing the file is its own [`StateError`] (as
     /// [`Error::State`]); a refused file loads nothing. Call it before handing the endpoint any
-    /// datagram. See the [module documentation](self::persist).
+    /// datagram. See [`save_state`](Self::save_state) for the checks, in order.
     pub fn restore_state(
         &mut self,
         input: &mut impl Read,
@@ -405,7 +410,7 @@ impl Endpoint {
             .into());
         }
         let mut plain = open_body(input, key, &header, &raw)?;
-        let parsed = self.parse_body(&plain, count, &suites);
+        let parsed = self.parse_body(&plain, count, suites);
         crate::ffi::evp::cleanse(&mut plain);
         Ok(Loaded {
             entries: parsed.ok_or(StateError::Malformed)?,
@@ -440,7 +445,7 @@ impl Endpoint {
         (r.remaining() == 0).then_some(entries)
     }
 
-    /// Inserts the connections of a loaded section (see the [module documentation](self)).
+    /// Inserts the connections of a loaded section (see [`Endpoint::save_state`]).
     pub(crate) fn install(&mut self, now: Instant, loaded: Loaded) -> RestoreReport {
         let now = self.tick(now);
         let mut report = RestoreReport {
@@ -509,8 +514,8 @@ impl Endpoint {
         self.timers.clear();
     }
 
-    /// The configuration fingerprint (see the [module documentation](self)) and the DTLS 1.2
-    /// suites OpenSSL knows (to find a saved suite's static name).
+    /// The configuration fingerprint (see [`Endpoint::save_state`]) and the DTLS 1.2 suites
+    /// OpenSSL knows (to find a saved suite's static name).
     fn fingerprint(&self) -> Result<([u8; 32], &'static Suites)> {
         let Some((ctx, _)) = &self.server else {
             return Err(StateError::NoServerContext.into());
@@ -566,7 +571,7 @@ fn known_suites() -> Result<&'static Suites> {
     Ok(SUITES.get_or_init(|| suites))
 }
 
-/// A section's header (see the [module documentation](self)).
+/// A section's header (see [`Endpoint::save_state`]).
 struct Header {
     version: u16,
     shard_index: u16,

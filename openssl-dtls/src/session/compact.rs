@@ -528,7 +528,7 @@ impl Session {
         r: &mut record::Cursor<'_>,
         config: &SessionConfig,
         peer: SocketAddr,
-        cipher_names: &dyn Fn(&[u8]) -> Option<(&'static str, Option<&'static str>)>,
+        cipher_names: &dyn Fn(&[u8]) -> Option<SuiteNames>,
         now: Instant,
     ) -> Option<Session> {
         let role = match r.u8()? {
@@ -638,6 +638,9 @@ impl Session {
         })
     }
 }
+
+/// A suite's OpenSSL name and IANA name (static: OpenSSL's own strings).
+pub(crate) type SuiteNames = (&'static str, Option<&'static str>);
 
 /// Appends `bytes` (at most 255) after a one-byte length.
 fn put_bytes8(out: &mut Vec<u8>, bytes: &[u8]) {
