@@ -152,9 +152,15 @@ fn echo(server: &Arc<DtlsServer>) -> JoinHandle<()> {
     })
 }
 
-/// Binds `addr` again once the previous server's socket is gone (bounded).
+/// Binds `addr` again once the previous server's sockets are gone (bounded): a plain bind
+/// (no `SO_REUSEPORT`) succeeds only then, so the new shards cannot join a group the old
+/// sockets (held a moment longer by ending connection threads) are still in.
 fn bind_again(addr: SocketAddr, ctx: DtlsServerContext, socket: SocketOptions) -> Arc<DtlsServer> {
     let deadline = Instant::now() + STEP;
+    while UdpSocket::bind(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} still bound");
+        thread::sleep(Duration::from_millis(20));
+    }
     loop {
         match DtlsServer::bind_with(addr, ctx.clone(), EndpointConfig::default(), socket.clone()) {
             Ok(s) => return Arc::new(s),
