@@ -437,16 +437,16 @@ pub(crate) fn restore_shards<D: super::Io>(
         .first()
         .map_or(0, |c| c.endpoint.config().max_connections)
         .saturating_sub(cores.iter().map(|c| c.endpoint.stats().connections).sum());
+    let now = Instant::now();
     for core in &cores {
         let section = core
             .endpoint
-            .load_section(input, key, wall_now, max_age, count, left)?;
+            .load_section(input, key, now, wall_now, max_age, count, left)?;
         left -= section.len();
         loaded.push(section);
     }
     crate::endpoint::expect_end(input)?;
     let mut report = crate::endpoint::RestoreReport::default();
-    let now = Instant::now();
     for ((core, section), shared) in cores.iter_mut().zip(loaded).zip(shards) {
         let r = core.endpoint.install(now, section);
         report.add(&r);

@@ -38,7 +38,7 @@ const HEADER_LEN: usize = 8 + 2 + 2 + 2 + 32 + 8 + 4 + 4 + 8 + 12;
 const TAG_LEN: usize = 16;
 /// The most bytes one saved connection takes: its address, a flag, and the session.
 const MAX_ENTRY_LEN: usize = 1 + 16 + 2 + 4 + 1 + MAX_SAVED_SESSION_LEN;
-/// Bytes sealed or opened per cipher call.
+/// Bytes read and opened per cipher call.
 const CHUNK: usize = 64 * 1024;
 
 /// The key a state file is sealed with (AES-256-GCM), supplied by the operator: 32 random bytes
@@ -177,12 +177,14 @@ impl Endpoint {
     ///   magic "ODTLSST\n" ‖ format version (u16) ‖ shard index (u16) ‖ shard count (u16)
     ///   ‖ configuration fingerprint (32) ‖ saved_at: seconds (u64) and nanoseconds (u32) since
     ///   the Unix epoch ‖ connections (u32) ‖ body length (u64) ‖ nonce (12)
-    /// body: the connections, AES-256-GCM under the operator's StateKey, with a fresh random nonce
+    /// body: the connections, each after a two-byte length, AES-256-GCM under the operator's
+    ///   StateKey, with a fresh random nonce
     /// tag (16)
     /// ```
     ///
-    /// Integers are big-endian. The body is never written in clear: it is sealed as it is written,
-    /// and the plaintext buffer is wiped (`OPENSSL_cleanse`) before `save_state` returns.
+    /// Integers are big-endian. The body is never written in clear: it is sealed as it is
+    /// written, one connection at a time (the save holds one connection's plaintext, the
+    /// restore one chunk's, in buffers wiped with `OPENSSL_cleanse` afterwards).
     ///
     /// The **configuration fingerprint** is SHA-256 over what must not change for a saved
     /// connection to stay valid: the server context's cipher string and security level, its
@@ -269,7 +271,7 @@ impl Endpoint {
         wall_now: SystemTime,
         max_age: Duration,
     ) -> Result<RestoreReport> {
-        let loaded = self.load_section(input, key, wall_now, max_age, 1, usize::MAX)?;
+        let loaded = self.load_section(input, key, now, wall_now, max_age, 1, usize::MAX)?;
         expect_end(input)?;
         Ok(self.install(now, loaded))
     }
@@ -287,44 +289,47 @@ impl Endpoint {
             skipped_handshaking: self.offload.away.len(),
             ..SaveReport::default()
         };
-        let mut body = Vec::with_capacity(self.peers.len().saturating_mul(180));
+        // Two passes over the (unchanging) table: the first counts and measures, the second
+        // seals as it writes. One entry at a time is in clear, in a buffer that never grows
+        // (so no reallocation leaves a copy behind) and is wiped at the end.
+        let mut scratch = Vec::with_capacity(2 + MAX_ENTRY_LEN);
+        let mut body_len = 0u64;
         for (addr, p) in &self.peers {
             if p.replacement.is_some() {
                 report.skipped_handshaking += 1;
             }
-            let start = body.len();
-            write_addr(&mut body, *addr);
-            body.push(u8::from(p.unconfirmed));
-            match p.session.write_saved(STATE_SEQUENCE_RESERVE, &mut body) {
-                SaveOutcome::Saved => report.saved += 1,
-                other => {
-                    // Nothing secret was written for a session that is not saved.
-                    body.truncate(start);
-                    match other {
-                        SaveOutcome::Handshaking => report.skipped_handshaking += 1,
-                        SaveOutcome::NotCompact => report.skipped_not_compact += 1,
-                        SaveOutcome::Saved | SaveOutcome::Ended => {}
-                    }
+            scratch.clear();
+            match write_entry(*addr, p, &mut scratch) {
+                SaveOutcome::Saved => {
+                    report.saved += 1;
+                    body_len += scratch.len() as u64;
                 }
+                SaveOutcome::Handshaking => report.skipped_handshaking += 1,
+                SaveOutcome::NotCompact => report.skipped_not_compact += 1,
+                SaveOutcome::Ended => {}
             }
         }
-        let result = seal_section(
-            out,
-            key,
-            Header {
-                version: STATE_FORMAT_VERSION,
-                shard_index: u16::from(self.shard.unwrap_or(0)),
-                shard_count,
-                fingerprint,
-                saved_at,
-                count: report.saved as u32,
-                body_len: body.len() as u64,
-                nonce: [0; 12],
-            },
-            &body,
-        );
-        crate::ffi::evp::cleanse(&mut body);
-        report.bytes = result?;
+        let header = Header {
+            version: STATE_FORMAT_VERSION,
+            shard_index: u16::from(self.shard.unwrap_or(0)),
+            shard_count,
+            fingerprint,
+            saved_at,
+            count: u32::try_from(report.saved).unwrap_or(u32::MAX),
+            body_len,
+            nonce: [0; 12],
+        };
+        let sealed = Sealer::start(out, key, header).and_then(|mut sealer| {
+            for (addr, p) in &self.peers {
+                scratch.clear();
+                if write_entry(*addr, p, &mut scratch) == SaveOutcome::Saved {
+                    sealer.write(&scratch)?;
+                }
+            }
+            sealer.finish()
+        });
+        crate::ffi::evp::cleanse_vec(&mut scratch);
+        report.bytes = sealed?;
         Ok(report)
     }
 
@@ -335,6 +340,7 @@ impl Endpoint {
         &self,
         input: &mut impl Read,
         key: &StateKey,
+        now: Instant,
         wall_now: SystemTime,
         max_age: Duration,
         shard_count: u16,
@@ -401,7 +407,7 @@ impl Endpoint {
             }
             .into());
         }
-        let max_body = (count as u64).saturating_mul(MAX_ENTRY_LEN as u64);
+        let max_body = (count as u64).saturating_mul(2 + MAX_ENTRY_LEN as u64);
         if header.body_len > max_body {
             return Err(StateError::TooLarge {
                 announced: header.body_len,
@@ -409,40 +415,35 @@ impl Endpoint {
             }
             .into());
         }
-        let mut plain = open_body(input, key, &header, &raw)?;
-        let parsed = self.parse_body(&plain, count, suites);
-        crate::ffi::evp::cleanse(&mut plain);
+        let config = self
+            .server
+            .as_ref()
+            .ok_or(StateError::NoServerContext)?
+            .0
+            .session_config();
+        // The fingerprint has checked the cipher configuration: a suite the context does not
+        // enable cannot appear.
+        let names = |name: &[u8]| suites.iter().find(|(n, _)| n.as_bytes() == name).copied();
+        let mut entries = Vec::with_capacity(count);
+        open_body(input, key, &header, &raw, |entry| {
+            if entries.len() == count {
+                return false;
+            }
+            match read_entry(entry, config, &names, now) {
+                Some(e) => {
+                    entries.push(e);
+                    true
+                }
+                None => false,
+            }
+        })?;
+        if entries.len() != count {
+            return Err(StateError::Malformed.into());
+        }
         Ok(Loaded {
-            entries: parsed.ok_or(StateError::Malformed)?,
+            entries,
             saved_at: header.saved_at,
         })
-    }
-
-    /// The connections of an opened body, or `None` if it does not parse.
-    fn parse_body(
-        &self,
-        body: &[u8],
-        count: usize,
-        suites: &Suites,
-    ) -> Option<Vec<(SocketAddr, Session, bool)>> {
-        // The fingerprint has checked the cipher configuration; a suite the context no longer
-        // enables cannot appear.
-        let config = self.server.as_ref()?.0.session_config();
-        let names = |name: &[u8]| suites.iter().find(|(n, _)| n.as_bytes() == name).copied();
-        let now = self.now.unwrap_or_else(Instant::now);
-        let mut r = Cursor::new(body);
-        let mut entries = Vec::with_capacity(count);
-        for _ in 0..count {
-            let addr = read_addr(&mut r)?;
-            let unconfirmed = match r.u8()? {
-                0 => false,
-                1 => true,
-                _ => return None,
-            };
-            let session = Session::read_saved(&mut r, config, addr, &names, now)?;
-            entries.push((addr, session, unconfirmed));
-        }
-        (r.remaining() == 0).then_some(entries)
     }
 
     /// Inserts the connections of a loaded section (see [`Endpoint::save_state`]).
@@ -627,46 +628,110 @@ impl Header {
     }
 }
 
-/// Seals `body` under `key` with a fresh nonce and writes header, ciphertext and tag to `out`;
-/// the bytes written.
-fn seal_section(
-    out: &mut impl Write,
-    key: &StateKey,
-    mut header: Header,
-    body: &[u8],
-) -> Result<u64> {
-    openssl::rand::rand_bytes(&mut header.nonce).map_err(Error::Ssl)?;
-    let raw = header.encode();
-    let mut c = Crypter::new(
-        Cipher::aes_256_gcm(),
-        Mode::Encrypt,
-        &key.0,
-        Some(&header.nonce),
-    )
-    .map_err(Error::Ssl)?;
-    c.aad_update(&raw).map_err(Error::Ssl)?;
-    out.write_all(&raw).map_err(Error::Io)?;
-    let mut buf = vec![0u8; CHUNK + 16];
-    for chunk in body.chunks(CHUNK) {
-        let n = c.update(chunk, &mut buf).map_err(Error::Ssl)?;
-        out.write_all(&buf[..n]).map_err(Error::Io)?;
+/// Appends one saved connection to `out` after a two-byte length: its address, whether it
+/// moved to an address not confirmed yet, and the session (see [`Session::write_saved`]). On
+/// any outcome but `Saved`, `out` holds nothing of it (nothing secret was written).
+fn write_entry(addr: SocketAddr, p: &Peer, out: &mut Vec<u8>) -> SaveOutcome {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0]);
+    write_addr(out, addr);
+    out.push(u8::from(p.unconfirmed));
+    let outcome = p.session.write_saved(STATE_SEQUENCE_RESERVE, out);
+    let len = out.len() - start - 2;
+    if outcome != SaveOutcome::Saved || len > MAX_ENTRY_LEN {
+        out.truncate(start);
+        return if outcome == SaveOutcome::Saved {
+            SaveOutcome::Ended // cannot happen: every field is bounded
+        } else {
+            outcome
+        };
     }
-    let n = c.finalize(&mut buf).map_err(Error::Ssl)?;
-    out.write_all(&buf[..n]).map_err(Error::Io)?;
-    let mut tag = [0u8; TAG_LEN];
-    c.get_tag(&mut tag).map_err(Error::Ssl)?;
-    out.write_all(&tag).map_err(Error::Io)?;
-    Ok((HEADER_LEN + body.len() + TAG_LEN) as u64)
+    out[start..start + 2].copy_from_slice(&(len as u16).to_be_bytes());
+    outcome
+}
+
+/// One saved connection from its entry (without the length), or `None` if it does not parse.
+fn read_entry(
+    entry: &[u8],
+    config: &crate::config::SessionConfig,
+    names: &dyn Fn(&[u8]) -> Option<crate::session::SuiteNames>,
+    now: Instant,
+) -> Option<(SocketAddr, Session, bool)> {
+    let mut r = Cursor::new(entry);
+    let addr = read_addr(&mut r)?;
+    let unconfirmed = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let session = Session::read_saved(&mut r, config, addr, names, now)?;
+    (r.remaining() == 0).then_some((addr, session, unconfirmed))
+}
+
+/// A section being sealed as it is written: AES-256-GCM under the state key, the header as
+/// additional data.
+struct Sealer<'w, W: Write> {
+    out: &'w mut W,
+    c: Crypter,
+    buf: Vec<u8>,
+    written: u64,
+}
+
+impl<'w, W: Write> Sealer<'w, W> {
+    /// Draws a fresh nonce into `header` and writes it.
+    fn start(out: &'w mut W, key: &StateKey, mut header: Header) -> Result<Sealer<'w, W>> {
+        openssl::rand::rand_bytes(&mut header.nonce).map_err(Error::Ssl)?;
+        let raw = header.encode();
+        let mut c = Crypter::new(
+            Cipher::aes_256_gcm(),
+            Mode::Encrypt,
+            &key.0,
+            Some(&header.nonce),
+        )
+        .map_err(Error::Ssl)?;
+        c.aad_update(&raw).map_err(Error::Ssl)?;
+        out.write_all(&raw).map_err(Error::Io)?;
+        Ok(Sealer {
+            out,
+            c,
+            buf: vec![0u8; 2 + MAX_ENTRY_LEN + 16],
+            written: HEADER_LEN as u64,
+        })
+    }
+
+    /// Seals and writes `plain` (at most one entry).
+    fn write(&mut self, plain: &[u8]) -> Result<()> {
+        let n = self.c.update(plain, &mut self.buf).map_err(Error::Ssl)?;
+        self.out.write_all(&self.buf[..n]).map_err(Error::Io)?;
+        self.written += n as u64;
+        Ok(())
+    }
+
+    /// Writes the tag; the bytes written in all.
+    fn finish(mut self) -> Result<u64> {
+        let n = self.c.finalize(&mut self.buf).map_err(Error::Ssl)?;
+        self.out.write_all(&self.buf[..n]).map_err(Error::Io)?;
+        let mut tag = [0u8; TAG_LEN];
+        self.c.get_tag(&mut tag).map_err(Error::Ssl)?;
+        self.out.write_all(&tag).map_err(Error::Io)?;
+        Ok(self.written + n as u64 + TAG_LEN as u64)
+    }
 }
 
 /// Reads the body `header` announces and its tag from `input` and opens it (`raw`: the header
-/// as read, the additional data). The plaintext is returned only if the tag verifies.
+/// as read, the additional data), handing each entry to `entry` as it is decrypted; `entry`
+/// returns `false` for one that does not parse. The entries are not to be used unless this
+/// returns `Ok`: the tag is checked at the end. A tag that does not verify is
+/// [`StateError::Unauthenticated`] (even if an entry failed to parse first: an altered file
+/// says so); an entry that did not parse under a good tag, [`StateError::Malformed`]. Only one
+/// chunk and one entry are in clear at a time, in buffers that never grow and are wiped.
 fn open_body(
     input: &mut impl Read,
     key: &StateKey,
     header: &Header,
     raw: &[u8; HEADER_LEN],
-) -> Result<Vec<u8>> {
+    mut entry: impl FnMut(&[u8]) -> bool,
+) -> Result<()> {
     let mut c = Crypter::new(
         Cipher::aes_256_gcm(),
         Mode::Decrypt,
@@ -675,43 +740,58 @@ fn open_body(
     )
     .map_err(Error::Ssl)?;
     c.aad_update(raw).map_err(Error::Ssl)?;
-    // Grown as it is read: a cut-off file costs no more than its length.
-    let mut plain: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; CHUNK];
+    // Decrypted bytes not yet parsed: less than one entry, plus one chunk.
+    let mut pending: Vec<u8> = Vec::with_capacity(2 + MAX_ENTRY_LEN + CHUNK + 16);
     let mut out = vec![0u8; CHUNK + 16];
-    let mut left = header.body_len;
-    let fail = |mut plain: Vec<u8>, e: Error| {
-        crate::ffi::evp::cleanse(&mut plain);
-        Err(e)
-    };
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        if let Err(e) = read_exact(input, &mut chunk[..n]) {
-            return fail(plain, e);
+    let mut malformed = false;
+    let result = (|| {
+        let mut left = header.body_len;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            read_exact(input, &mut chunk[..n])?;
+            let m = c.update(&chunk[..n], &mut out).map_err(Error::Ssl)?;
+            left -= n as u64;
+            if malformed {
+                continue; // read on to the tag: an altered file is told as such
+            }
+            pending.extend_from_slice(&out[..m]);
+            let mut at = 0;
+            while let Some(len) = pending
+                .get(at..at + 2)
+                .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+            {
+                if len > MAX_ENTRY_LEN {
+                    malformed = true;
+                    break;
+                }
+                let Some(e) = pending.get(at + 2..at + 2 + len) else {
+                    break; // the rest of this entry is in the next chunk
+                };
+                if !entry(e) {
+                    malformed = true;
+                    break;
+                }
+                at += 2 + len;
+            }
+            pending.drain(..at.min(pending.len()));
         }
-        match c.update(&chunk[..n], &mut out) {
-            Ok(m) => plain.extend_from_slice(&out[..m]),
-            Err(e) => return fail(plain, Error::Ssl(e)),
-        }
-        crate::ffi::evp::cleanse(&mut out);
-        left -= n as u64;
-    }
-    let mut tag = [0u8; TAG_LEN];
-    if let Err(e) = read_exact(input, &mut tag) {
-        return fail(plain, e);
-    }
-    if let Err(e) = c.set_tag(&tag) {
-        return fail(plain, Error::Ssl(e));
-    }
-    match c.finalize(&mut out) {
-        Ok(m) => plain.extend_from_slice(&out[..m]),
-        Err(_) => {
+        let mut tag = [0u8; TAG_LEN];
+        read_exact(input, &mut tag)?;
+        c.set_tag(&tag).map_err(Error::Ssl)?;
+        if c.finalize(&mut out).is_err() {
             // The expected outcome of an altered file: not an OpenSSL error to report.
             crate::ffi::evp::clear_error();
-            return fail(plain, StateError::Unauthenticated.into());
+            return Err(StateError::Unauthenticated.into());
         }
-    }
-    Ok(plain)
+        if malformed || !pending.is_empty() {
+            return Err(StateError::Malformed.into());
+        }
+        Ok(())
+    })();
+    crate::ffi::evp::cleanse_vec(&mut pending);
+    crate::ffi::evp::cleanse_vec(&mut out);
+    result
 }
 
 /// `read_exact`, a short input being [`StateError::Truncated`].
@@ -764,4 +844,99 @@ fn read_addr(r: &mut Cursor<'_>) -> Option<SocketAddr> {
         }
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::DtlsServerContext;
+    use crate::endpoint::EndpointConfig;
+
+    fn endpoint() -> Endpoint {
+        let ctx = DtlsServerContext::builder()
+            .psk_key_store(|_| Some(b"secretPSK".to_vec()))
+            .compact_connections(true)
+            .build()
+            .unwrap();
+        Endpoint::server(ctx, EndpointConfig::default()).unwrap()
+    }
+
+    /// A section sealed under `key` with `body` as its (announced) body and `count` connections.
+    fn sealed(ep: &Endpoint, key: &StateKey, count: u32, body: &[u8]) -> Vec<u8> {
+        let (fingerprint, _) = ep.fingerprint().unwrap();
+        let header = Header {
+            version: STATE_FORMAT_VERSION,
+            shard_index: 0,
+            shard_count: 1,
+            fingerprint,
+            saved_at: SystemTime::now(),
+            count,
+            body_len: body.len() as u64,
+            nonce: [0; 12],
+        };
+        let mut out = Vec::new();
+        let mut sealer = Sealer::start(&mut out, key, header).unwrap();
+        sealer.write(body).unwrap();
+        sealer.finish().unwrap();
+        out
+    }
+
+    fn restore(ep: &mut Endpoint, key: &StateKey, file: &[u8]) -> Result<RestoreReport> {
+        let hour = Duration::from_secs(3600);
+        ep.restore_state(&mut &file[..], key, Instant::now(), SystemTime::now(), hour)
+    }
+
+    fn state_error(r: Result<RestoreReport>) -> StateError {
+        match r {
+            Err(Error::State(e)) => e,
+            other => panic!("expected a state error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_well_sealed_body_that_does_not_parse_is_malformed_and_loads_nothing() {
+        let mut ep = endpoint();
+        let key = StateKey::from_bytes(&[3; 32]);
+        // An entry of garbage; an entry length past the bound; fewer entries than announced;
+        // an entry cut short at the end.
+        let cases: [(u32, Vec<u8>); 4] = [
+            (1, vec![0, 3, 9, 9, 9]),
+            (1, vec![0xff, 0xff, 0]),
+            (2, vec![]),
+            (1, vec![0, 1]),
+        ];
+        for (count, body) in cases {
+            let file = sealed(&ep, &key, count, &body);
+            assert_eq!(
+                state_error(restore(&mut ep, &key, &file)),
+                StateError::Malformed,
+                "{body:?}"
+            );
+            assert!(ep.is_empty());
+        }
+        // An empty section is fine.
+        let file = sealed(&ep, &key, 0, &[]);
+        assert_eq!(restore(&mut ep, &key, &file).unwrap().restored, 0);
+    }
+
+    #[test]
+    fn the_announced_size_is_checked_before_anything_is_read() {
+        let mut ep = endpoint();
+        let key = StateKey::from_bytes(&[3; 32]);
+        // More connections than max_connections leaves room for: refused from the header.
+        let room = ep.config().max_connections as u32;
+        let mut file = sealed(&ep, &key, 0, &[]);
+        file[58..62].copy_from_slice(&(room + 1).to_be_bytes());
+        assert!(matches!(
+            state_error(restore(&mut ep, &key, &file[..HEADER_LEN])),
+            StateError::TooLarge { .. }
+        ));
+        // A body longer than its connections can take.
+        let mut file = sealed(&ep, &key, 1, &[]);
+        file[62..70].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert!(matches!(
+            state_error(restore(&mut ep, &key, &file[..HEADER_LEN])),
+            StateError::TooLarge { .. }
+        ));
+    }
 }
