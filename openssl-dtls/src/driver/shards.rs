@@ -438,10 +438,13 @@ pub(crate) fn restore_shards<D: super::Io>(
         .map_or(0, |c| c.endpoint.config().max_connections)
         .saturating_sub(cores.iter().map(|c| c.endpoint.stats().connections).sum());
     let now = Instant::now();
+    let at = crate::endpoint::LoadAt {
+        now,
+        wall_now,
+        max_age,
+    };
     for core in &cores {
-        let section = core
-            .endpoint
-            .load_section(input, key, now, wall_now, max_age, count, left)?;
+        let section = core.endpoint.load_section(input, key, at, count, left)?;
         left -= section.len();
         loaded.push(section);
     }

@@ -45,7 +45,7 @@ pub use self::config::EndpointConfig;
 pub(crate) use self::events::{report_failures, FailureHook, MAX_PENDING_FAILURES};
 pub use self::events::{Event, HandshakeFailure, PeerIdentity};
 pub use self::offload::{HandshakeJob, HANDSHAKE_INBOX};
-pub(crate) use self::persist::expect_end;
+pub(crate) use self::persist::{expect_end, LoadAt};
 pub use self::persist::{
     RestoreReport, SaveReport, StateKey, MAX_STATE_CLOCK_SKEW, MAX_STATE_CONNECTIONS,
     STATE_FORMAT_VERSION, STATE_SEQUENCE_RESERVE,

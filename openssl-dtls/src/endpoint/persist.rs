@@ -130,6 +130,14 @@ impl RestoreReport {
     }
 }
 
+/// When a state is loaded: the endpoint's time, the wall clock, and the oldest state accepted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadAt {
+    pub(crate) now: Instant,
+    pub(crate) wall_now: SystemTime,
+    pub(crate) max_age: Duration,
+}
+
 /// One section read, opened and parsed, not yet inserted.
 pub(crate) struct Loaded {
     entries: Vec<(SocketAddr, Session, bool)>,
@@ -271,7 +279,12 @@ impl Endpoint {
         wall_now: SystemTime,
         max_age: Duration,
     ) -> Result<RestoreReport> {
-        let loaded = self.load_section(input, key, now, wall_now, max_age, 1, usize::MAX)?;
+        let at = LoadAt {
+            now,
+            wall_now,
+            max_age,
+        };
+        let loaded = self.load_section(input, key, at, 1, usize::MAX)?;
         expect_end(input)?;
         Ok(self.install(now, loaded))
     }
@@ -340,12 +353,15 @@ impl Endpoint {
         &self,
         input: &mut impl Read,
         key: &StateKey,
-        now: Instant,
-        wall_now: SystemTime,
-        max_age: Duration,
+        at: LoadAt,
         shard_count: u16,
         limit: usize,
     ) -> Result<Loaded> {
+        let LoadAt {
+            now,
+            wall_now,
+            max_age,
+        } = at;
         let (fingerprint, suites) = self.fingerprint()?;
         let mut raw = [0u8; HEADER_LEN];
         read_exact(input, &mut raw[..8])?;
