@@ -189,14 +189,15 @@ fn state_error(r: Result<impl std::fmt::Debug, Error>) -> StateError {
 struct Relay {
     /// Where the device sends.
     inside: SocketAddr,
-    from_server: Arc<Mutex<Vec<(u16, u64)>>>,
+    from_server: Arc<Mutex<Vec<(u16, u64, [u8; 8])>>>,
     device_handshake_records: Arc<Mutex<usize>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
-/// The (content type, epoch, sequence number) of each record of a datagram without CIDs.
-fn records(d: &[u8]) -> Vec<(u8, u16, u64)> {
+/// The (content type, epoch, sequence number, first 8 bytes of the fragment: a GCM or CCM
+/// record's explicit nonce) of each record of a datagram without CIDs.
+fn records(d: &[u8]) -> Vec<(u8, u16, u64, [u8; 8])> {
     let mut out = Vec::new();
     let mut at = 0;
     while d.len() >= at + 13 {
@@ -205,7 +206,11 @@ fn records(d: &[u8]) -> Vec<(u8, u16, u64)> {
         let mut seq = [0u8; 8];
         seq[2..].copy_from_slice(&h[5..11]);
         let len = usize::from(u16::from_be_bytes([h[11], h[12]]));
-        out.push((h[0], epoch, u64::from_be_bytes(seq)));
+        let mut explicit = [0u8; 8];
+        if let Some(f) = d.get(at + 13..at + 21) {
+            explicit.copy_from_slice(f);
+        }
+        out.push((h[0], epoch, u64::from_be_bytes(seq), explicit));
         at += 13 + len;
     }
     out
@@ -242,7 +247,7 @@ impl Relay {
                         *device.lock().unwrap() = Some(from);
                         let handshakes = records(&buf[..n])
                             .iter()
-                            .filter(|(t, e, _)| *t == 22 && *e == 0)
+                            .filter(|(t, e, _, _)| *t == 22 && *e == 0)
                             .count();
                         *hs.lock().unwrap() += handshakes;
                         let _ = outside.send_to(&buf[..n], server);
@@ -264,7 +269,7 @@ impl Relay {
                     if let Ok((n, _)) = outside.recv_from(&mut buf) {
                         log.lock()
                             .unwrap()
-                            .extend(records(&buf[..n]).into_iter().map(|(_, e, s)| (e, s)));
+                            .extend(records(&buf[..n]).into_iter().map(|(_, e, s, x)| (e, s, x)));
                         if let Some(d) = *device.lock().unwrap() {
                             let _ = inside.send_to(&buf[..n], d);
                         }
@@ -283,14 +288,23 @@ impl Relay {
 
     /// The server's epoch-1 sequence numbers seen so far, and forgets them.
     fn take_epoch1(&self) -> Vec<u64> {
+        self.take_epoch1_nonces()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    /// The server's epoch-1 (sequence number, explicit nonce) pairs seen so far, and forgets
+    /// them.
+    fn take_epoch1_nonces(&self) -> Vec<(u64, [u8; 8])> {
         let mut log = self.from_server.lock().unwrap();
-        let seqs = log
+        let seen = log
             .iter()
-            .filter(|(e, _)| *e == 1)
-            .map(|(_, s)| *s)
+            .filter(|(e, _, _)| *e == 1)
+            .map(|(_, s, x)| (*s, *x))
             .collect();
         log.clear();
-        seqs
+        seen
     }
 
     fn device_handshake_records(&self) -> usize {
@@ -839,4 +853,57 @@ fn a_thousand_devices_resume_on_a_new_server_process_without_a_handshake() {
     // Not one handshake on the new server.
     assert_eq!(handshakes, "handshakes completed: 0");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_connection_saved_while_its_server_lingers_resumes_on_a_gcm_suite() {
+    // The server sent the handshake's last flight and keeps its SSL until the device's first
+    // record: saved in that state, the write sequence and GCM's explicit nonce must continue
+    // after OpenSSL's own records.
+    let ctx = server_ctx(Some("PSK-AES128-GCM-SHA256"), None);
+    let old = Arc::new(DtlsServer::bind("127.0.0.1:0", ctx.clone()).unwrap());
+    let addr = old.local_addr();
+    let relay = Relay::start(addr);
+    let mut device = Device::connect(relay.inside, &client_ctx(false));
+    assert_eq!(device.session.cipher(), Some("PSK-AES128-GCM-SHA256"));
+    let conn = old.accept().unwrap();
+    assert_eq!(
+        old.stats().compact_handoffs,
+        0,
+        "the server still holds its SSL"
+    );
+    let mut state = Vec::new();
+    assert_eq!(
+        old.save_state_and_stop(&mut state, &key()).unwrap().saved,
+        1
+    );
+    drop(conn);
+    old.close();
+    drop(old);
+    let before = relay.take_epoch1_nonces(); // the server's Finished, from OpenSSL
+    assert!(!before.is_empty());
+
+    let new = bind_again(addr, ctx, SocketOptions::default());
+    assert_eq!(
+        new.restore_state(&mut &state[..], &key(), HOUR)
+            .unwrap()
+            .restored,
+        1
+    );
+    let new_echo = echo(&new);
+    assert_eq!(device.echo(b"first words"), b"first words");
+    let after = relay.take_epoch1_nonces();
+    assert!(!after.is_empty());
+    let newest = before.iter().map(|(s, _)| *s).max().unwrap();
+    assert!(
+        after.iter().all(|(s, _)| *s > newest),
+        "{before:?} {after:?}"
+    );
+    // No explicit nonce (OpenSSL's GCM counter starts at a random value) repeats either.
+    for (_, x) in &after {
+        assert!(before.iter().all(|(_, y)| y != x), "{before:?} {after:?}");
+    }
+    assert_eq!(new.stats().handshakes_completed, 0);
+    new.close();
+    new_echo.join().unwrap();
 }
