@@ -184,12 +184,15 @@ fn state_error(r: Result<impl std::fmt::Debug, Error>) -> StateError {
     }
 }
 
+/// A record the relay saw from the server: epoch, sequence number, explicit nonce.
+type Seen = (u16, u64, [u8; 8]);
+
 /// A relay between one device and the server that records the (epoch, sequence number) of
 /// every record the server sends and counts the device's epoch-0 handshake records.
 struct Relay {
     /// Where the device sends.
     inside: SocketAddr,
-    from_server: Arc<Mutex<Vec<(u16, u64, [u8; 8])>>>,
+    from_server: Arc<Mutex<Vec<Seen>>>,
     device_handshake_records: Arc<Mutex<usize>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
