@@ -237,20 +237,20 @@ impl Endpoint {
     /// use openssl_dtls::{DtlsServerContext, Endpoint, EndpointConfig, StateKey};
     ///
     /// let ctx = DtlsServerContext::builder()
-    ///    .psk_key_store(|_| Some(b"secretPSK".to_vec()))
-    ///    .compact_connections(true)
-    ///    .build()?;
+    ///     .psk_key_store(|_| Some(b"secretPSK".to_vec()))
+    ///     .compact_connections(true)
+    ///     .build()?;
     /// let old = Endpoint::server(ctx.clone(), EndpointConfig::default())?;
     /// let key = StateKey::generate()?;
     /// let mut file = Vec::new();
     /// let saved = old.save_state(&mut file, &key, SystemTime::now())?;
     /// let mut new = Endpoint::server(ctx, EndpointConfig::default())?;
     /// let restored = new.restore_state(
-    ///    &mut &file[..],
-    ///    &key,
-    ///    Instant::now(),
-    ///    SystemTime::now(),
-    ///    Duration::from_secs(600),
+    ///     &mut &file[..],
+    ///     &key,
+    ///     Instant::now(),
+    ///     SystemTime::now(),
+    ///     Duration::from_secs(600),
     /// )?;
     /// assert_eq!(restored.restored, saved.saved);
     /// # Ok::<(), openssl_dtls::Error>(())
