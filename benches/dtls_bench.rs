@@ -2112,6 +2112,8 @@ fn hostile_handshakes(suite: &str, cert: &Cert, n: usize) -> (f64, f64, usize) {
 
 #[path = "dtls_bench/hs_allocs.rs"]
 mod hs_allocs;
+#[path = "dtls_bench/restart.rs"]
+mod restart;
 #[path = "dtls_bench/storm.rs"]
 mod storm;
 
@@ -2463,6 +2465,9 @@ fn main() {
     }
     if sizes.run("batch") {
         batch::section(&mut t);
+    }
+    if sizes.run("restart") {
+        restart::section(&mut t);
     }
 
     write_summary(&t);

@@ -229,7 +229,11 @@ pub fn echo_forever(server: DtlsServer) -> ! {
 
 /// [`echo_forever`], calling `on_connection` for each connection after its
 /// `handshake completed` line (the `--export` / `--srtp` lines).
-pub fn echo_forever_with(server: DtlsServer, on_connection: impl Fn(&DtlsConnection)) -> ! {
+pub fn echo_forever_with(
+    server: impl std::borrow::Borrow<DtlsServer>,
+    on_connection: impl Fn(&DtlsConnection),
+) -> ! {
+    let server = server.borrow();
     // The hooks first: a client that starts once it reads `listening on` finds them set.
     // One line per failed handshake: who, and why (a wrong key, an unknown identity, a
     // certificate that did not verify, a timeout).
@@ -262,8 +266,16 @@ pub fn echo_forever_with(server: DtlsServer, on_connection: impl Fn(&DtlsConnect
             Err(e) => log::warn!("accept: {e}"),
         }
     }
+    // A tool finishing its own exit (psk_server saving its state) exits from its thread.
+    while EXITING.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::park();
+    }
     exit(0)
 }
+
+/// Set by a tool whose own thread ends the process (psk_server saving its state on SIGTERM):
+/// the accept loop of [`echo_forever_with`] then waits for it instead of exiting first.
+pub static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Echoes every datagram of `conn` back until it ends.
 ///

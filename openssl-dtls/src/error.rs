@@ -165,6 +165,11 @@ pub enum Error {
         /// How long the connection had received nothing authenticated.
         idle: std::time::Duration,
     },
+    /// A saved state file (graceful restart, [`Endpoint::restore_state`]) was refused, or
+    /// could not be written: why, as a [`StateError`]. Nothing of a refused file was loaded.
+    ///
+    /// [`Endpoint::restore_state`]: crate::Endpoint::restore_state
+    State(StateError),
     /// The UDP socket could not be bound to `addr`.
     Bind {
         /// The address given to `bind`.
@@ -172,6 +177,128 @@ pub enum Error {
         /// The operating system's error (its kind is kept, e.g. `AddrInUse`).
         source: io::Error,
     },
+}
+
+/// Why a saved state file (graceful restart) was refused ([`Error::State`]): each check of
+/// [`Endpoint::restore_state`](crate::Endpoint::restore_state) has its own variant. Whatever
+/// the variant, nothing of the file was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The input does not start with the state file's magic bytes: not a state file.
+    NotAStateFile,
+    /// A state file of another format version.
+    Version {
+        /// The version the file has.
+        found: u16,
+        /// The version this library reads and writes.
+        supported: u16,
+    },
+    /// The input ended before the state it announces (a cut-off file).
+    Truncated,
+    /// Bytes follow the last section of the state.
+    TrailingData,
+    /// The file was saved under another configuration: another cipher list, certificate,
+    /// Connection ID length or prefix, or compact setting (see the configuration fingerprint
+    /// in `Endpoint::save_state`).
+    OtherConfiguration,
+    /// The file was saved by a server with another number of shards (connections are restored
+    /// into the shard of the same index).
+    ShardCount {
+        /// Shards of the server that saved it.
+        saved: u16,
+        /// Shards of this server.
+        ours: u16,
+    },
+    /// A section of the file belongs to another shard index than the endpoint restoring it.
+    ShardIndex {
+        /// The section's shard index.
+        saved: u16,
+        /// This endpoint's.
+        ours: u16,
+    },
+    /// It holds more connections than the bound (or than `max_connections` leaves room for).
+    TooLarge {
+        /// Connections (or bytes) announced.
+        announced: u64,
+        /// The largest number accepted.
+        limit: u64,
+    },
+    /// It is older than the maximum age allowed.
+    Expired {
+        /// Its age at restore.
+        age: Duration,
+        /// The maximum age given.
+        max_age: Duration,
+    },
+    /// It is dated in the future beyond the allowed clock skew
+    /// ([`MAX_STATE_CLOCK_SKEW`](crate::endpoint::MAX_STATE_CLOCK_SKEW)).
+    FutureDated {
+        /// How far ahead of the restoring clock.
+        ahead: Duration,
+    },
+    /// The seal did not verify: the file was altered, or the key is not the one it was
+    /// saved with.
+    Unauthenticated,
+    /// The sealed body verified but does not parse (written by a faulty writer).
+    Malformed,
+    /// A client-only endpoint: only a server endpoint (with its context) saves and restores.
+    NoServerContext,
+}
+
+impl std::error::Error for StateError {}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::NotAStateFile => f.write_str("not an openssl-dtls state file"),
+            StateError::Version { found, supported } => write!(
+                f,
+                "state file format version {found} (this library reads version {supported})"
+            ),
+            StateError::Truncated => f.write_str("the state file is truncated"),
+            StateError::TrailingData => f.write_str("bytes follow the end of the state"),
+            StateError::OtherConfiguration => f.write_str(
+                "the state was saved under another configuration \
+                 (ciphers, certificate, Connection ID or compact setting)",
+            ),
+            StateError::ShardCount { saved, ours } => write!(
+                f,
+                "the state was saved by a server with {saved} shard(s); this one has {ours}"
+            ),
+            StateError::ShardIndex { saved, ours } => {
+                write!(f, "a section of shard {saved} given to shard {ours}")
+            }
+            StateError::TooLarge { announced, limit } => {
+                write!(
+                    f,
+                    "the state announces {announced} (at most {limit} accepted)"
+                )
+            }
+            StateError::Expired { age, max_age } => write!(
+                f,
+                "the state is {} s old (at most {} s accepted)",
+                age.as_secs(),
+                max_age.as_secs()
+            ),
+            StateError::FutureDated { ahead } => {
+                write!(f, "the state is dated {} s in the future", ahead.as_secs())
+            }
+            StateError::Unauthenticated => f.write_str(
+                "the state's seal does not verify: altered, or sealed under another key",
+            ),
+            StateError::Malformed => f.write_str("the state's sealed body does not parse"),
+            StateError::NoServerContext => {
+                f.write_str("only a server endpoint saves and restores its connections")
+            }
+        }
+    }
+}
+
+impl From<StateError> for Error {
+    fn from(e: StateError) -> Error {
+        Error::State(e)
+    }
 }
 
 /// Which deadline a handshake missed ([`Error::Timeout`]).
@@ -360,6 +487,7 @@ impl Error {
                 peer: *peer,
                 idle: *idle,
             },
+            Error::State(e) => Error::State(e.clone()),
             Error::Bind { addr, source } => Error::Bind {
                 addr: *addr,
                 source: io::Error::new(source.kind(), source.to_string()),
@@ -408,6 +536,7 @@ impl fmt::Display for Error {
                     None => write!(f, "the connection was dropped to make room for a new one (idle for {idle} s)"),
                 }
             }
+            Error::State(e) => write!(f, "saved state refused: {e}"),
             Error::Bind { addr, source } => write!(f, "bind {addr}: {source}"),
         }
     }

@@ -35,10 +35,11 @@ pub use crate::driver::moves::AddressChange;
 pub use crate::driver::SocketOptions;
 pub use crate::endpoint::{
     ConnectionId, ConnectionStats, Endpoint, EndpointConfig, EndpointStats, Event,
-    HandshakeFailure, HandshakeJob, PeerIdentity, HANDSHAKE_INBOX, OFFLOAD_WHILE_TRAFFIC,
+    HandshakeFailure, HandshakeJob, PeerIdentity, RestoreReport, SaveReport, StateKey,
+    HANDSHAKE_INBOX, OFFLOAD_WHILE_TRAFFIC,
 };
 pub use crate::error::{
-    Alert, ConfigError, Error, Result, TimeoutPhase, VerifyFailure, VerifyReason,
+    Alert, ConfigError, Error, Result, StateError, TimeoutPhase, VerifyFailure, VerifyReason,
 };
 pub use crate::server::{DtlsServer, Incoming};
 pub use crate::session::{

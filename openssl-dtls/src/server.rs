@@ -247,6 +247,84 @@ impl DtlsServer {
         }
     }
 
+    /// Graceful restart: writes every established compact connection of every shard to
+    /// `out`, sealed under `key` (AES-256-GCM; see [`Endpoint::save_state`] for what is saved
+    /// and the format), and reports how many were saved and skipped. Each shard is saved under
+    /// its lock, one after the other; the server keeps running. Datagrams received after a
+    /// shard's save are not covered (a restored connection still refuses any record its saved
+    /// replay window refuses), and records sent after it use sequence numbers below the saved
+    /// ones as long as they are fewer than
+    /// [`STATE_SEQUENCE_RESERVE`](crate::endpoint::STATE_SEQUENCE_RESERVE) per connection. Do
+    /// not [`close`](Self::close) the server afterwards (its `close_notify` would end the
+    /// connections the next process restores): exit, or stop with
+    /// [`save_state_and_stop`](Self::save_state_and_stop), which is the usual last step.
+    ///
+    /// [`Endpoint::save_state`]: crate::Endpoint::save_state
+    ///
+    /// ```no_run
+    /// use openssl_dtls::{DtlsServer, DtlsServerContext, StateKey};
+    ///
+    /// let ctx = DtlsServerContext::builder()
+    ///     .psk_key_store(|_| Some(b"secretPSK".to_vec()))
+    ///     .compact_connections(true)
+    ///     .build()?;
+    /// let key = StateKey::from_bytes(&[7; 32]); // from a key file in practice
+    /// let server = DtlsServer::bind("0.0.0.0:5684", ctx.clone())?;
+    /// // ... serve; on SIGTERM:
+    /// let mut file = std::fs::File::create("/var/lib/dtls/state").map_err(openssl_dtls::Error::Io)?;
+    /// let saved = server.save_state_and_stop(&mut file, &key)?;
+    /// // The next process:
+    /// let server = DtlsServer::bind("0.0.0.0:5684", ctx)?;
+    /// let mut file = std::fs::File::open("/var/lib/dtls/state").map_err(openssl_dtls::Error::Io)?;
+    /// let restored = server.restore_state(&mut file, &key, std::time::Duration::from_secs(3600))?;
+    /// println!("restored {} of {} connections", restored.restored, saved.saved);
+    /// # Ok::<(), openssl_dtls::Error>(())
+    /// ```
+    pub fn save_state(
+        &self,
+        out: &mut impl std::io::Write,
+        key: &crate::endpoint::StateKey,
+    ) -> Result<crate::endpoint::SaveReport> {
+        let shards: Vec<_> = self.shards.iter().map(|d| &*d.shared).collect();
+        shards::save_shards(&shards, out, key)
+    }
+
+    /// Graceful restart, the old process's last step: as [`save_state`](Self::save_state), but
+    /// every shard is saved under its lock at once and then stopped without a `close_notify`
+    /// to anyone (a `close_notify` would end the connections the next process restores): no
+    /// datagram is handled and nothing is sent after the save, so nothing the peers send is
+    /// lost to the state. Then exit the process; closing or dropping the server sends nothing
+    /// either (`accept` waits until then). If the save fails, nothing is stopped.
+    pub fn save_state_and_stop(
+        &self,
+        out: &mut impl std::io::Write,
+        key: &crate::endpoint::StateKey,
+    ) -> Result<crate::endpoint::SaveReport> {
+        let shards: Vec<_> = self.shards.iter().map(|d| &*d.shared).collect();
+        shards::save_shards_and_stop(&shards, out, key)
+    }
+
+    /// Graceful restart: loads the connections a server of the same configuration and shard
+    /// count saved with [`save_state`](Self::save_state) at most `max_age` ago, all or nothing
+    /// (each reason for refusing the file is its own [`StateError`](crate::StateError)); each
+    /// shard's connections go to the shard of the same index, so every peer lands where its
+    /// connection is. The restored connections are accepted like new ones
+    /// ([`accept`](Self::accept)) but count no handshake; their peers' next records are
+    /// accepted as if nothing had happened.
+    ///
+    /// Call it right after binding. Records that arrive between the bind and the restore find
+    /// no connection and are dropped (counted in `dropped_unknown_peer`); the device
+    /// retransmits (a CoAP confirmable message does) and is then served.
+    pub fn restore_state(
+        &self,
+        input: &mut impl std::io::Read,
+        key: &crate::endpoint::StateKey,
+        max_age: std::time::Duration,
+    ) -> Result<crate::endpoint::RestoreReport> {
+        let shards: Vec<_> = self.shards.iter().map(|d| &*d.shared).collect();
+        shards::restore_shards(&shards, input, key, max_age)
+    }
+
     /// Closes the server: `close_notify` to every peer, then the socket(s). Every connection's
     /// `recv` ends; `accept` returns [`Error::Closed`].
     pub fn close(&self) {

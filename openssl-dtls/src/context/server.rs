@@ -57,6 +57,9 @@ struct ServerInner {
     session: SessionConfig,
     cid: Option<crate::cid::CidSettings>,
     admission: Option<Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>>,
+    /// The cipher string and security level the context was built with (graceful restart's
+    /// configuration fingerprint).
+    ciphers: String,
 }
 
 impl fmt::Debug for DtlsServerContext {
@@ -83,6 +86,11 @@ impl DtlsServerContext {
     /// The per-session limits and timers sessions made from this context run with.
     pub fn session_config(&self) -> &SessionConfig {
         &self.inner.session
+    }
+
+    /// The cipher string and security level this context was built with.
+    pub(crate) fn cipher_config(&self) -> &str {
+        &self.inner.ciphers
     }
 
     /// The length of the Connection IDs this server issues (RFC 9146), or `None` if it does not
@@ -475,6 +483,11 @@ impl DtlsServerContextBuilder {
                 },
                 cid,
                 admission: self.admission.clone(),
+                ciphers: format!(
+                    "{}@{:?}",
+                    self.common.ciphers.cipher_string(psk, kind.is_some()),
+                    self.common.security_level
+                ),
             }),
         })
     }

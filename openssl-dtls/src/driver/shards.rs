@@ -360,3 +360,103 @@ impl std::ops::AddAssign<&EndpointStats> for EndpointStats {
         self.socket_send_full += socket_send_full;
     }
 }
+
+/// Graceful restart across shards: writes every shard's section of the state (in shard order,
+/// each under its own lock in turn, so a shard keeps serving while another is saved) to
+/// `out`. A shard's section carries its index and the shard count; see
+/// [`restore_shards`] for why each peer lands on the same shard after the restore.
+pub(crate) fn save_shards<D: super::Io>(
+    shards: &[&super::shared::Shared<D>],
+    out: &mut impl std::io::Write,
+    key: &crate::endpoint::StateKey,
+) -> Result<crate::endpoint::SaveReport> {
+    let count = u16::try_from(shards.len()).unwrap_or(u16::MAX);
+    let mut report = crate::endpoint::SaveReport::default();
+    for shared in shards {
+        let core = shared.lock();
+        let section = core
+            .endpoint
+            .save_section(out, key, std::time::SystemTime::now(), count)?;
+        report.add(&section);
+    }
+    Ok(report)
+}
+
+/// As [`save_shards`], but under every shard's lock at once, and on success each shard is
+/// marked stopped before its lock is released: no datagram is handled after the save, and the
+/// shutdown that follows sends no `close_notify` (the connections live on in the next
+/// process). On failure nothing is stopped.
+pub(crate) fn save_shards_and_stop<D: super::Io>(
+    shards: &[&super::shared::Shared<D>],
+    out: &mut impl std::io::Write,
+    key: &crate::endpoint::StateKey,
+) -> Result<crate::endpoint::SaveReport> {
+    let count = u16::try_from(shards.len()).unwrap_or(u16::MAX);
+    let mut cores: Vec<_> = shards.iter().map(|s| s.lock()).collect();
+    let mut report = crate::endpoint::SaveReport::default();
+    let saved_at = std::time::SystemTime::now();
+    for core in &cores {
+        report.add(&core.endpoint.save_section(out, key, saved_at, count)?);
+    }
+    for core in &mut cores {
+        core.shutdown = true;
+        // Handles released from now on find nothing to close_notify.
+        core.endpoint.forget_all_silently();
+    }
+    drop(cores);
+    for shared in shards {
+        shared.wake();
+    }
+    Ok(report)
+}
+
+/// Graceful restart across shards: reads one section per shard from `input` (the shard count
+/// must be the one the state was saved with: [`StateError::ShardCount`] otherwise), opens and
+/// parses all of them under every shard's lock, and only then inserts each section's
+/// connections into the shard of the same index: a refused file loads nothing on any shard.
+///
+/// Why each peer finds its connection on the same shard: without a program the kernel picks a
+/// `SO_REUSEPORT` group's socket by a hash of the datagram's 4-tuple and the number of sockets
+/// in the group, so the same local address, the same shard count and the same peer address
+/// give the same shard as before the restart (the sockets must be bound in the same order,
+/// which `bind` does). The BPF program of a CID server sends `tls12_cid` records by the shard
+/// byte of their CID and leaves the rest to the same hash.
+///
+/// [`StateError::ShardCount`]: crate::StateError::ShardCount
+pub(crate) fn restore_shards<D: super::Io>(
+    shards: &[&super::shared::Shared<D>],
+    input: &mut impl std::io::Read,
+    key: &crate::endpoint::StateKey,
+    max_age: Duration,
+) -> Result<crate::endpoint::RestoreReport> {
+    let count = u16::try_from(shards.len()).unwrap_or(u16::MAX);
+    let mut cores: Vec<_> = shards.iter().map(|s| s.lock()).collect();
+    let wall_now = std::time::SystemTime::now();
+    let mut loaded = Vec::with_capacity(cores.len());
+    // The budget is the server's: the sections together may not exceed what is left of it.
+    let mut left = cores
+        .first()
+        .map_or(0, |c| c.endpoint.config().max_connections)
+        .saturating_sub(cores.iter().map(|c| c.endpoint.stats().connections).sum());
+    let now = Instant::now();
+    let at = crate::endpoint::LoadAt {
+        now,
+        wall_now,
+        max_age,
+    };
+    for core in &cores {
+        let section = core.endpoint.load_section(input, key, at, count, left)?;
+        left -= section.len();
+        loaded.push(section);
+    }
+    crate::endpoint::expect_end(input)?;
+    let mut report = crate::endpoint::RestoreReport::default();
+    for ((core, section), shared) in cores.iter_mut().zip(loaded).zip(shards) {
+        let r = core.endpoint.install(now, section);
+        report.add(&r);
+        // Restored connections go to the accept queue; the driver recomputes its deadline.
+        shared.settle(core);
+        shared.wake();
+    }
+    Ok(report)
+}

@@ -67,6 +67,28 @@ impl CidTable {
         }
     }
 
+    /// A connection restored from saved state (graceful restart) at `addr`: its CID (if
+    /// non-empty) routes to it and it is counted. `false`, and nothing changes, if another
+    /// connection or handshake holds the CID.
+    pub(super) fn restored(&mut self, session: &Session, addr: SocketAddr) -> bool {
+        let own = session
+            .connection_ids()
+            .map(|(own, _)| own)
+            .filter(|own| !own.is_empty());
+        let Some(own) = own else {
+            return true;
+        };
+        let Some(key) = CidKey::new(own) else {
+            return false;
+        };
+        if self.map.contains_key(&key) {
+            return false;
+        }
+        self.map.insert(key, addr);
+        self.connections += 1;
+        true
+    }
+
     /// Removes `session`'s issued CID if it maps to `addr`; whether it did.
     fn give_back(&mut self, session: &Session, addr: SocketAddr) -> bool {
         issued_key(session).is_some_and(|key| self.forget_key(key, addr))

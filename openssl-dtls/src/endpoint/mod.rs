@@ -33,6 +33,7 @@ mod config;
 mod events;
 mod offload;
 mod peer;
+mod persist;
 mod stats;
 
 use std::cmp::Reverse;
@@ -44,6 +45,11 @@ pub use self::config::EndpointConfig;
 pub(crate) use self::events::{report_failures, FailureHook, MAX_PENDING_FAILURES};
 pub use self::events::{Event, HandshakeFailure, PeerIdentity};
 pub use self::offload::{HandshakeJob, HANDSHAKE_INBOX, OFFLOAD_WHILE_TRAFFIC};
+pub(crate) use self::persist::{expect_end, LoadAt};
+pub use self::persist::{
+    RestoreReport, SaveReport, StateKey, MAX_STATE_CLOCK_SKEW, MAX_STATE_CONNECTIONS,
+    STATE_FORMAT_VERSION, STATE_SEQUENCE_RESERVE,
+};
 pub use self::stats::{ConnectionStats, EndpointStats};
 
 use self::admission::handshake_worst_case;

@@ -34,6 +34,7 @@ mod aead;
 mod cache;
 mod keys;
 mod replay;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +45,7 @@ pub(crate) use self::aead::Aead;
 pub(crate) use self::cache::{give_buffer, take_buffer};
 use self::keys::Keys;
 use self::replay::ReplayWindow;
+pub(crate) use self::state::{Cursor, MAX_RECORD_STATE_LEN};
 use crate::ffi::evp;
 use crate::wire::{ContentType, RecordHeader};
 

@@ -33,6 +33,16 @@ impl ReplayWindow {
         self.top.checked_sub(1)
     }
 
+    /// The window as `(top, bits)`, for the saved state of a graceful restart.
+    pub(crate) fn parts(&self) -> (u64, u64) {
+        (self.top, self.bits)
+    }
+
+    /// A window from [`parts`](Self::parts); `None` if inconsistent (bits without a top).
+    pub(crate) fn from_parts(top: u64, bits: u64) -> Option<ReplayWindow> {
+        (top > 0 || bits == 0).then_some(ReplayWindow { top, bits })
+    }
+
     /// Records `seq` as accepted. Only called after the record authenticated.
     pub(crate) fn mark(&mut self, seq: u64) {
         if seq >= self.top {

@@ -416,3 +416,235 @@ impl Session {
         self.stats.app_in += 1;
     }
 }
+
+/// What [`Session::write_saved`] did with a session (graceful restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SaveOutcome {
+    /// Written: an established connection on the compact record layer.
+    Saved,
+    /// Not written: its handshake is running (the peer retransmits; a new handshake follows).
+    Handshaking,
+    /// Not written: established on OpenSSL's record layer (compact mode off, or a suite the
+    /// compact layer does not carry): its state is inside the `SSL`.
+    NotCompact,
+    /// Not written: closed or failed.
+    Ended,
+}
+
+/// Bytes [`Session::write_saved`] writes at most: role, cipher name, PSK identity, ALPN, server
+/// name, resumed, data MTU, the record layer and the Connection IDs.
+pub(crate) const MAX_SAVED_SESSION_LEN: usize = 1
+    + (1 + 255)
+    + (1 + 2 + MAX_SAVED_IDENTITY)
+    + (1 + 1 + 255)
+    + (1 + 2 + 255)
+    + 1
+    + 2
+    + record::MAX_RECORD_STATE_LEN
+    + (1 + 1 + crate::cid::MAX_CID_LEN + 1 + 255);
+
+/// The longest PSK identity saved (OpenSSL's own bound, `PSK_MAX_IDENTITY_LEN`, is 256).
+const MAX_SAVED_IDENTITY: usize = 256;
+
+impl Session {
+    /// Graceful restart: appends what this connection needs to resume without a handshake to
+    /// `out` (secret: the caller seals it and wipes `out`), if it is an established compact
+    /// connection; see [`SaveOutcome`]. The write sequence number saved is `reserve` ahead of
+    /// the live one (see [`RecordLayer::write_state`]). The peer's certificate, the SRTP
+    /// profile and the exporter's secret are not saved.
+    pub(crate) fn write_saved(&self, reserve: u64, out: &mut Vec<u8>) -> SaveOutcome {
+        match self.state {
+            SessionState::Handshaking => return SaveOutcome::Handshaking,
+            SessionState::Closed | SessionState::Failed => return SaveOutcome::Ended,
+            SessionState::Established => {}
+        }
+        let Some(compact) = self.engine.compact() else {
+            return SaveOutcome::NotCompact;
+        };
+        let Some(facts) = self.facts() else {
+            return SaveOutcome::NotCompact;
+        };
+        // Lingering: OpenSSL may still have written epoch-1 records (a retransmitted final
+        // flight); the saved sequence and explicit nonce continue after its too.
+        let (at_least, last_explicit) = match self.engine.openssl() {
+            Some(_) => {
+                let st = self.bio_ref();
+                (st.epoch1_next_seq, st.epoch1_last_explicit)
+            }
+            None => (0, None),
+        };
+        let cipher = facts.cipher.unwrap_or("");
+        out.push(u8::from(self.role == Role::Server));
+        put_bytes8(out, cipher.as_bytes());
+        match facts
+            .psk_identity
+            .as_deref()
+            .filter(|i| i.len() <= MAX_SAVED_IDENTITY)
+        {
+            Some(id) => {
+                out.push(1);
+                out.extend_from_slice(&(id.len() as u16).to_be_bytes());
+                out.extend_from_slice(id);
+            }
+            None => out.push(0),
+        }
+        match facts.alpn.as_deref().filter(|a| a.len() <= 255) {
+            Some(alpn) => {
+                out.push(1);
+                put_bytes8(out, alpn);
+            }
+            None => out.push(0),
+        }
+        match facts.server_name.as_deref().filter(|s| s.len() <= 255) {
+            Some(name) => {
+                out.push(1);
+                out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+                out.extend_from_slice(name.as_bytes());
+            }
+            None => out.push(0),
+        }
+        out.push(u8::from(facts.resumed));
+        out.extend_from_slice(&(self.data_mtu.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        compact
+            .layer
+            .write_state(at_least, last_explicit, reserve, out);
+        match &self.cid {
+            Some(cid) => {
+                out.push(1);
+                put_bytes8(out, &cid.own);
+                put_bytes8(out, &cid.peer[..cid.peer.len().min(255)]);
+            }
+            None => out.push(0),
+        }
+        SaveOutcome::Saved
+    }
+
+    /// Graceful restart: an established compact connection with `peer` from what
+    /// [`write_saved`](Self::write_saved) wrote, under `config`; `cipher_names` gives the
+    /// static OpenSSL and IANA names of a suite name (from the server context's list). `None`
+    /// if it does not parse or names a suite the context does not enable. Its handshake facts
+    /// say it completed at `now`.
+    pub(crate) fn read_saved(
+        r: &mut record::Cursor<'_>,
+        config: &SessionConfig,
+        peer: SocketAddr,
+        cipher_names: &dyn Fn(&[u8]) -> Option<SuiteNames>,
+        now: Instant,
+    ) -> Option<Session> {
+        let role = match r.u8()? {
+            0 => Role::Client,
+            1 => Role::Server,
+            _ => return None,
+        };
+        let len = r.u8()?;
+        let (cipher, cipher_standard_name) = cipher_names(r.bytes(usize::from(len))?)?;
+        let psk_identity = match r.u8()? {
+            0 => None,
+            1 => {
+                let n = usize::from(r.u16()?);
+                (n <= MAX_SAVED_IDENTITY).then_some(())?;
+                Some(Box::<[u8]>::from(r.bytes(n)?))
+            }
+            _ => return None,
+        };
+        let alpn = match r.u8()? {
+            0 => None,
+            1 => {
+                let n = usize::from(r.u8()?);
+                Some(Box::<[u8]>::from(r.bytes(n)?))
+            }
+            _ => return None,
+        };
+        let server_name = match r.u8()? {
+            0 => None,
+            1 => {
+                let n = usize::from(r.u16()?);
+                (n <= 255).then_some(())?;
+                let s = std::str::from_utf8(r.bytes(n)?).ok()?;
+                Some(Box::<str>::from(s))
+            }
+            _ => return None,
+        };
+        let resumed = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let data_mtu = usize::from(r.u16()?);
+        let layer = RecordLayer::read_state(r)?;
+        if record::Aead::from_suite_name(cipher) != Some(layer.aead()) {
+            return None;
+        }
+        let cid = match r.u8()? {
+            0 => None,
+            1 => {
+                let n = usize::from(r.u8()?);
+                let own = crate::cid::InlineCid::new(r.bytes(n)?)?;
+                let n = usize::from(r.u8()?);
+                let peer: Box<[u8]> = r.bytes(n)?.into();
+                Some(Box::new(self::cid::CidSession {
+                    own,
+                    peer,
+                    transcoder: None,
+                }))
+            }
+            _ => return None,
+        };
+        let facts = HandshakeFacts {
+            version: "DTLSv1.2",
+            cipher: Some(cipher),
+            cipher_standard_name,
+            psk_identity,
+            peer_certificate: None,
+            alpn,
+            server_name,
+            resumed,
+            srtp_profile: None,
+            started: now,
+            completed: now,
+            client_random: [0; 32],
+        };
+        let compact = Box::new(Compact {
+            layer,
+            outbound: VecDeque::new(),
+            renegotiation_refusals: 0,
+        });
+        Some(Session {
+            engine: Engine::Compact(compact, None),
+            facts: Some(std::sync::Arc::new(facts)),
+            early: Vec::new(),
+            role,
+            state: SessionState::Established,
+            error: None,
+            closed_by_peer: false,
+            config: config.clone(),
+            started: now,
+            retransmit_at: None,
+            received: VecDeque::new(),
+            received_bytes: 0,
+            spare: Vec::new(),
+            data_mtu,
+            min_protected_len: min_protected_len(cipher),
+            peer: Some(peer),
+            stats: SessionStats::default(),
+            authenticated: 0,
+            handshake_epoch1: 0,
+            handshake_epoch1_app: 0,
+            peer_ccs_read: true,
+            held_alert: None,
+            hello_verify_accepted: false,
+            cid,
+            first_step_pending: false,
+        })
+    }
+}
+
+/// A suite's OpenSSL name and IANA name (static: OpenSSL's own strings).
+pub(crate) type SuiteNames = (&'static str, Option<&'static str>);
+
+/// Appends `bytes` (at most 255) after a one-byte length.
+fn put_bytes8(out: &mut Vec<u8>, bytes: &[u8]) {
+    let bytes = &bytes[..bytes.len().min(255)];
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
+}

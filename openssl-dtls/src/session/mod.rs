@@ -62,6 +62,7 @@ mod filter;
 mod openssl_engine;
 mod stats;
 
+pub(crate) use self::compact::{SaveOutcome, SuiteNames, MAX_SAVED_SESSION_LEN};
 pub(crate) use self::exporter::check_srtp_profiles;
 pub use self::exporter::{SrtpKeyingMaterial, SrtpProfile, MAX_EXPORT_LEN, SRTP_EXPORTER_LABEL};
 use self::filter::*;
