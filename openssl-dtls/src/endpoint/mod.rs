@@ -368,10 +368,13 @@ impl Endpoint {
             // Only authenticated input is activity: a forged record sent with the peer's
             // address (off-path, every idle period) must not keep a dead association alive.
             let before = p.session.authenticated_count();
+            let was_established = p.session.is_established();
             p.session.handle_parsed(now, &parsed);
             if p.session.authenticated_count() != before {
                 p.last_activity = now;
-                if p.session.is_established() {
+                // Traffic of an established connection (not the Finished that establishes it):
+                // what handshake offload protects.
+                if was_established && p.session.is_established() {
                     self.offload.last_traffic = Some(now);
                 }
                 if p.unconfirmed {
