@@ -306,7 +306,7 @@ pub(super) fn section(t: &mut Table) {
         true,
     );
     t.note(
-        "one-way batched (as above): allocations per datagram over UDP, both sides and every thread, Rust + OpenSSL (BENCH_DEBUG=1 samples where: so far all in Session::push_received, whose receive queue recycles only 2 buffers while a turn queues up to a batch; with BENCH_DEBUG the samples' own allocations count too)",
+        "one-way batched (as above): allocations per datagram over UDP, both sides and every thread, Rust + OpenSSL (BENCH_DEBUG=1 samples where; with BENCH_DEBUG the samples' own allocations count too)",
         format!("{rust_allocs:.3} + {ossl_allocs:.3}"),
         "0",
         "",

@@ -9,6 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use openssl::cipher_ctx::{CipherCtx, CipherCtxRef};
 use openssl::error::ErrorStack;
@@ -150,29 +151,48 @@ thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty buffer from this thread's pool (or a new one). Compact connections hold no buffers
-/// of their own while idle: every datagram and plaintext buffer comes from here and goes back
-/// with [`give_buffer`], so a steady flow allocates nothing.
+/// Buffers kept for all threads, beyond each thread's own: where buffers go that one thread
+/// (the driver, or the thread that waits and reads) filled and another (the application's
+/// `recv`) emptied, so that they come back instead of being freed and allocated again.
+const SHARED_BUFFERS: usize = 256;
+
+static SHARED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// An empty buffer from this thread's pool, else the shared one, else a new one. Sessions hold
+/// no buffers of their own while idle: every datagram and plaintext buffer comes from here and
+/// goes back with [`give_buffer`], so a steady flow allocates nothing, whichever threads
+/// receive and read.
 pub(crate) fn take_buffer() -> Vec<u8> {
     POOL.try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
         .ok()
         .flatten()
+        .or_else(|| SHARED.lock().ok().and_then(|mut s| s.pop()))
         .unwrap_or_default()
 }
 
-/// Returns a buffer to this thread's pool (freed if the pool is full or the buffer huge).
+/// Returns a buffer to this thread's pool, or the shared one when that is full (freed if both
+/// are full or the buffer huge).
 pub(crate) fn give_buffer(mut buf: Vec<u8>) {
     if buf.capacity() == 0 || buf.capacity() > POOL_BUFFER_MAX {
         return;
     }
     buf.clear();
-    let _ = POOL.try_with(|p| {
-        if let Ok(mut p) = p.try_borrow_mut() {
-            if p.len() < POOL_BUFFERS {
+    let overflow = POOL
+        .try_with(|p| match p.try_borrow_mut() {
+            Ok(mut p) if p.len() < POOL_BUFFERS => {
                 p.push(buf);
+                None
+            }
+            _ => Some(buf),
+        })
+        .unwrap_or(None);
+    if let Some(buf) = overflow {
+        if let Ok(mut shared) = SHARED.lock() {
+            if shared.len() < SHARED_BUFFERS {
+                shared.push(buf);
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -160,7 +160,6 @@ impl Session {
         self.stats.retransmits = st.timeouts;
         self.stats.send_dropped += st.outbound_dropped;
         self.retransmit_at = None;
-        self.spare = Vec::new();
         // The connection lives on: free the SSL the way a clean shutdown would, so that
         // SSL_free does not mark its session unresumable and drop it from the session cache.
         ssl::mark_shutdown_sent(&openssl.ssl);
@@ -622,7 +621,6 @@ impl Session {
             retransmit_at: None,
             received: VecDeque::new(),
             received_bytes: 0,
-            spare: Vec::new(),
             data_mtu,
             min_protected_len: min_protected_len(cipher),
             peer: Some(peer),

@@ -114,7 +114,6 @@ pub struct Session {
     retransmit_at: Option<Instant>,
     received: VecDeque<Vec<u8>>,
     received_bytes: usize,
-    spare: Vec<Vec<u8>>,
     data_mtu: usize,
     /// The shortest protected (epoch ≥ 1) record the negotiated AEAD can produce; 0 = no check.
     min_protected_len: usize,
@@ -164,9 +163,6 @@ impl std::fmt::Debug for Session {
             .finish_non_exhaustive()
     }
 }
-
-/// Spare plaintext buffers kept per session.
-const MAX_SPARE_PLAINTEXT: usize = 2;
 
 /// Early epoch-1 records kept per handshaking compact session (each at most one MTU long).
 const MAX_EARLY_RECORDS: usize = 8;
@@ -242,7 +238,6 @@ impl Session {
             retransmit_at: None,
             received: VecDeque::new(),
             received_bytes: 0,
-            spare: Vec::new(),
             data_mtu: 0,
             min_protected_len: 0,
             peer: None,
@@ -553,20 +548,15 @@ impl Session {
     /// session's error once it failed and the queue drained.
     #[doc(alias = "SSL_read")]
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
-        if let Some(mut datagram) = self.received.pop_front() {
-            self.received_bytes -= if self.engine.compact().is_some() {
-                datagram.capacity() // see `push_received_buffer`
-            } else {
-                datagram.len()
-            };
+        if let Some(datagram) = self.received.pop_front() {
+            // Queued bytes are counted by capacity: what the queue holds in memory (see
+            // `push_received` and `push_received_buffer`).
+            self.received_bytes -= datagram.capacity();
             let n = datagram.len().min(buf.len());
             buf[..n].copy_from_slice(&datagram[..n]);
-            if self.engine.compact().is_some() {
-                record::give_buffer(datagram);
-            } else if self.spare.len() < MAX_SPARE_PLAINTEXT {
-                datagram.clear();
-                self.spare.push(datagram);
-            }
+            // Back to the pool the next received datagram comes from: a steady flow allocates
+            // nothing, and an idle session holds no buffer.
+            record::give_buffer(datagram);
             return Ok(Some(n));
         }
         match self.state {

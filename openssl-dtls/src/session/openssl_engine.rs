@@ -407,15 +407,18 @@ impl Session {
         if data.is_empty() {
             return;
         }
+        let mut buf = record::take_buffer();
+        buf.extend_from_slice(data);
+        // Counted by capacity, what the queue holds in memory (a pooled buffer may be larger
+        // than its record).
         if self.received.len() >= self.config.recv_queue
-            || self.received_bytes + data.len() > self.config.recv_queue_bytes
+            || self.received_bytes + buf.capacity() > self.config.recv_queue_bytes
         {
             self.stats.recv_dropped += 1;
+            record::give_buffer(buf);
             return;
         }
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.extend_from_slice(data);
-        self.received_bytes += buf.len();
+        self.received_bytes += buf.capacity();
         self.received.push_back(buf);
         self.stats.app_in += 1;
     }
