@@ -910,3 +910,42 @@ fn a_connection_saved_while_its_server_lingers_resumes_on_a_gcm_suite() {
     new.close();
     new_echo.join().unwrap();
 }
+
+/// A file restored twice (a crash loop restoring a stale file, an operator's mistake) at
+/// different times: each restore moves the write sequence numbers on by the time since the
+/// save, so the two never send the same sequence number (and so never the same nonce) unless
+/// one sent a million records a second in between.
+#[test]
+fn the_same_file_restored_twice_at_different_times_uses_disjoint_sequence_numbers() {
+    let ctx = server_ctx(None, None);
+    let (state, _devices) = three_connection_state(&ctx);
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let first_record_seq = |later: Duration| {
+        let mut ep = Endpoint::server(ctx.clone(), EndpointConfig::default()).unwrap();
+        ep.restore_state(&mut &state[..], &key(), now, wall + later, HOUR)
+            .unwrap();
+        let mut seqs = Vec::new();
+        while let Some(event) = ep.poll_event() {
+            if let openssl_dtls::Event::Connected { peer, id } = event {
+                ep.send(peer, id, b"after the restore").unwrap();
+                let mut buf = vec![0u8; 2048];
+                let (_, n) = ep.poll_transmit(&mut buf).expect("a record");
+                let recs = records(&buf[..n]);
+                assert_eq!(recs.len(), 1);
+                seqs.push((peer, recs[0].2));
+            }
+        }
+        seqs.sort();
+        seqs
+    };
+    let early = first_record_seq(Duration::ZERO);
+    let late = first_record_seq(Duration::from_secs(1));
+    assert_eq!(early.len(), 3);
+    for ((a, s1), (b, s2)) in early.iter().zip(&late) {
+        assert_eq!(a, b);
+        // 1 s later: at least RESTORE_SEQUENCES_PER_MS × 1000 further on.
+        let step = openssl_dtls::endpoint::RESTORE_SEQUENCES_PER_MS * 1000;
+        assert!(s2 >= &(s1 + step), "{a}: {s1} then {s2}");
+    }
+}

@@ -48,7 +48,7 @@ pub use self::offload::{HandshakeJob, HANDSHAKE_INBOX, OFFLOAD_WHILE_TRAFFIC};
 pub(crate) use self::persist::{expect_end, LoadAt};
 pub use self::persist::{
     RestoreReport, SaveReport, StateKey, MAX_STATE_CLOCK_SKEW, MAX_STATE_CONNECTIONS,
-    STATE_FORMAT_VERSION, STATE_SEQUENCE_RESERVE,
+    RESTORE_SEQUENCES_PER_MS, STATE_FORMAT_VERSION, STATE_SEQUENCE_RESERVE,
 };
 pub use self::stats::{ConnectionStats, EndpointStats};
 

@@ -26,6 +26,12 @@ pub const STATE_FORMAT_VERSION: u16 = 1;
 /// [`Endpoint::save_state`]).
 pub const STATE_SEQUENCE_RESERVE: u64 = 1 << 20;
 
+/// Write sequence numbers a restore skips per millisecond since the save, on top of
+/// [`STATE_SEQUENCE_RESERVE`]: a connection restored twice from one file (at different times)
+/// uses disjoint numbers unless it sent more than a million records a second. A day's age
+/// skips 8.6 × 10^10 of the 2^48 numbers an epoch has.
+pub const RESTORE_SEQUENCES_PER_MS: u64 = 1_000;
+
 /// The most connections one section of a state file may hold (2^24).
 pub const MAX_STATE_CONNECTIONS: usize = 1 << 24;
 
@@ -397,6 +403,16 @@ impl Endpoint {
         if header.fingerprint != fingerprint {
             return Err(StateError::OtherConfiguration.into());
         }
+        // Every restore of this file moves the write sequence numbers on by the time since the
+        // save (RESTORE_SEQUENCES_PER_MS per millisecond): a file restored twice (a crash loop
+        // restoring a stale file, an operator's mistake) at different times gives disjoint
+        // numbers, and so no (key, nonce) pair twice, unless one restored process sent more than
+        // that rate in between.
+        let advance = wall_now
+            .duration_since(header.saved_at)
+            .map_or(0, |age| age.as_millis())
+            .saturating_mul(u128::from(RESTORE_SEQUENCES_PER_MS))
+            .min(u128::from(u32::MAX) << 14) as u64;
         match wall_now.duration_since(header.saved_at) {
             Ok(age) if age > max_age => {
                 return Err(StateError::Expired { age, max_age }.into());
@@ -445,7 +461,7 @@ impl Endpoint {
             if entries.len() == count {
                 return false;
             }
-            match read_entry(entry, config, &names, now) {
+            match read_entry(entry, config, &names, now, advance) {
                 Some(e) => {
                     entries.push(e);
                     true
@@ -672,6 +688,7 @@ fn read_entry(
     config: &crate::config::SessionConfig,
     names: &dyn Fn(&[u8]) -> Option<crate::session::SuiteNames>,
     now: Instant,
+    advance: u64,
 ) -> Option<(SocketAddr, Session, bool)> {
     let mut r = Cursor::new(entry);
     let addr = read_addr(&mut r)?;
@@ -680,7 +697,7 @@ fn read_entry(
         1 => true,
         _ => return None,
     };
-    let session = Session::read_saved(&mut r, config, addr, names, now)?;
+    let session = Session::read_saved(&mut r, config, addr, names, now, advance)?;
     (r.remaining() == 0).then_some((addr, session, unconfirmed))
 }
 

@@ -135,8 +135,10 @@ impl RecordLayer {
     }
 
     /// A record layer from the state [`write_state`](Self::write_state) wrote, with a fresh
-    /// cache identity; `None` if it does not parse.
-    pub(crate) fn read_state(r: &mut Cursor<'_>) -> Option<RecordLayer> {
+    /// cache identity, its write sequence number and explicit-nonce counter moved on by
+    /// `advance` (see `persist`'s `RESTORE_SEQUENCES_PER_MS`); `None` if it does not parse or
+    /// the sequence numbers would run out.
+    pub(crate) fn read_state(r: &mut Cursor<'_>, advance: u64) -> Option<RecordLayer> {
         let aead = Aead::from_code(r.u8()?)?;
         let epoch = r.u16()?;
         let mut keys = Keys {
@@ -161,11 +163,12 @@ impl RecordLayer {
             1 => true,
             _ => return None,
         };
+        let next_write_seq = next_write_seq.checked_add(advance)?;
         if next_write_seq > MAX_SEQUENCE || epoch == 0 {
             return None;
         }
         let mut layer = RecordLayer::new(aead, keys, epoch, next_write_seq);
-        layer.explicit_next = explicit_next;
+        layer.explicit_next = explicit_next.map(|e| e.wrapping_add(advance));
         layer.window = window;
         layer.read_cid = read_cid;
         Some(layer)
@@ -191,7 +194,7 @@ mod tests {
         let mut saved = Vec::new();
         b.write_state(0, None, 1000, &mut saved);
         assert!(saved.len() <= MAX_RECORD_STATE_LEN);
-        let mut restored = RecordLayer::read_state(&mut Cursor::new(&saved)).unwrap();
+        let mut restored = RecordLayer::read_state(&mut Cursor::new(&saved), 0).unwrap();
         assert_eq!(restored.next_write_seq(), 1000);
         // The replay window came along: the same record is a replay.
         assert_eq!(
@@ -210,7 +213,7 @@ mod tests {
         assert_eq!(plain, b"again");
         // Every truncation fails cleanly.
         for cut in 0..saved.len() {
-            assert!(RecordLayer::read_state(&mut Cursor::new(&saved[..cut])).is_none());
+            assert!(RecordLayer::read_state(&mut Cursor::new(&saved[..cut]), 0).is_none());
         }
     }
 }

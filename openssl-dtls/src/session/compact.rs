@@ -529,6 +529,7 @@ impl Session {
         peer: SocketAddr,
         cipher_names: &dyn Fn(&[u8]) -> Option<SuiteNames>,
         now: Instant,
+        advance: u64,
     ) -> Option<Session> {
         let role = match r.u8()? {
             0 => Role::Client,
@@ -570,7 +571,7 @@ impl Session {
             _ => return None,
         };
         let data_mtu = usize::from(r.u16()?);
-        let layer = RecordLayer::read_state(r)?;
+        let layer = RecordLayer::read_state(r, advance)?;
         if record::Aead::from_suite_name(cipher) != Some(layer.aead()) {
             return None;
         }
