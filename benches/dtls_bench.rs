@@ -1009,6 +1009,15 @@ fn udp_handshakes(
     let cpu = server_cpu() - cpu0;
     if std::env::var_os("BENCH_DEBUG").is_some() {
         eprintln!("{suite}: {:?}", server.server.stats());
+        // Where the server's CPU went, per handshake: driver thread, acceptor, context switches.
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / done.max(1) as f64;
+        let acceptor = server.acceptor_tid.load(Relaxed);
+        eprintln!(
+            "{suite}: per handshake: driver {:.1} µs (total), acceptor {:.1} µs (total), switches {:.2}",
+            per(tid_cpu(server.tid)),
+            per(if acceptor != 0 { tid_cpu(acceptor) } else { Duration::ZERO }),
+            server.cpu_and_switches().1 as f64 / done.max(1) as f64,
+        );
     }
     assert!(
         stats.hello_verify_requests as usize >= done,
