@@ -195,6 +195,68 @@ pub(crate) fn give_buffer(mut buf: Vec<u8>) {
     }
 }
 
+/// A datagram queue's storage (`VecDeque<Vec<u8>>`), pooled like the buffers: a session's
+/// receive and send queues take one when their first datagram arrives and give it back when they
+/// drain, so an idle session holds no queue storage and a steady flow allocates none.
+pub(crate) type Queue = std::collections::VecDeque<Vec<u8>>;
+
+/// Queue storages kept per thread, and for all threads beyond that.
+const POOL_QUEUES: usize = 64;
+const SHARED_QUEUES: usize = 256;
+/// A queue whose storage grew beyond this many slots is freed rather than pooled.
+const POOL_QUEUE_MAX: usize = 64;
+
+thread_local! {
+    static QUEUES: RefCell<Vec<Queue>> = const { RefCell::new(Vec::new()) };
+}
+
+static SHARED_QUEUE_POOL: Mutex<Vec<Queue>> = Mutex::new(Vec::new());
+
+/// Makes `queue` ready to take a datagram: if it holds no storage, it gets pooled storage
+/// (this thread's, else the shared pool's; a new one is allocated by the push only when both are
+/// empty).
+pub(crate) fn ready_queue(queue: &mut Queue) {
+    if queue.capacity() != 0 {
+        return;
+    }
+    let pooled = QUEUES
+        .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+        .ok()
+        .flatten()
+        .or_else(|| SHARED_QUEUE_POOL.lock().ok().and_then(|mut s| s.pop()));
+    if let Some(storage) = pooled {
+        *queue = storage;
+    }
+}
+
+/// Gives the storage of `queue` back to the pool if the queue is empty, leaving it without
+/// storage (capacity 0). Does nothing while it holds datagrams.
+pub(crate) fn release_queue(queue: &mut Queue) {
+    if !queue.is_empty() || queue.capacity() == 0 {
+        return;
+    }
+    let storage = std::mem::take(queue);
+    if storage.capacity() > POOL_QUEUE_MAX {
+        return; // freed
+    }
+    let overflow = QUEUES
+        .try_with(|p| match p.try_borrow_mut() {
+            Ok(mut p) if p.len() < POOL_QUEUES => {
+                p.push(storage);
+                None
+            }
+            _ => Some(storage),
+        })
+        .unwrap_or(None);
+    if let Some(storage) = overflow {
+        if let Ok(mut shared) = SHARED_QUEUE_POOL.lock() {
+            if shared.len() < SHARED_QUEUES {
+                shared.push(storage);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +273,23 @@ mod tests {
         // One that grew past the limit is freed instead of pooled.
         give_buffer(Vec::with_capacity(POOL_BUFFER_MAX + 1));
         assert_eq!(take_buffer().capacity(), 0);
+    }
+
+    #[test]
+    fn a_drained_queue_holds_no_storage_and_its_storage_is_reused() {
+        let mut q = Queue::new();
+        ready_queue(&mut q);
+        q.push_back(b"one".to_vec());
+        let ptr = q.as_slices().0.as_ptr();
+        release_queue(&mut q); // not empty: kept
+        assert_eq!(q.len(), 1);
+        q.pop_front();
+        release_queue(&mut q);
+        assert_eq!(q.capacity(), 0, "an empty queue holds no storage");
+        let mut again = Queue::new();
+        ready_queue(&mut again);
+        assert!(again.capacity() > 0);
+        again.push_back(Vec::new());
+        assert_eq!(again.as_slices().0.as_ptr(), ptr, "reused, not reallocated");
     }
 }

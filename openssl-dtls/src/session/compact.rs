@@ -150,6 +150,8 @@ impl Session {
         st.drain_outbound(&mut queued);
         queued.append(&mut compact.outbound);
         compact.outbound = queued;
+        // OpenSSL's leftovers (if any) go out through the pooled path; none: no storage kept.
+        record::release_queue(&mut compact.outbound);
         let next = compact.layer.next_write_seq().max(st.epoch1_next_seq);
         compact.layer.set_next_write_seq(next);
         if let Some(last) = st.epoch1_last_explicit {
@@ -366,6 +368,7 @@ impl Session {
         let cid = self.cid.as_ref().map(|c| &*c.peer);
         match compact.layer.seal(cid, content_type, data, &mut datagram) {
             Ok(()) => {
+                record::ready_queue(&mut compact.outbound);
                 compact.outbound.push_back(datagram);
                 if content_type == ContentType::ApplicationData {
                     self.stats.app_out += 1;
@@ -411,6 +414,7 @@ impl Session {
             return;
         }
         self.received_bytes += data.capacity();
+        record::ready_queue(&mut self.received);
         self.received.push_back(data);
         self.stats.app_in += 1;
     }

@@ -9,7 +9,6 @@
 //!                                                            close, or `compact_linger`)──> Compact
 //! ```
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use openssl::ssl::{Ssl, SslRef};
@@ -101,7 +100,7 @@ impl Engine {
 pub(super) struct Compact {
     pub(super) layer: RecordLayer,
     /// Datagrams sealed by the compact layer (or left by OpenSSL at the hand-off).
-    pub(super) outbound: VecDeque<Vec<u8>>,
+    pub(super) outbound: crate::record::Queue,
     /// Renegotiation requests answered with `no_renegotiation` so far (at most
     /// [`MAX_RENEGOTIATION_REFUSALS`](super::MAX_RENEGOTIATION_REFUSALS)).
     pub(super) renegotiation_refusals: u8,

@@ -112,7 +112,8 @@ pub struct Session {
     config: SessionConfig,
     started: Instant,
     retransmit_at: Option<Instant>,
-    received: VecDeque<Vec<u8>>,
+    /// Received application datagrams; pooled storage, none while empty (see `record::Queue`).
+    received: record::Queue,
     received_bytes: usize,
     data_mtu: usize,
     /// The shortest protected (epoch ≥ 1) record the negotiated AEAD can produce; 0 = no check.
@@ -403,6 +404,8 @@ impl Session {
             &mut self.stats.send_dropped,
             record::give_buffer,
         );
+        // Drained: the queue's storage goes back to the pool (an idle session holds none).
+        record::release_queue(&mut compact.outbound);
         if let Some(len) = n {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += len as u64;
@@ -557,6 +560,8 @@ impl Session {
             // Back to the pool the next received datagram comes from: a steady flow allocates
             // nothing, and an idle session holds no buffer.
             record::give_buffer(datagram);
+            // Drained: the queue's storage goes back to the pool too.
+            record::release_queue(&mut self.received);
             return Ok(Some(n));
         }
         match self.state {
