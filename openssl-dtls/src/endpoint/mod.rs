@@ -54,7 +54,7 @@ pub use self::stats::{ConnectionStats, EndpointStats};
 
 use self::admission::handshake_worst_case;
 pub(crate) use self::admission::SharedLimits;
-use self::peer::{HandshakeCount, Peer};
+use self::peer::{HandshakeCount, Peer, PeerTable};
 use crate::context::{DtlsClientContext, DtlsServerContext};
 use crate::error::{Error, Result};
 use crate::listener::Listener;
@@ -96,7 +96,7 @@ pub struct Endpoint {
     /// The limits.
     config: EndpointConfig,
     /// One entry per peer address with a session (any state).
-    peers: HashMap<SocketAddr, Peer>,
+    peers: PeerTable,
     /// Handshakes in flight (after the cookie exchange), replacements included: in all and per
     /// IP address.
     handshakes: HandshakeCount,
@@ -183,7 +183,7 @@ impl Endpoint {
         Endpoint {
             server: None,
             config,
-            peers: HashMap::new(),
+            peers: PeerTable::default(),
             handshakes: HandshakeCount::default(),
             connections: admission::ConnectionCount::default(),
             shard: None,
