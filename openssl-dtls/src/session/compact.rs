@@ -621,7 +621,7 @@ impl Session {
             state: SessionState::Established,
             error: None,
             closed_by_peer: false,
-            config: config.clone(),
+            config: shared_config(config),
             started: now,
             retransmit_at: None,
             received: VecDeque::new(),

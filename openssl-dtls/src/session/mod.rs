@@ -107,9 +107,11 @@ pub struct Session {
     early: Vec<Vec<u8>>,
     role: Role,
     state: SessionState,
-    error: Option<Error>,
+    /// Boxed: only a failed session has one (a live one pays a pointer, not the error).
+    error: Option<Box<Error>>,
     closed_by_peer: bool,
-    config: SessionConfig,
+    /// Shared with every session of an equal configuration (see [`shared_config`]).
+    config: std::sync::Arc<SessionConfig>,
     started: Instant,
     retransmit_at: Option<Instant>,
     /// Received application datagrams; pooled storage, none while empty (see `record::Queue`).
@@ -142,6 +144,33 @@ pub struct Session {
     /// and writing the server's first flight: the key exchange and, with certificates, the
     /// signature) has not run yet: see [`run_first_step`](Self::run_first_step).
     first_step_pending: bool,
+}
+
+/// Configurations kept for sharing (at most): a session holds an `Arc` of its configuration
+/// rather than its own copy, and sessions of one context share one.
+const SHARED_CONFIGS: usize = 16;
+
+/// The shared copy of `config`: the one already kept if an equal configuration is, else a new
+/// one (kept in place of one no session uses any more, or of the oldest when all are in use).
+/// One short lock per new session; nothing per datagram.
+fn shared_config(config: &SessionConfig) -> std::sync::Arc<SessionConfig> {
+    use std::sync::{Arc, Mutex};
+    static SHARED: Mutex<Vec<Arc<SessionConfig>>> = Mutex::new(Vec::new());
+    let Ok(mut shared) = SHARED.lock() else {
+        return Arc::new(config.clone());
+    };
+    if let Some(c) = shared.iter().find(|c| ***c == *config) {
+        return Arc::clone(c);
+    }
+    if shared.len() >= SHARED_CONFIGS {
+        shared.retain(|c| Arc::strong_count(c) > 1);
+        if shared.len() >= SHARED_CONFIGS {
+            shared.remove(0);
+        }
+    }
+    let c = Arc::new(config.clone());
+    shared.push(Arc::clone(&c));
+    c
 }
 
 /// An unauthenticated fatal alert held back during the handshake (see [`crate::plaintext`]).
@@ -234,7 +263,7 @@ impl Session {
             state: SessionState::Handshaking,
             error: None,
             closed_by_peer: false,
-            config: config.clone(),
+            config: shared_config(config),
             started: now,
             retransmit_at: None,
             received: VecDeque::new(),
@@ -566,7 +595,7 @@ impl Session {
         }
         match self.state {
             SessionState::Failed => {
-                Err(self.error.as_ref().map_or(Error::Closed, Error::duplicate))
+                Err(self.error.as_deref().map_or(Error::Closed, Error::duplicate))
             }
             SessionState::Closed => Err(Error::Closed),
             _ => Ok(None),
@@ -663,14 +692,14 @@ impl Session {
             SessionState::Handshaking => Err(Error::NotConnected),
             SessionState::Closed => Err(Error::Closed),
             SessionState::Failed => {
-                Err(self.error.as_ref().map_or(Error::Closed, Error::duplicate))
+                Err(self.error.as_deref().map_or(Error::Closed, Error::duplicate))
             }
         }
     }
 
     fn fail(&mut self, error: Error) {
         self.state = SessionState::Failed;
-        self.error = Some(error);
+        self.error = Some(Box::new(error));
         self.retransmit_at = None;
     }
 }
