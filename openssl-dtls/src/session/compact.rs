@@ -606,7 +606,6 @@ impl Session {
             srtp_profile: None,
             started: now,
             completed: now,
-            client_random: [0; 32],
         };
         let compact = Box::new(Compact {
             layer,

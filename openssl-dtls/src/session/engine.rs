@@ -135,14 +135,10 @@ pub struct HandshakeFacts {
     pub started: Instant,
     /// When it completed.
     pub completed: Instant,
-    /// The ClientHello random.
-    pub(crate) client_random: [u8; 32],
 }
 
 impl HandshakeFacts {
     pub(super) fn of(ssl: &SslRef, started: Instant, completed: Instant) -> HandshakeFacts {
-        let mut client_random = [0u8; 32];
-        ssl.client_random(&mut client_random);
         HandshakeFacts {
             version: ssl.version_str(),
             cipher: ssl.current_cipher().map(|c| c.name()),
@@ -157,7 +153,6 @@ impl HandshakeFacts {
             srtp_profile: exporter::selected_profile(ssl),
             started,
             completed,
-            client_random,
         }
     }
 
@@ -197,7 +192,6 @@ mod tests {
             e: Option<Box<str>>,
             f: bool,
             g: [Instant; 2],
-            h: [u8; 32],
         }
         assert_eq!(size_of::<HandshakeFacts>(), size_of::<FactsWithoutSrtp>());
     }

@@ -174,14 +174,12 @@ impl Session {
         self.engine.is_lingering()
     }
 
-    /// The ClientHello random of this session's handshake.
+    /// The ClientHello random of this session's handshake, while its `SSL` exists (the only
+    /// time it is asked for: a retransmitted ClientHello can only meet a handshaking session;
+    /// the handshake's facts do not keep it).
     pub(crate) fn client_random(&self) -> Option<[u8; 32]> {
-        match (self.engine.ssl(), self.facts()) {
-            (Some(ssl), _) => {
-                let mut random = [0u8; 32];
-                (ssl.client_random(&mut random) == 32).then_some(random)
-            }
-            (None, facts) => facts.map(|f| f.client_random),
-        }
+        let ssl = self.engine.ssl()?;
+        let mut random = [0u8; 32];
+        (ssl.client_random(&mut random) == 32).then_some(random)
     }
 }
