@@ -235,6 +235,7 @@ pub(crate) fn release_queue(queue: &mut Queue) {
     if !queue.is_empty() || queue.capacity() == 0 {
         return;
     }
+    queue.clear(); // empty already: puts its head back at the start of the storage
     let storage = std::mem::take(queue);
     if storage.capacity() > POOL_QUEUE_MAX {
         return; // freed

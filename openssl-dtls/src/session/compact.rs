@@ -650,3 +650,86 @@ fn put_bytes8(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(bytes.len() as u8);
     out.extend_from_slice(bytes);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::{DtlsClientContext, DtlsServerContext, PskCredentials};
+
+    /// Moves every datagram one session has to send into the other.
+    fn pump(from: &mut Session, to: &mut Session, now: Instant) -> bool {
+        let mut buf = [0u8; 2048];
+        let mut moved = false;
+        while let Some(n) = from.poll_transmit(&mut buf) {
+            to.handle_datagram(now, &buf[..n]);
+            moved = true;
+        }
+        moved
+    }
+
+    /// Whether `s` holds no heap buffer of its own: every queue empty and without storage, no
+    /// early records, no `SSL`, no error.
+    fn holds_no_buffer(s: &Session) -> bool {
+        let compact = s.engine.compact().expect("compact");
+        s.is_compact()
+            && s.engine.openssl().is_none()
+            && s.received.capacity() == 0
+            && s.received_bytes == 0
+            && compact.outbound.capacity() == 0
+            && s.early.capacity() == 0
+            && s.error.is_none()
+    }
+
+    #[test]
+    fn an_idle_compact_session_owns_no_heap_buffer() {
+        let now = Instant::now();
+        let sctx = DtlsServerContext::builder()
+            .psk_key_store(|_| Some(b"secretPSK".to_vec()))
+            .compact_connections(true)
+            .build()
+            .unwrap();
+        let cctx = DtlsClientContext::builder()
+            .psk_credentials(PskCredentials::new(b"device".to_vec(), b"secretPSK".to_vec()))
+            .compact_connections(true)
+            .build()
+            .unwrap();
+        let mut client = cctx.new_session(None, now).unwrap();
+        let mut server = sctx.new_session(now).unwrap();
+        for _ in 0..32 {
+            let a = pump(&mut client, &mut server, now);
+            let b = pump(&mut server, &mut client, now);
+            if !a && !b {
+                break;
+            }
+        }
+        assert!(client.is_established() && server.is_established());
+        let mut app = [0u8; 64];
+        // A few exchanges both ways (the first ends the server's linger), several datagrams
+        // queued at once, then everything read: both queues had storage and must give it back.
+        for round in 0..3 {
+            for _ in 0..=round {
+                client.send(b"request").unwrap();
+            }
+            pump(&mut client, &mut server, now);
+            assert!(server.received.capacity() > 0, "storage while datagrams wait");
+            while let Ok(Some(n)) = server.recv(&mut app) {
+                assert_eq!(&app[..n], b"request");
+                server.send(b"answer").unwrap();
+            }
+            assert!(server.engine.compact().unwrap().outbound.capacity() > 0);
+            pump(&mut server, &mut client, now);
+            let mut answers = 0;
+            while let Ok(Some(n)) = client.recv(&mut app) {
+                assert_eq!(&app[..n], b"answer");
+                answers += 1;
+            }
+            assert_eq!(answers, round + 1);
+        }
+        assert!(holds_no_buffer(&server), "server: {server:?}");
+        assert!(holds_no_buffer(&client), "client: {client:?}");
+        // The configuration is shared, not copied: a second session of the same context has
+        // the same one.
+        let other = sctx.new_session(now).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&server.config, &other.config));
+    }
+}
