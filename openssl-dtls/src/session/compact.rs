@@ -34,12 +34,12 @@ impl Session {
                 self.open_record(record);
             } else if self.state == SessionState::Handshaking
                 && record.epoch() == 1
-                && self.early.len() < MAX_EARLY_RECORDS
+                && self.hs().early.len() < MAX_EARLY_RECORDS
                 && raw.len() <= self.config.mtu
             {
                 let mut copy = record::take_buffer();
                 copy.extend_from_slice(raw);
-                self.early.push(copy);
+                self.hs_mut().early.push(copy);
             } else {
                 self.stats.dropped_handshake_records += 1;
             }
@@ -112,7 +112,7 @@ impl Session {
         if !sent_last {
             self.hand_off();
         }
-        for raw in std::mem::take(&mut self.early) {
+        for raw in std::mem::take(&mut self.hs_mut().early) {
             if let Ok(record) = RecordHeader::new_checked(&raw) {
                 if self.state == SessionState::Established {
                     self.open_record(&record);
@@ -120,6 +120,7 @@ impl Session {
             }
             record::give_buffer(raw);
         }
+        self.free_handshake_part();
     }
 
     /// Transition Lingering -> Compact: frees the `SSL`. What OpenSSL queued moves to the
@@ -140,6 +141,7 @@ impl Session {
             }
             other => other,
         };
+        self.free_handshake_part();
     }
 
     /// The work of [`hand_off`](Self::hand_off): moves what OpenSSL queued and its write
@@ -161,7 +163,7 @@ impl Session {
         }
         self.stats.retransmits = st.timeouts;
         self.stats.send_dropped += st.outbound_dropped;
-        self.retransmit_at = None;
+        self.clear_retransmit();
         // The connection lives on: free the SSL the way a clean shutdown would, so that
         // SSL_free does not mark its session unresumable and drop it from the session cache.
         ssl::mark_shutdown_sent(&openssl.ssl);
@@ -615,14 +617,13 @@ impl Session {
         Some(Session {
             engine: Engine::Compact(compact, None),
             facts: Some(std::sync::Arc::new(facts)),
-            early: Vec::new(),
+            hs: None,
             role,
             state: SessionState::Established,
             error: None,
             closed_by_peer: false,
             config: shared_config(config),
             started: now,
-            retransmit_at: None,
             received: VecDeque::new(),
             received_bytes: 0,
             data_mtu,
@@ -630,13 +631,7 @@ impl Session {
             peer: Some(peer),
             stats: SessionStats::default(),
             authenticated: 0,
-            handshake_epoch1: 0,
-            handshake_epoch1_app: 0,
-            peer_ccs_read: true,
-            held_alert: None,
-            hello_verify_accepted: false,
             cid,
-            first_step_pending: false,
         })
     }
 }
@@ -676,7 +671,7 @@ mod tests {
             && s.received.capacity() == 0
             && s.received_bytes == 0
             && compact.outbound.capacity() == 0
-            && s.early.capacity() == 0
+            && s.hs.is_none()
             && s.error.is_none()
     }
 
@@ -689,7 +684,10 @@ mod tests {
             .build()
             .unwrap();
         let cctx = DtlsClientContext::builder()
-            .psk_credentials(PskCredentials::new(b"device".to_vec(), b"secretPSK".to_vec()))
+            .psk_credentials(PskCredentials::new(
+                b"device".to_vec(),
+                b"secretPSK".to_vec(),
+            ))
             .compact_connections(true)
             .build()
             .unwrap();
@@ -711,7 +709,10 @@ mod tests {
                 client.send(b"request").unwrap();
             }
             pump(&mut client, &mut server, now);
-            assert!(server.received.capacity() > 0, "storage while datagrams wait");
+            assert!(
+                server.received.capacity() > 0,
+                "storage while datagrams wait"
+            );
             while let Ok(Some(n)) = server.recv(&mut app) {
                 assert_eq!(&app[..n], b"request");
                 server.send(b"answer").unwrap();

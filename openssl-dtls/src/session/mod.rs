@@ -102,9 +102,9 @@ pub struct Session {
     engine: Engine,
     /// What the handshake established, from its completion on.
     facts: Option<std::sync::Arc<HandshakeFacts>>,
-    /// Compact mode, during the handshake: epoch-1 application and alert records withheld from
-    /// OpenSSL until the compact layer has keys (at most [`MAX_EARLY_RECORDS`]).
-    early: Vec<Vec<u8>>,
+    /// What only the handshake and the `SSL` need: from the session's start until the compact
+    /// hand-off frees the `SSL` (an idle compact connection pays a pointer for it).
+    hs: Option<Box<Handshake>>,
     role: Role,
     state: SessionState,
     /// Boxed: only a failed session has one (a live one pays a pointer, not the error).
@@ -113,7 +113,6 @@ pub struct Session {
     /// Shared with every session of an equal configuration (see [`shared_config`]).
     config: std::sync::Arc<SessionConfig>,
     started: Instant,
-    retransmit_at: Option<Instant>,
     /// Received application datagrams; pooled storage, none while empty (see `record::Queue`).
     received: record::Queue,
     received_bytes: usize,
@@ -125,6 +124,21 @@ pub struct Session {
     /// Authenticated input seen: records that decrypted (application data, alerts) and
     /// handshake progress. The endpoint's idle clock moves only when this does.
     authenticated: u64,
+    /// The negotiated Connection IDs (RFC 9146), if any: see [`cid`].
+    cid: Option<Box<self::cid::CidSession>>,
+}
+
+/// The part of a [`Session`]'s state that only its handshake and its `SSL` use (boxed, and
+/// freed at the compact hand-off).
+#[derive(Default)]
+struct Handshake {
+    /// Compact mode, during the handshake: epoch-1 application and alert records withheld from
+    /// OpenSSL until the compact layer has keys (at most [`MAX_EARLY_RECORDS`]).
+    early: Vec<Vec<u8>>,
+    /// OpenSSL's retransmission timer (`DTLSv1_get_timeout`), while a flight is unacknowledged.
+    retransmit_at: Option<Instant>,
+    /// The latest unauthenticated fatal alert received during the handshake, kept from OpenSSL.
+    held_alert: Option<HeldAlert>,
     /// Epoch-1 records given to OpenSSL during the handshake (at most
     /// [`MAX_HANDSHAKE_EPOCH1_RECORDS`] until `peer_ccs_read`).
     handshake_epoch1: u8,
@@ -134,16 +148,51 @@ pub struct Session {
     /// OpenSSL has read the peer's ChangeCipherSpec in this handshake: it decrypts epoch-1
     /// records from now on instead of buffering them.
     peer_ccs_read: bool,
-    /// The latest unauthenticated fatal alert received during the handshake, kept from OpenSSL.
-    held_alert: Option<HeldAlert>,
     /// A client's OpenSSL has been given a HelloVerifyRequest (only one is accepted).
     hello_verify_accepted: bool,
-    /// The negotiated Connection IDs (RFC 9146), if any: see [`cid`].
-    cid: Option<Box<self::cid::CidSession>>,
     /// A server session from `DTLSv1_listen` whose first step (reading the verified ClientHello
     /// and writing the server's first flight: the key exchange and, with certificates, the
-    /// signature) has not run yet: see [`run_first_step`](Self::run_first_step).
+    /// signature) has not run yet: see [`Session::run_first_step`].
     first_step_pending: bool,
+}
+
+/// What a session without its [`Handshake`] part reads (after the compact hand-off).
+static NO_HANDSHAKE: Handshake = Handshake {
+    early: Vec::new(),
+    retransmit_at: None,
+    held_alert: None,
+    handshake_epoch1: 0,
+    handshake_epoch1_app: 0,
+    peer_ccs_read: false,
+    hello_verify_accepted: false,
+    first_step_pending: false,
+};
+
+impl Session {
+    /// The handshake's part of the state (all empty once it is freed).
+    fn hs(&self) -> &Handshake {
+        self.hs.as_deref().unwrap_or(&NO_HANDSHAKE)
+    }
+
+    /// The handshake's part of the state, to change: only on the paths of the handshake and
+    /// the `SSL`, where it exists (made again, empty, otherwise).
+    fn hs_mut(&mut self) -> &mut Handshake {
+        self.hs.get_or_insert_with(Box::default)
+    }
+
+    /// Stops the retransmission timer (without making the handshake part again).
+    fn clear_retransmit(&mut self) {
+        if let Some(hs) = self.hs.as_mut() {
+            hs.retransmit_at = None;
+        }
+    }
+
+    /// Frees the handshake part once the `SSL` is gone and no early record waits in it.
+    fn free_handshake_part(&mut self) {
+        if self.engine.openssl().is_none() && self.hs().early.is_empty() {
+            self.hs = None;
+        }
+    }
 }
 
 /// Configurations kept for sharing (at most): a session holds an `Arc` of its configuration
@@ -258,14 +307,13 @@ impl Session {
         let mut session = Session {
             engine: Engine::OpenSsl(OpenSsl { ssl, bio }),
             facts: None,
-            early: Vec::new(),
+            hs: Some(Box::default()),
             role,
             state: SessionState::Handshaking,
             error: None,
             closed_by_peer: false,
             config: shared_config(config),
             started: now,
-            retransmit_at: None,
             received: VecDeque::new(),
             received_bytes: 0,
             data_mtu: 0,
@@ -273,13 +321,7 @@ impl Session {
             peer: None,
             stats: SessionStats::default(),
             authenticated: 0,
-            handshake_epoch1: 0,
-            handshake_epoch1_app: 0,
-            peer_ccs_read: false,
-            held_alert: None,
-            hello_verify_accepted: false,
             cid: None,
-            first_step_pending: false,
         };
         session.bio_mut().now = Some(now);
         Ok(session)
@@ -297,14 +339,14 @@ impl Session {
     ) -> Result<Session> {
         let mut session = Session::prepare(ssl, Role::Server, config, now, Some(bio))?;
         session.peer = Some(peer);
-        session.first_step_pending = true;
+        session.hs_mut().first_step_pending = true;
         Ok(session)
     }
 
     /// Whether the first step of a handshake accepted after `DTLSv1_listen` is still to run
     /// ([`run_first_step`](Self::run_first_step)).
     pub(crate) fn first_step_pending(&self) -> bool {
-        self.first_step_pending
+        self.hs().first_step_pending
     }
 
     /// Runs the first step of a handshake accepted after `DTLSv1_listen`, if it has not run:
@@ -314,7 +356,8 @@ impl Session {
     /// [`poll_transmit`](Self::poll_transmit).
     #[doc(alias = "SSL_do_handshake")]
     pub(crate) fn run_first_step(&mut self, now: Instant) {
-        if std::mem::take(&mut self.first_step_pending) {
+        if self.hs().first_step_pending {
+            self.hs_mut().first_step_pending = false;
             self.drive(now);
         }
     }
@@ -458,13 +501,18 @@ impl Session {
             SessionState::Handshaking => {
                 let deadline = self.handshake_deadline();
                 let deadline = self
+                    .hs()
                     .held_alert
                     .map_or(deadline, |h| h.fail_at.min(deadline));
-                Some(self.retransmit_at.map_or(deadline, |at| at.min(deadline)))
+                Some(
+                    self.hs()
+                        .retransmit_at
+                        .map_or(deadline, |at| at.min(deadline)),
+                )
             }
             SessionState::Established => {
                 let linger = self.engine.linger_until();
-                earliest(self.retransmit_at, linger)
+                earliest(self.hs().retransmit_at, linger)
             }
             SessionState::Closed | SessionState::Failed => None,
         }
@@ -496,7 +544,7 @@ impl Session {
                 self.fail_handshake_timeout(TimeoutPhase::Handshake);
                 return;
             }
-            SessionState::Handshaking if self.held_alert.is_some_and(|h| now >= h.fail_at) => {
+            SessionState::Handshaking if self.hs().held_alert.is_some_and(|h| now >= h.fail_at) => {
                 log::debug!(
                     "handshake with {:?}: no progress since the peer's alert",
                     self.peer
@@ -516,7 +564,9 @@ impl Session {
                 return;
             }
         }
-        let Some(at) = self.retransmit_at else { return };
+        let Some(at) = self.hs().retransmit_at else {
+            return;
+        };
         if now < at || self.engine.openssl().is_none() {
             return;
         }
@@ -594,9 +644,10 @@ impl Session {
             return Ok(Some(n));
         }
         match self.state {
-            SessionState::Failed => {
-                Err(self.error.as_deref().map_or(Error::Closed, Error::duplicate))
-            }
+            SessionState::Failed => Err(self
+                .error
+                .as_deref()
+                .map_or(Error::Closed, Error::duplicate)),
             SessionState::Closed => Err(Error::Closed),
             _ => Ok(None),
         }
@@ -639,14 +690,14 @@ impl Session {
             SessionState::Established => {
                 self.shutdown();
                 self.state = SessionState::Closed;
-                self.retransmit_at = None;
+                self.clear_retransmit();
                 if self.engine.compact().is_some() {
                     self.hand_off(); // the SSL has nothing left to do
                 }
             }
             SessionState::Handshaking => {
                 self.state = SessionState::Closed;
-                self.retransmit_at = None;
+                self.clear_retransmit();
             }
             SessionState::Closed | SessionState::Failed => {}
         }
@@ -668,7 +719,7 @@ impl Session {
             self.shutdown();
         }
         self.state = SessionState::Closed;
-        self.retransmit_at = None;
+        self.clear_retransmit();
     }
 
     /// Ends the session with `error`, telling an established peer with `close_notify` (the
@@ -691,16 +742,17 @@ impl Session {
             SessionState::Established => Ok(()),
             SessionState::Handshaking => Err(Error::NotConnected),
             SessionState::Closed => Err(Error::Closed),
-            SessionState::Failed => {
-                Err(self.error.as_deref().map_or(Error::Closed, Error::duplicate))
-            }
+            SessionState::Failed => Err(self
+                .error
+                .as_deref()
+                .map_or(Error::Closed, Error::duplicate)),
         }
     }
 
     fn fail(&mut self, error: Error) {
         self.state = SessionState::Failed;
         self.error = Some(Box::new(error));
-        self.retransmit_at = None;
+        self.clear_retransmit();
     }
 }
 
