@@ -629,7 +629,7 @@ impl Session {
             data_mtu,
             min_protected_len: min_protected_len(cipher),
             peer: Some(peer),
-            stats: SessionStats::default(),
+            stats: Counters::default(),
             authenticated: 0,
             cid,
         })

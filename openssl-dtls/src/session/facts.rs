@@ -144,7 +144,7 @@ impl Session {
 
     /// Counters of this session.
     pub fn stats(&self) -> SessionStats {
-        let mut stats = self.stats;
+        let mut stats = self.stats.public();
         if self.engine.openssl().is_some() {
             stats.retransmits = self.bio_ref().timeouts;
         }

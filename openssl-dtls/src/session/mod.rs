@@ -70,6 +70,7 @@ pub use self::filter::{
     MAX_HANDSHAKE_EPOCH1_ALONE, MAX_HANDSHAKE_EPOCH1_APP_RECORDS, MAX_HANDSHAKE_EPOCH1_RECORDS,
 };
 pub(crate) use self::openssl_engine::configure_ssl;
+use self::stats::Counters;
 pub use self::stats::SessionStats;
 
 pub use crate::config::{SessionConfig, MAX_MTU, MAX_PLAINTEXT, MIN_MTU};
@@ -120,7 +121,8 @@ pub struct Session {
     /// The shortest protected (epoch ≥ 1) record the negotiated AEAD can produce; 0 = no check.
     min_protected_len: usize,
     peer: Option<SocketAddr>,
-    stats: SessionStats,
+    /// Counters, kept compactly; read as [`SessionStats`].
+    stats: self::stats::Counters,
     /// Authenticated input seen: records that decrypted (application data, alerts) and
     /// handshake progress. The endpoint's idle clock moves only when this does.
     authenticated: u64,
@@ -319,7 +321,7 @@ impl Session {
             data_mtu: 0,
             min_protected_len: 0,
             peer: None,
-            stats: SessionStats::default(),
+            stats: Counters::default(),
             authenticated: 0,
             cid: None,
         };
