@@ -94,7 +94,7 @@ impl Session {
         let sent_last = (self.role == Role::Server) != ssl.session_reused();
         let compact = Box::new(Compact {
             layer,
-            outbound: VecDeque::new(),
+            outbound: record::Queue::default(),
             renegotiation_refusals: 0,
         });
         // Transition: OpenSsl -> Lingering (we sent the last flight) or straight to Compact
@@ -150,10 +150,7 @@ impl Session {
         let st = openssl.bio.get_mut();
         let mut queued = VecDeque::new();
         st.drain_outbound(&mut queued);
-        queued.append(&mut compact.outbound);
-        compact.outbound = queued;
-        // OpenSSL's leftovers (if any) go out through the pooled path; none: no storage kept.
-        record::release_queue(&mut compact.outbound);
+        compact.outbound.prepend(queued);
         let next = compact.layer.next_write_seq().max(st.epoch1_next_seq);
         compact.layer.set_next_write_seq(next);
         if let Some(last) = st.epoch1_last_explicit {
@@ -370,7 +367,6 @@ impl Session {
         let cid = self.cid.as_ref().map(|c| &*c.peer);
         match compact.layer.seal(cid, content_type, data, &mut datagram) {
             Ok(()) => {
-                record::ready_queue(&mut compact.outbound);
                 compact.outbound.push_back(datagram);
                 if content_type == ContentType::ApplicationData {
                     self.stats.app_out += 1;
@@ -416,7 +412,6 @@ impl Session {
             return;
         }
         self.received_bytes += data.capacity();
-        record::ready_queue(&mut self.received);
         self.received.push_back(data);
         self.stats.app_in += 1;
     }
@@ -611,7 +606,7 @@ impl Session {
         };
         let compact = Box::new(Compact {
             layer,
-            outbound: VecDeque::new(),
+            outbound: record::Queue::default(),
             renegotiation_refusals: 0,
         });
         Some(Session {
@@ -624,7 +619,7 @@ impl Session {
             closed_by_peer: false,
             config: shared_config(config),
             started: now,
-            received: VecDeque::new(),
+            received: record::Queue::default(),
             received_bytes: 0,
             data_mtu,
             min_protected_len: min_protected_len(cipher),

@@ -316,7 +316,7 @@ impl Session {
             closed_by_peer: false,
             config: shared_config(config),
             started: now,
-            received: VecDeque::new(),
+            received: record::Queue::default(),
             received_bytes: 0,
             data_mtu: 0,
             min_protected_len: 0,
@@ -473,13 +473,13 @@ impl Session {
         }
         let compact = self.engine.compact_mut()?;
         let n = bio::pop_datagram(
-            &mut compact.outbound,
+            compact.outbound.storage_mut()?,
             buf,
             &mut self.stats.send_dropped,
             record::give_buffer,
         );
         // Drained: the queue's storage goes back to the pool (an idle session holds none).
-        record::release_queue(&mut compact.outbound);
+        compact.outbound.release();
         if let Some(len) = n {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += len as u64;
@@ -641,8 +641,6 @@ impl Session {
             // Back to the pool the next received datagram comes from: a steady flow allocates
             // nothing, and an idle session holds no buffer.
             record::give_buffer(datagram);
-            // Drained: the queue's storage goes back to the pool too.
-            record::release_queue(&mut self.received);
             return Ok(Some(n));
         }
         match self.state {

@@ -422,7 +422,6 @@ impl Session {
             return;
         }
         self.received_bytes += buf.capacity();
-        record::ready_queue(&mut self.received);
         self.received.push_back(buf);
         self.stats.app_in += 1;
     }
