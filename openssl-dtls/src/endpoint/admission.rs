@@ -368,7 +368,7 @@ impl Endpoint {
             if p.replacement.is_none() {
                 self.handshakes.add(peer.ip());
             }
-            p.replacement = Some((id, session));
+            p.replacement = Some(Box::new((id, *session)));
             self.settle(peer, now);
         } else {
             self.insert(now, peer, *session);

@@ -23,7 +23,8 @@ pub(super) struct Peer {
     /// The connection (or handshake) with this address.
     pub(super) session: Session,
     /// A new handshake from the same address, replacing `session` once established.
-    pub(super) replacement: Option<(ConnectionId, Box<Session>)>,
+    /// (Boxed whole: an entry without one pays a pointer.)
+    pub(super) replacement: Option<Box<(ConnectionId, Session)>>,
     /// [`Event::Connected`] was queued: the connection counts in `connections`.
     pub(super) connected_emitted: bool,
     /// Counted in `compact_handoffs`.
@@ -161,7 +162,7 @@ impl Peer {
         self.session.has_transmit()
             || self
                 .replacement
-                .as_ref()
+                .as_deref()
                 .is_some_and(|(_, r)| r.has_transmit())
     }
 
@@ -233,14 +234,19 @@ impl Endpoint {
         };
         // A handshake accepted after the cookie and not checked out: its first step, inline.
         p.session.run_first_step(now);
-        if let Some((_, r)) = p.replacement.as_mut() {
+        if let Some((_, r)) = p.replacement.as_deref_mut() {
             r.run_first_step(now);
         }
         // A replacement handshake that completed takes over the address.
-        if let Some((new_id, replacement)) = p.replacement.take() {
-            match replacement.state() {
+        let replacement_state = p.replacement.as_deref().map(|(_, r)| r.state());
+        if let Some(state) = replacement_state.filter(|s| *s != SessionState::Handshaking) {
+            let Some(taken) = p.replacement.take() else {
+                return;
+            };
+            let (new_id, replacement) = *taken;
+            match state {
                 SessionState::Established => {
-                    let old = std::mem::replace(&mut p.session, *replacement);
+                    let old = std::mem::replace(&mut p.session, replacement);
                     let old_id = std::mem::replace(&mut p.id, new_id);
                     self.moved.remove(&old_id);
                     self.stats.connections_replaced += 1;
@@ -269,7 +275,7 @@ impl Endpoint {
                     p.uncount_handshake(&mut self.handshakes, addr.ip());
                     p.counted_handshake = true;
                 }
-                SessionState::Handshaking => p.replacement = Some((new_id, replacement)),
+                SessionState::Handshaking => {} // not taken (filtered above)
                 SessionState::Closed | SessionState::Failed => {
                     // Dropped at once (its final alert, if any, with it): the old connection
                     // stays as it was, and the CID it was issued is free again.
@@ -337,7 +343,7 @@ impl Endpoint {
         // is replaced only when the deadline moves earlier; a later one is picked up lazily when
         // the earlier entry fires, so steady traffic pushes nothing.
         let mut next = p.session.poll_timeout();
-        if let Some((_, r)) = &p.replacement {
+        if let Some((_, r)) = p.replacement.as_deref() {
             next = earliest(next, r.poll_timeout());
         }
         if established {

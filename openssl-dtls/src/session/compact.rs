@@ -14,7 +14,7 @@ impl Session {
         let mut for_openssl = false;
         // Once established, a protected record too short for the suite's nonce and tag never
         // reaches OpenSSL, lingering or not (CVE-2026-75806; see `handle_datagram`).
-        let min = self.min_protected_len;
+        let min = usize::from(self.min_protected_len);
         let too_short =
             move |r: &RecordHeader<'_>| min > 0 && r.epoch() >= 1 && r.fragment().len() < min;
         for record in parsed.records() {
@@ -102,13 +102,12 @@ impl Session {
         // whatever they make us send (a close_notify in reply) is then written by the compact
         // layer alone.
         self.engine = match std::mem::replace(&mut self.engine, Engine::Switching) {
-            Engine::OpenSsl(openssl) => Engine::Lingering {
-                openssl,
-                compact,
-                until: now + self.config.compact_linger,
-            },
+            Engine::OpenSsl(openssl) => Engine::Lingering { openssl, compact },
             other => other,
         };
+        if self.engine.is_lingering() {
+            self.hs_mut().linger_until = Some(now + self.config.compact_linger);
+        }
         if !sent_last {
             self.hand_off();
         }
@@ -379,7 +378,7 @@ impl Session {
                     SealError::SequenceExhausted => Error::SequenceExhausted,
                     SealError::TooLong => Error::PayloadTooLarge {
                         len: data.len(),
-                        max: self.data_mtu,
+                        max: self.data_mtu(),
                     },
                     SealError::Cipher => Error::Ssl(ErrorStack::get()),
                 };
@@ -504,7 +503,7 @@ impl Session {
             None => out.push(0),
         }
         out.push(u8::from(facts.resumed));
-        out.extend_from_slice(&(self.data_mtu.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        out.extend_from_slice(&self.data_mtu.to_be_bytes());
         compact
             .layer
             .write_state(at_least, last_explicit, reserve, out);
@@ -571,7 +570,7 @@ impl Session {
             1 => true,
             _ => return None,
         };
-        let data_mtu = usize::from(r.u16()?);
+        let data_mtu = r.u16()?;
         let layer = RecordLayer::read_state(r, advance)?;
         if record::Aead::from_suite_name(cipher) != Some(layer.aead()) {
             return None;

@@ -31,12 +31,12 @@ pub(super) enum Engine {
     /// not carry), every record after it.
     OpenSsl(OpenSsl),
     /// Compact mode after the handshake, on the side that sent the handshake's last flight: the
-    /// compact layer opens every application and alert record; OpenSSL is kept until `until`
-    /// only to answer a retransmitted final flight of the peer, and writes nothing new.
+    /// compact layer opens every application and alert record; OpenSSL is kept (until the
+    /// session's `linger_until`, kept with its handshake state) only to answer a retransmitted
+    /// final flight of the peer, and writes nothing new.
     Lingering {
         openssl: OpenSsl,
         compact: Box<Compact>,
-        until: Instant,
     },
     /// Compact mode after the hand-off: the compact layer carries everything; the `SSL` is freed.
     /// The second field is the exporter's secret, kept only when asked for (see
@@ -80,14 +80,6 @@ impl Engine {
         match self {
             Engine::Lingering { compact, .. } | Engine::Compact(compact, _) => Some(compact),
             Engine::OpenSsl(_) | Engine::Switching => None,
-        }
-    }
-
-    /// When a lingering `SSL` is freed at the latest.
-    pub(super) fn linger_until(&self) -> Option<Instant> {
-        match self {
-            Engine::Lingering { until, .. } => Some(*until),
-            _ => None,
         }
     }
 
@@ -173,7 +165,6 @@ mod tests {
         Lingering {
             openssl: OpenSsl,
             compact: Box<Compact>,
-            until: Instant,
         },
         Compact(Box<Compact>),
         Switching,

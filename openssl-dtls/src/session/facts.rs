@@ -121,7 +121,7 @@ impl Session {
     /// one datagram at this MTU and cipher (`DTLS_get_data_mtu`); 0 before the handshake.
     #[doc(alias = "DTLS_get_data_mtu")]
     pub fn data_mtu(&self) -> usize {
-        self.data_mtu
+        usize::from(self.data_mtu)
     }
 
     /// The link MTU: the largest datagram this session emits.

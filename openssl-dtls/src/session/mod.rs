@@ -117,9 +117,10 @@ pub struct Session {
     /// Received application datagrams; pooled storage, none while empty (see `record::Queue`).
     received: record::Queue,
     received_bytes: usize,
-    data_mtu: usize,
+    /// At most [`MAX_MTU`]: 16 bits.
+    data_mtu: u16,
     /// The shortest protected (epoch ≥ 1) record the negotiated AEAD can produce; 0 = no check.
-    min_protected_len: usize,
+    min_protected_len: u8,
     peer: Option<SocketAddr>,
     /// Counters, kept compactly; read as [`SessionStats`].
     stats: self::stats::Counters,
@@ -137,6 +138,8 @@ struct Handshake {
     /// Compact mode, during the handshake: epoch-1 application and alert records withheld from
     /// OpenSSL until the compact layer has keys (at most [`MAX_EARLY_RECORDS`]).
     early: Vec<Vec<u8>>,
+    /// Compact mode, lingering: when the `SSL` is freed at the latest.
+    linger_until: Option<Instant>,
     /// OpenSSL's retransmission timer (`DTLSv1_get_timeout`), while a flight is unacknowledged.
     retransmit_at: Option<Instant>,
     /// The latest unauthenticated fatal alert received during the handshake, kept from OpenSSL.
@@ -161,6 +164,7 @@ struct Handshake {
 /// What a session without its [`Handshake`] part reads (after the compact hand-off).
 static NO_HANDSHAKE: Handshake = Handshake {
     early: Vec::new(),
+    linger_until: None,
     retransmit_at: None,
     held_alert: None,
     handshake_epoch1: 0,
@@ -180,6 +184,13 @@ impl Session {
     /// the `SSL`, where it exists (made again, empty, otherwise).
     fn hs_mut(&mut self) -> &mut Handshake {
         self.hs.get_or_insert_with(Box::default)
+    }
+
+    /// When a lingering `SSL` is freed at the latest.
+    fn linger_until(&self) -> Option<Instant> {
+        self.hs()
+            .linger_until
+            .filter(|_| self.engine.is_lingering())
     }
 
     /// Stops the retransmission timer (without making the handshake part again).
@@ -421,7 +432,7 @@ impl Session {
     /// A datagram on the path of standard records (and, once the compact layer exists, its
     /// `tls12_cid` records too).
     fn handle_standard(&mut self, now: Instant, parsed: &Parsed<'_>) {
-        let shape = Shape::of(parsed, self.min_protected_len);
+        let shape = Shape::of(parsed, usize::from(self.min_protected_len));
         // Compact mode: once the compact layer exists, and during the handshake whenever the
         // datagram carries epoch-1 application or alert records (withheld from OpenSSL). A
         // session whose suite the compact layer cannot carry stays on OpenSSL's path.
@@ -513,7 +524,7 @@ impl Session {
                 )
             }
             SessionState::Established => {
-                let linger = self.engine.linger_until();
+                let linger = self.linger_until();
                 earliest(self.hs().retransmit_at, linger)
             }
             SessionState::Closed | SessionState::Failed => None,
@@ -556,7 +567,7 @@ impl Session {
             }
             _ => {}
         }
-        if let Some(until) = self.engine.linger_until() {
+        if let Some(until) = self.linger_until() {
             if now >= until {
                 log::debug!(
                     "{:?}: linger over, handing off to the compact layer",
@@ -602,10 +613,10 @@ impl Session {
     #[doc(alias = "SSL_write")]
     pub fn send(&mut self, data: &[u8]) -> Result<()> {
         self.usable()?;
-        if data.len() > self.data_mtu {
+        if data.len() > self.data_mtu() {
             return Err(Error::PayloadTooLarge {
                 len: data.len(),
-                max: self.data_mtu,
+                max: self.data_mtu(),
             });
         }
         if data.is_empty() {
@@ -664,7 +675,7 @@ impl Session {
     /// reader then, for a bounded time, instead of dropping.
     pub(crate) fn recv_queue_nearly_full(&self) -> bool {
         self.received.len() + 4 > self.config.recv_queue
-            || self.received_bytes + self.data_mtu.max(MIN_MTU) > self.config.recv_queue_bytes
+            || self.received_bytes + self.data_mtu().max(MIN_MTU) > self.config.recv_queue_bytes
     }
 
     /// How many more datagrams of records the receive queue takes before it is
@@ -677,8 +688,8 @@ impl Session {
         let bytes = self
             .config
             .recv_queue_bytes
-            .saturating_sub(self.received_bytes + self.data_mtu.max(MIN_MTU))
-            / self.data_mtu.max(MIN_MTU);
+            .saturating_sub(self.received_bytes + self.data_mtu().max(MIN_MTU))
+            / self.data_mtu().max(MIN_MTU);
         records.min(bytes)
     }
 

@@ -392,13 +392,13 @@ impl Session {
             now,
         )));
         self.min_protected_len = self.cipher().map_or(0, min_protected_len);
-        self.data_mtu = ssl::data_mtu(&self.openssl().ssl);
+        self.data_mtu = u16::try_from(ssl::data_mtu(&self.openssl().ssl)).unwrap_or(u16::MAX);
         log::debug!(
             "handshake with {:?} complete: {} {} (data MTU {})",
             self.peer,
             self.protocol_version().unwrap_or("?"),
             self.cipher().unwrap_or("?"),
-            self.data_mtu
+            self.data_mtu()
         );
         if self.compact_mode() {
             self.start_compact(now);
