@@ -209,8 +209,10 @@ pub(crate) struct Queue(Option<Storage>);
 #[allow(clippy::box_collection)]
 type Storage = Box<VecDeque<Vec<u8>>>;
 
-/// Queue storages kept per thread, and for all threads beyond that.
-const POOL_QUEUES: usize = 64;
+/// Queue storages kept per thread, and for all threads beyond that. Few per thread: a queue
+/// filled on one thread (the driver) is often drained on another (the application's), and the
+/// storage it gives back should soon reach the shared pool the filling thread takes from.
+const POOL_QUEUES: usize = 8;
 const SHARED_QUEUES: usize = 256;
 /// A queue whose storage grew beyond this many slots is freed rather than pooled.
 const POOL_QUEUE_MAX: usize = 64;
