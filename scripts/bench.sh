@@ -13,7 +13,8 @@
 #   BENCH_COMPACT_MEM=10000                     idle compact connections held (sans-IO server
 #                                               Endpoint); the 100,000 figure of BENCHMARKS.md:
 #                                               BENCH_ONLY=compact BENCH_COMPACT_MEM=10000,100000
-#                                               (≈ 25 s more, ≈ 150 MB RSS)
+#                                               (≈ 25 s more, ≈ 150 MB RSS); BENCH_COMPACT_MEM=1000000:
+#                                               the compact_*_1m rows (issue 16; ≈ 100 s, ≈ 0.8 GB)
 #   BENCH_CID_MEM=10000                         idle compact connections with (and without) 8-byte
 #                                               Connection IDs held (sans-IO server Endpoint)
 #   BENCH_KNOBS_MEM=10000                       raw OpenSSL SSLs with every knob (the reference)

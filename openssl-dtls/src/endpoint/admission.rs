@@ -268,7 +268,7 @@ impl Endpoint {
     fn scan_evictable(&mut self, now: Instant, min_idle: Duration) -> bool {
         let mut oldest: Option<Instant> = None;
         let mut found: BinaryHeap<(Instant, ConnectionId, SocketAddr)> = BinaryHeap::new();
-        for (addr, p) in &self.peers {
+        for (addr, p) in self.peers.iter() {
             if !p.session.is_established() || p.replacement.is_some() {
                 continue;
             }
@@ -368,7 +368,7 @@ impl Endpoint {
             if p.replacement.is_none() {
                 self.handshakes.add(peer.ip());
             }
-            p.replacement = Some((id, session));
+            p.replacement = Some(Box::new((id, *session)));
             self.settle(peer, now);
         } else {
             self.insert(now, peer, *session);

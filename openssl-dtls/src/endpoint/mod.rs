@@ -54,7 +54,7 @@ pub use self::stats::{ConnectionStats, EndpointStats};
 
 use self::admission::handshake_worst_case;
 pub(crate) use self::admission::SharedLimits;
-use self::peer::{HandshakeCount, Peer};
+use self::peer::{HandshakeCount, Peer, PeerTable};
 use crate::context::{DtlsClientContext, DtlsServerContext};
 use crate::error::{Error, Result};
 use crate::listener::Listener;
@@ -96,7 +96,7 @@ pub struct Endpoint {
     /// The limits.
     config: EndpointConfig,
     /// One entry per peer address with a session (any state).
-    peers: HashMap<SocketAddr, Peer>,
+    peers: PeerTable,
     /// Handshakes in flight (after the cookie exchange), replacements included: in all and per
     /// IP address.
     handshakes: HandshakeCount,
@@ -183,7 +183,7 @@ impl Endpoint {
         Endpoint {
             server: None,
             config,
-            peers: HashMap::new(),
+            peers: PeerTable::default(),
             handshakes: HandshakeCount::default(),
             connections: admission::ConnectionCount::default(),
             shard: None,
@@ -350,7 +350,7 @@ impl Endpoint {
                 self.listen(now, peer, datagram, classified);
                 return;
             }
-            if let Some((_, replacement)) = p.replacement.as_mut() {
+            if let Some((_, replacement)) = p.replacement.as_deref_mut() {
                 replacement.handle_parsed(now, &parsed);
                 if hello {
                     self.settle(peer, now);
@@ -454,7 +454,7 @@ impl Endpoint {
             let budgeted = p.unconfirmed.then_some(p.id);
             let mut n = p.session.poll_transmit(buf);
             if n.is_none() {
-                if let Some((_, r)) = p.replacement.as_mut() {
+                if let Some((_, r)) = p.replacement.as_deref_mut() {
                     n = r.poll_transmit(buf);
                 }
             }
@@ -464,7 +464,7 @@ impl Endpoint {
                 p.in_ready = false;
                 if p.terminal()
                     || p.replacement
-                        .as_ref()
+                        .as_deref()
                         .is_some_and(|(_, r)| !r.is_handshaking())
                 {
                     self.settle_at_last_input(addr);
@@ -515,7 +515,7 @@ impl Endpoint {
                 }
             }
             p.session.handle_timeout(now);
-            if let Some((_, r)) = p.replacement.as_mut() {
+            if let Some((_, r)) = p.replacement.as_deref_mut() {
                 r.handle_timeout(now);
             }
             self.settle(addr, now);
@@ -696,7 +696,7 @@ impl Endpoint {
         for addr in addrs {
             if let Some(p) = self.peers.get_mut(&addr) {
                 p.session.close();
-                if let Some((_, r)) = p.replacement.as_mut() {
+                if let Some((_, r)) = p.replacement.as_deref_mut() {
                     r.close();
                 }
                 self.settle_at_last_input(addr);

@@ -23,7 +23,8 @@ pub(super) struct Peer {
     /// The connection (or handshake) with this address.
     pub(super) session: Session,
     /// A new handshake from the same address, replacing `session` once established.
-    pub(super) replacement: Option<(ConnectionId, Box<Session>)>,
+    /// (Boxed whole: an entry without one pays a pointer.)
+    pub(super) replacement: Option<Box<(ConnectionId, Session)>>,
     /// [`Event::Connected`] was queued: the connection counts in `connections`.
     pub(super) connected_emitted: bool,
     /// Counted in `compact_handoffs`.
@@ -47,6 +48,106 @@ pub(super) struct Peer {
     pub(super) unconfirmed: bool,
 }
 
+/// Peers per slab chunk of [`PeerTable`].
+const CHUNK: usize = 256;
+
+/// The endpoint's peers by address: a slab of [`Peer`]s in fixed chunks, indexed by a `u32`
+/// handle, and an address map that holds only the handle. A lookup is one hash probe and one
+/// index (O(1), no allocation); the map's buckets stay small (address and handle), and the slab
+/// grows by one chunk of [`CHUNK`] peers at a time, never copying the peers it holds (no
+/// doubling: at most one partly used chunk). Freed slots are reused; chunks are kept (the table
+/// is bounded by the endpoint's connection limits).
+#[derive(Default)]
+pub(super) struct PeerTable {
+    index: HashMap<SocketAddr, u32>,
+    chunks: Vec<Box<[Option<Peer>]>>,
+    /// Handles of empty slots, reused first.
+    free: Vec<u32>,
+}
+
+impl PeerTable {
+    fn slot(&self, h: u32) -> &Option<Peer> {
+        let h = h as usize;
+        &self.chunks[h / CHUNK][h % CHUNK]
+    }
+
+    fn slot_mut(&mut self, h: u32) -> &mut Option<Peer> {
+        let h = h as usize;
+        &mut self.chunks[h / CHUNK][h % CHUNK]
+    }
+
+    /// The peer at `addr`.
+    pub(super) fn get(&self, addr: &SocketAddr) -> Option<&Peer> {
+        let h = *self.index.get(addr)?;
+        self.slot(h).as_ref()
+    }
+
+    /// The peer at `addr`, to change.
+    pub(super) fn get_mut(&mut self, addr: &SocketAddr) -> Option<&mut Peer> {
+        let h = *self.index.get(addr)?;
+        self.slot_mut(h).as_mut()
+    }
+
+    /// Whether a peer is at `addr`.
+    pub(super) fn contains_key(&self, addr: &SocketAddr) -> bool {
+        self.index.contains_key(addr)
+    }
+
+    /// Puts `peer` at `addr`, returning the one it replaces.
+    pub(super) fn insert(&mut self, addr: SocketAddr, peer: Peer) -> Option<Peer> {
+        if let Some(&h) = self.index.get(&addr) {
+            return self.slot_mut(h).replace(peer);
+        }
+        let h = match self.free.pop() {
+            Some(h) => h,
+            None => {
+                let h = u32::try_from(self.chunks.len() * CHUNK)
+                    .expect("fewer than 2^32 peers (bounded by max_connections)");
+                self.chunks.push((0..CHUNK).map(|_| None).collect());
+                self.free.extend((h + 1..h + CHUNK as u32).rev());
+                h
+            }
+        };
+        *self.slot_mut(h) = Some(peer);
+        self.index.insert(addr, h);
+        None
+    }
+
+    /// Takes the peer at `addr` out; its slot is reused.
+    pub(super) fn remove(&mut self, addr: &SocketAddr) -> Option<Peer> {
+        let h = self.index.remove(addr)?;
+        self.free.push(h);
+        self.slot_mut(h).take()
+    }
+
+    /// The addresses with a peer.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.index.keys()
+    }
+
+    /// The peers.
+    pub(super) fn values(&self) -> impl Iterator<Item = &Peer> {
+        self.iter().map(|(_, p)| p)
+    }
+
+    /// The peers with their addresses.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&SocketAddr, &Peer)> {
+        self.index
+            .iter()
+            .filter_map(|(a, &h)| self.slot(h).as_ref().map(|p| (a, p)))
+    }
+
+    /// Number of peers.
+    pub(super) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether there is no peer.
+    pub(super) fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+}
+
 impl Peer {
     /// Gives up this entry's count in `handshakes` (its handshake completed or ended), if it
     /// still holds one.
@@ -61,7 +162,7 @@ impl Peer {
         self.session.has_transmit()
             || self
                 .replacement
-                .as_ref()
+                .as_deref()
                 .is_some_and(|(_, r)| r.has_transmit())
     }
 
@@ -133,14 +234,19 @@ impl Endpoint {
         };
         // A handshake accepted after the cookie and not checked out: its first step, inline.
         p.session.run_first_step(now);
-        if let Some((_, r)) = p.replacement.as_mut() {
+        if let Some((_, r)) = p.replacement.as_deref_mut() {
             r.run_first_step(now);
         }
         // A replacement handshake that completed takes over the address.
-        if let Some((new_id, replacement)) = p.replacement.take() {
-            match replacement.state() {
+        let replacement_state = p.replacement.as_deref().map(|(_, r)| r.state());
+        if let Some(state) = replacement_state.filter(|s| *s != SessionState::Handshaking) {
+            let Some(taken) = p.replacement.take() else {
+                return;
+            };
+            let (new_id, replacement) = *taken;
+            match state {
                 SessionState::Established => {
-                    let old = std::mem::replace(&mut p.session, *replacement);
+                    let old = std::mem::replace(&mut p.session, replacement);
                     let old_id = std::mem::replace(&mut p.id, new_id);
                     self.moved.remove(&old_id);
                     self.stats.connections_replaced += 1;
@@ -169,7 +275,7 @@ impl Endpoint {
                     p.uncount_handshake(&mut self.handshakes, addr.ip());
                     p.counted_handshake = true;
                 }
-                SessionState::Handshaking => p.replacement = Some((new_id, replacement)),
+                SessionState::Handshaking => {} // not taken (filtered above)
                 SessionState::Closed | SessionState::Failed => {
                     // Dropped at once (its final alert, if any, with it): the old connection
                     // stays as it was, and the CID it was issued is free again.
@@ -237,7 +343,7 @@ impl Endpoint {
         // is replaced only when the deadline moves earlier; a later one is picked up lazily when
         // the earlier entry fires, so steady traffic pushes nothing.
         let mut next = p.session.poll_timeout();
-        if let Some((_, r)) = &p.replacement {
+        if let Some((_, r)) = p.replacement.as_deref() {
             next = earliest(next, r.poll_timeout());
         }
         if established {

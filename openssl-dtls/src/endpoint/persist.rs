@@ -313,7 +313,7 @@ impl Endpoint {
         // (so no reallocation leaves a copy behind) and is wiped at the end.
         let mut scratch = Vec::with_capacity(2 + MAX_ENTRY_LEN);
         let mut body_len = 0u64;
-        for (addr, p) in &self.peers {
+        for (addr, p) in self.peers.iter() {
             if p.replacement.is_some() {
                 report.skipped_handshaking += 1;
             }
@@ -339,7 +339,7 @@ impl Endpoint {
             nonce: [0; 12],
         };
         let sealed = Sealer::start(out, key, header).and_then(|mut sealer| {
-            for (addr, p) in &self.peers {
+            for (addr, p) in self.peers.iter() {
                 scratch.clear();
                 if write_entry(*addr, p, &mut scratch) == SaveOutcome::Saved {
                     sealer.write(&scratch)?;

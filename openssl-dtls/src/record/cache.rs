@@ -8,6 +8,7 @@
 //!   flow allocates nothing.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -195,6 +196,121 @@ pub(crate) fn give_buffer(mut buf: Vec<u8>) {
     }
 }
 
+/// A queue of datagrams (or plaintexts) whose storage is pooled like the buffers: a pointer and
+/// no storage while empty. A session's receive and send queues take storage when their first
+/// datagram arrives and give it back when they drain, so an idle session holds none and a steady
+/// flow allocates none.
+#[derive(Default)]
+pub(crate) struct Queue(Option<Storage>);
+
+/// A queue's storage, boxed on purpose: the queue is then one pointer (8 bytes, the deque's
+/// header 32), which is what every idle connection pays, and the storage moves in and out of the
+/// pools without touching its buffer.
+#[allow(clippy::box_collection)]
+type Storage = Box<VecDeque<Vec<u8>>>;
+
+/// Queue storages kept per thread, and for all threads beyond that. Few per thread: a queue
+/// filled on one thread (the driver) is often drained on another (the application's), and the
+/// storage it gives back should soon reach the shared pool the filling thread takes from.
+const POOL_QUEUES: usize = 8;
+const SHARED_QUEUES: usize = 256;
+/// A queue whose storage grew beyond this many slots is freed rather than pooled.
+const POOL_QUEUE_MAX: usize = 64;
+
+thread_local! {
+    static QUEUES: RefCell<Vec<Storage>> = const { RefCell::new(Vec::new()) };
+}
+
+static SHARED_QUEUE_POOL: Mutex<Vec<Storage>> = Mutex::new(Vec::new());
+
+impl Queue {
+    /// Datagrams waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    /// Whether none waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Slots of the storage held (0: none).
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.capacity())
+    }
+
+    /// Appends `datagram`, taking pooled storage first if the queue has none (this thread's,
+    /// else the shared pool's; allocated only when both are empty).
+    pub(crate) fn push_back(&mut self, datagram: Vec<u8>) {
+        let q = self.0.get_or_insert_with(|| {
+            QUEUES
+                .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()))
+                .ok()
+                .flatten()
+                .or_else(|| SHARED_QUEUE_POOL.lock().ok().and_then(|mut s| s.pop()))
+                .unwrap_or_default()
+        });
+        q.push_back(datagram);
+    }
+
+    /// Takes the oldest datagram; the storage goes back to the pool when the queue drains.
+    pub(crate) fn pop_front(&mut self) -> Option<Vec<u8>> {
+        let datagram = self.0.as_mut()?.pop_front();
+        self.release();
+        datagram
+    }
+
+    /// The storage, if any, to work on directly; call [`release`](Self::release) after.
+    pub(crate) fn storage_mut(&mut self) -> Option<&mut VecDeque<Vec<u8>>> {
+        self.0.as_deref_mut()
+    }
+
+    /// Puts `front` before what the queue holds.
+    pub(crate) fn prepend(&mut self, mut front: VecDeque<Vec<u8>>) {
+        if front.is_empty() {
+            return;
+        }
+        if let Some(q) = self.0.as_mut() {
+            front.append(q);
+            **q = front;
+        } else {
+            self.0 = Some(Box::new(front));
+        }
+    }
+
+    /// Gives the storage back to the pool if the queue is empty (freed if the pools are full or
+    /// it grew large). Does nothing while datagrams wait.
+    pub(crate) fn release(&mut self) {
+        if self.0.as_ref().is_none_or(|q| !q.is_empty()) {
+            return;
+        }
+        let Some(mut storage) = self.0.take() else {
+            return;
+        };
+        if storage.capacity() > POOL_QUEUE_MAX {
+            return; // freed
+        }
+        storage.clear(); // empty already: puts its head back at the start of the storage
+        let overflow = QUEUES
+            .try_with(|p| match p.try_borrow_mut() {
+                Ok(mut p) if p.len() < POOL_QUEUES => {
+                    p.push(storage);
+                    None
+                }
+                _ => Some(storage),
+            })
+            .unwrap_or(None);
+        if let Some(storage) = overflow {
+            if let Ok(mut shared) = SHARED_QUEUE_POOL.lock() {
+                if shared.len() < SHARED_QUEUES {
+                    shared.push(storage);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +327,23 @@ mod tests {
         // One that grew past the limit is freed instead of pooled.
         give_buffer(Vec::with_capacity(POOL_BUFFER_MAX + 1));
         assert_eq!(take_buffer().capacity(), 0);
+    }
+
+    #[test]
+    fn a_drained_queue_holds_no_storage_and_its_storage_is_reused() {
+        let mut q = Queue::default();
+        assert_eq!(q.capacity(), 0);
+        q.push_back(b"one".to_vec());
+        q.push_back(b"two".to_vec());
+        let ptr: *const VecDeque<Vec<u8>> = &**q.0.as_ref().unwrap();
+        assert_eq!(q.pop_front().as_deref(), Some(&b"one"[..]));
+        assert!(q.capacity() > 0, "kept while a datagram waits");
+        assert_eq!(q.pop_front().as_deref(), Some(&b"two"[..]));
+        assert_eq!(q.capacity(), 0, "an empty queue holds no storage");
+        assert_eq!(q.pop_front(), None);
+        let mut again = Queue::default();
+        again.push_back(Vec::new());
+        let reused: *const VecDeque<Vec<u8>> = &**again.0.as_ref().unwrap();
+        assert_eq!(reused, ptr, "reused, not reallocated");
     }
 }

@@ -42,7 +42,7 @@ use openssl::error::ErrorStack;
 use openssl::ssl::SslRef;
 
 pub(crate) use self::aead::Aead;
-pub(crate) use self::cache::{give_buffer, take_buffer};
+pub(crate) use self::cache::{give_buffer, take_buffer, Queue};
 use self::keys::Keys;
 use self::replay::ReplayWindow;
 pub(crate) use self::state::{Cursor, MAX_RECORD_STATE_LEN};

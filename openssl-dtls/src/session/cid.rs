@@ -276,7 +276,8 @@ impl Session {
         let mut layer = cid.transcoder.take().map(|b| *b).or(derived)?;
         layer.set_read_cid(!cid.own.is_empty());
         if !cid.peer.is_empty() {
-            self.data_mtu = self.data_mtu.saturating_sub(cid.peer.len() + 1);
+            let less = u16::try_from(cid.peer.len() + 1).unwrap_or(u16::MAX);
+            self.data_mtu = self.data_mtu.saturating_sub(less);
         }
         Some(layer)
     }

@@ -14,7 +14,7 @@ impl Session {
         let mut for_openssl = false;
         // Once established, a protected record too short for the suite's nonce and tag never
         // reaches OpenSSL, lingering or not (CVE-2026-75806; see `handle_datagram`).
-        let min = self.min_protected_len;
+        let min = usize::from(self.min_protected_len);
         let too_short =
             move |r: &RecordHeader<'_>| min > 0 && r.epoch() >= 1 && r.fragment().len() < min;
         for record in parsed.records() {
@@ -34,12 +34,12 @@ impl Session {
                 self.open_record(record);
             } else if self.state == SessionState::Handshaking
                 && record.epoch() == 1
-                && self.early.len() < MAX_EARLY_RECORDS
+                && self.hs().early.len() < MAX_EARLY_RECORDS
                 && raw.len() <= self.config.mtu
             {
                 let mut copy = record::take_buffer();
                 copy.extend_from_slice(raw);
-                self.early.push(copy);
+                self.hs_mut().early.push(copy);
             } else {
                 self.stats.dropped_handshake_records += 1;
             }
@@ -94,7 +94,7 @@ impl Session {
         let sent_last = (self.role == Role::Server) != ssl.session_reused();
         let compact = Box::new(Compact {
             layer,
-            outbound: VecDeque::new(),
+            outbound: record::Queue::default(),
             renegotiation_refusals: 0,
         });
         // Transition: OpenSsl -> Lingering (we sent the last flight) or straight to Compact
@@ -102,17 +102,16 @@ impl Session {
         // whatever they make us send (a close_notify in reply) is then written by the compact
         // layer alone.
         self.engine = match std::mem::replace(&mut self.engine, Engine::Switching) {
-            Engine::OpenSsl(openssl) => Engine::Lingering {
-                openssl,
-                compact,
-                until: now + self.config.compact_linger,
-            },
+            Engine::OpenSsl(openssl) => Engine::Lingering { openssl, compact },
             other => other,
         };
+        if self.engine.is_lingering() {
+            self.hs_mut().linger_until = Some(now + self.config.compact_linger);
+        }
         if !sent_last {
             self.hand_off();
         }
-        for raw in std::mem::take(&mut self.early) {
+        for raw in std::mem::take(&mut self.hs_mut().early) {
             if let Ok(record) = RecordHeader::new_checked(&raw) {
                 if self.state == SessionState::Established {
                     self.open_record(&record);
@@ -120,6 +119,7 @@ impl Session {
             }
             record::give_buffer(raw);
         }
+        self.free_handshake_part();
     }
 
     /// Transition Lingering -> Compact: frees the `SSL`. What OpenSSL queued moves to the
@@ -140,6 +140,7 @@ impl Session {
             }
             other => other,
         };
+        self.free_handshake_part();
     }
 
     /// The work of [`hand_off`](Self::hand_off): moves what OpenSSL queued and its write
@@ -148,8 +149,7 @@ impl Session {
         let st = openssl.bio.get_mut();
         let mut queued = VecDeque::new();
         st.drain_outbound(&mut queued);
-        queued.append(&mut compact.outbound);
-        compact.outbound = queued;
+        compact.outbound.prepend(queued);
         let next = compact.layer.next_write_seq().max(st.epoch1_next_seq);
         compact.layer.set_next_write_seq(next);
         if let Some(last) = st.epoch1_last_explicit {
@@ -159,7 +159,7 @@ impl Session {
         }
         self.stats.retransmits = st.timeouts;
         self.stats.send_dropped += st.outbound_dropped;
-        self.retransmit_at = None;
+        self.clear_retransmit();
         // The connection lives on: free the SSL the way a clean shutdown would, so that
         // SSL_free does not mark its session unresumable and drop it from the session cache.
         ssl::mark_shutdown_sent(&openssl.ssl);
@@ -378,7 +378,7 @@ impl Session {
                     SealError::SequenceExhausted => Error::SequenceExhausted,
                     SealError::TooLong => Error::PayloadTooLarge {
                         len: data.len(),
-                        max: self.data_mtu,
+                        max: self.data_mtu(),
                     },
                     SealError::Cipher => Error::Ssl(ErrorStack::get()),
                 };
@@ -503,7 +503,7 @@ impl Session {
             None => out.push(0),
         }
         out.push(u8::from(facts.resumed));
-        out.extend_from_slice(&(self.data_mtu.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        out.extend_from_slice(&self.data_mtu.to_be_bytes());
         compact
             .layer
             .write_state(at_least, last_explicit, reserve, out);
@@ -570,7 +570,7 @@ impl Session {
             1 => true,
             _ => return None,
         };
-        let data_mtu = usize::from(r.u16()?);
+        let data_mtu = r.u16()?;
         let layer = RecordLayer::read_state(r, advance)?;
         if record::Aead::from_suite_name(cipher) != Some(layer.aead()) {
             return None;
@@ -602,38 +602,30 @@ impl Session {
             srtp_profile: None,
             started: now,
             completed: now,
-            client_random: [0; 32],
         };
         let compact = Box::new(Compact {
             layer,
-            outbound: VecDeque::new(),
+            outbound: record::Queue::default(),
             renegotiation_refusals: 0,
         });
         Some(Session {
             engine: Engine::Compact(compact, None),
             facts: Some(std::sync::Arc::new(facts)),
-            early: Vec::new(),
+            hs: None,
             role,
             state: SessionState::Established,
             error: None,
             closed_by_peer: false,
-            config: config.clone(),
+            config: shared_config(config),
             started: now,
-            retransmit_at: None,
-            received: VecDeque::new(),
+            received: record::Queue::default(),
             received_bytes: 0,
             data_mtu,
             min_protected_len: min_protected_len(cipher),
             peer: Some(peer),
-            stats: SessionStats::default(),
+            stats: Counters::default(),
             authenticated: 0,
-            handshake_epoch1: 0,
-            handshake_epoch1_app: 0,
-            peer_ccs_read: true,
-            held_alert: None,
-            hello_verify_accepted: false,
             cid,
-            first_step_pending: false,
         })
     }
 }
@@ -646,4 +638,93 @@ fn put_bytes8(out: &mut Vec<u8>, bytes: &[u8]) {
     let bytes = &bytes[..bytes.len().min(255)];
     out.push(bytes.len() as u8);
     out.extend_from_slice(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::{DtlsClientContext, DtlsServerContext, PskCredentials};
+
+    /// Moves every datagram one session has to send into the other.
+    fn pump(from: &mut Session, to: &mut Session, now: Instant) -> bool {
+        let mut buf = [0u8; 2048];
+        let mut moved = false;
+        while let Some(n) = from.poll_transmit(&mut buf) {
+            to.handle_datagram(now, &buf[..n]);
+            moved = true;
+        }
+        moved
+    }
+
+    /// Whether `s` holds no heap buffer of its own: every queue empty and without storage, no
+    /// early records, no `SSL`, no error.
+    fn holds_no_buffer(s: &Session) -> bool {
+        let compact = s.engine.compact().expect("compact");
+        s.is_compact()
+            && s.engine.openssl().is_none()
+            && s.received.capacity() == 0
+            && s.received_bytes == 0
+            && compact.outbound.capacity() == 0
+            && s.hs.is_none()
+            && s.error.is_none()
+    }
+
+    #[test]
+    fn an_idle_compact_session_owns_no_heap_buffer() {
+        let now = Instant::now();
+        let sctx = DtlsServerContext::builder()
+            .psk_key_store(|_| Some(b"secretPSK".to_vec()))
+            .compact_connections(true)
+            .build()
+            .unwrap();
+        let cctx = DtlsClientContext::builder()
+            .psk_credentials(PskCredentials::new(
+                b"device".to_vec(),
+                b"secretPSK".to_vec(),
+            ))
+            .compact_connections(true)
+            .build()
+            .unwrap();
+        let mut client = cctx.new_session(None, now).unwrap();
+        let mut server = sctx.new_session(now).unwrap();
+        for _ in 0..32 {
+            let a = pump(&mut client, &mut server, now);
+            let b = pump(&mut server, &mut client, now);
+            if !a && !b {
+                break;
+            }
+        }
+        assert!(client.is_established() && server.is_established());
+        let mut app = [0u8; 64];
+        // A few exchanges both ways (the first ends the server's linger), several datagrams
+        // queued at once, then everything read: both queues had storage and must give it back.
+        for round in 0..3 {
+            for _ in 0..=round {
+                client.send(b"request").unwrap();
+            }
+            pump(&mut client, &mut server, now);
+            assert!(
+                server.received.capacity() > 0,
+                "storage while datagrams wait"
+            );
+            while let Ok(Some(n)) = server.recv(&mut app) {
+                assert_eq!(&app[..n], b"request");
+                server.send(b"answer").unwrap();
+            }
+            assert!(server.engine.compact().unwrap().outbound.capacity() > 0);
+            pump(&mut server, &mut client, now);
+            let mut answers = 0;
+            while let Ok(Some(n)) = client.recv(&mut app) {
+                assert_eq!(&app[..n], b"answer");
+                answers += 1;
+            }
+            assert_eq!(answers, round + 1);
+        }
+        assert!(holds_no_buffer(&server), "server: {server:?}");
+        assert!(holds_no_buffer(&client), "client: {client:?}");
+        // The configuration is shared, not copied: a second session of the same context has
+        // the same one.
+        let other = sctx.new_session(now).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&server.config, &other.config));
+    }
 }

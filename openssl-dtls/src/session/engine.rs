@@ -9,7 +9,6 @@
 //!                                                            close, or `compact_linger`)──> Compact
 //! ```
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use openssl::ssl::{Ssl, SslRef};
@@ -32,12 +31,12 @@ pub(super) enum Engine {
     /// not carry), every record after it.
     OpenSsl(OpenSsl),
     /// Compact mode after the handshake, on the side that sent the handshake's last flight: the
-    /// compact layer opens every application and alert record; OpenSSL is kept until `until`
-    /// only to answer a retransmitted final flight of the peer, and writes nothing new.
+    /// compact layer opens every application and alert record; OpenSSL is kept (until the
+    /// session's `linger_until`, kept with its handshake state) only to answer a retransmitted
+    /// final flight of the peer, and writes nothing new.
     Lingering {
         openssl: OpenSsl,
         compact: Box<Compact>,
-        until: Instant,
     },
     /// Compact mode after the hand-off: the compact layer carries everything; the `SSL` is freed.
     /// The second field is the exporter's secret, kept only when asked for (see
@@ -84,14 +83,6 @@ impl Engine {
         }
     }
 
-    /// When a lingering `SSL` is freed at the latest.
-    pub(super) fn linger_until(&self) -> Option<Instant> {
-        match self {
-            Engine::Lingering { until, .. } => Some(*until),
-            _ => None,
-        }
-    }
-
     pub(super) fn is_lingering(&self) -> bool {
         matches!(self, Engine::Lingering { .. })
     }
@@ -101,7 +92,7 @@ impl Engine {
 pub(super) struct Compact {
     pub(super) layer: RecordLayer,
     /// Datagrams sealed by the compact layer (or left by OpenSSL at the hand-off).
-    pub(super) outbound: VecDeque<Vec<u8>>,
+    pub(super) outbound: crate::record::Queue,
     /// Renegotiation requests answered with `no_renegotiation` so far (at most
     /// [`MAX_RENEGOTIATION_REFUSALS`](super::MAX_RENEGOTIATION_REFUSALS)).
     pub(super) renegotiation_refusals: u8,
@@ -136,14 +127,10 @@ pub struct HandshakeFacts {
     pub started: Instant,
     /// When it completed.
     pub completed: Instant,
-    /// The ClientHello random.
-    pub(crate) client_random: [u8; 32],
 }
 
 impl HandshakeFacts {
     pub(super) fn of(ssl: &SslRef, started: Instant, completed: Instant) -> HandshakeFacts {
-        let mut client_random = [0u8; 32];
-        ssl.client_random(&mut client_random);
         HandshakeFacts {
             version: ssl.version_str(),
             cipher: ssl.current_cipher().map(|c| c.name()),
@@ -158,7 +145,6 @@ impl HandshakeFacts {
             srtp_profile: exporter::selected_profile(ssl),
             started,
             completed,
-            client_random,
         }
     }
 
@@ -179,7 +165,6 @@ mod tests {
         Lingering {
             openssl: OpenSsl,
             compact: Box<Compact>,
-            until: Instant,
         },
         Compact(Box<Compact>),
         Switching,
@@ -198,7 +183,6 @@ mod tests {
             e: Option<Box<str>>,
             f: bool,
             g: [Instant; 2],
-            h: [u8; 32],
         }
         assert_eq!(size_of::<HandshakeFacts>(), size_of::<FactsWithoutSrtp>());
     }

@@ -294,7 +294,7 @@ impl Session {
         if self.facts.is_none() {
             return Err(self
                 .error
-                .as_ref()
+                .as_deref()
                 .map_or(Error::NotConnected, Error::duplicate));
         }
         if let Some(e) = &self.error {
@@ -336,7 +336,7 @@ impl Session {
         if self.facts.is_none() {
             return Err(self
                 .error
-                .as_ref()
+                .as_deref()
                 .map_or(Error::NotConnected, Error::duplicate));
         }
         let Some(profile) = self.selected_srtp_profile() else {

@@ -26,7 +26,7 @@ impl Session {
 
     /// The error that failed the session, if it failed.
     pub fn error(&self) -> Option<&Error> {
-        self.error.as_ref()
+        self.error.as_deref()
     }
 
     /// Whether the peer closed the session with `close_notify`.
@@ -121,7 +121,7 @@ impl Session {
     /// one datagram at this MTU and cipher (`DTLS_get_data_mtu`); 0 before the handshake.
     #[doc(alias = "DTLS_get_data_mtu")]
     pub fn data_mtu(&self) -> usize {
-        self.data_mtu
+        usize::from(self.data_mtu)
     }
 
     /// The link MTU: the largest datagram this session emits.
@@ -144,7 +144,7 @@ impl Session {
 
     /// Counters of this session.
     pub fn stats(&self) -> SessionStats {
-        let mut stats = self.stats;
+        let mut stats = self.stats.public();
         if self.engine.openssl().is_some() {
             stats.retransmits = self.bio_ref().timeouts;
         }
@@ -174,14 +174,12 @@ impl Session {
         self.engine.is_lingering()
     }
 
-    /// The ClientHello random of this session's handshake.
+    /// The ClientHello random of this session's handshake, while its `SSL` exists (the only
+    /// time it is asked for: a retransmitted ClientHello can only meet a handshaking session;
+    /// the handshake's facts do not keep it).
     pub(crate) fn client_random(&self) -> Option<[u8; 32]> {
-        match (self.engine.ssl(), self.facts()) {
-            (Some(ssl), _) => {
-                let mut random = [0u8; 32];
-                (ssl.client_random(&mut random) == 32).then_some(random)
-            }
-            (None, facts) => facts.map(|f| f.client_random),
-        }
+        let ssl = self.engine.ssl()?;
+        let mut random = [0u8; 32];
+        (ssl.client_random(&mut random) == 32).then_some(random)
     }
 }

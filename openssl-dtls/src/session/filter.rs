@@ -99,7 +99,7 @@ impl EpochFilter {
 
 /// The shortest protected record an AEAD suite produces: explicit nonce plus tag (RFC 5288,
 /// RFC 6655, RFC 7905). 0 for anything else (no check).
-pub(super) fn min_protected_len(cipher: &str) -> usize {
+pub(super) fn min_protected_len(cipher: &str) -> u8 {
     if cipher.contains("CHACHA20") || cipher.ends_with("CCM8") {
         16 // ChaCha20: no explicit nonce, 16-byte tag; CCM8: 8-byte nonce, 8-byte tag
     } else if cipher.contains("GCM") || cipher.ends_with("CCM") {

@@ -70,6 +70,7 @@ pub use self::filter::{
     MAX_HANDSHAKE_EPOCH1_ALONE, MAX_HANDSHAKE_EPOCH1_APP_RECORDS, MAX_HANDSHAKE_EPOCH1_RECORDS,
 };
 pub(crate) use self::openssl_engine::configure_ssl;
+use self::stats::Counters;
 pub use self::stats::SessionStats;
 
 pub use crate::config::{SessionConfig, MAX_MTU, MAX_PLAINTEXT, MIN_MTU};
@@ -102,26 +103,47 @@ pub struct Session {
     engine: Engine,
     /// What the handshake established, from its completion on.
     facts: Option<std::sync::Arc<HandshakeFacts>>,
-    /// Compact mode, during the handshake: epoch-1 application and alert records withheld from
-    /// OpenSSL until the compact layer has keys (at most [`MAX_EARLY_RECORDS`]).
-    early: Vec<Vec<u8>>,
+    /// What only the handshake and the `SSL` need: from the session's start until the compact
+    /// hand-off frees the `SSL` (an idle compact connection pays a pointer for it).
+    hs: Option<Box<Handshake>>,
     role: Role,
     state: SessionState,
-    error: Option<Error>,
+    /// Boxed: only a failed session has one (a live one pays a pointer, not the error).
+    error: Option<Box<Error>>,
     closed_by_peer: bool,
-    config: SessionConfig,
+    /// Shared with every session of an equal configuration (see [`shared_config`]).
+    config: std::sync::Arc<SessionConfig>,
     started: Instant,
-    retransmit_at: Option<Instant>,
-    received: VecDeque<Vec<u8>>,
+    /// Received application datagrams; pooled storage, none while empty (see `record::Queue`).
+    received: record::Queue,
     received_bytes: usize,
-    data_mtu: usize,
+    /// At most [`MAX_MTU`]: 16 bits.
+    data_mtu: u16,
     /// The shortest protected (epoch ≥ 1) record the negotiated AEAD can produce; 0 = no check.
-    min_protected_len: usize,
+    min_protected_len: u8,
     peer: Option<SocketAddr>,
-    stats: SessionStats,
+    /// Counters, kept compactly; read as [`SessionStats`].
+    stats: self::stats::Counters,
     /// Authenticated input seen: records that decrypted (application data, alerts) and
     /// handshake progress. The endpoint's idle clock moves only when this does.
     authenticated: u64,
+    /// The negotiated Connection IDs (RFC 9146), if any: see [`cid`].
+    cid: Option<Box<self::cid::CidSession>>,
+}
+
+/// The part of a [`Session`]'s state that only its handshake and its `SSL` use (boxed, and
+/// freed at the compact hand-off).
+#[derive(Default)]
+struct Handshake {
+    /// Compact mode, during the handshake: epoch-1 application and alert records withheld from
+    /// OpenSSL until the compact layer has keys (at most [`MAX_EARLY_RECORDS`]).
+    early: Vec<Vec<u8>>,
+    /// Compact mode, lingering: when the `SSL` is freed at the latest.
+    linger_until: Option<Instant>,
+    /// OpenSSL's retransmission timer (`DTLSv1_get_timeout`), while a flight is unacknowledged.
+    retransmit_at: Option<Instant>,
+    /// The latest unauthenticated fatal alert received during the handshake, kept from OpenSSL.
+    held_alert: Option<HeldAlert>,
     /// Epoch-1 records given to OpenSSL during the handshake (at most
     /// [`MAX_HANDSHAKE_EPOCH1_RECORDS`] until `peer_ccs_read`).
     handshake_epoch1: u8,
@@ -131,16 +153,86 @@ pub struct Session {
     /// OpenSSL has read the peer's ChangeCipherSpec in this handshake: it decrypts epoch-1
     /// records from now on instead of buffering them.
     peer_ccs_read: bool,
-    /// The latest unauthenticated fatal alert received during the handshake, kept from OpenSSL.
-    held_alert: Option<HeldAlert>,
     /// A client's OpenSSL has been given a HelloVerifyRequest (only one is accepted).
     hello_verify_accepted: bool,
-    /// The negotiated Connection IDs (RFC 9146), if any: see [`cid`].
-    cid: Option<Box<self::cid::CidSession>>,
     /// A server session from `DTLSv1_listen` whose first step (reading the verified ClientHello
     /// and writing the server's first flight: the key exchange and, with certificates, the
-    /// signature) has not run yet: see [`run_first_step`](Self::run_first_step).
+    /// signature) has not run yet: see [`Session::run_first_step`].
     first_step_pending: bool,
+}
+
+/// What a session without its [`Handshake`] part reads (after the compact hand-off).
+static NO_HANDSHAKE: Handshake = Handshake {
+    early: Vec::new(),
+    linger_until: None,
+    retransmit_at: None,
+    held_alert: None,
+    handshake_epoch1: 0,
+    handshake_epoch1_app: 0,
+    peer_ccs_read: false,
+    hello_verify_accepted: false,
+    first_step_pending: false,
+};
+
+impl Session {
+    /// The handshake's part of the state (all empty once it is freed).
+    fn hs(&self) -> &Handshake {
+        self.hs.as_deref().unwrap_or(&NO_HANDSHAKE)
+    }
+
+    /// The handshake's part of the state, to change: only on the paths of the handshake and
+    /// the `SSL`, where it exists (made again, empty, otherwise).
+    fn hs_mut(&mut self) -> &mut Handshake {
+        self.hs.get_or_insert_with(Box::default)
+    }
+
+    /// When a lingering `SSL` is freed at the latest.
+    fn linger_until(&self) -> Option<Instant> {
+        self.hs()
+            .linger_until
+            .filter(|_| self.engine.is_lingering())
+    }
+
+    /// Stops the retransmission timer (without making the handshake part again).
+    fn clear_retransmit(&mut self) {
+        if let Some(hs) = self.hs.as_mut() {
+            hs.retransmit_at = None;
+        }
+    }
+
+    /// Frees the handshake part once the `SSL` is gone and no early record waits in it.
+    fn free_handshake_part(&mut self) {
+        if self.engine.openssl().is_none() && self.hs().early.is_empty() {
+            self.hs = None;
+        }
+    }
+}
+
+/// Configurations kept for sharing (at most): a session holds an `Arc` of its configuration
+/// rather than its own copy, and sessions of one context share one.
+const SHARED_CONFIGS: usize = 16;
+
+/// The shared copy of `config`: the one already kept if an equal configuration is, else a new
+/// one (kept in place of one no session uses any more, or of the oldest when all are in use).
+/// One short lock per new session; nothing per datagram.
+fn shared_config(config: &SessionConfig) -> std::sync::Arc<SessionConfig> {
+    use std::sync::{Arc, Mutex};
+    static SHARED: Mutex<Vec<Arc<SessionConfig>>> = Mutex::new(Vec::new());
+    let Ok(mut shared) = SHARED.lock() else {
+        return Arc::new(config.clone());
+    };
+    if let Some(c) = shared.iter().find(|c| ***c == *config) {
+        return Arc::clone(c);
+    }
+    if shared.len() >= SHARED_CONFIGS {
+        shared.retain(|c| Arc::strong_count(c) > 1);
+        if shared.len() >= SHARED_CONFIGS {
+            shared.remove(0);
+        }
+    }
+    let c = Arc::new(config.clone());
+    shared.push(Arc::clone(&c));
+    c
 }
 
 /// An unauthenticated fatal alert held back during the handshake (see [`crate::plaintext`]).
@@ -228,28 +320,21 @@ impl Session {
         let mut session = Session {
             engine: Engine::OpenSsl(OpenSsl { ssl, bio }),
             facts: None,
-            early: Vec::new(),
+            hs: Some(Box::default()),
             role,
             state: SessionState::Handshaking,
             error: None,
             closed_by_peer: false,
-            config: config.clone(),
+            config: shared_config(config),
             started: now,
-            retransmit_at: None,
-            received: VecDeque::new(),
+            received: record::Queue::default(),
             received_bytes: 0,
             data_mtu: 0,
             min_protected_len: 0,
             peer: None,
-            stats: SessionStats::default(),
+            stats: Counters::default(),
             authenticated: 0,
-            handshake_epoch1: 0,
-            handshake_epoch1_app: 0,
-            peer_ccs_read: false,
-            held_alert: None,
-            hello_verify_accepted: false,
             cid: None,
-            first_step_pending: false,
         };
         session.bio_mut().now = Some(now);
         Ok(session)
@@ -267,14 +352,14 @@ impl Session {
     ) -> Result<Session> {
         let mut session = Session::prepare(ssl, Role::Server, config, now, Some(bio))?;
         session.peer = Some(peer);
-        session.first_step_pending = true;
+        session.hs_mut().first_step_pending = true;
         Ok(session)
     }
 
     /// Whether the first step of a handshake accepted after `DTLSv1_listen` is still to run
     /// ([`run_first_step`](Self::run_first_step)).
     pub(crate) fn first_step_pending(&self) -> bool {
-        self.first_step_pending
+        self.hs().first_step_pending
     }
 
     /// Runs the first step of a handshake accepted after `DTLSv1_listen`, if it has not run:
@@ -284,7 +369,8 @@ impl Session {
     /// [`poll_transmit`](Self::poll_transmit).
     #[doc(alias = "SSL_do_handshake")]
     pub(crate) fn run_first_step(&mut self, now: Instant) {
-        if std::mem::take(&mut self.first_step_pending) {
+        if self.hs().first_step_pending {
+            self.hs_mut().first_step_pending = false;
             self.drive(now);
         }
     }
@@ -346,7 +432,7 @@ impl Session {
     /// A datagram on the path of standard records (and, once the compact layer exists, its
     /// `tls12_cid` records too).
     fn handle_standard(&mut self, now: Instant, parsed: &Parsed<'_>) {
-        let shape = Shape::of(parsed, self.min_protected_len);
+        let shape = Shape::of(parsed, usize::from(self.min_protected_len));
         // Compact mode: once the compact layer exists, and during the handshake whenever the
         // datagram carries epoch-1 application or alert records (withheld from OpenSSL). A
         // session whose suite the compact layer cannot carry stays on OpenSSL's path.
@@ -398,11 +484,13 @@ impl Session {
         }
         let compact = self.engine.compact_mut()?;
         let n = bio::pop_datagram(
-            &mut compact.outbound,
+            compact.outbound.storage_mut()?,
             buf,
             &mut self.stats.send_dropped,
             record::give_buffer,
         );
+        // Drained: the queue's storage goes back to the pool (an idle session holds none).
+        compact.outbound.release();
         if let Some(len) = n {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += len as u64;
@@ -426,13 +514,18 @@ impl Session {
             SessionState::Handshaking => {
                 let deadline = self.handshake_deadline();
                 let deadline = self
+                    .hs()
                     .held_alert
                     .map_or(deadline, |h| h.fail_at.min(deadline));
-                Some(self.retransmit_at.map_or(deadline, |at| at.min(deadline)))
+                Some(
+                    self.hs()
+                        .retransmit_at
+                        .map_or(deadline, |at| at.min(deadline)),
+                )
             }
             SessionState::Established => {
-                let linger = self.engine.linger_until();
-                earliest(self.retransmit_at, linger)
+                let linger = self.linger_until();
+                earliest(self.hs().retransmit_at, linger)
             }
             SessionState::Closed | SessionState::Failed => None,
         }
@@ -464,7 +557,7 @@ impl Session {
                 self.fail_handshake_timeout(TimeoutPhase::Handshake);
                 return;
             }
-            SessionState::Handshaking if self.held_alert.is_some_and(|h| now >= h.fail_at) => {
+            SessionState::Handshaking if self.hs().held_alert.is_some_and(|h| now >= h.fail_at) => {
                 log::debug!(
                     "handshake with {:?}: no progress since the peer's alert",
                     self.peer
@@ -474,7 +567,7 @@ impl Session {
             }
             _ => {}
         }
-        if let Some(until) = self.engine.linger_until() {
+        if let Some(until) = self.linger_until() {
             if now >= until {
                 log::debug!(
                     "{:?}: linger over, handing off to the compact layer",
@@ -484,7 +577,9 @@ impl Session {
                 return;
             }
         }
-        let Some(at) = self.retransmit_at else { return };
+        let Some(at) = self.hs().retransmit_at else {
+            return;
+        };
         if now < at || self.engine.openssl().is_none() {
             return;
         }
@@ -518,10 +613,10 @@ impl Session {
     #[doc(alias = "SSL_write")]
     pub fn send(&mut self, data: &[u8]) -> Result<()> {
         self.usable()?;
-        if data.len() > self.data_mtu {
+        if data.len() > self.data_mtu() {
             return Err(Error::PayloadTooLarge {
                 len: data.len(),
-                max: self.data_mtu,
+                max: self.data_mtu(),
             });
         }
         if data.is_empty() {
@@ -560,9 +655,10 @@ impl Session {
             return Ok(Some(n));
         }
         match self.state {
-            SessionState::Failed => {
-                Err(self.error.as_ref().map_or(Error::Closed, Error::duplicate))
-            }
+            SessionState::Failed => Err(self
+                .error
+                .as_deref()
+                .map_or(Error::Closed, Error::duplicate)),
             SessionState::Closed => Err(Error::Closed),
             _ => Ok(None),
         }
@@ -579,7 +675,7 @@ impl Session {
     /// reader then, for a bounded time, instead of dropping.
     pub(crate) fn recv_queue_nearly_full(&self) -> bool {
         self.received.len() + 4 > self.config.recv_queue
-            || self.received_bytes + self.data_mtu.max(MIN_MTU) > self.config.recv_queue_bytes
+            || self.received_bytes + self.data_mtu().max(MIN_MTU) > self.config.recv_queue_bytes
     }
 
     /// How many more datagrams of records the receive queue takes before it is
@@ -592,8 +688,8 @@ impl Session {
         let bytes = self
             .config
             .recv_queue_bytes
-            .saturating_sub(self.received_bytes + self.data_mtu.max(MIN_MTU))
-            / self.data_mtu.max(MIN_MTU);
+            .saturating_sub(self.received_bytes + self.data_mtu().max(MIN_MTU))
+            / self.data_mtu().max(MIN_MTU);
         records.min(bytes)
     }
 
@@ -605,14 +701,14 @@ impl Session {
             SessionState::Established => {
                 self.shutdown();
                 self.state = SessionState::Closed;
-                self.retransmit_at = None;
+                self.clear_retransmit();
                 if self.engine.compact().is_some() {
                     self.hand_off(); // the SSL has nothing left to do
                 }
             }
             SessionState::Handshaking => {
                 self.state = SessionState::Closed;
-                self.retransmit_at = None;
+                self.clear_retransmit();
             }
             SessionState::Closed | SessionState::Failed => {}
         }
@@ -634,7 +730,7 @@ impl Session {
             self.shutdown();
         }
         self.state = SessionState::Closed;
-        self.retransmit_at = None;
+        self.clear_retransmit();
     }
 
     /// Ends the session with `error`, telling an established peer with `close_notify` (the
@@ -657,16 +753,17 @@ impl Session {
             SessionState::Established => Ok(()),
             SessionState::Handshaking => Err(Error::NotConnected),
             SessionState::Closed => Err(Error::Closed),
-            SessionState::Failed => {
-                Err(self.error.as_ref().map_or(Error::Closed, Error::duplicate))
-            }
+            SessionState::Failed => Err(self
+                .error
+                .as_deref()
+                .map_or(Error::Closed, Error::duplicate)),
         }
     }
 
     fn fail(&mut self, error: Error) {
         self.state = SessionState::Failed;
-        self.error = Some(error);
-        self.retransmit_at = None;
+        self.error = Some(Box::new(error));
+        self.clear_retransmit();
     }
 }
 

@@ -68,10 +68,10 @@ impl Session {
     pub(super) fn epoch_filter(&self) -> EpochFilter {
         EpochFilter {
             handshaking: self.state == SessionState::Handshaking,
-            app_used: usize::from(self.handshake_epoch1_app),
+            app_used: usize::from(self.hs().handshake_epoch1_app),
             app_passed: Cell::new(0),
-            limited: self.state == SessionState::Handshaking && !self.peer_ccs_read,
-            used: usize::from(self.handshake_epoch1),
+            limited: self.state == SessionState::Handshaking && !self.hs().peer_ccs_read,
+            used: usize::from(self.hs().handshake_epoch1),
             ccs: Cell::new(false),
             passed: Cell::new(0),
             dropped: Cell::new(0),
@@ -82,18 +82,20 @@ impl Session {
     pub(super) fn settle_filter(&mut self, filter: &EpochFilter) {
         self.stats.dropped_excess_records += filter.dropped.get();
         if filter.limited {
-            self.handshake_epoch1 =
-                saturating_u8(usize::from(self.handshake_epoch1) + filter.passed.get());
+            self.hs_mut().handshake_epoch1 =
+                saturating_u8(usize::from(self.hs().handshake_epoch1) + filter.passed.get());
         }
         if filter.handshaking {
-            self.handshake_epoch1_app =
-                saturating_u8(usize::from(self.handshake_epoch1_app) + filter.app_passed.get());
+            self.hs_mut().handshake_epoch1_app = saturating_u8(
+                usize::from(self.hs().handshake_epoch1_app) + filter.app_passed.get(),
+            );
         }
     }
 
     pub(super) fn charge_epoch1(&mut self, n: usize) {
-        if self.state == SessionState::Handshaking && !self.peer_ccs_read {
-            self.handshake_epoch1 = saturating_u8(usize::from(self.handshake_epoch1) + n);
+        if self.state == SessionState::Handshaking && !self.hs().peer_ccs_read {
+            self.hs_mut().handshake_epoch1 =
+                saturating_u8(usize::from(self.hs().handshake_epoch1) + n);
         }
     }
 
@@ -166,16 +168,16 @@ impl Session {
                 dffi::TLS_ST_CR_CHANGE | dffi::TLS_ST_SR_CHANGE | dffi::TLS_ST_SR_FINISHED
             )
         {
-            self.peer_ccs_read = true;
+            self.hs_mut().peer_ccs_read = true;
         }
-        if handshaking && self.engine.openssl().is_some() && self.held_alert.is_some() {
+        if handshaking && self.engine.openssl().is_some() && self.hs().held_alert.is_some() {
             let after = ssl::state(&self.openssl().ssl);
-            if self.held_alert.is_some_and(|h| h.ssl_state != after) {
+            if self.hs().held_alert.is_some_and(|h| h.ssl_state != after) {
                 log::debug!(
                     "{:?}: the handshake moved on; the held alert was not the peer's last word",
                     self.peer
                 );
-                self.held_alert = None;
+                self.hs_mut().held_alert = None;
             }
         }
         if self.engine.openssl().is_some() {
@@ -202,7 +204,7 @@ impl Session {
         // RFC 6347 §4.2.1: a HelloVerifyRequest answers the client's first ClientHello only.
         let hello_verify_ok = self.role == Role::Client
             && ssl_state == dffi::TLS_ST_CW_CLNT_HELLO
-            && !self.hello_verify_accepted;
+            && !self.hs().hello_verify_accepted;
         let mut screened = false;
         for record in parsed.records() {
             let record = &record;
@@ -227,6 +229,7 @@ impl Session {
                     // At least one initial retransmission interval for the handshake to show
                     // progress, and no less than until our next retransmission.
                     let fail_at = self
+                        .hs()
                         .retransmit_at
                         .unwrap_or(now)
                         .max(now + self.config.retransmit_initial);
@@ -235,7 +238,7 @@ impl Session {
                         self.peer,
                         fail_at - now
                     );
-                    self.held_alert = Some(HeldAlert {
+                    self.hs_mut().held_alert = Some(HeldAlert {
                         alert,
                         ssl_state,
                         fail_at,
@@ -243,7 +246,7 @@ impl Session {
                 }
                 Screen::HelloVerifyRequest { well_formed } => {
                     if hello_verify_ok && well_formed {
-                        self.hello_verify_accepted = true;
+                        self.hs_mut().hello_verify_accepted = true;
                     } else {
                         screened = true;
                         self.stats.dropped_hello_verify_requests += 1;
@@ -389,13 +392,13 @@ impl Session {
             now,
         )));
         self.min_protected_len = self.cipher().map_or(0, min_protected_len);
-        self.data_mtu = ssl::data_mtu(&self.openssl().ssl);
+        self.data_mtu = u16::try_from(ssl::data_mtu(&self.openssl().ssl)).unwrap_or(u16::MAX);
         log::debug!(
             "handshake with {:?} complete: {} {} (data MTU {})",
             self.peer,
             self.protocol_version().unwrap_or("?"),
             self.cipher().unwrap_or("?"),
-            self.data_mtu
+            self.data_mtu()
         );
         if self.compact_mode() {
             self.start_compact(now);
@@ -427,23 +430,23 @@ impl Session {
         if matches!(self.state, SessionState::Failed | SessionState::Closed)
             || self.engine.openssl().is_none()
         {
-            self.retransmit_at = None;
+            self.clear_retransmit();
             return;
         }
-        self.retransmit_at = ssl::timeout(&self.openssl().ssl).map(|left| now + left);
+        self.hs_mut().retransmit_at = ssl::timeout(&self.openssl().ssl).map(|left| now + left);
     }
 
     /// Compact mode on a suite the compact layer cannot carry: the records withheld during the
     /// handshake go to OpenSSL after all, once it is established.
     pub(super) fn feed_early_to_openssl(&mut self, now: Instant) {
-        if self.early.is_empty()
+        if self.hs().early.is_empty()
             || self.engine.compact().is_some()
             || self.engine.openssl().is_none()
             || self.state != SessionState::Established
         {
             return;
         }
-        for raw in std::mem::take(&mut self.early) {
+        for raw in std::mem::take(&mut self.hs_mut().early) {
             if self.state == SessionState::Established {
                 self.bio_mut().set_inbound(&raw);
                 self.drive(now);
@@ -458,7 +461,7 @@ impl Session {
     /// Fails a handshake that ran out of time: with the held unauthenticated alert if there is
     /// one (the likeliest reason the peer went quiet), else [`Error::Timeout`].
     pub(super) fn fail_handshake_timeout(&mut self, phase: TimeoutPhase) {
-        match self.held_alert.take() {
+        match self.hs_mut().held_alert.take() {
             Some(held) => {
                 log::debug!("{:?}: failing with the held {}", self.peer, held.alert);
                 self.fail(Error::PeerAlert(held.alert));
