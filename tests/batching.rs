@@ -349,6 +349,7 @@ fn send_many_refuses_an_oversized_payload_and_sends_none() {
     assert_eq!(receive(&accepted, 1), [vec![3u8; 5]]);
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn tokio_send_many_and_bursts_arrive_in_order() {
     let rt = tokio::runtime::Builder::new_multi_thread()

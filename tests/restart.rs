@@ -647,6 +647,7 @@ fn shards_restore_into_the_shard_of_the_same_index() {
 }
 
 #[cfg(feature = "tokio")]
+#[cfg(feature = "tokio")]
 #[test]
 fn the_tokio_server_saves_and_restores_too() {
     let ctx = server_ctx(None, None);

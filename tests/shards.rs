@@ -381,6 +381,7 @@ fn shards_with_cids_need_a_byte_for_the_shard_index() {
     assert!(matches!(too_many, Err(Error::Config(_))), "{too_many:?}");
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn tokio_server_with_shards_accepts_and_echoes_from_every_shard() {
     let _ = env_logger::builder().is_test(true).try_init();
