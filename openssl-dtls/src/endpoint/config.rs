@@ -99,11 +99,14 @@ pub struct EndpointConfig {
     /// 0 is taken as 1.
     pub handshake_backlog: usize,
     /// How much lower than the driver the handshake workers run, in `nice` steps
-    /// (`setpriority(2)` on each worker thread; 0 to 19). Default 0. When the CPU is short
-    /// (clients or the application on the same cores), a positive value lets the threads that
-    /// serve established connections win it and handshakes take what is left, at a cost: a
-    /// preempted worker spends more CPU per handshake (measured ≈ +50 µs per ECDSA handshake at
-    /// 10 with clients on the same 2 cores).
+    /// (`setpriority(2)` on each worker thread; 0 to 19). Default 10: when the CPU is short
+    /// (a handshake flood; clients or the application on the same cores), the threads that
+    /// serve established connections win it and handshakes take what is left — expensive
+    /// handshake crypto must not starve established traffic. Measured (`BENCH_ONLY=storm`,
+    /// 2 cores, flood clients on the same cores): established echo p99 during an ECDSA flood
+    /// 1.3–4.4× its idle p99 at 10, 5.3–6.7× at 0, at ≈ 25 % fewer flood handshakes completed;
+    /// a preempted worker also spends more CPU per handshake (≈ +50 µs per ECDSA handshake).
+    /// An idle CPU is used in full either way. 0: the workers compete as equals.
     pub handshake_worker_nice: i32,
 }
 
@@ -121,7 +124,7 @@ impl Default for EndpointConfig {
             non_dtls_queue: 256,
             handshake_workers: 1,
             handshake_backlog: 64,
-            handshake_worker_nice: 0,
+            handshake_worker_nice: 10,
         }
     }
 }
