@@ -629,8 +629,7 @@ fn self_signed_server_test() -> (Vec<u8>, Vec<u8>) {
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(&name).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(0).unwrap())
-        .unwrap();
+    b.set_not_before(&Asn1Time::from_unix(0).unwrap()).unwrap();
     b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
         .unwrap();
     let san = SubjectAlternativeName::new()

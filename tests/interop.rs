@@ -140,8 +140,7 @@ fn ca_named(cn: &str) -> Pki {
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(&name).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(0).unwrap())
-        .unwrap();
+    b.set_not_before(&Asn1Time::from_unix(0).unwrap()).unwrap();
     b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
         .unwrap();
     b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())

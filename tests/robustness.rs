@@ -146,8 +146,7 @@ fn intermediate(pki: &Pki, key: &PKey<Private>) -> X509 {
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(pki.ca_cert.subject_name()).unwrap();
     b.set_pubkey(key).unwrap();
-    b.set_not_before(&Asn1Time::from_unix(0).unwrap())
-        .unwrap();
+    b.set_not_before(&Asn1Time::from_unix(0).unwrap()).unwrap();
     b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
         .unwrap();
     b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
