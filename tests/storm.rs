@@ -714,6 +714,15 @@ fn an_ecdsa_handshake_flood_does_not_starve_an_established_connection() {
     let live = live_client
         .connect_named(addr, "storm-server", &cctx, Duration::from_secs(10))
         .unwrap();
+    // Established traffic first: the drivers offload handshakes only while there is some
+    // (`OFFLOAD_WHILE_TRAFFIC`), and the echo loop below keeps it going through the flood.
+    let mut buf = [0u8; 2048];
+    live.send(b"first").unwrap();
+    assert_eq!(
+        live.recv_timeout(&mut buf, Duration::from_secs(10))
+            .unwrap(),
+        Some(5)
+    );
     let connected = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
@@ -740,7 +749,6 @@ fn an_ecdsa_handshake_flood_does_not_starve_an_established_connection() {
             })
         })
         .collect();
-    let mut buf = [0u8; 2048];
     let mut answered = 0;
     // Echo for the whole flood, and at least ECHOES times.
     let mut i = 0;
@@ -893,6 +901,14 @@ async fn tokio_flood() {
         .connect_named(addr, "storm-server", &cctx, Duration::from_secs(10))
         .await
         .unwrap();
+    // Established traffic first (see the blocking test).
+    let mut buf = [0u8; 2048];
+    live.send(b"first").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), live.recv(&mut buf))
+        .await
+        .expect("the first echo")
+        .unwrap();
+    assert_eq!(&buf[..n], b"first");
     let connected = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
     let flooders: Vec<_> = (0..FLOODERS)
@@ -913,7 +929,6 @@ async fn tokio_flood() {
             })
         })
         .collect();
-    let mut buf = [0u8; 2048];
     let mut i = 0;
     while i < ECHOES || finished.load(Ordering::SeqCst) < FLOODERS {
         i += 1;
