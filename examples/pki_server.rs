@@ -23,11 +23,14 @@ use std::time::Duration;
 use openssl_dtls::context::{TicketKeys, DEFAULT_TICKET_ROTATION};
 use openssl_dtls::{ClientAuth, DtlsServerContext};
 
-const USAGE: &str = "\
+const USAGE: &str = concat!(
+    "\
 usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-client-cert]]
                   [--cipher STR] [--idle-timeout SECS] [--cid-len N]
                   [--session-cache N [--session-lifetime SECS]] [--tickets]
                   [--export LABEL:LEN] [--srtp PROFILES]
+                  [--state-file PATH [--state-key-file PATH] [--state-max-age SECS]
+                  [--handover SECS]] [--node-id N --fleet-secret-file PATH]
   --listen               address to bind (default 127.0.0.1:5684)
   --cert                 certificate chain, PEM (leaf first)
   --key                  private key, PEM
@@ -40,14 +43,18 @@ usage: pki_server --cert PEM --key PEM [--listen ADDR] [--ca PEM [--require-clie
                          so a connection follows its client to a new address (default 0: off)
   --session-cache        resume sessions from a cache of N sessions (default: no resumption)
   --session-lifetime     how long a session may be resumed, seconds (default 300)
-  --tickets              resume sessions with session tickets (random keys rotated hourly)
+  --tickets              resume sessions with session tickets (random keys rotated hourly;
+                         in a fleet, keys derived from the fleet secret)
   --export               LABEL:LEN: print `exporter: HEX` per connection, LEN bytes of
                          RFC 5705 keying material under LABEL (as openssl -keymatexport)
   --srtp                 DTLS-SRTP profiles accepted, e.g. SRTP_AES128_CM_SHA1_80; print
                          `srtp: PROFILE HEX` (its keying material) per connection
-  -h, --help             this text
+",
+    common::restart::restart_usage!(),
+    "  -h, --help             this text
 Prints `handshake completed: ADDR cid=HEX` per connection (cid=- without a CID), `resumed: ADDR`
-after it when the handshake resumed a session, and `address changed: OLD -> NEW cid=HEX` per connection that moved.";
+after it when the handshake resumed a session, and `address changed: OLD -> NEW cid=HEX` per connection that moved."
+);
 
 struct Options {
     listen: SocketAddr,
@@ -62,6 +69,7 @@ struct Options {
     session_lifetime: Duration,
     tickets: bool,
     keying: common::Keying,
+    restart: common::restart::Restart,
 }
 
 fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
@@ -76,6 +84,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
     let mut session_lifetime = Duration::from_secs(300);
     let mut tickets = false;
     let mut keying = common::Keying::default();
+    let mut restart = common::restart::Restart::default();
     while let Some(arg) = p.next()? {
         match arg {
             Long("listen") => listen = p.value()?.parse_with(common::socket_addr)?,
@@ -96,9 +105,14 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
             }
             Long("tickets") => tickets = true,
             Short('h') | Long("help") => return Err(common::help(p, USAGE)),
+            Long(name) if common::restart::Restart::takes(name) => {
+                let name = name.to_owned();
+                restart.parse_value(&name, p)?
+            }
             _ => return Err(arg.unexpected()),
         }
     }
+    restart.check()?;
     if require_client_cert && ca.is_none() {
         return Err("--require-client-cert needs --ca".into());
     }
@@ -115,6 +129,7 @@ fn parse(p: &mut lexopt::Parser) -> Result<Options, lexopt::Error> {
         session_lifetime,
         tickets,
         keying,
+        restart,
     })
 }
 
@@ -142,7 +157,10 @@ fn main() {
     if let Some(size) = o.session_cache {
         builder.session_cache(size, o.session_lifetime);
     }
-    if o.tickets {
+    // Compact connections for --state-file; the fleet's secrets, CID prefix and (with
+    // --tickets) ticket keys for --node-id.
+    let fleet = o.restart.configure(&mut builder, o.tickets);
+    if o.tickets && o.restart.node_id.is_none() {
         let keys = TicketKeys::random(DEFAULT_TICKET_ROTATION)
             .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
         builder.session_tickets(keys);
@@ -154,7 +172,12 @@ fn main() {
     let ctx = builder
         .build()
         .unwrap_or_else(|e| common::fail(USAGE, &e.to_string()));
-    let server = common::bind_server(o.listen, ctx, common::server_config(o.idle_timeout));
     let keying = o.keying;
-    common::echo_forever_with(server, move |conn| keying.print(conn))
+    o.restart.serve(
+        fleet,
+        o.listen,
+        ctx,
+        common::server_config(o.idle_timeout),
+        move |conn| keying.print(conn),
+    )
 }

@@ -21,6 +21,8 @@
 //!   prints it) and `srtp: PROFILE HEX` with `--srtp PROFILES` (`srtp: -` if none was agreed).
 #![allow(dead_code)]
 
+pub mod restart;
+
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::exit;

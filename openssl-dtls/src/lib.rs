@@ -14,6 +14,7 @@ mod driver;
 pub mod endpoint;
 pub mod error;
 mod ffi;
+pub mod fleet;
 mod listener;
 mod plaintext;
 mod record;

@@ -89,14 +89,108 @@ impl DtlsServer {
         config: EndpointConfig,
         socket: SocketOptions,
     ) -> Result<DtlsServer> {
+        DtlsServer::start(addr, ctx, config, socket, |_| Ok(None)).map(|(server, _)| server)
+    }
+
+    /// Graceful restart with no gap: binds the socket(s) as [`bind_with`](Self::bind_with) does,
+    /// then calls `state`, and restores what it returns (as
+    /// [`restore_state`](Self::restore_state)) **before any datagram is read**; only then do the
+    /// drivers start. Datagrams that arrive meanwhile wait in the socket buffer and are then
+    /// handled with the restored connections. `state` may wait for the previous process to
+    /// save (the handover of a rolling restart); `Ok(None)`: nothing to restore, a fresh start.
+    ///
+    /// The handover: start the new process with [`SocketOptions::reuse_port`] on the address
+    /// the old one serves (bound with it too), let it bind and wait in `state` for the old
+    /// process's file; stop the old one with
+    /// [`save_state_and_stop`](Self::save_state_and_stop) and let it exit. While both are bound
+    /// the kernel hands each peer's datagrams to one of the two sockets by a hash of its
+    /// address: the new socket keeps its share unread until the restore, the old one serves
+    /// its share until it saves. Only what the old socket holds unread when it closes is lost
+    /// (a device retransmits). With [shards](Self#shards) above 1, start the new process only
+    /// after the old one exited: the two processes' sockets in one group would disorder the
+    /// shard steering.
+    ///
+    /// Refused state (a [`StateError`](crate::StateError)) or an error from `state` closes the
+    /// sockets and returns the error: nothing is half-loaded.
+    ///
+    /// ```no_run
+    /// use openssl_dtls::{DtlsServer, DtlsServerContext, EndpointConfig, SocketOptions, StateKey};
+    /// use std::time::Duration;
+    ///
+    /// let ctx = DtlsServerContext::builder()
+    ///     .psk_key_store(|identity| (identity == b"Client_identity").then(|| b"secretPSK".to_vec()))
+    ///     .compact_connections(true)
+    ///     .build()?;
+    /// let key = StateKey::from_bytes(&[7; 32]); // from a key file in practice
+    /// let mut socket = SocketOptions::default();
+    /// socket.reuse_port = true; // the old process is still bound there
+    /// let (server, report) = DtlsServer::bind_and_restore(
+    ///     "0.0.0.0:5684",
+    ///     ctx,
+    ///     EndpointConfig::default(),
+    ///     socket,
+    ///     || {
+    ///         // Wait for the old process's file (it saves on SIGTERM), then read it.
+    ///         let path = std::path::Path::new("/var/lib/dtls/state");
+    ///         while !path.exists() {
+    ///             std::thread::sleep(Duration::from_millis(10));
+    ///         }
+    ///         std::fs::File::open(path).map(Some).map_err(openssl_dtls::Error::Io)
+    ///     },
+    ///     &key,
+    ///     Duration::from_secs(60),
+    /// )?;
+    /// println!("restored {}", report.map_or(0, |r| r.restored));
+    /// # Ok::<(), openssl_dtls::Error>(())
+    /// ```
+    pub fn bind_and_restore<R: std::io::Read>(
+        addr: impl ToSocketAddrs,
+        ctx: DtlsServerContext,
+        config: EndpointConfig,
+        socket: SocketOptions,
+        state: impl FnOnce() -> Result<Option<R>>,
+        key: &crate::endpoint::StateKey,
+        max_age: Duration,
+    ) -> Result<(DtlsServer, Option<crate::endpoint::RestoreReport>)> {
+        DtlsServer::start(addr, ctx, config, socket, |endpoints| match state()? {
+            None => Ok(None),
+            Some(mut input) => {
+                shards::restore_endpoints(endpoints, &mut input, key, max_age).map(Some)
+            }
+        })
+    }
+
+    /// Binds every shard's socket, runs `before_start` on the endpoints (nothing is read yet),
+    /// then starts the drivers.
+    fn start(
+        addr: impl ToSocketAddrs,
+        ctx: DtlsServerContext,
+        config: EndpointConfig,
+        socket: SocketOptions,
+        before_start: impl FnOnce(
+            &mut [&mut crate::endpoint::Endpoint],
+        ) -> Result<Option<crate::endpoint::RestoreReport>>,
+    ) -> Result<(DtlsServer, Option<crate::endpoint::RestoreReport>)> {
         let requested = socket::first_addr(addr)?;
         let plans = shards::plan(&ctx, &config, &socket)?;
-        let hub = (plans.len() > 1).then(|| Arc::new(AcceptHub::<Condvar>::default()));
-        let mut drivers: Vec<Driver> = Vec::with_capacity(plans.len());
-        for (index, plan) in plans.into_iter().enumerate() {
-            let first = drivers.first().map(|d| d.shared.local_addr);
+        let mut sockets: Vec<std::net::UdpSocket> = Vec::with_capacity(plans.len());
+        for (index, plan) in plans.iter().enumerate() {
+            let first = sockets.first().map(|s| s.local_addr()).transpose()?;
             let at = shards::shard_addr(index, requested, first);
-            let driver = match Driver::start(at, plan.endpoint, true, &plan.socket, "server") {
+            sockets.push(socket::bind([at], &plan.socket)?);
+        }
+        let (mut endpoints, options): (Vec<_>, Vec<_>) =
+            plans.into_iter().map(|p| (p.endpoint, p.socket)).unzip();
+        let report = {
+            let mut refs: Vec<&mut crate::endpoint::Endpoint> = endpoints.iter_mut().collect();
+            before_start(&mut refs)?
+        };
+        let hub = (sockets.len() > 1).then(|| Arc::new(AcceptHub::<Condvar>::default()));
+        let mut drivers: Vec<Driver> = Vec::with_capacity(sockets.len());
+        for (index, ((sock, endpoint), options)) in
+            sockets.into_iter().zip(endpoints).zip(&options).enumerate()
+        {
+            let driver = match Driver::start_on(sock, endpoint, true, options, "server") {
                 Ok(driver) => driver,
                 Err(e) => {
                     drivers.iter().for_each(Driver::shutdown);
@@ -105,6 +199,14 @@ impl DtlsServer {
             };
             if let Some(hub) = &hub {
                 driver.shared.install_accept_hook(hub.hook(index));
+            }
+            if report.is_some() {
+                // Restored connections go to the accept queue; the driver recomputes its
+                // deadline.
+                let mut core = driver.shared.lock();
+                driver.shared.settle(&mut core);
+                drop(core);
+                driver.shared.wake();
             }
             drivers.push(driver);
         }
@@ -117,7 +219,7 @@ impl DtlsServer {
             server.local_addr(),
             server.shards.len()
         );
-        Ok(server)
+        Ok((server, report))
     }
 
     /// Waits for the next connection whose handshake completed (from any shard). After

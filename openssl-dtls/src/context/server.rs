@@ -256,6 +256,20 @@ impl DtlsServerContextBuilder {
         self
     }
 
+    /// Joins a fleet of servers behind one load balancer ([`fleet`](crate::fleet)): the cookie
+    /// secret is derived from `secret` (every node accepts the others' cookies, as with
+    /// [`cookie_secret`](Self::cookie_secret)), and `node` becomes the Connection ID prefix
+    /// (as [`connection_id_prefix`](Self::connection_id_prefix)`(&[node])`), so a balancer reading
+    /// the CID's first byte routes a device to this node from any address. Turn CIDs on with
+    /// [`connection_id`](Self::connection_id); share session tickets with
+    /// [`FleetSecret::ticket_keys`](crate::fleet::FleetSecret::ticket_keys).
+    pub fn fleet(&mut self, secret: &crate::fleet::FleetSecret, node: u8) -> &mut Self {
+        let mut cookie = secret.cookie_secret();
+        self.cookie_secret(&cookie);
+        crate::ffi::evp::cleanse(&mut cookie);
+        self.connection_id_prefix(&[node])
+    }
+
     /// Asks clients for certificates, or requires them (`SSL_CTX_set_verify`). Default
     /// [`ClientAuth::None`]. `Request` and `Require` need roots or a verify callback (checked
     /// at `build()`); the roots' names go into the CertificateRequest

@@ -193,6 +193,17 @@ impl Driver {
         name: &str,
     ) -> Result<Driver> {
         let socket = socket::bind([socket::first_addr(addr)?], options)?;
+        Driver::start_on(socket, endpoint, accepts, options, name)
+    }
+
+    /// [`start`](Self::start) on a socket already opened with `options` (`socket::bind`).
+    pub fn start_on(
+        socket: UdpSocket,
+        endpoint: Endpoint,
+        accepts: bool,
+        options: &SocketOptions,
+        name: &str,
+    ) -> Result<Driver> {
         let local_addr = socket.local_addr()?;
         let (waker_tx, waker_rx) = UnixDatagram::pair()?;
         waker_tx.set_nonblocking(true)?;

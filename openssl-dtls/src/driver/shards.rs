@@ -429,34 +429,51 @@ pub(crate) fn restore_shards<D: super::Io>(
     key: &crate::endpoint::StateKey,
     max_age: Duration,
 ) -> Result<crate::endpoint::RestoreReport> {
-    let count = u16::try_from(shards.len()).unwrap_or(u16::MAX);
     let mut cores: Vec<_> = shards.iter().map(|s| s.lock()).collect();
+    let report = {
+        let mut endpoints: Vec<&mut crate::endpoint::Endpoint> =
+            cores.iter_mut().map(|c| &mut c.endpoint).collect();
+        restore_endpoints(&mut endpoints, input, key, max_age)?
+    };
+    for (core, shared) in cores.iter_mut().zip(shards) {
+        // Restored connections go to the accept queue; the driver recomputes its deadline.
+        shared.settle(core);
+        shared.wake();
+    }
+    Ok(report)
+}
+
+/// The sans-IO part of [`restore_shards`]: one section per endpoint (in shard order), all
+/// opened and parsed before any connection is inserted.
+pub(crate) fn restore_endpoints(
+    endpoints: &mut [&mut crate::endpoint::Endpoint],
+    input: &mut impl std::io::Read,
+    key: &crate::endpoint::StateKey,
+    max_age: Duration,
+) -> Result<crate::endpoint::RestoreReport> {
+    let count = u16::try_from(endpoints.len()).unwrap_or(u16::MAX);
     let wall_now = std::time::SystemTime::now();
-    let mut loaded = Vec::with_capacity(cores.len());
+    let mut loaded = Vec::with_capacity(endpoints.len());
     // The budget is the server's: the sections together may not exceed what is left of it.
-    let mut left = cores
+    let mut left = endpoints
         .first()
-        .map_or(0, |c| c.endpoint.config().max_connections)
-        .saturating_sub(cores.iter().map(|c| c.endpoint.stats().connections).sum());
+        .map_or(0, |e| e.config().max_connections)
+        .saturating_sub(endpoints.iter().map(|e| e.stats().connections).sum());
     let now = Instant::now();
     let at = crate::endpoint::LoadAt {
         now,
         wall_now,
         max_age,
     };
-    for core in &cores {
-        let section = core.endpoint.load_section(input, key, at, count, left)?;
+    for endpoint in endpoints.iter() {
+        let section = endpoint.load_section(input, key, at, count, left)?;
         left -= section.len();
         loaded.push(section);
     }
     crate::endpoint::expect_end(input)?;
     let mut report = crate::endpoint::RestoreReport::default();
-    for ((core, section), shared) in cores.iter_mut().zip(loaded).zip(shards) {
-        let r = core.endpoint.install(now, section);
-        report.add(&r);
-        // Restored connections go to the accept queue; the driver recomputes its deadline.
-        shared.settle(core);
-        shared.wake();
+    for (endpoint, section) in endpoints.iter_mut().zip(loaded) {
+        report.add(&endpoint.install(now, section));
     }
     Ok(report)
 }

@@ -189,6 +189,17 @@ impl Driver {
         options: &SocketOptions,
     ) -> Result<Driver> {
         let socket = socket::bind(::tokio::net::lookup_host(addr).await?, options)?;
+        Driver::start_on(socket, endpoint, accepts, options)
+    }
+
+    /// [`start`](Self::start) on a socket already opened with `options` (`socket::bind`); must
+    /// be called within the runtime.
+    pub fn start_on(
+        socket: std::net::UdpSocket,
+        endpoint: Endpoint,
+        accepts: bool,
+        options: &SocketOptions,
+    ) -> Result<Driver> {
         let socket = UdpSocket::from_std(socket)?;
         let local_addr = socket.local_addr()?;
         let io = TokioIo {

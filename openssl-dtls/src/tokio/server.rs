@@ -69,42 +69,38 @@ impl DtlsServer {
         config: EndpointConfig,
         socket: SocketOptions,
     ) -> Result<DtlsServer> {
-        let plans = shards::plan(&ctx, &config, &socket)?;
-        let hub = (plans.len() > 1).then(|| Arc::new(AcceptHub::<Notify>::default()));
-        let mut drivers: Vec<Driver> = Vec::with_capacity(plans.len());
-        let mut plans = plans.into_iter().enumerate();
-        // The first binds what was asked (resolved by tokio); the others its actual address.
-        if let Some((_, first)) = plans.next() {
-            drivers.push(Driver::start(addr, first.endpoint, true, &first.socket).await?);
-        }
-        let at = drivers[0].shared.local_addr;
-        for (_, plan) in plans {
-            match Driver::start(at, plan.endpoint, true, &plan.socket).await {
-                Ok(driver) => drivers.push(driver),
-                Err(e) => {
-                    drivers.iter().for_each(Driver::shutdown_now);
-                    return Err(e);
-                }
+        let bound = Bound::bind(addr, &ctx, &config, &socket).await?;
+        bound.start(false)
+    }
+
+    /// Graceful restart with no gap, as the blocking
+    /// [`DtlsServer::bind_and_restore`](crate::DtlsServer::bind_and_restore): binds the
+    /// socket(s), awaits `state`, restores what it yields before any datagram is read, then
+    /// starts the driver tasks. `state` may wait for the previous process's file (the
+    /// handover of a rolling restart; see the blocking server's docs); `Ok(None)`: a fresh
+    /// start. Refused state, or an error from `state`, closes the sockets and returns the error.
+    pub async fn bind_and_restore<R: std::io::Read>(
+        addr: impl ToSocketAddrs,
+        ctx: DtlsServerContext,
+        config: EndpointConfig,
+        socket: SocketOptions,
+        state: impl std::future::Future<Output = Result<Option<R>>>,
+        key: &crate::endpoint::StateKey,
+        max_age: Duration,
+    ) -> Result<(DtlsServer, Option<crate::endpoint::RestoreReport>)> {
+        let mut bound = Bound::bind(addr, &ctx, &config, &socket).await?;
+        let report = match state.await? {
+            None => None,
+            Some(mut input) => {
+                let mut refs: Vec<&mut crate::endpoint::Endpoint> =
+                    bound.endpoints.iter_mut().collect();
+                Some(shards::restore_endpoints(
+                    &mut refs, &mut input, key, max_age,
+                )?)
             }
-        }
-        if let Some(hub) = &hub {
-            for (index, driver) in drivers.iter().enumerate() {
-                driver.shared.install_accept_hook(hub.hook(index));
-            }
-        }
-        let acceptor = Arc::new(Acceptor {
-            shards: drivers.iter().map(|d| Arc::clone(&d.shared)).collect(),
-            hub,
-        });
-        log::debug!(
-            "DTLS server (tokio) listening on {} ({} shard(s))",
-            drivers[0].shared.local_addr,
-            drivers.len()
-        );
-        Ok(DtlsServer {
-            shards: drivers,
-            acceptor,
-        })
+        };
+        let server = bound.start(report.is_some())?;
+        Ok((server, report))
     }
 
     /// Waits for the next connection whose handshake completed (from any shard). After
@@ -372,5 +368,94 @@ impl futures_core::Stream for Incoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().poll_next_connection(cx)
+    }
+}
+
+/// A server's sockets, bound, and its endpoints, before any driver task reads a datagram.
+struct Bound {
+    sockets: Vec<std::net::UdpSocket>,
+    endpoints: Vec<crate::endpoint::Endpoint>,
+    options: Vec<SocketOptions>,
+}
+
+impl Bound {
+    /// Binds every shard's socket: the first what was asked (resolved by tokio), the others
+    /// its actual address.
+    async fn bind(
+        addr: impl ToSocketAddrs,
+        ctx: &DtlsServerContext,
+        config: &EndpointConfig,
+        socket: &SocketOptions,
+    ) -> Result<Bound> {
+        let plans = shards::plan(ctx, config, socket)?;
+        let mut sockets: Vec<std::net::UdpSocket> = Vec::with_capacity(plans.len());
+        for (index, plan) in plans.iter().enumerate() {
+            let sock = match sockets.first() {
+                None => crate::driver::socket::bind(
+                    ::tokio::net::lookup_host(&addr).await?,
+                    &plan.socket,
+                )?,
+                Some(first) => {
+                    let first = first.local_addr()?;
+                    let at = shards::shard_addr(index, first, Some(first));
+                    crate::driver::socket::bind([at], &plan.socket)?
+                }
+            };
+            sockets.push(sock);
+        }
+        let (endpoints, options) = plans.into_iter().map(|p| (p.endpoint, p.socket)).unzip();
+        Ok(Bound {
+            sockets,
+            endpoints,
+            options,
+        })
+    }
+
+    /// Starts the driver tasks; `restored`: the endpoints hold restored connections, which go
+    /// to the accept queue.
+    fn start(self, restored: bool) -> Result<DtlsServer> {
+        let hub = (self.sockets.len() > 1).then(|| Arc::new(AcceptHub::<Notify>::default()));
+        let mut drivers: Vec<Driver> = Vec::with_capacity(self.sockets.len());
+        let parts = self
+            .sockets
+            .into_iter()
+            .zip(self.endpoints)
+            .zip(&self.options);
+        for ((sock, endpoint), options) in parts {
+            match Driver::start_on(sock, endpoint, true, options) {
+                Ok(driver) => drivers.push(driver),
+                Err(e) => {
+                    drivers.iter().for_each(Driver::shutdown_now);
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(hub) = &hub {
+            for (index, driver) in drivers.iter().enumerate() {
+                driver.shared.install_accept_hook(hub.hook(index));
+            }
+        }
+        if restored {
+            for driver in &drivers {
+                // The task recomputes its deadline; the connections reach the accept queue.
+                let mut core = driver.shared.lock();
+                driver.shared.settle(&mut core);
+                drop(core);
+                driver.shared.wake();
+            }
+        }
+        let acceptor = Arc::new(Acceptor {
+            shards: drivers.iter().map(|d| Arc::clone(&d.shared)).collect(),
+            hub,
+        });
+        log::debug!(
+            "DTLS server (tokio) listening on {} ({} shard(s))",
+            drivers[0].shared.local_addr,
+            drivers.len()
+        );
+        Ok(DtlsServer {
+            shards: drivers,
+            acceptor,
+        })
     }
 }
