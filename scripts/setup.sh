@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing openssl-dtls needs on Debian/Ubuntu, when it is missing:
-# the OpenSSL headers and pkg-config (build), and the interop peers (OpenSSL's and GnuTLS's
-# command-line tools). Safe to run repeatedly; does nothing when everything is present.
+# the OpenSSL headers and pkg-config (build), the interop peers (OpenSSL's and GnuTLS's
+# command-line tools) and nginx with its stream and njs modules (the fleet tests). Safe to run repeatedly; does nothing when everything is present.
 set -euo pipefail
 
 need=()
@@ -11,6 +11,11 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v gnutls-serv >/dev/null 2>&1 || need+=(gnutls-bin)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v perl >/dev/null 2>&1 || need+=(perl make)   # for the `vendored` OpenSSL build
+# nginx's stream module with njs: the load balancer of the fleet tests (tests/fleet.rs) and of
+# scripts/fleet.sh (deploy/nginx/).
+command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+[ -e /usr/lib/nginx/modules/ngx_stream_js_module.so ] || need+=(libnginx-mod-stream-js)
 
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}"

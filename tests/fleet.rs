@@ -1,0 +1,779 @@
+//! A fleet behind a stock UDP load balancer (issue 21): real nginx (Debian's `nginx-light` with
+//! `libnginx-mod-stream` and `libnginx-mod-stream-js`, configured by `deploy/nginx/fleet-conf.sh`
+//! with the project's `dtls_route.js`) in front of node processes (the `psk_server` and
+//! `pki_server` examples with `--node-id N --fleet-secret-file PATH`), and devices that are this
+//! library's clients, all on loopback.
+//!
+//! - nginx's UDP sessions end while the devices sleep: every device with a Connection ID goes
+//!   on with no new handshake (some from a new source port: a NAT rebinding in front of nginx);
+//!   the devices without one are strangers to their node from then on and handshake again.
+//! - A rolling restart: each node in turn is replaced by a successor that binds next to it
+//!   (`--handover`), takes over its saved connections and serves them while the devices keep
+//!   talking; no device handshakes again.
+//! - A node dies without saving: its devices notice by their own timers, handshake again
+//!   through nginx, and land on the live node.
+//!
+//! nginx and its modules are installed by `scripts/setup.sh`; without them these tests fail
+//! (they never skip).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use openssl_dtls::{DtlsClient, DtlsClientContext, DtlsConnection, PskCredentials};
+use support::Pki;
+
+/// How long any one step may take before the test fails.
+const STEP: Duration = Duration::from_secs(30);
+
+// ------------------------------------------------------------------------------------------
+// Processes: nodes and nginx.
+
+/// The path of example `name` (built by `cargo test` or `cargo build --examples`).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples` (or a plain `cargo test`) first",
+        path.display()
+    );
+    path
+}
+
+/// A free UDP port on loopback (bound and released; the node or nginx binds it next).
+fn free_addr() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+}
+
+/// A scratch directory of this test.
+fn scratch(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("openssl-dtls-fleet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
+}
+
+/// What a fleet's nodes authenticate devices with.
+#[derive(Clone)]
+enum Kind {
+    /// `psk_server` with its default identity and key.
+    Psk,
+    /// `pki_server` with a certificate for `server.test` issued by a test CA.
+    Pki {
+        cert: PathBuf,
+        key: PathBuf,
+        ca_pem: Vec<u8>,
+    },
+}
+
+impl Kind {
+    fn pki(dir: &Path) -> Kind {
+        let pki = Pki::new_ec();
+        let key = support::ec_key(openssl::nid::Nid::X9_62_PRIME256V1);
+        let leaf = pki.leaf("server.test", &key);
+        let cert = dir.join("server.pem");
+        let key_path = dir.join("server.key");
+        std::fs::write(&cert, leaf.to_pem().unwrap()).unwrap();
+        std::fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        Kind::Pki {
+            cert,
+            key: key_path,
+            ca_pem: pki.ca_cert.to_pem().unwrap(),
+        }
+    }
+
+    /// The client context of a device of this fleet; `cid`: offers Connection IDs.
+    fn client_ctx(&self, cid: bool) -> DtlsClientContext {
+        let mut b = DtlsClientContext::builder();
+        match self {
+            Kind::Psk => {
+                b.psk_credentials(PskCredentials::new(
+                    "Client_identity",
+                    b"secretPSK".to_vec(),
+                ));
+            }
+            Kind::Pki { ca_pem, .. } => {
+                b.root_certificates_pem(ca_pem);
+            }
+        }
+        if cid {
+            b.connection_id(0); // the node's CID in our records; none in the node's
+        }
+        b.build().expect("a client context")
+    }
+}
+
+/// A node process and every line it printed.
+struct Node {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    /// Starts node `index` of a fleet on `addr`; `extra`: more flags (state file, handover).
+    /// Returns once it printed `wait_line` (`listening on` or, with `--handover`, `taking over`).
+    fn start(
+        kind: &Kind,
+        addr: SocketAddr,
+        index: u8,
+        secret: &Path,
+        extra: &[&str],
+        wait_line: &str,
+    ) -> Node {
+        let (program, mut args) = match kind {
+            Kind::Psk => ("psk_server", vec![]),
+            Kind::Pki { cert, key, .. } => (
+                "pki_server",
+                vec![
+                    "--cert".to_owned(),
+                    cert.display().to_string(),
+                    "--key".to_owned(),
+                    key.display().to_string(),
+                ],
+            ),
+        };
+        args.extend(
+            [
+                "--listen",
+                &addr.to_string(),
+                "--cid-len",
+                "8",
+                "--node-id",
+                &index.to_string(),
+                "--fleet-secret-file",
+                &secret.display().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(example(program))
+            .args(&args)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let node = Node { child, lines };
+        node.wait_for(wait_line, 1);
+        node
+    }
+
+    /// How many lines start with `prefix`.
+    fn count(&self, prefix: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .count()
+    }
+
+    /// Waits until `n` lines start with `prefix`; returns the last of them.
+    fn wait_for(&self, prefix: &str, n: usize) -> String {
+        let deadline = Instant::now() + STEP;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                let found: Vec<_> = lines.iter().filter(|l| l.starts_with(prefix)).collect();
+                if found.len() >= n {
+                    return found[n - 1].clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {n} `{prefix}` lines; the node printed:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The handshakes that ran on this node (restored connections are announced with the
+    /// same line, after `restored N connections`: they are subtracted).
+    fn handshakes(&self) -> usize {
+        let restored: usize = self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.strip_prefix("restored "))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<usize>().ok())
+            .sum();
+        self.count("handshake completed: ") - restored
+    }
+
+    /// SIGTERM: with a state file, the node saves and exits; returns its `saved N` line.
+    fn terminate(&mut self) -> String {
+        signal(&self.child, "-TERM");
+        let saved = self.wait_for("saved ", 1);
+        self.wait_exit();
+        saved
+    }
+
+    /// SIGKILL: the node dies without saving.
+    fn kill(&mut self) {
+        signal(&self.child, "-KILL");
+        self.wait_exit();
+    }
+
+    fn wait_exit(&mut self) {
+        let deadline = Instant::now() + STEP;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the node did not exit");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// nginx in the foreground with the project's fleet configuration.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx for `fleets` (name, listen address, node addresses) with `proxy_timeout`.
+    fn start(
+        dir: &Path,
+        proxy_timeout: &str,
+        fleets: &[(&str, SocketAddr, &[SocketAddr])],
+    ) -> Nginx {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let script = root.join("deploy/nginx/fleet-conf.sh");
+        let mut cmd = Command::new(&script);
+        cmd.args([
+            "--prefix",
+            &dir.display().to_string(),
+            "--proxy-timeout",
+            proxy_timeout,
+        ]);
+        for (name, listen, nodes) in fleets {
+            let nodes: Vec<String> = nodes.iter().map(|a| a.to_string()).collect();
+            cmd.args(["--fleet", &format!("{name}={listen}={}", nodes.join(","))]);
+        }
+        let out = cmd.output().expect("run deploy/nginx/fleet-conf.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, &out.stdout).unwrap();
+        let nginx = which_nginx();
+        let child = Command::new(&nginx)
+            .args([
+                "-p",
+                &dir.display().to_string(),
+                "-c",
+                &conf.display().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", nginx.display()));
+        let nginx = Nginx {
+            child,
+            dir: dir.to_owned(),
+        };
+        // Ready once every listen address is taken.
+        let deadline = Instant::now() + STEP;
+        for (_, listen, _) in fleets {
+            while UdpSocket::bind(listen).is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx did not bind {listen}; its log:\n{}",
+                    nginx.log()
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        nginx
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx and the two stream modules, as Debian installs them; the test fails without them.
+fn which_nginx() -> PathBuf {
+    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("nginx is not installed: run scripts/setup.sh (Debian: nginx-light)");
+    for module in ["ngx_stream_module.so", "ngx_stream_js_module.so"] {
+        assert!(
+            Path::new("/usr/lib/nginx/modules").join(module).exists(),
+            "{module} is missing: run scripts/setup.sh (Debian: libnginx-mod-stream, \
+             libnginx-mod-stream-js)"
+        );
+    }
+    nginx
+}
+
+// ------------------------------------------------------------------------------------------
+// Devices.
+
+/// A device: a client socket and its connection through the balancer.
+struct Device {
+    client: DtlsClient,
+    conn: DtlsConnection,
+    cid: bool,
+}
+
+impl Device {
+    fn connect(kind: &Kind, cid: bool, lb: SocketAddr) -> Device {
+        let ctx = kind.client_ctx(cid);
+        let client = DtlsClient::bind("127.0.0.1:0").expect("bind a device");
+        let conn = match kind {
+            Kind::Psk => client.connect(lb, &ctx, STEP),
+            Kind::Pki { .. } => client.connect_named(lb, "server.test", &ctx, STEP),
+        }
+        .expect("a device's handshake through nginx");
+        Device { client, conn, cid }
+    }
+
+    /// Sends `msg` up to `tries` times, each waiting `wait` for the echo; whether it came.
+    fn echo(&self, msg: &[u8], tries: usize, wait: Duration) -> bool {
+        let mut buf = [0u8; 256];
+        for _ in 0..tries {
+            self.conn.send(msg).expect("send");
+            let deadline = Instant::now() + wait;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match self.conn.recv_timeout(&mut buf, left) {
+                    Ok(Some(n)) if &buf[..n] == msg => return true,
+                    Ok(Some(_)) => {} // an older echo, late
+                    Ok(None) => break,
+                    Err(e) => panic!("device: {e}"),
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Connects `n` devices of `kind` through `lb` on a few threads, each echoing one message;
+/// every other one with a CID.
+fn connect_all(kind: &Kind, lb: SocketAddr, n: usize) -> Vec<Device> {
+    let threads = 4;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let kind = kind.clone();
+            thread::spawn(move || {
+                (0..n)
+                    .filter(|i| i % threads == t)
+                    .map(|i| {
+                        let device = Device::connect(&kind, i % 2 == 0, lb);
+                        // At once, while nginx's session of the handshake lasts.
+                        assert!(device.echo(b"hello", 3, Duration::from_secs(1)));
+                        (i, device)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<(usize, Device)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, d)| d).collect()
+}
+
+/// Runs `f` on every device, in parallel (one thread per device), and collects the results.
+fn on_all<T: Send>(devices: &[Device], f: impl Fn(usize, &Device) -> T + Sync) -> Vec<T> {
+    thread::scope(|s| {
+        let handles: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let f = &f;
+                s.spawn(move || f(i, d))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn devices_with_a_cid_keep_their_connection_after_nginx_forgot_them_and_after_a_rebinding() {
+    let dir = scratch("sleep");
+    let secret = dir.join("fleet-secret");
+    let psk = Kind::Psk;
+    let pki = Kind::pki(&dir);
+    let psk_nodes: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let pki_nodes: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let nodes: Vec<Node> = psk_nodes
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Node::start(&psk, *a, i as u8, &secret, &[], "listening on"))
+        .chain(
+            pki_nodes
+                .iter()
+                .enumerate()
+                .map(|(i, a)| Node::start(&pki, *a, i as u8, &secret, &[], "listening on")),
+        )
+        .collect();
+    let (psk_lb, pki_lb) = (free_addr(), free_addr());
+    // nginx forgets a device's session (address and port → node) after 1 s without datagrams.
+    let nginx = Nginx::start(
+        &dir,
+        "1s",
+        &[("psk", psk_lb, &psk_nodes), ("pki", pki_lb, &pki_nodes)],
+    );
+
+    // 200 devices: 100 PSK, 100 certificate; half of each with a CID.
+    let mut devices = connect_all(&psk, psk_lb, 100);
+    devices.extend(connect_all(&pki, pki_lb, 100));
+    let handshakes: Vec<usize> = nodes.iter().map(Node::handshakes).collect();
+    assert_eq!(
+        handshakes[0] + handshakes[1],
+        100,
+        "PSK nodes: {handshakes:?}"
+    );
+    assert_eq!(
+        handshakes[2] + handshakes[3],
+        100,
+        "PKI nodes: {handshakes:?}"
+    );
+    assert!(
+        handshakes.iter().all(|&h| h > 0),
+        "nginx spread the handshakes over both nodes of each fleet: {handshakes:?}"
+    );
+
+    // The devices sleep past nginx's proxy_timeout: every session ends.
+    let deadline = Instant::now() + STEP;
+    while nginx.log().matches("udp timed out").count() < devices.len() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx kept sessions: {}",
+            nginx.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // They wake; every other CID device from a new source port (its NAT rebound).
+    let woke = on_all(&devices, |i, d| {
+        if d.cid && i % 4 == 0 {
+            d.client.rebind("127.0.0.1:0").expect("rebind");
+        }
+        d.echo(b"again", if d.cid { 3 } else { 1 }, Duration::from_secs(1))
+    });
+    let cid_ok = devices
+        .iter()
+        .zip(&woke)
+        .filter(|(d, ok)| d.cid && **ok)
+        .count();
+    let plain_ok = devices
+        .iter()
+        .zip(&woke)
+        .filter(|(d, ok)| !d.cid && **ok)
+        .count();
+    let after: Vec<usize> = nodes.iter().map(Node::handshakes).collect();
+    let moves: usize = nodes.iter().map(|n| n.count("address changed: ")).sum();
+    println!(
+        "after nginx's sessions ended: {cid_ok} of 100 CID devices answered without a new \
+         handshake ({moves} connections followed a new address); {plain_ok} of 100 devices \
+         without CID answered (their node sees nginx's new source port: a stranger's records \
+         are dropped, so they must handshake again)"
+    );
+    assert_eq!(cid_ok, 100, "every CID device goes on");
+    assert_eq!(after, handshakes, "no new handshake on any node");
+    assert_eq!(
+        moves, 100,
+        "each CID device's connection moved to nginx's new port once"
+    );
+    assert_eq!(
+        plain_ok, 0,
+        "a device without CID is a stranger to its node once nginx's session ended"
+    );
+
+    // The devices without CID recover with a new handshake, through nginx, to either node.
+    let kinds = [psk.clone(), pki.clone()];
+    let fresh = on_all(&devices, |i, d| {
+        if d.cid {
+            return true;
+        }
+        let kind = &kinds[i / 100];
+        let lb = if i < 100 { psk_lb } else { pki_lb };
+        Device::connect(kind, false, lb).echo(b"back", 3, Duration::from_secs(1))
+    });
+    assert!(fresh.iter().all(|ok| *ok));
+    let total: usize = nodes.iter().map(Node::handshakes).sum();
+    assert_eq!(total, 200 + 100, "one new handshake per device without CID");
+}
+
+/// Device loop for the restart and node-loss tests: one message every `period`, echo awaited
+/// for `wait`; after `patience` misses in a row, the device handshakes again on a new socket
+/// (a device's own reconnect timer). Returns the device's record.
+#[derive(Debug, Default, Clone)]
+struct Record {
+    sent: usize,
+    answered: usize,
+    reconnects: usize,
+    /// When it last went from missing to answered, and the longest silence (first miss to the
+    /// next answer).
+    longest_silence: Duration,
+    last_answer: Option<Instant>,
+}
+
+fn keep_talking(
+    kind: &Kind,
+    lb: SocketAddr,
+    mut device: Device,
+    stop: &AtomicBool,
+    wait: Duration,
+    patience: usize,
+) -> Record {
+    let mut r = Record::default();
+    let mut misses = 0;
+    let mut silent_since: Option<Instant> = None;
+    while !stop.load(Ordering::SeqCst) {
+        r.sent += 1;
+        let msg = format!("m{}", r.sent);
+        if device.echo(msg.as_bytes(), 1, wait) {
+            r.answered += 1;
+            misses = 0;
+            let now = Instant::now();
+            if let Some(since) = silent_since.take() {
+                r.longest_silence = r.longest_silence.max(now - since);
+            }
+            r.last_answer = Some(now);
+        } else {
+            misses += 1;
+            silent_since.get_or_insert_with(Instant::now);
+            if misses >= patience {
+                let cid = device.cid;
+                let client = DtlsClient::bind("127.0.0.1:0").expect("bind");
+                let ctx = kind.client_ctx(cid);
+                let conn = match kind {
+                    Kind::Psk => client.connect(lb, &ctx, Duration::from_secs(5)),
+                    Kind::Pki { .. } => {
+                        client.connect_named(lb, "server.test", &ctx, Duration::from_secs(5))
+                    }
+                };
+                if let Ok(conn) = conn {
+                    device = Device { client, conn, cid };
+                    r.reconnects += 1;
+                }
+                misses = 0;
+            }
+        }
+    }
+    r
+}
+
+#[test]
+fn a_rolling_restart_hands_every_connection_to_the_successor_without_a_handshake() {
+    let dir = scratch("rolling");
+    let secret = dir.join("fleet-secret");
+    let kind = Kind::Psk;
+    let addrs: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let state = |i: usize| dir.join(format!("node{i}.state")).display().to_string();
+    let mut nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            Node::start(
+                &kind,
+                addrs[i],
+                i as u8,
+                &secret,
+                &["--state-file", &state(i)],
+                "listening on",
+            )
+        })
+        .collect();
+    let lb = free_addr();
+    let _nginx = Nginx::start(&dir, "60s", &[("psk", lb, &addrs)]);
+    let devices = connect_all(&kind, lb, 40);
+    let before: usize = nodes.iter().map(Node::handshakes).sum();
+    assert_eq!(before, 40);
+
+    let stop = AtomicBool::new(false);
+    let (records, restarted_at) = thread::scope(|s| {
+        let talkers: Vec<_> = devices
+            .into_iter()
+            .map(|d| {
+                let (kind, stop) = (&kind, &stop);
+                // A device that misses 20 echoes in a row (2 s) would handshake again: none may.
+                s.spawn(move || keep_talking(kind, lb, d, stop, Duration::from_millis(100), 20))
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(300));
+        // Each node in turn: the successor binds next to it and waits; the old one saves and
+        // exits; the successor restores and serves.
+        for i in 0..2 {
+            let successor = Node::start(
+                &kind,
+                addrs[i],
+                i as u8,
+                &secret,
+                &["--state-file", &state(i), "--handover", "20"],
+                "taking over",
+            );
+            let saved = nodes[i].terminate();
+            let restored = successor.wait_for("restored ", 1);
+            println!("node {i}: {saved}; successor: {restored}");
+            assert_eq!(
+                saved
+                    .strip_prefix("saved ")
+                    .and_then(|s| s.split(' ').next()),
+                restored
+                    .strip_prefix("restored ")
+                    .and_then(|s| s.split(' ').next()),
+                "the successor restored what its predecessor saved"
+            );
+            nodes[i] = successor;
+            thread::sleep(Duration::from_millis(300));
+        }
+        let restarted_at = Instant::now();
+        thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::SeqCst);
+        let records: Vec<Record> = talkers.into_iter().map(|t| t.join().unwrap()).collect();
+        (records, restarted_at)
+    });
+    let lost: usize = records.iter().map(|r| r.sent - r.answered).sum();
+    let sent: usize = records.iter().map(|r| r.sent).sum();
+    let longest = records
+        .iter()
+        .map(|r| r.longest_silence)
+        .max()
+        .unwrap_or_default();
+    println!(
+        "rolling restart of 2 nodes under 40 talking devices: {lost} of {sent} echoes missed \
+         (each waited 100 ms), longest silence of a device {longest:?}, reconnects {}",
+        records.iter().map(|r| r.reconnects).sum::<usize>()
+    );
+    assert!(
+        records.iter().all(|r| r.reconnects == 0),
+        "no device handshook again"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.last_answer.is_some_and(|at| at > restarted_at)),
+        "every device is answered by the successors: {records:?}"
+    );
+    let after: usize = nodes.iter().map(Node::handshakes).sum();
+    assert_eq!(after, 0, "the successors ran no handshake");
+}
+
+#[test]
+fn when_a_node_dies_its_devices_handshake_again_with_the_live_node() {
+    let dir = scratch("loss");
+    let secret = dir.join("fleet-secret");
+    let kind = Kind::Psk;
+    let addrs: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let mut nodes: Vec<Node> = (0..2)
+        .map(|i| Node::start(&kind, addrs[i], i as u8, &secret, &[], "listening on"))
+        .collect();
+    let lb = free_addr();
+    let _nginx = Nginx::start(&dir, "60s", &[("psk", lb, &addrs)]);
+    let devices = connect_all(&kind, lb, 40);
+    let on_dead = nodes[1].handshakes();
+    assert!(
+        on_dead > 0 && on_dead < 40,
+        "both nodes serve devices: {on_dead} on node 1"
+    );
+    let live_before = nodes[0].handshakes();
+
+    let stop = AtomicBool::new(false);
+    let (records, killed_at, all_back) = thread::scope(|s| {
+        let talkers: Vec<_> = devices
+            .into_iter()
+            .map(|d| {
+                let (kind, stop) = (&kind, &stop);
+                // A device's own timer: 3 misses of 300 ms in a row, then a new handshake.
+                s.spawn(move || keep_talking(kind, lb, d, stop, Duration::from_millis(300), 3))
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(500));
+        let killed_at = Instant::now();
+        nodes[1].kill();
+        // Until every device of the dead node handshook with the live one.
+        let deadline = killed_at + STEP;
+        while nodes[0].handshakes() < live_before + on_dead {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {on_dead} devices came back",
+                nodes[0].handshakes() - live_before
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        let all_back = killed_at.elapsed();
+        thread::sleep(Duration::from_millis(700));
+        stop.store(true, Ordering::SeqCst);
+        let records: Vec<Record> = talkers.into_iter().map(|t| t.join().unwrap()).collect();
+        (records, killed_at, all_back)
+    });
+    let reconnected = records.iter().filter(|r| r.reconnects > 0).count();
+    println!(
+        "node 1 killed with {on_dead} of 40 devices: all of them handshook again with node 0 \
+         within {all_back:?} of the kill ({reconnected} devices reconnected; detection: 3 \
+         missed echoes of 300 ms)"
+    );
+    assert_eq!(
+        reconnected, on_dead,
+        "exactly the dead node's devices handshook again"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.last_answer.is_some_and(|at| at > killed_at)),
+        "every device is answered after the loss"
+    );
+    assert_eq!(nodes[0].handshakes(), live_before + on_dead);
+}
