@@ -27,7 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use openssl_dtls::{DtlsClient, DtlsClientContext, DtlsConnection, PskCredentials};
+use openssl_dtls::fleet::FleetSecret;
+use openssl_dtls::{
+    DtlsClient, DtlsClientContext, DtlsConnection, DtlsServer, DtlsServerContext, Endpoint,
+    EndpointConfig, PskCredentials,
+};
 use support::Pki;
 
 /// How long any one step may take before the test fails.
@@ -335,7 +339,16 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its workers (a SIGKILL would leave them serving);
+    /// SIGKILL only if it does not exit.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -776,4 +789,106 @@ fn when_a_node_dies_its_devices_handshake_again_with_the_live_node() {
         "every device is answered after the loss"
     );
     assert_eq!(nodes[0].handshakes(), live_before + on_dead);
+}
+
+// ------------------------------------------------------------------------------------------
+// What the nodes share, without a balancer.
+
+/// A PSK server context of node `node` in the fleet of `secret` (None: no fleet).
+fn psk_node_ctx(secret: Option<&FleetSecret>, node: u8) -> DtlsServerContext {
+    let mut b = DtlsServerContext::builder();
+    b.psk_key_store(|id| (id == b"Client_identity").then(|| b"secretPSK".to_vec()));
+    if let Some(secret) = secret {
+        b.fleet(secret, node);
+    }
+    b.build().unwrap()
+}
+
+/// The handshake message type of the first record of a datagram (3: HelloVerifyRequest,
+/// 2: ServerHello).
+fn first_handshake_type(datagram: &[u8]) -> u8 {
+    assert_eq!(datagram[0], 22, "a handshake record");
+    datagram[13]
+}
+
+#[test]
+fn a_cookie_one_node_issued_is_accepted_by_another_node_of_the_fleet_only() {
+    let secret = FleetSecret::from_bytes(&[0x42; 32]);
+    let stranger = FleetSecret::from_bytes(&[0x43; 32]);
+    let now = Instant::now();
+    let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+    let client_ctx = Kind::Psk.client_ctx(false);
+    let mut buf = vec![0u8; 2048];
+    for (other, same_fleet) in [
+        (Some(&secret), true),
+        (Some(&stranger), false),
+        (None, false),
+    ] {
+        let mut a =
+            Endpoint::server(psk_node_ctx(Some(&secret), 0), EndpointConfig::default()).unwrap();
+        let mut b = Endpoint::server(psk_node_ctx(other, 1), EndpointConfig::default()).unwrap();
+        let mut client = client_ctx.new_session(None, now).unwrap();
+        // ClientHello → node 0 → HelloVerifyRequest with node 0's cookie.
+        let n = client.poll_transmit(&mut buf).expect("a ClientHello");
+        a.handle_datagram(now, peer, &buf[..n]);
+        let (_, n) = a.poll_transmit(&mut buf).expect("a HelloVerifyRequest");
+        assert_eq!(first_handshake_type(&buf[..n]), 3);
+        client.handle_datagram(now, &buf[..n]);
+        // The ClientHello with the cookie reaches node 1 (the balancer's session ended).
+        let n = client
+            .poll_transmit(&mut buf)
+            .expect("a ClientHello with the cookie");
+        b.handle_datagram(now, peer, &buf[..n]);
+        let (_, n) = b.poll_transmit(&mut buf).expect("an answer");
+        let answer = first_handshake_type(&buf[..n]);
+        if same_fleet {
+            assert_eq!(answer, 2, "node 1 accepted node 0's cookie: a ServerHello");
+        } else {
+            assert_eq!(answer, 3, "another server asks for its own cookie");
+        }
+    }
+}
+
+#[test]
+fn a_ticket_one_node_issued_resumes_on_another_node_of_the_fleet() {
+    let secret = FleetSecret::from_bytes(&[0x24; 32]);
+    let pki = Pki::new_ec();
+    let key = support::ec_key(openssl::nid::Nid::X9_62_PRIME256V1);
+    let leaf = pki.leaf("server.test", &key);
+    let node = |index: u8| {
+        let mut b = DtlsServerContext::builder();
+        b.certificate_chain_pem(&leaf.to_pem().unwrap())
+            .private_key_pem(&key.private_key_to_pem_pkcs8().unwrap())
+            .fleet(&secret, index)
+            .session_tickets(secret.ticket_keys(Duration::from_secs(3600)).unwrap());
+        DtlsServer::bind("127.0.0.1:0", b.build().unwrap()).unwrap()
+    };
+    let (a, b) = (node(0), node(1));
+    let mut cb = DtlsClientContext::builder();
+    cb.root_certificates_pem(&pki.ca_cert.to_pem().unwrap());
+    let ctx = cb.build().unwrap();
+    let resumed = |server: &DtlsServer| {
+        let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+        let accept = thread::scope(|s| {
+            let accepted = s.spawn(|| server.accept_timeout(STEP).unwrap().expect("accepted"));
+            let conn = client
+                .connect_named(server.local_addr(), "server.test", &ctx, STEP)
+                .unwrap();
+            let server_side = accepted.join().unwrap();
+            let facts = |f: Option<&std::sync::Arc<openssl_dtls::HandshakeFacts>>| {
+                f.expect("facts").resumed
+            };
+            (
+                facts(conn.handshake_facts()),
+                facts(server_side.handshake_facts()),
+            )
+        });
+        accept
+    };
+    assert_eq!(
+        resumed(&a),
+        (false, false),
+        "the first handshake is a full one"
+    );
+    assert_eq!(resumed(&b), (true, true), "node 1 resumes node 0's ticket");
 }

@@ -15,6 +15,8 @@
 # from Debian's paths, pid and logs under DIR, in the foreground); without it, only the
 # `stream { ... }` block, for an nginx whose modules are loaded already (Debian:
 # libnginx-mod-stream and libnginx-mod-stream-js installed).
+# --single-process: no master process (`master_process off`): one process that a plain kill
+# stops (for tests; not for production).
 # --proxy-timeout: how long nginx keeps a UDP session (a device's address and port → node)
 # without datagrams; after it the device's next datagram starts a new session, routed again.
 set -euo pipefail
@@ -22,6 +24,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 prefix=/tmp/dtls-fleet
 timeout=60s
 standalone=1
+single=0
 fleets=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,8 +32,9 @@ while [ $# -gt 0 ]; do
     --proxy-timeout) timeout=$2; shift 2 ;;
     --standalone) standalone=1; shift ;;
     --stream-only) standalone=0; shift ;;
+    --single-process) single=1; shift ;;
     --fleet) fleets+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "fleet-conf.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +47,7 @@ if [ "$standalone" = 1 ]; then
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 load_module /usr/lib/nginx/modules/ngx_stream_js_module.so;
 daemon off;
+$([ "$single" = 1 ] && echo "master_process off;")
 worker_processes 1;
 pid $prefix/nginx.pid;
 error_log $prefix/error.log info;

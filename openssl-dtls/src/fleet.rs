@@ -28,7 +28,9 @@
 //! ```
 //!
 //! Anything else is refused with [`ConfigError::Invalid`](crate::ConfigError::Invalid). A file
-//! that group or others may read is accepted with a warning in the log.
+//! that group or others may read is accepted with a warning in the log. The same line (or its
+//! hex digits alone) may come from an environment variable instead
+//! ([`FleetSecret::from_env`]).
 //!
 //! ```no_run
 //! use openssl_dtls::fleet::FleetSecret;
@@ -114,6 +116,25 @@ impl FleetSecret {
         let secret = FleetSecret(bytes);
         crate::ffi::evp::cleanse(&mut bytes);
         Ok(secret)
+    }
+
+    /// Reads the secret from environment variable `name`: the secret line of a file
+    /// (`openssl-dtls-fleet-v1 HEX`) or the 64 hex digits alone. For deployments that pass
+    /// secrets through the environment (a container orchestrator's secret store).
+    pub fn from_env(name: &str) -> Result<FleetSecret> {
+        let mut value = std::env::var(name).map_err(|e| {
+            Error::Config(ConfigError::Invalid(format!("fleet secret: ${name}: {e}")))
+        })?;
+        let secret = if value.trim_start().starts_with(FILE_TAG) {
+            FleetSecret::parse(&value)
+        } else {
+            let mut line = format!("{FILE_TAG} {}", value.trim());
+            let secret = FleetSecret::parse(&line);
+            wipe_string(&mut line);
+            secret
+        };
+        wipe_string(&mut value);
+        secret
     }
 
     /// The text of a secret file holding this secret (see the [module docs](self)).
@@ -279,6 +300,29 @@ mod tests {
             );
         }
         assert_eq!(format!("{secret:?}"), "FleetSecret(<redacted>)");
+    }
+
+    #[test]
+    fn the_environment_holds_the_line_or_the_hex_alone() {
+        let hex = "cd".repeat(32);
+        std::env::set_var("OPENSSL_DTLS_TEST_FLEET_HEX", &hex);
+        std::env::set_var("OPENSSL_DTLS_TEST_FLEET_LINE", format!("{FILE_TAG} {hex}"));
+        std::env::set_var("OPENSSL_DTLS_TEST_FLEET_BAD", "cd");
+        for name in [
+            "OPENSSL_DTLS_TEST_FLEET_HEX",
+            "OPENSSL_DTLS_TEST_FLEET_LINE",
+        ] {
+            assert_eq!(FleetSecret::from_env(name).unwrap().0, [0xcd; 32], "{name}");
+        }
+        for name in [
+            "OPENSSL_DTLS_TEST_FLEET_BAD",
+            "OPENSSL_DTLS_TEST_FLEET_UNSET",
+        ] {
+            assert!(matches!(
+                FleetSecret::from_env(name),
+                Err(Error::Config(ConfigError::Invalid(_)))
+            ));
+        }
     }
 
     #[test]
