@@ -2119,6 +2119,8 @@ fn hostile_handshakes(suite: &str, cert: &Cert, n: usize) -> (f64, f64, usize) {
     (ours, raw, charged)
 }
 
+#[path = "dtls_bench/fleet.rs"]
+mod fleet;
 #[path = "dtls_bench/hs_allocs.rs"]
 mod hs_allocs;
 #[path = "dtls_bench/restart.rs"]
@@ -2477,6 +2479,10 @@ fn main() {
     }
     if sizes.run("restart") {
         restart::section(&mut t);
+    }
+
+    if sizes.run("fleet") {
+        fleet::section(&sizes, &mut t);
     }
 
     write_summary(&t);

@@ -2,7 +2,7 @@
 # Runs the benchmark harness (openssl-dtls/benches -> benches/dtls_bench.rs) in release mode and
 # prints one table: each figure next to a reference measured in the same run, with the ratio.
 # Run scripts/setup.sh first on a fresh machine. Sizes are environment variables (defaults):
-#   BENCH_ONLY=handshake,throughput,latency,async,memory,allocs,compact,cid,hostile,shards,idle,hsallocs,storm,batch,restart   (all; async
+#   BENCH_ONLY=handshake,throughput,latency,async,memory,allocs,compact,cid,hostile,shards,idle,hsallocs,storm,batch,restart,fleet   (all; async
 #                                      needs the tokio feature, which this script turns on)
 #   BENCH_HS_PSK=4000 BENCH_HS_ECDSA=1500 BENCH_RAW_PSK=4000 BENCH_RAW_ECDSA=1500
 #   BENCH_HS_WINDOW=32 BENCH_HS_REPS=3          handshakes in flight; interleaved rounds (best kept)
@@ -29,6 +29,8 @@
 #                                               BENCH_STORM_NICE_CLIENTS=1: flood at nice 19)
 #   BENCH_RESTART_N=100000                      compact connections saved and restored (restart
 #                                               section; the million: 1000000)
+#   BENCH_FLEET_HS=2000 BENCH_FLEET_ECHO=100000 BENCH_FLEET_REPS=3   through nginx vs direct; 2 nodes
+#                                               vs 1 (fleet section; needs nginx: scripts/setup.sh)
 #   BENCH_BATCH_N=200000 BENCH_BATCH_CHUNK=32   one-way 1200 B datagrams with batching (send_many
 #                                               of CHUNK; refs: naive plain UDP, sendmmsg/recvmmsg)
 # Cargo's own CARGO_TARGET_DIR applies (e.g. CARGO_TARGET_DIR=target/bench scripts/bench.sh), and
