@@ -27,7 +27,7 @@
 //! openssl-dtls-fleet-v1 6b1f0c...(64 hex digits: 32 bytes)
 //! ```
 //!
-//! Anything else is refused with [`ConfigError::Invalid`](crate::ConfigError::Invalid). A file
+//! Anything else is refused with [`ConfigError::Invalid`]. A file
 //! that group or others may read is accepted with a warning in the log. The same line (or its
 //! hex digits alone) may come from an environment variable instead
 //! ([`FleetSecret::from_env`]).
@@ -54,6 +54,8 @@ use std::time::Duration;
 
 use openssl::sha::Sha256;
 
+#[cfg(doc)]
+use crate::context::DtlsServerContextBuilder;
 use crate::context::TicketKeys;
 use crate::endpoint::StateKey;
 use crate::error::{ConfigError, Error, Result};
@@ -293,7 +295,7 @@ mod tests {
             &format!("{FILE_TAG} {} extra\n", "ab".repeat(32)),
             &format!("{FILE_TAG} {0}\n{FILE_TAG} {0}\n", "ab".repeat(32)),
         ] {
-            let err = FleetSecret::parse(bad).err().expect(bad);
+            let err = FleetSecret::parse(bad).expect_err(bad);
             assert!(
                 matches!(err, Error::Config(ConfigError::Invalid(_))),
                 "{bad:?}: {err:?}"
