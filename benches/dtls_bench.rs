@@ -2125,6 +2125,8 @@ mod fleet;
 mod hs_allocs;
 #[path = "dtls_bench/restart.rs"]
 mod restart;
+#[path = "dtls_bench/rtt_shape.rs"]
+mod rtt_shape;
 #[path = "dtls_bench/storm.rs"]
 mod storm;
 
@@ -2366,6 +2368,7 @@ fn main() {
                     false,
                 );
             }
+            rtt_shape::rows(&mut t, sizes.lat_n);
         }
     }
 
