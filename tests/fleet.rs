@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use openssl_dtls::fleet::FleetSecret;
 use openssl_dtls::{
     DtlsClient, DtlsClientContext, DtlsConnection, DtlsServer, DtlsServerContext, Endpoint,
-    EndpointConfig, PskCredentials,
+    EndpointConfig, PskCredentials, SocketOptions,
 };
 use support::Pki;
 
@@ -961,4 +961,164 @@ fn a_ticket_one_node_issued_resumes_on_another_node_of_the_fleet() {
         "the first handshake is a full one"
     );
     assert_eq!(resumed(&b), (true, true), "node 1 resumes node 0's ticket");
+}
+
+// ------------------------------------------------------------------------------------------
+// The handover's library call: nothing is read before the restore.
+
+/// A compact PSK server context (only compact connections are saved).
+fn compact_ctx() -> DtlsServerContext {
+    let mut b = DtlsServerContext::builder();
+    b.psk_key_store(|id| (id == b"Client_identity").then(|| b"secretPSK".to_vec()))
+        .compact_connections(true);
+    b.build().unwrap()
+}
+
+/// Echoes on a thread per accepted connection until the server closes.
+fn echo_on(server: Arc<DtlsServer>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        while let Ok(conn) = server.accept() {
+            thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while let Ok(n @ 1..) = conn.recv(&mut buf) {
+                    if conn.send(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[test]
+fn bind_and_restore_reads_no_datagram_before_the_restore_and_refuses_cleanly() {
+    let key = FleetSecret::from_bytes(&[5; 32]).state_key(0);
+    let old = Arc::new(DtlsServer::bind("127.0.0.1:0", compact_ctx()).unwrap());
+    let addr = old.local_addr();
+    let old_echo = echo_on(Arc::clone(&old));
+    let device = Device::connect(&Kind::Psk, false, addr);
+    assert!(device.echo(b"before", 3, Duration::from_secs(1)));
+    let mut state = Vec::new();
+    assert_eq!(old.save_state_and_stop(&mut state, &key).unwrap().saved, 1);
+    old.close();
+    old_echo.join().unwrap();
+    drop(old);
+
+    // A state source that fails: the error comes back, the socket is closed again.
+    let failed = DtlsServer::bind_and_restore(
+        addr,
+        compact_ctx(),
+        EndpointConfig::default(),
+        SocketOptions::default(),
+        || -> openssl_dtls::Result<Option<std::io::Cursor<Vec<u8>>>> {
+            Err(openssl_dtls::Error::Io(std::io::Error::other("no state")))
+        },
+        &key,
+        Duration::from_secs(60),
+    );
+    assert!(matches!(failed, Err(openssl_dtls::Error::Io(_))));
+
+    // The device's next record arrives while the new server is bound but has not restored
+    // yet: it waits in the socket and is answered from the restored connection.
+    let (new, report) = DtlsServer::bind_and_restore(
+        addr,
+        compact_ctx(),
+        EndpointConfig::default(),
+        SocketOptions::default(),
+        || {
+            device.conn.send(b"early").unwrap();
+            thread::sleep(Duration::from_millis(100)); // it is in the socket buffer now
+            Ok(Some(std::io::Cursor::new(state)))
+        },
+        &key,
+        Duration::from_secs(60),
+    )
+    .expect("bound and restored");
+    assert_eq!(report.map(|r| r.restored), Some(1));
+    let new = Arc::new(new);
+    let new_echo = echo_on(Arc::clone(&new));
+    let mut buf = [0u8; 64];
+    let n = device
+        .conn
+        .recv_timeout(&mut buf, STEP)
+        .unwrap()
+        .expect("the early record answered");
+    assert_eq!(&buf[..n], b"early");
+    let stats = new.stats();
+    assert_eq!(stats.handshakes_completed, 0);
+    assert_eq!(
+        stats.dropped_unknown_peer, 0,
+        "nothing was read before the restore"
+    );
+    new.close();
+    new_echo.join().unwrap();
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn the_tokio_server_binds_and_restores_before_reading_too() {
+    let key = FleetSecret::from_bytes(&[6; 32]).state_key(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let serve = |server: Arc<openssl_dtls::tokio::DtlsServer>| {
+        rt.spawn(async move {
+            while let Ok(conn) = server.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 2048];
+                    while let Ok(n @ 1..) = conn.recv(&mut buf).await {
+                        if conn.send(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+    };
+    let old = Arc::new(
+        rt.block_on(openssl_dtls::tokio::DtlsServer::bind(
+            "127.0.0.1:0",
+            compact_ctx(),
+        ))
+        .unwrap(),
+    );
+    let addr = old.local_addr();
+    let old_task = serve(Arc::clone(&old));
+    let device = Device::connect(&Kind::Psk, false, addr);
+    assert!(device.echo(b"before", 3, Duration::from_secs(1)));
+    let mut state = Vec::new();
+    assert_eq!(old.save_state_and_stop(&mut state, &key).unwrap().saved, 1);
+    rt.block_on(old.close());
+    old_task.abort();
+    drop(old);
+    let (new, report) = rt
+        .block_on(openssl_dtls::tokio::DtlsServer::bind_and_restore(
+            addr,
+            compact_ctx(),
+            EndpointConfig::default(),
+            SocketOptions::default(),
+            async {
+                device.conn.send(b"early").unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(Some(std::io::Cursor::new(state)))
+            },
+            &key,
+            Duration::from_secs(60),
+        ))
+        .expect("bound and restored");
+    assert_eq!(report.map(|r| r.restored), Some(1));
+    let new = Arc::new(new);
+    let _task = serve(Arc::clone(&new));
+    let mut buf = [0u8; 64];
+    let n = device
+        .conn
+        .recv_timeout(&mut buf, STEP)
+        .unwrap()
+        .expect("the early record answered");
+    assert_eq!(&buf[..n], b"early");
+    assert_eq!(new.stats().handshakes_completed, 0);
+    assert_eq!(new.stats().dropped_unknown_peer, 0);
+    rt.block_on(new.close());
 }
