@@ -2406,6 +2406,32 @@ fn main() {
                     false,
                 );
             }
+            // The same on compact connections (opt-in: the library's record layer after the
+            // handshake, no SSL_read/SSL_write per record).
+            {
+                let compact = dtls_pair_with(true);
+                let (c50, c99) = latency(&compact, 100, sizes.lat_n);
+                let (p50, p99) = latency(&plain, 100, sizes.lat_n);
+                let us = |d: Duration| d.as_secs_f64() * 1e6;
+                t.key(
+                    "rtt_p50_blocking_compact_diff_us",
+                    us(c50) - us(p50),
+                    us(p50),
+                    us(p50) / us(c50),
+                );
+                t.row(
+                    &format!(
+                        "echo RTT 100 B p50, compact connections (diff {:+.1} µs; p99 {:.1} vs {:.1} µs)",
+                        us(c50) - us(p50),
+                        us(c99),
+                        us(p99)
+                    ),
+                    us(c50),
+                    us(p50),
+                    "µs",
+                    false,
+                );
+            }
             rtt_shape::rows(&mut t, sizes.lat_n);
         }
     }
