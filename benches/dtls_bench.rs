@@ -2410,8 +2410,10 @@ fn main() {
             // handshake, no SSL_read/SSL_write per record).
             {
                 let compact = dtls_pair_with(true);
-                let (c50, c99) = latency(&compact, 100, sizes.lat_n);
-                let (p50, p99) = latency(&plain, 100, sizes.lat_n);
+                // BENCH_LAT_COMPACT_N: this row's round trips alone (e.g. to profile it).
+                let n = env_usize("BENCH_LAT_COMPACT_N", sizes.lat_n);
+                let (c50, c99) = latency(&compact, 100, n);
+                let (p50, p99) = latency(&plain, 100, n);
                 let us = |d: Duration| d.as_secs_f64() * 1e6;
                 t.key(
                     "rtt_p50_blocking_compact_diff_us",
