@@ -37,10 +37,6 @@ tests=(--lib --test link --test session --test context --test udp --test verify 
 #     the record layer was rewritten in 3.2), DTLSv1_listen starts the server's record numbers at 1 where 3.0
 #     copied the ClientHello's; each retransmitted ClientHello is refused by a fresh SSL whose
 #     alert is record 1 again, which GnuTLS discards as a duplicate after ignoring the first.
-#   every_datagram_fits_the_mtu_at_256_512_1200_and_1500_and_handshakes_complete: with mutual
-#     (client certificate) authentication at MTU 256 the handshake fails, the server's
-#     `decrypt_error`: "the peer's Finished message did not authenticate" (PSK, server-only
-#     certificates, and every MTU from 512 up complete).
 #   hostile_fragments_future_epochs_and_absurd_lengths_stay_bounded_and_never_crash: after
 #     forged epoch-0 fragments of future handshake messages (record numbers inside the replay
 #     window), the genuine handshake no longer completes (3.0 completes it).
@@ -50,7 +46,6 @@ tests=(--lib --test link --test session --test context --test udp --test verify 
 #     expects it to wait for the client's retransmission (as 3.x does).
 known_failures=(
   our_server_refuses_gnutls_cli_offering_only_cbc_psk_suites
-  every_datagram_fits_the_mtu_at_256_512_1200_and_1500_and_handshakes_complete
   hostile_fragments_future_epochs_and_absurd_lengths_stay_bounded_and_never_crash
 )
 known_failures_4_0=(

@@ -49,9 +49,9 @@ pub(crate) struct BioState {
     /// A datagram lent for the duration of one feed instead of copied into `inbound`
     /// ([`crate::ffi::bio::with_lent_inbound`]); read in place by the BIO's read callback.
     pub(crate) lent: Option<(*const u8, usize)>,
-    /// The records queued by [`set_inbound_records`](Self::set_inbound_records) include an
-    /// epoch-1 handshake record (a peer's Finished).
-    pub(crate) inbound_has_epoch1_handshake: bool,
+    /// The longest epoch-1 handshake record (a peer's Finished, or a fragment of it) among the
+    /// records queued by [`set_inbound_records`](Self::set_inbound_records), in bytes; 0 if none.
+    pub(crate) inbound_epoch1_handshake_len: usize,
     /// Datagrams OpenSSL wrote, oldest first.
     outbound: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
@@ -94,7 +94,7 @@ impl BioState {
         BioState {
             inbound: Vec::new(),
             lent: None,
-            inbound_has_epoch1_handshake: false,
+            inbound_epoch1_handshake_len: 0,
             inbound_ready: false,
             outbound: VecDeque::new(),
             spare: Vec::new(),
@@ -125,17 +125,20 @@ impl BioState {
     }
 
     /// Queues `records` (views into one datagram), back to back, as the next thing OpenSSL reads:
-    /// the records a filter kept. Notes whether an epoch-1 handshake record is among them.
+    /// the records a filter kept. Notes the longest epoch-1 handshake record among them.
     pub fn set_inbound_records<'a>(
         &mut self,
         records: impl Iterator<Item = crate::wire::RecordHeader<'a>>,
     ) {
         self.lent = None;
         self.inbound.clear();
-        self.inbound_has_epoch1_handshake = false;
+        self.inbound_epoch1_handshake_len = 0;
         for record in records {
-            self.inbound_has_epoch1_handshake |=
-                record.epoch() == 1 && record.content_type() == crate::wire::ContentType::Handshake;
+            if record.epoch() == 1 && record.content_type() == crate::wire::ContentType::Handshake {
+                self.inbound_epoch1_handshake_len = self
+                    .inbound_epoch1_handshake_len
+                    .max(record.fragment().len());
+            }
             self.inbound.extend_from_slice(record.bytes());
         }
         self.inbound_ready = !self.inbound.is_empty();
