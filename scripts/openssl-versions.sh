@@ -37,16 +37,12 @@ tests=(--lib --test link --test session --test context --test udp --test verify 
 #     the record layer was rewritten in 3.2), DTLSv1_listen starts the server's record numbers at 1 where 3.0
 #     copied the ClientHello's; each retransmitted ClientHello is refused by a fresh SSL whose
 #     alert is record 1 again, which GnuTLS discards as a duplicate after ignoring the first.
-#   hostile_fragments_future_epochs_and_absurd_lengths_stay_bounded_and_never_crash: after
-#     forged epoch-0 fragments of future handshake messages (record numbers inside the replay
-#     window), the genuine handshake no longer completes (3.0 completes it).
 # - Against 4.0 only:
 #   finished_first_early_or_double_ccs_and_data_before_finished_are_refused_without_state: a
 #     Finished sent before the ChangeCipherSpec completes the handshake at once, where the test
 #     expects it to wait for the client's retransmission (as 3.x does).
 known_failures=(
   our_server_refuses_gnutls_cli_offering_only_cbc_psk_suites
-  hostile_fragments_future_epochs_and_absurd_lengths_stay_bounded_and_never_crash
 )
 known_failures_4_0=(
   finished_first_early_or_double_ccs_and_data_before_finished_are_refused_without_state
