@@ -31,19 +31,11 @@ tests=(--lib --test link --test session --test context --test udp --test verify 
 # Known failures, skipped by name (--exact) and listed on every run; each passes against the
 # system's OpenSSL 3.0, where scripts/test.sh runs it. They are open (issue #17); the README's
 # "Supported OpenSSL versions" describes them.
-# - Against 3.5, 3.6 (the `vendored` feature's, too) and 4.0:
-#   our_server_refuses_gnutls_cli_offering_only_cbc_psk_suites: gnutls-cli, refused for offering
-#     only CBC suites, never stops on our server's fatal alert. In 3.5 and 4.0 (ssl/d1_lib.c: increment_sequence_ctr;
-#     the record layer was rewritten in 3.2), DTLSv1_listen starts the server's record numbers at 1 where 3.0
-#     copied the ClientHello's; each retransmitted ClientHello is refused by a fresh SSL whose
-#     alert is record 1 again, which GnuTLS discards as a duplicate after ignoring the first.
 # - Against 4.0 only:
 #   finished_first_early_or_double_ccs_and_data_before_finished_are_refused_without_state: a
 #     Finished sent before the ChangeCipherSpec completes the handshake at once, where the test
 #     expects it to wait for the client's retransmission (as 3.x does).
-known_failures=(
-  our_server_refuses_gnutls_cli_offering_only_cbc_psk_suites
-)
+known_failures=()
 known_failures_4_0=(
   finished_first_early_or_double_ccs_and_data_before_finished_are_refused_without_state
 )
@@ -136,6 +128,6 @@ for release in "${releases[@]}"; do
     cargo test --workspace --features openssl-dtls/tokio --target-dir "$dir/target" --no-fail-fast \
     "${tests[@]}" -- "${skip_args[@]}"
   echo "openssl-versions: OpenSSL ${version#*+}: skipped (known failures, see the script):" \
-    "${skipped[*]}"
+    "${skipped[*]:-none}"
   echo "openssl-versions: OpenSSL ${version#*+}: tests passed in $(($(date +%s) - start)) s"
 done

@@ -1000,6 +1000,47 @@ fn finish_handshake(
     clients[0].1.is_established() && server_established(ep, addr)
 }
 
+/// A client whose ClientHellos each meet a fresh stateless listener (a retransmission after a
+/// refusal, a restart) must not see the server's record numbers repeat: GnuTLS discards a
+/// refusal alert numbered like one it already saw. OpenSSL 3.0 numbers the server's epoch-0
+/// records from the accepted ClientHello's record number; 3.2 and later from 1, which the
+/// library shifts to match (`BioState::write`).
+#[test]
+fn the_servers_epoch0_records_continue_from_the_accepted_client_hellos_record_number() {
+    let _g = shared();
+    let (server, client) = ccm8_pair();
+    let mut ep = Endpoint::server(server, EndpointConfig::default()).unwrap();
+    let now = Instant::now();
+    let addr = client_addr(1);
+    let mut session = client.new_session(None, now).unwrap();
+    let mut hello = hello_with_cookie(&mut ep, now, addr, &mut session);
+    // As if the cookie-bearing ClientHello were the client's ninth (record number 9).
+    hello[5..11].copy_from_slice(&9u64.to_be_bytes()[2..]);
+    ep.handle_datagram(now, addr, &hello);
+    let mut buf = vec![0u8; 65_536];
+    let mut numbers = Vec::new();
+    let mut flight = Vec::new();
+    while let Some((to, n)) = ep.poll_transmit(&mut buf) {
+        assert_eq!(to, addr);
+        let records = craft::parse(&buf[..n]).expect("records");
+        numbers.extend(records.iter().filter(|r| r.epoch == 0).map(|r| r.seq));
+        flight.push(buf[..n].to_vec());
+    }
+    assert!(!numbers.is_empty());
+    assert_eq!(
+        numbers,
+        (9..9 + numbers.len() as u64).collect::<Vec<_>>(),
+        "the server's flight"
+    );
+    // The handshake completes with the renumbered flight.
+    for d in &flight {
+        session.handle_datagram(now, d);
+    }
+    let mut clients = [(addr, session)];
+    pump(&mut ep, now, &mut clients);
+    assert!(clients[0].1.is_established() && server_established(&ep, addr));
+}
+
 #[test]
 fn a_bad_cookie_or_one_echoed_from_another_address_or_port_gets_a_new_hello_verify_request() {
     let _g = shared();
