@@ -200,8 +200,8 @@ impl BioState {
     /// Queues what OpenSSL wrote (one or more records, or a datagram we made).
     ///
     /// After `DTLSv1_listen`, OpenSSL 3.0 numbers the server's epoch-0 records from the accepted
-    /// ClientHello's record sequence number; from 3.2 on (the rewritten record layer) from 1,
-    /// whatever the ClientHello's. A client whose retransmitted ClientHellos each meet a fresh,
+    /// ClientHello's record sequence number; 3.5 and later (seen in 3.5, 3.6 and 4.0: the record
+    /// layer was rewritten in 3.2) from 1, whatever the ClientHello's. A client whose retransmitted ClientHellos each meet a fresh,
     /// stateless server `SSL` then gets the same record numbers again, handshake after handshake:
     /// GnuTLS discards a refusal alert numbered like one it already saw, and retransmits until its
     /// own timeout. So epoch-0 records continue from the ClientHello's number on every version, as

@@ -135,10 +135,11 @@ impl Session {
             st.clear_inbound();
             return; // everything was screened out: OpenSSL has nothing to read
         }
-        st.coalesce = true; // a retransmitted Finished makes OpenSSL retransmit its flight
-                            // A server mid-handshake: whether OpenSSL is given an epoch-1 handshake record that can
-                            // hold the peer's whole Finished (not a fragment of it, see `holds_whole_finished`),
-                            // from the parse's views or the filter's note of what it kept.
+        // A retransmitted Finished makes OpenSSL retransmit its flight.
+        st.coalesce = true;
+        // A server mid-handshake: whether OpenSSL is given an epoch-1 handshake record that can
+        // hold the peer's whole Finished (not a fragment of it, see `holds_whole_finished`),
+        // from the parse's views or the filter's note of what it kept.
         let fed_finished = self.role == Role::Server && handshaking && {
             let longest = if lend {
                 parsed
@@ -150,9 +151,13 @@ impl Session {
             } else {
                 self.bio_ref().inbound_epoch1_handshake_len
             };
-            // The suite being negotiated: the session's own is set only with our ChangeCipherSpec.
-            let min = ssl::pending_cipher_name(&self.openssl().ssl).map_or(0, min_protected_len);
-            longest > 0 && holds_whole_finished(longest, min)
+            // Under the suite being negotiated (the session's own is set only with our
+            // ChangeCipherSpec).
+            longest > 0
+                && holds_whole_finished(
+                    longest,
+                    ssl::pending_cipher_name(&self.openssl().ssl).map_or(0, min_protected_len),
+                )
         };
         let before = (self.state, self.handshake_state());
         if lend {
@@ -274,9 +279,9 @@ impl Session {
     /// [`holds_whole_finished`]: at small MTUs OpenSSL 3.5 and later split the Finished over two
     /// records, and the first alone does not complete it) and the state did not advance,
     /// OpenSSL dropped it as unauthenticated (RFC 6347 §4.1.2.7): the two sides derived
-    /// different keys, which with PSK means a wrong key. Rather
-    /// than wait out every retransmission, fail now with `decrypt_error` and tell the client in
-    /// the clear (our write epoch is still 0), as TLS would (RFC 5246 §7.4.9).
+    /// different keys, which with PSK means a wrong key. Rather than wait out every
+    /// retransmission, fail now with `decrypt_error` and tell the client in the clear (our write
+    /// epoch is still 0), as TLS would (RFC 5246 §7.4.9).
     pub(super) fn check_finished_authenticated(&mut self) {
         if ssl::state(&self.openssl().ssl) != dffi::TLS_ST_SR_CHANGE {
             return;
