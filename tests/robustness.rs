@@ -1999,6 +1999,40 @@ fn finished_first_early_or_double_ccs_and_data_before_finished_are_refused_witho
     assert_eq!(stats.handshakes_failed_local, 3, "{stats:?}");
 }
 
+/// A server that has read the client's ChangeCipherSpec fails at once with `decrypt_error` when
+/// the client's Finished does not authenticate (a wrong key), rather than wait out the
+/// retransmissions; an epoch-1 handshake record too short to hold a whole Finished is not judged
+/// so: it can be the first fragment of one (OpenSSL 3.5 and later split a Finished that does not
+/// fit the rest of a datagram, at MTU 256 with client certificates). On every release: an
+/// undecryptable short record after the ChangeCipherSpec, then the genuine Finished.
+#[test]
+fn an_epoch1_record_too_short_for_a_whole_finished_is_not_taken_for_a_wrong_key() {
+    let _g = shared();
+    let (server, client) = ccm8_pair();
+    let mut ep = Endpoint::server(server, roomy()).unwrap();
+    let now = Instant::now();
+    let addr = client_addr(31);
+    let (s, flight) = victim(&mut ep, now, &client, addr);
+    assert_eq!(flight.len(), 1, "the client's flight is one datagram");
+    let records = craft::parse(&flight[0]).unwrap();
+    let [kx, ccs, finished] = &records[..] else {
+        panic!("{records:?}")
+    };
+    assert_eq!(
+        (ccs.content_type, finished.epoch),
+        (craft::CHANGE_CIPHER_SPEC, 1)
+    );
+    // CCM8: a whole Finished is 24 bytes of plaintext, 8 of nonce and 8 of tag.
+    assert_eq!(finished.fragment.len(), 40);
+    let mut fragment = finished.clone();
+    fragment.seq = 7;
+    fragment.fragment = craft::random_bytes(&mut Rng::new(31), 39);
+    let first = craft::join(&[kx.clone(), ccs.clone(), fragment]);
+    let (ok, _) = attack_then_finish(&mut ep, now, addr, s, &[finished.to_bytes()], &[first]);
+    assert!(ok, "the Finished that follows completes the handshake");
+    assert_eq!(ep.stats().handshakes_failed_local, 0, "{:?}", ep.stats());
+}
+
 #[test]
 fn spoofed_plaintext_alerts_are_ignored_after_the_handshake() {
     let _g = shared();
