@@ -28,34 +28,12 @@ releases=(
 tests=(--lib --test link --test session --test context --test udp --test verify --test interop
   --test async_tokio --test robustness --test compact --test limits --test spoof
   --test cid --test cid_endpoint --test cid_udp --test cid_interop --test resumption)
-# Known failures, skipped by name (--exact) and listed on every run; each passes against the
-# system's OpenSSL 3.0, where scripts/test.sh runs it. They are open (issue #17); the README's
-# "Supported OpenSSL versions" describes them.
-# - Against 3.5, 3.6 (the `vendored` feature's, too) and 4.0:
-#   our_server_refuses_gnutls_cli_offering_only_cbc_psk_suites: gnutls-cli, refused for offering
-#     only CBC suites, never stops on our server's fatal alert. In 3.5 and 4.0 (ssl/d1_lib.c: increment_sequence_ctr;
-#     the record layer was rewritten in 3.2), DTLSv1_listen starts the server's record numbers at 1 where 3.0
-#     copied the ClientHello's; each retransmitted ClientHello is refused by a fresh SSL whose
-#     alert is record 1 again, which GnuTLS discards as a duplicate after ignoring the first.
-#   every_datagram_fits_the_mtu_at_256_512_1200_and_1500_and_handshakes_complete: with mutual
-#     (client certificate) authentication at MTU 256 the handshake fails, the server's
-#     `decrypt_error`: "the peer's Finished message did not authenticate" (PSK, server-only
-#     certificates, and every MTU from 512 up complete).
-#   hostile_fragments_future_epochs_and_absurd_lengths_stay_bounded_and_never_crash: after
-#     forged epoch-0 fragments of future handshake messages (record numbers inside the replay
-#     window), the genuine handshake no longer completes (3.0 completes it).
-# - Against 4.0 only:
-#   finished_first_early_or_double_ccs_and_data_before_finished_are_refused_without_state: a
-#     Finished sent before the ChangeCipherSpec completes the handshake at once, where the test
-#     expects it to wait for the client's retransmission (as 3.x does).
-known_failures=(
-  our_server_refuses_gnutls_cli_offering_only_cbc_psk_suites
-  every_datagram_fits_the_mtu_at_256_512_1200_and_1500_and_handshakes_complete
-  hostile_fragments_future_epochs_and_absurd_lengths_stay_bounded_and_never_crash
-)
-known_failures_4_0=(
-  finished_first_early_or_double_ccs_and_data_before_finished_are_refused_without_state
-)
+# Known failures, skipped by name (--exact) and listed on every run: tests that pass against the
+# system's OpenSSL 3.0 (where scripts/test.sh runs them) and not against a release here. None
+# today; the four that were listed here (issue #17) are fixed or now assert what every release
+# guarantees (the README's "Supported OpenSSL versions" says which).
+known_failures=()
+known_failures_4_0=()
 
 target=${CARGO_TARGET_DIR:-target}
 case "$target" in /*) ;; *) target="$root/$target" ;; esac
@@ -145,6 +123,6 @@ for release in "${releases[@]}"; do
     cargo test --workspace --features openssl-dtls/tokio --target-dir "$dir/target" --no-fail-fast \
     "${tests[@]}" -- "${skip_args[@]}"
   echo "openssl-versions: OpenSSL ${version#*+}: skipped (known failures, see the script):" \
-    "${skipped[*]}"
+    "${skipped[*]:-none}"
   echo "openssl-versions: OpenSSL ${version#*+}: tests passed in $(($(date +%s) - start)) s"
 done

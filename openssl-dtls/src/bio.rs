@@ -49,9 +49,9 @@ pub(crate) struct BioState {
     /// A datagram lent for the duration of one feed instead of copied into `inbound`
     /// ([`crate::ffi::bio::with_lent_inbound`]); read in place by the BIO's read callback.
     pub(crate) lent: Option<(*const u8, usize)>,
-    /// The records queued by [`set_inbound_records`](Self::set_inbound_records) include an
-    /// epoch-1 handshake record (a peer's Finished).
-    pub(crate) inbound_has_epoch1_handshake: bool,
+    /// The longest epoch-1 handshake record (a peer's Finished, or a fragment of it) among the
+    /// records queued by [`set_inbound_records`](Self::set_inbound_records), in bytes; 0 if none.
+    pub(crate) inbound_epoch1_handshake_len: usize,
     /// Datagrams OpenSSL wrote, oldest first.
     outbound: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
@@ -74,6 +74,12 @@ pub(crate) struct BioState {
     /// The next sequence number of an epoch-0 record we would send (from the headers of the
     /// epoch-0 records OpenSSL wrote), for an alert we write ourselves.
     pub epoch0_next_seq: u64,
+    /// Set by the listener when `DTLSv1_listen` accepted a ClientHello: that record's sequence
+    /// number, where our epoch-0 records continue (see [`write`](Self::write)). Taken by the
+    /// first epoch-0 record OpenSSL writes, which fixes [`epoch0_shift`](Self::epoch0_shift).
+    pub(crate) epoch0_continue_from: Option<u64>,
+    /// Added to the sequence number of every epoch-0 record OpenSSL writes (0: none).
+    epoch0_shift: u64,
     /// Track [`epoch1_next_seq`](Self::epoch1_next_seq) (compact mode only: it costs a header
     /// parse per outgoing datagram).
     pub track_epoch1: bool,
@@ -94,7 +100,7 @@ impl BioState {
         BioState {
             inbound: Vec::new(),
             lent: None,
-            inbound_has_epoch1_handshake: false,
+            inbound_epoch1_handshake_len: 0,
             inbound_ready: false,
             outbound: VecDeque::new(),
             spare: Vec::new(),
@@ -109,6 +115,8 @@ impl BioState {
             alert_sent: None,
             peek: false,
             epoch0_next_seq: 0,
+            epoch0_continue_from: None,
+            epoch0_shift: 0,
             track_epoch1: false,
             epoch1_next_seq: 0,
             epoch1_last_explicit: None,
@@ -125,17 +133,20 @@ impl BioState {
     }
 
     /// Queues `records` (views into one datagram), back to back, as the next thing OpenSSL reads:
-    /// the records a filter kept. Notes whether an epoch-1 handshake record is among them.
+    /// the records a filter kept. Notes the longest epoch-1 handshake record among them.
     pub fn set_inbound_records<'a>(
         &mut self,
         records: impl Iterator<Item = crate::wire::RecordHeader<'a>>,
     ) {
         self.lent = None;
         self.inbound.clear();
-        self.inbound_has_epoch1_handshake = false;
+        self.inbound_epoch1_handshake_len = 0;
         for record in records {
-            self.inbound_has_epoch1_handshake |=
-                record.epoch() == 1 && record.content_type() == crate::wire::ContentType::Handshake;
+            if record.epoch() == 1 && record.content_type() == crate::wire::ContentType::Handshake {
+                self.inbound_epoch1_handshake_len = self
+                    .inbound_epoch1_handshake_len
+                    .max(record.fragment().len());
+            }
             self.inbound.extend_from_slice(record.bytes());
         }
         self.inbound_ready = !self.inbound.is_empty();
@@ -180,12 +191,63 @@ impl BioState {
         self.outbound.len()
     }
 
-    /// Queues a datagram we made ourselves (not OpenSSL).
+    /// Queues a datagram we made ourselves (not OpenSSL): numbered already, from
+    /// [`epoch0_next_seq`](Self::epoch0_next_seq), so never shifted.
     pub fn push_outbound(&mut self, data: &[u8]) {
-        self.write(data);
+        self.write_records(data);
     }
 
+    /// Queues what OpenSSL wrote (one or more records, or a datagram we made).
+    ///
+    /// After `DTLSv1_listen`, OpenSSL 3.0 numbers the server's epoch-0 records from the accepted
+    /// ClientHello's record sequence number; 3.5 and later (seen in 3.5, 3.6 and 4.0: the record
+    /// layer was rewritten in 3.2) from 1, whatever the ClientHello's. A client whose retransmitted ClientHellos each meet a fresh,
+    /// stateless server `SSL` then gets the same record numbers again, handshake after handshake:
+    /// GnuTLS discards a refusal alert numbered like one it already saw, and retransmits until its
+    /// own timeout. So epoch-0 records continue from the ClientHello's number on every version, as
+    /// 3.0 does (RFC 6347 §4.2.1 asks the same of the HelloVerifyRequest, for the same reason):
+    /// plaintext records, whose numbers nothing authenticates.
     pub(crate) fn write(&mut self, data: &[u8]) {
+        if data.get(3..5) == Some(&[0, 0])
+            && (self.epoch0_continue_from.is_some() || self.epoch0_shift != 0)
+            && is_record_sequence(data)
+        {
+            let mut patched = self.spare.pop().unwrap_or_default();
+            patched.clear();
+            patched.extend_from_slice(data);
+            self.shift_epoch0(&mut patched);
+            self.write_records(&patched);
+            recycle_into(&mut self.spare, patched);
+            return;
+        }
+        self.write_records(data);
+    }
+
+    /// Adds [`epoch0_shift`](Self::epoch0_shift) to the sequence number of each epoch-0 record
+    /// of `records` (whole records back to back), fixing the shift at the first one if the
+    /// listener left a number to continue from. A number that would leave 48 bits stays.
+    fn shift_epoch0(&mut self, records: &mut [u8]) {
+        const SEQ_LIMIT: u64 = 1 << 48;
+        let mut at = 0;
+        while let Some(header) = records.get_mut(at..at + crate::wire::RECORD_HEADER_LEN) {
+            let len = usize::from(u16::from_be_bytes([header[11], header[12]]));
+            if header[3..5] == [0, 0] {
+                let mut seq = [0u8; 8];
+                seq[2..].copy_from_slice(&header[5..11]);
+                let seq = u64::from_be_bytes(seq);
+                if let Some(from) = self.epoch0_continue_from.take() {
+                    self.epoch0_shift = from.saturating_sub(seq);
+                }
+                let shifted = seq + self.epoch0_shift;
+                if shifted < SEQ_LIMIT {
+                    header[5..11].copy_from_slice(&shifted.to_be_bytes()[2..]);
+                }
+            }
+            at += crate::wire::RECORD_HEADER_LEN + len;
+        }
+    }
+
+    fn write_records(&mut self, data: &[u8]) {
         // Epoch-0 records only occur during the handshake: established traffic skips this scan
         // unless compact mode needs the epoch-1 write sequence.
         if data.get(3..5) == Some(&[0, 0]) || self.track_epoch1 {
@@ -378,6 +440,65 @@ mod tests {
             r[13] = 1; // msg_type client_hello
         }
         r
+    }
+
+    /// `record` numbered `seq`.
+    fn numbered(epoch: u8, seq: u64, len: usize) -> Vec<u8> {
+        let mut r = record(epoch, len, false);
+        r[5..11].copy_from_slice(&seq.to_be_bytes()[2..]);
+        r
+    }
+
+    /// The (epoch, sequence number) of each record of each queued datagram.
+    fn queued_numbers(s: &mut BioState) -> Vec<Vec<(u16, u64)>> {
+        let mut out = [0u8; 2048];
+        let mut all = Vec::new();
+        while let Some(n) = s.pop_outbound(&mut out) {
+            let records = crate::wire::records(&out[..n]).flatten();
+            all.push(records.map(|r| (r.epoch(), r.sequence())).collect());
+        }
+        all
+    }
+
+    #[test]
+    fn after_listen_epoch0_records_continue_from_the_client_hellos_number() {
+        // OpenSSL 3.2 and later: the first record after DTLSv1_listen is number 1; the accepted
+        // ClientHello was number 4 (its fourth retransmission).
+        let mut s = state();
+        s.epoch0_continue_from = Some(4);
+        s.write(&numbered(0, 1, 10));
+        s.write(&[numbered(0, 2, 10), numbered(0, 3, 1), numbered(1, 0, 30)].concat());
+        s.write(&numbered(1, 1, 30)); // established traffic: untouched
+        assert_eq!(
+            queued_numbers(&mut s),
+            [vec![(0, 4)], vec![(0, 5), (0, 6), (1, 0)], vec![(1, 1)]]
+        );
+        // Our own alert is numbered from what went out, and not shifted again.
+        assert_eq!(s.epoch0_next_seq, 7);
+        s.push_outbound(&crate::wire::plaintext_alert(
+            0xFEFD,
+            s.epoch0_next_seq,
+            2,
+            51,
+        ));
+        assert_eq!(queued_numbers(&mut s), [vec![(0, 7)]]);
+
+        // OpenSSL 3.0 numbers from the ClientHello's itself: nothing to shift.
+        let mut s = state();
+        s.epoch0_continue_from = Some(4);
+        s.write(&numbered(0, 4, 10));
+        s.write(&numbered(0, 5, 10));
+        assert_eq!(queued_numbers(&mut s), [vec![(0, 4)], vec![(0, 5)]]);
+
+        // A number that would leave 48 bits stays as it is.
+        let mut s = state();
+        s.epoch0_continue_from = Some((1 << 48) - 1);
+        s.write(&numbered(0, 1, 10));
+        s.write(&numbered(0, 2, 10));
+        assert_eq!(
+            queued_numbers(&mut s),
+            [vec![(0, (1 << 48) - 1)], vec![(0, 2)]]
+        );
     }
 
     fn queued_lengths(s: &mut BioState) -> Vec<usize> {

@@ -92,6 +92,11 @@ impl Listener {
         let st = self.bio_mut();
         st.clear_inbound();
         if r == 1 {
+            // Our epoch-0 records continue from the ClientHello's number (BioState::write).
+            st.epoch0_continue_from = crate::wire::records(datagram)
+                .next()
+                .and_then(|r| r.ok())
+                .map(|r| r.sequence());
             return ListenOutcome::Verified;
         }
         if r < 0 {

@@ -109,6 +109,21 @@ pub(super) fn min_protected_len(cipher: &str) -> u8 {
     }
 }
 
+/// The plaintext of a whole Finished message: the 12-byte DTLS handshake header and 12 bytes of
+/// `verify_data` (RFC 5246 §7.4.9; the length of every DTLS 1.2 suite).
+pub(super) const FINISHED_PLAINTEXT_LEN: usize = 12 + 12;
+
+/// Whether an epoch-1 handshake record whose fragment is `len` bytes long can hold a whole
+/// Finished message under a suite whose protected records are `min` bytes longer than their
+/// plaintext ([`min_protected_len`]: exact for the AEAD suites). A shorter one is a fragment of
+/// it (OpenSSL 3.5 and later split a Finished that does not fit the rest of a datagram), which
+/// OpenSSL keeps until the rest arrives: not judged. Never under CBC suites (`min` 0): their
+/// padding and MAC hide whether a record holds all 24 bytes, so a wrong key there shows as a
+/// handshake timeout rather than an early `decrypt_error`.
+pub(super) fn holds_whole_finished(len: usize, min: u8) -> bool {
+    min > 0 && len >= usize::from(min) + FINISHED_PLAINTEXT_LEN
+}
+
 /// What one pass over a datagram's records tells the session before anything reaches OpenSSL.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Shape {
@@ -164,6 +179,24 @@ mod tests {
         assert_eq!(min_protected_len("PSK-AES256-CCM"), 24);
         assert_eq!(min_protected_len("ECDHE-ECDSA-AES128-GCM-SHA256"), 24);
         assert_eq!(min_protected_len("PSK-AES128-CBC-SHA256"), 0);
+    }
+
+    #[test]
+    fn a_finished_fragment_is_not_judged_as_a_whole_finished() {
+        let gcm = min_protected_len("ECDHE-ECDSA-AES128-GCM-SHA256");
+        let ccm8 = min_protected_len("PSK-AES128-CCM8");
+        // A whole Finished: 24 bytes of plaintext plus nonce and tag.
+        assert!(holds_whole_finished(48, gcm));
+        assert!(holds_whole_finished(40, ccm8));
+        // OpenSSL 3.5's split Finished at MTU 256: 15 and 21 bytes of plaintext.
+        assert!(!holds_whole_finished(39, gcm));
+        assert!(!holds_whole_finished(45, gcm));
+        assert!(!holds_whole_finished(39, ccm8));
+        // CBC: never judged.
+        assert!(!holds_whole_finished(
+            64,
+            min_protected_len("PSK-AES128-CBC-SHA256")
+        ));
     }
 
     #[test]

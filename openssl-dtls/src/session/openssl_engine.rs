@@ -135,18 +135,30 @@ impl Session {
             st.clear_inbound();
             return; // everything was screened out: OpenSSL has nothing to read
         }
-        st.coalesce = true; // a retransmitted Finished makes OpenSSL retransmit its flight
-                            // A server mid-handshake: whether OpenSSL is given an epoch-1 handshake record (the
-                            // peer's Finished), from the parse's views or the filter's note of what it kept.
-        let fed_finished = self.role == Role::Server
-            && handshaking
-            && if lend {
+        // A retransmitted Finished makes OpenSSL retransmit its flight.
+        st.coalesce = true;
+        // A server mid-handshake: whether OpenSSL is given an epoch-1 handshake record that can
+        // hold the peer's whole Finished (not a fragment of it, see `holds_whole_finished`),
+        // from the parse's views or the filter's note of what it kept.
+        let fed_finished = self.role == Role::Server && handshaking && {
+            let longest = if lend {
                 parsed
                     .records()
-                    .any(|r| r.epoch() == 1 && r.content_type() == ContentType::Handshake)
+                    .filter(|r| r.epoch() == 1 && r.content_type() == ContentType::Handshake)
+                    .map(|r| r.fragment().len())
+                    .max()
+                    .unwrap_or(0)
             } else {
-                self.bio_ref().inbound_has_epoch1_handshake
+                self.bio_ref().inbound_epoch1_handshake_len
             };
+            // Under the suite being negotiated (the session's own is set only with our
+            // ChangeCipherSpec).
+            longest > 0
+                && holds_whole_finished(
+                    longest,
+                    ssl::pending_cipher_name(&self.openssl().ssl).map_or(0, min_protected_len),
+                )
+        };
         let before = (self.state, self.handshake_state());
         if lend {
             let bio = self.openssl().bio;
@@ -262,11 +274,14 @@ impl Session {
     }
 
     /// A server that has read the client's ChangeCipherSpec (`TLS_ST_SR_CHANGE`) can receive
-    /// only one epoch-1 record before it sends its own Finished: the client's Finished. If one
-    /// arrived and the state did not advance, OpenSSL dropped it as unauthenticated (RFC 6347
-    /// §4.1.2.7): the two sides derived different keys, which with PSK means a wrong key. Rather
-    /// than wait out every retransmission, fail now with `decrypt_error` and tell the client in
-    /// the clear (our write epoch is still 0), as TLS would (RFC 5246 §7.4.9).
+    /// only one epoch-1 handshake message before it sends its own Finished: the client's
+    /// Finished. If a record that can hold it whole arrived (the caller checks with
+    /// [`holds_whole_finished`]: at small MTUs OpenSSL 3.5 and later split the Finished over two
+    /// records, and the first alone does not complete it) and the state did not advance,
+    /// OpenSSL dropped it as unauthenticated (RFC 6347 §4.1.2.7): the two sides derived
+    /// different keys, which with PSK means a wrong key. Rather than wait out every
+    /// retransmission, fail now with `decrypt_error` and tell the client in the clear (our write
+    /// epoch is still 0), as TLS would (RFC 5246 §7.4.9).
     pub(super) fn check_finished_authenticated(&mut self) {
         if ssl::state(&self.openssl().ssl) != dffi::TLS_ST_SR_CHANGE {
             return;
