@@ -720,7 +720,7 @@ impl Endpoint {
         Some(ConnectionStats {
             session: p.session.stats(),
             last_activity: p.last_activity,
-            handshake_duration: p.session.handshake_facts().map(|f| f.duration()),
+            handshake_duration: p.session.handshake_duration(),
         })
     }
 

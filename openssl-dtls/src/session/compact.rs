@@ -590,19 +590,16 @@ impl Session {
             }
             _ => return None,
         };
-        let facts = HandshakeFacts {
+        let common = CommonFacts {
             version: "DTLSv1.2",
             cipher: Some(cipher),
             cipher_standard_name,
-            psk_identity,
-            peer_certificate: None,
             alpn,
             server_name,
             resumed,
             srtp_profile: None,
-            started: now,
-            completed: now,
         };
+        let facts = KeptFacts::new(common, psk_identity, None, std::time::Duration::ZERO);
         let compact = Box::new(Compact {
             layer,
             outbound: record::Queue::default(),
@@ -610,7 +607,7 @@ impl Session {
         });
         Some(Session {
             engine: Engine::Compact(compact, None),
-            facts: Some(std::sync::Arc::new(facts)),
+            facts: Some(facts),
             hs: None,
             role,
             state: SessionState::Established,

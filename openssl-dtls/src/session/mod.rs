@@ -50,7 +50,7 @@ use crate::ffi::ssl;
 use crate::plaintext::{self, Screen};
 use crate::record::{self, OpenError, RecordLayer, SealError};
 pub use crate::session::engine::HandshakeFacts;
-use crate::session::engine::{Compact, Engine, OpenSsl};
+use crate::session::engine::{CommonFacts, Compact, Engine, KeptFacts, OpenSsl};
 use crate::wire::{ContentType, Parsed, RecordHeader};
 
 mod cid;
@@ -102,7 +102,8 @@ pub struct Session {
     /// The record layer in use and the `SSL` while it exists: see [`engine`].
     engine: Engine,
     /// What the handshake established, from its completion on.
-    facts: Option<std::sync::Arc<HandshakeFacts>>,
+    /// (Kept compactly: see [`KeptFacts`].)
+    facts: Option<KeptFacts>,
     /// What only the handshake and the `SSL` need: from the session's start until the compact
     /// hand-off frees the `SSL` (an idle compact connection pays a pointer for it).
     hs: Option<Box<Handshake>>,

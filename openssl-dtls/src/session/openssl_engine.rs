@@ -386,11 +386,7 @@ impl Session {
     pub(super) fn on_established(&mut self, now: Instant) {
         self.cid_check(); // the last look at the connection_id extension
         self.state = SessionState::Established;
-        self.facts = Some(std::sync::Arc::new(HandshakeFacts::of(
-            &self.openssl().ssl,
-            self.started,
-            now,
-        )));
+        self.facts = Some(KeptFacts::of(&self.openssl().ssl, self.started, now));
         self.min_protected_len = self.cipher().map_or(0, min_protected_len);
         self.data_mtu = u16::try_from(ssl::data_mtu(&self.openssl().ssl)).unwrap_or(u16::MAX);
         log::debug!(
