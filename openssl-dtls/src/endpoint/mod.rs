@@ -107,8 +107,11 @@ pub struct Endpoint {
     shard: Option<u8>,
     /// The id the next session gets.
     next_id: ConnectionId,
-    /// Deadlines, earliest first: (when, connection id, address); stale entries are skipped.
-    timers: BinaryHeap<Reverse<(Instant, ConnectionId, SocketAddr)>>,
+    /// Deadlines, earliest first: (when, the peer's handle in `peers`); an entry is stale, and
+    /// skipped, unless the peer in that slot is scheduled at that very instant (a peer that
+    /// left, moved or was replaced is not; a new peer in a reused slot that is has its deadline
+    /// then anyway). 24 bytes an entry.
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
     /// Peers with datagrams to send, in turn order.
     ready: VecDeque<SocketAddr>,
     /// Stateless replies (HelloVerifyRequests, refusal alerts) waiting to be sent.
@@ -483,24 +486,27 @@ impl Endpoint {
     /// When [`handle_timeout`](Self::handle_timeout) should be called next. May be early (a
     /// deadline that moved later); never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _, _))| *at)
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Handles every deadline up to `now`: retransmissions, handshake deadlines (reaped),
     /// idle timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
-        while let Some(&Reverse((at, id, addr))) = self.timers.peek() {
+        while let Some(&Reverse((at, handle))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            let Some(p) = self.peers.get_mut(&addr) else {
+            let Some(p) = self.peers.by_handle_mut(handle) else {
                 continue;
             };
-            if p.id != id || p.scheduled != Some(at) {
+            if p.scheduled != Some(at) {
                 continue;
             }
+            let Some(addr) = p.session.peer_addr() else {
+                continue; // never: the table keeps every peer's address in its session
+            };
             p.scheduled = None;
             if p.session.is_established() {
                 if let Some(idle) = self.config.idle_timeout {

@@ -51,15 +51,31 @@ pub(super) struct Peer {
 /// Peers per slab chunk of [`PeerTable`].
 const CHUNK: usize = 256;
 
+/// An empty bucket of [`PeerTable`]'s address index.
+const EMPTY: u64 = u64::MAX;
+
 /// The endpoint's peers by address: a slab of [`Peer`]s in fixed chunks, indexed by a `u32`
-/// handle, and an address map that holds only the handle. A lookup is one hash probe and one
-/// index (O(1), no allocation); the map's buckets stay small (address and handle), and the slab
-/// grows by one chunk of [`CHUNK`] peers at a time, never copying the peers it holds (no
-/// doubling: at most one partly used chunk). Freed slots are reused; chunks are kept (the table
-/// is bounded by the endpoint's connection limits).
+/// handle, and an address index of 8-byte buckets, each a handle and 32 bits of its address's
+/// hash; the address itself is the one its session holds
+/// ([`Session::peer_addr`](crate::Session::peer_addr), which [`insert`](Self::insert) sets).
+///
+/// A lookup is one hash, a linear probe over the buckets (comparing the stored hash bits
+/// first) and one index into the slab to compare the address: O(1), no allocation. The index is
+/// kept at most 3/4 full and deletes shift the buckets after them back (no tombstones), so
+/// probes stay short; it grows by doubling (not per datagram: only when a peer is added). The
+/// slab grows by one chunk of [`CHUNK`] peers at a time, never copying the peers it holds.
+/// Freed slots are reused; chunks are kept (the table is bounded by the endpoint's connection
+/// limits). Per peer at a million: the slot and ≈ 8.4 bytes of index (a `HashMap<SocketAddr,
+/// u32>` took ≈ 78).
 #[derive(Default)]
 pub(super) struct PeerTable {
-    index: HashMap<SocketAddr, u32>,
+    /// Buckets: `EMPTY`, or `handle << 32 | hash bits`; a power of two in number (or none).
+    index: Vec<u64>,
+    /// Peers in the table.
+    len: usize,
+    /// Keys the address hash (SipHash with a random key, as `HashMap`: peers choose their
+    /// addresses, so their collisions must not be predictable).
+    hasher: std::collections::hash_map::RandomState,
     chunks: Vec<Box<[Option<Peer>]>>,
     /// Handles of empty slots, reused first.
     free: Vec<u32>,
@@ -76,75 +92,176 @@ impl PeerTable {
         &mut self.chunks[h / CHUNK][h % CHUNK]
     }
 
+    /// The low 32 bits of `addr`'s keyed hash.
+    fn hash(&self, addr: &SocketAddr) -> u32 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(addr) as u32
+    }
+
+    /// The bucket and handle of the peer at `addr`.
+    fn find(&self, addr: &SocketAddr) -> Option<(usize, u32)> {
+        if self.index.is_empty() {
+            return None;
+        }
+        let hash = self.hash(addr);
+        let mask = self.index.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let b = self.index[i];
+            if b == EMPTY {
+                return None;
+            }
+            let h = (b >> 32) as u32;
+            if b as u32 == hash
+                && self
+                    .slot(h)
+                    .as_ref()
+                    .is_some_and(|p| p.session.peer_addr() == Some(*addr))
+            {
+                return Some((i, h));
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Puts bucket `b` into `index` (which has an empty bucket).
+    fn place(index: &mut [u64], b: u64) {
+        let mask = index.len() - 1;
+        let mut i = b as u32 as usize & mask;
+        while index[i] != EMPTY {
+            i = (i + 1) & mask;
+        }
+        index[i] = b;
+    }
+
+    /// Makes room for one more bucket (at most 3/4 of the index in use).
+    fn reserve_one(&mut self) {
+        if (self.len + 1) * 4 <= self.index.len() * 3 {
+            return;
+        }
+        let mut index = vec![EMPTY; (self.index.len() * 2).max(16)];
+        for &b in self.index.iter().filter(|&&b| b != EMPTY) {
+            Self::place(&mut index, b);
+        }
+        self.index = index;
+    }
+
+    /// Empties bucket `i`, shifting back the buckets of its probe run that may move.
+    fn unplace(&mut self, mut i: usize) {
+        let mask = self.index.len() - 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let b = self.index[j];
+            if b == EMPTY {
+                break;
+            }
+            let home = b as u32 as usize & mask;
+            // `b` may fill the hole at `i` if its home is not cyclically within (i, j].
+            let between = if i <= j {
+                i < home && home <= j
+            } else {
+                i < home || home <= j
+            };
+            if !between {
+                self.index[i] = b;
+                i = j;
+            }
+        }
+        self.index[i] = EMPTY;
+    }
+
+    /// The handle of the peer at `addr` (its place in the slab while it stays in the table).
+    pub(super) fn handle(&self, addr: &SocketAddr) -> Option<u32> {
+        self.find(addr).map(|(_, h)| h)
+    }
+
+    /// The peer with handle `h`, if its slot holds one.
+    pub(super) fn by_handle_mut(&mut self, h: u32) -> Option<&mut Peer> {
+        let h = h as usize;
+        self.chunks.get_mut(h / CHUNK)?[h % CHUNK].as_mut()
+    }
+
     /// The peer at `addr`.
     pub(super) fn get(&self, addr: &SocketAddr) -> Option<&Peer> {
-        let h = *self.index.get(addr)?;
+        let (_, h) = self.find(addr)?;
         self.slot(h).as_ref()
     }
 
-    /// The peer at `addr`, to change.
+    /// The peer at `addr`, to change. (Its session's address must stay `addr`: a peer moves
+    /// by [`remove`](Self::remove) and [`insert`](Self::insert).)
     pub(super) fn get_mut(&mut self, addr: &SocketAddr) -> Option<&mut Peer> {
-        let h = *self.index.get(addr)?;
+        let (_, h) = self.find(addr)?;
         self.slot_mut(h).as_mut()
     }
 
     /// Whether a peer is at `addr`.
     pub(super) fn contains_key(&self, addr: &SocketAddr) -> bool {
-        self.index.contains_key(addr)
+        self.find(addr).is_some()
     }
 
-    /// Puts `peer` at `addr`, returning the one it replaces.
-    pub(super) fn insert(&mut self, addr: SocketAddr, peer: Peer) -> Option<Peer> {
-        if let Some(&h) = self.index.get(&addr) {
+    /// Puts `peer` at `addr` (setting its session's address to `addr`), returning the one it
+    /// replaces.
+    pub(super) fn insert(&mut self, addr: SocketAddr, mut peer: Peer) -> Option<Peer> {
+        if peer.session.peer_addr() != Some(addr) {
+            peer.session.set_peer_addr(addr);
+        }
+        if let Some((_, h)) = self.find(&addr) {
             return self.slot_mut(h).replace(peer);
         }
         let h = match self.free.pop() {
             Some(h) => h,
             None => {
                 let h = u32::try_from(self.chunks.len() * CHUNK)
+                    .ok()
+                    .filter(|h| h.checked_add(CHUNK as u32).is_some())
                     .expect("fewer than 2^32 peers (bounded by max_connections)");
                 self.chunks.push((0..CHUNK).map(|_| None).collect());
                 self.free.extend((h + 1..h + CHUNK as u32).rev());
                 h
             }
         };
+        let hash = self.hash(&addr);
         *self.slot_mut(h) = Some(peer);
-        self.index.insert(addr, h);
+        self.reserve_one();
+        Self::place(&mut self.index, u64::from(h) << 32 | u64::from(hash));
+        self.len += 1;
         None
     }
 
     /// Takes the peer at `addr` out; its slot is reused.
     pub(super) fn remove(&mut self, addr: &SocketAddr) -> Option<Peer> {
-        let h = self.index.remove(addr)?;
+        let (i, h) = self.find(addr)?;
+        self.unplace(i);
+        self.len -= 1;
         self.free.push(h);
         self.slot_mut(h).take()
     }
 
     /// The addresses with a peer.
     pub(super) fn keys(&self) -> impl Iterator<Item = &SocketAddr> {
-        self.index.keys()
+        self.iter().map(|(a, _)| a)
     }
 
     /// The peers.
     pub(super) fn values(&self) -> impl Iterator<Item = &Peer> {
-        self.iter().map(|(_, p)| p)
+        self.chunks.iter().flat_map(|c| c.iter().flatten())
     }
 
     /// The peers with their addresses.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&SocketAddr, &Peer)> {
-        self.index
-            .iter()
-            .filter_map(|(a, &h)| self.slot(h).as_ref().map(|p| (a, p)))
+        self.values()
+            .filter_map(|p| p.session.peer_addr_ref().map(|a| (a, p)))
     }
 
     /// Number of peers.
     pub(super) fn len(&self) -> usize {
-        self.index.len()
+        self.len
     }
 
     /// Whether there is no peer.
     pub(super) fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.len == 0
     }
 }
 
@@ -229,7 +346,10 @@ impl Endpoint {
     /// Brings a peer's bookkeeping up to date after anything touched its session(s): events,
     /// counters, transmit readiness, timers, removal.
     pub(super) fn settle(&mut self, addr: SocketAddr, now: Instant) {
-        let Some(p) = self.peers.get_mut(&addr) else {
+        let Some(handle) = self.peers.handle(&addr) else {
+            return;
+        };
+        let Some(p) = self.peers.by_handle_mut(handle) else {
             return;
         };
         // A handshake accepted after the cookie and not checked out: its first step, inline.
@@ -357,7 +477,7 @@ impl Endpoint {
             let at = at.max(now + Duration::from_millis(1));
             if p.scheduled.is_none_or(|s| at < s) {
                 p.scheduled = Some(at);
-                self.timers.push(Reverse((at, p.id, addr)));
+                self.timers.push(Reverse((at, handle)));
             }
         }
         let removable = p.terminal()
@@ -433,5 +553,97 @@ impl HandshakeCount {
                 self.per_ip.remove(&ip);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use super::{Peer, PeerTable};
+    use crate::context::DtlsServerContext;
+
+    fn peer(ctx: &DtlsServerContext, id: u64, now: Instant) -> Peer {
+        Peer {
+            id,
+            session: ctx.new_session(now).unwrap(),
+            replacement: None,
+            connected_emitted: false,
+            compact_counted: false,
+            closed_emitted: false,
+            readable_signaled: false,
+            in_ready: false,
+            counted_handshake: false,
+            last_activity: now,
+            scheduled: None,
+            released: false,
+            unconfirmed: false,
+        }
+    }
+
+    fn addr(i: u64) -> SocketAddr {
+        if i % 2 == 0 {
+            SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 5684))
+        } else {
+            SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, (i >> 16) as u16, i as u16], 5684))
+        }
+    }
+
+    /// Inserts, removals (which shift probe runs back) and reinserts against a `HashMap`: every
+    /// address finds its own peer, never another's, and a reused handle names the new peer.
+    #[test]
+    fn the_address_index_finds_each_peer_through_removals_and_slot_reuse() {
+        let now = Instant::now();
+        let ctx = DtlsServerContext::builder()
+            .psk_key_store(|_| Some(b"k".to_vec()))
+            .build()
+            .unwrap();
+        let mut table = PeerTable::default();
+        let mut model: HashMap<SocketAddr, u64> = HashMap::new();
+        let mut next = 0u64;
+        for round in 0..3u64 {
+            for _ in 0..700 {
+                let a = addr(next);
+                assert!(table.insert(a, peer(&ctx, next, now)).is_none());
+                model.insert(a, next);
+                next += 1;
+            }
+            // Remove about a third, spread over the table.
+            let gone: Vec<SocketAddr> = model
+                .keys()
+                .copied()
+                .filter(|a| table.get(a).unwrap().id % 3 == round)
+                .collect();
+            for a in gone {
+                let h = table.handle(&a).unwrap();
+                let p = table.remove(&a).unwrap();
+                assert_eq!(Some(p.id), model.remove(&a));
+                assert!(table.get(&a).is_none() && table.by_handle_mut(h).is_none());
+            }
+            assert_eq!(table.len(), model.len());
+            for (a, id) in &model {
+                assert_eq!(table.get(a).map(|p| p.id), Some(*id), "{a}");
+                let h = table.handle(a).unwrap();
+                assert_eq!(table.by_handle_mut(h).unwrap().id, *id);
+            }
+            assert_eq!(table.iter().count(), model.len());
+            assert!(table.iter().all(|(a, p)| model.get(a) == Some(&p.id)));
+        }
+        // A freed slot is reused: the handle then names the new peer, at its own address.
+        let a = *model.keys().next().unwrap();
+        let h = table.handle(&a).unwrap();
+        table.remove(&a).unwrap();
+        let b = addr(1 << 20);
+        table.insert(b, peer(&ctx, 99_999, now));
+        assert_eq!(table.handle(&b), Some(h), "the last freed slot first");
+        let p = table.by_handle_mut(h).unwrap();
+        assert_eq!((p.id, p.session.peer_addr()), (99_999, Some(b)));
+        assert!(table.get(&a).is_none());
+        // Replacing the peer at an address keeps its handle.
+        let old = table.insert(b, peer(&ctx, 100_000, now)).unwrap();
+        assert_eq!(old.id, 99_999);
+        assert_eq!(table.handle(&b), Some(h));
     }
 }

@@ -153,6 +153,11 @@ impl Session {
         self.peer
     }
 
+    /// The peer's address, borrowed (the endpoint's peer table keys its entries by it).
+    pub(crate) fn peer_addr_ref(&self) -> Option<&SocketAddr> {
+        self.peer.as_ref()
+    }
+
     /// Records the peer's address (used in logs and by the cookie callbacks).
     pub fn set_peer_addr(&mut self, peer: SocketAddr) {
         self.peer = Some(peer);
