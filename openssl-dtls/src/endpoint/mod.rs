@@ -110,8 +110,10 @@ pub struct Endpoint {
     /// Deadlines, earliest first: (when, the peer's handle in `peers`); an entry is stale, and
     /// skipped, unless the peer in that slot is scheduled at that very instant (a peer that
     /// left, moved or was replaced is not; a new peer in a reused slot that is has its deadline
-    /// then anyway). 24 bytes an entry.
-    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// then anyway).
+    timers: BinaryHeap<Reverse<peer::TimerEntry>>,
+    /// What the timers' [`Deadline`](peer::Deadline)s count from: the first `now` given.
+    epoch: Option<Instant>,
     /// Peers with datagrams to send, in turn order.
     ready: VecDeque<SocketAddr>,
     /// Stateless replies (HelloVerifyRequests, refusal alerts) waiting to be sent.
@@ -192,6 +194,7 @@ impl Endpoint {
             shard: None,
             next_id: 1,
             timers: BinaryHeap::new(),
+            epoch: None,
             ready: VecDeque::new(),
             replies: VecDeque::new(),
             spare_replies: Vec::new(),
@@ -219,6 +222,7 @@ impl Endpoint {
     fn tick(&mut self, now: Instant) -> Instant {
         let now = self.now.map_or(now, |t| t.max(now));
         self.now = Some(now);
+        self.epoch.get_or_insert(now);
         now
     }
 
@@ -486,15 +490,18 @@ impl Endpoint {
     /// When [`handle_timeout`](Self::handle_timeout) should be called next. May be early (a
     /// deadline that moved later); never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let epoch = self.epoch?;
+        self.timers.peek().map(|Reverse(t)| t.at().instant(epoch))
     }
 
     /// Handles every deadline up to `now`: retransmissions, handshake deadlines (reaped),
     /// idle timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
-        while let Some(&Reverse((at, handle))) = self.timers.peek() {
-            if at > now {
+        let due = peer::Deadline::of(&mut self.epoch, now);
+        while let Some(&Reverse(entry)) = self.timers.peek() {
+            let (at, handle) = (entry.at(), entry.handle);
+            if at > due {
                 break;
             }
             self.timers.pop();

@@ -7,6 +7,7 @@
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use super::events::report_handshake_failure;
@@ -40,12 +41,57 @@ pub(super) struct Peer {
     /// When the session last received authenticated input.
     pub(super) last_activity: Instant,
     /// The deadline of this peer's live entry in the timer heap.
-    pub(super) scheduled: Option<Instant>,
+    pub(super) scheduled: Option<Deadline>,
     /// The application no longer holds a handle: drop queued data, remove when done.
     pub(super) released: bool,
     /// Moved by its Connection ID to an address that has not answered yet: what may be sent
     /// there is in the endpoint's `moved` table (see `endpoint::cid`).
     pub(super) unconfirmed: bool,
+}
+
+/// A timer deadline as the endpoint keeps it: nanoseconds since the endpoint's epoch (the
+/// first `now` it was given), plus one. 8 bytes where an `Option<Instant>` takes 16; exact
+/// (an `Instant` and back gives the same `Instant`) for every instant from the epoch on, and
+/// an earlier one counts as the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Deadline(NonZeroU64);
+
+impl Deadline {
+    /// `at`, against `epoch` (set to `at` if there is none yet).
+    pub(super) fn of(epoch: &mut Option<Instant>, at: Instant) -> Deadline {
+        let epoch = *epoch.get_or_insert(at);
+        let nanos =
+            u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
+        Deadline(NonZeroU64::MIN.saturating_add(nanos))
+    }
+
+    /// The instant, against the `epoch` it was made with.
+    pub(super) fn instant(self, epoch: Instant) -> Instant {
+        epoch + Duration::from_nanos(self.0.get() - 1)
+    }
+}
+
+/// An entry of the endpoint's timer heap: a [`Deadline`] (its bits, high word first, so that the
+/// derived order is the deadline's) and the handle of a peer in the [`PeerTable`]. 12 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct TimerEntry {
+    at: [u32; 2],
+    pub(super) handle: u32,
+}
+
+impl TimerEntry {
+    pub(super) fn new(at: Deadline, handle: u32) -> TimerEntry {
+        let bits = at.0.get();
+        TimerEntry {
+            at: [(bits >> 32) as u32, bits as u32],
+            handle,
+        }
+    }
+
+    pub(super) fn at(&self) -> Deadline {
+        let bits = u64::from(self.at[0]) << 32 | u64::from(self.at[1]);
+        Deadline(NonZeroU64::new(bits).unwrap_or(NonZeroU64::MIN))
+    }
 }
 
 /// Peers per slab chunk of [`PeerTable`].
@@ -474,10 +520,10 @@ impl Endpoint {
         if let Some(at) = next {
             // A deadline at or before `now` that survived the handling above is retried no
             // sooner than a millisecond later, so a timer that does not advance cannot spin.
-            let at = at.max(now + Duration::from_millis(1));
+            let at = Deadline::of(&mut self.epoch, at.max(now + Duration::from_millis(1)));
             if p.scheduled.is_none_or(|s| at < s) {
                 p.scheduled = Some(at);
-                self.timers.push(Reverse((at, handle)));
+                self.timers.push(Reverse(TimerEntry::new(at, handle)));
             }
         }
         let removable = p.terminal()
@@ -645,5 +691,153 @@ mod tests {
         let old = table.insert(b, peer(&ctx, 100_000, now)).unwrap();
         assert_eq!(old.id, 99_999);
         assert_eq!(table.handle(&b), Some(h));
+    }
+
+    #[test]
+    fn a_deadline_is_exact_from_the_epoch_on_and_orders_like_its_instant() {
+        use super::{Deadline, TimerEntry};
+        use std::time::Duration;
+        let t0 = Instant::now();
+        let mut epoch = None;
+        let d0 = Deadline::of(&mut epoch, t0);
+        assert_eq!(epoch, Some(t0));
+        for nanos in [
+            0u64,
+            1,
+            999_999_999,
+            1 << 32,
+            (1 << 32) + 7,
+            86_400_000_000_123,
+        ] {
+            let at = t0 + Duration::from_nanos(nanos);
+            let d = Deadline::of(&mut epoch, at);
+            assert_eq!(d.instant(t0), at, "{nanos} ns");
+            assert!(d >= d0);
+            let e = TimerEntry::new(d, 7);
+            assert_eq!((e.at(), e.handle), (d, 7));
+        }
+        // Entries order by deadline first (across the 32-bit word boundary), then handle.
+        let a = TimerEntry::new(
+            Deadline::of(&mut epoch, t0 + Duration::from_nanos(u32::MAX.into())),
+            9,
+        );
+        let b = TimerEntry::new(
+            Deadline::of(&mut epoch, t0 + Duration::from_nanos(1 << 33)),
+            1,
+        );
+        assert!(a < b);
+        // Before the epoch counts as the epoch (never earlier).
+        let before = t0.checked_sub(Duration::from_secs(1)).unwrap_or(t0);
+        assert_eq!(Deadline::of(&mut epoch, before), d0);
+        assert_eq!(std::mem::size_of::<TimerEntry>(), 12);
+        assert_eq!(std::mem::size_of::<Option<Deadline>>(), 8);
+    }
+
+    /// Two full handshakes between a client endpoint and `server`, the client at `at` (as the
+    /// server sees it); returns the client endpoint.
+    fn connect(
+        server: &mut crate::endpoint::Endpoint,
+        at: SocketAddr,
+        now: Instant,
+        cctx: &crate::context::DtlsClientContext,
+    ) -> crate::endpoint::Endpoint {
+        use crate::endpoint::{Endpoint, EndpointConfig};
+        let server_addr: SocketAddr = "10.0.0.1:5684".parse().unwrap();
+        let mut c = Endpoint::client(EndpointConfig::default()).unwrap();
+        c.connect(now, server_addr, cctx, None).unwrap();
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..16 {
+            let mut moved = false;
+            while let Some((_, n)) = c.poll_transmit(&mut buf) {
+                server.handle_datagram(now, at, &buf[..n]);
+                moved = true;
+            }
+            while let Some((to, n)) = server.poll_transmit(&mut buf) {
+                if to == at {
+                    c.handle_datagram(now, server_addr, &buf[..n]);
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        assert!(server.connection_id(at).is_some_and(|id| server
+            .session(at, id)
+            .is_some_and(crate::Session::is_established)));
+        c
+    }
+
+    /// A connection that left its slot (and a timer entry for its idle deadline) behind: the
+    /// connection that reuses the slot idles out at its own deadline, not the old one's, and
+    /// another connection at its own.
+    #[test]
+    fn a_reused_slot_keeps_its_new_connections_idle_deadline() {
+        use crate::context::{DtlsClientContext, PskCredentials};
+        use crate::endpoint::{Endpoint, EndpointConfig, Event};
+        use std::time::Duration;
+        let key = b"0123456789abcdef".to_vec();
+        let sctx = {
+            let k = key.clone();
+            DtlsServerContext::builder()
+                .psk_key_store(move |_| Some(k.clone()))
+                .compact_connections(true)
+                .build()
+                .unwrap()
+        };
+        let cctx = DtlsClientContext::builder()
+            .psk_credentials(PskCredentials::new(b"device".to_vec(), key))
+            .compact_connections(true)
+            .build()
+            .unwrap();
+        let mut config = EndpointConfig::default();
+        config.idle_timeout = Some(Duration::from_secs(10));
+        let mut ep = Endpoint::server(sctx, config).unwrap();
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let (a, b, c) = (addr(1), addr(2), addr(4));
+        let _ca = connect(&mut ep, a, s(0), &cctx);
+        let _cb = connect(&mut ep, b, s(1), &cctx);
+        let ha = ep.peers.handle(&a).unwrap();
+        // `a` closes at 2 s and leaves (its idle entry, due at 10 s, stays in the heap).
+        let ida = ep.connection_id(a).unwrap();
+        ep.handle_timeout(s(2));
+        ep.close(a, ida);
+        let mut buf = [0u8; 2048];
+        while ep.poll_transmit(&mut buf).is_some() {}
+        ep.handle_timeout(s(2));
+        assert!(ep.connection_id(a).is_none(), "a left");
+        // `c` takes the slot at 3 s: its idle deadline is 13 s.
+        let _cc = connect(&mut ep, c, s(3), &cctx);
+        assert_eq!(ep.peers.handle(&c), Some(ha), "the freed slot is reused");
+        let idc = ep.connection_id(c).unwrap();
+        let idled = |ep: &mut Endpoint| -> Vec<SocketAddr> {
+            std::iter::from_fn(|| ep.poll_event())
+                .filter_map(|e| match e {
+                    Event::Closed {
+                        peer,
+                        error: Some(crate::Error::IdleTimeout { .. }),
+                        ..
+                    } => Some(peer),
+                    _ => None,
+                })
+                .collect()
+        };
+        idled(&mut ep);
+        ep.handle_timeout(s(10));
+        assert_eq!(
+            idled(&mut ep),
+            Vec::<SocketAddr>::new(),
+            "nothing at a's old deadline"
+        );
+        ep.handle_timeout(s(11));
+        assert_eq!(idled(&mut ep), vec![b], "b at its own");
+        ep.handle_timeout(s(13) - Duration::from_millis(1));
+        assert!(idled(&mut ep).is_empty());
+        assert_eq!(ep.connection_id(c), Some(idc));
+        assert_eq!(ep.poll_timeout(), Some(s(13)), "c's deadline, exactly");
+        ep.handle_timeout(s(13));
+        assert_eq!(idled(&mut ep), vec![c], "c at its own");
+        assert_eq!(ep.stats().idle_timeouts, 2);
     }
 }
