@@ -158,7 +158,7 @@ impl Session {
             compact.layer.continue_explicit_nonce_after(last);
         }
         self.stats.retransmits = st.timeouts;
-        self.stats.send_dropped += st.outbound_dropped;
+        self.stats.add(Traffic::SendDropped, st.outbound_dropped);
         self.clear_retransmit();
         // The connection lives on: free the SSL the way a clean shutdown would, so that
         // SSL_free does not mark its session unresumable and drop it from the session cache.
@@ -239,7 +239,7 @@ impl Session {
                 record::give_buffer(plain);
             }
             Ok(t) => {
-                self.authenticated += 1;
+                self.authenticated = self.authenticated.wrapping_add(1);
                 self.on_plaintext(t, plain);
             }
             Err(e) => {
@@ -276,7 +276,7 @@ impl Session {
         let opened = compact.layer.open(record, &mut plain);
         let content_type = match opened {
             Ok(t) => {
-                self.authenticated += 1;
+                self.authenticated = self.authenticated.wrapping_add(1);
                 t
             }
             Err(e) => {
@@ -359,7 +359,7 @@ impl Session {
             return Err(Error::Closed);
         };
         if compact.outbound.len() >= self.config.send_queue {
-            self.stats.send_dropped += 1;
+            self.stats.add(Traffic::SendDropped, 1);
             return Ok(()); // as if lost on the network, like OpenSSL's path
         }
         let mut datagram = record::take_buffer();
@@ -368,7 +368,7 @@ impl Session {
             Ok(()) => {
                 compact.outbound.push_back(datagram);
                 if content_type == ContentType::ApplicationData {
-                    self.stats.app_out += 1;
+                    self.stats.add(Traffic::AppOut, 1);
                 }
                 Ok(())
             }
@@ -406,13 +406,13 @@ impl Session {
         if self.received.len() >= self.config.recv_queue
             || self.received_bytes + data.capacity() > self.config.recv_queue_bytes
         {
-            self.stats.recv_dropped += 1;
+            self.stats.add(Traffic::RecvDropped, 1);
             record::give_buffer(data);
             return;
         }
         self.received_bytes += data.capacity();
         self.received.push_back(data);
-        self.stats.app_in += 1;
+        self.stats.add(Traffic::AppIn, 1);
     }
 }
 

@@ -70,8 +70,8 @@ pub use self::filter::{
     MAX_HANDSHAKE_EPOCH1_ALONE, MAX_HANDSHAKE_EPOCH1_APP_RECORDS, MAX_HANDSHAKE_EPOCH1_RECORDS,
 };
 pub(crate) use self::openssl_engine::configure_ssl;
-use self::stats::Counters;
 pub use self::stats::SessionStats;
+use self::stats::{Counters, Traffic};
 
 pub use crate::config::{SessionConfig, MAX_MTU, MAX_PLAINTEXT, MIN_MTU};
 
@@ -126,8 +126,9 @@ pub struct Session {
     /// Counters, kept compactly; read as [`SessionStats`].
     stats: self::stats::Counters,
     /// Authenticated input seen: records that decrypted (application data, alerts) and
-    /// handshake progress. The endpoint's idle clock moves only when this does.
-    authenticated: u64,
+    /// handshake progress. The endpoint's idle clock moves only when this does. 32 bits,
+    /// wrapping: it is only compared before and after one call, which never counts 2^32.
+    authenticated: u32,
     /// The negotiated Connection IDs (RFC 9146), if any: see [`cid`].
     cid: Option<Box<self::cid::CidSession>>,
 }
@@ -398,8 +399,8 @@ impl Session {
         match crate::wire::parse_cid(datagram, self.own_cid_len()) {
             Ok(parsed) => self.handle_parsed(now, &parsed),
             Err(reason) => {
-                self.stats.datagrams_in += 1;
-                self.stats.bytes_in += datagram.len() as u64;
+                self.stats.add(Traffic::DatagramsIn, 1);
+                self.stats.add(Traffic::BytesIn, datagram.len() as u64);
                 self.stats.dropped_malformed += 1;
                 log::trace!("{:?}: dropped a malformed datagram: {reason}", self.peer);
             }
@@ -412,8 +413,9 @@ impl Session {
         if matches!(self.state, SessionState::Failed) {
             return;
         }
-        self.stats.datagrams_in += 1;
-        self.stats.bytes_in += parsed.bytes().len() as u64;
+        self.stats.add(Traffic::DatagramsIn, 1);
+        self.stats
+            .add(Traffic::BytesIn, parsed.bytes().len() as u64);
         if self.state == SessionState::Handshaking
             && self.engine.compact().is_none()
             && parsed.cid().is_some()
@@ -476,25 +478,27 @@ impl Session {
             let before = st.outbound_dropped;
             let n = st.pop_outbound(buf);
             let dropped = st.outbound_dropped - before;
-            self.stats.send_dropped += dropped;
+            self.stats.add(Traffic::SendDropped, dropped);
             if let Some(len) = n {
-                self.stats.datagrams_out += 1;
-                self.stats.bytes_out += len as u64;
+                self.stats.add(Traffic::DatagramsOut, 1);
+                self.stats.add(Traffic::BytesOut, len as u64);
                 return n;
             }
         }
         let compact = self.engine.compact_mut()?;
+        let mut dropped = 0;
         let n = bio::pop_datagram(
             compact.outbound.storage_mut()?,
             buf,
-            &mut self.stats.send_dropped,
+            &mut dropped,
             record::give_buffer,
         );
+        self.stats.add(Traffic::SendDropped, dropped);
         // Drained: the queue's storage goes back to the pool (an idle session holds none).
         compact.outbound.release();
         if let Some(len) = n {
-            self.stats.datagrams_out += 1;
-            self.stats.bytes_out += len as u64;
+            self.stats.add(Traffic::DatagramsOut, 1);
+            self.stats.add(Traffic::BytesOut, len as u64);
         }
         n
     }
@@ -630,7 +634,7 @@ impl Session {
         // A lingering CID connection: OpenSSL's record gets the peer's CID.
         self.transcode_outbound_queue();
         if r == 1 && written == data.len() {
-            self.stats.app_out += 1;
+            self.stats.add(Traffic::AppOut, 1);
             return Ok(());
         }
         self.on_ssl_error(r);
@@ -715,10 +719,11 @@ impl Session {
         }
     }
 
-    /// How much authenticated input the session has seen (a count that only grows): records
-    /// that decrypted and handshake progress. Unauthenticated records (forged, replayed,
-    /// plaintext alerts) never move it.
-    pub(crate) fn authenticated_count(&self) -> u64 {
+    /// How much authenticated input the session has seen (a count that only moves forward,
+    /// modulo 2^32: compare it before and after a call, never across calls): records that
+    /// decrypted and handshake progress. Unauthenticated records (forged, replayed, plaintext
+    /// alerts) never move it.
+    pub(crate) fn authenticated_count(&self) -> u32 {
         self.authenticated
     }
 

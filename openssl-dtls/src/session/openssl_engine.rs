@@ -160,7 +160,7 @@ impl Session {
             _ => false,
         };
         if progressed {
-            self.authenticated += 1; // handshake progress
+            self.authenticated = self.authenticated.wrapping_add(1); // handshake progress
         }
         if after.0 == SessionState::Handshaking
             && matches!(
@@ -402,7 +402,7 @@ impl Session {
     }
 
     pub(super) fn push_received(&mut self, data: &[u8]) {
-        self.authenticated += 1; // OpenSSL returned it from SSL_read: it decrypted
+        self.authenticated = self.authenticated.wrapping_add(1); // OpenSSL returned it from SSL_read: it decrypted
         if data.is_empty() {
             return;
         }
@@ -413,13 +413,13 @@ impl Session {
         if self.received.len() >= self.config.recv_queue
             || self.received_bytes + buf.capacity() > self.config.recv_queue_bytes
         {
-            self.stats.recv_dropped += 1;
+            self.stats.add(Traffic::RecvDropped, 1);
             record::give_buffer(buf);
             return;
         }
         self.received_bytes += buf.capacity();
         self.received.push_back(buf);
-        self.stats.app_in += 1;
+        self.stats.add(Traffic::AppIn, 1);
     }
 
     pub(super) fn update_timer(&mut self, now: Instant) {
