@@ -95,7 +95,6 @@ impl Session {
         let compact = Box::new(Compact {
             layer,
             outbound: record::Queue::default(),
-            renegotiation_refusals: 0,
         });
         // Transition: OpenSsl -> Lingering (we sent the last flight) or straight to Compact
         // (nothing of ours can need retransmitting). Hand off before opening the early records:
@@ -200,18 +199,18 @@ impl Session {
         // The DTLS handshake header is 12 bytes: a shorter record holds no whole message header.
         let msg_type = (plain.len() >= crate::wire::HANDSHAKE_HEADER_LEN).then(|| plain[0]);
         record::give_buffer(plain);
-        let Some(compact) = self.engine.compact_mut() else {
+        if self.engine.compact().is_none() {
             return;
-        };
+        }
         let request = match self.role {
             Role::Server => msg_type == Some(CLIENT_HELLO),
             Role::Client => msg_type == Some(HELLO_REQUEST),
         };
-        if !request || compact.renegotiation_refusals >= MAX_RENEGOTIATION_REFUSALS {
+        if !request || self.renegotiation_refusals >= MAX_RENEGOTIATION_REFUSALS {
             self.stats.dropped_handshake_records += 1;
             return;
         }
-        compact.renegotiation_refusals += 1;
+        self.renegotiation_refusals += 1;
         self.stats.renegotiations_refused += 1;
         log::debug!("{:?}: refused a renegotiation", self.peer);
         let _ = self.send_compact(ContentType::Alert, &[1, NO_RENEGOTIATION]);
@@ -403,14 +402,12 @@ impl Session {
             return;
         }
         // Pooled buffers may be larger than their contents: count what they hold in memory.
-        if self.received.len() >= self.config.recv_queue
-            || self.received_bytes + data.capacity() > self.config.recv_queue_bytes
-        {
+        if self.received.len() >= self.config.recv_queue || !self.received_fits(data.capacity()) {
             self.stats.add(Traffic::RecvDropped, 1);
             record::give_buffer(data);
             return;
         }
-        self.received_bytes += data.capacity();
+        self.count_received(data.capacity());
         self.received.push_back(data);
         self.stats.add(Traffic::AppIn, 1);
     }
@@ -603,7 +600,6 @@ impl Session {
         let compact = Box::new(Compact {
             layer,
             outbound: record::Queue::default(),
-            renegotiation_refusals: 0,
         });
         Some(Session {
             engine: Engine::Compact(compact, None),
@@ -619,6 +615,7 @@ impl Session {
             received_bytes: 0,
             data_mtu,
             min_protected_len: min_protected_len(cipher),
+            renegotiation_refusals: 0,
             peer: Some(peer),
             stats: Counters::default(),
             authenticated: 0,
@@ -723,5 +720,17 @@ mod tests {
         // the same one.
         let other = sctx.new_session(now).unwrap();
         assert!(std::sync::Arc::ptr_eq(&server.config, &other.config));
+        // What an idle compact connection's session holds: the session itself and the
+        // compact layer's block (plus the PSK identity); the handshake's facts are kept in
+        // the session, and their common part is shared with the other connection's.
+        assert!(
+            std::mem::size_of::<Session>() <= 256,
+            "{}",
+            std::mem::size_of::<Session>()
+        );
+        assert!(std::mem::size_of::<Compact>() <= 152);
+        let (s, c) = (server.facts().unwrap(), client.facts().unwrap());
+        assert!(std::sync::Arc::ptr_eq(&s.common, &c.common));
+        assert_eq!(server.psk_identity(), Some(&b"device"[..]));
     }
 }

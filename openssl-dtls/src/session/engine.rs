@@ -94,9 +94,6 @@ pub(super) struct Compact {
     pub(super) layer: RecordLayer,
     /// Datagrams sealed by the compact layer (or left by OpenSSL at the hand-off).
     pub(super) outbound: crate::record::Queue,
-    /// Renegotiation requests answered with `no_renegotiation` so far (at most
-    /// [`MAX_RENEGOTIATION_REFUSALS`](super::MAX_RENEGOTIATION_REFUSALS)).
-    pub(super) renegotiation_refusals: u8,
 }
 
 /// What a handshake established, read once from the `SSL` when the handshake completes and kept
@@ -141,7 +138,7 @@ impl HandshakeFacts {
             cipher: common.cipher,
             cipher_standard_name: common.cipher_standard_name,
             psk_identity: kept.psk_identity.clone(),
-            peer_certificate: kept.peer_certificate.clone(),
+            peer_certificate: kept.peer_certificate.as_deref().cloned(),
             alpn: common.alpn.clone(),
             server_name: common.server_name.clone(),
             resumed: common.resumed,
@@ -177,7 +174,9 @@ pub(super) struct CommonFacts {
 pub(super) struct KeptFacts {
     pub(super) common: Arc<CommonFacts>,
     pub(super) psk_identity: Option<Box<[u8]>>,
-    pub(super) peer_certificate: Option<X509>,
+    /// Boxed: `X509` is a raw pointer, whose `Option` would take 16 bytes (a PSK connection
+    /// has none and pays 8).
+    pub(super) peer_certificate: Option<Box<X509>>,
     /// `completed - started` in nanoseconds (saturating at 584 years).
     duration_ns: u64,
 }
@@ -223,7 +222,7 @@ impl KeptFacts {
         KeptFacts {
             common: shared_common_facts(common),
             psk_identity,
-            peer_certificate,
+            peer_certificate: peer_certificate.map(Box::new),
             duration_ns: u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
         }
     }

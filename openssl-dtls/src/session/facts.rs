@@ -110,7 +110,7 @@ impl Session {
     #[doc(alias = "SSL_get1_peer_certificate")]
     pub fn peer_certificate(&self) -> Option<X509> {
         match (self.facts(), self.engine.ssl()) {
-            (Some(f), _) => f.peer_certificate.clone(),
+            (Some(f), _) => f.peer_certificate.as_deref().cloned(),
             (None, Some(ssl)) => ssl.peer_certificate(),
             (None, None) => None,
         }

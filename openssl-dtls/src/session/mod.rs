@@ -117,11 +117,17 @@ pub struct Session {
     started: Instant,
     /// Received application datagrams; pooled storage, none while empty (see `record::Queue`).
     received: record::Queue,
-    received_bytes: usize,
+    /// Bytes the receive queue holds (by capacity); 32 bits: the byte limit counts as at most
+    /// `u32::MAX` (see [`received_fits`](Self::received_fits)).
+    received_bytes: u32,
     /// At most [`MAX_MTU`]: 16 bits.
     data_mtu: u16,
     /// The shortest protected (epoch ≥ 1) record the negotiated AEAD can produce; 0 = no check.
     min_protected_len: u8,
+    /// Compact mode: renegotiation requests answered with `no_renegotiation` so far (at most
+    /// [`MAX_RENEGOTIATION_REFUSALS`]; here rather than in the compact layer's block, where it
+    /// would cost 8 bytes of padding).
+    renegotiation_refusals: u8,
     peer: Option<SocketAddr>,
     /// Counters, kept compactly; read as [`SessionStats`].
     stats: self::stats::Counters,
@@ -333,6 +339,7 @@ impl Session {
             received_bytes: 0,
             data_mtu: 0,
             min_protected_len: 0,
+            renegotiation_refusals: 0,
             peer: None,
             stats: Counters::default(),
             authenticated: 0,
@@ -651,7 +658,7 @@ impl Session {
         if let Some(datagram) = self.received.pop_front() {
             // Queued bytes are counted by capacity: what the queue holds in memory (see
             // `push_received` and `push_received_buffer`).
-            self.received_bytes -= datagram.capacity();
+            self.received_bytes -= datagram.capacity() as u32; // counted in, so it fits
             let n = datagram.len().min(buf.len());
             buf[..n].copy_from_slice(&datagram[..n]);
             // Back to the pool the next received datagram comes from: a steady flow allocates
@@ -669,6 +676,21 @@ impl Session {
         }
     }
 
+    /// Whether `more` bytes (a buffer's capacity) fit the receive queue's byte limit,
+    /// `recv_queue_bytes` (counted as at most 4 GiB: the count is 32 bits).
+    fn received_fits(&self, more: usize) -> bool {
+        let limit = self.config.recv_queue_bytes.min(u32::MAX as usize);
+        (self.received_bytes as usize).saturating_add(more) <= limit
+    }
+
+    /// Counts a buffer of `capacity` bytes into the receive queue (after
+    /// [`received_fits`](Self::received_fits)).
+    fn count_received(&mut self, capacity: usize) {
+        self.received_bytes = self
+            .received_bytes
+            .saturating_add(u32::try_from(capacity).unwrap_or(u32::MAX));
+    }
+
     /// Whether [`recv`](Self::recv) has a datagram waiting.
     pub fn has_received(&self) -> bool {
         !self.received.is_empty()
@@ -680,7 +702,7 @@ impl Session {
     /// reader then, for a bounded time, instead of dropping.
     pub(crate) fn recv_queue_nearly_full(&self) -> bool {
         self.received.len() + 4 > self.config.recv_queue
-            || self.received_bytes + self.data_mtu().max(MIN_MTU) > self.config.recv_queue_bytes
+            || !self.received_fits(self.data_mtu().max(MIN_MTU))
     }
 
     /// How many more datagrams of records the receive queue takes before it is
@@ -693,7 +715,8 @@ impl Session {
         let bytes = self
             .config
             .recv_queue_bytes
-            .saturating_sub(self.received_bytes + self.data_mtu().max(MIN_MTU))
+            .min(u32::MAX as usize)
+            .saturating_sub(self.received_bytes as usize + self.data_mtu().max(MIN_MTU))
             / self.data_mtu().max(MIN_MTU);
         records.min(bytes)
     }

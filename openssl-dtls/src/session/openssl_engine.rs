@@ -410,14 +410,12 @@ impl Session {
         buf.extend_from_slice(data);
         // Counted by capacity, what the queue holds in memory (a pooled buffer may be larger
         // than its record).
-        if self.received.len() >= self.config.recv_queue
-            || self.received_bytes + buf.capacity() > self.config.recv_queue_bytes
-        {
+        if self.received.len() >= self.config.recv_queue || !self.received_fits(buf.capacity()) {
             self.stats.add(Traffic::RecvDropped, 1);
             record::give_buffer(buf);
             return;
         }
-        self.received_bytes += buf.capacity();
+        self.count_received(buf.capacity());
         self.received.push_back(buf);
         self.stats.add(Traffic::AppIn, 1);
     }
