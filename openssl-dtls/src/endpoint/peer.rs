@@ -790,8 +790,10 @@ mod tests {
             .compact_connections(true)
             .build()
             .unwrap();
-        let mut config = EndpointConfig::default();
-        config.idle_timeout = Some(Duration::from_secs(10));
+        let config = EndpointConfig {
+            idle_timeout: Some(Duration::from_secs(10)),
+            ..EndpointConfig::default()
+        };
         let mut ep = Endpoint::server(sctx, config).unwrap();
         let t0 = Instant::now();
         let s = |secs: u64| t0 + Duration::from_secs(secs);
