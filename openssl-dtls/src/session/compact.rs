@@ -607,7 +607,6 @@ impl Session {
             hs: None,
             role,
             state: SessionState::Established,
-            error: None,
             closed_by_peer: false,
             config: shared_config(config),
             started: now,
@@ -660,7 +659,7 @@ mod tests {
             && s.received_bytes == 0
             && compact.outbound.capacity() == 0
             && s.hs.is_none()
-            && s.error.is_none()
+            && s.error().is_none()
     }
 
     #[test]

@@ -26,7 +26,7 @@ impl Session {
 
     /// The error that failed the session, if it failed.
     pub fn error(&self) -> Option<&Error> {
-        self.error.as_deref()
+        self.hs().error.as_deref()
     }
 
     /// Whether the peer closed the session with `close_notify`.

@@ -105,12 +105,11 @@ pub struct Session {
     /// (Kept compactly: see [`KeptFacts`].)
     facts: Option<KeptFacts>,
     /// What only the handshake and the `SSL` need: from the session's start until the compact
-    /// hand-off frees the `SSL` (an idle compact connection pays a pointer for it).
+    /// hand-off frees the `SSL` (an idle compact connection pays a pointer for it); and the
+    /// error of a failed session (made again for it if freed).
     hs: Option<Box<Handshake>>,
     role: Role,
     state: SessionState,
-    /// Boxed: only a failed session has one (a live one pays a pointer, not the error).
-    error: Option<Box<Error>>,
     closed_by_peer: bool,
     /// Shared with every session of an equal configuration (see [`shared_config`]).
     config: std::sync::Arc<SessionConfig>,
@@ -143,6 +142,9 @@ pub struct Session {
 /// freed at the compact hand-off).
 #[derive(Default)]
 struct Handshake {
+    /// The error that failed the session (sticky), if it failed. Here rather than in the
+    /// session: only a failed session has one, and an idle connection pays nothing for it.
+    error: Option<Box<Error>>,
     /// Compact mode, during the handshake: epoch-1 application and alert records withheld from
     /// OpenSSL until the compact layer has keys (at most [`MAX_EARLY_RECORDS`]).
     early: Vec<Vec<u8>>,
@@ -171,6 +173,7 @@ struct Handshake {
 
 /// What a session without its [`Handshake`] part reads (after the compact hand-off).
 static NO_HANDSHAKE: Handshake = Handshake {
+    error: None,
     early: Vec::new(),
     linger_until: None,
     retransmit_at: None,
@@ -210,7 +213,10 @@ impl Session {
 
     /// Frees the handshake part once the `SSL` is gone and no early record waits in it.
     fn free_handshake_part(&mut self) {
-        if self.engine.openssl().is_none() && self.hs().early.is_empty() {
+        if self.engine.openssl().is_none()
+            && self.hs().early.is_empty()
+            && self.hs().error.is_none()
+        {
             self.hs = None;
         }
     }
@@ -259,7 +265,7 @@ impl std::fmt::Debug for Session {
             .field("role", &self.role)
             .field("state", &self.state)
             .field("peer", &self.peer)
-            .field("error", &self.error)
+            .field("error", &self.error())
             .finish_non_exhaustive()
     }
 }
@@ -331,7 +337,6 @@ impl Session {
             hs: Some(Box::default()),
             role,
             state: SessionState::Handshaking,
-            error: None,
             closed_by_peer: false,
             config: shared_config(config),
             started: now,
@@ -385,7 +390,7 @@ impl Session {
     }
 
     fn check_not_failed(&self) -> Result<()> {
-        match &self.error {
+        match self.error() {
             Some(e) => Err(e.duplicate()),
             None => Ok(()),
         }
@@ -667,10 +672,7 @@ impl Session {
             return Ok(Some(n));
         }
         match self.state {
-            SessionState::Failed => Err(self
-                .error
-                .as_deref()
-                .map_or(Error::Closed, Error::duplicate)),
+            SessionState::Failed => Err(self.error().map_or(Error::Closed, Error::duplicate)),
             SessionState::Closed => Err(Error::Closed),
             _ => Ok(None),
         }
@@ -782,16 +784,13 @@ impl Session {
             SessionState::Established => Ok(()),
             SessionState::Handshaking => Err(Error::NotConnected),
             SessionState::Closed => Err(Error::Closed),
-            SessionState::Failed => Err(self
-                .error
-                .as_deref()
-                .map_or(Error::Closed, Error::duplicate)),
+            SessionState::Failed => Err(self.error().map_or(Error::Closed, Error::duplicate)),
         }
     }
 
     fn fail(&mut self, error: Error) {
         self.state = SessionState::Failed;
-        self.error = Some(Box::new(error));
+        self.hs_mut().error = Some(Box::new(error));
         self.clear_retransmit();
     }
 }
