@@ -233,7 +233,7 @@ impl Endpoint {
         let Some(p) = self.peers.get(&addr) else {
             return;
         };
-        let now = self.now.unwrap_or(p.last_activity);
+        let now = self.now.unwrap_or(p.last_activity());
         self.settle(addr, now);
     }
 
@@ -309,7 +309,7 @@ impl Endpoint {
                         let before = p.session.authenticated_count();
                         p.session.handle_datagram(now, datagram);
                         if p.session.authenticated_count() != before {
-                            p.last_activity = now;
+                            p.set_last_activity(now);
                         }
                         self.settle(peer, now);
                         return;
@@ -378,7 +378,7 @@ impl Endpoint {
             let was_established = p.session.is_established();
             p.session.handle_parsed(now, &parsed);
             if p.session.authenticated_count() != before {
-                p.last_activity = now;
+                p.set_last_activity(now);
                 // Traffic of an established connection (not the Finished that establishes it):
                 // what handshake offload protects.
                 if was_established && p.session.is_established() {
@@ -517,7 +517,7 @@ impl Endpoint {
             p.scheduled = None;
             if p.session.is_established() {
                 if let Some(idle) = self.config.idle_timeout {
-                    if now.saturating_duration_since(p.last_activity) >= idle {
+                    if now.saturating_duration_since(p.last_activity()) >= idle {
                         log::debug!("{addr} idle for {idle:?}: dropping the connection");
                         self.stats.idle_timeouts += 1;
                         p.session.end_with_close_notify(Error::IdleTimeout {
@@ -732,7 +732,7 @@ impl Endpoint {
         let p = self.peers.get(&peer).filter(|p| p.id == id)?;
         Some(ConnectionStats {
             session: p.session.stats(),
-            last_activity: p.last_activity,
+            last_activity: p.last_activity(),
             handshake_duration: p.session.handshake_duration(),
         })
     }

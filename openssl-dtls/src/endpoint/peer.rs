@@ -38,8 +38,9 @@ pub(super) struct Peer {
     pub(super) in_ready: bool,
     /// Counted in the handshake totals (until established or gone).
     pub(super) counted_handshake: bool,
-    /// When the session last received authenticated input.
-    pub(super) last_activity: Instant,
+    /// When the session last received authenticated input, in nanoseconds after the session
+    /// started (8 bytes where an `Instant` takes 16): see [`last_activity`](Self::last_activity).
+    pub(super) last_active_ns: u64,
     /// The deadline of this peer's live entry in the timer heap.
     pub(super) scheduled: Option<Deadline>,
     /// The application no longer holds a handle: drop queued data, remove when done.
@@ -312,6 +313,24 @@ impl PeerTable {
 }
 
 impl Peer {
+    /// `at` as a [`last_active_ns`](Self::last_active_ns) of `session` (an instant before the
+    /// session started counts as its start).
+    pub(super) fn active_ns(session: &Session, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(session.started());
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// When the session last received authenticated input (exact: the instant it was set to,
+    /// or the session's start if that was earlier).
+    pub(super) fn last_activity(&self) -> Instant {
+        self.session.started() + Duration::from_nanos(self.last_active_ns)
+    }
+
+    /// Records authenticated input at `at`.
+    pub(super) fn set_last_activity(&mut self, at: Instant) {
+        self.last_active_ns = Peer::active_ns(&self.session, at);
+    }
+
     /// Gives up this entry's count in `handshakes` (its handshake completed or ended), if it
     /// still holds one.
     pub(super) fn uncount_handshake(&mut self, handshakes: &mut HandshakeCount, ip: IpAddr) {
@@ -356,6 +375,7 @@ impl Endpoint {
         let id = self.next_id;
         self.next_id += 1;
         self.handshakes.add(peer.ip());
+        let last_active_ns = Peer::active_ns(&session, now);
         self.peers.insert(
             peer,
             Peer {
@@ -368,7 +388,7 @@ impl Endpoint {
                 readable_signaled: false,
                 in_ready: false,
                 counted_handshake: true,
-                last_activity: now,
+                last_active_ns,
                 scheduled: None,
                 released: false,
                 unconfirmed: false,
@@ -433,7 +453,7 @@ impl Endpoint {
                     p.closed_emitted = false;
                     p.readable_signaled = false;
                     p.released = false;
-                    p.last_activity = now;
+                    p.set_last_activity(now);
                     // Heap entries carry the old id and will be skipped: schedule anew.
                     p.scheduled = None;
                     // The replacement's handshake count becomes the peer's (uncounted below at
@@ -514,7 +534,7 @@ impl Endpoint {
         }
         if established {
             if let Some(idle) = self.config.idle_timeout {
-                next = earliest(next, Some(p.last_activity + idle));
+                next = earliest(next, Some(p.last_activity() + idle));
             }
         }
         if let Some(at) = next {
@@ -622,7 +642,7 @@ mod tests {
             readable_signaled: false,
             in_ready: false,
             counted_handshake: false,
-            last_activity: now,
+            last_active_ns: 0,
             scheduled: None,
             released: false,
             unconfirmed: false,
@@ -730,6 +750,8 @@ mod tests {
         let before = t0.checked_sub(Duration::from_secs(1)).unwrap_or(t0);
         assert_eq!(Deadline::of(&mut epoch, before), d0);
         assert_eq!(std::mem::size_of::<TimerEntry>(), 12);
+        // A peer's bookkeeping beside its session: id, replacement, two times, flags.
+        assert!(std::mem::size_of::<Peer>() <= std::mem::size_of::<crate::Session>() + 40);
         assert_eq!(std::mem::size_of::<Option<Deadline>>(), 8);
     }
 

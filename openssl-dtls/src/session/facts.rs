@@ -153,6 +153,11 @@ impl Session {
         self.peer
     }
 
+    /// When the session was made (its handshake started).
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The peer's address, borrowed (the endpoint's peer table keys its entries by it).
     pub(crate) fn peer_addr_ref(&self) -> Option<&SocketAddr> {
         self.peer.as_ref()
