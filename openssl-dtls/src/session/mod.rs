@@ -138,8 +138,8 @@ pub struct Session {
     cid: Option<Box<self::cid::CidSession>>,
 }
 
-/// The part of a [`Session`]'s state that only its handshake and its `SSL` use (boxed, and
-/// freed at the compact hand-off).
+/// The part of a [`Session`]'s state that only its handshake and its `SSL` use, and a failed
+/// session's error (boxed, and freed at the compact hand-off unless the session failed).
 #[derive(Default)]
 struct Handshake {
     /// The error that failed the session (sticky), if it failed. Here rather than in the
