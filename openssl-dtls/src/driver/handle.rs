@@ -20,7 +20,8 @@ use crate::session::{HandshakeFacts, Session};
 type ConnectionIds = (Box<[u8]>, Box<[u8]>);
 
 /// What a connection handle knows of its handshake: the session's [`HandshakeFacts`] (read
-/// once, shared among the handle's clones), the data MTU and the Connection IDs, taken when the handle is made.
+/// once, shared among the handle's clones), the data MTU and the Connection IDs, taken when the
+/// handle is made.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Facts {
     pub handshake: Option<Arc<HandshakeFacts>>,
