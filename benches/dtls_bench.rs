@@ -1709,8 +1709,9 @@ fn compact_connection(
 }
 
 /// Server-side memory of `n` idle established compact connections: a compact server `Endpoint`
-/// (PSK-AES128-CCM8, default idle timeout of 5 min, so each connection has its timer entry;
-/// `handle_timeout` is called as a real server would) and, one at a time, a compact client
+/// (PSK-AES128-CCM8, no idle timeout, the default: an idle connection then has no timer entry,
+/// and with one it would have a 12-byte entry in the timer heap; `handle_timeout` is called as
+/// a real server would) and, one at a time, a compact client
 /// session from a distinct address that handshakes, sends one datagram and reads its echo, then
 /// is dropped. Accounting as in `memory_per_connection`.
 fn compact_memory_per_connection(n: usize) -> CompactMem {

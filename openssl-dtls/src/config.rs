@@ -37,7 +37,8 @@ pub struct SessionConfig {
     /// Received application datagrams queued for [`Session::recv`](crate::Session::recv); more are dropped and
     /// counted. Default 64.
     pub recv_queue: usize,
-    /// Bytes of received application data queued; more are dropped and counted. Default 64 KiB.
+    /// Bytes of received application data queued; more are dropped and counted. Default 64 KiB
+    /// (a value above 4 GiB acts as 4 GiB).
     pub recv_queue_bytes: usize,
     /// Outgoing datagrams queued for [`Session::poll_transmit`](crate::Session::poll_transmit); more are dropped and counted (as
     /// if lost on the network). Default 64: a handshake flight with a long certificate chain at

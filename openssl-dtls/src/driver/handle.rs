@@ -19,8 +19,9 @@ use crate::session::{HandshakeFacts, Session};
 /// A connection's Connection IDs, `(ours, the peer's)`, as a handle keeps them.
 type ConnectionIds = (Box<[u8]>, Box<[u8]>);
 
-/// What a connection handle knows of its handshake: the session's one [`HandshakeFacts`]
-/// (shared, not copied), the data MTU and the Connection IDs, taken when the handle is made.
+/// What a connection handle knows of its handshake: the session's [`HandshakeFacts`] (read
+/// once, shared among the handle's clones), the data MTU and the Connection IDs, taken when the
+/// handle is made.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Facts {
     pub handshake: Option<Arc<HandshakeFacts>>,
@@ -34,7 +35,7 @@ impl Facts {
     fn of(session: Option<&Session>) -> Facts {
         session
             .map(|s| Facts {
-                handshake: s.handshake_facts().cloned(),
+                handshake: s.handshake_facts().map(Arc::new),
                 data_mtu: s.data_mtu(),
                 connection_ids: s
                     .connection_ids()
@@ -370,7 +371,7 @@ macro_rules! connection_accessors {
                 .and_then(|f| f.server_name.as_deref())
         }
 
-        /// What the handshake established, the same value the session holds
+        /// What the handshake established, as the session told when the handle was made
         /// ([`Session::handshake_facts`](crate::Session::handshake_facts)).
         pub fn handshake_facts(&self) -> Option<&std::sync::Arc<crate::session::HandshakeFacts>> {
             self.inner.facts.handshake.as_ref()

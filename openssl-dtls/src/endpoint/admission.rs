@@ -239,7 +239,7 @@ impl Endpoint {
             };
             // Still the same connection, still as idle as when it was found, and still idle.
             let evictable = p.id == id
-                && p.last_activity == at
+                && p.last_activity() == at
                 && p.session.is_established()
                 && p.replacement.is_none()
                 && now.saturating_duration_since(at) >= min_idle;
@@ -272,11 +272,11 @@ impl Endpoint {
             if !p.session.is_established() || p.replacement.is_some() {
                 continue;
             }
-            oldest = Some(oldest.map_or(p.last_activity, |o| o.min(p.last_activity)));
-            if now.saturating_duration_since(p.last_activity) < min_idle {
+            oldest = Some(oldest.map_or(p.last_activity(), |o| o.min(p.last_activity())));
+            if now.saturating_duration_since(p.last_activity()) < min_idle {
                 continue;
             }
-            found.push((p.last_activity, p.id, *addr));
+            found.push((p.last_activity(), p.id, *addr));
             if found.len() > EVICTION_BATCH {
                 found.pop(); // the most recently active of them
             }

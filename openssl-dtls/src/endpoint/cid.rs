@@ -191,7 +191,7 @@ impl Endpoint {
             None
         };
         if p.session.authenticated_count() != authenticated {
-            p.last_activity = now;
+            p.set_last_activity(now);
         }
         match refusal {
             Some(reason) => {

@@ -107,8 +107,13 @@ pub struct Endpoint {
     shard: Option<u8>,
     /// The id the next session gets.
     next_id: ConnectionId,
-    /// Deadlines, earliest first: (when, connection id, address); stale entries are skipped.
-    timers: BinaryHeap<Reverse<(Instant, ConnectionId, SocketAddr)>>,
+    /// Deadlines, earliest first: (when, the peer's handle in `peers`); an entry is stale, and
+    /// skipped, unless the peer in that slot is scheduled at that very instant (a peer that
+    /// left, moved or was replaced is not; a new peer in a reused slot that is has its deadline
+    /// then anyway).
+    timers: BinaryHeap<Reverse<peer::TimerEntry>>,
+    /// What the timers' [`Deadline`](peer::Deadline)s count from: the first `now` given.
+    epoch: Option<Instant>,
     /// Peers with datagrams to send, in turn order.
     ready: VecDeque<SocketAddr>,
     /// Stateless replies (HelloVerifyRequests, refusal alerts) waiting to be sent.
@@ -189,6 +194,7 @@ impl Endpoint {
             shard: None,
             next_id: 1,
             timers: BinaryHeap::new(),
+            epoch: None,
             ready: VecDeque::new(),
             replies: VecDeque::new(),
             spare_replies: Vec::new(),
@@ -216,6 +222,7 @@ impl Endpoint {
     fn tick(&mut self, now: Instant) -> Instant {
         let now = self.now.map_or(now, |t| t.max(now));
         self.now = Some(now);
+        self.epoch.get_or_insert(now);
         now
     }
 
@@ -226,7 +233,7 @@ impl Endpoint {
         let Some(p) = self.peers.get(&addr) else {
             return;
         };
-        let now = self.now.unwrap_or(p.last_activity);
+        let now = self.now.unwrap_or(p.last_activity());
         self.settle(addr, now);
     }
 
@@ -302,7 +309,7 @@ impl Endpoint {
                         let before = p.session.authenticated_count();
                         p.session.handle_datagram(now, datagram);
                         if p.session.authenticated_count() != before {
-                            p.last_activity = now;
+                            p.set_last_activity(now);
                         }
                         self.settle(peer, now);
                         return;
@@ -371,7 +378,7 @@ impl Endpoint {
             let was_established = p.session.is_established();
             p.session.handle_parsed(now, &parsed);
             if p.session.authenticated_count() != before {
-                p.last_activity = now;
+                p.set_last_activity(now);
                 // Traffic of an established connection (not the Finished that establishes it):
                 // what handshake offload protects.
                 if was_established && p.session.is_established() {
@@ -483,28 +490,34 @@ impl Endpoint {
     /// When [`handle_timeout`](Self::handle_timeout) should be called next. May be early (a
     /// deadline that moved later); never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _, _))| *at)
+        let epoch = self.epoch?;
+        self.timers.peek().map(|Reverse(t)| t.at().instant(epoch))
     }
 
     /// Handles every deadline up to `now`: retransmissions, handshake deadlines (reaped),
     /// idle timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
-        while let Some(&Reverse((at, id, addr))) = self.timers.peek() {
-            if at > now {
+        let due = peer::Deadline::of(&mut self.epoch, now);
+        while let Some(&Reverse(entry)) = self.timers.peek() {
+            let (at, handle) = (entry.at(), entry.handle);
+            if at > due {
                 break;
             }
             self.timers.pop();
-            let Some(p) = self.peers.get_mut(&addr) else {
+            let Some(p) = self.peers.by_handle_mut(handle) else {
                 continue;
             };
-            if p.id != id || p.scheduled != Some(at) {
+            if p.scheduled != Some(at) {
                 continue;
             }
+            let Some(addr) = p.session.peer_addr() else {
+                continue; // never: the table keeps every peer's address in its session
+            };
             p.scheduled = None;
             if p.session.is_established() {
                 if let Some(idle) = self.config.idle_timeout {
-                    if now.saturating_duration_since(p.last_activity) >= idle {
+                    if now.saturating_duration_since(p.last_activity()) >= idle {
                         log::debug!("{addr} idle for {idle:?}: dropping the connection");
                         self.stats.idle_timeouts += 1;
                         p.session.end_with_close_notify(Error::IdleTimeout {
@@ -719,8 +732,8 @@ impl Endpoint {
         let p = self.peers.get(&peer).filter(|p| p.id == id)?;
         Some(ConnectionStats {
             session: p.session.stats(),
-            last_activity: p.last_activity,
-            handshake_duration: p.session.handshake_facts().map(|f| f.duration()),
+            last_activity: p.last_activity(),
+            handshake_duration: p.session.handshake_duration(),
         })
     }
 

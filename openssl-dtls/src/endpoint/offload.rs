@@ -130,7 +130,7 @@ impl HandshakeJob {
         }
         self.read = self.datagrams.len();
         if p.session.authenticated_count() != before {
-            p.last_activity = now;
+            p.set_last_activity(now);
         }
     }
 

@@ -496,6 +496,7 @@ impl Endpoint {
             let id = self.next_id;
             self.next_id += 1;
             self.connections += 1;
+            let last_active_ns = Peer::active_ns(&session, now);
             self.peers.insert(
                 addr,
                 Peer {
@@ -508,7 +509,7 @@ impl Endpoint {
                     readable_signaled: false,
                     in_ready: false,
                     counted_handshake: false,
-                    last_activity: now,
+                    last_active_ns,
                     scheduled: None,
                     released: false,
                     unconfirmed,

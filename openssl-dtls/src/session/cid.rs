@@ -162,7 +162,7 @@ impl Session {
         let result = layer.transcode_inbound(record, &mut plain, &mut standard);
         match result {
             Ok(ContentType::Handshake) => {
-                self.authenticated += 1;
+                self.authenticated = self.authenticated.wrapping_add(1);
                 if let Ok(sub) = crate::wire::parse(&standard) {
                     self.feed_openssl(now, &sub, None);
                 }

@@ -95,7 +95,6 @@ impl Session {
         let compact = Box::new(Compact {
             layer,
             outbound: record::Queue::default(),
-            renegotiation_refusals: 0,
         });
         // Transition: OpenSsl -> Lingering (we sent the last flight) or straight to Compact
         // (nothing of ours can need retransmitting). Hand off before opening the early records:
@@ -158,7 +157,7 @@ impl Session {
             compact.layer.continue_explicit_nonce_after(last);
         }
         self.stats.retransmits = st.timeouts;
-        self.stats.send_dropped += st.outbound_dropped;
+        self.stats.add(Traffic::SendDropped, st.outbound_dropped);
         self.clear_retransmit();
         // The connection lives on: free the SSL the way a clean shutdown would, so that
         // SSL_free does not mark its session unresumable and drop it from the session cache.
@@ -200,18 +199,18 @@ impl Session {
         // The DTLS handshake header is 12 bytes: a shorter record holds no whole message header.
         let msg_type = (plain.len() >= crate::wire::HANDSHAKE_HEADER_LEN).then(|| plain[0]);
         record::give_buffer(plain);
-        let Some(compact) = self.engine.compact_mut() else {
+        if self.engine.compact().is_none() {
             return;
-        };
+        }
         let request = match self.role {
             Role::Server => msg_type == Some(CLIENT_HELLO),
             Role::Client => msg_type == Some(HELLO_REQUEST),
         };
-        if !request || compact.renegotiation_refusals >= MAX_RENEGOTIATION_REFUSALS {
+        if !request || self.renegotiation_refusals >= MAX_RENEGOTIATION_REFUSALS {
             self.stats.dropped_handshake_records += 1;
             return;
         }
-        compact.renegotiation_refusals += 1;
+        self.renegotiation_refusals += 1;
         self.stats.renegotiations_refused += 1;
         log::debug!("{:?}: refused a renegotiation", self.peer);
         let _ = self.send_compact(ContentType::Alert, &[1, NO_RENEGOTIATION]);
@@ -239,7 +238,7 @@ impl Session {
                 record::give_buffer(plain);
             }
             Ok(t) => {
-                self.authenticated += 1;
+                self.authenticated = self.authenticated.wrapping_add(1);
                 self.on_plaintext(t, plain);
             }
             Err(e) => {
@@ -276,7 +275,7 @@ impl Session {
         let opened = compact.layer.open(record, &mut plain);
         let content_type = match opened {
             Ok(t) => {
-                self.authenticated += 1;
+                self.authenticated = self.authenticated.wrapping_add(1);
                 t
             }
             Err(e) => {
@@ -359,7 +358,7 @@ impl Session {
             return Err(Error::Closed);
         };
         if compact.outbound.len() >= self.config.send_queue {
-            self.stats.send_dropped += 1;
+            self.stats.add(Traffic::SendDropped, 1);
             return Ok(()); // as if lost on the network, like OpenSSL's path
         }
         let mut datagram = record::take_buffer();
@@ -368,7 +367,7 @@ impl Session {
             Ok(()) => {
                 compact.outbound.push_back(datagram);
                 if content_type == ContentType::ApplicationData {
-                    self.stats.app_out += 1;
+                    self.stats.add(Traffic::AppOut, 1);
                 }
                 Ok(())
             }
@@ -403,16 +402,14 @@ impl Session {
             return;
         }
         // Pooled buffers may be larger than their contents: count what they hold in memory.
-        if self.received.len() >= self.config.recv_queue
-            || self.received_bytes + data.capacity() > self.config.recv_queue_bytes
-        {
-            self.stats.recv_dropped += 1;
+        if self.received.len() >= self.config.recv_queue || !self.received_fits(data.capacity()) {
+            self.stats.add(Traffic::RecvDropped, 1);
             record::give_buffer(data);
             return;
         }
-        self.received_bytes += data.capacity();
+        self.count_received(data.capacity());
         self.received.push_back(data);
-        self.stats.app_in += 1;
+        self.stats.add(Traffic::AppIn, 1);
     }
 }
 
@@ -590,31 +587,26 @@ impl Session {
             }
             _ => return None,
         };
-        let facts = HandshakeFacts {
+        let common = CommonFacts {
             version: "DTLSv1.2",
             cipher: Some(cipher),
             cipher_standard_name,
-            psk_identity,
-            peer_certificate: None,
             alpn,
             server_name,
             resumed,
             srtp_profile: None,
-            started: now,
-            completed: now,
         };
+        let facts = KeptFacts::new(common, psk_identity, None, std::time::Duration::ZERO);
         let compact = Box::new(Compact {
             layer,
             outbound: record::Queue::default(),
-            renegotiation_refusals: 0,
         });
         Some(Session {
             engine: Engine::Compact(compact, None),
-            facts: Some(std::sync::Arc::new(facts)),
+            facts: Some(facts),
             hs: None,
             role,
             state: SessionState::Established,
-            error: None,
             closed_by_peer: false,
             config: shared_config(config),
             started: now,
@@ -622,6 +614,7 @@ impl Session {
             received_bytes: 0,
             data_mtu,
             min_protected_len: min_protected_len(cipher),
+            renegotiation_refusals: 0,
             peer: Some(peer),
             stats: Counters::default(),
             authenticated: 0,
@@ -666,7 +659,7 @@ mod tests {
             && s.received_bytes == 0
             && compact.outbound.capacity() == 0
             && s.hs.is_none()
-            && s.error.is_none()
+            && s.error().is_none()
     }
 
     #[test]
@@ -726,5 +719,17 @@ mod tests {
         // the same one.
         let other = sctx.new_session(now).unwrap();
         assert!(std::sync::Arc::ptr_eq(&server.config, &other.config));
+        // What an idle compact connection's session holds: the session itself and the
+        // compact layer's block (plus the PSK identity); the handshake's facts are kept in
+        // the session, and their common part is shared with the other connection's.
+        assert!(
+            std::mem::size_of::<Session>() <= 248,
+            "{}",
+            std::mem::size_of::<Session>()
+        );
+        assert!(std::mem::size_of::<Compact>() <= 152);
+        let (s, c) = (server.facts().unwrap(), client.facts().unwrap());
+        assert!(std::sync::Arc::ptr_eq(&s.common, &c.common));
+        assert_eq!(server.psk_identity(), Some(&b"device"[..]));
     }
 }

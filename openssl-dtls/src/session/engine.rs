@@ -9,7 +9,8 @@
 //!                                                            close, or `compact_linger`)──> Compact
 //! ```
 
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openssl::ssl::{Ssl, SslRef};
 use openssl::x509::X509;
@@ -93,14 +94,13 @@ pub(super) struct Compact {
     pub(super) layer: RecordLayer,
     /// Datagrams sealed by the compact layer (or left by OpenSSL at the hand-off).
     pub(super) outbound: crate::record::Queue,
-    /// Renegotiation requests answered with `no_renegotiation` so far (at most
-    /// [`MAX_RENEGOTIATION_REFUSALS`](super::MAX_RENEGOTIATION_REFUSALS)).
-    pub(super) renegotiation_refusals: u8,
 }
 
-/// What a handshake established, read once from the `SSL` when the handshake completes: the
-/// one value the session's accessors, the connection handles of the drivers, the compact hand-off
-/// (which frees the `SSL` and keeps these) and the statistics all read.
+/// What a handshake established, read once from the `SSL` when the handshake completes and kept
+/// through the compact hand-off (which frees the `SSL`): what
+/// [`Session::handshake_facts`](super::Session::handshake_facts) returns and the connection
+/// handles of the drivers hold. A session keeps these compactly (the parts equal connections
+/// share are shared) and builds this value when asked for it.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct HandshakeFacts {
@@ -130,21 +130,21 @@ pub struct HandshakeFacts {
 }
 
 impl HandshakeFacts {
-    pub(super) fn of(ssl: &SslRef, started: Instant, completed: Instant) -> HandshakeFacts {
+    /// The facts `kept` by a session that started at `started`.
+    pub(super) fn from_kept(kept: &KeptFacts, started: Instant) -> HandshakeFacts {
+        let common = &*kept.common;
         HandshakeFacts {
-            version: ssl.version_str(),
-            cipher: ssl.current_cipher().map(|c| c.name()),
-            cipher_standard_name: ssl.current_cipher().and_then(|c| c.standard_name()),
-            psk_identity: ssl.psk_identity().map(Into::into),
-            peer_certificate: ssl.peer_certificate(),
-            alpn: ssl.selected_alpn_protocol().map(Into::into),
-            server_name: ssl
-                .servername(openssl::ssl::NameType::HOST_NAME)
-                .map(Into::into),
-            resumed: ssl.session_reused(),
-            srtp_profile: exporter::selected_profile(ssl),
+            version: common.version,
+            cipher: common.cipher,
+            cipher_standard_name: common.cipher_standard_name,
+            psk_identity: kept.psk_identity.clone(),
+            peer_certificate: kept.peer_certificate.as_deref().cloned(),
+            alpn: common.alpn.clone(),
+            server_name: common.server_name.clone(),
+            resumed: common.resumed,
+            srtp_profile: common.srtp_profile,
             started,
-            completed,
+            completed: started + kept.duration(),
         }
     }
 
@@ -153,6 +153,112 @@ impl HandshakeFacts {
         self.completed.saturating_duration_since(self.started)
     }
 }
+/// The part of a handshake's facts that many connections have in common (version, suite,
+/// ALPN, server name, whether it resumed, SRTP profile): one shared value per distinct set,
+/// not one per connection (see [`shared_common_facts`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct CommonFacts {
+    pub(super) version: &'static str,
+    pub(super) cipher: Option<&'static str>,
+    pub(super) cipher_standard_name: Option<&'static str>,
+    pub(super) alpn: Option<Box<[u8]>>,
+    pub(super) server_name: Option<Box<str>>,
+    pub(super) resumed: bool,
+    pub(super) srtp_profile: Option<SrtpProfile>,
+}
+
+/// What a session keeps of its handshake's facts: the shared [`CommonFacts`] and what is its
+/// own (PSK identity, peer certificate, how long the handshake took; it started when the
+/// session did). [`HandshakeFacts`] are built from it when asked for, so an idle connection
+/// pays 40 bytes in its session (and its identity) rather than a 168-byte block of its own.
+pub(super) struct KeptFacts {
+    pub(super) common: Arc<CommonFacts>,
+    pub(super) psk_identity: Option<Box<[u8]>>,
+    /// Boxed: `X509` is a raw pointer, whose `Option` would take 16 bytes (a PSK connection
+    /// has none and pays 8).
+    pub(super) peer_certificate: Option<Box<X509>>,
+    /// `completed - started` in nanoseconds (saturating at 584 years).
+    duration_ns: u64,
+}
+
+impl std::ops::Deref for KeptFacts {
+    type Target = CommonFacts;
+
+    fn deref(&self) -> &CommonFacts {
+        &self.common
+    }
+}
+
+impl KeptFacts {
+    /// The facts of an established `ssl` whose handshake started at `started` and completed at
+    /// `completed` (the `SSL_get_*` calls of [`HandshakeFacts`]'s fields).
+    pub(super) fn of(ssl: &SslRef, started: Instant, completed: Instant) -> KeptFacts {
+        let common = CommonFacts {
+            version: ssl.version_str(),
+            cipher: ssl.current_cipher().map(|c| c.name()),
+            cipher_standard_name: ssl.current_cipher().and_then(|c| c.standard_name()),
+            alpn: ssl.selected_alpn_protocol().map(Into::into),
+            server_name: ssl
+                .servername(openssl::ssl::NameType::HOST_NAME)
+                .map(Into::into),
+            resumed: ssl.session_reused(),
+            srtp_profile: exporter::selected_profile(ssl),
+        };
+        KeptFacts::new(
+            common,
+            ssl.psk_identity().map(Into::into),
+            ssl.peer_certificate(),
+            completed.saturating_duration_since(started),
+        )
+    }
+
+    /// Facts of `common` (shared with equal ones), with this connection's own parts.
+    pub(super) fn new(
+        common: CommonFacts,
+        psk_identity: Option<Box<[u8]>>,
+        peer_certificate: Option<X509>,
+        duration: Duration,
+    ) -> KeptFacts {
+        KeptFacts {
+            common: shared_common_facts(common),
+            psk_identity,
+            peer_certificate: peer_certificate.map(Box::new),
+            duration_ns: u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// How long the handshake took.
+    pub(super) fn duration(&self) -> Duration {
+        Duration::from_nanos(self.duration_ns)
+    }
+}
+
+/// Distinct [`CommonFacts`] kept for sharing (at most).
+const SHARED_FACTS: usize = 16;
+
+/// The shared copy of `common`: the one already kept if an equal value is, else a new one
+/// (kept in place of one no session uses any more, or of the oldest when all are in use). One
+/// short lock per completed handshake; nothing per datagram. Sharing saves memory only: a
+/// value not found is simply not shared.
+fn shared_common_facts(common: CommonFacts) -> Arc<CommonFacts> {
+    static SHARED: Mutex<Vec<Arc<CommonFacts>>> = Mutex::new(Vec::new());
+    let Ok(mut shared) = SHARED.lock() else {
+        return Arc::new(common);
+    };
+    if let Some(c) = shared.iter().find(|c| ***c == common) {
+        return Arc::clone(c);
+    }
+    if shared.len() >= SHARED_FACTS {
+        shared.retain(|c| Arc::strong_count(c) > 1);
+        if shared.len() >= SHARED_FACTS {
+            shared.remove(0);
+        }
+    }
+    let c = Arc::new(common);
+    shared.push(Arc::clone(&c));
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -292,12 +292,9 @@ impl Session {
         out: &mut [u8],
     ) -> Result<()> {
         if self.facts.is_none() {
-            return Err(self
-                .error
-                .as_deref()
-                .map_or(Error::NotConnected, Error::duplicate));
+            return Err(self.error().map_or(Error::NotConnected, Error::duplicate));
         }
-        if let Some(e) = &self.error {
+        if let Some(e) = self.error() {
             return Err(e.duplicate());
         }
         if out.len() > MAX_EXPORT_LEN || context.is_some_and(|c| c.len() > usize::from(u16::MAX)) {
@@ -334,10 +331,7 @@ impl Session {
     #[doc(alias = "SSL_get_selected_srtp_profile")]
     pub fn srtp_keying_material(&self) -> Result<Option<SrtpKeyingMaterial>> {
         if self.facts.is_none() {
-            return Err(self
-                .error
-                .as_deref()
-                .map_or(Error::NotConnected, Error::duplicate));
+            return Err(self.error().map_or(Error::NotConnected, Error::duplicate));
         }
         let Some(profile) = self.selected_srtp_profile() else {
             return Ok(None);

@@ -26,7 +26,7 @@ impl Session {
 
     /// The error that failed the session, if it failed.
     pub fn error(&self) -> Option<&Error> {
-        self.error.as_deref()
+        self.hs().error.as_deref()
     }
 
     /// Whether the peer closed the session with `close_notify`.
@@ -46,15 +46,34 @@ impl Session {
         }
     }
 
-    pub(super) fn facts(&self) -> Option<&HandshakeFacts> {
-        self.facts.as_deref()
+    pub(super) fn facts(&self) -> Option<&KeptFacts> {
+        self.facts.as_ref()
     }
 
     /// What the handshake established (suite, peer identity, ALPN, server name, whether it
-    /// resumed, when it started and ended), from its completion on: the same value for the life
+    /// resumed, when it started and ended), from its completion on: equal values for the life
     /// of the connection, before and after a compact hand-off.
-    pub fn handshake_facts(&self) -> Option<&std::sync::Arc<HandshakeFacts>> {
-        self.facts.as_ref()
+    ///
+    /// Built on each call from what the session keeps (an idle connection keeps no
+    /// [`HandshakeFacts`] block of its own; the parts equal connections have in common are
+    /// shared), so call it once and keep the value rather than call it per datagram.
+    ///
+    /// ```no_run
+    /// # fn f(session: &openssl_dtls::Session) {
+    /// if let Some(facts) = session.handshake_facts() {
+    ///     println!("{:?} in {:?}, resumed: {}", facts.cipher, facts.duration(), facts.resumed);
+    /// }
+    /// # }
+    /// ```
+    pub fn handshake_facts(&self) -> Option<HandshakeFacts> {
+        self.facts
+            .as_ref()
+            .map(|kept| HandshakeFacts::from_kept(kept, self.started))
+    }
+
+    /// How long the handshake took, once it completed (without building the facts).
+    pub(crate) fn handshake_duration(&self) -> Option<std::time::Duration> {
+        self.facts.as_ref().map(KeptFacts::duration)
     }
 
     /// The negotiated cipher's OpenSSL name, e.g. `"PSK-AES128-CCM8"` (`SSL_get_current_cipher`).
@@ -91,7 +110,7 @@ impl Session {
     #[doc(alias = "SSL_get1_peer_certificate")]
     pub fn peer_certificate(&self) -> Option<X509> {
         match (self.facts(), self.engine.ssl()) {
-            (Some(f), _) => f.peer_certificate.clone(),
+            (Some(f), _) => f.peer_certificate.as_deref().cloned(),
             (None, Some(ssl)) => ssl.peer_certificate(),
             (None, None) => None,
         }
@@ -132,6 +151,16 @@ impl Session {
     /// The peer's address, if known.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// When the session was made (its handshake started).
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The peer's address, borrowed (the endpoint's peer table keys its entries by it).
+    pub(crate) fn peer_addr_ref(&self) -> Option<&SocketAddr> {
+        self.peer.as_ref()
     }
 
     /// Records the peer's address (used in logs and by the cookie callbacks).

@@ -50,7 +50,7 @@ use crate::ffi::ssl;
 use crate::plaintext::{self, Screen};
 use crate::record::{self, OpenError, RecordLayer, SealError};
 pub use crate::session::engine::HandshakeFacts;
-use crate::session::engine::{Compact, Engine, OpenSsl};
+use crate::session::engine::{CommonFacts, Compact, Engine, KeptFacts, OpenSsl};
 use crate::wire::{ContentType, Parsed, RecordHeader};
 
 mod cid;
@@ -70,8 +70,8 @@ pub use self::filter::{
     MAX_HANDSHAKE_EPOCH1_ALONE, MAX_HANDSHAKE_EPOCH1_APP_RECORDS, MAX_HANDSHAKE_EPOCH1_RECORDS,
 };
 pub(crate) use self::openssl_engine::configure_ssl;
-use self::stats::Counters;
 pub use self::stats::SessionStats;
+use self::stats::{Counters, Traffic};
 
 pub use crate::config::{SessionConfig, MAX_MTU, MAX_PLAINTEXT, MIN_MTU};
 
@@ -102,39 +102,49 @@ pub struct Session {
     /// The record layer in use and the `SSL` while it exists: see [`engine`].
     engine: Engine,
     /// What the handshake established, from its completion on.
-    facts: Option<std::sync::Arc<HandshakeFacts>>,
+    /// (Kept compactly: see [`KeptFacts`].)
+    facts: Option<KeptFacts>,
     /// What only the handshake and the `SSL` need: from the session's start until the compact
-    /// hand-off frees the `SSL` (an idle compact connection pays a pointer for it).
+    /// hand-off frees the `SSL` (an idle compact connection pays a pointer for it); and the
+    /// error of a failed session (made again for it if freed).
     hs: Option<Box<Handshake>>,
     role: Role,
     state: SessionState,
-    /// Boxed: only a failed session has one (a live one pays a pointer, not the error).
-    error: Option<Box<Error>>,
     closed_by_peer: bool,
     /// Shared with every session of an equal configuration (see [`shared_config`]).
     config: std::sync::Arc<SessionConfig>,
     started: Instant,
     /// Received application datagrams; pooled storage, none while empty (see `record::Queue`).
     received: record::Queue,
-    received_bytes: usize,
+    /// Bytes the receive queue holds (by capacity); 32 bits: the byte limit counts as at most
+    /// `u32::MAX` (see [`received_fits`](Self::received_fits)).
+    received_bytes: u32,
     /// At most [`MAX_MTU`]: 16 bits.
     data_mtu: u16,
     /// The shortest protected (epoch ≥ 1) record the negotiated AEAD can produce; 0 = no check.
     min_protected_len: u8,
+    /// Compact mode: renegotiation requests answered with `no_renegotiation` so far (at most
+    /// [`MAX_RENEGOTIATION_REFUSALS`]; here rather than in the compact layer's block, where it
+    /// would cost 8 bytes of padding).
+    renegotiation_refusals: u8,
     peer: Option<SocketAddr>,
     /// Counters, kept compactly; read as [`SessionStats`].
     stats: self::stats::Counters,
     /// Authenticated input seen: records that decrypted (application data, alerts) and
-    /// handshake progress. The endpoint's idle clock moves only when this does.
-    authenticated: u64,
+    /// handshake progress. The endpoint's idle clock moves only when this does. 32 bits,
+    /// wrapping: it is only compared before and after one call, which never counts 2^32.
+    authenticated: u32,
     /// The negotiated Connection IDs (RFC 9146), if any: see [`cid`].
     cid: Option<Box<self::cid::CidSession>>,
 }
 
-/// The part of a [`Session`]'s state that only its handshake and its `SSL` use (boxed, and
-/// freed at the compact hand-off).
+/// The part of a [`Session`]'s state that only its handshake and its `SSL` use, and a failed
+/// session's error (boxed, and freed at the compact hand-off unless the session failed).
 #[derive(Default)]
 struct Handshake {
+    /// The error that failed the session (sticky), if it failed. Here rather than in the
+    /// session: only a failed session has one, and an idle connection pays nothing for it.
+    error: Option<Box<Error>>,
     /// Compact mode, during the handshake: epoch-1 application and alert records withheld from
     /// OpenSSL until the compact layer has keys (at most [`MAX_EARLY_RECORDS`]).
     early: Vec<Vec<u8>>,
@@ -163,6 +173,7 @@ struct Handshake {
 
 /// What a session without its [`Handshake`] part reads (after the compact hand-off).
 static NO_HANDSHAKE: Handshake = Handshake {
+    error: None,
     early: Vec::new(),
     linger_until: None,
     retransmit_at: None,
@@ -202,7 +213,10 @@ impl Session {
 
     /// Frees the handshake part once the `SSL` is gone and no early record waits in it.
     fn free_handshake_part(&mut self) {
-        if self.engine.openssl().is_none() && self.hs().early.is_empty() {
+        if self.engine.openssl().is_none()
+            && self.hs().early.is_empty()
+            && self.hs().error.is_none()
+        {
             self.hs = None;
         }
     }
@@ -251,7 +265,7 @@ impl std::fmt::Debug for Session {
             .field("role", &self.role)
             .field("state", &self.state)
             .field("peer", &self.peer)
-            .field("error", &self.error)
+            .field("error", &self.error())
             .finish_non_exhaustive()
     }
 }
@@ -323,7 +337,6 @@ impl Session {
             hs: Some(Box::default()),
             role,
             state: SessionState::Handshaking,
-            error: None,
             closed_by_peer: false,
             config: shared_config(config),
             started: now,
@@ -331,6 +344,7 @@ impl Session {
             received_bytes: 0,
             data_mtu: 0,
             min_protected_len: 0,
+            renegotiation_refusals: 0,
             peer: None,
             stats: Counters::default(),
             authenticated: 0,
@@ -376,7 +390,7 @@ impl Session {
     }
 
     fn check_not_failed(&self) -> Result<()> {
-        match &self.error {
+        match self.error() {
             Some(e) => Err(e.duplicate()),
             None => Ok(()),
         }
@@ -397,8 +411,8 @@ impl Session {
         match crate::wire::parse_cid(datagram, self.own_cid_len()) {
             Ok(parsed) => self.handle_parsed(now, &parsed),
             Err(reason) => {
-                self.stats.datagrams_in += 1;
-                self.stats.bytes_in += datagram.len() as u64;
+                self.stats.add(Traffic::DatagramsIn, 1);
+                self.stats.add(Traffic::BytesIn, datagram.len() as u64);
                 self.stats.dropped_malformed += 1;
                 log::trace!("{:?}: dropped a malformed datagram: {reason}", self.peer);
             }
@@ -411,8 +425,9 @@ impl Session {
         if matches!(self.state, SessionState::Failed) {
             return;
         }
-        self.stats.datagrams_in += 1;
-        self.stats.bytes_in += parsed.bytes().len() as u64;
+        self.stats.add(Traffic::DatagramsIn, 1);
+        self.stats
+            .add(Traffic::BytesIn, parsed.bytes().len() as u64);
         if self.state == SessionState::Handshaking
             && self.engine.compact().is_none()
             && parsed.cid().is_some()
@@ -475,25 +490,27 @@ impl Session {
             let before = st.outbound_dropped;
             let n = st.pop_outbound(buf);
             let dropped = st.outbound_dropped - before;
-            self.stats.send_dropped += dropped;
+            self.stats.add(Traffic::SendDropped, dropped);
             if let Some(len) = n {
-                self.stats.datagrams_out += 1;
-                self.stats.bytes_out += len as u64;
+                self.stats.add(Traffic::DatagramsOut, 1);
+                self.stats.add(Traffic::BytesOut, len as u64);
                 return n;
             }
         }
         let compact = self.engine.compact_mut()?;
+        let mut dropped = 0;
         let n = bio::pop_datagram(
             compact.outbound.storage_mut()?,
             buf,
-            &mut self.stats.send_dropped,
+            &mut dropped,
             record::give_buffer,
         );
+        self.stats.add(Traffic::SendDropped, dropped);
         // Drained: the queue's storage goes back to the pool (an idle session holds none).
         compact.outbound.release();
         if let Some(len) = n {
-            self.stats.datagrams_out += 1;
-            self.stats.bytes_out += len as u64;
+            self.stats.add(Traffic::DatagramsOut, 1);
+            self.stats.add(Traffic::BytesOut, len as u64);
         }
         n
     }
@@ -629,7 +646,7 @@ impl Session {
         // A lingering CID connection: OpenSSL's record gets the peer's CID.
         self.transcode_outbound_queue();
         if r == 1 && written == data.len() {
-            self.stats.app_out += 1;
+            self.stats.add(Traffic::AppOut, 1);
             return Ok(());
         }
         self.on_ssl_error(r);
@@ -646,7 +663,7 @@ impl Session {
         if let Some(datagram) = self.received.pop_front() {
             // Queued bytes are counted by capacity: what the queue holds in memory (see
             // `push_received` and `push_received_buffer`).
-            self.received_bytes -= datagram.capacity();
+            self.received_bytes -= datagram.capacity() as u32; // counted in, so it fits
             let n = datagram.len().min(buf.len());
             buf[..n].copy_from_slice(&datagram[..n]);
             // Back to the pool the next received datagram comes from: a steady flow allocates
@@ -655,13 +672,25 @@ impl Session {
             return Ok(Some(n));
         }
         match self.state {
-            SessionState::Failed => Err(self
-                .error
-                .as_deref()
-                .map_or(Error::Closed, Error::duplicate)),
+            SessionState::Failed => Err(self.error().map_or(Error::Closed, Error::duplicate)),
             SessionState::Closed => Err(Error::Closed),
             _ => Ok(None),
         }
+    }
+
+    /// Whether `more` bytes (a buffer's capacity) fit the receive queue's byte limit,
+    /// `recv_queue_bytes` (counted as at most 4 GiB: the count is 32 bits).
+    fn received_fits(&self, more: usize) -> bool {
+        let limit = self.config.recv_queue_bytes.min(u32::MAX as usize);
+        (self.received_bytes as usize).saturating_add(more) <= limit
+    }
+
+    /// Counts a buffer of `capacity` bytes into the receive queue (after
+    /// [`received_fits`](Self::received_fits)).
+    fn count_received(&mut self, capacity: usize) {
+        self.received_bytes = self
+            .received_bytes
+            .saturating_add(u32::try_from(capacity).unwrap_or(u32::MAX));
     }
 
     /// Whether [`recv`](Self::recv) has a datagram waiting.
@@ -675,7 +704,7 @@ impl Session {
     /// reader then, for a bounded time, instead of dropping.
     pub(crate) fn recv_queue_nearly_full(&self) -> bool {
         self.received.len() + 4 > self.config.recv_queue
-            || self.received_bytes + self.data_mtu().max(MIN_MTU) > self.config.recv_queue_bytes
+            || !self.received_fits(self.data_mtu().max(MIN_MTU))
     }
 
     /// How many more datagrams of records the receive queue takes before it is
@@ -688,7 +717,8 @@ impl Session {
         let bytes = self
             .config
             .recv_queue_bytes
-            .saturating_sub(self.received_bytes + self.data_mtu().max(MIN_MTU))
+            .min(u32::MAX as usize)
+            .saturating_sub(self.received_bytes as usize + self.data_mtu().max(MIN_MTU))
             / self.data_mtu().max(MIN_MTU);
         records.min(bytes)
     }
@@ -714,10 +744,11 @@ impl Session {
         }
     }
 
-    /// How much authenticated input the session has seen (a count that only grows): records
-    /// that decrypted and handshake progress. Unauthenticated records (forged, replayed,
-    /// plaintext alerts) never move it.
-    pub(crate) fn authenticated_count(&self) -> u64 {
+    /// How much authenticated input the session has seen (a count that only moves forward,
+    /// modulo 2^32: compare it before and after a call, never across calls): records that
+    /// decrypted and handshake progress. Unauthenticated records (forged, replayed, plaintext
+    /// alerts) never move it.
+    pub(crate) fn authenticated_count(&self) -> u32 {
         self.authenticated
     }
 
@@ -753,16 +784,13 @@ impl Session {
             SessionState::Established => Ok(()),
             SessionState::Handshaking => Err(Error::NotConnected),
             SessionState::Closed => Err(Error::Closed),
-            SessionState::Failed => Err(self
-                .error
-                .as_deref()
-                .map_or(Error::Closed, Error::duplicate)),
+            SessionState::Failed => Err(self.error().map_or(Error::Closed, Error::duplicate)),
         }
     }
 
     fn fail(&mut self, error: Error) {
         self.state = SessionState::Failed;
-        self.error = Some(Box::new(error));
+        self.hs_mut().error = Some(Box::new(error));
         self.clear_retransmit();
     }
 }

@@ -172,7 +172,7 @@ impl Session {
             _ => false,
         };
         if progressed {
-            self.authenticated += 1; // handshake progress
+            self.authenticated = self.authenticated.wrapping_add(1); // handshake progress
         }
         if after.0 == SessionState::Handshaking
             && matches!(
@@ -401,11 +401,7 @@ impl Session {
     pub(super) fn on_established(&mut self, now: Instant) {
         self.cid_check(); // the last look at the connection_id extension
         self.state = SessionState::Established;
-        self.facts = Some(std::sync::Arc::new(HandshakeFacts::of(
-            &self.openssl().ssl,
-            self.started,
-            now,
-        )));
+        self.facts = Some(KeptFacts::of(&self.openssl().ssl, self.started, now));
         self.min_protected_len = self.cipher().map_or(0, min_protected_len);
         self.data_mtu = u16::try_from(ssl::data_mtu(&self.openssl().ssl)).unwrap_or(u16::MAX);
         log::debug!(
@@ -421,7 +417,7 @@ impl Session {
     }
 
     pub(super) fn push_received(&mut self, data: &[u8]) {
-        self.authenticated += 1; // OpenSSL returned it from SSL_read: it decrypted
+        self.authenticated = self.authenticated.wrapping_add(1); // OpenSSL returned it from SSL_read: it decrypted
         if data.is_empty() {
             return;
         }
@@ -429,16 +425,14 @@ impl Session {
         buf.extend_from_slice(data);
         // Counted by capacity, what the queue holds in memory (a pooled buffer may be larger
         // than its record).
-        if self.received.len() >= self.config.recv_queue
-            || self.received_bytes + buf.capacity() > self.config.recv_queue_bytes
-        {
-            self.stats.recv_dropped += 1;
+        if self.received.len() >= self.config.recv_queue || !self.received_fits(buf.capacity()) {
+            self.stats.add(Traffic::RecvDropped, 1);
             record::give_buffer(buf);
             return;
         }
-        self.received_bytes += buf.capacity();
+        self.count_received(buf.capacity());
         self.received.push_back(buf);
-        self.stats.app_in += 1;
+        self.stats.add(Traffic::AppIn, 1);
     }
 
     pub(super) fn update_timer(&mut self, now: Instant) {

@@ -76,19 +76,30 @@ impl From<Rare> for u64 {
     }
 }
 
+/// One of a session's traffic counters ([`Counters::add`], [`Counters::get`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Traffic {
+    DatagramsIn,
+    DatagramsOut,
+    AppIn,
+    AppOut,
+    RecvDropped,
+    SendDropped,
+    BytesIn,
+    BytesOut,
+}
+
 /// A session's counters as it keeps them: the traffic counters (and the queue drops, which
-/// traffic can make frequent) in 64 bits, the rare ones in 32 saturating bits. Read as
-/// [`SessionStats`].
-#[derive(Debug, Clone, Copy, Default)]
+/// traffic can make frequent) as 64-bit values split in two halves, the low ones inline and the
+/// high ones in a box made the first time one of them passes 2^32 (once in a connection's life,
+/// if ever: an idle connection pays 4 bytes a counter and a pointer); the rare ones in 32
+/// saturating bits. Read as [`SessionStats`].
+#[derive(Debug, Clone, Default)]
 pub(super) struct Counters {
-    pub(super) datagrams_in: u64,
-    pub(super) datagrams_out: u64,
-    pub(super) app_in: u64,
-    pub(super) app_out: u64,
-    pub(super) recv_dropped: u64,
-    pub(super) send_dropped: u64,
-    pub(super) bytes_in: u64,
-    pub(super) bytes_out: u64,
+    /// The low 32 bits of each [`Traffic`] counter.
+    low: [u32; 8],
+    /// The high 32 bits of each, once one is not 0.
+    high: Option<Box<[u32; 8]>>,
     pub(super) retransmits: u32,
     pub(super) dropped_short_records: Rare,
     pub(super) dropped_replayed_records: Rare,
@@ -102,15 +113,46 @@ pub(super) struct Counters {
 }
 
 impl Counters {
+    /// Adds `n` to `counter` (exact up to 2^64 − 1, then saturating).
+    #[inline]
+    pub(super) fn add(&mut self, counter: Traffic, n: u64) {
+        let i = counter as usize;
+        let sum = u64::from(self.low[i]).saturating_add(n);
+        self.low[i] = sum as u32;
+        if sum >> 32 != 0 {
+            self.carry(i, sum >> 32);
+        }
+    }
+
+    /// Carries `carry` into counter `i`'s high half.
+    #[cold]
+    fn carry(&mut self, i: usize, carry: u64) {
+        let high = self.high.get_or_insert_with(Box::default);
+        match u32::try_from(u64::from(high[i]) + carry) {
+            Ok(h) => high[i] = h,
+            Err(_) => {
+                high[i] = u32::MAX;
+                self.low[i] = u32::MAX;
+            }
+        }
+    }
+
+    /// The value of `counter`.
+    pub(super) fn get(&self, counter: Traffic) -> u64 {
+        let i = counter as usize;
+        let high = self.high.as_ref().map_or(0, |h| h[i]);
+        u64::from(high) << 32 | u64::from(self.low[i])
+    }
+
     /// The public form.
     pub(super) fn public(&self) -> SessionStats {
         SessionStats {
-            datagrams_in: self.datagrams_in,
-            datagrams_out: self.datagrams_out,
-            app_in: self.app_in,
-            app_out: self.app_out,
-            recv_dropped: self.recv_dropped,
-            send_dropped: self.send_dropped,
+            datagrams_in: self.get(Traffic::DatagramsIn),
+            datagrams_out: self.get(Traffic::DatagramsOut),
+            app_in: self.get(Traffic::AppIn),
+            app_out: self.get(Traffic::AppOut),
+            recv_dropped: self.get(Traffic::RecvDropped),
+            send_dropped: self.get(Traffic::SendDropped),
             retransmits: self.retransmits,
             dropped_short_records: self.dropped_short_records.into(),
             dropped_replayed_records: self.dropped_replayed_records.into(),
@@ -118,8 +160,8 @@ impl Counters {
             dropped_handshake_records: self.dropped_handshake_records.into(),
             dropped_excess_records: self.dropped_excess_records.into(),
             dropped_malformed: self.dropped_malformed.into(),
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
+            bytes_in: self.get(Traffic::BytesIn),
+            bytes_out: self.get(Traffic::BytesOut),
             held_alerts: self.held_alerts.into(),
             renegotiations_refused: self.renegotiations_refused.into(),
             dropped_hello_verify_requests: self.dropped_hello_verify_requests.into(),
@@ -142,5 +184,26 @@ mod tests {
         assert_eq!(s.dropped_malformed, 3);
         assert_eq!(s.held_alerts, u64::from(u32::MAX));
         assert!(std::mem::size_of::<Counters>() < std::mem::size_of::<SessionStats>());
+    }
+
+    #[test]
+    fn traffic_counters_are_exact_past_32_bits() {
+        let mut c = Counters::default();
+        c.add(Traffic::BytesIn, u64::from(u32::MAX));
+        assert!(c.high.is_none(), "no box below 2^32");
+        c.add(Traffic::BytesIn, 2);
+        c.add(Traffic::DatagramsOut, 5);
+        c.add(Traffic::BytesIn, 3 << 32);
+        let s = c.public();
+        assert_eq!(s.bytes_in, u64::from(u32::MAX) + 2 + (3 << 32));
+        assert_eq!((s.datagrams_out, s.datagrams_in, s.bytes_out), (5, 0, 0));
+        c.add(Traffic::AppIn, u64::MAX);
+        c.add(Traffic::AppIn, 7);
+        assert_eq!(c.get(Traffic::AppIn), u64::MAX, "saturates at the top");
+        assert_eq!(
+            std::mem::size_of::<Counters>(),
+            8 * 4 + 8 + 10 * 4,
+            "8 low halves, the box, 10 rare counters"
+        );
     }
 }
