@@ -350,6 +350,67 @@ fn openssl_s_client_resumes_a_saved_ticket_with_our_server() {
     s_client_resumes_against(ctx, &c);
 }
 
+/// `s_client -sess_in … -reconnect`: the saved session, then five reconnections on new
+/// sockets, each offering the session again — every one abbreviated.
+fn s_client_reconnects_resuming(ctx: DtlsServerContext, c: &Certs) {
+    require_openssl();
+    let dir = TempDir::new("resumption");
+    let ca = dir.write("ca.pem", &c.pki.ca_cert.to_pem().unwrap());
+    let session = session_path(&ca);
+    let server = Server::start(ctx);
+    let first = s_client(server.addr, &ca, &session, true);
+    assert!(first.contains("New, TLSv1.2"), "{first}");
+    let args = [
+        "s_client",
+        "-dtls1_2",
+        "-connect",
+        &server.addr.to_string(),
+        "-CAfile",
+        &ca,
+        "-servername",
+        NAME,
+        "-verify_return_error",
+        "-sess_in",
+        &session,
+        "-reconnect",
+    ];
+    let mut peer = Peer::spawn("openssl", "openssl", &args);
+    // The first connection and the five reconnections, then the interactive session.
+    let seen = server_saw(&server, 1 + 6);
+    peer.send_line("ping");
+    assert!(peer.wait_for("ping", STEP), "{}", peer.transcript());
+    peer.close_stdin();
+    peer.expect_success(STEP);
+    let transcript = peer.transcript();
+    assert_eq!(
+        transcript.matches("Reused, TLSv1.2").count(),
+        6,
+        "every connection of -reconnect resumed: {transcript}"
+    );
+    assert!(!transcript.contains("New, TLSv1.2"), "{transcript}");
+    assert_eq!(seen, vec![false, true, true, true, true, true, true]);
+}
+
+#[test]
+fn openssl_s_client_reconnect_resumes_from_our_servers_cache_every_time() {
+    let c = certs();
+    let ctx = server_builder(&c)
+        .session_cache(16, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    s_client_reconnects_resuming(ctx, &c);
+}
+
+#[test]
+fn openssl_s_client_reconnect_resumes_our_servers_ticket_every_time() {
+    let c = certs();
+    let ctx = server_builder(&c)
+        .session_tickets(TicketKeys::random(Duration::from_secs(60)).unwrap())
+        .build()
+        .unwrap();
+    s_client_reconnects_resuming(ctx, &c);
+}
+
 #[test]
 fn openssl_s_client_with_a_ticket_under_a_rotated_away_key_gets_a_full_handshake() {
     require_openssl();

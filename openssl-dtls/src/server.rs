@@ -247,8 +247,8 @@ impl DtlsServer {
             let shared = &self.shards[shard].shared;
             let mut core = shared.lock();
             match core.pop_accept() {
-                Some(Ok((peer, id))) => {
-                    let handle = Handle::new(Arc::clone(shared), &core, peer, id);
+                Some(Ok((peer, id, facts))) => {
+                    let handle = Handle::with_facts(Arc::clone(shared), &core, peer, id, facts);
                     if let Some(handle) = handle {
                         return Ok(Some(DtlsConnection::from_handle(handle)));
                     }
@@ -463,8 +463,8 @@ fn accept_from(
     match got {
         None => Ok(None),
         Some(Err(e)) => Err(e),
-        Some(Ok((peer, id))) => {
-            let handle = Handle::new(Arc::clone(shared), &core, peer, id);
+        Some(Ok((peer, id, facts))) => {
+            let handle = Handle::with_facts(Arc::clone(shared), &core, peer, id, facts);
             Ok(handle.map(DtlsConnection::from_handle))
         }
     }

@@ -32,7 +32,7 @@ pub(crate) struct Facts {
 
 impl Facts {
     /// The facts of `session`; all empty without one.
-    fn of(session: Option<&Session>) -> Facts {
+    pub(crate) fn of(session: Option<&Session>) -> Facts {
         session
             .map(|s| Facts {
                 handshake: s.handshake_facts().map(Arc::new),
@@ -70,8 +70,21 @@ impl<D: Io> Handle<D> {
         peer: SocketAddr,
         id: ConnectionId,
     ) -> Option<Arc<Handle<D>>> {
-        let signal = Arc::clone(&core.slots.get(&id)?.signal);
         let facts = Facts::of(core.endpoint.session(peer, id));
+        Handle::with_facts(shared, core, peer, id, facts)
+    }
+
+    /// A handle for connection `id` (which must have a slot) with `facts` taken earlier: an
+    /// accepted connection's, taken when its handshake completed, so that a connection that
+    /// ended before `accept` still tells what its handshake established.
+    pub fn with_facts(
+        shared: Arc<Shared<D>>,
+        core: &Core<D>,
+        peer: SocketAddr,
+        id: ConnectionId,
+        facts: Facts,
+    ) -> Option<Arc<Handle<D>>> {
+        let signal = Arc::clone(&core.slots.get(&id)?.signal);
         Some(Arc::new(Handle {
             shared,
             peer,

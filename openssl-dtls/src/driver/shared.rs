@@ -14,6 +14,7 @@ use std::time::Instant;
 use super::batch;
 use super::blocking::Rtc;
 use super::failures::PendingFailures;
+use super::handle::Facts;
 use super::moves::{AddressChange, PendingMoves};
 use super::{Io, Output, Signal};
 use crate::context::DtlsClientContext;
@@ -48,7 +49,9 @@ pub(crate) struct Core<D: Io> {
     /// The connections some handle (or `connect`) waits on.
     pub slots: HashMap<ConnectionId, Slot<D::Signal>>,
     /// Established server connections not accepted yet.
-    accept_queue: VecDeque<(SocketAddr, ConnectionId)>,
+    /// Established connections not accepted yet, with what their handshake established (taken
+    /// at once: a connection may end before it is accepted).
+    accept_queue: VecDeque<(SocketAddr, ConnectionId, Facts)>,
     /// Whether a connection nobody waits for goes to the accept queue (a server) or is
     /// released (a client whose `connect` gave up).
     accepts: bool,
@@ -80,7 +83,7 @@ impl<D: Io> fmt::Debug for Core<D> {
 impl<D: Io> Core<D> {
     /// The next connection to accept (`Some(Ok)`), [`Error::Closed`] after shutdown, or `None`:
     /// wait.
-    pub fn pop_accept(&mut self) -> Option<Result<(SocketAddr, ConnectionId)>> {
+    pub fn pop_accept(&mut self) -> Option<Result<(SocketAddr, ConnectionId, Facts)>> {
         if let Some(next) = self.accept_queue.pop_front() {
             return Some(Ok(next));
         }
@@ -241,7 +244,8 @@ impl<D: Io> Shared<D> {
                             signal: Arc::default(),
                         };
                         core.slots.insert(id, slot);
-                        core.accept_queue.push_back((peer, id));
+                        let facts = Facts::of(core.endpoint.session(peer, id));
+                        core.accept_queue.push_back((peer, id, facts));
                         self.accept.wake_one();
                         if let Some(hook) = self.accept_hook.get() {
                             hook.call(); // a sharded server's one accept queue

@@ -286,8 +286,9 @@ async fn accept_until(
         let shared = &acceptor.shards[shard];
         let mut core = shared.lock();
         match core.pop_accept() {
-            Some(Ok((peer, id))) => {
-                if let Some(handle) = Handle::new(Arc::clone(shared), &core, peer, id) {
+            Some(Ok((peer, id, facts))) => {
+                if let Some(handle) = Handle::with_facts(Arc::clone(shared), &core, peer, id, facts)
+                {
                     return Some(Ok(Some(DtlsConnection::from_handle(handle))));
                 }
             }
@@ -306,11 +307,11 @@ async fn accept_from(
 ) -> Result<Option<DtlsConnection>> {
     let got = wait_for(&shared.accept, deadline, || {
         let mut core = shared.lock();
-        let (peer, id) = match core.pop_accept()? {
+        let (peer, id, facts) = match core.pop_accept()? {
             Ok(next) => next,
             Err(e) => return Some(Err(e)),
         };
-        let handle = Handle::new(Arc::clone(shared), &core, peer, id);
+        let handle = Handle::with_facts(Arc::clone(shared), &core, peer, id, facts);
         Some(Ok(handle.map(DtlsConnection::from_handle)))
     })
     .await;
