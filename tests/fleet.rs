@@ -990,6 +990,16 @@ fn echo_on(server: Arc<DtlsServer>) -> thread::JoinHandle<()> {
     })
 }
 
+/// Waits until nothing is bound to `addr` any more (a closed server's socket is released once
+/// its last connection handle is gone).
+fn wait_until_free(addr: SocketAddr) {
+    let deadline = Instant::now() + STEP;
+    while UdpSocket::bind(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} still bound");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn bind_and_restore_reads_no_datagram_before_the_restore_and_refuses_cleanly() {
     let key = FleetSecret::from_bytes(&[5; 32]).state_key(0);
@@ -1003,6 +1013,7 @@ fn bind_and_restore_reads_no_datagram_before_the_restore_and_refuses_cleanly() {
     old.close();
     old_echo.join().unwrap();
     drop(old);
+    wait_until_free(addr);
 
     // A state source that fails: the error comes back, the socket is closed again.
     let failed = DtlsServer::bind_and_restore(
@@ -1093,6 +1104,7 @@ fn the_tokio_server_binds_and_restores_before_reading_too() {
     rt.block_on(old.close());
     old_task.abort();
     drop(old);
+    wait_until_free(addr);
     let (new, report) = rt
         .block_on(openssl_dtls::tokio::DtlsServer::bind_and_restore(
             addr,
