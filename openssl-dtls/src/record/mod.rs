@@ -31,6 +31,7 @@
 //! | `cache` | the per-thread cache of keyed cipher contexts and the buffer pool |
 
 mod aead;
+pub mod bench;
 mod cache;
 mod keys;
 mod replay;
@@ -136,8 +137,8 @@ impl RecordLayer {
 
     /// A record layer from an RFC 5246 §6.3 key block (no MAC keys: AEAD suites only):
     /// `client_write_key ‖ server_write_key ‖ client_write_IV ‖ server_write_IV`. For tests and
-    /// the fuzz targets: connections get theirs from [`from_ssl`](Self::from_ssl).
-    #[cfg(any(test, fuzzing))]
+    /// the fuzz targets and the benchmarks: connections get theirs from
+    /// [`from_ssl`](Self::from_ssl).
     pub(crate) fn from_key_block(
         aead: Aead,
         block: &[u8],
