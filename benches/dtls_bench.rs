@@ -2121,6 +2121,8 @@ fn hostile_handshakes(suite: &str, cert: &Cert, n: usize) -> (f64, f64, usize) {
 
 #[path = "dtls_bench/hs_allocs.rs"]
 mod hs_allocs;
+#[path = "dtls_bench/record.rs"]
+mod record;
 #[path = "dtls_bench/restart.rs"]
 mod restart;
 #[path = "dtls_bench/storm.rs"]
@@ -2477,6 +2479,9 @@ fn main() {
     }
     if sizes.run("restart") {
         restart::section(&mut t);
+    }
+    if sizes.run("record") {
+        record::section(&mut t);
     }
 
     write_summary(&t);
