@@ -37,6 +37,19 @@ pub(super) fn section(t: &mut Table) {
     let n = env_usize("BENCH_REC_RAW_N", 300_000).max(1);
     let reps = env_usize("BENCH_REC_REPS", 3).max(1);
     let best = |f: &mut dyn FnMut() -> f64| (0..reps).map(|_| f()).fold(0.0, f64::max);
+    if std::env::var("BENCH_REC_EXP").is_ok() {
+        for size in [1200usize, 100] {
+            for _ in 0..3 {
+                let g = raw_aead_pairs("gcm", size, n);
+                let tls = raw_tls_gcm_pairs(size, n);
+                println!(
+                    "EXP {size}: generic {g:.0} tls {tls:.0} ratio {:.2}",
+                    tls / g
+                );
+            }
+        }
+        return;
+    }
     for size in [1200usize, 100] {
         for (key, suite) in SUITES {
             let ours = best(&mut || compact_pairs(suite, &[], size, n));
@@ -256,4 +269,71 @@ fn openssl_pairs(size: usize, n: usize) -> f64 {
         one();
     }
     n as f64 / (thread_cpu() - t0).as_secs_f64()
+}
+
+extern "C" {
+    fn EVP_CIPHER_CTX_set_params(
+        ctx: *mut ffi::EVP_CIPHER_CTX,
+        params: *const ffi::OSSL_PARAM,
+    ) -> i32;
+    fn EVP_Cipher(ctx: *mut ffi::EVP_CIPHER_CTX, out: *mut u8, inp: *const u8, len: u32) -> i32;
+}
+
+/// Experiment: GCM through the TLS one-shot AEAD (`OSSL_CIPHER_PARAM_AEAD_TLS1_AAD` +
+/// `EVP_Cipher` in place), seal then open, with the copies an immutable received record forces.
+pub(super) fn raw_tls_gcm_pairs(size: usize, n: usize) -> f64 {
+    let seal = raw_ctx("gcm", true);
+    let open = raw_ctx("gcm", false);
+    let msg = vec![0x5au8; size];
+    let mut rec = vec![0u8; size + 24];
+    let mut buf = Vec::with_capacity(size + 24);
+    let mut out = Vec::with_capacity(size + 24);
+    let mut nonce = [7u8; 12];
+    let mut one = |i: u64| unsafe {
+        nonce[4..].copy_from_slice(&i.to_be_bytes());
+        let mut aad = [1u8; 13];
+        aad[11..13].copy_from_slice(&((size + 8) as u16).to_be_bytes());
+        rec[8..8 + size].copy_from_slice(&msg);
+        let p = [
+            ffi::OSSL_PARAM_construct_octet_string(c"tlsaad".as_ptr(), aad.as_mut_ptr().cast(), 13),
+            ffi::OSSL_PARAM_construct_octet_string(
+                c"tlsivfixed".as_ptr(),
+                nonce.as_mut_ptr().cast(),
+                usize::MAX,
+            ),
+            ffi::OSSL_PARAM_construct_end(),
+        ];
+        assert_eq!(EVP_CIPHER_CTX_set_params(seal.0, p.as_ptr()), 1);
+        let r = EVP_Cipher(seal.0, rec.as_mut_ptr(), rec.as_ptr(), (size + 24) as u32);
+        assert_eq!(r as usize, size + 24);
+        // open: copy the fragment, decrypt in place, move the plaintext to the front
+        buf.clear();
+        buf.extend_from_slice(&rec);
+        let mut aad = [1u8; 13];
+        aad[11..13].copy_from_slice(&((size + 24) as u16).to_be_bytes());
+        let p = [
+            ffi::OSSL_PARAM_construct_octet_string(c"tlsaad".as_ptr(), aad.as_mut_ptr().cast(), 13),
+            ffi::OSSL_PARAM_construct_octet_string(
+                c"tlsivfixed".as_ptr(),
+                nonce.as_mut_ptr().cast(),
+                usize::MAX,
+            ),
+            ffi::OSSL_PARAM_construct_end(),
+        ];
+        assert_eq!(EVP_CIPHER_CTX_set_params(open.0, p.as_ptr()), 1);
+        let r = EVP_Cipher(open.0, buf.as_mut_ptr(), buf.as_ptr(), (size + 24) as u32);
+        assert!(r > 0);
+        out.clear();
+        out.extend_from_slice(&buf[8..8 + size]);
+    };
+    for i in 0..1000 {
+        one(i);
+    }
+    let t0 = thread_cpu();
+    for i in 0..n as u64 {
+        one(1000 + i);
+    }
+    let rate = n as f64 / (thread_cpu() - t0).as_secs_f64();
+    assert_eq!(out, msg);
+    rate
 }

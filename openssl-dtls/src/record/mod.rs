@@ -452,6 +452,25 @@ impl Protect<'_> {
             out.extend_from_slice(&self.explicit);
         }
         let body = out.len();
+        let nonce = aead.nonce(iv, self.explicit);
+        if self.cid.is_none() && aead.one_shot() && type_len + padding == 0 && !plaintext.is_empty()
+        {
+            // OpenSSL's TLS one-shot AEAD: the plaintext where its ciphertext goes, sealed in
+            // place with the explicit nonce and the tag in one call.
+            let fragment = body - aead.explicit_nonce_len();
+            out.extend_from_slice(plaintext);
+            out.resize(out.len() + aead.tag_len(), 0);
+            let mut aad = tls_aad(
+                self.epoch_seq,
+                self.content_type,
+                fragment_len - aead.tag_len(),
+            );
+            let r = aead.seal_fragment(ctx, iv, &nonce, &mut aad, &mut out[fragment..]);
+            if r.is_err() {
+                out.truncate(start);
+            }
+            return r;
+        }
         out.resize(body + inner_len + aead.tag_len(), 0);
         let mut aad = [0u8; MAX_AAD];
         let aad_len = additional_data(
@@ -462,22 +481,19 @@ impl Protect<'_> {
             inner_len,
         );
         let aad = &aad[..aad_len];
-        let nonce = aead.nonce(iv, self.explicit);
-        let (ct, tag) = out[body..].split_at_mut(inner_len);
         let r = if self.cid.is_some() {
-            // The inner plaintext must be one contiguous input (CCM takes its data in one call):
-            // a pooled buffer, so no allocation on a steady flow.
-            let mut inner = take_buffer();
-            inner.extend_from_slice(plaintext);
+            // The DTLSInnerPlaintext is one contiguous input (CCM takes its data in one call):
+            // written where its ciphertext goes and sealed in place, no buffer in between.
+            let (inner, tag) = out[body..].split_at_mut(inner_len);
+            inner[..plaintext.len()].copy_from_slice(plaintext);
             if type_len == 1 {
-                inner.push(self.content_type as u8);
+                inner[plaintext.len()] = self.content_type as u8;
             }
-            inner.resize(inner_len, 0);
-            let r = aead.seal(ctx, &nonce, aad, &inner, ct, tag);
-            give_buffer(inner);
-            r
+            // `resize` zero-filled the padding.
+            aead.seal(ctx, &nonce, aad, None, inner, tag)
         } else {
-            aead.seal(ctx, &nonce, aad, plaintext, ct, tag)
+            let (ct, tag) = out[body..].split_at_mut(inner_len);
+            aead.seal(ctx, &nonce, aad, Some(plaintext), ct, tag)
         };
         if r.is_err() {
             out.truncate(start);
@@ -521,6 +537,18 @@ fn additional_data(
     }
 }
 
+/// RFC 5246 §6.2.3.3's additional data of a standard record, `seq_num ‖ type ‖ version ‖
+/// length`, for OpenSSL's TLS one-shot AEAD (which takes `len` as the fragment's length less the
+/// tag when sealing, the whole fragment's when opening, and corrects its own copy).
+fn tls_aad(epoch_seq: [u8; 8], content_type: ContentType, len: usize) -> [u8; 13] {
+    let mut aad = [0u8; 13];
+    aad[..8].copy_from_slice(&epoch_seq);
+    aad[8] = content_type as u8;
+    aad[9..11].copy_from_slice(&DTLS1_2);
+    aad[11..13].copy_from_slice(&(len as u16).to_be_bytes());
+    aad
+}
+
 /// A record's epoch and sequence number as on the wire (8 bytes).
 fn epoch_seq_of(record: &RecordHeader<'_>) -> [u8; 8] {
     let mut epoch_seq = record.sequence().to_be_bytes();
@@ -549,6 +577,26 @@ fn unprotect(
 ) -> Result<ContentType, OpenError> {
     let fragment = record.fragment();
     let explicit_len = aead.explicit_nonce_len();
+    let nonce = aead.nonce(iv, explicit_of(aead, record));
+    if !record.is_cid() && aead.one_shot() && fragment.len() > aead.overhead() {
+        // OpenSSL's TLS one-shot AEAD, which works in place: on a copy of the fragment (the
+        // received datagram is not ours to change), the plaintext then moved to the front.
+        out.clear();
+        out.extend_from_slice(fragment);
+        let mut aad = tls_aad(epoch_seq_of(record), record.content_type(), fragment.len());
+        if aead
+            .open_fragment(ctx, iv, &nonce, &mut aad, &mut out[..])
+            .is_err()
+        {
+            // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
+            out.clear();
+            evp::clear_error();
+            return Err(OpenError::Unauthenticated);
+        }
+        out.truncate(fragment.len() - aead.tag_len());
+        out.drain(..explicit_len);
+        return Ok(record.content_type());
+    }
     let (ct, tag) = fragment[explicit_len..].split_at(fragment.len() - aead.overhead());
     let cid = record.is_cid().then(|| record.cid());
     let mut aad = [0u8; MAX_AAD];
@@ -559,14 +607,11 @@ fn unprotect(
         cid,
         ct.len(),
     );
-    let nonce = aead.nonce(iv, explicit_of(aead, record));
     out.clear();
-    out.resize(ct.len(), 0);
     if aead
-        .open(ctx, &nonce, &aad[..aad_len], ct, tag, &mut out[..])
+        .open_append(ctx, &nonce, &aad[..aad_len], ct, tag, out)
         .is_err()
     {
-        out.clear();
         // A failed tag check is expected input, not an error to report.
         evp::clear_error();
         return Err(OpenError::Unauthenticated);
