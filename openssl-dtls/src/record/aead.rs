@@ -147,16 +147,24 @@ impl Aead {
         Ok(ctx)
     }
 
-    /// Whether standard (non-CID) records of this AEAD go through OpenSSL's TLS one-shot AEAD
+    /// Whether a record goes through OpenSSL's TLS one-shot AEAD
     /// ([`seal_fragment`](Self::seal_fragment), [`open_fragment`](Self::open_fragment)): one
-    /// parameter call and one `EVP_Cipher` per record instead of five EVP calls, measured
-    /// 1.1–1.7× faster for AES-GCM (BENCHMARKS.md, issue 22). Not for CCM: OpenSSL's CCM
-    /// context stays in TLS mode once used so (`tls_aad_len` is never reset), and a cached
-    /// context must serve either kind of record. Not for empty records either (an empty
-    /// ChaCha20-Poly1305 record sealed and opened this way does not verify on OpenSSL 3.0):
-    /// they take the generic sequence, which every AEAD supports.
-    pub(super) fn one_shot(self) -> bool {
-        !self.is_ccm()
+    /// parameter call and one `EVP_Cipher` per record instead of five or six EVP calls,
+    /// measured 1.1–1.7× faster (BENCHMARKS.md, issue 22). Only standard records (`cid`:
+    /// a `tls12_cid` record, whose additional data OpenSSL's TLS mode does not take), with data
+    /// (an empty ChaCha20-Poly1305 record sealed and opened this way does not verify on OpenSSL
+    /// 3.0), and for CCM, which takes the explicit nonce of a record it seals from its sequence
+    /// number, only when they are the same (`explicit_is_seq`; opening: always). Other records
+    /// take the generic sequence, which every AEAD supports.
+    pub(super) fn takes_one_shot(self, cid: bool, explicit_is_seq: bool, data_len: usize) -> bool {
+        !cid && data_len > 0 && (explicit_is_seq || !self.is_ccm())
+    }
+
+    /// Whether a context that served a one-shot record must serve only those afterwards: CCM's
+    /// stays in TLS mode once used so (OpenSSL never resets its `tls_aad_len`); GCM's and
+    /// ChaCha20-Poly1305's leave it after each record.
+    pub(super) fn one_shot_sticks(self) -> bool {
+        self.is_ccm()
     }
 
     /// The IV parameter of a one-shot record under `iv` (the key block's salt or IV) and

@@ -37,6 +37,9 @@ struct Slot {
     owner: u64,
     /// The context's cipher.
     aead: Aead,
+    /// The context has served OpenSSL's TLS one-shot AEAD in a mode it never leaves (CCM,
+    /// [`Aead::one_shot_sticks`]): it serves only such records, as if another cipher.
+    sticky: bool,
     ctx: CipherCtx,
     /// The tick of its latest use, for least-recently-used replacement.
     used: u64,
@@ -48,12 +51,13 @@ thread_local! {
 }
 
 /// Runs `f` on a context keyed with `key` for `owner` (a direction of one connection), from this
-/// thread's cache.
+/// thread's cache; `sticky`: one that serves (or has served) CCM's one-shot records only.
 pub(super) fn with_ctx<R>(
     owner: u64,
     aead: Aead,
     key: &[u8; 32],
     encrypt: bool,
+    sticky: bool,
     f: impl FnOnce(&mut CipherCtxRef) -> Result<R, ErrorStack>,
 ) -> Result<R, ErrorStack> {
     let tick = TICK
@@ -67,13 +71,17 @@ pub(super) fn with_ctx<R>(
     // `try_with`: during thread-local teardown there is no cache: fail the record, never panic.
     let Ok(result) = CACHE.try_with(|cache| -> Result<R, ErrorStack> {
         let mut cache = cache.borrow_mut();
-        let index = match cache.iter().position(|s| s.owner == owner) {
+        let index = match cache
+            .iter()
+            .position(|s| s.owner == owner && s.sticky == sticky)
+        {
             Some(i) => i,
             None => {
                 let i = if cache.len() < CACHE_SLOTS {
                     cache.push(Slot {
                         owner: 0,
                         aead,
+                        sticky,
                         ctx: aead.new_ctx(encrypt)?,
                         used: 0,
                     });
@@ -85,14 +93,15 @@ pub(super) fn with_ctx<R>(
                         cache
                             .iter()
                             .enumerate()
-                            .filter(|(_, s)| !same || s.aead == aead)
+                            .filter(|(_, s)| !same || (s.aead == aead && s.sticky == sticky))
                             .min_by_key(|(_, s)| s.used)
                             .map(|(i, _)| i)
                     };
                     let i = lru(true).or_else(|| lru(false)).expect("cache is full");
-                    if cache[i].aead != aead {
+                    if cache[i].aead != aead || cache[i].sticky != sticky {
                         cache[i].ctx = aead.new_ctx(encrypt)?;
                         cache[i].aead = aead;
+                        cache[i].sticky = sticky;
                     }
                     i
                 };

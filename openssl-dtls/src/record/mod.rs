@@ -229,7 +229,8 @@ impl RecordLayer {
         };
         let keys = (&self.keys.write_key, &self.keys.write_iv);
         let aead = self.aead;
-        let sealed = cache::with_ctx(self.id, aead, keys.0, true, |ctx| {
+        let sticky = aead.one_shot_sticks() && record.one_shot(aead, plaintext.len());
+        let sealed = cache::with_ctx(self.id, aead, keys.0, true, sticky, |ctx| {
             record.seal(aead, ctx, keys.1, plaintext, out)
         });
         if sealed.is_err() {
@@ -262,7 +263,8 @@ impl RecordLayer {
         self.window.check(seq)?;
         let aead = self.aead;
         let keys = (&self.keys.read_key, &self.keys.read_iv);
-        let opened = cache::with_ctx(self.id | 1, aead, keys.0, false, |ctx| {
+        let sticky = aead.one_shot_sticks() && opens_one_shot(aead, record);
+        let opened = cache::with_ctx(self.id | 1, aead, keys.0, false, sticky, |ctx| {
             Ok(unprotect(aead, ctx, keys.1, record, out))
         });
         let content_type = match opened {
@@ -417,6 +419,12 @@ struct Protect<'c> {
 }
 
 impl Protect<'_> {
+    /// Whether this record, with `len` bytes of data, is sealed through OpenSSL's TLS one-shot
+    /// AEAD ([`Aead::takes_one_shot`]).
+    fn one_shot(&self, aead: Aead, len: usize) -> bool {
+        aead.takes_one_shot(self.cid.is_some(), self.explicit == self.epoch_seq, len)
+    }
+
     /// Appends the record protecting `plaintext` to `out` with `ctx` (keyed for encryption);
     /// on error `out` is as it was.
     fn seal(
@@ -453,8 +461,7 @@ impl Protect<'_> {
         }
         let body = out.len();
         let nonce = aead.nonce(iv, self.explicit);
-        if self.cid.is_none() && aead.one_shot() && type_len + padding == 0 && !plaintext.is_empty()
-        {
+        if self.one_shot(aead, plaintext.len()) && type_len + padding == 0 {
             // OpenSSL's TLS one-shot AEAD: the plaintext where its ciphertext goes, sealed in
             // place with the explicit nonce and the tag in one call.
             let fragment = body - aead.explicit_nonce_len();
@@ -549,6 +556,13 @@ fn tls_aad(epoch_seq: [u8; 8], content_type: ContentType, len: usize) -> [u8; 13
     aad
 }
 
+/// Whether `record` (checked by [`RecordLayer::check`]) is opened through OpenSSL's TLS one-shot
+/// AEAD ([`Aead::takes_one_shot`]).
+fn opens_one_shot(aead: Aead, record: &RecordHeader<'_>) -> bool {
+    let data_len = record.fragment().len().saturating_sub(aead.overhead());
+    aead.takes_one_shot(record.is_cid(), true, data_len)
+}
+
 /// A record's epoch and sequence number as on the wire (8 bytes).
 fn epoch_seq_of(record: &RecordHeader<'_>) -> [u8; 8] {
     let mut epoch_seq = record.sequence().to_be_bytes();
@@ -578,7 +592,7 @@ fn unprotect(
     let fragment = record.fragment();
     let explicit_len = aead.explicit_nonce_len();
     let nonce = aead.nonce(iv, explicit_of(aead, record));
-    if !record.is_cid() && aead.one_shot() && fragment.len() > aead.overhead() {
+    if opens_one_shot(aead, record) {
         // OpenSSL's TLS one-shot AEAD, which works in place: on a copy of the fragment (the
         // received datagram is not ours to change), the plaintext then moved to the front.
         out.clear();

@@ -173,6 +173,47 @@ fn more_connections_than_cache_slots_still_work() {
 }
 
 #[test]
+fn one_shot_and_generic_records_share_the_context_cache() {
+    // Standard records with data take OpenSSL's TLS one-shot AEAD, CID and empty records the
+    // generic sequence; CCM's one-shot contexts never go back (`Aead::one_shot_sticks`). Mixed
+    // on one thread, with more directions than cache slots, every record still opens.
+    let mut plain: Vec<_> = (0..CACHE_SLOTS).map(|i| pair(ALL[i % ALL.len()])).collect();
+    let mut cid: Vec<_> = (0..CACHE_SLOTS)
+        .map(|i| cid_pair(ALL[(i + 3) % ALL.len()], false))
+        .collect();
+    for round in 0..4u8 {
+        for ((a, b), (c, d)) in plain.iter_mut().zip(cid.iter_mut()) {
+            for data in [&[round; 9][..], &[], &[round; 300][..]] {
+                let mut wire = Vec::new();
+                a.seal(None, ContentType::ApplicationData, data, &mut wire)
+                    .unwrap();
+                assert_eq!(open_one(b, &wire).unwrap().1, data, "{:?}", a.aead());
+                wire.clear();
+                c.seal(ContentType::ApplicationData, data, &mut wire)
+                    .unwrap();
+                let got = open_cid(d, &wire, SERVER_CID.len()).unwrap().1;
+                assert_eq!(got, data, "{:?}", c.layer.aead());
+            }
+        }
+    }
+    assert!(cache::cached_contexts() <= CACHE_SLOTS);
+    // A CCM direction continuing OpenSSL's explicit nonces seals generically, and its reader
+    // opens one-shot: both directions of one connection, on the same thread's cache.
+    for aead in [Aead::Aes128Ccm, Aead::Aes256Ccm8] {
+        let (mut a, mut b) = pair(aead);
+        for i in 0..3u8 {
+            if i == 1 {
+                a.continue_explicit_nonce_after(41u64.to_be_bytes());
+            }
+            let mut wire = Vec::new();
+            a.seal(None, ContentType::ApplicationData, &[i; 20], &mut wire)
+                .unwrap();
+            assert_eq!(open_one(&mut b, &wire).unwrap().1, [i; 20], "{aead:?}");
+        }
+    }
+}
+
+#[test]
 fn explicit_nonces_continue_after_openssls_last_one() {
     for aead in [Aead::Aes128Gcm, Aead::Aes128Ccm8, Aead::ChaCha20Poly1305] {
         let (mut a, mut b) = pair(aead);
