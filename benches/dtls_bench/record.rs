@@ -17,7 +17,8 @@
 //!   records) next to the raw limit.
 //!
 //! Sizes: `BENCH_REC_RAW_N` pairs per measurement (default 300,000), `BENCH_REC_REPS` rounds
-//! (best kept, default 3).
+//! (best kept, default 3). `BENCH_REC_PROFILE=gcm:100` (or `ccm8:1200:cid`, …) runs only the
+//! compact pairs of one row, to profile them.
 
 use std::ptr;
 
@@ -39,6 +40,27 @@ const SUITES: [(&str, &str); 3] = [
 pub(super) fn section(t: &mut Table) {
     let n = env_usize("BENCH_REC_RAW_N", 300_000).max(1);
     let reps = env_usize("BENCH_REC_REPS", 3).max(1);
+    // `BENCH_REC_PROFILE=<key>:<size>[:cid]`: only the compact pairs of that row, for `perf`.
+    if let Ok(p) = std::env::var("BENCH_REC_PROFILE") {
+        let mut it = p.split(':');
+        let key = it.next().unwrap_or("gcm");
+        let size = it.next().and_then(|s| s.parse().ok()).unwrap_or(1200);
+        let cid: &[u8] = if it.next() == Some("cid") {
+            &[0xc1; 8]
+        } else {
+            &[]
+        };
+        let suite = SUITES
+            .iter()
+            .find(|s| s.0 == key)
+            .map_or(SUITES[0].1, |s| s.1);
+        let rate = compact_pairs(suite, cid, size, n);
+        println!(
+            "profile {key} {size} B (cid: {}): {rate:.0} pairs/s",
+            !cid.is_empty()
+        );
+        return;
+    }
     // Ours and the reference alternate within each round (the machine is shared: load that
     // comes and goes hits both), the best round of each kept.
     let best2 = |ours: &mut dyn FnMut() -> f64, reference: &mut dyn FnMut() -> f64| {

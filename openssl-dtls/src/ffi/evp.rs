@@ -373,6 +373,11 @@ extern "C" {
     fn EVP_Cipher(ctx: *mut ffi::EVP_CIPHER_CTX, out: *mut u8, inp: *const u8, inl: u32) -> c_int;
 }
 
+/// `OSSL_PARAM_OCTET_STRING` (`openssl/core.h`).
+const OSSL_PARAM_OCTET_STRING: libc::c_uint = 5;
+/// `OSSL_PARAM_UNMODIFIED` (`openssl/params.h`): a parameter no call has written yet.
+const OSSL_PARAM_UNMODIFIED: usize = usize::MAX;
+
 /// The IV part a TLS one-shot AEAD operation ([`aead_tls_one_shot`]) sets, in OpenSSL's
 /// `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` (`EVP_CTRL_AEAD_SET_IV_FIXED`).
 #[derive(Debug, Clone, Copy)]
@@ -413,25 +418,31 @@ pub(crate) fn aead_tls_one_shot(
         TlsIv::Salt(salt) => (salt.as_ptr(), salt.len()),
         TlsIv::Fixed(iv) => (iv.as_ptr(), iv.len()),
     };
+    // The parameters are built in place, as OpenSSL's own `OSSL_PARAM_octet_string` macro does
+    // (the struct is public and fixed in `openssl/core.h`): calling the constructors returns
+    // 40-byte structs by value, a measurable share of a small record's cost. Building them is
+    // safe; what makes their use sound is at the call below. The IV parameter points to 12
+    // bytes (GCM's `usize::MAX` size is OpenSSL's "whole IV" marker: it copies the context's IV
+    // length, 12 as the context was set up) or exactly its size; OpenSSL only reads it although
+    // the field is `*mut`. `aad` is 13 bytes, copied by OpenSSL (which corrects its copy's
+    // length field).
+    let octets = |key: &'static CStr, data: *mut u8, data_size: usize| ffi::OSSL_PARAM {
+        key: key.as_ptr(),
+        data_type: OSSL_PARAM_OCTET_STRING,
+        data: data.cast(),
+        data_size,
+        return_size: OSSL_PARAM_UNMODIFIED,
+    };
+    let iv_param = || octets(c"tlsivfixed", iv_ptr.cast_mut(), iv_size);
     let aad_ptr = aad.as_mut_ptr();
-    // SAFETY (the three constructors): they only record the pointers and sizes. The IV
-    // parameter points to 12 bytes (GCM's `usize::MAX` size is OpenSSL's "whole IV" marker: it
-    // copies the context's IV length, 12 as the context was set up) or exactly its size;
-    // OpenSSL only reads it although the C signature takes `*mut`. `aad` is 13 bytes, copied by
-    // OpenSSL (which corrects its copy's length field). Both outlive every call below.
-    let iv_param = || unsafe {
-        ffi::OSSL_PARAM_construct_octet_string(
-            c"tlsivfixed".as_ptr(),
-            iv_ptr.cast_mut().cast(),
-            iv_size,
-        )
+    let aad_param = || octets(c"tlsaad", aad_ptr, 13);
+    let end = || ffi::OSSL_PARAM {
+        key: ptr::null(),
+        data_type: 0,
+        data: ptr::null_mut(),
+        data_size: 0,
+        return_size: 0,
     };
-    // SAFETY: as above.
-    let aad_param = || unsafe {
-        ffi::OSSL_PARAM_construct_octet_string(c"tlsaad".as_ptr(), aad_ptr.cast(), 13)
-    };
-    // SAFETY: the end marker.
-    let end = || unsafe { ffi::OSSL_PARAM_construct_end() };
     // ChaCha20-Poly1305 computes its nonce when the additional data is set, from the IV set
     // before: two calls. The others take both in one.
     let (params, then) = if matches!(iv, TlsIv::Fixed(_)) {
@@ -440,7 +451,8 @@ pub(crate) fn aead_tls_one_shot(
         ([aad_param(), iv_param(), end()], None)
     };
     // SAFETY: `ctx` is a live, keyed context borrowed mutably for this call; each parameter
-    // array ends with the end marker and names only the live buffers above. `fragment` is
+    // array ends with the end marker (null key) and names only the live buffers above, which
+    // outlive the calls, with their sizes (see above). `fragment` is
     // transformed in place (input and output the same pointer, which OpenSSL's TLS AEAD mode
     // requires) for exactly `len` bytes: an AEAD in TLS mode writes no more than its input.
     unsafe {
