@@ -310,22 +310,33 @@ extern "C" {
     fn EVP_Cipher(ctx: *mut ffi::EVP_CIPHER_CTX, out: *mut u8, inp: *const u8, len: u32) -> i32;
 }
 
-/// Sets `params` (octet strings: name, pointer, size) on `ctx`.
+/// An octet-string `OSSL_PARAM`, built in place (as OpenSSL's `OSSL_PARAM_octet_string` macro
+/// does); `None`: the end marker.
+fn octets(p: Option<(&'static std::ffi::CStr, *mut u8, usize)>) -> ffi::OSSL_PARAM {
+    let (key, data, data_size) = p.map_or((ptr::null(), ptr::null_mut(), 0), |(k, d, n)| {
+        (k.as_ptr(), d, n)
+    });
+    ffi::OSSL_PARAM {
+        key,
+        data_type: 5, // OSSL_PARAM_OCTET_STRING
+        data: data.cast(),
+        data_size,
+        return_size: usize::MAX, // OSSL_PARAM_UNMODIFIED
+    }
+}
+
+/// Sets up to two octet-string parameters (name, pointer, size) on `ctx`, no allocation.
 ///
 /// # Safety
 ///
 /// `ctx` is a live context; every pointer is valid for its size (or, for GCM's whole-IV marker
 /// `usize::MAX`, for the context's 12-byte IV) for the call.
-unsafe fn set(ctx: &Ctx, params: &[(&std::ffi::CStr, *mut u8, usize)]) {
-    let mut p: Vec<ffi::OSSL_PARAM> = params
-        .iter()
-        // SAFETY: the caller's contract.
-        .map(|&(k, v, n)| unsafe {
-            ffi::OSSL_PARAM_construct_octet_string(k.as_ptr(), v.cast(), n)
-        })
-        .collect();
-    // SAFETY: the end marker.
-    p.push(unsafe { ffi::OSSL_PARAM_construct_end() });
+unsafe fn set(
+    ctx: &Ctx,
+    a: (&'static std::ffi::CStr, *mut u8, usize),
+    b: Option<(&'static std::ffi::CStr, *mut u8, usize)>,
+) {
+    let p = [octets(Some(a)), octets(b), octets(None)];
     // SAFETY: the caller's contract; `p` ends with the end marker.
     assert_eq!(unsafe { EVP_CIPHER_CTX_set_params(ctx.0, p.as_ptr()) }, 1);
 }
@@ -347,8 +358,8 @@ fn raw_one_shot_pairs(key: &str, size: usize, n: usize) -> f64 {
     for ctx in [&seal, &open] {
         // SAFETY: live contexts; `iv` outlives the call (12 bytes; CCM reads 4).
         match key {
-            "ccm8" => unsafe { set(ctx, &[(c"tlsivfixed", ivp, 4)]) },
-            "chacha" => unsafe { set(ctx, &[(c"tlsivfixed", ivp, 12)]) },
+            "ccm8" => unsafe { set(ctx, (c"tlsivfixed", ivp, 4), None) },
+            "chacha" => unsafe { set(ctx, (c"tlsivfixed", ivp, 12), None) },
             _ => {}
         }
     }
@@ -364,17 +375,8 @@ fn raw_one_shot_pairs(key: &str, size: usize, n: usize) -> f64 {
             // SAFETY: live contexts; `aad` (13 bytes), `nonce` (12) and `buf` (its length)
             // outlive the calls; EVP_Cipher works in place on `buf`.
             unsafe {
-                if key == "gcm" {
-                    set(
-                        ctx,
-                        &[
-                            (c"tlsaad", a, 13),
-                            (c"tlsivfixed", nonce.as_mut_ptr(), usize::MAX),
-                        ],
-                    );
-                } else {
-                    set(ctx, &[(c"tlsaad", a, 13)]);
-                }
+                let iv = (key == "gcm").then_some((c"tlsivfixed", nonce.as_mut_ptr(), usize::MAX));
+                set(ctx, (c"tlsaad", a, 13), iv);
                 let r = EVP_Cipher(ctx.0, buf.as_mut_ptr(), buf.as_ptr(), buf.len() as u32);
                 assert!(r > 0, "raw one-shot {key}");
             }

@@ -378,91 +378,92 @@ const OSSL_PARAM_OCTET_STRING: libc::c_uint = 5;
 /// `OSSL_PARAM_UNMODIFIED` (`openssl/params.h`): a parameter no call has written yet.
 const OSSL_PARAM_UNMODIFIED: usize = usize::MAX;
 
-/// The IV part a TLS one-shot AEAD operation ([`aead_tls_one_shot`]) sets, in OpenSSL's
-/// `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` (`EVP_CTRL_AEAD_SET_IV_FIXED`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum TlsIv<'a> {
-    /// AES-GCM: the record's whole 12-byte nonce (salt ‖ explicit nonce), OpenSSL's "length
-    /// -1" case. On sealing, OpenSSL writes the explicit nonce from it into the record.
-    Whole(&'a [u8; 12]),
-    /// AES-CCM: the 4-byte salt. On sealing OpenSSL takes the explicit nonce from the first 8
-    /// bytes of the additional data (the epoch and sequence number).
-    Salt(&'a [u8; 4]),
-    /// ChaCha20-Poly1305: the 12-byte IV, into which OpenSSL XORs the additional data's epoch
-    /// and sequence number (RFC 7905). Set in its own call, before the additional data
-    /// (OpenSSL computes the nonce when the additional data is set).
-    Fixed(&'a [u8; 12]),
-}
-
-/// Seals or opens one whole TLS/DTLS 1.2 AEAD record fragment in place through OpenSSL's TLS
-/// one-shot AEAD, the path its own record layer takes: `EVP_CIPHER_CTX_set_params` with
-/// `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` and `OSSL_CIPHER_PARAM_AEAD_TLS1_AAD` (the 13 bytes of
-/// additional data, whose length field is the fragment's length less the tag when sealing and
-/// the whole fragment's when opening), then one `EVP_Cipher` over `fragment` (explicit nonce
-/// if any ‖ data ‖ tag). Sealing fills in the explicit nonce and the tag; opening verifies the
-/// tag and leaves the plaintext after the explicit nonce, or fails with the data wiped by
-/// OpenSSL. `ctx` must be keyed (rust-openssl's safe API does that) for the direction of
-/// `enc`, of the AEAD whose IV `iv` is.
-#[doc(alias = "EVP_Cipher")]
-#[doc(alias = "EVP_CIPHER_CTX_set_params")]
-pub(crate) fn aead_tls_one_shot(
-    ctx: &mut CipherCtxRef,
-    iv: TlsIv<'_>,
-    aad: &mut [u8; 13],
-    fragment: &mut [u8],
-) -> Result<(), ErrorStack> {
-    let len = u32::try_from(fragment.len()).map_err(|_| ErrorStack::get())?;
-    let ctx = ctx.as_ptr();
-    let (iv_ptr, iv_size) = match iv {
-        TlsIv::Whole(iv) => (iv.as_ptr(), usize::MAX),
-        TlsIv::Salt(salt) => (salt.as_ptr(), salt.len()),
-        TlsIv::Fixed(iv) => (iv.as_ptr(), iv.len()),
-    };
-    // The parameters are built in place, as OpenSSL's own `OSSL_PARAM_octet_string` macro does
-    // (the struct is public and fixed in `openssl/core.h`): calling the constructors returns
-    // 40-byte structs by value, a measurable share of a small record's cost. Building them is
-    // safe; what makes their use sound is at the call below. The IV parameter points to 12
-    // bytes (GCM's `usize::MAX` size is OpenSSL's "whole IV" marker: it copies the context's IV
-    // length, 12 as the context was set up) or exactly its size; OpenSSL only reads it although
-    // the field is `*mut`. `aad` is 13 bytes, copied by OpenSSL (which corrects its copy's
-    // length field).
-    let octets = |key: &'static CStr, data: *mut u8, data_size: usize| ffi::OSSL_PARAM {
+/// An `OSSL_PARAM` of octets, built in place as OpenSSL's own `OSSL_PARAM_octet_string` macro
+/// does (the struct is public and fixed in `openssl/core.h`): calling the constructor returns a
+/// 40-byte struct by value, a measurable share of a small record's cost. Building one is safe;
+/// using it is sound while `data` is valid for `data_size` bytes.
+fn octets(key: &'static CStr, data: *mut u8, data_size: usize) -> ffi::OSSL_PARAM {
+    ffi::OSSL_PARAM {
         key: key.as_ptr(),
         data_type: OSSL_PARAM_OCTET_STRING,
         data: data.cast(),
         data_size,
         return_size: OSSL_PARAM_UNMODIFIED,
-    };
-    let iv_param = || octets(c"tlsivfixed", iv_ptr.cast_mut(), iv_size);
-    let aad_ptr = aad.as_mut_ptr();
-    let aad_param = || octets(c"tlsaad", aad_ptr, 13);
-    let end = || ffi::OSSL_PARAM {
+    }
+}
+
+/// The end of an `OSSL_PARAM` array (`OSSL_PARAM_END`: a null key).
+fn params_end() -> ffi::OSSL_PARAM {
+    ffi::OSSL_PARAM {
         key: ptr::null(),
         data_type: 0,
         data: ptr::null_mut(),
         data_size: 0,
         return_size: 0,
+    }
+}
+
+/// Sets the fixed part of the IV of OpenSSL's TLS one-shot AEAD on `ctx` (a keyed AES-CCM or
+/// ChaCha20-Poly1305 context): `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED`
+/// (`EVP_CTRL_AEAD_SET_IV_FIXED`), CCM's 4-byte salt or ChaCha20-Poly1305's 12-byte IV, into
+/// which OpenSSL puts each record's explicit nonce (CCM) or XORs its sequence number (RFC 7905)
+/// when [`aead_tls_one_shot`] seals or opens it.
+#[doc(alias = "EVP_CIPHER_CTX_set_params")]
+pub(crate) fn aead_tls_set_fixed_iv(ctx: &mut CipherCtxRef, iv: &[u8]) -> Result<(), ErrorStack> {
+    // OpenSSL copies the IV; it never writes through the pointer although the field is `*mut`.
+    let params = [
+        octets(c"tlsivfixed", iv.as_ptr().cast_mut(), iv.len()),
+        params_end(),
+    ];
+    // SAFETY: `ctx` is a live context borrowed mutably for this call; the array ends with the
+    // end marker and names `iv`, valid for `iv.len()` bytes during the call.
+    if unsafe { EVP_CIPHER_CTX_set_params(ctx.as_ptr(), params.as_ptr()) } != 1 {
+        return Err(ErrorStack::get());
+    }
+    Ok(())
+}
+
+/// Seals or opens one whole TLS/DTLS 1.2 AEAD record fragment in place through OpenSSL's TLS
+/// one-shot AEAD, the path its own record layer takes: `EVP_CIPHER_CTX_set_params` with
+/// `OSSL_CIPHER_PARAM_AEAD_TLS1_AAD` (the 13 bytes of additional data, whose length field is
+/// the fragment's length less the tag when sealing and the whole fragment's when opening) and,
+/// for AES-GCM, `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` with the record's whole nonce
+/// (`nonce`: OpenSSL's "length -1" case; the others' fixed IV is set once, by
+/// [`aead_tls_set_fixed_iv`]), then one `EVP_Cipher` over `fragment` (explicit nonce if any ‖
+/// data ‖ tag). Sealing fills in the explicit nonce (GCM: from `nonce`; CCM: the epoch and
+/// sequence number of the additional data) and the tag; opening verifies the tag and leaves the
+/// plaintext after the explicit nonce, or fails with the data wiped by OpenSSL. `ctx` must be
+/// keyed for the direction wanted (rust-openssl's safe API does that).
+#[doc(alias = "EVP_Cipher")]
+#[doc(alias = "EVP_CIPHER_CTX_set_params")]
+pub(crate) fn aead_tls_one_shot(
+    ctx: &mut CipherCtxRef,
+    nonce: Option<&[u8; 12]>,
+    aad: &mut [u8; 13],
+    fragment: &mut [u8],
+) -> Result<(), ErrorStack> {
+    let len = u32::try_from(fragment.len()).map_err(|_| ErrorStack::get())?;
+    let ctx = ctx.as_ptr();
+    // OpenSSL copies both (and corrects its copy of the additional data's length); it never
+    // writes through the pointers although the field is `*mut`. `usize::MAX` is the "whole IV"
+    // marker: OpenSSL copies the context's IV length, 12 as the context was set up.
+    let aad = octets(c"tlsaad", aad.as_mut_ptr(), 13);
+    let params = match nonce {
+        Some(nonce) => [
+            aad,
+            octets(c"tlsivfixed", nonce.as_ptr().cast_mut(), usize::MAX),
+            params_end(),
+        ],
+        None => [aad, params_end(), params_end()],
     };
-    // ChaCha20-Poly1305 computes its nonce when the additional data is set, from the IV set
-    // before: two calls. The others take both in one.
-    let (params, then) = if matches!(iv, TlsIv::Fixed(_)) {
-        ([iv_param(), end(), end()], Some([aad_param(), end()]))
-    } else {
-        ([aad_param(), iv_param(), end()], None)
-    };
-    // SAFETY: `ctx` is a live, keyed context borrowed mutably for this call; each parameter
-    // array ends with the end marker (null key) and names only the live buffers above, which
-    // outlive the calls, with their sizes (see above). `fragment` is
-    // transformed in place (input and output the same pointer, which OpenSSL's TLS AEAD mode
-    // requires) for exactly `len` bytes: an AEAD in TLS mode writes no more than its input.
+    // SAFETY: `ctx` is a live, keyed context borrowed mutably for this call; the parameter
+    // array ends with the end marker and names only `aad` (13 bytes) and `nonce` (12 bytes,
+    // see above), which outlive both calls. `fragment` is transformed in place (input and
+    // output the same pointer, which OpenSSL's TLS AEAD mode requires) for exactly `len`
+    // bytes: an AEAD in TLS mode writes no more than its input.
     unsafe {
         if EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) != 1 {
             return Err(ErrorStack::get());
-        }
-        if let Some(params) = then {
-            if EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) != 1 {
-                return Err(ErrorStack::get());
-            }
         }
         if EVP_Cipher(ctx, fragment.as_mut_ptr(), fragment.as_ptr(), len) <= 0 {
             return Err(ErrorStack::get());

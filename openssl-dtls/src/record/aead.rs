@@ -10,7 +10,7 @@ use openssl::cipher::{Cipher, CipherRef};
 use openssl::cipher_ctx::{CipherCtx, CipherCtxRef};
 use openssl::error::ErrorStack;
 
-use crate::ffi::evp::{self, TlsIv};
+use crate::ffi::evp;
 
 /// The AEAD suites the compact layer can carry. Anything else (CBC suites) stays on OpenSSL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -160,21 +160,31 @@ impl Aead {
         !cid && data_len > 0 && (explicit_is_seq || !self.is_ccm())
     }
 
-    /// Whether a context that served a one-shot record must serve only those afterwards: CCM's
-    /// stays in TLS mode once used so (OpenSSL never resets its `tls_aad_len`); GCM's and
-    /// ChaCha20-Poly1305's leave it after each record.
+    /// Whether contexts serving one-shot records of this AEAD serve only those, their fixed
+    /// IV set once when keyed ([`set_fixed_iv`](Self::set_fixed_iv)) rather than per record.
+    /// CCM's must anyway: OpenSSL's CCM context stays in TLS mode once used so (its
+    /// `tls_aad_len` is never reset). ChaCha20-Poly1305's fixed IV would be overwritten by a
+    /// generic record's nonce. AES-GCM's takes the record's whole nonce with its additional
+    /// data, in the same call, and serves either kind of record.
     pub(super) fn one_shot_sticks(self) -> bool {
-        self.is_ccm()
+        self != Aead::Aes128Gcm && self != Aead::Aes256Gcm
     }
 
-    /// The IV parameter of a one-shot record under `iv` (the key block's salt or IV) and
-    /// `nonce` (the record's whole nonce).
-    fn tls_iv<'a>(self, iv: &'a [u8; 12], nonce: &'a [u8; 12]) -> TlsIv<'a> {
-        match self {
-            Aead::ChaCha20Poly1305 => TlsIv::Fixed(iv),
-            _ if self.is_ccm() => TlsIv::Salt(iv.first_chunk::<4>().expect("12 > 4")),
-            _ => TlsIv::Whole(nonce),
-        }
+    /// Sets the fixed IV of the one-shot records ([`one_shot_sticks`](Self::one_shot_sticks))
+    /// on `ctx`, just keyed: CCM's 4-byte salt, ChaCha20-Poly1305's 12-byte IV.
+    pub(super) fn set_fixed_iv(
+        self,
+        ctx: &mut CipherCtxRef,
+        iv: &[u8; 12],
+    ) -> Result<(), ErrorStack> {
+        evp::aead_tls_set_fixed_iv(ctx, &iv[..self.fixed_iv_len()])
+    }
+
+    /// The whole nonce the one-shot path takes per record: AES-GCM's (the others' fixed IV
+    /// is set when their context is keyed, and each record's part comes from its additional
+    /// data or its explicit nonce).
+    fn per_record_iv(self, nonce: &[u8; 12]) -> Option<&[u8; 12]> {
+        (!self.one_shot_sticks()).then_some(nonce)
     }
 
     /// Seals `fragment` (explicit nonce ‖ plaintext ‖ room for the tag) in place through the
@@ -183,12 +193,11 @@ impl Aead {
     pub(super) fn seal_fragment(
         self,
         ctx: &mut CipherCtxRef,
-        iv: &[u8; 12],
         nonce: &[u8; 12],
         aad: &mut [u8; 13],
         fragment: &mut [u8],
     ) -> Result<(), ErrorStack> {
-        evp::aead_tls_one_shot(ctx, self.tls_iv(iv, nonce), aad, fragment)
+        evp::aead_tls_one_shot(ctx, self.per_record_iv(nonce), aad, fragment)
     }
 
     /// Opens `fragment` (a copy of a record's whole fragment) in place, like
@@ -197,12 +206,11 @@ impl Aead {
     pub(super) fn open_fragment(
         self,
         ctx: &mut CipherCtxRef,
-        iv: &[u8; 12],
         nonce: &[u8; 12],
         aad: &mut [u8; 13],
         fragment: &mut [u8],
     ) -> Result<(), ErrorStack> {
-        evp::aead_tls_one_shot(ctx, self.tls_iv(iv, nonce), aad, fragment)
+        evp::aead_tls_one_shot(ctx, self.per_record_iv(nonce), aad, fragment)
     }
 
     /// Encrypts `input` into `ct` (as long), or `ct` in place when `input` is `None`, and

@@ -37,8 +37,8 @@ struct Slot {
     owner: u64,
     /// The context's cipher.
     aead: Aead,
-    /// The context has served OpenSSL's TLS one-shot AEAD in a mode it never leaves (CCM,
-    /// [`Aead::one_shot_sticks`]): it serves only such records, as if another cipher.
+    /// The context serves only OpenSSL's TLS one-shot AEAD, with the fixed IV of its owner set
+    /// when keyed ([`Aead::one_shot_sticks`]): as if another cipher.
     sticky: bool,
     ctx: CipherCtx,
     /// The tick of its latest use, for least-recently-used replacement.
@@ -51,11 +51,13 @@ thread_local! {
 }
 
 /// Runs `f` on a context keyed with `key` for `owner` (a direction of one connection), from this
-/// thread's cache; `sticky`: one that serves (or has served) CCM's one-shot records only.
+/// thread's cache. `sticky`: one that serves only OpenSSL's one-shot records
+/// ([`Aead::one_shot_sticks`]), whose fixed IV, `iv`, is set when it is keyed.
 pub(super) fn with_ctx<R>(
     owner: u64,
     aead: Aead,
     key: &[u8; 32],
+    iv: &[u8; 12],
     encrypt: bool,
     sticky: bool,
     f: impl FnOnce(&mut CipherCtxRef) -> Result<R, ErrorStack>,
@@ -108,6 +110,9 @@ pub(super) fn with_ctx<R>(
                 let slot = &mut cache[i];
                 slot.owner = 0; // unusable until keyed
                 aead::init(&mut slot.ctx, encrypt, None, Some(key))?;
+                if sticky {
+                    aead.set_fixed_iv(&mut slot.ctx, iv)?;
+                }
                 slot.owner = owner;
                 i
             }

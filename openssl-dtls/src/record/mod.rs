@@ -230,7 +230,7 @@ impl RecordLayer {
         let keys = (&self.keys.write_key, &self.keys.write_iv);
         let aead = self.aead;
         let sticky = aead.one_shot_sticks() && record.one_shot(aead, plaintext.len());
-        let sealed = cache::with_ctx(self.id, aead, keys.0, true, sticky, |ctx| {
+        let sealed = cache::with_ctx(self.id, aead, keys.0, keys.1, true, sticky, |ctx| {
             record.seal(aead, ctx, keys.1, plaintext, out)
         });
         if sealed.is_err() {
@@ -264,7 +264,7 @@ impl RecordLayer {
         let aead = self.aead;
         let keys = (&self.keys.read_key, &self.keys.read_iv);
         let sticky = aead.one_shot_sticks() && opens_one_shot(aead, record);
-        let opened = cache::with_ctx(self.id | 1, aead, keys.0, false, sticky, |ctx| {
+        let opened = cache::with_ctx(self.id | 1, aead, keys.0, keys.1, false, sticky, |ctx| {
             Ok(unprotect(aead, ctx, keys.1, record, out))
         });
         let content_type = match opened {
@@ -331,7 +331,7 @@ impl RecordLayer {
         let aead = self.aead;
         let (key, iv) = (&self.keys.write_key, &self.keys.write_iv);
         let mut plain = take_buffer();
-        let result = one_shot(aead, key, false, |ctx| {
+        let result = fresh_ctx(aead, key, iv, false, |ctx| {
             Ok(unprotect(aead, ctx, iv, record, &mut plain))
         })
         .map_err(|_| OpenError::Unauthenticated)
@@ -347,8 +347,10 @@ impl RecordLayer {
                 #[cfg(test)]
                 no_type: false,
             };
-            one_shot(aead, key, true, |ctx| p.seal(aead, ctx, iv, &plain, out))
-                .map_err(|_| OpenError::Unauthenticated)
+            fresh_ctx(aead, key, iv, true, |ctx| {
+                p.seal(aead, ctx, iv, &plain, out)
+            })
+            .map_err(|_| OpenError::Unauthenticated)
         });
         evp::clear_error();
         give_buffer(plain);
@@ -394,7 +396,7 @@ impl RecordLayer {
             no_type: false,
         };
         let (key, iv) = (&self.keys.read_key, &self.keys.read_iv);
-        let sealed = one_shot(aead, key, true, |ctx| p.seal(aead, ctx, iv, plain, out));
+        let sealed = fresh_ctx(aead, key, iv, true, |ctx| p.seal(aead, ctx, iv, plain, out));
         evp::clear_error();
         sealed.map_err(|_| OpenError::Unauthenticated)
     }
@@ -472,7 +474,7 @@ impl Protect<'_> {
                 self.content_type,
                 fragment_len - aead.tag_len(),
             );
-            let r = aead.seal_fragment(ctx, iv, &nonce, &mut aad, &mut out[fragment..]);
+            let r = aead.seal_fragment(ctx, &nonce, &mut aad, &mut out[fragment..]);
             if r.is_err() {
                 out.truncate(start);
             }
@@ -599,7 +601,7 @@ fn unprotect(
         out.extend_from_slice(fragment);
         let mut aad = tls_aad(epoch_seq_of(record), record.content_type(), fragment.len());
         if aead
-            .open_fragment(ctx, iv, &nonce, &mut aad, &mut out[..])
+            .open_fragment(ctx, &nonce, &mut aad, &mut out[..])
             .is_err()
         {
             // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
@@ -647,15 +649,20 @@ fn unprotect(
     inner.ok_or(OpenError::Malformed)
 }
 
-/// Runs `f` on a fresh context of `aead` keyed with `key` (the handshake's transcoding only:
-/// rare, so it does not disturb the per-thread cache).
-fn one_shot<R>(
+/// Runs `f` on a fresh context of `aead` keyed with `key` (and, for the one-shot path, with
+/// the fixed IV `iv`: [`Aead::one_shot_sticks`]); the handshake's transcoding only: rare, so it
+/// does not disturb the per-thread cache.
+fn fresh_ctx<R>(
     aead: Aead,
     key: &[u8; 32],
+    iv: &[u8; 12],
     encrypt: bool,
     f: impl FnOnce(&mut openssl::cipher_ctx::CipherCtxRef) -> Result<R, ErrorStack>,
 ) -> Result<R, ErrorStack> {
     let mut ctx = aead.new_ctx(encrypt)?;
     aead::init(&mut ctx, encrypt, None, Some(&key[..aead.key_len()]))?;
+    if aead.one_shot_sticks() {
+        aead.set_fixed_iv(&mut ctx, iv)?;
+    }
     f(&mut ctx)
 }

@@ -428,7 +428,7 @@ fn cid_padding_is_stripped_and_an_all_zero_inner_plaintext_is_refused() {
                 no_type: content_type.is_none(),
             };
             let mut out = Vec::new();
-            one_shot(aead, &writer.write_key, true, |ctx| {
+            fresh_ctx(aead, &writer.write_key, &writer.write_iv, true, |ctx| {
                 p.seal(aead, ctx, &writer.write_iv, content, &mut out)
             })
             .unwrap();
