@@ -356,11 +356,14 @@ fn raw_one_shot_pairs(key: &str, size: usize, n: usize) -> f64 {
     let mut iv = [7u8; 12];
     let ivp = iv.as_mut_ptr();
     for ctx in [&seal, &open] {
-        // SAFETY: live contexts; `iv` outlives the call (12 bytes; CCM reads 4).
-        match key {
-            "ccm8" => unsafe { set(ctx, (c"tlsivfixed", ivp, 4), None) },
-            "chacha" => unsafe { set(ctx, (c"tlsivfixed", ivp, 12), None) },
-            _ => {}
+        let (n, fixed) = match key {
+            "ccm8" => (4, true),
+            "chacha" => (12, true),
+            _ => (0, false),
+        };
+        if fixed {
+            // SAFETY: a live context; `iv` (12 bytes, `n` of them read) outlives the call.
+            unsafe { set(ctx, (c"tlsivfixed", ivp, n), None) };
         }
     }
     let mut buf = vec![0x5au8; explicit + size + tag];

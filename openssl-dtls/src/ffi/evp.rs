@@ -216,7 +216,7 @@ unsafe fn aead_start(
     len: c_int,
 ) -> Result<(), ErrorStack> {
     let mut outl = 0;
-    // SAFETY (all four): `ctx` is live and keyed (the caller's contract); the cipher and key
+    // SAFETY: (all four calls) `ctx` is live and keyed (the caller's contract); the cipher and key
     // stay (null), the nonce is 12 bytes as the context was set up for; `tag` is read for
     // `tag.len()` bytes (OpenSSL copies it into the context); a null output with a null input
     // is CCM's "set the total length" call; `aad` is read for `aad.len()` bytes.

@@ -8,7 +8,7 @@
 use super::{Aead, RecordLayer};
 use crate::wire::{ContentType, RecordHeader};
 
-/// A sealing and an opening [`RecordLayer`] sharing one key block: what one side seals, the
+/// A sealing and an opening `RecordLayer` sharing one key block: what one side seals, the
 /// other opens.
 pub struct RecordPair {
     tx: RecordLayer,
