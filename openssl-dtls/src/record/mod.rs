@@ -15,9 +15,15 @@
 //!   (RFC 7905) XORs it into the IV. Sequence numbers never repeat, so neither do nonces.
 //! * A 64-record sliding replay window (RFC 6347 §4.1.2.6) that moves only after a record
 //!   authenticates; a write sequence number at 2^48 − 1 refuses to seal.
+//! * One AEAD pass per record: standard records go through OpenSSL's TLS one-shot AEAD, the path
+//!   its own record layer takes (one `EVP_CIPHER_CTX_set_params` with the 13-byte additional
+//!   data, one `EVP_Cipher` over explicit nonce ‖ data ‖ tag in place); `tls12_cid` records, whose
+//!   additional data that mode does not take, and empty ones go through the generic EVP AEAD
+//!   sequence, called directly ([`Aead::takes_one_shot`]). Both are in
+//!   [`ffi::evp`](crate::ffi::evp).
 //! * Idle connections hold raw keys only. A small per-thread cache of keyed `EVP_CIPHER_CTX`s
 //!   serves active ones; a hit costs no allocation, and a miss re-keys the least recently used
-//!   context of the same cipher (no allocation either once the cache is full).
+//!   context of the same cipher and kind (no allocation either once the cache is full).
 //!
 //! This file owns the [`RecordLayer`] API (seal, open, sequence numbers, errors); the rest is
 //! by concern, and all of it is safe code: the OpenSSL calls it needs beyond rust-openssl's safe
@@ -25,10 +31,11 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `aead` | the AEAD suites, their sizes and nonces, one record's cipher operations |
+//! | `aead` | the AEAD suites, their sizes and nonces, one record's cipher operations (one-shot or generic) |
 //! | `replay` | the 64-record replay window |
 //! | `keys` | key derivation from the finished handshake, and wiping the keys |
 //! | `cache` | the per-thread cache of keyed cipher contexts and the buffer pool |
+//! | `bench` | the benchmarks' view (`openssl_dtls::__bench`, hidden): a sealing and an opening layer |
 
 mod aead;
 pub mod bench;
