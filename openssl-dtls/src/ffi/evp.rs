@@ -199,46 +199,84 @@ fn c_len(len: usize) -> Result<c_int, ErrorStack> {
     c_int::try_from(len).map_err(|_| ErrorStack::get())
 }
 
+/// Which AEAD a generic sequence ([`aead_seal`], [`aead_open_append`]) runs on: what it needs
+/// beyond the common calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AeadKind {
+    /// AES-GCM: the nonce (and the tag to verify) set in one `EVP_CIPHER_CTX_set_params` call
+    /// (`OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` with the whole IV, `..._AEAD_TAG`) instead of
+    /// `EVP_CipherInit_ex` (which on OpenSSL 3 also queries the IV length) and a ctrl.
+    Gcm,
+    /// AES-CCM: the data length before the additional data.
+    Ccm,
+    /// ChaCha20-Poly1305.
+    ChaCha,
+}
+
 /// Starts one AEAD operation on `ctx`: the nonce, the tag to verify (decryption), the data
 /// length (CCM, which needs it before the additional data), then the additional data.
 ///
 /// # Safety
 ///
-/// `ctx` must be a context of a 12-byte-nonce AEAD keyed for the direction `enc` (1 encrypt,
-/// 0 decrypt), borrowed mutably for the call.
+/// `ctx` must be a context of a 12-byte-nonce AEAD of kind `kind` keyed for the direction
+/// `enc` (1 encrypt, 0 decrypt), borrowed mutably for the call.
 unsafe fn aead_start(
     ctx: *mut ffi::EVP_CIPHER_CTX,
     enc: c_int,
-    ccm: bool,
+    kind: AeadKind,
     nonce: &[u8; 12],
     aad: &[u8],
     tag: Option<&[u8]>,
     len: c_int,
 ) -> Result<(), ErrorStack> {
     let mut outl = 0;
-    // SAFETY: (all four calls) `ctx` is live and keyed (the caller's contract); the cipher and key
-    // stay (null), the nonce is 12 bytes as the context was set up for; `tag` is read for
-    // `tag.len()` bytes (OpenSSL copies it into the context); a null output with a null input
-    // is CCM's "set the total length" call; `aad` is read for `aad.len()` bytes.
-    unsafe {
-        cvt(ffi::EVP_CipherInit_ex(
-            ctx,
-            ptr::null(),
-            ptr::null_mut(),
-            ptr::null(),
-            nonce.as_ptr(),
-            enc,
-        ))?;
-        if let Some(tag) = tag {
-            let tag_len = c_len(tag.len())?;
-            cvt(ffi::EVP_CIPHER_CTX_ctrl(
-                ctx,
-                EVP_CTRL_AEAD_SET_TAG,
-                tag_len,
-                tag.as_ptr().cast_mut().cast(),
-            ))?;
+    if kind == AeadKind::Gcm {
+        // The whole 12-byte IV (`usize::MAX`: OpenSSL's "whole IV" marker, copying the
+        // context's IV length, 12 as set up), and the tag to verify; OpenSSL copies both and
+        // never writes through the pointers.
+        let iv = octets(c"tlsivfixed", nonce.as_ptr().cast_mut(), usize::MAX);
+        let params = match tag {
+            Some(tag) => [
+                iv,
+                octets(c"tag", tag.as_ptr().cast_mut(), tag.len()),
+                params_end(),
+            ],
+            None => [iv, params_end(), params_end()],
+        };
+        // SAFETY: `ctx` is a live, keyed GCM context (the caller's contract); the array ends
+        // with the end marker and names `nonce` (12 bytes) and `tag` (its length), both live
+        // for the call.
+        if unsafe { EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) } != 1 {
+            return Err(ErrorStack::get());
         }
-        if ccm {
+    } else {
+        // SAFETY: `ctx` is live and keyed (the caller's contract); the cipher and key stay
+        // (null), the nonce is 12 bytes as the context was set up for; `tag` is read for
+        // `tag.len()` bytes (OpenSSL copies it into the context).
+        unsafe {
+            cvt(ffi::EVP_CipherInit_ex(
+                ctx,
+                ptr::null(),
+                ptr::null_mut(),
+                ptr::null(),
+                nonce.as_ptr(),
+                enc,
+            ))?;
+            if let Some(tag) = tag {
+                let tag_len = c_len(tag.len())?;
+                cvt(ffi::EVP_CIPHER_CTX_ctrl(
+                    ctx,
+                    EVP_CTRL_AEAD_SET_TAG,
+                    tag_len,
+                    tag.as_ptr().cast_mut().cast(),
+                ))?;
+            }
+        }
+    }
+    // SAFETY: (both calls) `ctx` is live and keyed; a null output with a null input is CCM's
+    // "set the total length" call; `aad` is read for `aad.len()` bytes.
+    unsafe {
+        if kind == AeadKind::Ccm {
             cvt(ffi::EVP_CipherUpdate(
                 ctx,
                 ptr::null_mut(),
@@ -259,15 +297,16 @@ unsafe fn aead_start(
 }
 
 /// Seals one record's data on `ctx`, an AEAD context keyed for encryption with 12-byte nonces
-/// (CCM: `ccm`, its tag length fixed to `tag.len()`): encrypts `input` into `out` (as long), or
+/// of kind `kind` (CCM: its tag length fixed to `tag.len()`): encrypts `input` into `out` (as long), or
 /// `out` in place when `input` is `None`, under `nonce` and the additional data `aad`, and
 /// writes the tag into `tag`. The whole sequence of the EVP AEAD interface, once each:
-/// `EVP_CipherInit_ex` (nonce), [CCM: the length], `EVP_CipherUpdate` (additional data, then
-/// data), `EVP_CipherFinal_ex`, `EVP_CIPHER_CTX_ctrl(EVP_CTRL_AEAD_GET_TAG)`.
+/// `EVP_CipherInit_ex` (nonce; GCM: `EVP_CIPHER_CTX_set_params` instead, see [`AeadKind`]),
+/// [CCM: the length], `EVP_CipherUpdate` (additional data, then data), `EVP_CipherFinal_ex`,
+/// `EVP_CIPHER_CTX_ctrl(EVP_CTRL_AEAD_GET_TAG)`.
 #[doc(alias = "EVP_CipherUpdate")]
 pub(crate) fn aead_seal(
     ctx: &mut CipherCtxRef,
-    ccm: bool,
+    kind: AeadKind,
     nonce: &[u8; 12],
     aad: &[u8],
     input: Option<&[u8]>,
@@ -289,7 +328,7 @@ pub(crate) fn aead_seal(
     // update and nothing in the final (whose output pointer is only a position). `tag` is
     // writable for `tag_len` bytes.
     unsafe {
-        aead_start(ctx, 1, ccm, nonce, aad, None, len)?;
+        aead_start(ctx, 1, kind, nonce, aad, None, len)?;
         cvt(ffi::EVP_CipherUpdate(
             ctx,
             out.as_mut_ptr(),
@@ -313,7 +352,7 @@ pub(crate) fn aead_seal(
 }
 
 /// Opens one record's data on `ctx`, an AEAD context keyed for decryption with 12-byte nonces
-/// (CCM: `ccm`, its tag length fixed to `tag.len()`): decrypts `ct` under `nonce` and `aad`,
+/// of kind `kind` (CCM: its tag length fixed to `tag.len()`): decrypts `ct` under `nonce` and `aad`,
 /// verifies `tag`, and only then appends the plaintext to `out` (into its spare capacity: no
 /// zero-filling first). On failure `out` is as it was and the spare capacity the unverified
 /// plaintext went to is wiped. The calls are [`aead_seal`]'s, with
@@ -322,7 +361,7 @@ pub(crate) fn aead_seal(
 #[doc(alias = "EVP_CipherUpdate")]
 pub(crate) fn aead_open_append(
     ctx: &mut CipherCtxRef,
-    ccm: bool,
+    kind: AeadKind,
     nonce: &[u8; 12],
     aad: &[u8],
     ct: &[u8],
@@ -341,7 +380,7 @@ pub(crate) fn aead_open_append(
     // does not overlap it (a shared borrow while `out` is borrowed mutably). `tag` is read for
     // its length.
     let r = unsafe {
-        aead_start(ctx, 0, ccm, nonce, aad, Some(tag), len).and_then(|()| {
+        aead_start(ctx, 0, kind, nonce, aad, Some(tag), len).and_then(|()| {
             cvt(ffi::EVP_CipherUpdate(ctx, dst, &mut outl, ct.as_ptr(), len))?;
             cvt(ffi::EVP_CipherFinal(ctx, dst.add(ct.len()), &mut outl))
         })

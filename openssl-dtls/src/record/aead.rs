@@ -79,6 +79,15 @@ impl Aead {
         )
     }
 
+    /// The kind of the generic EVP sequence for this AEAD.
+    fn kind(self) -> evp::AeadKind {
+        match self {
+            Aead::Aes128Gcm | Aead::Aes256Gcm => evp::AeadKind::Gcm,
+            Aead::ChaCha20Poly1305 => evp::AeadKind::ChaCha,
+            _ => evp::AeadKind::Ccm,
+        }
+    }
+
     /// Bytes of key.
     pub(crate) fn key_len(self) -> usize {
         match self {
@@ -225,7 +234,7 @@ impl Aead {
         ct: &mut [u8],
         tag: &mut [u8],
     ) -> Result<(), ErrorStack> {
-        evp::aead_seal(ctx, self.is_ccm(), nonce, aad, input, ct, tag)
+        evp::aead_seal(ctx, self.kind(), nonce, aad, input, ct, tag)
     }
 
     /// Decrypts `ct` on `ctx`, a context of this AEAD keyed for decryption, and appends the
@@ -240,7 +249,7 @@ impl Aead {
         tag: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ErrorStack> {
-        evp::aead_open_append(ctx, self.is_ccm(), nonce, aad, ct, tag, out)
+        evp::aead_open_append(ctx, self.kind(), nonce, aad, ct, tag, out)
     }
 }
 
