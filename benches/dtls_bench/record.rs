@@ -18,7 +18,8 @@
 //!
 //! Sizes: `BENCH_REC_RAW_N` pairs per measurement (default 300,000), `BENCH_REC_REPS` rounds
 //! (best kept, default 3). `BENCH_REC_PROFILE=gcm:100` (or `ccm8:1200:cid`, …) runs only the
-//! compact pairs of one row, to profile them.
+//! compact pairs of one row, `BENCH_REC_PROFILE=raw:gcm:100` only its raw one-shot reference, to
+//! profile them (`perf`, or `valgrind --tool=callgrind` for instruction counts).
 
 use std::ptr;
 
@@ -41,8 +42,10 @@ pub(super) fn section(t: &mut Table) {
     let n = env_usize("BENCH_REC_RAW_N", 300_000).max(1);
     let reps = env_usize("BENCH_REC_REPS", 3).max(1);
     // `BENCH_REC_PROFILE=<key>:<size>[:cid]`: only the compact pairs of that row, for `perf`.
+    // `BENCH_REC_PROFILE=raw:<key>:<size>`: only the raw one-shot reference of that row.
     if let Ok(p) = std::env::var("BENCH_REC_PROFILE") {
-        let mut it = p.split(':');
+        let raw = p.starts_with("raw:");
+        let mut it = p.trim_start_matches("raw:").split(':');
         let key = it.next().unwrap_or("gcm");
         let size = it.next().and_then(|s| s.parse().ok()).unwrap_or(1200);
         let cid: &[u8] = if it.next() == Some("cid") {
@@ -54,6 +57,11 @@ pub(super) fn section(t: &mut Table) {
             .iter()
             .find(|s| s.0 == key)
             .map_or(SUITES[0].1, |s| s.1);
+        if raw {
+            let rate = raw_one_shot_pairs(key, size, n);
+            println!("profile raw one-shot {key} {size} B: {rate:.0} pairs/s");
+            return;
+        }
         let rate = compact_pairs(suite, cid, size, n);
         println!(
             "profile {key} {size} B (cid: {}): {rate:.0} pairs/s",
