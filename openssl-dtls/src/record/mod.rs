@@ -455,6 +455,10 @@ impl Protect<'_> {
         let inner_len = plaintext.len() + type_len + padding;
         let fragment_len = inner_len + aead.overhead();
         let start = out.len();
+        // One reservation for the whole record: the pushes below never reallocate.
+        out.reserve(
+            crate::wire::RECORD_HEADER_LEN + self.cid.map_or(0, <[u8]>::len) + fragment_len,
+        );
         match self.cid {
             None => out.push(self.content_type as u8),
             Some(_) => out.push(ContentType::Tls12Cid as u8),
@@ -572,11 +576,22 @@ fn opens_one_shot(aead: Aead, record: &RecordHeader<'_>) -> bool {
     aead.takes_one_shot(record.is_cid(), true, data_len)
 }
 
-/// A record's epoch and sequence number as on the wire (8 bytes).
+/// A record's epoch and sequence number as on the wire (8 bytes: header bytes 3 to 10, in
+/// standard and `tls12_cid` records alike).
 fn epoch_seq_of(record: &RecordHeader<'_>) -> [u8; 8] {
-    let mut epoch_seq = record.sequence().to_be_bytes();
-    epoch_seq[..2].copy_from_slice(&record.epoch().to_be_bytes());
-    epoch_seq
+    match record
+        .header_bytes()
+        .get(3..11)
+        .and_then(|b| b.first_chunk())
+    {
+        Some(epoch_seq) => *epoch_seq,
+        // Unreachable: a checked header is at least 13 bytes.
+        None => {
+            let mut epoch_seq = record.sequence().to_be_bytes();
+            epoch_seq[..2].copy_from_slice(&record.epoch().to_be_bytes());
+            epoch_seq
+        }
+    }
 }
 
 /// The nonce input a record carries: its explicit nonce (GCM, CCM) or its epoch and sequence
