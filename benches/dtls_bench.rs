@@ -2131,6 +2131,8 @@ fn hostile_handshakes(suite: &str, cert: &Cert, n: usize) -> (f64, f64, usize) {
 mod fleet;
 #[path = "dtls_bench/hs_allocs.rs"]
 mod hs_allocs;
+#[path = "dtls_bench/record.rs"]
+mod record;
 #[path = "dtls_bench/restart.rs"]
 mod restart;
 #[path = "dtls_bench/rtt_shape.rs"]
@@ -2549,6 +2551,9 @@ fn main() {
     }
     if sizes.run("restart") {
         restart::section(&mut t);
+    }
+    if sizes.run("record") {
+        record::section(&mut t);
     }
 
     if sizes.run("fleet") {

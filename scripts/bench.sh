@@ -2,7 +2,7 @@
 # Runs the benchmark harness (openssl-dtls/benches -> benches/dtls_bench.rs) in release mode and
 # prints one table: each figure next to a reference measured in the same run, with the ratio.
 # Run scripts/setup.sh first on a fresh machine. Sizes are environment variables (defaults):
-#   BENCH_ONLY=handshake,throughput,latency,async,memory,allocs,compact,cid,hostile,shards,idle,hsallocs,storm,batch,restart,fleet   (all; async
+#   BENCH_ONLY=handshake,throughput,latency,async,memory,allocs,compact,cid,hostile,shards,idle,hsallocs,storm,batch,restart,fleet,record   (all; async
 #                                      needs the tokio feature, which this script turns on)
 #   BENCH_HS_PSK=4000 BENCH_HS_ECDSA=1500 BENCH_RAW_PSK=4000 BENCH_RAW_ECDSA=1500
 #   BENCH_HS_WINDOW=32 BENCH_HS_REPS=3          handshakes in flight; interleaved rounds (best kept)

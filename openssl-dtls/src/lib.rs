@@ -18,6 +18,8 @@ pub mod fleet;
 mod listener;
 mod plaintext;
 mod record;
+#[doc(hidden)]
+pub use record::bench as __bench;
 mod server;
 pub mod session;
 /// The same server, client and connection on tokio (feature `tokio`).

@@ -1,14 +1,20 @@
 //! The `EVP` calls of the compact record layer that rust-openssl does not wrap: the TLS 1.2 PRF
 //! (OpenSSL's `TLS1-PRF` KDF) and the digest name it takes, clearing the error queue after an
-//! expected tag failure, and `OPENSSL_cleanse` for key material. The AEAD cipher operations
-//! themselves go through rust-openssl's safe [`CipherCtx`](openssl::cipher_ctx::CipherCtx).
+//! expected tag failure, `OPENSSL_cleanse` for key material, and the per-record AEAD sequence
+//! ([`aead_seal`], [`aead_open_append`]) called directly on a keyed context: rust-openssl's
+//! safe [`CipherCtx`](openssl::cipher_ctx::CipherCtx) methods ask the provider for the IV
+//! length on every `encrypt_init` and check sizes the record layer has already checked, which
+//! is a large share of a small record's cost. Contexts are still created and keyed through
+//! rust-openssl.
 //!
 //! Each function here is safe to call; the `unsafe` it needs stays inside, with its reason.
 
 use std::ffi::CStr;
 use std::ptr;
 
+use foreign_types::ForeignTypeRef;
 use libc::c_int;
+use openssl::cipher_ctx::CipherCtxRef;
 use openssl::error::ErrorStack;
 use openssl::nid::Nid;
 use openssl_dtls_sys as dffi;
@@ -180,6 +186,329 @@ pub(crate) fn cleanse_vec(buf: &mut Vec<u8>) {
     // afterwards, so no byte is read as initialised that was not before.
     unsafe { dffi::OPENSSL_cleanse(buf.as_mut_ptr().cast(), capacity) };
     buf.clear();
+}
+
+/// `EVP_CTRL_AEAD_GET_TAG` (`EVP_CTRL_GCM_GET_TAG`, the same value for every AEAD).
+const EVP_CTRL_AEAD_GET_TAG: c_int = ffi::EVP_CTRL_GCM_GET_TAG;
+/// `EVP_CTRL_AEAD_SET_TAG`.
+const EVP_CTRL_AEAD_SET_TAG: c_int = ffi::EVP_CTRL_GCM_SET_TAG;
+
+/// A length as the `int` the EVP calls take: every record length fits (≤ 2^14 + 256); anything
+/// else is refused before a call.
+fn c_len(len: usize) -> Result<c_int, ErrorStack> {
+    c_int::try_from(len).map_err(|_| ErrorStack::get())
+}
+
+/// Which AEAD a generic sequence ([`aead_seal`], [`aead_open_append`]) runs on: what it needs
+/// beyond the common calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AeadKind {
+    /// AES-GCM: the nonce (and the tag to verify) set in one `EVP_CIPHER_CTX_set_params` call
+    /// (`OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` with the whole IV, `..._AEAD_TAG`) instead of
+    /// `EVP_CipherInit_ex` (which on OpenSSL 3 also queries the IV length) and a ctrl.
+    Gcm,
+    /// AES-CCM: the data length before the additional data.
+    Ccm,
+    /// ChaCha20-Poly1305.
+    ChaCha,
+}
+
+/// Starts one AEAD operation on `ctx`: the nonce, the tag to verify (decryption), the data
+/// length (CCM, which needs it before the additional data), then the additional data.
+///
+/// # Safety
+///
+/// `ctx` must be a context of a 12-byte-nonce AEAD of kind `kind` keyed for the direction
+/// `enc` (1 encrypt, 0 decrypt), borrowed mutably for the call.
+unsafe fn aead_start(
+    ctx: *mut ffi::EVP_CIPHER_CTX,
+    enc: c_int,
+    kind: AeadKind,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    tag: Option<&[u8]>,
+    len: c_int,
+) -> Result<(), ErrorStack> {
+    let mut outl = 0;
+    if kind == AeadKind::Gcm {
+        // The whole 12-byte IV (`usize::MAX`: OpenSSL's "whole IV" marker, copying the
+        // context's IV length, 12 as set up), and the tag to verify; OpenSSL copies both and
+        // never writes through the pointers.
+        let iv = octets(c"tlsivfixed", nonce.as_ptr().cast_mut(), usize::MAX);
+        let params = match tag {
+            Some(tag) => [
+                iv,
+                octets(c"tag", tag.as_ptr().cast_mut(), tag.len()),
+                params_end(),
+            ],
+            None => [iv, params_end(), params_end()],
+        };
+        // SAFETY: `ctx` is a live, keyed GCM context (the caller's contract); the array ends
+        // with the end marker and names `nonce` (12 bytes) and `tag` (its length), both live
+        // for the call.
+        if unsafe { EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) } != 1 {
+            return Err(ErrorStack::get());
+        }
+    } else {
+        // SAFETY: `ctx` is live and keyed (the caller's contract); the cipher and key stay
+        // (null), the nonce is 12 bytes as the context was set up for; `tag` is read for
+        // `tag.len()` bytes (OpenSSL copies it into the context).
+        unsafe {
+            cvt(ffi::EVP_CipherInit_ex(
+                ctx,
+                ptr::null(),
+                ptr::null_mut(),
+                ptr::null(),
+                nonce.as_ptr(),
+                enc,
+            ))?;
+            if let Some(tag) = tag {
+                let tag_len = c_len(tag.len())?;
+                cvt(ffi::EVP_CIPHER_CTX_ctrl(
+                    ctx,
+                    EVP_CTRL_AEAD_SET_TAG,
+                    tag_len,
+                    tag.as_ptr().cast_mut().cast(),
+                ))?;
+            }
+        }
+    }
+    // SAFETY: (both calls) `ctx` is live and keyed; a null output with a null input is CCM's
+    // "set the total length" call; `aad` is read for `aad.len()` bytes.
+    unsafe {
+        if kind == AeadKind::Ccm {
+            cvt(ffi::EVP_CipherUpdate(
+                ctx,
+                ptr::null_mut(),
+                &mut outl,
+                ptr::null(),
+                len,
+            ))?;
+        }
+        cvt(ffi::EVP_CipherUpdate(
+            ctx,
+            ptr::null_mut(),
+            &mut outl,
+            aad.as_ptr(),
+            c_len(aad.len())?,
+        ))?;
+    }
+    Ok(())
+}
+
+/// Seals one record's data on `ctx`, an AEAD context keyed for encryption with 12-byte nonces
+/// of kind `kind` (CCM: its tag length fixed to `tag.len()`): encrypts `input` into `out` (as long), or
+/// `out` in place when `input` is `None`, under `nonce` and the additional data `aad`, and
+/// writes the tag into `tag`. The whole sequence of the EVP AEAD interface, once each:
+/// `EVP_CipherInit_ex` (nonce; GCM: `EVP_CIPHER_CTX_set_params` instead, see [`AeadKind`]),
+/// [CCM: the length], `EVP_CipherUpdate` (additional data, then data), `EVP_CipherFinal_ex`,
+/// `EVP_CIPHER_CTX_ctrl(EVP_CTRL_AEAD_GET_TAG)`.
+#[doc(alias = "EVP_CipherUpdate")]
+pub(crate) fn aead_seal(
+    ctx: &mut CipherCtxRef,
+    kind: AeadKind,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    input: Option<&[u8]>,
+    out: &mut [u8],
+    tag: &mut [u8],
+) -> Result<(), ErrorStack> {
+    if input.is_some_and(|i| i.len() != out.len()) {
+        return Err(ErrorStack::get());
+    }
+    let len = c_len(out.len())?;
+    let tag_len = c_len(tag.len())?;
+    let ctx = ctx.as_ptr();
+    let src = input.map_or(out.as_ptr(), <[u8]>::as_ptr);
+    let mut outl = 0;
+    // SAFETY: `ctx` is a live context borrowed mutably for this call, keyed for encryption by
+    // the caller's contract (an AEAD with 12-byte nonces). `src` is `input` (as long as `out`,
+    // checked above) or `out` itself: EVP ciphers allow exactly-overlapping (in-place) input
+    // and output. `out` is writable for `len` bytes; a stream AEAD writes exactly `len` in the
+    // update and nothing in the final (whose output pointer is only a position). `tag` is
+    // writable for `tag_len` bytes.
+    unsafe {
+        aead_start(ctx, 1, kind, nonce, aad, None, len)?;
+        cvt(ffi::EVP_CipherUpdate(
+            ctx,
+            out.as_mut_ptr(),
+            &mut outl,
+            src,
+            len,
+        ))?;
+        cvt(ffi::EVP_CipherFinal(
+            ctx,
+            out.as_mut_ptr().add(out.len()),
+            &mut outl,
+        ))?;
+        cvt(ffi::EVP_CIPHER_CTX_ctrl(
+            ctx,
+            EVP_CTRL_AEAD_GET_TAG,
+            tag_len,
+            tag.as_mut_ptr().cast(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Opens one record's data on `ctx`, an AEAD context keyed for decryption with 12-byte nonces
+/// of kind `kind` (CCM: its tag length fixed to `tag.len()`): decrypts `ct` under `nonce` and `aad`,
+/// verifies `tag`, and only then appends the plaintext to `out` (into its spare capacity: no
+/// zero-filling first). On failure `out` is as it was and the spare capacity the unverified
+/// plaintext went to is wiped. The calls are [`aead_seal`]'s, with
+/// `EVP_CIPHER_CTX_ctrl(EVP_CTRL_AEAD_SET_TAG)` before the data instead of reading the tag
+/// after; an `Err` is most often a tag that did not verify.
+#[doc(alias = "EVP_CipherUpdate")]
+pub(crate) fn aead_open_append(
+    ctx: &mut CipherCtxRef,
+    kind: AeadKind,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    ct: &[u8],
+    tag: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), ErrorStack> {
+    let len = c_len(ct.len())?;
+    out.reserve(ct.len());
+    let start = out.len();
+    let dst = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+    let ctx = ctx.as_ptr();
+    let mut outl = 0;
+    // SAFETY: `ctx` is a live context borrowed mutably, keyed for decryption (the caller's
+    // contract). `dst` points to at least `ct.len()` bytes of `out`'s spare capacity (reserved
+    // above), which OpenSSL writes (exactly `len` in the update, nothing in the final); `ct`
+    // does not overlap it (a shared borrow while `out` is borrowed mutably). `tag` is read for
+    // its length.
+    let r = unsafe {
+        aead_start(ctx, 0, kind, nonce, aad, Some(tag), len).and_then(|()| {
+            cvt(ffi::EVP_CipherUpdate(ctx, dst, &mut outl, ct.as_ptr(), len))?;
+            cvt(ffi::EVP_CipherFinal(ctx, dst.add(ct.len()), &mut outl))
+        })
+    };
+    match r {
+        // SAFETY: the `ct.len()` bytes after `start` were written by the update above (a
+        // stream AEAD's output is as long as its input) and the tag verified.
+        Ok(_) => unsafe { out.set_len(start + ct.len()) },
+        Err(e) => {
+            // SAFETY: the same reserved range (possibly partly written): zeros are written to
+            // it, the length is unchanged, so nothing becomes readable.
+            unsafe { dffi::OPENSSL_cleanse(dst.cast(), ct.len()) };
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+extern "C" {
+    /// `int EVP_CIPHER_CTX_set_params(EVP_CIPHER_CTX *ctx, const OSSL_PARAM params[])`
+    /// (OpenSSL 3.0), which openssl-sys does not declare.
+    fn EVP_CIPHER_CTX_set_params(
+        ctx: *mut ffi::EVP_CIPHER_CTX,
+        params: *const ffi::OSSL_PARAM,
+    ) -> c_int;
+    /// `int EVP_Cipher(EVP_CIPHER_CTX *c, unsigned char *out, const unsigned char *in,
+    /// unsigned int inl)`, which openssl-sys does not declare: for a provider AEAD in TLS mode,
+    /// the number of bytes processed, or -1.
+    fn EVP_Cipher(ctx: *mut ffi::EVP_CIPHER_CTX, out: *mut u8, inp: *const u8, inl: u32) -> c_int;
+}
+
+/// `OSSL_PARAM_OCTET_STRING` (`openssl/core.h`).
+const OSSL_PARAM_OCTET_STRING: libc::c_uint = 5;
+/// `OSSL_PARAM_UNMODIFIED` (`openssl/params.h`): a parameter no call has written yet.
+const OSSL_PARAM_UNMODIFIED: usize = usize::MAX;
+
+/// An `OSSL_PARAM` of octets, built in place as OpenSSL's own `OSSL_PARAM_octet_string` macro
+/// does (the struct is public and fixed in `openssl/core.h`): calling the constructor returns a
+/// 40-byte struct by value, a measurable share of a small record's cost. Building one is safe;
+/// using it is sound while `data` is valid for `data_size` bytes.
+fn octets(key: &'static CStr, data: *mut u8, data_size: usize) -> ffi::OSSL_PARAM {
+    ffi::OSSL_PARAM {
+        key: key.as_ptr(),
+        data_type: OSSL_PARAM_OCTET_STRING,
+        data: data.cast(),
+        data_size,
+        return_size: OSSL_PARAM_UNMODIFIED,
+    }
+}
+
+/// The end of an `OSSL_PARAM` array (`OSSL_PARAM_END`: a null key).
+fn params_end() -> ffi::OSSL_PARAM {
+    ffi::OSSL_PARAM {
+        key: ptr::null(),
+        data_type: 0,
+        data: ptr::null_mut(),
+        data_size: 0,
+        return_size: 0,
+    }
+}
+
+/// Sets the fixed part of the IV of OpenSSL's TLS one-shot AEAD on `ctx` (a keyed AES-CCM or
+/// ChaCha20-Poly1305 context): `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED`
+/// (`EVP_CTRL_AEAD_SET_IV_FIXED`), CCM's 4-byte salt or ChaCha20-Poly1305's 12-byte IV, into
+/// which OpenSSL puts each record's explicit nonce (CCM) or XORs its sequence number (RFC 7905)
+/// when [`aead_tls_one_shot`] seals or opens it.
+#[doc(alias = "EVP_CIPHER_CTX_set_params")]
+pub(crate) fn aead_tls_set_fixed_iv(ctx: &mut CipherCtxRef, iv: &[u8]) -> Result<(), ErrorStack> {
+    // OpenSSL copies the IV; it never writes through the pointer although the field is `*mut`.
+    let params = [
+        octets(c"tlsivfixed", iv.as_ptr().cast_mut(), iv.len()),
+        params_end(),
+    ];
+    // SAFETY: `ctx` is a live context borrowed mutably for this call; the array ends with the
+    // end marker and names `iv`, valid for `iv.len()` bytes during the call.
+    if unsafe { EVP_CIPHER_CTX_set_params(ctx.as_ptr(), params.as_ptr()) } != 1 {
+        return Err(ErrorStack::get());
+    }
+    Ok(())
+}
+
+/// Seals or opens one whole TLS/DTLS 1.2 AEAD record fragment in place through OpenSSL's TLS
+/// one-shot AEAD, the path its own record layer takes: `EVP_CIPHER_CTX_set_params` with
+/// `OSSL_CIPHER_PARAM_AEAD_TLS1_AAD` (the 13 bytes of additional data, whose length field is
+/// the fragment's length less the tag when sealing and the whole fragment's when opening) and,
+/// for AES-GCM, `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` with the record's whole nonce
+/// (`nonce`: OpenSSL's "length -1" case; the others' fixed IV is set once, by
+/// [`aead_tls_set_fixed_iv`]), then one `EVP_Cipher` over `fragment` (explicit nonce if any ‖
+/// data ‖ tag). Sealing fills in the explicit nonce (GCM: from `nonce`; CCM: the epoch and
+/// sequence number of the additional data) and the tag; opening verifies the tag and leaves the
+/// plaintext after the explicit nonce, or fails with the data wiped by OpenSSL. `ctx` must be
+/// keyed for the direction wanted (rust-openssl's safe API does that).
+#[doc(alias = "EVP_Cipher")]
+#[doc(alias = "EVP_CIPHER_CTX_set_params")]
+pub(crate) fn aead_tls_one_shot(
+    ctx: &mut CipherCtxRef,
+    nonce: Option<&[u8; 12]>,
+    aad: &mut [u8; 13],
+    fragment: &mut [u8],
+) -> Result<(), ErrorStack> {
+    let len = u32::try_from(fragment.len()).map_err(|_| ErrorStack::get())?;
+    let ctx = ctx.as_ptr();
+    // OpenSSL copies both (and corrects its copy of the additional data's length); it never
+    // writes through the pointers although the field is `*mut`. `usize::MAX` is the "whole IV"
+    // marker: OpenSSL copies the context's IV length, 12 as the context was set up.
+    let aad = octets(c"tlsaad", aad.as_mut_ptr(), 13);
+    let params = match nonce {
+        Some(nonce) => [
+            aad,
+            octets(c"tlsivfixed", nonce.as_ptr().cast_mut(), usize::MAX),
+            params_end(),
+        ],
+        None => [aad, params_end(), params_end()],
+    };
+    // SAFETY: `ctx` is a live, keyed context borrowed mutably for this call; the parameter
+    // array ends with the end marker and names only `aad` (13 bytes) and `nonce` (12 bytes,
+    // see above), which outlive both calls. `fragment` is transformed in place (input and
+    // output the same pointer, which OpenSSL's TLS AEAD mode requires) for exactly `len`
+    // bytes: an AEAD in TLS mode writes no more than its input.
+    unsafe {
+        if EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) != 1 {
+            return Err(ErrorStack::get());
+        }
+        if EVP_Cipher(ctx, fragment.as_mut_ptr(), fragment.as_ptr(), len) <= 0 {
+            return Err(ErrorStack::get());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ struct Slot {
     owner: u64,
     /// The context's cipher.
     aead: Aead,
+    /// The context serves only OpenSSL's TLS one-shot AEAD, with the fixed IV of its owner set
+    /// when keyed ([`Aead::one_shot_sticks`]): as if another cipher.
+    sticky: bool,
     ctx: CipherCtx,
     /// The tick of its latest use, for least-recently-used replacement.
     used: u64,
@@ -48,12 +51,15 @@ thread_local! {
 }
 
 /// Runs `f` on a context keyed with `key` for `owner` (a direction of one connection), from this
-/// thread's cache.
+/// thread's cache. `sticky`: one that serves only OpenSSL's one-shot records
+/// ([`Aead::one_shot_sticks`]), whose fixed IV, `iv`, is set when it is keyed.
 pub(super) fn with_ctx<R>(
     owner: u64,
     aead: Aead,
     key: &[u8; 32],
+    iv: &[u8; 12],
     encrypt: bool,
+    sticky: bool,
     f: impl FnOnce(&mut CipherCtxRef) -> Result<R, ErrorStack>,
 ) -> Result<R, ErrorStack> {
     let tick = TICK
@@ -67,13 +73,17 @@ pub(super) fn with_ctx<R>(
     // `try_with`: during thread-local teardown there is no cache: fail the record, never panic.
     let Ok(result) = CACHE.try_with(|cache| -> Result<R, ErrorStack> {
         let mut cache = cache.borrow_mut();
-        let index = match cache.iter().position(|s| s.owner == owner) {
+        let index = match cache
+            .iter()
+            .position(|s| s.owner == owner && s.sticky == sticky)
+        {
             Some(i) => i,
             None => {
                 let i = if cache.len() < CACHE_SLOTS {
                     cache.push(Slot {
                         owner: 0,
                         aead,
+                        sticky,
                         ctx: aead.new_ctx(encrypt)?,
                         used: 0,
                     });
@@ -85,20 +95,24 @@ pub(super) fn with_ctx<R>(
                         cache
                             .iter()
                             .enumerate()
-                            .filter(|(_, s)| !same || s.aead == aead)
+                            .filter(|(_, s)| !same || (s.aead == aead && s.sticky == sticky))
                             .min_by_key(|(_, s)| s.used)
                             .map(|(i, _)| i)
                     };
                     let i = lru(true).or_else(|| lru(false)).expect("cache is full");
-                    if cache[i].aead != aead {
+                    if cache[i].aead != aead || cache[i].sticky != sticky {
                         cache[i].ctx = aead.new_ctx(encrypt)?;
                         cache[i].aead = aead;
+                        cache[i].sticky = sticky;
                     }
                     i
                 };
                 let slot = &mut cache[i];
                 slot.owner = 0; // unusable until keyed
                 aead::init(&mut slot.ctx, encrypt, None, Some(key))?;
+                if sticky {
+                    aead.set_fixed_iv(&mut slot.ctx, iv)?;
+                }
                 slot.owner = owner;
                 i
             }

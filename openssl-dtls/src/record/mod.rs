@@ -15,9 +15,15 @@
 //!   (RFC 7905) XORs it into the IV. Sequence numbers never repeat, so neither do nonces.
 //! * A 64-record sliding replay window (RFC 6347 §4.1.2.6) that moves only after a record
 //!   authenticates; a write sequence number at 2^48 − 1 refuses to seal.
+//! * One AEAD pass per record: standard records go through OpenSSL's TLS one-shot AEAD, the path
+//!   its own record layer takes (one `EVP_CIPHER_CTX_set_params` with the 13-byte additional
+//!   data, one `EVP_Cipher` over explicit nonce ‖ data ‖ tag in place); `tls12_cid` records, whose
+//!   additional data that mode does not take, and empty ones go through the generic EVP AEAD
+//!   sequence, called directly ([`Aead::takes_one_shot`]). Both are in
+//!   [`ffi::evp`](crate::ffi::evp).
 //! * Idle connections hold raw keys only. A small per-thread cache of keyed `EVP_CIPHER_CTX`s
 //!   serves active ones; a hit costs no allocation, and a miss re-keys the least recently used
-//!   context of the same cipher (no allocation either once the cache is full).
+//!   context of the same cipher and kind (no allocation either once the cache is full).
 //!
 //! This file owns the [`RecordLayer`] API (seal, open, sequence numbers, errors); the rest is
 //! by concern, and all of it is safe code: the OpenSSL calls it needs beyond rust-openssl's safe
@@ -25,12 +31,14 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `aead` | the AEAD suites, their sizes and nonces, one record's cipher operations |
+//! | `aead` | the AEAD suites, their sizes and nonces, one record's cipher operations (one-shot or generic) |
 //! | `replay` | the 64-record replay window |
 //! | `keys` | key derivation from the finished handshake, and wiping the keys |
 //! | `cache` | the per-thread cache of keyed cipher contexts and the buffer pool |
+//! | `bench` | the benchmarks' view (`openssl_dtls::__bench`, hidden): a sealing and an opening layer |
 
 mod aead;
+pub mod bench;
 mod cache;
 mod keys;
 mod replay;
@@ -136,8 +144,8 @@ impl RecordLayer {
 
     /// A record layer from an RFC 5246 §6.3 key block (no MAC keys: AEAD suites only):
     /// `client_write_key ‖ server_write_key ‖ client_write_IV ‖ server_write_IV`. For tests and
-    /// the fuzz targets: connections get theirs from [`from_ssl`](Self::from_ssl).
-    #[cfg(any(test, fuzzing))]
+    /// the fuzz targets and the benchmarks: connections get theirs from
+    /// [`from_ssl`](Self::from_ssl).
     pub(crate) fn from_key_block(
         aead: Aead,
         block: &[u8],
@@ -228,7 +236,8 @@ impl RecordLayer {
         };
         let keys = (&self.keys.write_key, &self.keys.write_iv);
         let aead = self.aead;
-        let sealed = cache::with_ctx(self.id, aead, keys.0, true, |ctx| {
+        let sticky = aead.one_shot_sticks() && record.one_shot(aead, plaintext.len());
+        let sealed = cache::with_ctx(self.id, aead, keys.0, keys.1, true, sticky, |ctx| {
             record.seal(aead, ctx, keys.1, plaintext, out)
         });
         if sealed.is_err() {
@@ -261,7 +270,8 @@ impl RecordLayer {
         self.window.check(seq)?;
         let aead = self.aead;
         let keys = (&self.keys.read_key, &self.keys.read_iv);
-        let opened = cache::with_ctx(self.id | 1, aead, keys.0, false, |ctx| {
+        let sticky = aead.one_shot_sticks() && opens_one_shot(aead, record);
+        let opened = cache::with_ctx(self.id | 1, aead, keys.0, keys.1, false, sticky, |ctx| {
             Ok(unprotect(aead, ctx, keys.1, record, out))
         });
         let content_type = match opened {
@@ -328,7 +338,7 @@ impl RecordLayer {
         let aead = self.aead;
         let (key, iv) = (&self.keys.write_key, &self.keys.write_iv);
         let mut plain = take_buffer();
-        let result = one_shot(aead, key, false, |ctx| {
+        let result = fresh_ctx(aead, key, iv, false, |ctx| {
             Ok(unprotect(aead, ctx, iv, record, &mut plain))
         })
         .map_err(|_| OpenError::Unauthenticated)
@@ -344,8 +354,10 @@ impl RecordLayer {
                 #[cfg(test)]
                 no_type: false,
             };
-            one_shot(aead, key, true, |ctx| p.seal(aead, ctx, iv, &plain, out))
-                .map_err(|_| OpenError::Unauthenticated)
+            fresh_ctx(aead, key, iv, true, |ctx| {
+                p.seal(aead, ctx, iv, &plain, out)
+            })
+            .map_err(|_| OpenError::Unauthenticated)
         });
         evp::clear_error();
         give_buffer(plain);
@@ -391,7 +403,7 @@ impl RecordLayer {
             no_type: false,
         };
         let (key, iv) = (&self.keys.read_key, &self.keys.read_iv);
-        let sealed = one_shot(aead, key, true, |ctx| p.seal(aead, ctx, iv, plain, out));
+        let sealed = fresh_ctx(aead, key, iv, true, |ctx| p.seal(aead, ctx, iv, plain, out));
         evp::clear_error();
         sealed.map_err(|_| OpenError::Unauthenticated)
     }
@@ -416,6 +428,12 @@ struct Protect<'c> {
 }
 
 impl Protect<'_> {
+    /// Whether this record, with `len` bytes of data, is sealed through OpenSSL's TLS one-shot
+    /// AEAD ([`Aead::takes_one_shot`]).
+    fn one_shot(&self, aead: Aead, len: usize) -> bool {
+        aead.takes_one_shot(self.cid.is_some(), self.explicit == self.epoch_seq, len)
+    }
+
     /// Appends the record protecting `plaintext` to `out` with `ctx` (keyed for encryption);
     /// on error `out` is as it was.
     fn seal(
@@ -437,6 +455,10 @@ impl Protect<'_> {
         let inner_len = plaintext.len() + type_len + padding;
         let fragment_len = inner_len + aead.overhead();
         let start = out.len();
+        // One reservation for the whole record: the pushes below never reallocate.
+        out.reserve(
+            crate::wire::RECORD_HEADER_LEN + self.cid.map_or(0, <[u8]>::len) + fragment_len,
+        );
         match self.cid {
             None => out.push(self.content_type as u8),
             Some(_) => out.push(ContentType::Tls12Cid as u8),
@@ -451,6 +473,24 @@ impl Protect<'_> {
             out.extend_from_slice(&self.explicit);
         }
         let body = out.len();
+        let nonce = aead.nonce(iv, self.explicit);
+        if self.one_shot(aead, plaintext.len()) && type_len + padding == 0 {
+            // OpenSSL's TLS one-shot AEAD: the plaintext where its ciphertext goes, sealed in
+            // place with the explicit nonce and the tag in one call.
+            let fragment = body - aead.explicit_nonce_len();
+            out.extend_from_slice(plaintext);
+            out.resize(out.len() + aead.tag_len(), 0);
+            let mut aad = tls_aad(
+                self.epoch_seq,
+                self.content_type,
+                fragment_len - aead.tag_len(),
+            );
+            let r = aead.seal_fragment(ctx, &nonce, &mut aad, &mut out[fragment..]);
+            if r.is_err() {
+                out.truncate(start);
+            }
+            return r;
+        }
         out.resize(body + inner_len + aead.tag_len(), 0);
         let mut aad = [0u8; MAX_AAD];
         let aad_len = additional_data(
@@ -461,22 +501,19 @@ impl Protect<'_> {
             inner_len,
         );
         let aad = &aad[..aad_len];
-        let nonce = aead.nonce(iv, self.explicit);
-        let (ct, tag) = out[body..].split_at_mut(inner_len);
         let r = if self.cid.is_some() {
-            // The inner plaintext must be one contiguous input (CCM takes its data in one call):
-            // a pooled buffer, so no allocation on a steady flow.
-            let mut inner = take_buffer();
-            inner.extend_from_slice(plaintext);
+            // The DTLSInnerPlaintext is one contiguous input (CCM takes its data in one call):
+            // written where its ciphertext goes and sealed in place, no buffer in between.
+            let (inner, tag) = out[body..].split_at_mut(inner_len);
+            inner[..plaintext.len()].copy_from_slice(plaintext);
             if type_len == 1 {
-                inner.push(self.content_type as u8);
+                inner[plaintext.len()] = self.content_type as u8;
             }
-            inner.resize(inner_len, 0);
-            let r = aead.seal(ctx, &nonce, aad, &inner, ct, tag);
-            give_buffer(inner);
-            r
+            // `resize` zero-filled the padding.
+            aead.seal(ctx, &nonce, aad, None, inner, tag)
         } else {
-            aead.seal(ctx, &nonce, aad, plaintext, ct, tag)
+            let (ct, tag) = out[body..].split_at_mut(inner_len);
+            aead.seal(ctx, &nonce, aad, Some(plaintext), ct, tag)
         };
         if r.is_err() {
             out.truncate(start);
@@ -520,11 +557,41 @@ fn additional_data(
     }
 }
 
-/// A record's epoch and sequence number as on the wire (8 bytes).
+/// RFC 5246 §6.2.3.3's additional data of a standard record, `seq_num ‖ type ‖ version ‖
+/// length`, for OpenSSL's TLS one-shot AEAD (which takes `len` as the fragment's length less the
+/// tag when sealing, the whole fragment's when opening, and corrects its own copy).
+fn tls_aad(epoch_seq: [u8; 8], content_type: ContentType, len: usize) -> [u8; 13] {
+    let mut aad = [0u8; 13];
+    aad[..8].copy_from_slice(&epoch_seq);
+    aad[8] = content_type as u8;
+    aad[9..11].copy_from_slice(&DTLS1_2);
+    aad[11..13].copy_from_slice(&(len as u16).to_be_bytes());
+    aad
+}
+
+/// Whether `record` (checked by [`RecordLayer::check`]) is opened through OpenSSL's TLS one-shot
+/// AEAD ([`Aead::takes_one_shot`]).
+fn opens_one_shot(aead: Aead, record: &RecordHeader<'_>) -> bool {
+    let data_len = record.fragment().len().saturating_sub(aead.overhead());
+    aead.takes_one_shot(record.is_cid(), true, data_len)
+}
+
+/// A record's epoch and sequence number as on the wire (8 bytes: header bytes 3 to 10, in
+/// standard and `tls12_cid` records alike).
 fn epoch_seq_of(record: &RecordHeader<'_>) -> [u8; 8] {
-    let mut epoch_seq = record.sequence().to_be_bytes();
-    epoch_seq[..2].copy_from_slice(&record.epoch().to_be_bytes());
-    epoch_seq
+    match record
+        .header_bytes()
+        .get(3..11)
+        .and_then(|b| b.first_chunk())
+    {
+        Some(epoch_seq) => *epoch_seq,
+        // Unreachable: a checked header is at least 13 bytes.
+        None => {
+            let mut epoch_seq = record.sequence().to_be_bytes();
+            epoch_seq[..2].copy_from_slice(&record.epoch().to_be_bytes());
+            epoch_seq
+        }
+    }
 }
 
 /// The nonce input a record carries: its explicit nonce (GCM, CCM) or its epoch and sequence
@@ -548,6 +615,26 @@ fn unprotect(
 ) -> Result<ContentType, OpenError> {
     let fragment = record.fragment();
     let explicit_len = aead.explicit_nonce_len();
+    let nonce = aead.nonce(iv, explicit_of(aead, record));
+    if opens_one_shot(aead, record) {
+        // OpenSSL's TLS one-shot AEAD, which works in place: on a copy of the fragment (the
+        // received datagram is not ours to change), the plaintext then moved to the front.
+        out.clear();
+        out.extend_from_slice(fragment);
+        let mut aad = tls_aad(epoch_seq_of(record), record.content_type(), fragment.len());
+        if aead
+            .open_fragment(ctx, &nonce, &mut aad, &mut out[..])
+            .is_err()
+        {
+            // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
+            out.clear();
+            evp::clear_error();
+            return Err(OpenError::Unauthenticated);
+        }
+        out.truncate(fragment.len() - aead.tag_len());
+        out.drain(..explicit_len);
+        return Ok(record.content_type());
+    }
     let (ct, tag) = fragment[explicit_len..].split_at(fragment.len() - aead.overhead());
     let cid = record.is_cid().then(|| record.cid());
     let mut aad = [0u8; MAX_AAD];
@@ -558,14 +645,11 @@ fn unprotect(
         cid,
         ct.len(),
     );
-    let nonce = aead.nonce(iv, explicit_of(aead, record));
     out.clear();
-    out.resize(ct.len(), 0);
     if aead
-        .open(ctx, &nonce, &aad[..aad_len], ct, tag, &mut out[..])
+        .open_append(ctx, &nonce, &aad[..aad_len], ct, tag, out)
         .is_err()
     {
-        out.clear();
         // A failed tag check is expected input, not an error to report.
         evp::clear_error();
         return Err(OpenError::Unauthenticated);
@@ -587,15 +671,20 @@ fn unprotect(
     inner.ok_or(OpenError::Malformed)
 }
 
-/// Runs `f` on a fresh context of `aead` keyed with `key` (the handshake's transcoding only:
-/// rare, so it does not disturb the per-thread cache).
-fn one_shot<R>(
+/// Runs `f` on a fresh context of `aead` keyed with `key` (and, for the one-shot path, with
+/// the fixed IV `iv`: [`Aead::one_shot_sticks`]); the handshake's transcoding only: rare, so it
+/// does not disturb the per-thread cache.
+fn fresh_ctx<R>(
     aead: Aead,
     key: &[u8; 32],
+    iv: &[u8; 12],
     encrypt: bool,
     f: impl FnOnce(&mut openssl::cipher_ctx::CipherCtxRef) -> Result<R, ErrorStack>,
 ) -> Result<R, ErrorStack> {
     let mut ctx = aead.new_ctx(encrypt)?;
     aead::init(&mut ctx, encrypt, None, Some(&key[..aead.key_len()]))?;
+    if aead.one_shot_sticks() {
+        aead.set_fixed_iv(&mut ctx, iv)?;
+    }
     f(&mut ctx)
 }

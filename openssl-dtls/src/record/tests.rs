@@ -173,6 +173,47 @@ fn more_connections_than_cache_slots_still_work() {
 }
 
 #[test]
+fn one_shot_and_generic_records_share_the_context_cache() {
+    // Standard records with data take OpenSSL's TLS one-shot AEAD, CID and empty records the
+    // generic sequence; CCM's one-shot contexts never go back (`Aead::one_shot_sticks`). Mixed
+    // on one thread, with more directions than cache slots, every record still opens.
+    let mut plain: Vec<_> = (0..CACHE_SLOTS).map(|i| pair(ALL[i % ALL.len()])).collect();
+    let mut cid: Vec<_> = (0..CACHE_SLOTS)
+        .map(|i| cid_pair(ALL[(i + 3) % ALL.len()], false))
+        .collect();
+    for round in 0..4u8 {
+        for ((a, b), (c, d)) in plain.iter_mut().zip(cid.iter_mut()) {
+            for data in [&[round; 9][..], &[], &[round; 300][..]] {
+                let mut wire = Vec::new();
+                a.seal(None, ContentType::ApplicationData, data, &mut wire)
+                    .unwrap();
+                assert_eq!(open_one(b, &wire).unwrap().1, data, "{:?}", a.aead());
+                wire.clear();
+                c.seal(ContentType::ApplicationData, data, &mut wire)
+                    .unwrap();
+                let got = open_cid(d, &wire, SERVER_CID.len()).unwrap().1;
+                assert_eq!(got, data, "{:?}", c.layer.aead());
+            }
+        }
+    }
+    assert!(cache::cached_contexts() <= CACHE_SLOTS);
+    // A CCM direction continuing OpenSSL's explicit nonces seals generically, and its reader
+    // opens one-shot: both directions of one connection, on the same thread's cache.
+    for aead in [Aead::Aes128Ccm, Aead::Aes256Ccm8] {
+        let (mut a, mut b) = pair(aead);
+        for i in 0..3u8 {
+            if i == 1 {
+                a.continue_explicit_nonce_after(41u64.to_be_bytes());
+            }
+            let mut wire = Vec::new();
+            a.seal(None, ContentType::ApplicationData, &[i; 20], &mut wire)
+                .unwrap();
+            assert_eq!(open_one(&mut b, &wire).unwrap().1, [i; 20], "{aead:?}");
+        }
+    }
+}
+
+#[test]
 fn explicit_nonces_continue_after_openssls_last_one() {
     for aead in [Aead::Aes128Gcm, Aead::Aes128Ccm8, Aead::ChaCha20Poly1305] {
         let (mut a, mut b) = pair(aead);
@@ -387,7 +428,7 @@ fn cid_padding_is_stripped_and_an_all_zero_inner_plaintext_is_refused() {
                 no_type: content_type.is_none(),
             };
             let mut out = Vec::new();
-            one_shot(aead, &writer.write_key, true, |ctx| {
+            fresh_ctx(aead, &writer.write_key, &writer.write_iv, true, |ctx| {
                 p.seal(aead, ctx, &writer.write_iv, content, &mut out)
             })
             .unwrap();
@@ -479,5 +520,222 @@ fn transcoding_rewrites_handshake_records_between_the_two_formats() {
         forged[20] ^= 0xff;
         let record = RecordHeader::new_checked(&forged).unwrap();
         assert!(client.transcode_outbound(&record, &mut Vec::new()).is_err());
+    }
+}
+
+/// OpenSSL's own DTLS 1.2 record layer next to ours, byte for byte: two `SSL`s handshaken in
+/// memory per suite; our layers derived from them (`RecordLayer::from_ssl`) seal exactly the
+/// record OpenSSL sealed for the same plaintext, epoch, sequence number and explicit nonce,
+/// open OpenSSL's records, and seal the next records, which OpenSSL opens.
+mod against_openssl {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::io::{self, Read, Write};
+    use std::rc::Rc;
+
+    use openssl::ssl::{
+        HandshakeError, MidHandshakeSslStream, Ssl, SslContextBuilder, SslMethod, SslOptions,
+        SslStream, SslVersion,
+    };
+
+    use super::*;
+
+    type Pipe = Rc<RefCell<VecDeque<Vec<u8>>>>;
+
+    /// One end of an in-memory datagram pipe.
+    #[derive(Debug)]
+    struct End {
+        rx: Pipe,
+        tx: Pipe,
+    }
+
+    impl Read for End {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let d = self
+                .rx
+                .borrow_mut()
+                .pop_front()
+                .ok_or(io::ErrorKind::WouldBlock)?;
+            buf[..d.len()].copy_from_slice(&d);
+            Ok(d.len())
+        }
+    }
+
+    impl Write for End {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.tx.borrow_mut().push_back(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const KEY: &[u8] = b"a PSK of thirty-two bytes, fixed";
+
+    enum Side {
+        Start(Ssl, End),
+        Mid(MidHandshakeSslStream<End>),
+        Done(SslStream<End>),
+    }
+
+    fn step(side: Side, server: bool) -> Side {
+        let r = match side {
+            Side::Start(ssl, io) if server => ssl.accept(io),
+            Side::Start(ssl, io) => ssl.connect(io),
+            Side::Mid(m) => m.handshake(),
+            done => return done,
+        };
+        match r {
+            Ok(s) => Side::Done(s),
+            Err(HandshakeError::WouldBlock(m)) => Side::Mid(m),
+            Err(e) => panic!("handshake: {e}"),
+        }
+    }
+
+    /// A handshaken (client, server, client→server pipe, server→client pipe) over `suite`.
+    fn handshake(suite: &str) -> (SslStream<End>, SslStream<End>, Pipe, Pipe) {
+        let ctx = |method| {
+            let mut b = SslContextBuilder::new(method).unwrap();
+            b.set_min_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
+            b.set_max_proto_version(Some(SslVersion::DTLS1_2)).unwrap();
+            // CCM-8's 64-bit tags need security level 0 from OpenSSL 3.1 on.
+            b.set_security_level(0);
+            b.set_cipher_list(suite).unwrap();
+            b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
+            b.set_psk_client_callback(|_, _, identity, psk| {
+                identity[..2].copy_from_slice(b"c\0");
+                psk[..KEY.len()].copy_from_slice(KEY);
+                Ok(KEY.len())
+            });
+            b.set_psk_server_callback(|_, _, psk| {
+                psk[..KEY.len()].copy_from_slice(KEY);
+                Ok(KEY.len())
+            });
+            b.build()
+        };
+        let (c2s, s2c) = (Pipe::default(), Pipe::default());
+        let mut c = Ssl::new(&ctx(SslMethod::dtls_client())).unwrap();
+        let mut s = Ssl::new(&ctx(SslMethod::dtls_server())).unwrap();
+        c.set_mtu(1500).unwrap();
+        s.set_mtu(1500).unwrap();
+        let mut client = Side::Start(
+            c,
+            End {
+                rx: s2c.clone(),
+                tx: c2s.clone(),
+            },
+        );
+        let mut server = Side::Start(
+            s,
+            End {
+                rx: c2s.clone(),
+                tx: s2c.clone(),
+            },
+        );
+        for _ in 0..20 {
+            client = step(client, false);
+            server = step(server, true);
+            if let (Side::Done(c), Side::Done(_)) = (&client, &server) {
+                assert_eq!(c.ssl().current_cipher().unwrap().name(), suite);
+                assert!(c2s.borrow().is_empty() && s2c.borrow().is_empty());
+                let (Side::Done(c), Side::Done(s)) = (client, server) else {
+                    unreachable!()
+                };
+                return (c, s, c2s, s2c);
+            }
+        }
+        panic!("{suite}: handshake did not finish");
+    }
+
+    /// One direction: `writer` (OpenSSL) writes records that our `ours` (derived from the same
+    /// side) must reproduce and our `peer` (derived from the other side) must open; our next
+    /// records go to `reader` (OpenSSL), which must read them.
+    fn one_direction(
+        suite: &str,
+        writer: &mut SslStream<End>,
+        reader: &mut SslStream<End>,
+        pipe: &Pipe,
+        writer_is_client: bool,
+    ) {
+        let aead = Aead::from_suite_name(suite).unwrap();
+        let mut ours = RecordLayer::from_ssl(writer.ssl(), writer_is_client, 1, 0)
+            .unwrap()
+            .expect("a compact suite");
+        let mut peer = RecordLayer::from_ssl(reader.ssl(), !writer_is_client, 1, 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ours.aead(), aead);
+        let mut buf = vec![0u8; 2048];
+        for (i, len) in [1usize, 16, 100, 1000].into_iter().enumerate() {
+            let data: Vec<u8> = (0..len).map(|b| (b * 7 + i) as u8).collect();
+            assert_eq!(writer.write(&data).unwrap(), len);
+            let theirs = pipe.borrow_mut().pop_front().expect("a datagram");
+            assert!(pipe.borrow().is_empty(), "{suite}: one record per write");
+            let record = RecordHeader::new_checked(&theirs).unwrap();
+            assert_eq!(record.total_len(), theirs.len(), "{suite}: one record");
+            assert_eq!(record.epoch(), 1);
+            // Same sequence number and, for GCM and CCM, the explicit nonce OpenSSL chose.
+            ours.set_next_write_seq(record.sequence());
+            let ccm = matches!(
+                aead,
+                Aead::Aes128Ccm | Aead::Aes256Ccm | Aead::Aes128Ccm8 | Aead::Aes256Ccm8
+            );
+            if ccm {
+                // OpenSSL's CCM explicit nonce is the epoch and sequence number, as ours.
+                assert_eq!(record.fragment()[..8], record.bytes()[3..11]);
+            } else if aead.explicit_nonce_len() == 8 {
+                // OpenSSL's GCM counts its own from a random start: ours continues it.
+                let explicit = u64::from_be_bytes(*record.fragment().first_chunk().unwrap());
+                ours.continue_explicit_nonce_after(explicit.wrapping_sub(1).to_be_bytes());
+            }
+            let mut mine = Vec::new();
+            ours.seal(None, ContentType::ApplicationData, &data, &mut mine)
+                .unwrap();
+            assert_eq!(mine, theirs, "{suite}: {len} bytes, byte for byte");
+            // Ours opens OpenSSL's record…
+            let mut plain = Vec::new();
+            assert_eq!(
+                peer.open(&record, &mut plain),
+                Ok(ContentType::ApplicationData)
+            );
+            assert_eq!(plain, data, "{suite}");
+            // …and OpenSSL reads it (ours is dropped: each nonce protects one record).
+            pipe.borrow_mut().push_back(theirs);
+            assert_eq!(reader.read(&mut buf).unwrap(), len);
+            assert_eq!(&buf[..len], &data[..]);
+        }
+        // OpenSSL writes no more in this direction: ours continues after its last record
+        // (sequence number and explicit nonce), and OpenSSL reads what ours seals.
+        for len in [1usize, 100, 1000] {
+            let data: Vec<u8> = (0..len).map(|b| !(b as u8)).collect();
+            let mut mine = Vec::new();
+            ours.seal(None, ContentType::ApplicationData, &data, &mut mine)
+                .unwrap();
+            pipe.borrow_mut().push_back(mine);
+            assert_eq!(
+                reader.read(&mut buf).unwrap(),
+                len,
+                "{suite}: OpenSSL opens ours"
+            );
+            assert_eq!(&buf[..len], &data[..]);
+        }
+    }
+
+    #[test]
+    fn every_suite_seals_what_openssl_seals_and_each_opens_the_other() {
+        for suite in [
+            "PSK-AES128-GCM-SHA256",
+            "PSK-AES256-GCM-SHA384",
+            "PSK-AES128-CCM",
+            "PSK-AES256-CCM",
+            "PSK-AES128-CCM8",
+            "PSK-AES256-CCM8",
+            "PSK-CHACHA20-POLY1305",
+        ] {
+            let (mut client, mut server, c2s, s2c) = handshake(suite);
+            one_direction(suite, &mut client, &mut server, &c2s, true);
+            one_direction(suite, &mut server, &mut client, &s2c, false);
+        }
     }
 }

@@ -1,0 +1,406 @@
+//! Section `record`: the compact record layer against the cipher under it (issue 22).
+//!
+//! * `rec_<suite>_<size>` (`gcm`, `ccm8`, `chacha`; 1,200 and 100 bytes): sealed-and-opened
+//!   record pairs per CPU second through `openssl_dtls::__bench::RecordPair` (two `RecordLayer`s
+//!   on one key block: header, nonce, additional data, replay window, the per-thread context
+//!   cache), next to the raw AEAD limit: the same cipher on preset keys, the same sizes, no
+//!   record logic at all, through the faster (measured each time, both printed) of OpenSSL's
+//!   two EVP paths, called directly: the generic sequence (`EVP_CipherInit_ex` with the nonce,
+//!   the 13 bytes of additional data, the data in place, `EVP_CipherFinal` (`_ex` in 3.x), the
+//!   tag by `EVP_CIPHER_CTX_ctrl`) and the TLS one-shot AEAD (`EVP_CIPHER_CTX_set_params` with
+//!   the 13-byte TLS additional data, then one `EVP_Cipher` over nonce ‖ data ‖ tag in place,
+//!   sealing and opening the same buffer).
+//! * `rec_gcm_1200_vs_openssl`: the same compact GCM pairs next to OpenSSL's own record layer:
+//!   two raw `SSL`s (ECDHE-ECDSA-AES128-GCM-SHA256, handshaken in memory) with one `SSL_write`
+//!   and one `SSL_read` of 1,200 bytes per pair over the bench's in-memory datagram pipe.
+//! * `rec_gcm_1200_cid` (context, not an aim): GCM with an 8-byte Connection ID (`tls12_cid`
+//!   records) next to the raw limit.
+//!
+//! Sizes: `BENCH_REC_RAW_N` pairs per measurement (default 300,000), `BENCH_REC_REPS` rounds
+//! (best kept, default 3). `BENCH_REC_PROFILE=gcm:100` (or `ccm8:1200:cid`, …) runs only the
+//! compact pairs of one row, `BENCH_REC_PROFILE=raw:gcm:100` only its raw one-shot reference, to
+//! profile them (`perf`, or `valgrind --tool=callgrind` for instruction counts).
+
+use std::ptr;
+
+use openssl_dtls::__bench::RecordPair;
+use openssl_sys as ffi;
+
+use super::{
+    ecdsa_cert, env_usize, raw_contexts, raw_side, step, thread_cpu, Queue, Side, Table, ECDSA,
+};
+
+/// The suites of the rows: key prefix, an OpenSSL suite name of that AEAD, its cipher, tag
+/// length and whether it is CCM.
+const SUITES: [(&str, &str); 3] = [
+    ("gcm", "PSK-AES128-GCM-SHA256"),
+    ("ccm8", "PSK-AES128-CCM8"),
+    ("chacha", "PSK-CHACHA20-POLY1305"),
+];
+
+pub(super) fn section(t: &mut Table) {
+    let n = env_usize("BENCH_REC_RAW_N", 300_000).max(1);
+    let reps = env_usize("BENCH_REC_REPS", 3).max(1);
+    // `BENCH_REC_PROFILE=<key>:<size>[:cid]`: only the compact pairs of that row, for `perf`.
+    // `BENCH_REC_PROFILE=raw:<key>:<size>`: only the raw one-shot reference of that row.
+    if let Ok(p) = std::env::var("BENCH_REC_PROFILE") {
+        let raw = p.starts_with("raw:");
+        let mut it = p.trim_start_matches("raw:").split(':');
+        let key = it.next().unwrap_or("gcm");
+        let size = it.next().and_then(|s| s.parse().ok()).unwrap_or(1200);
+        let cid: &[u8] = if it.next() == Some("cid") {
+            &[0xc1; 8]
+        } else {
+            &[]
+        };
+        let suite = SUITES
+            .iter()
+            .find(|s| s.0 == key)
+            .map_or(SUITES[0].1, |s| s.1);
+        if raw {
+            let rate = raw_one_shot_pairs(key, size, n);
+            println!("profile raw one-shot {key} {size} B: {rate:.0} pairs/s");
+            return;
+        }
+        let rate = compact_pairs(suite, cid, size, n);
+        println!(
+            "profile {key} {size} B (cid: {}): {rate:.0} pairs/s",
+            !cid.is_empty()
+        );
+        return;
+    }
+    // Ours and the reference alternate within each round (the machine is shared: load that
+    // comes and goes hits both), the best round of each kept.
+    let best2 = |ours: &mut dyn FnMut() -> f64, reference: &mut dyn FnMut() -> f64| {
+        (0..reps).fold((0.0f64, 0.0f64), |(a, b), _| {
+            (a.max(ours()), b.max(reference()))
+        })
+    };
+    for size in [1200usize, 100] {
+        for (key, suite) in SUITES {
+            let (ours, raw) = best2(&mut || compact_pairs(suite, &[], size, n), &mut || {
+                raw_limit(key, size, n)
+            });
+            t.keyed_row(
+                &format!("rec_{key}_{size}"),
+                &format!("{key} {size} B records: compact seal+open pairs/CPU s vs raw AEAD"),
+                ours,
+                raw,
+                "pairs/s",
+                true,
+            );
+        }
+    }
+    let (cid, raw) = best2(
+        &mut || compact_pairs(SUITES[0].1, &[0xc1; 8], 1200, n),
+        &mut || raw_limit("gcm", 1200, n),
+    );
+    t.keyed_row(
+        "rec_gcm_1200_cid",
+        "gcm 1200 B records with an 8-byte CID: compact pairs/CPU s vs raw AEAD",
+        cid,
+        raw,
+        "pairs/s",
+        true,
+    );
+    let (ours, ossl) = best2(
+        &mut || compact_pairs(SUITES[0].1, &[], 1200, n),
+        &mut || openssl_pairs(1200, n / 2),
+    );
+    t.keyed_row(
+        "rec_gcm_1200_vs_openssl",
+        "gcm 1200 B records: compact pairs/CPU s vs OpenSSL's record layer (SSL_write+SSL_read)",
+        ours,
+        ossl,
+        "pairs/s",
+        true,
+    );
+}
+
+/// The raw AEAD limit: the faster of the generic EVP sequence and the TLS one-shot path.
+fn raw_limit(key: &str, size: usize, n: usize) -> f64 {
+    let generic = raw_aead_pairs(key, size, n);
+    let one_shot = raw_one_shot_pairs(key, size, n);
+    println!("  raw {key} {size} B: generic EVP {generic:.0} pairs/s, TLS one-shot {one_shot:.0} pairs/s");
+    generic.max(one_shot)
+}
+
+/// Seal+open pairs per thread-CPU second through the compact record layer, after a warm-up.
+fn compact_pairs(suite: &str, cid: &[u8], size: usize, n: usize) -> f64 {
+    let mut pair = RecordPair::new(suite, cid).expect("a compact suite");
+    let msg = vec![0x5au8; size];
+    let mut wire = Vec::with_capacity(size + 64);
+    let mut plain = Vec::with_capacity(size + 64);
+    let mut one = |pair: &mut RecordPair| {
+        wire.clear();
+        assert!(pair.seal(&msg, &mut wire), "seal");
+        assert!(pair.open(&wire, &mut plain), "open");
+        debug_assert_eq!(plain.len(), size);
+    };
+    for _ in 0..1000 {
+        one(&mut pair);
+    }
+    let t0 = thread_cpu();
+    for _ in 0..n {
+        one(&mut pair);
+    }
+    n as f64 / (thread_cpu() - t0).as_secs_f64()
+}
+
+/// A keyed `EVP_CIPHER_CTX`, freed on drop.
+struct Ctx(*mut ffi::EVP_CIPHER_CTX);
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // SAFETY: from EVP_CIPHER_CTX_new, freed only here.
+        unsafe { ffi::EVP_CIPHER_CTX_free(self.0) }
+    }
+}
+
+/// A context of `key`'s cipher keyed for `enc` with a 12-byte nonce (and, for CCM-8, an 8-byte
+/// tag).
+fn raw_ctx(key: &str, enc: bool) -> Ctx {
+    // SAFETY: plain EVP calls on a context this function owns; every pointer is live for the
+    // call. Failures panic (a benchmark set-up error).
+    unsafe {
+        let ctx = Ctx(ffi::EVP_CIPHER_CTX_new());
+        assert!(!ctx.0.is_null());
+        let cipher = match key {
+            "gcm" => ffi::EVP_aes_128_gcm(),
+            "ccm8" => ffi::EVP_aes_128_ccm(),
+            _ => ffi::EVP_chacha20_poly1305(),
+        };
+        let e = i32::from(enc);
+        assert_eq!(
+            ffi::EVP_CipherInit_ex(ctx.0, cipher, ptr::null_mut(), ptr::null(), ptr::null(), e),
+            1
+        );
+        assert_eq!(
+            ffi::EVP_CIPHER_CTX_ctrl(ctx.0, ffi::EVP_CTRL_GCM_SET_IVLEN, 12, ptr::null_mut()),
+            1
+        );
+        if key == "ccm8" {
+            assert_eq!(
+                ffi::EVP_CIPHER_CTX_ctrl(ctx.0, ffi::EVP_CTRL_GCM_SET_TAG, 8, ptr::null_mut()),
+                1
+            );
+        }
+        let k = [0x42u8; 32];
+        assert_eq!(
+            ffi::EVP_CipherInit_ex(
+                ctx.0,
+                ptr::null(),
+                ptr::null_mut(),
+                k.as_ptr(),
+                ptr::null(),
+                e
+            ),
+            1
+        );
+        ctx
+    }
+}
+
+/// Seal+open pairs per thread-CPU second of the bare AEAD (see the module docs).
+fn raw_aead_pairs(key: &str, size: usize, n: usize) -> f64 {
+    let ccm = key == "ccm8";
+    let tag_len = if ccm { 8 } else { 16 };
+    let seal = raw_ctx(key, true);
+    let open = raw_ctx(key, false);
+    let mut buf = vec![0x5au8; size];
+    let mut tag = [0u8; 16];
+    let mut nonce = [7u8; 12];
+    let aad = [1u8; 13];
+    let mut one = |i: u64| {
+        nonce[4..].copy_from_slice(&i.to_be_bytes());
+        let mut outl = 0;
+        // SAFETY: live contexts keyed above; `buf`, `aad`, `nonce` and `tag` outlive each call,
+        // with the lengths given; the data is transformed in place, which EVP allows.
+        unsafe {
+            for (ctx, enc) in [(&seal, true), (&open, false)] {
+                let c = ctx.0;
+                let e = i32::from(enc);
+                let ok = ffi::EVP_CipherInit_ex(
+                    c,
+                    ptr::null(),
+                    ptr::null_mut(),
+                    ptr::null(),
+                    nonce.as_ptr(),
+                    e,
+                ) == 1
+                    && (enc
+                        || ffi::EVP_CIPHER_CTX_ctrl(
+                            c,
+                            ffi::EVP_CTRL_GCM_SET_TAG,
+                            tag_len,
+                            tag.as_mut_ptr().cast(),
+                        ) == 1)
+                    && (!ccm
+                        || ffi::EVP_CipherUpdate(
+                            c,
+                            ptr::null_mut(),
+                            &mut outl,
+                            ptr::null(),
+                            size as i32,
+                        ) == 1)
+                    && ffi::EVP_CipherUpdate(c, ptr::null_mut(), &mut outl, aad.as_ptr(), 13) == 1
+                    && ffi::EVP_CipherUpdate(
+                        c,
+                        buf.as_mut_ptr(),
+                        &mut outl,
+                        buf.as_ptr(),
+                        size as i32,
+                    ) == 1
+                    && ffi::EVP_CipherFinal(c, buf.as_mut_ptr().add(size), &mut outl) == 1
+                    && (!enc
+                        || ffi::EVP_CIPHER_CTX_ctrl(
+                            c,
+                            ffi::EVP_CTRL_GCM_GET_TAG,
+                            tag_len,
+                            tag.as_mut_ptr().cast(),
+                        ) == 1);
+                assert!(ok, "raw AEAD {key} enc={enc}");
+            }
+        }
+    };
+    for i in 0..1000 {
+        one(i);
+    }
+    let t0 = thread_cpu();
+    for i in 0..n as u64 {
+        one(1000 + i);
+    }
+    let rate = n as f64 / (thread_cpu() - t0).as_secs_f64();
+    assert!(buf.iter().all(|&b| b == 0x5a), "raw AEAD round trip");
+    rate
+}
+
+/// `SSL_write` + `SSL_read` pairs per thread-CPU second of two raw OpenSSL `SSL`s (AES-128-GCM)
+/// over the in-memory datagram pipe, after a warm-up.
+fn openssl_pairs(size: usize, n: usize) -> f64 {
+    use std::io::{Read, Write};
+    let cert = ecdsa_cert();
+    let (cctx, sctx) = raw_contexts(ECDSA, &cert);
+    let (a, b) = (Queue::default(), Queue::default());
+    let mut client = raw_side(&cctx, &a, &b);
+    let mut server = raw_side(&sctx, &b, &a);
+    for _ in 0..50 {
+        client = step(client, false);
+        server = step(server, true);
+        if matches!((&client, &server), (Side::Done(_), Side::Done(_))) {
+            break;
+        }
+    }
+    let (Side::Done(mut c), Side::Done(mut s)) = (client, server) else {
+        panic!("raw handshake did not finish");
+    };
+    let msg = vec![0x5au8; size];
+    let mut buf = vec![0u8; 2048];
+    let mut one = || {
+        assert_eq!(c.write(&msg).expect("SSL_write"), size);
+        assert_eq!(s.read(&mut buf).expect("SSL_read"), size);
+    };
+    for _ in 0..1000 {
+        one();
+    }
+    let t0 = thread_cpu();
+    for _ in 0..n {
+        one();
+    }
+    n as f64 / (thread_cpu() - t0).as_secs_f64()
+}
+
+extern "C" {
+    fn EVP_CIPHER_CTX_set_params(
+        ctx: *mut ffi::EVP_CIPHER_CTX,
+        params: *const ffi::OSSL_PARAM,
+    ) -> i32;
+    fn EVP_Cipher(ctx: *mut ffi::EVP_CIPHER_CTX, out: *mut u8, inp: *const u8, len: u32) -> i32;
+}
+
+/// An octet-string `OSSL_PARAM`, built in place (as OpenSSL's `OSSL_PARAM_octet_string` macro
+/// does); `None`: the end marker.
+fn octets(p: Option<(&'static std::ffi::CStr, *mut u8, usize)>) -> ffi::OSSL_PARAM {
+    let (key, data, data_size) = p.map_or((ptr::null(), ptr::null_mut(), 0), |(k, d, n)| {
+        (k.as_ptr(), d, n)
+    });
+    ffi::OSSL_PARAM {
+        key,
+        data_type: 5, // OSSL_PARAM_OCTET_STRING
+        data: data.cast(),
+        data_size,
+        return_size: usize::MAX, // OSSL_PARAM_UNMODIFIED
+    }
+}
+
+/// Sets up to two octet-string parameters (name, pointer, size) on `ctx`, no allocation.
+///
+/// # Safety
+///
+/// `ctx` is a live context; every pointer is valid for its size (or, for GCM's whole-IV marker
+/// `usize::MAX`, for the context's 12-byte IV) for the call.
+unsafe fn set(
+    ctx: &Ctx,
+    a: (&'static std::ffi::CStr, *mut u8, usize),
+    b: Option<(&'static std::ffi::CStr, *mut u8, usize)>,
+) {
+    let p = [octets(Some(a)), octets(b), octets(None)];
+    // SAFETY: the caller's contract; `p` ends with the end marker.
+    assert_eq!(unsafe { EVP_CIPHER_CTX_set_params(ctx.0, p.as_ptr()) }, 1);
+}
+
+/// Seal+open pairs per thread-CPU second of the bare AEAD through OpenSSL's TLS one-shot path
+/// (`OSSL_CIPHER_PARAM_AEAD_TLS1_AAD`, and for GCM the IV, then one `EVP_Cipher` in place; the
+/// fixed IV of CCM and ChaCha20-Poly1305 set once), sealing and opening the same buffer: no
+/// copies, no record logic.
+fn raw_one_shot_pairs(key: &str, size: usize, n: usize) -> f64 {
+    let (explicit, tag) = match key {
+        "gcm" => (8, 16),
+        "ccm8" => (8, 8),
+        _ => (0, 16),
+    };
+    let seal = raw_ctx(key, true);
+    let open = raw_ctx(key, false);
+    let mut iv = [7u8; 12];
+    let ivp = iv.as_mut_ptr();
+    for ctx in [&seal, &open] {
+        let (n, fixed) = match key {
+            "ccm8" => (4, true),
+            "chacha" => (12, true),
+            _ => (0, false),
+        };
+        if fixed {
+            // SAFETY: a live context; `iv` (12 bytes, `n` of them read) outlives the call.
+            unsafe { set(ctx, (c"tlsivfixed", ivp, n), None) };
+        }
+    }
+    let mut buf = vec![0x5au8; explicit + size + tag];
+    let mut nonce = iv;
+    let mut one = |i: u64| {
+        nonce[4..].copy_from_slice(&i.to_be_bytes());
+        let mut aad = [1u8; 13];
+        aad[..8].copy_from_slice(&i.to_be_bytes());
+        for (ctx, len) in [(&seal, explicit + size), (&open, explicit + size + tag)] {
+            aad[11..13].copy_from_slice(&(len as u16).to_be_bytes());
+            let a = aad.as_mut_ptr();
+            // SAFETY: live contexts; `aad` (13 bytes), `nonce` (12) and `buf` (its length)
+            // outlive the calls; EVP_Cipher works in place on `buf`.
+            unsafe {
+                let iv = (key == "gcm").then_some((c"tlsivfixed", nonce.as_mut_ptr(), usize::MAX));
+                set(ctx, (c"tlsaad", a, 13), iv);
+                let r = EVP_Cipher(ctx.0, buf.as_mut_ptr(), buf.as_ptr(), buf.len() as u32);
+                assert!(r > 0, "raw one-shot {key}");
+            }
+        }
+    };
+    for i in 0..1000 {
+        one(i);
+    }
+    let t0 = thread_cpu();
+    for i in 0..n as u64 {
+        one(1000 + i);
+    }
+    let rate = n as f64 / (thread_cpu() - t0).as_secs_f64();
+    assert!(buf[explicit..explicit + size].iter().all(|&b| b == 0x5a));
+    rate
+}
