@@ -1028,6 +1028,25 @@ fn bind_and_restore_reads_no_datagram_before_the_restore_and_refuses_cleanly() {
         Duration::from_secs(60),
     );
     assert!(matches!(failed, Err(openssl_dtls::Error::Io(_))));
+    // A refused state (one byte of the sealed body changed): its error, nothing loaded, and
+    // the socket closed again (a plain bind, no SO_REUSEPORT, takes the address next).
+    let mut tampered = state.clone();
+    let at = tampered.len() - 20;
+    tampered[at] ^= 1;
+    let refused = DtlsServer::bind_and_restore(
+        addr,
+        compact_ctx(),
+        EndpointConfig::default(),
+        SocketOptions::default(),
+        || Ok(Some(std::io::Cursor::new(tampered))),
+        &key,
+        Duration::from_secs(60),
+    );
+    assert!(
+        matches!(refused, Err(openssl_dtls::Error::State(_))),
+        "{refused:?}"
+    );
+    drop(UdpSocket::bind(addr).expect("the refused server's socket is closed"));
 
     // The device's next record arrives while the new server is bound but has not restored
     // yet: it waits in the socket and is answered from the restored connection.

@@ -243,15 +243,22 @@ fn state_key(path: &Path) -> StateKey {
 
 /// The saved state in `path`, read into memory and the file deleted (a state must be restored
 /// once only: restored twice, its sequence numbers would be used twice); `None` if there is
-/// no file.
+/// no file. The file is first claimed by renaming it to a name of this process's own: of two
+/// successors woken by the same file, only one gets it (the other finds nothing to restore).
 fn read_and_remove(path: &Path) -> openssl_dtls::Result<Option<std::io::Cursor<Vec<u8>>>> {
-    let mut bytes = Vec::new();
-    match std::fs::File::open(path) {
-        Ok(mut f) => f.read_to_end(&mut bytes).map_err(openssl_dtls::Error::Io)?,
+    let mut claimed = path.as_os_str().to_owned();
+    claimed.push(format!(".claimed.{}", std::process::id()));
+    let claimed = PathBuf::from(claimed);
+    match std::fs::rename(path, &claimed) {
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(openssl_dtls::Error::Io(e)),
-    };
-    std::fs::remove_file(path).map_err(openssl_dtls::Error::Io)?;
+    }
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(&claimed).and_then(|mut f| f.read_to_end(&mut bytes));
+    let removed = std::fs::remove_file(&claimed);
+    read.map_err(openssl_dtls::Error::Io)?;
+    removed.map_err(openssl_dtls::Error::Io)?;
     Ok(Some(std::io::Cursor::new(bytes)))
 }
 

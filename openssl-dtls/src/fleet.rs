@@ -124,8 +124,15 @@ impl FleetSecret {
     /// (`openssl-dtls-fleet-v1 HEX`) or the 64 hex digits alone. For deployments that pass
     /// secrets through the environment (a container orchestrator's secret store).
     pub fn from_env(name: &str) -> Result<FleetSecret> {
+        // The error never shows the value (`VarError`'s own text would print a non-UTF-8 one).
         let mut value = std::env::var(name).map_err(|e| {
-            Error::Config(ConfigError::Invalid(format!("fleet secret: ${name}: {e}")))
+            let why = match e {
+                std::env::VarError::NotPresent => "not set",
+                std::env::VarError::NotUnicode(_) => "not valid UTF-8",
+            };
+            Error::Config(ConfigError::Invalid(format!(
+                "fleet secret: ${name}: {why}"
+            )))
         })?;
         let secret = if value.trim_start().starts_with(FILE_TAG) {
             FleetSecret::parse(&value)
@@ -164,8 +171,10 @@ impl FleetSecret {
     }
 
     /// Reads the secret file at `path`, or, if there is none, creates it with a fresh random
-    /// secret (mode 0600, never overwriting a file another node created meanwhile: then that
-    /// one is read). Returns the secret and whether this call created the file.
+    /// secret (mode 0600). The file appears whole or not at all (written to a temporary file
+    /// first, then linked into place, which fails if another node created it meanwhile: then
+    /// that one is read), so a node starting at the same moment never reads half a secret.
+    /// Returns the secret and whether this call created the file.
     pub fn load_or_create(path: impl AsRef<Path>) -> Result<(FleetSecret, bool)> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -175,21 +184,26 @@ impl FleetSecret {
             other => return other.map(|s| (s, false)),
         }
         let secret = FleetSecret::generate()?;
-        let created = std::fs::OpenOptions::new()
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".new.{}", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path);
-        match created {
-            Ok(mut file) => {
+            .open(&tmp)
+            .and_then(|mut file| {
                 let mut text = secret.to_file_text();
                 let written = file
                     .write_all(text.as_bytes())
                     .and_then(|()| file.sync_all());
                 wipe_string(&mut text);
-                written.map_err(Error::Io)?;
-                Ok((secret, true))
-            }
+                written
+            });
+        let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok((secret, true)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 FleetSecret::load(path).map(|s| (s, false))
             }

@@ -130,12 +130,18 @@ impl DtlsServer {
     ///     EndpointConfig::default(),
     ///     socket,
     ///     || {
-    ///         // Wait for the old process's file (it saves on SIGTERM), then read it.
-    ///         let path = std::path::Path::new("/var/lib/dtls/state");
-    ///         while !path.exists() {
-    ///             std::thread::sleep(Duration::from_millis(10));
+    ///         // The old process renames its finished state here on SIGTERM (wait for it, e.g.
+    ///         // with inotify as examples/common/restart.rs does). Claim it by renaming it:
+    ///         // only one process may ever restore a state (twice would reuse nonces).
+    ///         let claimed = "/var/lib/dtls/state.claimed";
+    ///         match std::fs::rename("/var/lib/dtls/state", claimed) {
+    ///             Ok(()) => {}
+    ///             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    ///             Err(e) => return Err(openssl_dtls::Error::Io(e)),
     ///         }
-    ///         std::fs::File::open(path).map(Some).map_err(openssl_dtls::Error::Io)
+    ///         let state = std::fs::read(claimed).map_err(openssl_dtls::Error::Io)?;
+    ///         std::fs::remove_file(claimed).map_err(openssl_dtls::Error::Io)?;
+    ///         Ok(Some(std::io::Cursor::new(state)))
     ///     },
     ///     &key,
     ///     Duration::from_secs(60),

@@ -319,7 +319,9 @@ pub(crate) fn aead_seal(
     let len = c_len(out.len())?;
     let tag_len = c_len(tag.len())?;
     let ctx = ctx.as_ptr();
-    let src = input.map_or(out.as_ptr(), <[u8]>::as_ptr);
+    // One pointer for in-place use (input and output derived from the same borrow).
+    let dst = out.as_mut_ptr();
+    let src = input.map_or(dst.cast_const(), <[u8]>::as_ptr);
     let mut outl = 0;
     // SAFETY: `ctx` is a live context borrowed mutably for this call, keyed for encryption by
     // the caller's contract (an AEAD with 12-byte nonces). `src` is `input` (as long as `out`,
@@ -329,18 +331,8 @@ pub(crate) fn aead_seal(
     // writable for `tag_len` bytes.
     unsafe {
         aead_start(ctx, 1, kind, nonce, aad, None, len)?;
-        cvt(ffi::EVP_CipherUpdate(
-            ctx,
-            out.as_mut_ptr(),
-            &mut outl,
-            src,
-            len,
-        ))?;
-        cvt(ffi::EVP_CipherFinal(
-            ctx,
-            out.as_mut_ptr().add(out.len()),
-            &mut outl,
-        ))?;
+        cvt(ffi::EVP_CipherUpdate(ctx, dst, &mut outl, src, len))?;
+        cvt(ffi::EVP_CipherFinal(ctx, dst.add(out.len()), &mut outl))?;
         cvt(ffi::EVP_CIPHER_CTX_ctrl(
             ctx,
             EVP_CTRL_AEAD_GET_TAG,
@@ -504,7 +496,8 @@ pub(crate) fn aead_tls_one_shot(
         if EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) != 1 {
             return Err(ErrorStack::get());
         }
-        if EVP_Cipher(ctx, fragment.as_mut_ptr(), fragment.as_ptr(), len) <= 0 {
+        let p = fragment.as_mut_ptr();
+        if EVP_Cipher(ctx, p, p, len) <= 0 {
             return Err(ErrorStack::get());
         }
     }

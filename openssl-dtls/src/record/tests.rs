@@ -173,6 +173,38 @@ fn more_connections_than_cache_slots_still_work() {
 }
 
 #[test]
+fn a_pair_of_another_cipher_keeps_its_contexts_in_a_cache_full_of_one_cipher() {
+    // A thread whose cache is full of CCM-8 contexts (many CCM-8 connections served), then one
+    // GCM connection talking: after its first records its two directions stay keyed, whatever
+    // the other slots hold (they used to evict each other on every record).
+    let mut ccm: Vec<_> = (0..2 * CACHE_SLOTS)
+        .map(|_| pair(Aead::Aes128Ccm8))
+        .collect();
+    for (a, b) in ccm.iter_mut() {
+        let mut wire = Vec::new();
+        a.seal(None, ContentType::ApplicationData, b"ccm", &mut wire)
+            .unwrap();
+        open_one(b, &wire).unwrap();
+    }
+    let (mut a, mut b) = pair(Aead::Aes128Gcm);
+    let mut roundtrip = |a: &mut RecordLayer, b: &mut RecordLayer| {
+        let mut wire = Vec::new();
+        a.seal(None, ContentType::ApplicationData, b"gcm", &mut wire)
+            .unwrap();
+        assert_eq!(open_one(b, &wire).unwrap().1, b"gcm");
+    };
+    roundtrip(&mut a, &mut b);
+    roundtrip(&mut b, &mut a);
+    let before = cache::rekeys();
+    for _ in 0..100 {
+        roundtrip(&mut a, &mut b);
+        roundtrip(&mut b, &mut a);
+    }
+    assert_eq!(cache::rekeys(), before, "400 records, no context re-keyed");
+    assert!(cache::cached_contexts() <= CACHE_SLOTS);
+}
+
+#[test]
 fn one_shot_and_generic_records_share_the_context_cache() {
     // Standard records with data take OpenSSL's TLS one-shot AEAD, CID and empty records the
     // generic sequence; CCM's one-shot contexts never go back (`Aead::one_shot_sticks`). Mixed
