@@ -88,8 +88,10 @@ impl Nginx {
         std::fs::create_dir_all(&dir).ok()?;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/fleet-conf.sh");
         let mut cmd = Command::new(script);
+        // Every benchmark handshake is a new nginx session (a new client port): room for all
+        // of them within the sessions' lifetime.
         cmd.args(["--prefix", &dir.display().to_string(), "--single-process"])
-            .args(["--proxy-timeout", "30s"]);
+            .args(["--proxy-timeout", "3s", "--worker-connections", "65536"]);
         for (name, listen, nodes) in fleets {
             let nodes: Vec<String> = nodes.iter().map(|a| a.to_string()).collect();
             cmd.args(["--fleet", &format!("{name}={listen}={}", nodes.join(","))]);

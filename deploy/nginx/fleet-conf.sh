@@ -17,6 +17,8 @@
 # libnginx-mod-stream and libnginx-mod-stream-js installed).
 # --single-process: no master process (`master_process off`): one process that a plain kill
 # stops (for tests; not for production).
+# --worker-connections N (default 4096): nginx's limit of connections per worker; each UDP
+# session takes two (client and upstream), so sessions within one proxy_timeout <= N/2.
 # --proxy-timeout: how long nginx keeps a UDP session (a device's address and port → node)
 # without datagrams; after it the device's next datagram starts a new session, routed again.
 set -euo pipefail
@@ -25,6 +27,7 @@ prefix=/tmp/dtls-fleet
 timeout=60s
 standalone=1
 single=0
+connections=4096
 fleets=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -33,8 +36,9 @@ while [ $# -gt 0 ]; do
     --standalone) standalone=1; shift ;;
     --stream-only) standalone=0; shift ;;
     --single-process) single=1; shift ;;
+    --worker-connections) connections=$2; shift 2 ;;
     --fleet) fleets+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "fleet-conf.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -49,9 +53,10 @@ load_module /usr/lib/nginx/modules/ngx_stream_js_module.so;
 daemon off;
 $([ "$single" = 1 ] && echo "master_process off;")
 worker_processes 1;
+worker_rlimit_nofile $((2 * connections + 64));
 pid $prefix/nginx.pid;
 error_log $prefix/error.log info;
-events { worker_connections 4096; }
+events { worker_connections $connections; }
 CONF
 fi
 echo "stream {"
