@@ -55,7 +55,7 @@ usage: psk_server [--listen ADDR] [--identity ID] [--key-hex HEX] [--hint H] [--
   --key-hex       the key, in hex (default 73656372657450534b = \"secretPSK\")
   --hint          PSK identity hint sent to clients
   --cipher        OpenSSL cipher string (default: the PSK preset, PSK-AES128-CCM8 first)
-  --compact       compact connections: free each SSL after the handshake (about 1 KB per idle peer)
+  --compact       compact connections: free each SSL after the handshake (about 0.5 KB per idle peer)
   --idle-timeout  drop a connection that received nothing for SECS seconds
                   (default and 0 or none: never)
   --cid-len       Connection IDs (RFC 9146): ask clients for an N-byte CID (1 to 16), so a

@@ -46,7 +46,7 @@ pub struct SessionConfig {
     pub send_queue: usize,
     /// Compact connections (opt-in, default off): once the handshake completes, move the record
     /// layer from OpenSSL to this library's compact AEAD record layer and free the `SSL`, so an
-    /// idle established connection costs about 1 KB instead of ≈ 36–70 KB. Only AEAD suites
+    /// idle established connection costs about 0.5 KB instead of ≈ 36–70 KB. Only AEAD suites
     /// (AES-GCM, AES-CCM, AES-CCM-8, ChaCha20-Poly1305) are handed off; a session on any other
     /// suite stays on OpenSSL. See `SECURITY-CONSIDERATIONS.md` ("Compact connections") for
     /// what the compact layer owns and when to leave it off.
