@@ -187,7 +187,7 @@ fn a_pair_of_another_cipher_keeps_its_contexts_in_a_cache_full_of_one_cipher() {
         open_one(b, &wire).unwrap();
     }
     let (mut a, mut b) = pair(Aead::Aes128Gcm);
-    let mut roundtrip = |a: &mut RecordLayer, b: &mut RecordLayer| {
+    let roundtrip = |a: &mut RecordLayer, b: &mut RecordLayer| {
         let mut wire = Vec::new();
         a.seal(None, ContentType::ApplicationData, b"gcm", &mut wire)
             .unwrap();
