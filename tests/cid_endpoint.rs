@@ -345,3 +345,53 @@ fn a_rebooted_cid_device_reconnects_from_its_old_address_and_its_old_cid_is_forg
         b"new"
     );
 }
+
+#[test]
+fn another_device_handshaking_from_a_cid_connections_last_address_completes_and_both_go_on() {
+    // Behind a load balancer or a NAT, a CID device's last address is soon another device's:
+    // nginx hands the upstream port of an expired session to a new one. The new device's
+    // handshake must complete, and the CID device must keep its connection.
+    let now = Instant::now();
+    let (mut ep, mut a, mut nat_a, id_a) = established(now);
+    nat_a.from = addr(40_001);
+    a.send(b"moved").unwrap();
+    nat_a.pump(&mut ep, &mut a, now);
+    assert_eq!(ep.peer_addr(addr(40_000), id_a), addr(40_001));
+    drain(&mut ep);
+    // Device B, without CID, from 40_001 (A's last address; A has gone elsewhere).
+    let mut b = DtlsClientContext::builder()
+        .psk_credentials(PskCredentials::new(b"other".to_vec(), KEY.to_vec()))
+        .build()
+        .unwrap()
+        .new_session(None, now)
+        .unwrap();
+    let mut nat_b = Nat {
+        from: addr(40_001),
+        elsewhere: Vec::new(),
+        sent: Vec::new(),
+    };
+    nat_a.from = addr(40_002);
+    nat_b.pump(&mut ep, &mut b, now);
+    assert!(b.is_established(), "B's handshake: {:?}", b.error());
+    // A goes on from yet another address, by its CID: its records reach its connection.
+    a.send(b"still here").unwrap();
+    nat_a.pump(&mut ep, &mut a, now);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(Some(n)) = ep.recv(addr(40_000), id_a, &mut buf) {
+        got.push(buf[..n].to_vec());
+    }
+    assert_eq!(got, [b"moved".to_vec(), b"still here".to_vec()]);
+    assert_eq!(ep.peer_addr(addr(40_000), id_a), addr(40_002));
+    let s = ep.stats();
+    assert_eq!(
+        (s.connections, s.cid_parked, s.connections_replaced),
+        (2, 1, 0),
+        "{s}"
+    );
+    // And the server's answers reach A there (it confirmed the address by sending from it).
+    ep.send(addr(40_000), id_a, b"answer").unwrap();
+    nat_a.pump(&mut ep, &mut a, now);
+    let n = a.recv(&mut buf).unwrap().expect("A got the answer");
+    assert_eq!(&buf[..n], b"answer");
+}

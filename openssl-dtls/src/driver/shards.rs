@@ -299,6 +299,7 @@ impl std::ops::AddAssign<&EndpointStats> for EndpointStats {
             cid_moves_refused_not_newest,
             cid_moves_refused_busy,
             cid_amplification_dropped,
+            cid_parked,
             non_dtls_received,
             dropped_non_dtls,
             handshake_jobs,
@@ -350,6 +351,7 @@ impl std::ops::AddAssign<&EndpointStats> for EndpointStats {
         self.cid_moves_refused_not_newest += cid_moves_refused_not_newest;
         self.cid_moves_refused_busy += cid_moves_refused_busy;
         self.cid_amplification_dropped += cid_amplification_dropped;
+        self.cid_parked += cid_parked;
         self.non_dtls_received += non_dtls_received;
         self.dropped_non_dtls += dropped_non_dtls;
         self.handshake_jobs += handshake_jobs;

@@ -207,6 +207,75 @@ impl Endpoint {
         }
     }
 
+    /// Whether the connection at `addr` is an established Connection ID connection with no
+    /// replacement under way: one that does not need its address, because its device proves
+    /// itself by its CID from wherever it is.
+    pub(super) fn holds_cid_connection(&self, addr: SocketAddr) -> bool {
+        self.peers.get(&addr).is_some_and(|p| {
+            p.session.is_established()
+                && !p.terminal()
+                && p.replacement.is_none()
+                && p.session
+                    .connection_ids()
+                    .is_some_and(|(own, _)| !own.is_empty())
+        })
+    }
+
+    /// Parks the CID connection at `addr` off its address, which another peer's verified
+    /// handshake takes: behind a NAT or a load balancer, a device's last address is soon
+    /// another device's (nginx hands the upstream port of an expired session to a new one). The
+    /// connection moves to an address of its own in `100::/64`, the discard-only prefix
+    /// (RFC 6666), where nothing is sent (an unconfirmed address with no budget), until its
+    /// device's next record moves it to wherever it is, as any CID move does. Reported as an
+    /// address change.
+    pub(super) fn park_cid_connection(&mut self, now: Instant, addr: SocketAddr) -> SocketAddr {
+        self.parked += 1;
+        let n = self.parked;
+        let words = [
+            (n >> 48) as u16,
+            (n >> 32) as u16,
+            (n >> 16) as u16,
+            n as u16,
+        ];
+        let parked = SocketAddr::new(
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(
+                0x100, 0, 0, 0, words[0], words[1], words[2], words[3],
+            )),
+            addr.port(),
+        );
+        log::debug!(
+            "{addr}: a new handshake takes the address; its CID connection parks at {parked}"
+        );
+        self.stats.cid_parked += 1;
+        self.move_peer(now, addr, parked, 0);
+        parked
+    }
+
+    /// The handshake that took a parked CID connection's address (now at `addr`) completed: if
+    /// it authenticated the same peer (PSK identity, or certificate) as the parked connection,
+    /// it was that device starting over (a reboot), and the parked connection ends, as a
+    /// replaced one does; another device's leaves it parked.
+    pub(super) fn retire_parked_if_same_peer(&mut self, parked: SocketAddr, addr: SocketAddr) {
+        let (Some(new), Some(old)) = (self.peers.get(&addr), self.peers.get(&parked)) else {
+            return;
+        };
+        let (Some(new), Some(old_id)) = (new.session.handshake_facts(), Some(old.id)) else {
+            return;
+        };
+        let Some(old_facts) = old.session.handshake_facts() else {
+            return;
+        };
+        let der = |f: &crate::session::HandshakeFacts| {
+            f.peer_certificate.as_ref().and_then(|c| c.to_der().ok())
+        };
+        let same = new.psk_identity == old_facts.psk_identity && der(&new) == der(&old_facts);
+        if same {
+            log::debug!("{addr}: the new handshake is the parked connection's device: it ends");
+            self.stats.connections_replaced += 1;
+            self.close(parked, old_id);
+        }
+    }
+
     /// Moves the connection at `from` to `to`, whose peer sent `received` bytes from there.
     fn move_peer(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, received: usize) {
         let Some(mut p) = self.peers.remove(&from) else {

@@ -143,6 +143,11 @@ pub struct Endpoint {
     /// had when the application learnt of them still find them.
     /// The address budget of a move not yet confirmed (`None` once the peer answered there).
     moved: HashMap<ConnectionId, (SocketAddr, Option<cid::Unconfirmed>)>,
+    /// CID connections parked off their address so far (numbers their parking addresses).
+    parked: u64,
+    /// Handshakes that took a CID connection's address, and where that connection parked: when
+    /// one completes with the same peer, the parked connection ends (a reboot).
+    parked_by: HashMap<SocketAddr, SocketAddr>,
     /// The length of the CIDs this endpoint issues (0: none): how `tls12_cid` records parse.
     cid_len: u8,
     /// Non-DTLS datagrams for the application ([`EndpointConfig::demux_rtp`]): the address, the
@@ -209,6 +214,8 @@ impl Endpoint {
             evictable: Vec::new(),
             cids: cid::CidTable::default(),
             moved: HashMap::new(),
+            parked: 0,
+            parked_by: HashMap::new(),
             cid_len: 0,
             no_evictable_before: None,
             refusal_log: [(None, 0); 4],

@@ -475,7 +475,9 @@ impl Endpoint {
             }
         }
         let established = p.session.is_established();
+        let mut just_connected = false;
         if established && !p.connected_emitted {
+            just_connected = true;
             self.cids.established(&p.session, addr);
             p.connected_emitted = true;
             self.connections += 1;
@@ -546,12 +548,19 @@ impl Endpoint {
                 self.timers.push(Reverse(TimerEntry::new(at, handle)));
             }
         }
-        let removable = p.terminal()
-            && p.closed_emitted
-            && !transmit
-            && (p.released || !p.session.has_received());
+        let terminal = p.terminal();
+        let removable =
+            terminal && p.closed_emitted && !transmit && (p.released || !p.session.has_received());
         if removable {
             self.remove(addr);
+        }
+        // A handshake that took a CID connection's address ended (see `accepted`).
+        if (just_connected || terminal) && !self.parked_by.is_empty() {
+            if let Some(parked) = self.parked_by.remove(&addr) {
+                if just_connected {
+                    self.retire_parked_if_same_peer(parked, addr);
+                }
+            }
         }
     }
 

@@ -118,6 +118,10 @@ pub struct EndpointStats {
     /// Datagrams not sent to a moved connection's new address because they would exceed what
     /// that address sent us before answering from there (anti-amplification).
     pub cid_amplification_dropped: u64,
+    /// CID connections that stepped off their address because another peer's verified
+    /// handshake came from it (the address reused by a NAT or a load balancer): parked in
+    /// `100::/64` (RFC 6666), nothing sent there, until their device's next record.
+    pub cid_parked: u64,
     /// Non-DTLS datagrams (first byte 128–191: RTP/RTCP, RFC 7983) queued for
     /// [`Endpoint::recv_non_dtls`](super::Endpoint::recv_non_dtls)
     /// ([`EndpointConfig::demux_rtp`](crate::EndpointConfig::demux_rtp) on).
@@ -193,7 +197,7 @@ impl EndpointStats {
                 .iter()
                 .map(|r| (format!("dropped_{}", r.as_str()), self.dropped(*r))),
         );
-        let named: [(&str, u64); 42] = [
+        let named: [(&str, u64); 43] = [
             ("dropped_unknown_peer", self.dropped_unknown_peer),
             (
                 "dropped_short_client_hello",
@@ -248,6 +252,7 @@ impl EndpointStats {
             ),
             ("cid_moves_refused_busy", self.cid_moves_refused_busy),
             ("cid_amplification_dropped", self.cid_amplification_dropped),
+            ("cid_parked", self.cid_parked),
             ("non_dtls_received", self.non_dtls_received),
             ("dropped_non_dtls", self.dropped_non_dtls),
             ("handshake_jobs", self.handshake_jobs),
