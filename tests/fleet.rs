@@ -32,29 +32,13 @@ use openssl_dtls::{
     DtlsClient, DtlsClientContext, DtlsConnection, DtlsServer, DtlsServerContext, Endpoint,
     EndpointConfig, PskCredentials, SocketOptions,
 };
-use support::Pki;
+use support::{example, Pki};
 
 /// How long any one step may take before the test fails.
 const STEP: Duration = Duration::from_secs(30);
 
 // ------------------------------------------------------------------------------------------
 // Processes: nodes and nginx.
-
-/// The path of example `name` (built by `cargo test` or `cargo build --examples`).
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps/<test>");
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --examples` (or a plain `cargo test`) first",
-        path.display()
-    );
-    path
-}
 
 /// A free UDP port on loopback (bound and released; the node or nginx binds it next).
 fn free_addr() -> SocketAddr {

@@ -7,14 +7,16 @@
 //! The devices are sans-IO client sessions, each on its own UDP socket, driven one after the
 //! other (blocking receives with a timeout: no spinning). Every wait is bounded.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
+use support::example;
 
 use openssl_dtls::{
     DtlsClientContext, DtlsServer, DtlsServerContext, Endpoint, EndpointConfig, Error,
@@ -713,22 +715,6 @@ fn the_tokio_server_saves_and_restores_too() {
 }
 
 // The example tool as separate processes: the "a new server process".
-
-/// The path of example `name` (built by `cargo test` or `cargo build --examples`).
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps/<test>");
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --examples` (or a plain `cargo test`) first",
-        path.display()
-    );
-    path
-}
 
 /// A running `psk_server` and its stdout lines.
 struct ServerProcess {

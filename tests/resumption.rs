@@ -279,11 +279,10 @@ fn require_openssl() {
     require("openssl", &["version"], "openssl");
 }
 
-/// `openssl s_client` against our server once, saving (`-sess_out`) or offering (`-sess_in`)
-/// `session`; returns its transcript after it exchanged a line and exited.
-fn s_client(addr: SocketAddr, ca: &str, session: &str, save: bool) -> String {
-    let flag = if save { "-sess_out" } else { "-sess_in" };
-    let args = [
+/// `openssl s_client`'s arguments against our server at `addr`, verifying it with `ca`, with
+/// session flag `flag` (`-sess_out` / `-sess_in`) on file `session`.
+fn s_client_args(addr: SocketAddr, ca: &str, flag: &str, session: &str) -> Vec<String> {
+    [
         "s_client",
         "-dtls1_2",
         "-connect",
@@ -295,7 +294,17 @@ fn s_client(addr: SocketAddr, ca: &str, session: &str, save: bool) -> String {
         "-verify_return_error",
         flag,
         session,
-    ];
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// `openssl s_client` against our server once, saving (`-sess_out`) or offering (`-sess_in`)
+/// `session`; returns its transcript after it exchanged a line and exited.
+fn s_client(addr: SocketAddr, ca: &str, session: &str, save: bool) -> String {
+    let flag = if save { "-sess_out" } else { "-sess_in" };
+    let args = s_client_args(addr, ca, flag, session);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut peer = Peer::spawn("openssl", "openssl", &args);
     assert!(
         peer.wait_for("Cipher is", STEP),
@@ -360,20 +369,9 @@ fn s_client_reconnects_resuming(ctx: DtlsServerContext, c: &Certs) {
     let server = Server::start(ctx);
     let first = s_client(server.addr, &ca, &session, true);
     assert!(first.contains("New, TLSv1.2"), "{first}");
-    let args = [
-        "s_client",
-        "-dtls1_2",
-        "-connect",
-        &server.addr.to_string(),
-        "-CAfile",
-        &ca,
-        "-servername",
-        NAME,
-        "-verify_return_error",
-        "-sess_in",
-        &session,
-        "-reconnect",
-    ];
+    let mut args = s_client_args(server.addr, &ca, "-sess_in", &session);
+    args.push("-reconnect".to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut peer = Peer::spawn("openssl", "openssl", &args);
     // The first connection and the five reconnections, then the interactive session.
     let seen = server_saw(&server, 1 + 6);

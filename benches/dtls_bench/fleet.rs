@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use openssl_dtls::fleet::FleetSecret;
 use openssl_dtls::{
-    DtlsClient, DtlsClientContext, DtlsServer, DtlsServerContext, PskCredentials, SocketOptions,
+    DtlsClientContext, DtlsServer, DtlsServerContext, PskCredentials, SocketOptions,
 };
 
 use super::{client_pool, env_usize, roomy, Sizes, Table, IDENTITY, KEY, PSK};
@@ -170,41 +170,7 @@ fn hs_rate(to: SocketAddr, n: usize, window: usize) -> (f64, usize) {
 
 /// Echoes/s of 4 CID connections to `to`, 16 in flight each, `n` in all.
 fn echo_rate(to: SocketAddr, n: usize) -> f64 {
-    const CLIENTS: usize = 4;
-    const WINDOW: usize = 16;
-    let per_client = (n / CLIENTS).max(WINDOW);
-    let ready = Arc::new(std::sync::Barrier::new(CLIENTS + 1));
-    let workers: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let ready = Arc::clone(&ready);
-            std::thread::spawn(move || {
-                let client = DtlsClient::bind("127.0.0.1:0").unwrap();
-                let conn = client
-                    .connect(to, &client_ctx(true), Duration::from_secs(10))
-                    .unwrap();
-                let msg = [7u8; 100];
-                let mut buf = [0u8; 2048];
-                ready.wait();
-                let (mut sent, mut got) = (0, 0);
-                while got < per_client {
-                    while sent < per_client && sent - got < WINDOW {
-                        conn.send(&msg).unwrap();
-                        sent += 1;
-                    }
-                    match conn.recv_timeout(&mut buf, Duration::from_millis(200)) {
-                        Ok(Some(_)) => got += 1,
-                        Ok(None) => sent = got, // lost: its place goes to a new one
-                        Err(e) => panic!("echo client: {e}"),
-                    }
-                }
-                got
-            })
-        })
-        .collect();
-    ready.wait();
-    let t0 = Instant::now();
-    let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
-    total as f64 / t0.elapsed().as_secs_f64()
+    super::shards::echo_clients(to, &client_ctx(true), 4, n)
 }
 
 pub(super) fn section(sizes: &Sizes, t: &mut Table) {

@@ -83,21 +83,32 @@ fn hs_rate(cert: &Cert, shards: usize, n: usize, threads: usize, window: usize) 
 }
 
 /// Echoes/s with `shards` shards: `clients` connections, each its own client thread keeping
-/// `window` 100-byte echoes in flight, `n` echoes in all.
+/// 16 100-byte echoes in flight, `n` echoes in all.
 fn echo_rate(cert: &Cert, shards: usize, clients: usize, n: usize) -> f64 {
-    const WINDOW: usize = 16;
     let server = echo_server(cert, shards, roomy(clients));
-    let to = server.local_addr();
+    let rate = echo_clients(server.local_addr(), &our_client_ctx(PSK), clients, n);
+    server.close();
+    rate
+}
+
+/// Echoes/s of an echo server at `to`: `clients` connections made with `ctx`, each its own
+/// client thread keeping 16 100-byte echoes in flight, `n` echoes in all (a lost echo's place
+/// in the window goes to a new one).
+pub(super) fn echo_clients(
+    to: std::net::SocketAddr,
+    ctx: &openssl_dtls::DtlsClientContext,
+    clients: usize,
+    n: usize,
+) -> f64 {
+    const WINDOW: usize = 16;
     let per_client = (n / clients).max(WINDOW);
     let ready = Arc::new(std::sync::Barrier::new(clients + 1));
     let workers: Vec<_> = (0..clients)
         .map(|_| {
-            let ready = Arc::clone(&ready);
+            let (ready, ctx) = (Arc::clone(&ready), ctx.clone());
             std::thread::spawn(move || {
                 let client = DtlsClient::bind("127.0.0.1:0").unwrap();
-                let conn = client
-                    .connect(to, &our_client_ctx(PSK), Duration::from_secs(10))
-                    .unwrap();
+                let conn = client.connect(to, &ctx, Duration::from_secs(10)).unwrap();
                 let msg = [7u8; 100];
                 let mut buf = [0u8; 2048];
                 ready.wait();
@@ -109,7 +120,6 @@ fn echo_rate(cert: &Cert, shards: usize, clients: usize, n: usize) -> f64 {
                     }
                     match conn.recv_timeout(&mut buf, Duration::from_millis(200)) {
                         Ok(Some(_)) => got += 1,
-                        // A lost echo: its place in the window goes to a new one.
                         Ok(None) => sent = got,
                         Err(e) => panic!("echo client: {e}"),
                     }
@@ -121,9 +131,7 @@ fn echo_rate(cert: &Cert, shards: usize, clients: usize, n: usize) -> f64 {
     ready.wait();
     let t0 = Instant::now();
     let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
-    let rate = total as f64 / t0.elapsed().as_secs_f64();
-    server.close();
-    rate
+    total as f64 / t0.elapsed().as_secs_f64()
 }
 
 pub(super) fn section(sizes: &Sizes, t: &mut Table, cert: &Cert) {

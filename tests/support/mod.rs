@@ -431,3 +431,23 @@ pub fn run_timers_until_failed(session: &mut Session, limit: Duration) -> bool {
     }
     true
 }
+
+/// The path of example `name`: `target/<profile>/examples/<name>`, beside this test's
+/// `target/<profile>/deps/` (built by a plain `cargo test` or `cargo build --examples`).
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let path = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples, `cargo test --test NAME` alone does \
+         not (run `cargo build --examples` first)",
+        path.display()
+    );
+    path
+}

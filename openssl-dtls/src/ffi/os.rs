@@ -290,6 +290,17 @@ fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
 /// `control[i]`, its length, sender and control messages into `meta[i]`. Returns how many
 /// arrived (`WouldBlock` when none was queued). `slot` should be 65,536: no datagram (nor GRO
 /// train) is longer, so none is truncated.
+/// A single-datagram call's result as a batch call's: one datagram (also an empty one, 0
+/// bytes), or the error (-1).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn one_datagram(r: isize) -> libc::c_int {
+    if r < 0 {
+        -1
+    } else {
+        1
+    }
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 #[doc(alias = "recvmmsg")]
 pub(crate) fn recv_batch(
@@ -345,12 +356,7 @@ pub(crate) fn recv_batch(
         if r >= 0 {
             msg.msg_len = r as libc::c_uint;
         }
-        // One datagram taken (also an empty one, 0 bytes), or the error (-1).
-        if r < 0 {
-            -1
-        } else {
-            1
-        }
+        one_datagram(r)
     } else {
         // SAFETY: as above, for `msgs[..n]`.
         unsafe {
@@ -497,12 +503,7 @@ pub(crate) fn send_batch(fd: BorrowedFd<'_>, data: &[u8], msgs: &[SendMsg]) -> i
                 name.len(),
             )
         };
-        // One datagram taken (also an empty one, 0 bytes), or the error (-1).
-        if r < 0 {
-            -1
-        } else {
-            1
-        }
+        one_datagram(r)
     } else {
         // SAFETY: `headers[..n]` are initialized, their name, iovec and control pointers point
         // into `names`, `iovecs`, `data` and `controls`, all alive for the call with the
