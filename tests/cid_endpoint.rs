@@ -395,3 +395,111 @@ fn another_device_handshaking_from_a_cid_connections_last_address_completes_and_
     let n = a.recv(&mut buf).unwrap().expect("A got the answer");
     assert_eq!(&buf[..n], b"answer");
 }
+
+#[test]
+fn a_cid_device_moving_onto_another_connections_last_address_parks_that_connection() {
+    // The other way round: nginx's (or a NAT's) new port for a waking CID device is the last
+    // address of another device's connection, stale since that device left it. The moving
+    // device must not be locked out for as long as the stale connection lives.
+    let now = Instant::now();
+    let (mut ep, mut a, mut nat_a, id_a) = established(now);
+    let mut b = client(now);
+    let mut nat_b = Nat {
+        from: addr(40_010),
+        elsewhere: Vec::new(),
+        sent: Vec::new(),
+    };
+    nat_b.pump(&mut ep, &mut b, now);
+    assert!(b.is_established(), "{:?}", b.error());
+    let id_b = ep.connection_id(addr(40_010)).unwrap();
+    let mut c = DtlsClientContext::builder()
+        .psk_credentials(PskCredentials::new(b"plain".to_vec(), KEY.to_vec()))
+        .build()
+        .unwrap()
+        .new_session(None, now)
+        .unwrap();
+    let mut nat_c = Nat {
+        from: addr(40_020),
+        elsewhere: Vec::new(),
+        sent: Vec::new(),
+    };
+    nat_c.pump(&mut ep, &mut c, now);
+    assert!(c.is_established(), "{:?}", c.error());
+    let id_c = ep.connection_id(addr(40_020)).unwrap();
+    drain(&mut ep);
+    let recv = |ep: &mut Endpoint, at: SocketAddr, id: u64| {
+        let mut buf = [0u8; 2048];
+        let n = ep.recv(at, id, &mut buf).ok().flatten()?;
+        Some(buf[..n].to_vec())
+    };
+
+    // A wakes at B's last address (B left it): A moves there, B parks.
+    nat_a.from = addr(40_010);
+    a.send(b"a at b's old port").unwrap();
+    nat_a.pump(&mut ep, &mut a, now);
+    assert_eq!(
+        recv(&mut ep, addr(40_000), id_a).as_deref(),
+        Some(&b"a at b's old port"[..])
+    );
+    assert_eq!(ep.peer_addr(addr(40_000), id_a), addr(40_010));
+    let parked_b = ep.peer_addr(addr(40_010), id_b);
+    assert!(
+        matches!(parked_b.ip(), std::net::IpAddr::V6(v6) if v6.segments()[..4] == [0x100, 0, 0, 0]),
+        "B parked in 100::/64: {parked_b}"
+    );
+    let events = drain(&mut ep);
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::AddressChanged { id, to, .. } if *id == id_b && *to == parked_b)
+        ),
+        "{events:?}"
+    );
+    // Nothing goes to the parking address: what the application sends B meanwhile is dropped
+    // and counted, as towards any address that has not answered.
+    ep.send(addr(40_010), id_b, b"to parked b").unwrap();
+    let mut buf = vec![0u8; 2048];
+    while let Some((to, _)) = ep.poll_transmit(&mut buf) {
+        assert_ne!(to, parked_b, "a datagram sent to the parking address");
+    }
+    // B comes back from a new port of its own: it moves there, and the answers reach it.
+    nat_b.from = addr(40_011);
+    b.send(b"b is back").unwrap();
+    nat_b.pump(&mut ep, &mut b, now);
+    assert_eq!(
+        recv(&mut ep, addr(40_010), id_b).as_deref(),
+        Some(&b"b is back"[..])
+    );
+    assert_eq!(ep.peer_addr(addr(40_010), id_b), addr(40_011));
+    ep.send(addr(40_011), id_b, b"answer").unwrap();
+    nat_b.pump(&mut ep, &mut b, now);
+    let mut got = Vec::new();
+    while let Ok(Some(n)) = b.recv(&mut buf) {
+        got.push(buf[..n].to_vec());
+    }
+    assert_eq!(got, [b"answer".to_vec()]);
+    assert_eq!(ep.stats().cid_amplification_dropped, 1);
+
+    // A moves again, onto the address of C, a connection without CID: C parks too (its device
+    // is a stranger anywhere else); A goes on.
+    nat_a.from = addr(40_020);
+    a.send(b"a at c's old port").unwrap();
+    nat_a.pump(&mut ep, &mut a, now);
+    assert_eq!(
+        recv(&mut ep, addr(40_010), id_a).as_deref(),
+        Some(&b"a at c's old port"[..])
+    );
+    assert_eq!(ep.peer_addr(addr(40_010), id_a), addr(40_020));
+    assert_ne!(ep.peer_addr(addr(40_020), id_c), addr(40_020));
+    let s = ep.stats();
+    assert_eq!(
+        (
+            s.connections,
+            s.cid_parked,
+            s.cid_moves,
+            s.cid_moves_refused_busy,
+            s.handshakes_completed
+        ),
+        (3, 2, 5, 0, 3),
+        "{s}"
+    );
+}

@@ -361,9 +361,9 @@ impl Endpoint {
         }
         // A CID connection's address is not its identity: another device's handshake from it
         // (the address reused by a NAT or a balancer) is a new peer, and the CID connection
-        // steps aside, reachable by its CID (`park_cid_connection`).
+        // steps aside, reachable by its CID (`park_connection`).
         if self.holds_cid_connection(peer) {
-            let parked = self.park_cid_connection(now, peer);
+            let parked = self.park_connection(now, peer);
             self.parked_by.insert(peer, parked);
         }
         if let Some(p) = self.peers.get_mut(&peer) {

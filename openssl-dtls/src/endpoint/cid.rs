@@ -9,7 +9,10 @@
 //! one with a broken tag never moves it. Until the peer answers from the new address (an
 //! authenticated record arriving there after we sent something there), the endpoint sends
 //! there no more bytes than it received from there (no amplification towards an address that
-//! may be a victim's). A move to an address that another connection holds is refused.
+//! may be a victim's). A move to an address that another established connection holds parks
+//! that connection (behind a NAT or a load balancer an address is soon another device's, and
+//! the one that sends from it now is the one there); a move to an address where a handshake
+//! is under way is refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -168,8 +171,12 @@ impl Endpoint {
         from: SocketAddr,
         parsed: &wire::Parsed<'_>,
     ) {
-        // Another connection's address, or a checked-out handshake's (offload).
-        let taken = self.peers.contains_key(&from) || self.offload.away.contains_key(&from);
+        // Another connection's address, or a checked-out handshake's (offload). An established
+        // connection there steps aside if this record moves ours (below): its device has left
+        // that address, since ours sends from it now; a handshake there keeps it.
+        let holder_parks = self.holds_established_connection(from);
+        let taken = !holder_parks
+            && (self.peers.contains_key(&from) || self.offload.away.contains_key(&from));
         let Some(p) = self.peers.get_mut(&at) else {
             return;
         };
@@ -203,32 +210,45 @@ impl Endpoint {
                 log::debug!("{at}: no move to {from} ({reason:?})");
                 self.settle(at, now);
             }
-            None => self.move_peer(now, at, from, parsed.bytes().len()),
+            None => {
+                if holder_parks {
+                    self.park_connection(now, from);
+                }
+                self.move_peer(now, at, from, parsed.bytes().len());
+            }
         }
+    }
+
+    /// Whether the connection at `addr` is established, not ending, with no replacement under
+    /// way.
+    fn holds_established_connection(&self, addr: SocketAddr) -> bool {
+        self.peers
+            .get(&addr)
+            .is_some_and(|p| p.session.is_established() && !p.terminal() && p.replacement.is_none())
     }
 
     /// Whether the connection at `addr` is an established Connection ID connection with no
     /// replacement under way: one that does not need its address, because its device proves
     /// itself by its CID from wherever it is.
     pub(super) fn holds_cid_connection(&self, addr: SocketAddr) -> bool {
-        self.peers.get(&addr).is_some_and(|p| {
-            p.session.is_established()
-                && !p.terminal()
-                && p.replacement.is_none()
-                && p.session
+        self.holds_established_connection(addr)
+            && self.peers.get(&addr).is_some_and(|p| {
+                p.session
                     .connection_ids()
                     .is_some_and(|(own, _)| !own.is_empty())
-        })
+            })
     }
 
-    /// Parks the CID connection at `addr` off its address, which another peer's verified
-    /// handshake takes: behind a NAT or a load balancer, a device's last address is soon
-    /// another device's (nginx hands the upstream port of an expired session to a new one). The
-    /// connection moves to an address of its own in `100::/64`, the discard-only prefix
-    /// (RFC 6666), where nothing is sent (an unconfirmed address with no budget), until its
-    /// device's next record moves it to wherever it is, as any CID move does. Reported as an
-    /// address change.
-    pub(super) fn park_cid_connection(&mut self, now: Instant, addr: SocketAddr) -> SocketAddr {
+    /// Parks the connection at `addr` off its address, which another peer takes (a verified
+    /// handshake from there, or another CID connection's authenticated, newest record): behind
+    /// a NAT or a load balancer, a device's last address is soon another device's (nginx hands
+    /// the upstream port of an expired session to a new one). The connection moves to an
+    /// address of its own in `100::/64`, the discard-only prefix (RFC 6666), where nothing is
+    /// sent (an unconfirmed address with no budget). A CID connection stays there until its
+    /// device's next record moves it to wherever it is, as any CID move does; one without a CID
+    /// can no longer be reached (its device's records come from elsewhere now, a stranger's)
+    /// and ends at its idle timeout. Reported as an address change.
+    pub(super) fn park_connection(&mut self, now: Instant, addr: SocketAddr) -> SocketAddr {
         self.parked += 1;
         let n = self.parked;
         let words = [

@@ -112,15 +112,19 @@ pub struct EndpointStats {
     /// ... because it was a replay, or not newer than the newest record seen (reordered or
     /// delayed): RFC 9146 §6.
     pub cid_moves_refused_not_newest: u64,
-    /// ... because the connection was still handshaking or being replaced, or another
-    /// connection holds the new address.
+    /// ... because the connection was still handshaking or being replaced, or a handshake is
+    /// under way at the new address (an established connection there is parked instead:
+    /// [`cid_parked`](Self::cid_parked)).
     pub cid_moves_refused_busy: u64,
     /// Datagrams not sent to a moved connection's new address because they would exceed what
     /// that address sent us before answering from there (anti-amplification).
     pub cid_amplification_dropped: u64,
-    /// CID connections that stepped off their address because another peer's verified
-    /// handshake came from it (the address reused by a NAT or a load balancer): parked in
-    /// `100::/64` (RFC 6666), nothing sent there, until their device's next record.
+    /// Connections that stepped off their address because another peer came from it (the
+    /// address reused by a NAT or a load balancer): a verified handshake from the address of a
+    /// CID connection, or another CID connection's authenticated, newest record from the
+    /// address of any established connection. Parked in `100::/64` (RFC 6666), nothing sent
+    /// there: a CID connection until its device's next record, one without a CID until its
+    /// idle timeout (its device is a stranger at any other address).
     pub cid_parked: u64,
     /// Non-DTLS datagrams (first byte 128–191: RTP/RTCP, RFC 7983) queued for
     /// [`Endpoint::recv_non_dtls`](super::Endpoint::recv_non_dtls)
