@@ -24,14 +24,18 @@
 //!   moved between 0.8x and 3.8x: BENCHMARKS.md).
 //!
 //! Each with the default handshake worker (`EndpointConfig::handshake_workers` = 1 at
-//! `handshake_worker_nice` 10: handshake steps off the driver thread, yielding the CPU to it;
-//! the keys are these runs), with the worker at nice 0, and with 0 workers (every handshake
-//! step inline in the driver).
+//! `handshake_worker_nice` 10: handshake steps and their flights off the threads that serve
+//! established connections, yielding the CPU to them; the keys are these runs), with the
+//! worker in `SCHED_IDLE` (`handshake_worker_idle_class`), at nice 0, and with 0 workers
+//! (every handshake step inline in the driver).
 //!
 //! Environment: `BENCH_STORM_N` echoes per measurement (default 20000), `BENCH_STORM_K` full
 //! flood threads (default 2), `BENCH_STORM_WINDOW` handshakes in flight per flood thread
 //! (default 16); `BENCH_STORM_NICE_CLIENTS=1` runs the flood threads at nice 19, as a stand-in
-//! for clients on other machines (they then take only the CPU the server leaves).
+//! for clients on other machines (they then take only the CPU the server leaves);
+//! `BENCH_STORM_FLOOD=half-open` or `full` runs one flood, `BENCH_STORM_DEFAULT_ONLY=1` the
+//! default worker settings only; `BENCH_STORM_FLOOD_COMPETES=1` runs the half-open flood's
+//! thread at nice 0 instead of `SCHED_IDLE`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -62,6 +66,40 @@ struct Storm {
 enum Flood {
     HalfOpen,
     Full,
+}
+
+/// How the server runs its handshakes (`EndpointConfig`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Worker {
+    /// The defaults: one worker, `handshake_worker_nice` and `handshake_worker_idle_class` as
+    /// `EndpointConfig::default()` has them.
+    Default,
+    /// One worker at this nice value.
+    Nice(i32),
+    /// One worker in the `SCHED_IDLE` class.
+    IdleClass,
+    /// `handshake_workers = 0`: inline in the driver.
+    Inline,
+}
+
+impl Worker {
+    fn describe(self) -> String {
+        let d = openssl_dtls::EndpointConfig::default();
+        match self {
+            Worker::Default if d.handshake_worker_idle_class => {
+                "on a handshake worker (default: SCHED_IDLE)".to_owned()
+            }
+            Worker::Default => format!(
+                "on a handshake worker (default: nice {})",
+                d.handshake_worker_nice
+            ),
+            Worker::Nice(n) => format!("on a handshake worker at nice {n}"),
+            Worker::IdleClass => {
+                "on a handshake worker in SCHED_IDLE (handshake_worker_idle_class)".to_owned()
+            }
+            Worker::Inline => "inline in the driver (handshake_workers = 0)".to_owned(),
+        }
+    }
 }
 
 /// A real client's ClientHello (the first datagram of a sans-IO client session of `ctx`),
@@ -215,21 +253,20 @@ fn half_open_flood(
     }
 }
 
-fn storm(
-    cert: &Cert,
-    flood: Flood,
-    workers: usize,
-    nice: i32,
-    n: usize,
-    k: usize,
-    window: usize,
-) -> Storm {
+fn storm(cert: &Cert, flood: Flood, worker: Worker, n: usize, k: usize, window: usize) -> Storm {
     // Room for the half-open flood's handshakes: each ends about 1 s after its alert (the
     // server holds an unauthenticated alert back for a retransmission interval, so that a
     // spoofed one cannot end a handshake), so about the flood's rate × 1 s are pending.
     let mut config = roomy(1 << 16);
-    config.handshake_workers = workers;
-    config.handshake_worker_nice = nice;
+    match worker {
+        Worker::Default => {}
+        Worker::Nice(nice) => {
+            config.handshake_worker_nice = nice;
+            config.handshake_worker_idle_class = false;
+        }
+        Worker::IdleClass => config.handshake_worker_idle_class = true,
+        Worker::Inline => config.handshake_workers = 0,
+    }
     let server = start_server(our_server_ctx(ECDSA, cert), config, None);
     let addr = server.server.local_addr();
     // The established connection, then an acceptor that drops the flood's connections.
@@ -267,6 +304,15 @@ fn storm(
                     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
                 }
                 if flood == Flood::HalfOpen {
+                    // The half-open flood stands for clients on other machines: SCHED_IDLE, it
+                    // runs on the CPU the server leaves, and any server thread that wakes
+                    // preempts it at once (BENCH_STORM_FLOOD_COMPETES=1: nice 0 instead).
+                    if std::env::var_os("BENCH_STORM_FLOOD_COMPETES").is_none() {
+                        let param = libc::sched_param { sched_priority: 0 };
+                        // SAFETY: `param` is a valid `sched_param` for the call; pid 0 is this
+                        // thread.
+                        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+                    }
                     half_open_flood(addr, &hello, window * k, &stop, &done, &failed);
                     return;
                 }
@@ -309,19 +355,27 @@ pub(super) fn storm_section(cert: &Cert, t: &mut Table) {
     let k = env_usize("BENCH_STORM_K", 2).max(1);
     let window = env_usize("BENCH_STORM_WINDOW", 16).max(1);
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let default_nice = openssl_dtls::EndpointConfig::default().handshake_worker_nice;
-    for flood in [Flood::HalfOpen, Flood::Full] {
-        for (workers, nice) in [(1, default_nice), (1, 0), (0, 0)] {
-            let r = storm(cert, flood, workers, nice, n, k, window);
-            let what = match (workers, nice) {
-                (0, _) => "inline in the driver (handshake_workers = 0)".to_owned(),
-                (_, nice) if nice == default_nice => {
-                    format!("on a handshake worker (default: nice {nice})")
-                }
-                (_, nice) => {
-                    format!("on a handshake worker at nice {nice} (handshake_worker_nice)")
-                }
-            };
+    // BENCH_STORM_FLOOD=half-open or full: that flood only; BENCH_STORM_DEFAULT_ONLY=1: the
+    // default worker settings only (for profiling).
+    let only = std::env::var("BENCH_STORM_FLOOD").ok();
+    let floods = [Flood::HalfOpen, Flood::Full].into_iter().filter(|f| {
+        only.as_deref()
+            .is_none_or(|o| (o == "full") == (*f == Flood::Full))
+    });
+    let default_only = std::env::var_os("BENCH_STORM_DEFAULT_ONLY").is_some();
+    let d = openssl_dtls::EndpointConfig::default();
+    let other = if d.handshake_worker_idle_class {
+        Worker::Nice(d.handshake_worker_nice)
+    } else {
+        Worker::IdleClass
+    };
+    for flood in floods {
+        for worker in [Worker::Default, other, Worker::Nice(0), Worker::Inline] {
+            if default_only && worker != Worker::Default {
+                continue;
+            }
+            let r = storm(cert, flood, worker, n, k, window);
+            let what = worker.describe();
             let (flood_what, done_what, failed_what) = match flood {
                 Flood::HalfOpen => (
                     format!(
@@ -358,12 +412,9 @@ pub(super) fn storm_section(cert: &Cert, t: &mut Table) {
                 &format!("p99 {:.2}x", us(r.flood_p99) / us(r.idle_p99)),
             );
             if std::env::var_os("BENCH_DEBUG").is_some() {
-                eprintln!(
-                    "storm {flood:?}, {workers} workers, nice {nice}: {:?}",
-                    r.stats
-                );
+                eprintln!("storm {flood:?}, {worker:?}: {:?}", r.stats);
             }
-            if (workers, nice) == (1, default_nice) {
+            if worker == Worker::Default {
                 let (flood_p99, idle) = (us(r.flood_p99), us(r.idle_p99));
                 let key = match flood {
                     Flood::HalfOpen => "storm_p99_ratio",

@@ -102,6 +102,17 @@ impl Io for Blocking {
         rx.recv(self.socket.as_fd(), max)
     }
 
+    /// `sendto(2)` with `MSG_DONTWAIT`.
+    fn send_now(&self, to: SocketAddr, datagram: &[u8]) -> bool {
+        let msg = [os::SendMsg {
+            peer: to,
+            start: 0,
+            len: datagram.len(),
+            segment: 0,
+        }];
+        matches!(os::send_batch(self.socket.as_fd(), datagram, &msg), Ok(1))
+    }
+
     fn local_addr(&self) -> Option<SocketAddr> {
         self.socket.local_addr().ok()
     }

@@ -107,6 +107,12 @@ pub(crate) trait Io: fmt::Debug + Send + Sync + Sized + 'static {
     /// Called once the driver stopped and every connection ended, to wake what else waits on
     /// the driver.
     fn stopped(&self) {}
+
+    /// Sends one datagram to `to` now, without blocking, from whatever thread calls (a
+    /// handshake worker sending the flight it made): whether it went out. `false` (the socket's
+    /// buffer full, an error): the caller hands it to the endpoint, whose output the driver
+    /// sends (and counts) as usual.
+    fn send_now(&self, to: SocketAddr, datagram: &[u8]) -> bool;
 }
 
 /// Socket state under the lock: the send batch, the receive batch, the socket's drop counters

@@ -125,6 +125,7 @@ impl Workers {
             return Ok(());
         }
         let nice = core.endpoint.config().handshake_worker_nice.clamp(0, 19);
+        let idle_class = core.endpoint.config().handshake_worker_idle_class;
         let pool = Arc::new(Pool::default());
         if shared.workers.pool.set(Arc::clone(&pool)).is_err() {
             return Ok(()); // started already
@@ -135,7 +136,7 @@ impl Workers {
             let shared = Arc::downgrade(shared);
             let spawned = std::thread::Builder::new()
                 .name(format!("dtls-hs-{name}-{i}"))
-                .spawn(move || work(&pool, &shared, nice));
+                .spawn(move || work(&pool, &shared, nice, idle_class));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) if threads.is_empty() => return Err(e),
@@ -211,10 +212,13 @@ impl Workers {
 
 /// A worker: takes a job, runs it without any lock of the driver's, and leaves it for the
 /// driver's next turn (waking the driver if it is the first to wait).
-fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, nice: i32) {
-    if nice > 0 {
+fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, nice: i32, idle_class: bool) {
+    if idle_class {
+        crate::ffi::os::set_thread_idle_class();
+    } else if nice > 0 {
         crate::ffi::os::lower_thread_priority(nice);
     }
+    let mut buf = vec![0u8; crate::config::MAX_MTU];
     loop {
         let job = {
             let mut queue = pool.queue();
@@ -231,7 +235,16 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, nice: i32) {
                 queue = pool.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let done = run_guarded(job, |job| job.run(Instant::now()));
+        // The step, then its flight, sent from here: the threads that serve established
+        // connections neither run the crypto nor pay the kernel for these datagrams.
+        let io = shared.upgrade();
+        let done = run_guarded(job, |job| {
+            job.run(Instant::now());
+            if let Some(shared) = &io {
+                send_flight(&shared.io, job, &mut buf);
+            }
+        });
+        drop(io);
         let first = {
             let mut queue = pool.queue();
             queue.done.push(done);
@@ -246,10 +259,21 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, nice: i32) {
     }
 }
 
+/// Sends what `job`'s step wrote to its peer, from the worker's thread; what the socket does
+/// not take goes back with the job, for the driver to send.
+fn send_flight<D: Io>(io: &D, job: &mut HandshakeJob, buf: &mut [u8]) {
+    let peer = job.peer();
+    while let Some(n) = job.poll_transmit(buf) {
+        if !io.send_now(peer, &buf[..n]) {
+            job.unsent(&buf[..n]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use super::{give_back, run_guarded, Done};
     use crate::context::{DtlsClientContext, DtlsServerContext, PskCredentials};
@@ -261,6 +285,9 @@ mod tests {
     fn checked_out(now: Instant) -> (Endpoint, Endpoint) {
         let server = DtlsServerContext::builder()
             .psk_key_store(|_| Some(KEY.to_vec()))
+            // OpenSSL's retransmission timer runs on the real clock: short, for the test
+            // that waits for it.
+            .retransmit_timeout(Duration::from_millis(50), Duration::from_millis(400))
             .build()
             .unwrap();
         let client = DtlsClientContext::builder()
@@ -323,5 +350,124 @@ mod tests {
         assert_eq!((s.handshakes_out(), s.stats().handshakes), (0, 1));
         let mut buf = vec![0u8; 65_536];
         assert!(s.poll_transmit(&mut buf).is_some(), "its first flight");
+    }
+
+    const SERVER: &str = "10.0.0.1:5684";
+    const CLIENT: &str = "192.0.2.7:40001";
+
+    /// Carries datagrams both ways until neither side has any; whether the client connected.
+    fn finish(s: &mut Endpoint, c: &mut Endpoint, now: Instant) -> bool {
+        let (server, client): (SocketAddr, SocketAddr) =
+            (SERVER.parse().unwrap(), CLIENT.parse().unwrap());
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..20 {
+            let mut moved = false;
+            while let Some(job) = s.poll_handshake_job() {
+                give_back(s, now, run_guarded(job, |job| job.run(now)));
+            }
+            while let Some((_, n)) = c.poll_transmit(&mut buf) {
+                s.handle_datagram(now, client, &buf[..n]);
+                moved = true;
+            }
+            while let Some((_, n)) = s.poll_transmit(&mut buf) {
+                c.handle_datagram(now, server, &buf[..n]);
+                moved = true;
+            }
+            if !moved && s.handshakes_out() == 0 {
+                break;
+            }
+        }
+        std::iter::from_fn(|| c.poll_event()).any(|e| matches!(e, Event::Connected { .. }))
+    }
+
+    #[test]
+    fn a_runner_sends_the_flight_itself_and_what_it_could_not_send_goes_out_after() {
+        let now = Instant::now();
+        let server: SocketAddr = SERVER.parse().unwrap();
+        let mut buf = vec![0u8; 65_536];
+        // The runner sends the whole flight itself: the endpoint counts it, has nothing more
+        // to send for it, and the handshake completes.
+        let (mut s, mut c) = checked_out(now);
+        let out_before = s.stats().datagrams_out;
+        let mut job = s.poll_handshake_job().unwrap();
+        job.run(now);
+        let mut sent = Vec::new();
+        while let Some(n) = job.poll_transmit(&mut buf) {
+            sent.push(buf[..n].to_vec());
+        }
+        assert!(!sent.is_empty(), "a first flight");
+        give_back(&mut s, now, Done::Ran(job));
+        assert_eq!(s.stats().datagrams_out, out_before + sent.len() as u64);
+        assert!(
+            s.poll_transmit(&mut buf).is_none(),
+            "sent once, by the runner"
+        );
+        for d in &sent {
+            c.handle_datagram(now, server, d);
+        }
+        assert!(finish(&mut s, &mut c, now), "{:?}", s.stats());
+
+        // The runner could send none of it (the socket full): the endpoint sends it, the same
+        // bytes in the same order, once the job is back.
+        let (mut s, mut c) = checked_out(now);
+        let mut job = s.poll_handshake_job().unwrap();
+        job.run(now);
+        let mut unsent = Vec::new();
+        while let Some(n) = job.poll_transmit(&mut buf) {
+            unsent.push(buf[..n].to_vec());
+        }
+        for d in &unsent {
+            job.unsent(d);
+        }
+        let out_before = s.stats().datagrams_out;
+        give_back(&mut s, now, Done::Ran(job));
+        assert_eq!(s.stats().datagrams_out, out_before, "not sent yet");
+        let again: Vec<Vec<u8>> = std::iter::from_fn(|| {
+            let (_, n) = s.poll_transmit(&mut buf)?;
+            Some(buf[..n].to_vec())
+        })
+        .collect();
+        assert_eq!(again, unsent);
+        assert_eq!(s.stats().datagrams_out, out_before + unsent.len() as u64);
+        for d in &again {
+            c.handle_datagram(now, server, d);
+        }
+        assert!(finish(&mut s, &mut c, now), "{:?}", s.stats());
+    }
+
+    #[test]
+    fn a_handshake_retransmits_on_the_worker() {
+        let now = Instant::now();
+        let server: SocketAddr = SERVER.parse().unwrap();
+        let (mut s, mut c) = checked_out(now);
+        let job = s.poll_handshake_job().unwrap();
+        give_back(&mut s, now, run_guarded(job, |job| job.run(now)));
+        let mut buf = vec![0u8; 65_536];
+        // The first flight is lost.
+        while s.poll_transmit(&mut buf).is_some() {}
+        let jobs_before = s.stats().handshake_jobs;
+        // The retransmission timer: the handshake is checked out for it, not retransmitted
+        // by the endpoint's own thread.
+        let later = s.poll_timeout().expect("a retransmission timer");
+        std::thread::sleep(later.saturating_duration_since(Instant::now()));
+        s.handle_timeout(later);
+        assert_eq!(s.handshakes_out(), 1, "checked out for its retransmission");
+        assert_eq!(s.stats().handshake_jobs, jobs_before + 1);
+        assert!(
+            s.poll_transmit(&mut buf).is_none(),
+            "nothing sent by the endpoint"
+        );
+        let mut job = s.poll_handshake_job().unwrap();
+        job.run(later);
+        let mut flight = Vec::new();
+        while let Some(n) = job.poll_transmit(&mut buf) {
+            flight.push(buf[..n].to_vec());
+        }
+        assert!(!flight.is_empty(), "the retransmitted flight");
+        give_back(&mut s, later, Done::Ran(job));
+        for d in &flight {
+            c.handle_datagram(later, server, d);
+        }
+        assert!(finish(&mut s, &mut c, later), "{:?}", s.stats());
     }
 }

@@ -506,6 +506,7 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
         let due = peer::Deadline::of(&mut self.epoch, now);
+        let offloading = self.offloading(now);
         while let Some(&Reverse(entry)) = self.timers.peek() {
             let (at, handle) = (entry.at(), entry.handle);
             if at > due {
@@ -522,6 +523,13 @@ impl Endpoint {
                 continue; // never: the table keeps every peer's address in its session
             };
             p.scheduled = None;
+            if offloading && offload::wanted(p) && p.session.retransmission_due(now) {
+                // A server handshake's retransmission (a whole flight): sent from the
+                // handshake worker, like the flight itself, not from the thread that serves
+                // established connections (`HandshakeJob::run` runs the timer).
+                self.check_out(addr, Vec::new());
+                continue;
+            }
             if p.session.is_established() {
                 if let Some(idle) = self.config.idle_timeout {
                     if now.saturating_duration_since(p.last_activity()) >= idle {

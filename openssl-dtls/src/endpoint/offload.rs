@@ -92,6 +92,11 @@ pub struct HandshakeJob {
     datagrams: Vec<Vec<u8>>,
     /// How many of `datagrams` have been read.
     read: usize,
+    /// Datagrams (and bytes) the runner took to send itself ([`poll_transmit`](Self::poll_transmit)),
+    /// counted in the endpoint's statistics when the job comes back.
+    sent: (u64, u64),
+    /// What the runner took and could not send: sent by the endpoint once the job is back.
+    unsent: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for HandshakeJob {
@@ -117,7 +122,8 @@ impl HandshakeJob {
 
     /// Runs the step: the handshake's first flight if it has not been written
     /// (`SSL_do_handshake` on the verified ClientHello), then every datagram the job carries
-    /// (`SSL_do_handshake` / `SSL_read`). Touches nothing but this handshake; its output, events
+    /// (`SSL_do_handshake` / `SSL_read`), then its retransmission if that is due
+    /// (`DTLSv1_handle_timeout`: the job was checked out for it). Touches nothing but this handshake; its output, events
     /// and timers are taken up by [`Endpoint::finish_handshake_job`]. Running a job twice does
     /// nothing more.
     #[doc(alias = "SSL_do_handshake")]
@@ -129,9 +135,38 @@ impl HandshakeJob {
             p.session.handle_datagram(now, datagram);
         }
         self.read = self.datagrams.len();
+        // Checked out for its retransmission timer (or one came due meanwhile).
+        if p.session.retransmission_due(now) {
+            p.session.handle_timeout(now);
+        }
         if p.session.authenticated_count() != before {
             p.set_last_activity(now);
         }
+    }
+
+    /// Takes the next datagram the step wrote (its flight) into `buf`, for the runner to send
+    /// to [`peer`](Self::peer) itself, from its own thread: a handshake worker then sends the
+    /// flight its crypto made, and the threads that serve established connections do not
+    /// (with loopback or a busy NIC, a send costs about as much as the kernel's delivery).
+    /// What the runner could not send it hands back with [`unsent`](Self::unsent). Datagrams
+    /// not taken are sent by [`Endpoint::poll_transmit`] once the job is back; either way they
+    /// count in [`EndpointStats::datagrams_out`](super::EndpointStats::datagrams_out) then.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let n = self.peer.session.poll_transmit(buf)?;
+        self.sent.0 += 1;
+        self.sent.1 += n as u64;
+        Some(n)
+    }
+
+    /// A datagram taken with [`poll_transmit`](Self::poll_transmit) that the runner could not
+    /// send (the socket's buffer full): the endpoint sends it once the job is back, before
+    /// anything the handshake writes later.
+    pub fn unsent(&mut self, datagram: &[u8]) {
+        self.sent.0 = self.sent.0.saturating_sub(1);
+        self.sent.1 = self.sent.1.saturating_sub(datagram.len() as u64);
+        let mut copy = take_buffer();
+        copy.extend_from_slice(datagram);
+        self.unsent.push(copy);
     }
 
     /// Gives the job's datagram buffers back to the calling thread's pool.
@@ -340,6 +375,12 @@ impl Endpoint {
         }
         job.run(now); // no-op if the runner ran it
         job.recycle();
+        // What the runner sent itself, and what it could not (sent first from here).
+        self.stats.datagrams_out += job.sent.0;
+        self.stats.bytes_out += job.sent.1;
+        for datagram in job.unsent.drain(..) {
+            self.offload.flights.push_back((addr, datagram));
+        }
         let mut p = job.peer;
         if away.close {
             p.session.close();
@@ -470,6 +511,8 @@ impl Endpoint {
             peer: Box::new(peer),
             datagrams,
             read: 0,
+            sent: (0, 0),
+            unsent: Vec::new(),
         });
     }
 

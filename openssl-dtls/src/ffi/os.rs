@@ -85,6 +85,24 @@ pub(crate) fn lower_thread_priority(nice: i32) {
     }
 }
 
+/// Moves the calling thread to the `SCHED_IDLE` scheduling class (`sched_setscheduler(2)`):
+/// it runs only on CPU time no other thread of the machine wants, and any thread that wakes
+/// preempts it at once. Failure (a sandbox that forbids it; not Linux) is harmless and only
+/// logged.
+#[doc(alias = "sched_setscheduler")]
+pub(crate) fn set_thread_idle_class() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid `sched_param` alive for the call; pid 0 is the calling
+        // thread (the scheduling policy is a per-thread attribute on Linux).
+        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if r != 0 {
+            log::debug!("SCHED_IDLE failed: {}", io::Error::last_os_error());
+        }
+    }
+}
+
 /// The most datagrams one [`recv_batch`] or [`send_batch`] call moves (the stack arrays of
 /// `mmsghdr`s are this long).
 pub(crate) const MAX_BATCH: usize = 64;

@@ -624,6 +624,18 @@ impl Session {
         self.update_timer(now);
     }
 
+    /// Whether [`handle_timeout`](Self::handle_timeout) at `now` would retransmit the
+    /// handshake's last flight (`DTLSv1_handle_timeout`), rather than end the handshake or do
+    /// nothing: a step that writes datagrams, which a driver may run off its own thread.
+    pub(crate) fn retransmission_due(&self, now: Instant) -> bool {
+        self.state == SessionState::Handshaking
+            && now < self.handshake_deadline()
+            && self.hs().held_alert.is_none_or(|h| now < h.fail_at)
+            && self.hs().retransmit_at.is_some_and(|at| now >= at)
+            && self.engine.openssl().is_some()
+            && self.bio_ref().timeouts < self.config.max_retransmits
+    }
+
     /// Sends one application datagram (`SSL_write`). It must fit one record within the MTU
     /// ([`data_mtu`](Self::data_mtu)); a larger payload is refused with
     /// [`Error::PayloadTooLarge`], never split or truncated. An empty payload sends nothing.

@@ -86,6 +86,11 @@ impl Io for TokioIo {
         crate::ffi::os::socket_drops(self.socket.as_fd()).ok()
     }
 
+    /// `try_send_to`: never blocks, from any thread.
+    fn send_now(&self, to: SocketAddr, datagram: &[u8]) -> bool {
+        self.socket.try_send_to(datagram, to).is_ok()
+    }
+
     /// Sends everything the endpoint has queued, straight to the socket in batches
     /// (`sendmmsg(2)`, GSO where it can); what would block goes to the backlog, in order, and
     /// the driver task is woken to send it when it can.
