@@ -34,7 +34,8 @@
 //! (default 16); `BENCH_STORM_NICE_CLIENTS=1` runs the flood threads at nice 19, as a stand-in
 //! for clients on other machines (they then take only the CPU the server leaves);
 //! `BENCH_STORM_FLOOD=half-open` or `full` runs one flood, `BENCH_STORM_DEFAULT_ONLY=1` the
-//! default worker settings only; `BENCH_STORM_FLOOD_COMPETES=1` runs the half-open flood's
+//! default worker settings only, `BENCH_STORM_IDLE_ONLY=1` the `SCHED_IDLE` worker only;
+//! `BENCH_STORM_FLOOD_COMPETES=1` runs the half-open flood's
 //! thread at nice 0 instead of `SCHED_IDLE`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -363,6 +364,8 @@ pub(super) fn storm_section(cert: &Cert, t: &mut Table) {
             .is_none_or(|o| (o == "full") == (*f == Flood::Full))
     });
     let default_only = std::env::var_os("BENCH_STORM_DEFAULT_ONLY").is_some();
+    // BENCH_STORM_IDLE_ONLY=1: the SCHED_IDLE worker only (for comparisons).
+    let idle_only = std::env::var_os("BENCH_STORM_IDLE_ONLY").is_some();
     let d = openssl_dtls::EndpointConfig::default();
     let other = if d.handshake_worker_idle_class {
         Worker::Nice(d.handshake_worker_nice)
@@ -371,7 +374,9 @@ pub(super) fn storm_section(cert: &Cert, t: &mut Table) {
     };
     for flood in floods {
         for worker in [Worker::Default, other, Worker::Nice(0), Worker::Inline] {
-            if default_only && worker != Worker::Default {
+            if (default_only && worker != Worker::Default)
+                || (idle_only && worker != Worker::IdleClass)
+            {
                 continue;
             }
             let r = storm(cert, flood, worker, n, k, window);

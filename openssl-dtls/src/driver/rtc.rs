@@ -490,8 +490,15 @@ impl<'a> Wait<'_, 'a> {
                 }
             }
         }
-        shared.after_receive(core);
-        self.streaming = !drained;
+        // Waiting for a connection's record, handshake work and timers run in bounded
+        // chunks between reads of the socket (`TURN_BUDGET`); `accept` and `connect` do all.
+        let left = if own.is_some() {
+            shared.after_receive_budget(core)
+        } else {
+            shared.after_receive(core);
+            false
+        };
+        self.streaming = !drained || left;
         if self.streaming {
             // Let other threads at the lock before our condition is checked again.
             drop(self.core.take());

@@ -12,6 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::batch;
+
+/// How many due timers, and how many handshakes the workers finished, an application thread
+/// polling for its own connection handles per turn ([`Shared::after_receive_budget`]): 4.
+/// Under a handshake flood these (retransmissions, handshakes ending, jobs coming back) are
+/// many, and each costs tens of µs; handled all at once, they made the poller's own next
+/// record wait behind them. The poller goes on with the rest in its next turns, between
+/// reads of the socket; the driver thread, when it runs, handles all.
+pub(crate) const TURN_BUDGET: usize = 4;
 use super::blocking::Rtc;
 use super::failures::PendingFailures;
 use super::handle::Facts;
@@ -328,6 +336,21 @@ impl<D: Io> Shared<D> {
         core.endpoint.handle_timeout(Instant::now());
         self.workers.exchange(&mut core.endpoint);
         self.settle(core);
+    }
+
+    /// [`after_receive`](Self::after_receive) for a thread that has its own record and must get
+    /// back to its application: at most [`TURN_BUDGET`] timers and as many finished handshake
+    /// jobs; what is left stays due for the next turn (its own next wait, which then does not
+    /// sleep, or the driver thread's). Returns whether anything was left.
+    pub fn after_receive_budget(&self, core: &mut Core<D>) -> bool {
+        let timers_left = core
+            .endpoint
+            .handle_timeout_budget(Instant::now(), TURN_BUDGET);
+        let jobs_left = self
+            .workers
+            .exchange_budget(&mut core.endpoint, TURN_BUDGET);
+        self.settle(core);
+        timers_left || jobs_left
     }
 
     /// Takes the failed handshakes and address changes waiting for their hooks, to

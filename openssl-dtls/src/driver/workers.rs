@@ -157,15 +157,27 @@ impl Workers {
     /// out to the workers (called under the driver's lock, once per turn, after the receive
     /// batch). Without workers (offload never turned on) a job is run inline.
     pub(crate) fn exchange(&self, endpoint: &mut Endpoint) {
+        self.exchange_budget(endpoint, usize::MAX);
+    }
+
+    /// [`exchange`](Self::exchange), giving back at most `budget` finished jobs (the oldest
+    /// first; the rest wait for the next turn). Returns whether any was left.
+    pub(crate) fn exchange_budget(&self, endpoint: &mut Endpoint, budget: usize) -> bool {
         let Some(pool) = self.pool.get() else {
             while let Some(job) = endpoint.poll_handshake_job() {
                 let now = Instant::now();
                 let done = run_guarded(job, |job| job.run(now));
                 give_back(endpoint, now, done);
             }
-            return;
+            return false;
         };
-        let done = std::mem::take(&mut pool.queue().done);
+        let (done, left) = {
+            let mut queue = pool.queue();
+            let take = queue.done.len().min(budget);
+            let rest = queue.done.split_off(take);
+            let done = std::mem::replace(&mut queue.done, rest);
+            (done, !queue.done.is_empty())
+        };
         if !done.is_empty() {
             let now = Instant::now();
             for done in done {
@@ -182,6 +194,7 @@ impl Workers {
         if queued {
             pool.ready.notify_one();
         }
+        left
     }
 
     /// Stops the workers and joins them: each finishes the job it runs (its handshake is then

@@ -504,13 +504,25 @@ impl Endpoint {
     /// Handles every deadline up to `now`: retransmissions, handshake deadlines (reaped),
     /// idle timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_timeout_budget(now, usize::MAX);
+    }
+
+    /// [`handle_timeout`](Self::handle_timeout), running at most `budget` of the timers that are
+    /// due (the earliest first); the rest stay due, for the next call. Returns whether any was
+    /// left. A driver thread that must get back to an established connection's record soon
+    /// bounds its turn with it; timers are never lost, only run by a later call.
+    pub fn handle_timeout_budget(&mut self, now: Instant, budget: usize) -> bool {
         let now = self.tick(now);
+        let mut budget = budget;
         let due = peer::Deadline::of(&mut self.epoch, now);
         let offloading = self.offloading(now);
         while let Some(&Reverse(entry)) = self.timers.peek() {
             let (at, handle) = (entry.at(), entry.handle);
             if at > due {
                 break;
+            }
+            if budget == 0 {
+                return true;
             }
             self.timers.pop();
             let Some(p) = self.peers.by_handle_mut(handle) else {
@@ -523,6 +535,7 @@ impl Endpoint {
                 continue; // never: the table keeps every peer's address in its session
             };
             p.scheduled = None;
+            budget -= 1;
             if offloading && offload::wanted(p) && p.session.retransmission_due(now) {
                 // A server handshake's retransmission (a whole flight): sent from the
                 // handshake worker, like the flight itself, not from the thread that serves
@@ -548,6 +561,7 @@ impl Endpoint {
             }
             self.settle(addr, now);
         }
+        false
     }
 
     /// A datagram whose first byte is 128–191 (RTP or RTCP; RFC 7983 §7): queued for the
