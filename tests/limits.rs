@@ -783,3 +783,41 @@ fn refusals_are_logged_at_info_with_the_limit_and_its_value() {
         .unwrap_or_else(|| panic!("no refusal line for {n} in {lines:#?}"));
     assert!(line.starts_with("INFO "), "{line}");
 }
+
+#[test]
+fn a_timeout_budget_runs_that_many_due_timers_and_leaves_the_rest_due() {
+    // Five handshakes that stall after the server's first flight; past their deadline, a
+    // budget of 2 ends two of them and says more are due, the next call the rest.
+    let now = Instant::now();
+    let ctx = {
+        let mut b = DtlsServerContext::builder();
+        b.psk_key_store(|id| (id == IDENTITY).then(|| KEY.to_vec()))
+            .handshake_timeout(Duration::from_secs(2));
+        b.build().unwrap()
+    };
+    let mut ep = Endpoint::server(ctx, EndpointConfig::default()).unwrap();
+    let client = psk_client(IDENTITY, false);
+    let mut buf = vec![0u8; 65_536];
+    for i in 0..5 {
+        let mut c = client.new_session(None, now).unwrap();
+        let hello = hello_with_cookie(&mut ep, now, addr(i), &mut c);
+        ep.handle_datagram(now, addr(i), &hello);
+        while ep.poll_transmit(&mut buf).is_some() {} // its flight, lost
+    }
+    assert_eq!(ep.stats().handshakes, 5);
+    let later = now + Duration::from_secs(3);
+    assert!(ep.handle_timeout_budget(later, 2), "more timers are due");
+    assert_eq!(
+        (ep.stats().handshakes, ep.stats().handshakes_timed_out),
+        (3, 2)
+    );
+    assert!(!ep.handle_timeout_budget(later, 100), "none left");
+    assert_eq!(
+        (ep.stats().handshakes, ep.stats().handshakes_timed_out),
+        (0, 5)
+    );
+    assert!(
+        !ep.handle_timeout_budget(later, 0),
+        "nothing due, nothing left"
+    );
+}

@@ -102,11 +102,13 @@ pub struct EndpointConfig {
     /// (`setpriority(2)` on each worker thread; 0 to 19). Default 10: when the CPU is short
     /// (a handshake flood; clients or the application on the same cores), the threads that
     /// serve established connections win it and handshakes take what is left — expensive
-    /// handshake crypto must not starve established traffic. Measured (`BENCH_ONLY=storm`,
-    /// 2 cores, flood clients on the same cores): established echo p99 during an ECDSA flood
-    /// 1.3–4.4× its idle p99 at 10, 5.3–6.7× at 0, at ≈ 25 % fewer flood handshakes completed;
-    /// a preempted worker also spends more CPU per handshake (≈ +50 µs per ECDSA handshake).
-    /// An idle CPU is used in full either way. 0: the workers compete as equals.
+    /// handshake crypto must not starve established traffic — while handshakes still get
+    /// about a tenth of a busy CPU. Measured (`BENCH_ONLY=storm`, 2 cores, a half-open ECDSA
+    /// flood at the server's capacity): established echo p99 during the flood 2.4–6.1× its idle
+    /// p99 at 10 (median ≈ 5×, 1,000–3,500 handshakes/s), 1.6–4.7× in the `SCHED_IDLE` class
+    /// ([`handshake_worker_idle_class`](Self::handshake_worker_idle_class), median ≈ 2×,
+    /// 1,100–1,900 handshakes/s): the kernel lets a nice-10 worker finish its time slice before
+    /// a woken thread gets its CPU, a `SCHED_IDLE` one not. 0: the workers compete as equals.
     pub handshake_worker_nice: i32,
     /// Run the handshake workers in Linux's `SCHED_IDLE` class instead
     /// (`sched_setscheduler(2)`; `handshake_worker_nice` is then not used): they get only CPU
