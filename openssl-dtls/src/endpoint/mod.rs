@@ -89,6 +89,10 @@ impl<'a> Route<'a> {
 /// Identifies one connection over its life (addresses are reused; ids are not).
 pub type ConnectionId = u64;
 
+/// How many ended connections' sessions the endpoint keeps for their unread `Connected`
+/// events ([`Endpoint::session`]): 16, the oldest dropped first.
+const ENDED_KEPT: usize = 16;
+
 /// A DTLS endpoint over one socket: see the [module documentation](self).
 pub struct Endpoint {
     /// The server context and its stateless cookie listener; `None` on a client-only endpoint.
@@ -124,6 +128,11 @@ pub struct Endpoint {
     reply_turn: bool,
     /// Events waiting for `poll_event`.
     events: VecDeque<Event>,
+    /// Sessions of connections that ended and were removed while their [`Event::Connected`]
+    /// still waited (a handshake that completed and ended in one step): [`session`](Self::session)
+    /// still finds each until the event after its `Connected` is taken, so that whoever takes
+    /// the `Connected` sees the connection's facts. At most [`ENDED_KEPT`]; `true` once taken.
+    ended: VecDeque<(ConnectionId, Session, bool)>,
     /// The counters (the gauges are filled in by `stats()`).
     stats: EndpointStats,
     /// Where the listener writes a HelloVerifyRequest.
@@ -205,6 +214,7 @@ impl Endpoint {
             spare_replies: Vec::new(),
             reply_turn: false,
             events: VecDeque::new(),
+            ended: VecDeque::new(),
             stats: EndpointStats::default(),
             scratch: vec![0; 2048],
             handshake_cost: handshake_worst_case(
@@ -662,7 +672,16 @@ impl Endpoint {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        if !self.ended.is_empty() {
+            self.ended.retain(|(_, _, taken)| !taken);
+        }
+        let event = self.events.pop_front()?;
+        if let Event::Connected { id, .. } = event {
+            if let Some(e) = self.ended.iter_mut().find(|(i, _, _)| *i == id) {
+                e.2 = true;
+            }
+        }
+        Some(event)
     }
 
     /// Connection `id`'s entry, found at `peer` (already resolved with
@@ -753,6 +772,12 @@ impl Endpoint {
             .get(&peer)
             .filter(|p| p.id == id)
             .map(|p| &p.session)
+            .or_else(|| {
+                self.ended
+                    .iter()
+                    .find(|(i, _, _)| *i == id)
+                    .map(|(_, s, _)| s)
+            })
     }
 
     /// Connection `id`'s counters and when it last received authenticated input.

@@ -476,7 +476,10 @@ impl Endpoint {
         }
         let established = p.session.is_established();
         let mut just_connected = false;
-        if established && !p.connected_emitted {
+        // Also a handshake that completed and ended in one step (its peer's Finished and
+        // close_notify read together, e.g. by a handshake worker): it connected, and the
+        // application is told so (with its facts) before it is told it ended.
+        if (established || p.session.handshake_completed()) && !p.connected_emitted {
             just_connected = true;
             self.cids.established(&p.session, addr);
             p.connected_emitted = true;
@@ -579,6 +582,19 @@ impl Endpoint {
             p.uncount_handshake(&mut self.handshakes, addr.ip());
             if p.replacement.is_some() {
                 self.handshakes.remove(addr.ip());
+            }
+            // Ended before its `Connected` was taken: its session stays findable until it is.
+            let id = p.id;
+            if p.connected_emitted
+                && self
+                    .events
+                    .iter()
+                    .any(|e| matches!(e, Event::Connected { id: i, .. } if *i == id))
+            {
+                if self.ended.len() >= super::ENDED_KEPT {
+                    self.ended.pop_front();
+                }
+                self.ended.push_back((id, p.session, false));
             }
         }
     }

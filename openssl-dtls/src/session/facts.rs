@@ -71,6 +71,11 @@ impl Session {
             .map(|kept| HandshakeFacts::from_kept(kept, self.started))
     }
 
+    /// Whether the handshake completed, whatever happened since (closed, failed).
+    pub(crate) fn handshake_completed(&self) -> bool {
+        self.facts.is_some()
+    }
+
     /// How long the handshake took, once it completed (without building the facts).
     pub(crate) fn handshake_duration(&self) -> Option<std::time::Duration> {
         self.facts.as_ref().map(KeptFacts::duration)
