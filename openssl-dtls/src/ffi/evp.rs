@@ -479,27 +479,30 @@ pub(crate) fn aead_tls_one_shot(
     // writes through the pointers although the field is `*mut`. `usize::MAX` is the "whole IV"
     // marker: OpenSSL copies the context's IV length, 12 as the context was set up.
     let aad = octets(c"tlsaad", aad.as_mut_ptr(), 13);
-    let params = match nonce {
-        Some(nonce) => [
-            aad,
-            octets(c"tlsivfixed", nonce.as_ptr().cast_mut(), usize::MAX),
-            params_end(),
-        ],
-        None => [aad, params_end(), params_end()],
+    let set = match nonce {
+        Some(nonce) => {
+            let iv = octets(c"tlsivfixed", nonce.as_ptr().cast_mut(), usize::MAX);
+            let params = [aad, iv, params_end()];
+            // SAFETY: `ctx` is a live, keyed context borrowed mutably for this call; the array
+            // ends with the end marker and names only `aad` (13 bytes) and `nonce` (12 bytes,
+            // see above), which outlive the call.
+            unsafe { EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) }
+        }
+        None => {
+            let params = [aad, params_end()];
+            // SAFETY: as above, with `aad` alone.
+            unsafe { EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) }
+        }
     };
-    // SAFETY: `ctx` is a live, keyed context borrowed mutably for this call; the parameter
-    // array ends with the end marker and names only `aad` (13 bytes) and `nonce` (12 bytes,
-    // see above), which outlive both calls. `fragment` is transformed in place (input and
-    // output the same pointer, which OpenSSL's TLS AEAD mode requires) for exactly `len`
-    // bytes: an AEAD in TLS mode writes no more than its input.
-    unsafe {
-        if EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) != 1 {
-            return Err(ErrorStack::get());
-        }
-        let p = fragment.as_mut_ptr();
-        if EVP_Cipher(ctx, p, p, len) <= 0 {
-            return Err(ErrorStack::get());
-        }
+    if set != 1 {
+        return Err(ErrorStack::get());
+    }
+    let p = fragment.as_mut_ptr();
+    // SAFETY: `ctx` as above, its additional data just set; `fragment` is transformed in place
+    // (input and output the same pointer, which OpenSSL's TLS AEAD mode requires) for exactly
+    // `len` bytes: an AEAD in TLS mode writes no more than its input.
+    if unsafe { EVP_Cipher(ctx, p, p, len) } <= 0 {
+        return Err(ErrorStack::get());
     }
     Ok(())
 }

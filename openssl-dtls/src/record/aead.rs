@@ -189,24 +189,31 @@ impl Aead {
         evp::aead_tls_set_fixed_iv(ctx, &iv[..self.fixed_iv_len()])
     }
 
-    /// The whole nonce the one-shot path takes per record: AES-GCM's (the others' fixed IV
-    /// is set when their context is keyed, and each record's part comes from its additional
-    /// data or its explicit nonce).
-    fn per_record_iv(self, nonce: &[u8; 12]) -> Option<&[u8; 12]> {
-        (!self.one_shot_sticks()).then_some(nonce)
+    /// The whole nonce the one-shot path takes per record, under `iv` with the record's
+    /// `explicit` nonce: AES-GCM's (the others' fixed IV is set when their context is keyed,
+    /// and each record's part comes from its additional data or its explicit nonce). Computed
+    /// only when needed.
+    pub(super) fn per_record_nonce(
+        self,
+        iv: &[u8; 12],
+        explicit: impl FnOnce() -> [u8; 8],
+    ) -> Option<[u8; 12]> {
+        (!self.one_shot_sticks()).then(|| self.nonce(iv, explicit()))
     }
 
     /// Seals `fragment` (explicit nonce ‖ plaintext ‖ room for the tag) in place through the
     /// TLS one-shot AEAD ([`evp::aead_tls_one_shot`]) on `ctx`, keyed for encryption. `aad`:
-    /// RFC 5246 §6.2.3.3's 13 bytes, whose length is the fragment's less the tag.
+    /// RFC 5246 §6.2.3.3's 13 bytes, whose length is the fragment's less the tag. `nonce`: the
+    /// record's whole nonce where the context takes one per record
+    /// ([`per_record_nonce`](Self::per_record_nonce)).
     pub(super) fn seal_fragment(
         self,
         ctx: &mut CipherCtxRef,
-        nonce: &[u8; 12],
+        nonce: Option<&[u8; 12]>,
         aad: &mut [u8; 13],
         fragment: &mut [u8],
     ) -> Result<(), ErrorStack> {
-        evp::aead_tls_one_shot(ctx, self.per_record_iv(nonce), aad, fragment)
+        evp::aead_tls_one_shot(ctx, nonce, aad, fragment)
     }
 
     /// Opens `fragment` (a copy of a record's whole fragment) in place, like
@@ -215,11 +222,11 @@ impl Aead {
     pub(super) fn open_fragment(
         self,
         ctx: &mut CipherCtxRef,
-        nonce: &[u8; 12],
+        nonce: Option<&[u8; 12]>,
         aad: &mut [u8; 13],
         fragment: &mut [u8],
     ) -> Result<(), ErrorStack> {
-        evp::aead_tls_one_shot(ctx, self.per_record_iv(nonce), aad, fragment)
+        evp::aead_tls_one_shot(ctx, nonce, aad, fragment)
     }
 
     /// Encrypts `input` into `ct` (as long), or `ct` in place when `input` is `None`, and

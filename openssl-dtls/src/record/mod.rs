@@ -265,14 +265,21 @@ impl RecordLayer {
         if record.is_cid() != self.read_cid {
             return Err(OpenError::Malformed);
         }
-        let seq = record.sequence();
+        // The epoch and sequence number as one 8-byte load (header bytes 3 to 10).
+        let epoch_seq = epoch_seq_of(record);
+        let seq = u64::from_be_bytes(epoch_seq) & MAX_SEQUENCE;
         self.check(record)?;
         self.window.check(seq)?;
         let aead = self.aead;
         let keys = (&self.keys.read_key, &self.keys.read_iv);
-        let sticky = aead.one_shot_sticks() && opens_one_shot(aead, record);
+        let one_shot = opens_one_shot(aead, record);
+        let sticky = aead.one_shot_sticks() && one_shot;
         let opened = cache::with_ctx(self.id | 1, aead, keys.0, keys.1, false, sticky, |ctx| {
-            Ok(unprotect(aead, ctx, keys.1, record, out))
+            Ok(if one_shot {
+                open_one_shot(aead, ctx, keys.1, epoch_seq, record, out)
+            } else {
+                unprotect(aead, ctx, keys.1, record, out)
+            })
         });
         let content_type = match opened {
             Ok(Ok(t)) => t,
@@ -452,6 +459,9 @@ impl Protect<'_> {
             usize::from(self.cid.is_some() && !self.no_type),
             self.padding,
         );
+        if type_len + padding == 0 && self.one_shot(aead, plaintext.len()) {
+            return self.seal_one_shot(aead, ctx, iv, plaintext, out);
+        }
         let inner_len = plaintext.len() + type_len + padding;
         let fragment_len = inner_len + aead.overhead();
         let start = out.len();
@@ -474,23 +484,6 @@ impl Protect<'_> {
         }
         let body = out.len();
         let nonce = aead.nonce(iv, self.explicit);
-        if self.one_shot(aead, plaintext.len()) && type_len + padding == 0 {
-            // OpenSSL's TLS one-shot AEAD: the plaintext where its ciphertext goes, sealed in
-            // place with the explicit nonce and the tag in one call.
-            let fragment = body - aead.explicit_nonce_len();
-            out.extend_from_slice(plaintext);
-            out.resize(out.len() + aead.tag_len(), 0);
-            let mut aad = tls_aad(
-                self.epoch_seq,
-                self.content_type,
-                fragment_len - aead.tag_len(),
-            );
-            let r = aead.seal_fragment(ctx, &nonce, &mut aad, &mut out[fragment..]);
-            if r.is_err() {
-                out.truncate(start);
-            }
-            return r;
-        }
         out.resize(body + inner_len + aead.tag_len(), 0);
         let mut aad = [0u8; MAX_AAD];
         let aad_len = additional_data(
@@ -515,6 +508,45 @@ impl Protect<'_> {
             let (ct, tag) = out[body..].split_at_mut(inner_len);
             aead.seal(ctx, &nonce, aad, Some(plaintext), ct, tag)
         };
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    }
+}
+
+impl Protect<'_> {
+    /// [`seal`](Self::seal) of a standard record with data through OpenSSL's TLS one-shot AEAD
+    /// ([`one_shot`](Self::one_shot)): the header and explicit nonce written as one piece, the
+    /// plaintext where its ciphertext goes, room for the tag, then sealed in place in one call.
+    fn seal_one_shot(
+        &self,
+        aead: Aead,
+        ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+        iv: &[u8; 12],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ErrorStack> {
+        let explicit_len = aead.explicit_nonce_len();
+        let data_len = explicit_len + plaintext.len();
+        let fragment_len = data_len + aead.tag_len();
+        let start = out.len();
+        // One reservation for the whole record: the appends below never reallocate.
+        out.reserve(crate::wire::RECORD_HEADER_LEN + fragment_len);
+        // Header ‖ explicit nonce (GCM, CCM; OpenSSL writes the same bytes again).
+        let mut head = [0u8; crate::wire::RECORD_HEADER_LEN + 8];
+        head[0] = self.content_type as u8;
+        head[1..3].copy_from_slice(&DTLS1_2);
+        head[3..11].copy_from_slice(&self.epoch_seq);
+        head[11..13].copy_from_slice(&(fragment_len as u16).to_be_bytes());
+        head[13..].copy_from_slice(&self.explicit);
+        out.extend_from_slice(&head[..crate::wire::RECORD_HEADER_LEN + explicit_len]);
+        out.extend_from_slice(plaintext);
+        out.extend_from_slice(&[0; 16][..aead.tag_len()]);
+        let mut aad = tls_aad(self.epoch_seq, self.content_type, data_len);
+        let nonce = aead.per_record_nonce(iv, || self.explicit);
+        let fragment = &mut out[start + crate::wire::RECORD_HEADER_LEN..];
+        let r = aead.seal_fragment(ctx, nonce.as_ref(), &mut aad, fragment);
         if r.is_err() {
             out.truncate(start);
         }
@@ -603,6 +635,40 @@ fn explicit_of(aead: Aead, record: &RecordHeader<'_>) -> [u8; 8] {
     }
 }
 
+/// Authenticates and decrypts `record` (checked by [`RecordLayer::check`], opened one-shot:
+/// [`opens_one_shot`]; `epoch_seq`: its header's epoch and sequence number) through OpenSSL's TLS
+/// one-shot AEAD with `ctx` (keyed for decryption) into `out`, and returns its content type.
+fn open_one_shot(
+    aead: Aead,
+    ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+    iv: &[u8; 12],
+    epoch_seq: [u8; 8],
+    record: &RecordHeader<'_>,
+    out: &mut Vec<u8>,
+) -> Result<ContentType, OpenError> {
+    let fragment = record.fragment();
+    let explicit_len = aead.explicit_nonce_len();
+    // OpenSSL's one-shot AEAD works in place: on a copy of the fragment (the received datagram
+    // is not ours to change), the plaintext then moved to the front.
+    out.clear();
+    out.extend_from_slice(fragment);
+    let mut aad = tls_aad(epoch_seq, record.content_type(), fragment.len());
+    let nonce = aead.per_record_nonce(iv, || explicit_of(aead, record));
+    if aead
+        .open_fragment(ctx, nonce.as_ref(), &mut aad, &mut out[..])
+        .is_err()
+    {
+        // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
+        out.clear();
+        evp::clear_error();
+        return Err(OpenError::Unauthenticated);
+    }
+    let data_len = fragment.len() - aead.overhead();
+    out.copy_within(explicit_len..explicit_len + data_len, 0);
+    out.truncate(data_len);
+    Ok(record.content_type())
+}
+
 /// Authenticates and decrypts `record` (checked by [`RecordLayer::check`]) with `ctx` (keyed for
 /// decryption) into `out`; returns its content type, for a `tls12_cid` record the inner one
 /// after stripping the zero padding (RFC 9146 §4: a record with no non-zero byte is an error).
@@ -613,28 +679,12 @@ fn unprotect(
     record: &RecordHeader<'_>,
     out: &mut Vec<u8>,
 ) -> Result<ContentType, OpenError> {
+    if opens_one_shot(aead, record) {
+        return open_one_shot(aead, ctx, iv, epoch_seq_of(record), record, out);
+    }
     let fragment = record.fragment();
     let explicit_len = aead.explicit_nonce_len();
     let nonce = aead.nonce(iv, explicit_of(aead, record));
-    if opens_one_shot(aead, record) {
-        // OpenSSL's TLS one-shot AEAD, which works in place: on a copy of the fragment (the
-        // received datagram is not ours to change), the plaintext then moved to the front.
-        out.clear();
-        out.extend_from_slice(fragment);
-        let mut aad = tls_aad(epoch_seq_of(record), record.content_type(), fragment.len());
-        if aead
-            .open_fragment(ctx, &nonce, &mut aad, &mut out[..])
-            .is_err()
-        {
-            // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
-            out.clear();
-            evp::clear_error();
-            return Err(OpenError::Unauthenticated);
-        }
-        out.truncate(fragment.len() - aead.tag_len());
-        out.drain(..explicit_len);
-        return Ok(record.content_type());
-    }
     let (ct, tag) = fragment[explicit_len..].split_at(fragment.len() - aead.overhead());
     let cid = record.is_cid().then(|| record.cid());
     let mut aad = [0u8; MAX_AAD];
