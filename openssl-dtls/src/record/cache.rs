@@ -38,9 +38,12 @@ struct Slot {
     /// The context's cipher.
     aead: Aead,
     /// The context serves only OpenSSL's TLS one-shot AEAD, with the fixed IV of its owner set
-    /// when keyed ([`Aead::one_shot_sticks`]): as if another cipher.
-    sticky: bool,
+    /// when keyed ([`Aead::set_fixed_iv`]): as if another cipher.
+    one_shot: bool,
     ctx: CipherCtx,
+    /// An AES-GCM one-shot context keyed for encryption: the explicit nonce OpenSSL gives its
+    /// next record, if known ([`Aead::set_fixed_iv`]); `None` after keying.
+    next_explicit: Option<[u8; 8]>,
     /// The tick of its latest use, for least-recently-used replacement.
     used: u64,
 }
@@ -64,8 +67,9 @@ thread_local! {
 }
 
 /// Runs `f` on a context keyed with `key` for `owner` (a direction of one connection), from this
-/// thread's cache. `sticky`: one that serves only OpenSSL's one-shot records
-/// ([`Aead::one_shot_sticks`]), whose fixed IV, `iv`, is set when it is keyed.
+/// thread's cache. `one_shot`: one that serves only OpenSSL's one-shot records, whose fixed IV,
+/// `iv`, is set when it is keyed ([`Aead::set_fixed_iv`]). `f` also gets the context's
+/// `next_explicit` (see [`Slot`]) to read and update.
 ///
 /// A hit is a scan of at most [`CACHE_SLOTS`] identities; keying on a miss is out of line
 /// ([`Cache::key`]).
@@ -76,8 +80,8 @@ pub(super) fn with_ctx<R>(
     key: &[u8; 32],
     iv: &[u8; 12],
     encrypt: bool,
-    sticky: bool,
-    f: impl FnOnce(&mut CipherCtxRef) -> Result<R, ErrorStack>,
+    one_shot: bool,
+    f: impl FnOnce(&mut CipherCtxRef, &mut Option<[u8; 8]>) -> Result<R, ErrorStack>,
 ) -> Result<R, ErrorStack> {
     // `try_with`: during thread-local teardown there is no cache: fail the record, never panic.
     let Ok(result) = CACHE.try_with(|cache| -> Result<R, ErrorStack> {
@@ -87,14 +91,14 @@ pub(super) fn with_ctx<R>(
         let index = match cache
             .slots
             .iter()
-            .position(|s| s.owner == owner && s.sticky == sticky)
+            .position(|s| s.owner == owner && s.one_shot == one_shot)
         {
             Some(i) => i,
-            None => cache.key(owner, aead, key, iv, encrypt, sticky)?,
+            None => cache.key(owner, aead, key, iv, encrypt, one_shot)?,
         };
         let slot = &mut cache.slots[index];
         slot.used = tick;
-        let r = f(&mut slot.ctx);
+        let r = f(&mut slot.ctx, &mut slot.next_explicit);
         if r.is_err() {
             // A failed call may leave the context mid-operation; it is re-keyed before reuse.
             slot.owner = 0;
@@ -122,7 +126,7 @@ impl Cache {
         key: &[u8; 32],
         iv: &[u8; 12],
         encrypt: bool,
-        sticky: bool,
+        one_shot: bool,
     ) -> Result<usize, ErrorStack> {
         let tick = self.tick;
         let key = &key[..aead.key_len()];
@@ -131,8 +135,9 @@ impl Cache {
             slots.push(Slot {
                 owner: 0,
                 aead,
-                sticky,
+                one_shot,
                 ctx: aead.new_ctx(encrypt)?,
+                next_explicit: None,
                 used: 0,
             });
             slots.len() - 1
@@ -141,7 +146,7 @@ impl Cache {
                 slots
                     .iter()
                     .enumerate()
-                    .filter(|(_, s)| !same || (s.aead == aead && s.sticky == sticky))
+                    .filter(|(_, s)| !same || (s.aead == aead && s.one_shot == one_shot))
                     .min_by_key(|(_, s)| s.used)
                     .map(|(i, _)| i)
             };
@@ -152,19 +157,20 @@ impl Cache {
                 Some(same) if slots[same].used - slots[oldest].used <= span / 2 => same,
                 _ => oldest,
             };
-            if slots[i].aead != aead || slots[i].sticky != sticky {
+            if slots[i].aead != aead || slots[i].one_shot != one_shot {
                 slots[i].ctx = aead.new_ctx(encrypt)?;
                 slots[i].aead = aead;
-                slots[i].sticky = sticky;
+                slots[i].one_shot = one_shot;
             }
             i
         };
         let slot = &mut slots[i];
         REKEYS.with(|r| r.set(r.get() + 1));
         slot.owner = 0; // unusable until keyed
+        slot.next_explicit = None;
         aead::init(&mut slot.ctx, encrypt, None, Some(key))?;
-        if sticky {
-            aead.set_fixed_iv(&mut slot.ctx, iv)?;
+        if one_shot {
+            aead.set_fixed_iv(&mut slot.ctx, iv, encrypt)?;
         }
         slot.owner = owner;
         Ok(i)

@@ -236,10 +236,16 @@ impl RecordLayer {
         };
         let keys = (&self.keys.write_key, &self.keys.write_iv);
         let aead = self.aead;
-        let sticky = aead.one_shot_sticks() && record.one_shot(aead, plaintext.len());
-        let sealed = cache::with_ctx(self.id, aead, keys.0, keys.1, true, sticky, |ctx| {
-            record.seal(aead, ctx, keys.1, plaintext, out)
-        });
+        let one_shot = record.one_shot(aead, plaintext.len());
+        let sealed = cache::with_ctx(
+            self.id,
+            aead,
+            keys.0,
+            keys.1,
+            true,
+            one_shot,
+            |ctx, next| record.seal(aead, ctx, keys.1, next, plaintext, out),
+        );
         if sealed.is_err() {
             return Err(SealError::Cipher);
         }
@@ -273,14 +279,21 @@ impl RecordLayer {
         let aead = self.aead;
         let keys = (&self.keys.read_key, &self.keys.read_iv);
         let one_shot = opens_one_shot(aead, record);
-        let sticky = aead.one_shot_sticks() && one_shot;
-        let opened = cache::with_ctx(self.id | 1, aead, keys.0, keys.1, false, sticky, |ctx| {
-            Ok(if one_shot {
-                open_one_shot(aead, ctx, keys.1, epoch_seq, record, out)
-            } else {
-                unprotect(aead, ctx, keys.1, record, out)
-            })
-        });
+        let opened = cache::with_ctx(
+            self.id | 1,
+            aead,
+            keys.0,
+            keys.1,
+            false,
+            one_shot,
+            |ctx, _| {
+                Ok(if one_shot {
+                    open_one_shot(aead, ctx, epoch_seq, record, out)
+                } else {
+                    unprotect(aead, ctx, keys.1, record, out)
+                })
+            },
+        );
         let content_type = match opened {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(e),
@@ -345,7 +358,7 @@ impl RecordLayer {
         let aead = self.aead;
         let (key, iv) = (&self.keys.write_key, &self.keys.write_iv);
         let mut plain = take_buffer();
-        let result = fresh_ctx(aead, key, iv, false, |ctx| {
+        let result = fresh_ctx(aead, key, iv, false, |ctx, _| {
             Ok(unprotect(aead, ctx, iv, record, &mut plain))
         })
         .map_err(|_| OpenError::Unauthenticated)
@@ -361,8 +374,8 @@ impl RecordLayer {
                 #[cfg(test)]
                 no_type: false,
             };
-            fresh_ctx(aead, key, iv, true, |ctx| {
-                p.seal(aead, ctx, iv, &plain, out)
+            fresh_ctx(aead, key, iv, true, |ctx, next| {
+                p.seal(aead, ctx, iv, next, &plain, out)
             })
             .map_err(|_| OpenError::Unauthenticated)
         });
@@ -410,7 +423,9 @@ impl RecordLayer {
             no_type: false,
         };
         let (key, iv) = (&self.keys.read_key, &self.keys.read_iv);
-        let sealed = fresh_ctx(aead, key, iv, true, |ctx| p.seal(aead, ctx, iv, plain, out));
+        let sealed = fresh_ctx(aead, key, iv, true, |ctx, next| {
+            p.seal(aead, ctx, iv, next, plain, out)
+        });
         evp::clear_error();
         sealed.map_err(|_| OpenError::Unauthenticated)
     }
@@ -441,13 +456,15 @@ impl Protect<'_> {
         aead.takes_one_shot(self.cid.is_some(), self.explicit == self.epoch_seq, len)
     }
 
-    /// Appends the record protecting `plaintext` to `out` with `ctx` (keyed for encryption);
-    /// on error `out` is as it was.
+    /// Appends the record protecting `plaintext` to `out` with `ctx` (keyed for encryption;
+    /// `next`: its explicit-nonce count, see [`seal_one_shot`](Self::seal_one_shot)); on error
+    /// `out` is as it was.
     fn seal(
         &self,
         aead: Aead,
         ctx: &mut openssl::cipher_ctx::CipherCtxRef,
         iv: &[u8; 12],
+        next: &mut Option<[u8; 8]>,
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ErrorStack> {
@@ -460,7 +477,7 @@ impl Protect<'_> {
             self.padding,
         );
         if type_len + padding == 0 && self.one_shot(aead, plaintext.len()) {
-            return self.seal_one_shot(aead, ctx, iv, plaintext, out);
+            return self.seal_one_shot(aead, ctx, iv, next, plaintext, out);
         }
         let inner_len = plaintext.len() + type_len + padding;
         let fragment_len = inner_len + aead.overhead();
@@ -519,34 +536,55 @@ impl Protect<'_> {
     /// [`seal`](Self::seal) of a standard record with data through OpenSSL's TLS one-shot AEAD
     /// ([`one_shot`](Self::one_shot)): the header and explicit nonce written as one piece, the
     /// plaintext where its ciphertext goes, room for the tag, then sealed in place in one call.
+    ///
+    /// AES-GCM: `next` is the explicit nonce OpenSSL's count in `ctx` gives the next record
+    /// ([`Aead::set_fixed_iv`]). The record's whole nonce is given only when that is not this
+    /// record's (a fresh context, or a layer continuing OpenSSL's nonces), and the explicit
+    /// nonce OpenSSL wrote is checked: a record sealed under any other nonce is discarded, so
+    /// a count out of step can never put a repeated nonce on the wire.
     fn seal_one_shot(
         &self,
         aead: Aead,
         ctx: &mut openssl::cipher_ctx::CipherCtxRef,
         iv: &[u8; 12],
+        next: &mut Option<[u8; 8]>,
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ErrorStack> {
+        const HEADER: usize = crate::wire::RECORD_HEADER_LEN;
         let explicit_len = aead.explicit_nonce_len();
         let data_len = explicit_len + plaintext.len();
         let fragment_len = data_len + aead.tag_len();
         let start = out.len();
         // One reservation for the whole record: the appends below never reallocate.
-        out.reserve(crate::wire::RECORD_HEADER_LEN + fragment_len);
-        // Header ‖ explicit nonce (GCM, CCM; OpenSSL writes the same bytes again).
-        let mut head = [0u8; crate::wire::RECORD_HEADER_LEN + 8];
+        out.reserve(HEADER + fragment_len);
+        // Header ‖ explicit nonce (GCM, CCM; OpenSSL writes it again).
+        let mut head = [0u8; HEADER + 8];
         head[0] = self.content_type as u8;
         head[1..3].copy_from_slice(&DTLS1_2);
         head[3..11].copy_from_slice(&self.epoch_seq);
         head[11..13].copy_from_slice(&(fragment_len as u16).to_be_bytes());
         head[13..].copy_from_slice(&self.explicit);
-        out.extend_from_slice(&head[..crate::wire::RECORD_HEADER_LEN + explicit_len]);
+        out.extend_from_slice(&head[..HEADER + explicit_len]);
         out.extend_from_slice(plaintext);
         out.extend_from_slice(&[0; 16][..aead.tag_len()]);
         let mut aad = tls_aad(self.epoch_seq, self.content_type, data_len);
-        let nonce = aead.per_record_nonce(iv, || self.explicit);
-        let fragment = &mut out[start + crate::wire::RECORD_HEADER_LEN..];
-        let r = aead.seal_fragment(ctx, nonce.as_ref(), &mut aad, fragment);
+        let gcm = aead.is_gcm();
+        let nonce = (gcm && *next != Some(self.explicit)).then(|| aead.nonce(iv, self.explicit));
+        *next = None;
+        let fragment = &mut out[start + HEADER..];
+        let mut r = aead.seal_fragment(ctx, nonce.as_ref(), &mut aad, fragment);
+        if r.is_ok() && gcm {
+            if fragment.first_chunk::<8>() == Some(&self.explicit) {
+                *next = Some(
+                    u64::from_be_bytes(self.explicit)
+                        .wrapping_add(1)
+                        .to_be_bytes(),
+                );
+            } else {
+                r = Err(ErrorStack::get());
+            }
+        }
         if r.is_err() {
             out.truncate(start);
         }
@@ -641,7 +679,6 @@ fn explicit_of(aead: Aead, record: &RecordHeader<'_>) -> [u8; 8] {
 fn open_one_shot(
     aead: Aead,
     ctx: &mut openssl::cipher_ctx::CipherCtxRef,
-    iv: &[u8; 12],
     epoch_seq: [u8; 8],
     record: &RecordHeader<'_>,
     out: &mut Vec<u8>,
@@ -653,11 +690,7 @@ fn open_one_shot(
     out.clear();
     out.extend_from_slice(fragment);
     let mut aad = tls_aad(epoch_seq, record.content_type(), fragment.len());
-    let nonce = aead.per_record_nonce(iv, || explicit_of(aead, record));
-    if aead
-        .open_fragment(ctx, nonce.as_ref(), &mut aad, &mut out[..])
-        .is_err()
-    {
+    if aead.open_fragment(ctx, &mut aad, &mut out[..]).is_err() {
         // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
         out.clear();
         evp::clear_error();
@@ -680,7 +713,7 @@ fn unprotect(
     out: &mut Vec<u8>,
 ) -> Result<ContentType, OpenError> {
     if opens_one_shot(aead, record) {
-        return open_one_shot(aead, ctx, iv, epoch_seq_of(record), record, out);
+        return open_one_shot(aead, ctx, epoch_seq_of(record), record, out);
     }
     let fragment = record.fragment();
     let explicit_len = aead.explicit_nonce_len();
@@ -721,20 +754,21 @@ fn unprotect(
     inner.ok_or(OpenError::Malformed)
 }
 
-/// Runs `f` on a fresh context of `aead` keyed with `key` (and, for the one-shot path, with
-/// the fixed IV `iv`: [`Aead::one_shot_sticks`]); the handshake's transcoding only: rare, so it
-/// does not disturb the per-thread cache.
+/// Runs `f` on a fresh context of `aead` keyed with `key` and the fixed IV `iv` of the one-shot
+/// path ([`Aead::set_fixed_iv`]), with its explicit-nonce count (unknown); the handshake's
+/// transcoding only: rare, so it does not disturb the per-thread cache.
 fn fresh_ctx<R>(
     aead: Aead,
     key: &[u8; 32],
     iv: &[u8; 12],
     encrypt: bool,
-    f: impl FnOnce(&mut openssl::cipher_ctx::CipherCtxRef) -> Result<R, ErrorStack>,
+    f: impl FnOnce(
+        &mut openssl::cipher_ctx::CipherCtxRef,
+        &mut Option<[u8; 8]>,
+    ) -> Result<R, ErrorStack>,
 ) -> Result<R, ErrorStack> {
     let mut ctx = aead.new_ctx(encrypt)?;
     aead::init(&mut ctx, encrypt, None, Some(&key[..aead.key_len()]))?;
-    if aead.one_shot_sticks() {
-        aead.set_fixed_iv(&mut ctx, iv)?;
-    }
-    f(&mut ctx)
+    aead.set_fixed_iv(&mut ctx, iv, encrypt)?;
+    f(&mut ctx, &mut None)
 }
