@@ -205,6 +205,7 @@ impl Aead {
     /// RFC 5246 §6.2.3.3's 13 bytes, whose length is the fragment's less the tag. `nonce`: the
     /// record's whole nonce, for an AES-GCM context whose count is not at this record's
     /// ([`set_fixed_iv`](Self::set_fixed_iv)); `None` for the others.
+    #[inline(always)]
     pub(super) fn seal_fragment(
         self,
         ctx: &mut CipherCtxRef,
@@ -219,6 +220,7 @@ impl Aead {
     /// [`seal_fragment`](Self::seal_fragment) on `ctx` keyed for decryption with its fixed IV
     /// ([`set_fixed_iv`](Self::set_fixed_iv)); `aad`'s length is the whole fragment's. On
     /// success the plaintext follows the explicit nonce.
+    #[inline(always)]
     pub(super) fn open_fragment(
         self,
         ctx: &mut CipherCtxRef,

@@ -308,6 +308,7 @@ impl RecordLayer {
     }
 
     /// The framing checks every received record passes before its tag is checked.
+    #[inline]
     fn check(&self, record: &RecordHeader<'_>) -> Result<(), OpenError> {
         let header = record.header_bytes();
         if header[1..3] != DTLS1_2 || record.epoch() != self.epoch {
@@ -459,12 +460,36 @@ impl Protect<'_> {
     /// Appends the record protecting `plaintext` to `out` with `ctx` (keyed for encryption;
     /// `next`: its explicit-nonce count, see [`seal_one_shot`](Self::seal_one_shot)); on error
     /// `out` is as it was.
+    #[inline(always)]
     fn seal(
         &self,
         aead: Aead,
         ctx: &mut openssl::cipher_ctx::CipherCtxRef,
         iv: &[u8; 12],
         next: &mut Option<[u8; 8]>,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ErrorStack> {
+        #[cfg(not(test))]
+        let plain = true;
+        // Tests seal CID records with padding or without their type byte.
+        #[cfg(test)]
+        let plain = self.padding == 0 && !self.no_type;
+        if plain && self.one_shot(aead, plaintext.len()) {
+            self.seal_one_shot(aead, ctx, iv, next, plaintext, out)
+        } else {
+            self.seal_generic(aead, ctx, iv, plaintext, out)
+        }
+    }
+
+    /// [`seal`](Self::seal) through the generic EVP AEAD sequence: `tls12_cid` and empty
+    /// records, CCM records continuing OpenSSL's nonces.
+    #[inline(never)]
+    fn seal_generic(
+        &self,
+        aead: Aead,
+        ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+        iv: &[u8; 12],
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ErrorStack> {
@@ -476,9 +501,6 @@ impl Protect<'_> {
             usize::from(self.cid.is_some() && !self.no_type),
             self.padding,
         );
-        if type_len + padding == 0 && self.one_shot(aead, plaintext.len()) {
-            return self.seal_one_shot(aead, ctx, iv, next, plaintext, out);
-        }
         let inner_len = plaintext.len() + type_len + padding;
         let fragment_len = inner_len + aead.overhead();
         let start = out.len();
@@ -542,6 +564,7 @@ impl Protect<'_> {
     /// record's (a fresh context, or a layer continuing OpenSSL's nonces), and the explicit
     /// nonce OpenSSL wrote is checked: a record sealed under any other nonce is discarded, so
     /// a count out of step can never put a repeated nonce on the wire.
+    #[inline(always)]
     fn seal_one_shot(
         &self,
         aead: Aead,
@@ -565,9 +588,12 @@ impl Protect<'_> {
         head[3..11].copy_from_slice(&self.epoch_seq);
         head[11..13].copy_from_slice(&(fragment_len as u16).to_be_bytes());
         head[13..].copy_from_slice(&self.explicit);
-        out.extend_from_slice(&head[..HEADER + explicit_len]);
+        // Constant-size appends (inline stores, no library call), cut to size after.
+        out.extend_from_slice(&head);
+        out.truncate(start + HEADER + explicit_len);
         out.extend_from_slice(plaintext);
-        out.extend_from_slice(&[0; 16][..aead.tag_len()]);
+        out.extend_from_slice(&[0; 16]);
+        out.truncate(start + HEADER + fragment_len);
         let mut aad = tls_aad(self.epoch_seq, self.content_type, data_len);
         let gcm = aead.is_gcm();
         let nonce = (gcm && *next != Some(self.explicit)).then(|| aead.nonce(iv, self.explicit));
@@ -648,6 +674,7 @@ fn opens_one_shot(aead: Aead, record: &RecordHeader<'_>) -> bool {
 
 /// A record's epoch and sequence number as on the wire (8 bytes: header bytes 3 to 10, in
 /// standard and `tls12_cid` records alike).
+#[inline]
 fn epoch_seq_of(record: &RecordHeader<'_>) -> [u8; 8] {
     match record
         .header_bytes()
@@ -676,6 +703,7 @@ fn explicit_of(aead: Aead, record: &RecordHeader<'_>) -> [u8; 8] {
 /// Authenticates and decrypts `record` (checked by [`RecordLayer::check`], opened one-shot:
 /// [`opens_one_shot`]; `epoch_seq`: its header's epoch and sequence number) through OpenSSL's TLS
 /// one-shot AEAD with `ctx` (keyed for decryption) into `out`, and returns its content type.
+#[inline(always)]
 fn open_one_shot(
     aead: Aead,
     ctx: &mut openssl::cipher_ctx::CipherCtxRef,
