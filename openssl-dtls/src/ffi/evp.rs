@@ -467,7 +467,7 @@ pub(crate) fn aead_tls_set_fixed_iv(ctx: &mut CipherCtxRef, iv: &[u8]) -> Result
 /// keyed for the direction wanted (rust-openssl's safe API does that).
 #[doc(alias = "EVP_Cipher")]
 #[doc(alias = "EVP_CIPHER_CTX_set_params")]
-#[inline]
+#[inline(always)]
 pub(crate) fn aead_tls_one_shot(
     ctx: &mut CipherCtxRef,
     nonce: Option<&[u8; 12]>,

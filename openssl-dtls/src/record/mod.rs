@@ -725,7 +725,9 @@ fn open_one_shot(
         return Err(OpenError::Unauthenticated);
     }
     let data_len = fragment.len() - aead.overhead();
-    out.copy_within(explicit_len..explicit_len + data_len, 0);
+    if explicit_len > 0 {
+        out.copy_within(explicit_len..explicit_len + data_len, 0);
+    }
     out.truncate(data_len);
     Ok(record.content_type())
 }
