@@ -69,7 +69,8 @@ thread_local! {
 /// Runs `f` on a context keyed with `key` for `owner` (a direction of one connection), from this
 /// thread's cache. `one_shot`: one that serves only OpenSSL's one-shot records, whose fixed IV,
 /// `iv`, is set when it is keyed ([`Aead::set_fixed_iv`]). `f` also gets the context's
-/// `next_explicit` (see [`Slot`]) to read and update.
+/// `next_explicit` (see [`Slot`]) to read and update. `None` if keying or `f` failed (what
+/// OpenSSL queued is taken off its error queue and dropped: callers report their own errors).
 ///
 /// A hit is a scan of at most [`CACHE_SLOTS`] identities; keying on a miss is out of line
 /// ([`Cache::key`]).
@@ -82,32 +83,32 @@ pub(super) fn with_ctx<R>(
     encrypt: bool,
     one_shot: bool,
     f: impl FnOnce(&mut CipherCtxRef, &mut Option<[u8; 8]>) -> Result<R, ErrorStack>,
-) -> Result<R, ErrorStack> {
+) -> Option<R> {
     // `try_with`: during thread-local teardown there is no cache: fail the record, never panic.
-    let Ok(result) = CACHE.try_with(|cache| -> Result<R, ErrorStack> {
-        let mut cache = cache.borrow_mut();
-        cache.tick += 1;
-        let tick = cache.tick;
-        let index = match cache
-            .slots
-            .iter()
-            .position(|s| s.owner == owner && s.one_shot == one_shot)
-        {
-            Some(i) => i,
-            None => cache.key(owner, aead, key, iv, encrypt, one_shot)?,
-        };
-        let slot = &mut cache.slots[index];
-        slot.used = tick;
-        let r = f(&mut slot.ctx, &mut slot.next_explicit);
-        if r.is_err() {
-            // A failed call may leave the context mid-operation; it is re-keyed before reuse.
-            slot.owner = 0;
-        }
-        r
-    }) else {
-        return Err(ErrorStack::get());
-    };
-    result
+    CACHE
+        .try_with(|cache| -> Option<R> {
+            let mut cache = cache.borrow_mut();
+            cache.tick += 1;
+            let tick = cache.tick;
+            let index = match cache
+                .slots
+                .iter()
+                .position(|s| s.owner == owner && s.one_shot == one_shot)
+            {
+                Some(i) => i,
+                None => cache.key(owner, aead, key, iv, encrypt, one_shot).ok()?,
+            };
+            let slot = &mut cache.slots[index];
+            slot.used = tick;
+            let r = f(&mut slot.ctx, &mut slot.next_explicit).ok();
+            if r.is_none() {
+                // A failed call may leave the context mid-operation; it is re-keyed before reuse.
+                slot.owner = 0;
+            }
+            r
+        })
+        .ok()
+        .flatten()
 }
 
 impl Cache {

@@ -246,7 +246,7 @@ impl RecordLayer {
             one_shot,
             |ctx, next| record.seal(aead, ctx, keys.1, next, plaintext, out),
         );
-        if sealed.is_err() {
+        if sealed.is_none() {
             return Err(SealError::Cipher);
         }
         self.next_write_seq = seq + 1;
@@ -295,9 +295,9 @@ impl RecordLayer {
             },
         );
         let content_type = match opened {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => return Err(e),
+            None => {
                 out.clear();
                 evp::clear_error();
                 return Err(OpenError::Unauthenticated);
