@@ -434,11 +434,12 @@ fn params_end() -> ffi::OSSL_PARAM {
     }
 }
 
-/// Sets the fixed part of the IV of OpenSSL's TLS one-shot AEAD on `ctx` (a keyed AES-CCM or
-/// ChaCha20-Poly1305 context): `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED`
-/// (`EVP_CTRL_AEAD_SET_IV_FIXED`), CCM's 4-byte salt or ChaCha20-Poly1305's 12-byte IV, into
-/// which OpenSSL puts each record's explicit nonce (CCM) or XORs its sequence number (RFC 7905)
-/// when [`aead_tls_one_shot`] seals or opens it.
+/// Sets the fixed part of the IV of OpenSSL's TLS one-shot AEAD on `ctx` (a keyed context):
+/// `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` (`EVP_CTRL_AEAD_SET_IV_FIXED`), the 4-byte salt of
+/// AES-CCM (or of AES-GCM keyed for decryption: for encryption OpenSSL would draw the rest of
+/// the IV at random) or ChaCha20-Poly1305's 12-byte IV, into which OpenSSL puts each record's
+/// explicit nonce (GCM, CCM) or XORs its sequence number (RFC 7905) when [`aead_tls_one_shot`]
+/// seals or opens it.
 #[doc(alias = "EVP_CIPHER_CTX_set_params")]
 pub(crate) fn aead_tls_set_fixed_iv(ctx: &mut CipherCtxRef, iv: &[u8]) -> Result<(), ErrorStack> {
     // OpenSSL copies the IV; it never writes through the pointer although the field is `*mut`.
@@ -458,13 +459,15 @@ pub(crate) fn aead_tls_set_fixed_iv(ctx: &mut CipherCtxRef, iv: &[u8]) -> Result
 /// one-shot AEAD, the path its own record layer takes: `EVP_CIPHER_CTX_set_params` with
 /// `OSSL_CIPHER_PARAM_AEAD_TLS1_AAD` (the 13 bytes of additional data, whose length field is
 /// the fragment's length less the tag when sealing and the whole fragment's when opening) and,
-/// for AES-GCM, `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` with the record's whole nonce
-/// (`nonce`: OpenSSL's "length -1" case; the others' fixed IV is set once, by
-/// [`aead_tls_set_fixed_iv`]), then one `EVP_Cipher` over `fragment` (explicit nonce if any ‖
-/// data ‖ tag). Sealing fills in the explicit nonce (GCM: from `nonce`; CCM: the epoch and
-/// sequence number of the additional data) and the tag; opening verifies the tag and leaves the
-/// plaintext after the explicit nonce, or fails with the data wiped by OpenSSL. `ctx` must be
-/// keyed for the direction wanted (rust-openssl's safe API does that).
+/// when `nonce` is given (AES-GCM sealing), `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` with the
+/// record's whole nonce (OpenSSL's "length -1" case; otherwise the context has its fixed IV
+/// from [`aead_tls_set_fixed_iv`] or, AES-GCM sealing, the count a previous whole nonce
+/// started), then one `EVP_Cipher` over `fragment` (explicit nonce if any ‖ data ‖ tag).
+/// Sealing fills in the explicit nonce (GCM: from its IV, then counts the IV's last 8 bytes up
+/// by one; CCM: the epoch and sequence number of the additional data) and the tag; opening
+/// takes the explicit nonce from `fragment`, verifies the tag and leaves the plaintext after the
+/// explicit nonce, or fails with the data wiped by OpenSSL. `ctx` must be keyed for the
+/// direction wanted (rust-openssl's safe API does that).
 #[doc(alias = "EVP_Cipher")]
 #[doc(alias = "EVP_CIPHER_CTX_set_params")]
 #[inline(always)]

@@ -17,13 +17,15 @@
 //!   authenticates; a write sequence number at 2^48 − 1 refuses to seal.
 //! * One AEAD pass per record: standard records go through OpenSSL's TLS one-shot AEAD, the path
 //!   its own record layer takes (one `EVP_CIPHER_CTX_set_params` with the 13-byte additional
-//!   data, one `EVP_Cipher` over explicit nonce ‖ data ‖ tag in place); `tls12_cid` records, whose
+//!   data, one `EVP_Cipher` over explicit nonce ‖ data ‖ tag in place; the fixed IV set once per
+//!   context, and AES-GCM's sealing nonces counted by OpenSSL: [`Aead::set_fixed_iv`]);
+//!   `tls12_cid` records, whose
 //!   additional data that mode does not take, and empty ones go through the generic EVP AEAD
 //!   sequence, called directly ([`Aead::takes_one_shot`]). Both are in
 //!   [`ffi::evp`](crate::ffi::evp).
 //! * Idle connections hold raw keys only. A small per-thread cache of keyed `EVP_CIPHER_CTX`s
 //!   serves active ones; a hit costs no allocation, and a miss re-keys the least recently used
-//!   context of the same cipher and kind (no allocation either once the cache is full).
+//!   context (of the same cipher and kind if about as old: no allocation either).
 //!
 //! This file owns the [`RecordLayer`] API (seal, open, sequence numbers, errors); the rest is
 //! by concern, and all of it is safe code: the OpenSSL calls it needs beyond rust-openssl's safe
