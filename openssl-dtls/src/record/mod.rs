@@ -437,6 +437,31 @@ impl RecordLayer {
 /// Largest additional data: RFC 9146 §5's with a 255-byte CID.
 const MAX_AAD: usize = 23 + 255;
 
+/// Additional data that fits a short buffer: RFC 9146 §5's with a CID as long as the ones this
+/// library issues (peers' CIDs may be longer).
+const SHORT_AAD: usize = 23 + crate::cid::MAX_CID_LEN;
+
+/// Runs `f` on the additional data of a record ([`additional_data`]), built on the stack in a
+/// buffer only as large as needed: zeroing [`MAX_AAD`] bytes for every CID record cost more
+/// than building it.
+fn with_additional_data<R>(
+    epoch_seq: [u8; 8],
+    content_type: ContentType,
+    cid: Option<&[u8]>,
+    len: usize,
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    if cid.map_or(0, <[u8]>::len) <= SHORT_AAD - 23 {
+        let mut aad = [0u8; SHORT_AAD];
+        let n = additional_data(&mut aad, epoch_seq, content_type, cid, len);
+        f(&aad[..n])
+    } else {
+        let mut aad = [0u8; MAX_AAD];
+        let n = additional_data(&mut aad, epoch_seq, content_type, cid, len);
+        f(&aad[..n])
+    }
+}
+
 /// What a record is sealed as: its epoch and sequence number, explicit nonce, content type and
 /// (for a `tls12_cid` record) the receiver's Connection ID.
 struct Protect<'c> {
@@ -525,30 +550,22 @@ impl Protect<'_> {
         }
         let body = out.len();
         let nonce = aead.nonce(iv, self.explicit);
+        // The (inner) plaintext written where its ciphertext goes and sealed in place (CCM
+        // takes its data in one call): a CID record's DTLSInnerPlaintext is content ‖ type ‖
+        // zeros. Only the padding and the tag's room are zero-filled.
+        out.extend_from_slice(plaintext);
+        if type_len == 1 {
+            out.push(self.content_type as u8);
+        }
         out.resize(body + inner_len + aead.tag_len(), 0);
-        let mut aad = [0u8; MAX_AAD];
-        let aad_len = additional_data(
-            &mut aad,
+        let (inner, tag) = out[body..].split_at_mut(inner_len);
+        let r = with_additional_data(
             self.epoch_seq,
             self.content_type,
             self.cid,
             inner_len,
+            |aad| aead.seal(ctx, &nonce, aad, None, inner, tag),
         );
-        let aad = &aad[..aad_len];
-        let r = if self.cid.is_some() {
-            // The DTLSInnerPlaintext is one contiguous input (CCM takes its data in one call):
-            // written where its ciphertext goes and sealed in place, no buffer in between.
-            let (inner, tag) = out[body..].split_at_mut(inner_len);
-            inner[..plaintext.len()].copy_from_slice(plaintext);
-            if type_len == 1 {
-                inner[plaintext.len()] = self.content_type as u8;
-            }
-            // `resize` zero-filled the padding.
-            aead.seal(ctx, &nonce, aad, None, inner, tag)
-        } else {
-            let (ct, tag) = out[body..].split_at_mut(inner_len);
-            aead.seal(ctx, &nonce, aad, Some(plaintext), ct, tag)
-        };
         if r.is_err() {
             out.truncate(start);
         }
@@ -623,9 +640,10 @@ impl Protect<'_> {
 /// Writes the additional data of a record into `aad` and returns its length: RFC 5246
 /// §6.2.3.3's `seq_num ‖ type ‖ version ‖ length` (with the DTLS epoch in `seq_num`), or for a
 /// `tls12_cid` record RFC 9146 §5's `seq_num_placeholder ‖ tls12_cid ‖ cid_length ‖ tls12_cid ‖
-/// version ‖ epoch ‖ sequence_number ‖ cid ‖ length_of_DTLSInnerPlaintext`.
+/// version ‖ epoch ‖ sequence_number ‖ cid ‖ length_of_DTLSInnerPlaintext`. `aad` holds at
+/// least 23 bytes more than the CID ([`with_additional_data`] sizes it).
 fn additional_data(
-    aad: &mut [u8; MAX_AAD],
+    aad: &mut [u8],
     epoch_seq: [u8; 8],
     content_type: ContentType,
     cid: Option<&[u8]>,
@@ -752,19 +770,15 @@ fn unprotect(
     let nonce = aead.nonce(iv, explicit_of(aead, record));
     let (ct, tag) = fragment[explicit_len..].split_at(fragment.len() - aead.overhead());
     let cid = record.is_cid().then(|| record.cid());
-    let mut aad = [0u8; MAX_AAD];
-    let aad_len = additional_data(
-        &mut aad,
+    out.clear();
+    let opened = with_additional_data(
         epoch_seq_of(record),
         record.content_type(),
         cid,
         ct.len(),
+        |aad| aead.open_append(ctx, &nonce, aad, ct, tag, out),
     );
-    out.clear();
-    if aead
-        .open_append(ctx, &nonce, &aad[..aad_len], ct, tag, out)
-        .is_err()
-    {
+    if opened.is_err() {
         // A failed tag check is expected input, not an error to report.
         evp::clear_error();
         return Err(OpenError::Unauthenticated);

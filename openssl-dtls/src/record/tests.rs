@@ -433,6 +433,40 @@ fn open_cid(
 }
 
 #[test]
+fn cid_records_with_long_peer_cids_round_trip() {
+    // Peers' CIDs may be up to 255 bytes, longer than the ones this library issues: their
+    // additional data takes the long stack buffer (`with_additional_data`).
+    for aead in ALL {
+        for cid_len in [crate::cid::MAX_CID_LEN, crate::cid::MAX_CID_LEN + 1, 255] {
+            let (client, server) = pair(aead);
+            let cid: Vec<u8> = (0..cid_len as u8).map(|b| b | 1).collect();
+            let mut client = CidLayer {
+                layer: client,
+                peer: cid.clone(),
+            };
+            let mut server = CidLayer {
+                layer: server,
+                peer: Vec::new(),
+            };
+            server.layer.set_read_cid(true);
+            let mut wire = Vec::new();
+            client
+                .seal(ContentType::ApplicationData, b"long cid", &mut wire)
+                .unwrap();
+            assert_eq!(&wire[11..11 + cid_len], &cid[..]);
+            let (t, plain) = open_cid(&mut server, &wire, cid_len).unwrap();
+            assert_eq!(
+                (t, &plain[..]),
+                (ContentType::ApplicationData, &b"long cid"[..])
+            );
+            let mut bad = wire.clone();
+            bad[11] ^= 0x40; // the CID is authenticated
+            assert!(open_cid(&mut server, &bad, cid_len).is_err(), "{aead:?}");
+        }
+    }
+}
+
+#[test]
 fn cid_records_round_trip_with_the_inner_type_and_detect_tampering() {
     for aead in ALL {
         for both in [false, true] {
