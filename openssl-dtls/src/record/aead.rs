@@ -230,19 +230,17 @@ impl Aead {
         evp::aead_tls_one_shot(ctx, None, aad, fragment)
     }
 
-    /// Encrypts `input` into `ct` (as long), or `ct` in place when `input` is `None`, and
-    /// writes the tag into `tag` (`tag_len` bytes) on `ctx`, a context of this AEAD keyed for
-    /// encryption: one pass of the cipher ([`evp::aead_seal`]).
+    /// Encrypts `data` in place and writes the tag into `tag` (`tag_len` bytes) on `ctx`, a
+    /// context of this AEAD keyed for encryption: one pass of the cipher ([`evp::aead_seal`]).
     pub(super) fn seal(
         self,
         ctx: &mut CipherCtxRef,
         nonce: &[u8; 12],
         aad: &[u8],
-        input: Option<&[u8]>,
-        ct: &mut [u8],
+        data: &mut [u8],
         tag: &mut [u8],
     ) -> Result<(), ErrorStack> {
-        evp::aead_seal(ctx, self.kind(), nonce, aad, input, ct, tag)
+        evp::aead_seal(ctx, self.kind(), nonce, aad, None, data, tag)
     }
 
     /// Decrypts `ct` on `ctx`, a context of this AEAD keyed for decryption, and appends the

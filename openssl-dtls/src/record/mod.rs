@@ -19,10 +19,9 @@
 //!   its own record layer takes (one `EVP_CIPHER_CTX_set_params` with the 13-byte additional
 //!   data, one `EVP_Cipher` over explicit nonce ‖ data ‖ tag in place; the fixed IV set once per
 //!   context, and AES-GCM's sealing nonces counted by OpenSSL: [`Aead::set_fixed_iv`]);
-//!   `tls12_cid` records, whose
-//!   additional data that mode does not take, and empty ones go through the generic EVP AEAD
-//!   sequence, called directly ([`Aead::takes_one_shot`]). Both are in
-//!   [`ffi::evp`](crate::ffi::evp).
+//!   `tls12_cid` records, whose additional data that mode does not take, and empty ones go
+//!   through the generic EVP AEAD sequence, called directly ([`Aead::takes_one_shot`]). Both are
+//!   in [`ffi::evp`](crate::ffi::evp).
 //! * Idle connections hold raw keys only. A small per-thread cache of keyed `EVP_CIPHER_CTX`s
 //!   serves active ones; a hit costs no allocation, and a miss re-keys the least recently used
 //!   context (of the same cipher and kind if about as old: no allocation either).
@@ -564,16 +563,14 @@ impl Protect<'_> {
             self.content_type,
             self.cid,
             inner_len,
-            |aad| aead.seal(ctx, &nonce, aad, None, inner, tag),
+            |aad| aead.seal(ctx, &nonce, aad, inner, tag),
         );
         if r.is_err() {
             out.truncate(start);
         }
         r
     }
-}
 
-impl Protect<'_> {
     /// [`seal`](Self::seal) of a standard record with data through OpenSSL's TLS one-shot AEAD
     /// ([`one_shot`](Self::one_shot)): the header and explicit nonce written as one piece, the
     /// plaintext where its ciphertext goes, room for the tag, then sealed in place in one call.
