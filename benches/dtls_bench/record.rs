@@ -5,11 +5,15 @@
 //!   on one key block: header, nonce, additional data, replay window, the per-thread context
 //!   cache), next to the raw AEAD limit: the same cipher on preset keys, the same sizes, no
 //!   record logic at all, through the faster (measured each time, both printed) of OpenSSL's
-//!   two EVP paths, called directly: the generic sequence (`EVP_CipherInit_ex` with the nonce,
+//!   EVP paths, called directly: the generic sequence (`EVP_CipherInit_ex` with the nonce,
 //!   the 13 bytes of additional data, the data in place, `EVP_CipherFinal` (`_ex` in 3.x), the
 //!   tag by `EVP_CIPHER_CTX_ctrl`) and the TLS one-shot AEAD (`EVP_CIPHER_CTX_set_params` with
 //!   the 13-byte TLS additional data, then one `EVP_Cipher` over nonce ‖ data ‖ tag in place,
-//!   sealing and opening the same buffer).
+//!   sealing and opening the same buffer). AES-GCM's one-shot path is measured both ways: with
+//!   the record's whole nonce as a second parameter each time, and with the IV set once per
+//!   context (OpenSSL counts the sealed records' explicit nonces up and takes the opened ones
+//!   from the buffer), as its own record layer does and as the compact layer does since its
+//!   third pass.
 //! * `rec_gcm_1200_vs_openssl`: the same compact GCM pairs next to OpenSSL's own record layer:
 //!   two raw `SSL`s (ECDHE-ECDSA-AES128-GCM-SHA256, handshaken in memory) with one `SSL_write`
 //!   and one `SSL_read` of 1,200 bytes per pair over the bench's in-memory datagram pipe.
@@ -18,7 +22,8 @@
 //!
 //! Sizes: `BENCH_REC_RAW_N` pairs per measurement (default 300,000), `BENCH_REC_REPS` rounds
 //! (best kept, default 3). `BENCH_REC_PROFILE=gcm:100` (or `ccm8:1200:cid`, …) runs only the
-//! compact pairs of one row, `BENCH_REC_PROFILE=raw:gcm:100` only its raw one-shot reference, to
+//! compact pairs of one row, `BENCH_REC_PROFILE=raw:gcm:100` only its raw one-shot reference (for
+//! AES-GCM with the IV set once; `raw-periv:gcm:100` with the nonce given per record), to
 //! profile them (`perf`, or `valgrind --tool=callgrind` for instruction counts).
 
 use std::ptr;
@@ -42,10 +47,15 @@ pub(super) fn section(t: &mut Table) {
     let n = env_usize("BENCH_REC_RAW_N", 300_000).max(1);
     let reps = env_usize("BENCH_REC_REPS", 3).max(1);
     // `BENCH_REC_PROFILE=<key>:<size>[:cid]`: only the compact pairs of that row, for `perf`.
-    // `BENCH_REC_PROFILE=raw:<key>:<size>`: only the raw one-shot reference of that row.
+    // `BENCH_REC_PROFILE=raw:<key>:<size>`: only the raw one-shot reference of that row
+    // (`raw-periv:`: AES-GCM's nonce given per record).
     if let Ok(p) = std::env::var("BENCH_REC_PROFILE") {
-        let raw = p.starts_with("raw:");
-        let mut it = p.trim_start_matches("raw:").split(':');
+        let per_record_iv = p.starts_with("raw-periv:");
+        let raw = p.starts_with("raw:") || per_record_iv;
+        let mut it = p
+            .trim_start_matches("raw:")
+            .trim_start_matches("raw-periv:")
+            .split(':');
         let key = it.next().unwrap_or("gcm");
         let size = it.next().and_then(|s| s.parse().ok()).unwrap_or(1200);
         let cid: &[u8] = if it.next() == Some("cid") {
@@ -58,8 +68,8 @@ pub(super) fn section(t: &mut Table) {
             .find(|s| s.0 == key)
             .map_or(SUITES[0].1, |s| s.1);
         if raw {
-            let rate = raw_one_shot_pairs(key, size, n);
-            println!("profile raw one-shot {key} {size} B: {rate:.0} pairs/s");
+            let rate = raw_one_shot_pairs(key, size, n, per_record_iv);
+            println!("profile raw one-shot {key} {size} B (per-record IV: {per_record_iv}): {rate:.0} pairs/s");
             return;
         }
         let rate = compact_pairs(suite, cid, size, n);
@@ -117,10 +127,16 @@ pub(super) fn section(t: &mut Table) {
     );
 }
 
-/// The raw AEAD limit: the faster of the generic EVP sequence and the TLS one-shot path.
+/// The raw AEAD limit: the fastest of the generic EVP sequence and the TLS one-shot path (for
+/// AES-GCM both with the IV set once and with the nonce given per record).
 fn raw_limit(key: &str, size: usize, n: usize) -> f64 {
     let generic = raw_aead_pairs(key, size, n);
-    let one_shot = raw_one_shot_pairs(key, size, n);
+    let one_shot = raw_one_shot_pairs(key, size, n, false);
+    if key == "gcm" {
+        let per_record = raw_one_shot_pairs(key, size, n, true);
+        println!("  raw {key} {size} B: generic EVP {generic:.0} pairs/s, TLS one-shot {one_shot:.0} pairs/s (IV once; nonce per record: {per_record:.0})");
+        return generic.max(one_shot).max(per_record);
+    }
     println!("  raw {key} {size} B: generic EVP {generic:.0} pairs/s, TLS one-shot {one_shot:.0} pairs/s");
     generic.max(one_shot)
 }
@@ -350,10 +366,13 @@ unsafe fn set(
 }
 
 /// Seal+open pairs per thread-CPU second of the bare AEAD through OpenSSL's TLS one-shot path
-/// (`OSSL_CIPHER_PARAM_AEAD_TLS1_AAD`, and for GCM the IV, then one `EVP_Cipher` in place; the
-/// fixed IV of CCM and ChaCha20-Poly1305 set once), sealing and opening the same buffer: no
-/// copies, no record logic.
-fn raw_one_shot_pairs(key: &str, size: usize, n: usize) -> f64 {
+/// (`OSSL_CIPHER_PARAM_AEAD_TLS1_AAD`, then one `EVP_Cipher` in place; the fixed IV of CCM and
+/// ChaCha20-Poly1305 set once), sealing and opening the same buffer: no copies, no record
+/// logic. AES-GCM: with `per_record_iv` the record's whole nonce is a second parameter of
+/// each call; without, the sealing context gets the whole IV once (OpenSSL counts its explicit
+/// part up per record and writes it into the buffer) and the opening one its 4-byte fixed part
+/// (the explicit part comes from the buffer).
+fn raw_one_shot_pairs(key: &str, size: usize, n: usize, per_record_iv: bool) -> f64 {
     let (explicit, tag) = match key {
         "gcm" => (8, 16),
         "ccm8" => (8, 8),
@@ -363,16 +382,19 @@ fn raw_one_shot_pairs(key: &str, size: usize, n: usize) -> f64 {
     let open = raw_ctx(key, false);
     let mut iv = [7u8; 12];
     let ivp = iv.as_mut_ptr();
-    for ctx in [&seal, &open] {
-        let (n, fixed) = match key {
-            "ccm8" => (4, true),
-            "chacha" => (12, true),
-            _ => (0, false),
+    let gcm_per_record = key == "gcm" && per_record_iv;
+    for (ctx, enc) in [(&seal, true), (&open, false)] {
+        let n = match key {
+            "ccm8" => 4,
+            "chacha" => 12,
+            _ if per_record_iv => continue,
+            // GCM: the whole IV (OpenSSL's "-1" length) to count from, the fixed part to open.
+            _ if enc => usize::MAX,
+            _ => 4,
         };
-        if fixed {
-            // SAFETY: a live context; `iv` (12 bytes, `n` of them read) outlives the call.
-            unsafe { set(ctx, (c"tlsivfixed", ivp, n), None) };
-        }
+        // SAFETY: a live context; `iv` (12 bytes, `n` of them read, or 12 for `usize::MAX`)
+        // outlives the call.
+        unsafe { set(ctx, (c"tlsivfixed", ivp, n), None) };
     }
     let mut buf = vec![0x5au8; explicit + size + tag];
     let mut nonce = iv;
@@ -386,7 +408,7 @@ fn raw_one_shot_pairs(key: &str, size: usize, n: usize) -> f64 {
             // SAFETY: live contexts; `aad` (13 bytes), `nonce` (12) and `buf` (its length)
             // outlive the calls; EVP_Cipher works in place on `buf`.
             unsafe {
-                let iv = (key == "gcm").then_some((c"tlsivfixed", nonce.as_mut_ptr(), usize::MAX));
+                let iv = gcm_per_record.then_some((c"tlsivfixed", nonce.as_mut_ptr(), usize::MAX));
                 set(ctx, (c"tlsaad", a, 13), iv);
                 let r = EVP_Cipher(ctx.0, buf.as_mut_ptr(), buf.as_ptr(), buf.len() as u32);
                 assert!(r > 0, "raw one-shot {key}");

@@ -434,11 +434,12 @@ fn params_end() -> ffi::OSSL_PARAM {
     }
 }
 
-/// Sets the fixed part of the IV of OpenSSL's TLS one-shot AEAD on `ctx` (a keyed AES-CCM or
-/// ChaCha20-Poly1305 context): `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED`
-/// (`EVP_CTRL_AEAD_SET_IV_FIXED`), CCM's 4-byte salt or ChaCha20-Poly1305's 12-byte IV, into
-/// which OpenSSL puts each record's explicit nonce (CCM) or XORs its sequence number (RFC 7905)
-/// when [`aead_tls_one_shot`] seals or opens it.
+/// Sets the fixed part of the IV of OpenSSL's TLS one-shot AEAD on `ctx` (a keyed context):
+/// `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` (`EVP_CTRL_AEAD_SET_IV_FIXED`), the 4-byte salt of
+/// AES-CCM (or of AES-GCM keyed for decryption: for encryption OpenSSL would draw the rest of
+/// the IV at random) or ChaCha20-Poly1305's 12-byte IV, into which OpenSSL puts each record's
+/// explicit nonce (GCM, CCM) or XORs its sequence number (RFC 7905) when [`aead_tls_one_shot`]
+/// seals or opens it.
 #[doc(alias = "EVP_CIPHER_CTX_set_params")]
 pub(crate) fn aead_tls_set_fixed_iv(ctx: &mut CipherCtxRef, iv: &[u8]) -> Result<(), ErrorStack> {
     // OpenSSL copies the IV; it never writes through the pointer although the field is `*mut`.
@@ -458,15 +459,18 @@ pub(crate) fn aead_tls_set_fixed_iv(ctx: &mut CipherCtxRef, iv: &[u8]) -> Result
 /// one-shot AEAD, the path its own record layer takes: `EVP_CIPHER_CTX_set_params` with
 /// `OSSL_CIPHER_PARAM_AEAD_TLS1_AAD` (the 13 bytes of additional data, whose length field is
 /// the fragment's length less the tag when sealing and the whole fragment's when opening) and,
-/// for AES-GCM, `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` with the record's whole nonce
-/// (`nonce`: OpenSSL's "length -1" case; the others' fixed IV is set once, by
-/// [`aead_tls_set_fixed_iv`]), then one `EVP_Cipher` over `fragment` (explicit nonce if any ‖
-/// data ‖ tag). Sealing fills in the explicit nonce (GCM: from `nonce`; CCM: the epoch and
-/// sequence number of the additional data) and the tag; opening verifies the tag and leaves the
-/// plaintext after the explicit nonce, or fails with the data wiped by OpenSSL. `ctx` must be
-/// keyed for the direction wanted (rust-openssl's safe API does that).
+/// when `nonce` is given (AES-GCM sealing), `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED` with the
+/// record's whole nonce (OpenSSL's "length -1" case; otherwise the context has its fixed IV
+/// from [`aead_tls_set_fixed_iv`] or, AES-GCM sealing, the count a previous whole nonce
+/// started), then one `EVP_Cipher` over `fragment` (explicit nonce if any ‖ data ‖ tag).
+/// Sealing fills in the explicit nonce (GCM: from its IV, then counts the IV's last 8 bytes up
+/// by one; CCM: the epoch and sequence number of the additional data) and the tag; opening
+/// takes the explicit nonce from `fragment`, verifies the tag and leaves the plaintext after the
+/// explicit nonce, or fails with the data wiped by OpenSSL. `ctx` must be keyed for the
+/// direction wanted (rust-openssl's safe API does that).
 #[doc(alias = "EVP_Cipher")]
 #[doc(alias = "EVP_CIPHER_CTX_set_params")]
+#[inline(always)]
 pub(crate) fn aead_tls_one_shot(
     ctx: &mut CipherCtxRef,
     nonce: Option<&[u8; 12]>,
@@ -479,27 +483,30 @@ pub(crate) fn aead_tls_one_shot(
     // writes through the pointers although the field is `*mut`. `usize::MAX` is the "whole IV"
     // marker: OpenSSL copies the context's IV length, 12 as the context was set up.
     let aad = octets(c"tlsaad", aad.as_mut_ptr(), 13);
-    let params = match nonce {
-        Some(nonce) => [
-            aad,
-            octets(c"tlsivfixed", nonce.as_ptr().cast_mut(), usize::MAX),
-            params_end(),
-        ],
-        None => [aad, params_end(), params_end()],
+    let set = match nonce {
+        Some(nonce) => {
+            let iv = octets(c"tlsivfixed", nonce.as_ptr().cast_mut(), usize::MAX);
+            let params = [aad, iv, params_end()];
+            // SAFETY: `ctx` is a live, keyed context borrowed mutably for this call; the array
+            // ends with the end marker and names only `aad` (13 bytes) and `nonce` (12 bytes,
+            // see above), which outlive the call.
+            unsafe { EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) }
+        }
+        None => {
+            let params = [aad, params_end()];
+            // SAFETY: as above, with `aad` alone.
+            unsafe { EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) }
+        }
     };
-    // SAFETY: `ctx` is a live, keyed context borrowed mutably for this call; the parameter
-    // array ends with the end marker and names only `aad` (13 bytes) and `nonce` (12 bytes,
-    // see above), which outlive both calls. `fragment` is transformed in place (input and
-    // output the same pointer, which OpenSSL's TLS AEAD mode requires) for exactly `len`
-    // bytes: an AEAD in TLS mode writes no more than its input.
-    unsafe {
-        if EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) != 1 {
-            return Err(ErrorStack::get());
-        }
-        let p = fragment.as_mut_ptr();
-        if EVP_Cipher(ctx, p, p, len) <= 0 {
-            return Err(ErrorStack::get());
-        }
+    if set != 1 {
+        return Err(ErrorStack::get());
+    }
+    let p = fragment.as_mut_ptr();
+    // SAFETY: `ctx` as above, its additional data just set; `fragment` is transformed in place
+    // (input and output the same pointer, which OpenSSL's TLS AEAD mode requires) for exactly
+    // `len` bytes: an AEAD in TLS mode writes no more than its input.
+    if unsafe { EVP_Cipher(ctx, p, p, len) } <= 0 {
+        return Err(ErrorStack::get());
     }
     Ok(())
 }

@@ -169,72 +169,78 @@ impl Aead {
         !cid && data_len > 0 && (explicit_is_seq || !self.is_ccm())
     }
 
-    /// Whether contexts serving one-shot records of this AEAD serve only those, their fixed
-    /// IV set once when keyed ([`set_fixed_iv`](Self::set_fixed_iv)) rather than per record.
-    /// CCM's must anyway: OpenSSL's CCM context stays in TLS mode once used so (its
-    /// `tls_aad_len` is never reset). ChaCha20-Poly1305's fixed IV would be overwritten by a
-    /// generic record's nonce. AES-GCM's takes the record's whole nonce with its additional
-    /// data, in the same call, and serves either kind of record.
-    pub(super) fn one_shot_sticks(self) -> bool {
-        self != Aead::Aes128Gcm && self != Aead::Aes256Gcm
+    /// Whether this is AES-GCM, whose one-shot sealing takes its explicit nonces from a
+    /// counter in the context (see [`set_fixed_iv`](Self::set_fixed_iv)).
+    pub(super) fn is_gcm(self) -> bool {
+        matches!(self, Aead::Aes128Gcm | Aead::Aes256Gcm)
     }
 
-    /// Sets the fixed IV of the one-shot records ([`one_shot_sticks`](Self::one_shot_sticks))
-    /// on `ctx`, just keyed: CCM's 4-byte salt, ChaCha20-Poly1305's 12-byte IV.
+    /// Sets the fixed IV of OpenSSL's TLS one-shot records on `ctx`, just keyed for
+    /// `encrypt`ing or decrypting, once for all its records: CCM's 4-byte salt (OpenSSL takes
+    /// each record's explicit nonce from its sequence number when sealing, from the record
+    /// when opening), ChaCha20-Poly1305's 12-byte IV (into which it XORs the sequence number),
+    /// AES-GCM's 4-byte salt when decrypting (the explicit nonce comes from the record). An
+    /// AES-GCM context keyed for encryption gets nothing here: given a record's whole nonce,
+    /// OpenSSL seals it and counts the explicit part up by one for the next record (its
+    /// `getivgen`), so a sealing layer gives the nonce only when the context's count is not
+    /// its next record's ([`Protect::seal_one_shot`](super::Protect)); a 4-byte salt would
+    /// make OpenSSL draw a random start. Such contexts serve one-shot records only (the cache
+    /// keeps them apart from generic ones): OpenSSL's CCM context never leaves TLS mode once
+    /// used (its `tls_aad_len` is never reset), and a generic record's nonce would overwrite
+    /// the fixed IV or the count.
     pub(super) fn set_fixed_iv(
         self,
         ctx: &mut CipherCtxRef,
         iv: &[u8; 12],
+        encrypt: bool,
     ) -> Result<(), ErrorStack> {
+        if self.is_gcm() && encrypt {
+            return Ok(());
+        }
         evp::aead_tls_set_fixed_iv(ctx, &iv[..self.fixed_iv_len()])
-    }
-
-    /// The whole nonce the one-shot path takes per record: AES-GCM's (the others' fixed IV
-    /// is set when their context is keyed, and each record's part comes from its additional
-    /// data or its explicit nonce).
-    fn per_record_iv(self, nonce: &[u8; 12]) -> Option<&[u8; 12]> {
-        (!self.one_shot_sticks()).then_some(nonce)
     }
 
     /// Seals `fragment` (explicit nonce ‖ plaintext ‖ room for the tag) in place through the
     /// TLS one-shot AEAD ([`evp::aead_tls_one_shot`]) on `ctx`, keyed for encryption. `aad`:
-    /// RFC 5246 §6.2.3.3's 13 bytes, whose length is the fragment's less the tag.
+    /// RFC 5246 §6.2.3.3's 13 bytes, whose length is the fragment's less the tag. `nonce`: the
+    /// record's whole nonce, for an AES-GCM context whose count is not at this record's
+    /// ([`set_fixed_iv`](Self::set_fixed_iv)); `None` for the others.
+    #[inline(always)]
     pub(super) fn seal_fragment(
         self,
         ctx: &mut CipherCtxRef,
-        nonce: &[u8; 12],
+        nonce: Option<&[u8; 12]>,
         aad: &mut [u8; 13],
         fragment: &mut [u8],
     ) -> Result<(), ErrorStack> {
-        evp::aead_tls_one_shot(ctx, self.per_record_iv(nonce), aad, fragment)
+        evp::aead_tls_one_shot(ctx, nonce, aad, fragment)
     }
 
     /// Opens `fragment` (a copy of a record's whole fragment) in place, like
-    /// [`seal_fragment`](Self::seal_fragment) on `ctx` keyed for decryption; `aad`'s length is
-    /// the whole fragment's. On success the plaintext follows the explicit nonce.
+    /// [`seal_fragment`](Self::seal_fragment) on `ctx` keyed for decryption with its fixed IV
+    /// ([`set_fixed_iv`](Self::set_fixed_iv)); `aad`'s length is the whole fragment's. On
+    /// success the plaintext follows the explicit nonce.
+    #[inline(always)]
     pub(super) fn open_fragment(
         self,
         ctx: &mut CipherCtxRef,
-        nonce: &[u8; 12],
         aad: &mut [u8; 13],
         fragment: &mut [u8],
     ) -> Result<(), ErrorStack> {
-        evp::aead_tls_one_shot(ctx, self.per_record_iv(nonce), aad, fragment)
+        evp::aead_tls_one_shot(ctx, None, aad, fragment)
     }
 
-    /// Encrypts `input` into `ct` (as long), or `ct` in place when `input` is `None`, and
-    /// writes the tag into `tag` (`tag_len` bytes) on `ctx`, a context of this AEAD keyed for
-    /// encryption: one pass of the cipher ([`evp::aead_seal`]).
+    /// Encrypts `data` in place and writes the tag into `tag` (`tag_len` bytes) on `ctx`, a
+    /// context of this AEAD keyed for encryption: one pass of the cipher ([`evp::aead_seal`]).
     pub(super) fn seal(
         self,
         ctx: &mut CipherCtxRef,
         nonce: &[u8; 12],
         aad: &[u8],
-        input: Option<&[u8]>,
-        ct: &mut [u8],
+        data: &mut [u8],
         tag: &mut [u8],
     ) -> Result<(), ErrorStack> {
-        evp::aead_seal(ctx, self.kind(), nonce, aad, input, ct, tag)
+        evp::aead_seal(ctx, self.kind(), nonce, aad, None, data, tag)
     }
 
     /// Decrypts `ct` on `ctx`, a context of this AEAD keyed for decryption, and appends the

@@ -38,109 +38,144 @@ struct Slot {
     /// The context's cipher.
     aead: Aead,
     /// The context serves only OpenSSL's TLS one-shot AEAD, with the fixed IV of its owner set
-    /// when keyed ([`Aead::one_shot_sticks`]): as if another cipher.
-    sticky: bool,
+    /// when keyed ([`Aead::set_fixed_iv`]): as if another cipher.
+    one_shot: bool,
     ctx: CipherCtx,
+    /// An AES-GCM one-shot context keyed for encryption: the explicit nonce OpenSSL gives its
+    /// next record, if known ([`Aead::set_fixed_iv`]); `None` after keying.
+    next_explicit: Option<[u8; 8]>,
     /// The tick of its latest use, for least-recently-used replacement.
     used: u64,
 }
 
+/// This thread's cached contexts and its clock for least-recently-used replacement.
+struct Cache {
+    slots: Vec<Slot>,
+    /// Counts uses: the `used` tick of the newest.
+    tick: u64,
+}
+
 thread_local! {
-    static CACHE: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
-    static TICK: Cell<u64> = const { Cell::new(0) };
+    static CACHE: RefCell<Cache> = const {
+        RefCell::new(Cache {
+            slots: Vec::new(),
+            tick: 0,
+        })
+    };
     /// How many times this thread keyed a context (a miss), for tests.
     static REKEYS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Runs `f` on a context keyed with `key` for `owner` (a direction of one connection), from this
-/// thread's cache. `sticky`: one that serves only OpenSSL's one-shot records
-/// ([`Aead::one_shot_sticks`]), whose fixed IV, `iv`, is set when it is keyed.
+/// thread's cache. `one_shot`: one that serves only OpenSSL's one-shot records, whose fixed IV,
+/// `iv`, is set when it is keyed ([`Aead::set_fixed_iv`]). `f` also gets the context's
+/// `next_explicit` (see [`Slot`]) to read and update. `None` if keying or `f` failed (what
+/// OpenSSL queued is taken off its error queue and dropped: callers report their own errors).
+///
+/// A hit is a scan of at most [`CACHE_SLOTS`] identities; keying on a miss is out of line
+/// ([`Cache::key`]).
+#[inline]
 pub(super) fn with_ctx<R>(
     owner: u64,
     aead: Aead,
     key: &[u8; 32],
     iv: &[u8; 12],
     encrypt: bool,
-    sticky: bool,
-    f: impl FnOnce(&mut CipherCtxRef) -> Result<R, ErrorStack>,
-) -> Result<R, ErrorStack> {
-    let tick = TICK
-        .try_with(|t| {
-            let v = t.get() + 1;
-            t.set(v);
-            v
-        })
-        .unwrap_or(0);
-    let key = &key[..aead.key_len()];
+    one_shot: bool,
+    f: impl FnOnce(&mut CipherCtxRef, &mut Option<[u8; 8]>) -> Result<R, ErrorStack>,
+) -> Option<R> {
     // `try_with`: during thread-local teardown there is no cache: fail the record, never panic.
-    let Ok(result) = CACHE.try_with(|cache| -> Result<R, ErrorStack> {
-        let mut cache = cache.borrow_mut();
-        let index = match cache
-            .iter()
-            .position(|s| s.owner == owner && s.sticky == sticky)
-        {
-            Some(i) => i,
-            None => {
-                let i = if cache.len() < CACHE_SLOTS {
-                    cache.push(Slot {
-                        owner: 0,
-                        aead,
-                        sticky,
-                        ctx: aead.new_ctx(encrypt)?,
-                        used: 0,
-                    });
-                    cache.len() - 1
-                } else {
-                    // The least recently used slot; one of the same cipher instead (re-keying it
-                    // allocates nothing) only if it is about as old. Always preferring the same
-                    // cipher made two connections of a cipher that held one slot of a full
-                    // cache evict each other on every record (measured: 0.6x of the raw AEAD
-                    // for a GCM pair on a thread whose other 15 slots held CCM-8 contexts).
-                    let lru = |same: bool| {
-                        cache
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, s)| !same || (s.aead == aead && s.sticky == sticky))
-                            .min_by_key(|(_, s)| s.used)
-                            .map(|(i, _)| i)
-                    };
-                    let oldest = lru(false).expect("cache is full");
-                    // "About as old": in the older half of the span from the oldest use to now.
-                    let span = tick.saturating_sub(cache[oldest].used);
-                    let i = match lru(true) {
-                        Some(same) if cache[same].used - cache[oldest].used <= span / 2 => same,
-                        _ => oldest,
-                    };
-                    if cache[i].aead != aead || cache[i].sticky != sticky {
-                        cache[i].ctx = aead.new_ctx(encrypt)?;
-                        cache[i].aead = aead;
-                        cache[i].sticky = sticky;
-                    }
-                    i
-                };
-                let slot = &mut cache[i];
-                REKEYS.with(|r| r.set(r.get() + 1));
-                slot.owner = 0; // unusable until keyed
-                aead::init(&mut slot.ctx, encrypt, None, Some(key))?;
-                if sticky {
-                    aead.set_fixed_iv(&mut slot.ctx, iv)?;
-                }
-                slot.owner = owner;
-                i
+    CACHE
+        .try_with(|cache| -> Option<R> {
+            let mut cache = cache.borrow_mut();
+            cache.tick += 1;
+            let tick = cache.tick;
+            let index = match cache
+                .slots
+                .iter()
+                .position(|s| s.owner == owner && s.one_shot == one_shot)
+            {
+                Some(i) => i,
+                None => cache.key(owner, aead, key, iv, encrypt, one_shot).ok()?,
+            };
+            let slot = &mut cache.slots[index];
+            slot.used = tick;
+            let r = f(&mut slot.ctx, &mut slot.next_explicit).ok();
+            if r.is_none() {
+                // A failed call may leave the context mid-operation; it is re-keyed before reuse.
+                slot.owner = 0;
             }
+            r
+        })
+        .ok()
+        .flatten()
+}
+
+impl Cache {
+    /// A miss: keys a slot for `owner` (see [`with_ctx`]) and returns its index. A new slot
+    /// while the cache is not full, else the least recently used one; one of the same cipher
+    /// instead (re-keying it allocates nothing) only if it is about as old. Always preferring
+    /// the same cipher made two connections of a cipher that held one slot of a full cache
+    /// evict each other on every record (measured: 0.6x of the raw AEAD for a GCM pair on a
+    /// thread whose other 15 slots held CCM-8 contexts).
+    #[cold]
+    #[inline(never)]
+    fn key(
+        &mut self,
+        owner: u64,
+        aead: Aead,
+        key: &[u8; 32],
+        iv: &[u8; 12],
+        encrypt: bool,
+        one_shot: bool,
+    ) -> Result<usize, ErrorStack> {
+        let tick = self.tick;
+        let key = &key[..aead.key_len()];
+        let slots = &mut self.slots;
+        let i = if slots.len() < CACHE_SLOTS {
+            slots.push(Slot {
+                owner: 0,
+                aead,
+                one_shot,
+                ctx: aead.new_ctx(encrypt)?,
+                next_explicit: None,
+                used: 0,
+            });
+            slots.len() - 1
+        } else {
+            let lru = |same: bool| {
+                slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| !same || (s.aead == aead && s.one_shot == one_shot))
+                    .min_by_key(|(_, s)| s.used)
+                    .map(|(i, _)| i)
+            };
+            let oldest = lru(false).expect("cache is full");
+            // "About as old": in the older half of the span from the oldest use to now.
+            let span = tick.saturating_sub(slots[oldest].used);
+            let i = match lru(true) {
+                Some(same) if slots[same].used - slots[oldest].used <= span / 2 => same,
+                _ => oldest,
+            };
+            if slots[i].aead != aead || slots[i].one_shot != one_shot {
+                slots[i].ctx = aead.new_ctx(encrypt)?;
+                slots[i].aead = aead;
+                slots[i].one_shot = one_shot;
+            }
+            i
         };
-        let slot = &mut cache[index];
-        slot.used = tick;
-        let r = f(&mut slot.ctx);
-        if r.is_err() {
-            // A failed call may leave the context mid-operation; it is re-keyed before reuse.
-            slot.owner = 0;
+        let slot = &mut slots[i];
+        REKEYS.with(|r| r.set(r.get() + 1));
+        slot.owner = 0; // unusable until keyed
+        slot.next_explicit = None;
+        aead::init(&mut slot.ctx, encrypt, None, Some(key))?;
+        if one_shot {
+            aead.set_fixed_iv(&mut slot.ctx, iv, encrypt)?;
         }
-        r
-    }) else {
-        return Err(ErrorStack::get());
-    };
-    result
+        slot.owner = owner;
+        Ok(i)
+    }
 }
 
 /// Drops this thread's cached contexts of connection `id` (both directions).
@@ -148,7 +183,7 @@ pub(super) fn evict(id: u64) {
     // `try_with`: the thread may be exiting; `try_borrow_mut`: never while a cipher call runs.
     let _ = CACHE.try_with(|cache| {
         if let Ok(mut cache) = cache.try_borrow_mut() {
-            for slot in cache.iter_mut().filter(|s| s.owner | 1 == id | 1) {
+            for slot in cache.slots.iter_mut().filter(|s| s.owner | 1 == id | 1) {
                 slot.owner = 0;
                 // Overwrite the key schedule by keying it with zeros.
                 let zero = [0u8; 32];
@@ -172,7 +207,7 @@ pub(super) fn rekeys() -> u64 {
 /// How many contexts this thread's cache holds.
 #[cfg(test)]
 pub(super) fn cached_contexts() -> usize {
-    CACHE.with(|c| c.borrow().len())
+    CACHE.with(|c| c.borrow().slots.len())
 }
 
 /// Buffers kept per thread for compact connections' datagrams and plaintexts.

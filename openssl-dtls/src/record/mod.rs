@@ -17,13 +17,14 @@
 //!   authenticates; a write sequence number at 2^48 − 1 refuses to seal.
 //! * One AEAD pass per record: standard records go through OpenSSL's TLS one-shot AEAD, the path
 //!   its own record layer takes (one `EVP_CIPHER_CTX_set_params` with the 13-byte additional
-//!   data, one `EVP_Cipher` over explicit nonce ‖ data ‖ tag in place); `tls12_cid` records, whose
-//!   additional data that mode does not take, and empty ones go through the generic EVP AEAD
-//!   sequence, called directly ([`Aead::takes_one_shot`]). Both are in
-//!   [`ffi::evp`](crate::ffi::evp).
+//!   data, one `EVP_Cipher` over explicit nonce ‖ data ‖ tag in place; the fixed IV set once per
+//!   context, and AES-GCM's sealing nonces counted by OpenSSL: [`Aead::set_fixed_iv`]);
+//!   `tls12_cid` records, whose additional data that mode does not take, and empty ones go
+//!   through the generic EVP AEAD sequence, called directly ([`Aead::takes_one_shot`]). Both are
+//!   in [`ffi::evp`](crate::ffi::evp).
 //! * Idle connections hold raw keys only. A small per-thread cache of keyed `EVP_CIPHER_CTX`s
 //!   serves active ones; a hit costs no allocation, and a miss re-keys the least recently used
-//!   context of the same cipher and kind (no allocation either once the cache is full).
+//!   context (of the same cipher and kind if about as old: no allocation either).
 //!
 //! This file owns the [`RecordLayer`] API (seal, open, sequence numbers, errors); the rest is
 //! by concern, and all of it is safe code: the OpenSSL calls it needs beyond rust-openssl's safe
@@ -236,11 +237,17 @@ impl RecordLayer {
         };
         let keys = (&self.keys.write_key, &self.keys.write_iv);
         let aead = self.aead;
-        let sticky = aead.one_shot_sticks() && record.one_shot(aead, plaintext.len());
-        let sealed = cache::with_ctx(self.id, aead, keys.0, keys.1, true, sticky, |ctx| {
-            record.seal(aead, ctx, keys.1, plaintext, out)
-        });
-        if sealed.is_err() {
+        let one_shot = record.one_shot(aead, plaintext.len());
+        let sealed = cache::with_ctx(
+            self.id,
+            aead,
+            keys.0,
+            keys.1,
+            true,
+            one_shot,
+            |ctx, next| record.seal(aead, ctx, keys.1, next, plaintext, out),
+        );
+        if sealed.is_none() {
             return Err(SealError::Cipher);
         }
         self.next_write_seq = seq + 1;
@@ -265,19 +272,33 @@ impl RecordLayer {
         if record.is_cid() != self.read_cid {
             return Err(OpenError::Malformed);
         }
-        let seq = record.sequence();
+        // The epoch and sequence number as one 8-byte load (header bytes 3 to 10).
+        let epoch_seq = epoch_seq_of(record);
+        let seq = u64::from_be_bytes(epoch_seq) & MAX_SEQUENCE;
         self.check(record)?;
         self.window.check(seq)?;
         let aead = self.aead;
         let keys = (&self.keys.read_key, &self.keys.read_iv);
-        let sticky = aead.one_shot_sticks() && opens_one_shot(aead, record);
-        let opened = cache::with_ctx(self.id | 1, aead, keys.0, keys.1, false, sticky, |ctx| {
-            Ok(unprotect(aead, ctx, keys.1, record, out))
-        });
+        let one_shot = opens_one_shot(aead, record);
+        let opened = cache::with_ctx(
+            self.id | 1,
+            aead,
+            keys.0,
+            keys.1,
+            false,
+            one_shot,
+            |ctx, _| {
+                Ok(if one_shot {
+                    open_one_shot(aead, ctx, epoch_seq, record, out)
+                } else {
+                    unprotect(aead, ctx, keys.1, record, out)
+                })
+            },
+        );
         let content_type = match opened {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => return Err(e),
+            None => {
                 out.clear();
                 evp::clear_error();
                 return Err(OpenError::Unauthenticated);
@@ -288,6 +309,7 @@ impl RecordLayer {
     }
 
     /// The framing checks every received record passes before its tag is checked.
+    #[inline]
     fn check(&self, record: &RecordHeader<'_>) -> Result<(), OpenError> {
         let header = record.header_bytes();
         if header[1..3] != DTLS1_2 || record.epoch() != self.epoch {
@@ -338,7 +360,7 @@ impl RecordLayer {
         let aead = self.aead;
         let (key, iv) = (&self.keys.write_key, &self.keys.write_iv);
         let mut plain = take_buffer();
-        let result = fresh_ctx(aead, key, iv, false, |ctx| {
+        let result = fresh_ctx(aead, key, iv, false, |ctx, _| {
             Ok(unprotect(aead, ctx, iv, record, &mut plain))
         })
         .map_err(|_| OpenError::Unauthenticated)
@@ -354,8 +376,8 @@ impl RecordLayer {
                 #[cfg(test)]
                 no_type: false,
             };
-            fresh_ctx(aead, key, iv, true, |ctx| {
-                p.seal(aead, ctx, iv, &plain, out)
+            fresh_ctx(aead, key, iv, true, |ctx, next| {
+                p.seal(aead, ctx, iv, next, &plain, out)
             })
             .map_err(|_| OpenError::Unauthenticated)
         });
@@ -403,7 +425,9 @@ impl RecordLayer {
             no_type: false,
         };
         let (key, iv) = (&self.keys.read_key, &self.keys.read_iv);
-        let sealed = fresh_ctx(aead, key, iv, true, |ctx| p.seal(aead, ctx, iv, plain, out));
+        let sealed = fresh_ctx(aead, key, iv, true, |ctx, next| {
+            p.seal(aead, ctx, iv, next, plain, out)
+        });
         evp::clear_error();
         sealed.map_err(|_| OpenError::Unauthenticated)
     }
@@ -411,6 +435,31 @@ impl RecordLayer {
 
 /// Largest additional data: RFC 9146 §5's with a 255-byte CID.
 const MAX_AAD: usize = 23 + 255;
+
+/// Additional data that fits a short buffer: RFC 9146 §5's with a CID as long as the ones this
+/// library issues (peers' CIDs may be longer).
+const SHORT_AAD: usize = 23 + crate::cid::MAX_CID_LEN;
+
+/// Runs `f` on the additional data of a record ([`additional_data`]), built on the stack in a
+/// buffer only as large as needed: zeroing [`MAX_AAD`] bytes for every CID record cost more
+/// than building it.
+fn with_additional_data<R>(
+    epoch_seq: [u8; 8],
+    content_type: ContentType,
+    cid: Option<&[u8]>,
+    len: usize,
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    if cid.map_or(0, <[u8]>::len) <= SHORT_AAD - 23 {
+        let mut aad = [0u8; SHORT_AAD];
+        let n = additional_data(&mut aad, epoch_seq, content_type, cid, len);
+        f(&aad[..n])
+    } else {
+        let mut aad = [0u8; MAX_AAD];
+        let n = additional_data(&mut aad, epoch_seq, content_type, cid, len);
+        f(&aad[..n])
+    }
+}
 
 /// What a record is sealed as: its epoch and sequence number, explicit nonce, content type and
 /// (for a `tls12_cid` record) the receiver's Connection ID.
@@ -434,9 +483,35 @@ impl Protect<'_> {
         aead.takes_one_shot(self.cid.is_some(), self.explicit == self.epoch_seq, len)
     }
 
-    /// Appends the record protecting `plaintext` to `out` with `ctx` (keyed for encryption);
-    /// on error `out` is as it was.
+    /// Appends the record protecting `plaintext` to `out` with `ctx` (keyed for encryption;
+    /// `next`: its explicit-nonce count, see [`seal_one_shot`](Self::seal_one_shot)); on error
+    /// `out` is as it was.
+    #[inline(always)]
     fn seal(
+        &self,
+        aead: Aead,
+        ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+        iv: &[u8; 12],
+        next: &mut Option<[u8; 8]>,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ErrorStack> {
+        #[cfg(not(test))]
+        let plain = true;
+        // Tests seal CID records with padding or without their type byte.
+        #[cfg(test)]
+        let plain = self.padding == 0 && !self.no_type;
+        if plain && self.one_shot(aead, plaintext.len()) {
+            self.seal_one_shot(aead, ctx, iv, next, plaintext, out)
+        } else {
+            self.seal_generic(aead, ctx, iv, plaintext, out)
+        }
+    }
+
+    /// [`seal`](Self::seal) through the generic EVP AEAD sequence: `tls12_cid` and empty
+    /// records, CCM records continuing OpenSSL's nonces.
+    #[inline(never)]
+    fn seal_generic(
         &self,
         aead: Aead,
         ctx: &mut openssl::cipher_ctx::CipherCtxRef,
@@ -474,47 +549,84 @@ impl Protect<'_> {
         }
         let body = out.len();
         let nonce = aead.nonce(iv, self.explicit);
-        if self.one_shot(aead, plaintext.len()) && type_len + padding == 0 {
-            // OpenSSL's TLS one-shot AEAD: the plaintext where its ciphertext goes, sealed in
-            // place with the explicit nonce and the tag in one call.
-            let fragment = body - aead.explicit_nonce_len();
-            out.extend_from_slice(plaintext);
-            out.resize(out.len() + aead.tag_len(), 0);
-            let mut aad = tls_aad(
-                self.epoch_seq,
-                self.content_type,
-                fragment_len - aead.tag_len(),
-            );
-            let r = aead.seal_fragment(ctx, &nonce, &mut aad, &mut out[fragment..]);
-            if r.is_err() {
-                out.truncate(start);
-            }
-            return r;
+        // The (inner) plaintext written where its ciphertext goes and sealed in place (CCM
+        // takes its data in one call): a CID record's DTLSInnerPlaintext is content ‖ type ‖
+        // zeros. Only the padding and the tag's room are zero-filled.
+        out.extend_from_slice(plaintext);
+        if type_len == 1 {
+            out.push(self.content_type as u8);
         }
         out.resize(body + inner_len + aead.tag_len(), 0);
-        let mut aad = [0u8; MAX_AAD];
-        let aad_len = additional_data(
-            &mut aad,
+        let (inner, tag) = out[body..].split_at_mut(inner_len);
+        let r = with_additional_data(
             self.epoch_seq,
             self.content_type,
             self.cid,
             inner_len,
+            |aad| aead.seal(ctx, &nonce, aad, inner, tag),
         );
-        let aad = &aad[..aad_len];
-        let r = if self.cid.is_some() {
-            // The DTLSInnerPlaintext is one contiguous input (CCM takes its data in one call):
-            // written where its ciphertext goes and sealed in place, no buffer in between.
-            let (inner, tag) = out[body..].split_at_mut(inner_len);
-            inner[..plaintext.len()].copy_from_slice(plaintext);
-            if type_len == 1 {
-                inner[plaintext.len()] = self.content_type as u8;
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    }
+
+    /// [`seal`](Self::seal) of a standard record with data through OpenSSL's TLS one-shot AEAD
+    /// ([`one_shot`](Self::one_shot)): the header and explicit nonce written as one piece, the
+    /// plaintext where its ciphertext goes, room for the tag, then sealed in place in one call.
+    ///
+    /// AES-GCM: `next` is the explicit nonce OpenSSL's count in `ctx` gives the next record
+    /// ([`Aead::set_fixed_iv`]). The record's whole nonce is given only when that is not this
+    /// record's (a fresh context, or a layer continuing OpenSSL's nonces), and the explicit
+    /// nonce OpenSSL wrote is checked: a record sealed under any other nonce is discarded, so
+    /// a count out of step can never put a repeated nonce on the wire.
+    #[inline(always)]
+    fn seal_one_shot(
+        &self,
+        aead: Aead,
+        ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+        iv: &[u8; 12],
+        next: &mut Option<[u8; 8]>,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ErrorStack> {
+        const HEADER: usize = crate::wire::RECORD_HEADER_LEN;
+        let explicit_len = aead.explicit_nonce_len();
+        let data_len = explicit_len + plaintext.len();
+        let fragment_len = data_len + aead.tag_len();
+        let start = out.len();
+        // One reservation for the whole record: the appends below never reallocate.
+        out.reserve(HEADER + fragment_len);
+        // Header ‖ explicit nonce (GCM, CCM; OpenSSL writes it again).
+        let mut head = [0u8; HEADER + 8];
+        head[0] = self.content_type as u8;
+        head[1..3].copy_from_slice(&DTLS1_2);
+        head[3..11].copy_from_slice(&self.epoch_seq);
+        head[11..13].copy_from_slice(&(fragment_len as u16).to_be_bytes());
+        head[13..].copy_from_slice(&self.explicit);
+        // Constant-size appends (inline stores, no library call), cut to size after.
+        out.extend_from_slice(&head);
+        out.truncate(start + HEADER + explicit_len);
+        out.extend_from_slice(plaintext);
+        out.extend_from_slice(&[0; 16]);
+        out.truncate(start + HEADER + fragment_len);
+        let mut aad = tls_aad(self.epoch_seq, self.content_type, data_len);
+        let gcm = aead.is_gcm();
+        let nonce = (gcm && *next != Some(self.explicit)).then(|| aead.nonce(iv, self.explicit));
+        *next = None;
+        let fragment = &mut out[start + HEADER..];
+        let mut r = aead.seal_fragment(ctx, nonce.as_ref(), &mut aad, fragment);
+        if r.is_ok() && gcm {
+            if fragment.first_chunk::<8>() == Some(&self.explicit) {
+                *next = Some(
+                    u64::from_be_bytes(self.explicit)
+                        .wrapping_add(1)
+                        .to_be_bytes(),
+                );
+            } else {
+                r = Err(ErrorStack::get());
             }
-            // `resize` zero-filled the padding.
-            aead.seal(ctx, &nonce, aad, None, inner, tag)
-        } else {
-            let (ct, tag) = out[body..].split_at_mut(inner_len);
-            aead.seal(ctx, &nonce, aad, Some(plaintext), ct, tag)
-        };
+        }
         if r.is_err() {
             out.truncate(start);
         }
@@ -525,9 +637,10 @@ impl Protect<'_> {
 /// Writes the additional data of a record into `aad` and returns its length: RFC 5246
 /// §6.2.3.3's `seq_num ‖ type ‖ version ‖ length` (with the DTLS epoch in `seq_num`), or for a
 /// `tls12_cid` record RFC 9146 §5's `seq_num_placeholder ‖ tls12_cid ‖ cid_length ‖ tls12_cid ‖
-/// version ‖ epoch ‖ sequence_number ‖ cid ‖ length_of_DTLSInnerPlaintext`.
+/// version ‖ epoch ‖ sequence_number ‖ cid ‖ length_of_DTLSInnerPlaintext`. `aad` holds at
+/// least 23 bytes more than the CID ([`with_additional_data`] sizes it).
 fn additional_data(
-    aad: &mut [u8; MAX_AAD],
+    aad: &mut [u8],
     epoch_seq: [u8; 8],
     content_type: ContentType,
     cid: Option<&[u8]>,
@@ -578,6 +691,7 @@ fn opens_one_shot(aead: Aead, record: &RecordHeader<'_>) -> bool {
 
 /// A record's epoch and sequence number as on the wire (8 bytes: header bytes 3 to 10, in
 /// standard and `tls12_cid` records alike).
+#[inline]
 fn epoch_seq_of(record: &RecordHeader<'_>) -> [u8; 8] {
     match record
         .header_bytes()
@@ -603,6 +717,38 @@ fn explicit_of(aead: Aead, record: &RecordHeader<'_>) -> [u8; 8] {
     }
 }
 
+/// Authenticates and decrypts `record` (checked by [`RecordLayer::check`], opened one-shot:
+/// [`opens_one_shot`]; `epoch_seq`: its header's epoch and sequence number) through OpenSSL's TLS
+/// one-shot AEAD with `ctx` (keyed for decryption) into `out`, and returns its content type.
+#[inline(always)]
+fn open_one_shot(
+    aead: Aead,
+    ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+    epoch_seq: [u8; 8],
+    record: &RecordHeader<'_>,
+    out: &mut Vec<u8>,
+) -> Result<ContentType, OpenError> {
+    let fragment = record.fragment();
+    let explicit_len = aead.explicit_nonce_len();
+    // OpenSSL's one-shot AEAD works in place: on a copy of the fragment (the received datagram
+    // is not ours to change), the plaintext then moved to the front.
+    out.clear();
+    out.extend_from_slice(fragment);
+    let mut aad = tls_aad(epoch_seq, record.content_type(), fragment.len());
+    if aead.open_fragment(ctx, &mut aad, &mut out[..]).is_err() {
+        // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
+        out.clear();
+        evp::clear_error();
+        return Err(OpenError::Unauthenticated);
+    }
+    let data_len = fragment.len() - aead.overhead();
+    if explicit_len > 0 {
+        out.copy_within(explicit_len..explicit_len + data_len, 0);
+    }
+    out.truncate(data_len);
+    Ok(record.content_type())
+}
+
 /// Authenticates and decrypts `record` (checked by [`RecordLayer::check`]) with `ctx` (keyed for
 /// decryption) into `out`; returns its content type, for a `tls12_cid` record the inner one
 /// after stripping the zero padding (RFC 9146 §4: a record with no non-zero byte is an error).
@@ -613,43 +759,23 @@ fn unprotect(
     record: &RecordHeader<'_>,
     out: &mut Vec<u8>,
 ) -> Result<ContentType, OpenError> {
+    if opens_one_shot(aead, record) {
+        return open_one_shot(aead, ctx, epoch_seq_of(record), record, out);
+    }
     let fragment = record.fragment();
     let explicit_len = aead.explicit_nonce_len();
     let nonce = aead.nonce(iv, explicit_of(aead, record));
-    if opens_one_shot(aead, record) {
-        // OpenSSL's TLS one-shot AEAD, which works in place: on a copy of the fragment (the
-        // received datagram is not ours to change), the plaintext then moved to the front.
-        out.clear();
-        out.extend_from_slice(fragment);
-        let mut aad = tls_aad(epoch_seq_of(record), record.content_type(), fragment.len());
-        if aead
-            .open_fragment(ctx, &nonce, &mut aad, &mut out[..])
-            .is_err()
-        {
-            // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
-            out.clear();
-            evp::clear_error();
-            return Err(OpenError::Unauthenticated);
-        }
-        out.truncate(fragment.len() - aead.tag_len());
-        out.drain(..explicit_len);
-        return Ok(record.content_type());
-    }
     let (ct, tag) = fragment[explicit_len..].split_at(fragment.len() - aead.overhead());
     let cid = record.is_cid().then(|| record.cid());
-    let mut aad = [0u8; MAX_AAD];
-    let aad_len = additional_data(
-        &mut aad,
+    out.clear();
+    let opened = with_additional_data(
         epoch_seq_of(record),
         record.content_type(),
         cid,
         ct.len(),
+        |aad| aead.open_append(ctx, &nonce, aad, ct, tag, out),
     );
-    out.clear();
-    if aead
-        .open_append(ctx, &nonce, &aad[..aad_len], ct, tag, out)
-        .is_err()
-    {
+    if opened.is_err() {
         // A failed tag check is expected input, not an error to report.
         evp::clear_error();
         return Err(OpenError::Unauthenticated);
@@ -671,20 +797,21 @@ fn unprotect(
     inner.ok_or(OpenError::Malformed)
 }
 
-/// Runs `f` on a fresh context of `aead` keyed with `key` (and, for the one-shot path, with
-/// the fixed IV `iv`: [`Aead::one_shot_sticks`]); the handshake's transcoding only: rare, so it
-/// does not disturb the per-thread cache.
+/// Runs `f` on a fresh context of `aead` keyed with `key` and the fixed IV `iv` of the one-shot
+/// path ([`Aead::set_fixed_iv`]), with its explicit-nonce count (unknown); the handshake's
+/// transcoding only: rare, so it does not disturb the per-thread cache.
 fn fresh_ctx<R>(
     aead: Aead,
     key: &[u8; 32],
     iv: &[u8; 12],
     encrypt: bool,
-    f: impl FnOnce(&mut openssl::cipher_ctx::CipherCtxRef) -> Result<R, ErrorStack>,
+    f: impl FnOnce(
+        &mut openssl::cipher_ctx::CipherCtxRef,
+        &mut Option<[u8; 8]>,
+    ) -> Result<R, ErrorStack>,
 ) -> Result<R, ErrorStack> {
     let mut ctx = aead.new_ctx(encrypt)?;
     aead::init(&mut ctx, encrypt, None, Some(&key[..aead.key_len()]))?;
-    if aead.one_shot_sticks() {
-        aead.set_fixed_iv(&mut ctx, iv)?;
-    }
-    f(&mut ctx)
+    aead.set_fixed_iv(&mut ctx, iv, encrypt)?;
+    f(&mut ctx, &mut None)
 }

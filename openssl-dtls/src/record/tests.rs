@@ -207,8 +207,8 @@ fn a_pair_of_another_cipher_keeps_its_contexts_in_a_cache_full_of_one_cipher() {
 #[test]
 fn one_shot_and_generic_records_share_the_context_cache() {
     // Standard records with data take OpenSSL's TLS one-shot AEAD, CID and empty records the
-    // generic sequence; CCM's one-shot contexts never go back (`Aead::one_shot_sticks`). Mixed
-    // on one thread, with more directions than cache slots, every record still opens.
+    // generic sequence; one-shot contexts serve only one-shot records (`Aead::set_fixed_iv`).
+    // Mixed on one thread, with more directions than cache slots, every record still opens.
     let mut plain: Vec<_> = (0..CACHE_SLOTS).map(|i| pair(ALL[i % ALL.len()])).collect();
     let mut cid: Vec<_> = (0..CACHE_SLOTS)
         .map(|i| cid_pair(ALL[(i + 3) % ALL.len()], false))
@@ -268,6 +268,72 @@ fn explicit_nonces_continue_after_openssls_last_one() {
         }
         assert_eq!(a.next_write_seq(), 8);
     }
+}
+
+#[test]
+fn gcm_explicit_nonces_follow_the_sequence_across_hand_offs_and_re_keying() {
+    // A GCM sealer gives OpenSSL the whole nonce only when its context's count is not at the
+    // record's (`Protect::seal_one_shot`): the explicit nonce on the wire is still exactly the
+    // record's, whether the context counted on, was re-keyed, or the layer jumped ahead.
+    for aead in [Aead::Aes128Gcm, Aead::Aes256Gcm] {
+        let (mut a, mut b) = pair(aead);
+        let mut want = Vec::new();
+        let mut got = Vec::new();
+        for i in 0u64..12 {
+            match i {
+                4 => a.continue_explicit_nonce_after(999u64.to_be_bytes()),
+                // Evict this connection's contexts: the next record is sealed on a fresh key.
+                8 => cache::evict(a.id),
+                _ => {}
+            }
+            let expected = if i < 4 { (1 << 48) | i } else { 1000 + i - 4 };
+            want.push(expected.to_be_bytes());
+            let mut wire = Vec::new();
+            a.seal(None, ContentType::ApplicationData, &[i as u8; 5], &mut wire)
+                .unwrap();
+            got.push(<[u8; 8]>::try_from(&wire[13..21]).unwrap());
+            assert_eq!(open_one(&mut b, &wire).unwrap().1, [i as u8; 5], "{aead:?}");
+        }
+        assert_eq!(got, want, "{aead:?}");
+    }
+}
+
+#[test]
+fn a_gcm_count_out_of_step_discards_the_record() {
+    // If the count a context is believed to be at were wrong, OpenSSL would seal under its own
+    // count: the explicit nonce it wrote is checked and such a record never leaves.
+    let aead = Aead::Aes128Gcm;
+    let keys = keys::Keys::from_key_block(aead, &[9; 2 * 16 + 2 * 4], true);
+    let protect = |seq: u64| Protect {
+        epoch_seq: ((1 << 48) | seq).to_be_bytes(),
+        explicit: ((1 << 48) | seq).to_be_bytes(),
+        content_type: ContentType::ApplicationData,
+        cid: None,
+        padding: 0,
+        no_type: false,
+    };
+    let mut out = Vec::new();
+    fresh_ctx(aead, &keys.write_key, &keys.write_iv, true, |ctx, next| {
+        protect(0).seal(aead, ctx, &keys.write_iv, next, b"one", &mut out)?;
+        assert_eq!(*next, Some(((1 << 48) | 1u64).to_be_bytes()), "counts on");
+        let sealed = out.len();
+        // Claim the count is at record 5's nonce while OpenSSL's is at record 1's.
+        *next = Some(((1 << 48) | 5u64).to_be_bytes());
+        assert!(protect(5)
+            .seal(aead, ctx, &keys.write_iv, next, b"two", &mut out)
+            .is_err());
+        assert_eq!(out.len(), sealed, "nothing appended");
+        assert_eq!(*next, None, "the count is unknown again");
+        // With the count unknown, the whole nonce is given again and the record is record 5's.
+        protect(5).seal(aead, ctx, &keys.write_iv, next, b"two", &mut out)?;
+        assert_eq!(
+            out[sealed + 13..sealed + 21],
+            ((1 << 48) | 5u64).to_be_bytes()
+        );
+        Ok(())
+    })
+    .unwrap();
+    evp::clear_error();
 }
 
 #[test]
@@ -367,6 +433,40 @@ fn open_cid(
 }
 
 #[test]
+fn cid_records_with_long_peer_cids_round_trip() {
+    // Peers' CIDs may be up to 255 bytes, longer than the ones this library issues: their
+    // additional data takes the long stack buffer (`with_additional_data`).
+    for aead in ALL {
+        for cid_len in [crate::cid::MAX_CID_LEN, crate::cid::MAX_CID_LEN + 1, 255] {
+            let (client, server) = pair(aead);
+            let cid: Vec<u8> = (0..cid_len as u8).map(|b| b | 1).collect();
+            let mut client = CidLayer {
+                layer: client,
+                peer: cid.clone(),
+            };
+            let mut server = CidLayer {
+                layer: server,
+                peer: Vec::new(),
+            };
+            server.layer.set_read_cid(true);
+            let mut wire = Vec::new();
+            client
+                .seal(ContentType::ApplicationData, b"long cid", &mut wire)
+                .unwrap();
+            assert_eq!(&wire[11..11 + cid_len], &cid[..]);
+            let (t, plain) = open_cid(&mut server, &wire, cid_len).unwrap();
+            assert_eq!(
+                (t, &plain[..]),
+                (ContentType::ApplicationData, &b"long cid"[..])
+            );
+            let mut bad = wire.clone();
+            bad[11] ^= 0x40; // the CID is authenticated
+            assert!(open_cid(&mut server, &bad, cid_len).is_err(), "{aead:?}");
+        }
+    }
+}
+
+#[test]
 fn cid_records_round_trip_with_the_inner_type_and_detect_tampering() {
     for aead in ALL {
         for both in [false, true] {
@@ -460,9 +560,13 @@ fn cid_padding_is_stripped_and_an_all_zero_inner_plaintext_is_refused() {
                 no_type: content_type.is_none(),
             };
             let mut out = Vec::new();
-            fresh_ctx(aead, &writer.write_key, &writer.write_iv, true, |ctx| {
-                p.seal(aead, ctx, &writer.write_iv, content, &mut out)
-            })
+            fresh_ctx(
+                aead,
+                &writer.write_key,
+                &writer.write_iv,
+                true,
+                |ctx, next| p.seal(aead, ctx, &writer.write_iv, next, content, &mut out),
+            )
             .unwrap();
             out
         };
