@@ -8,6 +8,10 @@
 use super::{Aead, RecordLayer};
 use crate::wire::{ContentType, RecordHeader};
 
+/// Where [`RecordPair::open`] leaves the plaintext in its output buffer, as a session's receive
+/// queue holds it.
+pub const PLAINTEXT_AT: usize = super::PLAINTEXT_AT;
+
 /// A sealing and an opening `RecordLayer` sharing one key block: what one side seals, the
 /// other opens.
 pub struct RecordPair {
@@ -62,11 +66,12 @@ impl RecordPair {
             .is_ok()
     }
 
-    /// Opens the record at the start of `record` into `out`; `false` if it is refused.
+    /// Opens the record at the start of `record` into `out`, its plaintext at
+    /// `out[PLAINTEXT_AT..]` as a session queues it; `false` if it is refused.
     pub fn open(&mut self, record: &[u8], out: &mut Vec<u8>) -> bool {
         let Ok(header) = RecordHeader::new_checked_cid(record, self.cid.len()) else {
             return false;
         };
-        self.rx.open(&header, out).is_ok()
+        self.rx.open_at(&header, out).is_ok()
     }
 }

@@ -68,6 +68,12 @@ pub(crate) const MAX_SEQUENCE: u64 = (1 << 48) - 1;
 /// Largest plaintext of one record (RFC 6347 §4.1: 2^14).
 const MAX_PLAINTEXT: usize = 16_384;
 
+/// Where [`RecordLayer::open_at`] leaves a record's plaintext in its output buffer: after 8
+/// bytes, the place of the explicit nonce (AES-GCM, AES-CCM), so that the fragment is decrypted
+/// in place and nothing moves after. Buffers in a session's receive queue hold their datagram
+/// from here too, whichever layer opened it.
+pub(crate) const PLAINTEXT_AT: usize = 8;
+
 /// Why a received record was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OpenError {
@@ -257,14 +263,28 @@ impl RecordLayer {
         Ok(())
     }
 
+    /// [`open_at`](Self::open_at) with the plaintext moved to the start of `out`: for callers
+    /// that keep it alone (transcoding, tests); a session queues it where it was opened.
+    pub(crate) fn open(
+        &mut self,
+        record: &RecordHeader<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<ContentType, OpenError> {
+        let content_type = self.open_at(record, out)?;
+        out.drain(..PLAINTEXT_AT);
+        Ok(content_type)
+    }
+
     /// Authenticates and decrypts one record (`record` is its header and fragment) into `out`
-    /// (cleared first), enters its sequence number in the replay window and returns its content
-    /// type (for a `tls12_cid` record, the real one from its `DTLSInnerPlaintext`, padding
-    /// stripped). Nothing changes unless the record authenticates.
+    /// (cleared first), its plaintext at `out[PLAINTEXT_AT..]` ([`PLAINTEXT_AT`]: where the
+    /// explicit nonce was, so that opening in place moves nothing), enters its sequence number
+    /// in the replay window and returns its content type (for a `tls12_cid` record, the real one
+    /// from its `DTLSInnerPlaintext`, padding stripped). Nothing changes unless the record
+    /// authenticates.
     ///
     /// With Connection IDs in this direction, only `tls12_cid` records are accepted (whose CID
     /// the caller has matched); without, only standard ones.
-    pub(crate) fn open(
+    pub(crate) fn open_at(
         &mut self,
         record: &RecordHeader<'_>,
         out: &mut Vec<u8>,
@@ -377,7 +397,7 @@ impl RecordLayer {
                 no_type: false,
             };
             fresh_ctx(aead, key, iv, true, |ctx, next| {
-                p.seal(aead, ctx, iv, next, &plain, out)
+                p.seal(aead, ctx, iv, next, &plain[PLAINTEXT_AT..], out)
             })
             .map_err(|_| OpenError::Unauthenticated)
         });
@@ -719,7 +739,8 @@ fn explicit_of(aead: Aead, record: &RecordHeader<'_>) -> [u8; 8] {
 
 /// Authenticates and decrypts `record` (checked by [`RecordLayer::check`], opened one-shot:
 /// [`opens_one_shot`]; `epoch_seq`: its header's epoch and sequence number) through OpenSSL's TLS
-/// one-shot AEAD with `ctx` (keyed for decryption) into `out`, and returns its content type.
+/// one-shot AEAD with `ctx` (keyed for decryption) into `out` (the plaintext at
+/// [`PLAINTEXT_AT`]), and returns its content type.
 #[inline(always)]
 fn open_one_shot(
     aead: Aead,
@@ -729,29 +750,30 @@ fn open_one_shot(
     out: &mut Vec<u8>,
 ) -> Result<ContentType, OpenError> {
     let fragment = record.fragment();
-    let explicit_len = aead.explicit_nonce_len();
     // OpenSSL's one-shot AEAD works in place: on a copy of the fragment (the received datagram
-    // is not ours to change), the plaintext then moved to the front.
+    // is not ours to change) placed so that its data lands at `PLAINTEXT_AT`: an explicit nonce
+    // fills the room before it, else the room is left as is.
+    let room = PLAINTEXT_AT - aead.explicit_nonce_len();
     out.clear();
+    // A constant-size append (inline stores, no library call), cut to size after.
+    out.extend_from_slice(&[0; PLAINTEXT_AT]);
+    out.truncate(room);
     out.extend_from_slice(fragment);
     let mut aad = tls_aad(epoch_seq, record.content_type(), fragment.len());
-    if aead.open_fragment(ctx, &mut aad, &mut out[..]).is_err() {
+    if aead.open_fragment(ctx, &mut aad, &mut out[room..]).is_err() {
         // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
         out.clear();
         evp::clear_error();
         return Err(OpenError::Unauthenticated);
     }
-    let data_len = fragment.len() - aead.overhead();
-    if explicit_len > 0 {
-        out.copy_within(explicit_len..explicit_len + data_len, 0);
-    }
-    out.truncate(data_len);
+    out.truncate(PLAINTEXT_AT + fragment.len() - aead.overhead());
     Ok(record.content_type())
 }
 
 /// Authenticates and decrypts `record` (checked by [`RecordLayer::check`]) with `ctx` (keyed for
-/// decryption) into `out`; returns its content type, for a `tls12_cid` record the inner one
-/// after stripping the zero padding (RFC 9146 §4: a record with no non-zero byte is an error).
+/// decryption) into `out` (the plaintext at [`PLAINTEXT_AT`]); returns its content type, for a
+/// `tls12_cid` record the inner one after stripping the zero padding (RFC 9146 §4: a record with
+/// no non-zero byte is an error).
 fn unprotect(
     aead: Aead,
     ctx: &mut openssl::cipher_ctx::CipherCtxRef,
@@ -768,6 +790,7 @@ fn unprotect(
     let (ct, tag) = fragment[explicit_len..].split_at(fragment.len() - aead.overhead());
     let cid = record.is_cid().then(|| record.cid());
     out.clear();
+    out.resize(PLAINTEXT_AT, 0);
     let opened = with_additional_data(
         epoch_seq_of(record),
         record.content_type(),
@@ -784,13 +807,14 @@ fn unprotect(
         return Ok(record.content_type());
     }
     // DTLSInnerPlaintext: content ‖ real type ‖ zeros.
-    let Some(last) = out.iter().rposition(|&b| b != 0) else {
+    let Some(last) = out[PLAINTEXT_AT..].iter().rposition(|&b| b != 0) else {
         out.clear();
         return Err(OpenError::Malformed);
     };
+    let last = PLAINTEXT_AT + last;
     let inner = ContentType::from_u8(out[last]).filter(|&t| t != ContentType::Tls12Cid);
     out.truncate(last);
-    if out.len() > MAX_PLAINTEXT {
+    if out.len() - PLAINTEXT_AT > MAX_PLAINTEXT {
         out.clear();
         return Err(OpenError::Malformed);
     }

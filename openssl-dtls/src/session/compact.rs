@@ -183,7 +183,7 @@ impl Session {
             return;
         }
         let mut plain = record::take_buffer();
-        let opened = compact.layer.open(record, &mut plain);
+        let opened = compact.layer.open_at(record, &mut plain);
         if let Err(e) = opened {
             record::give_buffer(plain);
             self.count_open_error(e, record);
@@ -197,7 +197,8 @@ impl Session {
     /// anything else dropped and counted.
     fn on_handshake_plaintext(&mut self, plain: Vec<u8>) {
         // The DTLS handshake header is 12 bytes: a shorter record holds no whole message header.
-        let msg_type = (plain.len() >= crate::wire::HANDSHAKE_HEADER_LEN).then(|| plain[0]);
+        let message = &plain[record::PLAINTEXT_AT..];
+        let msg_type = (message.len() >= crate::wire::HANDSHAKE_HEADER_LEN).then(|| message[0]);
         record::give_buffer(plain);
         if self.engine.compact().is_none() {
             return;
@@ -224,11 +225,11 @@ impl Session {
             return;
         };
         let (mut plain, mut standard) = (record::take_buffer(), record::take_buffer());
-        match compact.layer.open(record, &mut plain) {
+        match compact.layer.open_at(record, &mut plain) {
             Ok(ContentType::Handshake) => {
                 if compact
                     .layer
-                    .reseal_inbound(record, &plain, &mut standard)
+                    .reseal_inbound(record, &plain[record::PLAINTEXT_AT..], &mut standard)
                     .is_ok()
                 {
                     if let Ok(sub) = crate::wire::parse(&standard) {
@@ -272,7 +273,7 @@ impl Session {
             return;
         };
         let mut plain = record::take_buffer();
-        let opened = compact.layer.open(record, &mut plain);
+        let opened = compact.layer.open_at(record, &mut plain);
         let content_type = match opened {
             Ok(t) => {
                 self.authenticated = self.authenticated.wrapping_add(1);
@@ -287,8 +288,9 @@ impl Session {
         self.on_plaintext(content_type, plain);
     }
 
-    /// Acts on an authenticated record's plaintext (`plain` goes back to the pool or to the
-    /// receive queue).
+    /// Acts on an authenticated record's plaintext (`plain`, opened by
+    /// [`RecordLayer::open_at`]: the plaintext from [`record::PLAINTEXT_AT`]; it goes back to
+    /// the pool or to the receive queue).
     fn on_plaintext(&mut self, content_type: ContentType, plain: Vec<u8>) {
         match content_type {
             ContentType::ApplicationData => {
@@ -300,10 +302,10 @@ impl Session {
                 self.push_received_buffer(plain)
             }
             ContentType::Alert => {
-                let alert = (plain.len() == 2).then(|| Alert {
-                    level: plain[0],
-                    description: plain[1],
-                });
+                let alert = match plain[record::PLAINTEXT_AT..] {
+                    [level, description] => Some(Alert { level, description }),
+                    _ => None,
+                };
                 record::give_buffer(plain);
                 if alert.is_none() {
                     // An authenticated alert that is not two bytes long: RFC 5246 §7.2 makes
@@ -395,9 +397,10 @@ impl Session {
         }
     }
 
-    /// Queues a received plaintext buffer (compact mode), within the receive limits.
+    /// Queues a received plaintext buffer (compact mode; its datagram from
+    /// [`record::PLAINTEXT_AT`], where it was opened), within the receive limits.
     pub(super) fn push_received_buffer(&mut self, data: Vec<u8>) {
-        if data.is_empty() {
+        if data.len() <= record::PLAINTEXT_AT {
             record::give_buffer(data);
             return;
         }

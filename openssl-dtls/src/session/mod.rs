@@ -114,7 +114,9 @@ pub struct Session {
     /// Shared with every session of an equal configuration (see [`shared_config`]).
     config: std::sync::Arc<SessionConfig>,
     started: Instant,
-    /// Received application datagrams; pooled storage, none while empty (see `record::Queue`).
+    /// Received application datagrams, each from [`record::PLAINTEXT_AT`] in its buffer (where
+    /// the compact layer opened it: nothing moves); pooled storage, none while empty (see
+    /// `record::Queue`).
     received: record::Queue,
     /// Bytes the receive queue holds (by capacity); 32 bits: the byte limit counts as at most
     /// `u32::MAX` (see [`received_fits`](Self::received_fits)).
@@ -676,8 +678,10 @@ impl Session {
             // Queued bytes are counted by capacity: what the queue holds in memory (see
             // `push_received` and `push_received_buffer`).
             self.received_bytes -= datagram.capacity() as u32; // counted in, so it fits
-            let n = datagram.len().min(buf.len());
-            buf[..n].copy_from_slice(&datagram[..n]);
+                                                               // The datagram starts at `PLAINTEXT_AT`, where its record was opened.
+            let data = datagram.get(record::PLAINTEXT_AT..).unwrap_or_default();
+            let n = data.len().min(buf.len());
+            buf[..n].copy_from_slice(&data[..n]);
             // Back to the pool the next received datagram comes from: a steady flow allocates
             // nothing, and an idle session holds no buffer.
             record::give_buffer(datagram);

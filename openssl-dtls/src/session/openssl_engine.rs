@@ -421,7 +421,9 @@ impl Session {
         if data.is_empty() {
             return;
         }
+        // Queued as the compact layer queues what it opens: from `PLAINTEXT_AT`.
         let mut buf = record::take_buffer();
+        buf.extend_from_slice(&[0; record::PLAINTEXT_AT]);
         buf.extend_from_slice(data);
         // Counted by capacity, what the queue holds in memory (a pooled buffer may be larger
         // than its record).
