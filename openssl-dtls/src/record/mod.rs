@@ -289,17 +289,18 @@ impl RecordLayer {
         record: &RecordHeader<'_>,
         out: &mut Vec<u8>,
     ) -> Result<ContentType, OpenError> {
-        if record.is_cid() != self.read_cid {
+        let cid = record.is_cid();
+        if cid != self.read_cid {
             return Err(OpenError::Malformed);
         }
         // The epoch and sequence number as one 8-byte load (header bytes 3 to 10).
         let epoch_seq = epoch_seq_of(record);
         let seq = u64::from_be_bytes(epoch_seq) & MAX_SEQUENCE;
-        self.check(record)?;
+        let data_len = self.check(record)?;
         self.window.check(seq)?;
         let aead = self.aead;
         let keys = (&self.keys.read_key, &self.keys.read_iv);
-        let one_shot = opens_one_shot(aead, record);
+        let one_shot = aead.takes_one_shot(cid, true, data_len);
         let opened = cache::with_ctx(
             self.id | 1,
             aead,
@@ -309,7 +310,7 @@ impl RecordLayer {
             one_shot,
             |ctx, _| {
                 Ok(if one_shot {
-                    open_one_shot(aead, ctx, epoch_seq, record, out)
+                    open_one_shot(aead, ctx, epoch_seq, record, data_len, out)
                 } else {
                     unprotect(aead, ctx, keys.1, record, out)
                 })
@@ -328,9 +329,10 @@ impl RecordLayer {
         Ok(content_type)
     }
 
-    /// The framing checks every received record passes before its tag is checked.
+    /// The framing checks every received record passes before its tag is checked; returns the
+    /// length of its data (the fragment less explicit nonce and tag).
     #[inline]
-    fn check(&self, record: &RecordHeader<'_>) -> Result<(), OpenError> {
+    fn check(&self, record: &RecordHeader<'_>) -> Result<usize, OpenError> {
         let header = record.header_bytes();
         if header[1..3] != DTLS1_2 || record.epoch() != self.epoch {
             return Err(OpenError::Malformed);
@@ -344,7 +346,7 @@ impl RecordLayer {
         if fragment.len() < min || fragment.len() - overhead > max {
             return Err(OpenError::Malformed);
         }
-        Ok(())
+        Ok(fragment.len() - overhead)
     }
 
     /// Whether the peer sends `tls12_cid` records to us (this side asked for a non-empty
@@ -702,10 +704,9 @@ fn tls_aad(epoch_seq: [u8; 8], content_type: ContentType, len: usize) -> [u8; 13
     aad
 }
 
-/// Whether `record` (checked by [`RecordLayer::check`]) is opened through OpenSSL's TLS one-shot
-/// AEAD ([`Aead::takes_one_shot`]).
-fn opens_one_shot(aead: Aead, record: &RecordHeader<'_>) -> bool {
-    let data_len = record.fragment().len().saturating_sub(aead.overhead());
+/// Whether `record` (checked by [`RecordLayer::check`], `data_len` bytes of data) is opened
+/// through OpenSSL's TLS one-shot AEAD ([`Aead::takes_one_shot`]).
+fn opens_one_shot(aead: Aead, record: &RecordHeader<'_>, data_len: usize) -> bool {
     aead.takes_one_shot(record.is_cid(), true, data_len)
 }
 
@@ -737,8 +738,9 @@ fn explicit_of(aead: Aead, record: &RecordHeader<'_>) -> [u8; 8] {
     }
 }
 
-/// Authenticates and decrypts `record` (checked by [`RecordLayer::check`], opened one-shot:
-/// [`opens_one_shot`]; `epoch_seq`: its header's epoch and sequence number) through OpenSSL's TLS
+/// Authenticates and decrypts `record` (checked by [`RecordLayer::check`]: `data_len` bytes of
+/// data; opened one-shot: [`opens_one_shot`]; `epoch_seq`: its header's epoch and sequence
+/// number) through OpenSSL's TLS
 /// one-shot AEAD with `ctx` (keyed for decryption) into `out` (the plaintext at
 /// [`PLAINTEXT_AT`]), and returns its content type.
 #[inline(always)]
@@ -747,17 +749,20 @@ fn open_one_shot(
     ctx: &mut openssl::cipher_ctx::CipherCtxRef,
     epoch_seq: [u8; 8],
     record: &RecordHeader<'_>,
+    data_len: usize,
     out: &mut Vec<u8>,
 ) -> Result<ContentType, OpenError> {
     let fragment = record.fragment();
     // OpenSSL's one-shot AEAD works in place: on a copy of the fragment (the received datagram
     // is not ours to change) placed so that its data lands at `PLAINTEXT_AT`: an explicit nonce
-    // fills the room before it, else the room is left as is.
-    let room = PLAINTEXT_AT - aead.explicit_nonce_len();
+    // (8 bytes) fills the room before it, else the room is left as is.
     out.clear();
-    // A constant-size append (inline stores, no library call), cut to size after.
-    out.extend_from_slice(&[0; PLAINTEXT_AT]);
-    out.truncate(room);
+    let room = if aead.explicit_nonce_len() == 0 {
+        out.extend_from_slice(&[0; PLAINTEXT_AT]);
+        PLAINTEXT_AT
+    } else {
+        0
+    };
     out.extend_from_slice(fragment);
     let mut aad = tls_aad(epoch_seq, record.content_type(), fragment.len());
     if aead.open_fragment(ctx, &mut aad, &mut out[room..]).is_err() {
@@ -766,7 +771,7 @@ fn open_one_shot(
         evp::clear_error();
         return Err(OpenError::Unauthenticated);
     }
-    out.truncate(PLAINTEXT_AT + fragment.len() - aead.overhead());
+    out.truncate(PLAINTEXT_AT + data_len);
     Ok(record.content_type())
 }
 
@@ -781,8 +786,9 @@ fn unprotect(
     record: &RecordHeader<'_>,
     out: &mut Vec<u8>,
 ) -> Result<ContentType, OpenError> {
-    if opens_one_shot(aead, record) {
-        return open_one_shot(aead, ctx, epoch_seq_of(record), record, out);
+    let data_len = record.fragment().len() - aead.overhead();
+    if opens_one_shot(aead, record, data_len) {
+        return open_one_shot(aead, ctx, epoch_seq_of(record), record, data_len, out);
     }
     let fragment = record.fragment();
     let explicit_len = aead.explicit_nonce_len();
