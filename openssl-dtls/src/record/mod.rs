@@ -251,7 +251,14 @@ impl RecordLayer {
             keys.1,
             true,
             one_shot,
-            |ctx, next| record.seal(aead, ctx, keys.1, next, plaintext, out),
+            // The path decided once (`Protect::seal` would decide it again).
+            |ctx, next| {
+                if one_shot {
+                    record.seal_one_shot(aead, ctx, keys.1, next, plaintext, out)
+                } else {
+                    record.seal_generic(aead, ctx, keys.1, plaintext, out)
+                }
+            },
         );
         if sealed.is_none() {
             return Err(SealError::Cipher);
