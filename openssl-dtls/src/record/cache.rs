@@ -30,6 +30,8 @@ pub(super) fn new_identity() -> u64 {
 
 /// Keyed cipher contexts kept per thread.
 pub(super) const CACHE_SLOTS: usize = 16;
+// A slot's index fits the `u8` hint a record layer keeps (see `with_ctx`).
+const _: () = assert!(CACHE_SLOTS <= 256);
 
 /// One cached context.
 struct Slot {
@@ -72,11 +74,14 @@ thread_local! {
 /// `next_explicit` (see [`Slot`]) to read and update. `None` if keying or `f` failed (what
 /// OpenSSL queued is taken off its error queue and dropped: callers report their own errors).
 ///
-/// A hit is a scan of at most [`CACHE_SLOTS`] identities; keying on a miss is out of line
+/// A hit is one comparison at `hint`, where `owner`'s context was last found (updated here),
+/// else a scan of at most [`CACHE_SLOTS`] identities; keying on a miss is out of line
 /// ([`Cache::key`]).
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn with_ctx<R>(
     owner: u64,
+    hint: &mut u8,
     aead: Aead,
     key: &[u8; 32],
     iv: &[u8; 12],
@@ -90,14 +95,17 @@ pub(super) fn with_ctx<R>(
             let mut cache = cache.borrow_mut();
             cache.tick += 1;
             let tick = cache.tick;
-            let index = match cache
-                .slots
-                .iter()
-                .position(|s| s.owner == owner && s.one_shot == one_shot)
-            {
+            let ours = |s: &Slot| s.owner == owner && s.one_shot == one_shot;
+            let at_hint = usize::from(*hint);
+            let found = match cache.slots.get(at_hint) {
+                Some(s) if ours(s) => Some(at_hint),
+                _ => cache.slots.iter().position(ours),
+            };
+            let index = match found {
                 Some(i) => i,
                 None => cache.key(owner, aead, key, iv, encrypt, one_shot).ok()?,
             };
+            *hint = index as u8; // < CACHE_SLOTS
             let slot = &mut cache.slots[index];
             slot.used = tick;
             let r = f(&mut slot.ctx, &mut slot.next_explicit).ok();

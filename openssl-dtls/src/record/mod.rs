@@ -115,6 +115,10 @@ pub(crate) struct RecordLayer {
     /// CID, which the records this side seals carry, is the caller's (an argument of
     /// [`seal`](Self::seal)): an idle connection without CIDs pays nothing for it.
     read_cid: bool,
+    /// Where this layer's sealing and opening contexts were last found in this thread's cache
+    /// (a hint only, checked on use: see [`cache::with_ctx`]). In the struct's padding: an idle
+    /// connection pays nothing for it.
+    slot_hints: [u8; 2],
 }
 
 impl std::fmt::Debug for RecordLayer {
@@ -175,6 +179,7 @@ impl RecordLayer {
             explicit_next: None,
             window: ReplayWindow::default(),
             read_cid: false,
+            slot_hints: [0; 2],
         }
     }
 
@@ -246,6 +251,7 @@ impl RecordLayer {
         let one_shot = record.one_shot(aead, plaintext.len());
         let sealed = cache::with_ctx(
             self.id,
+            &mut self.slot_hints[0],
             aead,
             keys.0,
             keys.1,
@@ -310,6 +316,7 @@ impl RecordLayer {
         let one_shot = aead.takes_one_shot(cid, true, data_len);
         let opened = cache::with_ctx(
             self.id | 1,
+            &mut self.slot_hints[1],
             aead,
             keys.0,
             keys.1,
