@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use openssl::nid::Nid;
 use openssl_dtls::context::TicketKeys;
-use openssl_dtls::{DtlsClient, DtlsClientContext, DtlsServer, DtlsServerContext};
+use openssl_dtls::{
+    DtlsClient, DtlsClientContext, DtlsServer, DtlsServerContext, Endpoint, EndpointConfig, Event,
+};
 
 use peer::{require, spawn_server, Peer, TempDir};
 use support::Pki;
@@ -468,4 +470,114 @@ fn our_client_resumes_with_openssl_s_server() {
     }
     assert_eq!(resumed, vec![false, true, true], "{}", peer.transcript());
     peer.expect_success(STEP);
+}
+
+/// Runs every handshake job `s` has out, inline, and gives it back.
+fn run_jobs(s: &mut Endpoint, now: std::time::Instant) {
+    while let Some(mut job) = s.poll_handshake_job() {
+        job.run(now);
+        s.finish_handshake_job(now, job).unwrap();
+    }
+}
+
+/// Moves datagrams between the server endpoint `s` (jobs run inline) and the client endpoint
+/// `c` at `at` until both are quiet.
+fn pump_endpoints(s: &mut Endpoint, c: &mut Endpoint, at: SocketAddr, now: std::time::Instant) {
+    let server: SocketAddr = "10.0.0.1:5684".parse().unwrap();
+    let mut buf = vec![0u8; 65_536];
+    for _ in 0..50 {
+        run_jobs(s, now);
+        let mut moved = false;
+        while let Some((_, n)) = c.poll_transmit(&mut buf) {
+            s.handle_datagram(now, at, &buf[..n]);
+            moved = true;
+        }
+        while let Some((_, n)) = s.poll_transmit(&mut buf) {
+            c.handle_datagram(now, server, &buf[..n]);
+            moved = true;
+        }
+        if !moved && s.handshakes_out() == 0 {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_resumed_handshake_that_completes_and_ends_in_one_step_is_still_reported_connected() {
+    // As with a handshake worker that sends its flight at once: the client's Finished and its
+    // close_notify reach the server while the handshake is out, and are read in one step. The
+    // server must still report the connection (with its facts) before it reports its end.
+    let c = certs();
+    let now = std::time::Instant::now();
+    let server: SocketAddr = "10.0.0.1:5684".parse().unwrap();
+    let sctx = server_builder(&c)
+        .session_cache(16, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let cctx = client_ctx(&c, false);
+    let mut s = Endpoint::server(sctx, EndpointConfig::default()).unwrap();
+    s.set_handshake_offload(true);
+    let mut buf = vec![0u8; 65_536];
+
+    // A full handshake first: the client keeps its session.
+    let first: SocketAddr = "192.0.2.7:40001".parse().unwrap();
+    let mut c1 = Endpoint::client(EndpointConfig::default()).unwrap();
+    c1.connect(now, server, &cctx, Some(NAME)).unwrap();
+    pump_endpoints(&mut s, &mut c1, first, now);
+    assert_eq!(cctx.stored_sessions(), 1);
+    std::iter::from_fn(|| s.poll_event()).for_each(drop);
+
+    // The resumption, from another port; the server's first step is out as a job.
+    let at: SocketAddr = "192.0.2.7:40002".parse().unwrap();
+    let mut c2 = Endpoint::client(EndpointConfig::default()).unwrap();
+    let id2 = c2.connect(now, server, &cctx, Some(NAME)).unwrap();
+    for _ in 0..2 {
+        // ClientHello, then the ClientHello with the cookie.
+        while let Some((_, n)) = c2.poll_transmit(&mut buf) {
+            s.handle_datagram(now, at, &buf[..n]);
+        }
+        while let Some((_, n)) = s.poll_transmit(&mut buf) {
+            c2.handle_datagram(now, server, &buf[..n]);
+        }
+    }
+    let mut job = s.poll_handshake_job().expect("the first step, out");
+    job.run(now);
+    // The runner sends the flight (ServerHello, ChangeCipherSpec, Finished) itself...
+    while let Some(n) = job.poll_transmit(&mut buf) {
+        c2.handle_datagram(now, server, &buf[..n]);
+    }
+    assert!(
+        std::iter::from_fn(|| c2.poll_event()).any(|e| matches!(e, Event::Connected { .. })),
+        "the client resumed"
+    );
+    // ... and the client's Finished and close_notify arrive before the job is back.
+    c2.close(server, id2);
+    let mut sent = 0;
+    while let Some((_, n)) = c2.poll_transmit(&mut buf) {
+        s.handle_datagram(now, at, &buf[..n]);
+        sent += 1;
+    }
+    assert!(sent >= 2, "Finished and close_notify: {sent} datagrams");
+    s.finish_handshake_job(now, job).unwrap();
+    run_jobs(&mut s, now);
+
+    let mut connected = None;
+    let mut order = Vec::new();
+    while let Some(e) = s.poll_event() {
+        match e {
+            Event::Connected { peer, id } if peer == at => {
+                // Whoever takes the event finds the connection's session and its facts.
+                let facts = s
+                    .session(peer, id)
+                    .and_then(|session| session.handshake_facts())
+                    .expect("the session of a connection that already ended");
+                connected = Some(facts.resumed);
+                order.push("connected");
+            }
+            Event::Closed { peer, .. } if peer == at => order.push("closed"),
+            _ => {}
+        }
+    }
+    assert_eq!(connected, Some(true), "reported connected, resumed");
+    assert_eq!(order, ["connected", "closed"]);
 }
