@@ -276,6 +276,8 @@ fn run(shared: &BlockingShared) {
             let reports = BlockingShared::take_reports(&mut core);
             match core.rtc.parked(Instant::now()) {
                 Some(until) => (true, until, reports),
+                // Handshake datagrams waiting behind established records: a turn at once.
+                None if !core.deferred.is_empty() => (false, Some(Instant::now()), reports),
                 None => (false, core.endpoint.poll_timeout(), reports),
             }
         };

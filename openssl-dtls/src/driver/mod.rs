@@ -16,12 +16,14 @@
 //! | [`blocking`] | the blocking driver: the waiting thread drives the socket (run to completion), a driver thread for when none waits, `Condvar` waits |
 //! | [`rtc`] | the blocking driver's run-to-completion wait: the poller role, reading ahead, the backpressure pause |
 //! | [`workers`] | the handshake workers: server handshake steps run outside the lock |
+//! | [`deferred`] | handshake datagrams put behind the established records read with them |
 //!
 //! A driver plugs in through [`Io`]: how it is woken, how it receives and sends, and the
 //! [`Signal`] its waiters sleep on (`Condvar` for threads, `tokio::sync::Notify` for tasks).
 
 pub(crate) mod batch;
 pub(crate) mod blocking;
+pub(crate) mod deferred;
 pub(crate) mod failures;
 pub(crate) mod handle;
 pub(crate) mod moves;

@@ -418,10 +418,12 @@ impl<'a> Wait<'_, 'a> {
         if !self.streaming {
             let deadline = self.deadline;
             let core = self.core();
-            let wake_at = match (deadline, core.endpoint.poll_timeout()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // Handshake datagrams waiting behind established records: no sleep.
+            let due = (!core.deferred.is_empty()).then(Instant::now);
+            let wake_at = [deadline, core.endpoint.poll_timeout(), due]
+                .into_iter()
+                .flatten()
+                .min();
             drop(self.core.take());
             let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
             let waited = os::wait_readable([io.socket.as_fd(), kick.rx.as_fd()], timeout);
@@ -492,8 +494,14 @@ impl<'a> Wait<'_, 'a> {
         }
         // Waiting for a connection's record, handshake work and timers run in bounded
         // chunks between reads of the socket (`TURN_BUDGET`); `accept` and `connect` do all.
-        let left = if own.is_some() {
-            shared.after_receive_budget(core)
+        let left = if let Some((peer, id)) = own {
+            // Other peers' work in small chunks between reads of the socket while our record
+            // is not in; none once it is (it waits for our next wait, or the driver thread).
+            let own_in = core
+                .endpoint
+                .session(peer, id)
+                .is_none_or(|s| s.has_received());
+            shared.after_receive_budget(core, own_in)
         } else {
             shared.after_receive(core);
             false

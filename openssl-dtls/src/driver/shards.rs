@@ -308,6 +308,7 @@ impl std::ops::AddAssign<&EndpointStats> for EndpointStats {
             socket_rx_dropped,
             socket_send_errors,
             socket_send_full,
+            handshake_datagrams_deferred,
         } = other;
         self.connections += connections;
         self.handshakes += handshakes;
@@ -360,6 +361,7 @@ impl std::ops::AddAssign<&EndpointStats> for EndpointStats {
         self.socket_rx_dropped += socket_rx_dropped;
         self.socket_send_errors += socket_send_errors;
         self.socket_send_full += socket_send_full;
+        self.handshake_datagrams_deferred += handshake_datagrams_deferred;
     }
 }
 

@@ -21,6 +21,7 @@ use super::batch;
 /// reads of the socket; the driver thread, when it runs, handles all.
 pub(crate) const TURN_BUDGET: usize = 4;
 use super::blocking::Rtc;
+use super::deferred::Deferred;
 use super::failures::PendingFailures;
 use super::handle::Facts;
 use super::moves::{AddressChange, PendingMoves};
@@ -74,6 +75,8 @@ pub(crate) struct Core<D: Io> {
     /// Which thread drives the socket (the blocking driver's run-to-completion state; unused
     /// by the tokio driver).
     pub rtc: Rtc,
+    /// Handshake datagrams waiting behind established traffic.
+    pub deferred: Deferred,
 }
 
 impl<D: Io> fmt::Debug for Core<D> {
@@ -189,6 +192,7 @@ impl<D: Io> Shared<D> {
                 failures: PendingFailures::default(),
                 moves: PendingMoves::default(),
                 rtc: Rtc::default(),
+                deferred: Deferred::default(),
             }),
             accept: D::Signal::default(),
             io,
@@ -329,28 +333,33 @@ impl<D: Io> Shared<D> {
         self.batch
     }
 
-    /// What follows a receive batch, under the lock: the timers that are due, the handshake
+    /// What follows a receive batch, under the lock: the handshake datagrams the batch put
+    /// behind its established records ([`Deferred`]), the timers that are due, the handshake
     /// workers' exchange (after the batch's records: handshakes the workers finished come
     /// back, and the ones checked out in this turn go to them), then events and output.
     pub fn after_receive(&self, core: &mut Core<D>) {
-        core.endpoint.handle_timeout(Instant::now());
+        let now = Instant::now();
+        while core.deferred.handle_next(&mut core.endpoint, now) {}
+        core.endpoint.handle_timeout(now);
         self.workers.exchange(&mut core.endpoint);
         self.settle(core);
     }
 
-    /// [`after_receive`](Self::after_receive) for a thread that has its own record and must get
-    /// back to its application: at most [`TURN_BUDGET`] timers and as many finished handshake
-    /// jobs; what is left stays due for the next turn (its own next wait, which then does not
-    /// sleep, or the driver thread's). Returns whether anything was left.
-    pub fn after_receive_budget(&self, core: &mut Core<D>) -> bool {
-        let timers_left = core
-            .endpoint
-            .handle_timeout_budget(Instant::now(), TURN_BUDGET);
-        let jobs_left = self
-            .workers
-            .exchange_budget(&mut core.endpoint, TURN_BUDGET);
+    /// [`after_receive`](Self::after_receive) for a thread that waits for its own record:
+    /// while its record is not in, one handshake datagram put behind established records
+    /// ([`Deferred`]), at most [`TURN_BUDGET`] timers and as many finished handshake jobs
+    /// between reads of the socket; once it is in (`own_in`), none of them: the thread takes
+    /// its record back to its application at once, and what is left waits for its next wait
+    /// (which then does not sleep) or the driver thread. Events and output always. Returns
+    /// whether anything was left.
+    pub fn after_receive_budget(&self, core: &mut Core<D>, own_in: bool) -> bool {
+        let (deferred, budget) = if own_in { (0, 0) } else { (1, TURN_BUDGET) };
+        let now = Instant::now();
+        let deferred_left = core.deferred.handle_some(&mut core.endpoint, now, deferred);
+        let timers_left = core.endpoint.handle_timeout_budget(now, budget);
+        let jobs_left = self.workers.exchange_budget(&mut core.endpoint, budget);
         self.settle(core);
-        timers_left || jobs_left
+        deferred_left || timers_left || jobs_left
     }
 
     /// Takes the failed handshakes and address changes waiting for their hooks, to
@@ -377,7 +386,12 @@ impl<D: Io> Shared<D> {
     /// socket had no more (a short batch, or `WouldBlock`; an edge-triggered driver reads until
     /// `WouldBlock`).
     pub fn receive(&self, core: &mut Core<D>, max: usize) -> Received {
-        let Core { endpoint, out, .. } = core;
+        let Core {
+            endpoint,
+            out,
+            deferred,
+            ..
+        } = core;
         let mut left = max;
         let mut got = Received::default();
         while left > 0 {
@@ -398,7 +412,7 @@ impl<D: Io> Shared<D> {
                             handled += 1;
                         }
                         for datagram in batch::split(data, control.gro_segment) {
-                            endpoint.handle_datagram(now, peer, datagram);
+                            deferred.handle_or_defer(endpoint, now, peer, datagram);
                             handled += 1;
                         }
                     }
@@ -434,6 +448,7 @@ impl<D: Io> Shared<D> {
         let core = self.lock();
         let mut stats = core.endpoint.stats();
         core.out.counters.add_to(&mut stats);
+        stats.handshake_datagrams_deferred += core.deferred.count;
         // The kernel's count read now (`SO_MEMINFO`), where the driver can: exact at once,
         // where `SO_RXQ_OVFL` arrives only with the next datagram.
         if let Some(now) = self.io.socket_drops() {

@@ -308,6 +308,43 @@ impl Endpoint {
         self.route_datagram(now, peer, datagram);
     }
 
+    /// Whether `datagram` from `peer` would start or advance a handshake (a `ClientHello`, or a
+    /// record for a handshake under way at that address) rather than serve an established
+    /// connection. Expensive handshake work must not delay established traffic: a driver may
+    /// handle such datagrams after the records of established connections it read with them
+    /// (the blocking and tokio drivers do, see
+    /// [`EndpointStats::handshake_datagrams_deferred`](crate::EndpointStats::handshake_datagrams_deferred)).
+    /// Everything else (records of established connections, `tls12_cid` records, garbage that is
+    /// dropped at once) is `false`. Cheap: one parse of the record headers and one table lookup;
+    /// nothing changes and nothing is counted.
+    ///
+    /// ```
+    /// # use openssl_dtls::{Endpoint, EndpointConfig};
+    /// # fn demo(endpoint: &Endpoint, peer: std::net::SocketAddr, datagrams: &[Vec<u8>]) {
+    /// // Established connections first, handshakes after.
+    /// let (handshakes, records): (Vec<_>, Vec<_>) = datagrams
+    ///     .iter()
+    ///     .partition(|d| endpoint.is_handshake_datagram(peer, d));
+    /// # let _ = (handshakes, records);
+    /// # }
+    /// ```
+    pub fn is_handshake_datagram(&self, peer: SocketAddr, datagram: &[u8]) -> bool {
+        let Ok(parsed) = wire::parse_cid(datagram, self.cid_len) else {
+            return false;
+        };
+        let Route::Address(addr) = Route::of(peer, &parsed) else {
+            return false;
+        };
+        if matches!(parsed.kind(), Datagram::ClientHello(_))
+            || self.offload.away.contains_key(&addr)
+        {
+            return true;
+        }
+        self.peers
+            .get(&addr)
+            .is_some_and(|p| p.session.is_handshaking())
+    }
+
     /// [`handle_datagram`](Self::handle_datagram) after the counters: also for the datagrams a
     /// checked-out handshake found waiting when it came back.
     fn route_datagram(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {

@@ -161,6 +161,11 @@ pub struct EndpointStats {
     /// driver first queues them, and drops only past its backlog's limit). Kept by the
     /// drivers, as `socket_rx_dropped`.
     pub socket_send_full: u64,
+    /// Handshake datagrams (see [`Endpoint::is_handshake_datagram`](super::Endpoint::is_handshake_datagram))
+    /// that the driver put behind the established connections' records read with them, and
+    /// handled after those. Kept by the blocking and tokio drivers; always 0 from
+    /// [`Endpoint::stats`](super::Endpoint::stats). Not a loss: every one is handled.
+    pub handshake_datagrams_deferred: u64,
 }
 
 impl EndpointStats {
@@ -201,7 +206,7 @@ impl EndpointStats {
                 .iter()
                 .map(|r| (format!("dropped_{}", r.as_str()), self.dropped(*r))),
         );
-        let named: [(&str, u64); 43] = [
+        let named: [(&str, u64); 44] = [
             ("dropped_unknown_peer", self.dropped_unknown_peer),
             (
                 "dropped_short_client_hello",
@@ -265,6 +270,10 @@ impl EndpointStats {
             ("socket_rx_dropped", self.socket_rx_dropped),
             ("socket_send_errors", self.socket_send_errors),
             ("socket_send_full", self.socket_send_full),
+            (
+                "handshake_datagrams_deferred",
+                self.handshake_datagrams_deferred,
+            ),
             ("dropped_total", self.dropped_total()),
         ];
         out.extend(named.iter().map(|(k, v)| ((*k).to_owned(), *v)));
