@@ -20,6 +20,10 @@ use super::batch;
 /// record wait behind them. The poller goes on with the rest in its next turns, between
 /// reads of the socket; the driver thread, when it runs, handles all.
 pub(crate) const TURN_BUDGET: usize = 4;
+
+/// How long other peers' work may wait for a thread that keeps taking its own record back
+/// before that thread does a chunk of it anyway ([`Shared::after_receive_budget`]).
+pub(crate) const LEFT_AT_MOST: std::time::Duration = std::time::Duration::from_millis(1);
 use super::blocking::Rtc;
 use super::deferred::Deferred;
 use super::failures::PendingFailures;
@@ -77,6 +81,9 @@ pub(crate) struct Core<D: Io> {
     pub rtc: Rtc,
     /// Handshake datagrams waiting behind established traffic.
     pub deferred: Deferred,
+    /// Since when other peers' work (deferred datagrams, due timers, finished jobs) has been
+    /// left by threads that took their own record back ([`Shared::after_receive_budget`]).
+    pub left_since: Option<Instant>,
 }
 
 impl<D: Io> fmt::Debug for Core<D> {
@@ -193,6 +200,7 @@ impl<D: Io> Shared<D> {
                 moves: PendingMoves::default(),
                 rtc: Rtc::default(),
                 deferred: Deferred::default(),
+                left_since: None,
             }),
             accept: D::Signal::default(),
             io,
@@ -350,16 +358,35 @@ impl<D: Io> Shared<D> {
     /// ([`Deferred`]), at most [`TURN_BUDGET`] timers and as many finished handshake jobs
     /// between reads of the socket; once it is in (`own_in`), none of them: the thread takes
     /// its record back to its application at once, and what is left waits for its next wait
-    /// (which then does not sleep) or the driver thread. Events and output always. Returns
-    /// whether anything was left.
+    /// (which then does not sleep) or the driver thread — unless what is left has waited
+    /// [`LEFT_AT_MOST`] already (a thread whose records keep arriving ahead of it never waits
+    /// with its record out): then this thread does one chunk too. Events and output always.
+    /// Returns whether anything was left.
     pub fn after_receive_budget(&self, core: &mut Core<D>, own_in: bool) -> bool {
-        let (deferred, budget) = if own_in { (0, 0) } else { (1, TURN_BUDGET) };
         let now = Instant::now();
-        let deferred_left = core.deferred.handle_some(&mut core.endpoint, now, deferred);
-        let timers_left = core.endpoint.handle_timeout_budget(now, budget);
-        let jobs_left = self.workers.exchange_budget(&mut core.endpoint, budget);
+        let overdue = core
+            .left_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= LEFT_AT_MOST);
+        let left = if own_in && !overdue {
+            !core.deferred.is_empty()
+                || core.endpoint.handle_timeout_budget(now, 0)
+                || self.workers.exchange_budget(&mut core.endpoint, 0)
+        } else {
+            let deferred_left = core.deferred.handle_some(&mut core.endpoint, now, 1);
+            let timers_left = core.endpoint.handle_timeout_budget(now, TURN_BUDGET);
+            let jobs_left = self
+                .workers
+                .exchange_budget(&mut core.endpoint, TURN_BUDGET);
+            core.left_since = None;
+            deferred_left || timers_left || jobs_left
+        };
+        if left {
+            core.left_since.get_or_insert(now);
+        } else {
+            core.left_since = None;
+        }
         self.settle(core);
-        deferred_left || timers_left || jobs_left
+        left
     }
 
     /// Takes the failed handshakes and address changes waiting for their hooks, to
