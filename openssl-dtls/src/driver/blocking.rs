@@ -98,6 +98,21 @@ impl Io for Blocking {
         }
     }
 
+    fn wake_for_work(&self) {
+        let kick = self
+            .poller_kick
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match kick.as_ref() {
+            Some(kick) => kick.kick(),
+            // No thread polls: the driver thread's turn (if it lingers, once the linger ends:
+            // it then finds the work waiting, `run`).
+            None => {
+                let _ = self.waker_tx.send(&[1]);
+            }
+        }
+    }
+
     fn try_recv_batch(&self, rx: &mut RecvBatch, max: usize) -> io::Result<usize> {
         rx.recv(self.socket.as_fd(), max)
     }
@@ -276,8 +291,12 @@ fn run(shared: &BlockingShared) {
             let reports = BlockingShared::take_reports(&mut core);
             match core.rtc.parked(Instant::now()) {
                 Some(until) => (true, until, reports),
-                // Handshake datagrams waiting behind established records: a turn at once.
-                None if !core.deferred.is_empty() => (false, Some(Instant::now()), reports),
+                // Handshake datagrams waiting behind established records, or handshakes the
+                // workers finished (a poller that was kicked for them may have left): a turn
+                // at once.
+                None if !core.deferred.is_empty() || shared.workers.has_done() => {
+                    (false, Some(Instant::now()), reports)
+                }
                 None => (false, core.endpoint.poll_timeout(), reports),
             }
         };

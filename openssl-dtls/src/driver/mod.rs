@@ -86,6 +86,15 @@ pub(crate) trait Io: fmt::Debug + Send + Sync + Sized + 'static {
     /// handshakes wait to be reported.
     fn wake(&self);
 
+    /// Interrupts the wait of whoever takes the next turn, because work waits for a turn (a
+    /// handshake the workers finished). By default [`wake`](Self::wake); the blocking driver
+    /// kicks only the application thread that polls the socket if one does (it runs the work
+    /// between its reads), else the driver thread, which then does not also wake to find the
+    /// socket taken and its lock held.
+    fn wake_for_work(&self) {
+        self.wake();
+    }
+
     /// The socket's address now, if the driver can tell (it changes after a client's
     /// `rebind`); `None`: the address it was opened on still holds.
     fn local_addr(&self) -> Option<SocketAddr> {

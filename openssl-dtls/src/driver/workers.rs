@@ -197,6 +197,13 @@ impl Workers {
         left
     }
 
+    /// Whether handshakes the workers finished wait to be given back ([`exchange`](Self::exchange)).
+    pub(crate) fn has_done(&self) -> bool {
+        self.pool
+            .get()
+            .is_some_and(|pool| !pool.queue().done.is_empty())
+    }
+
     /// Stops the workers and joins them: each finishes the job it runs (its handshake is then
     /// dropped, as the driver stopped); queued jobs are dropped (their `SSL`s freed).
     pub(crate) fn close(&self) {
@@ -267,7 +274,7 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, nice: i32, idle_class: boo
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            shared.wake();
+            shared.io.wake_for_work();
         }
     }
 }
