@@ -625,3 +625,73 @@ fn a_thread_polling_the_clients_socket_moves_with_rebind() {
     );
     assert_eq!(server.stats().cid_moves, 1);
 }
+
+#[test]
+fn a_handshake_completes_while_a_reader_takes_a_stream_that_never_lets_up() {
+    // One connection streams one way as fast as its sender can while its reader, the only
+    // thread waiting on the server, always finds its next record already in the socket: it
+    // takes each back at once and leaves other peers' work behind (the handshake datagrams it
+    // read, due timers). That work must still be done: a second client's handshake completes
+    // while the stream runs (it timed out when the reader left that work for as long as its
+    // records kept coming). The sender is faster than the reader, so the stream's overflow is
+    // dropped and counted; that is not what this test is about.
+    const SIZE: usize = 1000;
+    let server = DtlsServer::bind("127.0.0.1:0", server_ctx()).unwrap();
+    let addr = server.local_addr();
+    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let (conn, sconn) = thread::scope(|s| {
+        let a = s.spawn(|| server.accept_timeout(LIMIT));
+        let conn = client.connect(addr, &client_ctx(), LIMIT).unwrap();
+        (conn, a.join().unwrap().unwrap().expect("accepted"))
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (stop, received) = (Arc::clone(&stop), Arc::clone(&received));
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(Some(SIZE)) = sconn.recv_timeout(&mut buf, Duration::from_millis(200)) {
+                    received.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            sconn
+        })
+    };
+    let sender = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let msg = [0x5au8; SIZE];
+            let mut sent = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                // Runs of 32: the socket holds the reader's next record most of the time.
+                let run: Vec<&[u8]> = vec![&msg[..]; 32];
+                if conn.send_many(&run).is_err() {
+                    break;
+                }
+                sent += 32;
+            }
+            (sent, conn)
+        })
+    };
+    // Let the stream get going, then a second device connects while it runs.
+    while received.load(Ordering::SeqCst) < 1000 {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let second = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let connected = second.connect(addr, &client_ctx(), LIMIT);
+    let during = received.load(Ordering::SeqCst);
+    let accepted = server.accept_timeout(LIMIT);
+    stop.store(true, Ordering::SeqCst);
+    let (sent, _conn) = sender.join().unwrap();
+    let _sconn = reader.join().unwrap();
+    let stats = server.stats();
+    assert!(connected.is_ok(), "{connected:?}; {stats:?}");
+    assert!(matches!(accepted, Ok(Some(_))), "{accepted:?}; {stats:?}");
+    // The stream ran while the handshake did, and the handshake's datagrams waited behind it.
+    assert!(
+        during > 1000 && sent >= during,
+        "{during} of {sent}; {stats:?}"
+    );
+    assert!(stats.handshake_datagrams_deferred >= 2, "{stats:?}");
+}
