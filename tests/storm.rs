@@ -970,3 +970,99 @@ async fn tokio_flood() {
         "{stats:?}"
     );
 }
+
+/// Handshakes go on while other threads keep every CPU busy: the default worker runs in
+/// `SCHED_IDLE` (it gets almost nothing then), and the rescue worker at
+/// `handshake_worker_nice` runs the jobs that waited 250 ms for it.
+#[test]
+fn handshakes_complete_while_other_threads_keep_every_cpu_busy() {
+    let _serial = serial();
+    const CLIENTS: usize = 6;
+    let (sctx, cctx) = ecdsa_pair();
+    let config = EndpointConfig::default();
+    assert!(
+        config.handshake_worker_idle_class,
+        "the default this test is about"
+    );
+    let server = Arc::new(
+        DtlsServer::bind_with("127.0.0.1:0", sctx, config, SocketOptions::default()).unwrap(),
+    );
+    let s = Arc::clone(&server);
+    std::thread::spawn(move || {
+        for conn in s.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while let Ok(n @ 1..) = conn.recv(&mut buf) {
+                    if conn.send(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let addr = server.local_addr();
+    let live_client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let live = live_client
+        .connect_named(addr, "storm-server", &cctx, Duration::from_secs(10))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    live.send(b"first").unwrap();
+    assert_eq!(
+        live.recv_timeout(&mut buf, Duration::from_secs(10))
+            .unwrap(),
+        Some(5)
+    );
+    // Busy threads, two per CPU, until the clients are through (bounded: 60 s at most).
+    let stop = Arc::new(AtomicUsize::new(0));
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..2 * cpus)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(60);
+                let mut x = 0u64;
+                while stop.load(Ordering::Relaxed) == 0 && Instant::now() < until {
+                    for i in 0..10_000u64 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                    }
+                }
+                x
+            })
+        })
+        .collect();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let cctx = cctx.clone();
+            std::thread::spawn(move || {
+                let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+                client
+                    .connect_named(addr, "storm-server", &cctx, Duration::from_secs(30))
+                    .map(drop)
+            })
+        })
+        .collect();
+    // Established traffic all along (offload is on only while there is some).
+    let mut i = 0u32;
+    let mut results = Vec::new();
+    for c in clients {
+        while !c.is_finished() {
+            i += 1;
+            live.send(&i.to_be_bytes()).unwrap();
+            let n = live
+                .recv_timeout(&mut buf, Duration::from_secs(30))
+                .unwrap();
+            assert_eq!(n, Some(4));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        results.push(c.join().unwrap());
+    }
+    stop.store(1, Ordering::Relaxed);
+    for h in hogs {
+        let _ = h.join();
+    }
+    let stats = server.stats();
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}; {stats:?}");
+    assert!(stats.handshake_jobs >= 2 * CLIENTS as u64, "{stats:?}");
+    assert!(stats.handshake_jobs_rescued >= 1, "{stats:?}");
+}

@@ -309,6 +309,7 @@ impl std::ops::AddAssign<&EndpointStats> for EndpointStats {
             socket_send_errors,
             socket_send_full,
             handshake_datagrams_deferred,
+            handshake_jobs_rescued,
         } = other;
         self.connections += connections;
         self.handshakes += handshakes;
@@ -362,6 +363,7 @@ impl std::ops::AddAssign<&EndpointStats> for EndpointStats {
         self.socket_send_errors += socket_send_errors;
         self.socket_send_full += socket_send_full;
         self.handshake_datagrams_deferred += handshake_datagrams_deferred;
+        self.handshake_jobs_rescued += handshake_jobs_rescued;
     }
 }
 

@@ -476,6 +476,7 @@ impl<D: Io> Shared<D> {
         let mut stats = core.endpoint.stats();
         core.out.counters.add_to(&mut stats);
         stats.handshake_datagrams_deferred += core.deferred.count;
+        stats.handshake_jobs_rescued += self.workers.rescued();
         // The kernel's count read now (`SO_MEMINFO`), where the driver can: exact at once,
         // where `SO_RXQ_OVFL` arrives only with the next datagram.
         if let Some(now) = self.io.socket_drops() {

@@ -35,7 +35,7 @@ use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::shared::Shared;
 use super::Io;
@@ -45,7 +45,8 @@ use crate::endpoint::{ConnectionId, Endpoint, HandshakeJob};
 /// workers must stop.
 #[derive(Debug, Default)]
 struct Queue {
-    jobs: VecDeque<HandshakeJob>,
+    /// Waiting jobs, with when each was queued (the rescue worker's clock).
+    jobs: VecDeque<(Instant, HandshakeJob)>,
     done: Vec<Done>,
     closed: bool,
 }
@@ -95,6 +96,11 @@ struct Pool {
     queue: Mutex<Queue>,
     /// Signalled when a job is queued or the pool closes.
     ready: Condvar,
+    /// Signalled when a job is queued into an empty queue or the pool closes: the rescue
+    /// worker's (it otherwise sleeps until the oldest job is [`RESCUE_AFTER`] old).
+    rescue: Condvar,
+    /// Jobs the rescue worker ran ([`EndpointStats::handshake_jobs_rescued`](crate::EndpointStats::handshake_jobs_rescued)).
+    rescued: std::sync::atomic::AtomicU64,
     /// The worker threads, joined by [`Workers::close`].
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -130,13 +136,29 @@ impl Workers {
         if shared.workers.pool.set(Arc::clone(&pool)).is_err() {
             return Ok(()); // started already
         }
-        let mut threads = Vec::with_capacity(count);
-        for i in 0..count {
+        // In `SCHED_IDLE`, one more worker at `nice` takes only jobs that waited
+        // `RESCUE_AFTER`: handshakes slow down while other threads keep every CPU busy, but
+        // never stop.
+        let roles = (0..count)
+            .map(|_| {
+                if idle_class {
+                    Role::Idle(nice)
+                } else {
+                    Role::Nice(nice)
+                }
+            })
+            .chain(idle_class.then_some(Role::Rescue(nice)));
+        let mut threads = Vec::with_capacity(count + 1);
+        for (i, role) in roles.enumerate() {
             let pool = Arc::clone(&pool);
             let shared = Arc::downgrade(shared);
+            let thread_name = match role {
+                Role::Rescue(_) => format!("dtls-hs-{name}-r"),
+                _ => format!("dtls-hs-{name}-{i}"),
+            };
             let spawned = std::thread::Builder::new()
-                .name(format!("dtls-hs-{name}-{i}"))
-                .spawn(move || work(&pool, &shared, nice, idle_class));
+                .name(thread_name)
+                .spawn(move || work(&pool, &shared, role));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) if threads.is_empty() => return Err(e),
@@ -185,16 +207,28 @@ impl Workers {
             }
         }
         let mut queue = pool.queue();
+        let was_empty = queue.jobs.is_empty();
         let mut queued = false;
+        let now = Instant::now();
         while let Some(job) = endpoint.poll_handshake_job() {
-            queue.jobs.push_back(job);
+            queue.jobs.push_back((now, job));
             queued = true;
         }
         drop(queue);
         if queued {
             pool.ready.notify_one();
+            if was_empty {
+                pool.rescue.notify_one(); // its deadline: this job's age
+            }
         }
         left
+    }
+
+    /// Jobs the rescue worker ran.
+    pub(crate) fn rescued(&self) -> u64 {
+        self.pool.get().map_or(0, |pool| {
+            pool.rescued.load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// Whether handshakes the workers finished wait to be given back ([`exchange`](Self::exchange)).
@@ -220,6 +254,7 @@ impl Workers {
         };
         drop(dropped);
         pool.ready.notify_all();
+        pool.rescue.notify_all();
         let threads = std::mem::take(&mut *pool.threads.lock().unwrap_or_else(|e| e.into_inner()));
         let me = std::thread::current().id();
         for t in threads {
@@ -230,14 +265,35 @@ impl Workers {
     }
 }
 
+/// How long a job waits before the rescue worker takes it (with the workers in `SCHED_IDLE`,
+/// [`EndpointConfig::handshake_worker_idle_class`](crate::EndpointConfig::handshake_worker_idle_class)):
+/// far below a client's first retransmission (1 s), far above the queue's wait while the idle
+/// workers get CPU at all (tens of ms at the backlog's bound under a flood, measured).
+pub(crate) const RESCUE_AFTER: Duration = Duration::from_millis(250);
+
+/// What a worker thread is.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    /// Takes any job, at this nice value.
+    Nice(i32),
+    /// Takes any job, in `SCHED_IDLE` (at this nice value where the class is refused).
+    Idle(i32),
+    /// Takes only a job that waited [`RESCUE_AFTER`], at this nice value.
+    Rescue(i32),
+}
+
 /// A worker: takes a job, runs it without any lock of the driver's, and leaves it for the
 /// driver's next turn (waking the driver if it is the first to wait).
-fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, nice: i32, idle_class: bool) {
-    if idle_class {
-        crate::ffi::os::set_thread_idle_class();
-    } else if nice > 0 {
-        crate::ffi::os::lower_thread_priority(nice);
+fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, role: Role) {
+    match role {
+        // Where the class is refused, the worker runs at the rescue worker's nice value.
+        Role::Idle(_) if crate::ffi::os::set_thread_idle_class() => {}
+        Role::Nice(nice) | Role::Idle(nice) | Role::Rescue(nice) if nice > 0 => {
+            crate::ffi::os::lower_thread_priority(nice)
+        }
+        Role::Nice(_) | Role::Idle(_) | Role::Rescue(_) => {}
     }
+    let rescue = matches!(role, Role::Rescue(_));
     let mut buf = vec![0u8; crate::config::MAX_MTU];
     loop {
         let job = {
@@ -246,13 +302,33 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, nice: i32, idle_class: boo
                 if queue.closed {
                     return;
                 }
-                if let Some(job) = queue.jobs.pop_front() {
-                    if !queue.jobs.is_empty() {
-                        pool.ready.notify_one(); // more work: another worker may take it
+                let age = queue.jobs.front().map(|(at, _)| at.elapsed());
+                if age.is_some_and(|age| !rescue || age >= RESCUE_AFTER) {
+                    if let Some((_, job)) = queue.jobs.pop_front() {
+                        if rescue {
+                            pool.rescued
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            log::debug!(
+                                "a handshake job waited {age:?}: the rescue worker runs it"
+                            );
+                        } else if !queue.jobs.is_empty() {
+                            pool.ready.notify_one(); // more work: another worker may take it
+                        }
+                        break job;
                     }
-                    break job;
                 }
-                queue = pool.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
+                queue = match age {
+                    // The rescue worker: until the oldest job is old enough (checked again
+                    // then: another worker may have taken it).
+                    Some(age) if rescue => {
+                        pool.rescue
+                            .wait_timeout(queue, RESCUE_AFTER.saturating_sub(age))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                    None if rescue => pool.rescue.wait(queue).unwrap_or_else(|e| e.into_inner()),
+                    _ => pool.ready.wait(queue).unwrap_or_else(|e| e.into_inner()),
+                };
             }
         };
         // The step, then its flight, sent from here: the threads that serve established

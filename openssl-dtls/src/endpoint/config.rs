@@ -99,24 +99,29 @@ pub struct EndpointConfig {
     /// 0 is taken as 1.
     pub handshake_backlog: usize,
     /// How much lower than the driver the handshake workers run, in `nice` steps
-    /// (`setpriority(2)` on each worker thread; 0 to 19). Default 10: when the CPU is short
-    /// (a handshake flood; clients or the application on the same cores), the threads that
-    /// serve established connections win it and handshakes take what is left — expensive
-    /// handshake crypto must not starve established traffic — while handshakes still get
-    /// about a tenth of a busy CPU. Measured (`BENCH_ONLY=storm`, 2 cores, a half-open ECDSA
-    /// flood at the server's capacity): established echo p99 during the flood 2.4–6.1× its idle
-    /// p99 at 10 (median ≈ 5×, 1,000–3,500 handshakes/s), 1.6–4.7× in the `SCHED_IDLE` class
-    /// ([`handshake_worker_idle_class`](Self::handshake_worker_idle_class), median ≈ 2×,
-    /// 1,100–1,900 handshakes/s): the kernel lets a nice-10 worker finish its time slice before
-    /// a woken thread gets its CPU, a `SCHED_IDLE` one not. 0: the workers compete as equals.
+    /// (`setpriority(2)` on each worker thread; 0 to 19), default 10: the workers' priority
+    /// when [`handshake_worker_idle_class`](Self::handshake_worker_idle_class) is off, and the
+    /// rescue worker's (and the idle workers' where the system refuses `SCHED_IDLE`) when it
+    /// is on. At nice 10, when the CPU is short the threads that serve established connections
+    /// win it and handshakes still get about a tenth of a busy CPU. 0: the workers compete as
+    /// equals.
     pub handshake_worker_nice: i32,
-    /// Run the handshake workers in Linux's `SCHED_IDLE` class instead
-    /// (`sched_setscheduler(2)`; `handshake_worker_nice` is then not used): they get only CPU
-    /// time no other thread of the machine wants, and a thread that wakes to serve an
-    /// established connection preempts them at once instead of after their time slice. The
-    /// tail latency of established connections during a handshake flood is lowest this way;
-    /// the price is that handshakes nearly stop while other threads keep every CPU busy
-    /// (their share of a busy CPU is ≈ 0.3 %, against ≈ 10 % at nice 10). Default false.
+    /// Run the handshake workers in Linux's `SCHED_IDLE` class (`sched_setscheduler(2)`),
+    /// default true: they get only CPU time no other thread of the machine wants, and a thread
+    /// that wakes to serve an established connection preempts them at once instead of after
+    /// their time slice (expensive handshake crypto must not starve established traffic). So
+    /// that handshakes never nearly stop while other threads keep every CPU busy (an idle-class
+    /// thread's share of a busy CPU is ≈ 0.3 %), one more worker, the rescue worker at
+    /// [`handshake_worker_nice`](Self::handshake_worker_nice), runs any job that waited 250 ms
+    /// for them (counted in
+    /// [`EndpointStats::handshake_jobs_rescued`](super::EndpointStats::handshake_jobs_rescued)).
+    /// Measured (`BENCH_ONLY=storm`, 2 cores, a half-open ECDSA flood at the server's
+    /// capacity, eight alternating runs each): established echo p99 during the flood 1.2–1.9×
+    /// its idle p99 (median 1.5×, ≈ 1,600 first flights/s) in `SCHED_IDLE`, against 2.2–2.9×
+    /// (median 2.5×, ≈ 3,000 first flights/s) with the workers at nice 10: the price is about
+    /// half the handshakes per second during a flood while established connections have
+    /// traffic (the workers run only then; otherwise handshakes run inline at full speed).
+    /// False: the workers run at `handshake_worker_nice`, no rescue worker.
     pub handshake_worker_idle_class: bool,
 }
 
@@ -135,7 +140,7 @@ impl Default for EndpointConfig {
             handshake_workers: 1,
             handshake_backlog: 64,
             handshake_worker_nice: 10,
-            handshake_worker_idle_class: false,
+            handshake_worker_idle_class: true,
         }
     }
 }

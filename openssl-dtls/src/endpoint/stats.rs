@@ -166,6 +166,14 @@ pub struct EndpointStats {
     /// handled after those. Kept by the blocking and tokio drivers; always 0 from
     /// [`Endpoint::stats`](super::Endpoint::stats). Not a loss: every one is handled.
     pub handshake_datagrams_deferred: u64,
+    /// Handshake jobs that waited
+    /// 250 ms for a worker in `SCHED_IDLE`
+    /// ([`EndpointConfig::handshake_worker_idle_class`](super::EndpointConfig::handshake_worker_idle_class))
+    /// and were run by the rescue worker at
+    /// [`handshake_worker_nice`](super::EndpointConfig::handshake_worker_nice) instead: other
+    /// threads kept every CPU busy. Kept by the drivers; always 0 from
+    /// [`Endpoint::stats`](super::Endpoint::stats).
+    pub handshake_jobs_rescued: u64,
 }
 
 impl EndpointStats {
@@ -206,7 +214,7 @@ impl EndpointStats {
                 .iter()
                 .map(|r| (format!("dropped_{}", r.as_str()), self.dropped(*r))),
         );
-        let named: [(&str, u64); 44] = [
+        let named: [(&str, u64); 45] = [
             ("dropped_unknown_peer", self.dropped_unknown_peer),
             (
                 "dropped_short_client_hello",
@@ -274,6 +282,7 @@ impl EndpointStats {
                 "handshake_datagrams_deferred",
                 self.handshake_datagrams_deferred,
             ),
+            ("handshake_jobs_rescued", self.handshake_jobs_rescued),
             ("dropped_total", self.dropped_total()),
         ];
         out.extend(named.iter().map(|(k, v)| ((*k).to_owned(), *v)));

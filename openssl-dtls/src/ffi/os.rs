@@ -87,10 +87,10 @@ pub(crate) fn lower_thread_priority(nice: i32) {
 
 /// Moves the calling thread to the `SCHED_IDLE` scheduling class (`sched_setscheduler(2)`):
 /// it runs only on CPU time no other thread of the machine wants, and any thread that wakes
-/// preempts it at once. Failure (a sandbox that forbids it; not Linux) is harmless and only
-/// logged.
+/// preempts it at once. Returns whether it did; failure (a sandbox that forbids it; not Linux)
+/// is only logged.
 #[doc(alias = "sched_setscheduler")]
-pub(crate) fn set_thread_idle_class() {
+pub(crate) fn set_thread_idle_class() -> bool {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         let param = libc::sched_param { sched_priority: 0 };
@@ -100,6 +100,11 @@ pub(crate) fn set_thread_idle_class() {
         if r != 0 {
             log::debug!("SCHED_IDLE failed: {}", io::Error::last_os_error());
         }
+        r == 0
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        false
     }
 }
 
