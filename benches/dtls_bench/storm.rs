@@ -34,7 +34,8 @@
 //! (default 16); `BENCH_STORM_NICE_CLIENTS=1` runs the flood threads at nice 19, as a stand-in
 //! for clients on other machines (they then take only the CPU the server leaves);
 //! `BENCH_STORM_FLOOD=half-open` or `full` runs one flood, `BENCH_STORM_DEFAULT_ONLY=1` the
-//! default worker settings only, `BENCH_STORM_IDLE_ONLY=1` the `SCHED_IDLE` worker only;
+//! default worker settings only, `BENCH_STORM_IDLE_ONLY=1` the `SCHED_IDLE` worker only,
+//! `BENCH_STORM_NICE_ONLY=1` the workers at the default nice value (no `SCHED_IDLE`) only;
 //! `BENCH_STORM_FLOOD_COMPETES=1` runs the half-open flood's
 //! thread at nice 0 instead of `SCHED_IDLE`.
 
@@ -366,6 +367,8 @@ pub(super) fn storm_section(cert: &Cert, t: &mut Table) {
     let default_only = std::env::var_os("BENCH_STORM_DEFAULT_ONLY").is_some();
     // BENCH_STORM_IDLE_ONLY=1: the SCHED_IDLE worker only (for comparisons).
     let idle_only = std::env::var_os("BENCH_STORM_IDLE_ONLY").is_some();
+    // BENCH_STORM_NICE_ONLY=1: the workers at the default nice value, no `SCHED_IDLE`.
+    let nice_only = std::env::var_os("BENCH_STORM_NICE_ONLY").is_some();
     let d = openssl_dtls::EndpointConfig::default();
     let other = if d.handshake_worker_idle_class {
         Worker::Nice(d.handshake_worker_nice)
@@ -376,6 +379,7 @@ pub(super) fn storm_section(cert: &Cert, t: &mut Table) {
         for worker in [Worker::Default, other, Worker::Nice(0), Worker::Inline] {
             if (default_only && worker != Worker::Default)
                 || (idle_only && worker != Worker::IdleClass)
+                || (nice_only && worker != Worker::Nice(d.handshake_worker_nice))
             {
                 continue;
             }

@@ -116,9 +116,10 @@ pub struct EndpointConfig {
     /// for them (counted in
     /// [`EndpointStats::handshake_jobs_rescued`](super::EndpointStats::handshake_jobs_rescued)).
     /// Measured (`BENCH_ONLY=storm`, 2 cores, a half-open ECDSA flood at the server's
-    /// capacity, eight alternating runs each): established echo p99 during the flood 1.2–1.9×
-    /// its idle p99 (median 1.5×, ≈ 1,600 first flights/s) in `SCHED_IDLE`, against 2.2–2.9×
-    /// (median 2.5×, ≈ 3,000 first flights/s) with the workers at nice 10: the price is about
+    /// capacity, two batches of eight alternating runs): established echo p99 during the flood
+    /// 1.2–2.2× its idle p99 (median 1.5×, 1,200–2,100 first flights/s) in `SCHED_IDLE`,
+    /// against 2.0–3.6× (median 2.5–2.9×, 1,700–4,400 first flights/s) with the workers at
+    /// nice 10: the price is about
     /// half the handshakes per second during a flood while established connections have
     /// traffic (the workers run only then; otherwise handshakes run inline at full speed).
     /// False: the workers run at `handshake_worker_nice`, no rescue worker.
