@@ -11,8 +11,15 @@
 //!
 //! The workers never touch the endpoint: a finished job is handed back by the driver in its
 //! next turn, after the records of that turn's batch. So a worker that the scheduler preempts
-//! never holds the lock that established traffic needs. Workers may also run at a lower priority
-//! ([`EndpointConfig::handshake_worker_nice`](crate::EndpointConfig::handshake_worker_nice)).
+//! never holds the lock that established traffic needs. The workers run in Linux's `SCHED_IDLE`
+//! class by default
+//! ([`EndpointConfig::handshake_worker_idle_class`](crate::EndpointConfig::handshake_worker_idle_class)):
+//! a thread that wakes for an established record preempts them at once. One more thread, the
+//! rescue worker at
+//! [`EndpointConfig::handshake_worker_nice`](crate::EndpointConfig::handshake_worker_nice),
+//! sleeps until the oldest queued job has waited [`RESCUE_AFTER`] and runs it, so that
+//! handshakes go on (slower) while other threads keep every CPU busy; without the idle class
+//! the workers run at that nice value and there is no rescue worker.
 //! The queue is bounded by the endpoint
 //! ([`EndpointConfig::handshake_backlog`](crate::EndpointConfig::handshake_backlog): beyond it,
 //! new handshakes are ignored and counted). Workers sleep on a `Condvar` while the queue is
