@@ -17,18 +17,21 @@
 //! * `rec_gcm_1200_vs_openssl`: the same compact GCM pairs next to OpenSSL's own record layer:
 //!   two raw `SSL`s (ECDHE-ECDSA-AES128-GCM-SHA256, handshaken in memory) with one `SSL_write`
 //!   and one `SSL_read` of 1,200 bytes per pair over the bench's in-memory datagram pipe.
+//! * `rec_gcm_100_run8`, `rec_gcm_1200_run8`: the compact GCM pairs through the batch calls,
+//!   runs of 8 records sealed in one call (`RecordPair::seal_run`) and opened in one call
+//!   (`RecordPair::open_run`), next to the same raw limit (per record).
 //! * `rec_gcm_1200_cid` (context, not an aim): GCM with an 8-byte Connection ID (`tls12_cid`
 //!   records) next to the raw limit.
 //!
 //! Sizes: `BENCH_REC_RAW_N` pairs per measurement (default 300,000), `BENCH_REC_REPS` rounds
-//! (best kept, default 3). `BENCH_REC_PROFILE=gcm:100` (or `ccm8:1200:cid`, …) runs only the
-//! compact pairs of one row, `BENCH_REC_PROFILE=raw:gcm:100` only its raw one-shot reference (for
-//! AES-GCM with the IV set once; `raw-periv:gcm:100` with the nonce given per record), to
-//! profile them (`perf`, or `valgrind --tool=callgrind` for instruction counts).
+//! (best kept, default 3). `BENCH_REC_PROFILE=gcm:100` (or `ccm8:1200:cid`, `gcm:100:run8`:
+//! in runs of 8, …) runs only the compact pairs of one row, `BENCH_REC_PROFILE=raw:gcm:100`
+//! only its raw one-shot reference (for AES-GCM with the IV set once; `raw-periv:gcm:100` with
+//! the nonce given per record), to profile them (`perf`, or `valgrind --tool=callgrind` for instruction counts).
 
 use std::ptr;
 
-use openssl_dtls::__bench::{RecordPair, PLAINTEXT_AT};
+use openssl_dtls::__bench::{RecordPair, PLAINTEXT_AT, RUN};
 use openssl_sys as ffi;
 
 use super::{
@@ -58,7 +61,8 @@ pub(super) fn section(t: &mut Table) {
             .split(':');
         let key = it.next().unwrap_or("gcm");
         let size = it.next().and_then(|s| s.parse().ok()).unwrap_or(1200);
-        let cid: &[u8] = if it.next() == Some("cid") {
+        let third = it.next();
+        let cid: &[u8] = if third == Some("cid") {
             &[0xc1; 8]
         } else {
             &[]
@@ -70,6 +74,11 @@ pub(super) fn section(t: &mut Table) {
         if raw {
             let rate = raw_one_shot_pairs(key, size, n, per_record_iv);
             println!("profile raw one-shot {key} {size} B (per-record IV: {per_record_iv}): {rate:.0} pairs/s");
+            return;
+        }
+        if third == Some("run8") {
+            let rate = compact_run_pairs(suite, size, n);
+            println!("profile {key} {size} B in runs of {RUN}: {rate:.0} pairs/s");
             return;
         }
         let rate = compact_pairs(suite, cid, size, n);
@@ -100,6 +109,21 @@ pub(super) fn section(t: &mut Table) {
                 true,
             );
         }
+    }
+    // Runs of 8 records sealed in one call and opened in one call (the batch calls a session
+    // uses for `send_many` and for a datagram of several records), next to the same raw loop.
+    for size in [100usize, 1200] {
+        let (ours, raw) = best2(&mut || compact_run_pairs(SUITES[0].1, size, n), &mut || {
+            raw_limit("gcm", size, n)
+        });
+        t.keyed_row(
+            &format!("rec_gcm_{size}_run{RUN}"),
+            &format!("gcm {size} B records in runs of {RUN} (seal_run+open_run): pairs/CPU s vs raw AEAD"),
+            ours,
+            raw,
+            "pairs/s",
+            true,
+        );
     }
     let (cid, raw) = best2(
         &mut || compact_pairs(SUITES[0].1, &[0xc1; 8], 1200, n),
@@ -161,6 +185,35 @@ fn compact_pairs(suite: &str, cid: &[u8], size: usize, n: usize) -> f64 {
         one(&mut pair);
     }
     n as f64 / (thread_cpu() - t0).as_secs_f64()
+}
+
+/// [`compact_pairs`] through the batch calls: runs of [`RUN`] records sealed in one call
+/// (`RecordPair::seal_run`, each into its own buffer) and opened in one call
+/// (`RecordPair::open_run`); pairs (records) per thread-CPU second.
+fn compact_run_pairs(suite: &str, size: usize, n: usize) -> f64 {
+    let mut pair = RecordPair::new(suite, &[]).expect("a compact suite");
+    let msg = vec![0x5au8; size];
+    let msgs = [&msg[..]; RUN];
+    let mut wire: [Vec<u8>; RUN] = std::array::from_fn(|_| Vec::with_capacity(size + 64));
+    let mut plain: [Vec<u8>; RUN] = std::array::from_fn(|_| Vec::with_capacity(size + 64));
+    let mut one = |pair: &mut RecordPair| {
+        for w in &mut wire {
+            w.clear();
+        }
+        assert_eq!(pair.seal_run(&msgs, &mut wire), RUN, "seal_run");
+        let records: [&[u8]; RUN] = std::array::from_fn(|i| &wire[i][..]);
+        assert_eq!(pair.open_run(&records, &mut plain), RUN, "open_run");
+        debug_assert!(plain.iter().all(|p| p[PLAINTEXT_AT..] == msg[..]));
+    };
+    for _ in 0..1000 / RUN {
+        one(&mut pair);
+    }
+    let runs = n.div_ceil(RUN);
+    let t0 = thread_cpu();
+    for _ in 0..runs {
+        one(&mut pair);
+    }
+    (runs * RUN) as f64 / (thread_cpu() - t0).as_secs_f64()
 }
 
 /// A keyed `EVP_CIPHER_CTX`, freed on drop.

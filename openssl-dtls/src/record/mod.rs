@@ -74,6 +74,11 @@ const MAX_PLAINTEXT: usize = 16_384;
 /// from here too, whichever layer opened it.
 pub(crate) const PLAINTEXT_AT: usize = 8;
 
+/// Records a session seals or opens in one call of [`RecordLayer::seal_run`] or
+/// [`RecordLayer::open_run`] at most (the calls take any number; a session's stack holds this
+/// many buffers at a time).
+pub(crate) const RUN: usize = 8;
+
 /// Why a received record was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OpenError {
@@ -218,34 +223,15 @@ impl RecordLayer {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), SealError> {
-        if plaintext.len() > MAX_PLAINTEXT {
-            return Err(SealError::TooLong);
-        }
-        let seq = self.next_write_seq;
-        // The last usable sequence number is kept for the close_notify that ends the connection.
-        let last = if content_type == ContentType::ApplicationData {
-            MAX_SEQUENCE - 1
-        } else {
-            MAX_SEQUENCE
-        };
-        if seq >= last {
-            return Err(SealError::SequenceExhausted);
-        }
-        let mut epoch_seq = seq.to_be_bytes();
-        epoch_seq[..2].copy_from_slice(&self.epoch.to_be_bytes());
-        // The explicit nonce (GCM, CCM): the epoch and sequence number, unique per record, or
-        // the continuation of OpenSSL's own counter after a hand-off.
-        let explicit = self.explicit_next.map_or(epoch_seq, u64::to_be_bytes);
-        let record = Protect {
-            epoch_seq,
-            explicit,
+        let cid = cid.filter(|c| !c.is_empty());
+        let record = protect(
+            self.epoch,
+            self.next_write_seq,
+            self.explicit_next,
+            cid,
             content_type,
-            cid: cid.filter(|c| !c.is_empty()),
-            #[cfg(test)]
-            padding: 0,
-            #[cfg(test)]
-            no_type: false,
-        };
+            plaintext.len(),
+        )?;
         let keys = (&self.keys.write_key, &self.keys.write_iv);
         let aead = self.aead;
         let one_shot = record.one_shot(aead, plaintext.len());
@@ -258,22 +244,110 @@ impl RecordLayer {
             true,
             one_shot,
             // The path decided once (`Protect::seal` would decide it again).
-            |ctx, next| {
-                if one_shot {
-                    record.seal_one_shot(aead, ctx, keys.1, next, plaintext, out)
-                } else {
-                    record.seal_generic(aead, ctx, keys.1, plaintext, out)
-                }
-            },
+            |ctx, next| record.seal_on(aead, one_shot, ctx, keys.1, next, plaintext, out),
         );
         if sealed.is_none() {
             return Err(SealError::Cipher);
         }
-        self.next_write_seq = seq + 1;
-        if let Some(n) = self.explicit_next.as_mut() {
-            *n = n.wrapping_add(1);
-        }
+        advance(&mut self.next_write_seq, &mut self.explicit_next);
         Ok(())
+    }
+
+    /// Seals a run of records for this peer in one call: `plaintexts[i]` as one record of
+    /// `content_type` appended to `outs[i]`, for as many as both hold, in order, each exactly
+    /// the record [`seal`](Self::seal) would give it at that point (same sequence number,
+    /// nonce, bytes). What is shared is what is not per record: one look-up of the per-thread
+    /// context cache (and its borrow) for every run of records taking the same cipher path
+    /// (all of them, unless some are empty), the path decided once, the keys and CID found
+    /// once; per record remain the checks, header, nonce, additional data and the cipher pass.
+    ///
+    /// Returns how many were sealed, and the error that stopped the run at the record after
+    /// them (as `seal` would have returned it for that record; the ones after it untouched).
+    pub(crate) fn seal_run(
+        &mut self,
+        cid: Option<&[u8]>,
+        content_type: ContentType,
+        plaintexts: &[&[u8]],
+        outs: &mut [Vec<u8>],
+    ) -> (usize, Result<(), SealError>) {
+        let n = plaintexts.len().min(outs.len());
+        let cid = cid.filter(|c| !c.is_empty());
+        let (aead, epoch) = (self.aead, self.epoch);
+        let keys = (&self.keys.write_key, &self.keys.write_iv);
+        let (seq, explicit_next) = (&mut self.next_write_seq, &mut self.explicit_next);
+        let mut done = 0;
+        while done < n {
+            // The first record of each stretch decides its path (and is checked before the
+            // cache is looked up, as `seal` does).
+            let first = protect(
+                epoch,
+                *seq,
+                *explicit_next,
+                cid,
+                content_type,
+                plaintexts[done].len(),
+            );
+            let one_shot = match &first {
+                Ok(record) => record.one_shot(aead, plaintexts[done].len()),
+                Err(e) => return (done, Err(*e)),
+            };
+            let mut stopped = Ok(());
+            let sealed = cache::with_ctx(
+                self.id,
+                &mut self.slot_hints[0],
+                aead,
+                keys.0,
+                keys.1,
+                true,
+                one_shot,
+                |ctx, next| {
+                    let mut record = Some(first);
+                    while done < n {
+                        let plaintext = plaintexts[done];
+                        let r = match record.take() {
+                            Some(r) => r,
+                            None => protect(
+                                epoch,
+                                *seq,
+                                *explicit_next,
+                                cid,
+                                content_type,
+                                plaintext.len(),
+                            ),
+                        };
+                        let r = match r {
+                            Ok(r) => r,
+                            Err(e) => {
+                                stopped = Err(e);
+                                break;
+                            }
+                        };
+                        if r.one_shot(aead, plaintext.len()) != one_shot {
+                            break; // the next stretch, on the other path
+                        }
+                        r.seal_on(
+                            aead,
+                            one_shot,
+                            ctx,
+                            keys.1,
+                            next,
+                            plaintext,
+                            &mut outs[done],
+                        )?;
+                        advance(seq, explicit_next);
+                        done += 1;
+                    }
+                    Ok(())
+                },
+            );
+            if sealed.is_none() {
+                return (done, Err(SealError::Cipher));
+            }
+            if stopped.is_err() {
+                return (done, stopped);
+            }
+        }
+        (done, Ok(()))
     }
 
     /// [`open_at`](Self::open_at) with the plaintext moved to the start of `out`: for callers
@@ -302,18 +376,10 @@ impl RecordLayer {
         record: &RecordHeader<'_>,
         out: &mut Vec<u8>,
     ) -> Result<ContentType, OpenError> {
-        let cid = record.is_cid();
-        if cid != self.read_cid {
-            return Err(OpenError::Malformed);
-        }
-        // The epoch and sequence number as one 8-byte load (header bytes 3 to 10).
-        let epoch_seq = epoch_seq_of(record);
-        let seq = u64::from_be_bytes(epoch_seq) & MAX_SEQUENCE;
-        let data_len = self.check(record)?;
-        self.window.check(seq)?;
+        let admitted = admit(self.aead, self.epoch, self.read_cid, &self.window, record)?;
         let aead = self.aead;
         let keys = (&self.keys.read_key, &self.keys.read_iv);
-        let one_shot = aead.takes_one_shot(cid, true, data_len);
+        let one_shot = admitted.one_shot(aead);
         let opened = cache::with_ctx(
             self.id | 1,
             &mut self.slot_hints[1],
@@ -322,13 +388,7 @@ impl RecordLayer {
             keys.1,
             false,
             one_shot,
-            |ctx, _| {
-                Ok(if one_shot {
-                    open_one_shot(aead, ctx, epoch_seq, record, data_len, out)
-                } else {
-                    unprotect(aead, ctx, keys.1, record, out)
-                })
-            },
+            |ctx, _| Ok(admitted.open_on(aead, one_shot, ctx, keys.1, record, out)),
         );
         let content_type = match opened {
             Some(Ok(t)) => t,
@@ -339,28 +399,90 @@ impl RecordLayer {
                 return Err(OpenError::Unauthenticated);
             }
         };
-        self.window.mark(seq);
+        self.window.mark(admitted.seq);
         Ok(content_type)
+    }
+
+    /// Opens a run of records from this peer in one call (the records of one datagram that
+    /// carries several, RFC 6347 §4.1.1): `records[i]` into `outs[i]` with its outcome in
+    /// `results[i]`, for as many as all three hold, in order, each exactly as
+    /// [`open_at`](Self::open_at) would at that point (a record replaying one before it in the
+    /// run is refused; one that fails leaves the others alone). What is shared: one look-up of
+    /// the per-thread context cache for every stretch of records taking the same cipher path.
+    pub(crate) fn open_run(
+        &mut self,
+        records: &[RecordHeader<'_>],
+        outs: &mut [Vec<u8>],
+        results: &mut [Result<ContentType, OpenError>],
+    ) {
+        let n = records.len().min(outs.len()).min(results.len());
+        let (aead, epoch, read_cid) = (self.aead, self.epoch, self.read_cid);
+        let keys = (&self.keys.read_key, &self.keys.read_iv);
+        let window = &mut self.window;
+        let mut k = 0;
+        while k < n {
+            // The first record of a stretch that passes the framing and replay checks decides
+            // its path.
+            let first = match admit(aead, epoch, read_cid, window, &records[k]) {
+                Ok(a) => a,
+                Err(e) => {
+                    results[k] = Err(e);
+                    k += 1;
+                    continue;
+                }
+            };
+            let one_shot = first.one_shot(aead);
+            let opened = cache::with_ctx(
+                self.id | 1,
+                &mut self.slot_hints[1],
+                aead,
+                keys.0,
+                keys.1,
+                false,
+                one_shot,
+                |ctx, _| {
+                    let mut admitted = Some(first);
+                    while k < n {
+                        let record = &records[k];
+                        let a = match admitted.take() {
+                            Some(a) => a,
+                            None => match admit(aead, epoch, read_cid, window, record) {
+                                Ok(a) => a,
+                                Err(e) => {
+                                    results[k] = Err(e);
+                                    k += 1;
+                                    continue;
+                                }
+                            },
+                        };
+                        if a.one_shot(aead) != one_shot {
+                            break; // the next stretch, on the other path
+                        }
+                        let r = a.open_on(aead, one_shot, ctx, keys.1, record, &mut outs[k]);
+                        if r.is_ok() {
+                            window.mark(a.seq);
+                        }
+                        results[k] = r;
+                        k += 1;
+                    }
+                    Ok(())
+                },
+            );
+            if opened.is_none() {
+                // No context (keying failed): this record is not opened, as `open_at`.
+                outs[k].clear();
+                evp::clear_error();
+                results[k] = Err(OpenError::Unauthenticated);
+                k += 1;
+            }
+        }
     }
 
     /// The framing checks every received record passes before its tag is checked; returns the
     /// length of its data (the fragment less explicit nonce and tag).
     #[inline]
     fn check(&self, record: &RecordHeader<'_>) -> Result<usize, OpenError> {
-        let header = record.header_bytes();
-        if header[1..3] != DTLS1_2 || record.epoch() != self.epoch {
-            return Err(OpenError::Malformed);
-        }
-        let fragment = record.fragment();
-        let overhead = self.aead.overhead();
-        // A CID record's plaintext also holds its content type: at least one byte more.
-        let min = overhead + usize::from(record.is_cid());
-        // A CID record's inner plaintext may add its type byte and padding (RFC 9146 §4).
-        let max = MAX_PLAINTEXT + if record.is_cid() { 256 } else { 0 };
-        if fragment.len() < min || fragment.len() - overhead > max {
-            return Err(OpenError::Malformed);
-        }
-        Ok(fragment.len() - overhead)
+        check(self.aead, self.epoch, record)
     }
 
     /// Whether the peer sends `tls12_cid` records to us (this side asked for a non-empty
@@ -469,6 +591,143 @@ impl RecordLayer {
     }
 }
 
+/// The checks of a record to seal (its length; the sequence number: the last one is kept for
+/// the `close_notify` that ends the connection) and what it is sealed as: sequence number `seq`
+/// of `epoch`, its explicit nonce (the epoch and sequence number, unique per record, or the
+/// continuation of OpenSSL's own counter after a hand-off: `explicit_next`).
+#[inline(always)]
+fn protect<'c>(
+    epoch: u16,
+    seq: u64,
+    explicit_next: Option<u64>,
+    cid: Option<&'c [u8]>,
+    content_type: ContentType,
+    len: usize,
+) -> Result<Protect<'c>, SealError> {
+    if len > MAX_PLAINTEXT {
+        return Err(SealError::TooLong);
+    }
+    let last = if content_type == ContentType::ApplicationData {
+        MAX_SEQUENCE - 1
+    } else {
+        MAX_SEQUENCE
+    };
+    if seq >= last {
+        return Err(SealError::SequenceExhausted);
+    }
+    let mut epoch_seq = seq.to_be_bytes();
+    epoch_seq[..2].copy_from_slice(&epoch.to_be_bytes());
+    Ok(Protect {
+        epoch_seq,
+        explicit: explicit_next.map_or(epoch_seq, u64::to_be_bytes),
+        content_type,
+        cid,
+        #[cfg(test)]
+        padding: 0,
+        #[cfg(test)]
+        no_type: false,
+    })
+}
+
+/// Uses up the sequence number (and explicit nonce) of a record just sealed.
+#[inline(always)]
+fn advance(seq: &mut u64, explicit_next: &mut Option<u64>) {
+    *seq += 1;
+    if let Some(n) = explicit_next.as_mut() {
+        *n = n.wrapping_add(1);
+    }
+}
+
+/// A received record that passed the checks before its tag ([`admit`]).
+#[derive(Debug, Clone, Copy)]
+struct Admitted {
+    /// Its 48-bit sequence number.
+    seq: u64,
+    /// Its epoch and sequence number as on the wire.
+    epoch_seq: [u8; 8],
+    /// Its fragment less explicit nonce and tag.
+    data_len: usize,
+    /// A `tls12_cid` record.
+    cid: bool,
+}
+
+impl Admitted {
+    /// Whether it is opened through OpenSSL's TLS one-shot AEAD ([`Aead::takes_one_shot`]).
+    #[inline(always)]
+    fn one_shot(&self, aead: Aead) -> bool {
+        aead.takes_one_shot(self.cid, true, self.data_len)
+    }
+
+    /// Authenticates and decrypts `record` (this) with `ctx`, keyed for decryption for the path
+    /// `one_shot` ([`one_shot`](Self::one_shot)), into `out`, the plaintext at
+    /// [`PLAINTEXT_AT`].
+    #[inline(always)]
+    fn open_on(
+        &self,
+        aead: Aead,
+        one_shot: bool,
+        ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+        iv: &[u8; 12],
+        record: &RecordHeader<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<ContentType, OpenError> {
+        if one_shot {
+            open_one_shot(aead, ctx, self.epoch_seq, record, self.data_len, out)
+        } else {
+            unprotect(aead, ctx, iv, record, out)
+        }
+    }
+}
+
+/// The checks a received record passes before its tag is checked, for a layer of `aead` at
+/// `epoch` that receives `tls12_cid` records (`read_cid`) or standard ones, with replay window
+/// `window`: its kind, framing ([`check`]) and sequence number.
+#[inline(always)]
+fn admit(
+    aead: Aead,
+    epoch: u16,
+    read_cid: bool,
+    window: &ReplayWindow,
+    record: &RecordHeader<'_>,
+) -> Result<Admitted, OpenError> {
+    let cid = record.is_cid();
+    if cid != read_cid {
+        return Err(OpenError::Malformed);
+    }
+    // The epoch and sequence number as one 8-byte load (header bytes 3 to 10).
+    let epoch_seq = epoch_seq_of(record);
+    let seq = u64::from_be_bytes(epoch_seq) & MAX_SEQUENCE;
+    let data_len = check(aead, epoch, record)?;
+    window.check(seq)?;
+    Ok(Admitted {
+        seq,
+        epoch_seq,
+        data_len,
+        cid,
+    })
+}
+
+/// The framing checks every received record passes before its tag is checked (DTLS 1.2,
+/// `epoch`, a fragment that holds `aead`'s explicit nonce and tag and no more than a record's
+/// plaintext); returns the length of its data (the fragment less explicit nonce and tag).
+#[inline(always)]
+fn check(aead: Aead, epoch: u16, record: &RecordHeader<'_>) -> Result<usize, OpenError> {
+    let header = record.header_bytes();
+    if header[1..3] != DTLS1_2 || record.epoch() != epoch {
+        return Err(OpenError::Malformed);
+    }
+    let fragment = record.fragment();
+    let overhead = aead.overhead();
+    // A CID record's plaintext also holds its content type: at least one byte more.
+    let min = overhead + usize::from(record.is_cid());
+    // A CID record's inner plaintext may add its type byte and padding (RFC 9146 §4).
+    let max = MAX_PLAINTEXT + if record.is_cid() { 256 } else { 0 };
+    if fragment.len() < min || fragment.len() - overhead > max {
+        return Err(OpenError::Malformed);
+    }
+    Ok(fragment.len() - overhead)
+}
+
 /// Largest additional data: RFC 9146 §5's with a 255-byte CID.
 const MAX_AAD: usize = 23 + 255;
 
@@ -538,6 +797,27 @@ impl Protect<'_> {
         #[cfg(test)]
         let plain = self.padding == 0 && !self.no_type;
         if plain && self.one_shot(aead, plaintext.len()) {
+            self.seal_one_shot(aead, ctx, iv, next, plaintext, out)
+        } else {
+            self.seal_generic(aead, ctx, iv, plaintext, out)
+        }
+    }
+
+    /// [`seal`](Self::seal) on the path already decided: `one_shot` is
+    /// [`one_shot`](Self::one_shot)'s answer for `plaintext`, and `ctx` is keyed for it.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn seal_on(
+        &self,
+        aead: Aead,
+        one_shot: bool,
+        ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+        iv: &[u8; 12],
+        next: &mut Option<[u8; 8]>,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ErrorStack> {
+        if one_shot {
             self.seal_one_shot(aead, ctx, iv, next, plaintext, out)
         } else {
             self.seal_generic(aead, ctx, iv, plaintext, out)
