@@ -455,6 +455,25 @@ pub(crate) fn aead_tls_set_fixed_iv(ctx: &mut CipherCtxRef, iv: &[u8]) -> Result
     Ok(())
 }
 
+/// The parameter array of a record of OpenSSL's TLS one-shot AEAD ([`aead_tls_one_shot`]):
+/// `OSSL_CIPHER_PARAM_AEAD_TLS1_AAD` (13 bytes) and the end marker, built once and kept with
+/// the context it serves, so that a record only points it at its additional data (building
+/// the 80-byte array on the stack for every record was ≈ 10 instructions of each).
+pub(crate) struct TlsAadParams([ffi::OSSL_PARAM; 2]);
+
+impl TlsAadParams {
+    /// The array, pointing at no additional data yet ([`aead_tls_one_shot`] sets it).
+    pub(crate) fn new() -> TlsAadParams {
+        TlsAadParams([octets(c"tlsaad", ptr::null_mut(), 13), params_end()])
+    }
+}
+
+impl Default for TlsAadParams {
+    fn default() -> TlsAadParams {
+        TlsAadParams::new()
+    }
+}
+
 /// Seals or opens one whole TLS/DTLS 1.2 AEAD record fragment in place through OpenSSL's TLS
 /// one-shot AEAD, the path its own record layer takes: `EVP_CIPHER_CTX_set_params` with
 /// `OSSL_CIPHER_PARAM_AEAD_TLS1_AAD` (the 13 bytes of additional data, whose length field is
@@ -463,6 +482,7 @@ pub(crate) fn aead_tls_set_fixed_iv(ctx: &mut CipherCtxRef, iv: &[u8]) -> Result
 /// record's whole nonce (OpenSSL's "length -1" case; otherwise the context has its fixed IV
 /// from [`aead_tls_set_fixed_iv`] or, AES-GCM sealing, the count a previous whole nonce
 /// started), then one `EVP_Cipher` over `fragment` (explicit nonce if any ‖ data ‖ tag).
+/// `params`: the context's kept parameter array ([`TlsAadParams`]).
 /// Sealing fills in the explicit nonce (GCM: from its IV, then counts the IV's last 8 bytes up
 /// by one; CCM: the epoch and sequence number of the additional data) and the tag; opening
 /// takes the explicit nonce from `fragment`, verifies the tag and leaves the plaintext after the
@@ -473,6 +493,7 @@ pub(crate) fn aead_tls_set_fixed_iv(ctx: &mut CipherCtxRef, iv: &[u8]) -> Result
 #[inline(always)]
 pub(crate) fn aead_tls_one_shot(
     ctx: &mut CipherCtxRef,
+    params: &mut TlsAadParams,
     nonce: Option<&[u8; 12]>,
     aad: &mut [u8; 13],
     fragment: &mut [u8],
@@ -482,9 +503,9 @@ pub(crate) fn aead_tls_one_shot(
     // OpenSSL copies both (and corrects its copy of the additional data's length); it never
     // writes through the pointers although the field is `*mut`. `usize::MAX` is the "whole IV"
     // marker: OpenSSL copies the context's IV length, 12 as the context was set up.
-    let aad = octets(c"tlsaad", aad.as_mut_ptr(), 13);
     let set = match nonce {
         Some(nonce) => {
+            let aad = octets(c"tlsaad", aad.as_mut_ptr(), 13);
             let iv = octets(c"tlsivfixed", nonce.as_ptr().cast_mut(), usize::MAX);
             let params = [aad, iv, params_end()];
             // SAFETY: `ctx` is a live, keyed context borrowed mutably for this call; the array
@@ -493,9 +514,12 @@ pub(crate) fn aead_tls_one_shot(
             unsafe { EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) }
         }
         None => {
-            let params = [aad, params_end()];
-            // SAFETY: as above, with `aad` alone.
-            unsafe { EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) }
+            // The kept array: only its data pointer changes, to this record's additional data.
+            params.0[0].data = aad.as_mut_ptr().cast();
+            // SAFETY: as above; the array (made by `TlsAadParams::new`: the 13-byte additional
+            // data parameter, then the end marker) names only `aad`, just set, which outlives
+            // the call.
+            unsafe { EVP_CIPHER_CTX_set_params(ctx, params.0.as_ptr()) }
         }
     };
     if set != 1 {

@@ -17,6 +17,7 @@ use openssl::error::ErrorStack;
 
 use super::aead::{self, Aead};
 use super::MAX_PLAINTEXT;
+use crate::ffi::evp;
 
 /// The next identity for the cipher-context cache (never reused, so a stale cache entry can
 /// never serve another connection).
@@ -43,11 +44,20 @@ struct Slot {
     /// when keyed ([`Aead::set_fixed_iv`]): as if another cipher.
     one_shot: bool,
     ctx: CipherCtx,
-    /// An AES-GCM one-shot context keyed for encryption: the explicit nonce OpenSSL gives its
-    /// next record, if known ([`Aead::set_fixed_iv`]); `None` after keying.
-    next_explicit: Option<[u8; 8]>,
+    /// What its one-shot records need beyond it.
+    state: OneShot,
     /// The tick of its latest use, for least-recently-used replacement.
     used: u64,
+}
+
+/// What a context keeps for OpenSSL's one-shot records beyond the context itself.
+#[derive(Default)]
+pub(super) struct OneShot {
+    /// An AES-GCM one-shot context keyed for encryption: the explicit nonce OpenSSL gives its
+    /// next record, if known ([`Aead::set_fixed_iv`]); `None` after keying.
+    pub(super) next_explicit: Option<[u8; 8]>,
+    /// The parameter array of its records, built once ([`evp::TlsAadParams`]).
+    pub(super) params: evp::TlsAadParams,
 }
 
 /// This thread's cached contexts and its clock for least-recently-used replacement.
@@ -71,7 +81,7 @@ thread_local! {
 /// Runs `f` on a context keyed with `key` for `owner` (a direction of one connection), from this
 /// thread's cache. `one_shot`: one that serves only OpenSSL's one-shot records, whose fixed IV,
 /// `iv`, is set when it is keyed ([`Aead::set_fixed_iv`]). `f` also gets the context's
-/// `next_explicit` (see [`Slot`]) to read and update. `None` if keying or `f` failed (what
+/// [`OneShot`] state to read and update. `None` if keying or `f` failed (what
 /// OpenSSL queued is taken off its error queue and dropped: callers report their own errors).
 ///
 /// A hit is one comparison at `hint`, where `owner`'s context was last found (updated here),
@@ -87,7 +97,7 @@ pub(super) fn with_ctx<R>(
     iv: &[u8; 12],
     encrypt: bool,
     one_shot: bool,
-    f: impl FnOnce(&mut CipherCtxRef, &mut Option<[u8; 8]>) -> Result<R, ErrorStack>,
+    f: impl FnOnce(&mut CipherCtxRef, &mut OneShot) -> Result<R, ErrorStack>,
 ) -> Option<R> {
     // `try_with`: during thread-local teardown there is no cache: fail the record, never panic.
     CACHE
@@ -108,7 +118,7 @@ pub(super) fn with_ctx<R>(
             *hint = index as u8; // < CACHE_SLOTS
             let slot = &mut cache.slots[index];
             slot.used = tick;
-            let r = f(&mut slot.ctx, &mut slot.next_explicit).ok();
+            let r = f(&mut slot.ctx, &mut slot.state).ok();
             if r.is_none() {
                 // A failed call may leave the context mid-operation; it is re-keyed before reuse.
                 slot.owner = 0;
@@ -146,7 +156,7 @@ impl Cache {
                 aead,
                 one_shot,
                 ctx: aead.new_ctx(encrypt)?,
-                next_explicit: None,
+                state: OneShot::default(),
                 used: 0,
             });
             slots.len() - 1
@@ -176,7 +186,7 @@ impl Cache {
         let slot = &mut slots[i];
         REKEYS.with(|r| r.set(r.get() + 1));
         slot.owner = 0; // unusable until keyed
-        slot.next_explicit = None;
+        slot.state.next_explicit = None;
         aead::init(&mut slot.ctx, encrypt, None, Some(key))?;
         if one_shot {
             aead.set_fixed_iv(&mut slot.ctx, iv, encrypt)?;

@@ -51,6 +51,7 @@ use openssl::error::ErrorStack;
 use openssl::ssl::SslRef;
 
 pub(crate) use self::aead::Aead;
+use self::cache::OneShot;
 pub(crate) use self::cache::{give_buffer, take_buffer, Queue};
 use self::keys::Keys;
 use self::replay::ReplayWindow;
@@ -244,7 +245,7 @@ impl RecordLayer {
             true,
             one_shot,
             // The path decided once (`Protect::seal` would decide it again).
-            |ctx, next| record.seal_on(aead, one_shot, ctx, keys.1, next, plaintext, out),
+            |ctx, state| record.seal_on(aead, one_shot, ctx, keys.1, state, plaintext, out),
         );
         if sealed.is_none() {
             return Err(SealError::Cipher);
@@ -300,7 +301,7 @@ impl RecordLayer {
                 keys.1,
                 true,
                 one_shot,
-                |ctx, next| {
+                |ctx, state| {
                     let mut record = Some(first);
                     while done < n {
                         let plaintext = plaintexts[done];
@@ -330,7 +331,7 @@ impl RecordLayer {
                             one_shot,
                             ctx,
                             keys.1,
-                            next,
+                            state,
                             plaintext,
                             &mut outs[done],
                         )?;
@@ -388,7 +389,7 @@ impl RecordLayer {
             keys.1,
             false,
             one_shot,
-            |ctx, _| Ok(admitted.open_on(aead, one_shot, ctx, keys.1, record, out)),
+            |ctx, state| Ok(admitted.open_on(aead, one_shot, ctx, state, keys.1, record, out)),
         );
         let content_type = match opened {
             Some(Ok(t)) => t,
@@ -440,7 +441,7 @@ impl RecordLayer {
                 keys.1,
                 false,
                 one_shot,
-                |ctx, _| {
+                |ctx, state| {
                     let mut admitted = Some(first);
                     while k < n {
                         let record = &records[k];
@@ -458,7 +459,7 @@ impl RecordLayer {
                         if a.one_shot(aead) != one_shot {
                             break; // the next stretch, on the other path
                         }
-                        let r = a.open_on(aead, one_shot, ctx, keys.1, record, &mut outs[k]);
+                        let r = a.open_on(aead, one_shot, ctx, state, keys.1, record, &mut outs[k]);
                         if r.is_ok() {
                             window.mark(a.seq);
                         }
@@ -518,8 +519,8 @@ impl RecordLayer {
         let aead = self.aead;
         let (key, iv) = (&self.keys.write_key, &self.keys.write_iv);
         let mut plain = take_buffer();
-        let result = fresh_ctx(aead, key, iv, false, |ctx, _| {
-            Ok(unprotect(aead, ctx, iv, record, &mut plain))
+        let result = fresh_ctx(aead, key, iv, false, |ctx, state| {
+            Ok(unprotect(aead, ctx, state, iv, record, &mut plain))
         })
         .map_err(|_| OpenError::Unauthenticated)
         .and_then(|r| r)
@@ -534,8 +535,8 @@ impl RecordLayer {
                 #[cfg(test)]
                 no_type: false,
             };
-            fresh_ctx(aead, key, iv, true, |ctx, next| {
-                p.seal(aead, ctx, iv, next, &plain[PLAINTEXT_AT..], out)
+            fresh_ctx(aead, key, iv, true, |ctx, state| {
+                p.seal(aead, ctx, iv, state, &plain[PLAINTEXT_AT..], out)
             })
             .map_err(|_| OpenError::Unauthenticated)
         });
@@ -583,8 +584,8 @@ impl RecordLayer {
             no_type: false,
         };
         let (key, iv) = (&self.keys.read_key, &self.keys.read_iv);
-        let sealed = fresh_ctx(aead, key, iv, true, |ctx, next| {
-            p.seal(aead, ctx, iv, next, plain, out)
+        let sealed = fresh_ctx(aead, key, iv, true, |ctx, state| {
+            p.seal(aead, ctx, iv, state, plain, out)
         });
         evp::clear_error();
         sealed.map_err(|_| OpenError::Unauthenticated)
@@ -658,23 +659,25 @@ impl Admitted {
         aead.takes_one_shot(self.cid, true, self.data_len)
     }
 
-    /// Authenticates and decrypts `record` (this) with `ctx`, keyed for decryption for the path
+    /// Authenticates and decrypts `record` (this) with `ctx` (and its `state`), keyed for decryption for the path
     /// `one_shot` ([`one_shot`](Self::one_shot)), into `out`, the plaintext at
     /// [`PLAINTEXT_AT`].
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn open_on(
         &self,
         aead: Aead,
         one_shot: bool,
         ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+        state: &mut OneShot,
         iv: &[u8; 12],
         record: &RecordHeader<'_>,
         out: &mut Vec<u8>,
     ) -> Result<ContentType, OpenError> {
         if one_shot {
-            open_one_shot(aead, ctx, self.epoch_seq, record, self.data_len, out)
+            open_one_shot(aead, ctx, state, self.epoch_seq, record, self.data_len, out)
         } else {
-            unprotect(aead, ctx, iv, record, out)
+            unprotect(aead, ctx, state, iv, record, out)
         }
     }
 }
@@ -779,7 +782,8 @@ impl Protect<'_> {
     }
 
     /// Appends the record protecting `plaintext` to `out` with `ctx` (keyed for encryption;
-    /// `next`: its explicit-nonce count, see [`seal_one_shot`](Self::seal_one_shot)); on error
+    /// `state`: its explicit-nonce count and parameter array, see
+    /// [`seal_one_shot`](Self::seal_one_shot)); on error
     /// `out` is as it was.
     #[inline(always)]
     fn seal(
@@ -787,7 +791,7 @@ impl Protect<'_> {
         aead: Aead,
         ctx: &mut openssl::cipher_ctx::CipherCtxRef,
         iv: &[u8; 12],
-        next: &mut Option<[u8; 8]>,
+        state: &mut OneShot,
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ErrorStack> {
@@ -797,7 +801,7 @@ impl Protect<'_> {
         #[cfg(test)]
         let plain = self.padding == 0 && !self.no_type;
         if plain && self.one_shot(aead, plaintext.len()) {
-            self.seal_one_shot(aead, ctx, iv, next, plaintext, out)
+            self.seal_one_shot(aead, ctx, iv, state, plaintext, out)
         } else {
             self.seal_generic(aead, ctx, iv, plaintext, out)
         }
@@ -813,12 +817,12 @@ impl Protect<'_> {
         one_shot: bool,
         ctx: &mut openssl::cipher_ctx::CipherCtxRef,
         iv: &[u8; 12],
-        next: &mut Option<[u8; 8]>,
+        state: &mut OneShot,
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ErrorStack> {
         if one_shot {
-            self.seal_one_shot(aead, ctx, iv, next, plaintext, out)
+            self.seal_one_shot(aead, ctx, iv, state, plaintext, out)
         } else {
             self.seal_generic(aead, ctx, iv, plaintext, out)
         }
@@ -891,7 +895,7 @@ impl Protect<'_> {
     /// ([`one_shot`](Self::one_shot)): the header and explicit nonce written as one piece, the
     /// plaintext where its ciphertext goes, room for the tag, then sealed in place in one call.
     ///
-    /// AES-GCM: `next` is the explicit nonce OpenSSL's count in `ctx` gives the next record
+    /// AES-GCM: `state.next_explicit` is the explicit nonce OpenSSL's count in `ctx` gives the next record
     /// ([`Aead::set_fixed_iv`]). The record's whole nonce is given only when that is not this
     /// record's (a fresh context, or a layer continuing OpenSSL's nonces), and the explicit
     /// nonce OpenSSL wrote is checked: a record sealed under any other nonce is discarded, so
@@ -902,7 +906,7 @@ impl Protect<'_> {
         aead: Aead,
         ctx: &mut openssl::cipher_ctx::CipherCtxRef,
         iv: &[u8; 12],
-        next: &mut Option<[u8; 8]>,
+        state: &mut OneShot,
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ErrorStack> {
@@ -928,13 +932,14 @@ impl Protect<'_> {
         out.truncate(start + HEADER + fragment_len);
         let mut aad = tls_aad(self.epoch_seq, self.content_type, data_len);
         let gcm = aead.is_gcm();
+        let next = &mut state.next_explicit;
         let nonce = (gcm && *next != Some(self.explicit)).then(|| aead.nonce(iv, self.explicit));
         *next = None;
         let fragment = &mut out[start + HEADER..];
-        let mut r = aead.seal_fragment(ctx, nonce.as_ref(), &mut aad, fragment);
+        let mut r = aead.seal_fragment(ctx, &mut state.params, nonce.as_ref(), &mut aad, fragment);
         if r.is_ok() && gcm {
             if fragment.first_chunk::<8>() == Some(&self.explicit) {
-                *next = Some(
+                state.next_explicit = Some(
                     u64::from_be_bytes(self.explicit)
                         .wrapping_add(1)
                         .to_be_bytes(),
@@ -1041,6 +1046,7 @@ fn explicit_of(aead: Aead, record: &RecordHeader<'_>) -> [u8; 8] {
 fn open_one_shot(
     aead: Aead,
     ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+    state: &mut OneShot,
     epoch_seq: [u8; 8],
     record: &RecordHeader<'_>,
     data_len: usize,
@@ -1059,7 +1065,10 @@ fn open_one_shot(
     };
     out.extend_from_slice(fragment);
     let mut aad = tls_aad(epoch_seq, record.content_type(), fragment.len());
-    if aead.open_fragment(ctx, &mut aad, &mut out[room..]).is_err() {
+    if aead
+        .open_fragment(ctx, &mut state.params, &mut aad, &mut out[room..])
+        .is_err()
+    {
         // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
         out.clear();
         evp::clear_error();
@@ -1076,13 +1085,22 @@ fn open_one_shot(
 fn unprotect(
     aead: Aead,
     ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+    state: &mut OneShot,
     iv: &[u8; 12],
     record: &RecordHeader<'_>,
     out: &mut Vec<u8>,
 ) -> Result<ContentType, OpenError> {
     let data_len = record.fragment().len() - aead.overhead();
     if opens_one_shot(aead, record, data_len) {
-        return open_one_shot(aead, ctx, epoch_seq_of(record), record, data_len, out);
+        return open_one_shot(
+            aead,
+            ctx,
+            state,
+            epoch_seq_of(record),
+            record,
+            data_len,
+            out,
+        );
     }
     let fragment = record.fragment();
     let explicit_len = aead.explicit_nonce_len();
@@ -1129,13 +1147,10 @@ fn fresh_ctx<R>(
     key: &[u8; 32],
     iv: &[u8; 12],
     encrypt: bool,
-    f: impl FnOnce(
-        &mut openssl::cipher_ctx::CipherCtxRef,
-        &mut Option<[u8; 8]>,
-    ) -> Result<R, ErrorStack>,
+    f: impl FnOnce(&mut openssl::cipher_ctx::CipherCtxRef, &mut OneShot) -> Result<R, ErrorStack>,
 ) -> Result<R, ErrorStack> {
     let mut ctx = aead.new_ctx(encrypt)?;
     aead::init(&mut ctx, encrypt, None, Some(&key[..aead.key_len()]))?;
     aead.set_fixed_iv(&mut ctx, iv, encrypt)?;
-    f(&mut ctx, &mut None)
+    f(&mut ctx, &mut OneShot::default())
 }

@@ -313,19 +313,19 @@ fn a_gcm_count_out_of_step_discards_the_record() {
         no_type: false,
     };
     let mut out = Vec::new();
-    fresh_ctx(aead, &keys.write_key, &keys.write_iv, true, |ctx, next| {
-        protect(0).seal(aead, ctx, &keys.write_iv, next, b"one", &mut out)?;
-        assert_eq!(*next, Some(((1 << 48) | 1u64).to_be_bytes()), "counts on");
+    fresh_ctx(aead, &keys.write_key, &keys.write_iv, true, |ctx, state| {
+        protect(0).seal(aead, ctx, &keys.write_iv, state, b"one", &mut out)?;
+        assert_eq!(state.next_explicit, Some(((1 << 48) | 1u64).to_be_bytes()), "counts on");
         let sealed = out.len();
         // Claim the count is at record 5's nonce while OpenSSL's is at record 1's.
-        *next = Some(((1 << 48) | 5u64).to_be_bytes());
+        state.next_explicit = Some(((1 << 48) | 5u64).to_be_bytes());
         assert!(protect(5)
-            .seal(aead, ctx, &keys.write_iv, next, b"two", &mut out)
+            .seal(aead, ctx, &keys.write_iv, state, b"two", &mut out)
             .is_err());
         assert_eq!(out.len(), sealed, "nothing appended");
-        assert_eq!(*next, None, "the count is unknown again");
+        assert_eq!(state.next_explicit, None, "the count is unknown again");
         // With the count unknown, the whole nonce is given again and the record is record 5's.
-        protect(5).seal(aead, ctx, &keys.write_iv, next, b"two", &mut out)?;
+        protect(5).seal(aead, ctx, &keys.write_iv, state, b"two", &mut out)?;
         assert_eq!(
             out[sealed + 13..sealed + 21],
             ((1 << 48) | 5u64).to_be_bytes()
