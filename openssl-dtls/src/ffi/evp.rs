@@ -482,7 +482,9 @@ impl Default for TlsAadParams {
 /// record's whole nonce (OpenSSL's "length -1" case; otherwise the context has its fixed IV
 /// from [`aead_tls_set_fixed_iv`] or, AES-GCM sealing, the count a previous whole nonce
 /// started), then one `EVP_Cipher` over `fragment` (explicit nonce if any ‖ data ‖ tag).
-/// `params`: the context's kept parameter array ([`TlsAadParams`]).
+/// `params`: the context's kept parameter array ([`TlsAadParams`]). Returns whether it
+/// succeeded; on failure OpenSSL's error queue says why (the callers, which report their own
+/// errors, clear it: no `ErrorStack` travels back through the record path).
 /// Sealing fills in the explicit nonce (GCM: from its IV, then counts the IV's last 8 bytes up
 /// by one; CCM: the epoch and sequence number of the additional data) and the tag; opening
 /// takes the explicit nonce from `fragment`, verifies the tag and leaves the plaintext after the
@@ -497,8 +499,10 @@ pub(crate) fn aead_tls_one_shot(
     nonce: Option<&[u8; 12]>,
     aad: &mut [u8; 13],
     fragment: &mut [u8],
-) -> Result<(), ErrorStack> {
-    let len = u32::try_from(fragment.len()).map_err(|_| ErrorStack::get())?;
+) -> bool {
+    let Ok(len) = u32::try_from(fragment.len()) else {
+        return false;
+    };
     let ctx = ctx.as_ptr();
     // OpenSSL copies both (and corrects its copy of the additional data's length); it never
     // writes through the pointers although the field is `*mut`. `usize::MAX` is the "whole IV"
@@ -523,16 +527,13 @@ pub(crate) fn aead_tls_one_shot(
         }
     };
     if set != 1 {
-        return Err(ErrorStack::get());
+        return false;
     }
     let p = fragment.as_mut_ptr();
     // SAFETY: `ctx` as above, its additional data just set; `fragment` is transformed in place
     // (input and output the same pointer, which OpenSSL's TLS AEAD mode requires) for exactly
     // `len` bytes: an AEAD in TLS mode writes no more than its input.
-    if unsafe { EVP_Cipher(ctx, p, p, len) } <= 0 {
-        return Err(ErrorStack::get());
-    }
-    Ok(())
+    unsafe { EVP_Cipher(ctx, p, p, len) > 0 }
 }
 
 #[cfg(test)]

@@ -213,7 +213,7 @@ impl Aead {
         nonce: Option<&[u8; 12]>,
         aad: &mut [u8; 13],
         fragment: &mut [u8],
-    ) -> Result<(), ErrorStack> {
+    ) -> bool {
         evp::aead_tls_one_shot(ctx, params, nonce, aad, fragment)
     }
 
@@ -228,7 +228,7 @@ impl Aead {
         params: &mut evp::TlsAadParams,
         aad: &mut [u8; 13],
         fragment: &mut [u8],
-    ) -> Result<(), ErrorStack> {
+    ) -> bool {
         evp::aead_tls_one_shot(ctx, params, None, aad, fragment)
     }
 

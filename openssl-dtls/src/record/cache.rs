@@ -97,7 +97,7 @@ pub(super) fn with_ctx<R>(
     iv: &[u8; 12],
     encrypt: bool,
     one_shot: bool,
-    f: impl FnOnce(&mut CipherCtxRef, &mut OneShot) -> Result<R, ErrorStack>,
+    f: impl FnOnce(&mut CipherCtxRef, &mut OneShot) -> Option<R>,
 ) -> Option<R> {
     // `try_with`: during thread-local teardown there is no cache: fail the record, never panic.
     CACHE
@@ -118,10 +118,11 @@ pub(super) fn with_ctx<R>(
             *hint = index as u8; // < CACHE_SLOTS
             let slot = &mut cache.slots[index];
             slot.used = tick;
-            let r = f(&mut slot.ctx, &mut slot.state).ok();
+            let r = f(&mut slot.ctx, &mut slot.state);
             if r.is_none() {
                 // A failed call may leave the context mid-operation; it is re-keyed before reuse.
                 slot.owner = 0;
+                evp::clear_error();
             }
             r
         })

@@ -245,7 +245,11 @@ impl RecordLayer {
             true,
             one_shot,
             // The path decided once (`Protect::seal` would decide it again).
-            |ctx, state| record.seal_on(aead, one_shot, ctx, keys.1, state, plaintext, out),
+            |ctx, state| {
+                record
+                    .seal_on(aead, one_shot, ctx, keys.1, state, plaintext, out)
+                    .then_some(())
+            },
         );
         if sealed.is_none() {
             return Err(SealError::Cipher);
@@ -326,7 +330,7 @@ impl RecordLayer {
                         if r.one_shot(aead, plaintext.len()) != one_shot {
                             break; // the next stretch, on the other path
                         }
-                        r.seal_on(
+                        let sealed = r.seal_on(
                             aead,
                             one_shot,
                             ctx,
@@ -334,11 +338,14 @@ impl RecordLayer {
                             state,
                             plaintext,
                             &mut outs[done],
-                        )?;
+                        );
+                        if !sealed {
+                            return None;
+                        }
                         advance(seq, explicit_next);
                         done += 1;
                     }
-                    Ok(())
+                    Some(())
                 },
             );
             if sealed.is_none() {
@@ -389,7 +396,7 @@ impl RecordLayer {
             keys.1,
             false,
             one_shot,
-            |ctx, state| Ok(admitted.open_on(aead, one_shot, ctx, state, keys.1, record, out)),
+            |ctx, state| Some(admitted.open_on(aead, one_shot, ctx, state, keys.1, record, out)),
         );
         let content_type = match opened {
             Some(Ok(t)) => t,
@@ -466,7 +473,7 @@ impl RecordLayer {
                         results[k] = r;
                         k += 1;
                     }
-                    Ok(())
+                    Some(())
                 },
             );
             if opened.is_none() {
@@ -537,6 +544,8 @@ impl RecordLayer {
             };
             fresh_ctx(aead, key, iv, true, |ctx, state| {
                 p.seal(aead, ctx, iv, state, &plain[PLAINTEXT_AT..], out)
+                    .then_some(())
+                    .ok_or_else(ErrorStack::get)
             })
             .map_err(|_| OpenError::Unauthenticated)
         });
@@ -586,6 +595,8 @@ impl RecordLayer {
         let (key, iv) = (&self.keys.read_key, &self.keys.read_iv);
         let sealed = fresh_ctx(aead, key, iv, true, |ctx, state| {
             p.seal(aead, ctx, iv, state, plain, out)
+                .then_some(())
+                .ok_or_else(ErrorStack::get)
         });
         evp::clear_error();
         sealed.map_err(|_| OpenError::Unauthenticated)
@@ -794,7 +805,7 @@ impl Protect<'_> {
         state: &mut OneShot,
         plaintext: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), ErrorStack> {
+    ) -> bool {
         #[cfg(not(test))]
         let plain = true;
         // Tests seal CID records with padding or without their type byte.
@@ -820,7 +831,7 @@ impl Protect<'_> {
         state: &mut OneShot,
         plaintext: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), ErrorStack> {
+    ) -> bool {
         if one_shot {
             self.seal_one_shot(aead, ctx, iv, state, plaintext, out)
         } else {
@@ -838,7 +849,7 @@ impl Protect<'_> {
         iv: &[u8; 12],
         plaintext: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), ErrorStack> {
+    ) -> bool {
         // A CID record's DTLSInnerPlaintext: the content, its real type, no padding.
         #[cfg(not(test))]
         let (type_len, padding) = (usize::from(self.cid.is_some()), 0);
@@ -884,8 +895,9 @@ impl Protect<'_> {
             self.cid,
             inner_len,
             |aad| aead.seal(ctx, &nonce, aad, inner, tag),
-        );
-        if r.is_err() {
+        )
+        .is_ok();
+        if !r {
             out.truncate(start);
         }
         r
@@ -909,7 +921,7 @@ impl Protect<'_> {
         state: &mut OneShot,
         plaintext: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), ErrorStack> {
+    ) -> bool {
         const HEADER: usize = crate::wire::RECORD_HEADER_LEN;
         let explicit_len = aead.explicit_nonce_len();
         let data_len = explicit_len + plaintext.len();
@@ -937,7 +949,7 @@ impl Protect<'_> {
         *next = None;
         let fragment = &mut out[start + HEADER..];
         let mut r = aead.seal_fragment(ctx, &mut state.params, nonce.as_ref(), &mut aad, fragment);
-        if r.is_ok() && gcm {
+        if r && gcm {
             if fragment.first_chunk::<8>() == Some(&self.explicit) {
                 state.next_explicit = Some(
                     u64::from_be_bytes(self.explicit)
@@ -945,10 +957,10 @@ impl Protect<'_> {
                         .to_be_bytes(),
                 );
             } else {
-                r = Err(ErrorStack::get());
+                r = false;
             }
         }
-        if r.is_err() {
+        if !r {
             out.truncate(start);
         }
         r
@@ -1065,10 +1077,7 @@ fn open_one_shot(
     };
     out.extend_from_slice(fragment);
     let mut aad = tls_aad(epoch_seq, record.content_type(), fragment.len());
-    if aead
-        .open_fragment(ctx, &mut state.params, &mut aad, &mut out[room..])
-        .is_err()
-    {
+    if !aead.open_fragment(ctx, &mut state.params, &mut aad, &mut out[room..]) {
         // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
         out.clear();
         evp::clear_error();
