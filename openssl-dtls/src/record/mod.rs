@@ -217,6 +217,7 @@ impl RecordLayer {
     /// Appends one protected record of `content_type` carrying `plaintext` to `out` and uses up
     /// one sequence number. With the peer's Connection ID `cid` (non-empty) the record is a
     /// `tls12_cid` record carrying it (RFC 9146 §4).
+    #[inline]
     pub(crate) fn seal(
         &mut self,
         cid: Option<&[u8]>,
@@ -379,6 +380,7 @@ impl RecordLayer {
     ///
     /// With Connection IDs in this direction, only `tls12_cid` records are accepted (whose CID
     /// the caller has matched); without, only standard ones.
+    #[inline]
     pub(crate) fn open_at(
         &mut self,
         record: &RecordHeader<'_>,
