@@ -413,18 +413,18 @@ const OSSL_PARAM_UNMODIFIED: usize = usize::MAX;
 /// does (the struct is public and fixed in `openssl/core.h`): calling the constructor returns a
 /// 40-byte struct by value, a measurable share of a small record's cost. Building one is safe;
 /// using it is sound while `data` is valid for `data_size` bytes.
-fn octets(key: &'static CStr, data: *mut u8, data_size: usize) -> ffi::OSSL_PARAM {
+const fn octets(key: &'static CStr, data: *mut u8, data_size: usize) -> ffi::OSSL_PARAM {
     ffi::OSSL_PARAM {
         key: key.as_ptr(),
         data_type: OSSL_PARAM_OCTET_STRING,
-        data: data.cast(),
+        data: data.cast::<std::ffi::c_void>(),
         data_size,
         return_size: OSSL_PARAM_UNMODIFIED,
     }
 }
 
 /// The end of an `OSSL_PARAM` array (`OSSL_PARAM_END`: a null key).
-fn params_end() -> ffi::OSSL_PARAM {
+const fn params_end() -> ffi::OSSL_PARAM {
     ffi::OSSL_PARAM {
         key: ptr::null(),
         data_type: 0,
@@ -463,7 +463,7 @@ pub(crate) struct TlsAadParams([ffi::OSSL_PARAM; 2]);
 
 impl TlsAadParams {
     /// The array, pointing at no additional data yet ([`aead_tls_one_shot`] sets it).
-    pub(crate) fn new() -> TlsAadParams {
+    pub(crate) const fn new() -> TlsAadParams {
         TlsAadParams([octets(c"tlsaad", ptr::null_mut(), 13), params_end()])
     }
 }
