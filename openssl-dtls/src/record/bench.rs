@@ -63,6 +63,7 @@ impl RecordPair {
     }
 
     /// Seals `plaintext` as one application-data record appended to `out`; `false` if refused.
+    #[inline]
     pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> bool {
         let cid = (!self.cid.is_empty()).then_some(&self.cid[..]);
         self.tx
@@ -72,6 +73,7 @@ impl RecordPair {
 
     /// Opens the record at the start of `record` into `out`, its plaintext at
     /// `out[PLAINTEXT_AT..]` as a session queues it; `false` if it is refused.
+    #[inline]
     pub fn open(&mut self, record: &[u8], out: &mut Vec<u8>) -> bool {
         let Ok(header) = RecordHeader::new_checked_cid(record, self.cid.len()) else {
             return false;
