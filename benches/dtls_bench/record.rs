@@ -31,7 +31,7 @@
 
 use std::ptr;
 
-use openssl_dtls::__bench::{RecordPair, PLAINTEXT_AT, RUN};
+use openssl_dtls::__bench::{param_names, RecordPair, PLAINTEXT_AT, RUN};
 use openssl_sys as ffi;
 
 use super::{
@@ -447,10 +447,13 @@ fn raw_one_shot_pairs(key: &str, size: usize, n: usize, per_record_iv: bool) -> 
         };
         // SAFETY: a live context; `iv` (12 bytes, `n` of them read, or 12 for `usize::MAX`)
         // outlives the call.
-        unsafe { set(ctx, (c"tlsivfixed", ivp, n), None) };
+        unsafe { set(ctx, (param_names().1, ivp, n), None) };
     }
     let mut buf = vec![0x5au8; explicit + size + tag];
     let mut nonce = iv;
+    // The parameter names the record layer passes (page-aligned: OpenSSL's look-up costs the
+    // same on both sides, whatever the build's layout).
+    let names = param_names();
     let mut one = |i: u64| {
         nonce[4..].copy_from_slice(&i.to_be_bytes());
         let mut aad = [1u8; 13];
@@ -461,8 +464,8 @@ fn raw_one_shot_pairs(key: &str, size: usize, n: usize, per_record_iv: bool) -> 
             // SAFETY: live contexts; `aad` (13 bytes), `nonce` (12) and `buf` (its length)
             // outlive the calls; EVP_Cipher works in place on `buf`.
             unsafe {
-                let iv = gcm_per_record.then_some((c"tlsivfixed", nonce.as_mut_ptr(), usize::MAX));
-                set(ctx, (c"tlsaad", a, 13), iv);
+                let iv = gcm_per_record.then_some((names.1, nonce.as_mut_ptr(), usize::MAX));
+                set(ctx, (names.0, a, 13), iv);
                 let r = EVP_Cipher(ctx.0, buf.as_mut_ptr(), buf.as_ptr(), buf.len() as u32);
                 assert!(r > 0, "raw one-shot {key}");
             }

@@ -234,7 +234,7 @@ unsafe fn aead_start(
         // The whole 12-byte IV (`usize::MAX`: OpenSSL's "whole IV" marker, copying the
         // context's IV length, 12 as set up), and the tag to verify; OpenSSL copies both and
         // never writes through the pointers.
-        let iv = octets(c"tlsivfixed", nonce.as_ptr().cast_mut(), usize::MAX);
+        let iv = octets(TLS_IV_FIXED.get(), nonce.as_ptr().cast_mut(), usize::MAX);
         let params = match tag {
             Some(tag) => [
                 iv,
@@ -409,6 +409,30 @@ const OSSL_PARAM_OCTET_STRING: libc::c_uint = 5;
 /// `OSSL_PARAM_UNMODIFIED` (`openssl/params.h`): a parameter no call has written yet.
 const OSSL_PARAM_UNMODIFIED: usize = usize::MAX;
 
+/// A parameter name at the start of a 4 KiB page of its own. OpenSSL finds a parameter by
+/// `strcmp`ing its name with each name the provider knows, and glibc's `strcmp` (AVX2 and
+/// SSE) leaves its fast path for a byte loop whenever the page offsets of its two strings,
+/// OR-ed, come within 128 bytes of a page's end: with a literal wherever the linker puts it,
+/// that cost moved by 20–45 instructions a record pair between builds of the same code.
+/// Page-aligned, the offset is OpenSSL's alone.
+#[repr(C, align(4096))]
+pub(crate) struct ParamName<const N: usize>([u8; N]);
+
+impl<const N: usize> ParamName<N> {
+    /// The name.
+    pub(crate) const fn get(&'static self) -> &'static CStr {
+        match CStr::from_bytes_with_nul(&self.0) {
+            Ok(name) => name,
+            Err(_) => panic!("a parameter name ends with its only NUL"),
+        }
+    }
+}
+
+/// `OSSL_CIPHER_PARAM_AEAD_TLS1_AAD`.
+pub(crate) static TLS_AAD: ParamName<7> = ParamName(*b"tlsaad\0");
+/// `OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED`.
+pub(crate) static TLS_IV_FIXED: ParamName<11> = ParamName(*b"tlsivfixed\0");
+
 /// An `OSSL_PARAM` of octets, built in place as OpenSSL's own `OSSL_PARAM_octet_string` macro
 /// does (the struct is public and fixed in `openssl/core.h`): calling the constructor returns a
 /// 40-byte struct by value, a measurable share of a small record's cost. Building one is safe;
@@ -444,7 +468,7 @@ const fn params_end() -> ffi::OSSL_PARAM {
 pub(crate) fn aead_tls_set_fixed_iv(ctx: &mut CipherCtxRef, iv: &[u8]) -> Result<(), ErrorStack> {
     // OpenSSL copies the IV; it never writes through the pointer although the field is `*mut`.
     let params = [
-        octets(c"tlsivfixed", iv.as_ptr().cast_mut(), iv.len()),
+        octets(TLS_IV_FIXED.get(), iv.as_ptr().cast_mut(), iv.len()),
         params_end(),
     ];
     // SAFETY: `ctx` is a live context borrowed mutably for this call; the array ends with the
@@ -464,7 +488,7 @@ pub(crate) struct TlsAadParams([ffi::OSSL_PARAM; 2]);
 impl TlsAadParams {
     /// The array, pointing at no additional data yet ([`aead_tls_one_shot`] sets it).
     pub(crate) const fn new() -> TlsAadParams {
-        TlsAadParams([octets(c"tlsaad", ptr::null_mut(), 13), params_end()])
+        TlsAadParams([octets(TLS_AAD.get(), ptr::null_mut(), 13), params_end()])
     }
 }
 
@@ -509,8 +533,8 @@ pub(crate) fn aead_tls_one_shot(
     // marker: OpenSSL copies the context's IV length, 12 as the context was set up.
     let set = match nonce {
         Some(nonce) => {
-            let aad = octets(c"tlsaad", aad.as_mut_ptr(), 13);
-            let iv = octets(c"tlsivfixed", nonce.as_ptr().cast_mut(), usize::MAX);
+            let aad = octets(TLS_AAD.get(), aad.as_mut_ptr(), 13);
+            let iv = octets(TLS_IV_FIXED.get(), nonce.as_ptr().cast_mut(), usize::MAX);
             let params = [aad, iv, params_end()];
             // SAFETY: `ctx` is a live, keyed context borrowed mutably for this call; the array
             // ends with the end marker and names only `aad` (13 bytes) and `nonce` (12 bytes,

@@ -8,6 +8,16 @@
 use super::{Aead, OpenError, RecordLayer};
 use crate::wire::{ContentType, RecordHeader};
 
+/// OpenSSL's parameter names as the record layer passes them (`"tlsaad"`, `"tlsivfixed"`,
+/// each page-aligned: see `ffi::evp::ParamName`), for a raw reference that looks parameters up
+/// at the same cost.
+pub fn param_names() -> (&'static std::ffi::CStr, &'static std::ffi::CStr) {
+    (
+        crate::ffi::evp::TLS_AAD.get(),
+        crate::ffi::evp::TLS_IV_FIXED.get(),
+    )
+}
+
 /// Records in a run of [`RecordPair::seal_run`] and [`RecordPair::open_run`] at most (what a
 /// session seals or opens in one call of the record layer's batch calls).
 pub const RUN: usize = super::RUN;
