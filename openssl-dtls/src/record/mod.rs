@@ -1008,6 +1008,7 @@ fn additional_data(
 /// RFC 5246 §6.2.3.3's additional data of a standard record, `seq_num ‖ type ‖ version ‖
 /// length`, for OpenSSL's TLS one-shot AEAD (which takes `len` as the fragment's length less the
 /// tag when sealing, the whole fragment's when opening, and corrects its own copy).
+#[inline(always)]
 fn tls_aad(epoch_seq: [u8; 8], content_type: ContentType, len: usize) -> [u8; 13] {
     let mut aad = [0u8; 13];
     aad[..8].copy_from_slice(&epoch_seq);
