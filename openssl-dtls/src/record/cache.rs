@@ -137,17 +137,16 @@ pub(super) fn with_ctx<R>(
             let mut cache = cache.borrow_mut();
             let cache = &mut *cache;
             cache.tick += 1;
-            let at = usize::from(*hint) % CACHE_SLOTS;
-            let s = &cache.slots[at];
-            let index = if s.owner == owner && s.one_shot == one_shot {
+            let tick = cache.tick;
+            let at = &mut cache.slots[usize::from(*hint) % CACHE_SLOTS];
+            let slot = if at.owner == owner && at.one_shot == one_shot {
                 at
             } else {
                 let i = cache.find(owner, aead, key, iv, encrypt, one_shot)?;
                 *hint = i as u8; // < CACHE_SLOTS
-                i
+                &mut cache.slots[i % CACHE_SLOTS]
             };
-            let slot = &mut cache.slots[index % CACHE_SLOTS];
-            slot.used = cache.tick;
+            slot.used = tick;
             let r = f(slot.ctx.as_mut()?, &mut slot.state);
             if r.is_none() {
                 // A failed call may leave the context mid-operation; it is re-keyed before reuse.
