@@ -14,7 +14,7 @@ use std::ptr;
 
 use foreign_types::ForeignTypeRef;
 use libc::c_int;
-use openssl::cipher_ctx::CipherCtxRef;
+use openssl::cipher_ctx::{CipherCtx, CipherCtxRef};
 use openssl::error::ErrorStack;
 use openssl::nid::Nid;
 use openssl_dtls_sys as dffi;
@@ -408,6 +408,38 @@ extern "C" {
 const OSSL_PARAM_OCTET_STRING: libc::c_uint = 5;
 /// `OSSL_PARAM_UNMODIFIED` (`openssl/params.h`): a parameter no call has written yet.
 const OSSL_PARAM_UNMODIFIED: usize = usize::MAX;
+
+/// An owned `EVP_CIPHER_CTX` (freed with `EVP_CIPHER_CTX_free` on drop) as a non-null
+/// pointer: rust-openssl's [`CipherCtx`] holds a raw pointer, so an `Option` of it needs a tag
+/// of its own, and the per-thread cache's slots, which start empty, checked that tag and
+/// stepped 136 bytes instead of 128 on every record.
+pub(crate) struct OwnedCipherCtx(ptr::NonNull<ffi::EVP_CIPHER_CTX>);
+
+impl OwnedCipherCtx {
+    /// Takes over `ctx`.
+    pub(crate) fn new(ctx: CipherCtx) -> OwnedCipherCtx {
+        // Ownership moves here: `ctx` is never dropped (which would free the context).
+        let p = std::mem::ManuallyDrop::new(ctx).as_ptr();
+        // rust-openssl's `CipherCtx::new` fails rather than hold a null pointer.
+        OwnedCipherCtx(ptr::NonNull::new(p).unwrap_or_else(|| unreachable!("a null CipherCtx")))
+    }
+
+    /// The context, to use.
+    #[inline(always)]
+    pub(crate) fn get_mut(&mut self) -> &mut CipherCtxRef {
+        // SAFETY: the pointer came from a live `CipherCtx` this value owns alone (`new`) and is
+        // freed only on drop; the `&mut self` borrow makes the reference unique for its life.
+        unsafe { CipherCtxRef::from_ptr_mut(self.0.as_ptr()) }
+    }
+}
+
+impl Drop for OwnedCipherCtx {
+    fn drop(&mut self) {
+        // SAFETY: owned alone since `new` (the `CipherCtx` it came from is never dropped), freed
+        // only here.
+        unsafe { ffi::EVP_CIPHER_CTX_free(self.0.as_ptr()) }
+    }
+}
 
 /// A parameter name at the start of a 4 KiB page of its own. OpenSSL finds a parameter by
 /// `strcmp`ing its name with each name the provider knows, and glibc's `strcmp` (AVX2 and

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use openssl::cipher_ctx::{CipherCtx, CipherCtxRef};
+use openssl::cipher_ctx::CipherCtxRef;
 use openssl::error::ErrorStack;
 
 use super::aead::{self, Aead};
@@ -45,7 +45,7 @@ struct Slot {
     /// when keyed ([`Aead::set_fixed_iv`]): as if another cipher.
     one_shot: bool,
     /// `None` in a slot not used yet.
-    ctx: Option<CipherCtx>,
+    ctx: Option<evp::OwnedCipherCtx>,
     /// What its one-shot records need beyond it.
     state: OneShot,
     /// The tick of its latest use, for least-recently-used replacement.
@@ -147,7 +147,7 @@ pub(super) fn with_ctx<R>(
                 &mut cache.slots[i % CACHE_SLOTS]
             };
             slot.used = tick;
-            let r = f(slot.ctx.as_mut()?, &mut slot.state);
+            let r = f(slot.ctx.as_mut()?.get_mut(), &mut slot.state);
             if r.is_none() {
                 // A failed call may leave the context mid-operation; it is re-keyed before reuse.
                 slot.owner = 0;
@@ -206,7 +206,7 @@ impl Cache {
                 owner: 0,
                 aead,
                 one_shot,
-                ctx: Some(aead.new_ctx(encrypt)?),
+                ctx: Some(evp::OwnedCipherCtx::new(aead.new_ctx(encrypt)?)),
                 state: OneShot::NEW,
                 used: 0,
             };
@@ -229,7 +229,7 @@ impl Cache {
                 _ => oldest,
             };
             if slots[i].aead != aead || slots[i].one_shot != one_shot || slots[i].ctx.is_none() {
-                slots[i].ctx = Some(aead.new_ctx(encrypt)?);
+                slots[i].ctx = Some(evp::OwnedCipherCtx::new(aead.new_ctx(encrypt)?));
                 slots[i].aead = aead;
                 slots[i].one_shot = one_shot;
             }
@@ -241,8 +241,11 @@ impl Cache {
         slot.state.next_explicit = None;
         let ctx = match slot.ctx.as_mut() {
             Some(ctx) => ctx,
-            None => slot.ctx.insert(aead.new_ctx(encrypt)?),
-        };
+            None => slot
+                .ctx
+                .insert(evp::OwnedCipherCtx::new(aead.new_ctx(encrypt)?)),
+        }
+        .get_mut();
         aead::init(ctx, encrypt, None, Some(key))?;
         if one_shot {
             aead.set_fixed_iv(ctx, iv, encrypt)?;
@@ -266,7 +269,12 @@ pub(super) fn evict(id: u64) {
                 // Overwrite the key schedule by keying it with zeros.
                 let zero = [0u8; 32];
                 if let Some(ctx) = slot.ctx.as_mut() {
-                    let _ = aead::init(ctx, true, None, Some(&zero[..slot.aead.key_len()]));
+                    let _ = aead::init(
+                        ctx.get_mut(),
+                        true,
+                        None,
+                        Some(&zero[..slot.aead.key_len()]),
+                    );
                 }
             }
         }
