@@ -125,6 +125,17 @@ pub(super) fn section(t: &mut Table) {
             true,
         );
     }
+    // The batch paths through compact sessions allocate nothing either.
+    let (rust, ossl, sites) = run_allocs(env_usize("BENCH_REC_ALLOC_N", 2_000).max(1));
+    t.note(
+        &format!("allocations per record, steady state, compact sessions in runs of {RUN} (send_many, one datagram of {RUN} records opened in runs, Endpoint::send_many back; ours = Rust side)"),
+        format!("{rust:.3}"),
+        "0 (target)",
+        &format!("OpenSSL side: {ossl:.3}"),
+    );
+    for s in sites {
+        println!("    allocation site: {s}");
+    }
     let (cid, raw) = best2(
         &mut || compact_pairs(SUITES[0].1, &[0xc1; 8], 1200, n),
         &mut || raw_limit("gcm", 1200, n),
@@ -214,6 +225,95 @@ fn compact_run_pairs(suite: &str, size: usize, n: usize) -> f64 {
         one(&mut pair);
     }
     (runs * RUN) as f64 / (thread_cpu() - t0).as_secs_f64()
+}
+
+/// Allocations per record (Rust side, OpenSSL side) in the steady state of the batch paths of
+/// two compact sessions in memory: the client sends [`RUN`] 100-byte datagrams with one
+/// `Session::send_many`, the server gets them as one datagram of [`RUN`] records (opened in
+/// runs), echoes them with one `Endpoint::send_many`, and the client reads the echoes. With
+/// allocation sites if any.
+fn run_allocs(n: usize) -> (f64, f64, Vec<String>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Instant;
+
+    use openssl_dtls::{Endpoint, Session};
+
+    use super::{
+        mem_handshake, our_client_ctx_with, our_server_ctx_with, roomy, spoof_free_addr, Cert,
+        MAX_TRACES, MTU, OSSL_ALLOCS, RUST_ALLOCS, TRACE, TRACES,
+    };
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let mut config = roomy(4);
+    config.idle_timeout = None;
+    let suite = SUITES[0].1;
+    let sctx = our_server_ctx_with(suite, &cert, MTU as usize, true);
+    let mut server = Endpoint::server(sctx, config).unwrap();
+    let cctx = our_client_ctx_with(suite, MTU as usize, true);
+    let mut client = cctx.new_session(None, Instant::now()).unwrap();
+    let peer = spoof_free_addr(2);
+    let mut buf = vec![0u8; 2048];
+    let id = mem_handshake(&mut server, &mut client, peer, &mut buf, None).expect("handshake");
+    let msgs = [[0x5au8; 100]; RUN];
+    let mut datagram = Vec::with_capacity(4096);
+    let mut echoes = [[0u8; 100]; RUN];
+    let mut app = [0u8; 2048];
+    let mut round = |server: &mut Endpoint, client: &mut Session| {
+        let now = Instant::now();
+        let refs: [&[u8]; RUN] = std::array::from_fn(|i| &msgs[i][..]);
+        client.send_many(&refs).unwrap();
+        datagram.clear();
+        while let Some(k) = client.poll_transmit(&mut buf) {
+            datagram.extend_from_slice(&buf[..k]);
+        }
+        server.handle_datagram(now, peer, &datagram);
+        while server.poll_event().is_some() {}
+        let mut got = 0;
+        while let Ok(Some(k)) = server.recv(peer, id, &mut echoes[got % RUN]) {
+            assert_eq!(k, 100);
+            got += 1;
+        }
+        assert_eq!(got, RUN, "every record of the datagram delivered");
+        let refs: [&[u8]; RUN] = std::array::from_fn(|i| &echoes[i][..]);
+        server.send_many(peer, id, &refs).unwrap();
+        while let Some((_, k)) = server.poll_transmit(&mut buf) {
+            client.handle_datagram(now, &buf[..k]);
+        }
+        let mut back = 0;
+        while let Ok(Some(_)) = client.recv(&mut app) {
+            back += 1;
+        }
+        assert_eq!(back, RUN, "every echo back");
+    };
+    for _ in 0..200 {
+        round(&mut server, &mut client);
+    }
+    assert!(client.is_compact(), "compact hand-off");
+    let (r0, o0) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
+    for _ in 0..n {
+        round(&mut server, &mut client);
+    }
+    let (r1, o1) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
+    let mut sites = Vec::new();
+    if r1 > r0 {
+        TRACE.store(true, Relaxed);
+        for _ in 0..((n as u64 / (r1 - r0).max(1)) + 2).min(1000) {
+            round(&mut server, &mut client);
+            if TRACES.lock().unwrap().len() >= MAX_TRACES {
+                break;
+            }
+        }
+        TRACE.store(false, Relaxed);
+        sites = std::mem::take(&mut *TRACES.lock().unwrap());
+    }
+    let records = (2 * RUN * n) as f64;
+    (
+        (r1 - r0) as f64 / records,
+        (o1 - o0) as f64 / records,
+        sites,
+    )
 }
 
 /// A keyed `EVP_CIPHER_CTX`, freed on drop.
