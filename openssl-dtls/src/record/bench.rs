@@ -85,10 +85,11 @@ impl RecordPair {
     /// `out[PLAINTEXT_AT..]` as a session queues it; `false` if it is refused.
     #[inline]
     pub fn open(&mut self, record: &[u8], out: &mut Vec<u8>) -> bool {
-        let Ok(header) = RecordHeader::new_checked_cid(record, self.cid.len()) else {
-            return false;
-        };
-        self.rx.open_at(&header, out).is_ok()
+        // The header borrowed where the parser returned it (not moved out first).
+        match &RecordHeader::new_checked_cid(record, self.cid.len()) {
+            Ok(header) => self.rx.open_at(header, out).is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// Seals `plaintexts` as a run of application-data records in one call of the record
