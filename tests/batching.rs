@@ -158,6 +158,53 @@ fn a_burst_larger_than_a_batch_arrives_intact_and_in_order_per_peer() {
 }
 
 #[test]
+fn compact_connections_send_many_in_runs_of_records_both_ways() {
+    // Compact connections seal `send_many`'s datagrams in runs (one call of the record layer
+    // for up to 8): what arrives is what was sent, in order, both ways, and nothing is dropped.
+    let compact = || {
+        let mut config = roomy_session();
+        config.compact = true;
+        config
+    };
+    let server = DtlsServer::bind_with(
+        "127.0.0.1:0",
+        DtlsServerContext::builder()
+            .psk_key_store(|identity| (identity == IDENTITY).then(|| KEY.to_vec()))
+            .session_config(compact())
+            .build()
+            .unwrap(),
+        EndpointConfig::default(),
+        SocketOptions::default(),
+    )
+    .unwrap();
+    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let cctx = DtlsClientContext::builder()
+        .psk_credentials(PskCredentials::new(IDENTITY.to_vec(), KEY.to_vec()))
+        .session_config(compact())
+        .build()
+        .unwrap();
+    let conn = client
+        .connect(server.local_addr(), &cctx, Duration::from_secs(10))
+        .unwrap();
+    let accepted = server
+        .accept_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("accepted");
+    let stream: Vec<Vec<u8>> = (0..61u32)
+        .map(|seq| datagram(seq, [1200, 100, 4, 700][seq as usize % 4]))
+        .collect();
+    let refs: Vec<&[u8]> = stream.iter().map(Vec::as_slice).collect();
+    for chunk in refs.chunks(20) {
+        conn.send_many(chunk).unwrap();
+    }
+    assert_eq!(receive(&accepted, stream.len()), stream);
+    accepted.send_many(&refs[..37]).unwrap();
+    assert_eq!(receive(&conn, 37), stream[..37]);
+    let stats = server.stats();
+    assert_eq!(stats.socket_rx_dropped, 0, "{stats}");
+}
+
+#[test]
 fn gso_on_and_off_deliver_the_same_datagrams() {
     // Runs of equal sizes with a shorter one ending each run, a larger one starting the next.
     let sizes = [

@@ -17,18 +17,21 @@
 //! * `rec_gcm_1200_vs_openssl`: the same compact GCM pairs next to OpenSSL's own record layer:
 //!   two raw `SSL`s (ECDHE-ECDSA-AES128-GCM-SHA256, handshaken in memory) with one `SSL_write`
 //!   and one `SSL_read` of 1,200 bytes per pair over the bench's in-memory datagram pipe.
+//! * `rec_gcm_100_run8`, `rec_gcm_1200_run8`: the compact GCM pairs through the batch calls,
+//!   runs of 8 records sealed in one call (`RecordPair::seal_run`) and opened in one call
+//!   (`RecordPair::open_run`), next to the same raw limit (per record).
 //! * `rec_gcm_1200_cid` (context, not an aim): GCM with an 8-byte Connection ID (`tls12_cid`
 //!   records) next to the raw limit.
 //!
 //! Sizes: `BENCH_REC_RAW_N` pairs per measurement (default 300,000), `BENCH_REC_REPS` rounds
-//! (best kept, default 3). `BENCH_REC_PROFILE=gcm:100` (or `ccm8:1200:cid`, …) runs only the
-//! compact pairs of one row, `BENCH_REC_PROFILE=raw:gcm:100` only its raw one-shot reference (for
-//! AES-GCM with the IV set once; `raw-periv:gcm:100` with the nonce given per record), to
-//! profile them (`perf`, or `valgrind --tool=callgrind` for instruction counts).
+//! (best kept, default 3). `BENCH_REC_PROFILE=gcm:100` (or `ccm8:1200:cid`, `gcm:100:run8`:
+//! in runs of 8, …) runs only the compact pairs of one row, `BENCH_REC_PROFILE=raw:gcm:100`
+//! only its raw one-shot reference (for AES-GCM with the IV set once; `raw-periv:gcm:100` with
+//! the nonce given per record), to profile them (`perf`, or `valgrind --tool=callgrind` for instruction counts).
 
 use std::ptr;
 
-use openssl_dtls::__bench::{RecordPair, PLAINTEXT_AT};
+use openssl_dtls::__bench::{param_names, RecordPair, PLAINTEXT_AT, RUN};
 use openssl_sys as ffi;
 
 use super::{
@@ -58,7 +61,8 @@ pub(super) fn section(t: &mut Table) {
             .split(':');
         let key = it.next().unwrap_or("gcm");
         let size = it.next().and_then(|s| s.parse().ok()).unwrap_or(1200);
-        let cid: &[u8] = if it.next() == Some("cid") {
+        let third = it.next();
+        let cid: &[u8] = if third == Some("cid") {
             &[0xc1; 8]
         } else {
             &[]
@@ -70,6 +74,11 @@ pub(super) fn section(t: &mut Table) {
         if raw {
             let rate = raw_one_shot_pairs(key, size, n, per_record_iv);
             println!("profile raw one-shot {key} {size} B (per-record IV: {per_record_iv}): {rate:.0} pairs/s");
+            return;
+        }
+        if third == Some("run8") {
+            let rate = compact_run_pairs(suite, size, n);
+            println!("profile {key} {size} B in runs of {RUN}: {rate:.0} pairs/s");
             return;
         }
         let rate = compact_pairs(suite, cid, size, n);
@@ -100,6 +109,32 @@ pub(super) fn section(t: &mut Table) {
                 true,
             );
         }
+    }
+    // Runs of 8 records sealed in one call and opened in one call (the batch calls a session
+    // uses for `send_many` and for a datagram of several records), next to the same raw loop.
+    for size in [100usize, 1200] {
+        let (ours, raw) = best2(&mut || compact_run_pairs(SUITES[0].1, size, n), &mut || {
+            raw_limit("gcm", size, n)
+        });
+        t.keyed_row(
+            &format!("rec_gcm_{size}_run{RUN}"),
+            &format!("gcm {size} B records in runs of {RUN} (seal_run+open_run): pairs/CPU s vs raw AEAD"),
+            ours,
+            raw,
+            "pairs/s",
+            true,
+        );
+    }
+    // The batch paths through compact sessions allocate nothing either.
+    let (rust, ossl, sites) = run_allocs(env_usize("BENCH_REC_ALLOC_N", 2_000).max(1));
+    t.note(
+        &format!("allocations per record, steady state, compact sessions in runs of {RUN} (send_many, one datagram of {RUN} records opened in runs, Endpoint::send_many back; ours = Rust side)"),
+        format!("{rust:.3}"),
+        "0 (target)",
+        &format!("OpenSSL side: {ossl:.3}"),
+    );
+    for s in sites {
+        println!("    allocation site: {s}");
     }
     let (cid, raw) = best2(
         &mut || compact_pairs(SUITES[0].1, &[0xc1; 8], 1200, n),
@@ -161,6 +196,124 @@ fn compact_pairs(suite: &str, cid: &[u8], size: usize, n: usize) -> f64 {
         one(&mut pair);
     }
     n as f64 / (thread_cpu() - t0).as_secs_f64()
+}
+
+/// [`compact_pairs`] through the batch calls: runs of [`RUN`] records sealed in one call
+/// (`RecordPair::seal_run`, each into its own buffer) and opened in one call
+/// (`RecordPair::open_run`); pairs (records) per thread-CPU second.
+fn compact_run_pairs(suite: &str, size: usize, n: usize) -> f64 {
+    let mut pair = RecordPair::new(suite, &[]).expect("a compact suite");
+    let msg = vec![0x5au8; size];
+    let msgs = [&msg[..]; RUN];
+    let mut wire: [Vec<u8>; RUN] = std::array::from_fn(|_| Vec::with_capacity(size + 64));
+    let mut plain: [Vec<u8>; RUN] = std::array::from_fn(|_| Vec::with_capacity(size + 64));
+    let mut one = |pair: &mut RecordPair| {
+        for w in &mut wire {
+            w.clear();
+        }
+        assert_eq!(pair.seal_run(&msgs, &mut wire), RUN, "seal_run");
+        let records: [&[u8]; RUN] = std::array::from_fn(|i| &wire[i][..]);
+        assert_eq!(pair.open_run(&records, &mut plain), RUN, "open_run");
+        debug_assert!(plain.iter().all(|p| p[PLAINTEXT_AT..] == msg[..]));
+    };
+    for _ in 0..1000 / RUN {
+        one(&mut pair);
+    }
+    let runs = n.div_ceil(RUN);
+    let t0 = thread_cpu();
+    for _ in 0..runs {
+        one(&mut pair);
+    }
+    (runs * RUN) as f64 / (thread_cpu() - t0).as_secs_f64()
+}
+
+/// Allocations per record (Rust side, OpenSSL side) in the steady state of the batch paths of
+/// two compact sessions in memory: the client sends [`RUN`] 100-byte datagrams with one
+/// `Session::send_many`, the server gets them as one datagram of [`RUN`] records (opened in
+/// runs), echoes them with one `Endpoint::send_many`, and the client reads the echoes. With
+/// allocation sites if any.
+fn run_allocs(n: usize) -> (f64, f64, Vec<String>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Instant;
+
+    use openssl_dtls::{Endpoint, Session};
+
+    use super::{
+        mem_handshake, our_client_ctx_with, our_server_ctx_with, roomy, spoof_free_addr, Cert,
+        MAX_TRACES, MTU, OSSL_ALLOCS, RUST_ALLOCS, TRACE, TRACES,
+    };
+    let cert = Cert {
+        cert_der: vec![],
+        key_der: vec![],
+    };
+    let mut config = roomy(4);
+    config.idle_timeout = None;
+    let suite = SUITES[0].1;
+    let sctx = our_server_ctx_with(suite, &cert, MTU as usize, true);
+    let mut server = Endpoint::server(sctx, config).unwrap();
+    let cctx = our_client_ctx_with(suite, MTU as usize, true);
+    let mut client = cctx.new_session(None, Instant::now()).unwrap();
+    let peer = spoof_free_addr(2);
+    let mut buf = vec![0u8; 2048];
+    let id = mem_handshake(&mut server, &mut client, peer, &mut buf, None).expect("handshake");
+    let msgs = [[0x5au8; 100]; RUN];
+    let mut datagram = Vec::with_capacity(4096);
+    let mut echoes = [[0u8; 100]; RUN];
+    let mut app = [0u8; 2048];
+    let mut round = |server: &mut Endpoint, client: &mut Session| {
+        let now = Instant::now();
+        let refs: [&[u8]; RUN] = std::array::from_fn(|i| &msgs[i][..]);
+        client.send_many(&refs).unwrap();
+        datagram.clear();
+        while let Some(k) = client.poll_transmit(&mut buf) {
+            datagram.extend_from_slice(&buf[..k]);
+        }
+        server.handle_datagram(now, peer, &datagram);
+        while server.poll_event().is_some() {}
+        let mut got = 0;
+        while let Ok(Some(k)) = server.recv(peer, id, &mut echoes[got % RUN]) {
+            assert_eq!(k, 100);
+            got += 1;
+        }
+        assert_eq!(got, RUN, "every record of the datagram delivered");
+        let refs: [&[u8]; RUN] = std::array::from_fn(|i| &echoes[i][..]);
+        server.send_many(peer, id, &refs).unwrap();
+        while let Some((_, k)) = server.poll_transmit(&mut buf) {
+            client.handle_datagram(now, &buf[..k]);
+        }
+        let mut back = 0;
+        while let Ok(Some(_)) = client.recv(&mut app) {
+            back += 1;
+        }
+        assert_eq!(back, RUN, "every echo back");
+    };
+    for _ in 0..200 {
+        round(&mut server, &mut client);
+    }
+    assert!(client.is_compact(), "compact hand-off");
+    let (r0, o0) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
+    for _ in 0..n {
+        round(&mut server, &mut client);
+    }
+    let (r1, o1) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
+    let mut sites = Vec::new();
+    if r1 > r0 {
+        TRACE.store(true, Relaxed);
+        for _ in 0..((n as u64 / (r1 - r0).max(1)) + 2).min(1000) {
+            round(&mut server, &mut client);
+            if TRACES.lock().unwrap().len() >= MAX_TRACES {
+                break;
+            }
+        }
+        TRACE.store(false, Relaxed);
+        sites = std::mem::take(&mut *TRACES.lock().unwrap());
+    }
+    let records = (2 * RUN * n) as f64;
+    (
+        (r1 - r0) as f64 / records,
+        (o1 - o0) as f64 / records,
+        sites,
+    )
 }
 
 /// A keyed `EVP_CIPHER_CTX`, freed on drop.
@@ -394,10 +547,13 @@ fn raw_one_shot_pairs(key: &str, size: usize, n: usize, per_record_iv: bool) -> 
         };
         // SAFETY: a live context; `iv` (12 bytes, `n` of them read, or 12 for `usize::MAX`)
         // outlives the call.
-        unsafe { set(ctx, (c"tlsivfixed", ivp, n), None) };
+        unsafe { set(ctx, (param_names().1, ivp, n), None) };
     }
     let mut buf = vec![0x5au8; explicit + size + tag];
     let mut nonce = iv;
+    // The parameter names the record layer passes (page-aligned: OpenSSL's look-up costs the
+    // same on both sides, whatever the build's layout).
+    let names = param_names();
     let mut one = |i: u64| {
         nonce[4..].copy_from_slice(&i.to_be_bytes());
         let mut aad = [1u8; 13];
@@ -408,8 +564,8 @@ fn raw_one_shot_pairs(key: &str, size: usize, n: usize, per_record_iv: bool) -> 
             // SAFETY: live contexts; `aad` (13 bytes), `nonce` (12) and `buf` (its length)
             // outlive the calls; EVP_Cipher works in place on `buf`.
             unsafe {
-                let iv = gcm_per_record.then_some((c"tlsivfixed", nonce.as_mut_ptr(), usize::MAX));
-                set(ctx, (c"tlsaad", a, 13), iv);
+                let iv = gcm_per_record.then_some((names.1, nonce.as_mut_ptr(), usize::MAX));
+                set(ctx, (names.0, a, 13), iv);
                 let r = EVP_Cipher(ctx.0, buf.as_mut_ptr(), buf.as_ptr(), buf.len() as u32);
                 assert!(r > 0, "raw one-shot {key}");
             }

@@ -145,14 +145,12 @@ impl<D: Io> Handle<D> {
             return Err(Error::PayloadTooLarge { len: d.len(), max });
         }
         for chunk in datagrams.chunks(few) {
-            for data in chunk {
-                if let Err(e) = core.endpoint.send(self.peer, self.id, data) {
-                    self.shared.flush(core);
-                    return Err(match e {
-                        Error::Closed => self.ended_error(core).unwrap_or(Error::Closed),
-                        e => e,
-                    });
-                }
+            if let Err(e) = core.endpoint.send_many(self.peer, self.id, chunk) {
+                self.shared.flush(core);
+                return Err(match e {
+                    Error::Closed => self.ended_error(core).unwrap_or(Error::Closed),
+                    e => e,
+                });
             }
             if core.out.tx.gather(&mut core.endpoint) {
                 self.shared.flush(core);

@@ -746,6 +746,26 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Sends several application datagrams on connection `id` with `peer`, as many
+    /// [`send`](Self::send) calls in order would, stopping at the first error
+    /// ([`Session::send_many`]: on the compact record layer, sealed in runs).
+    pub fn send_many(
+        &mut self,
+        peer: SocketAddr,
+        id: ConnectionId,
+        datagrams: &[&[u8]],
+    ) -> Result<()> {
+        let peer = self.resolve(peer, id);
+        let p = self.live(peer, id).ok_or(Error::Closed)?;
+        let r = p.session.send_many(datagrams);
+        // Those before an error were queued: the connection has datagrams to send.
+        if (r.is_ok() || p.session.has_transmit()) && !p.in_ready {
+            p.in_ready = true;
+            self.ready.push_back(peer);
+        }
+        r
+    }
+
     /// Takes the next received datagram of connection `id` ([`Session::recv`]). A connection
     /// that is gone reads as [`Error::Closed`].
     pub fn recv(

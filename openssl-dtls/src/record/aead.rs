@@ -209,11 +209,12 @@ impl Aead {
     pub(super) fn seal_fragment(
         self,
         ctx: &mut CipherCtxRef,
+        params: &mut evp::TlsAadParams,
         nonce: Option<&[u8; 12]>,
         aad: &mut [u8; 13],
         fragment: &mut [u8],
-    ) -> Result<(), ErrorStack> {
-        evp::aead_tls_one_shot(ctx, nonce, aad, fragment)
+    ) -> bool {
+        evp::aead_tls_one_shot(ctx, params, nonce, aad, fragment)
     }
 
     /// Opens `fragment` (a copy of a record's whole fragment) in place, like
@@ -224,10 +225,11 @@ impl Aead {
     pub(super) fn open_fragment(
         self,
         ctx: &mut CipherCtxRef,
+        params: &mut evp::TlsAadParams,
         aad: &mut [u8; 13],
         fragment: &mut [u8],
-    ) -> Result<(), ErrorStack> {
-        evp::aead_tls_one_shot(ctx, None, aad, fragment)
+    ) -> bool {
+        evp::aead_tls_one_shot(ctx, params, None, aad, fragment)
     }
 
     /// Encrypts `data` in place and writes the tag into `tag` (`tag_len` bytes) on `ctx`, a

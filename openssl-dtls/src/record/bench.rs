@@ -5,8 +5,22 @@
 //! that a benchmark can seal records on one side and open them on the other with nothing else
 //! in between (no session, no queues, no sockets).
 
-use super::{Aead, RecordLayer};
+use super::{Aead, OpenError, RecordLayer};
 use crate::wire::{ContentType, RecordHeader};
+
+/// OpenSSL's parameter names as the record layer passes them (`"tlsaad"`, `"tlsivfixed"`,
+/// each page-aligned: see `ffi::evp::ParamName`), for a raw reference that looks parameters up
+/// at the same cost.
+pub fn param_names() -> (&'static std::ffi::CStr, &'static std::ffi::CStr) {
+    (
+        crate::ffi::evp::TLS_AAD.get(),
+        crate::ffi::evp::TLS_IV_FIXED.get(),
+    )
+}
+
+/// Records in a run of [`RecordPair::seal_run`] and [`RecordPair::open_run`] at most (what a
+/// session seals or opens in one call of the record layer's batch calls).
+pub const RUN: usize = super::RUN;
 
 /// Where [`RecordPair::open`] leaves the plaintext in its output buffer, as a session's receive
 /// queue holds it.
@@ -59,6 +73,7 @@ impl RecordPair {
     }
 
     /// Seals `plaintext` as one application-data record appended to `out`; `false` if refused.
+    #[inline]
     pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> bool {
         let cid = (!self.cid.is_empty()).then_some(&self.cid[..]);
         self.tx
@@ -68,10 +83,46 @@ impl RecordPair {
 
     /// Opens the record at the start of `record` into `out`, its plaintext at
     /// `out[PLAINTEXT_AT..]` as a session queues it; `false` if it is refused.
+    #[inline]
     pub fn open(&mut self, record: &[u8], out: &mut Vec<u8>) -> bool {
-        let Ok(header) = RecordHeader::new_checked_cid(record, self.cid.len()) else {
-            return false;
+        // The header borrowed where the parser returned it (not moved out first).
+        match &RecordHeader::new_checked_cid(record, self.cid.len()) {
+            Ok(header) => self.rx.open_at(header, out).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Seals `plaintexts` as a run of application-data records in one call of the record
+    /// layer (`RecordLayer::seal_run`): `plaintexts[i]` appended to `outs[i]`. Returns how many
+    /// were sealed.
+    pub fn seal_run(&mut self, plaintexts: &[&[u8]], outs: &mut [Vec<u8>]) -> usize {
+        let cid = (!self.cid.is_empty()).then_some(&self.cid[..]);
+        self.tx
+            .seal_run(cid, ContentType::ApplicationData, plaintexts, outs)
+            .0
+    }
+
+    /// Opens the records at the start of each of `records` (at most [`RUN`]) in one call of the
+    /// record layer (`RecordLayer::open_run`, as a session opens the records of a datagram that
+    /// carries several): `records[i]` into `outs[i]`, its plaintext at `PLAINTEXT_AT`.
+    /// Returns how many opened.
+    pub fn open_run(&mut self, records: &[&[u8]], outs: &mut [Vec<u8>]) -> usize {
+        let n = records.len().min(RUN);
+        let Some(Ok(first)) = records
+            .first()
+            .map(|r| RecordHeader::new_checked_cid(r, self.cid.len()))
+        else {
+            return 0;
         };
-        self.rx.open_at(&header, out).is_ok()
+        let mut headers = [first; RUN];
+        for (h, r) in headers.iter_mut().zip(records).skip(1) {
+            match RecordHeader::new_checked_cid(r, self.cid.len()) {
+                Ok(header) => *h = header,
+                Err(_) => return 0,
+            }
+        }
+        let mut results = [Err(OpenError::Malformed); RUN];
+        self.rx.open_run(&headers[..n], outs, &mut results[..n]);
+        results[..n].iter().filter(|r| r.is_ok()).count()
     }
 }

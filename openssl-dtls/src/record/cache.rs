@@ -12,11 +12,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use openssl::cipher_ctx::{CipherCtx, CipherCtxRef};
+use openssl::cipher_ctx::CipherCtxRef;
 use openssl::error::ErrorStack;
 
 use super::aead::{self, Aead};
 use super::MAX_PLAINTEXT;
+use crate::ffi::evp;
 
 /// The next identity for the cipher-context cache (never reused, so a stale cache entry can
 /// never serve another connection).
@@ -35,24 +36,64 @@ const _: () = assert!(CACHE_SLOTS <= 256);
 
 /// One cached context.
 struct Slot {
-    /// The direction identity whose key the context holds; 0: none (must be re-keyed).
+    /// The direction identity whose key the context holds; 0: none (must be re-keyed; no
+    /// identity is 0, so an empty slot never matches).
     owner: u64,
     /// The context's cipher.
     aead: Aead,
     /// The context serves only OpenSSL's TLS one-shot AEAD, with the fixed IV of its owner set
     /// when keyed ([`Aead::set_fixed_iv`]): as if another cipher.
     one_shot: bool,
-    ctx: CipherCtx,
-    /// An AES-GCM one-shot context keyed for encryption: the explicit nonce OpenSSL gives its
-    /// next record, if known ([`Aead::set_fixed_iv`]); `None` after keying.
-    next_explicit: Option<[u8; 8]>,
+    /// `None` in a slot not used yet.
+    ctx: Option<evp::OwnedCipherCtx>,
+    /// What its one-shot records need beyond it.
+    state: OneShot,
     /// The tick of its latest use, for least-recently-used replacement.
     used: u64,
 }
 
-/// This thread's cached contexts and its clock for least-recently-used replacement.
+impl Slot {
+    /// A slot not used yet.
+    const EMPTY: Slot = Slot {
+        owner: 0,
+        aead: Aead::Aes128Gcm,
+        one_shot: false,
+        ctx: None,
+        state: OneShot::NEW,
+        used: 0,
+    };
+}
+
+/// What a context keeps for OpenSSL's one-shot records beyond the context itself.
+pub(super) struct OneShot {
+    /// An AES-GCM one-shot context keyed for encryption: the explicit nonce OpenSSL gives its
+    /// next record, if known ([`Aead::set_fixed_iv`]); `None` after keying.
+    pub(super) next_explicit: Option<[u8; 8]>,
+    /// The parameter array of its records, built once ([`evp::TlsAadParams`]).
+    pub(super) params: evp::TlsAadParams,
+}
+
+impl OneShot {
+    /// No count known, the parameter array pointing nowhere yet.
+    pub(super) const NEW: OneShot = OneShot {
+        next_explicit: None,
+        params: evp::TlsAadParams::new(),
+    };
+}
+
+impl Default for OneShot {
+    fn default() -> OneShot {
+        OneShot::NEW
+    }
+}
+
+/// This thread's cached contexts and its clock for least-recently-used replacement. A fixed
+/// array (the first `len` slots used): the slot a record layer's hint names is found with no
+/// bounds check and no pointer to load.
 struct Cache {
-    slots: Vec<Slot>,
+    slots: [Slot; CACHE_SLOTS],
+    /// Slots used (keyed once), from the first.
+    len: usize,
     /// Counts uses: the `used` tick of the newest.
     tick: u64,
 }
@@ -60,7 +101,8 @@ struct Cache {
 thread_local! {
     static CACHE: RefCell<Cache> = const {
         RefCell::new(Cache {
-            slots: Vec::new(),
+            slots: [const { Slot::EMPTY }; CACHE_SLOTS],
+            len: 0,
             tick: 0,
         })
     };
@@ -71,12 +113,12 @@ thread_local! {
 /// Runs `f` on a context keyed with `key` for `owner` (a direction of one connection), from this
 /// thread's cache. `one_shot`: one that serves only OpenSSL's one-shot records, whose fixed IV,
 /// `iv`, is set when it is keyed ([`Aead::set_fixed_iv`]). `f` also gets the context's
-/// `next_explicit` (see [`Slot`]) to read and update. `None` if keying or `f` failed (what
-/// OpenSSL queued is taken off its error queue and dropped: callers report their own errors).
+/// [`OneShot`] state to read and update. `None` if keying or `f` failed (what OpenSSL queued
+/// is taken off its error queue and dropped: callers report their own errors).
 ///
-/// A hit is one comparison at `hint`, where `owner`'s context was last found (updated here),
-/// else a scan of at most [`CACHE_SLOTS`] identities; keying on a miss is out of line
-/// ([`Cache::key`]).
+/// A hit is one comparison at `hint`, where `owner`'s context was last found, else a scan of
+/// at most [`CACHE_SLOTS`] identities and keying on a miss, out of line ([`Cache::find`];
+/// `hint` is updated there).
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn with_ctx<R>(
@@ -87,31 +129,29 @@ pub(super) fn with_ctx<R>(
     iv: &[u8; 12],
     encrypt: bool,
     one_shot: bool,
-    f: impl FnOnce(&mut CipherCtxRef, &mut Option<[u8; 8]>) -> Result<R, ErrorStack>,
+    f: impl FnOnce(&mut CipherCtxRef, &mut OneShot) -> Option<R>,
 ) -> Option<R> {
     // `try_with`: during thread-local teardown there is no cache: fail the record, never panic.
     CACHE
         .try_with(|cache| -> Option<R> {
             let mut cache = cache.borrow_mut();
+            let cache = &mut *cache;
             cache.tick += 1;
             let tick = cache.tick;
-            let ours = |s: &Slot| s.owner == owner && s.one_shot == one_shot;
-            let at_hint = usize::from(*hint);
-            let found = match cache.slots.get(at_hint) {
-                Some(s) if ours(s) => Some(at_hint),
-                _ => cache.slots.iter().position(ours),
+            let at = &mut cache.slots[usize::from(*hint) % CACHE_SLOTS];
+            let slot = if at.owner == owner && at.one_shot == one_shot {
+                at
+            } else {
+                let i = cache.find(owner, aead, key, iv, encrypt, one_shot)?;
+                *hint = i as u8; // < CACHE_SLOTS
+                &mut cache.slots[i % CACHE_SLOTS]
             };
-            let index = match found {
-                Some(i) => i,
-                None => cache.key(owner, aead, key, iv, encrypt, one_shot).ok()?,
-            };
-            *hint = index as u8; // < CACHE_SLOTS
-            let slot = &mut cache.slots[index];
             slot.used = tick;
-            let r = f(&mut slot.ctx, &mut slot.next_explicit).ok();
+            let r = f(slot.ctx.as_mut()?.get_mut(), &mut slot.state);
             if r.is_none() {
                 // A failed call may leave the context mid-operation; it is re-keyed before reuse.
                 slot.owner = 0;
+                evp::clear_error();
             }
             r
         })
@@ -120,14 +160,34 @@ pub(super) fn with_ctx<R>(
 }
 
 impl Cache {
+    /// Not at the hint: `owner`'s context elsewhere in the cache, or a newly keyed one
+    /// ([`key`](Self::key)); its index.
+    #[cold]
+    #[inline(never)]
+    fn find(
+        &mut self,
+        owner: u64,
+        aead: Aead,
+        key: &[u8; 32],
+        iv: &[u8; 12],
+        encrypt: bool,
+        one_shot: bool,
+    ) -> Option<usize> {
+        let found = self.slots[..self.len]
+            .iter()
+            .position(|s| s.owner == owner && s.one_shot == one_shot);
+        match found {
+            Some(i) => Some(i),
+            None => self.key(owner, aead, key, iv, encrypt, one_shot).ok(),
+        }
+    }
+
     /// A miss: keys a slot for `owner` (see [`with_ctx`]) and returns its index. A new slot
     /// while the cache is not full, else the least recently used one; one of the same cipher
     /// instead (re-keying it allocates nothing) only if it is about as old. Always preferring
     /// the same cipher made two connections of a cipher that held one slot of a full cache
     /// evict each other on every record (measured: 0.6x of the raw AEAD for a GCM pair on a
     /// thread whose other 15 slots held CCM-8 contexts).
-    #[cold]
-    #[inline(never)]
     fn key(
         &mut self,
         owner: u64,
@@ -139,17 +199,19 @@ impl Cache {
     ) -> Result<usize, ErrorStack> {
         let tick = self.tick;
         let key = &key[..aead.key_len()];
+        let used = self.len;
         let slots = &mut self.slots;
-        let i = if slots.len() < CACHE_SLOTS {
-            slots.push(Slot {
+        let i = if used < CACHE_SLOTS {
+            slots[used] = Slot {
                 owner: 0,
                 aead,
                 one_shot,
-                ctx: aead.new_ctx(encrypt)?,
-                next_explicit: None,
+                ctx: Some(evp::OwnedCipherCtx::new(aead.new_ctx(encrypt)?)),
+                state: OneShot::NEW,
                 used: 0,
-            });
-            slots.len() - 1
+            };
+            self.len += 1;
+            used
         } else {
             let lru = |same: bool| {
                 slots
@@ -159,15 +221,15 @@ impl Cache {
                     .min_by_key(|(_, s)| s.used)
                     .map(|(i, _)| i)
             };
-            let oldest = lru(false).expect("cache is full");
-            // "About as old": in the older half of the span from the oldest use to now.
+            let oldest = lru(false).unwrap_or(0); // the cache is full: always some
+                                                  // "About as old": in the older half of the span from the oldest use to now.
             let span = tick.saturating_sub(slots[oldest].used);
             let i = match lru(true) {
                 Some(same) if slots[same].used - slots[oldest].used <= span / 2 => same,
                 _ => oldest,
             };
-            if slots[i].aead != aead || slots[i].one_shot != one_shot {
-                slots[i].ctx = aead.new_ctx(encrypt)?;
+            if slots[i].aead != aead || slots[i].one_shot != one_shot || slots[i].ctx.is_none() {
+                slots[i].ctx = Some(evp::OwnedCipherCtx::new(aead.new_ctx(encrypt)?));
                 slots[i].aead = aead;
                 slots[i].one_shot = one_shot;
             }
@@ -176,10 +238,17 @@ impl Cache {
         let slot = &mut slots[i];
         REKEYS.with(|r| r.set(r.get() + 1));
         slot.owner = 0; // unusable until keyed
-        slot.next_explicit = None;
-        aead::init(&mut slot.ctx, encrypt, None, Some(key))?;
+        slot.state.next_explicit = None;
+        let ctx = match slot.ctx.as_mut() {
+            Some(ctx) => ctx,
+            None => slot
+                .ctx
+                .insert(evp::OwnedCipherCtx::new(aead.new_ctx(encrypt)?)),
+        }
+        .get_mut();
+        aead::init(ctx, encrypt, None, Some(key))?;
         if one_shot {
-            aead.set_fixed_iv(&mut slot.ctx, iv, encrypt)?;
+            aead.set_fixed_iv(ctx, iv, encrypt)?;
         }
         slot.owner = owner;
         Ok(i)
@@ -191,16 +260,22 @@ pub(super) fn evict(id: u64) {
     // `try_with`: the thread may be exiting; `try_borrow_mut`: never while a cipher call runs.
     let _ = CACHE.try_with(|cache| {
         if let Ok(mut cache) = cache.try_borrow_mut() {
-            for slot in cache.slots.iter_mut().filter(|s| s.owner | 1 == id | 1) {
+            let len = cache.len;
+            for slot in cache.slots[..len]
+                .iter_mut()
+                .filter(|s| s.owner | 1 == id | 1)
+            {
                 slot.owner = 0;
                 // Overwrite the key schedule by keying it with zeros.
                 let zero = [0u8; 32];
-                let _ = aead::init(
-                    &mut slot.ctx,
-                    true,
-                    None,
-                    Some(&zero[..slot.aead.key_len()]),
-                );
+                if let Some(ctx) = slot.ctx.as_mut() {
+                    let _ = aead::init(
+                        ctx.get_mut(),
+                        true,
+                        None,
+                        Some(&zero[..slot.aead.key_len()]),
+                    );
+                }
             }
         }
     });
@@ -215,7 +290,7 @@ pub(super) fn rekeys() -> u64 {
 /// How many contexts this thread's cache holds.
 #[cfg(test)]
 pub(super) fn cached_contexts() -> usize {
-    CACHE.with(|c| c.borrow().slots.len())
+    CACHE.with(|c| c.borrow().len)
 }
 
 /// Buffers kept per thread for compact connections' datagrams and plaintexts.

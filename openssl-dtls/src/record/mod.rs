@@ -51,6 +51,7 @@ use openssl::error::ErrorStack;
 use openssl::ssl::SslRef;
 
 pub(crate) use self::aead::Aead;
+use self::cache::OneShot;
 pub(crate) use self::cache::{give_buffer, take_buffer, Queue};
 use self::keys::Keys;
 use self::replay::ReplayWindow;
@@ -73,6 +74,11 @@ const MAX_PLAINTEXT: usize = 16_384;
 /// in place and nothing moves after. Buffers in a session's receive queue hold their datagram
 /// from here too, whichever layer opened it.
 pub(crate) const PLAINTEXT_AT: usize = 8;
+
+/// Records a session seals or opens in one call of [`RecordLayer::seal_run`] or
+/// [`RecordLayer::open_run`] at most (the calls take any number; a session's stack holds this
+/// many buffers at a time).
+pub(crate) const RUN: usize = 8;
 
 /// Why a received record was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +217,7 @@ impl RecordLayer {
     /// Appends one protected record of `content_type` carrying `plaintext` to `out` and uses up
     /// one sequence number. With the peer's Connection ID `cid` (non-empty) the record is a
     /// `tls12_cid` record carrying it (RFC 9146 §4).
+    #[inline]
     pub(crate) fn seal(
         &mut self,
         cid: Option<&[u8]>,
@@ -218,34 +225,15 @@ impl RecordLayer {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), SealError> {
-        if plaintext.len() > MAX_PLAINTEXT {
-            return Err(SealError::TooLong);
-        }
-        let seq = self.next_write_seq;
-        // The last usable sequence number is kept for the close_notify that ends the connection.
-        let last = if content_type == ContentType::ApplicationData {
-            MAX_SEQUENCE - 1
-        } else {
-            MAX_SEQUENCE
-        };
-        if seq >= last {
-            return Err(SealError::SequenceExhausted);
-        }
-        let mut epoch_seq = seq.to_be_bytes();
-        epoch_seq[..2].copy_from_slice(&self.epoch.to_be_bytes());
-        // The explicit nonce (GCM, CCM): the epoch and sequence number, unique per record, or
-        // the continuation of OpenSSL's own counter after a hand-off.
-        let explicit = self.explicit_next.map_or(epoch_seq, u64::to_be_bytes);
-        let record = Protect {
-            epoch_seq,
-            explicit,
+        let cid = cid.filter(|c| !c.is_empty());
+        let record = protect(
+            self.epoch,
+            self.next_write_seq,
+            self.explicit_next,
+            cid,
             content_type,
-            cid: cid.filter(|c| !c.is_empty()),
-            #[cfg(test)]
-            padding: 0,
-            #[cfg(test)]
-            no_type: false,
-        };
+            plaintext.len(),
+        )?;
         let keys = (&self.keys.write_key, &self.keys.write_iv);
         let aead = self.aead;
         let one_shot = record.one_shot(aead, plaintext.len());
@@ -258,22 +246,117 @@ impl RecordLayer {
             true,
             one_shot,
             // The path decided once (`Protect::seal` would decide it again).
-            |ctx, next| {
-                if one_shot {
-                    record.seal_one_shot(aead, ctx, keys.1, next, plaintext, out)
-                } else {
-                    record.seal_generic(aead, ctx, keys.1, plaintext, out)
-                }
+            |ctx, state| {
+                record
+                    .seal_on(aead, one_shot, ctx, keys.1, state, plaintext, out)
+                    .then_some(())
             },
         );
         if sealed.is_none() {
             return Err(SealError::Cipher);
         }
-        self.next_write_seq = seq + 1;
-        if let Some(n) = self.explicit_next.as_mut() {
-            *n = n.wrapping_add(1);
-        }
+        advance(&mut self.next_write_seq, &mut self.explicit_next);
         Ok(())
+    }
+
+    /// Seals a run of records for this peer in one call: `plaintexts[i]` as one record of
+    /// `content_type` appended to `outs[i]`, for as many as both hold, in order, each exactly
+    /// the record [`seal`](Self::seal) would give it at that point (same sequence number,
+    /// nonce, bytes). What is shared is what is not per record: one look-up of the per-thread
+    /// context cache (and its borrow) for every run of records taking the same cipher path
+    /// (all of them, unless some are empty), the path decided once, the keys and CID found
+    /// once; per record remain the checks, header, nonce, additional data and the cipher pass.
+    ///
+    /// Returns how many were sealed, and the error that stopped the run at the record after
+    /// them (as `seal` would have returned it for that record; the ones after it untouched).
+    pub(crate) fn seal_run(
+        &mut self,
+        cid: Option<&[u8]>,
+        content_type: ContentType,
+        plaintexts: &[&[u8]],
+        outs: &mut [Vec<u8>],
+    ) -> (usize, Result<(), SealError>) {
+        let n = plaintexts.len().min(outs.len());
+        let cid = cid.filter(|c| !c.is_empty());
+        let (aead, epoch) = (self.aead, self.epoch);
+        let keys = (&self.keys.write_key, &self.keys.write_iv);
+        let (seq, explicit_next) = (&mut self.next_write_seq, &mut self.explicit_next);
+        let mut done = 0;
+        while done < n {
+            // The first record of each stretch decides its path (and is checked before the
+            // cache is looked up, as `seal` does).
+            let first = protect(
+                epoch,
+                *seq,
+                *explicit_next,
+                cid,
+                content_type,
+                plaintexts[done].len(),
+            );
+            let one_shot = match &first {
+                Ok(record) => record.one_shot(aead, plaintexts[done].len()),
+                Err(e) => return (done, Err(*e)),
+            };
+            let mut stopped = Ok(());
+            let sealed = cache::with_ctx(
+                self.id,
+                &mut self.slot_hints[0],
+                aead,
+                keys.0,
+                keys.1,
+                true,
+                one_shot,
+                |ctx, state| {
+                    let mut record = Some(first);
+                    while done < n {
+                        let plaintext = plaintexts[done];
+                        let r = match record.take() {
+                            Some(r) => r,
+                            None => protect(
+                                epoch,
+                                *seq,
+                                *explicit_next,
+                                cid,
+                                content_type,
+                                plaintext.len(),
+                            ),
+                        };
+                        let r = match r {
+                            Ok(r) => r,
+                            Err(e) => {
+                                stopped = Err(e);
+                                break;
+                            }
+                        };
+                        if r.one_shot(aead, plaintext.len()) != one_shot {
+                            break; // the next stretch, on the other path
+                        }
+                        let sealed = r.seal_on(
+                            aead,
+                            one_shot,
+                            ctx,
+                            keys.1,
+                            state,
+                            plaintext,
+                            &mut outs[done],
+                        );
+                        if !sealed {
+                            return None;
+                        }
+                        advance(seq, explicit_next);
+                        done += 1;
+                    }
+                    Some(())
+                },
+            );
+            if sealed.is_none() {
+                return (done, Err(SealError::Cipher));
+            }
+            if stopped.is_err() {
+                return (done, stopped);
+            }
+        }
+        (done, Ok(()))
     }
 
     /// [`open_at`](Self::open_at) with the plaintext moved to the start of `out`: for callers
@@ -297,23 +380,16 @@ impl RecordLayer {
     ///
     /// With Connection IDs in this direction, only `tls12_cid` records are accepted (whose CID
     /// the caller has matched); without, only standard ones.
+    #[inline]
     pub(crate) fn open_at(
         &mut self,
         record: &RecordHeader<'_>,
         out: &mut Vec<u8>,
     ) -> Result<ContentType, OpenError> {
-        let cid = record.is_cid();
-        if cid != self.read_cid {
-            return Err(OpenError::Malformed);
-        }
-        // The epoch and sequence number as one 8-byte load (header bytes 3 to 10).
-        let epoch_seq = epoch_seq_of(record);
-        let seq = u64::from_be_bytes(epoch_seq) & MAX_SEQUENCE;
-        let data_len = self.check(record)?;
-        self.window.check(seq)?;
+        let admitted = admit(self.aead, self.epoch, self.read_cid, &self.window, record)?;
         let aead = self.aead;
         let keys = (&self.keys.read_key, &self.keys.read_iv);
-        let one_shot = aead.takes_one_shot(cid, true, data_len);
+        let one_shot = admitted.one_shot(aead);
         let opened = cache::with_ctx(
             self.id | 1,
             &mut self.slot_hints[1],
@@ -322,13 +398,7 @@ impl RecordLayer {
             keys.1,
             false,
             one_shot,
-            |ctx, _| {
-                Ok(if one_shot {
-                    open_one_shot(aead, ctx, epoch_seq, record, data_len, out)
-                } else {
-                    unprotect(aead, ctx, keys.1, record, out)
-                })
-            },
+            |ctx, state| Some(admitted.open_on(aead, one_shot, ctx, state, keys.1, record, out)),
         );
         let content_type = match opened {
             Some(Ok(t)) => t,
@@ -339,28 +409,90 @@ impl RecordLayer {
                 return Err(OpenError::Unauthenticated);
             }
         };
-        self.window.mark(seq);
+        self.window.mark(admitted.seq);
         Ok(content_type)
+    }
+
+    /// Opens a run of records from this peer in one call (the records of one datagram that
+    /// carries several, RFC 6347 §4.1.1): `records[i]` into `outs[i]` with its outcome in
+    /// `results[i]`, for as many as all three hold, in order, each exactly as
+    /// [`open_at`](Self::open_at) would at that point (a record replaying one before it in the
+    /// run is refused; one that fails leaves the others alone). What is shared: one look-up of
+    /// the per-thread context cache for every stretch of records taking the same cipher path.
+    pub(crate) fn open_run(
+        &mut self,
+        records: &[RecordHeader<'_>],
+        outs: &mut [Vec<u8>],
+        results: &mut [Result<ContentType, OpenError>],
+    ) {
+        let n = records.len().min(outs.len()).min(results.len());
+        let (aead, epoch, read_cid) = (self.aead, self.epoch, self.read_cid);
+        let keys = (&self.keys.read_key, &self.keys.read_iv);
+        let window = &mut self.window;
+        let mut k = 0;
+        while k < n {
+            // The first record of a stretch that passes the framing and replay checks decides
+            // its path.
+            let first = match admit(aead, epoch, read_cid, window, &records[k]) {
+                Ok(a) => a,
+                Err(e) => {
+                    results[k] = Err(e);
+                    k += 1;
+                    continue;
+                }
+            };
+            let one_shot = first.one_shot(aead);
+            let opened = cache::with_ctx(
+                self.id | 1,
+                &mut self.slot_hints[1],
+                aead,
+                keys.0,
+                keys.1,
+                false,
+                one_shot,
+                |ctx, state| {
+                    let mut admitted = Some(first);
+                    while k < n {
+                        let record = &records[k];
+                        let a = match admitted.take() {
+                            Some(a) => a,
+                            None => match admit(aead, epoch, read_cid, window, record) {
+                                Ok(a) => a,
+                                Err(e) => {
+                                    results[k] = Err(e);
+                                    k += 1;
+                                    continue;
+                                }
+                            },
+                        };
+                        if a.one_shot(aead) != one_shot {
+                            break; // the next stretch, on the other path
+                        }
+                        let r = a.open_on(aead, one_shot, ctx, state, keys.1, record, &mut outs[k]);
+                        if r.is_ok() {
+                            window.mark(a.seq);
+                        }
+                        results[k] = r;
+                        k += 1;
+                    }
+                    Some(())
+                },
+            );
+            if opened.is_none() {
+                // No context (keying failed): this record is not opened, as `open_at`.
+                outs[k].clear();
+                evp::clear_error();
+                results[k] = Err(OpenError::Unauthenticated);
+                k += 1;
+            }
+        }
     }
 
     /// The framing checks every received record passes before its tag is checked; returns the
     /// length of its data (the fragment less explicit nonce and tag).
     #[inline]
     fn check(&self, record: &RecordHeader<'_>) -> Result<usize, OpenError> {
-        let header = record.header_bytes();
-        if header[1..3] != DTLS1_2 || record.epoch() != self.epoch {
-            return Err(OpenError::Malformed);
-        }
-        let fragment = record.fragment();
-        let overhead = self.aead.overhead();
-        // A CID record's plaintext also holds its content type: at least one byte more.
-        let min = overhead + usize::from(record.is_cid());
-        // A CID record's inner plaintext may add its type byte and padding (RFC 9146 §4).
-        let max = MAX_PLAINTEXT + if record.is_cid() { 256 } else { 0 };
-        if fragment.len() < min || fragment.len() - overhead > max {
-            return Err(OpenError::Malformed);
-        }
-        Ok(fragment.len() - overhead)
+        check(self.aead, self.epoch, record)
     }
 
     /// Whether the peer sends `tls12_cid` records to us (this side asked for a non-empty
@@ -396,8 +528,8 @@ impl RecordLayer {
         let aead = self.aead;
         let (key, iv) = (&self.keys.write_key, &self.keys.write_iv);
         let mut plain = take_buffer();
-        let result = fresh_ctx(aead, key, iv, false, |ctx, _| {
-            Ok(unprotect(aead, ctx, iv, record, &mut plain))
+        let result = fresh_ctx(aead, key, iv, false, |ctx, state| {
+            Ok(unprotect(aead, ctx, state, iv, record, &mut plain))
         })
         .map_err(|_| OpenError::Unauthenticated)
         .and_then(|r| r)
@@ -412,8 +544,10 @@ impl RecordLayer {
                 #[cfg(test)]
                 no_type: false,
             };
-            fresh_ctx(aead, key, iv, true, |ctx, next| {
-                p.seal(aead, ctx, iv, next, &plain[PLAINTEXT_AT..], out)
+            fresh_ctx(aead, key, iv, true, |ctx, state| {
+                p.seal(aead, ctx, iv, state, &plain[PLAINTEXT_AT..], out)
+                    .then_some(())
+                    .ok_or_else(ErrorStack::get)
             })
             .map_err(|_| OpenError::Unauthenticated)
         });
@@ -461,12 +595,153 @@ impl RecordLayer {
             no_type: false,
         };
         let (key, iv) = (&self.keys.read_key, &self.keys.read_iv);
-        let sealed = fresh_ctx(aead, key, iv, true, |ctx, next| {
-            p.seal(aead, ctx, iv, next, plain, out)
+        let sealed = fresh_ctx(aead, key, iv, true, |ctx, state| {
+            p.seal(aead, ctx, iv, state, plain, out)
+                .then_some(())
+                .ok_or_else(ErrorStack::get)
         });
         evp::clear_error();
         sealed.map_err(|_| OpenError::Unauthenticated)
     }
+}
+
+/// The checks of a record to seal (its length; the sequence number: the last one is kept for
+/// the `close_notify` that ends the connection) and what it is sealed as: sequence number `seq`
+/// of `epoch`, its explicit nonce (the epoch and sequence number, unique per record, or the
+/// continuation of OpenSSL's own counter after a hand-off: `explicit_next`).
+#[inline(always)]
+fn protect<'c>(
+    epoch: u16,
+    seq: u64,
+    explicit_next: Option<u64>,
+    cid: Option<&'c [u8]>,
+    content_type: ContentType,
+    len: usize,
+) -> Result<Protect<'c>, SealError> {
+    if len > MAX_PLAINTEXT {
+        return Err(SealError::TooLong);
+    }
+    let last = if content_type == ContentType::ApplicationData {
+        MAX_SEQUENCE - 1
+    } else {
+        MAX_SEQUENCE
+    };
+    if seq >= last {
+        return Err(SealError::SequenceExhausted);
+    }
+    let mut epoch_seq = seq.to_be_bytes();
+    epoch_seq[..2].copy_from_slice(&epoch.to_be_bytes());
+    Ok(Protect {
+        epoch_seq,
+        explicit: explicit_next.map_or(epoch_seq, u64::to_be_bytes),
+        content_type,
+        cid,
+        #[cfg(test)]
+        padding: 0,
+        #[cfg(test)]
+        no_type: false,
+    })
+}
+
+/// Uses up the sequence number (and explicit nonce) of a record just sealed.
+#[inline(always)]
+fn advance(seq: &mut u64, explicit_next: &mut Option<u64>) {
+    *seq += 1;
+    if let Some(n) = explicit_next.as_mut() {
+        *n = n.wrapping_add(1);
+    }
+}
+
+/// A received record that passed the checks before its tag ([`admit`]).
+#[derive(Debug, Clone, Copy)]
+struct Admitted {
+    /// Its 48-bit sequence number.
+    seq: u64,
+    /// Its epoch and sequence number as on the wire.
+    epoch_seq: [u8; 8],
+    /// Its fragment less explicit nonce and tag.
+    data_len: usize,
+    /// A `tls12_cid` record.
+    cid: bool,
+}
+
+impl Admitted {
+    /// Whether it is opened through OpenSSL's TLS one-shot AEAD ([`Aead::takes_one_shot`]).
+    #[inline(always)]
+    fn one_shot(&self, aead: Aead) -> bool {
+        aead.takes_one_shot(self.cid, true, self.data_len)
+    }
+
+    /// Authenticates and decrypts `record` (this) with `ctx` (and its `state`), keyed for decryption for the path
+    /// `one_shot` ([`one_shot`](Self::one_shot)), into `out`, the plaintext at
+    /// [`PLAINTEXT_AT`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn open_on(
+        &self,
+        aead: Aead,
+        one_shot: bool,
+        ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+        state: &mut OneShot,
+        iv: &[u8; 12],
+        record: &RecordHeader<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<ContentType, OpenError> {
+        if one_shot {
+            open_one_shot(aead, ctx, state, self.epoch_seq, record, self.data_len, out)
+        } else {
+            unprotect(aead, ctx, state, iv, record, out)
+        }
+    }
+}
+
+/// The checks a received record passes before its tag is checked, for a layer of `aead` at
+/// `epoch` that receives `tls12_cid` records (`read_cid`) or standard ones, with replay window
+/// `window`: its kind, framing ([`check`]) and sequence number.
+#[inline(always)]
+fn admit(
+    aead: Aead,
+    epoch: u16,
+    read_cid: bool,
+    window: &ReplayWindow,
+    record: &RecordHeader<'_>,
+) -> Result<Admitted, OpenError> {
+    let cid = record.is_cid();
+    if cid != read_cid {
+        return Err(OpenError::Malformed);
+    }
+    // The epoch and sequence number as one 8-byte load (header bytes 3 to 10).
+    let epoch_seq = epoch_seq_of(record);
+    let seq = u64::from_be_bytes(epoch_seq) & MAX_SEQUENCE;
+    let data_len = check(aead, epoch, record)?;
+    window.check(seq)?;
+    Ok(Admitted {
+        seq,
+        epoch_seq,
+        data_len,
+        cid,
+    })
+}
+
+/// The framing checks every received record passes before its tag is checked (DTLS 1.2,
+/// `epoch`, a fragment that holds `aead`'s explicit nonce and tag and no more than a record's
+/// plaintext); returns the length of its data (the fragment less explicit nonce and tag).
+#[inline(always)]
+fn check(aead: Aead, epoch: u16, record: &RecordHeader<'_>) -> Result<usize, OpenError> {
+    let header = record.header_bytes();
+    if header[1..3] != DTLS1_2 || record.epoch() != epoch {
+        return Err(OpenError::Malformed);
+    }
+    let fragment = record.fragment();
+    let overhead = aead.overhead();
+    // A CID record's plaintext also holds its content type: at least one byte more.
+    let min = overhead + usize::from(record.is_cid());
+    // A CID record's inner plaintext may add its type byte and padding (RFC 9146 §4).
+    let max = MAX_PLAINTEXT + if record.is_cid() { 256 } else { 0 };
+    if fragment.len() < min || fragment.len() - overhead > max {
+        return Err(OpenError::Malformed);
+    }
+    Ok(fragment.len() - overhead)
 }
 
 /// Largest additional data: RFC 9146 §5's with a 255-byte CID.
@@ -520,7 +795,8 @@ impl Protect<'_> {
     }
 
     /// Appends the record protecting `plaintext` to `out` with `ctx` (keyed for encryption;
-    /// `next`: its explicit-nonce count, see [`seal_one_shot`](Self::seal_one_shot)); on error
+    /// `state`: its explicit-nonce count and parameter array, see
+    /// [`seal_one_shot`](Self::seal_one_shot)); on error
     /// `out` is as it was.
     #[inline(always)]
     fn seal(
@@ -528,17 +804,38 @@ impl Protect<'_> {
         aead: Aead,
         ctx: &mut openssl::cipher_ctx::CipherCtxRef,
         iv: &[u8; 12],
-        next: &mut Option<[u8; 8]>,
+        state: &mut OneShot,
         plaintext: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), ErrorStack> {
+    ) -> bool {
         #[cfg(not(test))]
         let plain = true;
         // Tests seal CID records with padding or without their type byte.
         #[cfg(test)]
         let plain = self.padding == 0 && !self.no_type;
         if plain && self.one_shot(aead, plaintext.len()) {
-            self.seal_one_shot(aead, ctx, iv, next, plaintext, out)
+            self.seal_one_shot(aead, ctx, iv, state, plaintext, out)
+        } else {
+            self.seal_generic(aead, ctx, iv, plaintext, out)
+        }
+    }
+
+    /// [`seal`](Self::seal) on the path already decided: `one_shot` is
+    /// [`one_shot`](Self::one_shot)'s answer for `plaintext`, and `ctx` is keyed for it.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn seal_on(
+        &self,
+        aead: Aead,
+        one_shot: bool,
+        ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+        iv: &[u8; 12],
+        state: &mut OneShot,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if one_shot {
+            self.seal_one_shot(aead, ctx, iv, state, plaintext, out)
         } else {
             self.seal_generic(aead, ctx, iv, plaintext, out)
         }
@@ -554,7 +851,7 @@ impl Protect<'_> {
         iv: &[u8; 12],
         plaintext: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), ErrorStack> {
+    ) -> bool {
         // A CID record's DTLSInnerPlaintext: the content, its real type, no padding.
         #[cfg(not(test))]
         let (type_len, padding) = (usize::from(self.cid.is_some()), 0);
@@ -600,8 +897,9 @@ impl Protect<'_> {
             self.cid,
             inner_len,
             |aad| aead.seal(ctx, &nonce, aad, inner, tag),
-        );
-        if r.is_err() {
+        )
+        .is_ok();
+        if !r {
             out.truncate(start);
         }
         r
@@ -611,7 +909,7 @@ impl Protect<'_> {
     /// ([`one_shot`](Self::one_shot)): the header and explicit nonce written as one piece, the
     /// plaintext where its ciphertext goes, room for the tag, then sealed in place in one call.
     ///
-    /// AES-GCM: `next` is the explicit nonce OpenSSL's count in `ctx` gives the next record
+    /// AES-GCM: `state.next_explicit` is the explicit nonce OpenSSL's count in `ctx` gives the next record
     /// ([`Aead::set_fixed_iv`]). The record's whole nonce is given only when that is not this
     /// record's (a fresh context, or a layer continuing OpenSSL's nonces), and the explicit
     /// nonce OpenSSL wrote is checked: a record sealed under any other nonce is discarded, so
@@ -622,10 +920,10 @@ impl Protect<'_> {
         aead: Aead,
         ctx: &mut openssl::cipher_ctx::CipherCtxRef,
         iv: &[u8; 12],
-        next: &mut Option<[u8; 8]>,
+        state: &mut OneShot,
         plaintext: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), ErrorStack> {
+    ) -> bool {
         const HEADER: usize = crate::wire::RECORD_HEADER_LEN;
         let explicit_len = aead.explicit_nonce_len();
         let data_len = explicit_len + plaintext.len();
@@ -648,22 +946,23 @@ impl Protect<'_> {
         out.truncate(start + HEADER + fragment_len);
         let mut aad = tls_aad(self.epoch_seq, self.content_type, data_len);
         let gcm = aead.is_gcm();
+        let next = &mut state.next_explicit;
         let nonce = (gcm && *next != Some(self.explicit)).then(|| aead.nonce(iv, self.explicit));
         *next = None;
         let fragment = &mut out[start + HEADER..];
-        let mut r = aead.seal_fragment(ctx, nonce.as_ref(), &mut aad, fragment);
-        if r.is_ok() && gcm {
+        let mut r = aead.seal_fragment(ctx, &mut state.params, nonce.as_ref(), &mut aad, fragment);
+        if r && gcm {
             if fragment.first_chunk::<8>() == Some(&self.explicit) {
-                *next = Some(
+                state.next_explicit = Some(
                     u64::from_be_bytes(self.explicit)
                         .wrapping_add(1)
                         .to_be_bytes(),
                 );
             } else {
-                r = Err(ErrorStack::get());
+                r = false;
             }
         }
-        if r.is_err() {
+        if !r {
             out.truncate(start);
         }
         r
@@ -709,6 +1008,7 @@ fn additional_data(
 /// RFC 5246 §6.2.3.3's additional data of a standard record, `seq_num ‖ type ‖ version ‖
 /// length`, for OpenSSL's TLS one-shot AEAD (which takes `len` as the fragment's length less the
 /// tag when sealing, the whole fragment's when opening, and corrects its own copy).
+#[inline(always)]
 fn tls_aad(epoch_seq: [u8; 8], content_type: ContentType, len: usize) -> [u8; 13] {
     let mut aad = [0u8; 13];
     aad[..8].copy_from_slice(&epoch_seq);
@@ -761,6 +1061,7 @@ fn explicit_of(aead: Aead, record: &RecordHeader<'_>) -> [u8; 8] {
 fn open_one_shot(
     aead: Aead,
     ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+    state: &mut OneShot,
     epoch_seq: [u8; 8],
     record: &RecordHeader<'_>,
     data_len: usize,
@@ -779,7 +1080,7 @@ fn open_one_shot(
     };
     out.extend_from_slice(fragment);
     let mut aad = tls_aad(epoch_seq, record.content_type(), fragment.len());
-    if aead.open_fragment(ctx, &mut aad, &mut out[room..]).is_err() {
+    if !aead.open_fragment(ctx, &mut state.params, &mut aad, &mut out[room..]) {
         // OpenSSL wiped the unverified plaintext; a failed tag is expected input.
         out.clear();
         evp::clear_error();
@@ -796,13 +1097,22 @@ fn open_one_shot(
 fn unprotect(
     aead: Aead,
     ctx: &mut openssl::cipher_ctx::CipherCtxRef,
+    state: &mut OneShot,
     iv: &[u8; 12],
     record: &RecordHeader<'_>,
     out: &mut Vec<u8>,
 ) -> Result<ContentType, OpenError> {
     let data_len = record.fragment().len() - aead.overhead();
     if opens_one_shot(aead, record, data_len) {
-        return open_one_shot(aead, ctx, epoch_seq_of(record), record, data_len, out);
+        return open_one_shot(
+            aead,
+            ctx,
+            state,
+            epoch_seq_of(record),
+            record,
+            data_len,
+            out,
+        );
     }
     let fragment = record.fragment();
     let explicit_len = aead.explicit_nonce_len();
@@ -849,13 +1159,10 @@ fn fresh_ctx<R>(
     key: &[u8; 32],
     iv: &[u8; 12],
     encrypt: bool,
-    f: impl FnOnce(
-        &mut openssl::cipher_ctx::CipherCtxRef,
-        &mut Option<[u8; 8]>,
-    ) -> Result<R, ErrorStack>,
+    f: impl FnOnce(&mut openssl::cipher_ctx::CipherCtxRef, &mut OneShot) -> Result<R, ErrorStack>,
 ) -> Result<R, ErrorStack> {
     let mut ctx = aead.new_ctx(encrypt)?;
     aead::init(&mut ctx, encrypt, None, Some(&key[..aead.key_len()]))?;
     aead.set_fixed_iv(&mut ctx, iv, encrypt)?;
-    f(&mut ctx, &mut None)
+    f(&mut ctx, &mut OneShot::default())
 }

@@ -14,6 +14,7 @@ pub(crate) struct ReplayWindow {
 
 impl ReplayWindow {
     /// Whether `seq` may still be accepted (not seen, not older than the window).
+    #[inline]
     pub(crate) fn check(&self, seq: u64) -> Result<(), OpenError> {
         if seq >= self.top {
             return Ok(());
@@ -44,8 +45,13 @@ impl ReplayWindow {
     }
 
     /// Records `seq` as accepted. Only called after the record authenticated.
+    #[inline]
     pub(crate) fn mark(&mut self, seq: u64) {
-        if seq >= self.top {
+        if seq == self.top {
+            // The next one in order (the usual case): the window moves by one.
+            self.bits = (self.bits << 1) | 1;
+            self.top = seq + 1;
+        } else if seq > self.top {
             let shift = seq + 1 - self.top;
             self.bits = if shift >= 64 { 0 } else { self.bits << shift };
             self.bits |= 1;

@@ -313,19 +313,21 @@ fn a_gcm_count_out_of_step_discards_the_record() {
         no_type: false,
     };
     let mut out = Vec::new();
-    fresh_ctx(aead, &keys.write_key, &keys.write_iv, true, |ctx, next| {
-        protect(0).seal(aead, ctx, &keys.write_iv, next, b"one", &mut out)?;
-        assert_eq!(*next, Some(((1 << 48) | 1u64).to_be_bytes()), "counts on");
+    fresh_ctx(aead, &keys.write_key, &keys.write_iv, true, |ctx, state| {
+        assert!(protect(0).seal(aead, ctx, &keys.write_iv, state, b"one", &mut out));
+        assert_eq!(
+            state.next_explicit,
+            Some(((1 << 48) | 1u64).to_be_bytes()),
+            "counts on"
+        );
         let sealed = out.len();
         // Claim the count is at record 5's nonce while OpenSSL's is at record 1's.
-        *next = Some(((1 << 48) | 5u64).to_be_bytes());
-        assert!(protect(5)
-            .seal(aead, ctx, &keys.write_iv, next, b"two", &mut out)
-            .is_err());
+        state.next_explicit = Some(((1 << 48) | 5u64).to_be_bytes());
+        assert!(!protect(5).seal(aead, ctx, &keys.write_iv, state, b"two", &mut out));
         assert_eq!(out.len(), sealed, "nothing appended");
-        assert_eq!(*next, None, "the count is unknown again");
+        assert_eq!(state.next_explicit, None, "the count is unknown again");
         // With the count unknown, the whole nonce is given again and the record is record 5's.
-        protect(5).seal(aead, ctx, &keys.write_iv, next, b"two", &mut out)?;
+        assert!(protect(5).seal(aead, ctx, &keys.write_iv, state, b"two", &mut out));
         assert_eq!(
             out[sealed + 13..sealed + 21],
             ((1 << 48) | 5u64).to_be_bytes()
@@ -565,10 +567,11 @@ fn cid_padding_is_stripped_and_an_all_zero_inner_plaintext_is_refused() {
                 &writer.write_key,
                 &writer.write_iv,
                 true,
-                |ctx, next| p.seal(aead, ctx, &writer.write_iv, next, content, &mut out),
+                |ctx, state| Ok(p.seal(aead, ctx, &writer.write_iv, state, content, &mut out)),
             )
-            .unwrap();
-            out
+            .unwrap()
+            .then_some(out)
+            .unwrap()
         };
         let (_, mut server) = cid_pair(aead, false);
         // Content that itself ends in zero bytes keeps them: only what follows the type goes.
@@ -874,4 +877,214 @@ mod against_openssl {
             one_direction(suite, &mut server, &mut client, &s2c, false);
         }
     }
+}
+
+/// Payloads of a run: sizes that switch between the one-shot and the generic path (empty
+/// records) and cross the 16-byte block size.
+fn run_payloads() -> Vec<Vec<u8>> {
+    [100usize, 1, 0, 16, 17, 1000, 0, 0, 33, 1200, 5]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| (0..len).map(|b| (b + i) as u8).collect())
+        .collect()
+}
+
+/// The layers of `pair(aead)` twice over (two sealers of the same keys) and a receiver; with
+/// `cid`, records carry the 6-byte server CID.
+fn sealed_both_ways(aead: Aead, cid: Option<&[u8]>, start: u64, explicit: Option<u64>) {
+    let (mut one, _) = pair(aead);
+    let (mut run, _) = pair(aead);
+    for l in [&mut one, &mut run] {
+        l.next_write_seq = start;
+        if let Some(e) = explicit {
+            l.continue_explicit_nonce_after(e.to_be_bytes());
+        }
+    }
+    let payloads = run_payloads();
+    let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+    // Several runs: the GCM count carries from one to the next, and a context cache shared
+    // with the one-by-one sealer (same thread) is re-keyed in between.
+    for round in 0..3 {
+        let mut singles = Vec::new();
+        for p in &refs {
+            let mut w = Vec::new();
+            let r = one.seal(cid, ContentType::ApplicationData, p, &mut w);
+            singles.push((r, w));
+        }
+        let mut outs: Vec<Vec<u8>> = vec![Vec::new(); refs.len()];
+        let (n, r) = run.seal_run(cid, ContentType::ApplicationData, &refs, &mut outs);
+        let stop = singles.iter().position(|(r, _)| r.is_err());
+        assert_eq!(n, stop.unwrap_or(refs.len()), "{aead:?} round {round}");
+        assert_eq!(r, stop.map_or(Ok(()), |i| singles[i].0), "{aead:?}");
+        for (i, (_, w)) in singles.iter().enumerate().take(n) {
+            assert_eq!(&outs[i], w, "{aead:?} cid {cid:?} round {round} record {i}");
+        }
+        assert!(
+            outs[n..].iter().all(Vec::is_empty),
+            "nothing after the stop"
+        );
+        assert_eq!(run.next_write_seq(), one.next_write_seq());
+        if stop.is_some() {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_run_sealed_in_one_call_is_byte_for_byte_what_sealing_one_by_one_gives() {
+    for aead in ALL {
+        sealed_both_ways(aead, None, 0, None);
+        sealed_both_ways(aead, Some(&SERVER_CID), 0, None);
+        sealed_both_ways(aead, Some(&[]), 7, None); // an empty CID: standard records
+                                                    // After a hand-off from OpenSSL: explicit nonces continuing its counter (CCM takes
+                                                    // the generic path then).
+        sealed_both_ways(aead, None, 9, Some(0x1234_5678));
+        sealed_both_ways(aead, Some(&SERVER_CID), 9, Some(u64::MAX));
+    }
+}
+
+#[test]
+fn sequence_exhaustion_midway_through_a_run_stops_it_as_one_by_one_does() {
+    for aead in [Aead::Aes128Gcm, Aead::Aes128Ccm8, Aead::ChaCha20Poly1305] {
+        // Records MAX − 4, MAX − 3, MAX − 2 seal; MAX − 1 is kept for close_notify.
+        sealed_both_ways(aead, None, MAX_SEQUENCE - 4, None);
+        sealed_both_ways(aead, Some(&SERVER_CID), MAX_SEQUENCE - 4, None);
+        let (mut a, mut b) = pair(aead);
+        a.next_write_seq = MAX_SEQUENCE - 3;
+        let payloads: [&[u8]; 4] = [b"a", b"b", b"c", b"d"];
+        let mut outs: [Vec<u8>; 4] = Default::default();
+        let (n, r) = a.seal_run(None, ContentType::ApplicationData, &payloads, &mut outs);
+        assert_eq!((n, r), (2, Err(SealError::SequenceExhausted)), "{aead:?}");
+        assert!(outs[2].is_empty() && outs[3].is_empty());
+        assert_eq!(a.next_write_seq(), MAX_SEQUENCE - 1);
+        for (out, p) in outs.iter().zip(payloads).take(2) {
+            assert_eq!(open_one(&mut b, out).unwrap().1, p);
+        }
+        // The reserved number still seals the close_notify.
+        let mut alert = Vec::new();
+        a.seal(None, ContentType::Alert, &[1, 0], &mut alert)
+            .unwrap();
+        // A run refused at its first record seals nothing; one too long stops there too.
+        let (n, r) = a.seal_run(None, ContentType::Alert, &payloads, &mut outs);
+        assert_eq!((n, r), (0, Err(SealError::SequenceExhausted)));
+        let (mut c, _) = pair(aead);
+        let long = vec![0u8; MAX_PLAINTEXT + 1];
+        let mut outs: [Vec<u8>; 3] = Default::default();
+        let (n, r) = c.seal_run(
+            None,
+            ContentType::ApplicationData,
+            &[b"x", &long, b"y"],
+            &mut outs,
+        );
+        assert_eq!((n, r), (1, Err(SealError::TooLong)));
+        assert_eq!(c.next_write_seq(), 1);
+    }
+}
+
+/// Opens `wires` (one record each) in one call of `open_run`, for a receiver of `cid_len`-byte
+/// CIDs.
+fn open_run_of(
+    rx: &mut RecordLayer,
+    wires: &[Vec<u8>],
+    cid_len: usize,
+) -> Vec<Result<(ContentType, Vec<u8>), OpenError>> {
+    let headers: Vec<RecordHeader<'_>> = wires
+        .iter()
+        .map(|w| RecordHeader::new_checked_cid(w, cid_len).unwrap())
+        .collect();
+    let mut outs = vec![Vec::new(); wires.len()];
+    let mut results = vec![Err(OpenError::Malformed); wires.len()];
+    rx.open_run(&headers, &mut outs, &mut results);
+    results
+        .into_iter()
+        .zip(outs)
+        .map(|(r, o)| r.map(|t| (t, o[PLAINTEXT_AT..].to_vec())))
+        .collect()
+}
+
+#[test]
+fn a_run_opened_in_one_call_refuses_a_tampered_or_replayed_record_alone() {
+    for aead in ALL {
+        for cid in [None, Some(&SERVER_CID[..])] {
+            let (mut a, mut b) = pair(aead);
+            b.set_read_cid(cid.is_some());
+            let cid_len = cid.map_or(0, <[u8]>::len);
+            let payloads = run_payloads();
+            let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+            let mut wires = vec![Vec::new(); refs.len()];
+            let (n, r) = a.seal_run(cid, ContentType::ApplicationData, &refs, &mut wires);
+            assert_eq!((n, r), (refs.len(), Ok(())));
+            // Record 3 tampered, record 5 replaying record 1, record 8 twice.
+            if let Some(b) = wires[3].last_mut() {
+                *b ^= 1;
+            }
+            let mut run = wires.clone();
+            run[5] = wires[1].clone();
+            run.push(wires[8].clone());
+            let results = open_run_of(&mut b, &run, cid_len);
+            for (i, r) in results.iter().enumerate() {
+                match i {
+                    3 => assert_eq!(r, &Err(OpenError::Unauthenticated), "{aead:?} {i}"),
+                    5 | 11 => assert_eq!(r, &Err(OpenError::Replayed), "{aead:?} {i}"),
+                    _ => assert_eq!(
+                        r,
+                        &Ok((ContentType::ApplicationData, payloads[i].clone())),
+                        "{aead:?} cid {cid:?} record {i}"
+                    ),
+                }
+            }
+            // The tampered one changed nothing: its genuine self still opens, and the record
+            // the replay displaced (5) too; then all of them are replays.
+            let (mut a2, _) = pair(aead);
+            let mut genuine = vec![Vec::new(); refs.len()];
+            let sealed = a2.seal_run(cid, ContentType::ApplicationData, &refs, &mut genuine);
+            assert_eq!(sealed, (refs.len(), Ok(())));
+            let results = open_run_of(&mut b, &genuine[3..6], cid_len);
+            assert!(results[0].is_ok() && results[2].is_ok(), "{aead:?}");
+            assert_eq!(results[1], Err(OpenError::Replayed));
+            let again = open_run_of(&mut b, &genuine, cid_len);
+            assert!(again.iter().all(|r| r == &Err(OpenError::Replayed)));
+            // What one call opens, opening one by one opens the same way.
+            let (mut c, mut d) = pair(aead);
+            d.set_read_cid(cid.is_some());
+            let mut fresh = vec![Vec::new(); refs.len()];
+            let sealed = c.seal_run(cid, ContentType::ApplicationData, &refs, &mut fresh);
+            assert_eq!(sealed, (refs.len(), Ok(())));
+            for (w, p) in fresh.iter().zip(&payloads) {
+                let header = RecordHeader::new_checked_cid(w, cid_len).unwrap();
+                let mut out = Vec::new();
+                assert_eq!(d.open(&header, &mut out), Ok(ContentType::ApplicationData));
+                assert_eq!(&out, p);
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_calls_reuse_the_buffers_they_are_given() {
+    // No allocation of their own: with buffers that have room, every record is sealed and
+    // opened in place (same allocation, same capacity).
+    let (mut a, mut b) = pair(Aead::Aes128Gcm);
+    let payload = [0x5au8; 100];
+    let refs = [&payload[..]; RUN];
+    let mut wires: [Vec<u8>; RUN] = std::array::from_fn(|_| Vec::with_capacity(256));
+    let mut plains: [Vec<u8>; RUN] = std::array::from_fn(|_| Vec::with_capacity(256));
+    let ptrs: Vec<*const u8> = wires.iter().chain(&plains).map(|v| v.as_ptr()).collect();
+    for _ in 0..3 {
+        wires.iter_mut().for_each(Vec::clear);
+        assert_eq!(
+            a.seal_run(None, ContentType::ApplicationData, &refs, &mut wires),
+            (RUN, Ok(()))
+        );
+        let headers: [RecordHeader<'_>; RUN] =
+            std::array::from_fn(|i| RecordHeader::new_checked(&wires[i]).unwrap());
+        let mut results = [Err(OpenError::Malformed); RUN];
+        b.open_run(&headers, &mut plains, &mut results);
+        assert!(results
+            .iter()
+            .all(|r| r == &Ok(ContentType::ApplicationData)));
+        assert!(plains.iter().all(|p| p[PLAINTEXT_AT..] == payload));
+    }
+    let after: Vec<*const u8> = wires.iter().chain(&plains).map(|v| v.as_ptr()).collect();
+    assert_eq!(ptrs, after);
 }

@@ -11,6 +11,14 @@ impl Session {
     /// dropped and counted after the hand-off. OpenSSL therefore never decrypts an application
     /// record in compact mode, and the compact replay window sees every one.
     pub(super) fn handle_compact_datagram(&mut self, now: Instant, parsed: &Parsed<'_>) {
+        // Several records, every one for the compact layer after the hand-off: opened in runs.
+        if matches!(self.engine, Engine::Compact(..))
+            && parsed.records().nth(1).is_some()
+            && parsed.records().all(|r| is_compact_record(&r))
+        {
+            self.open_record_runs(parsed);
+            return;
+        }
         let mut for_openssl = false;
         // Once established, a protected record too short for the suite's nonce and tag never
         // reaches OpenSSL, lingering or not (CVE-2026-75806; see `handle_datagram`).
@@ -375,24 +383,152 @@ impl Session {
             }
             Err(e) => {
                 record::give_buffer(datagram);
-                let error = match e {
-                    SealError::SequenceExhausted => Error::SequenceExhausted,
-                    SealError::TooLong => Error::PayloadTooLarge {
-                        len: data.len(),
-                        max: self.data_mtu(),
-                    },
-                    SealError::Cipher => Error::Ssl(ErrorStack::get()),
-                };
-                if matches!(error, Error::SequenceExhausted)
-                    && content_type == ContentType::ApplicationData
-                {
-                    // Close with the sequence number kept for it, then fail: the connection
-                    // must be re-established (RFC 6347 §4.1).
-                    log::warn!("{:?}: record sequence numbers used up", self.peer);
-                    self.shutdown();
-                    self.fail(Error::SequenceExhausted);
+                Err(self.seal_failed(e, content_type, data.len()))
+            }
+        }
+    }
+
+    /// The error of a record of `content_type` with `len` bytes that the compact layer
+    /// refused to seal; used-up sequence numbers end the connection.
+    fn seal_failed(&mut self, e: SealError, content_type: ContentType, len: usize) -> Error {
+        let error = match e {
+            SealError::SequenceExhausted => Error::SequenceExhausted,
+            SealError::TooLong => Error::PayloadTooLarge {
+                len,
+                max: self.data_mtu(),
+            },
+            SealError::Cipher => Error::Ssl(ErrorStack::get()),
+        };
+        if matches!(error, Error::SequenceExhausted) && content_type == ContentType::ApplicationData
+        {
+            // Close with the sequence number kept for it, then fail: the connection must be
+            // re-established (RFC 6347 §4.1).
+            log::warn!("{:?}: record sequence numbers used up", self.peer);
+            self.shutdown();
+            self.fail(Error::SequenceExhausted);
+        }
+        error
+    }
+
+    /// [`Session::send_many`] on the compact layer (no `SSL` left): sends the first datagrams
+    /// of `datagrams` (non-empty), up to [`record::RUN`] records sealed in one call, exactly as
+    /// [`send`](Session::send) would each in turn, and returns how many datagrams it took.
+    pub(super) fn send_compact_run(&mut self, datagrams: &[&[u8]]) -> Result<usize> {
+        self.usable()?;
+        let max = self.data_mtu();
+        let mut run: [&[u8]; record::RUN] = [&[]; record::RUN];
+        let (mut count, mut taken) = (0, 0);
+        let mut too_large = None;
+        for d in datagrams {
+            if count == record::RUN {
+                break;
+            }
+            if d.len() > max {
+                too_large = Some(d.len());
+                break;
+            }
+            taken += 1;
+            if !d.is_empty() {
+                run[count] = d;
+                count += 1;
+            }
+        }
+        if count > 0 {
+            self.seal_compact_run(&run[..count])?;
+        }
+        match too_large {
+            Some(len) => Err(Error::PayloadTooLarge { len, max }),
+            None => Ok(taken),
+        }
+    }
+
+    /// Seals `run` (at most [`record::RUN`] non-empty application datagrams) in one call of
+    /// the record layer and queues them, as [`send_compact`](Self::send_compact) would each:
+    /// those past the send queue's bound are dropped and counted, the first refused ends the
+    /// run with its error.
+    fn seal_compact_run(&mut self, run: &[&[u8]]) -> Result<()> {
+        let Some(compact) = self.engine.compact_mut() else {
+            return Err(Error::Closed);
+        };
+        let fit = run.len().min(
+            self.config
+                .send_queue
+                .saturating_sub(compact.outbound.len()),
+        );
+        let mut outs: [Vec<u8>; record::RUN] = Default::default();
+        for out in &mut outs[..fit] {
+            *out = record::take_buffer();
+        }
+        let cid = self.cid.as_ref().map(|c| &*c.peer);
+        let (sealed, r) = compact.layer.seal_run(
+            cid,
+            ContentType::ApplicationData,
+            &run[..fit],
+            &mut outs[..fit],
+        );
+        for out in &mut outs[..sealed] {
+            compact.outbound.push_back(std::mem::take(out));
+        }
+        for out in &mut outs[sealed..fit] {
+            record::give_buffer(std::mem::take(out));
+        }
+        self.stats.add(Traffic::AppOut, sealed as u64);
+        match r {
+            Ok(()) => {
+                // As if lost on the network, like OpenSSL's path (see `send_compact`).
+                self.stats
+                    .add(Traffic::SendDropped, (run.len() - fit) as u64);
+                Ok(())
+            }
+            Err(e) => Err(self.seal_failed(e, ContentType::ApplicationData, run[sealed].len())),
+        }
+    }
+
+    /// Compact mode, after the hand-off: a datagram of several records, all of them epoch-1
+    /// application data or alerts (or `tls12_cid` records), as the per-record loop of
+    /// [`handle_compact_datagram`](Self::handle_compact_datagram) would route them to
+    /// [`open_record`](Self::open_record): opened in runs of up to [`record::RUN`], each run in
+    /// one call of the record layer, then acted on in order, as one by one (a record after
+    /// one that closed or failed the connection is not acted on).
+    fn open_record_runs(&mut self, parsed: &Parsed<'_>) {
+        let mut records = parsed.records();
+        while let Some(first) = records.next() {
+            let mut headers = [first; record::RUN];
+            let mut n = 1;
+            for (h, r) in headers[1..].iter_mut().zip(records.by_ref()) {
+                *h = r;
+                n += 1;
+            }
+            let Some(compact) = self.engine.compact_mut() else {
+                return;
+            };
+            let mut outs: [Vec<u8>; record::RUN] = Default::default();
+            for out in &mut outs[..n] {
+                *out = record::take_buffer();
+            }
+            let mut results = [Err(OpenError::Malformed); record::RUN];
+            compact
+                .layer
+                .open_run(&headers[..n], &mut outs[..n], &mut results[..n]);
+            for ((out, result), header) in outs[..n].iter_mut().zip(results).zip(&headers) {
+                let plain = std::mem::take(out);
+                if matches!(self.state, SessionState::Closed | SessionState::Failed) {
+                    record::give_buffer(plain);
+                    continue;
                 }
-                Err(error)
+                match result {
+                    Ok(t) => {
+                        self.authenticated = self.authenticated.wrapping_add(1);
+                        self.on_plaintext(t, plain);
+                    }
+                    Err(e) => {
+                        record::give_buffer(plain);
+                        self.count_open_error(e, header);
+                    }
+                }
+            }
+            if matches!(self.state, SessionState::Closed | SessionState::Failed) {
+                return;
             }
         }
     }
@@ -734,5 +870,203 @@ mod tests {
         let (s, c) = (server.facts().unwrap(), client.facts().unwrap());
         assert!(std::sync::Arc::ptr_eq(&s.common, &c.common));
         assert_eq!(server.psk_identity(), Some(&b"device"[..]));
+    }
+
+    /// An established compact client and server under `config` (compact on), after one
+    /// exchange each way: the client handed off at once, the server at the client's first
+    /// record; both are `Engine::Compact`.
+    fn compact_pair(config: SessionConfig, now: Instant) -> (Session, Session) {
+        let config = SessionConfig {
+            compact: true,
+            ..config
+        };
+        let sctx = DtlsServerContext::builder()
+            .psk_key_store(|_| Some(b"secretPSK".to_vec()))
+            .session_config(config.clone())
+            .build()
+            .unwrap();
+        let cctx = DtlsClientContext::builder()
+            .psk_credentials(PskCredentials::new(
+                b"device".to_vec(),
+                b"secretPSK".to_vec(),
+            ))
+            .session_config(config)
+            .build()
+            .unwrap();
+        let mut client = cctx.new_session(None, now).unwrap();
+        let mut server = sctx.new_session(now).unwrap();
+        for _ in 0..32 {
+            let a = pump(&mut client, &mut server, now);
+            let b = pump(&mut server, &mut client, now);
+            if !a && !b {
+                break;
+            }
+        }
+        client.send(b"hello").unwrap();
+        pump(&mut client, &mut server, now);
+        server.send(b"hello").unwrap();
+        pump(&mut server, &mut client, now);
+        let mut buf = [0u8; 16];
+        assert_eq!(client.recv(&mut buf).unwrap(), Some(5));
+        assert_eq!(server.recv(&mut buf).unwrap(), Some(5));
+        assert!(matches!(client.engine, Engine::Compact(..)));
+        assert!(matches!(server.engine, Engine::Compact(..)));
+        (client, server)
+    }
+
+    /// Every datagram `s` has received, in order.
+    fn received(s: &mut Session) -> Vec<Vec<u8>> {
+        let mut buf = [0u8; 2048];
+        let mut all = Vec::new();
+        while let Ok(Some(n)) = s.recv(&mut buf) {
+            all.push(buf[..n].to_vec());
+        }
+        all
+    }
+
+    /// The datagrams `s` has to send, taken.
+    fn sent(s: &mut Session) -> Vec<Vec<u8>> {
+        let mut buf = [0u8; 2048];
+        let mut all = Vec::new();
+        while let Some(n) = s.poll_transmit(&mut buf) {
+            all.push(buf[..n].to_vec());
+        }
+        all
+    }
+
+    #[test]
+    fn send_many_on_the_compact_layer_does_what_sends_one_by_one_do() {
+        let now = Instant::now();
+        let config = SessionConfig {
+            send_queue: 5,
+            ..SessionConfig::default()
+        };
+        let (mut many, mut to_many) = compact_pair(config.clone(), now);
+        let (mut one, mut to_one) = compact_pair(config, now);
+        let send_one_by_one =
+            |s: &mut Session, datagrams: &[&[u8]]| datagrams.iter().try_for_each(|d| s.send(d));
+        // An empty datagram sends nothing; the sixth non-empty one finds the send queue (5)
+        // full: dropped and counted.
+        let big = [7u8; 100];
+        let batch: [&[u8]; 8] = [b"a", b"", b"ccc", &big, b"e", b"f", b"g", b"h"];
+        many.send_many(&batch).unwrap();
+        send_one_by_one(&mut one, &batch).unwrap();
+        assert_eq!(many.stats(), one.stats());
+        assert_eq!(many.stats().send_dropped, 2);
+        pump(&mut many, &mut to_many, now);
+        pump(&mut one, &mut to_one, now);
+        let got = received(&mut to_many);
+        assert_eq!(got, received(&mut to_one));
+        let want: Vec<Vec<u8>> = [&b"a"[..], b"ccc", &big, b"e", b"f"]
+            .iter()
+            .map(|d| d.to_vec())
+            .collect();
+        assert_eq!(got, want);
+        // More than a run (8) at once, in order.
+        let many_records: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        let refs: Vec<&[u8]> = many_records.iter().map(|d| &d[..]).collect();
+        for chunk in refs.chunks(5) {
+            many.send_many(chunk).unwrap();
+            send_one_by_one(&mut one, chunk).unwrap();
+            pump(&mut many, &mut to_many, now);
+            pump(&mut one, &mut to_one, now);
+        }
+        assert_eq!(received(&mut to_many), many_records);
+        assert_eq!(received(&mut to_one), many_records);
+        assert_eq!(many.stats(), one.stats());
+        // A payload too large in the middle: those before it sent, then the error.
+        let too_large = vec![0u8; many.data_mtu() + 1];
+        let batch: [&[u8]; 3] = [b"x", &too_large, b"y"];
+        let a = many.send_many(&batch);
+        let b = send_one_by_one(&mut one, &batch);
+        assert!(matches!(a, Err(Error::PayloadTooLarge { .. })), "{a:?}");
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        pump(&mut many, &mut to_many, now);
+        pump(&mut one, &mut to_one, now);
+        assert_eq!(received(&mut to_many), vec![b"x".to_vec()]);
+        assert_eq!(received(&mut to_one), vec![b"x".to_vec()]);
+        // Sequence numbers used up midway: two records seal (2^48 − 4, 2^48 − 3), the third
+        // fails the connection, which closes with the number kept for close_notify.
+        for s in [&mut many, &mut one] {
+            let layer = &mut s.engine.compact_mut().unwrap().layer;
+            layer.set_next_write_seq(record::MAX_SEQUENCE - 3);
+        }
+        let batch: [&[u8]; 4] = [b"1", b"2", b"3", b"4"];
+        let a = many.send_many(&batch);
+        let b = send_one_by_one(&mut one, &batch);
+        assert!(matches!(a, Err(Error::SequenceExhausted)), "{a:?}");
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_eq!(many.stats(), one.stats());
+        assert!(many.error().is_some() && one.error().is_some());
+        let (wire_many, wire_one) = (sent(&mut many), sent(&mut one));
+        assert_eq!(wire_many.len(), 3, "two records and the close_notify");
+        assert_eq!(wire_one.len(), 3);
+        for d in &wire_many {
+            to_many.handle_datagram(now, d);
+        }
+        assert_eq!(received(&mut to_many), vec![b"1".to_vec(), b"2".to_vec()]);
+        assert!(matches!(to_many.recv(&mut [0u8; 4]), Err(Error::Closed)));
+        // A failed session refuses as one by one does.
+        assert!(many.send_many(&[b"z"]).is_err());
+    }
+
+    #[test]
+    fn a_datagram_of_several_records_is_opened_in_runs_and_a_bad_record_is_refused_alone() {
+        let now = Instant::now();
+        let (mut client, mut server) = compact_pair(SessionConfig::default(), now);
+        let payloads: Vec<Vec<u8>> = (0..11u8).map(|i| vec![i; 20]).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(|d| &d[..]).collect();
+        client.send_many(&refs).unwrap();
+        let records = sent(&mut client);
+        assert_eq!(records.len(), 11);
+        // One datagram of 12 records (two runs): record 4 tampered, record 2 replayed at the
+        // end.
+        let mut datagram = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            let start = datagram.len();
+            datagram.extend_from_slice(r);
+            if i == 4 {
+                datagram[start + r.len() - 1] ^= 1;
+            }
+        }
+        datagram.extend_from_slice(&records[2]);
+        let before = server.stats();
+        server.handle_datagram(now, &datagram);
+        let after = server.stats();
+        let want: Vec<Vec<u8>> = payloads
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 4)
+            .map(|(_, p)| p.clone())
+            .collect();
+        assert_eq!(
+            received(&mut server),
+            want,
+            "the neighbours delivered in order"
+        );
+        assert_eq!(
+            after.dropped_unauthenticated_records,
+            before.dropped_unauthenticated_records + 1
+        );
+        assert_eq!(
+            after.dropped_replayed_records,
+            before.dropped_replayed_records + 1
+        );
+        assert_eq!(after.app_in, before.app_in + 10);
+        // The genuine record 4 still opens (the tampered copy moved nothing).
+        server.handle_datagram(now, &records[4]);
+        assert_eq!(received(&mut server), vec![payloads[4].clone()]);
+        // A close_notify in the middle of a datagram: what follows it is not acted on.
+        client.send_many(&[b"before", b"after"]).unwrap();
+        let data = sent(&mut client);
+        client.close();
+        let close = sent(&mut client);
+        assert_eq!(close.len(), 1);
+        let datagram = [&data[0][..], &close[0], &data[1]].concat();
+        let before = server.stats();
+        server.handle_datagram(now, &datagram);
+        assert_eq!(received(&mut server), vec![b"before".to_vec()]);
+        assert!(matches!(server.recv(&mut [0u8; 8]), Err(Error::Closed)));
+        assert_eq!(server.stats().app_in, before.app_in + 1);
     }
 }

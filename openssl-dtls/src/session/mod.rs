@@ -668,6 +668,28 @@ impl Session {
         Err(Error::Closed)
     }
 
+    /// Sends several application datagrams, each in its own record and datagram: what as many
+    /// [`send`](Self::send) calls in order would do (each checked against the data MTU when
+    /// its turn comes; empty ones send nothing; the send queue's bound, statistics and errors
+    /// the same), stopping at the first error, the datagrams before it sent. On the compact
+    /// record layer the records are sealed in runs, up to 8 in one call of the record layer
+    /// (one look-up of its per-thread cipher contexts for the run); on OpenSSL's record layer
+    /// each is one `SSL_write`.
+    #[doc(alias = "SSL_write")]
+    pub fn send_many(&mut self, datagrams: &[&[u8]]) -> Result<()> {
+        let mut rest = datagrams;
+        while let Some((first, more)) = rest.split_first() {
+            if self.engine.openssl().is_none() && self.engine.compact().is_some() {
+                let taken = self.send_compact_run(rest)?;
+                rest = &rest[taken..];
+            } else {
+                self.send(first)?;
+                rest = more;
+            }
+        }
+        Ok(())
+    }
+
     /// Takes the next received application datagram into `buf`: `Ok(Some(n))` with its length
     /// (a datagram longer than `buf` is truncated, as UDP's `recv` does), `Ok(None)` if none is
     /// waiting, `Err(Error::Closed)` once the session is closed and the queue drained, or the
