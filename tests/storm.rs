@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use openssl::nid::Nid;
 use openssl_dtls::{
-    DtlsClient, DtlsClientContext, DtlsServer, DtlsServerContext, Endpoint, EndpointConfig, Event,
-    PskCredentials, Session, SocketOptions, HANDSHAKE_INBOX,
+    DtlsClient, DtlsClientContext, DtlsConnection, DtlsServer, DtlsServerContext, Endpoint,
+    EndpointConfig, Event, PskCredentials, Session, SocketOptions, HANDSHAKE_INBOX,
 };
 
 const IDENTITY: &[u8] = b"device-1";
@@ -676,25 +676,22 @@ fn closing_a_server_during_a_flood_frees_every_ssl() {
     assert_eq!(live_ssl_objects(), before, "every SSL freed");
 }
 
-/// Flood: `FLOODERS` threads each complete `PER_FLOODER` ECDSA handshakes with a blocking
-/// server as fast as it answers, while one established connection echoes 100-byte datagrams
-/// one at a time. Every echo comes back (the flood may slow it, never starve it), and every
-/// flood handshake either completes or is counted as shed by the server.
-#[test]
-fn an_ecdsa_handshake_flood_does_not_starve_an_established_connection() {
-    let _serial = serial();
-    const FLOODERS: usize = 3;
-    const PER_FLOODER: usize = 20;
-    const ECHOES: usize = 200;
-    let (sctx, cctx) = ecdsa_pair();
-    let server = DtlsServer::bind_with(
-        "127.0.0.1:0",
-        sctx,
-        EndpointConfig::default(),
-        SocketOptions::default(),
-    )
-    .unwrap();
-    let server = Arc::new(server);
+/// A server with the default configuration whose accepted connections echo, and one live
+/// connection to it that has exchanged a first record: (server, its address, the client, the
+/// connection).
+fn echo_server_and_live(
+    sctx: DtlsServerContext,
+    cctx: &DtlsClientContext,
+) -> (Arc<DtlsServer>, SocketAddr, DtlsClient, DtlsConnection) {
+    let server = Arc::new(
+        DtlsServer::bind_with(
+            "127.0.0.1:0",
+            sctx,
+            EndpointConfig::default(),
+            SocketOptions::default(),
+        )
+        .unwrap(),
+    );
     let s = Arc::clone(&server);
     std::thread::spawn(move || {
         for conn in s.incoming() {
@@ -712,10 +709,8 @@ fn an_ecdsa_handshake_flood_does_not_starve_an_established_connection() {
     let addr = server.local_addr();
     let live_client = DtlsClient::bind("127.0.0.1:0").unwrap();
     let live = live_client
-        .connect_named(addr, "storm-server", &cctx, Duration::from_secs(10))
+        .connect_named(addr, "storm-server", cctx, Duration::from_secs(10))
         .unwrap();
-    // Established traffic first: the drivers offload handshakes only while there is some
-    // (`OFFLOAD_WHILE_TRAFFIC`), and the echo loop below keeps it going through the flood.
     let mut buf = [0u8; 2048];
     live.send(b"first").unwrap();
     assert_eq!(
@@ -723,6 +718,24 @@ fn an_ecdsa_handshake_flood_does_not_starve_an_established_connection() {
             .unwrap(),
         Some(5)
     );
+    (server, addr, live_client, live)
+}
+
+/// Flood: `FLOODERS` threads each complete `PER_FLOODER` ECDSA handshakes with a blocking
+/// server as fast as it answers, while one established connection echoes 100-byte datagrams
+/// one at a time. Every echo comes back (the flood may slow it, never starve it), and every
+/// flood handshake either completes or is counted as shed by the server.
+#[test]
+fn an_ecdsa_handshake_flood_does_not_starve_an_established_connection() {
+    let _serial = serial();
+    const FLOODERS: usize = 3;
+    const PER_FLOODER: usize = 20;
+    const ECHOES: usize = 200;
+    let (sctx, cctx) = ecdsa_pair();
+    // Established traffic first: the drivers offload handshakes only while there is some
+    // (`OFFLOAD_WHILE_TRAFFIC`), and the echo loop below keeps it going through the flood.
+    let (server, addr, _live_client, live) = echo_server_and_live(sctx, &cctx);
+    let mut buf = [0u8; 2048];
     let connected = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
@@ -979,40 +992,12 @@ fn handshakes_complete_while_other_threads_keep_every_cpu_busy() {
     let _serial = serial();
     const CLIENTS: usize = 6;
     let (sctx, cctx) = ecdsa_pair();
-    let config = EndpointConfig::default();
     assert!(
-        config.handshake_worker_idle_class,
+        EndpointConfig::default().handshake_worker_idle_class,
         "the default this test is about"
     );
-    let server = Arc::new(
-        DtlsServer::bind_with("127.0.0.1:0", sctx, config, SocketOptions::default()).unwrap(),
-    );
-    let s = Arc::clone(&server);
-    std::thread::spawn(move || {
-        for conn in s.incoming() {
-            let Ok(conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                while let Ok(n @ 1..) = conn.recv(&mut buf) {
-                    if conn.send(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let addr = server.local_addr();
-    let live_client = DtlsClient::bind("127.0.0.1:0").unwrap();
-    let live = live_client
-        .connect_named(addr, "storm-server", &cctx, Duration::from_secs(10))
-        .unwrap();
+    let (server, addr, _live_client, live) = echo_server_and_live(sctx, &cctx);
     let mut buf = [0u8; 2048];
-    live.send(b"first").unwrap();
-    assert_eq!(
-        live.recv_timeout(&mut buf, Duration::from_secs(10))
-            .unwrap(),
-        Some(5)
-    );
     // Busy threads, two per CPU, until the clients are through (bounded: 60 s at most).
     let stop = Arc::new(AtomicUsize::new(0));
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
