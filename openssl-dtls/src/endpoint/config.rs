@@ -89,7 +89,9 @@ pub struct EndpointConfig {
     /// server context with a certificate
     /// ([`Endpoint::costly_handshakes`](super::Endpoint::costly_handshakes)): PSK handshakes
     /// cost less than the hop. 0 runs handshakes inline in the driver, as a bare
-    /// [`Endpoint`](super::Endpoint) does.
+    /// [`Endpoint`](super::Endpoint) does. With
+    /// [`handshake_worker_idle_class`](Self::handshake_worker_idle_class) (the default) one more
+    /// thread, the rescue worker, sleeps until a job has waited 250 ms for these.
     pub handshake_workers: usize,
     /// Server handshakes checked out for the workers at once (queued or running). Default 64
     /// (≈ 13 ms of ECDSA work on one worker, far below the client's 1 s retransmission timer).
