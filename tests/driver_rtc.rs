@@ -45,6 +45,26 @@ fn client_ctx() -> DtlsClientContext {
         .unwrap()
 }
 
+/// A server, its address, a client and one connection between them: (server, address,
+/// client, the client's connection, the server's).
+fn connected_pair() -> (
+    DtlsServer,
+    SocketAddr,
+    DtlsClient,
+    DtlsConnection,
+    DtlsConnection,
+) {
+    let server = DtlsServer::bind("127.0.0.1:0", server_ctx()).unwrap();
+    let addr = server.local_addr();
+    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
+    let (conn, sconn) = thread::scope(|s| {
+        let a = s.spawn(|| server.accept_timeout(LIMIT));
+        let conn = client.connect(addr, &client_ctx(), LIMIT).unwrap();
+        (conn, a.join().unwrap().unwrap().expect("accepted"))
+    });
+    (server, addr, client, conn, sconn)
+}
+
 /// A server whose accept thread keeps waiting and hands every connection to `serve`, on its own
 /// thread.
 fn server_with_accept_loop(
@@ -381,15 +401,7 @@ fn a_one_way_burst_arrives_whole_when_the_reader_keeps_up() {
     const N: usize = 20_000;
     const SIZE: usize = 1100;
     const WINDOW: usize = 1024;
-    let server = DtlsServer::bind("127.0.0.1:0", server_ctx()).unwrap();
-    let addr = server.local_addr();
-    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
-    let accepting = thread::scope(|s| {
-        let a = s.spawn(|| server.accept_timeout(LIMIT));
-        let conn = client.connect(addr, &client_ctx(), LIMIT).unwrap();
-        (conn, a.join().unwrap().unwrap().expect("accepted"))
-    });
-    let (conn, sconn) = accepting;
+    let (server, _addr, _client, conn, sconn) = connected_pair();
     let (progress_tx, progress_rx) = mpsc::channel::<usize>();
     let reader = thread::spawn(move || {
         let mut buf = [0u8; 2048];
@@ -467,14 +479,7 @@ fn when_nobody_reads_every_datagram_is_received_or_counted_as_dropped() {
     // dropped at the connection's queue or at the socket, or the sender could not send it.
     // Every datagram shows up in exactly one place.
     const N: usize = 5_000;
-    let server = DtlsServer::bind("127.0.0.1:0", server_ctx()).unwrap();
-    let addr = server.local_addr();
-    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
-    let (conn, sconn) = thread::scope(|s| {
-        let a = s.spawn(|| server.accept_timeout(LIMIT));
-        let conn = client.connect(addr, &client_ctx(), LIMIT).unwrap();
-        (conn, a.join().unwrap().unwrap().expect("accepted"))
-    });
+    let (server, _addr, client, conn, sconn) = connected_pair();
     let msg = [0x5au8; 1000];
     for _ in 0..N {
         conn.send(&msg).unwrap();
@@ -645,14 +650,7 @@ fn a_handshake_completes_while_a_reader_takes_a_stream_that_never_lets_up() {
     // dropped and counted; that is not what this test is about.
     let _alone = alone();
     const SIZE: usize = 1000;
-    let server = DtlsServer::bind("127.0.0.1:0", server_ctx()).unwrap();
-    let addr = server.local_addr();
-    let client = DtlsClient::bind("127.0.0.1:0").unwrap();
-    let (conn, sconn) = thread::scope(|s| {
-        let a = s.spawn(|| server.accept_timeout(LIMIT));
-        let conn = client.connect(addr, &client_ctx(), LIMIT).unwrap();
-        (conn, a.join().unwrap().unwrap().expect("accepted"))
-    });
+    let (server, addr, _client, conn, sconn) = connected_pair();
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicUsize::new(0));
     let reader = {
