@@ -804,28 +804,8 @@ mod tests {
     #[test]
     fn an_idle_compact_session_owns_no_heap_buffer() {
         let now = Instant::now();
-        let sctx = DtlsServerContext::builder()
-            .psk_key_store(|_| Some(b"secretPSK".to_vec()))
-            .compact_connections(true)
-            .build()
-            .unwrap();
-        let cctx = DtlsClientContext::builder()
-            .psk_credentials(PskCredentials::new(
-                b"device".to_vec(),
-                b"secretPSK".to_vec(),
-            ))
-            .compact_connections(true)
-            .build()
-            .unwrap();
-        let mut client = cctx.new_session(None, now).unwrap();
-        let mut server = sctx.new_session(now).unwrap();
-        for _ in 0..32 {
-            let a = pump(&mut client, &mut server, now);
-            let b = pump(&mut server, &mut client, now);
-            if !a && !b {
-                break;
-            }
-        }
+        let (sctx, cctx) = compact_contexts(SessionConfig::default());
+        let (mut client, mut server) = handshake(&sctx, &cctx, now);
         assert!(client.is_established() && server.is_established());
         let mut app = [0u8; 64];
         // A few exchanges both ways (the first ends the server's linger), several datagrams
@@ -872,10 +852,8 @@ mod tests {
         assert_eq!(server.psk_identity(), Some(&b"device"[..]));
     }
 
-    /// An established compact client and server under `config` (compact on), after one
-    /// exchange each way: the client handed off at once, the server at the client's first
-    /// record; both are `Engine::Compact`.
-    fn compact_pair(config: SessionConfig, now: Instant) -> (Session, Session) {
+    /// A PSK server and client context under `config` with compact connections on.
+    fn compact_contexts(config: SessionConfig) -> (DtlsServerContext, DtlsClientContext) {
         let config = SessionConfig {
             compact: true,
             ..config
@@ -893,6 +871,16 @@ mod tests {
             .session_config(config)
             .build()
             .unwrap();
+        (sctx, cctx)
+    }
+
+    /// A client and a server session of these contexts, after their handshake (datagrams moved
+    /// both ways until neither has more): (client, server).
+    fn handshake(
+        sctx: &DtlsServerContext,
+        cctx: &DtlsClientContext,
+        now: Instant,
+    ) -> (Session, Session) {
         let mut client = cctx.new_session(None, now).unwrap();
         let mut server = sctx.new_session(now).unwrap();
         for _ in 0..32 {
@@ -902,6 +890,15 @@ mod tests {
                 break;
             }
         }
+        (client, server)
+    }
+
+    /// An established compact client and server under `config` (compact on), after one
+    /// exchange each way: the client handed off at once, the server at the client's first
+    /// record; both are `Engine::Compact`.
+    fn compact_pair(config: SessionConfig, now: Instant) -> (Session, Session) {
+        let (sctx, cctx) = compact_contexts(config);
+        let (mut client, mut server) = handshake(&sctx, &cctx, now);
         client.send(b"hello").unwrap();
         pump(&mut client, &mut server, now);
         server.send(b"hello").unwrap();
