@@ -1620,17 +1620,24 @@ fn allocs_per_datagram(n: usize, compact: bool) -> (f64, f64, Vec<String>) {
         (compact, compact),
         "compact hand-off on both sides"
     );
+    let (rust, ossl, sites) = allocations_over(n, || round(&mut server, &mut client));
+    let dgrams = 2.0 * n as f64;
+    (rust as f64 / dgrams, ossl as f64 / dgrams, sites)
+}
+
+/// Rust and OpenSSL allocations over `n` calls of `round`, and, if there were Rust ones, a few
+/// backtraces of where they come from (more calls, traced).
+fn allocations_over(n: usize, mut round: impl FnMut()) -> (u64, u64, Vec<String>) {
     let (r0, o0) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
     for _ in 0..n {
-        round(&mut server, &mut client);
+        round();
     }
     let (r1, o1) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
-    // Where they come from: a few backtraces of allocations during round trips.
     let mut sites = Vec::new();
     if r1 > r0 {
         TRACE.store(true, Relaxed);
         for _ in 0..((n as u64 / (r1 - r0).max(1)) + 2).min(1000) {
-            round(&mut server, &mut client);
+            round();
             if TRACES.lock().unwrap().len() >= MAX_TRACES {
                 break;
             }
@@ -1638,8 +1645,7 @@ fn allocs_per_datagram(n: usize, compact: bool) -> (f64, f64, Vec<String>) {
         TRACE.store(false, Relaxed);
         sites = std::mem::take(&mut *TRACES.lock().unwrap());
     }
-    let dgrams = 2.0 * n as f64;
-    ((r1 - r0) as f64 / dgrams, (o1 - o0) as f64 / dgrams, sites)
+    (r1 - r0, o1 - o0, sites)
 }
 
 // ---------------------------------------------------------------------------------------------

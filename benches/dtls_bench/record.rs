@@ -233,14 +233,13 @@ fn compact_run_pairs(suite: &str, size: usize, n: usize) -> f64 {
 /// runs), echoes them with one `Endpoint::send_many`, and the client reads the echoes. With
 /// allocation sites if any.
 fn run_allocs(n: usize) -> (f64, f64, Vec<String>) {
-    use std::sync::atomic::Ordering::Relaxed;
     use std::time::Instant;
 
     use openssl_dtls::{Endpoint, Session};
 
     use super::{
-        mem_handshake, our_client_ctx_with, our_server_ctx_with, roomy, spoof_free_addr, Cert,
-        MAX_TRACES, MTU, OSSL_ALLOCS, RUST_ALLOCS, TRACE, TRACES,
+        allocations_over, mem_handshake, our_client_ctx_with, our_server_ctx_with, roomy,
+        spoof_free_addr, Cert, MTU,
     };
     let cert = Cert {
         cert_der: vec![],
@@ -291,29 +290,9 @@ fn run_allocs(n: usize) -> (f64, f64, Vec<String>) {
         round(&mut server, &mut client);
     }
     assert!(client.is_compact(), "compact hand-off");
-    let (r0, o0) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
-    for _ in 0..n {
-        round(&mut server, &mut client);
-    }
-    let (r1, o1) = (RUST_ALLOCS.load(Relaxed), OSSL_ALLOCS.load(Relaxed));
-    let mut sites = Vec::new();
-    if r1 > r0 {
-        TRACE.store(true, Relaxed);
-        for _ in 0..((n as u64 / (r1 - r0).max(1)) + 2).min(1000) {
-            round(&mut server, &mut client);
-            if TRACES.lock().unwrap().len() >= MAX_TRACES {
-                break;
-            }
-        }
-        TRACE.store(false, Relaxed);
-        sites = std::mem::take(&mut *TRACES.lock().unwrap());
-    }
+    let (rust, ossl, sites) = allocations_over(n, || round(&mut server, &mut client));
     let records = (2 * RUN * n) as f64;
-    (
-        (r1 - r0) as f64 / records,
-        (o1 - o0) as f64 / records,
-        sites,
-    )
+    (rust as f64 / records, ossl as f64 / records, sites)
 }
 
 /// A keyed `EVP_CIPHER_CTX`, freed on drop.
