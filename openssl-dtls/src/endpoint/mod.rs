@@ -309,14 +309,15 @@ impl Endpoint {
     }
 
     /// Whether `datagram` from `peer` would start or advance a handshake (a `ClientHello`, or a
-    /// record for a handshake under way at that address) rather than serve an established
-    /// connection. Expensive handshake work must not delay established traffic: a driver may
+    /// handshake, change-cipher-spec or alert record for a handshake under way at that address)
+    /// rather than serve an established connection. Expensive handshake work must not delay established traffic: a driver may
     /// handle such datagrams after the records of established connections it read with them
     /// (the blocking and tokio drivers do, see
     /// [`EndpointStats::handshake_datagrams_deferred`](crate::EndpointStats::handshake_datagrams_deferred)).
-    /// Everything else (records of established connections, `tls12_cid` records, garbage that is
-    /// dropped at once) is `false`. Cheap: one parse of the record headers and one table lookup;
-    /// nothing changes and nothing is counted.
+    /// Everything else (a datagram that starts with an application-data or `tls12_cid` record,
+    /// records of established connections, garbage that is dropped at once) is `false`. Cheap:
+    /// the first byte, else one parse of the record headers and one table lookup; nothing
+    /// changes and nothing is counted.
     ///
     /// ```
     /// # use openssl_dtls::{Endpoint, EndpointConfig};
@@ -329,6 +330,11 @@ impl Endpoint {
     /// # }
     /// ```
     pub fn is_handshake_datagram(&self, peer: SocketAddr, datagram: &[u8]) -> bool {
+        // Application data and `tls12_cid` records first: an established connection's, never a
+        // handshake's step (no parse and no lookup on the established path).
+        if matches!(datagram.first(), Some(23 | 25)) {
+            return false;
+        }
         let Ok(parsed) = wire::parse_cid(datagram, self.cid_len) else {
             return false;
         };
