@@ -170,7 +170,7 @@ fn hs_rate(to: SocketAddr, n: usize, window: usize) -> (f64, usize) {
 
 /// Echoes/s of 4 CID connections to `to`, 16 in flight each, `n` in all.
 fn echo_rate(to: SocketAddr, n: usize) -> f64 {
-    super::shards::echo_clients(to, &client_ctx(true), 4, n)
+    super::shards::echo_clients(to, &client_ctx(true), 4, n).0
 }
 
 pub(super) fn section(sizes: &Sizes, t: &mut Table) {
