@@ -289,15 +289,20 @@ fn run(shared: &BlockingShared) {
                 break;
             }
             let reports = BlockingShared::take_reports(&mut core);
-            match core.rtc.parked(Instant::now()) {
+            let now = Instant::now();
+            match core.rtc.parked(now) {
                 Some(until) => (true, until, reports),
-                // Handshake datagrams waiting behind established records, or handshakes the
-                // workers finished (a poller that was kicked for them may have left): a turn
-                // at once.
-                None if !core.deferred.is_empty() || shared.workers.has_done() => {
-                    (false, Some(Instant::now()), reports)
+                // Handshake datagrams waiting behind established records: a turn at once; the
+                // same for handshakes the workers finished (a poller that was kicked for them
+                // may have left), unless a worker held their queue (then a little later).
+                None if !core.deferred.is_empty() => (false, Some(now), reports),
+                None => {
+                    let due = [
+                        core.endpoint.poll_timeout(),
+                        shared.exchange_due(&core, now),
+                    ];
+                    (false, due.into_iter().flatten().min(), reports)
                 }
-                None => (false, core.endpoint.poll_timeout(), reports),
             }
         };
         BlockingShared::report(reports);

@@ -14,7 +14,7 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::blocking::{Blocking, BlockingShared, Waiters};
-use super::shared::Core;
+use super::shared::{Core, LEFT_AT_MOST};
 use crate::endpoint::{ConnectionId, Endpoint};
 use crate::ffi::os;
 
@@ -417,13 +417,24 @@ impl<'a> Wait<'_, 'a> {
         let io = &shared.io;
         if !self.streaming {
             let deadline = self.deadline;
-            let core = self.core();
-            // Handshake datagrams waiting behind established records: no sleep.
-            let due = (!core.deferred.is_empty()).then(Instant::now);
-            let wake_at = [deadline, core.endpoint.poll_timeout(), due]
-                .into_iter()
-                .flatten()
-                .min();
+            let core = &**self.core.as_ref().expect("the wait holds the lock");
+            let now = Instant::now();
+            // Handshake datagrams waiting behind established records: no sleep. Handshakes the
+            // workers finished: none either (their kick may have been drained when this wait
+            // took the role), or a little while if a worker held their queue. Work an earlier
+            // step left for later: at most until it is overdue.
+            let due = (!core.deferred.is_empty()).then_some(now);
+            let left = core.left_since.map(|since| since + LEFT_AT_MOST);
+            let wake_at = [
+                deadline,
+                core.endpoint.poll_timeout(),
+                due,
+                shared.exchange_due(core, now),
+                left,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             drop(self.core.take());
             let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
             let waited = os::wait_readable([io.socket.as_fd(), kick.rx.as_fd()], timeout);

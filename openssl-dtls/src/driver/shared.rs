@@ -29,6 +29,7 @@ use super::deferred::Deferred;
 use super::failures::PendingFailures;
 use super::handle::Facts;
 use super::moves::{AddressChange, PendingMoves};
+use super::workers::{QueueBusy, RETRY_BUSY};
 use super::{Io, Output, Signal};
 use crate::context::DtlsClientContext;
 use crate::endpoint::{ConnectionId, Endpoint, Event};
@@ -84,6 +85,9 @@ pub(crate) struct Core<D: Io> {
     /// Since when other peers' work (deferred datagrams, due timers, finished jobs) has been
     /// left by threads that took their own record back ([`Shared::after_receive_budget`]).
     pub left_since: Option<Instant>,
+    /// When to try the handshake workers' exchange again: set when a worker held their
+    /// queue's lock ([`QueueBusy`](super::workers::QueueBusy)), cleared by an exchange.
+    exchange_retry: Option<Instant>,
 }
 
 impl<D: Io> fmt::Debug for Core<D> {
@@ -201,6 +205,7 @@ impl<D: Io> Shared<D> {
                 rtc: Rtc::default(),
                 deferred: Deferred::default(),
                 left_since: None,
+                exchange_retry: None,
             }),
             accept: D::Signal::default(),
             io,
@@ -349,8 +354,33 @@ impl<D: Io> Shared<D> {
         let now = Instant::now();
         while core.deferred.handle_next(&mut core.endpoint, now) {}
         core.endpoint.handle_timeout(now);
-        self.workers.exchange(&mut core.endpoint);
+        self.exchange_budget(core, usize::MAX, now);
         self.settle(core);
+    }
+
+    /// The handshake workers' exchange
+    /// ([`Workers::exchange_budget`](super::workers::Workers::exchange_budget)) under the lock: whether
+    /// finished jobs were left; if a worker held their queue, none were taken and the next try
+    /// is due [`RETRY_BUSY`] from `now` ([`exchange_due`](Self::exchange_due)).
+    fn exchange_budget(&self, core: &mut Core<D>, budget: usize, now: Instant) -> bool {
+        match self.workers.exchange_budget(&mut core.endpoint, budget) {
+            Ok(left) => {
+                core.exchange_retry = None;
+                left
+            }
+            Err(QueueBusy) => {
+                core.exchange_retry = Some(now + RETRY_BUSY);
+                false
+            }
+        }
+    }
+
+    /// When the handshake workers' exchange is next due: at once if finished jobs wait, at the
+    /// retry time if a worker held their queue at the last try, else `None` (a worker that
+    /// finishes a job wakes the driver).
+    pub fn exchange_due(&self, core: &Core<D>, now: Instant) -> Option<Instant> {
+        core.exchange_retry
+            .or_else(|| self.workers.has_done().then_some(now))
     }
 
     /// [`after_receive`](Self::after_receive) for a thread that waits for its own record:
@@ -370,13 +400,11 @@ impl<D: Io> Shared<D> {
         let left = if own_in && !overdue {
             !core.deferred.is_empty()
                 || core.endpoint.handle_timeout_budget(now, 0)
-                || self.workers.exchange_budget(&mut core.endpoint, 0)
+                || self.exchange_budget(core, 0, now)
         } else {
             let deferred_left = core.deferred.handle_some(&mut core.endpoint, now, 1);
             let timers_left = core.endpoint.handle_timeout_budget(now, TURN_BUDGET);
-            let jobs_left = self
-                .workers
-                .exchange_budget(&mut core.endpoint, TURN_BUDGET);
+            let jobs_left = self.exchange_budget(core, TURN_BUDGET, now);
             core.left_since = None;
             deferred_left || timers_left || jobs_left
         };

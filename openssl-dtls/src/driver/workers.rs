@@ -4,14 +4,18 @@
 //! signatures.
 //!
 //! ```text
-//! driver turn (lock held): receive batch ─> timers ─> Workers::exchange: finished jobs back in
+//! driver turn (lock held): receive batch ─> timers ─> Workers::exchange_budget: finished jobs back in
 //!                          (finish_handshake_job: cheap), newly checked-out jobs to the queue
 //! worker (never takes the driver's lock): job.run(now) ─> done queue ─> wakes the driver
 //! ```
 //!
 //! The workers never touch the endpoint: a finished job is handed back by the driver in its
 //! next turn, after the records of that turn's batch. So a worker that the scheduler preempts
-//! never holds the lock that established traffic needs. The workers run in Linux's `SCHED_IDLE`
+//! never holds the lock that established traffic needs. Nor does the driver ever wait for the
+//! workers' own queue lock: it only tries it ([`Workers::exchange_budget`] answers
+//! [`QueueBusy`]) and comes back [`RETRY_BUSY`] later, since a worker in `SCHED_IDLE`
+//! preempted inside its few instructions under that lock may not run again for a long time
+//! while other threads keep the CPUs busy. The workers run in Linux's `SCHED_IDLE`
 //! class by default
 //! ([`EndpointConfig::handshake_worker_idle_class`](crate::EndpointConfig::handshake_worker_idle_class)):
 //! a thread that wakes for an established record preempts them at once. One more thread, the
@@ -40,7 +44,8 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -108,15 +113,47 @@ struct Pool {
     rescue: Condvar,
     /// Jobs the rescue worker ran ([`EndpointStats::handshake_jobs_rescued`](crate::EndpointStats::handshake_jobs_rescued)).
     rescued: std::sync::atomic::AtomicU64,
+    /// `queue.done.len()`, written under the queue's lock, read without it
+    /// ([`Workers::has_done`]).
+    done_len: AtomicUsize,
     /// The worker threads, joined by [`Workers::close`].
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Pool {
-    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+    /// The queue, waiting for its lock (the workers' side, and closing).
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Leaves a job the worker is through with for the driver; whether it is the first waiting
+    /// (then the worker wakes the driver).
+    fn push_done(&self, done: Done) -> bool {
+        let mut queue = self.queue();
+        queue.done.push(done);
+        self.done_len.store(queue.done.len(), Ordering::SeqCst);
+        queue.done.len() == 1
+    }
+
+    /// The queue if its lock is free (the driver's side: it never waits for a worker).
+    fn try_queue(&self) -> Result<MutexGuard<'_, Queue>, QueueBusy> {
+        match self.queue.try_lock() {
+            Ok(queue) => Ok(queue),
+            Err(TryLockError::Poisoned(e)) => Ok(e.into_inner()),
+            Err(TryLockError::WouldBlock) => Err(QueueBusy),
+        }
+    }
 }
+
+/// A worker held the queue's lock when the driver tried it: the driver leaves the exchange
+/// for [`RETRY_BUSY`] (or until a worker wakes it) rather than wait for a thread that may be
+/// preempted in `SCHED_IDLE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueBusy;
+
+/// How soon the driver tries the workers' queue again after finding it [`QueueBusy`]: a timed
+/// wait, not a spin (a spinning driver would keep the CPU from the very worker it waits for).
+pub(crate) const RETRY_BUSY: Duration = Duration::from_millis(1);
 
 /// A driver's handshake workers, if it started any (kept in [`Shared`]).
 #[derive(Debug, Default)]
@@ -146,15 +183,18 @@ impl Workers {
         // In `SCHED_IDLE`, one more worker at `nice` takes only jobs that waited
         // `RESCUE_AFTER`: handshakes slow down while other threads keep every CPU busy, but
         // never stop.
-        let roles = (0..count)
-            .map(|_| {
+        // The rescue worker first: if the system refuses a thread later, the pool that runs
+        // is never one of idle-class workers alone.
+        let roles = idle_class
+            .then_some(Role::Rescue(nice))
+            .into_iter()
+            .chain((0..count).map(|_| {
                 if idle_class {
                     Role::Idle(nice)
                 } else {
                     Role::Nice(nice)
                 }
-            })
-            .chain(idle_class.then_some(Role::Rescue(nice)));
+            }));
         let mut threads = Vec::with_capacity(count + 1);
         for (i, role) in roles.enumerate() {
             let pool = Arc::clone(&pool);
@@ -182,29 +222,31 @@ impl Workers {
         Ok(())
     }
 
-    /// Gives the jobs the workers finished back to `endpoint`, then hands every job it checked
-    /// out to the workers (called under the driver's lock, once per turn, after the receive
-    /// batch). Without workers (offload never turned on) a job is run inline.
-    pub(crate) fn exchange(&self, endpoint: &mut Endpoint) {
-        self.exchange_budget(endpoint, usize::MAX);
-    }
-
-    /// [`exchange`](Self::exchange), giving back at most `budget` finished jobs (the oldest
-    /// first; the rest wait for the next turn). Returns whether any was left.
-    pub(crate) fn exchange_budget(&self, endpoint: &mut Endpoint, budget: usize) -> bool {
+    /// Gives at most `budget` jobs the workers finished back to `endpoint` (the oldest first;
+    /// the rest wait for the next turn), then hands every job it checked out to the workers
+    /// (called under the driver's lock, once per turn, after the receive batch). Without
+    /// workers (offload never turned on) a job is run inline. Returns whether finished jobs
+    /// were left, or [`QueueBusy`] if a worker held the queue's lock (then what was not
+    /// exchanged waits: the jobs the endpoint checked out stay with it).
+    pub(crate) fn exchange_budget(
+        &self,
+        endpoint: &mut Endpoint,
+        budget: usize,
+    ) -> Result<bool, QueueBusy> {
         let Some(pool) = self.pool.get() else {
             while let Some(job) = endpoint.poll_handshake_job() {
                 let now = Instant::now();
                 let done = run_guarded(job, |job| job.run(now));
                 give_back(endpoint, now, done);
             }
-            return false;
+            return Ok(false);
         };
         let (done, left) = {
-            let mut queue = pool.queue();
+            let mut queue = pool.try_queue()?;
             let take = queue.done.len().min(budget);
             let rest = queue.done.split_off(take);
             let done = std::mem::replace(&mut queue.done, rest);
+            pool.done_len.store(queue.done.len(), Ordering::SeqCst);
             (done, !queue.done.is_empty())
         };
         if !done.is_empty() {
@@ -213,22 +255,21 @@ impl Workers {
                 give_back(endpoint, now, done);
             }
         }
-        let mut queue = pool.queue();
+        if !endpoint.has_handshake_jobs() {
+            return Ok(left);
+        }
+        let mut queue = pool.try_queue()?;
         let was_empty = queue.jobs.is_empty();
-        let mut queued = false;
         let now = Instant::now();
         while let Some(job) = endpoint.poll_handshake_job() {
             queue.jobs.push_back((now, job));
-            queued = true;
         }
         drop(queue);
-        if queued {
-            pool.ready.notify_one();
-            if was_empty {
-                pool.rescue.notify_one(); // its deadline: this job's age
-            }
+        pool.ready.notify_one();
+        if was_empty {
+            pool.rescue.notify_one(); // its deadline: this job's age
         }
-        left
+        Ok(left)
     }
 
     /// Jobs the rescue worker ran.
@@ -238,11 +279,12 @@ impl Workers {
         })
     }
 
-    /// Whether handshakes the workers finished wait to be given back ([`exchange`](Self::exchange)).
+    /// Whether handshakes the workers finished wait to be given back
+    /// ([`exchange_budget`](Self::exchange_budget)); read without the queue's lock.
     pub(crate) fn has_done(&self) -> bool {
         self.pool
             .get()
-            .is_some_and(|pool| !pool.queue().done.is_empty())
+            .is_some_and(|pool| pool.done_len.load(Ordering::SeqCst) > 0)
     }
 
     /// Stops the workers and joins them: each finishes the job it runs (its handshake is then
@@ -254,6 +296,7 @@ impl Workers {
         let dropped = {
             let mut queue = pool.queue();
             queue.closed = true;
+            pool.done_len.store(0, Ordering::SeqCst);
             (
                 std::mem::take(&mut queue.jobs),
                 std::mem::take(&mut queue.done),
@@ -303,7 +346,9 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, role: Role) {
     let rescue = matches!(role, Role::Rescue(_));
     let mut buf = vec![0u8; crate::config::MAX_MTU];
     loop {
-        let job = {
+        // Under the queue's lock only the queue's own work: the driver tries that lock and
+        // must find it free (the wake-ups and the log line come after it is released).
+        let (job, more, waited) = {
             let mut queue = pool.queue();
             loop {
                 if queue.closed {
@@ -312,16 +357,7 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, role: Role) {
                 let age = queue.jobs.front().map(|(at, _)| at.elapsed());
                 if age.is_some_and(|age| !rescue || age >= RESCUE_AFTER) {
                     if let Some((_, job)) = queue.jobs.pop_front() {
-                        if rescue {
-                            pool.rescued
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            log::debug!(
-                                "a handshake job waited {age:?}: the rescue worker runs it"
-                            );
-                        } else if !queue.jobs.is_empty() {
-                            pool.ready.notify_one(); // more work: another worker may take it
-                        }
-                        break job;
+                        break (job, !queue.jobs.is_empty(), age);
                     }
                 }
                 queue = match age {
@@ -338,6 +374,13 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, role: Role) {
                 };
             }
         };
+        if rescue {
+            pool.rescued
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::debug!("a handshake job waited {waited:?}: the rescue worker runs it");
+        } else if more {
+            pool.ready.notify_one(); // more work: another worker may take it
+        }
         // The step, then its flight, sent from here: the threads that serve established
         // connections neither run the crypto nor pay the kernel for these datagrams.
         let io = shared.upgrade();
@@ -348,12 +391,7 @@ fn work<D: Io>(pool: &Pool, shared: &Weak<Shared<D>>, role: Role) {
             }
         });
         drop(io);
-        let first = {
-            let mut queue = pool.queue();
-            queue.done.push(done);
-            queue.done.len() == 1
-        };
-        if first {
+        if pool.push_done(done) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
@@ -378,7 +416,9 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
-    use super::{give_back, run_guarded, Done};
+    use std::sync::Arc;
+
+    use super::{give_back, run_guarded, Done, Pool, QueueBusy, Workers};
     use crate::context::{DtlsClientContext, DtlsServerContext, PskCredentials};
     use crate::endpoint::{Endpoint, EndpointConfig, Event};
 
@@ -415,6 +455,45 @@ mod tests {
         }
         assert_eq!(s.handshakes_out(), 1);
         (s, c)
+    }
+
+    /// A worker preempted while it holds the queue's lock (in `SCHED_IDLE` it may not run again
+    /// for long while other threads keep the CPUs busy) never holds up the driver: the exchange
+    /// answers `QueueBusy` at once, the checked-out job stays with the endpoint, and the next
+    /// try once the lock is free hands it over; a finished job is seen without the lock.
+    #[test]
+    fn the_driver_never_waits_for_a_worker_holding_the_queue() {
+        let now = Instant::now();
+        let (mut s, _c) = checked_out(now);
+        let workers = Workers::default();
+        let pool = Arc::new(Pool::default());
+        workers.pool.set(Arc::clone(&pool)).unwrap();
+
+        let held = pool.queue();
+        assert_eq!(workers.exchange_budget(&mut s, usize::MAX), Err(QueueBusy));
+        assert!(s.has_handshake_jobs(), "the job stays with the endpoint");
+        drop(held);
+        assert_eq!(workers.exchange_budget(&mut s, usize::MAX), Ok(false));
+        assert!(!s.has_handshake_jobs());
+        let (_, job) = pool
+            .queue()
+            .jobs
+            .pop_front()
+            .expect("handed to the workers");
+
+        let done = run_guarded(job, |job| job.run(now));
+        assert!(
+            pool.push_done(done),
+            "the first finished job wakes the driver"
+        );
+        let held = pool.queue();
+        assert!(workers.has_done(), "seen without the lock");
+        assert_eq!(workers.exchange_budget(&mut s, usize::MAX), Err(QueueBusy));
+        drop(held);
+        assert!(workers.has_done(), "still there after the busy try");
+        assert_eq!(workers.exchange_budget(&mut s, usize::MAX), Ok(false));
+        assert!(!workers.has_done());
+        assert_eq!(s.handshakes_out(), 0, "given back to the endpoint");
     }
 
     #[test]

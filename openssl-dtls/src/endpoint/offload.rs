@@ -308,6 +308,11 @@ impl Endpoint {
         self.offload.jobs.pop_front()
     }
 
+    /// Whether a job waits for [`poll_handshake_job`](Self::poll_handshake_job).
+    pub(crate) fn has_handshake_jobs(&self) -> bool {
+        !self.offload.jobs.is_empty()
+    }
+
     /// Whether this endpoint's handshakes are expensive enough to offload: a server whose
     /// context has a certificate (each full handshake signs its ECDHE key, ≈ 200 µs with
     /// P-256 ECDSA, more with RSA). A PSK server's handshakes (≈ 25 µs of crypto) cost less
