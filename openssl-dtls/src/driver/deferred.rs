@@ -15,8 +15,9 @@
 //! The order of one peer's datagrams is kept: a datagram from an address that has one waiting
 //! here waits too. Memory is bounded ([`DEFERRED_MAX`] datagrams of at most
 //! [`DEFERRED_LARGEST`] bytes, buffers recycled: no allocation per datagram once warm); a
-//! datagram that does not fit is handled at once, after the oldest waiting one (so order
-//! holds then too).
+//! datagram that does not fit is handled at once — after its own peer's waiting ones and those
+//! queued before them, so its peer's order holds then too, and other peers' handshake
+//! datagrams queued after them go on waiting.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use crate::endpoint::Endpoint;
 pub(crate) const DEFERRED_MAX: usize = 64;
 
 /// The largest datagram that waits here (a `ClientHello` or flight fragment fits a link MTU);
-/// a larger one is handled at once (in order, see the module documentation).
+/// a larger one is handled at once (in its peer's order, see the module documentation).
 pub(crate) const DEFERRED_LARGEST: usize = 2048;
 
 /// The queue ([module documentation](self)).
@@ -57,15 +58,23 @@ impl Deferred {
         peer: SocketAddr,
         datagram: &[u8],
     ) {
-        let waits_already =
-            !self.waiting.is_empty() && self.waiting.iter().any(|(p, _)| *p == peer);
-        if !waits_already && !endpoint.is_handshake_datagram(peer, datagram) {
+        // How many waiting datagrams are up to and including `peer`'s last one.
+        let through_peer = self
+            .waiting
+            .iter()
+            .rposition(|(p, _)| *p == peer)
+            .map_or(0, |last| last + 1);
+        if through_peer == 0 && !endpoint.is_handshake_datagram(peer, datagram) {
             endpoint.handle_datagram(now, peer, datagram);
             return;
         }
         if datagram.len() > DEFERRED_LARGEST {
-            // Too large to keep: handled now, after the datagrams that came before it.
-            while self.handle_next(endpoint, now) {}
+            // Too large to keep: handled now, after its peer's waiting datagrams (and those
+            // before them, to keep the queue in order); whatever waits after them goes on
+            // waiting, so one large datagram does not bring the whole queue forward.
+            for _ in 0..through_peer {
+                self.handle_next(endpoint, now);
+            }
             endpoint.handle_datagram(now, peer, datagram);
             return;
         }
@@ -185,6 +194,26 @@ mod tests {
         assert!(s.is_handshake_datagram(b, &hello));
         assert!(!s.is_handshake_datagram(a, &data));
         assert!(!s.is_handshake_datagram(b, b"garbage"));
+        // An application-data record of epoch 0 (never valid) in front of a handshake's flight
+        // does not carry the flight past the handshakes waiting: the datagram is looked at.
+        let mut c2 = Endpoint::client(EndpointConfig::default()).unwrap();
+        c2.connect(now, server_addr(), &client_ctx(), None).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let (_, n) = c2.poll_transmit(&mut buf).unwrap();
+        s.handle_datagram(now, b, &buf[..n]); // the HelloVerifyRequest back to c2 …
+        let (_, n) = s.poll_transmit(&mut buf).unwrap();
+        c2.handle_datagram(now, server_addr(), &buf[..n]); // … and its second ClientHello:
+        let (_, n) = c2.poll_transmit(&mut buf).unwrap();
+        s.handle_datagram(now, b, &buf[..n]); // b is handshaking now
+        let flight = [23, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 1, 0xaa]
+            .into_iter()
+            .chain(data[..].iter().copied())
+            .collect::<Vec<u8>>();
+        assert!(s.is_handshake_datagram(b, &flight));
+        let mut epoch_1 = flight.clone();
+        epoch_1[4] = 1;
+        assert!(!s.is_handshake_datagram(b, &epoch_1));
+        while s.poll_transmit(&mut buf).is_some() {}
 
         let mut deferred = Deferred::default();
         let before = s.stats();
@@ -234,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_is_bounded_and_a_large_datagram_goes_after_the_waiting_ones() {
+    fn the_queue_is_bounded_and_a_large_datagram_goes_after_its_peers_waiting_ones() {
         let now = Instant::now();
         let a: SocketAddr = "192.0.2.7:40001".parse().unwrap();
         let (mut s, _c, _) = established(now, a);
@@ -252,22 +281,27 @@ mod tests {
         // The 65th made room by handling the oldest.
         assert_eq!(s.stats().hello_verify_requests, before + 1);
         assert_eq!(deferred.waiting.len(), DEFERRED_MAX);
-        // A datagram too large to keep, from a peer with one waiting: everything waiting is
-        // handled first, then it.
+        // A datagram too large to keep, from a peer with none waiting: handled at once, and
+        // nothing else with it (one large datagram does not bring the queue forward).
         let mut large = hello.clone();
         large.resize(DEFERRED_LARGEST + 1, 0);
         let datagrams_in = s.stats().datagrams_in;
-        deferred.handle_or_defer(&mut s, now, from(1), &large);
-        assert!(deferred.is_empty());
+        deferred.handle_or_defer(&mut s, now, from(DEFERRED_MAX + 1), &large);
+        assert_eq!(deferred.waiting.len(), DEFERRED_MAX);
+        assert_eq!(s.stats().datagrams_in, datagrams_in + 1);
+        // From a peer with one waiting (the 3rd from the front, `from(3)`: `from(0)` was
+        // handled): its own waiting one and the two before it first, then it; the rest wait.
+        let handshakes = s.stats().hello_verify_requests;
+        deferred.handle_or_defer(&mut s, now, from(3), &large);
+        assert_eq!(deferred.waiting.len(), DEFERRED_MAX - 3);
+        assert_eq!(s.stats().hello_verify_requests, handshakes + 3);
+        assert_eq!(s.stats().datagrams_in, datagrams_in + 1 + 3 + 1);
+        assert_eq!(deferred.count, DEFERRED_MAX as u64 + 1);
+        while deferred.handle_next(&mut s, now) {}
         assert_eq!(
             s.stats().hello_verify_requests,
             before + 1 + DEFERRED_MAX as u64
         );
-        assert_eq!(
-            s.stats().datagrams_in,
-            datagrams_in + DEFERRED_MAX as u64 + 1
-        );
-        assert_eq!(deferred.count, DEFERRED_MAX as u64 + 1);
         // Buffers are kept for reuse, never more than the bound.
         assert!(deferred.spare.len() <= DEFERRED_MAX);
     }

@@ -314,10 +314,10 @@ impl Endpoint {
     /// handle such datagrams after the records of established connections it read with them
     /// (the blocking and tokio drivers do, see
     /// [`EndpointStats::handshake_datagrams_deferred`](crate::EndpointStats::handshake_datagrams_deferred)).
-    /// Everything else (a datagram that starts with an application-data or `tls12_cid` record,
-    /// records of established connections, garbage that is dropped at once) is `false`. Cheap:
-    /// the first byte, else one parse of the record headers and one table lookup; nothing
-    /// changes and nothing is counted.
+    /// Everything else (a datagram that starts with an application-data or `tls12_cid` record
+    /// of epoch 1 or later, records of established connections, garbage that is dropped at
+    /// once) is `false`. Cheap: the first five bytes, else one parse of the record headers and
+    /// one table lookup; nothing changes and nothing is counted.
     ///
     /// ```
     /// # use openssl_dtls::{Endpoint, EndpointConfig};
@@ -330,10 +330,14 @@ impl Endpoint {
     /// # }
     /// ```
     pub fn is_handshake_datagram(&self, peer: SocketAddr, datagram: &[u8]) -> bool {
-        // Application data and `tls12_cid` records first: an established connection's, never a
-        // handshake's step (no parse and no lookup on the established path).
-        if matches!(datagram.first(), Some(23 | 25)) {
-            return false;
+        // Application data and `tls12_cid` records of epoch 1 or later first: an established
+        // connection's, never a handshake's step (no parse and no lookup on the established
+        // path). Such a record in epoch 0 is never valid: one in front of a handshake's flight
+        // must not carry it past the handshakes waiting before it, so it is looked at below.
+        if let [23 | 25, _, _, e0, e1, ..] = *datagram {
+            if (e0, e1) != (0, 0) {
+                return false;
+            }
         }
         let Ok(parsed) = wire::parse_cid(datagram, self.cid_len) else {
             return false;
