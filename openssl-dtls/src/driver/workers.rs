@@ -196,6 +196,7 @@ impl Workers {
                 }
             }));
         let mut threads = Vec::with_capacity(count + 1);
+        let mut refused = None;
         for (i, role) in roles.enumerate() {
             let pool = Arc::clone(&pool);
             let shared = Arc::downgrade(shared);
@@ -204,16 +205,19 @@ impl Workers {
                 _ => format!("dtls-hs-{name}-{i}"),
             };
             let spawned = std::thread::Builder::new()
-                .name(thread_name)
+                .name(thread_name.clone())
                 .spawn(move || work(&pool, &shared, role));
             match spawned {
                 Ok(t) => threads.push(t),
-                Err(e) if threads.is_empty() => return Err(e),
+                // The others are still tried: a pool without its rescue worker could starve.
                 Err(e) => {
-                    log::warn!("started {i} of {count} handshake workers: {e}");
-                    break;
+                    log::warn!("handshake worker {thread_name} not started: {e}");
+                    refused = Some(e);
                 }
             }
+        }
+        if let (true, Some(e)) = (threads.is_empty(), refused) {
+            return Err(e); // handshakes stay inline
         }
         *pool.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
         core.endpoint.set_handshake_offload(true);
