@@ -354,22 +354,26 @@ impl<D: Io> Shared<D> {
         let now = Instant::now();
         while core.deferred.handle_next(&mut core.endpoint, now) {}
         core.endpoint.handle_timeout(now);
-        self.exchange_budget(core, usize::MAX, now);
+        self.exchange_budget(core, usize::MAX);
+        // Nothing is left now (what a busy workers' queue kept has its own retry time): a
+        // `left_since` kept from an earlier budgeted turn would hold every later wait at 0.
+        core.left_since = None;
         self.settle(core);
     }
 
     /// The handshake workers' exchange
     /// ([`Workers::exchange_budget`](super::workers::Workers::exchange_budget)) under the lock: whether
     /// finished jobs were left; if a worker held their queue, none were taken and the next try
-    /// is due [`RETRY_BUSY`] from `now` ([`exchange_due`](Self::exchange_due)).
-    fn exchange_budget(&self, core: &mut Core<D>, budget: usize, now: Instant) -> bool {
+    /// is due [`RETRY_BUSY`] after that ([`exchange_due`](Self::exchange_due)).
+    fn exchange_budget(&self, core: &mut Core<D>, budget: usize) -> bool {
         match self.workers.exchange_budget(&mut core.endpoint, budget) {
             Ok(left) => {
                 core.exchange_retry = None;
                 left
             }
             Err(QueueBusy) => {
-                core.exchange_retry = Some(now + RETRY_BUSY);
+                // From when it was found busy: `now` may be a long turn ago.
+                core.exchange_retry = Some(Instant::now() + RETRY_BUSY);
                 false
             }
         }
@@ -400,11 +404,11 @@ impl<D: Io> Shared<D> {
         let left = if own_in && !overdue {
             !core.deferred.is_empty()
                 || core.endpoint.handle_timeout_budget(now, 0)
-                || self.exchange_budget(core, 0, now)
+                || self.exchange_budget(core, 0)
         } else {
             let deferred_left = core.deferred.handle_some(&mut core.endpoint, now, 1);
             let timers_left = core.endpoint.handle_timeout_budget(now, TURN_BUDGET);
-            let jobs_left = self.exchange_budget(core, TURN_BUDGET, now);
+            let jobs_left = self.exchange_budget(core, TURN_BUDGET);
             core.left_since = None;
             deferred_left || timers_left || jobs_left
         };

@@ -130,6 +130,9 @@ impl Pool {
     /// (then the worker wakes the driver).
     fn push_done(&self, done: Done) -> bool {
         let mut queue = self.queue();
+        if queue.closed {
+            return false; // the driver stopped: nobody takes it (dropped, its `SSL` freed)
+        }
         queue.done.push(done);
         self.done_len.store(queue.done.len(), Ordering::SeqCst);
         queue.done.len() == 1
@@ -180,46 +183,51 @@ impl Workers {
         if shared.workers.pool.set(Arc::clone(&pool)).is_err() {
             return Ok(()); // started already
         }
-        // In `SCHED_IDLE`, one more worker at `nice` takes only jobs that waited
-        // `RESCUE_AFTER`: handshakes slow down while other threads keep every CPU busy, but
-        // never stop.
-        // The rescue worker first: if the system refuses a thread later, the pool that runs
-        // is never one of idle-class workers alone.
-        let roles = idle_class
-            .then_some(Role::Rescue(nice))
-            .into_iter()
-            .chain((0..count).map(|_| {
-                if idle_class {
-                    Role::Idle(nice)
-                } else {
-                    Role::Nice(nice)
-                }
-            }));
-        let mut threads = Vec::with_capacity(count + 1);
-        let mut refused = None;
-        for (i, role) in roles.enumerate() {
-            let pool = Arc::clone(&pool);
-            let shared = Arc::downgrade(shared);
-            let thread_name = match role {
-                Role::Rescue(_) => format!("dtls-hs-{name}-r"),
-                _ => format!("dtls-hs-{name}-{i}"),
-            };
+        let spawn = |thread_name: String, role: Role| {
+            let (pool, shared) = (Arc::clone(&pool), Arc::downgrade(shared));
             let spawned = std::thread::Builder::new()
                 .name(thread_name.clone())
                 .spawn(move || work(&pool, &shared, role));
-            match spawned {
-                Ok(t) => threads.push(t),
-                // The others are still tried: a pool without its rescue worker could starve.
-                Err(e) => {
-                    log::warn!("handshake worker {thread_name} not started: {e}");
-                    refused = Some(e);
+            if let Err(e) = &spawned {
+                log::warn!("handshake worker {thread_name} not started: {e}");
+            }
+            spawned
+        };
+        let mut threads = Vec::with_capacity(count + 1);
+        let mut refused = None;
+        // In `SCHED_IDLE`, one more worker at `nice` takes only jobs that waited
+        // `RESCUE_AFTER`: handshakes slow down while other threads keep every CPU busy, but
+        // never stop. It starts first: without it (the system refused the thread) the others
+        // run at `nice`, never as idle-class workers alone, which could starve.
+        let mut rescue = false;
+        if idle_class {
+            match spawn(format!("dtls-hs-{name}-r"), Role::Rescue(nice)) {
+                Ok(t) => {
+                    threads.push(t);
+                    rescue = true;
                 }
+                Err(e) => refused = Some(e),
             }
         }
-        if let (true, Some(e)) = (threads.is_empty(), refused) {
-            return Err(e); // handshakes stay inline
+        for i in 0..count {
+            let role = if rescue {
+                Role::Idle(nice)
+            } else {
+                Role::Nice(nice)
+            };
+            match spawn(format!("dtls-hs-{name}-{i}"), role) {
+                Ok(t) => threads.push(t),
+                Err(e) => refused = Some(e), // the others are still tried
+            }
         }
+        let workers = threads.len() - usize::from(rescue);
         *pool.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
+        if workers == 0 {
+            // No worker that takes jobs as they come (a rescue worker alone would hold every
+            // handshake for `RESCUE_AFTER`): stop what started; handshakes stay inline.
+            shared.workers.close();
+            return Err(refused.unwrap_or_else(|| std::io::Error::other("no handshake worker")));
+        }
         core.endpoint.set_handshake_offload(true);
         core.endpoint
             .set_handshake_offload_window(Some(crate::endpoint::OFFLOAD_WHILE_TRAFFIC));
@@ -498,6 +506,13 @@ mod tests {
         assert_eq!(workers.exchange_budget(&mut s, usize::MAX), Ok(false));
         assert!(!workers.has_done());
         assert_eq!(s.handshakes_out(), 0, "given back to the endpoint");
+
+        // A job finished after the driver stopped is dropped, not left for nobody.
+        workers.close();
+        let (mut s2, _c2) = checked_out(now);
+        let job = s2.poll_handshake_job().expect("checked out");
+        assert!(!pool.push_done(run_guarded(job, |job| job.run(now))));
+        assert!(!workers.has_done());
     }
 
     #[test]
