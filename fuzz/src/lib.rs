@@ -317,7 +317,17 @@ impl EndpointRun {
     /// Hands `datagram` from `peer` to the endpoint and checks the pre-cookie invariants.
     fn inject(&mut self, peer: SocketAddr, datagram: &[u8]) {
         let known_before = self.ep.connection_id(peer).is_some();
+        // The drivers' classification (handshake datagrams behind established records): it
+        // never panics and changes nothing; a datagram answered with a HelloVerifyRequest was
+        // classified as a handshake's.
+        let stats_before = self.ep.stats();
+        let handshake = self.ep.is_handshake_datagram(peer, datagram);
+        assert!(self.ep.stats() == stats_before, "the classification counted something");
+        assert_eq!(self.ep.connection_id(peer).is_some(), known_before);
         self.ep.handle_datagram(self.now, peer, datagram);
+        if self.ep.stats().hello_verify_requests > stats_before.hello_verify_requests {
+            assert!(handshake, "a ClientHello from {peer} classified as established traffic");
+        }
         let (out, to) = self.drain();
         let known_after = self.ep.connection_id(peer).is_some();
         if !known_before && !known_after {
