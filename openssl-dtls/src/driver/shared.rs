@@ -588,3 +588,35 @@ impl<D: Io> Shared<D> {
         self.io.stopped();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::super::blocking::Driver;
+    use super::super::SocketOptions;
+    use crate::endpoint::{Endpoint, EndpointConfig};
+
+    /// A full turn leaves nothing for later: the `left_since` of an earlier budgeted turn is
+    /// cleared, so a wait whose steps end in full turns (a `connect`, a non-DTLS read) does not
+    /// take it for overdue work and poll with a past deadline again and again.
+    #[test]
+    fn a_full_turn_clears_what_a_budgeted_turn_left() {
+        let endpoint = Endpoint::client(EndpointConfig::default()).unwrap();
+        let driver = Driver::start(
+            "127.0.0.1:0",
+            endpoint,
+            false,
+            &SocketOptions::default(),
+            "left",
+        )
+        .unwrap();
+        let shared = &driver.shared;
+        let mut core = shared.lock();
+        core.left_since = Some(Instant::now() - Duration::from_millis(5));
+        shared.after_receive(&mut core);
+        assert_eq!(core.left_since, None);
+        drop(core);
+        driver.shutdown();
+    }
+}
