@@ -292,17 +292,7 @@ fn run(shared: &BlockingShared) {
             let now = Instant::now();
             match core.rtc.parked(now) {
                 Some(until) => (true, until, reports),
-                // Handshake datagrams waiting behind established records: a turn at once; the
-                // same for handshakes the workers finished (a poller that was kicked for them
-                // may have left), unless a worker held their queue (then a little later).
-                None if !core.deferred.is_empty() => (false, Some(now), reports),
-                None => {
-                    let due = [
-                        core.endpoint.poll_timeout(),
-                        shared.exchange_due(&core, now),
-                    ];
-                    (false, due.into_iter().flatten().min(), reports)
-                }
+                None => (false, shared.due(&core, now), reports),
             }
         };
         BlockingShared::report(reports);

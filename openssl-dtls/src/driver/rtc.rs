@@ -419,22 +419,13 @@ impl<'a> Wait<'_, 'a> {
             let deadline = self.deadline;
             let core = &**self.core.as_ref().expect("the wait holds the lock");
             let now = Instant::now();
-            // Handshake datagrams waiting behind established records: no sleep. Handshakes the
-            // workers finished: none either (their kick may have been drained when this wait
-            // took the role), or a little while if a worker held their queue. Work an earlier
-            // step left for later: at most until it is overdue.
-            let due = (!core.deferred.is_empty()).then_some(now);
+            // Our deadline, the endpoint's work, and work an earlier step left for later: at
+            // most until it is overdue.
             let left = core.left_since.map(|since| since + LEFT_AT_MOST);
-            let wake_at = [
-                deadline,
-                core.endpoint.poll_timeout(),
-                due,
-                shared.exchange_due(core, now),
-                left,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let wake_at = [deadline, shared.due(core, now), left]
+                .into_iter()
+                .flatten()
+                .min();
             drop(self.core.take());
             let timeout = wake_at.map(|at| at.saturating_duration_since(Instant::now()));
             let waited = os::wait_readable([io.socket.as_fd(), kick.rx.as_fd()], timeout);

@@ -364,7 +364,7 @@ impl<D: Io> Shared<D> {
     /// The handshake workers' exchange
     /// ([`Workers::exchange_budget`](super::workers::Workers::exchange_budget)) under the lock: whether
     /// finished jobs were left; if a worker held their queue, none were taken and the next try
-    /// is due [`RETRY_BUSY`] after that ([`exchange_due`](Self::exchange_due)).
+    /// is due [`RETRY_BUSY`] after that ([`due`](Self::due)).
     fn exchange_budget(&self, core: &mut Core<D>, budget: usize) -> bool {
         match self.workers.exchange_budget(&mut core.endpoint, budget) {
             Ok(left) => {
@@ -379,12 +379,22 @@ impl<D: Io> Shared<D> {
         }
     }
 
-    /// When the handshake workers' exchange is next due: at once if finished jobs wait, at the
-    /// retry time if a worker held their queue at the last try, else `None` (a worker that
-    /// finishes a job wakes the driver).
-    pub fn exchange_due(&self, core: &Core<D>, now: Instant) -> Option<Instant> {
-        core.exchange_retry
-            .or_else(|| self.workers.has_done().then_some(now))
+    /// When a wait on the socket must end for the endpoint's own work, whichever is first: at
+    /// once if handshake datagrams wait behind established records ([`Deferred`]) or handshakes
+    /// the workers finished wait to be given back (a kick for them may have been drained by a
+    /// new wait), at the retry time if a worker held their queue at the last try, else the
+    /// endpoint's next deadline (`None`: none; a worker that finishes a job wakes the driver).
+    pub fn due(&self, core: &Core<D>, now: Instant) -> Option<Instant> {
+        if !core.deferred.is_empty() {
+            return Some(now);
+        }
+        let exchange = core
+            .exchange_retry
+            .or_else(|| self.workers.has_done().then_some(now));
+        [core.endpoint.poll_timeout(), exchange]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// [`after_receive`](Self::after_receive) for a thread that waits for its own record:

@@ -273,13 +273,7 @@ async fn run(shared: Arc<TokioShared>) {
             if core.shutdown {
                 break;
             }
-            // The endpoint's next deadline, or the workers' exchange if it is due first (a
-            // worker held their queue at the last try).
-            let due = shared.exchange_due(&core, std::time::Instant::now());
-            let deadline = [core.endpoint.poll_timeout(), due]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = shared.due(&core, std::time::Instant::now());
             (deadline, !core.out.queue.is_empty())
         };
         let sleep = async move {
